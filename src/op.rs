@@ -1,0 +1,912 @@
+//! The op set: one [`Op`] enum and its per-op rules that do not depend on a stage: name,
+//! operand count, type inference (with numpy broadcasting), attributes and differentiability.
+//!
+//! Every other stage (interpreter, autodiff, codegen, passes) has an exhaustive `match` on
+//! [`Op`], so adding a variant makes the compiler list every place that needs a rule.
+
+use crate::shape::{DType, Shape, TensorType};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Parameter initializers. All random ones are seeded and deterministic (see [`crate::init`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Init {
+    /// All zeros.
+    Zeros,
+    /// All ones.
+    Ones,
+    /// Every element equal to `value`.
+    Constant { value: f64 },
+    /// Uniform in `[low, high)`.
+    Uniform { low: f64, high: f64, seed: u64 },
+    /// Normal with the given mean and standard deviation.
+    Normal { mean: f64, stddev: f64, seed: u64 },
+    /// Glorot (Xavier) uniform: limit `sqrt(6 / (fan_in + fan_out))`.
+    GlorotUniform { seed: u64 },
+    /// He normal: stddev `sqrt(2 / fan_in)`.
+    HeNormal { seed: u64 },
+}
+
+/// The value of a constant: one value repeated (`Splat`) or every element (`Dense`, row-major).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Literal {
+    /// Every element has this value.
+    Splat(f64),
+    /// All elements in row-major order.
+    Dense(Vec<f64>),
+}
+
+/// Elementwise unary ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UnaryOp {
+    /// `-x`
+    Neg,
+    /// `e^x`
+    Exp,
+    /// natural logarithm
+    Log,
+    /// square root
+    Sqrt,
+    /// `|x|`
+    Abs,
+    /// -1, 0 or 1 (0 at 0 and NaN stays NaN); its gradient is zero.
+    Sign,
+    /// hyperbolic tangent
+    Tanh,
+    /// `1 / (1 + e^-x)`
+    Sigmoid,
+    /// `max(x, 0)`
+    Relu,
+}
+
+/// Elementwise binary arithmetic with numpy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// elementwise maximum
+    Max,
+    /// elementwise minimum
+    Min,
+    /// `a ^ b`
+    Pow,
+}
+
+/// Elementwise comparisons with numpy broadcasting; the result is an `f32` mask of 0.0 and 1.0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CmpOp {
+    /// `a == b`
+    Eq,
+    /// `a != b`
+    Ne,
+    /// `a < b`
+    Lt,
+    /// `a <= b`
+    Le,
+    /// `a > b`
+    Gt,
+    /// `a >= b`
+    Ge,
+}
+
+/// Reductions over a set of axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReduceOp {
+    /// sum
+    Sum,
+    /// arithmetic mean
+    Mean,
+    /// maximum
+    Max,
+}
+
+/// Spatial padding of conv2d: `Valid` (none) or `Same` (output size `ceil(in / stride)`,
+/// padding split as TensorFlow does: the extra pixel goes after).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Padding {
+    /// No padding.
+    Valid,
+    /// Zero padding so that `out = ceil(in / stride)`.
+    Same,
+}
+
+/// One tensor operation. Leaf ops (`Input`, `Param`, `State`, `Const`) take their type from the
+/// node; every other op's type is inferred from its operands and attributes by [`Op::infer`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// Fed by the caller on every call (data, labels, learning rate).
+    Input,
+    /// A trainable parameter, owned by the executable across calls.
+    Param { init: Init },
+    /// Non-trainable state kept across calls (optimizer moments, step counter).
+    State { init: Init },
+    /// A constant.
+    Const { value: Literal },
+    /// Elementwise unary op (f32).
+    Unary(UnaryOp),
+    /// Elementwise binary op with broadcasting (f32).
+    Binary(BinaryOp),
+    /// Comparison with broadcasting; operands of one dtype, result an f32 mask.
+    Compare(CmpOp),
+    /// `select(mask, a, b)`: `a` where `mask != 0`, else `b`; broadcasting over all three.
+    Select,
+    /// Conversion between dtypes (f32 to i32 truncates toward zero).
+    Cast { to: DType },
+    /// Reduction over `axes` (sorted, unique); `keepdims` keeps them as size 1.
+    Reduce {
+        kind: ReduceOp,
+        axes: Vec<usize>,
+        keepdims: bool,
+    },
+    /// Index of the maximum along `axis` (first on ties), as i32; the axis is removed.
+    Argmax { axis: usize },
+    /// Same elements, new shape.
+    Reshape { shape: Shape },
+    /// numpy broadcast to `shape`.
+    Broadcast { shape: Shape },
+    /// Permutation of axes: output dim `i` is input dim `perm[i]`.
+    Transpose { perm: Vec<usize> },
+    /// 2-D matrix product `[m,k] x [k,n] -> [m,n]`.
+    Matmul,
+    /// 2-D convolution, input NHWC `[n,h,w,c]`, filter HWIO `[kh,kw,c,o]` -> `[n,oh,ow,o]`.
+    Conv2d {
+        stride: [usize; 2],
+        padding: Padding,
+    },
+    /// Gradient of conv2d with respect to its input: operands `(dy, filter)`, result `shape`.
+    Conv2dInputGrad {
+        stride: [usize; 2],
+        padding: Padding,
+        shape: Shape,
+    },
+    /// Gradient of conv2d with respect to its filter: operands `(x, dy)`, result `[kh,kw,c,o]`.
+    Conv2dFilterGrad {
+        stride: [usize; 2],
+        padding: Padding,
+        kernel: [usize; 2],
+    },
+    /// Max pooling over NHWC windows, no padding (Keras `valid`).
+    MaxPool2d {
+        window: [usize; 2],
+        stride: [usize; 2],
+    },
+    /// Gradient of max pooling: operands `(x, dy)`; routes each `dy` to its window's first
+    /// maximum (row-major order on ties).
+    MaxPool2dGrad {
+        window: [usize; 2],
+        stride: [usize; 2],
+    },
+    /// Softmax along `axis`.
+    Softmax { axis: usize },
+    /// `log(softmax(x))` along `axis`, computed stably.
+    LogSoftmax { axis: usize },
+    /// Per-example cross-entropy of softmax(logits) against probability labels:
+    /// operands `(logits [n,c], labels [n,c])` -> `[n]`.
+    SoftmaxCrossEntropy,
+    /// Per-example cross-entropy against integer labels: `(logits [n,c] f32, labels [n] i32)`
+    /// -> `[n]`. Labels outside `0..c` give NaN.
+    SparseSoftmaxCrossEntropy,
+    /// One-hot encoding of i32 indices `[..]` -> f32 `[.., depth]` (out of range: all zeros).
+    OneHot { depth: usize },
+    /// The box `begin..end` of every dimension.
+    Slice { begin: Vec<usize>, end: Vec<usize> },
+    /// Concatenation of one or more operands along `axis`.
+    Concat { axis: usize },
+}
+
+/// Error from type inference: what is wrong, in words that name shapes found and expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InferError(pub String);
+
+impl fmt::Display for InferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! bail {
+    ($($t:tt)*) => { return Err(InferError(format!($($t)*))) };
+}
+
+/// How many operands an op takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arity {
+    /// Exactly this many.
+    Exact(usize),
+    /// At least this many.
+    AtLeast(usize),
+}
+
+impl Arity {
+    /// Whether `n` operands are allowed.
+    pub fn accepts(self, n: usize) -> bool {
+        match self {
+            Arity::Exact(k) => n == k,
+            Arity::AtLeast(k) => n >= k,
+        }
+    }
+}
+
+impl fmt::Display for Arity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Arity::Exact(k) => write!(f, "{k}"),
+            Arity::AtLeast(k) => write!(f, "at least {k}"),
+        }
+    }
+}
+
+/// Every op name of the text format, with an example op, so tests can cover the whole set.
+pub fn all_op_names() -> &'static [&'static str] {
+    &[
+        "input",
+        "param",
+        "state",
+        "const",
+        "neg",
+        "exp",
+        "log",
+        "sqrt",
+        "abs",
+        "sign",
+        "tanh",
+        "sigmoid",
+        "relu",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "max",
+        "min",
+        "pow",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "select",
+        "cast",
+        "reduce_sum",
+        "reduce_mean",
+        "reduce_max",
+        "argmax",
+        "reshape",
+        "broadcast",
+        "transpose",
+        "matmul",
+        "conv2d",
+        "conv2d_input_grad",
+        "conv2d_filter_grad",
+        "max_pool2d",
+        "max_pool2d_grad",
+        "softmax",
+        "log_softmax",
+        "softmax_cross_entropy",
+        "sparse_softmax_cross_entropy",
+        "one_hot",
+        "slice",
+        "concat",
+    ]
+}
+
+impl UnaryOp {
+    /// All unary ops.
+    pub const ALL: [UnaryOp; 9] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Abs,
+        UnaryOp::Sign,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+    ];
+
+    /// Text-format name.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Sign => "sign",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+        }
+    }
+}
+
+impl BinaryOp {
+    /// All binary ops.
+    pub const ALL: [BinaryOp; 7] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Max,
+        BinaryOp::Min,
+        BinaryOp::Pow,
+    ];
+
+    /// Text-format name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Max => "max",
+            BinaryOp::Min => "min",
+            BinaryOp::Pow => "pow",
+        }
+    }
+
+    /// Whether `a op b == b op a`.
+    pub fn is_commutative(self) -> bool {
+        matches!(
+            self,
+            BinaryOp::Add | BinaryOp::Mul | BinaryOp::Max | BinaryOp::Min
+        )
+    }
+}
+
+impl CmpOp {
+    /// All comparisons.
+    pub const ALL: [CmpOp; 6] = [
+        CmpOp::Eq,
+        CmpOp::Ne,
+        CmpOp::Lt,
+        CmpOp::Le,
+        CmpOp::Gt,
+        CmpOp::Ge,
+    ];
+
+    /// Text-format name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "eq",
+            CmpOp::Ne => "ne",
+            CmpOp::Lt => "lt",
+            CmpOp::Le => "le",
+            CmpOp::Gt => "gt",
+            CmpOp::Ge => "ge",
+        }
+    }
+}
+
+impl ReduceOp {
+    /// Text-format name of the reduction op.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "reduce_sum",
+            ReduceOp::Mean => "reduce_mean",
+            ReduceOp::Max => "reduce_max",
+        }
+    }
+}
+
+impl Padding {
+    /// Text-format name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Padding::Valid => "valid",
+            Padding::Same => "same",
+        }
+    }
+
+    /// Output size and padding before, for one spatial dimension.
+    pub fn out_and_pad(self, input: usize, kernel: usize, stride: usize) -> Option<(usize, usize)> {
+        if stride == 0 || kernel == 0 {
+            return None;
+        }
+        match self {
+            Padding::Valid => {
+                if input < kernel {
+                    None
+                } else {
+                    Some(((input - kernel) / stride + 1, 0))
+                }
+            }
+            Padding::Same => {
+                let out = input.div_ceil(stride);
+                let needed = ((out - 1) * stride + kernel).saturating_sub(input);
+                Some((out, needed / 2))
+            }
+        }
+    }
+}
+
+impl Op {
+    /// The op's name in the text format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Param { .. } => "param",
+            Op::State { .. } => "state",
+            Op::Const { .. } => "const",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Compare(c) => c.name(),
+            Op::Select => "select",
+            Op::Cast { .. } => "cast",
+            Op::Reduce { kind, .. } => kind.name(),
+            Op::Argmax { .. } => "argmax",
+            Op::Reshape { .. } => "reshape",
+            Op::Broadcast { .. } => "broadcast",
+            Op::Transpose { .. } => "transpose",
+            Op::Matmul => "matmul",
+            Op::Conv2d { .. } => "conv2d",
+            Op::Conv2dInputGrad { .. } => "conv2d_input_grad",
+            Op::Conv2dFilterGrad { .. } => "conv2d_filter_grad",
+            Op::MaxPool2d { .. } => "max_pool2d",
+            Op::MaxPool2dGrad { .. } => "max_pool2d_grad",
+            Op::Softmax { .. } => "softmax",
+            Op::LogSoftmax { .. } => "log_softmax",
+            Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Op::SparseSoftmaxCrossEntropy => "sparse_softmax_cross_entropy",
+            Op::OneHot { .. } => "one_hot",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+        }
+    }
+
+    /// Whether this is a leaf (`input`, `param`, `state`, `const`): no operands, type given.
+    pub fn is_leaf(&self) -> bool {
+        matches!(
+            self,
+            Op::Input | Op::Param { .. } | Op::State { .. } | Op::Const { .. }
+        )
+    }
+
+    /// Number of operands the op takes.
+    pub fn arity(&self) -> Arity {
+        match self {
+            Op::Input | Op::Param { .. } | Op::State { .. } | Op::Const { .. } => Arity::Exact(0),
+            Op::Unary(_)
+            | Op::Cast { .. }
+            | Op::Reduce { .. }
+            | Op::Argmax { .. }
+            | Op::Reshape { .. }
+            | Op::Broadcast { .. }
+            | Op::Transpose { .. }
+            | Op::MaxPool2d { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::OneHot { .. }
+            | Op::Slice { .. } => Arity::Exact(1),
+            Op::Binary(_)
+            | Op::Compare(_)
+            | Op::Matmul
+            | Op::Conv2d { .. }
+            | Op::Conv2dInputGrad { .. }
+            | Op::Conv2dFilterGrad { .. }
+            | Op::MaxPool2dGrad { .. }
+            | Op::SoftmaxCrossEntropy
+            | Op::SparseSoftmaxCrossEntropy => Arity::Exact(2),
+            Op::Select => Arity::Exact(3),
+            Op::Concat { .. } => Arity::AtLeast(1),
+        }
+    }
+
+    /// Whether reverse-mode autodiff has a rule for this op. Integer-valued ops (argmax,
+    /// comparisons, cast, one_hot) are not differentiable.
+    pub fn is_differentiable(&self) -> bool {
+        !matches!(
+            self,
+            Op::Compare(_) | Op::Argmax { .. } | Op::Cast { .. } | Op::OneHot { .. }
+        )
+    }
+
+    /// Infers the result type from the operand types. `declared` is the node's own type; it is
+    /// required by leaf ops (which have no operands to infer from) and ignored otherwise.
+    pub fn infer(
+        &self,
+        operands: &[&TensorType],
+        declared: Option<&TensorType>,
+    ) -> Result<TensorType, InferError> {
+        let name = self.name();
+        if !self.arity().accepts(operands.len()) {
+            bail!(
+                "{name} takes {} operand(s), found {}",
+                self.arity(),
+                operands.len()
+            );
+        }
+        let f32_operand = |i: usize| -> Result<&Shape, InferError> {
+            let t = operands[i];
+            if t.dtype != DType::F32 {
+                bail!("{name} operand {i} must be f32, found {t}");
+            }
+            Ok(&t.shape)
+        };
+        let broadcast_all = |shapes: &[&Shape]| -> Result<Shape, InferError> {
+            let mut out = shapes[0].clone();
+            for s in &shapes[1..] {
+                match Shape::broadcast(&out, s) {
+                    Some(b) => out = b,
+                    None => {
+                        let list: Vec<String> = operands.iter().map(|t| t.to_string()).collect();
+                        bail!(
+                            "{name}: shapes cannot be broadcast together: {}",
+                            list.join(", ")
+                        )
+                    }
+                }
+            }
+            Ok(out)
+        };
+        let ty = match self {
+            Op::Input | Op::Param { .. } | Op::State { .. } | Op::Const { .. } => {
+                let Some(t) = declared else {
+                    bail!("{name} needs a declared type");
+                };
+                if matches!(self, Op::Param { .. } | Op::State { .. }) && t.dtype != DType::F32 {
+                    bail!("{name} must be f32, found {t}");
+                }
+                if let Op::Const {
+                    value: Literal::Dense(v),
+                } = self
+                {
+                    if v.len() != t.shape.numel() {
+                        bail!(
+                            "const of type {t} needs {} values, found {}",
+                            t.shape.numel(),
+                            v.len()
+                        );
+                    }
+                }
+                t.clone()
+            }
+            Op::Unary(_) => TensorType::f32(f32_operand(0)?.clone()),
+            Op::Binary(_) => {
+                let a = f32_operand(0)?;
+                let b = f32_operand(1)?;
+                TensorType::f32(broadcast_all(&[a, b])?)
+            }
+            Op::Compare(_) => {
+                if operands[0].dtype != operands[1].dtype {
+                    bail!(
+                        "{name}: operands must have the same dtype, found {} and {}",
+                        operands[0],
+                        operands[1]
+                    );
+                }
+                TensorType::f32(broadcast_all(&[&operands[0].shape, &operands[1].shape])?)
+            }
+            Op::Select => {
+                let m = f32_operand(0)?;
+                if operands[1].dtype != operands[2].dtype {
+                    bail!(
+                        "select: branches must have the same dtype, found {} and {}",
+                        operands[1],
+                        operands[2]
+                    );
+                }
+                let s = broadcast_all(&[m, &operands[1].shape, &operands[2].shape])?;
+                TensorType::new(operands[1].dtype, s)
+            }
+            Op::Cast { to } => TensorType::new(*to, operands[0].shape.clone()),
+            Op::Reduce {
+                kind,
+                axes,
+                keepdims,
+            } => {
+                let t = operands[0];
+                if *kind != ReduceOp::Max && t.dtype != DType::F32 {
+                    bail!("{name} operand must be f32, found {t}");
+                }
+                check_axes(name, axes, t)?;
+                let mut out = Vec::new();
+                for (i, &d) in t.shape.0.iter().enumerate() {
+                    if axes.contains(&i) {
+                        if *keepdims {
+                            out.push(1);
+                        }
+                    } else {
+                        out.push(d);
+                    }
+                }
+                TensorType::new(t.dtype, out)
+            }
+            Op::Argmax { axis } => {
+                let t = operands[0];
+                check_axes(name, &[*axis], t)?;
+                if t.shape.0[*axis] == 0 {
+                    bail!("argmax over an empty axis {axis} of {t}");
+                }
+                let mut out = t.shape.0.clone();
+                out.remove(*axis);
+                TensorType::i32(out)
+            }
+            Op::Reshape { shape } => {
+                let t = operands[0];
+                if shape.numel() != t.shape.numel() {
+                    bail!(
+                        "reshape: cannot reshape {t} ({} elements) to {shape} ({} elements)",
+                        t.shape.numel(),
+                        shape.numel()
+                    );
+                }
+                TensorType::new(t.dtype, shape.clone())
+            }
+            Op::Broadcast { shape } => {
+                let t = operands[0];
+                if !t.shape.broadcasts_to(shape) {
+                    bail!("broadcast: {t} cannot be broadcast to {shape}");
+                }
+                TensorType::new(t.dtype, shape.clone())
+            }
+            Op::Transpose { perm } => {
+                let t = operands[0];
+                let mut seen = vec![false; t.shape.rank()];
+                if perm.len() != t.shape.rank() {
+                    bail!(
+                        "transpose: perm {perm:?} has {} entries, operand {t} has rank {}",
+                        perm.len(),
+                        t.shape.rank()
+                    );
+                }
+                for &p in perm {
+                    if p >= seen.len() || seen[p] {
+                        bail!(
+                            "transpose: perm {perm:?} is not a permutation of 0..{}",
+                            seen.len()
+                        );
+                    }
+                    seen[p] = true;
+                }
+                TensorType::new(
+                    t.dtype,
+                    perm.iter().map(|&p| t.shape.0[p]).collect::<Vec<_>>(),
+                )
+            }
+            Op::Matmul => {
+                let a = f32_operand(0)?;
+                let b = f32_operand(1)?;
+                if a.rank() != 2 || b.rank() != 2 {
+                    bail!(
+                        "matmul: operands must be 2-D, found {} and {}",
+                        operands[0],
+                        operands[1]
+                    );
+                }
+                if a.0[1] != b.0[0] {
+                    bail!(
+                        "matmul: inner dimensions differ: lhs {} and rhs {} (expected rhs[0] = {})",
+                        operands[0],
+                        operands[1],
+                        a.0[1]
+                    );
+                }
+                TensorType::f32([a.0[0], b.0[1]])
+            }
+            Op::Conv2d { stride, padding } => {
+                let x = f32_operand(0)?;
+                let w = f32_operand(1)?;
+                conv_out(name, x, w, *stride, *padding, operands)?
+            }
+            Op::Conv2dInputGrad {
+                stride,
+                padding,
+                shape,
+            } => {
+                let dy = f32_operand(0)?;
+                let w = f32_operand(1)?;
+                let expect = conv_out(name, shape, w, *stride, *padding, operands)?;
+                if &expect.shape != dy {
+                    bail!(
+                        "{name}: dy is {}, expected f32{} for an input of shape {shape}",
+                        operands[0],
+                        expect.shape
+                    );
+                }
+                TensorType::f32(shape.clone())
+            }
+            Op::Conv2dFilterGrad {
+                stride,
+                padding,
+                kernel,
+            } => {
+                let x = f32_operand(0)?;
+                let dy = f32_operand(1)?;
+                if x.rank() != 4 || dy.rank() != 4 {
+                    bail!(
+                        "{name}: x and dy must be 4-D (NHWC), found {} and {}",
+                        operands[0],
+                        operands[1]
+                    );
+                }
+                let w = Shape(vec![kernel[0], kernel[1], x.0[3], dy.0[3]]);
+                let expect = conv_out(name, x, &w, *stride, *padding, operands)?;
+                if &expect.shape != dy {
+                    bail!(
+                        "{name}: dy is {}, expected f32{}",
+                        operands[1],
+                        expect.shape
+                    );
+                }
+                TensorType::f32(w)
+            }
+            Op::MaxPool2d { window, stride } => {
+                let x = f32_operand(0)?;
+                TensorType::f32(pool_out(name, x, *window, *stride)?)
+            }
+            Op::MaxPool2dGrad { window, stride } => {
+                let x = f32_operand(0)?;
+                let dy = f32_operand(1)?;
+                let expect = pool_out(name, x, *window, *stride)?;
+                if &expect != dy {
+                    bail!("{name}: dy is {}, expected f32{expect}", operands[1]);
+                }
+                TensorType::f32(x.clone())
+            }
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+                let x = f32_operand(0)?;
+                check_axes(name, &[*axis], operands[0])?;
+                TensorType::f32(x.clone())
+            }
+            Op::SoftmaxCrossEntropy => {
+                let l = f32_operand(0)?;
+                let y = f32_operand(1)?;
+                if l.rank() != 2 || l != y {
+                    bail!(
+                        "{name}: logits and labels must both be [n,c], found {} and {}",
+                        operands[0],
+                        operands[1]
+                    );
+                }
+                TensorType::f32([l.0[0]])
+            }
+            Op::SparseSoftmaxCrossEntropy => {
+                let l = f32_operand(0)?;
+                let y = operands[1];
+                if l.rank() != 2 || y.dtype != DType::I32 || y.shape.0 != [l.0[0]] {
+                    bail!(
+                        "{name}: expected logits f32[n,c] and labels i32[n], found {} and {}",
+                        operands[0],
+                        operands[1]
+                    );
+                }
+                TensorType::f32([l.0[0]])
+            }
+            Op::OneHot { depth } => {
+                let t = operands[0];
+                if t.dtype != DType::I32 {
+                    bail!("one_hot operand must be i32, found {t}");
+                }
+                let mut s = t.shape.0.clone();
+                s.push(*depth);
+                TensorType::f32(s)
+            }
+            Op::Slice { begin, end } => {
+                let t = operands[0];
+                if begin.len() != t.shape.rank() || end.len() != t.shape.rank() {
+                    bail!(
+                        "slice: begin {begin:?} and end {end:?} must have one entry per dimension of {t}"
+                    );
+                }
+                let mut out = Vec::new();
+                for i in 0..begin.len() {
+                    if begin[i] > end[i] || end[i] > t.shape.0[i] {
+                        bail!(
+                            "slice: range {}..{} is out of bounds for dimension {i} of {t}",
+                            begin[i],
+                            end[i]
+                        );
+                    }
+                    out.push(end[i] - begin[i]);
+                }
+                TensorType::new(t.dtype, out)
+            }
+            Op::Concat { axis } => {
+                let first = operands[0];
+                check_axes(name, &[*axis], first)?;
+                let mut total = 0;
+                for (i, t) in operands.iter().enumerate() {
+                    let same_rest = t.shape.rank() == first.shape.rank()
+                        && t.shape
+                            .0
+                            .iter()
+                            .zip(&first.shape.0)
+                            .enumerate()
+                            .all(|(d, (a, b))| d == *axis || a == b);
+                    if t.dtype != first.dtype || !same_rest {
+                        bail!(
+                            "concat: operand {i} is {t}, expected {}{} with any size on axis {axis}",
+                            first.dtype,
+                            first.shape
+                        );
+                    }
+                    total += t.shape.0[*axis];
+                }
+                let mut s = first.shape.0.clone();
+                s[*axis] = total;
+                TensorType::new(first.dtype, s)
+            }
+        };
+        Ok(ty)
+    }
+}
+
+fn check_axes(name: &str, axes: &[usize], t: &TensorType) -> Result<(), InferError> {
+    for (i, &a) in axes.iter().enumerate() {
+        if a >= t.shape.rank() {
+            bail!(
+                "{name}: axis {a} is out of range for {t} (rank {})",
+                t.shape.rank()
+            );
+        }
+        if i > 0 && axes[i - 1] >= a {
+            bail!("{name}: axes {axes:?} must be sorted and unique");
+        }
+    }
+    Ok(())
+}
+
+fn conv_out(
+    name: &str,
+    x: &Shape,
+    w: &Shape,
+    stride: [usize; 2],
+    padding: Padding,
+    operands: &[&TensorType],
+) -> Result<TensorType, InferError> {
+    if x.rank() != 4 || w.rank() != 4 {
+        bail!(
+            "{name}: expected input [n,h,w,c] and filter [kh,kw,c,o], found {} and {}",
+            operands[0],
+            operands[1]
+        );
+    }
+    if x.0[3] != w.0[2] {
+        bail!(
+            "{name}: input has {} channels but the filter expects {} (input {x}, filter {w})",
+            x.0[3],
+            w.0[2]
+        );
+    }
+    let (oh, _) = padding
+        .out_and_pad(x.0[1], w.0[0], stride[0])
+        .ok_or_else(|| {
+            InferError(format!(
+                "{name}: kernel {}x{} with stride {stride:?} does not fit input {x}",
+                w.0[0], w.0[1]
+            ))
+        })?;
+    let (ow, _) = padding
+        .out_and_pad(x.0[2], w.0[1], stride[1])
+        .ok_or_else(|| {
+            InferError(format!(
+                "{name}: kernel {}x{} with stride {stride:?} does not fit input {x}",
+                w.0[0], w.0[1]
+            ))
+        })?;
+    Ok(TensorType::f32([x.0[0], oh, ow, w.0[3]]))
+}
+
+fn pool_out(
+    name: &str,
+    x: &Shape,
+    window: [usize; 2],
+    stride: [usize; 2],
+) -> Result<Shape, InferError> {
+    if x.rank() != 4 {
+        bail!("{name}: expected input [n,h,w,c], found f32{x}");
+    }
+    let oh = Padding::Valid.out_and_pad(x.0[1], window[0], stride[0]);
+    let ow = Padding::Valid.out_and_pad(x.0[2], window[1], stride[1]);
+    match (oh, ow) {
+        (Some((oh, _)), Some((ow, _))) => Ok(Shape(vec![x.0[0], oh, ow, x.0[3]])),
+        _ => bail!("{name}: window {window:?} with stride {stride:?} does not fit input f32{x}"),
+    }
+}
