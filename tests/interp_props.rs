@@ -251,3 +251,94 @@ proptest! {
         }
     }
 }
+
+/// A random max-pool geometry that fits: (x shape, window, stride).
+fn pool_geometry() -> impl Strategy<Value = (Vec<usize>, [usize; 2], [usize; 2])> {
+    (
+        1usize..3,
+        1usize..7,
+        1usize..7,
+        1usize..3,
+        1usize..4,
+        1usize..4,
+        1usize..3,
+        1usize..3,
+    )
+        .prop_filter("window fits", |&(_, h, w, _, wh, ww, _, _)| {
+            wh <= h && ww <= w
+        })
+        .prop_map(|(n, h, w, c, wh, ww, sh, sw)| (vec![n, h, w, c], [wh, ww], [sh, sw]))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// `<max_pool2d(x), dy> == <x, max_pool2d_grad(x, dy)>`: each dy goes to an element equal
+    /// to its window's maximum. Small integer values make ties frequent.
+    #[test]
+    fn max_pool_grad_is_the_adjoint_of_the_selection(
+        (xs, window, stride) in pool_geometry(),
+        seed in prop::collection::vec(-3i32..3, 300),
+    ) {
+        let n: usize = xs.iter().product();
+        let x: Vec<f64> = seed.iter().cycle().take(n).map(|&v| v as f64).collect();
+        let y = run(Op::MaxPool2d { window, stride }, &[(xs.clone(), x.clone())]);
+        let dy: Vec<f64> = (0..y.data.len()).map(|k| 1.0 + (k % 5) as f64).collect();
+        let dx = run(
+            Op::MaxPool2dGrad { window, stride },
+            &[(xs.clone(), x.clone()), (y.shape.0.clone(), dy.clone())],
+        );
+        prop_assert_eq!(&dx.shape.0, &xs);
+        let lhs: f64 = y.data.iter().zip(&dy).map(|(a, b)| a * b).sum();
+        let rhs: f64 = x.iter().zip(&dx.data).map(|(a, b)| a * b).sum();
+        prop_assert!((lhs - rhs).abs() < 1e-9, "{lhs} vs {rhs}");
+        // All of dy is routed somewhere.
+        let total: f64 = dx.data.iter().sum();
+        prop_assert!((total - dy.iter().sum::<f64>()).abs() < 1e-9);
+        // Every pooled value is the maximum of its window, computed directly.
+        let [_, h, w, c] = [xs[0], xs[1], xs[2], xs[3]];
+        let ys = &y.shape.0;
+        for (k, &v) in y.data.iter().enumerate() {
+            let [b, oy, ox, ch] = [0, 1, 2, 3].map(|i| unravel(k, ys)[i]);
+            let mut m = f64::NEG_INFINITY;
+            for ky in 0..window[0] {
+                for kx in 0..window[1] {
+                    let r = oy * stride[0] + ky;
+                    let q = ox * stride[1] + kx;
+                    m = m.max(x[((b * h + r) * w + q) * c + ch]);
+                }
+            }
+            prop_assert_eq!(v, m);
+        }
+    }
+
+    /// The fused cross-entropies equal their definitions written with log_softmax and one_hot.
+    #[test]
+    fn cross_entropies_match_their_compositions(
+        (n, c) in (1usize..4, 1usize..5),
+        seed in values(64),
+        raw_labels in prop::collection::vec(0usize..5, 4),
+    ) {
+        let logits: Vec<f64> = seed.iter().cycle().take(n * c).map(|v| v * 3.0).collect();
+        let labels: Vec<f64> = raw_labels.iter().take(n).map(|&l| (l % c) as f64).collect();
+        let mut g = Graph::new("ce");
+        let x = g.input("x", TensorType::f32([n, c])).unwrap();
+        let y = g.input("y", TensorType::i32([n])).unwrap();
+        let sparse = g.sparse_softmax_cross_entropy(x, y).unwrap();
+        let onehot = g.one_hot(y, c).unwrap();
+        let dense = g.softmax_cross_entropy(x, onehot).unwrap();
+        let ls = g.log_softmax(x, 1).unwrap();
+        let prod = g.mul(onehot, ls).unwrap();
+        let s = g.sum(prod, &[1], false).unwrap();
+        let manual = g.neg(s).unwrap();
+        let mut feeds = HashMap::new();
+        feeds.insert(x, Array::<f64>::new([n, c], logits).unwrap());
+        feeds.insert(y, Array::<f64>::new([n], labels).unwrap());
+        let v = eval(&g, &feeds).unwrap();
+        let m = v.get(manual).unwrap();
+        for id in [sparse, dense] {
+            let d = v.get(id).unwrap().max_abs_diff(m).unwrap();
+            prop_assert!(d < 1e-12, "differs by {d}");
+        }
+    }
+}
