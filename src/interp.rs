@@ -9,6 +9,19 @@
 //! `match` in [`eval_op`]. i32 tensors (labels, argmax results) are held as `T` too; their
 //! values are integers.
 //!
+//! Semantics worth knowing when comparing another backend against this one:
+//! - Every maximum (`max`, `reduce_max`, `argmax`, max pooling, the softmax shift) treats NaN as
+//!   larger than any number, so NaN propagates (numpy); `min` propagates NaN too.
+//! - `relu(NaN)` is NaN, `sign(±0)` is ±0, `sign(NaN)` is NaN; sigmoid never overflows.
+//! - `cast` to i32 truncates toward zero and saturates at the i32 range (NaN gives 0), like
+//!   Rust's `as`.
+//! - Sums (reductions, matmul, convolutions) accumulate in `T`, in row-major order of the
+//!   summed indices.
+//! - Softmax-family ops subtract the lane maximum; the cross-entropies use
+//!   `logsumexp(x) - x[label]`. A label outside `0..c` gives NaN; a one_hot index outside
+//!   `0..depth` gives a row of zeros.
+//! - Fed values of i32 inputs must be integers in the i32 range.
+//!
 //! Before an op runs, its type is inferred again from the actual operand shapes
 //! ([`Op::infer`]) and compared with the node's declared type, so a malformed graph (built with
 //! `add_raw`, or a parsed file) gives an [`EvalError::InvalidNode`] instead of a panic.
@@ -307,6 +320,16 @@ pub enum EvalError {
         /// Its op name.
         op: &'static str,
     },
+    /// A value fed for an i32 node is not an integer in the i32 range.
+    #[error("{name} is i32 but element {index} of the value fed is {value}")]
+    NotInteger {
+        /// The node fed (`%name`).
+        name: String,
+        /// Row-major position of the offending element.
+        index: usize,
+        /// The element.
+        value: f64,
+    },
     /// A value was fed for a node id that is not in the graph.
     #[error("cannot feed node index {0}: it is not in the graph")]
     UnknownNode(usize),
@@ -412,6 +435,23 @@ pub fn eval<T: Float>(
                 expected: a.shape.numel(),
                 found: a.data.len(),
             });
+        }
+        if node.ty.dtype == DType::I32 {
+            let bad = a
+                .data
+                .iter()
+                .map(|v| v.to_f64())
+                .enumerate()
+                .find(|(_, v)| {
+                    v.fract() != 0.0 || *v < i32::MIN as f64 || *v > i32::MAX as f64 || v.is_nan()
+                });
+            if let Some((index, value)) = bad {
+                return Err(EvalError::NotInteger {
+                    name: label,
+                    index,
+                    value,
+                });
+            }
         }
     }
     let mut map: HashMap<NodeId, Array<T>> = HashMap::with_capacity(order.len());

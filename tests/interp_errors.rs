@@ -186,3 +186,27 @@ fn malformed_node_is_an_error_not_a_panic() {
         "%0 = const: const of type f32[3] needs 3 values, found 2"
     );
 }
+
+#[test]
+fn i32_feeds_must_be_integers() {
+    let mut g = Graph::new("labels");
+    let y = g.input("labels", TensorType::i32([3])).unwrap();
+    let h = g.one_hot(y, 4).unwrap();
+    g.add_output("h", h).unwrap();
+    let bad = Array::<f32>::new([3], vec![1.0, 2.5, 0.0]).unwrap();
+    let err = eval_named(&g, &[("labels", bad)]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "%labels is i32 but element 1 of the value fed is 2.5"
+    );
+    let nan = Array::<f64>::new([3], vec![1.0, 0.0, f64::NAN]).unwrap();
+    assert!(matches!(
+        eval_named(&g, &[("labels", nan)]).unwrap_err(),
+        EvalError::NotInteger { index: 2, .. }
+    ));
+    let big = Array::<f64>::new([3], vec![1.0, 3e9, 0.0]).unwrap();
+    assert!(eval_named(&g, &[("labels", big)]).is_err());
+    let ok = Array::<f64>::new([3], vec![-1.0, 3.0, 0.0]).unwrap();
+    let v = eval_named(&g, &[("labels", ok)]).unwrap();
+    assert_eq!(v.output(&g, "h").unwrap().data.iter().sum::<f64>(), 2.0);
+}
