@@ -870,17 +870,18 @@ fn concat<T: Float>(xs: &[&Array<T>], axis: usize, out: &Shape) -> Vec<T> {
 
 // ---- linear algebra -----------------------------------------------------------------------------
 
-/// `[m,k] x [k,n] -> [m,n]`, summing over `k` in order.
+/// `[m,k] x [k,n] -> [m,n]`, summing over `k` in order (the loop order i, p, j only makes the
+/// memory access sequential; each `c[i,j]` still adds its terms for p = 0, 1, ...).
 fn matmul<T: Float>(a: &Array<T>, b: &Array<T>) -> Vec<T> {
     let (m, k, n) = (a.shape.0[0], a.shape.0[1], b.shape.0[1]);
     let mut c = vec![T::ZERO; m * n];
     for i in 0..m {
-        for j in 0..n {
-            let mut acc = T::ZERO;
-            for p in 0..k {
-                acc += a.data[i * k + p] * b.data[p * n + j];
+        let row = &mut c[i * n..(i + 1) * n];
+        for p in 0..k {
+            let aip = a.data[i * k + p];
+            for (cij, &bpj) in row.iter_mut().zip(&b.data[p * n..(p + 1) * n]) {
+                *cij += aip * bpj;
             }
-            c[i * n + j] = acc;
         }
     }
     c
