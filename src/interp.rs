@@ -321,9 +321,9 @@ pub enum EvalError {
         op: &'static str,
     },
     /// A value fed for an i32 node is not an integer in the i32 range.
-    #[error("{name} is i32 but element {index} of the value fed is {value}")]
+    #[error("%{name} is i32 but element {index} of the value fed is {value}")]
     NotInteger {
-        /// The node fed (`%name`).
+        /// The name of the node fed.
         name: String,
         /// Row-major position of the offending element.
         index: usize,
@@ -446,11 +446,7 @@ pub fn eval<T: Float>(
                     v.fract() != 0.0 || *v < i32::MIN as f64 || *v > i32::MAX as f64 || v.is_nan()
                 });
             if let Some((index, value)) = bad {
-                return Err(EvalError::NotInteger {
-                    name: label,
-                    index,
-                    value,
-                });
+                return Err(EvalError::NotInteger { name, index, value });
             }
         }
     }
