@@ -1,0 +1,193 @@
+//! Differential tests over whole graphs: every `ir/*.ir` file of the corpus (there may be
+//! none), plus an inline training step, compiled and run by the JIT and evaluated by the
+//! interpreter: outputs and updated params/state must agree.
+//!
+//! Tolerance: `|jit - ref| <= 1e-3 * |ref| + 1e-5 * n`, `n` the longest reduction in the graph
+//! (matmul `k`, reduced elements, convolution window): chains of f32 ops drift more than a
+//! single op, and the interpreter runs in f64 (on the same f32-rounded inputs and params).
+
+use gradlift::codegen::{self, CompileOptions, MatmulKernel};
+use gradlift::init::Rng;
+use gradlift::interp::{self, Array};
+use gradlift::runtime::HostTensor;
+use gradlift::{text, DType, Graph, Op};
+use std::collections::HashMap;
+
+/// The longest sum any node of `g` computes.
+fn max_terms(g: &Graph) -> usize {
+    g.node_ids()
+        .into_iter()
+        .map(|id| {
+            let ops = g.operands(id);
+            let shape = |i: usize| g[ops[i]].ty.shape.0.clone();
+            match &g[id].op {
+                Op::Matmul => shape(0)[1],
+                Op::Reduce { axes, .. } => axes.iter().map(|&a| shape(0)[a]).product(),
+                Op::Conv2d { .. } => {
+                    let w = shape(1);
+                    w[0] * w[1] * w[2]
+                }
+                Op::Conv2dInputGrad { .. } | Op::Conv2dFilterGrad { .. } => shape(0)
+                    .iter()
+                    .product::<usize>()
+                    .max(shape(1).iter().product()),
+                Op::Softmax { axis } | Op::LogSoftmax { axis } => shape(0)[*axis],
+                Op::SoftmaxCrossEntropy | Op::SparseSoftmaxCrossEntropy => shape(0)[1],
+                _ => 1,
+            }
+        })
+        .max()
+        .unwrap_or(1)
+}
+
+fn close(what: &str, got: &[f64], want: &[f64], terms: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
+        let ok = if y.is_nan() {
+            x.is_nan()
+        } else {
+            (x - y).abs() <= 1e-3 * y.abs() + 1e-5 * terms as f64
+        };
+        assert!(ok, "{what} element {i}: jit {x} vs interpreter {y}");
+    }
+}
+
+/// Runs `g` twice in the JIT (the second call sees the first call's updates) and checks
+/// every output and updated param/state against the interpreter.
+fn differential(g: &Graph, file: &str, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let terms = max_terms(g);
+    for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
+        let opts = CompileOptions {
+            matmul: kernel,
+            verify: true,
+        };
+        let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut host = Vec::new();
+        let mut feeds: HashMap<_, Array<f64>> = HashMap::new();
+        for id in g.inputs() {
+            let n = &g[id];
+            let v: Vec<f64> = (0..n.ty.shape.numel())
+                .map(|_| match n.ty.dtype {
+                    DType::I32 => rng.below(2) as f64,
+                    DType::F32 => 2.0 * rng.uniform() - 1.0,
+                })
+                .collect();
+            let t = HostTensor::from_f64(&n.ty, &v);
+            feeds.insert(
+                id,
+                Array {
+                    shape: n.ty.shape.clone(),
+                    data: t.to_f64(),
+                },
+            );
+            host.push((n.name.clone().unwrap(), t));
+        }
+        let inputs: Vec<(&str, HostTensor)> =
+            host.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        for call in 0..2 {
+            // the interpreter starts from the executable's current (f32) params and state
+            for id in g.params().into_iter().chain(g.states()) {
+                let name = g[id].name.as_deref().unwrap();
+                let t = if matches!(g[id].op, Op::Param { .. }) {
+                    exe.param(name)
+                } else {
+                    exe.state(name)
+                };
+                feeds.insert(
+                    id,
+                    Array {
+                        shape: g[id].ty.shape.clone(),
+                        data: t.unwrap().to_f64(),
+                    },
+                );
+            }
+            let want = interp::eval::<f64>(g, &feeds).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let got = exe.run(&inputs).unwrap();
+            for (o, (name, t)) in g.outputs().iter().zip(&got) {
+                let w = want.get(o.node).unwrap();
+                close(
+                    &format!("{file} ({kernel:?}) call {call} output {name}"),
+                    &t.to_f64(),
+                    &w.data,
+                    terms,
+                );
+            }
+            for (target, w) in want.updates(g) {
+                let name = g[target].name.as_deref().unwrap();
+                let t = exe.param(name).or_else(|| exe.state(name)).unwrap();
+                close(
+                    &format!("{file} ({kernel:?}) call {call} update of {name}"),
+                    &t.to_f64(),
+                    &w.data,
+                    terms,
+                );
+            }
+        }
+    }
+}
+
+/// A small training step written by hand (forward, gradients, SGD updates, a step counter).
+const STEP: &str = "
+graph step {
+inputs:
+  %x: f32[5,7] = input
+  %labels: i32[5] = input
+params:
+  %w: f32[7,3] = param glorot_uniform(seed=1)
+  %b: f32[3] = param constant(value=0.1)
+state:
+  %t: f32[] = state zeros
+body:
+  %h: f32[5,3] = matmul %x, %w
+  %z: f32[5,3] = add %h, %b
+  %l: f32[5] = sparse_softmax_cross_entropy %z, %labels
+  %loss: f32[] = reduce_mean %l, axes=[0], keepdims=false
+  %p: f32[5,3] = softmax %z, axis=1
+  %oh: f32[5,3] = one_hot %labels, depth=3
+  %d: f32[5,3] = sub %p, %oh
+  %s: f32[] = const 0.2
+  %dz: f32[5,3] = mul %d, %s
+  %xt: f32[7,5] = transpose %x, perm=[1,0]
+  %dw: f32[7,3] = matmul %xt, %dz
+  %db: f32[3] = reduce_sum %dz, axes=[0], keepdims=false
+  %lr: f32[] = const 0.5
+  %sw: f32[7,3] = mul %dw, %lr
+  %nw: f32[7,3] = sub %w, %sw
+  %sb: f32[3] = mul %db, %lr
+  %nb: f32[3] = sub %b, %sb
+  %one: f32[] = const 1.0
+  %t1: f32[] = add %t, %one
+outputs:
+  loss = %loss
+  w_old = %w
+updates:
+  %w <- %nw
+  %b <- %nb
+  %t <- %t1
+}
+";
+
+#[test]
+fn inline_training_step_matches_the_interpreter() {
+    let g = text::parse(STEP, "step.ir").unwrap();
+    differential(&g, "step.ir", 7);
+}
+
+#[test]
+fn corpus_files_match_the_interpreter() {
+    let Ok(dir) = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/ir")) else {
+        return;
+    };
+    let mut files: Vec<_> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "ir"))
+        .collect();
+    files.sort();
+    for path in files {
+        let src = std::fs::read_to_string(&path).unwrap();
+        let file = path.display().to_string();
+        let g = text::parse(&src, &file).unwrap_or_else(|e| panic!("{e}"));
+        differential(&g, &file, 11);
+    }
+}
