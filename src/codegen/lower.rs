@@ -636,11 +636,15 @@ impl<'a> Lowerer<'a> {
 
     // ---- matmul -----------------------------------------------------------------------
 
-    /// `c[m,n] = a[m,k] x b[k,n]`.
+    /// `c[m,n] = a[m,k] x b[k,n]`, `a` and `b` with (row, column) element strides `sa`, `sb`
+    /// (row-major unless a transpose was folded, which only the GEMM path does).
+    #[allow(clippy::too_many_arguments)]
     fn matmul(
         &mut self,
         a: Loc,
+        sa: (usize, usize),
         b: Loc,
+        sb: (usize, usize),
         c: Loc,
         m: usize,
         k: usize,
@@ -653,11 +657,11 @@ impl<'a> Lowerer<'a> {
                     self.iconst(k as i64),
                     self.iconst(n as i64),
                     self.addr(a, None),
-                    self.iconst(k as i64),
-                    self.iconst(1),
+                    self.iconst(sa.0 as i64),
+                    self.iconst(sa.1 as i64),
                     self.addr(b, None),
-                    self.iconst(n as i64),
-                    self.iconst(1),
+                    self.iconst(sb.0 as i64),
+                    self.iconst(sb.1 as i64),
                     self.addr(c, None),
                     self.iconst(0),
                 ];
@@ -840,6 +844,7 @@ impl<'a> Lowerer<'a> {
             Op::Broadcast { .. } => {
                 self.map(&dense_out, shape.dims(), &[bview(0)], true, &|_, v, _| v[0]);
             }
+            Op::Transpose { .. } if plan.folded.contains(&id) => {}
             Op::Transpose { perm } => {
                 let s = in_ty(0).shape.strides();
                 let v = View {
@@ -878,7 +883,13 @@ impl<'a> Lowerer<'a> {
             }
             Op::Matmul => {
                 let (a, b) = (&in_ty(0).shape, &in_ty(1).shape);
-                self.matmul(ins[0], ins[1], out, a.0[0], a.0[1], b.0[1])?;
+                let (m, k, n) = (a.0[0], a.0[1], b.0[1]);
+                // (row, column) strides; a folded transpose is read through swapped strides
+                let ta = plan.folded.contains(&operands[0]);
+                let tb = plan.folded.contains(&operands[1]);
+                let sa = if ta { (1, m) } else { (k, 1) };
+                let sb = if tb { (1, k) } else { (n, 1) };
+                self.matmul(ins[0], sa, ins[1], sb, out, m, k, n)?;
             }
             Op::Conv2d { stride, padding } => {
                 let g = conv_geometry(&in_ty(0).shape, &in_ty(1).shape, *stride, *padding)?;

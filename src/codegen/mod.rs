@@ -239,6 +239,26 @@ fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
     geom.map(|g| kernels::conv_scratch_len(&g) * 4).unwrap_or(0)
 }
 
+/// 2-D transposes read only by matmuls (not outputs or update sources): the GEMM call reads
+/// their operand with swapped strides instead of a transposed copy.
+fn foldable_transposes(g: &Graph, order: &[NodeId]) -> std::collections::HashSet<NodeId> {
+    let kept: std::collections::HashSet<NodeId> = g
+        .outputs()
+        .iter()
+        .map(|o| o.node)
+        .chain(g.updates().iter().map(|u| u.value))
+        .collect();
+    order
+        .iter()
+        .copied()
+        .filter(|&id| {
+            matches!(&g[id].op, Op::Transpose { perm } if perm == &[1, 0])
+                && !kept.contains(&id)
+                && g.users(id).iter().all(|&u| matches!(g[u].op, Op::Matmul))
+        })
+        .collect()
+}
+
 /// A function built but not yet compiled.
 pub(crate) struct Built {
     pub module: JITModule,
@@ -265,7 +285,12 @@ fn has_fma(module: &JITModule) -> bool {
 fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
     let t0 = Instant::now();
     let order = check(g)?;
-    let plan = plan::plan(g, &order, |id| scratch_bytes(g, id));
+    let folded = if opts.matmul == MatmulKernel::Gemm {
+        foldable_transposes(g, &order)
+    } else {
+        Default::default()
+    };
+    let plan = plan::plan(g, &order, |id| scratch_bytes(g, id), folded);
 
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(host_error);

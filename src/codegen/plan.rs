@@ -14,7 +14,7 @@
 
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Alignment of arena allocations, in bytes (a cache line).
 pub const ALIGN: usize = 64;
@@ -41,6 +41,8 @@ pub struct Plan {
     pub consts: Vec<NodeId>,
     /// Where each node's value lives.
     pub locs: HashMap<NodeId, Loc>,
+    /// Transposes that matmul reads through strides: no buffer, no code of their own.
+    pub folded: HashSet<NodeId>,
     /// Scratch space (arena offset) of nodes whose kernel needs it (convolutions).
     pub scratch: HashMap<NodeId, usize>,
     /// For updates whose source is a buffer another update overwrites: an arena copy taken
@@ -109,8 +111,14 @@ fn value_bytes(g: &Graph, id: NodeId) -> usize {
 }
 
 /// Plans the buffers of `g`, visiting nodes in `order` (the canonical order). `scratch_bytes`
-/// says how much temporary space a node's kernel needs while it runs.
-pub fn plan(g: &Graph, order: &[NodeId], scratch_bytes: impl Fn(NodeId) -> usize) -> Plan {
+/// says how much temporary space a node's kernel needs while it runs; `folded` lists the
+/// transposes that alias their operand (their users read it through strides).
+pub fn plan(
+    g: &Graph,
+    order: &[NodeId],
+    scratch_bytes: impl Fn(NodeId) -> usize,
+    folded: HashSet<NodeId>,
+) -> Plan {
     let mut p = Plan {
         inputs: g.inputs(),
         params: g.params(),
@@ -121,6 +129,7 @@ pub fn plan(g: &Graph, order: &[NodeId], scratch_bytes: impl Fn(NodeId) -> usize
             .filter(|&id| matches!(g[id].op, Op::Const { .. }))
             .collect(),
         locs: HashMap::new(),
+        folded,
         scratch: HashMap::new(),
         staged: vec![None; g.updates().len()],
         arena_bytes: 0,
@@ -138,15 +147,14 @@ pub fn plan(g: &Graph, order: &[NodeId], scratch_bytes: impl Fn(NodeId) -> usize
         p.locs.insert(id, Loc { slot, offset: 0 });
     }
 
-    // Root of each value's storage (reshape aliases its operand).
+    // Root of each value's storage (reshape and folded transposes alias their operand).
     let mut root: HashMap<NodeId, NodeId> = HashMap::new();
     for &id in order {
-        let r = match g[id].op {
-            Op::Reshape { .. } => {
-                let src = g.operands(id)[0];
-                root.get(&src).copied().unwrap_or(src)
-            }
-            _ => id,
+        let r = if matches!(g[id].op, Op::Reshape { .. }) || p.folded.contains(&id) {
+            let src = g.operands(id)[0];
+            root.get(&src).copied().unwrap_or(src)
+        } else {
+            id
         };
         root.insert(id, r);
     }
