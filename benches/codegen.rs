@@ -4,8 +4,10 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gradlift::codegen::{self, CompileOptions, MatmulKernel};
+use gradlift::interp::{self, Array};
 use gradlift::runtime::HostTensor;
 use gradlift::{CmpOp, Graph, Init, NodeId, Padding, TensorType};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Softmax cross-entropy head on `z` `[b,10]` with integer labels: mean loss and `dloss/dz`.
@@ -197,6 +199,17 @@ fn step_time(c: &mut Criterion) {
             let id = BenchmarkId::new(format!("{name}/jit"), format!("{kernel:?}"));
             grp.bench_function(id, |b| b.iter(|| exe.run(&inputs).unwrap()));
         }
+        // the reference interpreter (f32) on the same graph and inputs
+        let feeds: HashMap<NodeId, Array<f32>> = inputs
+            .iter()
+            .map(|(n, t)| {
+                let a = Array::from_f64(t.shape.clone(), &t.to_f64()).unwrap();
+                (g.find(n).unwrap(), a)
+            })
+            .collect();
+        grp.bench_function(format!("{name}/interp"), |b| {
+            b.iter(|| interp::eval::<f32>(&g, &feeds).unwrap())
+        });
     }
     grp.finish();
 }

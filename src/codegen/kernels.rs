@@ -186,21 +186,34 @@ impl Conv {
     /// Writes the patch matrix `[oh*ow, kh*kw*c]` of image `img` (`[h,w,c]`) into `cols`.
     fn im2col(&self, img: &[f32], cols: &mut [f32]) {
         let c = self.c;
+        let run = self.kw * c;
         let mut r = 0;
         for oy in 0..self.oh {
             for ox in 0..self.ow {
+                let x0 = ox * self.sw;
+                let inside = x0 >= self.pw && x0 - self.pw + self.kw <= self.w;
                 for ky in 0..self.kh {
-                    for kx in 0..self.kw {
-                        let dst = &mut cols[r..r + c];
-                        match self.source(oy, ox, ky, kx) {
-                            Some((iy, ix)) => {
-                                let s = (iy * self.w + ix) * c;
-                                dst.copy_from_slice(&img[s..s + c]);
-                            }
-                            None => dst.fill(0.0),
+                    let dst = &mut cols[r..r + run];
+                    match (oy * self.sh + ky).checked_sub(self.ph) {
+                        Some(iy) if iy < self.h && inside => {
+                            // the whole kernel row is inside the image: one contiguous run
+                            let s = (iy * self.w + x0 - self.pw) * c;
+                            dst.copy_from_slice(&img[s..s + run]);
                         }
-                        r += c;
+                        _ => {
+                            for kx in 0..self.kw {
+                                let d = &mut dst[kx * c..(kx + 1) * c];
+                                match self.source(oy, ox, ky, kx) {
+                                    Some((iy, ix)) => {
+                                        let s = (iy * self.w + ix) * c;
+                                        d.copy_from_slice(&img[s..s + c]);
+                                    }
+                                    None => d.fill(0.0),
+                                }
+                            }
+                        }
                     }
+                    r += run;
                 }
             }
         }
@@ -405,30 +418,41 @@ impl Pool {
         }
     }
 
-    /// Calls `f(out_index, argmax_input_index)` for every output element, where the argmax is
-    /// the first maximum of the window in row-major order.
+    /// Calls `f(out_index, argmax_input_index, max)` for every output element, where the
+    /// argmax is the first maximum of the window in row-major order. Channels are the inner
+    /// loop (contiguous in NHWC), with the running maxima of one output pixel in `best`/`arg`.
     fn for_each_max(&self, x: &[f32], mut f: impl FnMut(usize, usize, f32)) {
+        let c = self.c;
+        let mut best = vec![0.0f32; c];
+        let mut arg = vec![0usize; c];
         let mut o = 0;
         for b in 0..self.n {
             for oy in 0..self.oh {
                 for ox in 0..self.ow {
-                    for ch in 0..self.c {
-                        let at = |ky: usize, kx: usize| {
-                            ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * self.c
-                                + ch
-                        };
-                        let mut best = at(0, 0);
-                        for ky in 0..self.wh {
-                            for kx in 0..self.ww {
-                                let i = at(ky, kx);
-                                if x[i] > x[best] {
-                                    best = i;
+                    let pixel = |ky: usize, kx: usize| {
+                        ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * c
+                    };
+                    let p0 = pixel(0, 0);
+                    best.copy_from_slice(&x[p0..p0 + c]);
+                    for (ch, a) in arg.iter_mut().enumerate() {
+                        *a = p0 + ch;
+                    }
+                    for ky in 0..self.wh {
+                        for kx in 0..self.ww {
+                            let p = pixel(ky, kx);
+                            let row = &x[p..p + c];
+                            for ch in 0..c {
+                                if row[ch] > best[ch] {
+                                    best[ch] = row[ch];
+                                    arg[ch] = p + ch;
                                 }
                             }
                         }
-                        f(o, best, x[best]);
-                        o += 1;
                     }
+                    for ch in 0..c {
+                        f(o + ch, arg[ch], best[ch]);
+                    }
+                    o += c;
                 }
             }
         }
