@@ -108,11 +108,12 @@ fn load(path: &Path) -> Result<Graph, CliError> {
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let g = if is_json {
         graph_from_json(&src).map_err(|e| {
-            CliError(format!(
-                "{file}:{}:{}: invalid graph JSON: {e}",
-                e.line(),
-                e.column()
-            ))
+            let (line, col) = (e.line(), e.column());
+            let msg = e.to_string();
+            let msg = msg
+                .strip_suffix(&format!(" at line {line} column {col}"))
+                .unwrap_or(&msg);
+            CliError(format!("{file}:{line}:{col}: invalid graph JSON: {msg}"))
         })?
     } else {
         parse_text(&src, &file)?
@@ -167,7 +168,11 @@ fn print_text(g: &Graph) -> String {
 fn print_dot(g: &Graph) -> String {
     let mut s = format!("digraph {:?} {{\n", g.name);
     for id in g.node_ids() {
-        s.push_str(&format!("  n{} [label={:?}];\n", id.index(), g[id].op.name()));
+        s.push_str(&format!(
+            "  n{} [label={:?}];\n",
+            id.index(),
+            g[id].op.name()
+        ));
         for o in g.operands(id) {
             s.push_str(&format!("  n{} -> n{};\n", o.index(), id.index()));
         }
