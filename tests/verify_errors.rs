@@ -318,3 +318,20 @@ fn several_violations_are_all_reported() {
         update %x <- %w
     "#);
 }
+
+#[test]
+fn operand_indices_with_gaps() {
+    // Only a graph read from JSON can have operand indices other than 0..n.
+    let (mut g, x) = with_input();
+    let y = g.input("y", TensorType::f32([3])).unwrap();
+    g.add2(x, y).unwrap();
+    let mut json = serde_json::to_value(&g).unwrap();
+    let edges = json["graph"]["edges"].as_array_mut().unwrap();
+    assert_eq!(edges.len(), 2, "{edges:?}");
+    edges[1][2] = serde_json::json!(2);
+    let g: Graph = serde_json::from_value(json).unwrap();
+    insta::assert_snapshot!(errors(&g), @r"
+    add: operand indices are [0, 2], expected 0..2 each once
+        %2: f32[3] = add %x, %y
+    ");
+}
