@@ -11,8 +11,14 @@
 //! `fn cmd_NAME(&Args) -> Result<(), CliError>`, and one arm in [`Command::run`].
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gradlift::graph::Graph;
+use gradlift::graph::{Graph, NodeId};
+use gradlift::init::Rng;
+use gradlift::interp::{self, Array};
+use gradlift::op::Op;
+use gradlift::shape::{DType, TensorType};
+use gradlift::text;
 use gradlift::verify::{verify, VerifyErrors};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -107,78 +113,31 @@ fn load(path: &Path) -> Result<Graph, CliError> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let g = if is_json {
-        graph_from_json(&src).map_err(|e| {
-            let (line, col) = (e.line(), e.column());
-            let msg = e.to_string();
-            let msg = msg
-                .strip_suffix(&format!(" at line {line} column {col}"))
-                .unwrap_or(&msg);
-            CliError(format!("{file}:{line}:{col}: invalid graph JSON: {msg}"))
-        })?
+        text::from_json(&src).map_err(|e| json_error(&file, &e))?
     } else {
-        parse_text(&src, &file)?
+        text::parse(&src, &file).map_err(|e| CliError(e.to_string()))?
     };
     verify(&g).map_err(|e| verify_report(&file, &e))?;
     Ok(g)
 }
 
-// The text format's functions. The `text` module lands from another branch; until then these
-// are local stand-ins (JSON via serde, a plain node list for text and dot).
-
-/// Parses the IR text format.
-fn parse_text(_src: &str, file: &str) -> Result<Graph, CliError> {
-    Err(CliError(format!(
-        "{file}: the IR text parser is not available in this build; use a .json graph"
-    )))
-}
-
-/// The graph as JSON.
-fn graph_to_json(g: &Graph) -> String {
-    serde_json::to_string_pretty(g).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-}
-
-/// A graph from JSON.
-fn graph_from_json(src: &str) -> Result<Graph, serde_json::Error> {
-    serde_json::from_str(src)
-}
-
-/// The graph as text.
-fn print_text(g: &Graph) -> String {
-    let mut s = format!("graph {} {{\n", g.name);
-    for id in g.topo_order().unwrap_or_default() {
-        let n = &g[id];
-        let ops: Vec<String> = g
-            .operands(id)
-            .into_iter()
-            .map(|o| gradlift::verify::node_label(g, o))
-            .collect();
-        s.push_str(&format!(
-            "  {}: {} = {} {}\n",
-            gradlift::verify::node_label(g, id),
-            n.ty,
-            n.op.name(),
-            ops.join(", ")
-        ));
-    }
-    s.push_str("}\n");
-    s
-}
-
-/// The graph as Graphviz dot.
-fn print_dot(g: &Graph) -> String {
-    let mut s = format!("digraph {:?} {{\n", g.name);
-    for id in g.node_ids() {
-        s.push_str(&format!(
-            "  n{} [label={:?}];\n",
-            id.index(),
-            g[id].op.name()
-        ));
-        for o in g.operands(id) {
-            s.push_str(&format!("  n{} -> n{};\n", o.index(), id.index()));
+/// `FILE:LINE:COL: invalid graph JSON: ...` from a JSON error.
+fn json_error(file: &str, e: &text::JsonError) -> CliError {
+    use std::error::Error;
+    match e
+        .source()
+        .and_then(|s| s.downcast_ref::<serde_json::Error>())
+    {
+        Some(j) => {
+            let (line, col) = (j.line(), j.column());
+            let msg = j.to_string();
+            let msg = msg
+                .strip_suffix(&format!(" at line {line} column {col}"))
+                .unwrap_or(&msg);
+            CliError(format!("{file}:{line}:{col}: invalid graph JSON: {msg}"))
         }
+        None => CliError(format!("{file}: {e}")),
     }
-    s.push_str("}\n");
-    s
 }
 
 // ---- check ------------------------------------------------------------------------------------
@@ -237,9 +196,9 @@ struct DumpArgs {
 fn cmd_dump(a: &DumpArgs) -> Result<(), CliError> {
     let g = load(&a.file)?;
     let out = match a.format {
-        DumpFormat::Text => print_text(&g),
-        DumpFormat::Dot => print_dot(&g),
-        DumpFormat::Json => graph_to_json(&g),
+        DumpFormat::Text => text::print(&g),
+        DumpFormat::Dot => text::dot(&g),
+        DumpFormat::Json => text::to_json(&g),
     };
     print!("{out}");
     if !out.ends_with('\n') {
@@ -260,11 +219,113 @@ struct EvalArgs {
     seed: u64,
 }
 
-/// Evaluates the graph (not yet available in this build).
+/// Evaluates the graph in f32 on seeded random inputs, params and state at their
+/// initializers; prints every output, then the new value of every update target.
 fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
-    let _g = load(&a.file)?;
-    Err(CliError(format!(
-        "{}: the interpreter is not available in this build",
-        a.file.display()
-    )))
+    let file = a.file.display().to_string();
+    let g = load(&a.file)?;
+    let feeds = random_feeds(&g, a.seed)?;
+    let values = interp::eval::<f32>(&g, &feeds)
+        .map_err(|e| CliError(format!("{file}: evaluation failed: {e}")))?;
+    if g.outputs().is_empty() {
+        println!("(no outputs)");
+    }
+    for o in g.outputs() {
+        let ty = &g[o.node].ty;
+        let v = values
+            .get(o.node)
+            .ok_or_else(|| CliError(format!("{file}: output {} has no value", o.name)))?;
+        println!("{}: {ty} = {}", o.name, format_values(ty, &v.data));
+    }
+    for u in g.updates() {
+        let ty = &g[u.target].ty;
+        let label = gradlift::verify::node_label(&g, u.target);
+        let v = values
+            .get(u.value)
+            .ok_or_else(|| CliError(format!("{file}: update of {label} has no value")))?;
+        println!("update {label}: {ty} = {}", format_values(ty, &v.data));
+    }
+    Ok(())
+}
+
+/// A random value for every input, from one generator seeded with `seed` and drawn in input
+/// order: f32 inputs uniform in `[0, 1)`, i32 inputs uniform in `0..k` (see [`class_count`]).
+fn random_feeds(g: &Graph, seed: u64) -> Result<HashMap<NodeId, Array<f32>>, CliError> {
+    let mut rng = Rng::new(seed);
+    let mut feeds = HashMap::new();
+    for id in g.inputs() {
+        let ty = &g[id].ty;
+        let n = ty.shape.numel();
+        let data: Vec<f32> = match ty.dtype {
+            DType::F32 => (0..n).map(|_| rng.uniform() as f32).collect(),
+            DType::I32 => {
+                let k = class_count(g, id);
+                (0..n).map(|_| rng.below(k) as f32).collect()
+            }
+        };
+        let arr = Array::new(ty.shape.clone(), data)
+            .map_err(|e| CliError(format!("cannot build a random input: {e}")))?;
+        feeds.insert(id, arr);
+    }
+    Ok(feeds)
+}
+
+/// The number of classes an i32 input ranges over: the class dimension of the logits when it
+/// is the labels of a sparse cross-entropy, the depth when it feeds a one_hot (the smallest if
+/// several), else 10.
+fn class_count(g: &Graph, input: NodeId) -> u64 {
+    let mut k: Option<usize> = None;
+    for u in g.users(input) {
+        let ops = g.operands(u);
+        let found = match &g[u].op {
+            Op::SparseSoftmaxCrossEntropy if ops.get(1) == Some(&input) => ops
+                .first()
+                .and_then(|&l| g[l].ty.shape.dims().get(1).copied()),
+            Op::OneHot { depth } => Some(*depth),
+            _ => None,
+        };
+        if let Some(f) = found.filter(|&f| f > 0) {
+            k = Some(k.map_or(f, |k| k.min(f)));
+        }
+    }
+    k.unwrap_or(10) as u64
+}
+
+/// How many values are printed in full; larger tensors are summarized.
+const FULL: usize = 16;
+/// How many leading values a summary shows.
+const FIRST: usize = 8;
+
+/// A tensor's values for printing: the value of a scalar, `[a, b, ...]` (row-major) up to
+/// [`FULL`] elements, else `min=.. max=.. mean=.. first=[...]`. i32 values print as integers.
+fn format_values(ty: &TensorType, data: &[f32]) -> String {
+    let one = |v: f32| match ty.dtype {
+        DType::I32 => format!("{}", v as i64),
+        DType::F32 => format!("{v:?}"),
+    };
+    let list = |vs: &[f32]| {
+        let items: Vec<String> = vs.iter().map(|&v| one(v)).collect();
+        format!("[{}]", items.join(", "))
+    };
+    if ty.shape.rank() == 0 && data.len() == 1 {
+        return one(data[0]);
+    }
+    if data.len() <= FULL {
+        return list(data);
+    }
+    let min = data.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mean = data.iter().map(|&v| v as f64).sum::<f64>() / data.len() as f64;
+    let nan = data.iter().filter(|v| v.is_nan()).count();
+    let mut s = format!(
+        "min={} max={} mean={} first={}",
+        one(min),
+        one(max),
+        mean as f32,
+        list(&data[..FIRST])
+    );
+    if nan > 0 {
+        s.push_str(&format!(" nan={nan}"));
+    }
+    s
 }

@@ -24,9 +24,9 @@
 //! 9. **Updates.** The target exists and is a param or state, the value exists, both have the
 //!    same type, and no target is updated twice.
 //!
-//! Nodes are named in messages as in the printed text: `%name`, or `%N` with `N` the node's
-//! position in [`Graph::topo_order`]; in a cyclic graph (no canonical order) an anonymous node
-//! is `#I` with `I` its raw index.
+//! Nodes are named in messages as in the printed text ([`node_label`]): `%name`, or `%N` with
+//! `N` the node's position in [`Graph::topo_order`]. The context is
+//! [`crate::text::print_node`]: the node's printed line, with its `# at FILE:LINE:COL`.
 
 use crate::graph::{is_valid_name, Graph, NodeId, SourceLoc};
 use crate::op::{Init, Literal, Op};
@@ -101,30 +101,62 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
     }
 }
 
-/// How a node is named in a message: `%name`, `%N` (canonical position) or `#I` (raw index).
+/// How a node is named in messages and printed text: `%name`, or `%N` with `N` its position in
+/// the canonical order (in a cyclic graph: the printer's fallback order, inputs, params, state,
+/// then the rest by index). A name that is invalid or already used by an earlier node is not
+/// used (the printer drops it too).
 pub fn node_label(g: &Graph, id: NodeId) -> String {
-    let numbering = g
-        .topo_order()
-        .ok()
-        .map(|o| o.into_iter().enumerate().map(|(i, n)| (n, i)).collect());
-    label(g, numbering.as_ref(), id)
+    Labels::new(g).get(id)
 }
 
-fn label(g: &Graph, numbering: Option<&HashMap<NodeId, usize>>, id: NodeId) -> String {
-    match g.get(id) {
-        None => format!("unknown node #{}", id.index()),
-        Some(n) => match (&n.name, numbering.and_then(|m| m.get(&id))) {
-            (Some(name), _) => format!("%{name}"),
-            (None, Some(pos)) => format!("%{pos}"),
-            (None, None) => format!("#{}", id.index()),
-        },
+/// The label of every node, as [`crate::text::print`] numbers them.
+struct Labels(HashMap<NodeId, String>);
+
+impl Labels {
+    fn new(g: &Graph) -> Labels {
+        let order = g.topo_order().unwrap_or_else(|_| {
+            let mut ids = g.node_ids();
+            ids.sort_by_key(|&id| (leaf_rank(g, id), id));
+            ids
+        });
+        let mut used = HashSet::new();
+        let mut map = HashMap::new();
+        for (i, &id) in order.iter().enumerate() {
+            let text = match &g[id].name {
+                Some(n) if is_valid_name(n) && used.insert(n.as_str()) => format!("%{n}"),
+                _ => format!("%{i}"),
+            };
+            map.insert(id, text);
+        }
+        Labels(map)
+    }
+
+    fn get(&self, id: NodeId) -> String {
+        self.0
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("unknown node #{}", id.index()))
+    }
+}
+
+/// Section rank of a node in printed text: inputs, params, state (leaves without operands),
+/// then the body.
+fn leaf_rank(g: &Graph, id: NodeId) -> u8 {
+    if !g.operands(id).is_empty() {
+        return 3;
+    }
+    match g[id].op {
+        Op::Input => 0,
+        Op::Param { .. } => 1,
+        Op::State { .. } => 2,
+        _ => 3,
     }
 }
 
 struct Verifier<'g> {
     g: &'g Graph,
-    /// Canonical positions, when the graph is acyclic.
-    numbering: Option<HashMap<NodeId, usize>>,
+    /// How nodes are named in messages.
+    labels: Labels,
     /// Nodes in the order they are checked: canonical if acyclic, else by index.
     order: Vec<NodeId>,
     errors: Vec<VerifyError>,
@@ -132,42 +164,26 @@ struct Verifier<'g> {
 
 impl<'g> Verifier<'g> {
     fn new(g: &'g Graph) -> Verifier<'g> {
-        let (numbering, order) = match g.topo_order() {
-            Ok(o) => (
-                Some(o.iter().enumerate().map(|(i, &n)| (n, i)).collect()),
-                o,
-            ),
-            Err(_) => (None, g.node_ids()),
-        };
+        let order = g.topo_order().unwrap_or_else(|_| g.node_ids());
         Verifier {
             g,
-            numbering,
+            labels: Labels::new(g),
             order,
             errors: Vec::new(),
         }
     }
 
     fn label(&self, id: NodeId) -> String {
-        label(self.g, self.numbering.as_ref(), id)
+        self.labels.get(id)
     }
 
-    /// The printed line of `id`, used as error context.
+    /// The printed line of `id` (with its `# at` location, if any), used as error context.
     fn context(&self, id: NodeId) -> String {
-        let Some(n) = self.g.get(id) else {
-            return String::new();
-        };
-        let operands: Vec<String> = self
-            .g
-            .operands(id)
-            .into_iter()
-            .map(|o| self.label(o))
-            .collect();
-        let mut s = format!("{}: {} = {}", self.label(id), n.ty, n.op.name());
-        if !operands.is_empty() {
-            s.push(' ');
-            s.push_str(&operands.join(", "));
+        if self.g.contains(id) {
+            crate::text::print_node(self.g, id)
+        } else {
+            String::new()
         }
-        s
     }
 
     fn node_error(&mut self, id: NodeId, message: String) {
