@@ -89,8 +89,11 @@ fn verify_report(file: &str, errs: &VerifyErrors) -> CliError {
             .map(|l| l.to_string())
             .unwrap_or_else(|| file.to_string());
         s.push_str(&format!("{at}: {}\n", e.message));
-        if !e.context.is_empty() {
-            s.push_str(&format!("    {}\n", e.context));
+        // The context ends with `# at LOC` when the node has a location: already printed.
+        let suffix = format!("  # at {at}");
+        let context = e.context.strip_suffix(&suffix).unwrap_or(&e.context);
+        if !context.is_empty() {
+            s.push_str(&format!("    {context}\n"));
         }
     }
     let n = errs.errors.len();

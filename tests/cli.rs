@@ -2,7 +2,7 @@
 //! bad files (IR text and JSON), run as a subprocess.
 
 use gradlift::op::{Init, Op, UnaryOp};
-use gradlift::{Graph, Node, TensorType};
+use gradlift::{Graph, Node, SourceLoc, TensorType};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -84,7 +84,11 @@ fn check_invalid_json_graph_reports_every_error() {
             op: Op::Unary(UnaryOp::Exp),
             ty: TensorType::f32([9]),
             name: Some("bad".into()),
-            loc: None,
+            loc: Some(SourceLoc {
+                file: "model.rs".into(),
+                line: 3,
+                column: 5,
+            }),
             grad_of: None,
         },
         &[x],
@@ -98,7 +102,7 @@ fn check_invalid_json_graph_reports_every_error() {
     // Builder-made nodes carry this test file's line numbers: blank them out.
     let err = redact_lines(&err);
     insta::assert_snapshot!(err, @r"
-    bad.json: type mismatch: node is declared f32[9], but exp of its operands gives f32[2,3]
+    model.rs:3:5: type mismatch: node is declared f32[9], but exp of its operands gives f32[2,3]
         %bad: f32[9] = exp %x
     tests/cli.rs:L:C: update target %x is an input, expected a param or state
         update %x <- %x
@@ -147,4 +151,167 @@ fn redact_lines(s: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Writes `src` to `name` in a fresh scratch directory and runs `gradlift check name` there.
+fn check_source(test: &str, name: &str, src: &str) -> (i32, String, String) {
+    let dir = scratch(test);
+    std::fs::write(dir.join(name), src).unwrap();
+    run_in(&dir, &["check", name])
+}
+
+#[test]
+fn check_corpus_model() {
+    let (code, out, err) = run(&["check", "ir/mlp.ir"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    insta::assert_snapshot!(out, @"ir/mlp.ir: ok: graph mlp, 16 nodes (2 inputs, 4 params, 0 state), 101770 parameters, 2 outputs, 0 updates");
+}
+
+#[test]
+fn check_reports_parse_errors_with_position() {
+    let (code, out, err) = check_source(
+        "parse_error",
+        "typo.ir",
+        "graph p {\ninputs:\n  %x: f32[4,3] = inptu\n}\n",
+    );
+    assert_eq!((code, out.as_str()), (1, ""));
+    insta::assert_snapshot!(err, @"typo.ir:3:18: unknown op `inptu` (did you mean `input`?)");
+}
+
+#[test]
+fn check_reports_type_errors_with_position() {
+    let src = "graph bad {
+inputs:
+  %x: f32[4,3] = input
+params:
+  %w: f32[3,2] = param glorot_uniform(seed=1)
+body:
+  %2: f32[4,3] = matmul %x, %w
+outputs:
+  out = %2
+}
+";
+    let (code, out, err) = check_source("type_error", "bad.ir", src);
+    assert_eq!((code, out.as_str()), (1, ""));
+    insta::assert_snapshot!(err, @"bad.ir:7:7: type mismatch: `%2` is declared f32[4,3] but matmul computes f32[4,2]");
+}
+
+#[test]
+fn dump_text_is_canonical() {
+    let (code, out, err) = run(&["dump", "ir/ops/matmul.ir"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    insta::assert_snapshot!(out, @r"
+    graph matmul {
+    inputs:
+      %a: f32[4,3] = input
+    params:
+      %w: f32[3,5] = param uniform(high=0.05, low=-0.05, seed=3)
+    body:
+      %y: f32[4,5] = matmul %a, %w
+    outputs:
+      y = %y
+    }
+    ");
+}
+
+#[test]
+fn dump_dot() {
+    let (code, out, err) = run(&["dump", "ir/ops/matmul.ir", "--format", "dot"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    insta::assert_snapshot!(out, @r##"
+    digraph "matmul" {
+      node [shape=box, fontname="monospace", fontsize=10];
+      edge [fontname="monospace", fontsize=9];
+      n0 [label="%a\ninput\nf32[4,3]", shape=invhouse, style="filled", fillcolor="#cfe3ff"];
+      n1 [label="%w\nparam\nf32[3,5]", style="filled", fillcolor="#d4f4d4"];
+      n2 [label="%y\nmatmul\nf32[4,5]"];
+      n0 -> n2 [label="0"];
+      n1 -> n2 [label="1"];
+      out0 [label="y", shape=oval, style=bold];
+      n2 -> out0;
+    }
+    "##);
+}
+
+#[test]
+fn json_dump_reads_back_as_the_same_graph() {
+    let (code, json, err) = run(&["dump", "ir/cnn.ir", "--format", "json"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let dir = scratch("json_dump_reads_back");
+    std::fs::write(dir.join("cnn.json"), &json).unwrap();
+    let (code, from_json, err) = run_in(&dir, &["dump", "cnn.json"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let (_, from_text, _) = run(&["dump", "ir/cnn.ir"]);
+    assert_eq!(from_json, from_text);
+    let (code, out, _) = run_in(&dir, &["check", "cnn.json"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("cnn.json: ok: graph cnn, 23 nodes"),
+        "{out}"
+    );
+}
+
+/// The value printed for output `name` by `gradlift eval` (a scalar).
+fn scalar_output(stdout: &str, name: &str) -> f64 {
+    let prefix = format!("{name}: f32[] = ");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no line {prefix:?} in {stdout}"));
+    line[prefix.len()..]
+        .parse()
+        .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+#[test]
+fn eval_cnn_loss_is_about_ln_10() {
+    let (code, out, err) = run(&["eval", "ir/cnn.ir"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let loss = scalar_output(&out, "loss");
+    assert!(loss.is_finite(), "{out}");
+    assert!((loss - 10f64.ln()).abs() < 0.3, "loss {loss}");
+    let acc = scalar_output(&out, "accuracy");
+    assert!((0.0..=1.0).contains(&acc), "{out}");
+    // 64 examples: the accuracy is a multiple of 1/64.
+    assert_eq!((acc * 64.0).fract(), 0.0, "{out}");
+}
+
+#[test]
+fn eval_is_deterministic_per_seed() {
+    let a = run(&["eval", "ir/mlp.ir", "--seed", "7"]);
+    let b = run(&["eval", "ir/mlp.ir", "--seed", "7"]);
+    let c = run(&["eval", "ir/mlp.ir", "--seed", "8"]);
+    assert_eq!(a.0, 0, "{}", a.2);
+    assert_eq!(a, b);
+    assert_ne!(a.1, c.1);
+}
+
+#[test]
+fn eval_labels_stay_below_the_class_count() {
+    // Labels outside 0..5 would make the sparse cross-entropy NaN.
+    for seed in 0..8 {
+        let seed = seed.to_string();
+        let (code, out, err) = run(&["eval", "ir/ops/cross_entropy.ir", "--seed", &seed]);
+        assert_eq!((code, err.as_str()), (0, ""));
+        let line = out.lines().find(|l| l.starts_with("sparse: ")).unwrap();
+        assert!(!line.contains("NaN"), "{line}");
+    }
+}
+
+#[test]
+fn eval_prints_small_tensors_in_full_and_summarizes_large_ones() {
+    let (code, out, err) = run(&["eval", "ir/ops/one_hot.ir"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    // 6 one-hot rows of depth 4: the mean is 6/24 whatever the labels.
+    assert!(out.contains(" mean=0.25 "), "{out}");
+    insta::assert_snapshot!(out, @"encoded: f32[6,4] = min=0.0 max=1.0 mean=0.25 first=[0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]");
+    let (code, out, err) = run(&["eval", "ir/ops/sgd_step.ir"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[0].starts_with("loss: f32[] = "), "{out}");
+    assert!(lines[1].starts_with("update %w: f32[3,1] = ["), "{out}");
+    assert!(lines[2].starts_with("update %b: f32[1] = ["), "{out}");
+    // The step counter starts at zero and the step adds one.
+    assert_eq!(lines[3], "update %step: f32[] = 1.0");
 }
