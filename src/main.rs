@@ -222,11 +222,24 @@ struct EvalArgs {
     seed: u64,
 }
 
+/// The most elements (over all nodes) `eval` computes: 2^28, 1 GiB of f32.
+const MAX_EVAL_ELEMENTS: usize = 1 << 28;
+
 /// Evaluates the graph in f32 on seeded random inputs, params and state at their
 /// initializers; prints every output, then the new value of every update target.
 fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
     let file = a.file.display().to_string();
     let g = load(&a.file)?;
+    // The interpreter keeps every node's value: refuse what would not fit in memory.
+    let total = g
+        .node_ids()
+        .iter()
+        .fold(0usize, |t, &id| t.saturating_add(g[id].ty.shape.numel()));
+    if total > MAX_EVAL_ELEMENTS {
+        return Err(CliError(format!(
+            "{file}: the graph's values hold {total} elements in all, more than the interpreter's limit of {MAX_EVAL_ELEMENTS}"
+        )));
+    }
     let feeds = random_feeds(&g, a.seed)?;
     let values = interp::eval::<f32>(&g, &feeds)
         .map_err(|e| CliError(format!("{file}: evaluation failed: {e}")))?;

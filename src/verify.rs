@@ -5,7 +5,7 @@
 //! one), saying what is wrong (found and expected) and carrying the printed node line as
 //! context. The verifier never stops at the first error and never panics.
 //!
-//! Invariants checked, in the order errors are reported:
+//! Invariants checked:
 //!
 //! 1. **Acyclic.** The operand edges form no cycle; one error per cycle, listing its nodes.
 //! 2. **Operand slots.** The operand indices of a node are exactly `0..n`, each once.
@@ -23,6 +23,9 @@
 //!    outputs.
 //! 9. **Updates.** The target exists and is a param or state, the value exists, both have the
 //!    same type, and no target is updated twice.
+//!
+//! Errors come in a deterministic order: cycles; then node by node in printed order, the
+//! per-node checks 2-7; then duplicate names, outputs, updates.
 //!
 //! Nodes are named in messages as in the printed text ([`node_label`]): `%name`, or `%N` with
 //! `N` the node's position in [`Graph::topo_order`]. The context is
@@ -64,8 +67,7 @@ impl fmt::Display for VerifyError {
 /// Every violation found in a graph (never empty).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct VerifyErrors {
-    /// The violations in the order of the invariants listed in the module doc, nodes in
-    /// canonical order.
+    /// The violations, in the order described in the module doc.
     pub errors: Vec<VerifyError>,
 }
 
@@ -112,13 +114,19 @@ pub fn node_label(g: &Graph, id: NodeId) -> String {
 /// The label of every node, as [`crate::text::print`] numbers them.
 struct Labels(HashMap<NodeId, String>);
 
+/// The canonical order, or for a cyclic graph the printer's fallback order (inputs, params,
+/// state, then the rest by index).
+fn print_order(g: &Graph) -> Vec<NodeId> {
+    g.topo_order().unwrap_or_else(|_| {
+        let mut ids = g.node_ids();
+        ids.sort_by_key(|&id| (leaf_rank(g, id), id));
+        ids
+    })
+}
+
 impl Labels {
     fn new(g: &Graph) -> Labels {
-        let order = g.topo_order().unwrap_or_else(|_| {
-            let mut ids = g.node_ids();
-            ids.sort_by_key(|&id| (leaf_rank(g, id), id));
-            ids
-        });
+        let order = print_order(g);
         let mut used = HashSet::new();
         let mut map = HashMap::new();
         for (i, &id) in order.iter().enumerate() {
@@ -157,14 +165,14 @@ struct Verifier<'g> {
     g: &'g Graph,
     /// How nodes are named in messages.
     labels: Labels,
-    /// Nodes in the order they are checked: canonical if acyclic, else by index.
+    /// Nodes in the order they are checked: [`print_order`].
     order: Vec<NodeId>,
     errors: Vec<VerifyError>,
 }
 
 impl<'g> Verifier<'g> {
     fn new(g: &'g Graph) -> Verifier<'g> {
-        let order = g.topo_order().unwrap_or_else(|_| g.node_ids());
+        let order = print_order(g);
         Verifier {
             g,
             labels: Labels::new(g),

@@ -315,3 +315,36 @@ fn eval_prints_small_tensors_in_full_and_summarizes_large_ones() {
     // The step counter starts at zero and the step adds one.
     assert_eq!(lines[3], "update %step: f32[] = 1.0");
 }
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let dir = scratch("bad_inputs");
+    let cases: &[(&str, &[u8])] = &[
+        ("empty.ir", b""),
+        ("binary.ir", &[0xff, 0xfe, 0x00, 0x81]),
+        ("truncated.ir", b"graph g {\ninputs:\n  %x: f32[2"),
+        ("huge.ir", b"graph g {\ninputs:\n  %x: f32[99999999999999999999] = input\n}\n"),
+        ("empty.json", b""),
+        ("wrong.json", b"{\"name\": \"g\", \"graph\": 1}"),
+        ("dangling.json", b"{\"name\":\"g\",\"graph\":{\"nodes\":[],\"node_holes\":[],\"edge_property\":\"directed\",\"edges\":[[0,5,0]]},\"outputs\":[],\"updates\":[]}"),
+    ];
+    for (name, bytes) in cases {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        for cmd in ["check", "dump", "eval"] {
+            let (code, out, err) = run_in(&dir, &[cmd, name]);
+            assert_eq!(code, 1, "{cmd} {name}: {out} {err}");
+            assert!(err.starts_with(name), "{cmd} {name}: {err}");
+            assert!(!err.contains("panicked"), "{cmd} {name}: {err}");
+        }
+    }
+}
+
+#[test]
+fn eval_refuses_graphs_too_large_for_memory() {
+    let src = "graph big {\ninputs:\n  %x: f32[16384,32768] = input\noutputs:\n  x = %x\n}\n";
+    let dir = scratch("eval_too_large");
+    std::fs::write(dir.join("big.ir"), src).unwrap();
+    let (code, _, err) = run_in(&dir, &["eval", "big.ir"]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!(err, @"big.ir: the graph's values hold 536870912 elements in all, more than the interpreter's limit of 268435456");
+}
