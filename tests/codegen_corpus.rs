@@ -174,17 +174,28 @@ fn inline_training_step_matches_the_interpreter() {
     differential(&g, "step.ir", 7);
 }
 
+/// Every `.ir` file under `dir`, recursively, sorted.
+fn ir_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(ir_files(&p));
+        } else if p.extension().is_some_and(|x| x == "ir") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
 #[test]
 fn corpus_files_match_the_interpreter() {
-    let Ok(dir) = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/ir")) else {
-        return;
-    };
-    let mut files: Vec<_> = dir
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "ir"))
-        .collect();
-    files.sort();
-    for path in files {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ir");
+    for path in ir_files(&root) {
         let src = std::fs::read_to_string(&path).unwrap();
         let file = path.display().to_string();
         let g = text::parse(&src, &file).unwrap_or_else(|e| panic!("{e}"));

@@ -230,7 +230,9 @@ fn compile_report_and_clif_dump() {
         "{r:?}"
     );
     let text = codegen::clif(&g, &CompileOptions::default()).unwrap();
-    assert!(text.starts_with("function "), "{text}");
+    assert!(text.starts_with("; graph counter"), "{text}");
+    assert!(text.contains("table[0] = input x"), "{text}");
+    assert!(text.contains("\nfunction "), "{text}");
     assert!(
         text.contains("call fn"),
         "matmul calls the GEMM kernel: {text}"

@@ -153,6 +153,9 @@ pub struct Lowerer<'a> {
     /// The Cranelift function builder.
     pub b: FunctionBuilder<'a>,
     bases: Vec<Value>,
+    /// Kernels declared in the module: name -> (function index, signature).
+    kernels: HashMap<&'static str, (u32, ir::Signature)>,
+    /// Kernels imported into this function so far (on first use, so the IR lists only those).
     funcs: HashMap<&'static str, FuncRef>,
     has_fma: bool,
     matmul: MatmulKernel,
@@ -163,7 +166,7 @@ impl<'a> Lowerer<'a> {
     pub fn new(
         mut b: FunctionBuilder<'a>,
         slots: usize,
-        funcs: HashMap<&'static str, FuncRef>,
+        kernels: HashMap<&'static str, (u32, ir::Signature)>,
         has_fma: bool,
         matmul: MatmulKernel,
     ) -> Lowerer<'a> {
@@ -180,7 +183,8 @@ impl<'a> Lowerer<'a> {
         Lowerer {
             b,
             bases,
-            funcs,
+            kernels,
+            funcs: HashMap::new(),
             has_fma,
             matmul,
         }
@@ -257,10 +261,32 @@ impl<'a> Lowerer<'a> {
     }
 
     fn call(&mut self, name: &'static str, args: &[Value]) -> Result<Option<Value>, LowerError> {
-        let f = *self
-            .funcs
-            .get(name)
-            .ok_or_else(|| format!("runtime kernel {name} is not declared"))?;
+        let f = match self.funcs.get(name) {
+            Some(&f) => f,
+            None => {
+                let (index, sig) = self
+                    .kernels
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("runtime kernel {name} is not declared"))?;
+                let signature = self.b.import_signature(sig);
+                let user = self
+                    .b
+                    .func
+                    .declare_imported_user_function(ir::UserExternalName {
+                        namespace: 0,
+                        index,
+                    });
+                let f = self.b.import_function(ir::ExtFuncData {
+                    name: ir::ExternalName::user(user),
+                    signature,
+                    colocated: false,
+                    patchable: false,
+                });
+                self.funcs.insert(name, f);
+                f
+            }
+        };
         let inst = self.b.ins().call(f, args);
         Ok(self.b.inst_results(inst).first().copied())
     }

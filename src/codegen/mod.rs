@@ -323,7 +323,7 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
         )
         .map_err(host_error)?;
     ctx.func.name = UserFuncName::user(0, func.as_u32());
-    let mut funcs = HashMap::new();
+    let mut kernel_decls = HashMap::new();
     for (name, _) in kernels::symbols() {
         let (params, returns) = lower::kernel_signature(name);
         let mut sig = module.make_signature();
@@ -332,7 +332,7 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
         let id = module
             .declare_function(name, Linkage::Import, &sig)
             .map_err(host_error)?;
-        funcs.insert(name, module.declare_func_in_func(id, &mut ctx.func));
+        kernel_decls.insert(name, (id.as_u32(), sig));
     }
 
     let fma = has_fma(&module);
@@ -340,7 +340,7 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
     {
         let fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let slots = plan.arena_slot(g.outputs().len()) + 1;
-        let mut lw = lower::Lowerer::new(fb, slots, funcs, fma, opts.matmul);
+        let mut lw = lower::Lowerer::new(fb, slots, kernel_decls, fma, opts.matmul);
         for &id in &order {
             lw.node(g, &plan, id)
                 .map_err(|message| CompileError::Lowering {
@@ -455,10 +455,44 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileEr
     Ok(Executable::new(g, module, code, plan, report))
 }
 
-/// The Cranelift IR of the function [`compile`] would build for `g`, as text.
+/// The Cranelift IR of the function [`compile`] would build for `g`, as text, after a comment
+/// header naming the pointer-table slots and the runtime kernels (`u0:N`) it calls.
 pub fn clif(g: &Graph, opts: &CompileOptions) -> Result<String, CompileError> {
     let built = build(g, opts)?;
-    let text = built.ctx.func.display().to_string();
+    let p = &built.plan;
+    let names = |ids: &[NodeId]| -> Vec<String> {
+        ids.iter()
+            .map(|&id| {
+                g[id]
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("#{}", id.index()))
+            })
+            .collect()
+    };
+    let mut slots: Vec<String> = Vec::new();
+    slots.extend(names(&p.inputs).into_iter().map(|n| format!("input {n}")));
+    slots.extend(names(&p.params).into_iter().map(|n| format!("param {n}")));
+    slots.extend(names(&p.states).into_iter().map(|n| format!("state {n}")));
+    slots.extend(p.consts.iter().map(|&id| format!("const {}", g[id].ty)));
+    slots.extend(g.outputs().iter().map(|o| format!("output {}", o.name)));
+    slots.push(format!("arena {} bytes", p.arena_bytes));
+    let mut text = format!(
+        "; graph {}: {} nodes in one function fn(table), table[i] at offset 8*i:\n",
+        g.name,
+        built.order.len()
+    );
+    for (i, s) in slots.iter().enumerate() {
+        text.push_str(&format!(";   table[{i}] = {s}\n"));
+    }
+    let kernels: Vec<String> = kernels::symbols()
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| format!("u0:{} = {n}", i + 1))
+        .collect();
+    text.push_str(&format!("; runtime kernels: {}\n", kernels.join(", ")));
+    text.push_str("; @NNNN before an instruction: the raw index (hexadecimal) of the graph node it belongs to\n");
+    text.push_str(&built.ctx.func.display().to_string());
     // SAFETY: nothing of this module was defined or called.
     unsafe { built.module.free_memory() };
     Ok(text)
