@@ -10,6 +10,7 @@ use crate::graph::Graph;
 use crate::op::{Literal, Op};
 use crate::shape::{DType, Shape, TensorType};
 use cranelift_jit::JITModule;
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use std::fmt;
 
 /// Elements of a host tensor.
@@ -236,10 +237,47 @@ impl Drop for Jit {
     }
 }
 
-/// A cache-line-aligned block of arena memory.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Block([u8; ALIGN]);
+/// The arena: zeroed, cache-line-aligned memory (allocated zeroed, so untouched pages cost
+/// nothing until the first call writes them).
+struct Arena {
+    ptr: *mut u8,
+    layout: Option<Layout>,
+}
+
+// SAFETY: the arena is plain memory owned by one executable; `&mut` access is required to
+// hand its pointer to native code.
+unsafe impl Send for Arena {}
+
+impl Arena {
+    fn new(bytes: usize) -> Arena {
+        match Layout::from_size_align(bytes, ALIGN) {
+            Ok(layout) if bytes > 0 => {
+                // SAFETY: the layout has a non-zero size.
+                let ptr = unsafe { alloc_zeroed(layout) };
+                if ptr.is_null() {
+                    handle_alloc_error(layout);
+                }
+                Arena {
+                    ptr,
+                    layout: Some(layout),
+                }
+            }
+            _ => Arena {
+                ptr: std::ptr::NonNull::<u64>::dangling().as_ptr() as *mut u8,
+                layout: None,
+            },
+        }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if let Some(l) = self.layout {
+            // SAFETY: allocated in `Arena::new` with this layout.
+            unsafe { dealloc(self.ptr, l) };
+        }
+    }
+}
 
 /// A compiled graph: call [`Executable::run`] as often as needed. Params and state persist
 /// across calls and change only through the graph's declared updates or [`Executable::set_param`].
@@ -251,7 +289,7 @@ pub struct Executable {
     states: Vec<(String, HostTensor)>,
     consts: Vec<HostTensor>,
     outputs: Vec<(String, HostTensor)>,
-    arena: Vec<Block>,
+    arena: Arena,
     report: CompileReport,
 }
 
@@ -332,7 +370,7 @@ impl Executable {
                 .iter()
                 .map(|o| (o.name.clone(), HostTensor::zeros(&g[o.node].ty)))
                 .collect(),
-            arena: vec![Block([0; ALIGN]); plan.arena_bytes.div_ceil(ALIGN)],
+            arena: Arena::new(plan.arena_bytes),
             report,
         }
     }
@@ -379,7 +417,7 @@ impl Executable {
         for (_, t) in self.outputs.iter_mut() {
             table.push(t.as_mut_ptr());
         }
-        table.push(self.arena.as_mut_ptr() as *mut u8);
+        table.push(self.arena.ptr);
         // SAFETY: every input was checked to have the dtype, shape and length the code was
         // compiled for; params, state, consts, outputs and the arena are owned buffers of the
         // planned sizes; `&mut self` gives the call exclusive access to them, and inputs are
@@ -454,5 +492,9 @@ impl Executable {
     /// Where compile time went.
     pub fn report(&self) -> &CompileReport {
         &self.report
+    }
+
+    pub(crate) fn set_report(&mut self, r: CompileReport) {
+        self.report = r;
     }
 }

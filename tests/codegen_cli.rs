@@ -32,12 +32,18 @@ fn scalars(stdout: &str) -> Vec<(String, f64)> {
 #[test]
 fn run_prints_the_interpreters_outputs_and_compile_time() {
     for file in ["ir/mlp.ir", "ir/cnn.ir", "ir/linear_regression.ir"] {
-        if !std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file).exists() {
+        if !std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(file)
+            .exists()
+        {
             continue;
         }
         let (ok, run, err) = gradlift(&["run", file, "--seed", "3"]);
         assert!(ok, "{file}: {err}");
-        assert!(run.contains("compiled") && run.contains("Cranelift"), "{run}");
+        assert!(
+            run.contains("compiled") && run.contains("Cranelift"),
+            "{run}"
+        );
         let (ok, eval, err) = gradlift(&["eval", file, "--seed", "3"]);
         assert!(ok, "{file}: {err}");
         let (r, e) = (scalars(&run), scalars(&eval));
@@ -45,7 +51,10 @@ fn run_prints_the_interpreters_outputs_and_compile_time() {
         assert_eq!(r.len(), e.len(), "{run}\n{eval}");
         for ((n1, v1), (n2, v2)) in r.iter().zip(&e) {
             assert_eq!(n1, n2);
-            assert!((v1 - v2).abs() <= 1e-4 * (1.0 + v2.abs()), "{file} {n1}: {v1} vs {v2}");
+            assert!(
+                (v1 - v2).abs() <= 1e-4 * (1.0 + v2.abs()),
+                "{file} {n1}: {v1} vs {v2}"
+            );
         }
     }
 }
@@ -53,7 +62,10 @@ fn run_prints_the_interpreters_outputs_and_compile_time() {
 #[test]
 fn dump_clif_prints_the_function() {
     let (ok, out, err) = gradlift(&["dump", "ir/ops/matmul.ir", "--format", "clif"]);
-    if !std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/ops/matmul.ir").exists() {
+    if !std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("ir/ops/matmul.ir")
+        .exists()
+    {
         return;
     }
     assert!(ok, "{err}");

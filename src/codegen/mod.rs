@@ -66,8 +66,13 @@ impl Default for CompileOptions {
 pub struct CompileReport {
     /// Checking, planning and building the Cranelift IR, in milliseconds.
     pub lower_ms: f64,
-    /// Cranelift (optimization, register allocation, emission, linking), in milliseconds.
+    /// Cranelift code generation (register allocation, emission, linking), in milliseconds.
     pub cranelift_ms: f64,
+    /// Setting up the host ISA and the JIT module, in milliseconds.
+    pub setup_ms: f64,
+    /// Allocating and initializing the executable's buffers (params from their
+    /// initializers, constants, arena), in milliseconds.
+    pub init_ms: f64,
     /// Size of the intermediate-value arena in bytes.
     pub arena_bytes: usize,
     /// Number of graph nodes.
@@ -82,12 +87,14 @@ impl std::fmt::Display for CompileReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "compiled {} nodes in {:.2} ms (lowering {:.2} ms, Cranelift {:.2} ms): {} IR \
-             instructions, {} bytes of code, {} bytes of arena",
+            "compiled {} nodes in {:.2} ms (lowering {:.2} ms, Cranelift {:.2} ms, JIT setup \
+             {:.2} ms, buffers {:.2} ms): {} IR instructions, {} bytes of code, {} bytes of arena",
             self.nodes,
-            self.lower_ms + self.cranelift_ms,
+            self.lower_ms + self.cranelift_ms + self.setup_ms + self.init_ms,
             self.lower_ms,
             self.cranelift_ms,
+            self.setup_ms,
+            self.init_ms,
             self.clif_insts,
             self.code_bytes,
             self.arena_bytes
@@ -267,6 +274,7 @@ pub(crate) struct Built {
     pub plan: plan::Plan,
     pub order: Vec<NodeId>,
     pub lower_ms: f64,
+    pub setup_ms: f64,
 }
 
 fn host_error(e: impl std::fmt::Display) -> CompileError {
@@ -292,6 +300,7 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
     };
     let plan = plan::plan(g, &order, |id| scratch_bytes(g, id), folded);
 
+    let t_setup = Instant::now();
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(host_error);
     set(&mut flags, "use_colocated_libcalls", "false")?;
@@ -312,6 +321,7 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
     }
     let mut module = JITModule::new(jb);
     let ptr = module.target_config().pointer_type();
+    let setup_ms = t_setup.elapsed().as_secs_f64() * 1e3;
 
     let mut ctx = module.make_context();
     ctx.func.signature.params.push(AbiParam::new(ptr));
@@ -377,7 +387,8 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
         func,
         plan,
         order,
-        lower_ms: t0.elapsed().as_secs_f64() * 1e3,
+        lower_ms: t0.elapsed().as_secs_f64() * 1e3 - setup_ms,
+        setup_ms,
     })
 }
 
@@ -421,6 +432,7 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileEr
         plan,
         order,
         lower_ms,
+        setup_ms,
     } = build(g, opts)?;
     let clif_insts = ctx.func.dfg.num_insts();
     let t1 = Instant::now();
@@ -444,15 +456,21 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileEr
         });
     }
     let code = module.get_finalized_function(func);
-    let report = CompileReport {
+    let mut report = CompileReport {
         lower_ms,
         cranelift_ms: t1.elapsed().as_secs_f64() * 1e3,
+        setup_ms,
+        init_ms: 0.0,
         arena_bytes: plan.arena_bytes,
         nodes: order.len(),
         clif_insts,
         code_bytes,
     };
-    Ok(Executable::new(g, module, code, plan, report))
+    let t2 = Instant::now();
+    let mut exe = Executable::new(g, module, code, plan, report.clone());
+    report.init_ms = t2.elapsed().as_secs_f64() * 1e3;
+    exe.set_report(report);
+    Ok(exe)
 }
 
 /// The Cranelift IR of the function [`compile`] would build for `g`, as text, after a comment
