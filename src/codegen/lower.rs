@@ -148,6 +148,21 @@ type ElemFn<'f, 'a> = &'f dyn Fn(&mut Lowerer<'a>, &[Value], bool) -> Value;
 /// A loop body: index and carried values in, next carried values out.
 type LoopBody<'f, 'a> = &'f mut dyn FnMut(&mut Lowerer<'a>, Value, &[Value]) -> Vec<Value>;
 
+/// The shape of one register tile of the Cranelift matmul kernel.
+#[derive(Clone, Copy)]
+struct Tile {
+    /// Inner dimension.
+    k: usize,
+    /// Columns of `b` and `c` (row stride in elements).
+    n: usize,
+    /// Rows of the tile.
+    rows: usize,
+    /// `f32x4` column groups.
+    nvec: usize,
+    /// Single columns after the vectors.
+    nscalar: usize,
+}
+
 /// Emits the body of the one native function.
 pub struct Lowerer<'a> {
     /// The Cranelift function builder.
@@ -698,87 +713,112 @@ impl<'a> Lowerer<'a> {
         Ok(())
     }
 
-    /// Register-blocked kernel: for each row of `c`, tiles of 4 vectors (16 columns) accumulate
-    /// over `k` in registers; leftover vectors and columns form one last tile.
+    /// Register-blocked kernel: tiles of 4 rows x 8 columns (8 `f32x4` accumulators) run
+    /// over `k` in registers, loading 2 vectors of `b` and broadcasting 4 scalars of `a` per
+    /// step; leftover columns (vectors, then single columns) and rows form smaller tiles.
     fn matmul_cranelift(&mut self, a: Loc, b: Loc, c: Loc, m: usize, k: usize, n: usize) {
-        const TILE: usize = 4;
-        let tiles = n / (TILE * LANES);
-        let rest_vec = (n % (TILE * LANES)) / LANES;
-        let rest_scalar = n % LANES;
+        const ROWS: usize = 4;
+        const VECS: usize = 2;
+        let geo = Tile {
+            k,
+            n,
+            rows: ROWS,
+            nvec: VECS,
+            nscalar: 0,
+        };
         let pa = self.addr(a, None);
         let pb = self.addr(b, None);
         let pc = self.addr(c, None);
-        self.for_range(m, vec![], &mut |lw, i, _| {
-            let ra = lw.b.ins().imul_imm_s(i, (k * 4) as i64);
+        let row_tiles = m / ROWS;
+        let rows_block = |lw: &mut Self, i0: Value, rows: usize| {
+            let ra = lw.b.ins().imul_imm_s(i0, (k * 4) as i64);
             let row_a = lw.b.ins().iadd(pa, ra);
-            let rc = lw.b.ins().imul_imm_s(i, (n * 4) as i64);
+            let rc = lw.b.ins().imul_imm_s(i0, (n * 4) as i64);
             let row_c = lw.b.ins().iadd(pc, rc);
-            lw.for_range(tiles, vec![], &mut |lw, t, _| {
-                let col = lw.b.ins().imul_imm_s(t, (TILE * LANES * 4) as i64);
-                lw.matmul_tile(row_a, pb, row_c, col, k, n, TILE, 0);
+            let col_tiles = n / (VECS * LANES);
+            lw.for_range(col_tiles, vec![], &mut |lw, t, _| {
+                let col = lw.b.ins().imul_imm_s(t, (VECS * LANES * 4) as i64);
+                lw.matmul_tile(row_a, pb, row_c, col, Tile { rows, ..geo });
                 vec![]
             });
-            if rest_vec + rest_scalar > 0 {
-                let col = lw.iconst((tiles * TILE * LANES * 4) as i64);
-                lw.matmul_tile(row_a, pb, row_c, col, k, n, rest_vec, rest_scalar);
+            let done = col_tiles * VECS * LANES;
+            let (nvec, nscalar) = ((n - done) / LANES, (n - done) % LANES);
+            if nvec + nscalar > 0 {
+                let col = lw.iconst((done * 4) as i64);
+                lw.matmul_tile(
+                    row_a,
+                    pb,
+                    row_c,
+                    col,
+                    Tile {
+                        rows,
+                        nvec,
+                        nscalar,
+                        ..geo
+                    },
+                );
             }
+        };
+        self.for_range(row_tiles, vec![], &mut |lw, t, _| {
+            let i0 = lw.b.ins().imul_imm_s(t, ROWS as i64);
+            rows_block(lw, i0, ROWS);
             vec![]
         });
+        for i in row_tiles * ROWS..m {
+            let i0 = self.iconst(i as i64);
+            rows_block(self, i0, 1);
+        }
     }
 
-    /// One tile of one row of `c`: `nvec` vectors then `nscalar` single columns from byte
-    /// column offset `col`.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_tile(
-        &mut self,
-        row_a: Value,
-        pb: Value,
-        row_c: Value,
-        col: Value,
-        k: usize,
-        n: usize,
-        nvec: usize,
-        nscalar: usize,
-    ) {
+    /// One tile of `c`: `t.rows` rows from `row_a`/`row_c`, `t.nvec` vectors then
+    /// `t.nscalar` single columns from byte column offset `col`, accumulated over `k`.
+    fn matmul_tile(&mut self, row_a: Value, pb: Value, row_c: Value, col: Value, t: Tile) {
+        let width = t.nvec + t.nscalar;
         let zv = self.fconst(0.0, true);
         let zs = self.fconst(0.0, false);
-        let init: Vec<Value> = (0..nvec)
-            .map(|_| zv)
-            .chain((0..nscalar).map(|_| zs))
+        let init: Vec<Value> = (0..t.rows)
+            .flat_map(|_| (0..width).map(|q| if q < t.nvec { zv } else { zs }))
             .collect();
         let bcol = self.b.ins().iadd(pb, col);
-        let acc = self.for_range(k, init, &mut |lw, kk, acc| {
+        let col_off = |q: usize| {
+            if q < t.nvec {
+                q * LANES * 4
+            } else {
+                (t.nvec * LANES + q - t.nvec) * 4
+            }
+        };
+        let acc = self.for_range(t.k, init, &mut |lw, kk, acc| {
             let oa = lw.b.ins().imul_imm_s(kk, 4);
             let pa = lw.b.ins().iadd(row_a, oa);
-            let s = lw.load(types::F32, pa, 0);
-            let ob = lw.b.ins().imul_imm_s(kk, (n * 4) as i64);
+            let ob = lw.b.ins().imul_imm_s(kk, (t.n * 4) as i64);
             let rb = lw.b.ins().iadd(bcol, ob);
-            let sv = if nvec > 0 {
-                Some(lw.b.ins().splat(types::F32X4, s))
-            } else {
-                None
-            };
+            let bv: Vec<Value> = (0..width)
+                .map(|q| {
+                    let ty = if q < t.nvec { types::F32X4 } else { types::F32 };
+                    lw.load(ty, rb, col_off(q) as i64)
+                })
+                .collect();
             let mut out = Vec::with_capacity(acc.len());
-            for (q, &ac) in acc.iter().enumerate() {
-                if q < nvec {
-                    let bv = lw.load(types::F32X4, rb, (q * LANES * 4) as i64);
-                    out.push(lw.mul_add(sv.unwrap_or(s), bv, ac));
+            for r in 0..t.rows {
+                let s = lw.load(types::F32, pa, (r * t.k * 4) as i64);
+                let sv = if t.nvec > 0 {
+                    lw.b.ins().splat(types::F32X4, s)
                 } else {
-                    let off = (nvec * LANES + (q - nvec)) * 4;
-                    let bs = lw.load(types::F32, rb, off as i64);
-                    out.push(lw.mul_add(s, bs, ac));
+                    s
+                };
+                for (q, &b) in bv.iter().enumerate() {
+                    let x = if q < t.nvec { sv } else { s };
+                    out.push(lw.mul_add(x, b, acc[r * width + q]));
                 }
             }
             out
         });
         let pc = self.b.ins().iadd(row_c, col);
-        for (q, &v) in acc.iter().enumerate() {
-            let off = if q < nvec {
-                q * LANES * 4
-            } else {
-                (nvec * LANES + (q - nvec)) * 4
-            };
-            self.store(v, pc, off as i64);
+        for r in 0..t.rows {
+            for q in 0..width {
+                let off = r * t.n * 4 + col_off(q);
+                self.store(acc[r * width + q], pc, off as i64);
+            }
         }
     }
 
