@@ -172,6 +172,9 @@ updates:
 fn inline_training_step_matches_the_interpreter() {
     let g = text::parse(STEP, "step.ir").unwrap();
     differential(&g, "step.ir", 7);
+    // %b <- %nb and %t <- %t1 are computed in place; %w is an output, so %nw is copied
+    let exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+    assert_eq!(exe.report().in_place_updates, 2, "{:?}", exe.report());
 }
 
 /// Every `.ir` file under `dir`, recursively, sorted.
@@ -201,4 +204,33 @@ fn corpus_files_match_the_interpreter() {
         let g = text::parse(&src, &file).unwrap_or_else(|e| panic!("{e}"));
         differential(&g, &file, 11);
     }
+}
+
+/// Updates whose target is still read after the new value is computed (here `%late` reads
+/// `%p` after `%v`, and `%q <- %p` swaps): the old values must be seen.
+const LATE_READERS: &str = "
+graph late {
+params:
+  %p: f32[6] = param uniform(high=1.0, low=-1.0, seed=5)
+  %q: f32[6] = param uniform(high=1.0, low=-1.0, seed=6)
+body:
+  %two: f32[] = const 2.0
+  %v: f32[6] = mul %p, %two
+  %late: f32[6] = add %p, %two
+  %w: f32[6] = sub %q, %v
+outputs:
+  late = %late
+  w = %w
+updates:
+  %p <- %v
+  %q <- %p
+}
+";
+
+#[test]
+fn updates_never_clobber_values_still_read() {
+    let g = text::parse(LATE_READERS, "late.ir").unwrap();
+    differential(&g, "late.ir", 3);
+    let exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+    assert_eq!(exe.report().in_place_updates, 0, "{:?}", exe.report());
 }

@@ -75,6 +75,8 @@ pub struct CompileReport {
     pub init_ms: f64,
     /// Size of the intermediate-value arena in bytes.
     pub arena_bytes: usize,
+    /// Updates computed directly into their param or state buffer (no copy at the end).
+    pub in_place_updates: usize,
     /// Number of graph nodes.
     pub nodes: usize,
     /// Number of Cranelift IR instructions in the function.
@@ -462,6 +464,7 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileEr
         setup_ms,
         init_ms: 0.0,
         arena_bytes: plan.arena_bytes,
+        in_place_updates: plan.in_place,
         nodes: order.len(),
         clif_insts,
         code_bytes,

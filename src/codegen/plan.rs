@@ -50,6 +50,8 @@ pub struct Plan {
     pub staged: Vec<Option<Loc>>,
     /// Total arena bytes.
     pub arena_bytes: usize,
+    /// Number of updates computed directly into their param or state buffer.
+    pub in_place: usize,
 }
 
 impl Plan {
@@ -133,6 +135,7 @@ pub fn plan(
         scratch: HashMap::new(),
         staged: vec![None; g.updates().len()],
         arena_bytes: 0,
+        in_place: 0,
     };
     let arena = p.arena_slot(g.outputs().len());
     let leaf_slots: Vec<NodeId> = p
@@ -194,13 +197,18 @@ pub fn plan(
         }
     }
 
+    let inplace = in_place_updates(g, order, &root, &pos);
+    p.in_place = inplace.len();
     let mut dying: HashMap<usize, Vec<NodeId>> = HashMap::new();
     for (t, &id) in order.iter().enumerate() {
         if p.locs.contains_key(&id) {
             continue;
         }
         let r = root[&id];
-        if r != id {
+        if let Some(target) = inplace.get(&id) {
+            let l = p.locs[target];
+            p.locs.insert(id, l);
+        } else if r != id {
             let l = p.locs[&r];
             p.locs.insert(id, l);
         } else {
@@ -231,6 +239,48 @@ pub fn plan(
     }
     p.arena_bytes = a.top;
     p
+}
+
+/// Updates `target <- value` whose value can be computed directly into the target's buffer,
+/// as `value -> target`. Safe when the value is an elementwise op that reads the target (if at
+/// all) only directly, at the same position of the same shape; no other node reads the target
+/// at or after the value's position; the target is not an output or another update's source;
+/// and the value has its own storage (not an alias, not a leaf).
+fn in_place_updates(
+    g: &Graph,
+    order: &[NodeId],
+    root: &HashMap<NodeId, NodeId>,
+    pos: &HashMap<NodeId, usize>,
+) -> HashMap<NodeId, NodeId> {
+    let mut kept: HashSet<NodeId> = g.outputs().iter().map(|o| root[&o.node]).collect();
+    for u in g.updates() {
+        kept.insert(root[&u.value]);
+    }
+    // last position at which each root buffer is read, and by whom
+    let mut readers: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    for &id in order {
+        for o in g.operands(id) {
+            readers.entry(root[&o]).or_default().push(id);
+        }
+    }
+    let mut out = HashMap::new();
+    for u in g.updates() {
+        let (t, v) = (u.target, u.value);
+        let elementwise = matches!(g[v].op, Op::Unary(_) | Op::Binary(_));
+        if !elementwise || root[&v] != v || kept.contains(&t) || out.contains_key(&v) {
+            continue;
+        }
+        let pv = pos[&v];
+        let ok = readers.get(&t).is_none_or(|rs| {
+            rs.iter().all(|&r| {
+                pos[&r] < pv || (r == v && g.operands(v).iter().all(|&o| root[&o] != t || o == t))
+            })
+        });
+        if ok {
+            out.insert(v, t);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
