@@ -1,0 +1,189 @@
+//! Error cases of `autodiff::grad`: each returns an error (never panics), leaves the graph
+//! unchanged, and its message (snapshotted) names the op, the node and the source line.
+//! New cases go at the END of this file: messages contain this file's line numbers.
+
+use gradlift::autodiff::{self, GradError};
+use gradlift::{CmpOp, DType, Graph, Init, NodeId, TensorType};
+
+/// `x: f32[4,3]`, `w: f32[3,2]`, `h = x @ w`.
+fn base() -> (Graph, NodeId, NodeId, NodeId) {
+    let mut g = Graph::new("t");
+    let x = g.input("x", TensorType::f32([4, 3])).unwrap();
+    let w = g.param("w", [3, 2], Init::Zeros).unwrap();
+    let h = g.matmul(x, w).unwrap();
+    (g, x, w, h)
+}
+
+/// Runs `grad` and checks the graph did not change on error.
+fn grad_err(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> GradError {
+    let before = g.len();
+    let e = autodiff::grad(g, loss, wrt).expect_err("grad should fail");
+    assert_eq!(
+        g.len(),
+        before,
+        "a failing grad must leave the graph unchanged"
+    );
+    e
+}
+
+#[test]
+fn non_scalar_loss() {
+    let (mut g, _, w, h) = base();
+    let e = grad_err(&mut g, h, &[w]);
+    assert!(matches!(e, GradError::NonScalarLoss { .. }));
+    insta::assert_snapshot!(e.to_string());
+}
+
+#[test]
+fn argmax_on_the_path() {
+    let (mut g, _, w, h) = base();
+    let am = g.argmax(h, 1).unwrap();
+    let f = g.cast(am, DType::F32).unwrap();
+    let loss = g.sum(f, &[0], false).unwrap();
+    let e = grad_err(&mut g, loss, &[w]);
+    // The first non-differentiable op met walking back from the loss is the cast.
+    assert!(matches!(e, GradError::NotDifferentiable { op: "cast", .. }));
+    insta::assert_snapshot!(e.to_string());
+}
+
+#[test]
+fn comparison_on_the_path() {
+    let (mut g, _, w, h) = base();
+    let zero = g.scalar(0.0);
+    let m = g.compare(CmpOp::Gt, h, zero).unwrap();
+    let p = g.mul(m, h).unwrap();
+    let loss = g.sum(p, &[0, 1], false).unwrap();
+    let e = grad_err(&mut g, loss, &[w]);
+    assert!(matches!(e, GradError::NotDifferentiable { op: "gt", .. }));
+    insta::assert_snapshot!(e.to_string());
+}
+
+#[test]
+fn one_hot_of_argmax_on_the_path() {
+    let (mut g, _, w, h) = base();
+    let am = g.argmax(h, 1).unwrap();
+    let oh = g.one_hot(am, 5).unwrap();
+    let loss = g.sum(oh, &[0, 1], false).unwrap();
+    let e = grad_err(&mut g, loss, &[w]);
+    assert!(matches!(
+        e,
+        GradError::NotDifferentiable { op: "one_hot", .. }
+    ));
+    insta::assert_snapshot!(e.to_string());
+}
+
+#[test]
+fn wrt_not_a_param_or_input() {
+    let (mut g, _, _, h) = base();
+    let loss = g.sum(h, &[0, 1], false).unwrap();
+    let e = grad_err(&mut g, loss, &[h]);
+    assert!(matches!(e, GradError::NotParamOrInput { op: "matmul", .. }));
+    insta::assert_snapshot!(e.to_string());
+
+    let s = g.state("s", [4, 2], Init::Zeros).unwrap();
+    let hs = g.add2(h, s).unwrap();
+    let loss2 = g.sum(hs, &[0, 1], false).unwrap();
+    let e = grad_err(&mut g, loss2, &[s]);
+    assert!(matches!(e, GradError::NotParamOrInput { op: "state", .. }));
+}
+
+#[test]
+fn integer_wrt() {
+    let (mut g, _, _, h) = base();
+    let labels = g.input("labels", TensorType::i32([4])).unwrap();
+    let ce = g.sparse_softmax_cross_entropy(h, labels).unwrap();
+    let loss = g.mean(ce, &[0], false).unwrap();
+    let e = grad_err(&mut g, loss, &[labels]);
+    assert!(matches!(e, GradError::IntegerWrt { .. }));
+    insta::assert_snapshot!(e.to_string());
+}
+
+#[test]
+fn unknown_nodes() {
+    let (mut g, _, w, h) = base();
+    let loss = g.sum(h, &[0, 1], false).unwrap();
+    // A removed node's id is no longer in the graph (stable ids are not reused here).
+    let extra = g.param("extra", [1], Init::Zeros).unwrap();
+    g.remove(extra);
+    let e = grad_err(&mut g, loss, &[w, extra]);
+    assert!(matches!(e, GradError::Unknown(_)));
+    let e = grad_err(&mut g, extra, &[w]);
+    assert!(matches!(e, GradError::Unknown(_)));
+}
+
+#[test]
+fn second_order_through_max_pool_is_a_clean_error() {
+    let mut g = Graph::new("t");
+    let x = g.input("x", TensorType::f32([1, 4, 4, 1])).unwrap();
+    let p = g.max_pool2d(x, [2, 2], [2, 2]).unwrap();
+    let sq = g.mul(p, p).unwrap();
+    let loss = g.sum(sq, &[0, 1, 2, 3], false).unwrap();
+    let dx = autodiff::grad(&mut g, loss, &[x]).unwrap()[0];
+    let s = g.sum(dx, &[0, 1, 2, 3], false).unwrap();
+    let e = grad_err(&mut g, s, &[x]);
+    assert!(matches!(
+        e,
+        GradError::NotDifferentiable {
+            op: "max_pool2d_grad",
+            ..
+        }
+    ));
+    insta::assert_snapshot!(e.to_string());
+}
+
+#[test]
+fn independent_wrt_gets_an_explicit_zero() {
+    let (mut g, x, w, h) = base();
+    let unused = g.param("unused", [2, 5], Init::Ones).unwrap();
+    let loss = g.sum(h, &[0, 1], false).unwrap();
+    let r = autodiff::gradients(&mut g, loss, &[w, unused, x]).unwrap();
+    assert_eq!(r.independent, vec![unused]);
+    let z = &g[r.grads[1]];
+    assert_eq!(z.ty, TensorType::f32([2, 5]));
+    assert_eq!(z.grad_of, Some(unused));
+    assert_eq!(
+        z.op,
+        gradlift::Op::Const {
+            value: gradlift::Literal::Splat(0.0)
+        }
+    );
+    // Gradients through a mask or sign only: also independent, not an error.
+    let zero = g.scalar(0.0);
+    let m = g.compare(CmpOp::Gt, h, zero).unwrap();
+    let one = g.scalar(1.0);
+    let sel = g.select(m, one, zero).unwrap();
+    let sg = g.sign(h).unwrap();
+    let both = g.add2(sel, sg).unwrap();
+    let loss2 = g.sum(both, &[0, 1], false).unwrap();
+    let r = autodiff::gradients(&mut g, loss2, &[w]).unwrap();
+    assert_eq!(r.independent, vec![w]);
+}
+
+#[test]
+fn gradient_nodes_record_their_forward_node_and_location() {
+    let (mut g, x, w, h) = base();
+    let t = g.tanh(h).unwrap();
+    let loss = g.mean_all(t).unwrap();
+    let forward: Vec<NodeId> = g.node_ids();
+    let grads = autodiff::grad(&mut g, loss, &[w, x]).unwrap();
+    assert_eq!(grads.len(), 2);
+    assert_eq!(g[grads[0]].ty, g[w].ty);
+    assert_eq!(g[grads[1]].ty, g[x].ty);
+    let new: Vec<NodeId> = g
+        .node_ids()
+        .into_iter()
+        .filter(|n| !forward.contains(n))
+        .collect();
+    assert!(!new.is_empty());
+    for n in new {
+        let of = g[n].grad_of.expect("every new node is a gradient node");
+        assert!(forward.contains(&of), "grad_of points at a forward node");
+        assert_eq!(
+            g[n].loc, g[of].loc,
+            "a gradient node has its forward node's location"
+        );
+    }
+    for n in forward {
+        assert_eq!(g[n].grad_of, None);
+    }
+}
