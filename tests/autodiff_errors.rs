@@ -187,3 +187,35 @@ fn gradient_nodes_record_their_forward_node_and_location() {
         assert_eq!(g[n].grad_of, None);
     }
 }
+
+#[test]
+fn grad_all_params_by_name() {
+    let (mut g, _, w, h) = base();
+    let b = g.param("b", [2], Init::Zeros).unwrap();
+    let hb = g.add2(h, b).unwrap();
+    let loss = g.mean_all(hb).unwrap();
+    g.add_output("loss", loss).unwrap();
+    let mut g2 = g.clone();
+
+    // Default: every param, in creation order, exposed as outputs `grad_<name>`.
+    let named = autodiff::grad_all_params(&mut g, "loss", None).unwrap();
+    let names: Vec<&str> = named.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["w", "b"]);
+    assert_eq!(named[0].wrt, w);
+    assert_eq!(g.output("grad_w"), Some(named[0].grad));
+    assert_eq!(g.output("grad_b"), Some(named[1].grad));
+    assert!(!named[0].independent);
+
+    // Explicit wrt list, including an input.
+    let named = autodiff::grad_all_params(&mut g2, "loss", Some(&["x"])).unwrap();
+    assert_eq!(named.len(), 1);
+    assert_eq!(g2[named[0].grad].ty, TensorType::f32([4, 3]));
+
+    // Unknown names and a taken output name are errors that say so.
+    let e = autodiff::grad_all_params(&mut g2, "nope", None).unwrap_err();
+    insta::assert_snapshot!("unknown_loss_name", e.to_string());
+    let e = autodiff::grad_all_params(&mut g2, "loss", Some(&["w", "zz"])).unwrap_err();
+    insta::assert_snapshot!("unknown_wrt_name", e.to_string());
+    let e = autodiff::grad_all_params(&mut g2, "loss", Some(&["x"])).unwrap_err();
+    insta::assert_snapshot!("gradient_output_name_taken", e.to_string());
+}
