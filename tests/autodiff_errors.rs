@@ -219,3 +219,18 @@ fn grad_all_params_by_name() {
     let e = autodiff::grad_all_params(&mut g2, "loss", Some(&["x"])).unwrap_err();
     insta::assert_snapshot!("gradient_output_name_taken", e.to_string());
 }
+
+#[test]
+fn loss_that_is_the_wrt_node_and_repeated_wrt() {
+    let mut g = Graph::new("t");
+    let p = g.param("p", [], Init::Ones).unwrap();
+    let d = autodiff::grad(&mut g, p, &[p, p]).unwrap();
+    assert_eq!(d[0], d[1], "a repeated wrt node gets the same gradient node");
+    assert_eq!(
+        g[d[0]].op,
+        gradlift::Op::Const {
+            value: gradlift::Literal::Splat(1.0)
+        }
+    );
+    assert_eq!(g[d[0]].grad_of, Some(p));
+}
