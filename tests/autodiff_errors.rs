@@ -225,7 +225,10 @@ fn loss_that_is_the_wrt_node_and_repeated_wrt() {
     let mut g = Graph::new("t");
     let p = g.param("p", [], Init::Ones).unwrap();
     let d = autodiff::grad(&mut g, p, &[p, p]).unwrap();
-    assert_eq!(d[0], d[1], "a repeated wrt node gets the same gradient node");
+    assert_eq!(
+        d[0], d[1],
+        "a repeated wrt node gets the same gradient node"
+    );
     assert_eq!(
         g[d[0]].op,
         gradlift::Op::Const {
