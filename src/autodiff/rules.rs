@@ -245,18 +245,32 @@ fn kept_shape(x: &Shape, axes: &[usize]) -> Shape {
 fn reduce(cx: &mut Cx<'_>, kind: ReduceOp, axes: &[usize], _keepdims: bool, gy: NodeId) -> Grads {
     let x = cx.xs()[0];
     let sx = cx.shape(x);
+    // Reduced leading axes need no reshape: numpy broadcasting adds them back on the left.
+    let leading = axes.iter().enumerate().all(|(i, &a)| i == a);
     let kept = kept_shape(&sx, axes);
-    let gk = cx.reshape(gy, &kept)?;
+    let align = |cx: &mut Cx<'_>, v: NodeId| {
+        if leading {
+            Ok(v)
+        } else {
+            cx.reshape(v, &kept)
+        }
+    };
+    let gk = align(cx, gy)?;
     let d = match kind {
         ReduceOp::Sum => cx.broadcast(gk, &sx)?,
         ReduceOp::Mean => {
             let count: usize = axes.iter().map(|&a| sx.0[a]).product();
-            let inv = cx.scalar(1.0 / count.max(1) as f64)?;
-            let scaled = cx.mul(gk, inv)?;
+            let scaled = if count > 1 {
+                let inv = cx.scalar(1.0 / count as f64)?;
+                cx.mul(gk, inv)?
+            } else {
+                gk
+            };
             cx.broadcast(scaled, &sx)?
         }
         ReduceOp::Max => {
-            let yk = cx.reshape(cx.y(), &kept)?;
+            let y = cx.y();
+            let yk = align(cx, y)?;
             let is_max = cx.op(Op::Compare(CmpOp::Eq), &[x, yk])?;
             let (one, zero) = (cx.scalar(1.0)?, cx.scalar(0.0)?);
             let ind = cx.op(Op::Select, &[is_max, one, zero])?;
