@@ -75,6 +75,12 @@ fn gradient_graph_snapshots() {
         let forward = g.len();
         let named = autodiff::grad_all_params(&mut g, "loss", None)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Err(e) = gradlift::verify::verify(&g) {
+            panic!(
+                "{}: the gradient graph does not verify: {e}",
+                path.display()
+            );
+        }
         assert_eq!(named.len(), g.params().len());
         assert!(named.iter().all(|n| !n.independent));
         let printed = text::print(&g);

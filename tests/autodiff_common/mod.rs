@@ -172,6 +172,7 @@ pub fn coords(rng: &mut Rng, n: usize, max: usize) -> Vec<usize> {
 pub fn fd_check(case: &Case, max_coords: usize, rng: &mut Rng) -> Result<Report, String> {
     let mut g = case.g.clone();
     let grads = autodiff::grad(&mut g, case.loss, &case.wrt).map_err(|e| e.to_string())?;
+    gradlift::verify::verify(&g).map_err(|e| format!("the gradient graph does not verify: {e}"))?;
     let values = eval::<f64>(&g, &case.feeds).map_err(|e| format!("eval: {e}"))?;
     let mut report = Report::default();
     for (&w, &d) in case.wrt.iter().zip(&grads) {
