@@ -126,6 +126,21 @@ pub enum GradError {
     Build(#[from] BuildError),
 }
 
+impl GradError {
+    /// The source location the message starts with, if any (a command-line tool prefixes the
+    /// file name to the other errors).
+    pub fn loc(&self) -> Option<&SourceLoc> {
+        match self {
+            GradError::NonScalarLoss { loc, .. }
+            | GradError::NotParamOrInput { loc, .. }
+            | GradError::IntegerWrt { loc, .. }
+            | GradError::NotDifferentiable { loc, .. } => loc.as_ref(),
+            GradError::Build(b) => b.loc.as_ref(),
+            GradError::Unknown(_) | GradError::Cycle(_) | GradError::Rule { .. } => None,
+        }
+    }
+}
+
 fn at(loc: &Option<SourceLoc>) -> String {
     loc.as_ref().map(|l| format!("{l}: ")).unwrap_or_default()
 }
