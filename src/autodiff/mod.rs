@@ -8,6 +8,22 @@
 //! derivative it belongs to, and that node's source location, so dumps and errors point at the
 //! user's line.
 //!
+//! ```
+//! use gradlift::{autodiff, text, Graph, Init, TensorType};
+//!
+//! let mut g = Graph::new("tiny");
+//! let x = g.input("x", TensorType::f32([4, 3])).unwrap();
+//! let w = g.param("w", [3, 1], Init::Ones).unwrap();
+//! let y = g.matmul(x, w).unwrap();
+//! let t = g.tanh(y).unwrap();
+//! let loss = g.mean_all(t).unwrap();
+//! g.set_name(loss, "loss").unwrap();
+//! let dw = autodiff::grad(&mut g, loss, &[w]).unwrap()[0];
+//! assert_eq!(g[dw].ty, g[w].ty);
+//! assert_eq!(g[dw].grad_of, Some(y)); // made by the matmul's rule: x^T times dy
+//! assert!(text::print(&g).contains("grad(%loss)"));
+//! ```
+//!
 //! # How it works
 //! A generic driver ([`gradients`]) and a table of per-op rules (`rules.rs`, one small function
 //! per op, in the style of JAX's transpose rules or tinygrad's gradient table):
