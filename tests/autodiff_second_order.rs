@@ -204,3 +204,61 @@ fn mlp_hessian_vector_product() {
         .any(|&d| values.get(d).unwrap().data.iter().any(|x| x.abs() > 1e-3)));
     assert_eq!(report.checked, d * hdim + hdim + hdim * k + k);
 }
+
+/// Beyond what the issue asks: second order through the other ops whose rules are built from
+/// differentiable ops (softmax family, reductions, layout ops, select) and through conv2d (its
+/// backward ops have rules too). Fixed seeds, every coordinate.
+#[test]
+fn other_ops_second_order() {
+    use gradlift::{Padding, ReduceOp};
+    type Build = fn(&mut Graph, NodeId, NodeId) -> NodeId;
+    let cases: &[(&str, &[usize], &[usize], Build)] = &[
+        ("softmax", &[2, 3], &[2, 3], |g, a, b| {
+            let s = g.softmax(a, 1).unwrap();
+            g.mul(s, b).unwrap()
+        }),
+        ("log_softmax", &[2, 3], &[2, 3], |g, a, b| {
+            let s = g.log_softmax(a, 0).unwrap();
+            g.mul(s, b).unwrap()
+        }),
+        ("sce", &[2, 3], &[2, 3], |g, a, b| {
+            let p = g.softmax(b, 1).unwrap();
+            g.softmax_cross_entropy(a, p).unwrap()
+        }),
+        ("reduce", &[2, 3], &[3], |g, a, b| {
+            let m = g.reduce(ReduceOp::Max, a, &[0], false).unwrap();
+            let s = g.mean(a, &[1], true).unwrap();
+            let t = g.mul(m, b).unwrap();
+            let u = g.mul(s, t).unwrap();
+            g.tanh(u).unwrap()
+        }),
+        ("layout_select", &[2, 3], &[3, 2], |g, a, b| {
+            let t = g.transpose(a, &[1, 0]).unwrap();
+            let c = g.concat(&[t, b], 1).unwrap();
+            let s = g.slice(c, &[1, 0], &[3, 3]).unwrap();
+            let r = g.reshape(s, [6]).unwrap();
+            let zero = g.scalar(0.0);
+            let m = g.compare(gradlift::CmpOp::Gt, r, zero).unwrap();
+            let q = g.mul(r, r).unwrap();
+            let e = g.exp(r).unwrap();
+            g.select(m, q, e).unwrap()
+        }),
+        ("conv2d", &[1, 4, 5, 2], &[2, 2, 2, 3], |g, a, b| {
+            let y = g.conv2d(a, b, [2, 1], Padding::Same).unwrap();
+            g.tanh(y).unwrap()
+        }),
+    ];
+    for (i, (name, sa, sb, build)) in cases.iter().enumerate() {
+        let mut rng = Rng::new(100 + i as u64);
+        let mut c = Case::new(name);
+        // Values away from 0 so the select's mask does not flip under the FD step.
+        let a = c.input("a", sa, away_from_zero(&mut rng, numel(sa)), true);
+        let b = c.input("b", sb, away_from_zero(&mut rng, numel(sb)), true);
+        let y = build(&mut c.g, a, b);
+        c.weighted_sum_loss(y, &mut rng);
+        let c = hvp_case(c, &mut rng);
+        if let Err(e) = fd_check(&c, 1000, &mut rng) {
+            panic!("{name}: {e}");
+        }
+    }
+}
