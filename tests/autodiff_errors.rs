@@ -154,33 +154,6 @@ fn unknown_nodes() {
 }
 
 #[test]
-fn second_order_through_max_pool_is_a_clean_error() {
-    let src = "graph pool {
-inputs:
-  %x: f32[1,4,4,1] = input
-body:
-  %p: f32[1,2,2,1] = max_pool2d %x, stride=[2,2], window=[2,2]
-  %sq: f32[1,2,2,1] = mul %p, %p
-  %loss: f32[] = reduce_sum %sq, axes=[0,1,2,3], keepdims=false
-}";
-    let mut g = ir("pool.ir", src);
-    let x = node(&g, "x");
-    let loss = node(&g, "loss");
-    let dx = autodiff::grad(&mut g, loss, &[x]).unwrap()[0];
-    let s = g.sum(dx, &[0, 1, 2, 3], false).unwrap();
-    let e = grad_err(&mut g, s, &[x]);
-    assert!(matches!(
-        e,
-        GradError::NotDifferentiable {
-            op: "max_pool2d_grad",
-            ..
-        }
-    ));
-    // The backward node carries the location of its forward node (%p, line 5).
-    insta::assert_snapshot!(e.to_string(), @"pool.ir:5:3: max_pool2d_grad has no gradient rule (differentiating a max-pool gradient, i.e. second order through max_pool2d, is not supported): node %9 (max_pool2d_grad) lies on the path from %x to the loss %10");
-}
-
-#[test]
 fn independent_wrt_gets_an_explicit_zero() {
     let (mut g, x, w, h) = base();
     let unused = g.param("unused", [2, 5], Init::Ones).unwrap();

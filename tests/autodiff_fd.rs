@@ -237,6 +237,25 @@ proptest! {
         check(&c, &mut rng)?;
     }
 
+    /// The backward op of max pooling, differentiated with respect to `dy` (needed for second
+    /// order through max_pool2d; `x` only routes and has zero gradient).
+    #[test]
+    fn max_pool2d_grad_wrt_dy(
+        h in 2usize..7, w in 2usize..7, ch in 1usize..3,
+        wh in 1usize..4, ww in 1usize..4, sh in 1usize..4, sw in 1usize..4,
+        seed in any::<u64>(),
+    ) {
+        prop_assume!(wh <= h && ww <= w);
+        let (oh, ow) = ((h - wh) / sh + 1, (w - ww) / sw + 1);
+        let mut rng = Rng::new(seed);
+        let mut c = Case::new("pool_grad");
+        let x = c.input("x", &[1, h, w, ch], distinct(&mut rng, h * w * ch, 0), false);
+        let dy = c.input("dy", &[1, oh, ow, ch], uniform(&mut rng, oh * ow * ch, -1.0, 1.0), true);
+        let z = c.g.add(Op::MaxPool2dGrad { window: [wh, ww], stride: [sh, sw] }, &[x, dy]).unwrap();
+        c.weighted_sum_loss(z, &mut rng);
+        check(&c, &mut rng)?;
+    }
+
     #[test]
     fn softmax_and_log_softmax(
         log in any::<bool>(),

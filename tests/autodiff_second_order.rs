@@ -262,3 +262,31 @@ fn other_ops_second_order() {
         }
     }
 }
+
+/// A small CNN (conv2d, tanh, max-pool with overlapping windows, dense, cross-entropy):
+/// second order through max_pool2d and conv2d. tanh instead of relu keeps pooled values
+/// distinct (relu's zeros would tie).
+#[test]
+fn cnn_second_order_through_max_pool() {
+    for (window, stride) in [([2, 2], [2, 2]), ([3, 2], [1, 2])] {
+        let mut rng = Rng::new(9);
+        let mut c = Case::new("cnn2");
+        let x = c.input("x", &[2, 5, 5, 1], uniform(&mut rng, 50, -1.0, 1.0), false);
+        let f = c.input("f", &[2, 2, 1, 2], uniform(&mut rng, 8, -1.0, 1.0), true);
+        let y = c.g.conv2d(x, f, [1, 1], gradlift::Padding::Valid).unwrap();
+        let t = c.g.tanh(y).unwrap();
+        let p = c.g.max_pool2d(t, window, stride).unwrap();
+        let sp = c.g[p].ty.shape.clone();
+        let n = sp.numel() / 2;
+        let flat = c.g.reshape(p, [2, n]).unwrap();
+        let wd = c.input("wd", &[n, 3], uniform(&mut rng, n * 3, -1.0, 1.0), true);
+        let logits = c.g.matmul(flat, wd).unwrap();
+        let labels = c.labels("labels", &[2], vec![0.0, 2.0]);
+        let ce = c.g.sparse_softmax_cross_entropy(logits, labels).unwrap();
+        c.loss = c.g.mean(ce, &[0], false).unwrap();
+        let c = hvp_case(c, &mut rng);
+        if let Err(e) = fd_check(&c, 1000, &mut rng) {
+            panic!("window {window:?} stride {stride:?}: {e}");
+        }
+    }
+}

@@ -45,7 +45,9 @@
 //!   where `a <= b` (ties go to the first operand).
 //! - `reduce_max` splits the gradient equally among tied maxima.
 //! - `max_pool2d` routes each window's gradient to its first maximum in row-major order
-//!   (see [`Op::MaxPool2dGrad`]).
+//!   (see [`Op::MaxPool2dGrad`]); `max_pool2d_grad` itself is differentiable with respect to
+//!   its `dy` (a gather at those maxima, so second order works through max pooling), and its
+//!   gradient with respect to `x` (which only chooses the routing) is zero.
 //! - `sign` has gradient zero; the mask of `select` and the integer labels of
 //!   `sparse_softmax_cross_entropy` carry no gradient.
 //! - `sqrt` at 0 and `log` at 0 give infinite gradients, like the functions themselves.

@@ -13,13 +13,16 @@ use crate::shape::Shape;
 type Grads = Result<Vec<Option<NodeId>>, GradError>;
 
 /// Whether operand `i` of `op` can receive a gradient. `false` for the mask of `select`, the
-/// integer labels of `sparse_softmax_cross_entropy` and the operand of `sign` (gradient zero).
+/// integer labels of `sparse_softmax_cross_entropy`, and where the gradient is zero almost
+/// everywhere: the operand of `sign` and the `x` of `max_pool2d_grad` (which only picks the
+/// routing).
 /// Non-differentiable ops say `true`, so that reaching one from an active operand is an error.
 pub(super) fn carries(op: &Op, i: usize) -> bool {
     match op {
         Op::Select => i != 0,
         Op::SparseSoftmaxCrossEntropy => i == 0,
         Op::Unary(UnaryOp::Sign) => false,
+        Op::MaxPool2dGrad { .. } => i == 1,
         _ => true,
     }
 }
@@ -31,10 +34,6 @@ pub(super) fn missing_rule(op: &Op) -> Option<&'static str> {
         Op::Argmax { .. } => Some("is not differentiable (it returns integer indices)"),
         Op::Cast { .. } => Some("is not differentiable (it converts to or from integers)"),
         Op::OneHot { .. } => Some("is not differentiable (its operand is an integer index)"),
-        Op::MaxPool2dGrad { .. } => Some(
-            "has no gradient rule (differentiating a max-pool gradient, i.e. second order \
-             through max_pool2d, is not supported)",
-        ),
         _ => None,
     }
 }
@@ -64,6 +63,7 @@ pub(super) fn vjp(cx: &mut Cx<'_>, gy: NodeId, wants: &[bool]) -> Grads {
             stride, padding, ..
         } => conv2d_filter_grad(cx, stride, padding, gy, wants),
         Op::MaxPool2d { window, stride } => max_pool2d(cx, window, stride, gy),
+        Op::MaxPool2dGrad { window, stride } => max_pool2d_grad(cx, window, stride, gy),
         Op::Softmax { axis } => softmax(cx, axis, gy),
         Op::LogSoftmax { axis } => log_softmax(cx, axis, gy),
         Op::SoftmaxCrossEntropy => softmax_cross_entropy(cx, gy, wants),
@@ -71,11 +71,9 @@ pub(super) fn vjp(cx: &mut Cx<'_>, gy: NodeId, wants: &[bool]) -> Grads {
         Op::Slice { begin, end } => slice(cx, &begin, &end, gy),
         Op::Concat { axis } => concat(cx, axis, gy),
         // Checked by the driver before anything is built (`missing_rule`).
-        Op::Compare(_)
-        | Op::Argmax { .. }
-        | Op::Cast { .. }
-        | Op::OneHot { .. }
-        | Op::MaxPool2dGrad { .. } => Ok(vec![None; wants.len()]),
+        Op::Compare(_) | Op::Argmax { .. } | Op::Cast { .. } | Op::OneHot { .. } => {
+            Ok(vec![None; wants.len()])
+        }
     }
 }
 
@@ -467,6 +465,98 @@ fn max_pool2d(cx: &mut Cx<'_>, window: [usize; 2], stride: [usize; 2], gy: NodeI
     )])
 }
 
+/// `z = max_pool2d_grad(x, dy)` is linear in `dy`: each window sends its `dy` to its first
+/// maximum. The transpose gathers: `d dy[window] = gz[first maximum of the window]`. Built
+/// from ordinary ops, one window offset `(i, j)` at a time in row-major order: the strided
+/// sub-grids `x_ij` and `gz_ij` of the elements at that offset in every window; the offset
+/// wins where `x_ij` equals the pooled maximum and no earlier offset did. (`x` only selects
+/// the routing: its gradient is zero almost everywhere and it carries none.)
+fn max_pool2d_grad(cx: &mut Cx<'_>, window: [usize; 2], stride: [usize; 2], gz: NodeId) -> Grads {
+    let x = cx.xs()[0];
+    let dy_shape = cx.shape(cx.xs()[1]);
+    let (oh, ow) = (dy_shape.0[1], dy_shape.0[2]);
+    let y = cx.op(Op::MaxPool2d { window, stride }, &[x])?;
+    let (zero, one) = (cx.scalar(0.0)?, cx.scalar(1.0)?);
+    let grid = |cx: &mut Cx<'_>, t: NodeId, i: usize, j: usize| -> Result<NodeId, GradError> {
+        let rows = every_nth(cx, t, 1, i, stride[0], oh)?;
+        every_nth(cx, rows, 2, j, stride[1], ow)
+    };
+    let mut taken: Option<NodeId> = None;
+    let mut acc: Option<NodeId> = None;
+    for i in 0..window[0] {
+        for j in 0..window[1] {
+            let xij = grid(cx, x, i, j)?;
+            let is_max = cx.op(Op::Compare(CmpOp::Eq), &[xij, y])?;
+            let first = match taken {
+                None => is_max,
+                Some(t) => cx.op(Op::Select, &[t, zero, is_max])?,
+            };
+            let gij = grid(cx, gz, i, j)?;
+            let part = cx.op(Op::Select, &[first, gij, zero])?;
+            acc = Some(match acc {
+                None => part,
+                Some(a) => cx.add(a, part)?,
+            });
+            taken = Some(match taken {
+                None => is_max,
+                Some(t) => cx.op(Op::Select, &[is_max, one, t])?,
+            });
+        }
+    }
+    Ok(vec![None, acc])
+}
+
+/// The elements `offset, offset + step, ..., offset + (count - 1) step` of `t` along `axis`
+/// (which must exist): a slice, zero padding to `count * step`, a reshape that splits the axis
+/// into `[count, step]`, and the first of each `step`.
+fn every_nth(
+    cx: &mut Cx<'_>,
+    t: NodeId,
+    axis: usize,
+    offset: usize,
+    step: usize,
+    count: usize,
+) -> Result<NodeId, GradError> {
+    let s = cx.shape(t);
+    let span = count * step;
+    let end = (offset + span).min(s.0[axis]);
+    let mut begin_v = vec![0; s.rank()];
+    let mut end_v = s.0.clone();
+    begin_v[axis] = offset;
+    end_v[axis] = end;
+    let mut cur = if offset == 0 && end == s.0[axis] {
+        t
+    } else {
+        cx.op(
+            Op::Slice {
+                begin: begin_v,
+                end: end_v,
+            },
+            &[t],
+        )?
+    };
+    if step == 1 {
+        return Ok(cur);
+    }
+    if end - offset < span {
+        let mut pad = s.clone();
+        pad.0[axis] = span - (end - offset);
+        let z = cx.zeros(&pad)?;
+        cur = cx.op(Op::Concat { axis }, &[cur, z])?;
+    }
+    let mut split = s.0.clone();
+    split[axis] = count;
+    split.insert(axis + 1, step);
+    let r = cx.reshape(cur, &Shape(split.clone()))?;
+    let mut first = split.clone();
+    first[axis + 1] = 1;
+    let begin = vec![0; split.len()];
+    let picked = cx.op(Op::Slice { begin, end: first }, &[r])?;
+    let mut out = s.0.clone();
+    out[axis] = count;
+    cx.reshape(picked, &Shape(out))
+}
+
 // ---- softmax family ---------------------------------------------------------------------------
 
 /// `dx = y * (gy - sum(gy * y))` along `axis`.
@@ -529,4 +619,99 @@ fn sparse_softmax_cross_entropy(cx: &mut Cx<'_>, gy: NodeId) -> Grads {
     let oh = cx.op(Op::OneHot { depth }, &[labels])?;
     let diff = cx.sub(p, oh)?;
     Ok(vec![Some(cx.mul(g, diff)?), None])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::{Init, Literal, Padding};
+    use crate::shape::DType;
+
+    /// The table agrees with `Op::is_differentiable`: a rule exactly for the differentiable ops.
+    #[test]
+    fn a_rule_for_every_differentiable_op() {
+        let st = [1, 1];
+        let ops = [
+            Op::Input,
+            Op::Param { init: Init::Zeros },
+            Op::State { init: Init::Zeros },
+            Op::Const {
+                value: Literal::Splat(0.0),
+            },
+            Op::Unary(UnaryOp::Exp),
+            Op::Binary(BinaryOp::Pow),
+            Op::Compare(CmpOp::Lt),
+            Op::Select,
+            Op::Cast { to: DType::F32 },
+            Op::Reduce {
+                kind: ReduceOp::Max,
+                axes: vec![0],
+                keepdims: false,
+            },
+            Op::Argmax { axis: 0 },
+            Op::Reshape {
+                shape: Shape(vec![1]),
+            },
+            Op::Broadcast {
+                shape: Shape(vec![1]),
+            },
+            Op::Transpose { perm: vec![0] },
+            Op::Matmul,
+            Op::Conv2d {
+                stride: st,
+                padding: Padding::Same,
+            },
+            Op::Conv2dInputGrad {
+                stride: st,
+                padding: Padding::Valid,
+                shape: Shape(vec![1, 1, 1, 1]),
+            },
+            Op::Conv2dFilterGrad {
+                stride: st,
+                padding: Padding::Valid,
+                kernel: st,
+            },
+            Op::MaxPool2d {
+                window: st,
+                stride: st,
+            },
+            Op::MaxPool2dGrad {
+                window: st,
+                stride: st,
+            },
+            Op::Softmax { axis: 0 },
+            Op::LogSoftmax { axis: 0 },
+            Op::SoftmaxCrossEntropy,
+            Op::SparseSoftmaxCrossEntropy,
+            Op::OneHot { depth: 2 },
+            Op::Slice {
+                begin: vec![0],
+                end: vec![1],
+            },
+            Op::Concat { axis: 0 },
+        ];
+        let mut names: Vec<&str> = ops.iter().map(|o| o.name()).collect();
+        for op in &ops {
+            assert_eq!(
+                missing_rule(op).is_none(),
+                op.is_differentiable(),
+                "{}",
+                op.name()
+            );
+        }
+        // Every op family of the op set is listed above.
+        names.sort();
+        for n in crate::op::all_op_names() {
+            let family = match *n {
+                "neg" | "exp" | "log" | "sqrt" | "abs" | "sign" | "tanh" | "sigmoid" | "relu" => {
+                    "exp"
+                }
+                "add" | "sub" | "mul" | "div" | "max" | "min" | "pow" => "pow",
+                "eq" | "ne" | "lt" | "le" | "gt" | "ge" => "lt",
+                "reduce_sum" | "reduce_mean" | "reduce_max" => "reduce_max",
+                other => other,
+            };
+            assert!(names.contains(&family), "{n} is not covered");
+        }
+    }
 }
