@@ -569,3 +569,10 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn empty_spatial_dimensions_parse_without_panicking() {
+    let src = "graph e {\ninputs:\n  %i: f32[1,0,0,1] = input\nparams:\n  %k: f32[3,3,1,1] = param zeros\nbody:\n  %c: f32[1,0,0,1] = conv2d %i, %k, padding=same, stride=[2,2]\n  %d: f32[1,0,0,1] = conv2d_input_grad %c, %k, padding=same, shape=[1,0,0,1], stride=[2,2]\n}\n";
+    let g = text::parse(src, "e.ir").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(text::print(&g), src);
+}

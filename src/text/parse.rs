@@ -315,6 +315,15 @@ impl Parser<'_> {
                     .map_err(|e| self.attr_error(e, &op_name, "op", "attribute", op_pos, &attrs))?
             }
         };
+        if let (true, Tok::Value(_)) = (op.is_leaf(), self.peek()) {
+            return Err(self.err(
+                self.here(),
+                format!(
+                    "{op_name} takes no operands, found {}",
+                    self.peek().describe()
+                ),
+            ));
+        }
         let grad = if *self.peek() == Tok::Ident("grad".into()) {
             self.bump();
             self.punct('(', "`(` after `grad`")?;
