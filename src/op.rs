@@ -210,6 +210,9 @@ impl fmt::Display for InferError {
     }
 }
 
+/// The largest number of elements a tensor may have (2^31 - 1): shapes beyond it are rejected.
+pub const MAX_ELEMENTS: usize = i32::MAX as usize;
+
 macro_rules! bail {
     ($($t:tt)*) => { return Err(InferError(format!($($t)*))) };
 }
@@ -419,7 +422,6 @@ impl Padding {
             }
             Padding::Same => {
                 let out = input.div_ceil(stride);
-                // saturating: an empty input (`out == 0`) must not underflow (text helper fix)
                 let needed = (out.saturating_sub(1) * stride + kernel).saturating_sub(input);
                 Some((out, needed / 2))
             }
@@ -551,6 +553,9 @@ impl Op {
                 let Some(t) = declared else {
                     bail!("{name} needs a declared type");
                 };
+                if t.shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
+                    bail!("{name} of type {t} has more than {MAX_ELEMENTS} elements");
+                }
                 if matches!(self, Op::Param { .. } | Op::State { .. }) && t.dtype != DType::F32 {
                     bail!("{name} must be f32, found {t}");
                 }
@@ -835,6 +840,9 @@ impl Op {
                 TensorType::new(first.dtype, s)
             }
         };
+        if ty.shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
+            bail!("{name}: result type {ty} has more than {MAX_ELEMENTS} elements");
+        }
         Ok(ty)
     }
 }
@@ -1369,5 +1377,31 @@ impl Op {
             },
             _ => return Err(AttrError::UnknownName),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn degenerate_and_huge_shapes_are_errors_not_panics() {
+        let x = TensorType::f32([1, 0, 5, 1]);
+        let w = TensorType::f32([3, 3, 1, 2]);
+        let conv = Op::Conv2d {
+            stride: [1, 1],
+            padding: Padding::Same,
+        };
+        assert_eq!(
+            conv.infer(&[&x, &w], None).unwrap().shape.0,
+            vec![1, 0, 5, 2]
+        );
+        let huge = TensorType::f32([1 << 40, 1 << 40]);
+        let err = Op::Input.infer(&[], Some(&huge)).unwrap_err();
+        assert!(err.0.contains("more than"), "{err}");
+        let b = Op::Broadcast {
+            shape: Shape(vec![1 << 20, 1 << 20]),
+        };
+        assert!(b.infer(&[&TensorType::f32([1])], None).is_err());
     }
 }
