@@ -271,3 +271,14 @@ proptest! {
         let _ = text::parse(&src, "mutated.ir");
     }
 }
+error_case!(
+    too_many_elements,
+    edit("%x: f32[2,3]", "%x: f32[65536,65536]")
+);
+error_case!(
+    attribute_shape_too_large,
+    edit(
+        "%lr: f32[] = const 0.5",
+        "%lr: f32[] = reshape %loss, shape=[65536,65536]"
+    )
+);

@@ -16,7 +16,7 @@ use super::lexer::{lex, Tok, Token};
 use super::print::Section;
 use super::ParseError;
 use crate::graph::{is_valid_name, Graph, Node, NodeId, SourceLoc};
-use crate::op::{AttrError, AttrValue, Init, Literal, Op, MAX_DIM};
+use crate::op::{AttrError, AttrValue, Init, Literal, Op, MAX_DIM, MAX_ELEMENTS};
 use crate::shape::{DType, Shape, TensorType};
 use std::collections::HashMap;
 
@@ -375,14 +375,14 @@ impl Parser<'_> {
             }
         }
         self.bump(); // `]`
-        if dims
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .is_none()
-        {
-            return Err(self.err(pos, "type has too many elements to fit in memory".into()));
+        let ty = TensorType::new(dtype, Shape(dims));
+        if ty.shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
+            return Err(self.err(
+                pos,
+                format!("type {ty} has more than {MAX_ELEMENTS} elements"),
+            ));
         }
-        Ok(TensorType::new(dtype, Shape(dims)))
+        Ok(ty)
     }
 
     /// A dimension: an integer in `0..=MAX_DIM`.
