@@ -387,6 +387,9 @@ fn snapshot_dot_of_small_mlp() {
 
 // ---- the corpus ----------------------------------------------------------------------------
 
+/// First line of a corpus file that must fail to parse (its snapshot is the error).
+const EXPECT_ERROR: &str = "# expect-error";
+
 fn ir_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -412,7 +415,15 @@ fn every_corpus_file_round_trips() {
     for f in &files {
         let src = ok(std::fs::read_to_string(f));
         let name = f.display().to_string();
-        let g = text::parse(&src, &name).unwrap_or_else(|e| panic!("{e}"));
+        let parsed = text::parse(&src, &name);
+        if src.starts_with(EXPECT_ERROR) {
+            assert!(
+                parsed.is_err(),
+                "{name} is marked {EXPECT_ERROR} but parses"
+            );
+            continue;
+        }
+        let g = parsed.unwrap_or_else(|e| panic!("{e}"));
         assert_round_trip(&g);
     }
 }
@@ -424,8 +435,18 @@ fn snapshot_corpus_files() {
     settings.bind(|| {
         insta::glob!("../ir", "**/*.ir", |path| {
             let src = ok(std::fs::read_to_string(path));
-            let g = text::parse(&src, "corpus.ir").unwrap_or_else(|e| panic!("{e}"));
-            insta::assert_snapshot!(text::print(&g));
+            let ir_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir");
+            let name = path
+                .strip_prefix(&ir_dir)
+                .unwrap_or(path)
+                .display()
+                .to_string();
+            let printed = match text::parse(&src, &name) {
+                Ok(g) => text::print(&g),
+                Err(e) if src.starts_with(EXPECT_ERROR) => e.to_string(),
+                Err(e) => panic!("{e}"),
+            };
+            insta::assert_snapshot!(printed);
         });
     });
 }
@@ -575,4 +596,32 @@ fn empty_spatial_dimensions_parse_without_panicking() {
     let src = "graph e {\ninputs:\n  %i: f32[1,0,0,1] = input\nparams:\n  %k: f32[3,3,1,1] = param zeros\nbody:\n  %c: f32[1,0,0,1] = conv2d %i, %k, padding=same, stride=[2,2]\n  %d: f32[1,0,0,1] = conv2d_input_grad %c, %k, padding=same, shape=[1,0,0,1], stride=[2,2]\n}\n";
     let g = text::parse(src, "e.ir").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(text::print(&g), src);
+}
+
+/// The ```ir blocks of the language reference: each parses and is already canonical, and
+/// together they use every op.
+#[test]
+fn readme_examples_parse_and_are_canonical() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/README.md");
+    let readme = ok(std::fs::read_to_string(path));
+    let mut ops = BTreeSet::new();
+    let mut blocks = 0;
+    for chunk in readme.split("```ir\n").skip(1) {
+        let Some(block) = chunk.split("```").next() else {
+            continue;
+        };
+        blocks += 1;
+        let g = text::parse(block, "README.md").unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let body = block
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+        assert_eq!(text::print(&g), body, "README example is not canonical");
+        ops.extend(g.node_ids().into_iter().map(|id| g[id].op.name()));
+    }
+    assert!(blocks >= 4, "found {blocks} examples");
+    let all: BTreeSet<&str> = all_op_names().iter().copied().collect();
+    assert_eq!(ops, all);
 }
