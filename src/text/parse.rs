@@ -42,6 +42,9 @@ struct Ref {
     pos: Pos,
 }
 
+/// A `key=value` attribute or initializer argument and where its key is.
+type Attr = (String, AttrValue, Pos);
+
 /// `%ID: TYPE = OP ...` after step 1.
 #[derive(Debug)]
 struct NodeStmt {
@@ -461,7 +464,7 @@ impl Parser<'_> {
     }
 
     /// `key=value`
-    fn key_value(&mut self) -> Result<(String, AttrValue, Pos), ParseError> {
+    fn key_value(&mut self) -> Result<Attr, ParseError> {
         let (key, pos) = self.ident("an attribute `key=value`")?;
         self.punct('=', "`=` after the attribute name")?;
         let value = self.attr_value()?;
@@ -469,10 +472,7 @@ impl Parser<'_> {
     }
 
     /// `%a, %b, key=value, ...` (operands first, then attributes; may be empty).
-    #[allow(clippy::type_complexity)]
-    fn operands_and_attrs(
-        &mut self,
-    ) -> Result<(Vec<Ref>, Vec<(String, AttrValue, Pos)>), ParseError> {
+    fn operands_and_attrs(&mut self) -> Result<(Vec<Ref>, Vec<Attr>), ParseError> {
         let mut operands = Vec::new();
         let mut attrs = Vec::new();
         let starts_item = |p: &Self| {
@@ -612,7 +612,7 @@ impl Parser<'_> {
         what: &str,
         part: &str,
         name_pos: Pos,
-        attrs: &[(String, AttrValue, Pos)],
+        attrs: &[Attr],
     ) -> ParseError {
         let pos_of = |key: &str| {
             attrs
