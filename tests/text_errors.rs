@@ -282,3 +282,7 @@ error_case!(
         "%lr: f32[] = reshape %loss, shape=[65536,65536]"
     )
 );
+error_case!(
+    value_without_percent,
+    edit("%x: f32[2,3] = input", "x: f32[2,3] = input")
+);

@@ -263,6 +263,12 @@ impl Parser<'_> {
     fn section_header(&mut self, previous: Option<usize>) -> Result<usize, ParseError> {
         let (name, pos) = self.ident("a section name")?;
         let Some(index) = SECTIONS.iter().position(|&s| s == name) else {
+            if !matches!(self.peek_at(1), Tok::Newline | Tok::Eof | Tok::Loc(_)) {
+                return Err(self.err(
+                    pos,
+                    format!("expected a node definition or a section header, found `{name}:` (value names start with `%`)"),
+                ));
+            }
             return Err(self.err(
                 pos,
                 format!(
