@@ -430,9 +430,6 @@ fn snapshot_dot_of_small_mlp() {
 
 // ---- the corpus ----------------------------------------------------------------------------
 
-/// First line of a corpus file that must fail to parse (its snapshot is the error).
-const EXPECT_ERROR: &str = "# expect-error";
-
 fn ir_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -458,15 +455,7 @@ fn every_corpus_file_round_trips() {
     for f in &files {
         let src = ok(std::fs::read_to_string(f));
         let name = f.display().to_string();
-        let parsed = text::parse(&src, &name);
-        if src.starts_with(EXPECT_ERROR) {
-            assert!(
-                parsed.is_err(),
-                "{name} is marked {EXPECT_ERROR} but parses"
-            );
-            continue;
-        }
-        let g = parsed.unwrap_or_else(|e| panic!("{e}"));
+        let g = text::parse(&src, &name).unwrap_or_else(|e| panic!("{e}"));
         assert_round_trip(&g);
     }
 }
@@ -484,12 +473,8 @@ fn snapshot_corpus_files() {
                 .unwrap_or(path)
                 .display()
                 .to_string();
-            let printed = match text::parse(&src, &name) {
-                Ok(g) => text::print(&g),
-                Err(e) if src.starts_with(EXPECT_ERROR) => e.to_string(),
-                Err(e) => panic!("{e}"),
-            };
-            insta::assert_snapshot!(printed);
+            let g = text::parse(&src, &name).unwrap_or_else(|e| panic!("{e}"));
+            insta::assert_snapshot!(text::print(&g));
         });
     });
 }
