@@ -337,6 +337,20 @@ fn cyclic_graph_prints_without_panicking_and_reparse_reports_it() {
 }
 
 #[test]
+fn node_labels_match_the_printed_text() {
+    let g = every_op_graph();
+    let printed = text::print(&g);
+    let labels = text::node_labels(&g);
+    assert_eq!(labels.len(), g.len());
+    for id in g.node_ids() {
+        let label = &labels[&id];
+        let line = format!("  {label}: {} = {}", g[id].ty, g[id].op.name());
+        assert!(printed.contains(&line), "{line}");
+        assert!(text::print_node(&g, id).starts_with(&line[2..]));
+    }
+}
+
+#[test]
 fn print_node_prints_one_line_with_location() {
     let g = small_mlp();
     let Some(loss) = g.find("loss") else {
