@@ -254,7 +254,7 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Gradient
         let ids: Vec<String> = cyc.iter().map(|n| format!("node {}", n.index())).collect();
         GradError::Cycle(ids.join(", "))
     })?;
-    let names = Names::new(g, &order);
+    let names = Names::new(g);
     check_args(g, &names, loss, wrt)?;
 
     let wrt_set: HashSet<NodeId> = wrt.iter().copied().collect();
@@ -424,21 +424,13 @@ fn depends_on(g: &Graph, n: NodeId, w: NodeId) -> bool {
     false
 }
 
-/// How nodes are named in messages: `%name`, or `%N` with N the position in the canonical
-/// order, as the text format prints them (numbers refer to the graph before differentiation).
+/// How nodes are named in messages: exactly as the text format prints the graph before
+/// differentiation (`%name`, or `%N` with N the position in the canonical order).
 struct Names(HashMap<NodeId, String>);
 
 impl Names {
-    fn new(g: &Graph, order: &[NodeId]) -> Names {
-        let mut m = HashMap::new();
-        for (i, &n) in order.iter().enumerate() {
-            let s = match &g[n].name {
-                Some(name) => format!("%{name}"),
-                None => format!("%{i}"),
-            };
-            m.insert(n, s);
-        }
-        Names(m)
+    fn new(g: &Graph) -> Names {
+        Names(crate::text::node_labels(g))
     }
 
     fn get(&self, n: NodeId) -> String {
