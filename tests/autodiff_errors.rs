@@ -259,3 +259,20 @@ fn loss_that_is_the_wrt_node_and_repeated_wrt() {
     );
     assert_eq!(g[d[0]].grad_of, Some(p));
 }
+
+#[test]
+fn cycle_is_an_error() {
+    let (mut g, x, w, h) = base();
+    let t = g.tanh(h).unwrap();
+    let loss = g.mean_all(t).unwrap();
+    // Corrupt the graph: h now depends on t, which depends on h.
+    g.set_operands(h, &[x, w]);
+    let u = g.add2(t, t).unwrap();
+    g.set_operands(t, &[u]);
+    let e = grad_err(&mut g, loss, &[w]);
+    assert!(matches!(e, GradError::Cycle(_)), "{e}");
+    assert!(
+        e.to_string().starts_with("the graph has a cycle through %"),
+        "{e}"
+    );
+}

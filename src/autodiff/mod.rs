@@ -250,11 +250,11 @@ pub fn grad_all_params(
 
 /// Like [`grad`], and also says which `wrt` nodes the loss does not depend on.
 pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Gradients, GradError> {
+    let names = Names::new(g);
     let order = g.topo_order().map_err(|cyc| {
-        let ids: Vec<String> = cyc.iter().map(|n| format!("node {}", n.index())).collect();
+        let ids: Vec<String> = cyc.iter().map(|&n| names.get(n)).collect();
         GradError::Cycle(ids.join(", "))
     })?;
-    let names = Names::new(g);
     check_args(g, &names, loss, wrt)?;
 
     let wrt_set: HashSet<NodeId> = wrt.iter().copied().collect();
