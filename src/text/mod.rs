@@ -32,6 +32,7 @@ mod print;
 
 pub use dot::dot;
 pub use parse::parse;
+pub(crate) use print::Labels;
 pub use print::{node_labels, print, print_node, print_with, PrintOptions};
 
 use crate::graph::Graph;

@@ -156,6 +156,11 @@ impl Labels {
         }
     }
 
+    /// The label of `id`, if it is in the graph.
+    pub(crate) fn label(&self, id: NodeId) -> Option<String> {
+        self.label.get(&id).cloned()
+    }
+
     /// The label of `id`, or `%<missing N>` for a node that is not in the graph.
     pub(crate) fn get(&self, id: NodeId) -> String {
         self.label
