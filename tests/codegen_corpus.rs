@@ -2,15 +2,20 @@
 //! none), plus an inline training step, compiled and run by the JIT and evaluated by the
 //! interpreter: outputs and updated params/state must agree.
 //!
-//! Tolerance: `|jit - ref| <= 1e-3 * |ref| + 1e-5 * n`, `n` the longest reduction in the graph
-//! (matmul `k`, reduced elements, convolution window): chains of f32 ops drift more than a
-//! single op, and the interpreter runs in f64 (on the same f32-rounded inputs and params).
+//! Forward graphs and, for every file with a scalar output `loss`, forward + gradient graphs
+//! (`autodiff::grad_all_params`) are checked.
+//!
+//! Tolerance: `|jit - ref| <= 1e-3 * |ref| + 1e-5 * sqrt(n) * max(1, max|ref|)` per output,
+//! `n` the longest reduction in the graph (matmul `k`, reduced elements, convolution sums):
+//! chains of f32 ops drift more than a single op, f32 rounding of an `n`-term sum grows like
+//! `sqrt(n)` relative to the largest values, and the interpreter runs in f64 (on the same
+//! f32-rounded inputs and params).
 
 use gradlift::codegen::{self, CompileOptions, MatmulKernel};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
 use gradlift::runtime::HostTensor;
-use gradlift::{text, DType, Graph, Op};
+use gradlift::{autodiff, text, DType, Graph, Op};
 use std::collections::HashMap;
 
 /// The longest sum any node of `g` computes.
@@ -42,11 +47,16 @@ fn max_terms(g: &Graph) -> usize {
 
 fn close(what: &str, got: &[f64], want: &[f64], terms: usize) {
     assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, |m, v| m.max(v.abs()));
+    let atol = 1e-5 * (terms as f64).sqrt() * scale;
     for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
         let ok = if y.is_nan() {
             x.is_nan()
         } else {
-            (x - y).abs() <= 1e-3 * y.abs() + 1e-5 * terms as f64
+            (x - y).abs() <= 1e-3 * y.abs() + atol
         };
         assert!(ok, "{what} element {i}: jit {x} vs interpreter {y}");
     }
@@ -198,11 +208,31 @@ fn ir_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn corpus_files_match_the_interpreter() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ir");
+    let mut with_grad = Vec::new();
     for path in ir_files(&root) {
         let src = std::fs::read_to_string(&path).unwrap();
         let file = path.display().to_string();
         let g = text::parse(&src, &file).unwrap_or_else(|e| panic!("{e}"));
         differential(&g, &file, 11);
+        let has_loss = g
+            .output("loss")
+            .is_some_and(|l| g[l].ty == gradlift::TensorType::f32(gradlift::Shape::scalar()));
+        if has_loss && !g.params().is_empty() {
+            let mut gg = g.clone();
+            autodiff::grad_all_params(&mut gg, "loss", None)
+                .unwrap_or_else(|e| panic!("{file}: autodiff: {e}"));
+            differential(&gg, &format!("{file} (with gradients)"), 13);
+            with_grad.push(file);
+        }
+    }
+    // the corpus models all have a loss: their gradients must have been checked
+    for model in ["mlp.ir", "cnn.ir"] {
+        if root.join(model).exists() {
+            assert!(
+                with_grad.iter().any(|f| f.ends_with(model)),
+                "{model} was not checked with gradients: {with_grad:?}"
+            );
+        }
     }
 }
 
