@@ -276,6 +276,13 @@ impl<'a> Lowerer<'a> {
     }
 
     fn call(&mut self, name: &'static str, args: &[Value]) -> Result<Option<Value>, LowerError> {
+        let f = self.kernel(name)?;
+        let inst = self.b.ins().call(f, args);
+        Ok(self.b.inst_results(inst).first().copied())
+    }
+
+    /// The function reference of runtime kernel `name`, imported on first use.
+    fn kernel(&mut self, name: &'static str) -> Result<FuncRef, LowerError> {
         let f = match self.funcs.get(name) {
             Some(&f) => f,
             None => {
@@ -302,8 +309,7 @@ impl<'a> Lowerer<'a> {
                 f
             }
         };
-        let inst = self.b.ins().call(f, args);
-        Ok(self.b.inst_results(inst).first().copied())
+        Ok(f)
     }
 
     /// Stores `vals` into a fresh stack slot and returns its address (kernel geometry).
@@ -854,16 +860,21 @@ impl<'a> Lowerer<'a> {
         match &node.op {
             Op::Input | Op::Param { .. } | Op::State { .. } | Op::Const { .. } => {}
             Op::Unary(u) => self.unary(*u, &dense_out, bview(0), shape)?,
+            Op::Binary(BinaryOp::Pow) => {
+                // one call of the Rust `powf` per element (scalar loop)
+                let f = self.kernel("gl_powf")?;
+                let (a, b) = (bview(0), bview(1));
+                self.map(&dense_out, shape.dims(), &[a, b], false, &|lw, v, _| {
+                    let inst = lw.b.ins().call(f, &[v[0], v[1]]);
+                    lw.b.inst_results(inst)[0]
+                });
+            }
             Op::Binary(op) => {
                 let op = *op;
                 let (a, b) = (bview(0), bview(1));
-                self.map(
-                    &dense_out,
-                    shape.dims(),
-                    &[a, b],
-                    op != BinaryOp::Pow,
-                    &|lw, v, _| lw.binary(op, v[0], v[1]),
-                );
+                self.map(&dense_out, shape.dims(), &[a, b], true, &|lw, v, _| {
+                    lw.binary(op, v[0], v[1])
+                });
             }
             Op::Compare(c) => {
                 let c = *c;
@@ -1092,13 +1103,8 @@ impl<'a> Lowerer<'a> {
                 let lt = self.b.ins().fcmp(FloatCC::LessThan, a, b);
                 self.pick(lt, a, b)
             }
-            BinaryOp::Pow => {
-                // scalar only (the map is not vectorized for pow)
-                match self.call("gl_powf", &[a, b]) {
-                    Ok(Some(v)) => v,
-                    _ => a,
-                }
-            }
+            // lowered as a kernel call per element (see `node`)
+            BinaryOp::Pow => a,
         }
     }
 

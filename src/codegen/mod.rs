@@ -139,19 +139,21 @@ pub enum CompileError {
     Host(String),
 }
 
-/// `%name (op) at FILE:LINE:COL`, for messages.
+/// `%label (op: type) at FILE:LINE:COL`, for messages; the label is the one dumps print
+/// (`%name`, or `%N` with `N` the position in the canonical order).
 pub fn describe(g: &Graph, id: NodeId) -> String {
     let n = &g[id];
-    let name = match &n.name {
-        Some(s) => format!("%{s}"),
-        None => format!("node #{}", id.index()),
-    };
     let at = n
         .loc
         .as_ref()
         .map(|l| format!(" at {l}"))
         .unwrap_or_default();
-    format!("{name} ({}: {}){at}", n.op.name(), n.ty)
+    format!(
+        "{} ({}: {}){at}",
+        crate::verify::node_label(g, id),
+        n.op.name(),
+        n.ty
+    )
 }
 
 /// Checks what the generated code relies on and returns the canonical order.
