@@ -156,6 +156,10 @@ pub fn describe(g: &Graph, id: NodeId) -> String {
     )
 }
 
+/// The largest tensor compiled code handles, in bytes: offsets inside one tensor are 32-bit
+/// immediates in the generated loads and stores.
+pub const MAX_TENSOR_BYTES: usize = i32::MAX as usize;
+
 /// Checks what the generated code relies on and returns the canonical order.
 fn check(g: &Graph) -> Result<Vec<NodeId>, CompileError> {
     let order = g.topo_order().map_err(|cyc| {
@@ -181,6 +185,19 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, CompileError> {
             return Err(invalid(
                 id,
                 format!("declared type {} but the operands give {ty}", n.ty),
+            ));
+        }
+        if n.ty
+            .shape
+            .checked_numel()
+            .is_none_or(|e| e > MAX_TENSOR_BYTES / 4)
+        {
+            return Err(invalid(
+                id,
+                format!(
+                    "{} is too large for compiled code (at most {MAX_TENSOR_BYTES} bytes per tensor)",
+                    n.ty
+                ),
             ));
         }
         if matches!(n.op, Op::Input | Op::Param { .. } | Op::State { .. }) && n.name.is_none() {
