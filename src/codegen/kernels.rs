@@ -441,11 +441,13 @@ impl Pool {
                         for kx in 0..self.ww {
                             let p = pixel(ky, kx);
                             let row = &x[p..p + c];
-                            for ch in 0..c {
-                                if row[ch] > best[ch] {
-                                    best[ch] = row[ch];
-                                    arg[ch] = p + ch;
-                                }
+                            // branchless, so the channel loop vectorizes
+                            for (ch, ((b, a), &v)) in
+                                best.iter_mut().zip(arg.iter_mut()).zip(row).enumerate()
+                            {
+                                let gt = v > *b;
+                                *b = if gt { v } else { *b };
+                                *a = if gt { p + ch } else { *a };
                             }
                         }
                     }

@@ -467,25 +467,36 @@ impl<'a> Lowerer<'a> {
             .iter()
             .map(|s| s.map(|v| self.b.ins().splat(types::F32X4, v)))
             .collect();
-        let nv = len / LANES;
-        self.for_range(nv, vec![], &mut |lw, j, _| {
-            let byte = lw.b.ins().imul_imm_s(j, (LANES * 4) as i64);
+        // one vector at byte offset `base + off` of every operand
+        let emit = |lw: &mut Self, base: Value, off: i64| {
             let vals: Vec<Value> = ptrs[1..]
                 .iter()
                 .zip(&splats)
                 .map(|(&p, s)| match s {
                     Some(v) => *v,
                     None => {
-                        let a = lw.b.ins().iadd(p, byte);
-                        lw.load(types::F32X4, a, 0)
+                        let a = lw.b.ins().iadd(p, base);
+                        lw.load(types::F32X4, a, off)
                     }
                 })
                 .collect();
             let r = f(lw, &vals, true);
-            let a = lw.b.ins().iadd(ptrs[0], byte);
-            lw.store(r, a, 0);
+            let a = lw.b.ins().iadd(ptrs[0], base);
+            lw.store(r, a, off);
+        };
+        // unrolled twice: two independent vectors per iteration
+        let nv = len / LANES;
+        let step = (2 * LANES * 4) as i64;
+        self.for_range(nv / 2, vec![], &mut |lw, j, _| {
+            let byte = lw.b.ins().imul_imm_s(j, step);
+            emit(lw, byte, 0);
+            emit(lw, byte, (LANES * 4) as i64);
             vec![]
         });
+        if nv % 2 == 1 {
+            let byte = self.iconst((nv / 2) as i64 * step);
+            emit(self, byte, 0);
+        }
         for t in nv * LANES..len {
             let off = (t * 4) as i64;
             let vals: Vec<Value> = ptrs[1..]
