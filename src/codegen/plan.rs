@@ -10,7 +10,9 @@
 //! greedy first-fit over liveness intervals in canonical order: a value's bytes are reused once
 //! its last user has run. A node's result never overlaps its operands (kernels may read
 //! operands while writing). `reshape` aliases its operand (same bytes, new shape). Values that
-//! are outputs or update sources live to the end of the call.
+//! are outputs or update sources live to the end of the call; an output node writes straight
+//! into its output buffer, and an elementwise update whose target has no later reader writes
+//! straight into the param or state buffer (see `in_place_updates`).
 
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
@@ -199,6 +201,14 @@ pub fn plan(
 
     let inplace = in_place_updates(g, order, &root, &pos);
     p.in_place = inplace.len();
+    // An output computed by its own node is written straight into its output buffer.
+    let mut direct: HashMap<NodeId, usize> = HashMap::new();
+    for (i, o) in g.outputs().iter().enumerate() {
+        let n = o.node;
+        if root[&n] == n && !g[n].op.is_leaf() && !inplace.contains_key(&n) {
+            direct.entry(n).or_insert(i);
+        }
+    }
     let mut dying: HashMap<usize, Vec<NodeId>> = HashMap::new();
     for (t, &id) in order.iter().enumerate() {
         if p.locs.contains_key(&id) {
@@ -208,6 +218,9 @@ pub fn plan(
         if let Some(target) = inplace.get(&id) {
             let l = p.locs[target];
             p.locs.insert(id, l);
+        } else if let Some(&i) = direct.get(&id) {
+            let slot = p.output_slot(i);
+            p.locs.insert(id, Loc { slot, offset: 0 });
         } else if r != id {
             let l = p.locs[&r];
             p.locs.insert(id, l);
