@@ -133,6 +133,68 @@ fn out(g: &mut Graph, id: NodeId) {
     g.add_output(&n, id).unwrap();
 }
 
+/// Exp, sigmoid and tanh (inline polynomial code) over the whole float range and at special
+/// values, vector lanes and scalar tail alike.
+#[test]
+fn transcendentals_at_extremes() {
+    let specials = [
+        0.0,
+        -0.0,
+        1e-7,
+        -1e-7,
+        1e-3,
+        0.6249,
+        0.6251,
+        -0.6251,
+        1.0,
+        -1.0,
+        10.0,
+        -10.0,
+        20.0,
+        -20.0,
+        80.0,
+        87.5,
+        88.5,
+        88.72,
+        88.73,
+        100.0,
+        -80.0,
+        -87.5,
+        -88.5,
+        -95.0,
+        -103.0,
+        -110.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+    ];
+    let n = specials.len();
+    for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Tanh] {
+        let mut g = Graph::new("extremes");
+        let c = g
+            .constant(TensorType::f32([n]), Literal::Dense(specials.to_vec()))
+            .unwrap();
+        let y = g.add(Op::Unary(u), &[c]).unwrap();
+        out(&mut g, y);
+        let want = interp::eval::<f64>(&g, &HashMap::new()).unwrap();
+        let mut exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+        let got = exe.run(&[]).unwrap();
+        let w = &want.get(y).unwrap().data;
+        for (i, (&x, &r)) in got[0].1.as_f32().unwrap().iter().zip(w).enumerate() {
+            // the interpreter's f64 result rounded to f32 is the reference
+            let r = r as f32;
+            let ok = if r.is_nan() {
+                x.is_nan()
+            } else if r.is_infinite() || r == 0.0 {
+                x == r || (x.abs() < 1e-37 && r == 0.0)
+            } else {
+                ((x - r) / r).abs() <= 1e-5 || (x - r).abs() <= 1e-38
+            };
+            assert!(ok, "{} of {}: jit {x:e} vs {r:e}", u.name(), specials[i]);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 

@@ -1,6 +1,6 @@
 //! Runtime kernels that compiled code calls through symbols registered with the JIT
-//! (`JITBuilder::symbol`), as XLA:CPU calls its runtime: transcendental functions over whole
-//! buffers, GEMM (the `gemm` crate, 256-bit AVX2 kernels that Cranelift's 128-bit vectors
+//! (`JITBuilder::symbol`), as XLA:CPU calls its runtime: `log` over whole buffers and `pow`
+//! per element (exp, sigmoid and tanh are inline vector code, see [`super::lower`]), GEMM (the `gemm` crate, 256-bit AVX2 kernels that Cranelift's 128-bit vectors
 //! cannot match), convolution by im2col + GEMM, max pooling and the softmax family.
 //!
 //! Every kernel is `extern "C"` and takes raw pointers and sizes computed by the lowering from

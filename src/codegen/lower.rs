@@ -13,8 +13,10 @@
 //!   (`f32x4` lanes then a horizontal combine), otherwise the output row is updated in place.
 //! - Matmul: a register-blocked `f32x4` kernel (1 row x 16 columns of accumulators, `fma`
 //!   when the host has it) or a call to the `gemm` crate (see [`super::MatmulKernel`]).
-//! - Transcendentals, convolution, pooling and the softmax family call the Rust kernels of
-//!   [`super::kernels`] through registered symbols, with sizes passed as constants.
+//! - `exp`, `sigmoid` and `tanh` are inline polynomial code (Cephes `expf`/`tanhf`), so they
+//!   run on `f32x4` vectors inside the elementwise loops like any other op.
+//! - `log`, `pow`, convolution (im2col + GEMM), pooling and the softmax family call the Rust
+//!   kernels of [`super::kernels`] through registered symbols, with sizes passed as constants.
 //!
 //! Every instruction carries the index of the node it belongs to as its source location, so a
 //! Cranelift error can name the node.
@@ -1057,10 +1059,7 @@ impl<'a> Lowerer<'a> {
     /// Elementwise unary op: transcendental ones call a whole-buffer kernel.
     fn unary(&mut self, u: UnaryOp, out: &View, x: View, shape: &Shape) -> Result<(), LowerError> {
         let kernel = match u {
-            UnaryOp::Exp => Some(kernels::UNARY_EXP),
             UnaryOp::Log => Some(kernels::UNARY_LOG),
-            UnaryOp::Tanh => Some(kernels::UNARY_TANH),
-            UnaryOp::Sigmoid => Some(kernels::UNARY_SIGMOID),
             _ => None,
         };
         if let Some(k) = kernel {
@@ -1093,11 +1092,132 @@ impl<'a> Lowerer<'a> {
                     let r = lw.pick(neg, minus, x);
                     lw.pick(pos, one, r)
                 }
+                UnaryOp::Exp => lw.exp(x, vector),
+                UnaryOp::Sigmoid => {
+                    // 1 / (1 + e^-x)
+                    let one = lw.fconst(1.0, vector);
+                    let nx = lw.b.ins().fneg(x);
+                    let e = lw.exp(nx, vector);
+                    let d = lw.b.ins().fadd(one, e);
+                    lw.b.ins().fdiv(one, d)
+                }
+                UnaryOp::Tanh => lw.tanh(x, vector),
                 // handled by the kernel above
-                UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid => x,
+                UnaryOp::Log => x,
             }
         });
         Ok(())
+    }
+
+    /// Horner evaluation of `c[0] * x^(n-1) + .. + c[n-1]`.
+    fn poly(&mut self, x: Value, c: &[f32], vector: bool) -> Value {
+        let mut y = self.fconst(c[0], vector);
+        for &k in &c[1..] {
+            let k = self.fconst(k, vector);
+            y = self.mul_add(y, x, k);
+        }
+        y
+    }
+
+    /// `e^x` inline (scalar or `f32x4`), Cephes `expf`: `x = n ln2 + r` with `|r| <= ln2/2`,
+    /// a degree-6 polynomial for `e^r`, and `2^n` built in the exponent bits. About 1 ulp over
+    /// the float range (denormal results included), 0 below -104, inf above `ln(f32::MAX)`,
+    /// NaN stays NaN.
+    fn exp(&mut self, x: Value, vector: bool) -> Value {
+        let (fty, ity) = if vector {
+            (types::F32X4, types::I32X4)
+        } else {
+            (types::F32, types::I32)
+        };
+        let hi = self.fconst(88.722_84, vector);
+        let lo = self.fconst(-104.0, vector);
+        let xc = self.b.ins().fmin(x, hi); // fmin/fmax keep NaN
+        let xc = self.b.ins().fmax(xc, lo);
+        let log2e = self.fconst(std::f32::consts::LOG2_E, vector);
+        let half = self.fconst(0.5, vector);
+        let fx = self.mul_add(xc, log2e, half);
+        let n = self.b.ins().floor(fx);
+        let c1 = self.fconst(-0.693_359_4, vector);
+        let c2 = self.fconst(2.121_944_4e-4, vector);
+        let r = self.mul_add(n, c1, xc);
+        let r = self.mul_add(n, c2, r);
+        let z = self.b.ins().fmul(r, r);
+        let p = self.poly(
+            r,
+            &[
+                1.987_569_1e-4,
+                1.398_199_9e-3,
+                8.333_452e-3,
+                4.166_579_6e-2,
+                0.166_666_65,
+                0.5,
+            ],
+            vector,
+        );
+        let y = self.mul_add(p, z, r);
+        let one = self.fconst(1.0, vector);
+        let mut y = self.b.ins().fadd(y, one);
+        // times 2^n in two factors 2^(n>>1) * 2^(n - n>>1), each a normal float for
+        // n in [-150, 128], so results near the float range and denormals come out right
+        let ni = self.b.ins().fcvt_to_sint_sat(ity, n);
+        let n1 = self.b.ins().sshr_imm_s(ni, 1);
+        let n2 = self.b.ins().isub(ni, n1);
+        let bias = self.b.ins().iconst(types::I32, 127);
+        let bias = if vector {
+            self.b.ins().splat(ity, bias)
+        } else {
+            bias
+        };
+        let flags = if vector {
+            MemFlagsData::new().with_endianness(Endianness::Little)
+        } else {
+            MemFlagsData::new()
+        };
+        for h in [n1, n2] {
+            let e = self.b.ins().iadd(h, bias);
+            let e = self.b.ins().ishl_imm_s(e, 23);
+            let pow2 = self.b.ins().bitcast(fty, flags, e);
+            y = self.b.ins().fmul(y, pow2);
+        }
+        // beyond the largest finite result
+        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        let inf = self.fconst(f32::INFINITY, vector);
+        self.pick(over, inf, y)
+    }
+
+    /// `tanh(x)` inline, Cephes `tanhf`: an odd polynomial for `|x| < 0.625`, else
+    /// `(1 - e^-2|x|) / (1 + e^-2|x|)` with the sign of `x`.
+    fn tanh(&mut self, x: Value, vector: bool) -> Value {
+        let ax = self.b.ins().fabs(x);
+        let m2 = self.fconst(-2.0, vector);
+        let t = self.b.ins().fmul(ax, m2);
+        let e = self.exp(t, vector);
+        let one = self.fconst(1.0, vector);
+        let num = self.b.ins().fsub(one, e);
+        let den = self.b.ins().fadd(one, e);
+        let big = self.b.ins().fdiv(num, den);
+        // the sign of x (fcopysign has no f32x4 lowering on x64)
+        let zero = self.fconst(0.0, vector);
+        let neg = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
+        let nbig = self.b.ins().fneg(big);
+        let big = self.pick(neg, nbig, big);
+        let z = self.b.ins().fmul(x, x);
+        let p = self.poly(
+            z,
+            &[
+                -5.704_988_7e-3,
+                2.063_909e-2,
+                -5.373_971_6e-2,
+                0.133_314_42,
+                -0.333_332_8,
+            ],
+            vector,
+        );
+        let xz = self.b.ins().fmul(x, z);
+        let small = self.mul_add(xz, p, x);
+        let lim = self.fconst(0.625, vector);
+        let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
+        self.pick(is_small, small, big)
     }
 
     fn binary(&mut self, op: BinaryOp, a: Value, b: Value) -> Value {
