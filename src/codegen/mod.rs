@@ -537,3 +537,44 @@ pub fn clif(g: &Graph, opts: &CompileOptions) -> Result<String, CompileError> {
     unsafe { built.module.free_memory() };
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape::TensorType;
+    use cranelift_codegen::ir::entities::AnyEntity;
+    use cranelift_codegen::verifier::{VerifierError, VerifierErrors};
+
+    /// A verifier error on an instruction is reported with the node the instruction lowers.
+    #[test]
+    fn cranelift_errors_name_the_node_of_the_instruction() {
+        let mut g = Graph::new("named");
+        let x = g.input("x", TensorType::f32([3])).unwrap();
+        let y = g.relu(x).unwrap();
+        g.set_name(y, "activation").unwrap();
+        g.add_output("y", y).unwrap();
+        let built = build(&g, &CompileOptions::default()).unwrap();
+        let func = &built.ctx.func;
+        let inst = func
+            .layout
+            .blocks()
+            .flat_map(|b| func.layout.block_insts(b))
+            .find(|&i| func.srcloc(i).bits() == y.index() as u32)
+            .expect("an instruction of the relu");
+        let errs = VerifierErrors(vec![VerifierError {
+            location: AnyEntity::Inst(inst),
+            context: None,
+            message: "made-up problem".into(),
+        }]);
+        let err = cranelift_error(
+            &g,
+            &built.ctx,
+            ModuleError::Compilation(CodegenError::Verifier(errs)),
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("in %activation (relu: f32[3])"), "{msg}");
+        assert!(msg.contains("made-up problem"), "{msg}");
+        // SAFETY: nothing was defined or called.
+        unsafe { built.module.free_memory() };
+    }
+}
