@@ -1,0 +1,394 @@
+//! Graph-to-graph passes and the [`Pipeline`] that runs them.
+//!
+//! In: a type-correct [`Graph`] (after autodiff and the optimizer have added their nodes).
+//! Out: the same graph rewritten in place so that every output and update computes the same
+//! values with fewer or cheaper nodes, plus one [`PassReport`] per pass saying what changed.
+//!
+//! Every pass has the same signature, `fn(&mut Graph) -> PassReport`, and obeys three rules:
+//! - it preserves results: outputs and update values are the same (see each pass for the
+//!   documented exceptions, e.g. the sign of zero in `x + 0 -> x`);
+//! - it keeps the executable's interface: inputs, params and state are never removed or merged,
+//!   outputs and updates keep their names and targets;
+//! - it is idempotent: a second run reports no change ([`PassReport::changed`] is false) and
+//!   leaves the graph printing identically.
+//!
+//! The passes ([`all`] lists them, [`by_name`] finds one):
+//! - `simplify` ([`simplify`]): algebraic, reshape and softmax rewrite rules, to a fixpoint;
+//! - `fold` ([`fold`]): constant folding of small results with the interpreter;
+//! - `cse` ([`cse`]): common-subexpression elimination;
+//! - `dce` ([`dce`]): dead-code elimination.
+//!
+//! [`plan::plan`] is an analysis, not a pass: it computes a schedule, buffer lifetimes and
+//! arena offsets without changing the graph.
+//!
+//! A [`Pipeline`] runs a list of passes, checks the graph after each one (in debug builds and
+//! tests) and can dump the graph text after any or all passes into a directory, one file per
+//! step numbered in order (`00-input.ir`, `01-simplify.ir`, ...), like XLA's `--xla_dump_to`.
+
+pub mod cse;
+pub mod dce;
+pub mod plan;
+pub mod simplify;
+
+mod rewrite;
+
+use crate::graph::Graph;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// What one run of a pass did: its name, counts of what changed, and free-form remarks
+/// (things it saw but left alone, and why).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// The pass name, as in [`by_name`].
+    pub pass: String,
+    /// Counts of changes by kind (`"removed"`, `"merged"`, a rule name, ...). Only changes are
+    /// counted, so a pass changed the graph exactly when some count is non-zero.
+    pub counts: BTreeMap<String, usize>,
+    /// Notes for a human reader that are not changes (e.g. a constant not folded because its
+    /// result would be too large).
+    pub remarks: Vec<String>,
+}
+
+impl PassReport {
+    /// An empty report for pass `pass`.
+    pub fn new(pass: &str) -> PassReport {
+        PassReport {
+            pass: pass.to_string(),
+            ..PassReport::default()
+        }
+    }
+
+    /// Adds `n` to the count of `what`.
+    pub fn count(&mut self, what: &str, n: usize) {
+        if n > 0 {
+            *self.counts.entry(what.to_string()).or_insert(0) += n;
+        }
+    }
+
+    /// Adds a remark.
+    pub fn remark(&mut self, text: impl Into<String>) {
+        self.remarks.push(text.into());
+    }
+
+    /// Whether the pass changed the graph.
+    pub fn changed(&self) -> bool {
+        self.counts.values().any(|&n| n > 0)
+    }
+
+    /// Total number of changes of every kind.
+    pub fn total(&self) -> usize {
+        self.counts.values().sum()
+    }
+}
+
+impl fmt::Display for PassReport {
+    /// `pass: no change` or `pass: kind=3, other=1`, then one indented line per remark.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.pass)?;
+        if self.changed() {
+            let parts: Vec<String> = self
+                .counts
+                .iter()
+                .filter(|(_, &n)| n > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            f.write_str(&parts.join(", "))?;
+        } else {
+            f.write_str("no change")?;
+        }
+        for r in &self.remarks {
+            write!(f, "\n  {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The signature every pass has.
+pub type PassFn = fn(&mut Graph) -> PassReport;
+
+/// A named pass.
+#[derive(Clone, Copy)]
+pub struct Pass {
+    /// Name used by [`by_name`], in reports and in dump file names.
+    pub name: &'static str,
+    /// One line saying what the pass does.
+    pub summary: &'static str,
+    /// The pass itself.
+    pub run: PassFn,
+}
+
+impl fmt::Debug for Pass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pass({})", self.name)
+    }
+}
+
+/// Every pass, in the order of the default pipeline.
+pub fn all() -> &'static [Pass] {
+    &[
+        Pass {
+            name: "simplify",
+            summary: "algebraic, reshape and softmax rewrite rules (see passes::simplify)",
+            run: simplify::run,
+        },
+        Pass {
+            name: "cse",
+            summary: "merge nodes with the same op, attributes and operands",
+            run: cse::run,
+        },
+        Pass {
+            name: "dce",
+            summary: "remove nodes that no output or update needs",
+            run: dce::run,
+        },
+    ]
+}
+
+/// The pass called `name`, or `None` (see [`all`] for the names).
+pub fn by_name(name: &str) -> Option<Pass> {
+    all().iter().find(|p| p.name == name).copied()
+}
+
+/// The names of the default pipeline, in order.
+pub const DEFAULT_PIPELINE: &[&str] = &["simplify", "cse", "dce"];
+
+/// Error of a pipeline: an unknown pass name, a pass that broke the graph, or a dump that could
+/// not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// A pass name that [`by_name`] does not know.
+    #[error("unknown pass {name:?}; known passes: {known}")]
+    UnknownPass {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
+    /// The graph check failed after a pass (a bug in that pass).
+    #[error("graph is invalid after pass {pass}:\n{}", errors.join("\n"))]
+    Invalid {
+        /// The pass after which the check failed (`input` for the graph before any pass).
+        pass: String,
+        /// Every problem found.
+        errors: Vec<String>,
+    },
+    /// A dump file could not be written.
+    #[error("cannot write dump {}: {source}", path.display())]
+    Dump {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// After which passes a pipeline writes the graph text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DumpAfter {
+    /// After every pass (`--dump-after=all`).
+    All,
+    /// After the passes with these names (`--dump-after=cse`).
+    Passes(Vec<String>),
+}
+
+impl DumpAfter {
+    /// Parses a `--dump-after` value: `all` or a comma-separated list of pass names, each
+    /// checked with [`by_name`].
+    pub fn parse(s: &str) -> Result<DumpAfter, PassError> {
+        if s == "all" {
+            return Ok(DumpAfter::All);
+        }
+        let mut names = Vec::new();
+        for n in s.split(',').map(str::trim) {
+            by_name(n).ok_or_else(|| unknown(n))?;
+            names.push(n.to_string());
+        }
+        Ok(DumpAfter::Passes(names))
+    }
+
+    fn wants(&self, pass: &str) -> bool {
+        match self {
+            DumpAfter::All => true,
+            DumpAfter::Passes(v) => v.iter().any(|p| p == pass),
+        }
+    }
+}
+
+fn unknown(name: &str) -> PassError {
+    let known: Vec<&str> = all().iter().map(|p| p.name).collect();
+    PassError::UnknownPass {
+        name: name.to_string(),
+        known: known.join(", "),
+    }
+}
+
+/// Runs a list of passes in order; checks the graph after each one when `verify` is on (the
+/// default in debug builds and tests) and optionally dumps the graph text into a directory.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    passes: Vec<Pass>,
+    /// Check the graph before the first pass and after every pass.
+    pub verify: bool,
+    dump: Option<(PathBuf, DumpAfter)>,
+}
+
+impl Default for Pipeline {
+    /// The default pipeline ([`DEFAULT_PIPELINE`]).
+    fn default() -> Pipeline {
+        Pipeline::new(DEFAULT_PIPELINE).expect("the default pipeline names known passes")
+    }
+}
+
+impl Pipeline {
+    /// A pipeline of the passes called `names`, in order (a name may repeat).
+    pub fn new(names: &[&str]) -> Result<Pipeline, PassError> {
+        let passes = names
+            .iter()
+            .map(|n| by_name(n).ok_or_else(|| unknown(n)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Pipeline {
+            passes,
+            verify: cfg!(debug_assertions),
+            dump: None,
+        })
+    }
+
+    /// The passes, in order.
+    pub fn passes(&self) -> &[Pass] {
+        &self.passes
+    }
+
+    /// Writes the graph text into `dir` (created if missing): `00-input.ir`, then
+    /// `NN-PASS.ir` after each pass that `after` selects, `NN` being the pass's 1-based
+    /// position in the pipeline.
+    pub fn dump_to(mut self, dir: impl Into<PathBuf>, after: DumpAfter) -> Pipeline {
+        self.dump = Some((dir.into(), after));
+        self
+    }
+
+    /// Runs every pass on `g`, returning one report per pass. Stops at the first failed
+    /// check or dump.
+    pub fn run(&self, g: &mut Graph) -> Result<Vec<PassReport>, PassError> {
+        self.check(g, "input")?;
+        if let Some((dir, _)) = &self.dump {
+            std::fs::create_dir_all(dir).map_err(|source| PassError::Dump {
+                path: dir.clone(),
+                source,
+            })?;
+            write_dump(dir, "00-input.ir", g)?;
+        }
+        let mut reports = Vec::with_capacity(self.passes.len());
+        for (i, p) in self.passes.iter().enumerate() {
+            let report = (p.run)(g);
+            self.check(g, p.name)?;
+            if let Some((dir, after)) = &self.dump {
+                if after.wants(p.name) {
+                    write_dump(dir, &format!("{:02}-{}.ir", i + 1, p.name), g)?;
+                }
+            }
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    fn check(&self, g: &Graph, pass: &str) -> Result<(), PassError> {
+        if !self.verify {
+            return Ok(());
+        }
+        let errors = check_graph(g);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(PassError::Invalid {
+                pass: pass.to_string(),
+                errors,
+            })
+        }
+    }
+}
+
+fn write_dump(dir: &Path, file: &str, g: &Graph) -> Result<(), PassError> {
+    let path = dir.join(file);
+    std::fs::write(&path, print_graph(g)).map_err(|source| PassError::Dump { path, source })
+}
+
+/// The graph text used by dumps.
+fn print_graph(g: &Graph) -> String {
+    // TODO(text): switch to crate::text::print when the parser/printer branch is merged.
+    format!("{g:#?}")
+}
+
+/// Checks the invariants passes rely on and must keep: the graph is acyclic, every node's type
+/// is what [`crate::op::Op::infer`] gives for its operands, outputs, updates and `grad_of`
+/// refer to existing nodes, and update targets are params or state of the value's type.
+/// Returns every problem found (empty when the graph is fine).
+pub fn check_graph(g: &Graph) -> Vec<String> {
+    // TODO(verify): replace with crate::verify::verify when the verifier is merged.
+    let mut errors = Vec::new();
+    if let Err(cycle) = g.topo_order() {
+        let ids: Vec<String> = cycle.iter().map(|id| id.index().to_string()).collect();
+        errors.push(format!("cycle through nodes {}", ids.join(", ")));
+    }
+    for id in g.node_ids() {
+        let node = &g[id];
+        let ops = g.operands(id);
+        let types: Vec<_> = ops.iter().map(|&o| &g[o].ty).collect();
+        match node.op.infer(&types, Some(&node.ty)) {
+            Ok(t) if t == node.ty => {}
+            Ok(t) => errors.push(format!(
+                "node {} ({}): declared {} but infers {t}",
+                id.index(),
+                node.op.name(),
+                node.ty
+            )),
+            Err(e) => errors.push(format!("node {} ({}): {e}", id.index(), node.op.name())),
+        }
+        if let Some(f) = node.grad_of {
+            if !g.contains(f) {
+                errors.push(format!(
+                    "node {} ({}): grad_of refers to missing node {}",
+                    id.index(),
+                    node.op.name(),
+                    f.index()
+                ));
+            }
+        }
+    }
+    for o in g.outputs() {
+        if !g.contains(o.node) {
+            errors.push(format!(
+                "output {}: missing node {}",
+                o.name,
+                o.node.index()
+            ));
+        }
+    }
+    for u in g.updates() {
+        match (g.get(u.target), g.get(u.value)) {
+            (Some(t), Some(v)) => {
+                if !matches!(
+                    t.op,
+                    crate::op::Op::Param { .. } | crate::op::Op::State { .. }
+                ) || t.ty != v.ty
+                {
+                    errors.push(format!(
+                        "update of node {} ({} {}) with node {} of type {}",
+                        u.target.index(),
+                        t.op.name(),
+                        t.ty,
+                        u.value.index(),
+                        v.ty
+                    ));
+                }
+            }
+            _ => errors.push(format!(
+                "update {} <- {}: missing node",
+                u.target.index(),
+                u.value.index()
+            )),
+        }
+    }
+    errors
+}

@@ -1,0 +1,78 @@
+//! Small graph-editing helpers shared by the passes: replacing a node by another one (keeping
+//! names, outputs, updates and `grad_of` links right) and removing nodes.
+
+use crate::graph::{Graph, NodeId};
+use crate::op::{Literal, Op};
+
+/// Makes every use of `old` (operands, outputs, update values, `grad_of` links) refer to `new`,
+/// then removes `old`. If `old` had a name and `new` has none (and `new` is not a leaf, whose
+/// name is part of the interface), the name moves to `new`, so dumps keep the user's names.
+pub fn replace_node(g: &mut Graph, old: NodeId, new: NodeId) {
+    if old == new {
+        return;
+    }
+    g.replace_all_uses(old, new);
+    redirect_grad_of(g, old, Some(new));
+    let name = g.get_mut(old).and_then(|n| n.name.take());
+    if let (Some(name), Some(n)) = (name, g.get_mut(new)) {
+        if n.name.is_none() && !n.op.is_leaf() {
+            n.name = Some(name);
+        }
+    }
+    g.remove(old);
+}
+
+/// Removes `id`, which must have no users; `grad_of` links to it are cleared (the forward node
+/// they pointed at no longer exists).
+pub fn remove_node(g: &mut Graph, id: NodeId) {
+    redirect_grad_of(g, id, None);
+    g.remove(id);
+}
+
+fn redirect_grad_of(g: &mut Graph, from: NodeId, to: Option<NodeId>) {
+    for id in g.node_ids() {
+        if let Some(n) = g.get_mut(id) {
+            if n.grad_of == Some(from) {
+                n.grad_of = to;
+            }
+        }
+    }
+}
+
+/// Whether `id` is an output or the value of an update.
+pub fn is_root(g: &Graph, id: NodeId) -> bool {
+    g.outputs().iter().any(|o| o.node == id) || g.updates().iter().any(|u| u.value == id)
+}
+
+/// The value of every element if `id` is a constant whose elements are all equal (a splat, or
+/// a dense literal with one repeated value, compared bit for bit).
+pub fn splat_value(g: &Graph, id: NodeId) -> Option<f64> {
+    match &g.get(id)?.op {
+        Op::Const {
+            value: Literal::Splat(v),
+        } => Some(*v),
+        Op::Const {
+            value: Literal::Dense(vs),
+        } => {
+            let first = *vs.first()?;
+            vs.iter()
+                .all(|v| v.to_bits() == first.to_bits())
+                .then_some(first)
+        }
+        _ => None,
+    }
+}
+
+/// Every element of constant `id` (a splat expanded to the node's element count).
+pub fn const_values(g: &Graph, id: NodeId) -> Option<Vec<f64>> {
+    let n = g.get(id)?;
+    match &n.op {
+        Op::Const {
+            value: Literal::Splat(v),
+        } => Some(vec![*v; n.ty.shape.numel()]),
+        Op::Const {
+            value: Literal::Dense(vs),
+        } => Some(vs.clone()),
+        _ => None,
+    }
+}
