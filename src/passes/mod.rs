@@ -248,11 +248,17 @@ impl Pipeline {
             .iter()
             .map(|n| by_name(n).ok_or_else(|| unknown(n)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Pipeline {
+        Ok(Pipeline::with_passes(passes))
+    }
+
+    /// A pipeline of the given passes, which need not be registered in [`all`] (a pass under
+    /// development, or one made for a test).
+    pub fn with_passes(passes: Vec<Pass>) -> Pipeline {
+        Pipeline {
             passes,
             verify: cfg!(debug_assertions),
             dump: None,
-        })
+        }
     }
 
     /// The passes, in order.
