@@ -27,6 +27,7 @@
 
 pub mod cse;
 pub mod dce;
+pub mod fold;
 pub mod plan;
 pub mod simplify;
 
@@ -134,6 +135,11 @@ pub fn all() -> &'static [Pass] {
             run: simplify::run,
         },
         Pass {
+            name: "fold",
+            summary: "fold operations on constants into constants (small results only)",
+            run: fold::run,
+        },
+        Pass {
             name: "cse",
             summary: "merge nodes with the same op, attributes and operands",
             run: cse::run,
@@ -152,7 +158,7 @@ pub fn by_name(name: &str) -> Option<Pass> {
 }
 
 /// The names of the default pipeline, in order.
-pub const DEFAULT_PIPELINE: &[&str] = &["simplify", "cse", "dce"];
+pub const DEFAULT_PIPELINE: &[&str] = &["simplify", "fold", "cse", "dce"];
 
 /// Error of a pipeline: an unknown pass name, a pass that broke the graph, or a dump that could
 /// not be written.
@@ -320,10 +326,9 @@ fn write_dump(dir: &Path, file: &str, g: &Graph) -> Result<(), PassError> {
     std::fs::write(&path, print_graph(g)).map_err(|source| PassError::Dump { path, source })
 }
 
-/// The graph text used by dumps.
+/// The graph text used by dumps: the canonical text, without source locations.
 fn print_graph(g: &Graph) -> String {
-    // TODO(text): switch to crate::text::print when the parser/printer branch is merged.
-    format!("{g:#?}")
+    crate::text::print(g)
 }
 
 /// Checks the invariants passes rely on and must keep: the graph is acyclic, every node's type
@@ -344,19 +349,17 @@ pub fn check_graph(g: &Graph) -> Vec<String> {
         match node.op.infer(&types, Some(&node.ty)) {
             Ok(t) if t == node.ty => {}
             Ok(t) => errors.push(format!(
-                "node {} ({}): declared {} but infers {t}",
-                id.index(),
-                node.op.name(),
+                "{}\n  declared {} but the operands give {t}",
+                crate::text::print_node(g, id),
                 node.ty
             )),
-            Err(e) => errors.push(format!("node {} ({}): {e}", id.index(), node.op.name())),
+            Err(e) => errors.push(format!("{}\n  {e}", crate::text::print_node(g, id))),
         }
         if let Some(f) = node.grad_of {
             if !g.contains(f) {
                 errors.push(format!(
-                    "node {} ({}): grad_of refers to missing node {}",
-                    id.index(),
-                    node.op.name(),
+                    "{}\n  grad_of refers to removed node index {}",
+                    crate::text::print_node(g, id),
                     f.index()
                 ));
             }

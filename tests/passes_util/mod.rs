@@ -84,6 +84,7 @@ impl Gen {
         let v = self.g.input("v", TensorType::f32([3])).unwrap();
         let s = self.g.input("s", TensorType::f32([])).unwrap();
         let labels = self.g.input("labels", TensorType::i32([2])).unwrap();
+        let cube = self.g.input("cube", TensorType::f32([2, 3, 4])).unwrap();
         let w = self
             .g
             .param(
@@ -101,11 +102,34 @@ impl Gen {
             self.push(id);
         }
         for _ in 0..steps {
-            self.step(labels);
+            self.step(labels, cube);
         }
-        // Outputs: the last node and one or two random ones; an update of the state.
+        // Outputs: the last node, one or two random ones, and the sum of the values of about
+        // two thirds of the body nodes (so that most rewrites reach an output and the rest is
+        // dead code); an update of the state.
         let last = *self.pool.last().unwrap();
         self.g.add_output("out0", last).unwrap();
+        let body: Vec<NodeId> = self
+            .pool
+            .iter()
+            .copied()
+            .filter(|&id| !self.g[id].op.is_leaf())
+            .collect();
+        let mut total = None;
+        for id in body {
+            if self.below(3) == 0 {
+                continue;
+            }
+            let all: Vec<usize> = (0..self.shape(id).rank()).collect();
+            let s = self.g.sum(id, &all, false).unwrap();
+            total = Some(match total {
+                None => s,
+                Some(t) => self.g.add2(t, s).unwrap(),
+            });
+        }
+        if let Some(t) = total {
+            self.g.add_output("total", t).unwrap();
+        }
         for k in 1..=self.below(2) + 1 {
             let id = self.pick();
             self.g.add_output(&format!("out{k}"), id).unwrap();
@@ -117,8 +141,8 @@ impl Gen {
         }
     }
 
-    fn step(&mut self, labels: NodeId) {
-        match self.below(16) {
+    fn step(&mut self, labels: NodeId, cube: NodeId) {
+        match self.below(17) {
             0 => {
                 use gradlift::UnaryOp::*;
                 let u = [Neg, Tanh, Sigmoid, Relu, Abs][self.below(5)];
@@ -330,8 +354,21 @@ impl Gen {
                 }
                 let x = body[self.below(body.len())];
                 let op = self.g[x].op.clone();
-                let ops = self.g.operands(x);
+                let mut ops = self.g.operands(x);
+                // Binary ops also with swapped operands: merged only when commutative.
+                if matches!(op, Op::Binary(_)) && self.below(2) == 0 {
+                    ops.reverse();
+                }
                 let y = self.g.add(op, &ops).unwrap();
+                self.push(y);
+            }
+            15 => {
+                // Two random 3-D transposes of the cube, flattened to [24].
+                let p1 = self.perm3();
+                let p2 = self.perm3();
+                let a = self.g.transpose(cube, &p1).unwrap();
+                let b = self.g.transpose(a, &p2).unwrap();
+                let y = self.g.reshape(b, [24]).unwrap();
                 self.push(y);
             }
             _ => {
@@ -349,6 +386,18 @@ impl Gen {
         }
     }
 
+    fn perm3(&mut self) -> [usize; 3] {
+        const PERMS: [[usize; 3]; 6] = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        PERMS[self.below(6)]
+    }
+
     fn log_softmax1(&mut self, logits: NodeId) -> NodeId {
         if self.below(2) == 0 {
             self.g.log_softmax(logits, 1).unwrap()
@@ -361,6 +410,102 @@ impl Gen {
 
 /// The graph as text, for comparing two graphs.
 pub fn print(g: &Graph) -> String {
-    // TODO(text): gradlift::text::print once the printer is merged.
-    format!("{g:#?}")
+    gradlift::text::print(g)
+}
+
+/// The largest label an i32 input may hold for the graph to be well defined, plus one: the
+/// smallest `depth` of a `one_hot` and class count of a sparse cross-entropy that read it
+/// (`default` when nothing constrains it).
+pub fn label_range(g: &Graph, input: NodeId, default: usize) -> usize {
+    g.users(input)
+        .into_iter()
+        .filter_map(|u| match &g[u].op {
+            Op::OneHot { depth } => Some(*depth),
+            Op::SparseSoftmaxCrossEntropy => {
+                g.operands(u).first().map(|&l| g[l].ty.shape.dims()[1])
+            }
+            _ => None,
+        })
+        .min()
+        .unwrap_or(default)
+        .max(1)
+}
+
+/// Random values for every input of `g` from `seed`: f32 inputs uniform in `[-2, 2)`, i32
+/// inputs integers in `0..label_range`. Params and state keep their initializers.
+pub fn random_feeds(
+    g: &Graph,
+    seed: u64,
+) -> std::collections::HashMap<NodeId, gradlift::interp::Array<f64>> {
+    let mut rng = Rng::new(seed);
+    let mut feeds = std::collections::HashMap::new();
+    for id in g.inputs() {
+        let ty = &g[id].ty;
+        let n = ty.shape.numel();
+        let data: Vec<f64> = match ty.dtype {
+            DType::F32 => (0..n).map(|_| rng.uniform() * 4.0 - 2.0).collect(),
+            DType::I32 => {
+                let k = label_range(g, id, 2) as u64;
+                (0..n).map(|_| rng.below(k) as f64).collect()
+            }
+        };
+        feeds.insert(
+            id,
+            gradlift::interp::Array::new(ty.shape.clone(), data).unwrap(),
+        );
+    }
+    feeds
+}
+
+/// Whether `a` and `b` agree within `rel` relative error (absolute `rel * 1e-3` near zero);
+/// two NaNs agree, infinities must be equal.
+pub fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-3)
+}
+
+/// Evaluates `before` and `after` (the same graph before and after some passes) on the same
+/// feeds and compares every output (by name) and update value (by target). Returns a
+/// description of the first difference.
+pub fn compare_eval(before: &Graph, after: &Graph, seed: u64, rel: f64) -> Result<(), String> {
+    let feeds = random_feeds(before, seed);
+    let v0 = gradlift::interp::eval::<f64>(before, &feeds).map_err(|e| format!("before: {e}"))?;
+    let v1 = gradlift::interp::eval::<f64>(after, &feeds).map_err(|e| format!("after: {e}"))?;
+    let mut pairs = Vec::new();
+    for o in before.outputs() {
+        let a = after
+            .output(&o.name)
+            .ok_or(format!("output {} disappeared", o.name))?;
+        pairs.push((format!("output {}", o.name), v0.get(o.node), v1.get(a)));
+    }
+    for u in before.updates() {
+        let a = after
+            .updates()
+            .iter()
+            .find(|x| x.target == u.target)
+            .ok_or(format!("update of node {} disappeared", u.target.index()))?;
+        pairs.push((
+            format!("update of node {}", u.target.index()),
+            v0.get(u.value),
+            v1.get(a.value),
+        ));
+    }
+    if before.outputs().len() != after.outputs().len()
+        || before.updates().len() != after.updates().len()
+    {
+        return Err("outputs or updates were added".to_string());
+    }
+    for (what, x, y) in pairs {
+        let (Some(x), Some(y)) = (x, y) else {
+            return Err(format!("{what}: no value"));
+        };
+        if x.shape != y.shape {
+            return Err(format!("{what}: shape {} became {}", x.shape, y.shape));
+        }
+        for (i, (&p, &q)) in x.data.iter().zip(&y.data).enumerate() {
+            if !close(p, q, rel) {
+                return Err(format!("{what}[{i}]: {p} became {q}"));
+            }
+        }
+    }
+    Ok(())
 }

@@ -100,9 +100,9 @@ pub fn run(g: &mut Graph) -> PassReport {
                         break;
                     } else {
                         report.remark(format!(
-                            "rule {} proposed a rewrite of node {} that changes its type; refused",
+                            "rule {} proposed a rewrite that changes the type of {}; refused",
                             rule.name,
-                            id.index()
+                            crate::text::print_node(g, id)
                         ));
                     }
                 }
