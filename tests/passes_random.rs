@@ -27,6 +27,22 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn one_run_of_the_default_pipeline_reaches_a_fixpoint(seed in any::<u64>(), steps in 1usize..30) {
+        let mut g = random_graph(seed, steps);
+        Pipeline::default().run(&mut g).expect("pipeline");
+        let once = print(&g);
+        let again = Pipeline::default().run(&mut g).expect("pipeline");
+        for r in &again {
+            prop_assert!(!r.changed(), "second pipeline run: {}", r);
+        }
+        prop_assert_eq!(print(&g), once);
+    }
+}
+
 #[test]
 fn random_graphs_exercise_the_rules() {
     let mut fired: BTreeMap<String, usize> = BTreeMap::new();

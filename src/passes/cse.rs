@@ -12,7 +12,7 @@
 //! outputs, updates and `grad_of` links move to it, and so does the duplicate's name when the
 //! kept node has none.
 
-use super::rewrite::{const_values, replace_node, splat_value};
+use super::rewrite::{const_values, move_uses, redirect_grad_of_all, splat_value};
 use super::PassReport;
 use crate::graph::{Graph, NodeId};
 use crate::op::{BinaryOp, Op};
@@ -39,20 +39,22 @@ pub fn run(g: &mut Graph) -> PassReport {
         return report;
     };
     let mut seen: HashMap<Key, NodeId> = HashMap::new();
-    let mut merged = 0;
+    let mut merged: HashMap<NodeId, NodeId> = HashMap::new();
     for id in order {
         let Some(key) = key(g, id) else { continue };
         match seen.get(&key) {
             Some(&first) => {
-                replace_node(g, id, first);
-                merged += 1;
+                move_uses(g, id, first);
+                merged.insert(id, first);
             }
             None => {
                 seen.insert(key, id);
             }
         }
     }
-    report.count("merged", merged);
+    // A kept node is never merged later, so one lookup gives the final node.
+    redirect_grad_of_all(g, &merged);
+    report.count("merged", merged.len());
     report
 }
 
@@ -109,5 +111,34 @@ mod tests {
         assert_eq!(g.operands(out), vec![a, a, s, t]);
         assert!(g.contains(x) && g.contains(y));
         assert!(!run(&mut g).changed());
+    }
+}
+
+#[cfg(test)]
+mod grad_link_tests {
+    use super::*;
+    use crate::passes::{check_graph, dce};
+
+    #[test]
+    fn grad_of_links_follow_merges_and_are_cleared_by_dce() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", TensorType::f32([2])).unwrap();
+        let a = g.exp(x).unwrap();
+        let b = g.exp(x).unwrap(); // duplicate of a
+        let ga = g.neg(b).unwrap();
+        g.get_mut(ga).unwrap().grad_of = Some(b);
+        let dead = g.tanh(x).unwrap();
+        let gd = g.sigmoid(x).unwrap();
+        g.get_mut(gd).unwrap().grad_of = Some(dead);
+        let out = g.add2(a, ga).unwrap();
+        let out = g.add2(out, gd).unwrap();
+        g.add_output("out", out).unwrap();
+        run(&mut g);
+        assert_eq!(g[ga].grad_of, Some(a));
+        assert!(!g.contains(b));
+        dce::run(&mut g);
+        assert!(!g.contains(dead));
+        assert_eq!(g[gd].grad_of, None);
+        assert!(check_graph(&g).is_empty(), "{:?}", check_graph(&g));
     }
 }

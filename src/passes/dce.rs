@@ -6,7 +6,7 @@
 //! interface (the caller feeds every input and owns every param). `grad_of` links to removed
 //! forward nodes are cleared.
 
-use super::rewrite::remove_node;
+use super::rewrite::remove_nodes;
 use super::PassReport;
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
@@ -16,14 +16,13 @@ use std::collections::HashSet;
 pub fn run(g: &mut Graph) -> PassReport {
     let mut report = PassReport::new("dce");
     let live = live_nodes(g);
-    let mut removed = 0;
-    for id in g.node_ids() {
-        if !live.contains(&id) && !is_interface(&g[id].op) {
-            remove_node(g, id);
-            removed += 1;
-        }
-    }
-    report.count("removed", removed);
+    let dead: HashSet<NodeId> = g
+        .node_ids()
+        .into_iter()
+        .filter(|id| !live.contains(id) && !is_interface(&g[*id].op))
+        .collect();
+    remove_nodes(g, &dead);
+    report.count("removed", dead.len());
     report
 }
 

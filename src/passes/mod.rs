@@ -126,7 +126,7 @@ impl fmt::Debug for Pass {
     }
 }
 
-/// Every pass, in the order of the default pipeline.
+/// Every pass (the default pipeline is [`DEFAULT_PIPELINE`]).
 pub fn all() -> &'static [Pass] {
     &[
         Pass {
@@ -157,8 +157,12 @@ pub fn by_name(name: &str) -> Option<Pass> {
     all().iter().find(|p| p.name == name).copied()
 }
 
-/// The names of the default pipeline, in order.
-pub const DEFAULT_PIPELINE: &[&str] = &["simplify", "fold", "cse", "dce"];
+/// The names of the default pipeline, in order. `cse` runs first so that duplicated chains are
+/// one chain (the softmax rules fire only on chains without other users); then `simplify` and
+/// `fold`; `cse` again because rewriting and folding make equal nodes and constants; `dce`
+/// last removes everything the others left unused. On the test graphs one run of this list
+/// reaches a fixpoint: a second run changes nothing.
+pub const DEFAULT_PIPELINE: &[&str] = &["cse", "simplify", "fold", "cse", "dce"];
 
 /// Error of a pipeline: an unknown pass name, a pass that broke the graph, or a dump that could
 /// not be written.

@@ -3,6 +3,7 @@
 
 use crate::graph::{Graph, NodeId};
 use crate::op::{Literal, Op};
+use std::collections::{HashMap, HashSet};
 
 /// Makes every use of `old` (operands, outputs, update values, `grad_of` links) refer to `new`,
 /// then removes `old`. If `old` had a name and `new` has none (and `new` is not a leaf, whose
@@ -11,8 +12,17 @@ pub fn replace_node(g: &mut Graph, old: NodeId, new: NodeId) {
     if old == new {
         return;
     }
-    g.replace_all_uses(old, new);
     redirect_grad_of(g, old, Some(new));
+    move_uses(g, old, new);
+}
+
+/// [`replace_node`] without the `grad_of` links, for passes that replace many nodes and then
+/// fix every link in one pass with [`redirect_grad_of_all`].
+pub fn move_uses(g: &mut Graph, old: NodeId, new: NodeId) {
+    if old == new {
+        return;
+    }
+    g.replace_all_uses(old, new);
     let name = g.get_mut(old).and_then(|n| n.name.take());
     if let (Some(name), Some(n)) = (name, g.get_mut(new)) {
         if n.name.is_none() && !n.op.is_leaf() {
@@ -22,11 +32,33 @@ pub fn replace_node(g: &mut Graph, old: NodeId, new: NodeId) {
     g.remove(old);
 }
 
-/// Removes `id`, which must have no users; `grad_of` links to it are cleared (the forward node
-/// they pointed at no longer exists).
-pub fn remove_node(g: &mut Graph, id: NodeId) {
-    redirect_grad_of(g, id, None);
-    g.remove(id);
+/// Removes the nodes `ids`, which no remaining node may use; `grad_of` links to them are
+/// cleared (the forward node they pointed at no longer exists). One pass over the graph.
+pub fn remove_nodes(g: &mut Graph, ids: &HashSet<NodeId>) {
+    for id in g.node_ids() {
+        if let Some(n) = g.get_mut(id) {
+            if n.grad_of.is_some_and(|f| ids.contains(&f)) {
+                n.grad_of = None;
+            }
+        }
+    }
+    for &id in ids {
+        g.remove(id);
+    }
+}
+
+/// Points every `grad_of` link to a key of `map` at its value.
+pub fn redirect_grad_of_all(g: &mut Graph, map: &HashMap<NodeId, NodeId>) {
+    if map.is_empty() {
+        return;
+    }
+    for id in g.node_ids() {
+        if let Some(n) = g.get_mut(id) {
+            if let Some(to) = n.grad_of.and_then(|f| map.get(&f)) {
+                n.grad_of = Some(*to);
+            }
+        }
+    }
 }
 
 fn redirect_grad_of(g: &mut Graph, from: NodeId, to: Option<NodeId>) {

@@ -165,7 +165,28 @@ fn operands2(g: &Graph, id: NodeId) -> Option<(NodeId, NodeId)> {
     }
 }
 
-/// Whether `id`'s only user is `user` and it is neither an output nor an update value.
+/// Whether `user` is the only live user of `id` and `id` is neither an output nor an update
+/// value. Dead users (whose values reach no output or update) do not count: `dce` removes
+/// them, and counting them would make the result depend on whether `dce` ran first.
 fn used_only_by(g: &Graph, id: NodeId, user: NodeId) -> bool {
-    g.users(id) == [user] && !super::rewrite::is_root(g, id)
+    !super::rewrite::is_root(g, id)
+        && g.users(id).contains(&user)
+        && g.users(id).into_iter().all(|u| u == user || is_dead(g, u))
+}
+
+/// Whether no output or update depends on `id` (a search over its transitive users; only
+/// called on the few nodes a pattern has matched so far).
+fn is_dead(g: &Graph, id: NodeId) -> bool {
+    let mut stack = vec![id];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(n) = stack.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        if super::rewrite::is_root(g, n) || g.updates().iter().any(|u| u.target == n) {
+            return false;
+        }
+        stack.extend(g.users(n));
+    }
+    true
 }
