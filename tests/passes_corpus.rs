@@ -1,7 +1,7 @@
-//! The passes on every `.ir` file of the corpus (`ir/*.ir`, the models) and of the rule files
-//! (`ir/passes/*.ir`): each pass and the default pipeline preserve the interpreter's results
-//! (f64, random inputs, 1e-9 relative), and each pass is idempotent. Passes with zero corpus
-//! files too (the models land from other branches).
+//! The passes on every `.ir` file under `ir/` (the models `ir/*.ir`, the per-op files
+//! `ir/ops/*.ir`, the rule files `ir/passes/*.ir`): each pass and the default pipeline preserve the interpreter's results
+//! (f64, random inputs, 1e-9 relative), and each pass is idempotent. Passes with zero files
+//! too.
 
 mod passes_util;
 
@@ -12,24 +12,26 @@ use std::path::{Path, PathBuf};
 
 const REL: f64 = 1e-9;
 
-/// Every `.ir` file directly in `dir`, sorted (none if the directory does not exist).
+/// Every `.ir` file under `dir` (recursively), sorted; none if the directory does not exist.
 fn ir_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut v: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "ir"))
-        .collect();
+    let mut v = Vec::new();
+    for p in rd.filter_map(|e| e.ok().map(|e| e.path())) {
+        if p.is_dir() {
+            v.extend(ir_files(&p));
+        } else if p.extension().is_some_and(|x| x == "ir") {
+            v.push(p);
+        }
+    }
     v.sort();
     v
 }
 
 fn corpus() -> Vec<(String, Graph)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir");
-    let mut files = ir_files(&root);
-    files.extend(ir_files(&root.join("passes")));
-    files
+    ir_files(&root)
         .into_iter()
         .map(|p| {
             let name = p

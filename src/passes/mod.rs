@@ -164,8 +164,8 @@ pub fn by_name(name: &str) -> Option<Pass> {
 /// reaches a fixpoint: a second run changes nothing.
 pub const DEFAULT_PIPELINE: &[&str] = &["cse", "simplify", "fold", "cse", "dce"];
 
-/// Error of a pipeline: an unknown pass name, a pass that broke the graph, or a dump that could
-/// not be written.
+/// Error of a pipeline: an unknown pass name, a pass that broke the graph (the verifier's
+/// errors), or a dump that could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
     /// A pass name that [`by_name`] does not know.
@@ -335,73 +335,12 @@ fn print_graph(g: &Graph) -> String {
     crate::text::print(g)
 }
 
-/// Checks the invariants passes rely on and must keep: the graph is acyclic, every node's type
-/// is what [`crate::op::Op::infer`] gives for its operands, outputs, updates and `grad_of`
-/// refer to existing nodes, and update targets are params or state of the value's type.
-/// Returns every problem found (empty when the graph is fine).
+/// Runs the verifier ([`crate::verify::verify`]) and returns every violation as text (empty
+/// when the graph is well formed). The pipeline calls it before the first pass and after each
+/// one when [`Pipeline::verify`] is on.
 pub fn check_graph(g: &Graph) -> Vec<String> {
-    // TODO(verify): replace with crate::verify::verify when the verifier is merged.
-    let mut errors = Vec::new();
-    if let Err(cycle) = g.topo_order() {
-        let ids: Vec<String> = cycle.iter().map(|id| id.index().to_string()).collect();
-        errors.push(format!("cycle through nodes {}", ids.join(", ")));
+    match crate::verify::verify(g) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
     }
-    for id in g.node_ids() {
-        let node = &g[id];
-        let ops = g.operands(id);
-        let types: Vec<_> = ops.iter().map(|&o| &g[o].ty).collect();
-        match node.op.infer(&types, Some(&node.ty)) {
-            Ok(t) if t == node.ty => {}
-            Ok(t) => errors.push(format!(
-                "{}\n  declared {} but the operands give {t}",
-                crate::text::print_node(g, id),
-                node.ty
-            )),
-            Err(e) => errors.push(format!("{}\n  {e}", crate::text::print_node(g, id))),
-        }
-        if let Some(f) = node.grad_of {
-            if !g.contains(f) {
-                errors.push(format!(
-                    "{}\n  grad_of refers to removed node index {}",
-                    crate::text::print_node(g, id),
-                    f.index()
-                ));
-            }
-        }
-    }
-    for o in g.outputs() {
-        if !g.contains(o.node) {
-            errors.push(format!(
-                "output {}: missing node {}",
-                o.name,
-                o.node.index()
-            ));
-        }
-    }
-    for u in g.updates() {
-        match (g.get(u.target), g.get(u.value)) {
-            (Some(t), Some(v)) => {
-                if !matches!(
-                    t.op,
-                    crate::op::Op::Param { .. } | crate::op::Op::State { .. }
-                ) || t.ty != v.ty
-                {
-                    errors.push(format!(
-                        "update of node {} ({} {}) with node {} of type {}",
-                        u.target.index(),
-                        t.op.name(),
-                        t.ty,
-                        u.value.index(),
-                        v.ty
-                    ));
-                }
-            }
-            _ => errors.push(format!(
-                "update {} <- {}: missing node",
-                u.target.index(),
-                u.value.index()
-            )),
-        }
-    }
-    errors
 }
