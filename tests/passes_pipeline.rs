@@ -50,15 +50,15 @@ fn dump_after_all_writes_one_file_per_pass_in_order() {
     }
     assert_eq!(files(&dir), want);
     assert_eq!(reports.len(), passes::DEFAULT_PIPELINE.len());
-    assert_eq!(
-        std::fs::read_to_string(dir.join("00-input.ir")).unwrap(),
-        before
-    );
-    let last = want.last().unwrap();
-    assert_eq!(
-        std::fs::read_to_string(dir.join(last)).unwrap(),
-        passes_util::print(&g)
-    );
+    let input = std::fs::read_to_string(dir.join("00-input.ir")).unwrap();
+    assert_eq!(input, format!("# input\n{before}"));
+    let last = std::fs::read_to_string(dir.join(want.last().unwrap())).unwrap();
+    let header = reports.last().unwrap().to_string();
+    assert!(last.starts_with(&format!("# {}", header.lines().next().unwrap())));
+    assert!(last.ends_with(&passes_util::print(&g)));
+    // A dump parses back to the graph it shows.
+    let parsed = gradlift::text::parse(&last, "dump").unwrap();
+    assert_eq!(passes_util::print(&parsed), passes_util::print(&g));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -110,6 +110,17 @@ fn a_pass_that_breaks_the_graph_is_caught_and_named() {
             assert!(!errors.is_empty());
         }
         other => panic!("expected an invalid-graph error, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_invalid_input_graph_is_refused_before_any_pass() {
+    let mut g = passes_util::random_graph(6, 5);
+    let id = g.find("x0").unwrap();
+    g.get_mut(id).unwrap().name = Some("bad name".to_string());
+    match Pipeline::default().run(&mut g) {
+        Err(PassError::InvalidInput { errors }) => assert!(!errors.is_empty()),
+        other => panic!("expected an invalid-input error, got {other:?}"),
     }
 }
 

@@ -23,7 +23,7 @@
 //!
 //! A [`Pipeline`] runs a list of passes, checks the graph after each one (in debug builds and
 //! tests) and can dump the graph text after any or all passes into a directory, one file per
-//! step numbered in order (`00-input.ir`, `01-simplify.ir`, ...), like XLA's `--xla_dump_to`.
+//! step numbered in order (`00-input.ir`, `01-cse.ir`, `02-simplify.ir`, ...), like XLA's `--xla_dump_to`.
 
 pub mod cse;
 pub mod dce;
@@ -176,10 +176,16 @@ pub enum PassError {
         /// The known names, comma-separated.
         known: String,
     },
+    /// The graph given to the pipeline is invalid (nothing was run).
+    #[error("the input graph is invalid:\n{}", errors.join("\n"))]
+    InvalidInput {
+        /// Every problem found.
+        errors: Vec<String>,
+    },
     /// The graph check failed after a pass (a bug in that pass).
     #[error("graph is invalid after pass {pass}:\n{}", errors.join("\n"))]
     Invalid {
-        /// The pass after which the check failed (`input` for the graph before any pass).
+        /// The pass after which the check failed.
         pass: String,
         /// Every problem found.
         errors: Vec<String>,
@@ -247,7 +253,7 @@ pub struct Pipeline {
 impl Default for Pipeline {
     /// The default pipeline ([`DEFAULT_PIPELINE`]).
     fn default() -> Pipeline {
-        Pipeline::new(DEFAULT_PIPELINE).expect("the default pipeline names known passes")
+        Pipeline::with_passes(DEFAULT_PIPELINE.iter().filter_map(|n| by_name(n)).collect())
     }
 }
 
@@ -286,53 +292,58 @@ impl Pipeline {
 
     /// Runs every pass on `g`, returning one report per pass. Stops at the first failed
     /// check or dump.
+    ///
+    /// Each dump file is the canonical graph text ([`crate::text::print`], so it parses back)
+    /// preceded by comment lines: `# input` or the pass's report.
     pub fn run(&self, g: &mut Graph) -> Result<Vec<PassReport>, PassError> {
-        self.check(g, "input")?;
+        if self.verify {
+            let errors = check_graph(g);
+            if !errors.is_empty() {
+                return Err(PassError::InvalidInput { errors });
+            }
+        }
         if let Some((dir, _)) = &self.dump {
             std::fs::create_dir_all(dir).map_err(|source| PassError::Dump {
                 path: dir.clone(),
                 source,
             })?;
-            write_dump(dir, "00-input.ir", g)?;
+            write_dump(dir, "00-input.ir", "input", g)?;
         }
         let mut reports = Vec::with_capacity(self.passes.len());
         for (i, p) in self.passes.iter().enumerate() {
             let report = (p.run)(g);
-            self.check(g, p.name)?;
+            if self.verify {
+                let errors = check_graph(g);
+                if !errors.is_empty() {
+                    return Err(PassError::Invalid {
+                        pass: p.name.to_string(),
+                        errors,
+                    });
+                }
+            }
             if let Some((dir, after)) = &self.dump {
                 if after.wants(p.name) {
-                    write_dump(dir, &format!("{:02}-{}.ir", i + 1, p.name), g)?;
+                    let file = format!("{:02}-{}.ir", i + 1, p.name);
+                    write_dump(dir, &file, &report.to_string(), g)?;
                 }
             }
             reports.push(report);
         }
         Ok(reports)
     }
-
-    fn check(&self, g: &Graph, pass: &str) -> Result<(), PassError> {
-        if !self.verify {
-            return Ok(());
-        }
-        let errors = check_graph(g);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(PassError::Invalid {
-                pass: pass.to_string(),
-                errors,
-            })
-        }
-    }
 }
 
-fn write_dump(dir: &Path, file: &str, g: &Graph) -> Result<(), PassError> {
+/// Writes `header` (each line as a `#` comment) and the graph text to `dir/file`.
+fn write_dump(dir: &Path, file: &str, header: &str, g: &Graph) -> Result<(), PassError> {
     let path = dir.join(file);
-    std::fs::write(&path, print_graph(g)).map_err(|source| PassError::Dump { path, source })
-}
-
-/// The graph text used by dumps: the canonical text, without source locations.
-fn print_graph(g: &Graph) -> String {
-    crate::text::print(g)
+    let mut text = String::new();
+    for line in header.lines() {
+        text.push_str("# ");
+        text.push_str(line.trim_start());
+        text.push('\n');
+    }
+    text.push_str(&crate::text::print(g));
+    std::fs::write(&path, text).map_err(|source| PassError::Dump { path, source })
 }
 
 /// Runs the verifier ([`crate::verify::verify`]) and returns every violation as text (empty

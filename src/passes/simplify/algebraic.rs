@@ -5,7 +5,7 @@
 use super::{op, operand1, operands2, Rewrite, Rule};
 use crate::graph::{Graph, NodeId};
 use crate::op::{BinaryOp, Literal, Op, UnaryOp};
-use crate::passes::rewrite::{const_values, splat_value};
+use crate::passes::rewrite::splat_value;
 
 /// The algebraic rules, in the order they are tried.
 pub const RULES: &[Rule] = &[
@@ -107,7 +107,15 @@ pub fn neg_neg(g: &Graph, root: NodeId) -> Option<Rewrite> {
 /// is NaN where `x` is NaN or infinite.
 pub fn finite_const_mul_zero(g: &Graph, root: NodeId) -> Option<Rewrite> {
     let (a, b) = binary(g, root, BinaryOp::Mul)?;
-    let finite = |id| const_values(g, id).is_some_and(|vs| vs.iter().all(|v| v.is_finite()));
+    let finite = |id| match op(g, id) {
+        Op::Const {
+            value: Literal::Splat(v),
+        } => v.is_finite(),
+        Op::Const {
+            value: Literal::Dense(vs),
+        } => vs.iter().all(|v| v.is_finite()),
+        _ => false,
+    };
     if (is_const(g, b, 0.0) && finite(a)) || (is_const(g, a, 0.0) && finite(b)) {
         Some(Rewrite::Op(
             Op::Const {
