@@ -34,3 +34,32 @@ fn rule_files_through_the_default_pipeline() {
         insta::assert_snapshot!(out);
     });
 }
+
+/// Every simplify rule has its file `ir/passes/RULE.ir` on which `simplify` fires that rule;
+/// `cse.ir`, `dce.ir` and `fold.ir` make their passes change something.
+#[test]
+fn every_rule_and_pass_has_a_file_that_exercises_it() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/passes");
+    let load = |stem: &str| {
+        let path = dir.join(format!("{stem}.ir"));
+        let src =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text::parse(&src, stem).unwrap_or_else(|e| panic!("{e}"))
+    };
+    for rule in gradlift::passes::simplify::rules() {
+        let mut g = load(rule.name);
+        let report = gradlift::passes::simplify::run(&mut g);
+        assert!(
+            report.counts.get(rule.name).is_some_and(|&n| n > 0),
+            "{}.ir does not fire {}: {report}",
+            rule.name,
+            rule.name
+        );
+    }
+    for pass in ["cse", "dce", "fold"] {
+        let mut g = load(pass);
+        let p = gradlift::passes::by_name(pass).unwrap();
+        let report = (p.run)(&mut g);
+        assert!(report.changed(), "{pass}.ir: {report}");
+    }
+}
