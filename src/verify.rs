@@ -34,6 +34,7 @@
 use crate::graph::{is_valid_name, Graph, NodeId, SourceLoc};
 use crate::op::{Init, Literal, Op};
 use crate::shape::DType;
+use crate::text;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
@@ -111,54 +112,25 @@ pub fn node_label(g: &Graph, id: NodeId) -> String {
     Labels::new(g).get(id)
 }
 
-/// The label of every node, as [`crate::text::print`] numbers them.
-struct Labels(HashMap<NodeId, String>);
-
-/// The canonical order, or for a cyclic graph the printer's fallback order (inputs, params,
-/// state, then the rest by index).
-fn print_order(g: &Graph) -> Vec<NodeId> {
-    g.topo_order().unwrap_or_else(|_| {
-        let mut ids = g.node_ids();
-        ids.sort_by_key(|&id| (leaf_rank(g, id), id));
-        ids
-    })
-}
+/// The label of every node, as [`crate::text::print`] numbers them (one rule, owned by `text`).
+struct Labels(text::Labels);
 
 impl Labels {
     fn new(g: &Graph) -> Labels {
-        let order = print_order(g);
-        let mut used = HashSet::new();
-        let mut map = HashMap::new();
-        for (i, &id) in order.iter().enumerate() {
-            let text = match &g[id].name {
-                Some(n) if is_valid_name(n) && used.insert(n.as_str()) => format!("%{n}"),
-                _ => format!("%{i}"),
-            };
-            map.insert(id, text);
-        }
-        Labels(map)
+        Labels(text::Labels::new(g))
     }
 
     fn get(&self, id: NodeId) -> String {
         self.0
-            .get(&id)
-            .cloned()
+            .label(id)
             .unwrap_or_else(|| format!("unknown node #{}", id.index()))
     }
 }
 
-/// Section rank of a node in printed text: inputs, params, state (leaves without operands),
-/// then the body.
-fn leaf_rank(g: &Graph, id: NodeId) -> u8 {
-    if !g.operands(id).is_empty() {
-        return 3;
-    }
-    match g[id].op {
-        Op::Input => 0,
-        Op::Param { .. } => 1,
-        Op::State { .. } => 2,
-        _ => 3,
-    }
+/// The canonical order, or for a cyclic graph the printer's fallback order (inputs, params,
+/// state, then the rest by index).
+fn print_order(g: &Graph) -> Vec<NodeId> {
+    text::Labels::new(g).order
 }
 
 struct Verifier<'g> {
