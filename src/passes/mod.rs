@@ -23,7 +23,24 @@
 //!
 //! A [`Pipeline`] runs a list of passes, checks the graph after each one (in debug builds and
 //! tests) and can dump the graph text after any or all passes into a directory, one file per
-//! step numbered in order (`00-input.ir`, `01-cse.ir`, `02-simplify.ir`, ...), like XLA's `--xla_dump_to`.
+//! step numbered in order (`00-input.ir`, `01-cse.ir`, `02-simplify.ir`, ...), like XLA's
+//! `--xla_dump_to`.
+//!
+//! ```
+//! use gradlift::passes::{plan::plan, Pipeline};
+//! use gradlift::{Graph, TensorType};
+//! let mut g = Graph::new("example");
+//! let x = g.input("x", TensorType::f32([3])).unwrap();
+//! let one = g.scalar(1.0);
+//! let y = g.mul(x, one).unwrap(); // x * 1
+//! let z = g.exp(y).unwrap();
+//! g.add_output("z", z).unwrap();
+//! let reports = Pipeline::default().run(&mut g).unwrap();
+//! assert_eq!(g.operands(z), vec![x]); // exp(x)
+//! assert_eq!(g.len(), 2); // the mul and the constant are gone
+//! assert!(reports.iter().any(|r| r.counts.get("mul_by_one") == Some(&1)));
+//! assert_eq!(plan(&g).unwrap().buffers.len(), 1); // only exp needs an arena buffer
+//! ```
 
 pub mod cse;
 pub mod dce;
