@@ -35,7 +35,9 @@
 //!    matches or replaces an op by a stabler one that no rule rewrites back. So the fixpoint
 //!    terminates (the driver also stops after [`MAX_ROUNDS`] rounds, with a remark).
 //! 7. A rule that replaces a chain of several nodes (the cross-entropies) fires only when the
-//!    chain's inner nodes have no other users, so that it removes work instead of adding some.
+//!    chain's inner nodes have no other live users (and are not outputs), so that it removes
+//!    work instead of adding some. Dead users do not count, so the result does not depend on
+//!    whether `dce` ran before.
 //!
 //! Replaced nodes are removed at once; operands that become unused are left for `dce`.
 
