@@ -467,9 +467,32 @@ impl Pool {
 /// Buffers must match the geometry (see [`POOL_GEOMETRY_LEN`]).
 pub unsafe extern "C" fn gl_max_pool2d(x: *const f32, y: *mut f32, g: *const i64) {
     let p = Pool::read(g);
-    let x = slice::from_raw_parts(x, p.n * p.h * p.w * p.c);
-    let y = slice::from_raw_parts_mut(y, p.n * p.oh * p.ow * p.c);
-    p.for_each_max(x, |o, _, v| y[o] = v);
+    let c = p.c;
+    let x = slice::from_raw_parts(x, p.n * p.h * p.w * c);
+    let y = slice::from_raw_parts_mut(y, p.n * p.oh * p.ow * c);
+    // no argmax needed: a running maximum per channel (vectorizes over channels)
+    let mut o = 0;
+    for b in 0..p.n {
+        for oy in 0..p.oh {
+            for ox in 0..p.ow {
+                let out = &mut y[o..o + c];
+                for ky in 0..p.wh {
+                    for kx in 0..p.ww {
+                        let s = ((b * p.h + oy * p.sh + ky) * p.w + ox * p.sw + kx) * c;
+                        let row = &x[s..s + c];
+                        if ky == 0 && kx == 0 {
+                            out.copy_from_slice(row);
+                        } else {
+                            for (m, &v) in out.iter_mut().zip(row) {
+                                *m = if v > *m { v } else { *m };
+                            }
+                        }
+                    }
+                }
+                o += c;
+            }
+        }
+    }
 }
 
 /// `dx = max_pool2d_grad(x, dy)`: each `dy` goes to its window's first maximum.
