@@ -290,6 +290,8 @@ pub struct Executable {
     consts: Vec<HostTensor>,
     outputs: Vec<(String, HostTensor)>,
     arena: Arena,
+    arena_bytes: usize,
+    poison: bool,
     report: CompileReport,
 }
 
@@ -341,6 +343,7 @@ impl Executable {
         code: *const u8,
         plan: Plan,
         report: CompileReport,
+        poison: bool,
     ) -> Executable {
         let name = |id| g[id].name.clone().unwrap_or_default();
         // SAFETY: `code` is the finalized function built with signature `fn(*const *mut u8)`.
@@ -371,6 +374,8 @@ impl Executable {
                 .map(|o| (o.name.clone(), HostTensor::zeros(&g[o.node].ty)))
                 .collect(),
             arena: Arena::new(plan.arena_bytes),
+            arena_bytes: plan.arena_bytes,
+            poison,
             report,
         }
     }
@@ -414,6 +419,9 @@ impl Executable {
         for t in self.consts.iter_mut() {
             table.push(t.as_mut_ptr());
         }
+        if self.poison {
+            self.fill_with_nan();
+        }
         for (_, t) in self.outputs.iter_mut() {
             table.push(t.as_mut_ptr());
         }
@@ -424,6 +432,20 @@ impl Executable {
         // only read.
         unsafe { (self.entry)(table.as_ptr()) };
         Ok(self.outputs.clone())
+    }
+
+    /// All-ones bits (NaN as f32, -1 as i32) in the arena and every output buffer.
+    fn fill_with_nan(&mut self) {
+        if self.arena_bytes > 0 {
+            // SAFETY: the arena holds `arena_bytes` bytes.
+            unsafe { std::ptr::write_bytes(self.arena.ptr, 0xFF, self.arena_bytes) };
+        }
+        for (_, t) in self.outputs.iter_mut() {
+            match &mut t.data {
+                TensorData::F32(v) => v.fill(f32::from_bits(u32::MAX)),
+                TensorData::I32(v) => v.fill(-1),
+            }
+        }
     }
 
     fn slots(&self) -> usize {

@@ -73,6 +73,7 @@ fn differential(g: &Graph, file: &str, seed: u64) {
         let opts = CompileOptions {
             matmul: kernel,
             verify: true,
+            poison: true,
         };
         let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("{file}: {e}"));
         let mut host = Vec::new();

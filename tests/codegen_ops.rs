@@ -69,12 +69,23 @@ fn check(g: &Graph, seed: u64, dom: &dyn Fn(&str) -> Dom, terms: usize) {
     let want = interp::eval::<f64>(g, &feeds).expect("interpreter");
     let inputs: Vec<(&str, HostTensor)> =
         host.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    // other values of the same types: a first call with them leaves every buffer dirty, so a
+    // kernel that forgets to write (or zero) part of its result is caught by the second call
+    let dirty: Vec<(&str, HostTensor)> = inputs
+        .iter()
+        .map(|(n, t)| {
+            let v: Vec<f64> = t.to_f64().iter().map(|x| 1.5 - 2.0 * x).collect();
+            (*n, HostTensor::from_f64(&t.ty(), &v))
+        })
+        .collect();
     for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
         let opts = CompileOptions {
             matmul: kernel,
             verify: true,
+            poison: true,
         };
         let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("compile: {e}"));
+        exe.run(&dirty).unwrap();
         let got = exe.run(&inputs).unwrap();
         for (o, (name, t)) in g.outputs().iter().zip(&got) {
             assert_eq!(&o.name, name);
@@ -394,6 +405,15 @@ proptest! {
         out(&mut g, y);
         let dx = g.add(Op::MaxPool2dGrad { window: [wh, ww], stride: [sh, sw] }, &[x, dy]).unwrap();
         out(&mut g, dx);
+        // disjoint windows (window = stride), the kernel's other path, with uncovered edges
+        if sh <= h && sw <= w {
+            let (qh, qw) = (h / sh, w / sw);
+            let dq = g.input("dq", TensorType::f32([n, qh, qw, c])).unwrap();
+            let q = g.max_pool2d(x, [sh, sw], [sh, sw]).unwrap();
+            out(&mut g, q);
+            let dxq = g.add(Op::MaxPool2dGrad { window: [sh, sw], stride: [sh, sw] }, &[x, dq]).unwrap();
+            out(&mut g, dxq);
+        }
         // dx sums at most ceil(wh/sh)*ceil(ww/sw) terms
         check(&g, seed, &any_dom, 9);
     }

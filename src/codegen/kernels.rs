@@ -461,6 +461,66 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Max-pool gradient when windows do not overlap (stride = window, the usual case): every
+    /// input pixel is written exactly once, in order, with no zero fill and no scatter.
+    fn grad_disjoint(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let c = self.c;
+        let mut best = vec![0.0f32; c];
+        let mut tap = vec![0u32; c];
+        // pixels no window covers (the right and bottom edges) get zero
+        for b in 0..self.n {
+            for iy in 0..self.h {
+                for ix in 0..self.w {
+                    if iy >= self.oh * self.sh || ix >= self.ow * self.sw {
+                        let s = ((b * self.h + iy) * self.w + ix) * c;
+                        dx[s..s + c].fill(0.0);
+                    }
+                }
+            }
+        }
+        let mut o = 0;
+        for b in 0..self.n {
+            for oy in 0..self.oh {
+                for ox in 0..self.ow {
+                    let pixel = |ky: usize, kx: usize| {
+                        ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * c
+                    };
+                    let p0 = pixel(0, 0);
+                    best.copy_from_slice(&x[p0..p0 + c]);
+                    tap.fill(0);
+                    let mut t = 0u32;
+                    for ky in 0..self.wh {
+                        for kx in 0..self.ww {
+                            let s = pixel(ky, kx);
+                            for ((b, a), &v) in
+                                best.iter_mut().zip(tap.iter_mut()).zip(&x[s..s + c])
+                            {
+                                let gt = v > *b;
+                                *b = if gt { v } else { *b };
+                                *a = if gt { t } else { *a };
+                            }
+                            t += 1;
+                        }
+                    }
+                    let g = &dy[o..o + c];
+                    let mut t = 0u32;
+                    for ky in 0..self.wh {
+                        for kx in 0..self.ww {
+                            let s = pixel(ky, kx);
+                            for ((d, &a), &v) in dx[s..s + c].iter_mut().zip(&tap).zip(g) {
+                                *d = if a == t { v } else { 0.0 };
+                            }
+                            t += 1;
+                        }
+                    }
+                    o += c;
+                }
+            }
+        }
+    }
+}
+
 /// `y = max_pool2d(x)` over NHWC windows (no padding).
 ///
 /// # Safety
@@ -510,8 +570,13 @@ pub unsafe extern "C" fn gl_max_pool2d_grad(
     let x = slice::from_raw_parts(x, len);
     let dy = slice::from_raw_parts(dy, p.n * p.oh * p.ow * p.c);
     let dx = slice::from_raw_parts_mut(dx, len);
-    dx.fill(0.0);
-    p.for_each_max(x, |o, i, _| dx[i] += dy[o]);
+    if p.sh == p.wh && p.sw == p.ww {
+        p.grad_disjoint(x, dy, dx);
+    } else {
+        // overlapping windows: a pixel may receive from several outputs
+        dx.fill(0.0);
+        p.for_each_max(x, |o, i, _| dx[i] += dy[o]);
+    }
 }
 
 /// Kinds of [`gl_softmax`].

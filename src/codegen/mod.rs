@@ -50,6 +50,9 @@ pub struct CompileOptions {
     pub matmul: MatmulKernel,
     /// Run the Cranelift IR verifier (costs 1.1-1.8x compile time; on in debug builds).
     pub verify: bool,
+    /// Testing aid: fill the arena and the output buffers with NaN bits before every call, so
+    /// an element a kernel forgets to write shows up as NaN instead of a stale value.
+    pub poison: bool,
 }
 
 impl Default for CompileOptions {
@@ -57,6 +60,7 @@ impl Default for CompileOptions {
         CompileOptions {
             matmul: MatmulKernel::default(),
             verify: cfg!(debug_assertions),
+            poison: false,
         }
     }
 }
@@ -489,7 +493,7 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileEr
         code_bytes,
     };
     let t2 = Instant::now();
-    let mut exe = Executable::new(g, module, code, plan, report.clone());
+    let mut exe = Executable::new(g, module, code, plan, report.clone(), opts.poison);
     report.init_ms = t2.elapsed().as_secs_f64() * 1e3;
     exe.set_report(report);
     Ok(exe)
