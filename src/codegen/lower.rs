@@ -3,13 +3,13 @@
 //! [`super::plan`]).
 //!
 //! The building blocks are loop nests over statically known bounds:
-//! - [`Lowerer::map`]: an elementwise loop over an output view and operand views given by
+//! - `Lowerer::map`: an elementwise loop over an output view and operand views given by
 //!   per-dimension strides (0 = broadcast). Adjacent dimensions that are contiguous for every
 //!   view are merged first; when the innermost dimension is contiguous (or broadcast) for all
 //!   views the loop runs on `f32x4` vectors and a straight-line scalar tail handles the last
 //!   `len % 4` elements. Elementwise ops, broadcast, transpose, slice, concat, cast, copies
 //!   and fills are all `map`s.
-//! - [`Lowerer::reduce`]: reductions; a reduced innermost dimension accumulates in registers
+//! - `Lowerer::reduce`: reductions; a reduced innermost dimension accumulates in registers
 //!   (`f32x4` lanes then a horizontal combine), otherwise the output row is updated in place.
 //! - Matmul: a register-blocked `f32x4` kernel (1 row x 16 columns of accumulators, `fma`
 //!   when the host has it) or a call to the `gemm` crate (see [`super::MatmulKernel`]).
