@@ -48,7 +48,7 @@ pub fn kernel_signature(name: &str) -> (Vec<Type>, Vec<Type>) {
     match name {
         "gl_powf" => (vec![f, f], vec![f]),
         "gl_unary" => (vec![i; 4], vec![]),
-        "gl_gemm" => (vec![i; 11], vec![]),
+        "gl_gemm" => (vec![i; 12], vec![]),
         "gl_conv2d" | "gl_conv2d_input_grad" | "gl_conv2d_filter_grad" => (vec![i; 5], vec![]),
         "gl_max_pool2d" => (vec![i; 3], vec![]),
         "gl_max_pool2d_grad" => (vec![i; 4], vec![]),
@@ -176,6 +176,7 @@ pub struct Lowerer<'a> {
     funcs: HashMap<&'static str, FuncRef>,
     has_fma: bool,
     matmul: MatmulKernel,
+    threads: usize,
 }
 
 impl<'a> Lowerer<'a> {
@@ -186,6 +187,7 @@ impl<'a> Lowerer<'a> {
         kernels: HashMap<&'static str, (u32, ir::Signature)>,
         has_fma: bool,
         matmul: MatmulKernel,
+        threads: usize,
     ) -> Lowerer<'a> {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -204,6 +206,7 @@ impl<'a> Lowerer<'a> {
             funcs: HashMap::new(),
             has_fma,
             matmul,
+            threads,
         }
     }
 
@@ -724,6 +727,7 @@ impl<'a> Lowerer<'a> {
                     self.iconst(sb.1 as i64),
                     self.addr(c, None),
                     self.iconst(0),
+                    self.iconst(self.threads as i64),
                 ];
                 self.call("gl_gemm", &args)?;
             }
