@@ -1,6 +1,7 @@
 //! gradlift compiles deep-learning models into native training-step functions.
 
 pub mod autodiff;
+pub mod checkpoint;
 pub mod codegen;
 pub mod data;
 pub mod graph;
