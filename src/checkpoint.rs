@@ -275,6 +275,12 @@ pub enum CheckpointError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The encoder failed (a bug: [`to_bytes`] checks its inputs first).
+    #[error("cannot encode the checkpoint: {reason}")]
+    Encode {
+        /// What failed.
+        reason: String,
+    },
     /// A graph's params/state cannot be listed or collected (unnamed node, missing or
     /// ill-typed value).
     #[error("graph {graph}: {reason}")]
@@ -491,10 +497,7 @@ pub fn to_bytes(
 }
 
 fn encode_error(reason: String) -> CheckpointError {
-    CheckpointError::InvalidMetadata {
-        key: METADATA_KEY.to_string(),
-        reason,
-    }
+    CheckpointError::Encode { reason }
 }
 
 /// Saves `tensors` and `metadata` to `path` atomically: writes `PATH.tmp-PID-N` in the same
@@ -839,7 +842,7 @@ fn parse_header(bytes: &[u8], path: &Path) -> Result<Header, CheckpointError> {
     let n = u64::from_le_bytes(n8);
     if n > MAX_HEADER {
         return Err(not_ours(format!(
-            "the header length prefix is {n}, more than the {MAX_HEADER} bytes a safetensors header may have"
+            "the header length prefix is {n}, more than the {MAX_HEADER} bytes a safetensors header may have (not a safetensors file)"
         )));
     }
     // n <= MAX_HEADER, so it fits a usize and the sum does not overflow.
@@ -916,10 +919,14 @@ fn parse_header(bytes: &[u8], path: &Path) -> Result<Header, CheckpointError> {
         at = t.end;
     }
     if at != data_len {
+        let last = tensors
+            .last()
+            .map(|t| format!("tensor {}", t.name))
+            .unwrap_or_else(|| "the header".into());
         return Err(corrupt(
-            tensors.last().map(|t| t.name.as_str()),
+            None,
             format!(
-                "{} unexpected bytes follow the last tensor's data (the data section has {data_len} bytes, the tensors {at})",
+                "{} unexpected bytes follow the data of the last tensor ({last}): the data section has {data_len} bytes, the tensors {at}",
                 data_len - at
             ),
         ));
@@ -1037,15 +1044,15 @@ fn parse_tensor_info(
             offsets.len()
         )));
     };
-    let shape_text = Shape(shape.clone());
-    let nbytes = Shape(shape.clone())
+    let ty = TensorType::new(dtype, shape.clone());
+    let nbytes = ty
+        .shape
         .checked_numel()
         .and_then(|n| n.checked_mul(4))
-        .ok_or_else(|| corrupt(format!("shape {shape_text} is too large")))?;
+        .ok_or_else(|| corrupt(format!("{ty} is too large")))?;
     if end < start || end - start != nbytes {
         return Err(corrupt(format!(
-            "{} {shape_text} needs {nbytes} bytes but data_offsets [{start}, {end}) hold {}",
-            dtype,
+            "{ty} needs {nbytes} bytes but data_offsets [{start}, {end}) hold {}",
             end.saturating_sub(start)
         )));
     }
