@@ -23,6 +23,33 @@
 //!   tensors in name order), so the same tensors and metadata always give the same file; every
 //!   file written is read back with the `safetensors` crate before it is written, so any
 //!   safetensors reader accepts it.
+//!
+//! ```
+//! use gradlift::checkpoint::{graph_tensor_types, graph_tensors, load, save};
+//! use gradlift::interp::{eval, Array};
+//! use gradlift::{Graph, Init, TensorType};
+//! use std::collections::{BTreeMap, HashMap};
+//!
+//! let mut g = Graph::new("tiny");
+//! let x = g.input("x", TensorType::f32([2])).unwrap();
+//! let w = g.param("w", [2], Init::Uniform { low: -1.0, high: 1.0, seed: 7 }).unwrap();
+//! let y = g.mul(x, w).unwrap();
+//! g.add_output("y", y).unwrap();
+//!
+//! // Params as the interpreter initializes them.
+//! let v = eval(&g, &HashMap::from([(x, Array::<f32>::zeros([2]))])).unwrap();
+//! let params = HashMap::from([(w, v.get(w).unwrap().clone())]);
+//!
+//! let path = std::env::temp_dir().join(format!("gradlift-doc-{}.safetensors", std::process::id()));
+//! let meta = BTreeMap::from([("graph".to_string(), g.name.clone()), ("step".to_string(), "0".to_string())]);
+//! save(&path, &graph_tensors(&g, &params).unwrap(), &meta).unwrap();
+//!
+//! let c = load(&path).unwrap();
+//! assert_eq!(c.metadata["step"], "0");
+//! c.check(&graph_tensor_types(&g).unwrap()).unwrap();
+//! assert_eq!(c.feeds::<f32>(&g).unwrap(), params);
+//! # std::fs::remove_file(&path).unwrap();
+//! ```
 
 use crate::graph::{Graph, NodeId};
 use crate::interp::{Array, Float};
@@ -713,10 +740,7 @@ impl Checkpoint {
 
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<&NamedTensor> {
-        self.tensors
-            .binary_search_by(|t| t.name.as_str().cmp(name))
-            .ok()
-            .map(|i| &self.tensors[i])
+        self.tensors.iter().find(|t| t.name == name)
     }
 
     /// Every difference between the checkpoint and the `expected` names and types: missing,

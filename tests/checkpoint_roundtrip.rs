@@ -72,11 +72,13 @@ fn f32_and_i32_round_trip_bit_exact() {
             [2, 1, 1, 2],
             vec![1.5, -2.25, 1e-40, 3.0e38],
         ),
+        NamedTensor::i32("odd \"name\"/ü\\", [1], vec![9]),
     ];
     let m = meta(&[
         ("graph", "mlp"),
         ("step", "1200"),
         ("optimizer", "adam(lr=0.001)"),
+        ("note \"quoted\"", "line\nbreak, ünïcode"),
     ]);
     save(&path, &tensors, &m).expect("save");
     let c = load(&path).expect("load");
