@@ -369,3 +369,46 @@ fn from_bytes_equals_load() {
     assert_eq!(a, b);
     assert!(b.metadata.is_empty());
 }
+
+#[test]
+fn we_read_the_same_checkpoint_laid_out_by_the_safetensors_crate() {
+    // The crate orders tensors by dtype, then name, and writes metadata in hash order; our
+    // checks (offsets, checksums over contents) do not depend on our own layout.
+    let tensors = [
+        NamedTensor::f32("b", [2], vec![1.0, f32::from_bits(0xffc0_1234)]),
+        NamedTensor::i32("a", [3], vec![1, 2, 3]),
+        NamedTensor::f32("c", [], vec![-0.0]),
+    ];
+    let ours = to_bytes(&tensors, &meta(&[("graph", "g"), ("step", "3")])).expect("encode");
+    let (_, header) = safetensors::SafeTensors::read_metadata(&ours).expect("header");
+    let metadata = header.metadata().clone();
+    let raw: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|t| match &t.data {
+            TensorData::F32(v) => (
+                t.name.clone(),
+                safetensors::Dtype::F32,
+                t.shape.0.clone(),
+                v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+            ),
+            TensorData::I32(v) => (
+                t.name.clone(),
+                safetensors::Dtype::I32,
+                t.shape.0.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = raw
+        .iter()
+        .map(|(n, d, s, b)| {
+            let view = safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("view");
+            (n.clone(), view)
+        })
+        .collect();
+    let theirs = safetensors::serialize(views, &metadata).expect("serialize");
+    assert_ne!(theirs, ours, "a different layout");
+    let a = Checkpoint::from_bytes(&ours, "ours").expect("ours");
+    let b = Checkpoint::from_bytes(&theirs, "ours").expect("theirs");
+    assert_eq!(a, b);
+}
