@@ -560,15 +560,17 @@ fn create_temp(path: &Path) -> Result<(PathBuf, File), CheckpointError> {
         ));
     }
     let pid = std::process::id();
+    let mut attempts = 0;
     loop {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut name = path.as_os_str().to_owned();
         name.push(format!(".tmp-{pid}-{n}"));
         let tmp = PathBuf::from(name);
+        attempts += 1;
         match OpenOptions::new().write(true).create_new(true).open(&tmp) {
             Ok(f) => return Ok((tmp, f)),
             // A stale file of an earlier process with the same pid: try the next number.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < u64::MAX => continue,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => continue,
             Err(e) => return Err(io_err("create the temporary file", &tmp, e)),
         }
     }
@@ -1219,6 +1221,30 @@ mod tests {
         assert!(msg.contains("disk full (simulated)"), "{msg}");
         assert_eq!(fs::read(&path).expect("read"), before);
         assert_eq!(entries(&dir), vec!["c.safetensors".to_string()]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Stale temporary files (an earlier process with the same pid) are skipped, not reused
+    /// or deleted.
+    #[test]
+    fn stale_temporary_files_are_left_alone() {
+        let dir = scratch("stale");
+        let path = dir.join("c.safetensors");
+        let next = TEMP_COUNTER.load(Ordering::SeqCst);
+        let pid = std::process::id();
+        let stale: Vec<String> = (next..next + 3)
+            .map(|n| format!("c.safetensors.tmp-{pid}-{n}"))
+            .collect();
+        for s in &stale {
+            fs::write(dir.join(s), b"stale").expect("write");
+        }
+        let t = [NamedTensor::i32("n", [1], vec![1])];
+        save(&path, &t, &BTreeMap::new()).expect("save");
+        assert_eq!(load(&path).expect("load").tensors, t.to_vec());
+        for s in &stale {
+            assert_eq!(fs::read(dir.join(s)).expect("still there"), b"stale");
+        }
+        assert_eq!(entries(&dir).len(), 4);
         let _ = fs::remove_dir_all(&dir);
     }
 
