@@ -2,7 +2,8 @@
 //!
 //! In: a graph file, in the IR text format (`.ir`, or any other extension) or as JSON (`.json`,
 //! as written by `gradlift dump --format json`). Out: a verdict (`check`), the graph printed as
-//! text, Graphviz or JSON (`dump`), or the values of its outputs (`eval`). Every command parses
+//! text, Graphviz or JSON (`dump`), the graph extended with its gradient (`grad`), or the values
+//! of its outputs (`eval`). Every command parses
 //! and verifies the graph first. Errors (unreadable file, parse error, invalid graph, evaluation
 //! failure) are printed to stderr like a compiler's (`FILE:LINE:COL: message`) and give exit
 //! code 1; the process never panics on user input.
@@ -11,6 +12,7 @@
 //! `fn cmd_NAME(&Args) -> Result<(), CliError>`, and one arm in [`Command::run`].
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gradlift::autodiff;
 use gradlift::graph::{Graph, NodeId};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
@@ -39,6 +41,9 @@ enum Command {
     Check(CheckArgs),
     /// Print a graph as canonical text, Graphviz dot or JSON.
     Dump(DumpArgs),
+    /// Append the gradient of a scalar loss (symbolic reverse mode) and print the extended
+    /// graph; each gradient is also an output `grad_<name>`.
+    Grad(GradArgs),
     /// Evaluate a graph with the reference interpreter (f32) on seeded random inputs, params
     /// at their initializers, and print its outputs.
     Eval(EvalArgs),
@@ -50,6 +55,7 @@ impl Command {
         match self {
             Command::Check(a) => cmd_check(a),
             Command::Dump(a) => cmd_dump(a),
+            Command::Grad(a) => cmd_grad(a),
             Command::Eval(a) => cmd_eval(a),
         }
     }
@@ -198,15 +204,61 @@ struct DumpArgs {
 /// Prints the graph in the chosen format to stdout.
 fn cmd_dump(a: &DumpArgs) -> Result<(), CliError> {
     let g = load(&a.file)?;
-    let out = match a.format {
-        DumpFormat::Text => text::print(&g),
-        DumpFormat::Dot => text::dot(&g),
-        DumpFormat::Json => text::to_json(&g),
+    print_graph(&g, a.format);
+    Ok(())
+}
+
+/// Prints `g` in `format` to stdout, ending with a newline.
+fn print_graph(g: &Graph, format: DumpFormat) {
+    let out = match format {
+        DumpFormat::Text => text::print(g),
+        DumpFormat::Dot => text::dot(g),
+        DumpFormat::Json => text::to_json(g),
     };
     print!("{out}");
     if !out.ends_with('\n') {
         println!();
     }
+}
+
+// ---- grad -------------------------------------------------------------------------------------
+
+/// Arguments of `gradlift grad`.
+#[derive(Args, Debug)]
+struct GradArgs {
+    /// The graph file (`.ir` text or `.json`).
+    file: PathBuf,
+    /// The loss: the name of an output or a node, of type `f32[]`.
+    #[arg(long)]
+    loss: String,
+    /// Names of the params or f32 inputs to differentiate with respect to, comma-separated
+    /// (default: every param).
+    #[arg(long, value_delimiter = ',')]
+    wrt: Option<Vec<String>>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DumpFormat::Text)]
+    format: DumpFormat,
+}
+
+/// Appends the gradient nodes (marked `grad(%forward)` in the text) and prints the extended
+/// graph. A `wrt` node the loss does not depend on gets an explicit zero and a note on stderr.
+fn cmd_grad(a: &GradArgs) -> Result<(), CliError> {
+    let file = a.file.display().to_string();
+    let mut g = load(&a.file)?;
+    let wrt: Option<Vec<&str>> = a.wrt.as_ref().map(|v| v.iter().map(|s| s.trim()).collect());
+    let named =
+        autodiff::grad_all_params(&mut g, &a.loss, wrt.as_deref()).map_err(|e| match e.loc() {
+            Some(_) => CliError(e.to_string()),
+            None => CliError(format!("{file}: {e}")),
+        })?;
+    verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
+    for n in named.iter().filter(|n| n.independent) {
+        eprintln!(
+            "{file}: note: the loss {} does not depend on %{}: its gradient is zero",
+            a.loss, n.name
+        );
+    }
+    print_graph(&g, a.format);
     Ok(())
 }
 
