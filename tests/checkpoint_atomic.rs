@@ -83,6 +83,7 @@ fn an_invalid_save_leaves_the_old_checkpoint_intact() {
     });
 }
 
+#[cfg(unix)]
 #[test]
 fn a_read_only_directory_keeps_the_old_checkpoint() {
     use std::os::unix::fs::PermissionsExt;
