@@ -686,7 +686,7 @@ impl Checkpoint {
             let view = st
                 .tensor(&info.name)
                 .map_err(|e| corrupt(Some(&info.name), format!("safetensors: {e}")))?;
-            if view.data() != raw {
+            if !std::ptr::eq(view.data(), raw) {
                 return Err(corrupt(
                     Some(&info.name),
                     "the safetensors reader locates its data elsewhere".into(),
