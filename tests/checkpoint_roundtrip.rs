@@ -412,3 +412,52 @@ fn we_read_the_same_checkpoint_laid_out_by_the_safetensors_crate() {
     let b = Checkpoint::from_bytes(&theirs, "ours").expect("theirs");
     assert_eq!(a, b);
 }
+
+fn arb_tensor() -> impl proptest::strategy::Strategy<Value = NamedTensor> {
+    use proptest::prelude::*;
+    (
+        "[a-z][a-z0-9_.]{0,6}",
+        proptest::collection::vec(0usize..4, 0..4),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(name, dims, is_f32, seed)| {
+            let n: usize = dims.iter().product();
+            let mut r = gradlift::init::Rng::new(seed);
+            if is_f32 {
+                // Any bit pattern: NaN payloads, subnormals, infinities included.
+                let v = (0..n)
+                    .map(|_| f32::from_bits(r.next_u64() as u32))
+                    .collect();
+                NamedTensor::f32(name, dims, v)
+            } else {
+                let v = (0..n).map(|_| r.next_u64() as i32).collect();
+                NamedTensor::i32(name, dims, v)
+            }
+        })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any set of distinctly named tensors and any metadata round trip exactly.
+    #[test]
+    fn random_checkpoints_round_trip(
+        tensors in proptest::collection::vec(arb_tensor(), 0..6),
+        metadata in proptest::collection::btree_map("[a-z ]{1,8}", ".{0,12}", 0..4),
+    ) {
+        let mut seen = std::collections::BTreeSet::new();
+        let tensors: Vec<NamedTensor> =
+            tensors.into_iter().filter(|t| seen.insert(t.name.clone())).collect();
+        let metadata: BTreeMap<String, String> = metadata
+            .into_iter()
+            .filter(|(k, _)| !["format", "version", "checksums"].contains(&k.as_str()))
+            .collect();
+        let bytes = to_bytes(&tensors, &metadata).expect("encode");
+        let c = Checkpoint::from_bytes(&bytes, "p.safetensors").expect("decode");
+        let mut want = tensors.clone();
+        want.sort_by(|a, b| a.name.cmp(&b.name));
+        proptest::prop_assert_eq!(c.tensors, want);
+        proptest::prop_assert_eq!(c.metadata, metadata);
+    }
+}
