@@ -1,0 +1,1 @@
+//! Training loop (placeholder while autodiff and the runtime land).
