@@ -1,1 +1,1146 @@
-//! (under construction)
+//! The reference interpreter: the project's correctness oracle.
+//!
+//! In: a [`Graph`] and the values of its inputs (and optionally of its params and state), as
+//! row-major [`Array`]s of a [`Float`] type (`f32` or `f64`). Out: the value of every node
+//! ([`Values`]), from which outputs and update values are read.
+//!
+//! The code aims to be obviously correct rather than fast: every op is a plain loop over
+//! row-major indices with numpy semantics, one small function per op family, dispatched by one
+//! `match` in [`eval_op`]. i32 tensors (labels, argmax results) are held as `T` too; their
+//! values are integers.
+//!
+//! Semantics worth knowing when comparing another backend against this one:
+//! - Every maximum (`max`, `reduce_max`, `argmax`, max pooling, the softmax shift) treats NaN as
+//!   larger than any number, so NaN propagates (numpy); `min` propagates NaN too.
+//! - `relu(NaN)` is NaN, `sign(±0)` is ±0, `sign(NaN)` is NaN; sigmoid never overflows.
+//! - `cast` to i32 truncates toward zero and saturates at the i32 range (NaN gives 0), like
+//!   Rust's `as`.
+//! - Sums (reductions, matmul, convolutions) accumulate in `T`, in row-major order of the
+//!   summed indices.
+//! - Softmax-family ops subtract the lane maximum; the cross-entropies use
+//!   `logsumexp(x) - x[label]`. A label outside `0..c` gives NaN; a one_hot index outside
+//!   `0..depth` gives a row of zeros.
+//! - Fed values of i32 inputs must be integers in the i32 range.
+//!
+//! Before an op runs, its type is inferred again from the actual operand shapes
+//! ([`Op::infer`]) and compared with the node's declared type, so a malformed graph (built with
+//! `add_raw`, or a parsed file) gives an [`EvalError::InvalidNode`] instead of a panic.
+//!
+//! ```
+//! use gradlift::interp::{eval_named, Array};
+//! use gradlift::{Graph, TensorType};
+//! let mut g = Graph::new("double");
+//! let x = g.input("x", TensorType::f32([2])).unwrap();
+//! let y = g.add2(x, x).unwrap();
+//! g.add_output("y", y).unwrap();
+//! let v = eval_named(&g, &[("x", Array::<f32>::new([2], vec![1.0, 2.5]).unwrap())]).unwrap();
+//! assert_eq!(v.output(&g, "y").unwrap().data, vec![2.0, 5.0]);
+//! ```
+
+use crate::graph::{Graph, NodeId, SourceLoc};
+use crate::op::{BinaryOp, CmpOp, Literal, Op, Padding, ReduceOp, UnaryOp};
+use crate::shape::{DType, Shape, TensorType};
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
+
+// ---- element type ---------------------------------------------------------------------------
+
+/// The element type the interpreter computes in: implemented for `f32` and `f64`.
+pub trait Float:
+    Copy
+    + PartialOrd
+    + Debug
+    + Send
+    + Sync
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+{
+    /// 0
+    const ZERO: Self;
+    /// 1
+    const ONE: Self;
+    /// A quiet NaN.
+    const NAN: Self;
+    /// Negative infinity.
+    const NEG_INFINITY: Self;
+    /// Nearest value of this type to `v`.
+    fn from_f64(v: f64) -> Self;
+    /// The value as f64 (exact).
+    fn to_f64(self) -> f64;
+    /// `e^self`
+    fn exp(self) -> Self;
+    /// Natural logarithm.
+    fn ln(self) -> Self;
+    /// Square root.
+    fn sqrt(self) -> Self;
+    /// Absolute value.
+    fn abs(self) -> Self;
+    /// Hyperbolic tangent.
+    fn tanh(self) -> Self;
+    /// `self ^ e`
+    fn powf(self, e: Self) -> Self;
+    /// Whether the value is NaN.
+    fn is_nan(self) -> bool;
+}
+
+macro_rules! impl_float {
+    ($t:ty) => {
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NAN: Self = <$t>::NAN;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            fn powf(self, e: Self) -> Self {
+                <$t>::powf(self, e)
+            }
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+        }
+    };
+}
+
+impl_float!(f32);
+impl_float!(f64);
+
+/// `a > b`, where NaN counts as greater than any number (numpy's `max`/`argmax` propagate
+/// NaN). The ordering used by every max in the interpreter.
+fn greater<T: Float>(a: T, b: T) -> bool {
+    (a.is_nan() && !b.is_nan()) || a > b
+}
+
+/// numpy `maximum`: NaN if either is NaN.
+fn max2<T: Float>(a: T, b: T) -> T {
+    if a.is_nan() || b.is_nan() {
+        T::NAN
+    } else if a >= b {
+        a
+    } else {
+        b
+    }
+}
+
+/// numpy `minimum`: NaN if either is NaN.
+fn min2<T: Float>(a: T, b: T) -> T {
+    if a.is_nan() || b.is_nan() {
+        T::NAN
+    } else if a <= b {
+        a
+    } else {
+        b
+    }
+}
+
+fn bool_to<T: Float>(b: bool) -> T {
+    if b {
+        T::ONE
+    } else {
+        T::ZERO
+    }
+}
+
+// ---- arrays ---------------------------------------------------------------------------------
+
+/// A dense row-major tensor value. i32 tensors hold their (integer) values as `T` too.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Array<T> {
+    /// The shape.
+    pub shape: Shape,
+    /// `shape.numel()` elements, row-major.
+    pub data: Vec<T>,
+}
+
+impl<T: Float> Array<T> {
+    /// An array of `shape` holding `data`; fails when the length is not `shape.numel()`.
+    pub fn new(shape: impl Into<Shape>, data: Vec<T>) -> Result<Array<T>, EvalError> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            return Err(EvalError::DataLength {
+                what: "array".to_string(),
+                expected: shape.numel(),
+                shape,
+                found: data.len(),
+            });
+        }
+        Ok(Array { shape, data })
+    }
+
+    /// An array of zeros.
+    pub fn zeros(shape: impl Into<Shape>) -> Array<T> {
+        Array::filled(shape, T::ZERO)
+    }
+
+    /// An array with every element equal to `v`.
+    pub fn filled(shape: impl Into<Shape>, v: T) -> Array<T> {
+        let shape = shape.into();
+        let data = vec![v; shape.numel()];
+        Array { shape, data }
+    }
+
+    /// A scalar (shape `[]`).
+    pub fn scalar(v: T) -> Array<T> {
+        Array {
+            shape: Shape::scalar(),
+            data: vec![v],
+        }
+    }
+
+    /// An array of `shape` from f64 values (rounded to `T`); checked like [`Array::new`].
+    pub fn from_f64(shape: impl Into<Shape>, data: &[f64]) -> Result<Array<T>, EvalError> {
+        Array::new(shape, data.iter().map(|&v| T::from_f64(v)).collect())
+    }
+
+    /// The elements as f32.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        self.data.iter().map(|v| v.to_f64() as f32).collect()
+    }
+
+    /// The elements as f64.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        self.data.iter().map(|v| v.to_f64()).collect()
+    }
+
+    /// The same array in another float type (e.g. f32 to f64).
+    pub fn convert<U: Float>(&self) -> Array<U> {
+        Array {
+            shape: self.shape.clone(),
+            data: self.data.iter().map(|v| U::from_f64(v.to_f64())).collect(),
+        }
+    }
+
+    /// The row-major position of the element at `index`, or `None` when out of bounds.
+    pub fn flat_index(&self, index: &[usize]) -> Option<usize> {
+        if index.len() != self.shape.rank() {
+            return None;
+        }
+        let mut flat = 0;
+        for (&i, &d) in index.iter().zip(self.shape.dims()) {
+            if i >= d {
+                return None;
+            }
+            flat = flat * d + i;
+        }
+        Some(flat)
+    }
+
+    /// The element at `index` (one entry per dimension), or `None` when out of bounds.
+    pub fn get(&self, index: &[usize]) -> Option<T> {
+        self.flat_index(index).map(|i| self.data[i])
+    }
+
+    /// The largest `|self - other|` over all elements (NaN if any is NaN; 0 when both are
+    /// NaN at the same place), or `None` when the shapes differ.
+    pub fn max_abs_diff(&self, other: &Array<T>) -> Option<f64> {
+        if self.shape != other.shape {
+            return None;
+        }
+        let mut m = 0.0f64;
+        for (a, b) in self.data.iter().zip(&other.data) {
+            let (a, b) = (a.to_f64(), b.to_f64());
+            if (a.is_nan() && b.is_nan()) || a == b {
+                continue;
+            }
+            let d = (a - b).abs();
+            if d.is_nan() {
+                return Some(f64::NAN);
+            }
+            m = m.max(d);
+        }
+        Some(m)
+    }
+}
+
+// ---- errors -----------------------------------------------------------------------------------
+
+/// Why evaluation failed. Never a panic: every user-supplied value is checked.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// An input node was not fed.
+    #[error("missing input %{name}: expected a value of type {ty}")]
+    MissingInput {
+        /// The input's name.
+        name: String,
+        /// Its declared type.
+        ty: TensorType,
+    },
+    /// A fed value has the wrong shape.
+    #[error("wrong shape for %{name}: expected {expected}, found {found}")]
+    WrongShape {
+        /// The fed node's name.
+        name: String,
+        /// Its declared shape.
+        expected: Shape,
+        /// The shape of the value fed.
+        found: Shape,
+    },
+    /// An array's data length does not match its shape.
+    #[error("{what}: shape {shape} needs {expected} elements, found {found}")]
+    DataLength {
+        /// Which value (`array`, or the node fed).
+        what: String,
+        /// The array's shape.
+        shape: Shape,
+        /// `shape.numel()`.
+        expected: usize,
+        /// The data length.
+        found: usize,
+    },
+    /// A value was fed for a node that is not an input, param or state.
+    #[error("cannot feed {node}: it is a {op} node; only input, param and state nodes can be fed")]
+    NotFeedable {
+        /// The node (`%name` or `%N`).
+        node: String,
+        /// Its op name.
+        op: &'static str,
+    },
+    /// A value fed for an i32 node is not an integer in the i32 range.
+    #[error("%{name} is i32 but element {index} of the value fed is {value}")]
+    NotInteger {
+        /// The name of the node fed.
+        name: String,
+        /// Row-major position of the offending element.
+        index: usize,
+        /// The element.
+        value: f64,
+    },
+    /// A value was fed for a node id that is not in the graph.
+    #[error("cannot feed node index {0}: it is not in the graph")]
+    UnknownNode(usize),
+    /// [`eval_named`] got a name no node has.
+    #[error("cannot feed {0:?}: no node has this name")]
+    UnknownName(String),
+    /// The graph has a cycle.
+    #[error("the graph has a cycle through node indices {0:?}")]
+    Cycle(Vec<usize>),
+    /// A node is malformed (its operands do not fit its op or its declared type).
+    #[error("{}{node} = {op}: {message}", loc.as_ref().map(|l| format!("{l}: ")).unwrap_or_default())]
+    InvalidNode {
+        /// The node (`%name` or `%N`, N its position in the canonical order).
+        node: String,
+        /// Its op name.
+        op: &'static str,
+        /// What is wrong.
+        message: String,
+        /// Where the node was made.
+        loc: Option<SourceLoc>,
+    },
+}
+
+// ---- evaluation -------------------------------------------------------------------------------
+
+/// The value of every node after [`eval`].
+#[derive(Clone, Debug)]
+pub struct Values<T> {
+    map: HashMap<NodeId, Array<T>>,
+}
+
+impl<T: Float> Values<T> {
+    /// The value of node `id`.
+    pub fn get(&self, id: NodeId) -> Option<&Array<T>> {
+        self.map.get(&id)
+    }
+
+    /// The value of the output called `name`.
+    pub fn output(&self, g: &Graph, name: &str) -> Option<&Array<T>> {
+        g.output(name).and_then(|id| self.get(id))
+    }
+
+    /// The new value of each updated param or state (`target -> value`), ready to feed the
+    /// next call.
+    pub fn updates(&self, g: &Graph) -> HashMap<NodeId, Array<T>> {
+        g.updates()
+            .iter()
+            .filter_map(|u| self.get(u.value).map(|v| (u.target, v.clone())))
+            .collect()
+    }
+
+    /// Consumes the values, returning the map from node to value.
+    pub fn into_map(self) -> HashMap<NodeId, Array<T>> {
+        self.map
+    }
+}
+
+/// How node `id` is called in messages: `%name`, or `%N` with N its canonical position.
+fn node_label(g: &Graph, id: NodeId, order: &[NodeId]) -> String {
+    match &g[id].name {
+        Some(n) => format!("%{n}"),
+        None => match order.iter().position(|&o| o == id) {
+            Some(p) => format!("%{p}"),
+            None => format!("node index {}", id.index()),
+        },
+    }
+}
+
+/// Evaluates every node of `g` in canonical order ([`Graph::topo_order`]).
+///
+/// Every input must be fed, with its declared shape; a param or state may be fed to override
+/// its initializer (otherwise [`crate::init::values`] gives its value).
+pub fn eval<T: Float>(
+    g: &Graph,
+    feeds: &HashMap<NodeId, Array<T>>,
+) -> Result<Values<T>, EvalError> {
+    let order = g
+        .topo_order()
+        .map_err(|cyc| EvalError::Cycle(cyc.iter().map(|n| n.index()).collect()))?;
+    for (&id, a) in feeds {
+        let Some(node) = g.get(id) else {
+            return Err(EvalError::UnknownNode(id.index()));
+        };
+        let label = node_label(g, id, &order);
+        if !matches!(node.op, Op::Input | Op::Param { .. } | Op::State { .. }) {
+            return Err(EvalError::NotFeedable {
+                node: label,
+                op: node.op.name(),
+            });
+        }
+        let name = label.trim_start_matches('%').to_string();
+        if a.shape != node.ty.shape {
+            return Err(EvalError::WrongShape {
+                name,
+                expected: node.ty.shape.clone(),
+                found: a.shape.clone(),
+            });
+        }
+        if a.data.len() != a.shape.numel() {
+            return Err(EvalError::DataLength {
+                what: label,
+                shape: a.shape.clone(),
+                expected: a.shape.numel(),
+                found: a.data.len(),
+            });
+        }
+        if node.ty.dtype == DType::I32 {
+            let bad = a
+                .data
+                .iter()
+                .map(|v| v.to_f64())
+                .enumerate()
+                .find(|(_, v)| {
+                    v.fract() != 0.0 || *v < i32::MIN as f64 || *v > i32::MAX as f64 || v.is_nan()
+                });
+            if let Some((index, value)) = bad {
+                return Err(EvalError::NotInteger { name, index, value });
+            }
+        }
+    }
+    let mut map: HashMap<NodeId, Array<T>> = HashMap::with_capacity(order.len());
+    for &id in &order {
+        let node = &g[id];
+        let invalid = |message: String| EvalError::InvalidNode {
+            node: node_label(g, id, &order),
+            op: node.op.name(),
+            message,
+            loc: node.loc.clone(),
+        };
+        let value = match &node.op {
+            Op::Input => match feeds.get(&id) {
+                Some(a) => a.clone(),
+                None => {
+                    return Err(EvalError::MissingInput {
+                        name: node_label(g, id, &order)
+                            .trim_start_matches('%')
+                            .to_string(),
+                        ty: node.ty.clone(),
+                    })
+                }
+            },
+            Op::Param { init } | Op::State { init } => match feeds.get(&id) {
+                Some(a) => a.clone(),
+                None => Array::from_f64(
+                    node.ty.shape.clone(),
+                    &crate::init::values(init, &node.ty.shape),
+                )?,
+            },
+            Op::Const { value } => constant(value, &node.ty).map_err(invalid)?,
+            op => {
+                let operand_ids = g.operands(id);
+                let mut args = Vec::with_capacity(operand_ids.len());
+                let mut types = Vec::with_capacity(operand_ids.len());
+                for o in &operand_ids {
+                    let (Some(v), Some(n)) = (map.get(o), g.get(*o)) else {
+                        return Err(invalid(format!(
+                            "operand node index {} has no value",
+                            o.index()
+                        )));
+                    };
+                    args.push(v);
+                    types.push(TensorType::new(n.ty.dtype, v.shape.clone()));
+                }
+                let type_refs: Vec<&TensorType> = types.iter().collect();
+                let ty = op.infer(&type_refs, None).map_err(|e| invalid(e.0))?;
+                if ty != node.ty {
+                    return Err(invalid(format!(
+                        "declared type {} but the operands give {}",
+                        node.ty, ty
+                    )));
+                }
+                eval_op(op, &args, &ty.shape)
+            }
+        };
+        map.insert(id, value);
+    }
+    Ok(Values { map })
+}
+
+/// [`eval`] with feeds keyed by node name (inputs, params, state).
+pub fn eval_named<T: Float>(g: &Graph, feeds: &[(&str, Array<T>)]) -> Result<Values<T>, EvalError> {
+    let mut map = HashMap::with_capacity(feeds.len());
+    for (name, a) in feeds {
+        let id = g
+            .find(name)
+            .ok_or_else(|| EvalError::UnknownName(name.to_string()))?;
+        map.insert(id, a.clone());
+    }
+    eval(g, &map)
+}
+
+/// The value of a constant of type `ty`.
+fn constant<T: Float>(value: &Literal, ty: &TensorType) -> Result<Array<T>, String> {
+    let n = ty.shape.numel();
+    let data: Vec<T> = match value {
+        Literal::Splat(v) => vec![T::from_f64(*v); n],
+        Literal::Dense(vs) => {
+            if vs.len() != n {
+                return Err(format!(
+                    "const of type {ty} needs {n} values, found {}",
+                    vs.len()
+                ));
+            }
+            vs.iter().map(|&v| T::from_f64(v)).collect()
+        }
+    };
+    Ok(Array {
+        shape: ty.shape.clone(),
+        data,
+    })
+}
+
+/// Evaluates a non-leaf op whose operand shapes have been checked by [`Op::infer`], giving
+/// `out` (the inferred shape).
+fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
+    let data = match op {
+        Op::Input | Op::Param { .. } | Op::State { .. } | Op::Const { .. } => {
+            unreachable!("leaf ops are evaluated by eval")
+        }
+        Op::Unary(u) => a[0].data.iter().map(|&x| unary(*u, x)).collect(),
+        Op::Binary(b) => zip_broadcast(a[0], a[1], out, |x, y| binary(*b, x, y)),
+        Op::Compare(c) => zip_broadcast(a[0], a[1], out, |x, y| bool_to(compare(*c, x, y))),
+        Op::Select => select(a[0], a[1], a[2], out),
+        Op::Cast { to } => a[0].data.iter().map(|&x| cast(x, *to)).collect(),
+        Op::Reduce { kind, axes, .. } => reduce(*kind, a[0], axes),
+        Op::Argmax { axis } => argmax(a[0], *axis),
+        Op::Reshape { .. } => a[0].data.clone(),
+        Op::Broadcast { .. } => gather(&a[0].data, &broadcast_indices(&a[0].shape, out)),
+        Op::Transpose { perm } => transpose(a[0], perm),
+        Op::Matmul => matmul(a[0], a[1]),
+        Op::Conv2d { stride, padding } => {
+            let c = ConvGeom::new(&a[0].shape, &a[1].shape, *stride, *padding);
+            conv2d(&c, &a[0].data, &a[1].data)
+        }
+        Op::Conv2dInputGrad {
+            stride,
+            padding,
+            shape,
+        } => {
+            let c = ConvGeom::new(shape, &a[1].shape, *stride, *padding);
+            conv2d_input_grad(&c, &a[0].data, &a[1].data)
+        }
+        Op::Conv2dFilterGrad {
+            stride,
+            padding,
+            kernel,
+        } => {
+            let x = &a[0].shape.0;
+            let w = Shape(vec![kernel[0], kernel[1], x[3], a[1].shape.0[3]]);
+            let c = ConvGeom::new(&a[0].shape, &w, *stride, *padding);
+            conv2d_filter_grad(&c, &a[0].data, &a[1].data)
+        }
+        Op::MaxPool2d { window, stride } => {
+            let p = PoolGeom::new(&a[0].shape, *window, *stride);
+            max_pool2d(&p, &a[0].data)
+        }
+        Op::MaxPool2dGrad { window, stride } => {
+            let p = PoolGeom::new(&a[0].shape, *window, *stride);
+            max_pool2d_grad(&p, &a[0].data, &a[1].data)
+        }
+        Op::Softmax { axis } => softmax(a[0], *axis, false),
+        Op::LogSoftmax { axis } => softmax(a[0], *axis, true),
+        Op::SoftmaxCrossEntropy => softmax_cross_entropy(a[0], a[1]),
+        Op::SparseSoftmaxCrossEntropy => sparse_softmax_cross_entropy(a[0], a[1]),
+        Op::OneHot { depth } => one_hot(a[0], *depth),
+        Op::Slice { begin, .. } => slice(a[0], begin, out),
+        Op::Concat { axis } => concat(a, *axis, out),
+    };
+    Array {
+        shape: out.clone(),
+        data,
+    }
+}
+
+// ---- index helpers ----------------------------------------------------------------------------
+
+/// For each element of a tensor of shape `out` (row-major), the flat index
+/// `offset + sum_i coord[i] * strides[i]` into some source tensor. With the source's strides
+/// permuted this is a transpose, with strides 0 a broadcast, with an offset a slice.
+fn strided_indices(out: &Shape, strides: &[usize], offset: usize) -> Vec<usize> {
+    let dims = out.dims();
+    let mut result = Vec::with_capacity(out.numel());
+    if out.numel() == 0 {
+        return result;
+    }
+    let mut coord = vec![0usize; dims.len()];
+    let mut flat = offset;
+    loop {
+        result.push(flat);
+        // Odometer increment from the last dimension.
+        let mut d = dims.len();
+        loop {
+            if d == 0 {
+                return result;
+            }
+            d -= 1;
+            coord[d] += 1;
+            flat += strides[d];
+            if coord[d] < dims[d] {
+                break;
+            }
+            flat -= strides[d] * coord[d];
+            coord[d] = 0;
+        }
+    }
+}
+
+/// numpy broadcasting: for each element of `out`, the flat index of the element of a tensor
+/// of shape `from` that it reads. `from` must broadcast to `out` (checked by type inference).
+fn broadcast_indices(from: &Shape, out: &Shape) -> Vec<usize> {
+    let pad = out.rank() - from.rank();
+    let from_strides = from.strides();
+    let strides: Vec<usize> = (0..out.rank())
+        .map(|i| {
+            if i < pad || from.0[i - pad] == 1 {
+                0
+            } else {
+                from_strides[i - pad]
+            }
+        })
+        .collect();
+    strided_indices(out, &strides, 0)
+}
+
+fn gather<T: Float>(data: &[T], indices: &[usize]) -> Vec<T> {
+    indices.iter().map(|&i| data[i]).collect()
+}
+
+/// Elementwise `f(a, b)` with numpy broadcasting to `out`.
+fn zip_broadcast<T: Float>(
+    a: &Array<T>,
+    b: &Array<T>,
+    out: &Shape,
+    f: impl Fn(T, T) -> T,
+) -> Vec<T> {
+    let ia = broadcast_indices(&a.shape, out);
+    let ib = broadcast_indices(&b.shape, out);
+    ia.iter()
+        .zip(&ib)
+        .map(|(&i, &j)| f(a.data[i], b.data[j]))
+        .collect()
+}
+
+/// The lanes of `shape` along `axis`: the flat index of each lane's first element, the
+/// distance between consecutive elements of a lane, and its length.
+fn lanes(shape: &Shape, axis: usize) -> (Vec<usize>, usize, usize) {
+    let strides = shape.strides();
+    let mut outer = shape.clone();
+    outer.0[axis] = 1;
+    (
+        strided_indices(&outer, &strides, 0),
+        strides[axis],
+        shape.0[axis],
+    )
+}
+
+// ---- elementwise ------------------------------------------------------------------------------
+
+fn unary<T: Float>(op: UnaryOp, x: T) -> T {
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Sign => {
+            if x > T::ZERO {
+                T::ONE
+            } else if x < T::ZERO {
+                -T::ONE
+            } else {
+                x * T::ZERO // 0 (sign kept) for ±0, NaN for NaN
+            }
+        }
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sigmoid => {
+            // Never exponentiates a positive number, so it cannot overflow.
+            if x >= T::ZERO {
+                T::ONE / (T::ONE + (-x).exp())
+            } else {
+                let e = x.exp();
+                e / (T::ONE + e)
+            }
+        }
+        UnaryOp::Relu => {
+            if x > T::ZERO || x.is_nan() {
+                x
+            } else {
+                T::ZERO
+            }
+        }
+    }
+}
+
+fn binary<T: Float>(op: BinaryOp, x: T, y: T) -> T {
+    match op {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div => x / y,
+        BinaryOp::Max => max2(x, y),
+        BinaryOp::Min => min2(x, y),
+        BinaryOp::Pow => x.powf(y),
+    }
+}
+
+fn compare<T: Float>(op: CmpOp, x: T, y: T) -> bool {
+    match op {
+        CmpOp::Eq => x == y,
+        CmpOp::Ne => x != y,
+        CmpOp::Lt => x < y,
+        CmpOp::Le => x <= y,
+        CmpOp::Gt => x > y,
+        CmpOp::Ge => x >= y,
+    }
+}
+
+/// `mask != 0 ? a : b` with broadcasting over all three.
+fn select<T: Float>(mask: &Array<T>, a: &Array<T>, b: &Array<T>, out: &Shape) -> Vec<T> {
+    let im = broadcast_indices(&mask.shape, out);
+    let ia = broadcast_indices(&a.shape, out);
+    let ib = broadcast_indices(&b.shape, out);
+    (0..out.numel())
+        .map(|k| {
+            if mask.data[im[k]] != T::ZERO {
+                a.data[ia[k]]
+            } else {
+                b.data[ib[k]]
+            }
+        })
+        .collect()
+}
+
+/// Conversion to `to`: to i32 truncates toward zero, saturating at the i32 range, NaN to 0
+/// (Rust's `as`); to f32 keeps the value.
+fn cast<T: Float>(x: T, to: DType) -> T {
+    match to {
+        DType::F32 => x,
+        DType::I32 => T::from_f64(x.to_f64() as i32 as f64),
+    }
+}
+
+// ---- reductions and layout ----------------------------------------------------------------------
+
+/// Reduction over `axes`; the output is row-major over the kept axes (with or without
+/// keepdims the data is the same).
+fn reduce<T: Float>(kind: ReduceOp, x: &Array<T>, axes: &[usize]) -> Vec<T> {
+    let strides = x.shape.strides();
+    let mut kept = x.shape.clone();
+    let mut reduced = x.shape.clone();
+    for i in 0..x.shape.rank() {
+        if axes.contains(&i) {
+            kept.0[i] = 1;
+        } else {
+            reduced.0[i] = 1;
+        }
+    }
+    let starts = strided_indices(&kept, &strides, 0);
+    let offsets = strided_indices(&reduced, &strides, 0);
+    let count = T::from_f64(offsets.len() as f64);
+    starts
+        .iter()
+        .map(|&s| match kind {
+            ReduceOp::Sum | ReduceOp::Mean => {
+                let mut acc = T::ZERO;
+                for &o in &offsets {
+                    acc += x.data[s + o];
+                }
+                if kind == ReduceOp::Mean {
+                    acc / count
+                } else {
+                    acc
+                }
+            }
+            ReduceOp::Max => {
+                let mut m = T::NEG_INFINITY;
+                for &o in &offsets {
+                    if greater(x.data[s + o], m) {
+                        m = x.data[s + o];
+                    }
+                }
+                m
+            }
+        })
+        .collect()
+}
+
+/// Index of the first maximum along `axis` (a NaN counts as the maximum).
+fn argmax<T: Float>(x: &Array<T>, axis: usize) -> Vec<T> {
+    let (starts, step, len) = lanes(&x.shape, axis);
+    starts
+        .iter()
+        .map(|&s| {
+            let mut best = 0;
+            for k in 1..len {
+                if greater(x.data[s + k * step], x.data[s + best * step]) {
+                    best = k;
+                }
+            }
+            T::from_f64(best as f64)
+        })
+        .collect()
+}
+
+/// Output dimension `i` is input dimension `perm[i]`.
+fn transpose<T: Float>(x: &Array<T>, perm: &[usize]) -> Vec<T> {
+    let strides = x.shape.strides();
+    let out = Shape(perm.iter().map(|&p| x.shape.0[p]).collect());
+    let out_strides: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
+    gather(&x.data, &strided_indices(&out, &out_strides, 0))
+}
+
+/// The box starting at `begin` with shape `out`.
+fn slice<T: Float>(x: &Array<T>, begin: &[usize], out: &Shape) -> Vec<T> {
+    let strides = x.shape.strides();
+    let offset = begin.iter().zip(&strides).map(|(b, s)| b * s).sum();
+    gather(&x.data, &strided_indices(out, &strides, offset))
+}
+
+/// Concatenation along `axis`: each operand is scattered into its box of the output.
+fn concat<T: Float>(xs: &[&Array<T>], axis: usize, out: &Shape) -> Vec<T> {
+    let out_strides = out.strides();
+    let mut data = vec![T::ZERO; out.numel()];
+    let mut start = 0;
+    for x in xs {
+        let idx = strided_indices(&x.shape, &out_strides, start * out_strides[axis]);
+        for (&i, &v) in idx.iter().zip(&x.data) {
+            data[i] = v;
+        }
+        start += x.shape.0[axis];
+    }
+    data
+}
+
+// ---- linear algebra -----------------------------------------------------------------------------
+
+/// `[m,k] x [k,n] -> [m,n]`, summing over `k` in order (the loop order i, p, j only makes the
+/// memory access sequential; each `c[i,j]` still adds its terms for p = 0, 1, ...).
+fn matmul<T: Float>(a: &Array<T>, b: &Array<T>) -> Vec<T> {
+    let (m, k, n) = (a.shape.0[0], a.shape.0[1], b.shape.0[1]);
+    let mut c = vec![T::ZERO; m * n];
+    for i in 0..m {
+        let row = &mut c[i * n..(i + 1) * n];
+        for p in 0..k {
+            let aip = a.data[i * k + p];
+            for (cij, &bpj) in row.iter_mut().zip(&b.data[p * n..(p + 1) * n]) {
+                *cij += aip * bpj;
+            }
+        }
+    }
+    c
+}
+
+/// The geometry of one conv2d: input `[n,h,w,c]`, filter `[kh,kw,c,o]`, output
+/// `[n,oh,ow,o]`, strides and padding before (top, left).
+struct ConvGeom {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    kh: usize,
+    kw: usize,
+    o: usize,
+    oh: usize,
+    ow: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+}
+
+impl ConvGeom {
+    /// From shapes already checked by type inference.
+    fn new(x: &Shape, w: &Shape, stride: [usize; 2], padding: Padding) -> ConvGeom {
+        let (x, f) = (&x.0, &w.0);
+        let (oh, ph) = padding.out_and_pad(x[1], f[0], stride[0]).unwrap_or((0, 0));
+        let (ow, pw) = padding.out_and_pad(x[2], f[1], stride[1]).unwrap_or((0, 0));
+        ConvGeom {
+            n: x[0],
+            h: x[1],
+            w: x[2],
+            c: x[3],
+            kh: f[0],
+            kw: f[1],
+            o: f[3],
+            oh,
+            ow,
+            sh: stride[0],
+            sw: stride[1],
+            ph,
+            pw,
+        }
+    }
+
+    /// Calls `f(x_index, w_index, y_index)` for every term `x * w` that contributes to an
+    /// output element (padding positions are skipped: they read zeros). conv2d and both of
+    /// its gradients are this one loop nest, so they are exact adjoints of each other.
+    fn for_each_term(&self, mut f: impl FnMut(usize, usize, usize)) {
+        for b in 0..self.n {
+            for oy in 0..self.oh {
+                for ox in 0..self.ow {
+                    for ky in 0..self.kh {
+                        let iy = (oy * self.sh + ky) as isize - self.ph as isize;
+                        if iy < 0 || iy >= self.h as isize {
+                            continue;
+                        }
+                        for kx in 0..self.kw {
+                            let ix = (ox * self.sw + kx) as isize - self.pw as isize;
+                            if ix < 0 || ix >= self.w as isize {
+                                continue;
+                            }
+                            let (iy, ix) = (iy as usize, ix as usize);
+                            for ci in 0..self.c {
+                                let xi = ((b * self.h + iy) * self.w + ix) * self.c + ci;
+                                for co in 0..self.o {
+                                    let wi = ((ky * self.kw + kx) * self.c + ci) * self.o + co;
+                                    let yi = ((b * self.oh + oy) * self.ow + ox) * self.o + co;
+                                    f(xi, wi, yi);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y[b,oy,ox,co] = sum x[b, oy*sh+ky-ph, ox*sw+kx-pw, ci] * w[ky,kx,ci,co]`.
+fn conv2d<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
+    let mut y = vec![T::ZERO; g.n * g.oh * g.ow * g.o];
+    g.for_each_term(|xi, wi, yi| y[yi] += x[xi] * w[wi]);
+    y
+}
+
+/// The adjoint of conv2d in `x`: `dx[xi] += dy[yi] * w[wi]` over the same terms.
+fn conv2d_input_grad<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
+    let mut dx = vec![T::ZERO; g.n * g.h * g.w * g.c];
+    g.for_each_term(|xi, wi, yi| dx[xi] += dy[yi] * w[wi]);
+    dx
+}
+
+/// The adjoint of conv2d in `w`: `dw[wi] += x[xi] * dy[yi]` over the same terms.
+fn conv2d_filter_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
+    let mut dw = vec![T::ZERO; g.kh * g.kw * g.c * g.o];
+    g.for_each_term(|xi, wi, yi| dw[wi] += x[xi] * dy[yi]);
+    dw
+}
+
+/// The geometry of a valid max pooling over `[n,h,w,c]`.
+struct PoolGeom {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    wh: usize,
+    ww: usize,
+    sh: usize,
+    sw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl PoolGeom {
+    /// From a shape already checked by type inference.
+    fn new(x: &Shape, window: [usize; 2], stride: [usize; 2]) -> PoolGeom {
+        let x = &x.0;
+        let (oh, _) = Padding::Valid
+            .out_and_pad(x[1], window[0], stride[0])
+            .unwrap_or((0, 0));
+        let (ow, _) = Padding::Valid
+            .out_and_pad(x[2], window[1], stride[1])
+            .unwrap_or((0, 0));
+        PoolGeom {
+            n: x[0],
+            h: x[1],
+            w: x[2],
+            c: x[3],
+            wh: window[0],
+            ww: window[1],
+            sh: stride[0],
+            sw: stride[1],
+            oh,
+            ow,
+        }
+    }
+
+    /// Calls `f(y_index, argmax_x_index)` for every output element, with the flat input index
+    /// of its window's first maximum in row-major window order.
+    fn for_each_window<T: Float>(&self, x: &[T], mut f: impl FnMut(usize, usize)) {
+        for b in 0..self.n {
+            for oy in 0..self.oh {
+                for ox in 0..self.ow {
+                    for ch in 0..self.c {
+                        let at = |ky: usize, kx: usize| {
+                            ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * self.c
+                                + ch
+                        };
+                        let mut best = at(0, 0);
+                        for ky in 0..self.wh {
+                            for kx in 0..self.ww {
+                                if greater(x[at(ky, kx)], x[best]) {
+                                    best = at(ky, kx);
+                                }
+                            }
+                        }
+                        let yi = ((b * self.oh + oy) * self.ow + ox) * self.c + ch;
+                        f(yi, best);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn max_pool2d<T: Float>(p: &PoolGeom, x: &[T]) -> Vec<T> {
+    let mut y = vec![T::ZERO; p.n * p.oh * p.ow * p.c];
+    p.for_each_window(x, |yi, xi| y[yi] = x[xi]);
+    y
+}
+
+/// Routes each `dy` to its window's first maximum; overlapping windows accumulate.
+fn max_pool2d_grad<T: Float>(p: &PoolGeom, x: &[T], dy: &[T]) -> Vec<T> {
+    let mut dx = vec![T::ZERO; x.len()];
+    p.for_each_window(x, |yi, xi| dx[xi] += dy[yi]);
+    dx
+}
+
+// ---- softmax family ---------------------------------------------------------------------------
+
+/// The maximum and `log(sum(exp(x - max)))` of one lane.
+fn max_and_log_sum_exp<T: Float>(lane: impl Iterator<Item = T> + Clone) -> (T, T) {
+    let mut m = T::NEG_INFINITY;
+    for v in lane.clone() {
+        if greater(v, m) {
+            m = v;
+        }
+    }
+    let mut s = T::ZERO;
+    for v in lane {
+        s += (v - m).exp();
+    }
+    (m, s.ln())
+}
+
+/// Softmax (or log-softmax) along `axis`, subtracting the lane maximum first.
+fn softmax<T: Float>(x: &Array<T>, axis: usize, log: bool) -> Vec<T> {
+    let (starts, step, len) = lanes(&x.shape, axis);
+    let mut y = vec![T::ZERO; x.data.len()];
+    for s in starts {
+        let lane = (0..len).map(|k| x.data[s + k * step]);
+        let (m, lse) = max_and_log_sum_exp(lane);
+        for k in 0..len {
+            let z = x.data[s + k * step] - m - lse;
+            y[s + k * step] = if log { z } else { z.exp() };
+        }
+    }
+    y
+}
+
+/// `loss[i] = sum_j labels[i,j] * (logsumexp(logits[i]) - logits[i,j])`.
+fn softmax_cross_entropy<T: Float>(logits: &Array<T>, labels: &Array<T>) -> Vec<T> {
+    let (n, c) = (logits.shape.0[0], logits.shape.0[1]);
+    (0..n)
+        .map(|i| {
+            let row = &logits.data[i * c..(i + 1) * c];
+            let (m, lse) = max_and_log_sum_exp(row.iter().copied());
+            let mut loss = T::ZERO;
+            for (j, &l) in row.iter().enumerate() {
+                loss += labels.data[i * c + j] * (m + lse - l);
+            }
+            loss
+        })
+        .collect()
+}
+
+/// `loss[i] = logsumexp(logits[i]) - logits[i, labels[i]]`; NaN when the label is not in
+/// `0..c`.
+fn sparse_softmax_cross_entropy<T: Float>(logits: &Array<T>, labels: &Array<T>) -> Vec<T> {
+    let (n, c) = (logits.shape.0[0], logits.shape.0[1]);
+    (0..n)
+        .map(|i| {
+            let row = &logits.data[i * c..(i + 1) * c];
+            match class_index(labels.data[i], c) {
+                Some(k) => {
+                    let (m, lse) = max_and_log_sum_exp(row.iter().copied());
+                    m + lse - row[k]
+                }
+                None => T::NAN,
+            }
+        })
+        .collect()
+}
+
+/// The integer `v` as an index in `0..n`, or `None` when it is not one.
+fn class_index<T: Float>(v: T, n: usize) -> Option<usize> {
+    let f = v.to_f64();
+    if f >= 0.0 && f < n as f64 && f.fract() == 0.0 {
+        Some(f as usize)
+    } else {
+        None
+    }
+}
+
+/// `[..] -> [.., depth]`, 1 at each index, all zeros when the index is out of range.
+fn one_hot<T: Float>(x: &Array<T>, depth: usize) -> Vec<T> {
+    let mut y = vec![T::ZERO; x.data.len() * depth];
+    for (i, &v) in x.data.iter().enumerate() {
+        if let Some(k) = class_index(v, depth) {
+            y[i * depth + k] = T::ONE;
+        }
+    }
+    y
+}
