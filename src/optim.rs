@@ -359,6 +359,12 @@ fn check_pairs(at: &At<'_>, lr: NodeId, pairs: &[(NodeId, NodeId)]) -> Result<()
                 at.name_of(w)
             )));
         }
+        if at.g.updates().iter().any(|u| u.target == w) {
+            return Err(at.err(format!(
+                "param {} already has an update (is the optimizer applied twice?)",
+                at.name_of(w)
+            )));
+        }
     }
     Ok(())
 }
