@@ -210,6 +210,9 @@ impl fmt::Display for InferError {
     }
 }
 
+/// The largest number of elements a tensor may have (2^31 - 1): shapes beyond it are rejected.
+pub const MAX_ELEMENTS: usize = i32::MAX as usize;
+
 macro_rules! bail {
     ($($t:tt)*) => { return Err(InferError(format!($($t)*))) };
 }
@@ -419,7 +422,7 @@ impl Padding {
             }
             Padding::Same => {
                 let out = input.div_ceil(stride);
-                let needed = ((out - 1) * stride + kernel).saturating_sub(input);
+                let needed = (out.saturating_sub(1) * stride + kernel).saturating_sub(input);
                 Some((out, needed / 2))
             }
         }
@@ -550,6 +553,9 @@ impl Op {
                 let Some(t) = declared else {
                     bail!("{name} needs a declared type");
                 };
+                if t.shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
+                    bail!("{name} of type {t} has more than {MAX_ELEMENTS} elements");
+                }
                 if matches!(self, Op::Param { .. } | Op::State { .. }) && t.dtype != DType::F32 {
                     bail!("{name} must be f32, found {t}");
                 }
@@ -834,6 +840,9 @@ impl Op {
                 TensorType::new(first.dtype, s)
             }
         };
+        if ty.shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
+            bail!("{name}: result type {ty} has more than {MAX_ELEMENTS} elements");
+        }
         Ok(ty)
     }
 }
@@ -908,5 +917,31 @@ fn pool_out(
     match (oh, ow) {
         (Some((oh, _)), Some((ow, _))) => Ok(Shape(vec![x.0[0], oh, ow, x.0[3]])),
         _ => bail!("{name}: window {window:?} with stride {stride:?} does not fit input f32{x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn degenerate_and_huge_shapes_are_errors_not_panics() {
+        let x = TensorType::f32([1, 0, 5, 1]);
+        let w = TensorType::f32([3, 3, 1, 2]);
+        let conv = Op::Conv2d {
+            stride: [1, 1],
+            padding: Padding::Same,
+        };
+        assert_eq!(
+            conv.infer(&[&x, &w], None).unwrap().shape.0,
+            vec![1, 0, 5, 2]
+        );
+        let huge = TensorType::f32([1 << 40, 1 << 40]);
+        let err = Op::Input.infer(&[], Some(&huge)).unwrap_err();
+        assert!(err.0.contains("more than"), "{err}");
+        let b = Op::Broadcast {
+            shape: Shape(vec![1 << 20, 1 << 20]),
+        };
+        assert!(b.infer(&[&TensorType::f32([1])], None).is_err());
     }
 }
