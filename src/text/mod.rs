@@ -1,1 +1,94 @@
-//! (under construction)
+//! The IR text format, Graphviz and JSON forms of a [`Graph`].
+//!
+//! In: a [`Graph`] (to print) or `.ir` source text (to parse). Out: canonical text
+//! ([`print`], [`print_node`]), a [`Graph`] ([`parse`]), Graphviz DOT ([`dot`]) and JSON
+//! ([`to_json`], [`from_json`]). The language itself is described in `ir/README.md`.
+//!
+//! ```
+//! use gradlift::{text, Graph, Init, TensorType};
+//! let mut g = Graph::new("tiny");
+//! let x = g.input("x", TensorType::f32([2, 3])).unwrap();
+//! let w = g.param("w", [3, 4], Init::Zeros).unwrap();
+//! let y = g.matmul(x, w).unwrap();
+//! g.add_output("y", y).unwrap();
+//! let src = text::print(&g);
+//! assert_eq!(
+//!     src,
+//!     "graph tiny {\ninputs:\n  %x: f32[2,3] = input\nparams:\n  %w: f32[3,4] = param zeros\n\
+//!      body:\n  %2: f32[2,4] = matmul %x, %w\noutputs:\n  y = %2\n}\n"
+//! );
+//! let back = text::parse(&src, "tiny.ir").unwrap();
+//! assert_eq!(text::print(&back), src);
+//! ```
+//!
+//! Printing is canonical: nodes come in [`Graph::topo_order`], anonymous nodes are numbered by
+//! their position in it, attributes are sorted by key, so the same graph always prints the same
+//! bytes and `print(parse(print(g))) == print(g)`.
+
+mod dot;
+mod lexer;
+mod parse;
+mod print;
+
+pub use dot::dot;
+pub use parse::parse;
+pub use print::{print, print_node, print_with, PrintOptions};
+
+use crate::graph::Graph;
+use std::fmt;
+
+/// A parse error: where (file, 1-based line and column) and what was expected and found.
+/// Displays as `FILE:LINE:COL: message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    /// The file name given to [`parse`].
+    pub file: String,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column, in characters.
+    pub column: u32,
+    /// What was expected and what was found.
+    pub message: String,
+}
+
+impl ParseError {
+    pub(crate) fn new(file: &str, line: u32, column: u32, message: String) -> ParseError {
+        ParseError {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Error of [`from_json`]: the JSON is malformed or does not describe a graph.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid graph JSON: {0}")]
+pub struct JsonError(#[from] serde_json::Error);
+
+/// The graph as pretty-printed JSON (the serde form of [`Graph`]: nodes with their stable
+/// indices, edges with operand indices, outputs and updates). Non-finite floats (a `NaN`
+/// constant or initializer value) have no JSON form: serde_json writes them as `null`, which
+/// [`from_json`] rejects; use the text format for such graphs.
+pub fn to_json(g: &Graph) -> String {
+    // Serializing a Graph cannot fail: every key is a string and every value plain data.
+    serde_json::to_string_pretty(g).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// A graph from the JSON written by [`to_json`]. The graph is not verified.
+pub fn from_json(s: &str) -> Result<Graph, JsonError> {
+    Ok(serde_json::from_str(s)?)
+}

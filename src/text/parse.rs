@@ -1,0 +1,932 @@
+//! The parser: IR text to a [`Graph`], in three steps.
+//!
+//! 1. Syntax (recursive descent over the [`lexer`](super::lexer) tokens): header, sections,
+//!    one statement per line. Ops, attributes and initializers are built here through the
+//!    tables in [`crate::op`] (`Op::from_attrs`, `Init::from_args`).
+//! 2. Names: every `%ID` is defined once; nodes are created in text order, then operands,
+//!    `grad(..)`, outputs and updates are resolved (forward references are allowed).
+//! 3. Checks: operand count and type of every node (`Op::infer` against the declared type),
+//!    no cycle, updates well-typed.
+//!
+//! The first error is returned, with the line and column of the token it is about. The parser
+//! never panics: tokens are read with bounds-checked accessors, numbers are range-checked
+//! before they reach shape arithmetic.
+
+use super::lexer::{lex, Tok, Token};
+use super::print::Section;
+use super::ParseError;
+use crate::graph::{is_valid_name, Graph, Node, NodeId, SourceLoc};
+use crate::op::{AttrError, AttrValue, Init, Literal, Op, MAX_DIM};
+use crate::shape::{DType, Shape, TensorType};
+use std::collections::HashMap;
+
+/// Parses IR text into a graph. `file` names the source in errors and in the source location
+/// of nodes that have no `# at` comment.
+pub fn parse(src: &str, file: &str) -> Result<Graph, ParseError> {
+    let toks = lex(src, file)?;
+    let ast = Parser { toks, pos: 0, file }.graph()?;
+    Builder::new(file, &ast).build()
+}
+
+/// A position in the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pos {
+    line: u32,
+    col: u32,
+}
+
+/// A `%ID` reference as written.
+#[derive(Clone, Debug)]
+struct Ref {
+    label: String,
+    pos: Pos,
+}
+
+/// `%ID: TYPE = OP ...` after step 1.
+#[derive(Debug)]
+struct NodeStmt {
+    def: Ref,
+    ty: TensorType,
+    ty_pos: Pos,
+    op: Op,
+    op_pos: Pos,
+    operands: Vec<Ref>,
+    grad: Option<Ref>,
+    loc: Option<SourceLoc>,
+}
+
+/// `NAME = %ID`
+#[derive(Debug)]
+struct OutputStmt {
+    name: String,
+    pos: Pos,
+    value: Ref,
+}
+
+/// `%TARGET <- %VALUE`
+#[derive(Debug)]
+struct UpdateStmt {
+    target: Ref,
+    value: Ref,
+}
+
+/// The syntax of a whole file.
+#[derive(Debug)]
+struct Ast {
+    name: String,
+    nodes: Vec<NodeStmt>,
+    outputs: Vec<OutputStmt>,
+    updates: Vec<UpdateStmt>,
+}
+
+const SECTIONS: [&str; 6] = ["inputs", "params", "state", "body", "outputs", "updates"];
+
+// ---- step 1: syntax --------------------------------------------------------------------------
+
+struct Parser<'a> {
+    toks: Vec<Token>,
+    pos: usize,
+    file: &'a str,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> &Tok {
+        self.peek_at(0)
+    }
+
+    fn peek_at(&self, k: usize) -> &Tok {
+        self.toks.get(self.pos + k).map_or(&Tok::Eof, |t| &t.tok)
+    }
+
+    fn here(&self) -> Pos {
+        match self.toks.get(self.pos).or(self.toks.last()) {
+            Some(t) => Pos {
+                line: t.line,
+                col: t.col,
+            },
+            None => Pos { line: 1, col: 1 },
+        }
+    }
+
+    /// Consumes and returns the current token (`Eof` forever at the end).
+    fn bump(&mut self) -> Tok {
+        let t = self.peek().clone();
+        if self.pos < self.toks.len() {
+            self.pos += 1;
+        }
+        t
+    }
+
+    fn err(&self, pos: Pos, message: String) -> ParseError {
+        ParseError::new(self.file, pos.line, pos.col, message)
+    }
+
+    /// "expected WHAT, found TOKEN" at the current token.
+    fn expected(&self, what: &str) -> ParseError {
+        self.err(
+            self.here(),
+            format!("expected {what}, found {}", self.peek().describe()),
+        )
+    }
+
+    fn punct(&mut self, c: char, what: &str) -> Result<(), ParseError> {
+        if *self.peek() == Tok::Punct(c) {
+            self.bump();
+            Ok(())
+        } else {
+            Err(self.expected(what))
+        }
+    }
+
+    fn ident(&mut self, what: &str) -> Result<(String, Pos), ParseError> {
+        let pos = self.here();
+        match self.peek() {
+            Tok::Ident(s) => {
+                let s = s.clone();
+                self.bump();
+                Ok((s, pos))
+            }
+            _ => Err(self.expected(what)),
+        }
+    }
+
+    /// A `%ID` reference: `%NAME` or `%N`.
+    fn value_ref(&mut self, what: &str) -> Result<Ref, ParseError> {
+        let pos = self.here();
+        let Tok::Value(label) = self.peek() else {
+            return Err(self.expected(what));
+        };
+        let label = label.clone();
+        let anonymous = label.chars().all(|c| c.is_ascii_digit());
+        if !anonymous && !is_valid_name(&label) {
+            return Err(self.err(
+                pos,
+                format!(
+                    "bad value name `%{label}`: expected `%NAME` (a letter or `_`, then letters, \
+                     digits, `_` or `.`) or `%NUMBER`"
+                ),
+            ));
+        }
+        self.bump();
+        Ok(Ref { label, pos })
+    }
+
+    fn skip_blank_lines(&mut self) {
+        while matches!(self.peek(), Tok::Newline | Tok::Loc(_)) {
+            self.bump();
+        }
+    }
+
+    /// The end of a statement: an optional `# at` comment, then a newline (or the end of the
+    /// file, or a `}` that closes the graph). `what` lists what else could have come.
+    fn end_of_line(&mut self, what: &str) -> Result<Option<SourceLoc>, ParseError> {
+        let loc = match self.peek() {
+            Tok::Loc(l) => {
+                let l = l.clone();
+                self.bump();
+                Some(l)
+            }
+            _ => None,
+        };
+        match self.peek() {
+            Tok::Newline => {
+                self.bump();
+                Ok(loc)
+            }
+            Tok::Eof | Tok::Punct('}') => Ok(loc),
+            _ => Err(self.expected(&format!("{what}end of line"))),
+        }
+    }
+
+    /// `graph NAME { sections }`
+    fn graph(&mut self) -> Result<Ast, ParseError> {
+        self.skip_blank_lines();
+        if *self.peek() != Tok::Ident("graph".into()) {
+            return Err(self.expected("`graph NAME {` at the start of the file"));
+        }
+        self.bump();
+        let (name, _) = self.ident("a graph name after `graph`")?;
+        let open = self.here();
+        self.punct('{', "`{` after the graph name")?;
+        self.end_of_line("")?;
+        let mut ast = Ast {
+            name,
+            nodes: Vec::new(),
+            outputs: Vec::new(),
+            updates: Vec::new(),
+        };
+        let mut section: Option<usize> = None;
+        loop {
+            self.skip_blank_lines();
+            match self.peek() {
+                Tok::Punct('}') => {
+                    self.bump();
+                    break;
+                }
+                Tok::Eof => {
+                    return Err(self.expected(&format!(
+                        "`}}` to close graph `{}` (opened at {}:{})",
+                        ast.name, open.line, open.col
+                    )))
+                }
+                Tok::Ident(_) if *self.peek_at(1) == Tok::Punct(':') => {
+                    section = Some(self.section_header(section)?);
+                }
+                _ => match section.and_then(|s| SECTIONS.get(s)) {
+                    Some(&"outputs") => ast.outputs.push(self.output()?),
+                    Some(&"updates") => ast.updates.push(self.update()?),
+                    Some(&name) => {
+                        let stmt = self.node()?;
+                        check_section(self, name, &stmt)?;
+                        ast.nodes.push(stmt);
+                    }
+                    None => {
+                        return Err(self.expected(
+                            "a section header (`inputs:`, `params:`, `state:`, `body:`, \
+                             `outputs:` or `updates:`)",
+                        ))
+                    }
+                },
+            }
+        }
+        self.skip_blank_lines();
+        if *self.peek() != Tok::Eof {
+            return Err(self.expected("end of file after the `}` that closes the graph"));
+        }
+        Ok(ast)
+    }
+
+    /// `NAME:` on its own line; returns the section's index in [`SECTIONS`].
+    fn section_header(&mut self, previous: Option<usize>) -> Result<usize, ParseError> {
+        let (name, pos) = self.ident("a section name")?;
+        let Some(index) = SECTIONS.iter().position(|&s| s == name) else {
+            return Err(self.err(
+                pos,
+                format!(
+                    "unknown section `{name}`: expected one of {}",
+                    SECTIONS.join(", ")
+                ),
+            ));
+        };
+        if let Some(prev) = previous.filter(|&p| p >= index) {
+            let message = if prev == index {
+                format!("duplicate section `{name}`")
+            } else {
+                format!(
+                    "section `{name}` must come before `{}` (order: {})",
+                    SECTIONS[prev],
+                    SECTIONS.join(", ")
+                )
+            };
+            return Err(self.err(pos, message));
+        }
+        self.punct(':', "`:` after the section name")?;
+        self.end_of_line("")?;
+        Ok(index)
+    }
+
+    /// `%ID: TYPE = OP ... [grad(%G)] [# at LOC]`
+    fn node(&mut self) -> Result<NodeStmt, ParseError> {
+        let def = self.value_ref("a node definition `%NAME: TYPE = OP ...`")?;
+        self.punct(':', "`:` after the value name")?;
+        let ty_pos = self.here();
+        let ty = self.ty()?;
+        self.punct('=', "`=` after the type")?;
+        let (op_name, op_pos) = self.ident("an op name")?;
+        let mut operands = Vec::new();
+        let op = match op_name.as_str() {
+            "input" => Op::Input,
+            "param" => Op::Param { init: self.init()? },
+            "state" => Op::State { init: self.init()? },
+            "const" => Op::Const {
+                value: self.literal()?,
+            },
+            _ => {
+                if Op::attr_names(&op_name).is_none() {
+                    return Err(self.err(op_pos, unknown_op_message(&op_name)));
+                }
+                let (ops, attrs) = self.operands_and_attrs()?;
+                operands = ops;
+                let plain: Vec<(String, AttrValue)> = attrs
+                    .iter()
+                    .map(|(k, v, _)| (k.clone(), v.clone()))
+                    .collect();
+                Op::from_attrs(&op_name, &plain)
+                    .map_err(|e| self.attr_error(e, &op_name, "op", "attribute", op_pos, &attrs))?
+            }
+        };
+        let grad = if *self.peek() == Tok::Ident("grad".into()) {
+            self.bump();
+            self.punct('(', "`(` after `grad`")?;
+            let r = self.value_ref("the forward value in `grad(%ID)`")?;
+            self.punct(')', "`)` to close `grad(`")?;
+            Some(r)
+        } else {
+            None
+        };
+        let more = if op.is_leaf() { "" } else { "`,`, " };
+        let loc = self.end_of_line(&format!("{more}`grad(%ID)` or "))?;
+        Ok(NodeStmt {
+            def,
+            ty,
+            ty_pos,
+            op,
+            op_pos,
+            operands,
+            grad,
+            loc,
+        })
+    }
+
+    /// `f32[2,3]`
+    fn ty(&mut self) -> Result<TensorType, ParseError> {
+        let pos = self.here();
+        let Tok::Ident(name) = self.peek() else {
+            return Err(self.expected("a type like `f32[2,3]`"));
+        };
+        let Some(dtype) = DType::from_name(name) else {
+            return Err(self.err(
+                pos,
+                format!("unknown element type `{name}`: expected f32 or i32"),
+            ));
+        };
+        self.bump();
+        self.punct('[', "`[` after the element type (a scalar is `f32[]`)")?;
+        let mut dims = Vec::new();
+        if *self.peek() != Tok::Punct(']') {
+            loop {
+                dims.push(self.dim()?);
+                match self.peek() {
+                    Tok::Punct(',') => {
+                        self.bump();
+                    }
+                    Tok::Punct(']') => break,
+                    _ => return Err(self.expected("`,` or `]` in the shape")),
+                }
+            }
+        }
+        self.bump(); // `]`
+        if dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .is_none()
+        {
+            return Err(self.err(pos, "type has too many elements to fit in memory".into()));
+        }
+        Ok(TensorType::new(dtype, Shape(dims)))
+    }
+
+    /// A dimension: an integer in `0..=MAX_DIM`.
+    fn dim(&mut self) -> Result<usize, ParseError> {
+        let pos = self.here();
+        let Tok::Number(s) = self.peek() else {
+            return Err(self.expected("a dimension (a non-negative integer)"));
+        };
+        match s.parse::<usize>() {
+            Ok(d) if d <= MAX_DIM => {
+                self.bump();
+                Ok(d)
+            }
+            _ => Err(self.err(
+                pos,
+                format!("bad dimension `{s}`: expected an integer in 0..={MAX_DIM}"),
+            )),
+        }
+    }
+
+    /// A number (`3`, `-0.5`, `1e-7`, `NaN`, `inf`, `-inf`) as an attribute value.
+    fn number(&mut self, what: &str) -> Result<AttrValue, ParseError> {
+        let pos = self.here();
+        let v = match self.peek() {
+            Tok::Number(s) => match s.parse::<i128>() {
+                Ok(i) => AttrValue::Int(i),
+                Err(_) => match s.parse::<f64>() {
+                    Ok(x) => AttrValue::Float(x),
+                    Err(_) => return Err(self.err(pos, format!("bad number `{s}`"))),
+                },
+            },
+            Tok::Ident(s) if s == "NaN" || s == "inf" => {
+                AttrValue::Float(if s == "NaN" { f64::NAN } else { f64::INFINITY })
+            }
+            _ => return Err(self.expected(what)),
+        };
+        self.bump();
+        Ok(v)
+    }
+
+    /// An attribute value: a number, an identifier or a flat list `[a, b]`.
+    fn attr_value(&mut self) -> Result<AttrValue, ParseError> {
+        match self.peek() {
+            Tok::Ident(s) if s != "NaN" && s != "inf" => {
+                let s = s.clone();
+                self.bump();
+                Ok(AttrValue::Ident(s))
+            }
+            Tok::Punct('[') => {
+                self.bump();
+                let mut items = Vec::new();
+                if *self.peek() != Tok::Punct(']') {
+                    loop {
+                        items.push(match self.peek() {
+                            Tok::Ident(s) if s != "NaN" && s != "inf" => {
+                                let v = AttrValue::Ident(s.clone());
+                                self.bump();
+                                v
+                            }
+                            _ => self.number("a number or identifier in the list")?,
+                        });
+                        match self.peek() {
+                            Tok::Punct(',') => {
+                                self.bump();
+                            }
+                            Tok::Punct(']') => break,
+                            _ => return Err(self.expected("`,` or `]` in the list")),
+                        }
+                    }
+                }
+                self.bump(); // `]`
+                Ok(AttrValue::List(items))
+            }
+            _ => self.number("an attribute value (a number, an identifier or a list `[..]`)"),
+        }
+    }
+
+    /// `key=value`
+    fn key_value(&mut self) -> Result<(String, AttrValue, Pos), ParseError> {
+        let (key, pos) = self.ident("an attribute `key=value`")?;
+        self.punct('=', "`=` after the attribute name")?;
+        let value = self.attr_value()?;
+        Ok((key, value, pos))
+    }
+
+    /// `%a, %b, key=value, ...` (operands first, then attributes; may be empty).
+    #[allow(clippy::type_complexity)]
+    fn operands_and_attrs(
+        &mut self,
+    ) -> Result<(Vec<Ref>, Vec<(String, AttrValue, Pos)>), ParseError> {
+        let mut operands = Vec::new();
+        let mut attrs = Vec::new();
+        let starts_item = |p: &Self| {
+            matches!(p.peek(), Tok::Value(_))
+                || (matches!(p.peek(), Tok::Ident(_)) && *p.peek_at(1) == Tok::Punct('='))
+        };
+        if !starts_item(self) {
+            return Ok((operands, attrs));
+        }
+        loop {
+            if let Tok::Value(_) = self.peek() {
+                if !attrs.is_empty() {
+                    return Err(self.err(
+                        self.here(),
+                        format!(
+                            "operand {} comes after an attribute: operands must come first",
+                            self.peek().describe()
+                        ),
+                    ));
+                }
+                operands.push(self.value_ref("an operand")?);
+            } else {
+                attrs.push(self.key_value()?);
+            }
+            if *self.peek() != Tok::Punct(',') {
+                return Ok((operands, attrs));
+            }
+            self.bump();
+            if !starts_item(self) {
+                return Err(self.expected("an operand `%ID` or an attribute `key=value` after `,`"));
+            }
+        }
+    }
+
+    /// `zeros` or `uniform(high=0.05, low=-0.05, seed=3)`
+    fn init(&mut self) -> Result<Init, ParseError> {
+        let pos = self.here();
+        let Tok::Ident(name) = self.peek() else {
+            return Err(self.expected("an initializer like `zeros` or `glorot_uniform(seed=1)`"));
+        };
+        let name = name.clone();
+        if Init::arg_names(&name).is_none() {
+            return Err(self.err(
+                pos,
+                format!(
+                    "unknown initializer `{name}`: expected zeros, ones, constant(value=..), \
+                     uniform(high=.., low=.., seed=..), normal(mean=.., seed=.., stddev=..), \
+                     glorot_uniform(seed=..) or he_normal(seed=..)"
+                ),
+            ));
+        }
+        self.bump();
+        let mut args = Vec::new();
+        if *self.peek() == Tok::Punct('(') {
+            self.bump();
+            if *self.peek() != Tok::Punct(')') {
+                loop {
+                    args.push(self.key_value()?);
+                    match self.peek() {
+                        Tok::Punct(',') => {
+                            self.bump();
+                        }
+                        Tok::Punct(')') => break,
+                        _ => return Err(self.expected("`,` or `)` in the initializer arguments")),
+                    }
+                }
+            }
+            self.bump(); // `)`
+        }
+        let plain: Vec<(String, AttrValue)> = args
+            .iter()
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+            .collect();
+        Init::from_args(&name, &plain)
+            .map_err(|e| self.attr_error(e, &name, "initializer", "argument", pos, &args))
+    }
+
+    /// `0.5` or `[1.0, 2.0]`
+    fn literal(&mut self) -> Result<Literal, ParseError> {
+        let what = "a number or a list of numbers `[..]` after `const`";
+        if *self.peek() != Tok::Punct('[') {
+            return Ok(Literal::Splat(self.float(what)?));
+        }
+        self.bump();
+        let mut values = Vec::new();
+        if *self.peek() != Tok::Punct(']') {
+            loop {
+                values.push(self.float("a number in the constant list")?);
+                match self.peek() {
+                    Tok::Punct(',') => {
+                        self.bump();
+                    }
+                    Tok::Punct(']') => break,
+                    _ => return Err(self.expected("`,` or `]` in the constant list")),
+                }
+            }
+        }
+        self.bump(); // `]`
+        Ok(Literal::Dense(values))
+    }
+
+    fn float(&mut self, what: &str) -> Result<f64, ParseError> {
+        match self.number(what)? {
+            AttrValue::Int(i) => Ok(i as f64),
+            AttrValue::Float(x) => Ok(x),
+            _ => Err(self.expected(what)),
+        }
+    }
+
+    /// `NAME = %ID`
+    fn output(&mut self) -> Result<OutputStmt, ParseError> {
+        let (name, pos) = self.ident("an output `NAME = %ID`")?;
+        self.punct('=', "`=` after the output name")?;
+        let value = self.value_ref("the output value `%ID`")?;
+        self.end_of_line("")?;
+        Ok(OutputStmt { name, pos, value })
+    }
+
+    /// `%TARGET <- %VALUE`
+    fn update(&mut self) -> Result<UpdateStmt, ParseError> {
+        let target = self.value_ref("an update `%TARGET <- %VALUE`")?;
+        if *self.peek() != Tok::Arrow {
+            return Err(self.expected("`<-` after the update target"));
+        }
+        self.bump();
+        let value = self.value_ref("the update value `%ID`")?;
+        self.end_of_line("")?;
+        Ok(UpdateStmt { target, value })
+    }
+
+    /// Turns an attribute-table error into a positioned parse error. `what` is "op" or
+    /// "initializer", `part` is "attribute" or "argument".
+    fn attr_error(
+        &self,
+        e: AttrError,
+        name: &str,
+        what: &str,
+        part: &str,
+        name_pos: Pos,
+        attrs: &[(String, AttrValue, Pos)],
+    ) -> ParseError {
+        let pos_of = |key: &str| {
+            attrs
+                .iter()
+                .rev()
+                .find(|(k, _, _)| k == key)
+                .map_or(name_pos, |(_, _, p)| *p)
+        };
+        match e {
+            AttrError::UnknownName => self.err(name_pos, format!("unknown {what} `{name}`")),
+            AttrError::Unknown { key, expected } => {
+                let list = if expected.is_empty() {
+                    format!("{name} has no {part}s")
+                } else {
+                    format!("expected {}", expected.join(", "))
+                };
+                self.err(
+                    pos_of(&key),
+                    format!("unknown {part} `{key}` of {what} {name} ({list})"),
+                )
+            }
+            AttrError::Duplicate { key } => self.err(
+                pos_of(&key),
+                format!("{part} `{key}` of {what} {name} is given twice"),
+            ),
+            AttrError::Missing { key } => {
+                self.err(name_pos, format!("{what} {name} is missing {part} `{key}`"))
+            }
+            AttrError::Bad { key, message } => self.err(
+                pos_of(&key),
+                format!("bad value for {part} `{key}` of {what} {name}: {message}"),
+            ),
+        }
+    }
+}
+
+/// Leaf ops must sit in their section; everything else in `body:`.
+fn check_section(p: &Parser<'_>, section: &str, stmt: &NodeStmt) -> Result<(), ParseError> {
+    let home = match stmt.op {
+        Op::Input => Section::Inputs,
+        Op::Param { .. } => Section::Params,
+        Op::State { .. } => Section::State,
+        _ => Section::Body,
+    };
+    if home.name() == section {
+        return Ok(());
+    }
+    Err(p.err(
+        stmt.op_pos,
+        format!(
+            "`{}` nodes belong in the `{}:` section, not in `{section}:`",
+            stmt.op.name(),
+            home.name()
+        ),
+    ))
+}
+
+/// "unknown op `x`", with a suggestion when a known op name is close.
+fn unknown_op_message(name: &str) -> String {
+    let close = crate::op::all_op_names()
+        .iter()
+        .map(|&n| (edit_distance(name, n), n))
+        .filter(|&(d, _)| d <= 2)
+        .min();
+    match close {
+        Some((_, n)) => format!("unknown op `{name}` (did you mean `{n}`?)"),
+        None => format!("unknown op `{name}`"),
+    }
+}
+
+/// Levenshtein distance (for suggestions; names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev.last().copied().unwrap_or(0)
+}
+
+// ---- steps 2 and 3: names and checks -----------------------------------------------------------
+
+struct Builder<'a> {
+    file: &'a str,
+    ast: &'a Ast,
+    g: Graph,
+    ids: HashMap<&'a str, NodeId>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(file: &'a str, ast: &'a Ast) -> Self {
+        Builder {
+            file,
+            ast,
+            g: Graph::new(ast.name.clone()),
+            ids: HashMap::new(),
+        }
+    }
+
+    fn err(&self, pos: Pos, message: String) -> ParseError {
+        ParseError::new(self.file, pos.line, pos.col, message)
+    }
+
+    fn resolve(&self, r: &Ref) -> Result<NodeId, ParseError> {
+        self.ids
+            .get(r.label.as_str())
+            .copied()
+            .ok_or_else(|| self.err(r.pos, format!("undefined value `%{}`", r.label)))
+    }
+
+    fn build(mut self) -> Result<Graph, ParseError> {
+        let ast = self.ast;
+        // Step 2: define every node (in text order), then resolve references.
+        let mut defs: HashMap<&str, Pos> = HashMap::new();
+        let mut node_ids = Vec::with_capacity(ast.nodes.len());
+        for s in &ast.nodes {
+            if let Some(first) = defs.get(s.def.label.as_str()) {
+                return Err(self.err(
+                    s.def.pos,
+                    format!(
+                        "`%{}` is defined twice (first at line {}, column {})",
+                        s.def.label, first.line, first.col
+                    ),
+                ));
+            }
+            defs.insert(&s.def.label, s.def.pos);
+            let named = !s.def.label.chars().all(|c| c.is_ascii_digit());
+            let node = Node {
+                op: s.op.clone(),
+                ty: s.ty.clone(),
+                name: named.then(|| s.def.label.clone()),
+                loc: Some(s.loc.clone().unwrap_or_else(|| SourceLoc {
+                    file: self.file.to_string(),
+                    line: s.def.pos.line,
+                    column: s.def.pos.col,
+                })),
+                grad_of: None,
+            };
+            let id = self.g.add_raw(node, &[]);
+            self.ids.insert(&s.def.label, id);
+            node_ids.push(id);
+        }
+        for (s, &id) in ast.nodes.iter().zip(&node_ids) {
+            let operands = s
+                .operands
+                .iter()
+                .map(|r| self.resolve(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.g.set_operands(id, &operands);
+            if let Some(r) = &s.grad {
+                let f = self.resolve(r)?;
+                if let Some(n) = self.g.get_mut(id) {
+                    n.grad_of = Some(f);
+                }
+            }
+        }
+        let mut outputs: Vec<(String, NodeId)> = Vec::new();
+        for o in &ast.outputs {
+            let id = self.resolve(&o.value)?;
+            if outputs.iter().any(|(n, _)| *n == o.name) {
+                return Err(self.err(o.pos, format!("duplicate output name `{}`", o.name)));
+            }
+            outputs.push((o.name.clone(), id));
+        }
+        let mut updates: Vec<(NodeId, NodeId)> = Vec::new();
+        for u in &ast.updates {
+            updates.push((self.resolve(&u.target)?, self.resolve(&u.value)?));
+        }
+        // Step 3: operand counts and types, then cycles, then updates.
+        for (s, &id) in ast.nodes.iter().zip(&node_ids) {
+            self.check_node(s, id)?;
+        }
+        self.check_acyclic(&node_ids)?;
+        for (u, &(target, value)) in ast.updates.iter().zip(&updates) {
+            self.check_update(u, target, value, &updates)?;
+        }
+        for (name, id) in outputs {
+            self.g.push_output(name, id);
+        }
+        for (target, value) in updates {
+            self.g.push_update(target, value);
+        }
+        Ok(self.g)
+    }
+
+    /// The operand count, then the declared type against `Op::infer`.
+    fn check_node(&self, s: &NodeStmt, id: NodeId) -> Result<(), ParseError> {
+        let arity = s.op.arity();
+        if !arity.accepts(s.operands.len()) {
+            return Err(self.err(
+                s.op_pos,
+                format!(
+                    "wrong number of operands: {} takes {arity}, found {}",
+                    s.op.name(),
+                    s.operands.len()
+                ),
+            ));
+        }
+        let types: Vec<&TensorType> = self
+            .g
+            .operands(id)
+            .into_iter()
+            .filter_map(|o| self.g.get(o).map(|n| &n.ty))
+            .collect();
+        let inferred =
+            s.op.infer(&types, Some(&s.ty))
+                .map_err(|e| self.err(s.op_pos, format!("`%{}`: {e}", s.def.label)))?;
+        if inferred != s.ty {
+            return Err(self.err(
+                s.ty_pos,
+                format!(
+                    "type mismatch: `%{}` is declared {} but {} computes {inferred}",
+                    s.def.label,
+                    s.ty,
+                    s.op.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reports a cycle as `%a -> %b -> %a` (each uses the next) at its first node in the text.
+    fn check_acyclic(&self, node_ids: &[NodeId]) -> Result<(), ParseError> {
+        let Err(stuck) = self.g.topo_order() else {
+            return Ok(());
+        };
+        // Every stuck node has a stuck operand, so walking operands from one must loop.
+        let index_of: HashMap<NodeId, usize> = node_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i))
+            .collect();
+        let Some(&start) = stuck.first() else {
+            return Ok(());
+        };
+        let mut path = vec![start];
+        let mut cur = start;
+        let cycle_start = loop {
+            let Some(next) = self.g.operands(cur).into_iter().find(|o| stuck.contains(o)) else {
+                break 0;
+            };
+            if let Some(i) = path.iter().position(|&p| p == next) {
+                break i;
+            }
+            path.push(next);
+            cur = next;
+        };
+        let cycle = path.get(cycle_start..).unwrap_or(&path);
+        let label = |id: &NodeId| {
+            index_of
+                .get(id)
+                .and_then(|&i| self.ast.nodes.get(i))
+                .map_or_else(|| "%?".to_string(), |s| format!("%{}", s.def.label))
+        };
+        let mut names: Vec<String> = cycle.iter().map(label).collect();
+        names.extend(cycle.first().map(label));
+        let first = cycle
+            .iter()
+            .filter_map(|id| index_of.get(id))
+            .min()
+            .and_then(|&i| self.ast.nodes.get(i))
+            .map_or(Pos { line: 1, col: 1 }, |s| s.def.pos);
+        Err(self.err(
+            first,
+            format!("cycle: {} (each uses the next)", names.join(" -> ")),
+        ))
+    }
+
+    fn check_update(
+        &self,
+        u: &UpdateStmt,
+        target: NodeId,
+        value: NodeId,
+        all: &[(NodeId, NodeId)],
+    ) -> Result<(), ParseError> {
+        let (Some(t), Some(v)) = (self.g.get(target), self.g.get(value)) else {
+            return Err(self.err(u.target.pos, "update of an unknown node".into()));
+        };
+        if !matches!(t.op, Op::Param { .. } | Op::State { .. }) {
+            return Err(self.err(
+                u.target.pos,
+                format!(
+                    "update target `%{}` must be a param or state, found {}",
+                    u.target.label,
+                    t.op.name()
+                ),
+            ));
+        }
+        if t.ty != v.ty {
+            return Err(self.err(
+                u.value.pos,
+                format!(
+                    "type mismatch in update: `%{}` is {} but `%{}` is {}",
+                    u.target.label, t.ty, u.value.label, v.ty
+                ),
+            ));
+        }
+        if all.iter().filter(|(t2, _)| *t2 == target).count() > 1 {
+            return Err(self.err(
+                u.target.pos,
+                format!("`%{}` is updated more than once", u.target.label),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_op_names() {
+        assert_eq!(edit_distance("matmull", "matmul"), 1);
+        assert_eq!(
+            unknown_op_message("relux"),
+            "unknown op `relux` (did you mean `relu`?)"
+        );
+        assert_eq!(unknown_op_message("frobnicate"), "unknown op `frobnicate`");
+    }
+}
