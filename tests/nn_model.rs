@@ -369,3 +369,19 @@ fn initializers_and_names_are_configurable() {
     assert_ne!(param_seed(3, 0, 0), param_seed(3, 0, 1));
     assert_ne!(param_seed(3, 0, 0), param_seed(4, 0, 0));
 }
+
+#[test]
+fn cnn_training_forward_prints_and_round_trips() {
+    let mg = reference_cnn()
+        .seed(1)
+        .build_graph(&GraphOptions::train(
+            64,
+            Loss::SparseCategoricalCrossentropy { from_logits: false },
+            &[Metric::Accuracy],
+        ))
+        .unwrap();
+    let text = gradlift::text::print(&mg.graph);
+    insta::assert_snapshot!(text);
+    let back = gradlift::text::parse(&text, "cnn.ir").unwrap();
+    assert_eq!(gradlift::text::print(&back), text);
+}

@@ -247,3 +247,9 @@ fn bad_arguments_are_errors() {
     Optimizer::sgd().apply(&mut g, lr, &[(w, x)]).unwrap();
     assert!(Optimizer::sgd().apply(&mut g, lr, &[(w, x)]).is_err());
 }
+
+#[test]
+fn adam_graph_prints() {
+    let p = problem(&Optimizer::adam());
+    insta::assert_snapshot!(gradlift::text::print(&p.graph));
+}
