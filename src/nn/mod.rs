@@ -28,6 +28,10 @@ mod layers;
 mod loss;
 mod train;
 
+pub use train::{
+    CompileOptions, Evaluation, FitOptions, History, Model, Targets, TrainError, Weights,
+};
+
 pub use layers::{
     dropout_mask, shape_str, Activation, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D,
     ParamSpec, SimpleRNN,
