@@ -1082,18 +1082,12 @@ impl<'a> AttrReader<'a> {
 
     fn shape(&self, key: &'static str) -> Result<Shape, AttrError> {
         let dims = self.list(key)?;
-        if dims
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .is_none()
-        {
-            return Err(Self::bad(
-                key,
-                "a shape whose element count fits in memory",
-                self.get(key)?,
-            ));
+        let shape = Shape(dims);
+        if shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
+            let expected = format!("a shape with at most {MAX_ELEMENTS} elements");
+            return Err(Self::bad(key, &expected, self.get(key)?));
         }
-        Ok(Shape(dims))
+        Ok(shape)
     }
 
     fn ident(&self, key: &'static str, choices: &[&str]) -> Result<&'a str, AttrError> {

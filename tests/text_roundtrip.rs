@@ -337,6 +337,20 @@ fn cyclic_graph_prints_without_panicking_and_reparse_reports_it() {
 }
 
 #[test]
+fn node_labels_match_the_printed_text() {
+    let g = every_op_graph();
+    let printed = text::print(&g);
+    let labels = text::node_labels(&g);
+    assert_eq!(labels.len(), g.len());
+    for id in g.node_ids() {
+        let label = &labels[&id];
+        let line = format!("  {label}: {} = {}", g[id].ty, g[id].op.name());
+        assert!(printed.contains(&line), "{line}");
+        assert!(text::print_node(&g, id).starts_with(&line[2..]));
+    }
+}
+
+#[test]
 fn print_node_prints_one_line_with_location() {
     let g = small_mlp();
     let Some(loss) = g.find("loss") else {
@@ -351,28 +365,71 @@ fn print_node_prints_one_line_with_location() {
     assert!(!line.contains('\n'));
 }
 
+/// JSON round trip: same nodes under the same ids, same operands, outputs, updates and text.
+fn assert_json_round_trip(g: &Graph) {
+    let back = text::from_json(&text::to_json(g)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(text::print(&back), text::print(g));
+    assert_eq!(back.name, g.name);
+    assert_eq!(back.node_ids(), g.node_ids());
+    for id in g.node_ids() {
+        assert_eq!(back[id], g[id]);
+        assert_eq!(back.operands(id), g.operands(id));
+    }
+    assert_eq!(back.outputs(), g.outputs());
+    assert_eq!(back.updates(), g.updates());
+}
+
 #[test]
 fn json_round_trip_keeps_nodes_and_text() {
-    for g in [small_mlp(), every_op_graph()] {
-        let json = text::to_json(&g);
-        let back = match text::from_json(&json) {
-            Ok(b) => b,
-            // NaN has no JSON form (see to_json): the every-op graph has a NaN constant.
-            Err(e) => {
-                assert!(g.name == "every_op", "{e}");
-                continue;
-            }
+    assert_json_round_trip(&small_mlp());
+    // Every op; the NaN/inf constant has no JSON form, so it is made finite first.
+    let mut g = every_op_graph();
+    let Some(specials) = g.output("specials") else {
+        panic!("no specials output")
+    };
+    assert!(
+        text::from_json(&text::to_json(&g)).is_err(),
+        "NaN has no JSON form"
+    );
+    if let Some(n) = g.get_mut(specials) {
+        n.op = Op::Const {
+            value: Literal::Dense(vec![1.5, -2.0, 3e30]),
         };
-        assert_eq!(text::print(&back), text::print(&g));
-        assert_eq!(back.node_ids(), g.node_ids());
-        for id in g.node_ids() {
-            assert_eq!(back[id], g[id]);
-            assert_eq!(back.operands(id), g.operands(id));
-        }
-        assert_eq!(back.outputs(), g.outputs());
-        assert_eq!(back.updates(), g.updates());
     }
+    assert_json_round_trip(&g);
+    // Removed nodes leave holes in the indices; JSON keeps them.
+    let mut g = small_mlp();
+    let x = g.find("x").unwrap_or_else(|| panic!("no x"));
+    let extra = ok(g.relu(x));
+    let after = ok(g.neg(x));
+    g.remove(extra);
+    assert_json_round_trip(&g);
+    assert!(g.contains(after));
     assert!(text::from_json("{\"name\": 3}").is_err());
+}
+
+#[test]
+fn invalid_names_and_missing_nodes_print_without_panicking() {
+    let mut g = Graph::new("my model");
+    let x = ok(g.input("x", TensorType::f32([2])));
+    let y = ok(g.relu(x));
+    let z = ok(g.neg(y));
+    if let Some(n) = g.get_mut(z) {
+        n.name = Some("not a name".to_string());
+    }
+    ok(g.add_output("z", z));
+    let printed = text::print(&g);
+    assert_eq!(
+        printed,
+        "graph my_model {\ninputs:\n  %x: f32[2] = input\nbody:\n  %1: f32[2] = relu %x\n  %2: f32[2] = neg %1\noutputs:\n  z = %2\n}\n"
+    );
+    assert_round_trip(&g);
+    // An output of a removed node prints as `%<missing N>`, which does not parse.
+    g.push_output("gone", y);
+    g.remove(y);
+    let printed = text::print(&g);
+    assert!(printed.contains("  gone = %<missing 1>\n"), "{printed}");
+    assert!(text::parse(&printed, "g.ir").is_err());
 }
 
 #[test]
@@ -424,7 +481,13 @@ fn snapshot_corpus_files() {
     settings.bind(|| {
         insta::glob!("../ir", "**/*.ir", |path| {
             let src = ok(std::fs::read_to_string(path));
-            let g = text::parse(&src, "corpus.ir").unwrap_or_else(|e| panic!("{e}"));
+            let ir_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir");
+            let name = path
+                .strip_prefix(&ir_dir)
+                .unwrap_or(path)
+                .display()
+                .to_string();
+            let g = text::parse(&src, &name).unwrap_or_else(|e| panic!("{e}"));
             insta::assert_snapshot!(text::print(&g));
         });
     });
@@ -551,6 +614,44 @@ fn random_graph(steps: &[Step]) -> Graph {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// Constants and initializer arguments keep every bit through text and through JSON.
+    #[test]
+    fn floats_round_trip_exactly(
+        v in prop::num::f64::NORMAL | prop::num::f64::SUBNORMAL | prop::num::f64::ZERO,
+        w in prop::num::f64::ANY,
+    ) {
+        let mut g = Graph::new("floats");
+        let p = ok(g.param("p", [2], Init::Constant { value: w }));
+        let c = ok(g.constant(TensorType::f32([2]), Literal::Dense(vec![v, w])));
+        let s = g.scalar(v);
+        ok(g.add_output("c", c));
+        ok(g.add_output("s", s));
+        let back = text::parse(&text::print(&g), "floats.ir")
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        // Every NaN reads back as the canonical NaN: compare NaN-ness, other values bit by bit.
+        let key = |x: &f64| if x.is_nan() { u64::MAX } else { x.to_bits() };
+        let bits = |g: &Graph, name: &str| -> Vec<u64> {
+            let id = g.output(name).or_else(|| g.find(name));
+            match id.map(|id| &g[id].op) {
+                Some(Op::Const { value: Literal::Dense(xs) }) => xs.iter().map(key).collect(),
+                Some(Op::Const { value: Literal::Splat(x) }) => vec![key(x)],
+                Some(Op::Param { init: Init::Constant { value } }) => vec![key(value)],
+                _ => vec![],
+            }
+        };
+        for name in ["c", "s", "p"] {
+            prop_assert_eq!(bits(&g, name), bits(&back, name));
+        }
+        prop_assert!(g.contains(p));
+        if v.is_finite() && w.is_finite() {
+            let json = text::from_json(&text::to_json(&g))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            for name in ["c", "s", "p"] {
+                prop_assert_eq!(bits(&g, name), bits(&json, name));
+            }
+        }
+    }
+
     #[test]
     fn random_graphs_round_trip(steps in prop::collection::vec(any::<Step>(), 1..24)) {
         let g = random_graph(&steps);
@@ -568,4 +669,39 @@ proptest! {
             prop_assert_eq!(&g[x].name, &parsed[y].name);
         }
     }
+}
+
+#[test]
+fn empty_spatial_dimensions_parse_without_panicking() {
+    let src = "graph e {\ninputs:\n  %i: f32[1,0,0,1] = input\nparams:\n  %k: f32[3,3,1,1] = param zeros\nbody:\n  %c: f32[1,0,0,1] = conv2d %i, %k, padding=same, stride=[2,2]\n  %d: f32[1,0,0,1] = conv2d_input_grad %c, %k, padding=same, shape=[1,0,0,1], stride=[2,2]\n}\n";
+    let g = text::parse(src, "e.ir").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(text::print(&g), src);
+}
+
+/// The ```ir blocks of the language reference: each parses and is already canonical, and
+/// together they use every op.
+#[test]
+fn readme_examples_parse_and_are_canonical() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/README.md");
+    let readme = ok(std::fs::read_to_string(path));
+    let mut ops = BTreeSet::new();
+    let mut blocks = 0;
+    for chunk in readme.split("```ir\n").skip(1) {
+        let Some(block) = chunk.split("```").next() else {
+            continue;
+        };
+        blocks += 1;
+        let g = text::parse(block, "README.md").unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let body = block
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+        assert_eq!(text::print(&g), body, "README example is not canonical");
+        ops.extend(g.node_ids().into_iter().map(|id| g[id].op.name()));
+    }
+    assert!(blocks >= 4, "found {blocks} examples");
+    let all: BTreeSet<&str> = all_op_names().iter().copied().collect();
+    assert_eq!(ops, all);
 }

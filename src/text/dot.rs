@@ -6,17 +6,23 @@
 //! `dot -Tsvg graph.dot -o graph.svg`.
 
 use super::print::Labels;
-use crate::graph::Graph;
+use crate::graph::{Graph, NodeId};
 use crate::op::Op;
+use std::collections::HashMap;
 use std::fmt::Write;
 
 /// The graph in Graphviz DOT (nodes in canonical order, named `n0`, `n1`, ... by position).
 pub fn dot(g: &Graph) -> String {
     let names = Labels::new(g);
-    let position = |id| names.order.iter().position(|&o| o == id);
-    let node_id = |id| match position(id) {
+    let position: HashMap<NodeId, usize> = names
+        .order
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i))
+        .collect();
+    let node_id = |id: NodeId| match position.get(&id) {
         Some(i) => format!("n{i}"),
-        None => format!("missing{}", crate::graph::NodeId::index(id)),
+        None => format!("missing{}", id.index()),
     };
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", escape(&g.name));

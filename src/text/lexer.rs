@@ -58,7 +58,12 @@ fn is_word_char(c: char) -> bool {
 
 /// Splits `src` into tokens; the last one is always [`Tok::Eof`].
 pub(crate) fn lex(src: &str, file: &str) -> Result<Vec<Token>, ParseError> {
-    let chars: Vec<char> = src.chars().collect();
+    // A UTF-8 byte order mark (some editors write one) is not part of the text.
+    let chars: Vec<char> = src
+        .strip_prefix('\u{feff}')
+        .unwrap_or(src)
+        .chars()
+        .collect();
     let mut toks = Vec::new();
     let (mut i, mut line, mut col) = (0usize, 1u32, 1u32);
     while let Some(&c) = chars.get(i) {
@@ -223,6 +228,14 @@ mod tests {
                 Tok::Value("3".into()),
                 Tok::Eof
             ]
+        );
+    }
+
+    #[test]
+    fn skips_a_byte_order_mark_and_carriage_returns() {
+        assert_eq!(
+            kinds("\u{feff}graph\r\n"),
+            vec![Tok::Ident("graph".into()), Tok::Newline, Tok::Eof]
         );
     }
 

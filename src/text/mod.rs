@@ -32,7 +32,8 @@ mod print;
 
 pub use dot::dot;
 pub use parse::parse;
-pub use print::{print, print_node, print_with, PrintOptions};
+pub(crate) use print::Labels;
+pub use print::{node_labels, print, print_node, print_with, PrintOptions};
 
 use crate::graph::Graph;
 use std::fmt;

@@ -16,7 +16,7 @@ use super::lexer::{lex, Tok, Token};
 use super::print::Section;
 use super::ParseError;
 use crate::graph::{is_valid_name, Graph, Node, NodeId, SourceLoc};
-use crate::op::{AttrError, AttrValue, Init, Literal, Op, MAX_DIM};
+use crate::op::{AttrError, AttrValue, Init, Literal, Op, MAX_DIM, MAX_ELEMENTS};
 use crate::shape::{DType, Shape, TensorType};
 use std::collections::HashMap;
 
@@ -41,6 +41,9 @@ struct Ref {
     label: String,
     pos: Pos,
 }
+
+/// A `key=value` attribute or initializer argument and where its key is.
+type Attr = (String, AttrValue, Pos);
 
 /// `%ID: TYPE = OP ...` after step 1.
 #[derive(Debug)]
@@ -260,6 +263,12 @@ impl Parser<'_> {
     fn section_header(&mut self, previous: Option<usize>) -> Result<usize, ParseError> {
         let (name, pos) = self.ident("a section name")?;
         let Some(index) = SECTIONS.iter().position(|&s| s == name) else {
+            if !matches!(self.peek_at(1), Tok::Newline | Tok::Eof | Tok::Loc(_)) {
+                return Err(self.err(
+                    pos,
+                    format!("expected a node definition or a section header, found `{name}:` (value names start with `%`)"),
+                ));
+            }
             return Err(self.err(
                 pos,
                 format!(
@@ -315,6 +324,15 @@ impl Parser<'_> {
                     .map_err(|e| self.attr_error(e, &op_name, "op", "attribute", op_pos, &attrs))?
             }
         };
+        if let (true, Tok::Value(_)) = (op.is_leaf(), self.peek()) {
+            return Err(self.err(
+                self.here(),
+                format!(
+                    "{op_name} takes no operands, found {}",
+                    self.peek().describe()
+                ),
+            ));
+        }
         let grad = if *self.peek() == Tok::Ident("grad".into()) {
             self.bump();
             self.punct('(', "`(` after `grad`")?;
@@ -366,14 +384,14 @@ impl Parser<'_> {
             }
         }
         self.bump(); // `]`
-        if dims
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .is_none()
-        {
-            return Err(self.err(pos, "type has too many elements to fit in memory".into()));
+        let ty = TensorType::new(dtype, Shape(dims));
+        if ty.shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
+            return Err(self.err(
+                pos,
+                format!("type {ty} has more than {MAX_ELEMENTS} elements"),
+            ));
         }
-        Ok(TensorType::new(dtype, Shape(dims)))
+        Ok(ty)
     }
 
     /// A dimension: an integer in `0..=MAX_DIM`.
@@ -452,7 +470,7 @@ impl Parser<'_> {
     }
 
     /// `key=value`
-    fn key_value(&mut self) -> Result<(String, AttrValue, Pos), ParseError> {
+    fn key_value(&mut self) -> Result<Attr, ParseError> {
         let (key, pos) = self.ident("an attribute `key=value`")?;
         self.punct('=', "`=` after the attribute name")?;
         let value = self.attr_value()?;
@@ -460,10 +478,7 @@ impl Parser<'_> {
     }
 
     /// `%a, %b, key=value, ...` (operands first, then attributes; may be empty).
-    #[allow(clippy::type_complexity)]
-    fn operands_and_attrs(
-        &mut self,
-    ) -> Result<(Vec<Ref>, Vec<(String, AttrValue, Pos)>), ParseError> {
+    fn operands_and_attrs(&mut self) -> Result<(Vec<Ref>, Vec<Attr>), ParseError> {
         let mut operands = Vec::new();
         let mut attrs = Vec::new();
         let starts_item = |p: &Self| {
@@ -603,7 +618,7 @@ impl Parser<'_> {
         what: &str,
         part: &str,
         name_pos: Pos,
-        attrs: &[(String, AttrValue, Pos)],
+        attrs: &[Attr],
     ) -> ParseError {
         let pos_of = |key: &str| {
             attrs

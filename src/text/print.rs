@@ -83,6 +83,12 @@ pub fn print_node(g: &Graph, id: NodeId) -> String {
     node_line(g, id, &names, PrintOptions { locations: true })
 }
 
+/// The printed label (`%name` or `%N`) of every node, exactly as [`print`] writes it: for
+/// tools (the verifier, the CLI) that name nodes in messages the way dumps show them.
+pub fn node_labels(g: &Graph) -> HashMap<NodeId, String> {
+    Labels::new(g).label
+}
+
 /// The sections of the text format that hold nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Section {
@@ -148,6 +154,11 @@ impl Labels {
             cycle,
             label,
         }
+    }
+
+    /// The label of `id`, if it is in the graph.
+    pub(crate) fn label(&self, id: NodeId) -> Option<String> {
+        self.label.get(&id).cloned()
     }
 
     /// The label of `id`, or `%<missing N>` for a node that is not in the graph.
