@@ -32,7 +32,7 @@ pub enum TrainError {
     Build(#[from] BuildError),
     /// Differentiation of the loss failed.
     #[error("gradient: {0}")]
-    Grad(String),
+    Grad(#[from] crate::autodiff::GradError),
     /// Running a step failed.
     #[error("running {graph}: {message}")]
     Run {
@@ -404,7 +404,7 @@ impl Model {
         graph.name = format!("{}_{}_{batch}", self.model.name, kind.name());
         let mut lr = None;
         if let (Kind::Train, Some(loss)) = (kind, loss) {
-            let grads = gradients(&mut graph, loss, &params)?;
+            let grads = crate::autodiff::grad(&mut graph, loss, &params)?;
             let grads = match &o.clip {
                 Some(c) => c.apply(&mut graph, &grads)?,
                 None => grads,
@@ -701,16 +701,6 @@ impl Model {
         }
         Ok(outs)
     }
-}
-
-/// The gradient of `loss` with respect to each of `params`, appended to `graph`.
-/// (Placeholder until `autodiff::grad` lands: training steps fail with [`TrainError::Grad`].)
-fn gradients(
-    _graph: &mut Graph,
-    _loss: NodeId,
-    _params: &[NodeId],
-) -> Result<Vec<NodeId>, TrainError> {
-    Err(TrainError::Grad("autodiff is not available yet".into()))
 }
 
 /// Runs `graph` once with `feeds` and the params and state from `weights`; returns the named
