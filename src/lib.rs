@@ -9,6 +9,7 @@ pub mod interp;
 pub mod nn;
 pub mod op;
 pub mod optim;
+pub mod passes;
 pub mod runtime;
 pub mod shape;
 pub mod text;
