@@ -10,7 +10,9 @@
 //! - training step: [`Sequential::build_graph`] (training mode) -> [`crate::autodiff::grad`]
 //!   of the loss with respect to every param -> optional [`Clip`] -> [`Optimizer::apply`]
 //!   with the learning-rate input `%lr` (so a schedule never rebuilds anything);
-//! - evaluation: loss and metrics in inference mode; prediction: `predictions` only.
+//! - evaluation: loss and metrics in inference mode; prediction: `predictions` only;
+//!
+//! then the default pass pipeline (`cse`, `simplify`, `fold`, `cse`, `dce`) runs on it.
 //!
 //! Params and optimizer state live in the [`Model`]'s [`Weights`], by node name, and are
 //! shared by every variant: each call feeds them and writes the updated values back.
@@ -33,6 +35,9 @@ pub enum TrainError {
     /// Differentiation of the loss failed.
     #[error("gradient: {0}")]
     Grad(#[from] crate::autodiff::GradError),
+    /// The pass pipeline failed on a step graph.
+    #[error("passes: {0}")]
+    Pass(#[from] crate::passes::PassError),
     /// Running a step failed.
     #[error("running {graph}: {message}")]
     Run {
@@ -76,6 +81,9 @@ pub struct CompileOptions {
     pub metrics: Vec<Metric>,
     /// Gradient clipping, if any.
     pub clip: Option<Clip>,
+    /// Whether to run the default pass pipeline ([`crate::passes::DEFAULT_PIPELINE`]) on
+    /// every step graph before it runs (default true).
+    pub optimize: bool,
 }
 
 impl CompileOptions {
@@ -87,6 +95,7 @@ impl CompileOptions {
             loss,
             metrics: metrics.to_vec(),
             clip: None,
+            optimize: true,
         }
     }
 
@@ -413,6 +422,9 @@ impl Model {
             let pairs: Vec<(NodeId, NodeId)> = params.iter().copied().zip(grads).collect();
             o.optimizer.apply(&mut graph, lr_node, &pairs)?;
             lr = Some(lr_node);
+        }
+        if o.optimize {
+            crate::passes::Pipeline::default().run(&mut graph)?;
         }
         Ok(Step {
             graph,
