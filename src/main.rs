@@ -13,10 +13,12 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gradlift::autodiff;
+use gradlift::codegen::{self, CompileOptions};
 use gradlift::graph::{Graph, NodeId};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
 use gradlift::op::Op;
+use gradlift::runtime::HostTensor;
 use gradlift::shape::{DType, TensorType};
 use gradlift::text;
 use gradlift::verify::{verify, VerifyErrors};
@@ -47,6 +49,9 @@ enum Command {
     /// Evaluate a graph with the reference interpreter (f32) on seeded random inputs, params
     /// at their initializers, and print its outputs.
     Eval(EvalArgs),
+    /// Compile a graph to native code (optionally with gradients), run it once on seeded
+    /// random inputs and print its outputs, updates and compile time.
+    Run(RunArgs),
 }
 
 impl Command {
@@ -57,6 +62,7 @@ impl Command {
             Command::Dump(a) => cmd_dump(a),
             Command::Grad(a) => cmd_grad(a),
             Command::Eval(a) => cmd_eval(a),
+            Command::Run(a) => cmd_run(a),
         }
     }
 }
@@ -189,6 +195,8 @@ enum DumpFormat {
     Dot,
     /// JSON (readable back by every command).
     Json,
+    /// The Cranelift IR of the compiled function.
+    Clif,
 }
 
 /// Arguments of `gradlift dump`.
@@ -204,21 +212,23 @@ struct DumpArgs {
 /// Prints the graph in the chosen format to stdout.
 fn cmd_dump(a: &DumpArgs) -> Result<(), CliError> {
     let g = load(&a.file)?;
-    print_graph(&g, a.format);
-    Ok(())
+    print_graph(&g, a.format)
 }
 
 /// Prints `g` in `format` to stdout, ending with a newline.
-fn print_graph(g: &Graph, format: DumpFormat) {
+fn print_graph(g: &Graph, format: DumpFormat) -> Result<(), CliError> {
     let out = match format {
         DumpFormat::Text => text::print(g),
         DumpFormat::Dot => text::dot(g),
         DumpFormat::Json => text::to_json(g),
+        DumpFormat::Clif => codegen::clif(g, &CompileOptions::default())
+            .map_err(|e| CliError(format!("{}: {e}", g.name)))?,
     };
     print!("{out}");
     if !out.ends_with('\n') {
         println!();
     }
+    Ok(())
 }
 
 // ---- grad -------------------------------------------------------------------------------------
@@ -258,8 +268,7 @@ fn cmd_grad(a: &GradArgs) -> Result<(), CliError> {
             a.loss, n.name
         );
     }
-    print_graph(&g, a.format);
-    Ok(())
+    print_graph(&g, a.format)
 }
 
 // ---- eval -------------------------------------------------------------------------------------
@@ -313,6 +322,81 @@ fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
             .ok_or_else(|| CliError(format!("{file}: update of {label} has no value")))?;
         println!("update {label}: {ty} = {}", format_values(ty, &v.data));
     }
+    Ok(())
+}
+
+// ---- run --------------------------------------------------------------------------------------
+
+/// Arguments of `gradlift run`.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The graph file (`.ir` text or `.json`).
+    file: PathBuf,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Differentiate the output `loss` with respect to every param first; the gradients are
+    /// printed as outputs `grad_<param>`.
+    #[arg(long)]
+    grad: bool,
+}
+
+/// Compiles the graph with Cranelift, runs it once on the same seeded inputs as `eval` and
+/// prints every output and update like `eval` does, then the compile and run times.
+fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
+    let file = a.file.display().to_string();
+    let mut g = load(&a.file)?;
+    if a.grad {
+        autodiff::grad_all_params(&mut g, "loss", None).map_err(|e| match e.loc() {
+            Some(_) => CliError(e.to_string()),
+            None => CliError(format!("{file}: {e}")),
+        })?;
+        verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
+    }
+    let feeds = random_feeds(&g, a.seed)?;
+    let mut exe = codegen::compile(&g, &CompileOptions::default())
+        .map_err(|e| CliError(format!("{file}: {e}")))?;
+    let inputs: Vec<(String, HostTensor)> = g
+        .inputs()
+        .into_iter()
+        .map(|id| {
+            let n = &g[id];
+            let name = n.name.clone().unwrap_or_default();
+            let data = feeds.get(&id).map(|f| f.to_f64_vec()).unwrap_or_default();
+            (name, HostTensor::from_f64(&n.ty, &data))
+        })
+        .collect();
+    let refs: Vec<(&str, HostTensor)> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    let t0 = std::time::Instant::now();
+    let outputs = exe
+        .run(&refs)
+        .map_err(|e| CliError(format!("{file}: {e}")))?;
+    let run_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if outputs.is_empty() {
+        println!("(no outputs)");
+    }
+    let as_f32 = |t: &HostTensor| -> Vec<f32> { t.to_f64().iter().map(|&v| v as f32).collect() };
+    for (name, t) in &outputs {
+        println!(
+            "{name}: {} = {}",
+            t.ty(),
+            format_values(&t.ty(), &as_f32(t))
+        );
+    }
+    for u in g.updates() {
+        let ty = &g[u.target].ty;
+        let label = gradlift::verify::node_label(&g, u.target);
+        let name = g[u.target].name.clone().unwrap_or_default();
+        let v = exe
+            .param(&name)
+            .or_else(|| exe.state(&name))
+            .ok_or_else(|| CliError(format!("{file}: update of {label} has no value")))?;
+        println!("update {label}: {ty} = {}", format_values(ty, &as_f32(&v)));
+    }
+    println!("{}; ran in {run_ms:.3} ms", exe.report());
     Ok(())
 }
 

@@ -1,1 +1,522 @@
-//! (under construction)
+//! The safe entry point to compiled graphs: [`Executable`] owns the native code, the params
+//! and state (kept across calls), constants, output buffers and the arena of intermediates.
+//! [`Executable::run`] takes host tensors by input name, checks every one (name, dtype, shape,
+//! buffer length) before any native code runs, calls the one native function and returns the
+//! outputs by name. [`HostTensor`] is the plain data type going in and out.
+
+use crate::codegen::plan::{Plan, ALIGN};
+use crate::codegen::CompileReport;
+use crate::graph::Graph;
+use crate::op::{Literal, Op};
+use crate::shape::{DType, Shape, TensorType};
+use cranelift_jit::JITModule;
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::fmt;
+
+/// Elements of a host tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    /// `f32` elements.
+    F32(Vec<f32>),
+    /// `i32` elements.
+    I32(Vec<i32>),
+}
+
+/// A tensor in host memory: a shape and row-major elements. The constructors do not check
+/// that the length matches the shape; [`Executable::run`] does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    /// The shape.
+    pub shape: Shape,
+    /// The elements, row-major.
+    pub data: TensorData,
+}
+
+impl HostTensor {
+    /// An f32 tensor.
+    pub fn f32(shape: impl Into<Shape>, data: Vec<f32>) -> HostTensor {
+        HostTensor {
+            shape: shape.into(),
+            data: TensorData::F32(data),
+        }
+    }
+
+    /// An i32 tensor.
+    pub fn i32(shape: impl Into<Shape>, data: Vec<i32>) -> HostTensor {
+        HostTensor {
+            shape: shape.into(),
+            data: TensorData::I32(data),
+        }
+    }
+
+    /// A zero tensor of type `ty`.
+    pub fn zeros(ty: &TensorType) -> HostTensor {
+        let n = ty.shape.numel();
+        match ty.dtype {
+            DType::F32 => HostTensor::f32(ty.shape.clone(), vec![0.0; n]),
+            DType::I32 => HostTensor::i32(ty.shape.clone(), vec![0; n]),
+        }
+    }
+
+    /// A tensor of type `ty` from f64 values (rounded to f32, or truncated to i32).
+    pub fn from_f64(ty: &TensorType, v: &[f64]) -> HostTensor {
+        match ty.dtype {
+            DType::F32 => HostTensor::f32(ty.shape.clone(), v.iter().map(|&x| x as f32).collect()),
+            DType::I32 => HostTensor::i32(ty.shape.clone(), v.iter().map(|&x| x as i32).collect()),
+        }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            TensorData::F32(_) => DType::F32,
+            TensorData::I32(_) => DType::I32,
+        }
+    }
+
+    /// The dtype and shape.
+    pub fn ty(&self) -> TensorType {
+        TensorType::new(self.dtype(), self.shape.clone())
+    }
+
+    /// Number of elements held (which may differ from the shape's element count).
+    pub fn len(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+        }
+    }
+
+    /// Whether no elements are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The f32 elements, if f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            TensorData::F32(v) => Some(v),
+            TensorData::I32(_) => None,
+        }
+    }
+
+    /// The i32 elements, if i32.
+    pub fn as_i32(&self) -> Option<&[i32]> {
+        match &self.data {
+            TensorData::I32(v) => Some(v),
+            TensorData::F32(_) => None,
+        }
+    }
+
+    /// The elements as f64 (i32 converted exactly).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::I32(v) => v.iter().map(|&x| x as f64).collect(),
+        }
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        match &self.data {
+            TensorData::F32(v) => v.as_ptr() as *mut u8,
+            TensorData::I32(v) => v.as_ptr() as *mut u8,
+        }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        match &mut self.data {
+            TensorData::F32(v) => v.as_mut_ptr() as *mut u8,
+            TensorData::I32(v) => v.as_mut_ptr() as *mut u8,
+        }
+    }
+
+    /// Checks that this tensor can stand for a value of type `ty` called `name`.
+    fn check(&self, name: &str, ty: &TensorType) -> Result<(), RunError> {
+        if self.dtype() != ty.dtype {
+            return Err(RunError::WrongDType {
+                name: name.into(),
+                expected: ty.clone(),
+                found: self.dtype(),
+            });
+        }
+        if self.shape != ty.shape {
+            return Err(RunError::WrongShape {
+                name: name.into(),
+                expected: ty.clone(),
+                found: self.shape.clone(),
+            });
+        }
+        if self.len() != ty.shape.numel() {
+            return Err(RunError::WrongLength {
+                name: name.into(),
+                shape: ty.shape.clone(),
+                expected: ty.shape.numel(),
+                found: self.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a call was refused (no native code ran).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// An input the graph declares was not given.
+    #[error("missing input {name:?} of type {expected}")]
+    MissingInput {
+        /// The input's name.
+        name: String,
+        /// Its type.
+        expected: TensorType,
+    },
+    /// A tensor was given under a name that is not an input (or param) of the graph.
+    #[error("unknown {kind} {name:?}; the graph's {kind}s are: {known}")]
+    Unknown {
+        /// `input` or `param`.
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// The names the graph has, comma-separated.
+        known: String,
+    },
+    /// The same input was given twice.
+    #[error("input {name:?} is given more than once")]
+    Duplicate {
+        /// The input's name.
+        name: String,
+    },
+    /// Wrong element type.
+    #[error("{name:?}: expected {expected}, found a tensor of dtype {found}")]
+    WrongDType {
+        /// The tensor's name.
+        name: String,
+        /// The expected type.
+        expected: TensorType,
+        /// The dtype given.
+        found: DType,
+    },
+    /// Wrong shape.
+    #[error("{name:?}: expected {expected}, found shape {found}")]
+    WrongShape {
+        /// The tensor's name.
+        name: String,
+        /// The expected type.
+        expected: TensorType,
+        /// The shape given.
+        found: Shape,
+    },
+    /// The buffer does not hold as many elements as the shape says.
+    #[error("{name:?}: shape {shape} needs {expected} elements, the buffer holds {found}")]
+    WrongLength {
+        /// The tensor's name.
+        name: String,
+        /// The shape.
+        shape: Shape,
+        /// Elements the shape needs.
+        expected: usize,
+        /// Elements held.
+        found: usize,
+    },
+}
+
+/// The JIT module holding the code; freed on drop.
+struct Jit(Option<JITModule>);
+
+// SAFETY: the module is only used to keep the finalized, immutable code alive and to free it
+// on drop; it holds no thread-local state, and the code it holds only touches the buffers
+// passed to it on each call.
+unsafe impl Send for Jit {}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            // SAFETY: the executable that called this code is being dropped; no pointer to
+            // the code outlives it.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// The arena: zeroed, cache-line-aligned memory (allocated zeroed, so untouched pages cost
+/// nothing until the first call writes them).
+struct Arena {
+    ptr: *mut u8,
+    layout: Option<Layout>,
+}
+
+// SAFETY: the arena is plain memory owned by one executable; `&mut` access is required to
+// hand its pointer to native code.
+unsafe impl Send for Arena {}
+
+impl Arena {
+    fn new(bytes: usize) -> Arena {
+        match Layout::from_size_align(bytes, ALIGN) {
+            Ok(layout) if bytes > 0 => {
+                // SAFETY: the layout has a non-zero size.
+                let ptr = unsafe { alloc_zeroed(layout) };
+                if ptr.is_null() {
+                    handle_alloc_error(layout);
+                }
+                Arena {
+                    ptr,
+                    layout: Some(layout),
+                }
+            }
+            _ => Arena {
+                ptr: std::ptr::NonNull::<u64>::dangling().as_ptr() as *mut u8,
+                layout: None,
+            },
+        }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if let Some(l) = self.layout {
+            // SAFETY: allocated in `Arena::new` with this layout.
+            unsafe { dealloc(self.ptr, l) };
+        }
+    }
+}
+
+/// A compiled graph: call [`Executable::run`] as often as needed. Params and state persist
+/// across calls and change only through the graph's declared updates or [`Executable::set_param`].
+pub struct Executable {
+    _jit: Jit,
+    entry: unsafe extern "C" fn(*const *mut u8),
+    inputs: Vec<(String, TensorType)>,
+    params: Vec<(String, HostTensor)>,
+    states: Vec<(String, HostTensor)>,
+    consts: Vec<HostTensor>,
+    outputs: Vec<(String, HostTensor)>,
+    arena: Arena,
+    arena_bytes: usize,
+    poison: bool,
+    report: CompileReport,
+}
+
+impl fmt::Debug for Executable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executable")
+            .field("inputs", &self.inputs)
+            .field(
+                "params",
+                &self
+                    .params
+                    .iter()
+                    .map(|(n, t)| (n, t.ty()))
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "outputs",
+                &self
+                    .outputs
+                    .iter()
+                    .map(|(n, t)| (n, t.ty()))
+                    .collect::<Vec<_>>(),
+            )
+            .field("report", &self.report)
+            .finish()
+    }
+}
+
+fn initial(g: &Graph, id: crate::graph::NodeId) -> HostTensor {
+    let n = &g[id];
+    let v = match &n.op {
+        Op::Param { init } | Op::State { init } => crate::init::values(init, &n.ty.shape),
+        Op::Const {
+            value: Literal::Splat(x),
+        } => vec![*x; n.ty.shape.numel()],
+        Op::Const {
+            value: Literal::Dense(v),
+        } => v.clone(),
+        _ => vec![0.0; n.ty.shape.numel()],
+    };
+    HostTensor::from_f64(&n.ty, &v)
+}
+
+impl Executable {
+    /// Wraps compiled code (called by [`crate::codegen::compile`]).
+    pub(crate) fn new(
+        g: &Graph,
+        module: JITModule,
+        code: *const u8,
+        plan: Plan,
+        report: CompileReport,
+        poison: bool,
+    ) -> Executable {
+        let name = |id| g[id].name.clone().unwrap_or_default();
+        // SAFETY: `code` is the finalized function built with signature `fn(*const *mut u8)`.
+        let entry =
+            unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const *mut u8)>(code) };
+        Executable {
+            _jit: Jit(Some(module)),
+            entry,
+            inputs: plan
+                .inputs
+                .iter()
+                .map(|&id| (name(id), g[id].ty.clone()))
+                .collect(),
+            params: plan
+                .params
+                .iter()
+                .map(|&id| (name(id), initial(g, id)))
+                .collect(),
+            states: plan
+                .states
+                .iter()
+                .map(|&id| (name(id), initial(g, id)))
+                .collect(),
+            consts: plan.consts.iter().map(|&id| initial(g, id)).collect(),
+            outputs: g
+                .outputs()
+                .iter()
+                .map(|o| (o.name.clone(), HostTensor::zeros(&g[o.node].ty)))
+                .collect(),
+            arena: Arena::new(plan.arena_bytes),
+            arena_bytes: plan.arena_bytes,
+            poison,
+            report,
+        }
+    }
+
+    /// Runs the graph once on `inputs` (every input of the graph, by name, exactly once) and
+    /// returns the outputs by name, in declaration order. Params and state updated by the
+    /// graph keep their new values. Nothing runs when an input is missing, unknown, given
+    /// twice, or has the wrong dtype, shape or buffer length.
+    pub fn run(
+        &mut self,
+        inputs: &[(&str, HostTensor)],
+    ) -> Result<Vec<(String, HostTensor)>, RunError> {
+        let mut table: Vec<*mut u8> = Vec::with_capacity(self.slots());
+        for (i, (name, _)) in inputs.iter().enumerate() {
+            if !self.inputs.iter().any(|(n, _)| n == name) {
+                return Err(RunError::Unknown {
+                    kind: "input",
+                    name: name.to_string(),
+                    known: self.input_names(),
+                });
+            }
+            if inputs[..i].iter().any(|(n, _)| n == name) {
+                return Err(RunError::Duplicate {
+                    name: name.to_string(),
+                });
+            }
+        }
+        for (name, ty) in &self.inputs {
+            let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
+                return Err(RunError::MissingInput {
+                    name: name.clone(),
+                    expected: ty.clone(),
+                });
+            };
+            t.check(name, ty)?;
+            table.push(t.as_ptr());
+        }
+        for (_, t) in self.params.iter_mut().chain(self.states.iter_mut()) {
+            table.push(t.as_mut_ptr());
+        }
+        for t in self.consts.iter_mut() {
+            table.push(t.as_mut_ptr());
+        }
+        if self.poison {
+            self.fill_with_nan();
+        }
+        for (_, t) in self.outputs.iter_mut() {
+            table.push(t.as_mut_ptr());
+        }
+        table.push(self.arena.ptr);
+        // SAFETY: every input was checked to have the dtype, shape and length the code was
+        // compiled for; params, state, consts, outputs and the arena are owned buffers of the
+        // planned sizes; `&mut self` gives the call exclusive access to them, and inputs are
+        // only read.
+        unsafe { (self.entry)(table.as_ptr()) };
+        Ok(self.outputs.clone())
+    }
+
+    /// All-ones bits (NaN as f32, -1 as i32) in the arena and every output buffer.
+    fn fill_with_nan(&mut self) {
+        if self.arena_bytes > 0 {
+            // SAFETY: the arena holds `arena_bytes` bytes.
+            unsafe { std::ptr::write_bytes(self.arena.ptr, 0xFF, self.arena_bytes) };
+        }
+        for (_, t) in self.outputs.iter_mut() {
+            match &mut t.data {
+                TensorData::F32(v) => v.fill(f32::from_bits(u32::MAX)),
+                TensorData::I32(v) => v.fill(-1),
+            }
+        }
+    }
+
+    fn slots(&self) -> usize {
+        self.inputs.len()
+            + self.params.len()
+            + self.states.len()
+            + self.consts.len()
+            + self.outputs.len()
+            + 1
+    }
+
+    fn input_names(&self) -> String {
+        self.inputs
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The inputs the graph expects, by name, with their types.
+    pub fn inputs(&self) -> &[(String, TensorType)] {
+        &self.inputs
+    }
+
+    /// The current value of param `name`.
+    pub fn param(&self, name: &str) -> Option<HostTensor> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+    }
+
+    /// Every param with its current value, in declaration order (for export).
+    pub fn params(&self) -> Vec<(String, HostTensor)> {
+        self.params.clone()
+    }
+
+    /// Overwrites param `name` (same dtype, shape and length required).
+    pub fn set_param(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
+        let known = self
+            .params
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let Some((_, t)) = self.params.iter_mut().find(|(n, _)| n == name) else {
+            return Err(RunError::Unknown {
+                kind: "param",
+                name: name.into(),
+                known,
+            });
+        };
+        value.check(name, &t.ty())?;
+        *t = value;
+        Ok(())
+    }
+
+    /// The current value of state tensor `name`.
+    pub fn state(&self, name: &str) -> Option<HostTensor> {
+        self.states
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+    }
+
+    /// Where compile time went.
+    pub fn report(&self) -> &CompileReport {
+        &self.report
+    }
+
+    pub(crate) fn set_report(&mut self, r: CompileReport) {
+        self.report = r;
+    }
+}

@@ -1,0 +1,146 @@
+//! Code generation benchmarks: compile time of the corpus MLP and CNN training steps
+//! (`ir/mlp.ir`, `ir/cnn.ir` + autodiff gradients + SGD updates, one graph each), their step
+//! time in the JIT (both matmul kernels) and in the interpreter, and matmul GFLOP/s of both
+//! matmul kernels (criterion's "elements" are FLOPs). Run with `cargo bench --bench codegen`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gradlift::codegen::{self, CompileOptions, MatmulKernel};
+use gradlift::interp::{self, Array};
+use gradlift::runtime::HostTensor;
+use gradlift::{autodiff, text, Graph, NodeId, TensorType};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A training step from the corpus: `ir/NAME.ir` at batch `b` (the files use 64), the
+/// gradient of `loss` w.r.t. every param (autodiff), and SGD updates `p <- p - 0.01 * dp`.
+/// Only `loss` and `accuracy` stay outputs (the gradients feed the updates).
+fn train_step(name: &str, b: usize) -> Graph {
+    let path = format!("{}/ir/{name}.ir", env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let src = src
+        .replace("[64,", &format!("[{b},"))
+        .replace("[64]", &format!("[{b}]"));
+    let mut g = text::parse(&src, &path).unwrap_or_else(|e| panic!("{e}"));
+    let grads = autodiff::grad_all_params(&mut g, "loss", None).unwrap();
+    let lr = g.scalar(0.01);
+    for n in &grads {
+        let s = g.mul(n.grad, lr).unwrap();
+        let next = g.sub(n.wrt, s).unwrap();
+        g.add_update(n.wrt, next).unwrap();
+    }
+    g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
+    g
+}
+
+/// Deterministic inputs for a step graph: pixels in [0,1), labels 0..9.
+fn feeds(g: &Graph) -> Vec<(&'static str, HostTensor)> {
+    let x = &g[g.find("x").unwrap()].ty;
+    let b = x.shape.0[0];
+    let xs = (0..x.shape.numel())
+        .map(|i| ((i * 37) % 101) as f32 / 101.0)
+        .collect();
+    let ys = (0..b).map(|i| (i % 10) as i32).collect();
+    vec![
+        ("x", HostTensor::f32(x.shape.clone(), xs)),
+        ("labels", HostTensor::i32([b], ys)),
+    ]
+}
+
+fn opts() -> CompileOptions {
+    CompileOptions {
+        verify: false,
+        ..CompileOptions::default()
+    }
+}
+
+fn compile_time(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("compile");
+    for (name, g) in [
+        ("mlp_b64", train_step("mlp", 64)),
+        ("cnn_b64", train_step("cnn", 64)),
+    ] {
+        let r = codegen::compile(&g, &opts()).unwrap().report().clone();
+        eprintln!("{name}: {r}");
+        grp.bench_function(name, |b| b.iter(|| codegen::compile(&g, &opts()).unwrap()));
+    }
+    grp.finish();
+}
+
+fn step_time(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("step");
+    for (name, g) in [
+        ("mlp_b64", train_step("mlp", 64)),
+        ("mlp_b8", train_step("mlp", 8)),
+        ("cnn_b64", train_step("cnn", 64)),
+    ] {
+        let inputs = feeds(&g);
+        for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
+            let o = CompileOptions {
+                matmul: kernel,
+                ..opts()
+            };
+            let mut exe = codegen::compile(&g, &o).unwrap();
+            let id = BenchmarkId::new(format!("{name}/jit"), format!("{kernel:?}"));
+            grp.bench_function(id, |b| b.iter(|| exe.run(&inputs).unwrap()));
+        }
+        // the reference interpreter (f32) on the same graph and inputs
+        let feeds: HashMap<NodeId, Array<f32>> = inputs
+            .iter()
+            .map(|(n, t)| {
+                let a = Array::from_f64(t.shape.clone(), &t.to_f64()).unwrap();
+                (g.find(n).unwrap(), a)
+            })
+            .collect();
+        grp.bench_function(format!("{name}/interp"), |b| {
+            b.iter(|| interp::eval::<f32>(&g, &feeds).unwrap())
+        });
+    }
+    grp.finish();
+}
+
+fn matmul(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("matmul");
+    for (m, k, n) in [
+        (64, 784, 128),
+        (8, 784, 128),
+        (64, 5408, 128),
+        (512, 512, 512),
+    ] {
+        let mut g = Graph::new("mm");
+        let a = g.input("a", TensorType::f32([m, k])).unwrap();
+        let b = g.input("b", TensorType::f32([k, n])).unwrap();
+        let p = g.matmul(a, b).unwrap();
+        g.add_output("c", p).unwrap();
+        let inputs = [
+            (
+                "a",
+                HostTensor::f32([m, k], (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect()),
+            ),
+            (
+                "b",
+                HostTensor::f32([k, n], (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect()),
+            ),
+        ];
+        grp.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
+            let o = CompileOptions {
+                matmul: kernel,
+                ..opts()
+            };
+            let mut exe = codegen::compile(&g, &o).unwrap();
+            let id = BenchmarkId::new(format!("{kernel:?}"), format!("{m}x{k}x{n}"));
+            grp.bench_function(id, |b| b.iter(|| exe.run(&inputs).unwrap()));
+        }
+    }
+    grp.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    targets = compile_time, step_time, matmul
+}
+criterion_main!(benches);

@@ -1,0 +1,693 @@
+//! Runtime kernels that compiled code calls through symbols registered with the JIT
+//! (`JITBuilder::symbol`), as XLA:CPU calls its runtime: `log` over whole buffers and `pow`
+//! per element (exp, sigmoid and tanh are inline vector code, see [`super::lower`]), GEMM (the `gemm` crate, 256-bit AVX2 kernels that Cranelift's 128-bit vectors
+//! cannot match), convolution by im2col + GEMM, max pooling and the softmax family.
+//!
+//! Every kernel is `extern "C"` and takes raw pointers and sizes computed by the lowering from
+//! the graph's static shapes; the safe entry point ([`crate::runtime::Executable::run`]) has
+//! checked every buffer before native code runs. Geometry that needs more than a few numbers
+//! is passed as a pointer to an array of `i64` the compiled code stores on its stack.
+//! Kernels never panic: a panic cannot unwind through compiled code.
+
+use std::slice;
+
+/// Ids of the whole-buffer unary kernels ([`gl_unary`]).
+pub const UNARY_EXP: i64 = 0;
+/// `ln`.
+pub const UNARY_LOG: i64 = 1;
+/// `tanh`.
+pub const UNARY_TANH: i64 = 2;
+/// Logistic sigmoid.
+pub const UNARY_SIGMOID: i64 = 3;
+
+/// `y[i] = f(x[i])` for `i < n`, `f` chosen by `op` (one of the `UNARY_*` ids).
+///
+/// # Safety
+/// `x` and `y` must point to `n` valid f32 (they may be the same buffer).
+pub unsafe extern "C" fn gl_unary(op: i64, x: *const f32, y: *mut f32, n: i64) {
+    let n = n as usize;
+    let f: fn(f32) -> f32 = match op {
+        UNARY_EXP => f32::exp,
+        UNARY_LOG => f32::ln,
+        UNARY_TANH => f32::tanh,
+        _ => |v: f32| 1.0 / (1.0 + (-v).exp()),
+    };
+    for i in 0..n {
+        *y.add(i) = f(*x.add(i));
+    }
+}
+
+/// `a ^ b` (called per element by broadcasting `pow` loops).
+pub extern "C" fn gl_powf(a: f32, b: f32) -> f32 {
+    a.powf(b)
+}
+
+/// Row-major `c[m,n] = a[m,k] x b[k,n]` (or `c += a x b` when `acc != 0`), with element
+/// strides `(rs, cs)` for `a` and `b` so that transposed operands need no copy.
+///
+/// # Safety
+/// The pointers must cover the matrices described by the sizes and strides.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gl_gemm(
+    m: i64,
+    k: i64,
+    n: i64,
+    a: *const f32,
+    a_rs: i64,
+    a_cs: i64,
+    b: *const f32,
+    b_rs: i64,
+    b_cs: i64,
+    c: *mut f32,
+    acc: i64,
+) {
+    gemm_strided(
+        m as usize,
+        k as usize,
+        n as usize,
+        a,
+        (a_rs as isize, a_cs as isize),
+        b,
+        (b_rs as isize, b_cs as isize),
+        c,
+        n as isize,
+        acc != 0,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    (a_rs, a_cs): (isize, isize),
+    b: *const f32,
+    (b_rs, b_cs): (isize, isize),
+    c: *mut f32,
+    c_rs: isize,
+    acc: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                for j in 0..n {
+                    *c.offset(i as isize * c_rs + j as isize) = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs,
+        acc,
+        a,
+        a_cs,
+        a_rs,
+        b,
+        b_cs,
+        b_rs,
+        1.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// Geometry of a convolution, decoded from the `i64` array compiled code passes.
+#[derive(Clone, Copy, Debug)]
+struct Conv {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    kh: usize,
+    kw: usize,
+    o: usize,
+    oh: usize,
+    ow: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+}
+
+/// Number of `i64` in a convolution geometry array.
+pub const CONV_GEOMETRY_LEN: usize = 13;
+
+impl Conv {
+    unsafe fn read(g: *const i64) -> Conv {
+        let g = slice::from_raw_parts(g, CONV_GEOMETRY_LEN);
+        let u = |i: usize| g[i] as usize;
+        Conv {
+            n: u(0),
+            h: u(1),
+            w: u(2),
+            c: u(3),
+            kh: u(4),
+            kw: u(5),
+            o: u(6),
+            oh: u(7),
+            ow: u(8),
+            sh: u(9),
+            sw: u(10),
+            ph: u(11),
+            pw: u(12),
+        }
+    }
+
+    /// Rows and columns of one image's patch matrix.
+    fn patch_dims(&self) -> (usize, usize) {
+        (self.oh * self.ow, self.kh * self.kw * self.c)
+    }
+
+    /// Whether the patch matrix is the image itself (1x1 kernel, stride 1, no padding).
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+
+    /// The input pixel `(ih, iw)` read by output `(oy, ox)` at kernel tap `(ky, kx)`, if inside.
+    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let iy = (oy * self.sh + ky).checked_sub(self.ph)?;
+        let ix = (ox * self.sw + kx).checked_sub(self.pw)?;
+        (iy < self.h && ix < self.w).then_some((iy, ix))
+    }
+
+    /// Writes the patch matrix `[oh*ow, kh*kw*c]` of image `img` (`[h,w,c]`) into `cols`.
+    fn im2col(&self, img: &[f32], cols: &mut [f32]) {
+        let c = self.c;
+        let run = self.kw * c;
+        let mut r = 0;
+        for oy in 0..self.oh {
+            for ox in 0..self.ow {
+                let x0 = ox * self.sw;
+                let inside = x0 >= self.pw && x0 - self.pw + self.kw <= self.w;
+                for ky in 0..self.kh {
+                    let dst = &mut cols[r..r + run];
+                    match (oy * self.sh + ky).checked_sub(self.ph) {
+                        Some(iy) if iy < self.h && inside => {
+                            // the whole kernel row is inside the image: one contiguous run
+                            let s = (iy * self.w + x0 - self.pw) * c;
+                            dst.copy_from_slice(&img[s..s + run]);
+                        }
+                        _ => {
+                            for kx in 0..self.kw {
+                                let d = &mut dst[kx * c..(kx + 1) * c];
+                                match self.source(oy, ox, ky, kx) {
+                                    Some((iy, ix)) => {
+                                        let s = (iy * self.w + ix) * c;
+                                        d.copy_from_slice(&img[s..s + c]);
+                                    }
+                                    None => d.fill(0.0),
+                                }
+                            }
+                        }
+                    }
+                    r += run;
+                }
+            }
+        }
+    }
+
+    /// Adds the patch matrix `cols` back into image `img` (the adjoint of [`Conv::im2col`]).
+    fn col2im(&self, cols: &[f32], img: &mut [f32]) {
+        let c = self.c;
+        let mut r = 0;
+        for oy in 0..self.oh {
+            for ox in 0..self.ow {
+                for ky in 0..self.kh {
+                    for kx in 0..self.kw {
+                        if let Some((iy, ix)) = self.source(oy, ox, ky, kx) {
+                            let s = (iy * self.w + ix) * c;
+                            for (d, v) in img[s..s + c].iter_mut().zip(&cols[r..r + c]) {
+                                *d += v;
+                            }
+                        }
+                        r += c;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Number of f32 of scratch space [`gl_conv2d`] and its gradients need: one image's patches.
+pub fn conv_scratch_len(geometry: &[i64; CONV_GEOMETRY_LEN]) -> usize {
+    let (kh, kw, c, oh, ow) = (
+        geometry[4] as usize,
+        geometry[5] as usize,
+        geometry[3] as usize,
+        geometry[7] as usize,
+        geometry[8] as usize,
+    );
+    oh * ow * kh * kw * c
+}
+
+/// `y = conv2d(x, w)`: NHWC input, HWIO filter, per image im2col into `scratch` then GEMM.
+///
+/// # Safety
+/// Buffers must match the geometry `g` (see [`CONV_GEOMETRY_LEN`]); `scratch` must hold
+/// [`conv_scratch_len`] floats.
+pub unsafe extern "C" fn gl_conv2d(
+    x: *const f32,
+    w: *const f32,
+    y: *mut f32,
+    scratch: *mut f32,
+    g: *const i64,
+) {
+    let g = Conv::read(g);
+    let (rows, cols) = g.patch_dims();
+    let img_len = g.h * g.w * g.c;
+    for i in 0..g.n {
+        let img = x.add(i * img_len);
+        let out = y.add(i * rows * g.o);
+        let a = if g.is_pointwise() {
+            img
+        } else {
+            let s = slice::from_raw_parts_mut(scratch, rows * cols);
+            g.im2col(slice::from_raw_parts(img, img_len), s);
+            scratch as *const f32
+        };
+        gemm_strided(
+            rows,
+            cols,
+            g.o,
+            a,
+            (cols as isize, 1),
+            w,
+            (g.o as isize, 1),
+            out,
+            g.o as isize,
+            false,
+        );
+    }
+}
+
+/// `dx = conv2d_input_grad(dy, w)`: per image `dcols = dy x w^T`, then col2im into `dx`.
+///
+/// # Safety
+/// As [`gl_conv2d`].
+pub unsafe extern "C" fn gl_conv2d_input_grad(
+    dy: *const f32,
+    w: *const f32,
+    dx: *mut f32,
+    scratch: *mut f32,
+    g: *const i64,
+) {
+    let g = Conv::read(g);
+    let (rows, cols) = g.patch_dims();
+    let img_len = g.h * g.w * g.c;
+    for i in 0..g.n {
+        let d = dy.add(i * rows * g.o);
+        let out = slice::from_raw_parts_mut(dx.add(i * img_len), img_len);
+        if g.is_pointwise() {
+            gemm_strided(
+                rows,
+                g.o,
+                cols,
+                d,
+                (g.o as isize, 1),
+                w,
+                (1, g.o as isize),
+                out.as_mut_ptr(),
+                cols as isize,
+                false,
+            );
+            continue;
+        }
+        gemm_strided(
+            rows,
+            g.o,
+            cols,
+            d,
+            (g.o as isize, 1),
+            w,
+            (1, g.o as isize),
+            scratch,
+            cols as isize,
+            false,
+        );
+        out.fill(0.0);
+        g.col2im(slice::from_raw_parts(scratch, rows * cols), out);
+    }
+}
+
+/// `dw = conv2d_filter_grad(x, dy)`: `dw = sum over images of cols^T x dy`.
+///
+/// # Safety
+/// As [`gl_conv2d`].
+pub unsafe extern "C" fn gl_conv2d_filter_grad(
+    x: *const f32,
+    dy: *const f32,
+    dw: *mut f32,
+    scratch: *mut f32,
+    g: *const i64,
+) {
+    let g = Conv::read(g);
+    let (rows, cols) = g.patch_dims();
+    let img_len = g.h * g.w * g.c;
+    if g.n == 0 {
+        slice::from_raw_parts_mut(dw, cols * g.o).fill(0.0);
+    }
+    for i in 0..g.n {
+        let img = x.add(i * img_len);
+        let a = if g.is_pointwise() {
+            img
+        } else {
+            let s = slice::from_raw_parts_mut(scratch, rows * cols);
+            g.im2col(slice::from_raw_parts(img, img_len), s);
+            scratch as *const f32
+        };
+        // dw[cols, o] (+)= a^T[cols, rows] x dy_i[rows, o]
+        gemm_strided(
+            cols,
+            rows,
+            g.o,
+            a,
+            (1, cols as isize),
+            dy.add(i * rows * g.o),
+            (g.o as isize, 1),
+            dw,
+            g.o as isize,
+            i > 0,
+        );
+    }
+}
+
+/// Geometry of a pooling: `[n, h, w, c, wh, ww, sh, sw, oh, ow]`.
+pub const POOL_GEOMETRY_LEN: usize = 10;
+
+struct Pool {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    wh: usize,
+    ww: usize,
+    sh: usize,
+    sw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Pool {
+    unsafe fn read(g: *const i64) -> Pool {
+        let g = slice::from_raw_parts(g, POOL_GEOMETRY_LEN);
+        let u = |i: usize| g[i] as usize;
+        Pool {
+            n: u(0),
+            h: u(1),
+            w: u(2),
+            c: u(3),
+            wh: u(4),
+            ww: u(5),
+            sh: u(6),
+            sw: u(7),
+            oh: u(8),
+            ow: u(9),
+        }
+    }
+
+    /// Calls `f(out_index, argmax_input_index, max)` for every output element, where the
+    /// argmax is the first maximum of the window in row-major order. Channels are the inner
+    /// loop (contiguous in NHWC), with the running maxima of one output pixel in `best`/`arg`.
+    fn for_each_max(&self, x: &[f32], mut f: impl FnMut(usize, usize, f32)) {
+        let c = self.c;
+        let mut best = vec![0.0f32; c];
+        let mut arg = vec![0usize; c];
+        let mut o = 0;
+        for b in 0..self.n {
+            for oy in 0..self.oh {
+                for ox in 0..self.ow {
+                    let pixel = |ky: usize, kx: usize| {
+                        ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * c
+                    };
+                    let p0 = pixel(0, 0);
+                    best.copy_from_slice(&x[p0..p0 + c]);
+                    for (ch, a) in arg.iter_mut().enumerate() {
+                        *a = p0 + ch;
+                    }
+                    for ky in 0..self.wh {
+                        for kx in 0..self.ww {
+                            let p = pixel(ky, kx);
+                            let row = &x[p..p + c];
+                            // branchless, so the channel loop vectorizes
+                            for (ch, ((b, a), &v)) in
+                                best.iter_mut().zip(arg.iter_mut()).zip(row).enumerate()
+                            {
+                                let gt = v > *b;
+                                *b = if gt { v } else { *b };
+                                *a = if gt { p + ch } else { *a };
+                            }
+                        }
+                    }
+                    for ch in 0..c {
+                        f(o + ch, arg[ch], best[ch]);
+                    }
+                    o += c;
+                }
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// Max-pool gradient when windows do not overlap (stride = window, the usual case): every
+    /// input pixel is written exactly once, in order, with no zero fill and no scatter.
+    fn grad_disjoint(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let c = self.c;
+        let mut best = vec![0.0f32; c];
+        let mut tap = vec![0u32; c];
+        // pixels no window covers (the right and bottom edges) get zero
+        for b in 0..self.n {
+            for iy in 0..self.h {
+                for ix in 0..self.w {
+                    if iy >= self.oh * self.sh || ix >= self.ow * self.sw {
+                        let s = ((b * self.h + iy) * self.w + ix) * c;
+                        dx[s..s + c].fill(0.0);
+                    }
+                }
+            }
+        }
+        let mut o = 0;
+        for b in 0..self.n {
+            for oy in 0..self.oh {
+                for ox in 0..self.ow {
+                    let pixel = |ky: usize, kx: usize| {
+                        ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * c
+                    };
+                    let p0 = pixel(0, 0);
+                    best.copy_from_slice(&x[p0..p0 + c]);
+                    tap.fill(0);
+                    let mut t = 0u32;
+                    for ky in 0..self.wh {
+                        for kx in 0..self.ww {
+                            let s = pixel(ky, kx);
+                            for ((b, a), &v) in
+                                best.iter_mut().zip(tap.iter_mut()).zip(&x[s..s + c])
+                            {
+                                let gt = v > *b;
+                                *b = if gt { v } else { *b };
+                                *a = if gt { t } else { *a };
+                            }
+                            t += 1;
+                        }
+                    }
+                    let g = &dy[o..o + c];
+                    let mut t = 0u32;
+                    for ky in 0..self.wh {
+                        for kx in 0..self.ww {
+                            let s = pixel(ky, kx);
+                            for ((d, &a), &v) in dx[s..s + c].iter_mut().zip(&tap).zip(g) {
+                                *d = if a == t { v } else { 0.0 };
+                            }
+                            t += 1;
+                        }
+                    }
+                    o += c;
+                }
+            }
+        }
+    }
+}
+
+/// `y = max_pool2d(x)` over NHWC windows (no padding).
+///
+/// # Safety
+/// Buffers must match the geometry (see [`POOL_GEOMETRY_LEN`]).
+pub unsafe extern "C" fn gl_max_pool2d(x: *const f32, y: *mut f32, g: *const i64) {
+    let p = Pool::read(g);
+    let c = p.c;
+    let x = slice::from_raw_parts(x, p.n * p.h * p.w * c);
+    let y = slice::from_raw_parts_mut(y, p.n * p.oh * p.ow * c);
+    // no argmax needed: a running maximum per channel (vectorizes over channels)
+    let mut o = 0;
+    for b in 0..p.n {
+        for oy in 0..p.oh {
+            for ox in 0..p.ow {
+                let out = &mut y[o..o + c];
+                for ky in 0..p.wh {
+                    for kx in 0..p.ww {
+                        let s = ((b * p.h + oy * p.sh + ky) * p.w + ox * p.sw + kx) * c;
+                        let row = &x[s..s + c];
+                        if ky == 0 && kx == 0 {
+                            out.copy_from_slice(row);
+                        } else {
+                            for (m, &v) in out.iter_mut().zip(row) {
+                                *m = if v > *m { v } else { *m };
+                            }
+                        }
+                    }
+                }
+                o += c;
+            }
+        }
+    }
+}
+
+/// `dx = max_pool2d_grad(x, dy)`: each `dy` goes to its window's first maximum.
+///
+/// # Safety
+/// As [`gl_max_pool2d`].
+pub unsafe extern "C" fn gl_max_pool2d_grad(
+    x: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    g: *const i64,
+) {
+    let p = Pool::read(g);
+    let len = p.n * p.h * p.w * p.c;
+    let x = slice::from_raw_parts(x, len);
+    let dy = slice::from_raw_parts(dy, p.n * p.oh * p.ow * p.c);
+    let dx = slice::from_raw_parts_mut(dx, len);
+    if p.sh == p.wh && p.sw == p.ww {
+        p.grad_disjoint(x, dy, dx);
+    } else {
+        // overlapping windows: a pixel may receive from several outputs
+        dx.fill(0.0);
+        p.for_each_max(x, |o, i, _| dx[i] += dy[o]);
+    }
+}
+
+/// Kinds of [`gl_softmax`].
+pub const SOFTMAX: i64 = 0;
+/// `log(softmax(x))`.
+pub const LOG_SOFTMAX: i64 = 1;
+
+/// Softmax (`kind = SOFTMAX`) or log-softmax along the middle axis of `x` viewed as
+/// `[outer, len, inner]`, computed stably (max subtracted first).
+///
+/// # Safety
+/// `x` and `y` must hold `outer * len * inner` floats.
+pub unsafe extern "C" fn gl_softmax(
+    kind: i64,
+    x: *const f32,
+    y: *mut f32,
+    outer: i64,
+    len: i64,
+    inner: i64,
+) {
+    let (outer, len, inner) = (outer as usize, len as usize, inner as usize);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * len + j) * inner + i;
+            let mut m = f32::NEG_INFINITY;
+            for j in 0..len {
+                m = m.max(*x.add(at(j)));
+            }
+            let mut s = 0.0f32;
+            for j in 0..len {
+                s += (*x.add(at(j)) - m).exp();
+            }
+            if kind == SOFTMAX {
+                for j in 0..len {
+                    *y.add(at(j)) = (*x.add(at(j)) - m).exp() / s;
+                }
+            } else {
+                let ls = s.ln();
+                for j in 0..len {
+                    *y.add(at(j)) = *x.add(at(j)) - m - ls;
+                }
+            }
+        }
+    }
+}
+
+/// `m + ln(sum exp(row - m))` of a row, with `m` its maximum.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    m + row.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
+}
+
+/// `loss[i] = -sum_j labels[i,j] * log_softmax(logits)[i,j]` for `[n,c]` operands.
+///
+/// # Safety
+/// `logits` and `labels` must hold `n * c` floats, `loss` `n`.
+pub unsafe extern "C" fn gl_softmax_xent(
+    logits: *const f32,
+    labels: *const f32,
+    loss: *mut f32,
+    n: i64,
+    c: i64,
+) {
+    let (n, c) = (n as usize, c as usize);
+    for i in 0..n {
+        let row = slice::from_raw_parts(logits.add(i * c), c);
+        let lab = slice::from_raw_parts(labels.add(i * c), c);
+        let lse = log_sum_exp(row);
+        *loss.add(i) = -row.iter().zip(lab).map(|(x, y)| y * (x - lse)).sum::<f32>();
+    }
+}
+
+/// `loss[i] = -log_softmax(logits)[i, labels[i]]`; NaN when a label is outside `0..c`.
+///
+/// # Safety
+/// `logits` must hold `n * c` floats, `labels` and `loss` `n` values.
+pub unsafe extern "C" fn gl_sparse_softmax_xent(
+    logits: *const f32,
+    labels: *const i32,
+    loss: *mut f32,
+    n: i64,
+    c: i64,
+) {
+    let (n, c) = (n as usize, c as usize);
+    for i in 0..n {
+        let row = slice::from_raw_parts(logits.add(i * c), c);
+        let l = *labels.add(i);
+        *loss.add(i) = if l >= 0 && (l as usize) < c {
+            log_sum_exp(row) - row[l as usize]
+        } else {
+            f32::NAN
+        };
+    }
+}
+
+/// Name and address of every kernel, for `JITBuilder::symbol`.
+pub fn symbols() -> Vec<(&'static str, *const u8)> {
+    vec![
+        ("gl_unary", gl_unary as *const u8),
+        ("gl_powf", gl_powf as *const u8),
+        ("gl_gemm", gl_gemm as *const u8),
+        ("gl_conv2d", gl_conv2d as *const u8),
+        ("gl_conv2d_input_grad", gl_conv2d_input_grad as *const u8),
+        ("gl_conv2d_filter_grad", gl_conv2d_filter_grad as *const u8),
+        ("gl_max_pool2d", gl_max_pool2d as *const u8),
+        ("gl_max_pool2d_grad", gl_max_pool2d_grad as *const u8),
+        ("gl_softmax", gl_softmax as *const u8),
+        ("gl_softmax_xent", gl_softmax_xent as *const u8),
+        (
+            "gl_sparse_softmax_xent",
+            gl_sparse_softmax_xent as *const u8,
+        ),
+    ]
+}

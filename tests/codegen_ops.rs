@@ -1,0 +1,465 @@
+//! Differential tests: for every op on random shapes (odd sizes that exercise the `f32x4`
+//! tails, size-1 and broadcast dimensions), the JIT's outputs equal the interpreter's.
+//!
+//! Tolerance: the JIT computes in f32, the interpreter (the oracle) in f64 from the same f32
+//! inputs. An element passes when `|jit - ref| <= 1e-4 * |ref| + 1e-5 * n`, where `n` is the
+//! number of terms summed into it (1 for elementwise ops, the reduction length for reductions,
+//! `k` for matmul, `kh*kw*c` for convolutions). NaN must match NaN; i32 results exactly.
+
+use gradlift::codegen::{self, CompileOptions, MatmulKernel};
+use gradlift::init::Rng;
+use gradlift::interp::{self, Array};
+use gradlift::runtime::HostTensor;
+use gradlift::{
+    BinaryOp, CmpOp, DType, Graph, Literal, NodeId, Op, Padding, ReduceOp, Shape, TensorType,
+    UnaryOp,
+};
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+/// How the values of an input are drawn.
+#[derive(Clone, Copy, Debug)]
+enum Dom {
+    /// Uniform in `[lo, hi)`.
+    Range(f64, f64),
+    /// Integers in `lo..hi` (as f32 for f32 inputs, as i32 for i32 inputs).
+    Ints(i64, i64),
+    /// Magnitude in `[0.5, 2)`, random sign (denominators).
+    AwayFromZero,
+}
+
+fn draw(rng: &mut Rng, d: Dom) -> f64 {
+    match d {
+        Dom::Range(lo, hi) => lo + (hi - lo) * rng.uniform(),
+        Dom::Ints(lo, hi) => lo as f64 + rng.below((hi - lo) as u64) as f64,
+        Dom::AwayFromZero => {
+            let m = 0.5 + 1.5 * rng.uniform();
+            if rng.below(2) == 0 {
+                m
+            } else {
+                -m
+            }
+        }
+    }
+}
+
+/// Compiles `g` with both matmul kernels, runs it on random inputs drawn from `dom(name)`,
+/// evaluates it with the interpreter and compares every output (`terms` = summed terms).
+fn check(g: &Graph, seed: u64, dom: &dyn Fn(&str) -> Dom, terms: usize) {
+    let mut rng = Rng::new(seed);
+    let mut host = Vec::new();
+    let mut feeds = HashMap::new();
+    for id in g.inputs() {
+        let n = &g[id];
+        let name = n.name.clone().unwrap();
+        let v: Vec<f64> = (0..n.ty.shape.numel())
+            .map(|_| draw(&mut rng, dom(&name)))
+            .collect();
+        let t = HostTensor::from_f64(&n.ty, &v);
+        let exact = t.to_f64(); // what the JIT sees (rounded to f32)
+        feeds.insert(
+            id,
+            Array {
+                shape: n.ty.shape.clone(),
+                data: exact,
+            },
+        );
+        host.push((name, t));
+    }
+    let want = interp::eval::<f64>(g, &feeds).expect("interpreter");
+    let inputs: Vec<(&str, HostTensor)> =
+        host.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    // other values of the same types: a first call with them leaves every buffer dirty, so a
+    // kernel that forgets to write (or zero) part of its result is caught by the second call
+    let dirty: Vec<(&str, HostTensor)> = inputs
+        .iter()
+        .map(|(n, t)| {
+            let v: Vec<f64> = t.to_f64().iter().map(|x| 1.5 - 2.0 * x).collect();
+            (*n, HostTensor::from_f64(&t.ty(), &v))
+        })
+        .collect();
+    for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
+        let opts = CompileOptions {
+            matmul: kernel,
+            verify: true,
+            poison: true,
+        };
+        let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("compile: {e}"));
+        exe.run(&dirty).unwrap();
+        let got = exe.run(&inputs).unwrap();
+        for (o, (name, t)) in g.outputs().iter().zip(&got) {
+            assert_eq!(&o.name, name);
+            let w = want.get(o.node).expect("interpreter value");
+            assert_eq!(t.shape, w.shape, "output {name}");
+            compare(name, &t.to_f64(), &w.data, t.dtype(), terms, kernel);
+        }
+    }
+}
+
+fn compare(name: &str, got: &[f64], want: &[f64], dtype: DType, terms: usize, k: MatmulKernel) {
+    assert_eq!(got.len(), want.len(), "output {name}: length");
+    for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
+        let ok = match dtype {
+            DType::I32 => x == y,
+            DType::F32 if y.is_nan() => x.is_nan(),
+            DType::F32 if y.is_infinite() => x == y,
+            DType::F32 => (x - y).abs() <= 1e-4 * y.abs() + 1e-5 * terms as f64,
+        };
+        assert!(
+            ok,
+            "output {name} ({k:?}) element {i}: jit {x} vs interpreter {y}"
+        );
+    }
+}
+
+fn any_dom(_: &str) -> Dom {
+    Dom::Range(-2.0, 2.0)
+}
+
+/// A shape of rank 0..=3 with dimensions 1..=9.
+fn shape() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..=9, 0..=3)
+}
+
+/// An output shape and two operand shapes that broadcast to it: each operand drops some
+/// leading dimensions and sets others to 1.
+fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>, Vec<usize>)> {
+    (shape(), any::<u64>()).prop_map(|(out, bits)| {
+        let mut r = Rng::new(bits);
+        let mut sub = || {
+            let drop = r.below(out.len() as u64 + 1) as usize;
+            out[drop..]
+                .iter()
+                .map(|&d| if r.below(3) == 0 { 1 } else { d })
+                .collect::<Vec<_>>()
+        };
+        let a = sub();
+        let b = sub();
+        (out, a, b)
+    })
+}
+
+fn out(g: &mut Graph, id: NodeId) {
+    let n = format!("out{}", g.outputs().len());
+    g.add_output(&n, id).unwrap();
+}
+
+/// Exp, sigmoid and tanh (inline polynomial code) over the whole float range and at special
+/// values, vector lanes and scalar tail alike.
+#[test]
+fn transcendentals_at_extremes() {
+    let specials = [
+        0.0,
+        -0.0,
+        1e-7,
+        -1e-7,
+        1e-3,
+        0.6249,
+        0.6251,
+        -0.6251,
+        1.0,
+        -1.0,
+        10.0,
+        -10.0,
+        20.0,
+        -20.0,
+        80.0,
+        87.5,
+        88.5,
+        88.72,
+        88.73,
+        100.0,
+        -80.0,
+        -87.5,
+        -88.5,
+        -95.0,
+        -103.0,
+        -110.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+    ];
+    let n = specials.len();
+    for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Tanh] {
+        let mut g = Graph::new("extremes");
+        let c = g
+            .constant(TensorType::f32([n]), Literal::Dense(specials.to_vec()))
+            .unwrap();
+        let y = g.add(Op::Unary(u), &[c]).unwrap();
+        out(&mut g, y);
+        let want = interp::eval::<f64>(&g, &HashMap::new()).unwrap();
+        let mut exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+        let got = exe.run(&[]).unwrap();
+        let w = &want.get(y).unwrap().data;
+        for (i, (&x, &r)) in got[0].1.as_f32().unwrap().iter().zip(w).enumerate() {
+            // the interpreter's f64 result rounded to f32 is the reference
+            let r = r as f32;
+            let ok = if r.is_nan() {
+                x.is_nan()
+            } else if r.is_infinite() || r == 0.0 {
+                x == r || (x.abs() < 1e-37 && r == 0.0)
+            } else {
+                ((x - r) / r).abs() <= 1e-5 || (x - r).abs() <= 1e-38
+            };
+            assert!(ok, "{} of {}: jit {x:e} vs {r:e}", u.name(), specials[i]);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn unary(s in shape(), seed in any::<u64>()) {
+        for u in UnaryOp::ALL {
+            let mut g = Graph::new("unary");
+            let x = g.input("x", TensorType::f32(s.clone())).unwrap();
+            let y = g.add(Op::Unary(u), &[x]).unwrap();
+            out(&mut g, y);
+            let dom = move |_: &str| match u {
+                UnaryOp::Log | UnaryOp::Sqrt => Dom::Range(0.05, 4.0),
+                UnaryOp::Sign => Dom::Ints(-2, 3),
+                _ => Dom::Range(-3.0, 3.0),
+            };
+            check(&g, seed, &dom, 1);
+        }
+    }
+
+    #[test]
+    fn binary_with_broadcasting((o, a, b) in broadcast_pair(), seed in any::<u64>()) {
+        let _ = o;
+        for op in BinaryOp::ALL {
+            let mut g = Graph::new("binary");
+            let x = g.input("a", TensorType::f32(a.clone())).unwrap();
+            let y = g.input("b", TensorType::f32(b.clone())).unwrap();
+            let z = g.add(Op::Binary(op), &[x, y]).unwrap();
+            out(&mut g, z);
+            let dom = move |n: &str| match (op, n) {
+                (BinaryOp::Div, "b") => Dom::AwayFromZero,
+                (BinaryOp::Pow, "a") => Dom::Range(0.1, 3.0),
+                _ => Dom::Range(-2.0, 2.0),
+            };
+            check(&g, seed, &dom, 1);
+        }
+    }
+
+    #[test]
+    fn compare_and_select((o, a, b) in broadcast_pair(), seed in any::<u64>()) {
+        for dt in [DType::F32, DType::I32] {
+            for c in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
+                let mut g = Graph::new("cmp");
+                let x = g.input("a", TensorType::new(dt, a.clone())).unwrap();
+                let y = g.input("b", TensorType::new(dt, b.clone())).unwrap();
+                let m = g.compare(c, x, y).unwrap();
+                out(&mut g, m);
+                check(&g, seed, &|_| Dom::Ints(-2, 3), 1);
+            }
+            let mut g = Graph::new("select");
+            let m = g.input("m", TensorType::f32(o.clone())).unwrap();
+            let x = g.input("a", TensorType::new(dt, a.clone())).unwrap();
+            let y = g.input("b", TensorType::new(dt, b.clone())).unwrap();
+            let s = g.select(m, x, y).unwrap();
+            out(&mut g, s);
+            check(&g, seed, &|n| if n == "m" { Dom::Ints(0, 2) } else { Dom::Ints(-50, 50) }, 1);
+        }
+    }
+
+    #[test]
+    fn cast(s in shape(), seed in any::<u64>()) {
+        for (from, to) in [(DType::F32, DType::I32), (DType::I32, DType::F32), (DType::F32, DType::F32)] {
+            let mut g = Graph::new("cast");
+            let x = g.input("x", TensorType::new(from, s.clone())).unwrap();
+            let y = g.cast(x, to).unwrap();
+            out(&mut g, y);
+            check(&g, seed, &|_| Dom::Range(-100.0, 100.0), 1);
+        }
+    }
+
+    #[test]
+    fn reductions(s in prop::collection::vec(1usize..=9, 1..=4), bits in any::<u64>(), keep in any::<bool>(), seed in any::<u64>()) {
+        let axes: Vec<usize> = (0..s.len()).filter(|i| bits >> i & 1 == 1).collect();
+        let terms: usize = axes.iter().map(|&a| s[a]).product();
+        for kind in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+            let mut g = Graph::new("reduce");
+            let x = g.input("x", TensorType::f32(s.clone())).unwrap();
+            let y = g.reduce(kind, x, &axes, keep).unwrap();
+            out(&mut g, y);
+            check(&g, seed, &any_dom, terms);
+        }
+        let mut g = Graph::new("reduce_i32");
+        let x = g.input("x", TensorType::i32(s.clone())).unwrap();
+        let y = g.reduce(ReduceOp::Max, x, &axes, keep).unwrap();
+        out(&mut g, y);
+        check(&g, seed, &|_| Dom::Ints(-1000, 1000), 1);
+    }
+
+    #[test]
+    fn argmax(s in prop::collection::vec(1usize..=9, 1..=3), axis in 0usize..3, seed in any::<u64>()) {
+        let axis = axis % s.len();
+        for (dt, dom) in [(DType::F32, Dom::Range(-2.0, 2.0)), (DType::I32, Dom::Ints(-3, 3))] {
+            let mut g = Graph::new("argmax");
+            let x = g.input("x", TensorType::new(dt, s.clone())).unwrap();
+            let y = g.argmax(x, axis).unwrap();
+            out(&mut g, y);
+            check(&g, seed, &move |_| dom, 1);
+        }
+    }
+
+    #[test]
+    fn data_movement(s in prop::collection::vec(1usize..=7, 1..=4), bits in any::<u64>(), seed in any::<u64>()) {
+        let mut r = Rng::new(bits);
+        let rank = s.len();
+        for dt in [DType::F32, DType::I32] {
+            let mut g = Graph::new("movement");
+            let x = g.input("x", TensorType::new(dt, s.clone())).unwrap();
+            // transpose by a random permutation
+            let mut perm: Vec<usize> = (0..rank).collect();
+            for i in (1..rank).rev() {
+                perm.swap(i, r.below(i as u64 + 1) as usize);
+            }
+            let t = g.transpose(x, &perm).unwrap();
+            out(&mut g, t);
+            // reshape to flat and back through a transpose (reshape of a computed value)
+            let n: usize = s.iter().product();
+            let f = g.reshape(t, [n]).unwrap();
+            out(&mut g, f);
+            // slice a random box
+            let (mut b, mut e) = (vec![], vec![]);
+            for &d in &s {
+                let lo = r.below(d as u64) as usize;
+                let hi = lo + 1 + r.below((d - lo) as u64) as usize;
+                b.push(lo);
+                e.push(hi);
+            }
+            let sl = g.slice(x, &b, &e).unwrap();
+            out(&mut g, sl);
+            // broadcast: add a leading dimension of 3 and expand size-1 dimensions
+            let mut small = s.clone();
+            small[rank - 1] = 1;
+            let y = g.input("y", TensorType::new(dt, small)).unwrap();
+            let mut target = vec![3];
+            target.extend(&s);
+            let bc = g.broadcast(y, target).unwrap();
+            out(&mut g, bc);
+            // concat along a random axis with a differently sized operand
+            let axis = r.below(rank as u64) as usize;
+            let mut s2 = s.clone();
+            s2[axis] = 1 + r.below(5) as usize;
+            let z = g.input("z", TensorType::new(dt, s2)).unwrap();
+            let c = g.concat(&[x, z, x], axis).unwrap();
+            out(&mut g, c);
+            check(&g, seed, &|_| Dom::Ints(-1000, 1000), 1);
+        }
+    }
+
+    #[test]
+    fn matmul(m in 1usize..=40, k in 1usize..=40, n in 1usize..=40, seed in any::<u64>()) {
+        let mut g = Graph::new("matmul");
+        let a = g.input("a", TensorType::f32([m, k])).unwrap();
+        let b = g.input("b", TensorType::f32([k, n])).unwrap();
+        let c = g.matmul(a, b).unwrap();
+        out(&mut g, c);
+        // a transposed operand, as gradients produce
+        let bt = g.input("bt", TensorType::f32([n, k])).unwrap();
+        let t = g.transpose(bt, &[1, 0]).unwrap();
+        let c2 = g.matmul(a, t).unwrap();
+        out(&mut g, c2);
+        check(&g, seed, &any_dom, k);
+    }
+
+    #[test]
+    fn conv2d_and_gradients(
+        n in 1usize..=2, h in 1usize..=8, w in 1usize..=8, c in 1usize..=3, o in 1usize..=5,
+        kh in 1usize..=3, kw in 1usize..=3, sh in 1usize..=2, sw in 1usize..=2,
+        same in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let padding = if same { Padding::Same } else { Padding::Valid };
+        let (Some((oh, _)), Some((ow, _))) = (padding.out_and_pad(h, kh, sh), padding.out_and_pad(w, kw, sw)) else {
+            return Ok(());
+        };
+        let mut g = Graph::new("conv");
+        let x = g.input("x", TensorType::f32([n, h, w, c])).unwrap();
+        let f = g.input("f", TensorType::f32([kh, kw, c, o])).unwrap();
+        let dy = g.input("dy", TensorType::f32([n, oh, ow, o])).unwrap();
+        let y = g.conv2d(x, f, [sh, sw], padding).unwrap();
+        out(&mut g, y);
+        let dx = g.add(Op::Conv2dInputGrad { stride: [sh, sw], padding, shape: Shape(vec![n, h, w, c]) }, &[dy, f]).unwrap();
+        out(&mut g, dx);
+        let df = g.add(Op::Conv2dFilterGrad { stride: [sh, sw], padding, kernel: [kh, kw] }, &[x, dy]).unwrap();
+        out(&mut g, df);
+        check(&g, seed, &any_dom, (kh * kw * c).max(n * oh * ow).max(o * kh * kw));
+    }
+
+    #[test]
+    fn max_pool_and_gradient(
+        n in 1usize..=2, h in 1usize..=9, w in 1usize..=9, c in 1usize..=5,
+        wh in 1usize..=3, ww in 1usize..=3, sh in 1usize..=3, sw in 1usize..=3, seed in any::<u64>(),
+    ) {
+        let (Some((oh, _)), Some((ow, _))) = (Padding::Valid.out_and_pad(h, wh, sh), Padding::Valid.out_and_pad(w, ww, sw)) else {
+            return Ok(());
+        };
+        let mut g = Graph::new("pool");
+        let x = g.input("x", TensorType::f32([n, h, w, c])).unwrap();
+        let dy = g.input("dy", TensorType::f32([n, oh, ow, c])).unwrap();
+        let y = g.max_pool2d(x, [wh, ww], [sh, sw]).unwrap();
+        out(&mut g, y);
+        let dx = g.add(Op::MaxPool2dGrad { window: [wh, ww], stride: [sh, sw] }, &[x, dy]).unwrap();
+        out(&mut g, dx);
+        // disjoint windows (window = stride), the kernel's other path, with uncovered edges
+        if sh <= h && sw <= w {
+            let (qh, qw) = (h / sh, w / sw);
+            let dq = g.input("dq", TensorType::f32([n, qh, qw, c])).unwrap();
+            let q = g.max_pool2d(x, [sh, sw], [sh, sw]).unwrap();
+            out(&mut g, q);
+            let dxq = g.add(Op::MaxPool2dGrad { window: [sh, sw], stride: [sh, sw] }, &[x, dq]).unwrap();
+            out(&mut g, dxq);
+        }
+        // dx sums at most ceil(wh/sh)*ceil(ww/sw) terms
+        check(&g, seed, &any_dom, 9);
+    }
+
+    #[test]
+    fn softmax_family(s in prop::collection::vec(1usize..=9, 1..=3), axis in 0usize..3, seed in any::<u64>()) {
+        let axis = axis % s.len();
+        let mut g = Graph::new("softmax");
+        let x = g.input("x", TensorType::f32(s.clone())).unwrap();
+        let y = g.softmax(x, axis).unwrap();
+        out(&mut g, y);
+        let l = g.log_softmax(x, axis).unwrap();
+        out(&mut g, l);
+        check(&g, seed, &|_| Dom::Range(-5.0, 5.0), s[axis]);
+    }
+
+    #[test]
+    fn cross_entropies(n in 1usize..=9, c in 1usize..=12, seed in any::<u64>()) {
+        let mut g = Graph::new("xent");
+        let z = g.input("z", TensorType::f32([n, c])).unwrap();
+        let p = g.input("p", TensorType::f32([n, c])).unwrap();
+        let probs = g.softmax(p, 1).unwrap();
+        let l = g.softmax_cross_entropy(z, probs).unwrap();
+        out(&mut g, l);
+        let y = g.input("y", TensorType::i32([n])).unwrap();
+        let s = g.sparse_softmax_cross_entropy(z, y).unwrap();
+        out(&mut g, s);
+        // labels include out-of-range ones (NaN loss)
+        let c2 = c as i64;
+        check(&g, seed, &move |name| if name == "y" { Dom::Ints(-1, c2 + 1) } else { Dom::Range(-4.0, 4.0) }, c);
+    }
+
+    #[test]
+    fn one_hot_and_consts(s in shape(), depth in 1usize..=9, seed in any::<u64>()) {
+        let mut g = Graph::new("onehot");
+        let x = g.input("x", TensorType::i32(s.clone())).unwrap();
+        let y = g.one_hot(x, depth).unwrap();
+        out(&mut g, y);
+        let n: usize = s.iter().product();
+        let dense = g.constant(TensorType::f32(s.clone()), Literal::Dense((0..n).map(|i| i as f64 * 0.5 - 1.0).collect())).unwrap();
+        let splat = g.scalar(0.25);
+        let f = g.cast(x, DType::F32).unwrap();
+        let a = g.add2(f, dense).unwrap();
+        let a = g.mul(a, splat).unwrap();
+        out(&mut g, a);
+        let d = depth as i64;
+        check(&g, seed, &move |_| Dom::Ints(-1, d + 1), 1);
+    }
+}
