@@ -29,7 +29,7 @@ mod loss;
 mod train;
 
 pub use train::{
-    CompileOptions, Evaluation, FitOptions, History, Model, Targets, TrainError, Weights,
+    Backend, CompileOptions, Evaluation, FitOptions, History, Model, Targets, TrainError, Weights,
 };
 
 pub use layers::{

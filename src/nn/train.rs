@@ -23,6 +23,8 @@ use crate::graph::{BuildError, Graph, NodeId};
 use crate::init::Rng;
 use crate::op::Op;
 use crate::optim::{lr_input, Clip, Optimizer};
+use crate::runtime::{Executable, HostTensor};
+use crate::shape::DType;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -35,6 +37,9 @@ pub enum TrainError {
     /// Differentiation of the loss failed.
     #[error("gradient: {0}")]
     Grad(#[from] crate::autodiff::GradError),
+    /// Cranelift could not compile a step graph.
+    #[error("compiling: {0}")]
+    Compile(#[from] crate::codegen::CompileError),
     /// The pass pipeline failed on a step graph.
     #[error("passes: {0}")]
     Pass(#[from] crate::passes::PassError),
@@ -68,6 +73,17 @@ pub enum Targets<'a> {
     Values(&'a [f32]),
 }
 
+/// Which engine runs the step graphs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Native code: each step graph is compiled once by Cranelift ([`crate::codegen::compile`])
+    /// and run as a [`crate::runtime::Executable`]. The default.
+    #[default]
+    Jit,
+    /// The reference interpreter ([`crate::interp::eval`]): slow, the correctness oracle.
+    Interpreter,
+}
+
 /// What [`Sequential::compile`] needs: Keras' `compile(optimizer, loss, metrics)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompileOptions {
@@ -84,6 +100,8 @@ pub struct CompileOptions {
     /// Whether to run the default pass pipeline ([`crate::passes::DEFAULT_PIPELINE`]) on
     /// every step graph before it runs (default true).
     pub optimize: bool,
+    /// The engine that runs the steps (default [`Backend::Jit`]).
+    pub backend: Backend,
 }
 
 impl CompileOptions {
@@ -96,6 +114,7 @@ impl CompileOptions {
             metrics: metrics.to_vec(),
             clip: None,
             optimize: true,
+            backend: Backend::Jit,
         }
     }
 
@@ -108,6 +127,12 @@ impl CompileOptions {
     /// Sets gradient clipping.
     pub fn clip(mut self, clip: Clip) -> CompileOptions {
         self.clip = Some(clip);
+        self
+    }
+
+    /// Sets the engine that runs the steps.
+    pub fn backend(mut self, backend: Backend) -> CompileOptions {
+        self.backend = backend;
         self
     }
 }
@@ -298,13 +323,17 @@ impl Kind {
     }
 }
 
-/// One built graph with the handles a call needs.
+/// One built graph with the handles a call needs, and its executable on the JIT backend.
 struct Step {
     graph: Graph,
     x: NodeId,
     y: Option<NodeId>,
     lr: Option<NodeId>,
     masks: Vec<(NodeId, f64)>,
+    /// The compiled graph ([`Backend::Jit`] only).
+    exe: Option<Box<Executable>>,
+    /// The version of the weights the executable holds ([`Model`] keeps the current one).
+    version: u64,
 }
 
 /// A compiled model: the layers, the compile options, the weights and the built steps.
@@ -315,7 +344,12 @@ pub struct Model {
     pub options: CompileOptions,
     /// Current learning rate (fed to `%lr` at each step).
     pub learning_rate: f64,
+    /// Params and optimizer state. With the JIT backend, the executables own working copies:
+    /// `owner` names the one holding the newest values (then `weights` is stale until
+    /// [`Model::sync`]), and each step records which `version` of the weights it holds.
     weights: Weights,
+    version: u64,
+    owner: Option<(Kind, usize)>,
     steps: HashMap<(Kind, usize), Step>,
     example_len: usize,
     output_shape: Vec<usize>,
@@ -337,6 +371,8 @@ impl Sequential {
             model: self,
             options,
             weights,
+            version: 0,
+            owner: None,
             steps: HashMap::new(),
             output_shape,
         })
@@ -374,7 +410,38 @@ impl Model {
 
     /// Mutable access to the weights (shapes are checked when a step runs).
     pub fn weights_mut(&mut self) -> &mut Weights {
+        self.version += 1;
         &mut self.weights
+    }
+
+    /// Copies the newest params and state out of the executable that holds them (JIT backend)
+    /// into [`Model::weights`]. Every public method leaves the model synced.
+    fn sync(&mut self) -> Result<(), TrainError> {
+        let Some(key) = self.owner.take() else {
+            return Ok(());
+        };
+        let Some(step) = self.steps.get(&key) else {
+            return Ok(());
+        };
+        let Some(exe) = &step.exe else {
+            return Ok(());
+        };
+        for id in step.graph.params().into_iter().chain(step.graph.states()) {
+            let name = step.graph[id].name.clone().unwrap_or_default();
+            let t = match step.graph[id].op {
+                Op::Param { .. } => exe.param(&name),
+                _ => exe.state(&name),
+            };
+            let Some(values) = t.as_ref().and_then(|t| t.as_f32()) else {
+                return Err(TrainError::Run {
+                    graph: step.graph.name.clone(),
+                    message: format!("the executable has no f32 value for {name}"),
+                });
+            };
+            let shape = step.graph[id].ty.shape.dims().to_vec();
+            self.weights.insert(&name, shape, values.to_vec())?;
+        }
+        Ok(())
     }
 
     /// The graph of the training step for batches of `batch` examples (built if needed), as
@@ -426,12 +493,21 @@ impl Model {
         if o.optimize {
             crate::passes::Pipeline::default().run(&mut graph)?;
         }
+        let exe = match o.backend {
+            Backend::Jit => Some(Box::new(crate::codegen::compile(
+                &graph,
+                &crate::codegen::CompileOptions::default(),
+            )?)),
+            Backend::Interpreter => None,
+        };
         Ok(Step {
             graph,
             x,
             y,
             lr,
             masks: dropout_masks,
+            exe,
+            version: u64::MAX,
         })
     }
 
@@ -509,6 +585,19 @@ impl Model {
         if n == 0 {
             return Err(TrainError::Data("no examples to fit".into()));
         }
+        let result = self.fit_epochs(x, y, n, opts);
+        // Even after an error, the weights reflect every step that ran.
+        self.sync()?;
+        result
+    }
+
+    fn fit_epochs(
+        &mut self,
+        x: &[f32],
+        y: Targets<'_>,
+        n: usize,
+        opts: &FitOptions,
+    ) -> Result<History, TrainError> {
         let mut history = History::default();
         let mut rng = Rng::new(opts.seed);
         for epoch in 0..opts.epochs {
@@ -617,6 +706,8 @@ impl Model {
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let path = path.as_ref();
         let loaded = Weights::load(path)?;
+        self.sync()?;
+        self.version += 1;
         for name in self.param_names()? {
             let want = self
                 .weights
@@ -702,16 +793,86 @@ impl Model {
                 feeds.push((m, dropout_mask(rng, n, rate)));
             }
         }
-        let (outs, updates) = execute(&step.graph, &feeds, &self.weights)?;
-        for (name, values) in updates {
-            let shape = self
-                .weights
-                .shape(&name)
-                .map(|s| s.to_vec())
-                .unwrap_or_default();
-            self.weights.insert(&name, shape, values)?;
+        if step.exe.is_none() {
+            let (outs, updates) = execute(&step.graph, &feeds, &self.weights)?;
+            for (name, values) in updates {
+                let shape = self
+                    .weights
+                    .shape(&name)
+                    .map(|s| s.to_vec())
+                    .unwrap_or_default();
+                self.weights.insert(&name, shape, values)?;
+            }
+            return Ok(outs);
         }
-        Ok(outs)
+        self.run_jit((kind, idx.len()), feeds)
+    }
+
+    /// Runs a compiled step: first brings its executable up to date (the newest params and
+    /// state may be in another executable, or changed by the user), then runs it; if the step
+    /// updates anything, its executable becomes the owner of the newest values.
+    fn run_jit(
+        &mut self,
+        key: (Kind, usize),
+        feeds: Vec<(NodeId, Vec<f32>)>,
+    ) -> Result<HashMap<String, Vec<f32>>, TrainError> {
+        if self.owner.is_some() && self.owner != Some(key) {
+            self.sync()?;
+        }
+        let version = self.version;
+        let owned = self.owner == Some(key);
+        let Some(step) = self.steps.get_mut(&key) else {
+            return Err(TrainError::Data("internal: step not built".into()));
+        };
+        let graph = &step.graph;
+        let run_err = |message: String| TrainError::Run {
+            graph: graph.name.clone(),
+            message,
+        };
+        let Some(exe) = step.exe.as_mut() else {
+            return Err(run_err("not compiled".into()));
+        };
+        if !owned && step.version != version {
+            for id in graph.params().into_iter().chain(graph.states()) {
+                let n = &graph[id];
+                let name = n.name.clone().unwrap_or_default();
+                let Some(values) = self.weights.get(&name) else {
+                    return Err(run_err(format!("no value for {name}")));
+                };
+                let t = HostTensor::f32(n.ty.shape.clone(), values.to_vec());
+                let r = match n.op {
+                    Op::Param { .. } => exe.set_param(&name, t),
+                    _ => exe.set_state(&name, t),
+                };
+                r.map_err(|e| run_err(e.to_string()))?;
+            }
+            step.version = version;
+        }
+        let mut named: Vec<(&str, HostTensor)> = Vec::with_capacity(feeds.len());
+        for (id, v) in feeds {
+            let n = &graph[id];
+            let t = match n.ty.dtype {
+                DType::F32 => HostTensor::f32(n.ty.shape.clone(), v),
+                DType::I32 => {
+                    HostTensor::i32(n.ty.shape.clone(), v.iter().map(|&x| x as i32).collect())
+                }
+            };
+            named.push((n.name.as_deref().unwrap_or(""), t));
+        }
+        let outs = exe.run(&named).map_err(|e| run_err(e.to_string()))?;
+        let mut map = HashMap::new();
+        for (name, t) in outs {
+            match t.as_f32() {
+                Some(v) => map.insert(name, v.to_vec()),
+                None => map.insert(name, t.to_f64().iter().map(|&x| x as f32).collect()),
+            };
+        }
+        if !graph.updates().is_empty() {
+            self.version += 1;
+            step.version = self.version;
+            self.owner = Some(key);
+        }
+        Ok(map)
     }
 }
 
