@@ -602,9 +602,9 @@ impl Model {
         }
         let (x, y, validation) = match validation {
             Some((vx, vy)) => {
-                let vn = self.check_x(vx)?;
-                self.check_targets(vy, vn)
-                    .map_err(|e| TrainError::Data(format!("validation data: {e}")))?;
+                let in_validation = |e| TrainError::Data(format!("validation data: {e}"));
+                let vn = self.check_x(vx).map_err(in_validation)?;
+                self.check_targets(vy, vn).map_err(in_validation)?;
                 if vn == 0 {
                     return Err(TrainError::Data("validation data has no examples".into()));
                 }
