@@ -139,7 +139,8 @@ impl CompileOptions {
 /// Options of [`Model::fit`] (Keras' defaults: batch 32, shuffled, verbose).
 #[derive(Clone, Debug)]
 pub struct FitOptions {
-    /// Number of passes over the data.
+    /// The epoch to stop before: epochs `initial_epoch..epochs` run (the number of passes
+    /// over the data when `initial_epoch` is 0, as in Keras).
     pub epochs: usize,
     /// Examples per step; the last batch of an epoch may be smaller.
     pub batch_size: usize,
