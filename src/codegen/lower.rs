@@ -39,6 +39,7 @@ use std::collections::HashMap;
 const LANES: usize = 4;
 
 mod fused;
+pub(crate) use fused::fused_reads_only_in_matmul;
 
 /// A lowering failure for one node (the caller adds the node's description).
 pub type LowerError = String;

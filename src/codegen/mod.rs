@@ -286,7 +286,9 @@ fn foldable_transposes(g: &Graph, order: &[NodeId]) -> std::collections::HashSet
         .filter(|&id| {
             matches!(&g[id].op, Op::Transpose { perm } if perm == &[1, 0])
                 && !kept.contains(&id)
-                && g.users(id).iter().all(|&u| matches!(g[u].op, Op::Matmul))
+                && g.users(id).iter().all(|&u| {
+                    matches!(g[u].op, Op::Matmul) || lower::fused_reads_only_in_matmul(g, u, id)
+                })
         })
         .collect()
 }

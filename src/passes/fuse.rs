@@ -18,10 +18,15 @@
 //!   backward graph the activation's derivative mask, fuse into the GEMM's output);
 //! - a group of one node is left alone (nothing to fuse).
 //!
+//! Before grouping, one rewrite frees activations for their epilogue: a relu derivative mask
+//! `gt(x, 0)` where `relu(x)` exists becomes `gt(relu(x), 0)` (equal for every `x`, NaN
+//! included: both sides are 0), so that `x` (the matmul + bias) has the relu as its only user
+//! and the whole layer fuses into one kernel (count `relu_mask_from_output`).
+//!
 //! Counts: `fused_kernels` (new fused nodes) and `nodes_fused` (nodes they replace).
 //! Existing fused nodes are opaque, so a second run changes nothing (idempotence).
 
-use super::rewrite::{is_root, redirect_grad_of_all, remove_nodes, replace_node};
+use super::rewrite::{is_root, redirect_grad_of_all, remove_nodes, replace_node, splat_value};
 use super::PassReport;
 use crate::fused::{FusedBody, FusedInst};
 use crate::graph::{Graph, Node, NodeId};
@@ -55,6 +60,8 @@ fn is_fusible_reduce(g: &Graph, id: NodeId) -> bool {
 /// Fuses every group (see the module documentation). Counts `fused_kernels` and `nodes_fused`.
 pub fn run(g: &mut Graph) -> PassReport {
     let mut report = PassReport::new("fuse");
+    let rewritten = relu_masks_from_output(g);
+    report.count("relu_mask_from_output", rewritten);
     let Ok(order) = g.topo_order() else {
         report.remark("not fused: the graph has a cycle");
         return report;
@@ -176,6 +183,33 @@ pub fn run(g: &mut Graph) -> PassReport {
     report.count("fused_kernels", fused_kernels);
     report.count("nodes_fused", nodes_fused);
     report
+}
+
+/// Rewrites `gt(x, 0)` into `gt(relu(x), 0)` where a `relu(x)` node exists and `x` has other
+/// users than the relu and such masks. Returns the number of masks rewritten.
+fn relu_masks_from_output(g: &mut Graph) -> usize {
+    let mut n = 0;
+    for id in g.node_ids() {
+        if !matches!(g[id].op, Op::Compare(crate::op::CmpOp::Gt)) {
+            continue;
+        }
+        let ops = g.operands(id);
+        let (x, zero) = (ops[0], ops[1]);
+        if splat_value(g, zero) != Some(0.0) || g[x].ty.dtype != DType::F32 {
+            continue;
+        }
+        let relu = g
+            .users(x)
+            .into_iter()
+            .find(|&u| matches!(g[u].op, Op::Unary(UnaryOp::Relu)) && g[u].ty == g[x].ty);
+        if let Some(r) = relu {
+            if g[id].ty.shape == g[x].ty.shape {
+                g.set_operands(id, &[r, zero]);
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// A group: its root (the value it computes) and its members in evaluation order.

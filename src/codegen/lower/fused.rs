@@ -199,6 +199,33 @@ impl<'a> Lowerer<'a> {
     }
 }
 
+/// Whether `user` is a fused node that reads its operand `id` only as an operand of its
+/// leading matmul (so a transpose `id` can be read through strides, like a plain matmul does).
+pub(crate) fn fused_reads_only_in_matmul(
+    g: &crate::graph::Graph,
+    user: NodeId,
+    id: NodeId,
+) -> bool {
+    let Op::Fused(body) = &g[user].op else {
+        return false;
+    };
+    let Some(mm) = body.matmul() else {
+        return false;
+    };
+    let params: Vec<usize> = g
+        .operands(user)
+        .iter()
+        .enumerate()
+        .filter(|(_, &o)| o == id)
+        .map(|(i, _)| i)
+        .collect();
+    let in_matmul = params.iter().all(|p| mm.args.contains(p));
+    let elsewhere = body.insts[1..]
+        .iter()
+        .any(|inst| inst.args.iter().any(|a| params.contains(a)));
+    !params.is_empty() && in_matmul && !elsewhere
+}
+
 /// Whether the JIT has inline code for `op` inside a fused loop.
 fn check_supported(op: &Op) -> Result<(), LowerError> {
     match op {
