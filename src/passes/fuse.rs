@@ -26,7 +26,7 @@
 //! Counts: `fused_kernels` (new fused nodes) and `nodes_fused` (nodes they replace).
 //! Existing fused nodes are opaque, so a second run changes nothing (idempotence).
 
-use super::rewrite::{is_root, redirect_grad_of_all, remove_nodes, replace_node, splat_value};
+use super::rewrite::{is_root, redirect_grad_of_all, replace_node, splat_value};
 use super::PassReport;
 use crate::fused::{FusedBody, FusedInst};
 use crate::graph::{Graph, Node, NodeId};
@@ -291,5 +291,11 @@ fn apply(g: &mut Graph, group: &Group) {
         .collect();
     let map: HashMap<NodeId, NodeId> = others.iter().map(|&m| (m, fused)).collect();
     redirect_grad_of_all(g, &map);
-    remove_nodes(g, &others);
+    // removed in a fixed order: freed ids are reused by later nodes, and ids break ties in
+    // the canonical order, so the printed graph must not depend on hash order
+    let mut others: Vec<NodeId> = others.into_iter().collect();
+    others.sort();
+    for m in others {
+        g.remove(m);
+    }
 }
