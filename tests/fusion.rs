@@ -460,3 +460,57 @@ fn fused_block_parse_errors() {
         assert!(err.contains(want), "{body}: {err}");
     }
 }
+
+/// `gradlift dump --passes default --dump-after=all --dump-dir DIR --remarks`: one file per
+/// pass, numbered in order, each parsing back; the remarks on stderr.
+#[test]
+fn cli_dumps_after_every_pass_and_prints_remarks() {
+    let dir = std::env::temp_dir().join(format!("gradlift-fusion-dump-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/passes/fuse_chain.ir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gradlift"))
+        .arg("dump")
+        .arg(&file)
+        .args([
+            "--passes",
+            "default",
+            "--dump-after=all",
+            "--remarks",
+            "--dump-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fuse: fused_kernels=2"), "{stderr}");
+    assert!(stderr.contains("not fused: %t (tanh)"), "{stderr}");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let want: Vec<String> = std::iter::once("00-input.ir".to_string())
+        .chain(
+            passes::DEFAULT_PIPELINE
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("{:02}-{p}.ir", i + 1)),
+        )
+        .collect();
+    assert_eq!(names, want);
+    let last = std::fs::read_to_string(dir.join(want.last().unwrap())).unwrap();
+    let g = text::parse(&last, "dump.ir").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fused_count(&g), 2);
+    assert_eq!(text::print(&g), String::from_utf8_lossy(&out.stdout));
+    let _ = std::fs::remove_dir_all(&dir);
+    // an unknown pass name is an error naming the known ones
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gradlift"))
+        .arg("dump")
+        .arg(&file)
+        .args(["--passes", "fuse,frob"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown pass \"frob\""));
+}
