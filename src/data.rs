@@ -1,1 +1,445 @@
-//! (under construction)
+//! Datasets for training: an IDX reader and writer (the MNIST file format, gzipped or plain),
+//! the [`Dataset`] of images and integer labels, the loaders [`load_mnist`] and
+//! [`load_default`] (the MNIST subset shipped in `data/mnist-subset/`), and seeded mini-batching
+//! ([`Batches`]).
+//!
+//! In: IDX files (`train-images-idx3-ubyte[.gz]`, ...). Out: `f32` pixels scaled to `[0, 1]`
+//! and `i32` labels, row-major, ready to be fed to a graph's inputs. Every malformed or
+//! truncated file is reported as a [`DataError`] naming the file and what was expected versus
+//! found; nothing a file contains can make the reader panic.
+
+use crate::init::Rng;
+use flate2::read::GzDecoder;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Magic number of an IDX file of unsigned bytes with three dimensions (images).
+pub const IMAGES_MAGIC: u32 = 0x0000_0803;
+/// Magic number of an IDX file of unsigned bytes with one dimension (labels).
+pub const LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// The standard MNIST file names (without `.gz`): train images, train labels, test images,
+/// test labels.
+pub const MNIST_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+
+/// An error while reading or writing a dataset: the file and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be opened, read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating-system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's content is not what was expected (magic, dimensions, length, gzip stream).
+    #[error("{}: {message}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What was expected and what was found.
+        message: String,
+    },
+    /// Neither the plain nor the gzipped version of a required file exists.
+    #[error("{}: not found (also tried {})", path.display(), gz.display())]
+    Missing {
+        /// The plain file name that was tried.
+        path: PathBuf,
+        /// The `.gz` file name that was tried.
+        gz: PathBuf,
+    },
+    /// A batch size of zero or a dataset whose parts do not agree.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn format_err(path: &Path, message: String) -> DataError {
+    DataError::Format {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// The content of an IDX file of unsigned bytes: its dimensions and its bytes, row-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idx {
+    /// Extent of each dimension, outermost first.
+    pub dims: Vec<usize>,
+    /// `dims.iter().product()` bytes.
+    pub data: Vec<u8>,
+}
+
+impl Idx {
+    /// The magic number of this file: `0x0000_08NN` with `NN` the number of dimensions.
+    pub fn magic(&self) -> u32 {
+        0x0800 | self.dims.len() as u32
+    }
+
+    /// The IDX encoding: magic, big-endian `u32` dimensions, then the bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + 4 * self.dims.len() + self.data.len());
+        out.extend_from_slice(&self.magic().to_be_bytes());
+        for &d in &self.dims {
+            out.extend_from_slice(&(d as u32).to_be_bytes());
+        }
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    /// Decodes IDX bytes (already decompressed). `path` only names the file in errors;
+    /// `expected_magic` is [`IMAGES_MAGIC`], [`LABELS_MAGIC`] or any `0x0000_08NN`.
+    pub fn from_bytes(bytes: &[u8], path: &Path, expected_magic: u32) -> Result<Idx, DataError> {
+        if bytes.len() < 4 {
+            return Err(format_err(
+                path,
+                format!(
+                    "truncated IDX header: expected at least 4 bytes (the magic number), found {}",
+                    bytes.len()
+                ),
+            ));
+        }
+        let magic = be_u32(bytes, 0);
+        if magic != expected_magic {
+            return Err(format_err(
+                path,
+                format!(
+                    "bad magic number: expected 0x{expected_magic:08x} ({}), found 0x{magic:08x}",
+                    describe_magic(expected_magic)
+                ),
+            ));
+        }
+        let rank = (magic & 0xff) as usize;
+        let header = 4 + 4 * rank;
+        if bytes.len() < header {
+            return Err(format_err(
+                path,
+                format!(
+                    "truncated IDX header: expected {header} bytes for {rank} dimension(s), found {}",
+                    bytes.len()
+                ),
+            ));
+        }
+        let dims: Vec<usize> = (0..rank)
+            .map(|i| be_u32(bytes, 4 + 4 * i) as usize)
+            .collect();
+        let count = dims
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| format_err(path, format!("dimensions {dims:?} overflow")))?;
+        let found = bytes.len() - header;
+        if found != count {
+            let what = if found < count {
+                "truncated"
+            } else {
+                "trailing bytes"
+            };
+            return Err(format_err(
+                path,
+                format!(
+                    "{what}: dimensions {dims:?} need {count} data bytes after the {header}-byte header, found {found}"
+                ),
+            ));
+        }
+        Ok(Idx {
+            dims,
+            data: bytes[header..].to_vec(),
+        })
+    }
+
+    /// Reads an IDX file, gunzipping it first when it starts with the gzip magic (`1f 8b`).
+    pub fn read(path: &Path, expected_magic: u32) -> Result<Idx, DataError> {
+        let raw = std::fs::read(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+            let mut out = Vec::new();
+            GzDecoder::new(&raw[..])
+                .read_to_end(&mut out)
+                .map_err(|e| format_err(path, format!("corrupt or truncated gzip stream: {e}")))?;
+            out
+        } else {
+            raw
+        };
+        Idx::from_bytes(&bytes, path, expected_magic)
+    }
+
+    /// Writes the file gzipped (best compression, no timestamp, so the bytes are reproducible).
+    pub fn write_gz(&self, path: &Path) -> Result<(), DataError> {
+        let io = |source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::create(path).map_err(io)?;
+        let mut enc = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(file, flate2::Compression::best());
+        enc.write_all(&self.to_bytes()).map_err(io)?;
+        enc.finish().map_err(io)?;
+        Ok(())
+    }
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn describe_magic(m: u32) -> String {
+    match m {
+        IMAGES_MAGIC => "unsigned-byte images, 3 dimensions".to_string(),
+        LABELS_MAGIC => "unsigned-byte labels, 1 dimension".to_string(),
+        _ => format!("unsigned bytes, {} dimension(s)", m & 0xff),
+    }
+}
+
+/// Images and their integer labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// `n * rows * cols` pixels scaled to `[0, 1]` (byte / 255), image after image, row-major.
+    pub images: Vec<f32>,
+    /// `n` labels (MNIST: 0 to 9).
+    pub labels: Vec<i32>,
+    /// Number of examples.
+    pub n: usize,
+    /// Image height.
+    pub rows: usize,
+    /// Image width.
+    pub cols: usize,
+}
+
+impl Dataset {
+    /// Builds a dataset from an images file (3-D IDX) and its labels file (1-D IDX) that
+    /// must hold the same number of examples.
+    pub fn from_idx(
+        images: &Idx,
+        labels: &Idx,
+        images_path: &Path,
+        labels_path: &Path,
+    ) -> Result<Dataset, DataError> {
+        let (n, rows, cols) = match images.dims[..] {
+            [n, r, c] => (n, r, c),
+            _ => {
+                return Err(format_err(
+                    images_path,
+                    format!(
+                        "expected 3 dimensions [n, rows, cols], found {:?}",
+                        images.dims
+                    ),
+                ))
+            }
+        };
+        if labels.dims.len() != 1 || labels.dims[0] != n {
+            return Err(format_err(
+                labels_path,
+                format!(
+                    "expected {n} labels (one per image of {}), found dimensions {:?}",
+                    images_path.display(),
+                    labels.dims
+                ),
+            ));
+        }
+        Ok(Dataset {
+            images: images.data.iter().map(|&b| b as f32 / 255.0).collect(),
+            labels: labels.data.iter().map(|&b| b as i32).collect(),
+            n,
+            rows,
+            cols,
+        })
+    }
+
+    /// Reads an images file and a labels file (each gzipped or plain).
+    pub fn read(images_path: &Path, labels_path: &Path) -> Result<Dataset, DataError> {
+        let images = Idx::read(images_path, IMAGES_MAGIC)?;
+        let labels = Idx::read(labels_path, LABELS_MAGIC)?;
+        Dataset::from_idx(&images, &labels, images_path, labels_path)
+    }
+
+    /// Pixels per image (`rows * cols`).
+    pub fn example_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Number of classes: the largest label plus one (0 for an empty dataset).
+    pub fn num_classes(&self) -> usize {
+        self.labels
+            .iter()
+            .map(|&l| l.max(0) as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// How many examples of each class, indexed by label.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.num_classes()];
+        for &l in &self.labels {
+            if l >= 0 {
+                c[l as usize] += 1;
+            }
+        }
+        c
+    }
+
+    /// The examples `start..end` (clamped to the dataset) as a new dataset.
+    pub fn slice(&self, start: usize, end: usize) -> Dataset {
+        let end = end.min(self.n);
+        let start = start.min(end);
+        let k = self.example_len();
+        Dataset {
+            images: self.images[start * k..end * k].to_vec(),
+            labels: self.labels[start..end].to_vec(),
+            n: end - start,
+            rows: self.rows,
+            cols: self.cols,
+        }
+    }
+
+    /// Mini-batches of `batch_size` examples (the last one may be smaller), in order or
+    /// shuffled by `shuffle_seed`. Errors when `batch_size` is 0.
+    pub fn batches(
+        &self,
+        batch_size: usize,
+        shuffle_seed: Option<u64>,
+    ) -> Result<Batches<'_>, DataError> {
+        Batches::new(self, batch_size, shuffle_seed)
+    }
+}
+
+/// Finds `dir/name` or `dir/name.gz` (plain first).
+fn find_file(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
+    let plain = dir.join(name);
+    if plain.is_file() {
+        return Ok(plain);
+    }
+    let gz = dir.join(format!("{name}.gz"));
+    if gz.is_file() {
+        return Ok(gz);
+    }
+    Err(DataError::Missing { path: plain, gz })
+}
+
+/// Loads MNIST (or any dataset in its layout, such as Fashion-MNIST) from the four standard
+/// files in `dir`, each plain or gzipped: returns `(train, test)`.
+pub fn load_mnist(dir: impl AsRef<Path>) -> Result<(Dataset, Dataset), DataError> {
+    let dir = dir.as_ref();
+    let p: Vec<PathBuf> = MNIST_FILES
+        .iter()
+        .map(|f| find_file(dir, f))
+        .collect::<Result<_, _>>()?;
+    let train = Dataset::read(&p[0], &p[1])?;
+    let test = Dataset::read(&p[2], &p[3])?;
+    Ok((train, test))
+}
+
+/// Directory of the MNIST subset shipped with the crate (see its README).
+pub fn default_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist-subset")
+}
+
+/// The MNIST subset shipped in `data/mnist-subset/`: the first 6000 training and the first
+/// 1000 test images of MNIST, with their labels.
+pub fn load_default() -> Result<(Dataset, Dataset), DataError> {
+    load_mnist(default_dir())
+}
+
+/// Mini-batches of a [`Dataset`]: `ceil(n / batch_size)` batches, the last one holding the
+/// remainder. With a seed, the example order is a Fisher-Yates shuffle drawn from
+/// [`Rng`]`::new(seed)`, so the same seed gives the same batches on every machine.
+#[derive(Clone, Debug)]
+pub struct Batches<'a> {
+    data: &'a Dataset,
+    order: Vec<usize>,
+    batch_size: usize,
+    pos: usize,
+}
+
+/// One mini-batch: copies of its examples' pixels and labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// `n * rows * cols` pixels.
+    pub images: Vec<f32>,
+    /// `n` labels.
+    pub labels: Vec<i32>,
+    /// Number of examples in this batch (`batch_size`, or fewer for the last one).
+    pub n: usize,
+    /// Index in the dataset of each example of the batch.
+    pub indices: Vec<usize>,
+}
+
+impl<'a> Batches<'a> {
+    /// Batches of `batch_size` over `data`, shuffled when `shuffle_seed` is given.
+    pub fn new(
+        data: &'a Dataset,
+        batch_size: usize,
+        shuffle_seed: Option<u64>,
+    ) -> Result<Batches<'a>, DataError> {
+        if batch_size == 0 {
+            return Err(DataError::Invalid("batch size must be at least 1".into()));
+        }
+        let order = match shuffle_seed {
+            Some(seed) => shuffled(data.n, seed),
+            None => (0..data.n).collect(),
+        };
+        Ok(Batches {
+            data,
+            order,
+            batch_size,
+            pos: 0,
+        })
+    }
+
+    /// Number of batches in total (including the last partial one).
+    pub fn num_batches(&self) -> usize {
+        self.order.len().div_ceil(self.batch_size)
+    }
+}
+
+/// A permutation of `0..n` by Fisher-Yates, drawn from `Rng::new(seed)`.
+pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(seed);
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+impl Iterator for Batches<'_> {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        if self.pos >= self.order.len() {
+            return None;
+        }
+        let end = (self.pos + self.batch_size).min(self.order.len());
+        let indices = self.order[self.pos..end].to_vec();
+        self.pos = end;
+        let k = self.data.example_len();
+        let mut images = Vec::with_capacity(indices.len() * k);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in &indices {
+            images.extend_from_slice(&self.data.images[i * k..(i + 1) * k]);
+            labels.push(self.data.labels[i]);
+        }
+        Some(Batch {
+            images,
+            labels,
+            n: indices.len(),
+            indices,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = (self.order.len() - self.pos).div_ceil(self.batch_size);
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Batches<'_> {}

@@ -172,7 +172,7 @@ pub enum RunError {
     /// A tensor was given under a name that is not an input (or param) of the graph.
     #[error("unknown {kind} {name:?}; the graph's {kind}s are: {known}")]
     Unknown {
-        /// `input` or `param`.
+        /// `input`, `param` or `state`.
         kind: &'static str,
         /// The name given.
         name: String,
@@ -509,6 +509,28 @@ impl Executable {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, t)| t.clone())
+    }
+
+    // Added by the nn helper: the training loop keeps one executable per batch size (the last,
+    // partial batch of an epoch has its own) and moves optimizer state between them.
+    /// Overwrites state tensor `name` (same dtype, shape and length required).
+    pub fn set_state(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
+        let known = self
+            .states
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let Some((_, t)) = self.states.iter_mut().find(|(n, _)| n == name) else {
+            return Err(RunError::Unknown {
+                kind: "state",
+                name: name.into(),
+                known,
+            });
+        };
+        value.check(name, &t.ty())?;
+        *t = value;
+        Ok(())
     }
 
     /// Where compile time went.

@@ -1,0 +1,766 @@
+//! Keras-like layers: their configuration (builder methods with Keras' defaults), their
+//! parameters and how each one appends its forward computation to a graph.
+//!
+//! Shapes here are per example (no batch dimension), like Keras' `input_shape`; the graph adds
+//! the batch dimension in front.
+
+use super::Initializer;
+use crate::graph::{BuildError, NodeId};
+use crate::op::{Op, Padding, UnaryOp};
+use crate::optim::{At, Regularizer};
+use crate::shape::{Shape, TensorType};
+
+/// Activation functions applied elementwise (softmax: along the last axis).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    /// Identity (Keras `linear`, the default).
+    #[default]
+    Linear,
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// `max(x, 0)`.
+    Relu,
+    /// Softmax over the last axis.
+    Softmax,
+}
+
+impl Activation {
+    /// Keras' name (`linear`, `sigmoid`, `tanh`, `relu`, `softmax`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Linear => "linear",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Relu => "relu",
+            Activation::Softmax => "softmax",
+        }
+    }
+
+    /// Parses a Keras activation name.
+    pub fn from_name(s: &str) -> Option<Activation> {
+        [
+            Activation::Linear,
+            Activation::Sigmoid,
+            Activation::Tanh,
+            Activation::Relu,
+            Activation::Softmax,
+        ]
+        .into_iter()
+        .find(|a| a.name() == s)
+    }
+
+    /// Appends the activation of `x` (returns `x` itself for `Linear`).
+    pub(crate) fn apply(self, at: &mut At<'_>, x: NodeId) -> Result<NodeId, BuildError> {
+        match self {
+            Activation::Linear => Ok(x),
+            Activation::Sigmoid => at.unary(UnaryOp::Sigmoid, x),
+            Activation::Tanh => at.unary(UnaryOp::Tanh, x),
+            Activation::Relu => at.unary(UnaryOp::Relu, x),
+            Activation::Softmax => {
+                let rank = at.ty(x)?.shape.rank();
+                at.op(
+                    Op::Softmax {
+                        axis: rank.saturating_sub(1),
+                    },
+                    &[x],
+                )
+            }
+        }
+    }
+}
+
+/// A fully connected layer: `activation(x @ kernel + bias)` over the last axis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dense {
+    /// Output size.
+    pub units: usize,
+    /// Activation (default linear).
+    pub activation: Activation,
+    /// Whether there is a bias (default true).
+    pub use_bias: bool,
+    /// Kernel initializer (default glorot_uniform).
+    pub kernel_initializer: Initializer,
+    /// Bias initializer (default zeros).
+    pub bias_initializer: Initializer,
+    /// Penalty on the kernel (default none).
+    pub kernel_regularizer: Option<Regularizer>,
+    /// Penalty on the bias (default none).
+    pub bias_regularizer: Option<Regularizer>,
+    /// Layer name (default `dense`, `dense_1`, ...).
+    pub name: Option<String>,
+}
+
+impl Dense {
+    /// A dense layer of `units` outputs with Keras' defaults.
+    pub fn new(units: usize) -> Dense {
+        Dense {
+            units,
+            activation: Activation::Linear,
+            use_bias: true,
+            kernel_initializer: Initializer::GlorotUniform,
+            bias_initializer: Initializer::Zeros,
+            kernel_regularizer: None,
+            bias_regularizer: None,
+            name: None,
+        }
+    }
+}
+
+/// A 2-D convolution over NHWC input with an HWIO kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2D {
+    /// Number of output channels.
+    pub filters: usize,
+    /// Kernel height and width.
+    pub kernel_size: [usize; 2],
+    /// Strides (default `[1, 1]`).
+    pub strides: [usize; 2],
+    /// Padding (default valid).
+    pub padding: Padding,
+    /// Activation (default linear).
+    pub activation: Activation,
+    /// Whether there is a bias (default true).
+    pub use_bias: bool,
+    /// Kernel initializer (default glorot_uniform).
+    pub kernel_initializer: Initializer,
+    /// Bias initializer (default zeros).
+    pub bias_initializer: Initializer,
+    /// Penalty on the kernel.
+    pub kernel_regularizer: Option<Regularizer>,
+    /// Penalty on the bias.
+    pub bias_regularizer: Option<Regularizer>,
+    /// Layer name (default `conv2d`, `conv2d_1`, ...).
+    pub name: Option<String>,
+}
+
+impl Conv2D {
+    /// `filters` output channels with a `kernel_size` kernel and Keras' defaults.
+    pub fn new(filters: usize, kernel_size: [usize; 2]) -> Conv2D {
+        Conv2D {
+            filters,
+            kernel_size,
+            strides: [1, 1],
+            padding: Padding::Valid,
+            activation: Activation::Linear,
+            use_bias: true,
+            kernel_initializer: Initializer::GlorotUniform,
+            bias_initializer: Initializer::Zeros,
+            kernel_regularizer: None,
+            bias_regularizer: None,
+            name: None,
+        }
+    }
+
+    /// Sets the strides.
+    pub fn strides(mut self, strides: [usize; 2]) -> Conv2D {
+        self.strides = strides;
+        self
+    }
+
+    /// Sets the padding.
+    pub fn padding(mut self, padding: Padding) -> Conv2D {
+        self.padding = padding;
+        self
+    }
+}
+
+/// Max pooling over NHWC windows without padding (Keras `MaxPooling2D`, padding valid).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaxPool2D {
+    /// Window height and width.
+    pub pool_size: [usize; 2],
+    /// Strides (default: the pool size).
+    pub strides: Option<[usize; 2]>,
+    /// Layer name (default `max_pooling2d`, ...).
+    pub name: Option<String>,
+}
+
+impl MaxPool2D {
+    /// Pooling with a `pool_size` window and stride.
+    pub fn new(pool_size: [usize; 2]) -> MaxPool2D {
+        MaxPool2D {
+            pool_size,
+            strides: None,
+            name: None,
+        }
+    }
+
+    /// Sets the strides.
+    pub fn strides(mut self, strides: [usize; 2]) -> MaxPool2D {
+        self.strides = Some(strides);
+        self
+    }
+}
+
+/// Flattens each example to one dimension.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Flatten {
+    /// Layer name (default `flatten`, ...).
+    pub name: Option<String>,
+}
+
+impl Flatten {
+    /// A flatten layer.
+    pub fn new() -> Flatten {
+        Flatten::default()
+    }
+}
+
+/// A fully connected recurrent layer over input `[timesteps, features]`:
+/// `h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)`, `h_0 = 0`; returns
+/// the last state `[units]`. Unrolled in the graph over the static number of time steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimpleRNN {
+    /// State size.
+    pub units: usize,
+    /// Activation (default tanh).
+    pub activation: Activation,
+    /// Whether there is a bias (default true).
+    pub use_bias: bool,
+    /// Input kernel initializer (default glorot_uniform).
+    pub kernel_initializer: Initializer,
+    /// Recurrent kernel initializer. Keras' default is `orthogonal`, which gradlift does not
+    /// have: the default here is glorot_uniform.
+    pub recurrent_initializer: Initializer,
+    /// Bias initializer (default zeros).
+    pub bias_initializer: Initializer,
+    /// Penalty on the input kernel.
+    pub kernel_regularizer: Option<Regularizer>,
+    /// Penalty on the recurrent kernel.
+    pub recurrent_regularizer: Option<Regularizer>,
+    /// Penalty on the bias.
+    pub bias_regularizer: Option<Regularizer>,
+    /// Layer name (default `simple_rnn`, ...).
+    pub name: Option<String>,
+}
+
+impl SimpleRNN {
+    /// A recurrent layer of `units` with tanh and Keras' other defaults.
+    pub fn new(units: usize) -> SimpleRNN {
+        SimpleRNN {
+            units,
+            activation: Activation::Tanh,
+            use_bias: true,
+            kernel_initializer: Initializer::GlorotUniform,
+            recurrent_initializer: Initializer::GlorotUniform,
+            bias_initializer: Initializer::Zeros,
+            kernel_regularizer: None,
+            recurrent_regularizer: None,
+            bias_regularizer: None,
+            name: None,
+        }
+    }
+}
+
+/// Dropout: in training, each element is zeroed with probability `rate` and the others are
+/// scaled by `1 / (1 - rate)`; in inference it is the identity.
+///
+/// The graph has no random-number op, so the training graph gets one more input per dropout
+/// layer, `<name>.mask`, shaped like the layer's input (with the batch), which the training
+/// loop fills with a fresh seeded mask on every step ([`dropout_mask`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dropout {
+    /// Fraction of the inputs to drop, in `[0, 1)`.
+    pub rate: f64,
+    /// Layer name (default `dropout`, ...).
+    pub name: Option<String>,
+}
+
+impl Dropout {
+    /// Dropout with `rate`.
+    pub fn new(rate: f64) -> Dropout {
+        Dropout { rate, name: None }
+    }
+}
+
+/// The values of a dropout mask: `n` elements, each 0 with probability `rate`, else
+/// `1 / (1 - rate)`, drawn from `rng`.
+pub fn dropout_mask(rng: &mut crate::init::Rng, n: usize, rate: f64) -> Vec<f32> {
+    let keep = (1.0 / (1.0 - rate)) as f32;
+    (0..n)
+        .map(|_| if rng.uniform() < rate { 0.0 } else { keep })
+        .collect()
+}
+
+/// Sets an activation, an initializer or a regularizer on layers that have them.
+macro_rules! common_setters {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// Sets the activation.
+            pub fn activation(mut self, a: Activation) -> Self {
+                self.activation = a;
+                self
+            }
+
+            /// Sets whether the layer has a bias.
+            pub fn use_bias(mut self, b: bool) -> Self {
+                self.use_bias = b;
+                self
+            }
+
+            /// Sets the kernel initializer.
+            pub fn kernel_initializer(mut self, i: Initializer) -> Self {
+                self.kernel_initializer = i;
+                self
+            }
+
+            /// Sets the bias initializer.
+            pub fn bias_initializer(mut self, i: Initializer) -> Self {
+                self.bias_initializer = i;
+                self
+            }
+
+            /// Sets the kernel penalty.
+            pub fn kernel_regularizer(mut self, r: Regularizer) -> Self {
+                self.kernel_regularizer = Some(r);
+                self
+            }
+
+            /// Sets the bias penalty.
+            pub fn bias_regularizer(mut self, r: Regularizer) -> Self {
+                self.bias_regularizer = Some(r);
+                self
+            }
+        }
+    )*};
+}
+
+common_setters!(Dense, Conv2D, SimpleRNN);
+
+impl SimpleRNN {
+    /// Sets the recurrent kernel initializer.
+    pub fn recurrent_initializer(mut self, i: Initializer) -> Self {
+        self.recurrent_initializer = i;
+        self
+    }
+
+    /// Sets the recurrent kernel penalty.
+    pub fn recurrent_regularizer(mut self, r: Regularizer) -> Self {
+        self.recurrent_regularizer = Some(r);
+        self
+    }
+}
+
+macro_rules! name_setter {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// Sets the layer name (which prefixes its node names).
+            pub fn name(mut self, name: &str) -> Self {
+                self.name = Some(name.to_string());
+                self
+            }
+        }
+    )*};
+}
+
+name_setter!(Dense, Conv2D, MaxPool2D, Flatten, SimpleRNN, Dropout);
+
+/// One layer of a [`super::Sequential`] model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layer {
+    /// Fully connected.
+    Dense(Dense),
+    /// 2-D convolution.
+    Conv2D(Conv2D),
+    /// 2-D max pooling.
+    MaxPool2D(MaxPool2D),
+    /// Flatten.
+    Flatten(Flatten),
+    /// Simple recurrent layer.
+    SimpleRNN(SimpleRNN),
+    /// Dropout.
+    Dropout(Dropout),
+}
+
+macro_rules! layer_from {
+    ($($v:ident),*) => {$(
+        impl From<$v> for Layer {
+            fn from(l: $v) -> Layer {
+                Layer::$v(l)
+            }
+        }
+    )*};
+}
+
+layer_from!(Dense, Conv2D, MaxPool2D, Flatten, SimpleRNN, Dropout);
+
+/// One parameter of a layer: its suffix (`kernel`, `bias`, ...), shape, initializer and penalty.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    /// Suffix of the node name: `<layer>.<suffix>`.
+    pub suffix: &'static str,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Initializer.
+    pub init: Initializer,
+    /// Penalty added to the loss.
+    pub regularizer: Option<Regularizer>,
+}
+
+/// What a layer appended: its output and, when it ends in a softmax or sigmoid, the values
+/// before the activation (the logits, for the fused stable losses).
+pub(crate) struct LayerOut {
+    pub(crate) y: NodeId,
+    pub(crate) logits: Option<NodeId>,
+}
+
+impl Layer {
+    /// Keras' class name (`Dense`, `Conv2D`, `MaxPooling2D`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Layer::Dense(_) => "Dense",
+            Layer::Conv2D(_) => "Conv2D",
+            Layer::MaxPool2D(_) => "MaxPooling2D",
+            Layer::Flatten(_) => "Flatten",
+            Layer::SimpleRNN(_) => "SimpleRNN",
+            Layer::Dropout(_) => "Dropout",
+        }
+    }
+
+    /// Keras' default name stem (`dense`, `conv2d`, `max_pooling2d`, ...).
+    pub fn base_name(&self) -> &'static str {
+        match self {
+            Layer::Dense(_) => "dense",
+            Layer::Conv2D(_) => "conv2d",
+            Layer::MaxPool2D(_) => "max_pooling2d",
+            Layer::Flatten(_) => "flatten",
+            Layer::SimpleRNN(_) => "simple_rnn",
+            Layer::Dropout(_) => "dropout",
+        }
+    }
+
+    /// The name given by the user, if any.
+    pub fn explicit_name(&self) -> Option<&str> {
+        match self {
+            Layer::Dense(l) => l.name.as_deref(),
+            Layer::Conv2D(l) => l.name.as_deref(),
+            Layer::MaxPool2D(l) => l.name.as_deref(),
+            Layer::Flatten(l) => l.name.as_deref(),
+            Layer::SimpleRNN(l) => l.name.as_deref(),
+            Layer::Dropout(l) => l.name.as_deref(),
+        }
+    }
+
+    /// The final activation, for layers that have one.
+    pub fn activation(&self) -> Option<Activation> {
+        match self {
+            Layer::Dense(l) => Some(l.activation),
+            Layer::Conv2D(l) => Some(l.activation),
+            Layer::SimpleRNN(l) => Some(l.activation),
+            _ => None,
+        }
+    }
+
+    /// The parameters of this layer for a per-example input shape `input` (which must have
+    /// been validated by [`Layer::output_shape`]).
+    pub fn params(&self, input: &[usize]) -> Vec<ParamSpec> {
+        let last = input.last().copied().unwrap_or(0);
+        let p = |suffix, shape: Vec<usize>, init, regularizer| ParamSpec {
+            suffix,
+            shape,
+            init,
+            regularizer,
+        };
+        let mut v = Vec::new();
+        match self {
+            Layer::Dense(l) => {
+                v.push(p(
+                    "kernel",
+                    vec![last, l.units],
+                    l.kernel_initializer,
+                    l.kernel_regularizer,
+                ));
+                if l.use_bias {
+                    v.push(p(
+                        "bias",
+                        vec![l.units],
+                        l.bias_initializer,
+                        l.bias_regularizer,
+                    ));
+                }
+            }
+            Layer::Conv2D(l) => {
+                let [kh, kw] = l.kernel_size;
+                v.push(p(
+                    "kernel",
+                    vec![kh, kw, last, l.filters],
+                    l.kernel_initializer,
+                    l.kernel_regularizer,
+                ));
+                if l.use_bias {
+                    v.push(p(
+                        "bias",
+                        vec![l.filters],
+                        l.bias_initializer,
+                        l.bias_regularizer,
+                    ));
+                }
+            }
+            Layer::SimpleRNN(l) => {
+                v.push(p(
+                    "kernel",
+                    vec![last, l.units],
+                    l.kernel_initializer,
+                    l.kernel_regularizer,
+                ));
+                v.push(p(
+                    "recurrent_kernel",
+                    vec![l.units, l.units],
+                    l.recurrent_initializer,
+                    l.recurrent_regularizer,
+                ));
+                if l.use_bias {
+                    v.push(p(
+                        "bias",
+                        vec![l.units],
+                        l.bias_initializer,
+                        l.bias_regularizer,
+                    ));
+                }
+            }
+            Layer::MaxPool2D(_) | Layer::Flatten(_) | Layer::Dropout(_) => {}
+        }
+        v
+    }
+
+    /// The per-example output shape for a per-example input shape, or a message saying what
+    /// input the layer expected.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        match self {
+            Layer::Dense(l) => {
+                nonzero("units", l.units)?;
+                match input.split_last() {
+                    Some((&f, rest)) if f > 0 => {
+                        let mut out = rest.to_vec();
+                        out.push(l.units);
+                        Ok(out)
+                    }
+                    _ => Err(format!(
+                        "expected an input with features on the last axis, found {}",
+                        shape_str(input)
+                    )),
+                }
+            }
+            Layer::Conv2D(l) => {
+                nonzero("filters", l.filters)?;
+                let [h, w, _] = image(input)?;
+                let (oh, ow) = conv_hw(l, h, w)?;
+                Ok(vec![oh, ow, l.filters])
+            }
+            Layer::MaxPool2D(l) => {
+                let [h, w, c] = image(input)?;
+                let s = l.strides.unwrap_or(l.pool_size);
+                let out = |n: usize, k: usize, s: usize| -> Result<usize, String> {
+                    if k == 0 || s == 0 || k > n {
+                        return Err(format!(
+                            "pool size {:?} with strides {s:?} does not fit input {}",
+                            l.pool_size,
+                            shape_str(input)
+                        ));
+                    }
+                    Ok((n - k) / s + 1)
+                };
+                Ok(vec![
+                    out(h, l.pool_size[0], s[0])?,
+                    out(w, l.pool_size[1], s[1])?,
+                    c,
+                ])
+            }
+            Layer::Flatten(_) => Ok(vec![input.iter().product()]),
+            Layer::SimpleRNN(l) => {
+                nonzero("units", l.units)?;
+                match input {
+                    [t, f] if *t > 0 && *f > 0 => Ok(vec![l.units]),
+                    _ => Err(format!(
+                        "expected an input of shape (timesteps, features), found {}",
+                        shape_str(input)
+                    )),
+                }
+            }
+            Layer::Dropout(l) => {
+                if !(0.0..1.0).contains(&l.rate) {
+                    return Err(format!("rate must be in [0, 1), found {}", l.rate));
+                }
+                Ok(input.to_vec())
+            }
+        }
+    }
+
+    /// Appends the layer's forward computation on `x` (`[batch, ..input]`) with its params
+    /// (in [`Layer::params`] order). `mask` is the dropout mask input in training graphs.
+    pub(crate) fn build(
+        &self,
+        at: &mut At<'_>,
+        x: NodeId,
+        params: &[NodeId],
+        mask: Option<NodeId>,
+    ) -> Result<LayerOut, BuildError> {
+        match self {
+            Layer::Dense(l) => {
+                let xs = at.ty(x)?.shape;
+                let dims = xs.dims();
+                let f = dims[dims.len() - 1];
+                let rows: usize = dims[..dims.len() - 1].iter().product();
+                let flat = dims.len() != 2;
+                let x2 = if flat {
+                    reshape(at, x, vec![rows, f])?
+                } else {
+                    x
+                };
+                let mut z = at.op(Op::Matmul, &[x2, params[0]])?;
+                if l.use_bias {
+                    z = at.add(z, params[1])?;
+                }
+                if flat {
+                    let mut out = dims[..dims.len() - 1].to_vec();
+                    out.push(l.units);
+                    z = reshape(at, z, out)?;
+                }
+                activate(at, l.activation, z)
+            }
+            Layer::Conv2D(l) => {
+                let mut z = at.op(
+                    Op::Conv2d {
+                        stride: l.strides,
+                        padding: l.padding,
+                    },
+                    &[x, params[0]],
+                )?;
+                if l.use_bias {
+                    z = at.add(z, params[1])?;
+                }
+                activate(at, l.activation, z)
+            }
+            Layer::MaxPool2D(l) => {
+                let y = at.op(
+                    Op::MaxPool2d {
+                        window: l.pool_size,
+                        stride: l.strides.unwrap_or(l.pool_size),
+                    },
+                    &[x],
+                )?;
+                Ok(LayerOut { y, logits: None })
+            }
+            Layer::Flatten(_) => {
+                let s = at.ty(x)?.shape;
+                let n = s.dims()[0];
+                let y = reshape(at, x, vec![n, s.numel() / n.max(1)])?;
+                Ok(LayerOut { y, logits: None })
+            }
+            Layer::SimpleRNN(l) => build_rnn(at, l, x, params),
+            Layer::Dropout(_) => {
+                let y = match mask {
+                    Some(m) => at.mul(x, m)?,
+                    None => x,
+                };
+                Ok(LayerOut { y, logits: None })
+            }
+        }
+    }
+}
+
+/// Unrolls `h_t = act(x_t W + h_{t-1} U + b)` over the static number of steps, `h_0 = 0`
+/// (its product with `U` is skipped at the first step: it is zero).
+fn build_rnn(
+    at: &mut At<'_>,
+    l: &SimpleRNN,
+    x: NodeId,
+    params: &[NodeId],
+) -> Result<LayerOut, BuildError> {
+    let s = at.ty(x)?.shape;
+    let [n, t, f] = s.dims() else {
+        return Err(at.err(format!(
+            "SimpleRNN expects [batch, timesteps, features], found {s}"
+        )));
+    };
+    let (n, t, f) = (*n, *t, *f);
+    let (w, u) = (params[0], params[1]);
+    let mut h: Option<NodeId> = None;
+    let mut out = LayerOut { y: x, logits: None };
+    for step in 0..t {
+        let xt = at.op(
+            Op::Slice {
+                begin: vec![0, step, 0],
+                end: vec![n, step + 1, f],
+            },
+            &[x],
+        )?;
+        let xt = reshape(at, xt, vec![n, f])?;
+        let mut z = at.op(Op::Matmul, &[xt, w])?;
+        if let Some(prev) = h {
+            let r = at.op(Op::Matmul, &[prev, u])?;
+            z = at.add(z, r)?;
+        }
+        if l.use_bias {
+            z = at.add(z, params[2])?;
+        }
+        out = activate(at, l.activation, z)?;
+        h = Some(out.y);
+    }
+    Ok(out)
+}
+
+fn activate(at: &mut At<'_>, a: Activation, z: NodeId) -> Result<LayerOut, BuildError> {
+    let y = a.apply(at, z)?;
+    let logits = matches!(a, Activation::Softmax | Activation::Sigmoid).then_some(z);
+    Ok(LayerOut { y, logits })
+}
+
+fn reshape(at: &mut At<'_>, x: NodeId, shape: Vec<usize>) -> Result<NodeId, BuildError> {
+    at.op(
+        Op::Reshape {
+            shape: Shape(shape),
+        },
+        &[x],
+    )
+}
+
+fn nonzero(what: &str, v: usize) -> Result<(), String> {
+    if v == 0 {
+        Err(format!("{what} must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn image(input: &[usize]) -> Result<[usize; 3], String> {
+    match input {
+        [h, w, c] if *h > 0 && *w > 0 && *c > 0 => Ok([*h, *w, *c]),
+        _ => Err(format!(
+            "expected an image input (height, width, channels), found {}",
+            shape_str(input)
+        )),
+    }
+}
+
+fn conv_hw(l: &Conv2D, h: usize, w: usize) -> Result<(usize, usize), String> {
+    let [kh, kw] = l.kernel_size;
+    let fit = |n: usize, k: usize, s: usize| l.padding.out_and_pad(n, k, s).map(|(o, _)| o);
+    match (fit(h, kh, l.strides[0]), fit(w, kw, l.strides[1])) {
+        (Some(oh), Some(ow)) if kh > 0 && kw > 0 => Ok((oh, ow)),
+        _ => Err(format!(
+            "kernel {kh}x{kw} with strides {:?} and padding {} does not fit a {h}x{w} input",
+            l.strides,
+            l.padding.name()
+        )),
+    }
+}
+
+/// A per-example shape as Keras prints it with the batch: `(None, 26, 26, 32)`.
+pub fn shape_str(dims: &[usize]) -> String {
+    let mut s = String::from("(None");
+    for d in dims {
+        s.push_str(&format!(", {d}"));
+    }
+    s.push(')');
+    s
+}
+
+/// The type of a batch of examples of per-example shape `dims`.
+pub(crate) fn batched(batch: usize, dims: &[usize]) -> TensorType {
+    let mut s = vec![batch];
+    s.extend_from_slice(dims);
+    TensorType::f32(s)
+}

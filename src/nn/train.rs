@@ -1,0 +1,1002 @@
+//! The Keras-like training loop: [`Sequential::compile`] gives a [`Model`] with `fit`,
+//! `evaluate`, `predict` and weight save/load (safetensors).
+//!
+//! In: examples as a flat `&[f32]` (example after example, each of the model's input shape)
+//! and [`Targets`]. Out: per-epoch [`History`], [`Evaluation`]s, predictions, trained weights.
+//!
+//! Each call shape gets its own graph, built once and cached by batch size (the last, partial
+//! batch of an epoch gets a second variant):
+//!
+//! - training step: [`Sequential::build_graph`] (training mode) -> [`crate::autodiff::grad`]
+//!   of the loss with respect to every param -> optional [`Clip`] -> [`Optimizer::apply`]
+//!   with the learning-rate input `%lr` (so a schedule never rebuilds anything);
+//! - evaluation: loss and metrics in inference mode; prediction: `predictions` only;
+//!
+//! then the default pass pipeline (`cse`, `simplify`, `fold`, `cse`, `dce`) runs on it.
+//!
+//! Params and optimizer state live in the [`Model`]'s [`Weights`], by node name, and are
+//! shared by every variant: each call feeds them and writes the updated values back.
+
+use super::layers::dropout_mask;
+use super::{GraphOptions, Loss, Metric, ModelGraph, Sequential};
+use crate::graph::{BuildError, Graph, NodeId};
+use crate::init::Rng;
+use crate::op::Op;
+use crate::optim::{lr_input, Clip, Optimizer};
+use crate::runtime::{Executable, HostTensor};
+use crate::shape::DType;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// An error of compiling, training, evaluating, predicting or saving.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model could not be turned into a graph (layer shapes, loss, optimizer).
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// Differentiation of the loss failed.
+    #[error("gradient: {0}")]
+    Grad(#[from] crate::autodiff::GradError),
+    /// Cranelift could not compile a step graph.
+    #[error("compiling: {0}")]
+    Compile(#[from] crate::codegen::CompileError),
+    /// The pass pipeline failed on a step graph.
+    #[error("passes: {0}")]
+    Pass(#[from] crate::passes::PassError),
+    /// Running a step failed.
+    #[error("running {graph}: {message}")]
+    Run {
+        /// Which graph (`train_64`, `evaluate_32`, ...).
+        graph: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The data passed in does not fit the model (lengths, shapes, target kind).
+    #[error("{0}")]
+    Data(String),
+    /// A weights file could not be read or written, or does not match the model.
+    #[error("{}: {message}", path.display())]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Targets of a batch of examples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Targets<'a> {
+    /// One class index per example (sparse categorical cross-entropy).
+    Classes(&'a [i32]),
+    /// Values shaped like the model's output, example after example (other losses).
+    Values(&'a [f32]),
+}
+
+/// Which engine runs the step graphs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Native code: each step graph is compiled once by Cranelift ([`crate::codegen::compile`])
+    /// and run as a [`crate::runtime::Executable`]. The default.
+    #[default]
+    Jit,
+    /// The reference interpreter ([`crate::interp::eval`]): slow, the correctness oracle.
+    Interpreter,
+}
+
+/// What [`Sequential::compile`] needs: Keras' `compile(optimizer, loss, metrics)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompileOptions {
+    /// The optimizer.
+    pub optimizer: Optimizer,
+    /// Initial learning rate (Keras' default of the optimizer when built by [`Self::new`]).
+    pub learning_rate: f64,
+    /// The loss.
+    pub loss: Loss,
+    /// Metrics reported with the loss.
+    pub metrics: Vec<Metric>,
+    /// Gradient clipping, if any.
+    pub clip: Option<Clip>,
+    /// Whether to run the default pass pipeline ([`crate::passes::DEFAULT_PIPELINE`]) on
+    /// every step graph before it runs (default true).
+    pub optimize: bool,
+    /// The engine that runs the steps (default [`Backend::Jit`]).
+    pub backend: Backend,
+}
+
+impl CompileOptions {
+    /// Options with the optimizer's default learning rate and no clipping.
+    pub fn new(optimizer: Optimizer, loss: Loss, metrics: &[Metric]) -> CompileOptions {
+        CompileOptions {
+            learning_rate: optimizer.default_learning_rate(),
+            optimizer,
+            loss,
+            metrics: metrics.to_vec(),
+            clip: None,
+            optimize: true,
+            backend: Backend::Jit,
+        }
+    }
+
+    /// Sets the learning rate.
+    pub fn learning_rate(mut self, lr: f64) -> CompileOptions {
+        self.learning_rate = lr;
+        self
+    }
+
+    /// Sets gradient clipping.
+    pub fn clip(mut self, clip: Clip) -> CompileOptions {
+        self.clip = Some(clip);
+        self
+    }
+
+    /// Sets the engine that runs the steps.
+    pub fn backend(mut self, backend: Backend) -> CompileOptions {
+        self.backend = backend;
+        self
+    }
+}
+
+/// Options of [`Model::fit`] (Keras' defaults: batch 32, shuffled, verbose).
+#[derive(Clone, Debug)]
+pub struct FitOptions {
+    /// Number of passes over the data.
+    pub epochs: usize,
+    /// Examples per step; the last batch of an epoch may be smaller.
+    pub batch_size: usize,
+    /// Whether to reshuffle the examples at every epoch.
+    pub shuffle: bool,
+    /// Seed of the shuffling and of the dropout masks.
+    pub seed: u64,
+    /// Whether to draw a progress bar per epoch.
+    pub verbose: bool,
+    /// Learning rate for each epoch from the epoch index and the current rate (Keras'
+    /// `LearningRateScheduler`); applied through the `%lr` input, without recompiling.
+    pub schedule: Option<fn(usize, f64) -> f64>,
+}
+
+impl Default for FitOptions {
+    fn default() -> FitOptions {
+        FitOptions {
+            epochs: 1,
+            batch_size: 32,
+            shuffle: true,
+            seed: 0,
+            verbose: true,
+            schedule: None,
+        }
+    }
+}
+
+/// Per-epoch logs of [`Model::fit`]: `history["loss"][epoch]`, `history["accuracy"][epoch]`,
+/// `history["lr"][epoch]`, like Keras' `History.history`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    /// Each logged quantity, one value per epoch.
+    pub history: BTreeMap<String, Vec<f64>>,
+}
+
+impl History {
+    /// The values of `name` per epoch (empty if it was not logged).
+    pub fn get(&self, name: &str) -> &[f64] {
+        self.history.get(name).map(|v| &v[..]).unwrap_or(&[])
+    }
+}
+
+/// Result of [`Model::evaluate`]: the mean loss and metrics over all examples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Mean loss (penalties included, as Keras reports it).
+    pub loss: f64,
+    /// Each metric, in the compiled order.
+    pub metrics: Vec<(String, f64)>,
+}
+
+impl Evaluation {
+    /// The metric called `name`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, v)| v)
+    }
+}
+
+/// Named f32 tensors: a model's params and optimizer state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Weights {
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl Weights {
+    /// The values of `name`.
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.tensors.get(name).map(|(_, v)| &v[..])
+    }
+
+    /// The shape of `name`.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|(s, _)| &s[..])
+    }
+
+    /// Sets `name` to `values` of `shape`; errors if the count does not match the shape.
+    pub fn insert(
+        &mut self,
+        name: &str,
+        shape: Vec<usize>,
+        values: Vec<f32>,
+    ) -> Result<(), TrainError> {
+        let n: usize = shape.iter().product();
+        if n != values.len() {
+            return Err(TrainError::Data(format!(
+                "weight {name}: shape {shape:?} needs {n} values, found {}",
+                values.len()
+            )));
+        }
+        self.tensors.insert(name.to_string(), (shape, values));
+        Ok(())
+    }
+
+    /// Names in sorted order.
+    pub fn names(&self) -> Vec<&str> {
+        self.tensors.keys().map(|k| k.as_str()).collect()
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Writes the tensors whose names satisfy `keep` to a safetensors file (f32, little-endian).
+    pub fn save(&self, path: &Path, keep: impl Fn(&str) -> bool) -> Result<(), TrainError> {
+        let werr = |message: String| TrainError::Weights {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, (s, v))| {
+                let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                (k.clone(), s.clone(), b)
+            })
+            .collect();
+        let mut views = Vec::new();
+        for (k, s, b) in &bytes {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map_err(|e| werr(format!("tensor {k}: {e}")))?;
+            views.push((k.clone(), view));
+        }
+        let out = safetensors::serialize(views, &None).map_err(|e| werr(e.to_string()))?;
+        std::fs::write(path, out).map_err(|e| werr(e.to_string()))
+    }
+
+    /// Reads every tensor of a safetensors file (f32 only).
+    pub fn load(path: &Path) -> Result<Weights, TrainError> {
+        let werr = |message: String| TrainError::Weights {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| werr(e.to_string()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| werr(format!("not a safetensors file: {e}")))?;
+        let mut w = Weights::default();
+        for (name, view) in st.tensors() {
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(werr(format!(
+                    "tensor {name}: expected dtype F32, found {:?}",
+                    view.dtype()
+                )));
+            }
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            w.insert(&name, view.shape().to_vec(), values)?;
+        }
+        Ok(w)
+    }
+}
+
+/// Which kind of graph a cached step is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Train,
+    Evaluate,
+    Predict,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Train => "train",
+            Kind::Evaluate => "evaluate",
+            Kind::Predict => "predict",
+        }
+    }
+}
+
+/// One built graph with the handles a call needs, and its executable on the JIT backend.
+struct Step {
+    graph: Graph,
+    x: NodeId,
+    y: Option<NodeId>,
+    lr: Option<NodeId>,
+    masks: Vec<(NodeId, f64)>,
+    /// The compiled graph ([`Backend::Jit`] only).
+    exe: Option<Box<Executable>>,
+    /// The version of the weights the executable holds ([`Model`] keeps the current one).
+    version: u64,
+}
+
+/// A compiled model: the layers, the compile options, the weights and the built steps.
+pub struct Model {
+    /// The layers.
+    pub model: Sequential,
+    /// Optimizer, loss, metrics.
+    pub options: CompileOptions,
+    /// Current learning rate (fed to `%lr` at each step).
+    pub learning_rate: f64,
+    /// Params and optimizer state. With the JIT backend, the executables own working copies:
+    /// `owner` names the one holding the newest values (then `weights` is stale until
+    /// [`Model::sync`]), and each step records which `version` of the weights it holds.
+    weights: Weights,
+    version: u64,
+    owner: Option<(Kind, usize)>,
+    steps: HashMap<(Kind, usize), Step>,
+    example_len: usize,
+    output_shape: Vec<usize>,
+}
+
+impl Sequential {
+    /// Keras' `compile`: checks that the model builds with this loss and these metrics and
+    /// initializes the params from their seeded initializers.
+    pub fn compile(self, options: CompileOptions) -> Result<Model, TrainError> {
+        let probe = self.build_graph(&GraphOptions::evaluate(1, options.loss, &options.metrics))?;
+        let mut weights = Weights::default();
+        for &p in &probe.params {
+            init_weight(&mut weights, &probe.graph, p)?;
+        }
+        let output_shape = self.output_shape()?;
+        Ok(Model {
+            example_len: self.input_shape.iter().product(),
+            learning_rate: options.learning_rate,
+            model: self,
+            options,
+            weights,
+            version: 0,
+            owner: None,
+            steps: HashMap::new(),
+            output_shape,
+        })
+    }
+}
+
+/// Sets `weights[name of p]` from the param's or state's initializer, if not set yet.
+fn init_weight(weights: &mut Weights, g: &Graph, p: NodeId) -> Result<(), TrainError> {
+    let n = &g[p];
+    let name = n.name.clone().unwrap_or_default();
+    if weights.get(&name).is_some() {
+        return Ok(());
+    }
+    let init = match &n.op {
+        Op::Param { init } | Op::State { init } => init,
+        other => {
+            return Err(TrainError::Data(format!(
+                "{name} is a {}, not a param or state",
+                other.name()
+            )))
+        }
+    };
+    let values = crate::init::values(init, &n.ty.shape)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    weights.insert(&name, n.ty.shape.dims().to_vec(), values)
+}
+
+impl Model {
+    /// The params and optimizer state, by node name.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Mutable access to the weights (shapes are checked when a step runs).
+    pub fn weights_mut(&mut self) -> &mut Weights {
+        self.version += 1;
+        &mut self.weights
+    }
+
+    /// Copies the newest params and state out of the executable that holds them (JIT backend)
+    /// into [`Model::weights`]. Every public method leaves the model synced.
+    fn sync(&mut self) -> Result<(), TrainError> {
+        let Some(key) = self.owner.take() else {
+            return Ok(());
+        };
+        let Some(step) = self.steps.get(&key) else {
+            return Ok(());
+        };
+        let Some(exe) = &step.exe else {
+            return Ok(());
+        };
+        for id in step.graph.params().into_iter().chain(step.graph.states()) {
+            let name = step.graph[id].name.clone().unwrap_or_default();
+            let t = match step.graph[id].op {
+                Op::Param { .. } => exe.param(&name),
+                _ => exe.state(&name),
+            };
+            let Some(values) = t.as_ref().and_then(|t| t.as_f32()) else {
+                return Err(TrainError::Run {
+                    graph: step.graph.name.clone(),
+                    message: format!("the executable has no f32 value for {name}"),
+                });
+            };
+            let shape = step.graph[id].ty.shape.dims().to_vec();
+            self.weights.insert(&name, shape, values.to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// The compile report of every compiled step (JIT backend), by graph name
+    /// (`sequential_train_64`, ...), sorted by name.
+    pub fn compile_reports(&self) -> Vec<(String, crate::codegen::CompileReport)> {
+        let mut v: Vec<_> = self
+            .steps
+            .values()
+            .filter_map(|s| Some((s.graph.name.clone(), s.exe.as_ref()?.report().clone())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The graph of the training step for batches of `batch` examples (built if needed), as
+    /// it will run: forward, loss, gradients and optimizer updates.
+    pub fn train_graph(&mut self, batch: usize) -> Result<&Graph, TrainError> {
+        Ok(&self.step(Kind::Train, batch)?.graph)
+    }
+
+    fn step(&mut self, kind: Kind, batch: usize) -> Result<&Step, TrainError> {
+        if !self.steps.contains_key(&(kind, batch)) {
+            let s = self.build_step(kind, batch)?;
+            for id in s.graph.params().into_iter().chain(s.graph.states()) {
+                init_weight(&mut self.weights, &s.graph, id)?;
+            }
+            self.steps.insert((kind, batch), s);
+        }
+        Ok(&self.steps[&(kind, batch)])
+    }
+
+    fn build_step(&self, kind: Kind, batch: usize) -> Result<Step, TrainError> {
+        let o = &self.options;
+        let gopts = match kind {
+            Kind::Train => GraphOptions::train(batch, o.loss, &o.metrics),
+            Kind::Evaluate => GraphOptions::evaluate(batch, o.loss, &o.metrics),
+            Kind::Predict => GraphOptions::predict(batch),
+        };
+        let ModelGraph {
+            mut graph,
+            x,
+            y,
+            loss,
+            params,
+            dropout_masks,
+            ..
+        } = self.model.build_graph(&gopts)?;
+        graph.name = format!("{}_{}_{batch}", self.model.name, kind.name());
+        let mut lr = None;
+        if let (Kind::Train, Some(loss)) = (kind, loss) {
+            let grads = crate::autodiff::grad(&mut graph, loss, &params)?;
+            let grads = match &o.clip {
+                Some(c) => c.apply(&mut graph, &grads)?,
+                None => grads,
+            };
+            let lr_node = lr_input(&mut graph)?;
+            let pairs: Vec<(NodeId, NodeId)> = params.iter().copied().zip(grads).collect();
+            o.optimizer.apply(&mut graph, lr_node, &pairs)?;
+            lr = Some(lr_node);
+        }
+        if o.optimize {
+            crate::passes::Pipeline::default().run(&mut graph)?;
+        }
+        let exe = match o.backend {
+            Backend::Jit => Some(Box::new(crate::codegen::compile(
+                &graph,
+                &crate::codegen::CompileOptions::default(),
+            )?)),
+            Backend::Interpreter => None,
+        };
+        Ok(Step {
+            graph,
+            x,
+            y,
+            lr,
+            masks: dropout_masks,
+            exe,
+            version: u64::MAX,
+        })
+    }
+
+    fn check_x(&self, x: &[f32]) -> Result<usize, TrainError> {
+        if self.example_len == 0 || !x.len().is_multiple_of(self.example_len) {
+            return Err(TrainError::Data(format!(
+                "x has {} values, which is not a whole number of examples of shape {:?} ({} values each)",
+                x.len(),
+                self.model.input_shape,
+                self.example_len
+            )));
+        }
+        Ok(x.len() / self.example_len)
+    }
+
+    fn check_targets(&self, y: Targets<'_>, n: usize) -> Result<(), TrainError> {
+        let out_len: usize = self.output_shape.iter().product();
+        match (y, self.options.loss) {
+            (Targets::Classes(c), Loss::SparseCategoricalCrossentropy { .. }) => {
+                if c.len() != n {
+                    return Err(TrainError::Data(format!(
+                        "expected {n} class targets (one per example), found {}",
+                        c.len()
+                    )));
+                }
+                let classes = self.output_shape.last().copied().unwrap_or(0) as i32;
+                if let Some(bad) = c.iter().find(|&&k| k < 0 || k >= classes) {
+                    return Err(TrainError::Data(format!(
+                        "class target {bad} is out of range 0..{classes}"
+                    )));
+                }
+            }
+            (Targets::Values(v), loss)
+                if !matches!(loss, Loss::SparseCategoricalCrossentropy { .. }) =>
+            {
+                if v.len() != n * out_len {
+                    return Err(TrainError::Data(format!(
+                        "expected {} target values ({n} examples of shape {:?}), found {}",
+                        n * out_len,
+                        self.output_shape,
+                        v.len()
+                    )));
+                }
+            }
+            (Targets::Classes(_), loss) => {
+                return Err(TrainError::Data(format!(
+                "class targets need the loss sparse_categorical_crossentropy, the model uses {}",
+                loss.name()
+            )))
+            }
+            (Targets::Values(_), loss) => {
+                return Err(TrainError::Data(format!(
+                    "the loss {} needs class targets (Targets::Classes)",
+                    loss.name()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Keras' `fit`: `epochs` passes over `(x, y)` in (shuffled) mini-batches, one training
+    /// step per batch. Returns the per-epoch mean loss and metrics (weighted by batch size)
+    /// and the learning rate used.
+    pub fn fit(
+        &mut self,
+        x: &[f32],
+        y: Targets<'_>,
+        opts: &FitOptions,
+    ) -> Result<History, TrainError> {
+        let n = self.check_x(x)?;
+        self.check_targets(y, n)?;
+        if opts.batch_size == 0 {
+            return Err(TrainError::Data("batch size must be at least 1".into()));
+        }
+        if n == 0 {
+            return Err(TrainError::Data("no examples to fit".into()));
+        }
+        let result = self.fit_epochs(x, y, n, opts);
+        // Even after an error, the weights reflect every step that ran.
+        self.sync()?;
+        result
+    }
+
+    fn fit_epochs(
+        &mut self,
+        x: &[f32],
+        y: Targets<'_>,
+        n: usize,
+        opts: &FitOptions,
+    ) -> Result<History, TrainError> {
+        let mut history = History::default();
+        let mut rng = Rng::new(opts.seed);
+        for epoch in 0..opts.epochs {
+            if let Some(f) = opts.schedule {
+                self.learning_rate = f(epoch, self.learning_rate);
+            }
+            let order = if opts.shuffle {
+                crate::data::shuffled(n, rng.next_u64())
+            } else {
+                (0..n).collect()
+            };
+            let bar = progress_bar(
+                opts.verbose,
+                order.len().div_ceil(opts.batch_size),
+                epoch,
+                opts.epochs,
+            );
+            let mut sums = Sums::default();
+            for idx in order.chunks(opts.batch_size) {
+                let outs = self.run(Kind::Train, x, Some(y), idx, Some(&mut rng))?;
+                sums.add(&outs, idx.len());
+                bar.inc(1);
+                bar.set_message(sums.message());
+            }
+            bar.finish();
+            for (k, v) in sums.means() {
+                history.history.entry(k).or_default().push(v);
+            }
+            history
+                .history
+                .entry("lr".into())
+                .or_default()
+                .push(self.learning_rate);
+        }
+        Ok(history)
+    }
+
+    /// Keras' `evaluate`: the mean loss and metrics over `(x, y)`, in inference mode.
+    pub fn evaluate(
+        &mut self,
+        x: &[f32],
+        y: Targets<'_>,
+        batch_size: usize,
+    ) -> Result<Evaluation, TrainError> {
+        let n = self.check_x(x)?;
+        self.check_targets(y, n)?;
+        if batch_size == 0 || n == 0 {
+            return Err(TrainError::Data(
+                "evaluate needs a batch size and examples".into(),
+            ));
+        }
+        let mut sums = Sums::default();
+        let order: Vec<usize> = (0..n).collect();
+        for idx in order.chunks(batch_size) {
+            let outs = self.run(Kind::Evaluate, x, Some(y), idx, None)?;
+            sums.add(&outs, idx.len());
+        }
+        let means = sums.means();
+        let loss = means
+            .iter()
+            .find(|(k, _)| k == "loss")
+            .map(|&(_, v)| v)
+            .unwrap_or(f64::NAN);
+        let metrics = self
+            .options
+            .metrics
+            .iter()
+            .map(|m| {
+                let v = means
+                    .iter()
+                    .find(|(k, _)| k == m.name())
+                    .map(|&(_, v)| v)
+                    .unwrap_or(f64::NAN);
+                (m.name().to_string(), v)
+            })
+            .collect();
+        Ok(Evaluation { loss, metrics })
+    }
+
+    /// Keras' `predict`: the model's outputs for every example, example after example.
+    pub fn predict(&mut self, x: &[f32], batch_size: usize) -> Result<Vec<f32>, TrainError> {
+        let n = self.check_x(x)?;
+        if batch_size == 0 {
+            return Err(TrainError::Data("batch size must be at least 1".into()));
+        }
+        let mut out = Vec::new();
+        let order: Vec<usize> = (0..n).collect();
+        for idx in order.chunks(batch_size) {
+            let outs = self.run(Kind::Predict, x, None, idx, None)?;
+            if let Some(p) = outs.get("predictions") {
+                out.extend_from_slice(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the params (not the optimizer state) to a safetensors file, by node name.
+    pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<(), TrainError> {
+        let params = self.param_names()?;
+        self.weights
+            .save(path.as_ref(), |k| params.iter().any(|p| p == k))
+    }
+
+    /// Reads params saved by [`Model::save_weights`]; every param of the model must be in the
+    /// file with its shape. The optimizer state is left as it is.
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
+        let path = path.as_ref();
+        let loaded = Weights::load(path)?;
+        self.sync()?;
+        self.version += 1;
+        for name in self.param_names()? {
+            let want = self
+                .weights
+                .shape(&name)
+                .map(|s| s.to_vec())
+                .unwrap_or_default();
+            match (loaded.shape(&name), loaded.get(&name)) {
+                (Some(s), Some(v)) if s == &want[..] => {
+                    self.weights.insert(&name, want, v.to_vec())?;
+                }
+                (Some(s), _) => {
+                    return Err(TrainError::Weights {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "tensor {name} has shape {s:?}, the model expects {want:?}"
+                        ),
+                    })
+                }
+                _ => {
+                    return Err(TrainError::Weights {
+                        path: path.to_path_buf(),
+                        message: format!("tensor {name} is missing"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn param_names(&self) -> Result<Vec<String>, TrainError> {
+        let mut names = Vec::new();
+        let input = &self.model.input_shape;
+        let layer_names = self.model.layer_names();
+        let infos = self.model.layer_infos()?;
+        let mut shape = input.clone();
+        for (i, l) in self.model.layers.iter().enumerate() {
+            for p in l.params(&shape) {
+                names.push(format!("{}.{}", layer_names[i], p.suffix));
+            }
+            shape = infos[i].output_shape.clone();
+        }
+        Ok(names)
+    }
+
+    /// Runs the step `kind` on the examples `idx` of `x`: gathers the batch, feeds it with
+    /// the weights, the learning rate and fresh dropout masks, writes the updates back into
+    /// the weights and returns the named outputs.
+    fn run(
+        &mut self,
+        kind: Kind,
+        x: &[f32],
+        y: Option<Targets<'_>>,
+        idx: &[usize],
+        rng: Option<&mut Rng>,
+    ) -> Result<HashMap<String, Vec<f32>>, TrainError> {
+        let k = self.example_len;
+        let out_len: usize = self.output_shape.iter().product();
+        let lr = self.learning_rate;
+        self.step(kind, idx.len())?;
+        let step = &self.steps[&(kind, idx.len())];
+        let mut feeds: Vec<(NodeId, Vec<f32>)> = Vec::new();
+        let mut xb = Vec::with_capacity(idx.len() * k);
+        for &i in idx {
+            xb.extend_from_slice(&x[i * k..(i + 1) * k]);
+        }
+        feeds.push((step.x, xb));
+        if let (Some(yn), Some(t)) = (step.y, y) {
+            let yb: Vec<f32> = match t {
+                Targets::Classes(c) => idx.iter().map(|&i| c[i] as f32).collect(),
+                Targets::Values(v) => idx
+                    .iter()
+                    .flat_map(|&i| v[i * out_len..(i + 1) * out_len].iter().copied())
+                    .collect(),
+            };
+            feeds.push((yn, yb));
+        }
+        if let Some(l) = step.lr {
+            feeds.push((l, vec![lr as f32]));
+        }
+        if let Some(rng) = rng {
+            for &(m, rate) in &step.masks {
+                let n = step.graph[m].ty.shape.numel();
+                feeds.push((m, dropout_mask(rng, n, rate)));
+            }
+        }
+        if step.exe.is_none() {
+            let (outs, updates) = execute(&step.graph, &feeds, &self.weights)?;
+            for (name, values) in updates {
+                let shape = self
+                    .weights
+                    .shape(&name)
+                    .map(|s| s.to_vec())
+                    .unwrap_or_default();
+                self.weights.insert(&name, shape, values)?;
+            }
+            return Ok(outs);
+        }
+        self.run_jit((kind, idx.len()), feeds)
+    }
+
+    /// Runs a compiled step: first brings its executable up to date (the newest params and
+    /// state may be in another executable, or changed by the user), then runs it; if the step
+    /// updates anything, its executable becomes the owner of the newest values.
+    fn run_jit(
+        &mut self,
+        key: (Kind, usize),
+        feeds: Vec<(NodeId, Vec<f32>)>,
+    ) -> Result<HashMap<String, Vec<f32>>, TrainError> {
+        if self.owner.is_some() && self.owner != Some(key) {
+            self.sync()?;
+        }
+        let version = self.version;
+        let owned = self.owner == Some(key);
+        let Some(step) = self.steps.get_mut(&key) else {
+            return Err(TrainError::Data("internal: step not built".into()));
+        };
+        let graph = &step.graph;
+        let run_err = |message: String| TrainError::Run {
+            graph: graph.name.clone(),
+            message,
+        };
+        let Some(exe) = step.exe.as_mut() else {
+            return Err(run_err("not compiled".into()));
+        };
+        if !owned && step.version != version {
+            for id in graph.params().into_iter().chain(graph.states()) {
+                let n = &graph[id];
+                let name = n.name.clone().unwrap_or_default();
+                let Some(values) = self.weights.get(&name) else {
+                    return Err(run_err(format!("no value for {name}")));
+                };
+                let t = HostTensor::f32(n.ty.shape.clone(), values.to_vec());
+                let r = match n.op {
+                    Op::Param { .. } => exe.set_param(&name, t),
+                    _ => exe.set_state(&name, t),
+                };
+                r.map_err(|e| run_err(e.to_string()))?;
+            }
+            step.version = version;
+        }
+        let mut named: Vec<(&str, HostTensor)> = Vec::with_capacity(feeds.len());
+        for (id, v) in feeds {
+            let n = &graph[id];
+            let t = match n.ty.dtype {
+                DType::F32 => HostTensor::f32(n.ty.shape.clone(), v),
+                DType::I32 => {
+                    HostTensor::i32(n.ty.shape.clone(), v.iter().map(|&x| x as i32).collect())
+                }
+            };
+            named.push((n.name.as_deref().unwrap_or(""), t));
+        }
+        let outs = exe.run(&named).map_err(|e| run_err(e.to_string()))?;
+        let mut map = HashMap::new();
+        for (name, t) in outs {
+            match t.as_f32() {
+                Some(v) => map.insert(name, v.to_vec()),
+                None => map.insert(name, t.to_f64().iter().map(|&x| x as f32).collect()),
+            };
+        }
+        if !graph.updates().is_empty() {
+            self.version += 1;
+            step.version = self.version;
+            self.owner = Some(key);
+        }
+        Ok(map)
+    }
+}
+
+/// Runs `graph` once with `feeds` and the params and state from `weights`; returns the named
+/// outputs and the new value of every update target, by name.
+#[allow(clippy::type_complexity)]
+fn execute(
+    graph: &Graph,
+    feeds: &[(NodeId, Vec<f32>)],
+    weights: &Weights,
+) -> Result<(HashMap<String, Vec<f32>>, Vec<(String, Vec<f32>)>), TrainError> {
+    use crate::interp::{eval, Array};
+    let run_err = |message: String| TrainError::Run {
+        graph: graph.name.clone(),
+        message,
+    };
+    let mut map: HashMap<NodeId, Array<f32>> = HashMap::new();
+    for (id, v) in feeds {
+        map.insert(
+            *id,
+            Array {
+                shape: graph[*id].ty.shape.clone(),
+                data: v.clone(),
+            },
+        );
+    }
+    for id in graph.params().into_iter().chain(graph.states()) {
+        let n = &graph[id];
+        let name = n.name.clone().unwrap_or_default();
+        let v = weights
+            .get(&name)
+            .ok_or_else(|| run_err(format!("no value for {name}")))?;
+        map.insert(
+            id,
+            Array {
+                shape: n.ty.shape.clone(),
+                data: v.to_vec(),
+            },
+        );
+    }
+    let values = eval::<f32>(graph, &map).map_err(|e| run_err(e.to_string()))?;
+    let mut outs = HashMap::new();
+    for o in graph.outputs() {
+        let v = values
+            .get(o.node)
+            .ok_or_else(|| run_err(format!("output {} was not computed", o.name)))?;
+        outs.insert(o.name.clone(), v.data.clone());
+    }
+    let mut updates = Vec::new();
+    for u in graph.updates() {
+        let v = values
+            .get(u.value)
+            .ok_or_else(|| run_err("an update value was not computed".to_string()))?;
+        let name = graph[u.target].name.clone().unwrap_or_default();
+        updates.push((name, v.data.clone()));
+    }
+    Ok((outs, updates))
+}
+
+/// Running sums of scalar outputs weighted by batch size.
+#[derive(Default)]
+struct Sums {
+    order: Vec<String>,
+    sum: HashMap<String, f64>,
+    count: usize,
+}
+
+impl Sums {
+    fn add(&mut self, outs: &HashMap<String, Vec<f32>>, n: usize) {
+        let mut names: Vec<&String> = outs.keys().filter(|k| outs[*k].len() == 1).collect();
+        names.sort_by_key(|k| (k.as_str() != "loss", k.to_string()));
+        for k in names {
+            if !self.sum.contains_key(k) {
+                self.order.push(k.clone());
+            }
+            *self.sum.entry(k.clone()).or_default() += outs[k][0] as f64 * n as f64;
+        }
+        self.count += n;
+    }
+
+    fn means(&self) -> Vec<(String, f64)> {
+        self.order
+            .iter()
+            .map(|k| (k.clone(), self.sum[k] / self.count.max(1) as f64))
+            .collect()
+    }
+
+    fn message(&self) -> String {
+        self.means()
+            .iter()
+            .map(|(k, v)| format!("{k}: {v:.4}"))
+            .collect::<Vec<_>>()
+            .join(" - ")
+    }
+}
+
+fn progress_bar(
+    verbose: bool,
+    steps: usize,
+    epoch: usize,
+    epochs: usize,
+) -> indicatif::ProgressBar {
+    if !verbose {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} {pos}/{len} [{bar:30}] {elapsed_precise} - {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("Epoch {}/{epochs}", epoch + 1));
+    bar
+}

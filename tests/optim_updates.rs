@@ -1,0 +1,255 @@
+//! Each optimizer's update, run through the reference interpreter on a tiny problem, matches
+//! steps computed by hand (and, for Adam, the first three steps of Keras' formulas in f64 to
+//! 1e-6). The gradient is an input here, so the optimizer is tested on its own, independently
+//! of autodiff. Also: penalties, clipping, and errors for bad arguments.
+
+use gradlift::interp::{eval, Array};
+use gradlift::optim::{add_penalties, lr_input, Clip, Optimizer, Regularizer};
+use gradlift::{Graph, Init, NodeId, Shape, TensorType};
+use std::collections::HashMap;
+
+const W0: [f32; 3] = [1.0, 2.0, 3.0];
+const G: [f32; 3] = [0.5, -1.0, 2.0];
+
+/// A graph with param `w: f32[3]`, its gradient as input `g`, and the optimizer's updates.
+struct Problem {
+    graph: Graph,
+    w: NodeId,
+    g: NodeId,
+    lr: NodeId,
+}
+
+fn problem(opt: &Optimizer) -> Problem {
+    let mut graph = Graph::new("opt");
+    let w = graph.param("w", [3], Init::Zeros).unwrap();
+    let g = graph.input("g", TensorType::f32([3])).unwrap();
+    let lr = lr_input(&mut graph).unwrap();
+    opt.apply(&mut graph, lr, &[(w, g)]).unwrap();
+    Problem { graph, w, g, lr }
+}
+
+fn arr(v: &[f32]) -> Array<f32> {
+    Array {
+        shape: Shape(vec![v.len()]),
+        data: v.to_vec(),
+    }
+}
+
+fn scalar(v: f32) -> Array<f32> {
+    Array {
+        shape: Shape::scalar(),
+        data: vec![v],
+    }
+}
+
+/// Runs `steps` steps with gradients `grads[i]`, feeding the updated param and state back,
+/// and returns the param after each step.
+fn run(p: &Problem, lr: f32, grads: &[[f32; 3]]) -> Vec<Vec<f32>> {
+    let mut carried: HashMap<NodeId, Array<f32>> = HashMap::new();
+    carried.insert(p.w, arr(&W0));
+    let mut out = Vec::new();
+    for g in grads {
+        let mut feeds = carried.clone();
+        feeds.insert(p.g, arr(g));
+        feeds.insert(p.lr, scalar(lr));
+        let values = eval::<f32>(&p.graph, &feeds).unwrap();
+        for u in p.graph.updates() {
+            carried.insert(u.target, values.get(u.value).unwrap().clone());
+        }
+        out.push(carried[&p.w].data.clone());
+    }
+    out
+}
+
+fn assert_close(got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len());
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a as f64 - b).abs() <= tol,
+            "element {i}: got {a}, want {b} (tolerance {tol})\n got {got:?}\nwant {want:?}"
+        );
+    }
+}
+
+#[test]
+fn sgd_step_by_hand() {
+    // w - 0.1 * g
+    let steps = run(&problem(&Optimizer::sgd()), 0.1, &[G, G]);
+    assert_close(&steps[0], &[0.95, 2.1, 2.8], 1e-6);
+    assert_close(&steps[1], &[0.9, 2.2, 2.6], 1e-6);
+}
+
+#[test]
+fn momentum_steps_by_hand() {
+    // v1 = -0.1 g = [-0.05, 0.1, -0.2]; w1 = w0 + v1
+    // v2 = 0.9 v1 - 0.1 g = [-0.095, 0.19, -0.38]; w2 = w1 + v2
+    let steps = run(&problem(&Optimizer::momentum(0.9)), 0.1, &[G, G]);
+    assert_close(&steps[0], &[0.95, 2.1, 2.8], 1e-6);
+    assert_close(&steps[1], &[0.855, 2.29, 2.42], 1e-6);
+}
+
+#[test]
+fn nesterov_steps_by_hand() {
+    // v1 = [-0.05, 0.1, -0.2]; w1 = w0 + 0.9 v1 - 0.1 g = w0 + [-0.095, 0.19, -0.38]
+    // v2 = [-0.095, 0.19, -0.38]; w2 = w1 + 0.9 v2 - 0.1 g = w1 + [-0.1355, 0.271, -0.542]
+    let steps = run(&problem(&Optimizer::nesterov(0.9)), 0.1, &[G, G]);
+    assert_close(&steps[0], &[0.905, 2.19, 2.62], 1e-6);
+    assert_close(&steps[1], &[0.7695, 2.461, 2.078], 1e-6);
+}
+
+/// Keras 3's Adam update, written out in f64.
+fn adam_reference(lr: f64, grads: &[[f32; 3]]) -> Vec<Vec<f64>> {
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-7f64);
+    let mut w: Vec<f64> = W0.iter().map(|&x| x as f64).collect();
+    let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
+    let mut out = Vec::new();
+    for (t, g) in grads.iter().enumerate() {
+        let t = (t + 1) as f64;
+        let alpha = lr * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
+        for i in 0..3 {
+            let gi = g[i] as f64;
+            m[i] += (gi - m[i]) * (1.0 - b1);
+            v[i] += (gi * gi - v[i]) * (1.0 - b2);
+            w[i] -= alpha * m[i] / (v[i].sqrt() + eps);
+        }
+        out.push(w.clone());
+    }
+    out
+}
+
+#[test]
+fn adam_first_three_steps_match_keras() {
+    let grads = [G, [-0.2, 0.3, 1.0], [1.5, -0.7, -0.1]];
+    let got = run(&problem(&Optimizer::adam()), 0.01, &grads);
+    let want = adam_reference(0.01, &grads);
+    for (g, w) in got.iter().zip(&want) {
+        assert_close(g, w, 1e-6);
+    }
+    // By hand: Adam's first step moves each weight by about lr * sign(g).
+    assert_close(&got[0], &[0.99, 2.01, 2.99], 1e-6);
+}
+
+#[test]
+fn adam_counts_steps_in_state() {
+    let p = problem(&Optimizer::adam());
+    let g = &p.graph;
+    let t = g.find("optimizer.step").unwrap();
+    assert_eq!(g[t].ty, TensorType::f32([]));
+    assert!(g.find("w.m").is_some() && g.find("w.v").is_some());
+    assert_eq!(g.updates().len(), 4, "step, m, v, w");
+    // Two runs of the step counter: 0 -> 1 -> 2.
+    let mut feeds: HashMap<NodeId, Array<f32>> = HashMap::new();
+    feeds.insert(p.g, arr(&G));
+    feeds.insert(p.lr, scalar(0.1));
+    let v = eval::<f32>(g, &feeds).unwrap();
+    let new_t = g.updates().iter().find(|u| u.target == t).unwrap().value;
+    assert_eq!(v.get(new_t).unwrap().data, vec![1.0]);
+    feeds.insert(t, scalar(1.0));
+    let v = eval::<f32>(g, &feeds).unwrap();
+    assert_eq!(v.get(new_t).unwrap().data, vec![2.0]);
+}
+
+#[test]
+fn learning_rate_is_an_input_that_changes_the_step() {
+    let p = problem(&Optimizer::sgd());
+    assert_eq!(p.graph[p.lr].name.as_deref(), Some("lr"));
+    let a = run(&p, 0.1, &[G]);
+    let b = run(&p, 0.2, &[G]);
+    assert_close(&a[0], &[0.95, 2.1, 2.8], 1e-6);
+    assert_close(&b[0], &[0.9, 2.2, 2.6], 1e-6);
+}
+
+#[test]
+fn penalties_are_added_to_the_loss() {
+    let mut g = Graph::new("reg");
+    let w = g.param("w", [3], Init::Zeros).unwrap();
+    let loss = g.input("loss", TensorType::f32([])).unwrap();
+    let total = add_penalties(&mut g, loss, &[(w, Regularizer::l1_l2(0.1, 0.01))]).unwrap();
+    let mut feeds = HashMap::new();
+    feeds.insert(w, arr(&[1.0, -2.0, 3.0]));
+    feeds.insert(loss, scalar(5.0));
+    let v = eval::<f32>(&g, &feeds).unwrap();
+    // 5 + 0.1 * (1 + 2 + 3) + 0.01 * (1 + 4 + 9) = 5.74
+    assert_close(&v.get(total).unwrap().data, &[5.74], 1e-6);
+    // Zero factors make no nodes.
+    let n = g.len();
+    assert_eq!(
+        add_penalties(&mut g, loss, &[(w, Regularizer::default())]).unwrap(),
+        loss
+    );
+    assert_eq!(g.len(), n);
+}
+
+fn clip(c: Clip, grads: &[&[f32]]) -> Vec<Vec<f32>> {
+    let mut g = Graph::new("clip");
+    let ids: Vec<NodeId> = grads
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            g.input(&format!("g{i}"), TensorType::f32([v.len()]))
+                .unwrap()
+        })
+        .collect();
+    let out = c.apply(&mut g, &ids).unwrap();
+    let feeds = ids.iter().zip(grads).map(|(&i, v)| (i, arr(v))).collect();
+    let v = eval::<f32>(&g, &feeds).unwrap();
+    out.iter()
+        .map(|&o| v.get(o).unwrap().data.clone())
+        .collect()
+}
+
+#[test]
+fn clipping_by_global_norm_norm_and_value() {
+    // Global norm of [3, 4] and [12] is 13: scaled by 6.5 / 13 = 0.5.
+    let c = clip(Clip::GlobalNorm(6.5), &[&[3.0, 4.0], &[12.0]]);
+    assert_close(&c[0], &[1.5, 2.0], 1e-6);
+    assert_close(&c[1], &[6.0], 1e-6);
+    // Within the threshold: unchanged.
+    let c = clip(Clip::GlobalNorm(20.0), &[&[3.0, 4.0], &[12.0]]);
+    assert_close(&c[0], &[3.0, 4.0], 1e-6);
+    // Per tensor: [3, 4] has norm 5 -> scaled to norm 1; [0.1] is left alone.
+    let c = clip(Clip::Norm(1.0), &[&[3.0, 4.0], &[0.1]]);
+    assert_close(&c[0], &[0.6, 0.8], 1e-6);
+    assert_close(&c[1], &[0.1], 1e-6);
+    let c = clip(Clip::Value(0.5), &[&[-3.0, 0.25, 4.0]]);
+    assert_close(&c[0], &[-0.5, 0.25, 0.5], 0.0);
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let mut g = Graph::new("bad");
+    let w = g.param("w", [3], Init::Zeros).unwrap();
+    let g2 = g.input("g2", TensorType::f32([2])).unwrap();
+    let x = g.input("x", TensorType::f32([3])).unwrap();
+    let lr = lr_input(&mut g).unwrap();
+    let e = Optimizer::sgd().apply(&mut g, lr, &[(w, g2)]).unwrap_err();
+    assert!(
+        e.message.contains("f32[2]") && e.message.contains("f32[3]"),
+        "{e}"
+    );
+    assert!(e.loc.unwrap().file.ends_with("optim_updates.rs"));
+    let e = Optimizer::sgd().apply(&mut g, lr, &[(x, x)]).unwrap_err();
+    assert!(e.message.contains("expected a param"), "{e}");
+    let e = Optimizer::sgd().apply(&mut g, x, &[(w, x)]).unwrap_err();
+    assert!(e.message.contains("must be f32[]"), "{e}");
+    let e = Optimizer::momentum(1.5)
+        .apply(&mut g, lr, &[(w, x)])
+        .unwrap_err();
+    assert!(e.message.contains("momentum"), "{e}");
+    let e = Clip::GlobalNorm(0.0).apply(&mut g, &[x]).unwrap_err();
+    assert!(e.message.contains("positive"), "{e}");
+    // The same lr input is found again; a non-input "lr" is refused.
+    assert_eq!(lr_input(&mut g).unwrap(), lr);
+    let mut h = Graph::new("h");
+    h.param("lr", [1], Init::Zeros).unwrap();
+    assert!(lr_input(&mut h).is_err());
+    // A param updated twice is an error.
+    Optimizer::sgd().apply(&mut g, lr, &[(w, x)]).unwrap();
+    assert!(Optimizer::sgd().apply(&mut g, lr, &[(w, x)]).is_err());
+}
+
+#[test]
+fn adam_graph_prints() {
+    let p = problem(&Optimizer::adam());
+    insta::assert_snapshot!(gradlift::text::print(&p.graph));
+}
