@@ -12,71 +12,20 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use gradlift::codegen::{self, CompileOptions};
 use gradlift::passes::{plan::plan, Pipeline};
 use gradlift::runtime::HostTensor;
-use gradlift::{autodiff, text, Graph, Op, Shape};
+use gradlift::{autodiff, optim, text, Graph, NodeId, Op, Shape};
 use std::time::{Duration, Instant};
 
-/// Adam hyper-parameters (Keras defaults).
-const LR: f64 = 0.001;
-const BETA1: f64 = 0.9;
-const BETA2: f64 = 0.999;
-const EPS: f64 = 1e-7;
-
-/// A training step from the corpus: `ir/NAME.ir`, the gradient of `loss` w.r.t. every param,
-/// and Adam updates with bias correction (a step counter `adam.t`, moments `adam.m.P`,
-/// `adam.v.P` per param). Only `loss` and `accuracy` stay outputs.
+/// A training step from the corpus: `ir/NAME.ir`, the gradient of `loss` w.r.t. every param
+/// (autodiff) and Adam updates (`gradlift::optim`, Keras defaults; the learning rate is the
+/// input `lr`). Only `loss` and `accuracy` stay outputs.
 fn adam_step(name: &str) -> Graph {
     let path = format!("{}/ir/{name}.ir", env!("CARGO_MANIFEST_DIR"));
     let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut g = text::parse(&src, &path).unwrap_or_else(|e| panic!("{e}"));
     let grads = autodiff::grad_all_params(&mut g, "loss", None).unwrap();
-    let t = g
-        .state("adam.t", Shape::scalar(), gradlift::Init::Zeros)
-        .unwrap();
-    let one = g.scalar(1.0);
-    let t1 = g.add2(t, one).unwrap();
-    g.add_update(t, t1).unwrap();
-    // lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
-    let (b1, b2) = (g.scalar(BETA1), g.scalar(BETA2));
-    let p1 = g.pow(b1, t1).unwrap();
-    let p2 = g.pow(b2, t1).unwrap();
-    let c1 = g.sub(one, p1).unwrap();
-    let c2 = g.sub(one, p2).unwrap();
-    let s2 = g.sqrt(c2).unwrap();
-    let lr = g.scalar(LR);
-    let num = g.mul(lr, s2).unwrap();
-    let lr_t = g.div(num, c1).unwrap();
-    for n in &grads {
-        let ty = g[n.wrt].ty.shape.clone();
-        let pname = g[n.wrt].name.clone().unwrap();
-        let m = g
-            .state(
-                &format!("adam.m.{pname}"),
-                ty.clone(),
-                gradlift::Init::Zeros,
-            )
-            .unwrap();
-        let v = g
-            .state(&format!("adam.v.{pname}"), ty, gradlift::Init::Zeros)
-            .unwrap();
-        let (b1, b2) = (g.scalar(BETA1), g.scalar(BETA2));
-        let (ob1, ob2) = (g.scalar(1.0 - BETA1), g.scalar(1.0 - BETA2));
-        let m1 = g.mul(m, b1).unwrap();
-        let m2 = g.mul(n.grad, ob1).unwrap();
-        let m_new = g.add2(m1, m2).unwrap();
-        let v1 = g.mul(v, b2).unwrap();
-        let gg = g.mul(n.grad, n.grad).unwrap();
-        let v2 = g.mul(gg, ob2).unwrap();
-        let v_new = g.add2(v1, v2).unwrap();
-        let root = g.sqrt(v_new).unwrap();
-        let eps = g.scalar(EPS);
-        let den = g.add2(root, eps).unwrap();
-        let ratio = g.div(m_new, den).unwrap();
-        let step = g.mul(ratio, lr_t).unwrap();
-        let p_new = g.sub(n.wrt, step).unwrap();
-        g.add_update(n.wrt, p_new).unwrap();
-        g.add_update(m, m_new).unwrap();
-        g.add_update(v, v_new).unwrap();
-    }
+    let lr = optim::lr_input(&mut g).unwrap();
+    let pairs: Vec<(NodeId, NodeId)> = grads.iter().map(|n| (n.wrt, n.grad)).collect();
+    optim::Optimizer::adam().apply(&mut g, lr, &pairs).unwrap();
     g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
     g
 }
@@ -92,6 +41,7 @@ fn feeds(g: &Graph) -> Vec<(&'static str, HostTensor)> {
     vec![
         ("x", HostTensor::f32(x.shape.clone(), xs)),
         ("labels", HostTensor::i32([b], ys)),
+        ("lr", HostTensor::f32(Shape::scalar(), vec![0.001])),
     ]
 }
 
