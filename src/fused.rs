@@ -19,10 +19,10 @@
 //! Rules ([`FusedBody::infer`] checks all of them):
 //! - every operand is `f32`;
 //! - instructions are elementwise (`Unary`, `Binary`, `Compare`, `Select`, `Broadcast`),
-//!   except that the first may be a `matmul` of two operands (an epilogue: the GEMM writes the
-//!   output, the rest of the body runs over it) and the last may be a `reduce_*` (a reduction
-//!   fed by the elementwise chain);
-//! - the *domain* is the shape of the last elementwise instruction (or of the matmul): every
+//!   except that the first may be a `matmul` or `conv2d` of two operands (the *producer* of an
+//!   epilogue: the GEMM or convolution writes the output, the rest of the body runs over it)
+//!   and the last may be a `reduce_*` (a reduction fed by the elementwise chain), not both;
+//! - the *domain* is the shape of the last elementwise instruction (or of the producer): every
 //!   elementwise instruction's shape broadcasts to it, so the whole body can be evaluated
 //!   element by element over the domain without intermediate buffers (numpy broadcasting
 //!   commutes with elementwise ops);
@@ -60,6 +60,11 @@ pub fn is_elementwise(op: &Op) -> bool {
     )
 }
 
+/// Whether `op` may lead a fused body as the producer of an epilogue.
+pub fn is_producer(op: &Op) -> bool {
+    matches!(op, Op::Matmul | Op::Conv2d { .. })
+}
+
 impl FusedBody {
     /// The result type of the body for operands of types `operands`, checking every rule of the
     /// module documentation.
@@ -85,12 +90,12 @@ impl FusedBody {
         for (i, inst) in self.insts.iter().enumerate() {
             let k = self.n_params + i;
             let allowed = is_elementwise(&inst.op)
-                || (i == 0 && matches!(inst.op, Op::Matmul))
+                || (i == 0 && is_producer(&inst.op))
                 || (i == last && i > 0 && matches!(inst.op, Op::Reduce { .. }));
             if !allowed {
                 return err(format!(
-                    "%{k}: {} is not allowed here (elementwise ops, a leading matmul or a \
-                     trailing reduction only)",
+                    "%{k}: {} is not allowed here (elementwise ops, a leading matmul or conv2d, \
+                     or a trailing reduction only)",
                     inst.op.name()
                 ));
             }
@@ -116,6 +121,9 @@ impl FusedBody {
             }
             types.push(ty);
         }
+        if self.producer().is_some() && self.reduction().is_some() {
+            return err("a body cannot have both a leading matmul/conv2d and a reduction".into());
+        }
         let domain = self.domain();
         for (i, inst) in self.insts.iter().enumerate() {
             if is_elementwise(&inst.op) && !inst.ty.shape.broadcasts_to(&domain) {
@@ -139,6 +147,11 @@ impl FusedBody {
     /// The leading matmul (an epilogue body), if any.
     pub fn matmul(&self) -> Option<&FusedInst> {
         self.insts.first().filter(|i| matches!(i.op, Op::Matmul))
+    }
+
+    /// The leading matmul or conv2d (the producer of an epilogue body), if any.
+    pub fn producer(&self) -> Option<&FusedInst> {
+        self.insts.first().filter(|i| is_producer(&i.op))
     }
 
     /// The shape the elementwise part iterates over: the input of the trailing reduction, or

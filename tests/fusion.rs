@@ -389,6 +389,19 @@ fn epilogues_fuse_into_matmul_in_the_mlp_training_step() {
 }
 
 #[test]
+fn conv_epilogue_fuses_in_the_cnn() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/cnn.ir");
+    let (_, mut g) = graphs_of(&path).pop().unwrap();
+    Pipeline::default().run(&mut g).unwrap();
+    let conv = g.find("conv").unwrap();
+    let Op::Fused(body) = &g[conv].op else {
+        panic!("%conv is not fused: {}", text::print(&g));
+    };
+    let names: Vec<&str> = body.insts.iter().map(|i| i.op.name()).collect();
+    assert_eq!(names, ["conv2d", "add", "relu"]);
+}
+
+#[test]
 fn remarks_say_what_was_not_fused_and_why() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/passes");
     let mut g = graphs_of(&dir.join("fuse_chain.ir")).remove(0).1;

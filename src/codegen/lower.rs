@@ -39,7 +39,7 @@ use std::collections::HashMap;
 const LANES: usize = 4;
 
 mod fused;
-pub(crate) use fused::fused_reads_only_in_matmul;
+pub(crate) use fused::{fused_conv_geometry, fused_reads_only_in_matmul};
 
 /// A lowering failure for one node (the caller adds the node's description).
 pub type LowerError = String;
@@ -1057,7 +1057,7 @@ impl<'a> Lowerer<'a> {
             Op::OneHot { depth } => self.one_hot(out, ins[0], &in_ty(0).shape, *depth),
             Op::Fused(body) => {
                 let shapes: Vec<Shape> = (0..ins.len()).map(|i| in_ty(i).shape.clone()).collect();
-                self.fused(body, out, &ins, &shapes, shape, plan, &operands)?;
+                self.fused(id, body, out, &ins, &shapes, shape, plan, &operands)?;
             }
         }
         Ok(())

@@ -266,6 +266,7 @@ fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
         Op::Conv2dFilterGrad {
             stride, padding, ..
         } => lower::conv_geometry(&g[ops[0]].ty.shape, &n.ty.shape, *stride, *padding),
+        Op::Fused(_) => lower::fused_conv_geometry(g, id).ok_or_else(String::new),
         _ => return 0,
     };
     geom.map(|g| kernels::conv_scratch_len(&g) * 4).unwrap_or(0)

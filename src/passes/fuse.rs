@@ -13,9 +13,10 @@
 //!   is in the group, it is not an output or an update value (those need a buffer of their
 //!   own), and its shape is the group's domain (the root's shape, or the reduction's input
 //!   shape): a smaller operand would be recomputed for every element of the domain;
-//! - epilogues: a group without a reduction may then absorb one `matmul` operand whose only
-//!   users are in the group and whose shape is the domain (bias add, activation, and in the
-//!   backward graph the activation's derivative mask, fuse into the GEMM's output);
+//! - epilogues: a group without a reduction may then absorb one `matmul` or `conv2d` operand
+//!   whose only users are in the group and whose shape is the domain (bias add, activation,
+//!   and in the backward graph the activation's derivative mask, fuse into the GEMM's or the
+//!   convolution's output);
 //! - a group of one node is left alone (nothing to fuse).
 //!
 //! Before grouping, one rewrite frees activations for their epilogue: a relu derivative mask
@@ -102,7 +103,7 @@ pub fn run(g: &mut Graph) -> PassReport {
                 if in_group.contains(&p) || taken.contains(&p) || g[p].op.is_leaf() {
                     continue;
                 }
-                if matches!(g[p].op, Op::Matmul) {
+                if crate::fused::is_producer(&g[p].op) {
                     candidates_matmul.push(p);
                     continue;
                 }

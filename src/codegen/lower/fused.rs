@@ -8,9 +8,9 @@
 //! - A trailing reduction accumulates into the output buffer (filled with the reduction's
 //!   identity first): the output is read and written through a view with stride 0 on the
 //!   reduced axes; `reduce_mean` scales the result at the end.
-//! - A leading matmul (an epilogue body) writes the product into the output buffer with the
-//!   ordinary matmul lowering; the elementwise loop then reads it back from there and
-//!   overwrites it in place, while it is still in cache.
+//! - A leading matmul or conv2d (an epilogue body) writes its result into the output buffer
+//!   with the ordinary lowering (GEMM call, convolution kernel); the elementwise loop then
+//!   reads it back from there and overwrites it in place.
 
 use super::{broadcast_strides, float_cc, LowerError, Lowerer, View};
 use crate::codegen::plan::{Loc, Plan};
@@ -36,6 +36,7 @@ impl<'a> Lowerer<'a> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn fused(
         &mut self,
+        id: NodeId,
         body: &FusedBody,
         out: Loc,
         ins: &[Loc],
@@ -47,7 +48,7 @@ impl<'a> Lowerer<'a> {
         let domain = body.domain();
         let np = body.n_params;
         let reduce = body.reduction().cloned();
-        let start = usize::from(body.matmul().is_some());
+        let start = usize::from(body.producer().is_some());
         let end = body.insts.len() - usize::from(reduce.is_some());
         for inst in &body.insts[start..end] {
             check_supported(&inst.op)?;
@@ -69,17 +70,26 @@ impl<'a> Lowerer<'a> {
                 }
             }
         }
-        if let Some(mm) = body.matmul() {
+        if let Some(p) = body.producer() {
             if reduce.is_some() {
-                return Err("a fused body with both a matmul and a reduction".into());
+                return Err("a fused body with both a matmul/conv2d and a reduction".into());
             }
-            let (a, b) = (mm.args[0], mm.args[1]);
-            let (m, k, n) = (in_shapes[a].0[0], in_shapes[a].0[1], in_shapes[b].0[1]);
-            let ta = plan.folded.contains(&operands[a]);
-            let tb = plan.folded.contains(&operands[b]);
-            let sa = if ta { (1, m) } else { (k, 1) };
-            let sb = if tb { (1, k) } else { (n, 1) };
-            self.matmul(ins[a], sa, ins[b], sb, out, m, k, n)?;
+            let (a, b) = (p.args[0], p.args[1]);
+            match &p.op {
+                Op::Conv2d { stride, padding } => {
+                    let geo =
+                        super::conv_geometry(&in_shapes[a], &in_shapes[b], *stride, *padding)?;
+                    self.conv_call("gl_conv2d", ins[a], ins[b], out, plan, id, &geo)?;
+                }
+                _ => {
+                    let (m, k, n) = (in_shapes[a].0[0], in_shapes[a].0[1], in_shapes[b].0[1]);
+                    let ta = plan.folded.contains(&operands[a]);
+                    let tb = plan.folded.contains(&operands[b]);
+                    let sa = if ta { (1, m) } else { (k, 1) };
+                    let sb = if tb { (1, k) } else { (n, 1) };
+                    self.matmul(ins[a], sa, ins[b], sb, out, m, k, n)?;
+                }
+            }
             if body.insts.len() == 1 {
                 return Ok(());
             }
@@ -224,6 +234,24 @@ pub(crate) fn fused_reads_only_in_matmul(
         .iter()
         .any(|inst| inst.args.iter().any(|a| params.contains(a)));
     !params.is_empty() && in_matmul && !elsewhere
+}
+
+/// Scratch bytes of a fused node whose producer is a convolution (its patch matrix), as for
+/// a plain `conv2d` node.
+pub(crate) fn fused_conv_geometry(
+    g: &crate::graph::Graph,
+    id: NodeId,
+) -> Option<[i64; crate::codegen::kernels::CONV_GEOMETRY_LEN]> {
+    let Op::Fused(body) = &g[id].op else {
+        return None;
+    };
+    let p = body.producer()?;
+    let Op::Conv2d { stride, padding } = &p.op else {
+        return None;
+    };
+    let ops = g.operands(id);
+    let (x, w) = (&g[ops[p.args[0]]].ty.shape, &g[ops[p.args[1]]].ty.shape);
+    super::conv_geometry(x, w, *stride, *padding).ok()
 }
 
 /// Whether the JIT has inline code for `op` inside a fused loop.
