@@ -271,6 +271,7 @@ fn jit_matches(name: &str, reference: &Graph, g: &Graph, seed: u64) {
             matmul: kernel,
             verify: true,
             poison: true,
+            ..CompileOptions::default()
         };
         let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
         let outs = exe.run(&inputs).unwrap();
