@@ -597,11 +597,34 @@ fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
         Op::OneHot { depth } => one_hot(a[0], *depth),
         Op::Slice { begin, .. } => slice(a[0], begin, out),
         Op::Concat { axis } => concat(a, *axis, out),
+        Op::Fused(body) => return fused(body, a),
     };
     Array {
         shape: out.clone(),
         data,
     }
+}
+
+/// Evaluates a fused body instruction by instruction with [`eval_op`] (its types were checked
+/// by [`Op::infer`], which [`crate::fused::FusedBody::infer`] implements for the body).
+fn fused<T: Float>(body: &crate::fused::FusedBody, a: &[&Array<T>]) -> Array<T> {
+    let mut vals: Vec<Array<T>> = Vec::with_capacity(body.insts.len());
+    for inst in &body.insts {
+        let args: Vec<&Array<T>> = inst
+            .args
+            .iter()
+            .map(|&k| {
+                if k < body.n_params {
+                    a[k]
+                } else {
+                    &vals[k - body.n_params]
+                }
+            })
+            .collect();
+        let v = eval_op(&inst.op, &args, &inst.ty.shape);
+        vals.push(v);
+    }
+    vals.pop().unwrap_or_else(|| Array::zeros(Shape(vec![])))
 }
 
 // ---- index helpers ----------------------------------------------------------------------------

@@ -53,6 +53,7 @@ pub mod autodiff;
 pub mod checkpoint;
 pub mod codegen;
 pub mod data;
+pub mod fused;
 pub mod graph;
 pub mod init;
 pub mod interp;

@@ -207,12 +207,65 @@ struct DumpArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = DumpFormat::Text)]
     format: DumpFormat,
+    /// Optimization passes to run before printing.
+    #[command(flatten)]
+    passes: PassArgs,
 }
 
-/// Prints the graph in the chosen format to stdout.
+/// Prints the graph in the chosen format to stdout (after the passes, if any).
 fn cmd_dump(a: &DumpArgs) -> Result<(), CliError> {
-    let g = load(&a.file)?;
+    let mut g = load(&a.file)?;
+    a.passes.run(&mut g, &a.file.display().to_string())?;
     print_graph(&g, a.format)
+}
+
+// ---- passes -----------------------------------------------------------------------------------
+
+/// The pass options of `dump` and `run`.
+#[derive(Args, Debug)]
+struct PassArgs {
+    /// Run a pass pipeline: `default` (cse, simplify, fold, cse, dce, fuse), `none`, or a
+    /// comma-separated list of pass names. Default: `none`, or `default` when `--dump-after`
+    /// or `--remarks` is given.
+    #[arg(long)]
+    passes: Option<String>,
+    /// Write the graph after these passes (`all`, or comma-separated pass names) into
+    /// `--dump-dir`, one file per pass numbered in order (`00-input.ir`, `01-cse.ir`, ...).
+    #[arg(long)]
+    dump_after: Option<String>,
+    /// The directory of `--dump-after` files (created if missing).
+    #[arg(long, default_value = "gradlift-dump")]
+    dump_dir: PathBuf,
+    /// Print each pass's report (what it changed, and remarks on what it did not do and why,
+    /// e.g. what fusion left unfused) to stderr.
+    #[arg(long)]
+    remarks: bool,
+}
+
+impl PassArgs {
+    /// Runs the selected pipeline on `g` (nothing when none is selected).
+    fn run(&self, g: &mut Graph, file: &str) -> Result<(), CliError> {
+        let fail = |e: gradlift::passes::PassError| CliError(format!("{file}: {e}"));
+        let implied = self.dump_after.is_some() || self.remarks;
+        let names = match self.passes.as_deref() {
+            Some("none") => return Ok(()),
+            None if !implied => return Ok(()),
+            None | Some("default") => gradlift::passes::DEFAULT_PIPELINE.to_vec(),
+            Some(list) => list.split(',').map(str::trim).collect(),
+        };
+        let mut pipeline = gradlift::passes::Pipeline::new(&names).map_err(fail)?;
+        if let Some(after) = &self.dump_after {
+            let after = gradlift::passes::DumpAfter::parse(after).map_err(fail)?;
+            pipeline = pipeline.dump_to(&self.dump_dir, after);
+        }
+        let reports = pipeline.run(g).map_err(fail)?;
+        if self.remarks {
+            for r in &reports {
+                eprintln!("{r}");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Prints `g` in `format` to stdout, ending with a newline.
@@ -339,6 +392,9 @@ struct RunArgs {
     /// printed as outputs `grad_<param>`.
     #[arg(long)]
     grad: bool,
+    /// Optimization passes to run before compiling (after the gradient).
+    #[command(flatten)]
+    passes: PassArgs,
 }
 
 /// Compiles the graph with Cranelift, runs it once on the same seeded inputs as `eval` and
@@ -353,6 +409,7 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
         })?;
         verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
     }
+    a.passes.run(&mut g, &file)?;
     let feeds = random_feeds(&g, a.seed)?;
     let mut exe = codegen::compile(&g, &CompileOptions::default())
         .map_err(|e| CliError(format!("{file}: {e}")))?;

@@ -198,6 +198,12 @@ pub enum Op {
     Slice { begin: Vec<usize>, end: Vec<usize> },
     /// Concatenation of one or more operands along `axis`.
     Concat { axis: usize },
+    /// A fused kernel made by the fusion pass: its body is a small expression graph over the
+    /// node's operands (elementwise ops, optionally a leading matmul and a trailing reduction),
+    /// computed in one loop nest without intermediate buffers. See [`crate::fused`]. Not
+    /// differentiable (fusion runs after autodiff); printed as a nested block, so it is not in
+    /// [`all_op_names`].
+    Fused(crate::fused::FusedBody),
 }
 
 /// Error from type inference: what is wrong, in words that name shapes found and expected.
@@ -460,6 +466,7 @@ impl Op {
             Op::OneHot { .. } => "one_hot",
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
+            Op::Fused(_) => "fused",
         }
     }
 
@@ -498,6 +505,7 @@ impl Op {
             | Op::SparseSoftmaxCrossEntropy => Arity::Exact(2),
             Op::Select => Arity::Exact(3),
             Op::Concat { .. } => Arity::AtLeast(1),
+            Op::Fused(body) => Arity::Exact(body.n_params),
         }
     }
 
@@ -506,7 +514,7 @@ impl Op {
     pub fn is_differentiable(&self) -> bool {
         !matches!(
             self,
-            Op::Compare(_) | Op::Argmax { .. } | Op::Cast { .. } | Op::OneHot { .. }
+            Op::Compare(_) | Op::Argmax { .. } | Op::Cast { .. } | Op::OneHot { .. } | Op::Fused(_)
         )
     }
 
@@ -839,6 +847,7 @@ impl Op {
                 s[*axis] = total;
                 TensorType::new(first.dtype, s)
             }
+            Op::Fused(body) => body.infer(operands)?,
         };
         if ty.shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
             bail!("{name}: result type {ty} has more than {MAX_ELEMENTS} elements");
@@ -1286,6 +1295,8 @@ impl Op {
             }
             Op::OneHot { depth } => vec![("depth", int(*depth))],
             Op::Slice { begin, end } => vec![("begin", ints(begin)), ("end", ints(end))],
+            // the body is printed as a nested block, not as attributes
+            Op::Fused(_) => vec![],
         }
     }
 

@@ -34,6 +34,7 @@ pub(super) fn missing_rule(op: &Op) -> Option<&'static str> {
         Op::Argmax { .. } => Some("is not differentiable (it returns integer indices)"),
         Op::Cast { .. } => Some("is not differentiable (it converts to or from integers)"),
         Op::OneHot { .. } => Some("is not differentiable (its operand is an integer index)"),
+        Op::Fused(_) => Some("is not differentiable; run fusion after autodiff"),
         _ => None,
     }
 }
@@ -71,7 +72,7 @@ pub(super) fn vjp(cx: &mut Cx<'_>, gy: NodeId, wants: &[bool]) -> Grads {
         Op::Slice { begin, end } => slice(cx, &begin, &end, gy),
         Op::Concat { axis } => concat(cx, axis, gy),
         // Checked by the driver before anything is built (`missing_rule`).
-        Op::Compare(_) | Op::Argmax { .. } | Op::Cast { .. } | Op::OneHot { .. } => {
+        Op::Compare(_) | Op::Argmax { .. } | Op::Cast { .. } | Op::OneHot { .. } | Op::Fused(_) => {
             Ok(vec![None; wants.len()])
         }
     }

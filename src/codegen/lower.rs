@@ -38,6 +38,9 @@ use std::collections::HashMap;
 /// Lanes of a vector register (`f32x4`).
 const LANES: usize = 4;
 
+mod fused;
+pub(crate) use fused::{fused_conv_geometry, fused_reads_only_in_matmul};
+
 /// A lowering failure for one node (the caller adds the node's description).
 pub type LowerError = String;
 
@@ -1056,6 +1059,10 @@ impl<'a> Lowerer<'a> {
                 self.call(name, &args)?;
             }
             Op::OneHot { depth } => self.one_hot(out, ins[0], &in_ty(0).shape, *depth),
+            Op::Fused(body) => {
+                let shapes: Vec<Shape> = (0..ins.len()).map(|i| in_ty(i).shape.clone()).collect();
+                self.fused(id, body, out, &ins, &shapes, shape, plan, &operands)?;
+            }
         }
         Ok(())
     }

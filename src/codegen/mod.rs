@@ -270,6 +270,7 @@ fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
         Op::Conv2dFilterGrad {
             stride, padding, ..
         } => lower::conv_geometry(&g[ops[0]].ty.shape, &n.ty.shape, *stride, *padding),
+        Op::Fused(_) => lower::fused_conv_geometry(g, id).ok_or_else(String::new),
         _ => return 0,
     };
     geom.map(|g| kernels::conv_scratch_len(&g) * 4).unwrap_or(0)
@@ -290,7 +291,9 @@ fn foldable_transposes(g: &Graph, order: &[NodeId]) -> std::collections::HashSet
         .filter(|&id| {
             matches!(&g[id].op, Op::Transpose { perm } if perm == &[1, 0])
                 && !kept.contains(&id)
-                && g.users(id).iter().all(|&u| matches!(g[u].op, Op::Matmul))
+                && g.users(id).iter().all(|&u| {
+                    matches!(g[u].op, Op::Matmul) || lower::fused_reads_only_in_matmul(g, u, id)
+                })
         })
         .collect()
 }

@@ -279,7 +279,13 @@ fn in_place_updates(
     let mut out = HashMap::new();
     for u in g.updates() {
         let (t, v) = (u.target, u.value);
-        let elementwise = matches!(g[v].op, Op::Unary(_) | Op::Binary(_));
+        // a fused elementwise body reads every operand at the position it writes (a leading
+        // matmul/conv2d or a trailing reduction would not: they stay out)
+        let elementwise = match &g[v].op {
+            Op::Unary(_) | Op::Binary(_) => true,
+            Op::Fused(b) => b.producer().is_none() && b.reduction().is_none(),
+            _ => false,
+        };
         if !elementwise || root[&v] != v || kept.contains(&t) || out.contains_key(&v) {
             continue;
         }

@@ -16,7 +16,9 @@
 //! - `simplify` ([`simplify`]): algebraic, reshape and softmax rewrite rules, to a fixpoint;
 //! - `fold` ([`fold`]): constant folding of small results with the interpreter;
 //! - `cse` ([`cse`]): common-subexpression elimination;
-//! - `dce` ([`dce`]): dead-code elimination.
+//! - `dce` ([`dce`]): dead-code elimination;
+//! - `fuse` ([`fuse`]): elementwise chains, the reductions they feed and matmul epilogues
+//!   become one fused node each, with remarks on what was not fused and why.
 //!
 //! [`plan::plan`] is an analysis, not a pass: it computes a schedule, buffer lifetimes and
 //! arena offsets without changing the graph.
@@ -45,6 +47,7 @@
 pub mod cse;
 pub mod dce;
 pub mod fold;
+pub mod fuse;
 pub mod plan;
 pub mod simplify;
 
@@ -166,6 +169,12 @@ pub fn all() -> &'static [Pass] {
             summary: "remove nodes that no output or update needs",
             run: dce::run,
         },
+        Pass {
+            name: "fuse",
+            summary: "fuse elementwise chains, reductions they feed and matmul epilogues into \
+                      one kernel each (see passes::fuse)",
+            run: fuse::run,
+        },
     ]
 }
 
@@ -177,9 +186,10 @@ pub fn by_name(name: &str) -> Option<Pass> {
 /// The names of the default pipeline, in order. `cse` runs first so that duplicated chains are
 /// one chain (the softmax rules fire only on chains without other users); then `simplify` and
 /// `fold`; `cse` again because rewriting and folding make equal nodes and constants; `dce`
-/// last removes everything the others left unused. On the test graphs one run of this list
-/// reaches a fixpoint: a second run changes nothing.
-pub const DEFAULT_PIPELINE: &[&str] = &["cse", "simplify", "fold", "cse", "dce"];
+/// removes everything the others left unused; `fuse` runs last, on the final graph (its fused
+/// nodes are opaque to the other passes). On the test graphs one run of this list reaches a
+/// fixpoint: a second run changes nothing.
+pub const DEFAULT_PIPELINE: &[&str] = &["cse", "simplify", "fold", "cse", "dce", "fuse"];
 
 /// Error of a pipeline: an unknown pass name, a pass that broke the graph (the verifier's
 /// errors), or a dump that could not be written.

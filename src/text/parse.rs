@@ -310,6 +310,15 @@ impl Parser<'_> {
             "const" => Op::Const {
                 value: self.literal()?,
             },
+            "fused" => {
+                let (ops, attrs) = self.operands_and_attrs()?;
+                if let Some((k, _, pos)) = attrs.first() {
+                    return Err(self.err(*pos, format!("fused takes no attributes, found `{k}`")));
+                }
+                let n_params = ops.len();
+                operands = ops;
+                Op::Fused(self.fused_body(n_params)?)
+            }
             _ => {
                 if Op::attr_names(&op_name).is_none() {
                     return Err(self.err(op_pos, unknown_op_message(&op_name)));
@@ -354,6 +363,100 @@ impl Parser<'_> {
             grad,
             loc,
         })
+    }
+
+    /// `{ NEWLINE (%K: TYPE = OP args NEWLINE)* yield %R NEWLINE }` after `fused OPERANDS`:
+    /// values are numbered operands first (`%0..`), then one per instruction in order, and
+    /// `yield` names the last instruction.
+    fn fused_body(&mut self, n_params: usize) -> Result<crate::fused::FusedBody, ParseError> {
+        let open = self.here();
+        self.punct('{', "`{` to open the body of `fused`")?;
+        let mut insts = Vec::new();
+        loop {
+            self.skip_blank_lines();
+            if *self.peek() == Tok::Ident("yield".into()) {
+                self.bump();
+                let r = self.value_ref("the result `%K` after `yield`")?;
+                let last = n_params + insts.len();
+                if insts.is_empty() || r.label != (last - 1).to_string() {
+                    return Err(self.err(
+                        r.pos,
+                        format!(
+                            "`yield` must name the last instruction of the body (`%{}`), found `%{}`",
+                            last.saturating_sub(1),
+                            r.label
+                        ),
+                    ));
+                }
+                self.skip_blank_lines();
+                self.punct('}', "`}` to close the body of `fused` after `yield`")?;
+                return Ok(crate::fused::FusedBody { n_params, insts });
+            }
+            if *self.peek() == Tok::Eof || *self.peek() == Tok::Punct('}') {
+                return Err(self.expected(&format!(
+                    "`yield %K` to end the body of `fused` (opened at {}:{})",
+                    open.line, open.col
+                )));
+            }
+            let k = n_params + insts.len();
+            let def = self.value_ref("a body instruction `%K: TYPE = OP ...` or `yield %K`")?;
+            if def.label != k.to_string() {
+                return Err(self.err(
+                    def.pos,
+                    format!(
+                        "body values are numbered operands first, then instructions: expected `%{k}`, found `%{}`",
+                        def.label
+                    ),
+                ));
+            }
+            self.punct(':', "`:` after the value name")?;
+            let ty = self.ty()?;
+            self.punct('=', "`=` after the type")?;
+            let (op_name, op_pos) = self.ident("an op name")?;
+            if Op::attr_names(&op_name).is_none() {
+                return Err(self.err(op_pos, unknown_op_message(&op_name)));
+            }
+            let (refs, attrs) = self.operands_and_attrs()?;
+            let plain: Vec<(String, AttrValue)> = attrs
+                .iter()
+                .map(|(k, v, _)| (k.clone(), v.clone()))
+                .collect();
+            let op = Op::from_attrs(&op_name, &plain)
+                .map_err(|e| self.attr_error(e, &op_name, "op", "attribute", op_pos, &attrs))?;
+            let mut args = Vec::new();
+            for r in refs {
+                match r.label.parse::<usize>() {
+                    Ok(a) if a < k => args.push(a),
+                    _ => {
+                        return Err(self.err(
+                            r.pos,
+                            format!(
+                            "`%{}` is not a value of the body defined before `%{k}` (`%0`..`%{}`)",
+                            r.label,
+                            k.saturating_sub(1)
+                        ),
+                        ))
+                    }
+                }
+            }
+            if !op.arity().accepts(args.len()) {
+                return Err(self.err(
+                    op_pos,
+                    format!(
+                        "wrong number of operands: {op_name} takes {}, found {}",
+                        op.arity(),
+                        args.len()
+                    ),
+                ));
+            }
+            match self.peek() {
+                Tok::Newline => {
+                    self.bump();
+                }
+                _ => return Err(self.expected("`,` or end of line")),
+            }
+            insts.push(crate::fused::FusedInst { op, args, ty });
+        }
     }
 
     /// `f32[2,3]`

@@ -200,12 +200,42 @@ fn node_line(g: &Graph, id: NodeId, names: &Labels, opts: PrintOptions) -> Strin
         s.push(' ');
         s.push_str(&items.join(", "));
     }
+    if let Op::Fused(body) = &n.op {
+        s.push_str(&fused_block(body));
+    }
     if let Some(f) = n.grad_of {
         let _ = write!(s, "  grad({})", names.get(f));
     }
     if let (true, Some(loc)) = (opts.locations, &n.loc) {
         let _ = write!(s, "  # at {loc}");
     }
+    s
+}
+
+/// ` {`, one line per instruction of a fused body (`%K: TYPE = OP %A, %B, key=value`,
+/// values numbered operands first), `yield %R` and `}`, indented for a body line.
+fn fused_block(body: &crate::fused::FusedBody) -> String {
+    let mut s = String::from(" {");
+    for (i, inst) in body.insts.iter().enumerate() {
+        let _ = write!(
+            s,
+            "\n    %{}: {} = {}",
+            body.n_params + i,
+            inst.ty,
+            inst.op.name()
+        );
+        let mut items: Vec<String> = inst.args.iter().map(|a| format!("%{a}")).collect();
+        items.extend(inst.op.attrs().into_iter().map(|(k, v)| format!("{k}={v}")));
+        if !items.is_empty() {
+            s.push(' ');
+            s.push_str(&items.join(", "));
+        }
+    }
+    let _ = write!(
+        s,
+        "\n    yield %{}\n  }}",
+        body.n_params + body.insts.len().saturating_sub(1)
+    );
     s
 }
 

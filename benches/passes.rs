@@ -1,0 +1,141 @@
+//! Pass-pipeline benchmarks: the corpus MLP and CNN training steps (`ir/mlp.ir`, `ir/cnn.ir`,
+//! batch 64: forward + autodiff gradients + Adam updates, one graph each) compiled with and
+//! without the default pass pipeline (which ends with fusion): compile time (the pipeline
+//! included) and training-step time, measured in one run. Before the measurements it prints,
+//! per model, the node count before and after the pipeline, the number of fused kernels, the
+//! arena bytes before planning (every intermediate its own buffer) and after (the JIT's
+//! planned arena, with reuse), the peak live bytes, and the compile report.
+//!
+//! Run with `cargo bench --bench passes`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use gradlift::codegen::{self, CompileOptions};
+use gradlift::passes::{plan::plan, Pipeline};
+use gradlift::runtime::HostTensor;
+use gradlift::{autodiff, optim, text, Graph, NodeId, Op, Shape};
+use std::time::{Duration, Instant};
+
+/// A training step from the corpus: `ir/NAME.ir`, the gradient of `loss` w.r.t. every param
+/// (autodiff) and Adam updates (`gradlift::optim`, Keras defaults; the learning rate is the
+/// input `lr`). Only `loss` and `accuracy` stay outputs.
+fn adam_step(name: &str) -> Graph {
+    let path = format!("{}/ir/{name}.ir", env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut g = text::parse(&src, &path).unwrap_or_else(|e| panic!("{e}"));
+    let grads = autodiff::grad_all_params(&mut g, "loss", None).unwrap();
+    let lr = optim::lr_input(&mut g).unwrap();
+    let pairs: Vec<(NodeId, NodeId)> = grads.iter().map(|n| (n.wrt, n.grad)).collect();
+    optim::Optimizer::adam().apply(&mut g, lr, &pairs).unwrap();
+    g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
+    g
+}
+
+/// Deterministic inputs for a step graph: pixels in [0,1), labels 0..9.
+fn feeds(g: &Graph) -> Vec<(&'static str, HostTensor)> {
+    let x = &g[g.find("x").unwrap()].ty;
+    let b = x.shape.0[0];
+    let xs = (0..x.shape.numel())
+        .map(|i| ((i * 37) % 101) as f32 / 101.0)
+        .collect();
+    let ys = (0..b).map(|i| (i % 10) as i32).collect();
+    vec![
+        ("x", HostTensor::f32(x.shape.clone(), xs)),
+        ("labels", HostTensor::i32([b], ys)),
+        ("lr", HostTensor::f32(Shape::scalar(), vec![0.001])),
+    ]
+}
+
+fn opts() -> CompileOptions {
+    CompileOptions {
+        verify: false,
+        ..CompileOptions::default()
+    }
+}
+
+/// The pipeline run without its between-pass checks (as a release build runs it).
+fn pipeline() -> Pipeline {
+    let mut p = Pipeline::default();
+    p.verify = false;
+    p
+}
+
+fn optimized(g: &Graph) -> Graph {
+    let mut g = g.clone();
+    pipeline().run(&mut g).unwrap();
+    g
+}
+
+fn fused_kernels(g: &Graph) -> usize {
+    g.node_ids()
+        .iter()
+        .filter(|&&id| matches!(g[id].op, Op::Fused(_)))
+        .count()
+}
+
+/// Prints the figures of one model (see the module documentation).
+fn report(name: &str, g: &Graph) {
+    let t0 = Instant::now();
+    let opt = optimized(g);
+    let pipeline_ms = t0.elapsed().as_secs_f64() * 1e3;
+    for (label, graph) in [("without pipeline", g), ("with pipeline", &opt)] {
+        let p = plan(graph).unwrap();
+        let exe = codegen::compile(graph, &opts()).unwrap();
+        let r = exe.report();
+        eprintln!(
+            "{name} {label}: {} nodes, {} fused kernels; arena {} bytes before planning \
+             (no reuse), {} bytes planned by the JIT (passes::plan: {} with reuse, peak live \
+             {}); {} in-place updates; {r}",
+            graph.len(),
+            fused_kernels(graph),
+            p.arena_bytes_no_reuse,
+            r.arena_bytes,
+            p.arena_bytes,
+            p.peak_live_bytes,
+            r.in_place_updates,
+        );
+    }
+    eprintln!("{name}: pipeline ran in {pipeline_ms:.2} ms");
+}
+
+fn compile_time(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("passes_compile");
+    for name in ["mlp", "cnn"] {
+        let g = adam_step(name);
+        report(name, &g);
+        grp.bench_function(BenchmarkId::new(name, "no_pipeline"), |b| {
+            b.iter(|| codegen::compile(&g, &opts()).unwrap())
+        });
+        grp.bench_function(BenchmarkId::new(name, "pipeline"), |b| {
+            b.iter(|| codegen::compile(&optimized(&g), &opts()).unwrap())
+        });
+    }
+    grp.finish();
+}
+
+fn step_time(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("passes_step");
+    for name in ["mlp", "cnn"] {
+        let g = adam_step(name);
+        let inputs = feeds(&g);
+        let opt = optimized(&g);
+        let mut plain = codegen::compile(&g, &opts()).unwrap();
+        let mut fused = codegen::compile(&opt, &opts()).unwrap();
+        grp.bench_function(BenchmarkId::new(name, "no_pipeline"), |b| {
+            b.iter(|| plain.run(&inputs).unwrap())
+        });
+        grp.bench_function(BenchmarkId::new(name, "pipeline"), |b| {
+            b.iter(|| fused.run(&inputs).unwrap())
+        });
+    }
+    grp.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = compile_time, step_time
+}
+criterion_main!(benches);

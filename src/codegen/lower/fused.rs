@@ -1,0 +1,284 @@
+//! Lowering of fused nodes ([`crate::fused::FusedBody`]): one loop nest per node.
+//!
+//! In: a fused node's body, the locations of its operands and result. Out: Cranelift code that
+//! evaluates the whole body per element of its domain, in registers, with no intermediate
+//! buffer: every operand is read through a view broadcast over the domain (stride 0 where it
+//! is broadcast), so a row of the domain is `f32x4` vectors plus a scalar tail, like every
+//! other elementwise loop ([`Lowerer::map`]).
+//! - A trailing reduction accumulates into the output buffer (filled with the reduction's
+//!   identity first): the output is read and written through a view with stride 0 on the
+//!   reduced axes; `reduce_mean` scales the result at the end.
+//! - A leading matmul or conv2d (an epilogue body) writes its result into the output buffer
+//!   with the ordinary lowering (GEMM call, convolution kernel); the elementwise loop then
+//!   reads it back from there and overwrites it in place.
+
+use super::{broadcast_strides, float_cc, LowerError, Lowerer, View};
+use crate::codegen::plan::{Loc, Plan};
+use crate::fused::FusedBody;
+use crate::graph::NodeId;
+use crate::op::{BinaryOp, Op, ReduceOp, UnaryOp};
+use crate::shape::{DType, Shape};
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{InstBuilder, Value};
+
+/// Where each value the elementwise part reads comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// Loaded from the `i`-th view of the map (operands read elementwise, or the matmul
+    /// product).
+    Loaded(usize),
+    /// Not read elementwise (an operand only the matmul reads).
+    None,
+}
+
+impl<'a> Lowerer<'a> {
+    /// Lowers fused node `id` with operands at `ins` (dense, of types `in_shapes`) into `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fused(
+        &mut self,
+        id: NodeId,
+        body: &FusedBody,
+        out: Loc,
+        ins: &[Loc],
+        in_shapes: &[Shape],
+        out_shape: &Shape,
+        plan: &Plan,
+        operands: &[NodeId],
+    ) -> Result<(), LowerError> {
+        let domain = body.domain();
+        let np = body.n_params;
+        let reduce = body.reduction().cloned();
+        let start = usize::from(body.producer().is_some());
+        let end = body.insts.len() - usize::from(reduce.is_some());
+        for inst in &body.insts[start..end] {
+            check_supported(&inst.op)?;
+        }
+        // views read elementwise, after the accumulator view of a reduction
+        let mut views: Vec<View> = Vec::new();
+        let first_input = usize::from(reduce.is_some());
+        let mut sources = vec![Source::None; np + body.insts.len()];
+        for inst in &body.insts[start..end] {
+            for &a in &inst.args {
+                if a < np && matches!(sources[a], Source::None) {
+                    sources[a] = Source::Loaded(first_input + views.len());
+                    views.push(View {
+                        loc: ins[a],
+                        dtype: DType::F32,
+                        offset: 0,
+                        strides: broadcast_strides(&in_shapes[a], &domain),
+                    });
+                }
+            }
+        }
+        if let Some(p) = body.producer() {
+            if reduce.is_some() {
+                return Err("a fused body with both a matmul/conv2d and a reduction".into());
+            }
+            let (a, b) = (p.args[0], p.args[1]);
+            match &p.op {
+                Op::Conv2d { stride, padding } => {
+                    let geo =
+                        super::conv_geometry(&in_shapes[a], &in_shapes[b], *stride, *padding)?;
+                    self.conv_call("gl_conv2d", ins[a], ins[b], out, plan, id, &geo)?;
+                }
+                _ => {
+                    let (m, k, n) = (in_shapes[a].0[0], in_shapes[a].0[1], in_shapes[b].0[1]);
+                    let ta = plan.folded.contains(&operands[a]);
+                    let tb = plan.folded.contains(&operands[b]);
+                    let sa = if ta { (1, m) } else { (k, 1) };
+                    let sb = if tb { (1, k) } else { (n, 1) };
+                    self.matmul(ins[a], sa, ins[b], sb, out, m, k, n)?;
+                }
+            }
+            if body.insts.len() == 1 {
+                return Ok(());
+            }
+            sources[np] = Source::Loaded(first_input + views.len());
+            views.push(View::dense(out, DType::F32, &domain));
+        }
+        let eval = |lw: &mut Lowerer<'a>, vals: &[Value], vector: bool| -> Value {
+            let mut v: Vec<Option<Value>> = sources
+                .iter()
+                .map(|s| match s {
+                    Source::Loaded(i) => Some(vals[*i]),
+                    Source::None => None,
+                })
+                .collect();
+            for (i, inst) in body.insts[start..end].iter().enumerate() {
+                let args: Vec<Value> = inst.args.iter().filter_map(|&a| v[a]).collect();
+                let r = lw.fused_inst(&inst.op, &args, vector);
+                v[np + start + i] = Some(r);
+            }
+            v[np + end - 1].unwrap_or(vals[0])
+        };
+        match reduce {
+            None => {
+                let dense = View::dense(out, DType::F32, out_shape);
+                self.map(&dense, domain.dims(), &views, true, &eval);
+            }
+            Some(r) => {
+                let Op::Reduce { kind, axes, .. } = &r.op else {
+                    return Err("the trailing instruction is not a reduction".into());
+                };
+                let kind = *kind;
+                self.fill(out, DType::F32, out_shape, Self::identity(kind, DType::F32));
+                let acc = View {
+                    loc: out,
+                    dtype: DType::F32,
+                    offset: 0,
+                    strides: reduced_strides(&domain, axes),
+                };
+                let mut all = vec![acc.clone()];
+                all.extend(views);
+                self.map(&acc, domain.dims(), &all, true, &|lw, vals, vector| {
+                    let x = eval(lw, vals, vector);
+                    lw.combine(kind, DType::F32, vals[0], x)
+                });
+                if kind == ReduceOp::Mean {
+                    let count: usize = axes.iter().map(|&a| domain.0[a]).product();
+                    let scale = 1.0 / count.max(1) as f32;
+                    let ov = View::dense(out, DType::F32, out_shape);
+                    self.map(
+                        &ov.clone(),
+                        out_shape.dims(),
+                        &[ov],
+                        true,
+                        &|lw, v, vector| {
+                            let s = lw.fconst(scale, vector);
+                            lw.b.ins().fmul(v[0], s)
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One elementwise instruction on register values (scalars or `f32x4`).
+    fn fused_inst(&mut self, op: &Op, v: &[Value], vector: bool) -> Value {
+        match op {
+            Op::Unary(u) => self.unary_value(*u, v[0], vector),
+            Op::Binary(b) => self.binary(*b, v[0], v[1]),
+            Op::Compare(c) => {
+                let m = self.b.ins().fcmp(float_cc(*c), v[0], v[1]);
+                let one = self.fconst(1.0, vector);
+                let zero = self.fconst(0.0, vector);
+                self.pick(m, one, zero)
+            }
+            Op::Select => {
+                let zero = self.fconst(0.0, vector);
+                let m = self.b.ins().fcmp(FloatCC::NotEqual, v[0], zero);
+                self.pick(m, v[1], v[2])
+            }
+            // broadcast is the identity in domain space; nothing else reaches here
+            _ => v[0],
+        }
+    }
+
+    /// The inline code of a unary op (log has none: the fusion pass leaves it out).
+    fn unary_value(&mut self, u: UnaryOp, x: Value, vector: bool) -> Value {
+        match u {
+            UnaryOp::Neg => self.b.ins().fneg(x),
+            UnaryOp::Abs => self.b.ins().fabs(x),
+            UnaryOp::Sqrt => self.b.ins().sqrt(x),
+            UnaryOp::Relu => {
+                let z = self.fconst(0.0, vector);
+                let pos = self.b.ins().fcmp(FloatCC::LessThan, z, x);
+                self.pick(pos, x, z)
+            }
+            UnaryOp::Sign => {
+                let z = self.fconst(0.0, vector);
+                let one = self.fconst(1.0, vector);
+                let minus = self.fconst(-1.0, vector);
+                let neg = self.b.ins().fcmp(FloatCC::LessThan, x, z);
+                let pos = self.b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                let r = self.pick(neg, minus, x);
+                self.pick(pos, one, r)
+            }
+            UnaryOp::Exp => self.exp(x, vector),
+            UnaryOp::Sigmoid => {
+                let one = self.fconst(1.0, vector);
+                let nx = self.b.ins().fneg(x);
+                let e = self.exp(nx, vector);
+                let d = self.b.ins().fadd(one, e);
+                self.b.ins().fdiv(one, d)
+            }
+            UnaryOp::Tanh => self.tanh(x, vector),
+            UnaryOp::Log => x,
+        }
+    }
+}
+
+/// Whether `user` is a fused node that reads its operand `id` only as an operand of its
+/// leading matmul (so a transpose `id` can be read through strides, like a plain matmul does).
+pub(crate) fn fused_reads_only_in_matmul(
+    g: &crate::graph::Graph,
+    user: NodeId,
+    id: NodeId,
+) -> bool {
+    let Op::Fused(body) = &g[user].op else {
+        return false;
+    };
+    let Some(mm) = body.matmul() else {
+        return false;
+    };
+    let params: Vec<usize> = g
+        .operands(user)
+        .iter()
+        .enumerate()
+        .filter(|(_, &o)| o == id)
+        .map(|(i, _)| i)
+        .collect();
+    let in_matmul = params.iter().all(|p| mm.args.contains(p));
+    let elsewhere = body.insts[1..]
+        .iter()
+        .any(|inst| inst.args.iter().any(|a| params.contains(a)));
+    !params.is_empty() && in_matmul && !elsewhere
+}
+
+/// Scratch bytes of a fused node whose producer is a convolution (its patch matrix), as for
+/// a plain `conv2d` node.
+pub(crate) fn fused_conv_geometry(
+    g: &crate::graph::Graph,
+    id: NodeId,
+) -> Option<[i64; crate::codegen::kernels::CONV_GEOMETRY_LEN]> {
+    let Op::Fused(body) = &g[id].op else {
+        return None;
+    };
+    let p = body.producer()?;
+    let Op::Conv2d { stride, padding } = &p.op else {
+        return None;
+    };
+    let ops = g.operands(id);
+    let (x, w) = (&g[ops[p.args[0]]].ty.shape, &g[ops[p.args[1]]].ty.shape);
+    super::conv_geometry(x, w, *stride, *padding).ok()
+}
+
+/// Whether the JIT has inline code for `op` inside a fused loop.
+fn check_supported(op: &Op) -> Result<(), LowerError> {
+    match op {
+        Op::Unary(UnaryOp::Log) | Op::Binary(BinaryOp::Pow) => Err(format!(
+            "{} inside a fused body is not supported by the JIT (it is a runtime call; the \
+             fusion pass leaves it out)",
+            op.name()
+        )),
+        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Broadcast { .. } => Ok(()),
+        other => Err(format!(
+            "{} is not elementwise inside a fused body",
+            other.name()
+        )),
+    }
+}
+
+/// Element strides, over `domain`, of the dense result of reducing `domain` over `axes`: 0 on
+/// the reduced axes.
+fn reduced_strides(domain: &Shape, axes: &[usize]) -> Vec<i64> {
+    let kept: Vec<usize> = (0..domain.rank()).filter(|d| !axes.contains(d)).collect();
+    let kept_shape = Shape(kept.iter().map(|&d| domain.0[d]).collect());
+    let ks = kept_shape.strides();
+    let mut s = vec![0i64; domain.rank()];
+    for (k, &d) in kept.iter().enumerate() {
+        s[d] = ks[k] as i64;
+    }
+    s
+}

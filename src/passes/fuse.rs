@@ -1,0 +1,302 @@
+//! Fusion: groups of elementwise ops become one [`Op::Fused`] node (see [`crate::fused`]).
+//!
+//! In: a graph after autodiff and the optimizer (fused nodes are not differentiable). Out: the
+//! same graph where every *group* of two or more nodes is one fused node, computed by the JIT
+//! in one loop nest without intermediate buffers, plus remarks naming what was not fused and
+//! why (like LLVM's missed-optimization remarks).
+//!
+//! Groups are grown from a root, visiting nodes in reverse canonical order:
+//! - a root is an unfused *fusible* node: an elementwise f32 op the JIT computes inline
+//!   (`Unary` but `log`, `Binary` but `pow`, `Compare` of f32, `Select`, `Broadcast`), or a
+//!   `reduce_*` of f32 fed by one (a reduction fed by an elementwise chain);
+//! - an operand of a group member joins the group when it is fusible, every one of its users
+//!   is in the group, it is not an output or an update value (those need a buffer of their
+//!   own), and its shape is the group's domain (the root's shape, or the reduction's input
+//!   shape): a smaller operand would be recomputed for every element of the domain;
+//! - epilogues: a group without a reduction may then absorb one `matmul` or `conv2d` operand
+//!   whose only users are in the group and whose shape is the domain (bias add, activation,
+//!   and in the backward graph the activation's derivative mask, fuse into the GEMM's or the
+//!   convolution's output);
+//! - a group of one node is left alone (nothing to fuse).
+//!
+//! Before grouping, one rewrite frees activations for their epilogue: a relu derivative mask
+//! `gt(x, 0)` where `relu(x)` exists becomes `gt(relu(x), 0)` (equal for every `x`, NaN
+//! included: both sides are 0), so that `x` (the matmul + bias) has the relu as its only user
+//! and the whole layer fuses into one kernel (count `relu_mask_from_output`).
+//!
+//! Counts: `fused_kernels` (new fused nodes) and `nodes_fused` (nodes they replace).
+//! Existing fused nodes are opaque, so a second run changes nothing (idempotence).
+
+use super::rewrite::{is_root, redirect_grad_of_all, replace_node, splat_value};
+use super::PassReport;
+use crate::fused::{FusedBody, FusedInst};
+use crate::graph::{Graph, Node, NodeId};
+use crate::op::{BinaryOp, Op, UnaryOp};
+use crate::shape::DType;
+use std::collections::{HashMap, HashSet};
+
+/// Why a node cannot be part of a fused kernel, or `None` when it can (as an elementwise op).
+fn not_fusible(g: &Graph, id: NodeId) -> Option<String> {
+    let n = &g[id];
+    let f32_operands = g.operands(id).iter().all(|&o| g[o].ty.dtype == DType::F32);
+    match &n.op {
+        Op::Unary(UnaryOp::Log) => Some("log is a runtime call in the JIT".into()),
+        Op::Binary(BinaryOp::Pow) => Some("pow is a runtime call in the JIT".into()),
+        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Broadcast { .. } => {
+            if f32_operands && n.ty.dtype == DType::F32 {
+                None
+            } else {
+                Some("it has i32 operands".into())
+            }
+        }
+        other => Some(format!("{} is not elementwise", other.name())),
+    }
+}
+
+/// Whether `id` may root a group as a reduction over f32.
+fn is_fusible_reduce(g: &Graph, id: NodeId) -> bool {
+    matches!(g[id].op, Op::Reduce { .. }) && g[id].ty.dtype == DType::F32
+}
+
+/// Fuses every group (see the module documentation). Counts `fused_kernels` and `nodes_fused`.
+pub fn run(g: &mut Graph) -> PassReport {
+    let mut report = PassReport::new("fuse");
+    let rewritten = relu_masks_from_output(g);
+    report.count("relu_mask_from_output", rewritten);
+    let Ok(order) = g.topo_order() else {
+        report.remark("not fused: the graph has a cycle");
+        return report;
+    };
+    let labels = crate::text::node_labels(g);
+    let label = |id: NodeId| -> String {
+        format!(
+            "{} ({})",
+            labels.get(&id).cloned().unwrap_or_default(),
+            g[id].op.name()
+        )
+    };
+    let position: HashMap<NodeId, usize> =
+        order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let mut taken: HashSet<NodeId> = HashSet::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut remarks: Vec<String> = Vec::new();
+    for &root in order.iter().rev() {
+        if taken.contains(&root) {
+            continue;
+        }
+        let reduce = is_fusible_reduce(g, root);
+        if !reduce && not_fusible(g, root).is_some() {
+            continue;
+        }
+        let domain = if reduce {
+            g[g.operands(root)[0]].ty.shape.clone()
+        } else {
+            g[root].ty.shape.clone()
+        };
+        let mut members: Vec<NodeId> = vec![root];
+        let mut in_group: HashSet<NodeId> = HashSet::from([root]);
+        let mut frontier = vec![root];
+        let mut candidates_matmul: Vec<NodeId> = Vec::new();
+        let mut local_remarks = Vec::new();
+        while let Some(m) = frontier.pop() {
+            for p in g.operands(m) {
+                if in_group.contains(&p) || taken.contains(&p) || g[p].op.is_leaf() {
+                    continue;
+                }
+                if crate::fused::is_producer(&g[p].op) {
+                    candidates_matmul.push(p);
+                    continue;
+                }
+                if let Some(why) = not_fusible(g, p) {
+                    if !matches!(
+                        g[p].op,
+                        Op::Fused(_) | Op::Reshape { .. } | Op::Transpose { .. }
+                    ) {
+                        local_remarks.push(format!(
+                            "not fused: {} into {}: {why}",
+                            label(p),
+                            label(root)
+                        ));
+                    }
+                    continue;
+                }
+                if let Some(why) = blocker(g, p, &in_group, &domain) {
+                    local_remarks.push(format!(
+                        "not fused: {} into {}: {why}",
+                        label(p),
+                        label(root)
+                    ));
+                    continue;
+                }
+                in_group.insert(p);
+                members.push(p);
+                frontier.push(p);
+            }
+        }
+        // a trailing reduction needs elementwise work to fuse with
+        if reduce && members.len() == 1 {
+            remarks.extend(local_remarks);
+            continue;
+        }
+        let mut matmul = None;
+        if !reduce {
+            for mm in candidates_matmul {
+                if matmul.is_some() || in_group.contains(&mm) {
+                    continue;
+                }
+                match blocker(g, mm, &in_group, &domain) {
+                    None => {
+                        matmul = Some(mm);
+                        in_group.insert(mm);
+                    }
+                    Some(why) => local_remarks.push(format!(
+                        "epilogue not fused: {} into {}: {why}",
+                        label(mm),
+                        label(root)
+                    )),
+                }
+            }
+        }
+        remarks.extend(local_remarks);
+        if members.len() + usize::from(matmul.is_some()) < 2 {
+            continue;
+        }
+        members.sort_by_key(|id| position[id]);
+        if let Some(mm) = matmul {
+            members.insert(0, mm);
+        }
+        taken.extend(members.iter().copied());
+        groups.push(Group { root, members });
+    }
+    let mut seen = HashSet::new();
+    for r in remarks {
+        if seen.insert(r.clone()) {
+            report.remark(r);
+        }
+    }
+    let mut fused_kernels = 0;
+    let mut nodes_fused = 0;
+    for group in groups {
+        nodes_fused += group.members.len();
+        fused_kernels += 1;
+        apply(g, &group);
+    }
+    report.count("fused_kernels", fused_kernels);
+    report.count("nodes_fused", nodes_fused);
+    report
+}
+
+/// Rewrites `gt(x, 0)` into `gt(relu(x), 0)` where a `relu(x)` node exists and `x` has other
+/// users than the relu and such masks. Returns the number of masks rewritten.
+fn relu_masks_from_output(g: &mut Graph) -> usize {
+    let mut n = 0;
+    for id in g.node_ids() {
+        if !matches!(g[id].op, Op::Compare(crate::op::CmpOp::Gt)) {
+            continue;
+        }
+        let ops = g.operands(id);
+        let (x, zero) = (ops[0], ops[1]);
+        if splat_value(g, zero) != Some(0.0) || g[x].ty.dtype != DType::F32 {
+            continue;
+        }
+        let relu = g
+            .users(x)
+            .into_iter()
+            .find(|&u| matches!(g[u].op, Op::Unary(UnaryOp::Relu)) && g[u].ty == g[x].ty);
+        if let Some(r) = relu {
+            if g[id].ty.shape == g[x].ty.shape {
+                g.set_operands(id, &[r, zero]);
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// A group: its root (the value it computes) and its members in evaluation order.
+struct Group {
+    root: NodeId,
+    members: Vec<NodeId>,
+}
+
+/// Why operand `p` cannot join a group with members `in_group` and domain `domain`.
+fn blocker(
+    g: &Graph,
+    p: NodeId,
+    in_group: &HashSet<NodeId>,
+    domain: &crate::shape::Shape,
+) -> Option<String> {
+    let users = g.users(p);
+    let outside = users.iter().filter(|u| !in_group.contains(u)).count();
+    if outside > 0 {
+        let n = users.len();
+        return Some(format!(
+            "it feeds {n} users, {outside} outside the kernel (its value is needed in memory)"
+        ));
+    }
+    if is_root(g, p) {
+        return Some("it is an output or an update value".into());
+    }
+    if &g[p].ty.shape != domain {
+        return Some(format!(
+            "its shape {} differs from the kernel's domain {domain} (it would be recomputed \
+             per element)",
+            g[p].ty.shape
+        ));
+    }
+    None
+}
+
+/// Replaces the group by one fused node.
+fn apply(g: &mut Graph, group: &Group) {
+    let members: HashSet<NodeId> = group.members.iter().copied().collect();
+    let mut params: Vec<NodeId> = Vec::new();
+    let mut index: HashMap<NodeId, usize> = HashMap::new();
+    for &m in &group.members {
+        for o in g.operands(m) {
+            if !members.contains(&o) && !params.contains(&o) {
+                params.push(o);
+            }
+        }
+    }
+    for (i, &p) in params.iter().enumerate() {
+        index.insert(p, i);
+    }
+    let mut insts = Vec::new();
+    for (i, &m) in group.members.iter().enumerate() {
+        insts.push(FusedInst {
+            op: g[m].op.clone(),
+            args: g.operands(m).iter().map(|o| index[o]).collect(),
+            ty: g[m].ty.clone(),
+        });
+        index.insert(m, params.len() + i);
+    }
+    let body = FusedBody {
+        n_params: params.len(),
+        insts,
+    };
+    let root = &g[group.root];
+    let node = Node {
+        op: Op::Fused(body),
+        ty: root.ty.clone(),
+        name: None,
+        loc: root.loc.clone(),
+        grad_of: root.grad_of,
+    };
+    let fused = g.add_raw(node, &params);
+    replace_node(g, group.root, fused);
+    let others: HashSet<NodeId> = members
+        .iter()
+        .copied()
+        .filter(|&m| m != group.root)
+        .collect();
+    let map: HashMap<NodeId, NodeId> = others.iter().map(|&m| (m, fused)).collect();
+    redirect_grad_of_all(g, &map);
+    // removed in a fixed order: freed ids are reused by later nodes, and ids break ties in
+    // the canonical order, so the printed graph must not depend on hash order
+    let mut others: Vec<NodeId> = others.into_iter().collect();
+    others.sort();
+    for m in others {
+        g.remove(m);
+    }
+}

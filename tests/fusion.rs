@@ -1,0 +1,530 @@
+//! The fusion pass (`passes::fuse`), fused nodes in the text format, the interpreter and the
+//! JIT.
+//!
+//! Graphs checked: every `ir/**/*.ir` file, and for files with a scalar `loss` and params the
+//! training step (autodiff gradients + SGD updates). Each is run through the default pipeline
+//! without `fuse`, then `fuse`:
+//! - the interpreter gives bit-identical results before and after `fuse` (a fused body is
+//!   evaluated op by op, and the relu-mask rewrite is exact);
+//! - the JIT on the fused graph matches the interpreter on the unfused graph (tolerance as in
+//!   `codegen_corpus`: `1e-3 * |ref| + 1e-5 * sqrt(n) * max(1, max|ref|)`, `n` the longest sum);
+//! - a second `fuse` changes nothing and the fused text parses back to the same text;
+//! - snapshots of the fused graphs and the pass's remarks.
+
+use gradlift::codegen::{self, CompileOptions, MatmulKernel};
+use gradlift::init::Rng;
+use gradlift::interp::{self, Array};
+use gradlift::passes::{self, Pipeline};
+use gradlift::runtime::HostTensor;
+use gradlift::{autodiff, text, DType, Graph, NodeId, Op, Shape, TensorType};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Every `.ir` file under `dir`, recursively, sorted.
+fn ir_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(ir_files(&p));
+        } else if p.extension().is_some_and(|x| x == "ir") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The forward graph of `path` and, when it has a scalar `loss` and params, its training step
+/// (gradients of every param, SGD updates `p <- p - 0.1 dp`, gradients not outputs).
+fn graphs_of(path: &Path) -> Vec<(String, Graph)> {
+    let src = std::fs::read_to_string(path).unwrap();
+    let rel = path
+        .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    let g = text::parse(&src, &rel).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = vec![(rel.clone(), g.clone())];
+    let scalar_loss = g
+        .output("loss")
+        .is_some_and(|l| g[l].ty == TensorType::f32(Shape::scalar()));
+    let has_fused = g
+        .node_ids()
+        .iter()
+        .any(|&id| matches!(g[id].op, Op::Fused(_)));
+    if scalar_loss && !g.params().is_empty() && !has_fused && g.updates().is_empty() {
+        out.push((format!("{rel} (training step)"), sgd_step(g)));
+    }
+    out
+}
+
+fn sgd_step(mut g: Graph) -> Graph {
+    let grads = autodiff::grad_all_params(&mut g, "loss", None).unwrap();
+    let lr = g.scalar(0.1);
+    for n in &grads {
+        let s = g.mul(n.grad, lr).unwrap();
+        let next = g.sub(n.wrt, s).unwrap();
+        g.add_update(n.wrt, next).unwrap();
+    }
+    g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
+    g
+}
+
+/// The default pipeline without its last pass (`fuse`).
+fn prefuse(g: &mut Graph) {
+    let names: Vec<&str> = passes::DEFAULT_PIPELINE
+        .iter()
+        .copied()
+        .filter(|&n| n != "fuse")
+        .collect();
+    Pipeline::new(&names).unwrap().run(g).unwrap();
+}
+
+/// Runs `fuse` with the pipeline's checks; returns its report.
+fn fuse(g: &mut Graph) -> passes::PassReport {
+    let mut r = Pipeline::new(&["fuse"]).unwrap().run(g).unwrap();
+    r.remove(0)
+}
+
+/// Seeded feeds: f32 inputs in [-1, 1), i32 inputs 0 or 1; params and state at their
+/// initializers (the interpreter computes them).
+fn feeds(g: &Graph, seed: u64) -> HashMap<NodeId, Array<f64>> {
+    let mut rng = Rng::new(seed);
+    let mut f = HashMap::new();
+    for id in g.inputs() {
+        let t = &g[id].ty;
+        let v: Vec<f64> = (0..t.shape.numel())
+            .map(|_| match t.dtype {
+                DType::I32 => rng.below(2) as f64,
+                DType::F32 => (2.0 * rng.uniform() - 1.0) as f32 as f64,
+            })
+            .collect();
+        f.insert(id, Array::from_f64(t.shape.clone(), &v).unwrap());
+    }
+    f
+}
+
+/// Feeds of `from` for the same-named inputs of `to`.
+fn rename(
+    from: &Graph,
+    to: &Graph,
+    f: &HashMap<NodeId, Array<f64>>,
+) -> HashMap<NodeId, Array<f64>> {
+    f.iter()
+        .map(|(id, a)| {
+            let name = from[*id].name.as_deref().unwrap();
+            (to.find(name).unwrap(), a.clone())
+        })
+        .collect()
+}
+
+/// Outputs then update values of `g`, by name.
+fn results(g: &Graph, v: &interp::Values<f64>) -> Vec<(String, Vec<f64>)> {
+    let mut out: Vec<(String, Vec<f64>)> = g
+        .outputs()
+        .iter()
+        .map(|o| (o.name.clone(), v.get(o.node).unwrap().data.clone()))
+        .collect();
+    for u in g.updates() {
+        let name = g[u.target].name.clone().unwrap();
+        out.push((
+            format!("update {name}"),
+            v.get(u.value).unwrap().data.clone(),
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn same_bits(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+}
+
+fn fused_count(g: &Graph) -> usize {
+    g.node_ids()
+        .iter()
+        .filter(|&&id| matches!(g[id].op, Op::Fused(_)))
+        .count()
+}
+
+#[test]
+fn fusion_keeps_interpreter_results_bit_for_bit_and_is_idempotent() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir");
+    let mut fused_somewhere = 0;
+    for path in ir_files(&root) {
+        for (name, mut g) in graphs_of(&path) {
+            prefuse(&mut g);
+            let before = g.clone();
+            let report = fuse(&mut g);
+            assert_eq!(
+                report.counts.get("fused_kernels").copied().unwrap_or(0),
+                fused_count(&g) - fused_count(&before),
+                "{name}: {report}"
+            );
+            fused_somewhere += usize::from(report.changed());
+            let f = feeds(&before, 5);
+            let want = interp::eval::<f64>(&before, &f).unwrap();
+            let got = interp::eval::<f64>(&g, &rename(&before, &g, &f)).unwrap();
+            for ((n, w), (_, x)) in results(&before, &want).iter().zip(results(&g, &got)) {
+                assert!(same_bits(w, &x), "{name}: {n} changed by fusion");
+            }
+            // idempotence
+            let printed = text::print(&g);
+            let again = fuse(&mut g);
+            assert!(!again.changed(), "{name}: second fuse: {again}");
+            assert_eq!(printed, text::print(&g), "{name}");
+            // the fused text parses back to the same graph text
+            let back = text::parse(&printed, "fused.ir").unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(printed, text::print(&back), "{name}");
+        }
+    }
+    assert!(
+        fused_somewhere >= 10,
+        "fusion fired on {fused_somewhere} graphs"
+    );
+}
+
+/// The longest sum any node (or fused instruction) computes.
+fn max_terms(g: &Graph) -> usize {
+    let of = |op: &Op, shapes: &[Vec<usize>]| match op {
+        Op::Matmul => shapes[0][1],
+        Op::Reduce { axes, .. } => axes.iter().map(|&a| shapes[0][a]).product(),
+        Op::Conv2d { .. } => shapes[1][..3].iter().product(),
+        Op::Conv2dInputGrad { .. } | Op::Conv2dFilterGrad { .. } => shapes[0]
+            .iter()
+            .product::<usize>()
+            .max(shapes[1].iter().product()),
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => shapes[0][*axis],
+        Op::SoftmaxCrossEntropy | Op::SparseSoftmaxCrossEntropy => shapes[0][1],
+        _ => 1,
+    };
+    let mut m = 1;
+    for id in g.node_ids() {
+        let shapes: Vec<Vec<usize>> = g
+            .operands(id)
+            .iter()
+            .map(|&o| g[o].ty.shape.0.clone())
+            .collect();
+        if let Op::Fused(body) = &g[id].op {
+            let mut vals = shapes.clone();
+            for inst in &body.insts {
+                let s: Vec<Vec<usize>> = inst.args.iter().map(|&a| vals[a].clone()).collect();
+                m = m.max(of(&inst.op, &s));
+                vals.push(inst.ty.shape.0.clone());
+            }
+        } else {
+            m = m.max(of(&g[id].op, &shapes));
+        }
+    }
+    m
+}
+
+fn close(what: &str, got: &[f64], want: &[f64], terms: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, |m, v| m.max(v.abs()));
+    let atol = 1e-5 * (terms as f64).sqrt() * scale;
+    for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
+        let ok = if y.is_nan() {
+            x.is_nan()
+        } else if y.is_infinite() {
+            x == y
+        } else {
+            (x - y).abs() <= 1e-3 * y.abs() + atol
+        };
+        assert!(ok, "{what} element {i}: jit {x} vs interpreter {y}");
+    }
+}
+
+/// Compiles the fused graph `g` (both matmul kernels, NaN-poisoned buffers) and compares one
+/// call with the interpreter on the unfused graph `reference`.
+fn jit_matches(name: &str, reference: &Graph, g: &Graph, seed: u64) {
+    let f = feeds(reference, seed);
+    let want = interp::eval::<f64>(reference, &f).unwrap();
+    let want = results(reference, &want);
+    let terms = max_terms(reference);
+    let gf = rename(reference, g, &f);
+    let inputs: Vec<(String, HostTensor)> = gf
+        .iter()
+        .map(|(id, a)| {
+            (
+                g[*id].name.clone().unwrap(),
+                HostTensor::from_f64(&g[*id].ty, &a.data),
+            )
+        })
+        .collect();
+    let inputs: Vec<(&str, HostTensor)> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
+        let opts = CompileOptions {
+            matmul: kernel,
+            verify: true,
+            poison: true,
+            ..CompileOptions::default()
+        };
+        let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let outs = exe.run(&inputs).unwrap();
+        let mut got: Vec<(String, Vec<f64>)> =
+            outs.iter().map(|(n, t)| (n.clone(), t.to_f64())).collect();
+        for u in g.updates() {
+            let n = g[u.target].name.clone().unwrap();
+            let t = exe.param(&n).or_else(|| exe.state(&n)).unwrap();
+            got.push((format!("update {n}"), t.to_f64()));
+        }
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got.len(), want.len(), "{name}");
+        for ((n, x), (_, w)) in got.iter().zip(&want) {
+            close(&format!("{name} ({kernel:?}) {n}"), x, w, terms);
+        }
+    }
+}
+
+#[test]
+fn jit_on_fused_graphs_matches_the_interpreter() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir");
+    for path in ir_files(&root) {
+        for (name, g0) in graphs_of(&path) {
+            let mut g = g0.clone();
+            Pipeline::default().run(&mut g).unwrap();
+            if fused_count(&g) == 0 {
+                continue;
+            }
+            jit_matches(&name, &g0, &g, 21);
+        }
+    }
+}
+
+/// Elementwise trees and reductions at sizes around the vector width (scalar tails, rows
+/// shorter than a vector, broadcast operands, reductions over either axis).
+#[test]
+fn jit_fused_kernels_at_odd_sizes() {
+    for rows in [1, 3] {
+        for cols in [1, 2, 3, 4, 5, 7, 8, 9, 13, 17] {
+            for variant in 0..4 {
+                let mut g = Graph::new("odd");
+                let x = g.input("x", TensorType::f32([rows, cols])).unwrap();
+                let b = g.input("b", TensorType::f32([cols])).unwrap();
+                let half = g.scalar(0.5);
+                let a = g.add2(x, b).unwrap();
+                let t = g.tanh(a).unwrap();
+                let e = g.mul(t, half).unwrap();
+                let m = g.compare(gradlift::CmpOp::Gt, e, half).unwrap();
+                let s = g.select(m, x, e).unwrap();
+                let y = g.sigmoid(s).unwrap();
+                let out = match variant {
+                    0 => y,
+                    1 => g.sum(y, &[1], false).unwrap(),
+                    2 => g.mean(y, &[0], true).unwrap(),
+                    _ => g
+                        .reduce(gradlift::ReduceOp::Max, y, &[0, 1], false)
+                        .unwrap(),
+                };
+                g.add_output("y", out).unwrap();
+                let mut fused = g.clone();
+                let r = fuse(&mut fused);
+                assert_eq!(fused_count(&fused), 1, "{rows}x{cols} v{variant}: {r}");
+                jit_matches(&format!("{rows}x{cols} variant {variant}"), &g, &fused, 3);
+            }
+        }
+    }
+}
+
+/// Snapshots of every corpus graph (and training step) after the default pipeline, with the
+/// fuse pass's report and remarks.
+#[test]
+fn snapshot_fused_corpus() {
+    insta::glob!("../ir", "**/*.ir", |path| {
+        let mut out = String::new();
+        for (name, mut g) in graphs_of(path) {
+            let before = g.len();
+            let reports = Pipeline::default().run(&mut g).unwrap();
+            let fuse = reports.last().unwrap();
+            out.push_str(&format!(
+                "=== {name}: {before} nodes before the pipeline, {} after, {} fused kernels\n{fuse}\n{}\n",
+                g.len(),
+                fused_count(&g),
+                text::print(&g)
+            ));
+        }
+        insta::assert_snapshot!(out);
+    });
+}
+
+#[test]
+fn epilogues_fuse_into_matmul_in_the_mlp_training_step() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/mlp.ir");
+    let (_, mut g) = graphs_of(&path).pop().unwrap();
+    Pipeline::default().run(&mut g).unwrap();
+    let epilogues: Vec<Vec<&str>> = g
+        .node_ids()
+        .into_iter()
+        .filter_map(|id| match &g[id].op {
+            Op::Fused(b) if b.matmul().is_some() => {
+                Some(b.insts.iter().map(|i| i.op.name()).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    // forward: matmul + bias + relu; backward: matmul + relu derivative mask
+    assert!(
+        epilogues.contains(&vec!["matmul", "add", "relu"]),
+        "{epilogues:?}"
+    );
+    assert!(
+        epilogues
+            .iter()
+            .any(|e| e[0] == "matmul" && e.contains(&"select")),
+        "{epilogues:?}"
+    );
+}
+
+#[test]
+fn conv_epilogue_fuses_in_the_cnn() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/cnn.ir");
+    let (_, mut g) = graphs_of(&path).pop().unwrap();
+    Pipeline::default().run(&mut g).unwrap();
+    let conv = g.find("conv").unwrap();
+    let Op::Fused(body) = &g[conv].op else {
+        panic!("%conv is not fused: {}", text::print(&g));
+    };
+    let names: Vec<&str> = body.insts.iter().map(|i| i.op.name()).collect();
+    assert_eq!(names, ["conv2d", "add", "relu"]);
+}
+
+#[test]
+fn remarks_say_what_was_not_fused_and_why() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/passes");
+    let mut g = graphs_of(&dir.join("fuse_chain.ir")).remove(0).1;
+    let r = fuse(&mut g);
+    assert!(
+        r.remarks
+            .iter()
+            .any(|m| m.contains("%t (tanh)") && m.contains("feeds 3 users")),
+        "{r}"
+    );
+    assert!(
+        r.remarks
+            .iter()
+            .any(|m| m.contains("%u (neg)") && m.contains("output")),
+        "{r}"
+    );
+    let mut g = graphs_of(&dir.join("fuse_relu_grad.ir")).remove(0).1;
+    let r = fuse(&mut g);
+    assert!(
+        r.remarks
+            .iter()
+            .any(|m| m.contains("%l (log)") && m.contains("runtime call")),
+        "{r}"
+    );
+}
+
+#[test]
+fn autodiff_refuses_fused_nodes() {
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/passes/fused_block.ir"),
+    )
+    .unwrap();
+    let mut g = text::parse(&src, "fused_block.ir").unwrap();
+    let s = g.output("s").unwrap();
+    let loss = g.sum(s, &[0], false).unwrap();
+    g.add_output("loss", loss).unwrap();
+    let err = autodiff::grad_all_params(&mut g, "loss", Some(&["x"])).unwrap_err();
+    assert!(
+        err.to_string().contains("run fusion after autodiff"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fused_block_parse_errors() {
+    let wrap = |body: &str| {
+        format!(
+            "graph e {{\ninputs:\n  %x: f32[3] = input\nbody:\n  %y: f32[3] = fused %x {{\n{body}  }}\noutputs:\n  y = %y\n}}\n"
+        )
+    };
+    let cases = [
+        ("    %1: f32[3] = neg %0\n", "`yield %K`"),
+        ("    %2: f32[3] = neg %0\n    yield %2\n", "expected `%1`"),
+        (
+            "    %1: f32[3] = neg %1\n    yield %1\n",
+            "not a value of the body",
+        ),
+        (
+            "    %1: f32[3] = neg %0\n    yield %0\n",
+            "must name the last instruction",
+        ),
+        ("    %1: f32[4] = neg %0\n    yield %1\n", "declared f32[4]"),
+        ("    %1: f32[3] = matmul %0, %0\n    yield %1\n", "matmul"),
+        ("    %1: f32[3] = frob %0\n    yield %1\n", "frob"),
+    ];
+    for (body, want) in cases {
+        let src = wrap(body);
+        let err = text::parse(&src, "e.ir").unwrap_err().to_string();
+        assert!(err.contains(want), "{body}: {err}");
+    }
+}
+
+/// `gradlift dump --passes default --dump-after=all --dump-dir DIR --remarks`: one file per
+/// pass, numbered in order, each parsing back; the remarks on stderr.
+#[test]
+fn cli_dumps_after_every_pass_and_prints_remarks() {
+    let dir = std::env::temp_dir().join(format!("gradlift-fusion-dump-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/passes/fuse_chain.ir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gradlift"))
+        .arg("dump")
+        .arg(&file)
+        .args([
+            "--passes",
+            "default",
+            "--dump-after=all",
+            "--remarks",
+            "--dump-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fuse: fused_kernels=2"), "{stderr}");
+    assert!(stderr.contains("not fused: %t (tanh)"), "{stderr}");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let want: Vec<String> = std::iter::once("00-input.ir".to_string())
+        .chain(
+            passes::DEFAULT_PIPELINE
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("{:02}-{p}.ir", i + 1)),
+        )
+        .collect();
+    assert_eq!(names, want);
+    let last = std::fs::read_to_string(dir.join(want.last().unwrap())).unwrap();
+    let g = text::parse(&last, "dump.ir").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fused_count(&g), 2);
+    assert_eq!(text::print(&g), String::from_utf8_lossy(&out.stdout));
+    let _ = std::fs::remove_dir_all(&dir);
+    // an unknown pass name is an error naming the known ones
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gradlift"))
+        .arg("dump")
+        .arg(&file)
+        .args(["--passes", "fuse,frob"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown pass \"frob\""));
+}
