@@ -50,6 +50,7 @@
 //! ```
 
 pub mod autodiff;
+pub mod checkpoint;
 pub mod codegen;
 pub mod data;
 pub mod graph;

@@ -1,0 +1,1258 @@
+//! Checkpoints: named tensors (params and optimizer state) plus string metadata in a
+//! safetensors file, written atomically and read back bit for bit.
+//!
+//! In: [`NamedTensor`]s (f32 or i32, a name and a shape) and caller metadata (graph name, step
+//! count, optimizer, ...). Out: a `.safetensors` file; [`load`] gives back a [`Checkpoint`]
+//! with the same tensors (every bit, NaN payloads included) and metadata.
+//!
+//! - **Atomic writes.** [`save`] writes a temporary file next to the target
+//!   (`PATH.tmp-PID-N`), fsyncs it and renames it over the target, so a reader sees either the
+//!   old file or the new one, never a mix; on any error the old file is untouched and the
+//!   temporary file is removed.
+//! - **Ours, and whole.** The safetensors `__metadata__` holds `format = gradlift-checkpoint`,
+//!   `version = 1` and `checksums`: a JSON map from every tensor name (and `__metadata__`,
+//!   for the caller's metadata) to a 64-bit FNV-1a hash of its contents. [`load`] checks the
+//!   header, every tensor's dtype, shape and data offsets, and every checksum; a truncated,
+//!   corrupt or foreign file is a [`CheckpointError`] naming the tensor when one is involved.
+//!   Loading never panics on a bad file.
+//! - **Matching a model.** [`Checkpoint::check`] compares the file with the names and types a
+//!   model expects (e.g. [`graph_tensor_types`] of a [`Graph`]) and reports every missing,
+//!   unexpected, dtype- or shape-mismatched tensor by name. [`Checkpoint::feeds`] turns a
+//!   checked checkpoint into interpreter feeds that override the params and state.
+//! - **Reproducible bytes.** The header is written by this module (sorted keys, compact JSON,
+//!   tensors in name order), so the same tensors and metadata always give the same file; every
+//!   file written is read back with the `safetensors` crate before it is written, so any
+//!   safetensors reader accepts it.
+//!
+//! ```
+//! use gradlift::checkpoint::{graph_tensor_types, graph_tensors, load, save};
+//! use gradlift::interp::{eval, Array};
+//! use gradlift::{Graph, Init, TensorType};
+//! use std::collections::{BTreeMap, HashMap};
+//!
+//! let mut g = Graph::new("tiny");
+//! let x = g.input("x", TensorType::f32([2])).unwrap();
+//! let w = g.param("w", [2], Init::Uniform { low: -1.0, high: 1.0, seed: 7 }).unwrap();
+//! let y = g.mul(x, w).unwrap();
+//! g.add_output("y", y).unwrap();
+//!
+//! // Params as the interpreter initializes them.
+//! let v = eval(&g, &HashMap::from([(x, Array::<f32>::zeros([2]))])).unwrap();
+//! let params = HashMap::from([(w, v.get(w).unwrap().clone())]);
+//!
+//! let path = std::env::temp_dir().join(format!("gradlift-doc-{}.safetensors", std::process::id()));
+//! let meta = BTreeMap::from([("graph".to_string(), g.name.clone()), ("step".to_string(), "0".to_string())]);
+//! save(&path, &graph_tensors(&g, &params).unwrap(), &meta).unwrap();
+//!
+//! let c = load(&path).unwrap();
+//! assert_eq!(c.metadata["step"], "0");
+//! c.check(&graph_tensor_types(&g).unwrap()).unwrap();
+//! assert_eq!(c.feeds::<f32>(&g).unwrap(), params);
+//! # std::fs::remove_file(&path).unwrap();
+//! ```
+
+use crate::graph::{Graph, NodeId};
+use crate::interp::{Array, Float};
+use crate::shape::{DType, Shape, TensorType};
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Value of the `format` metadata entry of every gradlift checkpoint.
+pub const FORMAT: &str = "gradlift-checkpoint";
+/// Value of the `version` metadata entry this build writes and reads.
+pub const VERSION: &str = "1";
+/// Metadata keys this module writes itself; callers may not use them.
+pub const RESERVED_KEYS: [&str; 3] = ["format", "version", "checksums"];
+
+/// Key of the safetensors header entry that holds the metadata (not a tensor name).
+const METADATA_KEY: &str = "__metadata__";
+/// Largest header accepted, as in the `safetensors` crate.
+const MAX_HEADER: u64 = 100_000_000;
+
+// ---- tensors ----------------------------------------------------------------------------------
+
+/// The elements of a checkpoint tensor, row-major.
+#[derive(Clone, Debug)]
+pub enum TensorData {
+    /// `f32` elements.
+    F32(Vec<f32>),
+    /// `i32` elements.
+    I32(Vec<i32>),
+}
+
+impl TensorData {
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            TensorData::F32(_) => DType::F32,
+            TensorData::I32(_) => DType::I32,
+        }
+    }
+
+    /// Number of elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+        }
+    }
+
+    /// Whether no elements are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements as little-endian bytes (the safetensors layout).
+    fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+
+    /// Elements of `dtype` from little-endian bytes (`bytes.len()` a multiple of 4).
+    fn from_le_bytes(dtype: DType, bytes: &[u8]) -> TensorData {
+        let words = bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
+        match dtype {
+            DType::F32 => TensorData::F32(
+                words
+                    .map(|w| f32::from_bits(u32::from_le_bytes(w)))
+                    .collect(),
+            ),
+            DType::I32 => TensorData::I32(words.map(i32::from_le_bytes).collect()),
+        }
+    }
+}
+
+/// Equality of the bits: NaNs with the same payload are equal, `0.0` and `-0.0` are not.
+impl PartialEq for TensorData {
+    fn eq(&self, other: &TensorData) -> bool {
+        match (self, other) {
+            (TensorData::F32(a), TensorData::F32(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (TensorData::I32(a), TensorData::I32(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// One tensor of a checkpoint: a name, a shape and row-major elements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    /// The name (a param or state node's name for graph checkpoints).
+    pub name: String,
+    /// The shape; `shape.numel()` must equal the number of elements.
+    pub shape: Shape,
+    /// The elements.
+    pub data: TensorData,
+}
+
+impl NamedTensor {
+    /// An f32 tensor (the length is checked by [`save`]).
+    pub fn f32(name: impl Into<String>, shape: impl Into<Shape>, data: Vec<f32>) -> NamedTensor {
+        NamedTensor {
+            name: name.into(),
+            shape: shape.into(),
+            data: TensorData::F32(data),
+        }
+    }
+
+    /// An i32 tensor (the length is checked by [`save`]).
+    pub fn i32(name: impl Into<String>, shape: impl Into<Shape>, data: Vec<i32>) -> NamedTensor {
+        NamedTensor {
+            name: name.into(),
+            shape: shape.into(),
+            data: TensorData::I32(data),
+        }
+    }
+
+    /// The dtype and shape.
+    pub fn ty(&self) -> TensorType {
+        TensorType::new(self.data.dtype(), self.shape.clone())
+    }
+}
+
+// ---- errors -----------------------------------------------------------------------------------
+
+/// How a checkpoint differs from what a model expects (see [`Checkpoint::check`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The model has a tensor the checkpoint lacks.
+    Missing {
+        /// Tensor name.
+        name: String,
+        /// The type the model expects.
+        expected: TensorType,
+    },
+    /// The checkpoint has a tensor the model does not.
+    Unexpected {
+        /// Tensor name.
+        name: String,
+        /// Its type in the checkpoint.
+        found: TensorType,
+    },
+    /// Same name, different element type.
+    DType {
+        /// Tensor name.
+        name: String,
+        /// The type the model expects.
+        expected: TensorType,
+        /// The type in the checkpoint.
+        found: TensorType,
+    },
+    /// Same name and element type, different shape.
+    Shape {
+        /// Tensor name.
+        name: String,
+        /// The type the model expects.
+        expected: TensorType,
+        /// The type in the checkpoint.
+        found: TensorType,
+    },
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mismatch::Missing { name, expected } => {
+                write!(f, "missing tensor {name} (the model expects {expected})")
+            }
+            Mismatch::Unexpected { name, found } => {
+                write!(f, "unexpected tensor {name}: {found} (not in the model)")
+            }
+            Mismatch::DType {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor {name}: dtype mismatch, the model expects {expected}, the checkpoint has {found}"
+            ),
+            Mismatch::Shape {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor {name}: shape mismatch, the model expects {expected}, the checkpoint has {found}"
+            ),
+        }
+    }
+}
+
+/// Why a checkpoint could not be saved, loaded or matched with a model.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file operation failed.
+    #[error("{path}: cannot {action}: {source}")]
+    Io {
+        /// What was being done (`read the checkpoint`, `create the temporary file`, ...).
+        action: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not a gradlift checkpoint (empty, not safetensors, or another writer's).
+    #[error("{path}: not a gradlift checkpoint: {reason}")]
+    NotACheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away.
+        reason: String,
+    },
+    /// The file is a checkpoint of another format version.
+    #[error("{path}: checkpoint format version {found} is not supported (this build reads version {VERSION})")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version it declares.
+        found: String,
+    },
+    /// The file is truncated or damaged.
+    #[error("{path}: corrupt checkpoint: {}{reason}", tensor.as_ref().map(|t| format!("tensor {t}: ")).unwrap_or_default())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The tensor involved, when one is.
+        tensor: Option<String>,
+        /// What is wrong, with the numbers found.
+        reason: String,
+    },
+    /// A tensor given to [`save`] cannot be stored.
+    #[error("cannot save tensor {name:?}: {reason}")]
+    InvalidTensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A metadata entry given to [`save`] cannot be stored.
+    #[error("cannot save metadata key {key:?}: {reason}")]
+    InvalidMetadata {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The encoder failed (a bug: [`to_bytes`] checks its inputs first).
+    #[error("cannot encode the checkpoint: {reason}")]
+    Encode {
+        /// What failed.
+        reason: String,
+    },
+    /// A graph's params/state cannot be listed or collected (unnamed node, missing or
+    /// ill-typed value).
+    #[error("graph {graph}: {reason}")]
+    Graph {
+        /// The graph's name.
+        graph: String,
+        /// What is wrong, naming the node.
+        reason: String,
+    },
+    /// The checkpoint does not hold what the model expects.
+    #[error("{}", mismatch_message(path, problems))]
+    Mismatch {
+        /// The checkpoint's file.
+        path: PathBuf,
+        /// Every difference, in the model's order then unexpected tensors by name.
+        problems: Vec<Mismatch>,
+    },
+}
+
+fn mismatch_message(path: &Path, problems: &[Mismatch]) -> String {
+    let mut s = format!(
+        "{}: the checkpoint does not match the model ({} problem{}):",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        s.push_str(&format!("\n  {p}"));
+    }
+    s
+}
+
+// ---- checksums --------------------------------------------------------------------------------
+
+/// 64-bit FNV-1a: a small, dependency-free hash that detects accidental damage.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(mut self, b: &[u8]) -> Fnv {
+        for &x in b {
+            self.0 = (self.0 ^ x as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self
+    }
+
+    /// A length-prefixed field, so that field boundaries count.
+    fn field(self, b: &[u8]) -> Fnv {
+        self.bytes(&(b.len() as u64).to_le_bytes()).bytes(b)
+    }
+
+    fn hex(self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+/// Checksum of one tensor: name, dtype, shape and data bytes.
+fn tensor_checksum(name: &str, dtype: DType, shape: &[usize], data: &[u8]) -> String {
+    let mut h = Fnv::new()
+        .field(name.as_bytes())
+        .field(dtype.name().as_bytes());
+    h = h.bytes(&(shape.len() as u64).to_le_bytes());
+    for &d in shape {
+        h = h.bytes(&(d as u64).to_le_bytes());
+    }
+    h.field(data).hex()
+}
+
+/// Checksum of the caller's metadata entries (sorted by key).
+fn metadata_checksum(meta: &BTreeMap<String, String>) -> String {
+    meta.iter()
+        .fold(Fnv::new(), |h, (k, v)| {
+            h.field(k.as_bytes()).field(v.as_bytes())
+        })
+        .hex()
+}
+
+// ---- writing ----------------------------------------------------------------------------------
+
+/// The safetensors dtype name of a gradlift dtype.
+fn st_dtype(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "F32",
+        DType::I32 => "I32",
+    }
+}
+
+/// One entry of the safetensors header, as written.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum HeaderEntry<'a> {
+    Metadata(BTreeMap<&'a str, &'a str>),
+    Tensor {
+        dtype: &'static str,
+        shape: &'a [usize],
+        data_offsets: [usize; 2],
+    },
+}
+
+/// Checks the tensors and metadata given to [`save`].
+fn check_inputs(
+    tensors: &[NamedTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let bad = |name: &str, reason: String| CheckpointError::InvalidTensor {
+        name: name.to_string(),
+        reason,
+    };
+    let mut seen = BTreeSet::new();
+    for t in tensors {
+        if t.name.is_empty() {
+            return Err(bad(&t.name, "the name is empty".into()));
+        }
+        if t.name == METADATA_KEY {
+            return Err(bad(
+                &t.name,
+                format!("{METADATA_KEY} is reserved by safetensors"),
+            ));
+        }
+        if !seen.insert(t.name.as_str()) {
+            return Err(bad(&t.name, "the name appears twice".into()));
+        }
+        let numel = t
+            .shape
+            .checked_numel()
+            .ok_or_else(|| bad(&t.name, format!("shape {} has too many elements", t.shape)))?;
+        if numel.checked_mul(4).is_none() {
+            return Err(bad(&t.name, format!("shape {} is too large", t.shape)));
+        }
+        if numel != t.data.len() {
+            return Err(bad(
+                &t.name,
+                format!(
+                    "shape {} needs {numel} elements, the data has {}",
+                    t.shape,
+                    t.data.len()
+                ),
+            ));
+        }
+    }
+    for key in metadata.keys() {
+        if RESERVED_KEYS.contains(&key.as_str()) {
+            return Err(CheckpointError::InvalidMetadata {
+                key: key.clone(),
+                reason: format!(
+                    "the key is reserved (written by the checkpoint module: {})",
+                    RESERVED_KEYS.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of a checkpoint file holding `tensors` and `metadata`: a safetensors file with
+/// the tensors in name order and the reserved metadata entries added. Deterministic.
+pub fn to_bytes(
+    tensors: &[NamedTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, CheckpointError> {
+    check_inputs(tensors, metadata)?;
+    let mut sorted: Vec<&NamedTensor> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let data: Vec<Vec<u8>> = sorted.iter().map(|t| t.data.to_le_bytes()).collect();
+
+    let mut checksums = BTreeMap::new();
+    checksums.insert(METADATA_KEY.to_string(), metadata_checksum(metadata));
+    for (t, bytes) in sorted.iter().zip(&data) {
+        let c = tensor_checksum(&t.name, t.data.dtype(), t.shape.dims(), bytes);
+        checksums.insert(t.name.clone(), c);
+    }
+    let checksums = serde_json::to_string(&checksums).map_err(|e| encode_error(e.to_string()))?;
+
+    let mut meta: BTreeMap<&str, &str> = metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    meta.insert("format", FORMAT);
+    meta.insert("version", VERSION);
+    meta.insert("checksums", &checksums);
+
+    let mut header: BTreeMap<&str, HeaderEntry> = BTreeMap::new();
+    header.insert(METADATA_KEY, HeaderEntry::Metadata(meta));
+    let mut offset = 0usize;
+    for (t, bytes) in sorted.iter().zip(&data) {
+        let end = offset + bytes.len();
+        header.insert(
+            &t.name,
+            HeaderEntry::Tensor {
+                dtype: st_dtype(t.data.dtype()),
+                shape: t.shape.dims(),
+                data_offsets: [offset, end],
+            },
+        );
+        offset = end;
+    }
+    let mut head = serde_json::to_vec(&header).map_err(|e| encode_error(e.to_string()))?;
+    head.resize(head.len().div_ceil(8) * 8, b' ');
+
+    let mut out = Vec::with_capacity(8 + head.len() + offset);
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    for bytes in &data {
+        out.extend_from_slice(bytes);
+    }
+    // Any safetensors reader must accept what we write.
+    safetensors::SafeTensors::deserialize(&out)
+        .map_err(|e| encode_error(format!("the safetensors crate rejects the encoding: {e}")))?;
+    Ok(out)
+}
+
+fn encode_error(reason: String) -> CheckpointError {
+    CheckpointError::Encode { reason }
+}
+
+/// Saves `tensors` and `metadata` to `path` atomically: writes `PATH.tmp-PID-N` in the same
+/// directory, fsyncs it, renames it over `path`, then fsyncs the directory (best effort). On
+/// any error the previous file at `path` is untouched and the temporary file is removed.
+///
+/// `metadata` holds the caller's entries (graph name, step count, optimizer, ...); the keys in
+/// [`RESERVED_KEYS`] are added by this function and may not be used.
+pub fn save(
+    path: impl AsRef<Path>,
+    tensors: &[NamedTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let bytes = to_bytes(tensors, metadata)?;
+    write_atomic(path.as_ref(), |f| f.write_all(&bytes))
+}
+
+/// Distinguishes temporary files of concurrent saves in one process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Creates a fresh temporary file next to `path` (never reusing an existing one).
+fn create_temp(path: &Path) -> Result<(PathBuf, File), CheckpointError> {
+    let io_err = |action, path: &Path, source| CheckpointError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.file_name().is_none() {
+        return Err(io_err(
+            "save a checkpoint there",
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"),
+        ));
+    }
+    let pid = std::process::id();
+    let mut attempts = 0;
+    loop {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".tmp-{pid}-{n}"));
+        let tmp = PathBuf::from(name);
+        attempts += 1;
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            // A stale file of an earlier process with the same pid: try the next number.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => continue,
+            Err(e) => return Err(io_err("create the temporary file", &tmp, e)),
+        }
+    }
+}
+
+/// Writes a file atomically: `write` fills a temporary file, which is synced and renamed over
+/// `path`. On error the temporary file is removed and `path` is untouched.
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(), CheckpointError> {
+    let (tmp, mut file) = create_temp(path)?;
+    let result = (|| {
+        let step = |action, r: io::Result<()>| {
+            r.map_err(|source| CheckpointError::Io {
+                action,
+                path: tmp.clone(),
+                source,
+            })
+        };
+        step("write the temporary file", write(&mut file))?;
+        step("sync the temporary file", file.sync_all())?;
+        drop(file);
+        fs::rename(&tmp, path).map_err(|source| CheckpointError::Io {
+            action: "rename the temporary file over the checkpoint",
+            path: path.to_path_buf(),
+            source,
+        })
+    })();
+    if result.is_err() {
+        // Best effort: the error being reported matters more than a failed cleanup.
+        let _ = fs::remove_file(&tmp);
+        return result;
+    }
+    sync_parent_dir(path);
+    Ok(())
+}
+
+/// Makes the rename durable where the platform allows it (ignored where directories cannot be
+/// synced: the new file is already in place).
+fn sync_parent_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+// ---- reading ----------------------------------------------------------------------------------
+
+/// A loaded checkpoint: the tensors (sorted by name) and the caller's metadata (the reserved
+/// entries removed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// The file it was read from (used in messages).
+    pub path: PathBuf,
+    /// The tensors, sorted by name.
+    pub tensors: Vec<NamedTensor>,
+    /// The caller's metadata entries as given to [`save`].
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Reads and fully checks the checkpoint at `path` (structure, offsets, checksums).
+pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
+    let path = path.as_ref();
+    let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
+        action: "read the checkpoint",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Checkpoint::from_bytes(&bytes, path)
+}
+
+/// A tensor entry of a header, checked.
+struct TensorInfo {
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// A parsed and structurally checked header.
+struct Header {
+    /// Length of the prefix and header: where the data section starts.
+    data_start: usize,
+    metadata: BTreeMap<String, String>,
+    checksums: BTreeMap<String, String>,
+    /// Sorted by data offset.
+    tensors: Vec<TensorInfo>,
+}
+
+impl Checkpoint {
+    /// Decodes checkpoint bytes as [`load`] does; `path` is only used in messages.
+    pub fn from_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
+        let path = path.as_ref();
+        let header = parse_header(bytes, path)?;
+        let corrupt = |tensor: Option<&str>, reason: String| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            tensor: tensor.map(str::to_string),
+            reason,
+        };
+        // The offsets were checked against the file length, but let the crate agree.
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| corrupt(None, format!("the safetensors reader rejects it: {e}")))?;
+
+        let data = &bytes[header.data_start..];
+        let mut tensors = Vec::with_capacity(header.tensors.len());
+        for info in &header.tensors {
+            let raw = &data[info.start..info.end];
+            let view = st
+                .tensor(&info.name)
+                .map_err(|e| corrupt(Some(&info.name), format!("safetensors: {e}")))?;
+            if !std::ptr::eq(view.data(), raw) {
+                return Err(corrupt(
+                    Some(&info.name),
+                    "the safetensors reader locates its data elsewhere".into(),
+                ));
+            }
+            let stored = header.checksums.get(&info.name).ok_or_else(|| {
+                corrupt(
+                    Some(&info.name),
+                    "no checksum is recorded for it (was the name changed?)".into(),
+                )
+            })?;
+            let actual = tensor_checksum(&info.name, info.dtype, &info.shape, raw);
+            if *stored != actual {
+                return Err(corrupt(
+                    Some(&info.name),
+                    format!("checksum mismatch: recorded {stored}, the contents hash to {actual}"),
+                ));
+            }
+            tensors.push(NamedTensor {
+                name: info.name.clone(),
+                shape: Shape(info.shape.clone()),
+                data: TensorData::from_le_bytes(info.dtype, raw),
+            });
+        }
+        for name in header.checksums.keys() {
+            if name != METADATA_KEY && !header.tensors.iter().any(|t| &t.name == name) {
+                return Err(corrupt(
+                    Some(name),
+                    "a checksum is recorded for it but the file holds no such tensor".into(),
+                ));
+            }
+        }
+        let stored = header
+            .checksums
+            .get(METADATA_KEY)
+            .ok_or_else(|| corrupt(None, format!("no checksum is recorded for {METADATA_KEY}")))?;
+        let actual = metadata_checksum(&header.metadata);
+        if *stored != actual {
+            return Err(corrupt(
+                None,
+                format!(
+                    "metadata checksum mismatch: recorded {stored}, the entries hash to {actual}"
+                ),
+            ));
+        }
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            tensors,
+            metadata: header.metadata,
+        })
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Option<&NamedTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Every difference between the checkpoint and the `expected` names and types: missing,
+    /// dtype and shape mismatches in `expected`'s order, then unexpected tensors by name.
+    pub fn mismatches(&self, expected: &[(String, TensorType)]) -> Vec<Mismatch> {
+        let mut out = Vec::new();
+        for (name, want) in expected {
+            let Some(t) = self.get(name) else {
+                out.push(Mismatch::Missing {
+                    name: name.clone(),
+                    expected: want.clone(),
+                });
+                continue;
+            };
+            let found = t.ty();
+            if found.dtype != want.dtype {
+                out.push(Mismatch::DType {
+                    name: name.clone(),
+                    expected: want.clone(),
+                    found,
+                });
+            } else if found.shape != want.shape {
+                out.push(Mismatch::Shape {
+                    name: name.clone(),
+                    expected: want.clone(),
+                    found,
+                });
+            }
+        }
+        let wanted: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        for t in &self.tensors {
+            if !wanted.contains(t.name.as_str()) {
+                out.push(Mismatch::Unexpected {
+                    name: t.name.clone(),
+                    found: t.ty(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Checks that the checkpoint holds exactly the `expected` tensors with their types;
+    /// otherwise a [`CheckpointError::Mismatch`] listing every difference.
+    pub fn check(&self, expected: &[(String, TensorType)]) -> Result<(), CheckpointError> {
+        let problems = self.mismatches(expected);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CheckpointError::Mismatch {
+                path: self.path.clone(),
+                problems,
+            })
+        }
+    }
+
+    /// The `expected` tensors in `expected`'s order, after [`Checkpoint::check`].
+    pub fn restore(
+        &self,
+        expected: &[(String, TensorType)],
+    ) -> Result<Vec<NamedTensor>, CheckpointError> {
+        self.check(expected)?;
+        Ok(expected
+            .iter()
+            .filter_map(|(name, _)| self.get(name).cloned())
+            .collect())
+    }
+
+    /// Interpreter feeds for `g`'s params and state from this checkpoint, after checking that
+    /// it holds exactly [`graph_tensor_types`]`(g)`. With `T = f32` every bit is kept; with
+    /// `f64` values are widened exactly. i32 tensors become `T` holding the integers.
+    pub fn feeds<T: Float>(&self, g: &Graph) -> Result<HashMap<NodeId, Array<T>>, CheckpointError> {
+        let expected = graph_tensor_types(g)?;
+        self.check(&expected)?;
+        let mut feeds = HashMap::new();
+        for id in g.params().into_iter().chain(g.states()) {
+            let name = node_name(g, id)?;
+            if let Some(t) = self.get(name) {
+                feeds.insert(id, to_array(t));
+            }
+        }
+        Ok(feeds)
+    }
+}
+
+/// An interpreter array with the tensor's values (bit-exact for f32 arrays).
+fn to_array<T: Float>(t: &NamedTensor) -> Array<T> {
+    let data: Vec<T> = match &t.data {
+        TensorData::F32(v) => match (v as &dyn Any).downcast_ref::<Vec<T>>() {
+            Some(same) => same.clone(),
+            None => v.iter().map(|&x| T::from_f64(x as f64)).collect(),
+        },
+        TensorData::I32(v) => v.iter().map(|&x| T::from_f64(x as f64)).collect(),
+    };
+    Array {
+        shape: t.shape.clone(),
+        data,
+    }
+}
+
+/// Reads the length prefix and the JSON header and checks every entry against the file.
+fn parse_header(bytes: &[u8], path: &Path) -> Result<Header, CheckpointError> {
+    let not_ours = |reason: String| CheckpointError::NotACheckpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let corrupt = |tensor: Option<&str>, reason: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        tensor: tensor.map(str::to_string),
+        reason,
+    };
+    let len = bytes.len();
+    if len == 0 {
+        return Err(not_ours("the file is empty".into()));
+    }
+    let Some(prefix) = bytes.get(..8) else {
+        return Err(corrupt(
+            None,
+            format!("the file is {len} bytes long, shorter than the 8-byte header length: it is truncated"),
+        ));
+    };
+    let mut n8 = [0u8; 8];
+    n8.copy_from_slice(prefix);
+    let n = u64::from_le_bytes(n8);
+    if n > MAX_HEADER {
+        return Err(not_ours(format!(
+            "the header length prefix is {n}, more than the {MAX_HEADER} bytes a safetensors header may have (not a safetensors file)"
+        )));
+    }
+    // n <= MAX_HEADER, so it fits a usize and the sum does not overflow.
+    let header_end = 8 + n as usize;
+    if header_end > len {
+        return Err(corrupt(
+            None,
+            format!(
+                "the header length prefix says {n} bytes but only {} follow it: the file is truncated",
+                len - 8
+            ),
+        ));
+    }
+    let head = &bytes[8..header_end];
+    if head.first() != Some(&b'{') {
+        return Err(not_ours(
+            "the header does not start with '{' (not a safetensors file)".into(),
+        ));
+    }
+    let text = std::str::from_utf8(head).map_err(|e| {
+        corrupt(
+            None,
+            format!("the header is not UTF-8 (at byte {})", 8 + e.valid_up_to()),
+        )
+    })?;
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| corrupt(None, format!("the header is not valid JSON: {e}")))?;
+    let serde_json::Value::Object(entries) = json else {
+        return Err(corrupt(None, "the header is not a JSON object".into()));
+    };
+
+    let mut metadata = parse_metadata(entries.get(METADATA_KEY), path)?;
+    let checksums_text = metadata.remove("checksums");
+    metadata.remove("format");
+    metadata.remove("version");
+    let checksums_text = checksums_text
+        .ok_or_else(|| corrupt(None, "the metadata has no checksums entry".into()))?;
+    let checksums: BTreeMap<String, String> =
+        serde_json::from_str(&checksums_text).map_err(|e| {
+            corrupt(
+                None,
+                format!("the checksums entry is not a JSON map of strings: {e}"),
+            )
+        })?;
+
+    let mut tensors = Vec::new();
+    for (name, entry) in &entries {
+        if name != METADATA_KEY {
+            tensors.push(parse_tensor_info(name, entry, path)?);
+        }
+    }
+    tensors.sort_by_key(|t| (t.start, t.end));
+    let data_len = len - header_end;
+    let mut at = 0usize;
+    for t in &tensors {
+        if t.start != at {
+            return Err(corrupt(
+                Some(&t.name),
+                format!(
+                    "data_offsets [{}, {}) do not start where the previous tensor ends ({at})",
+                    t.start, t.end
+                ),
+            ));
+        }
+        if t.end > data_len {
+            return Err(corrupt(
+                Some(&t.name),
+                format!(
+                    "its data occupies bytes [{}, {}) of the data section, which has only {data_len} bytes: the file is truncated",
+                    t.start, t.end
+                ),
+            ));
+        }
+        at = t.end;
+    }
+    if at != data_len {
+        let last = tensors
+            .last()
+            .map(|t| format!("tensor {}", t.name))
+            .unwrap_or_else(|| "the header".into());
+        return Err(corrupt(
+            None,
+            format!(
+                "{} unexpected bytes follow the data of the last tensor ({last}): the data section has {data_len} bytes, the tensors {at}",
+                data_len - at
+            ),
+        ));
+    }
+    Ok(Header {
+        data_start: header_end,
+        metadata,
+        checksums,
+        tensors,
+    })
+}
+
+/// Reads `__metadata__`, checking that it is ours and of the supported version.
+fn parse_metadata(
+    entry: Option<&serde_json::Value>,
+    path: &Path,
+) -> Result<BTreeMap<String, String>, CheckpointError> {
+    let not_ours = |reason: String| CheckpointError::NotACheckpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let Some(entry) = entry else {
+        return Err(not_ours(format!(
+            "the safetensors header has no {METADATA_KEY} (format = {FORMAT} is expected)"
+        )));
+    };
+    let serde_json::Value::Object(map) = entry else {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            tensor: None,
+            reason: format!("{METADATA_KEY} is not a JSON object"),
+        });
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let serde_json::Value::String(s) = v else {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                tensor: None,
+                reason: format!("metadata entry {k:?} is not a string"),
+            });
+        };
+        out.insert(k.clone(), s.clone());
+    }
+    match out.get("format") {
+        Some(f) if f == FORMAT => {}
+        Some(f) => {
+            return Err(not_ours(format!(
+                "its metadata says format = {f:?}, expected {FORMAT:?}"
+            )))
+        }
+        None => {
+            return Err(not_ours(format!(
+                "its metadata has no format entry (format = {FORMAT} is expected)"
+            )))
+        }
+    }
+    match out.get("version") {
+        Some(v) if v == VERSION => Ok(out),
+        Some(v) => Err(CheckpointError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: v.clone(),
+        }),
+        None => Err(CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            tensor: None,
+            reason: "the metadata has no version entry".into(),
+        }),
+    }
+}
+
+/// Reads one tensor entry `{"dtype": .., "shape": [..], "data_offsets": [s, e]}` and checks
+/// that the byte range matches the dtype and shape.
+fn parse_tensor_info(
+    name: &str,
+    entry: &serde_json::Value,
+    path: &Path,
+) -> Result<TensorInfo, CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        tensor: Some(name.to_string()),
+        reason,
+    };
+    let serde_json::Value::Object(fields) = entry else {
+        return Err(corrupt("its header entry is not a JSON object".into()));
+    };
+    let dtype = match fields.get("dtype").and_then(|d| d.as_str()) {
+        Some("F32") => DType::F32,
+        Some("I32") => DType::I32,
+        Some(other) => {
+            return Err(corrupt(format!(
+                "dtype {other} is not supported (checkpoints hold F32 and I32)"
+            )))
+        }
+        None => return Err(corrupt("its header entry has no dtype string".into())),
+    };
+    let usizes = |key: &str| -> Result<Vec<usize>, CheckpointError> {
+        let arr = fields
+            .get(key)
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| corrupt(format!("its header entry has no {key} list")))?;
+        arr.iter()
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|x| usize::try_from(x).ok())
+                    .ok_or_else(|| corrupt(format!("{key} holds {v}, not a non-negative integer")))
+            })
+            .collect()
+    };
+    let shape = usizes("shape")?;
+    let offsets = usizes("data_offsets")?;
+    let [start, end] = offsets[..] else {
+        return Err(corrupt(format!(
+            "data_offsets has {} numbers, expected 2",
+            offsets.len()
+        )));
+    };
+    let ty = TensorType::new(dtype, shape.clone());
+    let nbytes = ty
+        .shape
+        .checked_numel()
+        .and_then(|n| n.checked_mul(4))
+        .ok_or_else(|| corrupt(format!("{ty} is too large")))?;
+    if end < start || end - start != nbytes {
+        return Err(corrupt(format!(
+            "{ty} needs {nbytes} bytes but data_offsets [{start}, {end}) hold {}",
+            end.saturating_sub(start)
+        )));
+    }
+    Ok(TensorInfo {
+        name: name.to_string(),
+        dtype,
+        shape,
+        start,
+        end,
+    })
+}
+
+// ---- graphs -----------------------------------------------------------------------------------
+
+/// The name of param/state `id`, or an error (checkpoints store tensors by name).
+fn node_name(g: &Graph, id: NodeId) -> Result<&str, CheckpointError> {
+    g[id].name.as_deref().ok_or_else(|| CheckpointError::Graph {
+        graph: g.name.clone(),
+        reason: format!(
+            "a {} node (index {}) has no name; checkpoints store tensors by name",
+            g[id].op.name(),
+            id.index()
+        ),
+    })
+}
+
+/// The names and types a checkpoint of `g` holds: its params, then its state, each in creation
+/// order. Fails when one is unnamed or two share a name.
+pub fn graph_tensor_types(g: &Graph) -> Result<Vec<(String, TensorType)>, CheckpointError> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for id in g.params().into_iter().chain(g.states()) {
+        let name = node_name(g, id)?;
+        if !seen.insert(name) {
+            return Err(CheckpointError::Graph {
+                graph: g.name.clone(),
+                reason: format!("two params or states are called {name}"),
+            });
+        }
+        out.push((name.to_string(), g[id].ty.clone()));
+    }
+    Ok(out)
+}
+
+/// The checkpoint tensors of `g`'s params and state, taken from `values` (e.g. interpreter
+/// values, or [`crate::interp::Values::updates`] after a step), in [`graph_tensor_types`]
+/// order. With `T = f32` every bit is kept. Each value must have the node's shape; values of
+/// i32 nodes must be integers in the i32 range.
+pub fn graph_tensors<T: Float>(
+    g: &Graph,
+    values: &HashMap<NodeId, Array<T>>,
+) -> Result<Vec<NamedTensor>, CheckpointError> {
+    let types = graph_tensor_types(g)?;
+    let ids = g.params().into_iter().chain(g.states());
+    let bad = |reason: String| CheckpointError::Graph {
+        graph: g.name.clone(),
+        reason,
+    };
+    let mut out = Vec::with_capacity(types.len());
+    for (id, (name, ty)) in ids.zip(types) {
+        let a = values
+            .get(&id)
+            .ok_or_else(|| bad(format!("no value is given for {name}: {ty}")))?;
+        if a.shape != ty.shape || a.data.len() != ty.shape.numel() {
+            return Err(bad(format!(
+                "the value of {name} has shape {} and {} elements, expected {ty}",
+                a.shape,
+                a.data.len()
+            )));
+        }
+        let data = match ty.dtype {
+            DType::F32 => TensorData::F32(match (&a.data as &dyn Any).downcast_ref::<Vec<f32>>() {
+                Some(same) => same.clone(),
+                None => a.data.iter().map(|v| v.to_f64() as f32).collect(),
+            }),
+            DType::I32 => {
+                let mut v = Vec::with_capacity(a.data.len());
+                for (i, x) in a.data.iter().enumerate() {
+                    let x = x.to_f64();
+                    if x.fract() != 0.0 || x < i32::MIN as f64 || x > i32::MAX as f64 {
+                        return Err(bad(format!(
+                            "the value of {name} ({ty}) holds {x} at element {i}, not an i32"
+                        )));
+                    }
+                    v.push(x as i32);
+                }
+                TensorData::I32(v)
+            }
+        };
+        out.push(NamedTensor {
+            name,
+            shape: ty.shape,
+            data,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("gradlift-ckpt-unit-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create scratch dir");
+        dir
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A write that fails halfway leaves the old file as it was and no temporary file.
+    #[test]
+    fn failing_write_midway_keeps_the_old_file() {
+        let dir = scratch("midway");
+        let path = dir.join("c.safetensors");
+        let old = [NamedTensor::f32("w", [2], vec![1.0, 2.0])];
+        save(&path, &old, &BTreeMap::new()).expect("save");
+        let before = fs::read(&path).expect("read");
+        let new = to_bytes(
+            &[NamedTensor::f32("w", [2], vec![3.0, 4.0])],
+            &BTreeMap::new(),
+        )
+        .expect("encode");
+        let err = write_atomic(&path, |f| {
+            f.write_all(&new[..new.len() / 2])?;
+            Err(io::Error::other("disk full (simulated)"))
+        })
+        .expect_err("the write fails");
+        let msg = err.to_string();
+        assert!(msg.contains("cannot write the temporary file"), "{msg}");
+        assert!(msg.contains("disk full (simulated)"), "{msg}");
+        assert_eq!(fs::read(&path).expect("read"), before);
+        assert_eq!(entries(&dir), vec!["c.safetensors".to_string()]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Stale temporary files (an earlier process with the same pid) are skipped, not reused
+    /// or deleted.
+    #[test]
+    fn stale_temporary_files_are_left_alone() {
+        let dir = scratch("stale");
+        let path = dir.join("c.safetensors");
+        let next = TEMP_COUNTER.load(Ordering::SeqCst);
+        let pid = std::process::id();
+        let stale: Vec<String> = (next..next + 3)
+            .map(|n| format!("c.safetensors.tmp-{pid}-{n}"))
+            .collect();
+        for s in &stale {
+            fs::write(dir.join(s), b"stale").expect("write");
+        }
+        let t = [NamedTensor::i32("n", [1], vec![1])];
+        save(&path, &t, &BTreeMap::new()).expect("save");
+        assert_eq!(load(&path).expect("load").tensors, t.to_vec());
+        for s in &stale {
+            assert_eq!(fs::read(dir.join(s)).expect("still there"), b"stale");
+        }
+        assert_eq!(entries(&dir).len(), 4);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn fnv_matches_reference_values() {
+        // Reference values of 64-bit FNV-1a.
+        assert_eq!(Fnv::new().bytes(b"").hex(), "cbf29ce484222325");
+        assert_eq!(Fnv::new().bytes(b"a").hex(), "af63dc4c8601ec8c");
+        assert_eq!(Fnv::new().bytes(b"foobar").hex(), "85944171f73967e8");
+    }
+}
