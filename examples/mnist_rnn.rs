@@ -86,9 +86,9 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let nodes = model.train_graph(a.batch_size)?.len();
     println!(
-        "compiled the training step ({nodes} nodes, batch {}) in {:.2} s",
+        "built and compiled the training step ({nodes} nodes, batch {}) in {:.1} ms",
         a.batch_size,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64() * 1e3
     );
 
     for epoch in 0..a.epochs {

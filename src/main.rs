@@ -959,9 +959,13 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         test.n
     );
     println!(
-        "training step: {} nodes; built in {build_s:.2} s (parsing and checking {:.2} s, autodiff + optimizer {grad_s:.2} s, passes {pass_s:.2} s), compiled in {compile_s:.2} s",
+        "training step: {} nodes; built in {:.1} ms (parsing and checking {:.1} ms, autodiff + optimizer {:.1} ms, passes {:.1} ms), compiled in {:.1} ms",
         m.step.len(),
-        build_s - grad_s - pass_s,
+        build_s * 1e3,
+        (build_s - grad_s - pass_s) * 1e3,
+        grad_s * 1e3,
+        pass_s * 1e3,
+        compile_s * 1e3,
     );
 
     if let (Some(path), Some(s)) = (&a.resume, resumed) {
