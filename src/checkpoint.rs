@@ -19,6 +19,9 @@
 //!   model expects (e.g. [`graph_tensor_types`] of a [`Graph`]) and reports every missing,
 //!   unexpected, dtype- or shape-mismatched tensor by name. [`Checkpoint::feeds`] turns a
 //!   checked checkpoint into interpreter feeds that override the params and state.
+//! - **Runtime tensors.** Elements are the runtime's [`TensorData`]; [`NamedTensor::from_host`]
+//!   and [`NamedTensor::into_host`] convert to and from [`HostTensor`], what a compiled
+//!   [`crate::runtime::Executable`] exports (`params`) and takes back (`set_param`).
 //! - **Reproducible bytes.** The header is written by this module (sorted keys, compact JSON,
 //!   tensors in name order), so the same tensors and metadata always give the same file; every
 //!   file written is read back with the `safetensors` crate before it is written, so any
@@ -76,74 +79,61 @@ const MAX_HEADER: u64 = 100_000_000;
 
 // ---- tensors ----------------------------------------------------------------------------------
 
-/// The elements of a checkpoint tensor, row-major.
-#[derive(Clone, Debug)]
-pub enum TensorData {
-    /// `f32` elements.
-    F32(Vec<f32>),
-    /// `i32` elements.
-    I32(Vec<i32>),
-}
+/// The elements of a tensor are the runtime's [`TensorData`]; a [`NamedTensor`] converts to
+/// and from the runtime's [`HostTensor`] (what [`crate::runtime::Executable`] takes and gives).
+pub use crate::runtime::{HostTensor, TensorData};
 
-impl TensorData {
-    /// The element type.
-    pub fn dtype(&self) -> DType {
-        match self {
-            TensorData::F32(_) => DType::F32,
-            TensorData::I32(_) => DType::I32,
-        }
-    }
-
-    /// Number of elements held.
-    pub fn len(&self) -> usize {
-        match self {
-            TensorData::F32(v) => v.len(),
-            TensorData::I32(v) => v.len(),
-        }
-    }
-
-    /// Whether no elements are held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The elements as little-endian bytes (the safetensors layout).
-    fn to_le_bytes(&self) -> Vec<u8> {
-        match self {
-            TensorData::F32(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
-            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        }
-    }
-
-    /// Elements of `dtype` from little-endian bytes (`bytes.len()` a multiple of 4).
-    fn from_le_bytes(dtype: DType, bytes: &[u8]) -> TensorData {
-        let words = bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
-        match dtype {
-            DType::F32 => TensorData::F32(
-                words
-                    .map(|w| f32::from_bits(u32::from_le_bytes(w)))
-                    .collect(),
-            ),
-            DType::I32 => TensorData::I32(words.map(i32::from_le_bytes).collect()),
-        }
+/// The element type of `d`.
+fn dtype_of(d: &TensorData) -> DType {
+    match d {
+        TensorData::F32(_) => DType::F32,
+        TensorData::I32(_) => DType::I32,
     }
 }
 
-/// Equality of the bits: NaNs with the same payload are equal, `0.0` and `-0.0` are not.
-impl PartialEq for TensorData {
-    fn eq(&self, other: &TensorData) -> bool {
-        match (self, other) {
-            (TensorData::F32(a), TensorData::F32(b)) => {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-            }
-            (TensorData::I32(a), TensorData::I32(b)) => a == b,
-            _ => false,
+/// Number of elements of `d`.
+fn len_of(d: &TensorData) -> usize {
+    match d {
+        TensorData::F32(v) => v.len(),
+        TensorData::I32(v) => v.len(),
+    }
+}
+
+/// The elements as little-endian bytes (the safetensors layout).
+fn to_le_bytes(d: &TensorData) -> Vec<u8> {
+    match d {
+        TensorData::F32(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// Elements of `dtype` from little-endian bytes (`bytes.len()` a multiple of 4).
+fn from_le_bytes(dtype: DType, bytes: &[u8]) -> TensorData {
+    let words = bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
+    match dtype {
+        DType::F32 => TensorData::F32(
+            words
+                .map(|w| f32::from_bits(u32::from_le_bytes(w)))
+                .collect(),
+        ),
+        DType::I32 => TensorData::I32(words.map(i32::from_le_bytes).collect()),
+    }
+}
+
+/// Whether `a` and `b` hold the same bits: NaNs with the same payload are equal, `0.0` and
+/// `-0.0` are not (unlike `==` on floats).
+pub fn same_bits(a: &TensorData, b: &TensorData) -> bool {
+    match (a, b) {
+        (TensorData::F32(a), TensorData::F32(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
         }
+        (TensorData::I32(a), TensorData::I32(b)) => a == b,
+        _ => false,
     }
 }
 
 /// One tensor of a checkpoint: a name, a shape and row-major elements.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct NamedTensor {
     /// The name (a param or state node's name for graph checkpoints).
     pub name: String,
@@ -151,6 +141,14 @@ pub struct NamedTensor {
     pub shape: Shape,
     /// The elements.
     pub data: TensorData,
+}
+
+/// Equality of names, shapes and element bits (see [`same_bits`]): a checkpoint equals its
+/// reloaded self even when it holds NaNs.
+impl PartialEq for NamedTensor {
+    fn eq(&self, other: &NamedTensor) -> bool {
+        self.name == other.name && self.shape == other.shape && same_bits(&self.data, &other.data)
+    }
 }
 
 impl NamedTensor {
@@ -172,9 +170,34 @@ impl NamedTensor {
         }
     }
 
+    /// A runtime tensor under `name` (e.g. from [`crate::runtime::Executable::params`]).
+    pub fn from_host(name: impl Into<String>, t: HostTensor) -> NamedTensor {
+        NamedTensor {
+            name: name.into(),
+            shape: t.shape,
+            data: t.data,
+        }
+    }
+
+    /// The name and the runtime tensor (e.g. for [`crate::runtime::Executable::set_param`]).
+    pub fn into_host(self) -> (String, HostTensor) {
+        (
+            self.name,
+            HostTensor {
+                shape: self.shape,
+                data: self.data,
+            },
+        )
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        dtype_of(&self.data)
+    }
+
     /// The dtype and shape.
     pub fn ty(&self) -> TensorType {
-        TensorType::new(self.data.dtype(), self.shape.clone())
+        TensorType::new(self.dtype(), self.shape.clone())
     }
 }
 
@@ -441,13 +464,13 @@ fn check_inputs(
         if numel.checked_mul(4).is_none() {
             return Err(bad(&t.name, format!("shape {} is too large", t.shape)));
         }
-        if numel != t.data.len() {
+        if numel != len_of(&t.data) {
             return Err(bad(
                 &t.name,
                 format!(
                     "shape {} needs {numel} elements, the data has {}",
                     t.shape,
-                    t.data.len()
+                    len_of(&t.data)
                 ),
             ));
         }
@@ -475,12 +498,12 @@ pub fn to_bytes(
     check_inputs(tensors, metadata)?;
     let mut sorted: Vec<&NamedTensor> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let data: Vec<Vec<u8>> = sorted.iter().map(|t| t.data.to_le_bytes()).collect();
+    let data: Vec<Vec<u8>> = sorted.iter().map(|t| to_le_bytes(&t.data)).collect();
 
     let mut checksums = BTreeMap::new();
     checksums.insert(METADATA_KEY.to_string(), metadata_checksum(metadata));
     for (t, bytes) in sorted.iter().zip(&data) {
-        let c = tensor_checksum(&t.name, t.data.dtype(), t.shape.dims(), bytes);
+        let c = tensor_checksum(&t.name, t.dtype(), t.shape.dims(), bytes);
         checksums.insert(t.name.clone(), c);
     }
     let checksums = serde_json::to_string(&checksums).map_err(|e| encode_error(e.to_string()))?;
@@ -501,7 +524,7 @@ pub fn to_bytes(
         header.insert(
             &t.name,
             HeaderEntry::Tensor {
-                dtype: st_dtype(t.data.dtype()),
+                dtype: st_dtype(t.dtype()),
                 shape: t.shape.dims(),
                 data_offsets: [offset, end],
             },
@@ -708,7 +731,7 @@ impl Checkpoint {
             tensors.push(NamedTensor {
                 name: info.name.clone(),
                 shape: Shape(info.shape.clone()),
-                data: TensorData::from_le_bytes(info.dtype, raw),
+                data: from_le_bytes(info.dtype, raw),
             });
         }
         for name in header.checksums.keys() {

@@ -3,7 +3,8 @@
 //! crate, and let a graph's training resume with the same next-step results bit for bit.
 
 use gradlift::checkpoint::{
-    graph_tensor_types, graph_tensors, load, save, to_bytes, Checkpoint, NamedTensor, TensorData,
+    graph_tensor_types, graph_tensors, load, same_bits, save, to_bytes, Checkpoint, NamedTensor,
+    TensorData,
 };
 use gradlift::init;
 use gradlift::interp::{eval, Array};
@@ -94,7 +95,7 @@ fn f32_and_i32_round_trip_bit_exact() {
     for t in &tensors {
         let got = c.get(&t.name).expect("tensor present");
         assert_eq!(got.shape, t.shape, "{}", t.name);
-        assert_eq!(got.data.dtype(), t.data.dtype(), "{}", t.name);
+        assert_eq!(got.dtype(), t.dtype(), "{}", t.name);
         assert_eq!(bits(got), bits(t), "bits of {}", t.name);
         assert_eq!(got, t);
     }
@@ -102,15 +103,21 @@ fn f32_and_i32_round_trip_bit_exact() {
 
 #[test]
 fn bit_equality_distinguishes_zero_signs_and_nan_payloads() {
-    // The PartialEq of TensorData compares bits, so the round trip test above is meaningful.
-    let a = TensorData::F32(vec![0.0]);
-    let b = TensorData::F32(vec![-0.0]);
+    // Tensors compare by bits, so the round trip test above is meaningful.
+    let a = NamedTensor::f32("x", [1], vec![0.0]);
+    let b = NamedTensor::f32("x", [1], vec![-0.0]);
     assert_ne!(a, b);
-    let n1 = TensorData::F32(vec![f32::from_bits(0x7fc0_0001)]);
-    let n2 = TensorData::F32(vec![f32::from_bits(0x7fc0_0002)]);
+    assert!(!same_bits(&a.data, &b.data));
+    let n1 = NamedTensor::f32("x", [1], vec![f32::from_bits(0x7fc0_0001)]);
+    let n2 = NamedTensor::f32("x", [1], vec![f32::from_bits(0x7fc0_0002)]);
     assert_ne!(n1, n2);
-    assert_eq!(n1, n1.clone());
-    assert_ne!(TensorData::F32(vec![]), TensorData::I32(vec![]));
+    assert_eq!(n1, n1.clone(), "a NaN tensor equals itself");
+    assert!(!same_bits(
+        &TensorData::F32(vec![]),
+        &TensorData::I32(vec![])
+    ));
+    assert_ne!(a, NamedTensor::f32("y", [1], vec![0.0]));
+    assert_ne!(a, NamedTensor::f32("x", [1, 1], vec![0.0]));
 }
 
 #[test]
@@ -291,7 +298,7 @@ fn graph_params_initialized_by_interp_round_trip() {
             .iter()
             .map(|&x| x as f32)
             .collect();
-        assert_eq!(t.data, TensorData::F32(want), "{}", t.name);
+        assert!(same_bits(&t.data, &TensorData::F32(want)), "{}", t.name);
     }
 
     let dir = scratch("graph");

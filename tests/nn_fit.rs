@@ -199,6 +199,10 @@ fn runs_are_reproducible_and_the_last_partial_batch_trains() {
     let (a, b, c) = (fit(9), fit(9), fit(10));
     assert_eq!(a.weights(), b.weights(), "same seeds, same weights");
     assert_ne!(a.weights(), c.weights(), "another shuffle and dropout seed");
+    // One compiled training step per batch size: 64 and the last, partial batch of 22.
+    let names: Vec<String> = a.compile_reports().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["sequential_train_22", "sequential_train_64"]);
+    assert!(a.compile_reports().iter().all(|(_, r)| r.code_bytes > 0));
     // One example per epoch in a partial batch still moves the weights.
     let mut m = mnist_mlp(0.0, 3);
     let before = m.weights().get("dense.kernel").unwrap().to_vec();

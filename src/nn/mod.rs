@@ -20,6 +20,25 @@
 //! assert_eq!(model.param_count().unwrap(), 693_962);
 //! ```
 //!
+//! [`Sequential::compile`] gives a [`Model`] with Keras' `fit`, `evaluate`, `predict` and
+//! weight save/load; each step (forward, [`crate::autodiff::grad`], [`crate::optim`] updates)
+//! is compiled by Cranelift once per batch size:
+//!
+//! ```
+//! use gradlift::nn::{CompileOptions, Dense, FitOptions, Loss, Sequential, Targets};
+//! use gradlift::optim::Optimizer;
+//! let x: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
+//! let y: Vec<f32> = x.iter().map(|v| 3.0 * v + 2.0).collect();
+//! let mut model = Sequential::new([1])
+//!     .layer(Dense::new(1))
+//!     .compile(CompileOptions::new(Optimizer::sgd(), Loss::MeanSquaredError, &[]).learning_rate(0.5))
+//!     .unwrap();
+//! let opts = FitOptions { epochs: 200, batch_size: 64, verbose: false, ..FitOptions::default() };
+//! model.fit(&x, Targets::Values(&y), &opts).unwrap();
+//! let p = model.predict(&[0.0, 1.0], 2).unwrap();
+//! assert!((p[0] - 2.0).abs() < 0.01 && (p[1] - 5.0).abs() < 0.01);
+//! ```
+//!
 //! Parameter values are seeded: the seed of each param is derived from the model seed, the
 //! layer index and the param's index in the layer ([`param_seed`]), so a model is
 //! reproducible and independent of the order in which graphs are built.

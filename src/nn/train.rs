@@ -444,6 +444,18 @@ impl Model {
         Ok(())
     }
 
+    /// The compile report of every compiled step (JIT backend), by graph name
+    /// (`sequential_train_64`, ...), sorted by name.
+    pub fn compile_reports(&self) -> Vec<(String, crate::codegen::CompileReport)> {
+        let mut v: Vec<_> = self
+            .steps
+            .values()
+            .filter_map(|s| Some((s.graph.name.clone(), s.exe.as_ref()?.report().clone())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// The graph of the training step for batches of `batch` examples (built if needed), as
     /// it will run: forward, loss, gradients and optimizer updates.
     pub fn train_graph(&mut self, batch: usize) -> Result<&Graph, TrainError> {
