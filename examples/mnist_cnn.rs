@@ -96,6 +96,9 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         a.batch_size,
         t.elapsed().as_secs_f64() * 1e3
     );
+    for (graph, report) in model.compile_reports() {
+        println!("  {graph}: {report}");
+    }
 
     for epoch in 0..a.epochs {
         let t = Instant::now();

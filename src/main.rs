@@ -849,20 +849,17 @@ fn resume(
     let expected = checkpoint::graph_tensor_types(&m.step).map_err(|e| CliError(e.to_string()))?;
     let tensors = c.restore(&expected).map_err(|e| CliError(e.to_string()))?;
     for t in tensors {
-        let value = match &t.data {
-            checkpoint::TensorData::F32(v) => HostTensor::f32(t.shape.clone(), v.clone()),
-            checkpoint::TensorData::I32(v) => HostTensor::i32(t.shape.clone(), v.clone()),
-        };
+        let (name, value) = t.into_host();
         let is_param = m
             .step
-            .find(&t.name)
+            .find(&name)
             .is_some_and(|id| matches!(m.step[id].op, Op::Param { .. }));
         let r = if is_param {
-            exe.set_param(&t.name, value)
+            exe.set_param(&name, value)
         } else {
-            exe.set_state(&t.name, value)
+            exe.set_state(&name, value)
         };
-        r.map_err(|e| CliError(format!("{file}: tensor {}: {e}", t.name)))?;
+        r.map_err(|e| CliError(format!("{file}: tensor {name}: {e}")))?;
     }
     Ok(step)
 }
@@ -876,7 +873,7 @@ fn save_checkpoint(
 ) -> Result<(), CliError> {
     let types = checkpoint::graph_tensor_types(&m.step).map_err(|e| CliError(e.to_string()))?;
     let mut tensors = Vec::with_capacity(types.len());
-    for (name, ty) in types {
+    for (name, _) in types {
         let t = exe
             .param(&name)
             .or_else(|| exe.state(&name))
@@ -886,14 +883,7 @@ fn save_checkpoint(
                     m.file
                 ))
             })?;
-        let nt = match (t.as_f32(), t.as_i32()) {
-            (Some(v), _) => NamedTensor::f32(name, ty.shape, v.to_vec()),
-            (None, Some(v)) => NamedTensor::i32(name, ty.shape, v.to_vec()),
-            (None, None) => {
-                return Err(CliError(format!("{}: {name} has no data", m.file)));
-            }
-        };
-        tensors.push(nt);
+        tensors.push(NamedTensor::from_host(name, t));
     }
     checkpoint::save(path, &tensors, meta).map_err(|e| CliError(e.to_string()))
 }
