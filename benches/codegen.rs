@@ -74,13 +74,18 @@ fn step_time(c: &mut Criterion) {
         ("cnn_b64", train_step("cnn", 64)),
     ] {
         let inputs = feeds(&g);
-        for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
+        for (kernel, threads) in [
+            (MatmulKernel::Gemm, 1),
+            (MatmulKernel::Gemm, 2),
+            (MatmulKernel::Cranelift, 1),
+        ] {
             let o = CompileOptions {
                 matmul: kernel,
+                threads,
                 ..opts()
             };
             let mut exe = codegen::compile(&g, &o).unwrap();
-            let id = BenchmarkId::new(format!("{name}/jit"), format!("{kernel:?}"));
+            let id = BenchmarkId::new(format!("{name}/jit"), format!("{kernel:?}/{threads}t"));
             grp.bench_function(id, |b| b.iter(|| exe.run(&inputs).unwrap()));
         }
         // the reference interpreter (f32) on the same graph and inputs
@@ -122,13 +127,23 @@ fn matmul(c: &mut Criterion) {
             ),
         ];
         grp.throughput(Throughput::Elements((2 * m * k * n) as u64));
-        for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
+        let parallel = 2 * m * k * n >= codegen::kernels::PARALLEL_FLOPS;
+        for (kernel, threads) in [
+            (MatmulKernel::Gemm, 1),
+            (MatmulKernel::Gemm, 2),
+            (MatmulKernel::Cranelift, 1),
+        ] {
+            if threads > 1 && !parallel {
+                continue; // below the threshold: the same code as one thread
+            }
             let o = CompileOptions {
                 matmul: kernel,
+                threads,
                 ..opts()
             };
             let mut exe = codegen::compile(&g, &o).unwrap();
-            let id = BenchmarkId::new(format!("{kernel:?}"), format!("{m}x{k}x{n}"));
+            let name = format!("{kernel:?}/{threads}t");
+            let id = BenchmarkId::new(name, format!("{m}x{k}x{n}"));
             grp.bench_function(id, |b| b.iter(|| exe.run(&inputs).unwrap()));
         }
     }

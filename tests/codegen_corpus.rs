@@ -74,6 +74,7 @@ fn differential(g: &Graph, file: &str, seed: u64) {
             matmul: kernel,
             verify: true,
             poison: true,
+            ..CompileOptions::default()
         };
         let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("{file}: {e}"));
         let mut host = Vec::new();

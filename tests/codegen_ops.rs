@@ -83,6 +83,7 @@ fn check(g: &Graph, seed: u64, dom: &dyn Fn(&str) -> Dom, terms: usize) {
             matmul: kernel,
             verify: true,
             poison: true,
+            ..CompileOptions::default()
         };
         let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("compile: {e}"));
         exe.run(&dirty).unwrap();

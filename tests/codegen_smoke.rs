@@ -89,3 +89,52 @@ fn mlp_step_runs() {
     println!("{}", codegen::clif(&g, &CompileOptions::default()).unwrap());
     println!("{}", exe.report());
 }
+
+/// Products above `kernels::PARALLEL_FLOPS` are split over threads by rows (m >= n) or by
+/// columns (n > m), also with a transposed (strided) operand: same result as one thread.
+#[test]
+fn large_matmuls_split_over_threads_match_one_thread() {
+    use gradlift::codegen::kernels::PARALLEL_FLOPS;
+    for &(m, k, n, transpose_b) in &[(401, 400, 403, false), (403, 400, 401, true)] {
+        assert!(2 * m * k * n >= PARALLEL_FLOPS);
+        let mut g = Graph::new("big");
+        let a = g.input("a", TensorType::f32([m, k])).unwrap();
+        let b = if transpose_b {
+            let bt = g.input("b", TensorType::f32([n, k])).unwrap();
+            g.transpose(bt, &[1, 0]).unwrap()
+        } else {
+            g.input("b", TensorType::f32([k, n])).unwrap()
+        };
+        let c = g.matmul(a, b).unwrap();
+        g.add_output("c", c).unwrap();
+        let av = seq(m * k, 0.01);
+        let bv = seq(k * n, 0.02);
+        let bshape = if transpose_b { [n, k] } else { [k, n] };
+        let inputs = [
+            ("a", HostTensor::f32([m, k], av.clone())),
+            ("b", HostTensor::f32(bshape, bv.clone())),
+        ];
+        let mut want = vec![0.0f32; m * n];
+        for i in 0..m {
+            for p in 0..k {
+                for j in 0..n {
+                    let bij = if transpose_b {
+                        bv[j * k + p]
+                    } else {
+                        bv[p * n + j]
+                    };
+                    want[i * n + j] += av[i * k + p] * bij;
+                }
+            }
+        }
+        for threads in [1, 2, 3] {
+            let opts = CompileOptions {
+                threads,
+                ..Default::default()
+            };
+            let mut exe = codegen::compile(&g, &opts).unwrap();
+            let out = exe.run(&inputs).unwrap();
+            close(out[0].1.as_f32().unwrap(), &want, 1e-4);
+        }
+    }
+}

@@ -3,13 +3,13 @@
 //! [`super::plan`]).
 //!
 //! The building blocks are loop nests over statically known bounds:
-//! - [`Lowerer::map`]: an elementwise loop over an output view and operand views given by
+//! - `Lowerer::map`: an elementwise loop over an output view and operand views given by
 //!   per-dimension strides (0 = broadcast). Adjacent dimensions that are contiguous for every
 //!   view are merged first; when the innermost dimension is contiguous (or broadcast) for all
 //!   views the loop runs on `f32x4` vectors and a straight-line scalar tail handles the last
 //!   `len % 4` elements. Elementwise ops, broadcast, transpose, slice, concat, cast, copies
 //!   and fills are all `map`s.
-//! - [`Lowerer::reduce`]: reductions; a reduced innermost dimension accumulates in registers
+//! - `Lowerer::reduce`: reductions; a reduced innermost dimension accumulates in registers
 //!   (`f32x4` lanes then a horizontal combine), otherwise the output row is updated in place.
 //! - Matmul: a register-blocked `f32x4` kernel (1 row x 16 columns of accumulators, `fma`
 //!   when the host has it) or a call to the `gemm` crate (see [`super::MatmulKernel`]).
@@ -48,7 +48,7 @@ pub fn kernel_signature(name: &str) -> (Vec<Type>, Vec<Type>) {
     match name {
         "gl_powf" => (vec![f, f], vec![f]),
         "gl_unary" => (vec![i; 4], vec![]),
-        "gl_gemm" => (vec![i; 11], vec![]),
+        "gl_gemm" => (vec![i; 12], vec![]),
         "gl_conv2d" | "gl_conv2d_input_grad" | "gl_conv2d_filter_grad" => (vec![i; 5], vec![]),
         "gl_max_pool2d" => (vec![i; 3], vec![]),
         "gl_max_pool2d_grad" => (vec![i; 4], vec![]),
@@ -176,6 +176,7 @@ pub struct Lowerer<'a> {
     funcs: HashMap<&'static str, FuncRef>,
     has_fma: bool,
     matmul: MatmulKernel,
+    threads: usize,
 }
 
 impl<'a> Lowerer<'a> {
@@ -186,6 +187,7 @@ impl<'a> Lowerer<'a> {
         kernels: HashMap<&'static str, (u32, ir::Signature)>,
         has_fma: bool,
         matmul: MatmulKernel,
+        threads: usize,
     ) -> Lowerer<'a> {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -204,6 +206,7 @@ impl<'a> Lowerer<'a> {
             funcs: HashMap::new(),
             has_fma,
             matmul,
+            threads,
         }
     }
 
@@ -724,6 +727,7 @@ impl<'a> Lowerer<'a> {
                     self.iconst(sb.1 as i64),
                     self.addr(c, None),
                     self.iconst(0),
+                    self.iconst(self.threads as i64),
                 ];
                 self.call("gl_gemm", &args)?;
             }

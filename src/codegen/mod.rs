@@ -50,6 +50,9 @@ pub struct CompileOptions {
     pub matmul: MatmulKernel,
     /// Run the Cranelift IR verifier (costs 1.1-1.8x compile time; on in debug builds).
     pub verify: bool,
+    /// Threads a large matmul may use (products of at least
+    /// [`kernels::PARALLEL_FLOPS`] FLOPs are split; smaller ones stay on the calling thread).
+    pub threads: usize,
     /// Testing aid: fill the arena and the output buffers with NaN bits before every call, so
     /// an element a kernel forgets to write shows up as NaN instead of a stale value.
     pub poison: bool,
@@ -60,6 +63,7 @@ impl Default for CompileOptions {
         CompileOptions {
             matmul: MatmulKernel::default(),
             verify: cfg!(debug_assertions),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             poison: false,
         }
     }
@@ -375,7 +379,7 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
     {
         let fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let slots = plan.arena_slot(g.outputs().len()) + 1;
-        let mut lw = lower::Lowerer::new(fb, slots, kernel_decls, fma, opts.matmul);
+        let mut lw = lower::Lowerer::new(fb, slots, kernel_decls, fma, opts.matmul, opts.threads);
         for &id in &order {
             lw.node(g, &plan, id)
                 .map_err(|message| CompileError::Lowering {

@@ -1,5 +1,7 @@
 //! The Keras-like training loop: [`Sequential::compile`] gives a [`Model`] with `fit`,
-//! `evaluate`, `predict` and weight save/load (safetensors).
+//! `evaluate`, `predict`, and checkpoints ([`Model::save`]/[`Model::load`]: params, optimizer
+//! state and counts through [`crate::checkpoint`], so training resumes bit for bit;
+//! [`Model::save_weights`]/[`Model::load_weights`]: params only).
 //!
 //! In: examples as a flat `&[f32]` (example after example, each of the model's input shape)
 //! and [`Targets`]. Out: per-epoch [`History`], [`Evaluation`]s, predictions, trained weights.
@@ -19,6 +21,7 @@
 
 use super::layers::dropout_mask;
 use super::{GraphOptions, Loss, Metric, ModelGraph, Sequential};
+use crate::checkpoint::{CheckpointError, Mismatch, NamedTensor, TensorData};
 use crate::graph::{BuildError, Graph, NodeId};
 use crate::init::Rng;
 use crate::op::Op;
@@ -26,7 +29,7 @@ use crate::optim::{lr_input, Clip, Optimizer};
 use crate::runtime::{Executable, HostTensor};
 use crate::shape::DType;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// An error of compiling, training, evaluating, predicting or saving.
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +57,10 @@ pub enum TrainError {
     /// The data passed in does not fit the model (lengths, shapes, target kind).
     #[error("{0}")]
     Data(String),
-    /// A weights file could not be read or written, or does not match the model.
-    #[error("{}: {message}", path.display())]
-    Weights {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
+    /// A checkpoint or weights file could not be written or read, or does not match the
+    /// model (the message names the file and every mismatched tensor).
+    #[error("{0}")]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 /// Targets of a batch of examples.
@@ -140,7 +139,8 @@ impl CompileOptions {
 /// Options of [`Model::fit`] (Keras' defaults: batch 32, shuffled, verbose).
 #[derive(Clone, Debug)]
 pub struct FitOptions {
-    /// Number of passes over the data.
+    /// The epoch to stop before: epochs `initial_epoch..epochs` run (the number of passes
+    /// over the data when `initial_epoch` is 0, as in Keras).
     pub epochs: usize,
     /// Examples per step; the last batch of an epoch may be smaller.
     pub batch_size: usize,
@@ -153,6 +153,16 @@ pub struct FitOptions {
     /// Learning rate for each epoch from the epoch index and the current rate (Keras'
     /// `LearningRateScheduler`); applied through the `%lr` input, without recompiling.
     pub schedule: Option<fn(usize, f64) -> f64>,
+    /// Epoch at which to start (Keras' `initial_epoch`): epochs `initial_epoch..epochs` run,
+    /// so `epochs` is the index of the last epoch, not a count. Each epoch's shuffle and
+    /// dropout masks depend only on `seed` and the epoch index, so a run resumed from a
+    /// checkpoint ([`Model::save`], [`Model::load`]) with `initial_epoch =`
+    /// [`Model::epochs_trained`] repeats the uninterrupted run bit for bit.
+    pub initial_epoch: usize,
+    /// Fraction in `[0, 1)` of the examples held out for validation, taken from the end of
+    /// `x` and `y` before any shuffling (as Keras does); never trained on. Ignored when
+    /// validation data is passed to [`Model::fit_with_validation`].
+    pub validation_split: f64,
 }
 
 impl Default for FitOptions {
@@ -164,12 +174,15 @@ impl Default for FitOptions {
             seed: 0,
             verbose: true,
             schedule: None,
+            initial_epoch: 0,
+            validation_split: 0.0,
         }
     }
 }
 
 /// Per-epoch logs of [`Model::fit`]: `history["loss"][epoch]`, `history["accuracy"][epoch]`,
-/// `history["lr"][epoch]`, like Keras' `History.history`.
+/// `history["lr"][epoch]`, like Keras' `History.history`; with validation data also
+/// `history["val_loss"]` and `history["val_<metric>"]`, measured at the end of each epoch.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct History {
     /// Each logged quantity, one value per epoch.
@@ -251,58 +264,6 @@ impl Weights {
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
-
-    /// Writes the tensors whose names satisfy `keep` to a safetensors file (f32, little-endian).
-    pub fn save(&self, path: &Path, keep: impl Fn(&str) -> bool) -> Result<(), TrainError> {
-        let werr = |message: String| TrainError::Weights {
-            path: path.to_path_buf(),
-            message,
-        };
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
-            .iter()
-            .filter(|(k, _)| keep(k))
-            .map(|(k, (s, v))| {
-                let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                (k.clone(), s.clone(), b)
-            })
-            .collect();
-        let mut views = Vec::new();
-        for (k, s, b) in &bytes {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map_err(|e| werr(format!("tensor {k}: {e}")))?;
-            views.push((k.clone(), view));
-        }
-        let out = safetensors::serialize(views, &None).map_err(|e| werr(e.to_string()))?;
-        std::fs::write(path, out).map_err(|e| werr(e.to_string()))
-    }
-
-    /// Reads every tensor of a safetensors file (f32 only).
-    pub fn load(path: &Path) -> Result<Weights, TrainError> {
-        let werr = |message: String| TrainError::Weights {
-            path: path.to_path_buf(),
-            message,
-        };
-        let bytes = std::fs::read(path).map_err(|e| werr(e.to_string()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| werr(format!("not a safetensors file: {e}")))?;
-        let mut w = Weights::default();
-        for (name, view) in st.tensors() {
-            if view.dtype() != safetensors::Dtype::F32 {
-                return Err(werr(format!(
-                    "tensor {name}: expected dtype F32, found {:?}",
-                    view.dtype()
-                )));
-            }
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            w.insert(&name, view.shape().to_vec(), values)?;
-        }
-        Ok(w)
-    }
 }
 
 /// Which kind of graph a cached step is.
@@ -353,6 +314,10 @@ pub struct Model {
     steps: HashMap<(Kind, usize), Step>,
     example_len: usize,
     output_shape: Vec<usize>,
+    /// Epochs completed (by [`Model::fit`] or restored by [`Model::load`]).
+    epochs_trained: usize,
+    /// Training steps run (batches), likewise.
+    steps_trained: u64,
 }
 
 impl Sequential {
@@ -375,6 +340,8 @@ impl Sequential {
             owner: None,
             steps: HashMap::new(),
             output_shape,
+            epochs_trained: 0,
+            steps_trained: 0,
         })
     }
 }
@@ -475,6 +442,46 @@ impl Model {
 
     fn build_step(&self, kind: Kind, batch: usize) -> Result<Step, TrainError> {
         let o = &self.options;
+        let (mut graph, x, y, lr, masks) = self.step_graph(kind, batch)?;
+        if o.optimize {
+            crate::passes::Pipeline::default().run(&mut graph)?;
+        }
+        let exe = match o.backend {
+            Backend::Jit => Some(Box::new(crate::codegen::compile(
+                &graph,
+                &crate::codegen::CompileOptions::default(),
+            )?)),
+            Backend::Interpreter => None,
+        };
+        Ok(Step {
+            graph,
+            x,
+            y,
+            lr,
+            masks,
+            exe,
+            version: u64::MAX,
+        })
+    }
+
+    /// The unoptimized graph of step `kind` for `batch` examples, with its input handles
+    /// (`x`, targets, learning rate, dropout masks).
+    #[allow(clippy::type_complexity)]
+    fn step_graph(
+        &self,
+        kind: Kind,
+        batch: usize,
+    ) -> Result<
+        (
+            Graph,
+            NodeId,
+            Option<NodeId>,
+            Option<NodeId>,
+            Vec<(NodeId, f64)>,
+        ),
+        TrainError,
+    > {
+        let o = &self.options;
         let gopts = match kind {
             Kind::Train => GraphOptions::train(batch, o.loss, &o.metrics),
             Kind::Evaluate => GraphOptions::evaluate(batch, o.loss, &o.metrics),
@@ -502,25 +509,7 @@ impl Model {
             o.optimizer.apply(&mut graph, lr_node, &pairs)?;
             lr = Some(lr_node);
         }
-        if o.optimize {
-            crate::passes::Pipeline::default().run(&mut graph)?;
-        }
-        let exe = match o.backend {
-            Backend::Jit => Some(Box::new(crate::codegen::compile(
-                &graph,
-                &crate::codegen::CompileOptions::default(),
-            )?)),
-            Backend::Interpreter => None,
-        };
-        Ok(Step {
-            graph,
-            x,
-            y,
-            lr,
-            masks: dropout_masks,
-            exe,
-            version: u64::MAX,
-        })
+        Ok((graph, x, y, lr, dropout_masks))
     }
 
     fn check_x(&self, x: &[f32]) -> Result<usize, TrainError> {
@@ -580,13 +569,28 @@ impl Model {
         Ok(())
     }
 
-    /// Keras' `fit`: `epochs` passes over `(x, y)` in (shuffled) mini-batches, one training
-    /// step per batch. Returns the per-epoch mean loss and metrics (weighted by batch size)
-    /// and the learning rate used.
+    /// Keras' `fit`: epochs `opts.initial_epoch..opts.epochs` over `(x, y)` in (shuffled)
+    /// mini-batches, one training step per batch. Returns the per-epoch mean loss and metrics
+    /// (weighted by batch size) and the learning rate used; with `opts.validation_split > 0`
+    /// the last examples are held out and `val_loss`, `val_<metric>` are logged too.
     pub fn fit(
         &mut self,
         x: &[f32],
         y: Targets<'_>,
+        opts: &FitOptions,
+    ) -> Result<History, TrainError> {
+        self.fit_with_validation(x, y, None, opts)
+    }
+
+    /// [`Model::fit`] with Keras' `validation_data`: when `validation` is given, it is
+    /// evaluated ([`Model::evaluate`], inference mode, batches of `opts.batch_size`) at the
+    /// end of every epoch and logged as `val_loss` and `val_<metric>`; `opts.validation_split`
+    /// is then ignored. Every example of `(x, y)` is trained on.
+    pub fn fit_with_validation(
+        &mut self,
+        x: &[f32],
+        y: Targets<'_>,
+        validation: Option<(&[f32], Targets<'_>)>,
         opts: &FitOptions,
     ) -> Result<History, TrainError> {
         let n = self.check_x(x)?;
@@ -597,22 +601,76 @@ impl Model {
         if n == 0 {
             return Err(TrainError::Data("no examples to fit".into()));
         }
-        let result = self.fit_epochs(x, y, n, opts);
+        let (x, y, validation) = match validation {
+            Some((vx, vy)) => {
+                let in_validation = |e| TrainError::Data(format!("validation data: {e}"));
+                let vn = self.check_x(vx).map_err(in_validation)?;
+                self.check_targets(vy, vn).map_err(in_validation)?;
+                if vn == 0 {
+                    return Err(TrainError::Data("validation data has no examples".into()));
+                }
+                (x, y, Some((vx, vy)))
+            }
+            None => self.split_validation(x, y, n, opts.validation_split)?,
+        };
+        let result = self.fit_epochs(x, y, validation, opts);
         // Even after an error, the weights reflect every step that ran.
         self.sync()?;
         result
+    }
+
+    /// Splits off the last `split` fraction of the examples as validation data (Keras: the
+    /// first `floor(n * (1 - split))` examples train).
+    #[allow(clippy::type_complexity)]
+    fn split_validation<'x>(
+        &self,
+        x: &'x [f32],
+        y: Targets<'x>,
+        n: usize,
+        split: f64,
+    ) -> Result<(&'x [f32], Targets<'x>, Option<(&'x [f32], Targets<'x>)>), TrainError> {
+        if split == 0.0 {
+            return Ok((x, y, None));
+        }
+        if !(0.0..1.0).contains(&split) {
+            return Err(TrainError::Data(format!(
+                "validation_split must be in [0, 1), found {split}"
+            )));
+        }
+        let train = (n as f64 * (1.0 - split)).floor() as usize;
+        if train == 0 || train == n {
+            return Err(TrainError::Data(format!(
+                "validation_split {split} of {n} examples leaves {train} to train and {} to validate; both need at least one",
+                n - train
+            )));
+        }
+        let (xt, xv) = x.split_at(train * self.example_len);
+        let (yt, yv) = match y {
+            Targets::Classes(c) => {
+                let (a, b) = c.split_at(train);
+                (Targets::Classes(a), Targets::Classes(b))
+            }
+            Targets::Values(v) => {
+                let (a, b) = v.split_at(train * self.output_shape.iter().product::<usize>());
+                (Targets::Values(a), Targets::Values(b))
+            }
+        };
+        Ok((xt, yt, Some((xv, yv))))
     }
 
     fn fit_epochs(
         &mut self,
         x: &[f32],
         y: Targets<'_>,
-        n: usize,
+        validation: Option<(&[f32], Targets<'_>)>,
         opts: &FitOptions,
     ) -> Result<History, TrainError> {
+        let n = x.len() / self.example_len.max(1);
         let mut history = History::default();
-        let mut rng = Rng::new(opts.seed);
-        for epoch in 0..opts.epochs {
+        for epoch in opts.initial_epoch..opts.epochs {
+            // Each epoch's randomness depends only on the seed and the epoch index, so a
+            // resumed run (initial_epoch > 0) draws what the uninterrupted run drew.
+            let mut rng = Rng::new(Rng::new(opts.seed ^ epoch as u64).next_u64());
             if let Some(f) = opts.schedule {
                 self.learning_rate = f(epoch, self.learning_rate);
             }
@@ -630,12 +688,28 @@ impl Model {
             let mut sums = Sums::default();
             for idx in order.chunks(opts.batch_size) {
                 let outs = self.run(Kind::Train, x, Some(y), idx, Some(&mut rng))?;
+                self.steps_trained += 1;
                 sums.add(&outs, idx.len());
                 bar.inc(1);
                 bar.set_message(sums.message());
             }
+            let mut logs = sums.means();
+            if let Some((vx, vy)) = validation {
+                let e = self.evaluate(vx, vy, opts.batch_size)?;
+                logs.push(("val_loss".into(), e.loss));
+                for (k, v) in e.metrics {
+                    logs.push((format!("val_{k}"), v));
+                }
+                bar.set_message(
+                    logs.iter()
+                        .map(|(k, v)| format!("{k}: {v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(" - "),
+                );
+            }
             bar.finish();
-            for (k, v) in sums.means() {
+            self.epochs_trained = epoch + 1;
+            for (k, v) in logs {
                 history.history.entry(k).or_default().push(v);
             }
             history
@@ -706,62 +780,189 @@ impl Model {
         Ok(out)
     }
 
-    /// Writes the params (not the optimizer state) to a safetensors file, by node name.
-    pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<(), TrainError> {
-        let params = self.param_names()?;
-        self.weights
-            .save(path.as_ref(), |k| params.iter().any(|p| p == k))
+    /// Epochs completed by [`Model::fit`] (restored by [`Model::load`]): pass it as
+    /// [`FitOptions::initial_epoch`] to resume.
+    pub fn epochs_trained(&self) -> usize {
+        self.epochs_trained
     }
 
-    /// Reads params saved by [`Model::save_weights`]; every param of the model must be in the
-    /// file with its shape. The optimizer state is left as it is.
-    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
+    /// Training steps (batches) run by [`Model::fit`] (restored by [`Model::load`]).
+    pub fn steps_trained(&self) -> u64 {
+        self.steps_trained
+    }
+
+    /// Saves everything training needs to resume exactly where it stopped, as a
+    /// [`crate::checkpoint`] (safetensors, written atomically, with checksums): every param
+    /// and every optimizer state of the training graph (moments, velocities, step counter),
+    /// by node name, plus metadata: `model`, `params` (the param names, comma-separated),
+    /// `optimizer`, `loss`, `epoch`
+    /// ([`Model::epochs_trained`]), `step` ([`Model::steps_trained`]), `learning_rate` (exact)
+    /// and `contents = training`.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TrainError> {
+        let g = self.checkpoint_graph()?;
+        let ids: Vec<NodeId> = g.params().into_iter().chain(g.states()).collect();
+        self.write_checkpoint(path.as_ref(), &g, &ids, "training")
+    }
+
+    /// Restores a checkpoint written by [`Model::save`]: params, optimizer state, epoch and
+    /// step counts and learning rate. The file must hold exactly the tensors of this model's
+    /// training graph with their dtypes and shapes; otherwise the error lists every missing,
+    /// unexpected or mismatched tensor by name. A truncated or corrupt file is an error naming
+    /// the tensor involved. On any error the model is left untouched. Every compiled variant
+    /// (each batch size, training and inference) runs with the restored values from its next
+    /// call on.
+    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let path = path.as_ref();
-        let loaded = Weights::load(path)?;
+        let g = self.checkpoint_graph()?;
+        let expected = crate::checkpoint::graph_tensor_types(&g)?;
+        let ckpt = crate::checkpoint::load(path)?;
+        let tensors = ckpt.restore(&expected)?;
+        let meta = |key: &str| -> Result<&str, TrainError> {
+            ckpt.metadata.get(key).map(|s| s.as_str()).ok_or_else(|| {
+                TrainError::Data(format!(
+                    "{}: the checkpoint has no {key:?} metadata entry (not written by Model::save?)",
+                    path.display()
+                ))
+            })
+        };
+        let bad = |key: &str, v: &str| {
+            TrainError::Data(format!(
+                "{}: metadata {key} = {v:?} is not a valid value",
+                path.display()
+            ))
+        };
+        let (epoch, step, lr) = (meta("epoch")?, meta("step")?, meta("learning_rate")?);
+        let epoch: usize = epoch.parse().map_err(|_| bad("epoch", epoch))?;
+        let step: u64 = step.parse().map_err(|_| bad("step", step))?;
+        let lr: f64 = lr.parse().map_err(|_| bad("learning_rate", lr))?;
         self.sync()?;
-        self.version += 1;
-        for name in self.param_names()? {
-            let want = self
-                .weights
-                .shape(&name)
-                .map(|s| s.to_vec())
-                .unwrap_or_default();
-            match (loaded.shape(&name), loaded.get(&name)) {
-                (Some(s), Some(v)) if s == &want[..] => {
-                    self.weights.insert(&name, want, v.to_vec())?;
-                }
-                (Some(s), _) => {
-                    return Err(TrainError::Weights {
-                        path: path.to_path_buf(),
-                        message: format!(
-                            "tensor {name} has shape {s:?}, the model expects {want:?}"
-                        ),
-                    })
-                }
-                _ => {
-                    return Err(TrainError::Weights {
-                        path: path.to_path_buf(),
-                        message: format!("tensor {name} is missing"),
-                    })
-                }
-            }
+        let mut weights = self.weights.clone();
+        for t in &tensors {
+            weights.insert(&t.name, t.shape.dims().to_vec(), tensor_values(t))?;
         }
+        self.weights = weights;
+        self.version += 1;
+        self.epochs_trained = epoch;
+        self.steps_trained = step;
+        self.learning_rate = lr;
         Ok(())
     }
 
-    fn param_names(&self) -> Result<Vec<String>, TrainError> {
-        let mut names = Vec::new();
-        let input = &self.model.input_shape;
-        let layer_names = self.model.layer_names();
-        let infos = self.model.layer_infos()?;
-        let mut shape = input.clone();
-        for (i, l) in self.model.layers.iter().enumerate() {
-            for p in l.params(&shape) {
-                names.push(format!("{}.{}", layer_names[i], p.suffix));
+    /// Writes the params only (not the optimizer state) as a [`crate::checkpoint`] with
+    /// `contents = weights`, for inference or fine-tuning.
+    pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<(), TrainError> {
+        let g = self.checkpoint_graph()?;
+        self.write_checkpoint(path.as_ref(), &g, &g.params(), "weights")
+    }
+
+    /// Reads the params from a file of [`Model::save_weights`] or [`Model::save`] (its
+    /// optimizer state, whichever optimizer wrote it, is then skipped); every param of the
+    /// model must be in the file with its dtype and shape, and the file may hold no other
+    /// param. The optimizer state, counts
+    /// and learning rate are left as they are; on any error the model is untouched.
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
+        let path = path.as_ref();
+        let g = self.checkpoint_graph()?;
+        let all = crate::checkpoint::graph_tensor_types(&g)?;
+        let params = &all[..g.params().len()];
+        let ckpt = crate::checkpoint::load(path)?;
+        // In a file of `Model::save`, the tensors not listed as params are optimizer state
+        // (of whatever optimizer wrote it): skipped here.
+        let file_params: Vec<&str> = ckpt
+            .metadata
+            .get("params")
+            .map(|p| p.split(',').collect())
+            .unwrap_or_default();
+        let skip_state = ckpt.metadata.get("contents").map(|c| c.as_str()) == Some("training");
+        let problems: Vec<Mismatch> = ckpt
+            .mismatches(params)
+            .into_iter()
+            .filter(|m| match m {
+                Mismatch::Unexpected { name, .. } => {
+                    !skip_state || file_params.contains(&name.as_str())
+                }
+                _ => true,
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(CheckpointError::Mismatch {
+                path: path.to_path_buf(),
+                problems,
             }
-            shape = infos[i].output_shape.clone();
+            .into());
         }
-        Ok(names)
+        self.sync()?;
+        let mut weights = self.weights.clone();
+        for (name, _) in params {
+            if let Some(t) = ckpt.get(name) {
+                weights.insert(name, t.shape.dims().to_vec(), tensor_values(t))?;
+            }
+        }
+        self.weights = weights;
+        self.version += 1;
+        Ok(())
+    }
+
+    /// The training graph (batch 1, unoptimized): its params and states are exactly what a
+    /// checkpoint holds (the batch size changes no param or state).
+    fn checkpoint_graph(&self) -> Result<Graph, TrainError> {
+        Ok(self.step_graph(Kind::Train, 1)?.0)
+    }
+
+    /// Saves the nodes `ids` of `g` with their current values (the initializer's for a state
+    /// no step has created yet) and the model's metadata.
+    fn write_checkpoint(
+        &self,
+        path: &Path,
+        g: &Graph,
+        ids: &[NodeId],
+        contents: &str,
+    ) -> Result<(), TrainError> {
+        let mut tensors = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let n = &g[id];
+            let name = n.name.clone().unwrap_or_default();
+            let values = match self.weights.get(&name) {
+                Some(v) => v.to_vec(),
+                None => {
+                    let mut w = Weights::default();
+                    init_weight(&mut w, g, id)?;
+                    w.get(&name).map(|v| v.to_vec()).unwrap_or_default()
+                }
+            };
+            tensors.push(match n.ty.dtype {
+                DType::F32 => NamedTensor::f32(name, n.ty.shape.clone(), values),
+                DType::I32 => NamedTensor::i32(
+                    name,
+                    n.ty.shape.clone(),
+                    values.iter().map(|&v| v as i32).collect(),
+                ),
+            });
+        }
+        let params: Vec<&str> = g
+            .params()
+            .into_iter()
+            .filter_map(|id| g[id].name.as_deref())
+            .collect();
+        let metadata = BTreeMap::from([
+            ("model".to_string(), self.model.name.clone()),
+            ("params".to_string(), params.join(",")),
+            ("contents".to_string(), contents.to_string()),
+            (
+                "optimizer".to_string(),
+                format!("{:?}", self.options.optimizer),
+            ),
+            ("loss".to_string(), self.options.loss.name().to_string()),
+            ("epoch".to_string(), self.epochs_trained.to_string()),
+            ("step".to_string(), self.steps_trained.to_string()),
+            // `{:?}` of an f64 is the shortest string that parses back to the same bits.
+            (
+                "learning_rate".to_string(),
+                format!("{:?}", self.learning_rate),
+            ),
+        ]);
+        crate::checkpoint::save(path, &tensors, &metadata)?;
+        Ok(())
     }
 
     /// Runs the step `kind` on the examples `idx` of `x`: gathers the batch, feeds it with
@@ -942,6 +1143,15 @@ fn execute(
         updates.push((name, v.data.clone()));
     }
     Ok((outs, updates))
+}
+
+/// A checkpoint tensor's values as the f32 the model's weights hold (i32 values exactly
+/// when below 2^24, which covers counters and class indices).
+fn tensor_values(t: &NamedTensor) -> Vec<f32> {
+    match &t.data {
+        TensorData::F32(v) => v.clone(),
+        TensorData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+    }
 }
 
 /// Running sums of scalar outputs weighted by batch size.
