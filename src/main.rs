@@ -2,9 +2,10 @@
 //!
 //! In: a graph file, in the IR text format (`.ir`, or any other extension) or as JSON (`.json`,
 //! as written by `gradlift dump --format json`). Out: a verdict (`check`), the graph printed as
-//! text, Graphviz or JSON (`dump`), the graph extended with its gradient (`grad`), or the values
-//! of its outputs (`eval`). Every command parses
-//! and verifies the graph first. Errors (unreadable file, parse error, invalid graph, evaluation
+//! text, Graphviz or JSON (`dump`), the graph extended with its gradient (`grad`), the values
+//! of its outputs (`eval`, `run`), a table of its params and ops (`summary`), or a model trained
+//! on MNIST (`train`, which reads the dataset and reads and writes checkpoints). Every command
+//! parses and verifies the graph first. Errors (unreadable file, parse error, invalid graph, evaluation
 //! failure) are printed to stderr like a compiler's (`FILE:LINE:COL: message`) and give exit
 //! code 1; the process never panics on user input.
 //!
@@ -13,19 +14,24 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gradlift::autodiff;
+use gradlift::checkpoint::{self, NamedTensor};
 use gradlift::codegen::{self, CompileOptions};
+use gradlift::data::{self, Dataset};
 use gradlift::graph::{Graph, NodeId};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
 use gradlift::op::Op;
-use gradlift::runtime::HostTensor;
-use gradlift::shape::{DType, TensorType};
+use gradlift::optim::{self, Optimizer};
+use gradlift::passes::Pipeline;
+use gradlift::runtime::{Executable, HostTensor};
+use gradlift::shape::{DType, Shape, TensorType};
 use gradlift::text;
 use gradlift::verify::{verify, VerifyErrors};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 /// Compile, inspect and run deep-learning graphs.
 #[derive(Parser, Debug)]
@@ -52,6 +58,11 @@ enum Command {
     /// Compile a graph to native code (optionally with gradients), run it once on seeded
     /// random inputs and print its outputs, updates and compile time.
     Run(RunArgs),
+    /// Train a model (inputs: images `x` and i32 `labels`; output: `loss`, optionally
+    /// `accuracy`) on MNIST: gradients, optimizer and one compiled training step per batch.
+    Train(TrainArgs),
+    /// Print a model's inputs, params (shapes and counts), outputs and node counts per op.
+    Summary(SummaryArgs),
 }
 
 impl Command {
@@ -63,6 +74,8 @@ impl Command {
             Command::Grad(a) => cmd_grad(a),
             Command::Eval(a) => cmd_eval(a),
             Command::Run(a) => cmd_run(a),
+            Command::Train(a) => cmd_train(a),
+            Command::Summary(a) => cmd_summary(a),
         }
     }
 }
@@ -537,4 +550,674 @@ fn format_values(ty: &TensorType, data: &[f32]) -> String {
         s.push_str(&format!(" nan={nan}"));
     }
     s
+}
+
+// ---- train ------------------------------------------------------------------------------------
+
+/// Optimizers `gradlift train` can use (Keras' formulas, see [`gradlift::optim`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OptimizerName {
+    /// Adam (beta1 0.9, beta2 0.999, epsilon 1e-7; default learning rate 0.001).
+    Adam,
+    /// Plain stochastic gradient descent (default learning rate 0.01).
+    Sgd,
+}
+
+impl OptimizerName {
+    /// The optimizer with Keras' default hyper-parameters.
+    fn optimizer(self) -> Optimizer {
+        match self {
+            OptimizerName::Adam => Optimizer::adam(),
+            OptimizerName::Sgd => Optimizer::sgd(),
+        }
+    }
+}
+
+/// Arguments of `gradlift train`.
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// The model (`.ir` text or `.json`): one f32 images input (`[B,784]`, `[B,28,28]`,
+    /// `[B,28,28,1]`, ...), one i32 labels input `[B]`, a scalar output `loss` and optionally
+    /// `accuracy`.
+    file: PathBuf,
+    /// Directory of the four MNIST IDX files, plain or gzipped (default: the subset shipped
+    /// in `data/mnist-subset/`).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Passes over the training set, counted from the start of training (a resumed run
+    /// continues until this many epochs are done).
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Examples per step: must equal the model's batch dimension (`.ir` shapes are fixed).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// The optimizer.
+    #[arg(long, value_enum, default_value_t = OptimizerName::Adam)]
+    optimizer: OptimizerName,
+    /// Learning rate (default: the optimizer's Keras default).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Write the params and optimizer state to this checkpoint at the end.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Start from this checkpoint (params, optimizer state and step count).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Seed of the per-epoch shuffling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop once this many steps are done in all (counted from the start of training).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+/// A model ready to train: its forward graph, its compiled training step and the names and
+/// types of its data inputs.
+struct Trainable {
+    /// The model file, for messages.
+    file: String,
+    /// The parsed graph (forward, loss, metrics): evaluated on the test set.
+    forward: Graph,
+    /// The training step: forward, gradients, optimizer updates, after the pass pipeline.
+    step: Graph,
+    /// The images input's name and type.
+    x: (String, TensorType),
+    /// The labels input's name and type.
+    labels: (String, TensorType),
+    /// Examples per call (the leading dimension of both inputs).
+    batch: usize,
+}
+
+/// Finds the images input (the only f32 input) and the labels input (the only i32 input, of
+/// shape `[B]` with `B` the images' leading dimension) and checks the `loss` output.
+fn data_inputs(g: &Graph, file: &str) -> Result<(NodeId, NodeId, usize), CliError> {
+    let inputs = g.inputs();
+    let of = |dt: DType| -> Vec<NodeId> {
+        inputs
+            .iter()
+            .copied()
+            .filter(|&i| g[i].ty.dtype == dt)
+            .collect()
+    };
+    let (fs, is) = (of(DType::F32), of(DType::I32));
+    let list = |ids: &[NodeId]| -> String {
+        let v: Vec<String> = ids
+            .iter()
+            .map(|&i| format!("{}: {}", gradlift::verify::node_label(g, i), g[i].ty))
+            .collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    if fs.len() != 1 || is.len() != 1 {
+        return Err(CliError(format!(
+            "{file}: train needs exactly two inputs, the images (f32) and the labels (i32); \
+             the graph has f32 inputs: {} and i32 inputs: {}",
+            list(&fs),
+            list(&is)
+        )));
+    }
+    let (x, labels) = (fs[0], is[0]);
+    let xd = g[x].ty.shape.dims();
+    if xd.len() < 2 {
+        return Err(CliError(format!(
+            "{file}: the images input {}: {} must have a batch dimension and at least one more",
+            gradlift::verify::node_label(g, x),
+            g[x].ty
+        )));
+    }
+    let batch = xd[0];
+    if g[labels].ty.shape.dims() != [batch] {
+        return Err(CliError(format!(
+            "{file}: the labels input {}: {} must have shape [{batch}] (one label per image of {}: {})",
+            gradlift::verify::node_label(g, labels),
+            g[labels].ty,
+            gradlift::verify::node_label(g, x),
+            g[x].ty
+        )));
+    }
+    let loss = g.output("loss").ok_or_else(|| {
+        CliError(format!(
+            "{file}: train needs an output called loss (the scalar to minimize)"
+        ))
+    })?;
+    if g[loss].ty != TensorType::f32(Shape::scalar()) {
+        return Err(CliError(format!(
+            "{file}: the output loss must be f32[], found {}",
+            g[loss].ty
+        )));
+    }
+    Ok((x, labels, batch))
+}
+
+/// Reads the model and builds its training step: gradients of `loss` with respect to every
+/// param, the optimizer's updates with the learning-rate input `%lr`, the default pass
+/// pipeline. Returns the model and the time each phase took (seconds).
+fn trainable(path: &Path, opt: &Optimizer) -> Result<(Trainable, [f64; 2]), CliError> {
+    let file = path.display().to_string();
+    let forward = load(path)?;
+    let (x, labels, batch) = data_inputs(&forward, &file)?;
+    let params = forward.params();
+    if params.is_empty() {
+        return Err(CliError(format!(
+            "{file}: the model has no params to train"
+        )));
+    }
+    let in_file = |e: &dyn fmt::Display| CliError(format!("{file}: {e}"));
+    let t = Instant::now();
+    let mut step = forward.clone();
+    let loss = step
+        .output("loss")
+        .ok_or_else(|| in_file(&"no output loss"))?;
+    let grads = autodiff::grad(&mut step, loss, &params).map_err(|e| match e.loc() {
+        Some(_) => CliError(e.to_string()),
+        None => in_file(&e),
+    })?;
+    let lr = optim::lr_input(&mut step).map_err(|e| in_file(&e))?;
+    let pairs: Vec<(NodeId, NodeId)> = params.iter().copied().zip(grads).collect();
+    opt.apply(&mut step, lr, &pairs).map_err(|e| in_file(&e))?;
+    verify(&step).map_err(|e| verify_report(&format!("{file} (training step)"), &e))?;
+    let grad_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    Pipeline::default()
+        .run(&mut step)
+        .map_err(|e| in_file(&e))?;
+    let pass_s = t.elapsed().as_secs_f64();
+    let named = |id: NodeId| {
+        let n = &forward[id];
+        (n.name.clone().unwrap_or_default(), n.ty.clone())
+    };
+    Ok((
+        Trainable {
+            x: named(x),
+            labels: named(labels),
+            file,
+            forward,
+            step,
+            batch,
+        },
+        [grad_s, pass_s],
+    ))
+}
+
+/// The shuffling seed of epoch `epoch` of a run seeded `seed`.
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64()
+}
+
+/// The images and labels of the examples `idx` of `d`, as the model's two inputs.
+fn batch_tensors(m: &Trainable, d: &Dataset, idx: &[usize]) -> [(String, HostTensor); 2] {
+    let k = d.example_len();
+    let mut xs = Vec::with_capacity(idx.len() * k);
+    for &i in idx {
+        xs.extend_from_slice(&d.images[i * k..(i + 1) * k]);
+    }
+    let ys = idx.iter().map(|&i| d.labels[i]).collect();
+    [
+        (m.x.0.clone(), HostTensor::f32(m.x.1.shape.clone(), xs)),
+        (
+            m.labels.0.clone(),
+            HostTensor::i32(m.labels.1.shape.clone(), ys),
+        ),
+    ]
+}
+
+/// Running means of the scalar outputs of the steps of an epoch.
+#[derive(Default)]
+struct Means {
+    sums: Vec<(String, f64)>,
+    steps: usize,
+}
+
+impl Means {
+    /// Adds the scalar outputs of one step.
+    fn add(&mut self, outs: &[(String, HostTensor)]) {
+        for (name, t) in outs {
+            let v = t.to_f64();
+            if v.len() != 1 {
+                continue;
+            }
+            match self.sums.iter_mut().find(|(n, _)| n == name) {
+                Some((_, s)) => *s += v[0],
+                None => self.sums.push((name.clone(), v[0])),
+            }
+        }
+        self.steps += 1;
+    }
+
+    /// `loss 0.1234 - accuracy 0.9876` (every scalar output, in the graph's order).
+    fn line(&self) -> String {
+        let n = self.steps.max(1) as f64;
+        let parts: Vec<String> = self
+            .sums
+            .iter()
+            .map(|(k, s)| format!("{k} {:.4}", s / n))
+            .collect();
+        parts.join(" - ")
+    }
+}
+
+/// Loads the training and test sets: `--data DIR` or the shipped subset.
+fn load_data(dir: Option<&Path>) -> Result<(Dataset, Dataset), CliError> {
+    match dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(CliError(format!(
+                    "{}: --data: no such directory (expected the four MNIST files {}, each plain or .gz)",
+                    dir.display(),
+                    data::MNIST_FILES.join(", ")
+                )));
+            }
+            data::load_mnist(dir)
+                .map_err(|e| CliError(format!("{}: --data: cannot load MNIST: {e}", dir.display())))
+        }
+        None => data::load_default()
+            .map_err(|e| CliError(format!("cannot load the shipped MNIST subset: {e}"))),
+    }
+}
+
+/// Checks that the dataset's images and labels fit the model's inputs.
+fn check_data(m: &Trainable, d: &Dataset, which: &str) -> Result<(), CliError> {
+    let per_example: usize = m.x.1.shape.dims()[1..].iter().product();
+    if per_example != d.example_len() {
+        return Err(CliError(format!(
+            "{}: the images input %{}: {} holds {per_example} values per example, but the {which} images are {}x{} = {}",
+            m.file,
+            m.x.0,
+            m.x.1,
+            d.rows,
+            d.cols,
+            d.example_len()
+        )));
+    }
+    let labels = m.forward.find(&m.labels.0);
+    let classes = labels.map_or(10, |l| class_count(&m.forward, l)) as i32;
+    if let Some(bad) = d.labels.iter().find(|&&l| l < 0 || l >= classes) {
+        return Err(CliError(format!(
+            "{}: the {which} set has label {bad}, outside the model's {classes} classes",
+            m.file
+        )));
+    }
+    Ok(())
+}
+
+/// The metadata of a training checkpoint.
+fn checkpoint_metadata(
+    m: &Trainable,
+    a: &TrainArgs,
+    opt: &Optimizer,
+    lr: f64,
+    step: usize,
+    train_n: usize,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("graph".to_string(), m.forward.name.clone()),
+        ("optimizer".to_string(), opt.name().to_string()),
+        ("lr".to_string(), format!("{lr:?}")),
+        ("seed".to_string(), a.seed.to_string()),
+        ("batch_size".to_string(), m.batch.to_string()),
+        ("step".to_string(), step.to_string()),
+        ("train_images".to_string(), train_n.to_string()),
+    ])
+}
+
+/// Loads `path` into the executable's params and state; returns the step count it was saved
+/// at. The checkpoint must hold exactly the training step's params and state.
+fn resume(
+    path: &Path,
+    m: &Trainable,
+    exe: &mut Executable,
+    opt: &Optimizer,
+    seed: u64,
+    train_n: usize,
+) -> Result<usize, CliError> {
+    let file = path.display();
+    let c = checkpoint::load(path).map_err(|e| CliError(e.to_string()))?;
+    let meta = |k: &str| c.metadata.get(k).map(|s| s.as_str()).unwrap_or("");
+    if meta("optimizer") != opt.name() {
+        return Err(CliError(format!(
+            "{file}: the checkpoint was saved with optimizer {:?}, this run uses {}",
+            meta("optimizer"),
+            opt.name()
+        )));
+    }
+    let step: usize = meta("step").parse().map_err(|_| {
+        CliError(format!(
+            "{file}: the checkpoint's metadata has no step count (step = {:?})",
+            meta("step")
+        ))
+    })?;
+    for (key, now) in [
+        ("seed", seed.to_string()),
+        ("train_images", train_n.to_string()),
+    ] {
+        if meta(key) != now {
+            eprintln!(
+                "{file}: note: the checkpoint was saved with {key} {}, this run uses {now}: the run will not replay an uninterrupted one",
+                meta(key)
+            );
+        }
+    }
+    let expected = checkpoint::graph_tensor_types(&m.step).map_err(|e| CliError(e.to_string()))?;
+    let tensors = c.restore(&expected).map_err(|e| CliError(e.to_string()))?;
+    for t in tensors {
+        let (name, value) = t.into_host();
+        let is_param = m
+            .step
+            .find(&name)
+            .is_some_and(|id| matches!(m.step[id].op, Op::Param { .. }));
+        let r = if is_param {
+            exe.set_param(&name, value)
+        } else {
+            exe.set_state(&name, value)
+        };
+        r.map_err(|e| CliError(format!("{file}: tensor {name}: {e}")))?;
+    }
+    Ok(step)
+}
+
+/// Writes the executable's params and state to a checkpoint at `path`.
+fn save_checkpoint(
+    path: &Path,
+    m: &Trainable,
+    exe: &Executable,
+    meta: &BTreeMap<String, String>,
+) -> Result<(), CliError> {
+    let types = checkpoint::graph_tensor_types(&m.step).map_err(|e| CliError(e.to_string()))?;
+    let mut tensors = Vec::with_capacity(types.len());
+    for (name, _) in types {
+        let t = exe
+            .param(&name)
+            .or_else(|| exe.state(&name))
+            .ok_or_else(|| {
+                CliError(format!(
+                    "{}: the compiled step has no value for {name}",
+                    m.file
+                ))
+            })?;
+        tensors.push(NamedTensor::from_host(name, t));
+    }
+    checkpoint::save(path, &tensors, meta).map_err(|e| CliError(e.to_string()))
+}
+
+/// Trains the model: compiles its training step once, then runs it on shuffled full batches
+/// of the training set (the last `n mod B` examples of each shuffled epoch are left out: the
+/// batch size of an `.ir` model is fixed), printing one line per epoch; finally evaluates the
+/// forward graph, with the trained params, on the full batches of the test set.
+fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
+    let opt = a.optimizer.optimizer();
+    let lr = a.lr.unwrap_or_else(|| opt.default_learning_rate());
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(CliError(format!(
+            "--lr: the learning rate must be a positive number, found {lr}"
+        )));
+    }
+    let t_build = Instant::now();
+    let (m, [grad_s, pass_s]) = trainable(&a.file, &opt)?;
+    let build_s = t_build.elapsed().as_secs_f64();
+    if let Some(b) = a.batch_size.filter(|&b| b != m.batch) {
+        return Err(CliError(format!(
+            "{}: --batch-size {b} differs from the model's batch dimension {} (%{}: {}); the shapes of an .ir model are fixed: omit --batch-size or write the model for batches of {b}",
+            m.file, m.batch, m.x.0, m.x.1
+        )));
+    }
+    let (train, test) = load_data(a.data.as_deref())?;
+    let train = train.slice(0, a.limit.unwrap_or(train.n));
+    check_data(&m, &train, "training")?;
+    check_data(&m, &test, "test")?;
+    let per_epoch = train.n / m.batch;
+    if per_epoch == 0 {
+        return Err(CliError(format!(
+            "the training set has {} images, fewer than one batch of {}",
+            train.n, m.batch
+        )));
+    }
+
+    let t = Instant::now();
+    let mut exe = codegen::compile(&m.step, &CompileOptions::default())
+        .map_err(|e| CliError(format!("{}: {e}", m.file)))?;
+    let compile_s = t.elapsed().as_secs_f64();
+    let resumed = match &a.resume {
+        Some(path) => Some(resume(path, &m, &mut exe, &opt, a.seed, train.n)?),
+        None => None,
+    };
+    let mut step = resumed.unwrap_or(0);
+    let params = m.forward.params();
+    let numel: usize = params.iter().map(|&p| m.forward[p].ty.shape.numel()).sum();
+    println!(
+        "{}: graph {}, batch {}, {} params ({} parameters), {} lr {lr}",
+        m.file,
+        m.forward.name,
+        m.batch,
+        params.len(),
+        thousands(numel),
+        opt.name()
+    );
+    println!(
+        "data: {} training images ({per_epoch} steps of {} per epoch; {} images of each shuffled epoch left out), {} test images",
+        train.n,
+        m.batch,
+        train.n % m.batch,
+        test.n
+    );
+    println!(
+        "training step: {} nodes; built in {:.1} ms (parsing and checking {:.1} ms, autodiff + optimizer {:.1} ms, passes {:.1} ms), compiled in {:.1} ms",
+        m.step.len(),
+        build_s * 1e3,
+        (build_s - grad_s - pass_s) * 1e3,
+        grad_s * 1e3,
+        pass_s * 1e3,
+        compile_s * 1e3,
+    );
+
+    if let (Some(path), Some(s)) = (&a.resume, resumed) {
+        println!("resumed from {} at step {s}", path.display());
+    }
+    let end = (a.epochs * per_epoch).min(a.steps.unwrap_or(usize::MAX));
+    let lr_t = HostTensor::f32(Shape::scalar(), vec![lr as f32]);
+    let t_train = Instant::now();
+    while step < end {
+        let epoch = step / per_epoch;
+        let order = data::shuffled(train.n, epoch_seed(a.seed, epoch));
+        let (first, last) = (step % per_epoch, (end - epoch * per_epoch).min(per_epoch));
+        let mut means = Means::default();
+        let t = Instant::now();
+        for b in first..last {
+            let [x, y] = batch_tensors(&m, &train, &order[b * m.batch..(b + 1) * m.batch]);
+            let inputs = [
+                (x.0.as_str(), x.1),
+                (y.0.as_str(), y.1),
+                ("lr", lr_t.clone()),
+            ];
+            let outs = exe
+                .run(&inputs)
+                .map_err(|e| CliError(format!("{}: step {step}: {e}", m.file)))?;
+            means.add(&outs);
+            step += 1;
+        }
+        let partial = if last - first < per_epoch {
+            format!(" (steps {}..{} of {per_epoch})", first + 1, last)
+        } else {
+            String::new()
+        };
+        println!(
+            "epoch {}/{}: {} - {} steps{partial} - {:.2} s",
+            epoch + 1,
+            a.epochs,
+            means.line(),
+            last - first,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    if a.resume.is_some() || step > 0 {
+        println!(
+            "trained to step {step} in {:.2} s",
+            t_train.elapsed().as_secs_f64()
+        );
+    }
+
+    evaluate_test(&m, &exe, &test)?;
+    if let Some(path) = &a.save {
+        let meta = checkpoint_metadata(&m, a, &opt, lr, step, train.n);
+        save_checkpoint(path, &m, &exe, &meta)?;
+        println!("saved {} (step {step})", path.display());
+    }
+    Ok(())
+}
+
+/// Evaluates the forward graph with the trained params on the full batches of the test set
+/// (in order) and prints the mean of every scalar output.
+fn evaluate_test(m: &Trainable, trained: &Executable, test: &Dataset) -> Result<(), CliError> {
+    let batches = test.n / m.batch;
+    if batches == 0 {
+        println!(
+            "test: skipped ({} test images, fewer than one batch of {})",
+            test.n, m.batch
+        );
+        return Ok(());
+    }
+    let mut g = m.forward.clone();
+    Pipeline::default()
+        .run(&mut g)
+        .map_err(|e| CliError(format!("{}: {e}", m.file)))?;
+    let mut exe = codegen::compile(&g, &CompileOptions::default())
+        .map_err(|e| CliError(format!("{}: {e}", m.file)))?;
+    for p in g.params() {
+        let name = g[p].name.clone().unwrap_or_default();
+        let v = trained.param(&name).ok_or_else(|| {
+            CliError(format!("{}: the training step has no param {name}", m.file))
+        })?;
+        exe.set_param(&name, v)
+            .map_err(|e| CliError(format!("{}: {e}", m.file)))?;
+    }
+    let t = Instant::now();
+    let mut means = Means::default();
+    let order: Vec<usize> = (0..test.n).collect();
+    for idx in order.chunks_exact(m.batch) {
+        let [x, y] = batch_tensors(m, test, idx);
+        let outs = exe
+            .run(&[(x.0.as_str(), x.1), (y.0.as_str(), y.1)])
+            .map_err(|e| CliError(format!("{}: test set: {e}", m.file)))?;
+        means.add(&outs);
+    }
+    println!(
+        "test: {} ({} of {} images, {batches} batches of {}) - {:.2} s",
+        means.line(),
+        batches * m.batch,
+        test.n,
+        m.batch,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+// ---- summary ----------------------------------------------------------------------------------
+
+/// Arguments of `gradlift summary`.
+#[derive(Args, Debug)]
+struct SummaryArgs {
+    /// The graph file (`.ir` text or `.json`).
+    file: PathBuf,
+    /// Summarize the training step instead (what `gradlift train` compiles: gradients of
+    /// `loss`, the optimizer's updates and state, after the pass pipeline).
+    #[arg(long)]
+    step: bool,
+    /// The optimizer of the training step (with `--step`).
+    #[arg(long, value_enum, default_value_t = OptimizerName::Adam)]
+    optimizer: OptimizerName,
+}
+
+/// Prints the graph's inputs, params (shape and element count each, then the totals), state,
+/// outputs, updates and the number of nodes of each op, most frequent first.
+fn cmd_summary(a: &SummaryArgs) -> Result<(), CliError> {
+    let g = if a.step {
+        trainable(&a.file, &a.optimizer.optimizer())?.0.step
+    } else {
+        load(&a.file)?
+    };
+    print!("{}", summary_text(&g));
+    Ok(())
+}
+
+/// The text `gradlift summary` prints for `g`.
+fn summary_text(g: &Graph) -> String {
+    let label = |id: NodeId| gradlift::verify::node_label(g, id);
+    let mut s = format!("graph {}: {} nodes\n", g.name, g.len());
+    let mut table = |title: &str, ids: &[NodeId], counts: bool| {
+        s.push_str(&format!("{title}:\n"));
+        if ids.is_empty() {
+            s.push_str("  (none)\n");
+            return;
+        }
+        let w1 = ids.iter().map(|&i| label(i).len()).max().unwrap_or(0);
+        let w2 = ids
+            .iter()
+            .map(|&i| g[i].ty.to_string().len())
+            .max()
+            .unwrap_or(0);
+        for &i in ids {
+            let ty = g[i].ty.to_string();
+            if counts {
+                let n = thousands(g[i].ty.shape.numel());
+                s.push_str(&format!("  {:<w1$}  {ty:<w2$}  {n:>11}\n", label(i)));
+            } else {
+                s.push_str(&format!("  {:<w1$}  {ty}\n", label(i)));
+            }
+        }
+        if counts {
+            let total: usize = ids.iter().map(|&i| g[i].ty.shape.numel()).sum();
+            s.push_str(&format!(
+                "  total: {} tensor{}, {} elements\n",
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" },
+                thousands(total)
+            ));
+        }
+    };
+    table("inputs", &g.inputs(), false);
+    table("params", &g.params(), true);
+    table("state", &g.states(), true);
+    s.push_str("outputs:\n");
+    if g.outputs().is_empty() {
+        s.push_str("  (none)\n");
+    }
+    for o in g.outputs() {
+        s.push_str(&format!(
+            "  {} = {}: {}\n",
+            o.name,
+            label(o.node),
+            g[o.node].ty
+        ));
+    }
+    s.push_str(&format!("updates: {}\n", g.updates().len()));
+    let mut ops: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for id in g.node_ids() {
+        *ops.entry(g[id].op.name()).or_default() += 1;
+    }
+    let mut ops: Vec<(&str, usize)> = ops.into_iter().collect();
+    ops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let w = ops.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    s.push_str(&format!("ops ({} kinds):\n", ops.len()));
+    for (name, n) in ops {
+        s.push_str(&format!("  {name:<w$}  {n:>5}\n"));
+    }
+    s
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

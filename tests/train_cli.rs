@@ -1,0 +1,271 @@
+//! `gradlift train` and `gradlift summary`, run as a subprocess on the shipped MNIST subset:
+//! a short run learns (well above chance), a resumed run replays the uninterrupted one bit for
+//! bit, bad arguments give a clear message and exit code 1, and the summary of the corpus
+//! models is pinned by snapshots.
+
+use gradlift::checkpoint::{self, TensorData};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Exit code, stdout and stderr of `gradlift ARGS` run at the repository root.
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradlift"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the gradlift binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fresh scratch directory for this test.
+fn scratch(test: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-cli-{test}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The value after `key ` in `line` (`loss 0.1234 - accuracy 0.9` -> `accuracy` -> 0.9).
+fn field(line: &str, key: &str) -> f64 {
+    let rest = line
+        .split(&format!("{key} "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"));
+    let num: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-')
+        .collect();
+    num.parse()
+        .unwrap_or_else(|_| panic!("bad {key} in {line:?}"))
+}
+
+/// The lines of `out` starting with `prefix`.
+fn lines<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+fn ok(args: &[&str]) -> String {
+    let (code, out, err) = run(args);
+    assert_eq!(code, 0, "gradlift {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+fn fails(args: &[&str]) -> String {
+    let (code, out, err) = run(args);
+    assert_eq!(code, 1, "gradlift {args:?} should fail:\n{out}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.is_empty(), "nothing on stdout before the error: {out}");
+    err
+}
+
+#[test]
+fn train_mlp_on_part_of_the_subset_learns() {
+    // Two epochs of 20 steps (1280 images): far less than one pass over the subset.
+    let out = ok(&[
+        "train",
+        "ir/mlp.ir",
+        "--limit",
+        "1280",
+        "--epochs",
+        "2",
+        "--seed",
+        "1",
+    ]);
+    let epochs = lines(&out, "epoch ");
+    assert_eq!(epochs.len(), 2, "{out}");
+    assert!(epochs[0].starts_with("epoch 1/2: loss ") && epochs[0].contains(" - 20 steps - "));
+    let (l1, l2) = (field(epochs[0], "loss"), field(epochs[1], "loss"));
+    assert!(l2 < l1, "the training loss falls: {l1} -> {l2}\n{out}");
+    assert!(field(epochs[1], "accuracy") > field(epochs[0], "accuracy"));
+    let test = lines(&out, "test: ");
+    assert_eq!(test.len(), 1, "{out}");
+    assert!(
+        test[0].contains("(960 of 1000 images, 15 batches of 64)"),
+        "{}",
+        test[0]
+    );
+    let acc = field(test[0], "accuracy");
+    assert!(acc > 0.75, "test accuracy {acc} (chance is 0.1)\n{out}");
+    assert!(field(test[0], "loss") < 1.0, "{out}");
+}
+
+#[test]
+fn sgd_and_learning_rate_options() {
+    let out = ok(&[
+        "train",
+        "ir/mlp.ir",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--steps",
+        "20",
+    ]);
+    assert!(out.contains("sgd lr 0.1"), "{out}");
+    let epochs = lines(&out, "epoch ");
+    assert_eq!(epochs.len(), 1);
+    assert!(epochs[0].contains("20 steps (steps 1..20 of 93)"), "{out}");
+    assert!(field(lines(&out, "test: ")[0], "accuracy") > 0.5, "{out}");
+}
+
+/// `v` as string slices.
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(|s| s.as_str()).collect()
+}
+
+/// The f32 tensors of a checkpoint, by name.
+fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let c = checkpoint::load(path).unwrap();
+    c.tensors
+        .iter()
+        .map(|t| match &t.data {
+            TensorData::F32(v) => (t.name.clone(), v.iter().map(|x| x.to_bits()).collect()),
+            TensorData::I32(v) => (t.name.clone(), v.iter().map(|&x| x as u32).collect()),
+        })
+        .collect()
+}
+
+#[test]
+fn resuming_replays_the_uninterrupted_run() {
+    let d = scratch("resume");
+    let p = |n: &str| d.join(n).display().to_string();
+    // 320 images: 5 steps per epoch; step 7 is inside the second (differently shuffled) epoch.
+    let common = ["train", "ir/mlp.ir", "--limit", "320", "--epochs", "2"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        common
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let whole = with(&["--steps", "7", "--save", &p("whole.st")]);
+    let out = ok(&args(&whole));
+    assert!(out.contains("saved") && out.contains("(step 7)"), "{out}");
+    let first = with(&["--steps", "3", "--save", &p("first.st")]);
+    ok(&args(&first));
+    let rest = with(&[
+        "--resume",
+        &p("first.st"),
+        "--steps",
+        "7",
+        "--save",
+        &p("rest.st"),
+    ]);
+    let out = ok(&args(&rest));
+    assert!(
+        out.contains("resumed from") && out.contains("at step 3"),
+        "{out}"
+    );
+    let epochs = lines(&out, "epoch ");
+    assert_eq!(epochs.len(), 2, "{out}");
+    assert!(epochs[0].contains("2 steps (steps 4..5 of 5)"), "{out}");
+    assert!(epochs[1].contains("2 steps (steps 1..2 of 5)"), "{out}");
+
+    let (w, f, r) = (
+        tensors(&d.join("whole.st")),
+        tensors(&d.join("first.st")),
+        tensors(&d.join("rest.st")),
+    );
+    // Params and Adam's state (m, v, step count): 4 + 2 * 4 + 1 tensors.
+    assert_eq!(w.len(), 13);
+    assert!(w.iter().any(|(n, _)| n == "optimizer.step"));
+    assert_ne!(w, f, "3 more steps change the weights");
+    assert_eq!(w, r, "resumed run differs from the uninterrupted one");
+}
+
+#[test]
+fn resume_checks_the_checkpoint() {
+    let d = scratch("resume-check");
+    let ck = d.join("adam.st").display().to_string();
+    ok(&["train", "ir/mlp.ir", "--steps", "1", "--save", &ck]);
+    let err = fails(&["train", "ir/mlp.ir", "--optimizer", "sgd", "--resume", &ck]);
+    assert!(
+        err.contains("saved with optimizer \"adam\", this run uses sgd"),
+        "{err}"
+    );
+    // A checkpoint of another model: every mismatched tensor is named.
+    let err = fails(&["train", "ir/cnn.ir", "--steps", "1", "--resume", &ck]);
+    assert!(err.contains("conv2d.kernel"), "{err}");
+    let missing = d.join("none.st").display().to_string();
+    let err = fails(&["train", "ir/mlp.ir", "--resume", &missing]);
+    assert!(
+        err.contains("none.st") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_data_directory_is_a_clear_error() {
+    let err = fails(&["train", "ir/mlp.ir", "--data", "no/such/dir"]);
+    assert!(
+        err.contains("no/such/dir: --data: no such directory"),
+        "{err}"
+    );
+    let d = scratch("empty-data");
+    let err = fails(&["train", "ir/mlp.ir", "--data", d.to_str().unwrap()]);
+    assert!(
+        err.contains("cannot load MNIST") && err.contains("train-images-idx3-ubyte: not found"),
+        "{err}"
+    );
+    // Files that are not IDX.
+    for f in gradlift::data::MNIST_FILES {
+        std::fs::write(d.join(f), b"hello").unwrap();
+    }
+    let err = fails(&["train", "ir/mlp.ir", "--data", d.to_str().unwrap()]);
+    assert!(
+        err.contains("train-images-idx3-ubyte: bad magic number"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let err = fails(&["train", "ir/mlp.ir", "--batch-size", "32"]);
+    assert!(
+        err.contains(
+            "--batch-size 32 differs from the model's batch dimension 64 (%x: f32[64,784])"
+        ),
+        "{err}"
+    );
+    let err = fails(&["train", "ir/mlp.ir", "--lr=-1"]);
+    assert!(
+        err.contains("--lr: the learning rate must be a positive number, found -1"),
+        "{err}"
+    );
+    // A model without the images and labels inputs.
+    let err = fails(&["train", "ir/linear_regression.ir"]);
+    assert!(
+        err.contains("exactly two inputs, the images (f32) and the labels (i32)"),
+        "{err}"
+    );
+    let err = fails(&["train", "ir/mlp.ir", "--limit", "10"]);
+    assert!(
+        err.contains("10 images, fewer than one batch of 64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn summary_of_corpus_models() {
+    insta::assert_snapshot!("summary_mlp", ok(&["summary", "ir/mlp.ir"]));
+    insta::assert_snapshot!("summary_cnn", ok(&["summary", "ir/cnn.ir"]));
+}
+
+#[test]
+fn summary_of_the_training_step() {
+    let out = ok(&["summary", "ir/mlp.ir", "--step"]);
+    // Adam: m and v per param, a step counter; every param and state is updated.
+    assert!(out.contains("  %lr      f32[]\n"), "{out}");
+    assert!(
+        out.contains("  total: 9 tensors, 203,541 elements\n"),
+        "{out}"
+    );
+    assert!(out.contains("updates: 13\n"), "{out}");
+    let sgd = ok(&["summary", "ir/mlp.ir", "--step", "--optimizer", "sgd"]);
+    assert!(sgd.contains("state:\n  (none)\n"), "{sgd}");
+    assert!(sgd.contains("updates: 4\n"), "{sgd}");
+}
