@@ -252,3 +252,21 @@ fn training_step_graph_is_forward_gradient_and_update() {
     let back = gradlift::text::parse(&text, "step.ir").unwrap();
     assert_eq!(gradlift::text::print(&back), text);
 }
+
+#[test]
+fn linear_regression_recovers_w_3_and_b_2_within_0_1() {
+    // The overview's line and noise (y = 3x + 2 + 0.5 N(0,1)) with 10,000 points, so the
+    // least-squares fit itself is within ~0.02 of (3, 2) (standard error 0.5 / sqrt(n var x)),
+    // trained with minibatch SGD from zero knowledge of the answer.
+    let mut r = Rng::new(7);
+    let x: Vec<f32> = (0..10_000).map(|_| r.uniform() as f32).collect();
+    let y: Vec<f32> = x
+        .iter()
+        .map(|&x| 3.0 * x + 2.0 + 0.5 * r.normal() as f32)
+        .collect();
+    let mut model = linear_model(0.1);
+    model.fit(&x, Targets::Values(&y), &quiet(10, 100)).unwrap();
+    let (w, b) = kernel_and_bias(&model);
+    assert!((w - 3.0).abs() < 0.1, "w = {w}");
+    assert!((b - 2.0).abs() < 0.1, "b = {b}");
+}
