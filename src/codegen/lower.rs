@@ -1084,40 +1084,45 @@ impl<'a> Lowerer<'a> {
             return Ok(());
         }
         self.map(out, shape.dims(), &[x], true, &|lw, v, vector| {
-            let x = v[0];
-            match u {
-                UnaryOp::Neg => lw.b.ins().fneg(x),
-                UnaryOp::Abs => lw.b.ins().fabs(x),
-                UnaryOp::Sqrt => lw.b.ins().sqrt(x),
-                UnaryOp::Relu => {
-                    let z = lw.fconst(0.0, vector);
-                    let pos = lw.b.ins().fcmp(FloatCC::LessThan, z, x);
-                    lw.pick(pos, x, z)
-                }
-                UnaryOp::Sign => {
-                    let z = lw.fconst(0.0, vector);
-                    let one = lw.fconst(1.0, vector);
-                    let minus = lw.fconst(-1.0, vector);
-                    let neg = lw.b.ins().fcmp(FloatCC::LessThan, x, z);
-                    let pos = lw.b.ins().fcmp(FloatCC::GreaterThan, x, z);
-                    let r = lw.pick(neg, minus, x);
-                    lw.pick(pos, one, r)
-                }
-                UnaryOp::Exp => lw.exp(x, vector),
-                UnaryOp::Sigmoid => {
-                    // 1 / (1 + e^-x)
-                    let one = lw.fconst(1.0, vector);
-                    let nx = lw.b.ins().fneg(x);
-                    let e = lw.exp(nx, vector);
-                    let d = lw.b.ins().fadd(one, e);
-                    lw.b.ins().fdiv(one, d)
-                }
-                UnaryOp::Tanh => lw.tanh(x, vector),
-                // handled by the kernel above
-                UnaryOp::Log => x,
-            }
+            lw.unary_value(u, v[0], vector)
         });
         Ok(())
+    }
+
+    /// The inline code of an elementwise unary op on a register value (a scalar or `f32x4`),
+    /// shared by the plain unary lowering and fused kernels. Log has none and returns `x`:
+    /// [`Self::unary`] calls a whole-buffer kernel for it and the fusion pass leaves it out.
+    fn unary_value(&mut self, u: UnaryOp, x: Value, vector: bool) -> Value {
+        match u {
+            UnaryOp::Neg => self.b.ins().fneg(x),
+            UnaryOp::Abs => self.b.ins().fabs(x),
+            UnaryOp::Sqrt => self.b.ins().sqrt(x),
+            UnaryOp::Relu => {
+                let z = self.fconst(0.0, vector);
+                let pos = self.b.ins().fcmp(FloatCC::LessThan, z, x);
+                self.pick(pos, x, z)
+            }
+            UnaryOp::Sign => {
+                let z = self.fconst(0.0, vector);
+                let one = self.fconst(1.0, vector);
+                let minus = self.fconst(-1.0, vector);
+                let neg = self.b.ins().fcmp(FloatCC::LessThan, x, z);
+                let pos = self.b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                let r = self.pick(neg, minus, x);
+                self.pick(pos, one, r)
+            }
+            UnaryOp::Exp => self.exp(x, vector),
+            UnaryOp::Sigmoid => {
+                // 1 / (1 + e^-x)
+                let one = self.fconst(1.0, vector);
+                let nx = self.b.ins().fneg(x);
+                let e = self.exp(nx, vector);
+                let d = self.b.ins().fadd(one, e);
+                self.b.ins().fdiv(one, d)
+            }
+            UnaryOp::Tanh => self.tanh(x, vector),
+            UnaryOp::Log => x,
+        }
     }
 
     /// Horner evaluation of `c[0] * x^(n-1) + .. + c[n-1]`.

@@ -174,39 +174,6 @@ impl<'a> Lowerer<'a> {
             _ => v[0],
         }
     }
-
-    /// The inline code of a unary op (log has none: the fusion pass leaves it out).
-    fn unary_value(&mut self, u: UnaryOp, x: Value, vector: bool) -> Value {
-        match u {
-            UnaryOp::Neg => self.b.ins().fneg(x),
-            UnaryOp::Abs => self.b.ins().fabs(x),
-            UnaryOp::Sqrt => self.b.ins().sqrt(x),
-            UnaryOp::Relu => {
-                let z = self.fconst(0.0, vector);
-                let pos = self.b.ins().fcmp(FloatCC::LessThan, z, x);
-                self.pick(pos, x, z)
-            }
-            UnaryOp::Sign => {
-                let z = self.fconst(0.0, vector);
-                let one = self.fconst(1.0, vector);
-                let minus = self.fconst(-1.0, vector);
-                let neg = self.b.ins().fcmp(FloatCC::LessThan, x, z);
-                let pos = self.b.ins().fcmp(FloatCC::GreaterThan, x, z);
-                let r = self.pick(neg, minus, x);
-                self.pick(pos, one, r)
-            }
-            UnaryOp::Exp => self.exp(x, vector),
-            UnaryOp::Sigmoid => {
-                let one = self.fconst(1.0, vector);
-                let nx = self.b.ins().fneg(x);
-                let e = self.exp(nx, vector);
-                let d = self.b.ins().fadd(one, e);
-                self.b.ins().fdiv(one, d)
-            }
-            UnaryOp::Tanh => self.tanh(x, vector),
-            UnaryOp::Log => x,
-        }
-    }
 }
 
 /// Whether `user` is a fused node that reads its operand `id` only as an operand of its
