@@ -1202,7 +1202,7 @@ fn progress_bar(
     }
     let bar = indicatif::ProgressBar::new(steps as u64);
     let style = indicatif::ProgressStyle::with_template(
-        "{prefix} {pos}/{len} [{bar:30}] {elapsed_precise} - {msg}",
+        "{prefix} {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta} - {msg}",
     )
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
     .progress_chars("=> ");
