@@ -38,7 +38,7 @@
 //! ```
 
 use crate::graph::{Graph, NodeId, SourceLoc};
-use crate::op::{BinaryOp, CmpOp, Literal, Op, Padding, ReduceOp, UnaryOp};
+use crate::op::{BinaryOp, CmpOp, ConvGeometry, Literal, Op, Padding, ReduceOp, UnaryOp};
 use crate::shape::{DType, Shape, TensorType};
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -561,7 +561,7 @@ fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
         Op::Transpose { perm } => transpose(a[0], perm),
         Op::Matmul => matmul(a[0], a[1]),
         Op::Conv2d { stride, padding } => {
-            let c = ConvGeom::new(&a[0].shape, &a[1].shape, *stride, *padding);
+            let c = conv_geometry(&a[0].shape, &a[1].shape, *stride, *padding);
             conv2d(&c, &a[0].data, &a[1].data)
         }
         Op::Conv2dInputGrad {
@@ -569,7 +569,7 @@ fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
             padding,
             shape,
         } => {
-            let c = ConvGeom::new(shape, &a[1].shape, *stride, *padding);
+            let c = conv_geometry(shape, &a[1].shape, *stride, *padding);
             conv2d_input_grad(&c, &a[0].data, &a[1].data)
         }
         Op::Conv2dFilterGrad {
@@ -579,7 +579,7 @@ fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
         } => {
             let x = &a[0].shape.0;
             let w = Shape(vec![kernel[0], kernel[1], x[3], a[1].shape.0[3]]);
-            let c = ConvGeom::new(&a[0].shape, &w, *stride, *padding);
+            let c = conv_geometry(&a[0].shape, &w, *stride, *padding);
             conv2d_filter_grad(&c, &a[0].data, &a[1].data)
         }
         Op::MaxPool2d { window, stride } => {
@@ -906,47 +906,15 @@ fn matmul<T: Float>(a: &Array<T>, b: &Array<T>) -> Vec<T> {
     c
 }
 
-/// The geometry of one conv2d: input `[n,h,w,c]`, filter `[kh,kw,c,o]`, output
-/// `[n,oh,ow,o]`, strides and padding before (top, left).
-struct ConvGeom {
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    kh: usize,
-    kw: usize,
-    o: usize,
-    oh: usize,
-    ow: usize,
-    sh: usize,
-    sw: usize,
-    ph: usize,
-    pw: usize,
+/// The geometry of a conv2d whose shapes type inference has checked (the interpreter
+/// re-infers every node's type before evaluating it, so the kernel always fits).
+fn conv_geometry(x: &Shape, w: &Shape, stride: [usize; 2], padding: Padding) -> ConvGeometry {
+    ConvGeometry::new(x, w, stride, padding)
+        .unwrap_or_else(|| unreachable!("conv2d types are checked before evaluation"))
 }
 
-impl ConvGeom {
-    /// From shapes already checked by type inference.
-    fn new(x: &Shape, w: &Shape, stride: [usize; 2], padding: Padding) -> ConvGeom {
-        let (x, f) = (&x.0, &w.0);
-        let (oh, ph) = padding.out_and_pad(x[1], f[0], stride[0]).unwrap_or((0, 0));
-        let (ow, pw) = padding.out_and_pad(x[2], f[1], stride[1]).unwrap_or((0, 0));
-        ConvGeom {
-            n: x[0],
-            h: x[1],
-            w: x[2],
-            c: x[3],
-            kh: f[0],
-            kw: f[1],
-            o: f[3],
-            oh,
-            ow,
-            sh: stride[0],
-            sw: stride[1],
-            ph,
-            pw,
-        }
-    }
-
+/// The interpreter's loop nest over a conv2d geometry.
+impl ConvGeometry {
     /// Calls `f(x_index, w_index, y_index)` for every term `x * w` that contributes to an
     /// output element (padding positions are skipped: they read zeros). conv2d and both of
     /// its gradients are this one loop nest, so they are exact adjoints of each other.
@@ -982,21 +950,21 @@ impl ConvGeom {
 }
 
 /// `y[b,oy,ox,co] = sum x[b, oy*sh+ky-ph, ox*sw+kx-pw, ci] * w[ky,kx,ci,co]`.
-fn conv2d<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
+fn conv2d<T: Float>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let mut y = vec![T::ZERO; g.n * g.oh * g.ow * g.o];
     g.for_each_term(|xi, wi, yi| y[yi] += x[xi] * w[wi]);
     y
 }
 
 /// The adjoint of conv2d in `x`: `dx[xi] += dy[yi] * w[wi]` over the same terms.
-fn conv2d_input_grad<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
+fn conv2d_input_grad<T: Float>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> {
     let mut dx = vec![T::ZERO; g.n * g.h * g.w * g.c];
     g.for_each_term(|xi, wi, yi| dx[xi] += dy[yi] * w[wi]);
     dx
 }
 
 /// The adjoint of conv2d in `w`: `dw[wi] += x[xi] * dy[yi]` over the same terms.
-fn conv2d_filter_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
+fn conv2d_filter_grad<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
     let mut dw = vec![T::ZERO; g.kh * g.kw * g.c * g.o];
     g.for_each_term(|xi, wi, yi| dw[wi] += x[xi] * dy[yi]);
     dw

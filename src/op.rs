@@ -435,6 +435,86 @@ impl Padding {
     }
 }
 
+/// The geometry of one conv2d (input `[n,h,w,c]`, filter `[kh,kw,c,o]`, output
+/// `[n,oh,ow,o]`, strides, padding before: top, left), shared by the interpreter and the JIT
+/// (which passes it to its kernels as `[i64; ConvGeometry::LEN]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub o: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+}
+
+impl ConvGeometry {
+    /// Number of values in [`ConvGeometry::to_array`].
+    pub const LEN: usize = 13;
+
+    /// The geometry of input `x` and filter `w` (NHWC, HWIO), or `None` when the kernel does
+    /// not fit (type inference rejects such graphs first).
+    pub fn new(x: &Shape, w: &Shape, stride: [usize; 2], padding: Padding) -> Option<Self> {
+        let (x, f) = (x.dims(), w.dims());
+        if x.len() != 4 || f.len() != 4 {
+            return None;
+        }
+        let (oh, ph) = padding.out_and_pad(x[1], f[0], stride[0])?;
+        let (ow, pw) = padding.out_and_pad(x[2], f[1], stride[1])?;
+        Some(ConvGeometry {
+            n: x[0],
+            h: x[1],
+            w: x[2],
+            c: x[3],
+            kh: f[0],
+            kw: f[1],
+            o: f[3],
+            oh,
+            ow,
+            sh: stride[0],
+            sw: stride[1],
+            ph,
+            pw,
+        })
+    }
+
+    /// `[n,h,w,c,kh,kw,o,oh,ow,sh,sw,ph,pw]`, as compiled code passes it to kernels.
+    pub fn to_array(&self) -> [i64; Self::LEN] {
+        [
+            self.n, self.h, self.w, self.c, self.kh, self.kw, self.o, self.oh, self.ow, self.sh,
+            self.sw, self.ph, self.pw,
+        ]
+        .map(|d| d as i64)
+    }
+
+    /// The inverse of [`ConvGeometry::to_array`].
+    pub fn from_array(g: &[i64; Self::LEN]) -> Self {
+        let u = |i: usize| g[i] as usize;
+        ConvGeometry {
+            n: u(0),
+            h: u(1),
+            w: u(2),
+            c: u(3),
+            kh: u(4),
+            kw: u(5),
+            o: u(6),
+            oh: u(7),
+            ow: u(8),
+            sh: u(9),
+            sw: u(10),
+            ph: u(11),
+            pw: u(12),
+        }
+    }
+}
+
 impl Op {
     /// The op's name in the text format.
     pub fn name(&self) -> &'static str {

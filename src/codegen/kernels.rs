@@ -9,6 +9,7 @@
 //! is passed as a pointer to an array of `i64` the compiled code stores on its stack.
 //! Kernels never panic: a panic cannot unwind through compiled code.
 
+use crate::op::ConvGeometry;
 use std::slice;
 
 /// Ids of the whole-buffer unary kernels ([`gl_unary`]).
@@ -161,46 +162,13 @@ unsafe fn gemm_strided(
     );
 }
 
-/// Geometry of a convolution, decoded from the `i64` array compiled code passes.
-#[derive(Clone, Copy, Debug)]
-struct Conv {
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    kh: usize,
-    kw: usize,
-    o: usize,
-    oh: usize,
-    ow: usize,
-    sh: usize,
-    sw: usize,
-    ph: usize,
-    pw: usize,
-}
+/// Number of `i64` in a convolution geometry array ([`ConvGeometry::to_array`]).
+pub const CONV_GEOMETRY_LEN: usize = ConvGeometry::LEN;
 
-/// Number of `i64` in a convolution geometry array.
-pub const CONV_GEOMETRY_LEN: usize = 13;
-
-impl Conv {
-    unsafe fn read(g: *const i64) -> Conv {
-        let g = slice::from_raw_parts(g, CONV_GEOMETRY_LEN);
-        let u = |i: usize| g[i] as usize;
-        Conv {
-            n: u(0),
-            h: u(1),
-            w: u(2),
-            c: u(3),
-            kh: u(4),
-            kw: u(5),
-            o: u(6),
-            oh: u(7),
-            ow: u(8),
-            sh: u(9),
-            sw: u(10),
-            ph: u(11),
-            pw: u(12),
-        }
+/// The kernels' view of a convolution geometry.
+impl ConvGeometry {
+    unsafe fn read(g: *const i64) -> ConvGeometry {
+        ConvGeometry::from_array(&*(g as *const [i64; CONV_GEOMETRY_LEN]))
     }
 
     /// Rows and columns of one image's patch matrix.
@@ -256,7 +224,7 @@ impl Conv {
         }
     }
 
-    /// Adds the patch matrix `cols` back into image `img` (the adjoint of [`Conv::im2col`]).
+    /// Adds the patch matrix `cols` back into image `img` (the adjoint of [`ConvGeometry::im2col`]).
     fn col2im(&self, cols: &[f32], img: &mut [f32]) {
         let c = self.c;
         let mut r = 0;
@@ -302,7 +270,7 @@ pub unsafe extern "C" fn gl_conv2d(
     scratch: *mut f32,
     g: *const i64,
 ) {
-    let g = Conv::read(g);
+    let g = ConvGeometry::read(g);
     let (rows, cols) = g.patch_dims();
     let img_len = g.h * g.w * g.c;
     for i in 0..g.n {
@@ -341,7 +309,7 @@ pub unsafe extern "C" fn gl_conv2d_input_grad(
     scratch: *mut f32,
     g: *const i64,
 ) {
-    let g = Conv::read(g);
+    let g = ConvGeometry::read(g);
     let (rows, cols) = g.patch_dims();
     let img_len = g.h * g.w * g.c;
     for i in 0..g.n {
@@ -390,7 +358,7 @@ pub unsafe extern "C" fn gl_conv2d_filter_grad(
     scratch: *mut f32,
     g: *const i64,
 ) {
-    let g = Conv::read(g);
+    let g = ConvGeometry::read(g);
     let (rows, cols) = g.patch_dims();
     let img_len = g.h * g.w * g.c;
     if g.n == 0 {

@@ -25,7 +25,7 @@ use super::kernels;
 use super::plan::{Loc, Plan};
 use super::MatmulKernel;
 use crate::graph::{Graph, NodeId};
-use crate::op::{BinaryOp, CmpOp, Op, Padding, ReduceOp, UnaryOp};
+use crate::op::{BinaryOp, CmpOp, ConvGeometry, Op, Padding, ReduceOp, UnaryOp};
 use crate::shape::{DType, Shape};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -1383,17 +1383,9 @@ pub fn conv_geometry(
     stride: [usize; 2],
     padding: Padding,
 ) -> Result<[i64; kernels::CONV_GEOMETRY_LEN], LowerError> {
-    let (Some((oh, ph)), Some((ow, pw))) = (
-        padding.out_and_pad(x.0[1], w.0[0], stride[0]),
-        padding.out_and_pad(x.0[2], w.0[1], stride[1]),
-    ) else {
-        return Err(format!("convolution of {x} with filter {w} does not fit"));
-    };
-    let v = [
-        x.0[0], x.0[1], x.0[2], x.0[3], w.0[0], w.0[1], w.0[3], oh, ow, stride[0], stride[1], ph,
-        pw,
-    ];
-    Ok(v.map(|d| d as i64))
+    ConvGeometry::new(x, w, stride, padding)
+        .map(|g| g.to_array())
+        .ok_or_else(|| format!("convolution of {x} with filter {w} does not fit"))
 }
 
 /// Pooling geometry `[n,h,w,c,wh,ww,sh,sw,oh,ow]`.
