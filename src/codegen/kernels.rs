@@ -171,6 +171,21 @@ impl ConvGeometry {
         ConvGeometry::from_array(&*(g as *const [i64; CONV_GEOMETRY_LEN]))
     }
 
+    /// The patch matrix `[oh*ow, kh*kw*c]` of one image: the image itself for a pointwise
+    /// convolution, else written into `scratch` by [`ConvGeometry::im2col`].
+    ///
+    /// # Safety
+    /// `img` holds `h*w*c` values; `scratch` has room for the patch matrix.
+    unsafe fn patches(&self, img: *const f32, scratch: *mut f32) -> *const f32 {
+        if self.is_pointwise() {
+            return img;
+        }
+        let (rows, cols) = self.patch_dims();
+        let s = slice::from_raw_parts_mut(scratch, rows * cols);
+        self.im2col(slice::from_raw_parts(img, self.h * self.w * self.c), s);
+        scratch
+    }
+
     /// Rows and columns of one image's patch matrix.
     fn patch_dims(&self) -> (usize, usize) {
         (self.oh * self.ow, self.kh * self.kw * self.c)
@@ -276,13 +291,7 @@ pub unsafe extern "C" fn gl_conv2d(
     for i in 0..g.n {
         let img = x.add(i * img_len);
         let out = y.add(i * rows * g.o);
-        let a = if g.is_pointwise() {
-            img
-        } else {
-            let s = slice::from_raw_parts_mut(scratch, rows * cols);
-            g.im2col(slice::from_raw_parts(img, img_len), s);
-            scratch as *const f32
-        };
+        let a = g.patches(img, scratch);
         gemm_strided(
             rows,
             cols,
@@ -366,13 +375,7 @@ pub unsafe extern "C" fn gl_conv2d_filter_grad(
     }
     for i in 0..g.n {
         let img = x.add(i * img_len);
-        let a = if g.is_pointwise() {
-            img
-        } else {
-            let s = slice::from_raw_parts_mut(scratch, rows * cols);
-            g.im2col(slice::from_raw_parts(img, img_len), s);
-            scratch as *const f32
-        };
+        let a = g.patches(img, scratch);
         // dw[cols, o] (+)= a^T[cols, rows] x dy_i[rows, o]
         gemm_strided(
             cols,
