@@ -98,6 +98,18 @@ fn algebraic() {
         "  %y: f32[2] = const 0.0",
         "%y",
     );
+    check(
+        "pow_one",
+        &format!("{one}  %y: f32[2,3] = pow %x, %one"),
+        "",
+        "%x",
+    );
+    check(
+        "pow_two",
+        "  %two: f32[3] = const [2.0, 2.0, 2.0]\n  %y: f32[2,3] = pow %x, %two",
+        "  %y: f32[2,3] = mul %x, %x",
+        "%y",
+    );
 }
 
 #[test]
@@ -121,6 +133,18 @@ fn algebraic_near_misses() {
     unchanged(
         "x*2",
         "  %two: f32[] = const 2.0\n  %y: f32[2,3] = mul %x, %two",
+    );
+    unchanged(
+        "pow(x, 3) stays a pow",
+        "  %three: f32[] = const 3.0\n  %y: f32[2,3] = pow %x, %three",
+    );
+    unchanged(
+        "pow(2, x) is not a square",
+        "  %two: f32[] = const 2.0\n  %y: f32[2,3] = pow %two, %x",
+    );
+    unchanged(
+        "pow(r, 2) that broadcasts",
+        "  %twos: f32[2,3] = const 2.0\n  %y: f32[2,3] = pow %r, %twos",
     );
     unchanged(
         "x+c with c not all zero",

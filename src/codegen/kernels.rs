@@ -1,7 +1,8 @@
 //! Runtime kernels that compiled code calls through symbols registered with the JIT
-//! (`JITBuilder::symbol`), as XLA:CPU calls its runtime: `log` over whole buffers and `pow`
-//! per element (exp, sigmoid and tanh are inline vector code, see [`super::lower`]), GEMM (the `gemm` crate, 256-bit AVX2 kernels that Cranelift's 128-bit vectors
-//! cannot match), convolution by im2col + GEMM, max pooling and the softmax family.
+//! (`JITBuilder::symbol`), as XLA:CPU calls its runtime: `pow` per element (exp, sigmoid,
+//! tanh and log are inline vector code, see [`super::lower`]), GEMM (the `gemm` crate, 256-bit
+//! AVX2 kernels that Cranelift's 128-bit vectors cannot match), convolution by im2col + GEMM,
+//! max pooling and the softmax family.
 //!
 //! Every kernel is `extern "C"` and takes raw pointers and sizes computed by the lowering from
 //! the graph's static shapes; the safe entry point ([`crate::runtime::Executable::run`]) has
@@ -11,32 +12,6 @@
 
 use crate::op::ConvGeometry;
 use std::slice;
-
-/// Ids of the whole-buffer unary kernels ([`gl_unary`]).
-pub const UNARY_EXP: i64 = 0;
-/// `ln`.
-pub const UNARY_LOG: i64 = 1;
-/// `tanh`.
-pub const UNARY_TANH: i64 = 2;
-/// Logistic sigmoid.
-pub const UNARY_SIGMOID: i64 = 3;
-
-/// `y[i] = f(x[i])` for `i < n`, `f` chosen by `op` (one of the `UNARY_*` ids).
-///
-/// # Safety
-/// `x` and `y` must point to `n` valid f32 (they may be the same buffer).
-pub unsafe extern "C" fn gl_unary(op: i64, x: *const f32, y: *mut f32, n: i64) {
-    let n = n as usize;
-    let f: fn(f32) -> f32 = match op {
-        UNARY_EXP => f32::exp,
-        UNARY_LOG => f32::ln,
-        UNARY_TANH => f32::tanh,
-        _ => |v: f32| 1.0 / (1.0 + (-v).exp()),
-    };
-    for i in 0..n {
-        *y.add(i) = f(*x.add(i));
-    }
-}
 
 /// `a ^ b` (called per element by broadcasting `pow` loops).
 pub extern "C" fn gl_powf(a: f32, b: f32) -> f32 {
@@ -683,7 +658,6 @@ pub unsafe extern "C" fn gl_sparse_softmax_xent(
 /// Name and address of every kernel, for `JITBuilder::symbol`.
 pub fn symbols() -> Vec<(&'static str, *const u8)> {
     vec![
-        ("gl_unary", gl_unary as *const u8),
         ("gl_powf", gl_powf as *const u8),
         ("gl_gemm", gl_gemm as *const u8),
         ("gl_conv2d", gl_conv2d as *const u8),

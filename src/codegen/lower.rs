@@ -13,10 +13,11 @@
 //!   (`f32x4` lanes then a horizontal combine), otherwise the output row is updated in place.
 //! - Matmul: a register-blocked `f32x4` kernel (1 row x 16 columns of accumulators, `fma`
 //!   when the host has it) or a call to the `gemm` crate (see [`super::MatmulKernel`]).
-//! - `exp`, `sigmoid` and `tanh` are inline polynomial code (Cephes `expf`/`tanhf`), so they
-//!   run on `f32x4` vectors inside the elementwise loops like any other op.
-//! - `log`, `pow`, convolution (im2col + GEMM), pooling and the softmax family call the Rust
-//!   kernels of [`super::kernels`] through registered symbols, with sizes passed as constants.
+//! - `exp`, `sigmoid`, `tanh` and `log` are inline polynomial code (Cephes `expf`/`tanhf`/
+//!   `logf`), so they run on `f32x4` vectors inside the elementwise loops like any other op.
+//! - `pow` (one call per element), convolution (im2col + GEMM), pooling and the softmax family
+//!   call the Rust kernels of [`super::kernels`] through registered symbols, with sizes passed
+//!   as constants.
 //!
 //! Every instruction carries the index of the node it belongs to as its source location, so a
 //! Cranelift error can name the node.
@@ -50,7 +51,6 @@ pub fn kernel_signature(name: &str) -> (Vec<Type>, Vec<Type>) {
     let f = types::F32;
     match name {
         "gl_powf" => (vec![f, f], vec![f]),
-        "gl_unary" => (vec![i; 4], vec![]),
         "gl_gemm" => (vec![i; 12], vec![]),
         "gl_conv2d" | "gl_conv2d_input_grad" | "gl_conv2d_filter_grad" => (vec![i; 5], vec![]),
         "gl_max_pool2d" => (vec![i; 3], vec![]),
@@ -879,7 +879,16 @@ impl<'a> Lowerer<'a> {
         };
         match &node.op {
             Op::Input | Op::Param { .. } | Op::State { .. } | Op::Const { .. } => {}
-            Op::Unary(u) => self.unary(*u, &dense_out, bview(0), shape)?,
+            Op::Unary(u) => {
+                let u = *u;
+                self.map(
+                    &dense_out,
+                    shape.dims(),
+                    &[bview(0)],
+                    true,
+                    &|lw, v, vector| lw.unary_value(u, v[0], vector),
+                );
+            }
             Op::Binary(BinaryOp::Pow) => {
                 // one call of the Rust `powf` per element (scalar loop)
                 let f = self.kernel("gl_powf")?;
@@ -1067,31 +1076,8 @@ impl<'a> Lowerer<'a> {
         Ok(())
     }
 
-    /// Elementwise unary op: transcendental ones call a whole-buffer kernel.
-    fn unary(&mut self, u: UnaryOp, out: &View, x: View, shape: &Shape) -> Result<(), LowerError> {
-        let kernel = match u {
-            UnaryOp::Log => Some(kernels::UNARY_LOG),
-            _ => None,
-        };
-        if let Some(k) = kernel {
-            let args = [
-                self.iconst(k),
-                self.addr(x.loc, None),
-                self.addr(out.loc, None),
-                self.iconst(shape.numel() as i64),
-            ];
-            self.call("gl_unary", &args)?;
-            return Ok(());
-        }
-        self.map(out, shape.dims(), &[x], true, &|lw, v, vector| {
-            lw.unary_value(u, v[0], vector)
-        });
-        Ok(())
-    }
-
     /// The inline code of an elementwise unary op on a register value (a scalar or `f32x4`),
-    /// shared by the plain unary lowering and fused kernels. Log has none and returns `x`:
-    /// [`Self::unary`] calls a whole-buffer kernel for it and the fusion pass leaves it out.
+    /// shared by the plain unary lowering and fused kernels.
     fn unary_value(&mut self, u: UnaryOp, x: Value, vector: bool) -> Value {
         match u {
             UnaryOp::Neg => self.b.ins().fneg(x),
@@ -1121,7 +1107,7 @@ impl<'a> Lowerer<'a> {
                 self.b.ins().fdiv(one, d)
             }
             UnaryOp::Tanh => self.tanh(x, vector),
-            UnaryOp::Log => x,
+            UnaryOp::Log => self.log(x, vector),
         }
     }
 
@@ -1234,6 +1220,98 @@ impl<'a> Lowerer<'a> {
         let lim = self.fconst(0.625, vector);
         let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
         self.pick(is_small, small, big)
+    }
+
+    /// An `i32` constant, as a scalar or splat over `i32x4`.
+    fn iconst32(&mut self, v: i32, vector: bool) -> Value {
+        let c = self.b.ins().iconst(types::I32, i64::from(v));
+        if vector {
+            self.b.ins().splat(types::I32X4, c)
+        } else {
+            c
+        }
+    }
+
+    /// `ln(x)` inline (scalar or `f32x4`), Cephes `logf`: `x = 2^k m` with `m` in
+    /// `[sqrt(1/2), sqrt(2))` read from the bits, `ln(m) = f - f^2/2 + f^3 P(f)` with `f = m - 1`
+    /// (degree-8 minimax `P`), plus `k ln2` in two parts. Max relative error 8.2e-8 (1 ulp)
+    /// against f64, measured over every positive f32 (`tests/codegen_math.rs`). Denormal inputs are scaled by
+    /// 2^23 first; `ln(+-0) = -inf`, `ln(x < 0) = NaN`, `ln(NaN) = NaN`, `ln(inf) = inf`.
+    fn log(&mut self, x: Value, vector: bool) -> Value {
+        let (fty, ity) = if vector {
+            (types::F32X4, types::I32X4)
+        } else {
+            (types::F32, types::I32)
+        };
+        let flags = if vector {
+            MemFlagsData::new().with_endianness(Endianness::Little)
+        } else {
+            MemFlagsData::new()
+        };
+        // denormals (and zero, negatives, NaN: replaced at the end) times 2^23 are normal
+        let min_normal = self.fconst(f32::MIN_POSITIVE, vector);
+        let tiny = self.b.ins().fcmp(FloatCC::LessThan, x, min_normal);
+        let two23 = self.fconst(8_388_608.0, vector);
+        let scaled = self.b.ins().fmul(x, two23);
+        let xs = self.pick(tiny, scaled, x);
+        let m23 = self.fconst(-23.0, vector);
+        let zero = self.fconst(0.0, vector);
+        let kadj = self.pick(tiny, m23, zero);
+        // exponent and mantissa: with the bits offset by 1.0 - sqrt(1/2), the exponent field
+        // steps at sqrt(1/2) * 2^k instead of 2^k (musl's `logf` trick)
+        const SQRT_HALF_BITS: i32 = 0x3f35_04f3;
+        let bits = self.b.ins().bitcast(ity, flags, xs);
+        let off = self.iconst32(0x3f80_0000 - SQRT_HALF_BITS, vector);
+        let ix = self.b.ins().iadd(bits, off);
+        let k = self.b.ins().sshr_imm_s(ix, 23);
+        let bias = self.iconst32(127, vector);
+        let k = self.b.ins().isub(k, bias);
+        let frac = self.iconst32(0x007f_ffff, vector);
+        let mbits = self.b.ins().band(ix, frac);
+        let sqrt_half = self.iconst32(SQRT_HALF_BITS, vector);
+        let mbits = self.b.ins().iadd(mbits, sqrt_half);
+        let m = self.b.ins().bitcast(fty, flags, mbits);
+        let one = self.fconst(1.0, vector);
+        let f = self.b.ins().fsub(m, one);
+        let kf = self.b.ins().fcvt_from_sint(fty, k);
+        let kf = self.b.ins().fadd(kf, kadj);
+        // ln(1 + f) = f - f^2/2 + f^3 P(f)
+        let z = self.b.ins().fmul(f, f);
+        let p = self.poly(
+            f,
+            &[
+                7.037_683_6e-2,
+                -1.151_461e-1,
+                1.167_699_84e-1,
+                -1.242_014_1e-1,
+                1.424_932_3e-1,
+                -1.666_805_7e-1,
+                2.000_071_4e-1,
+                -2.499_999_4e-1,
+                3.333_333e-1,
+            ],
+            vector,
+        );
+        let fz = self.b.ins().fmul(f, z);
+        let y = self.b.ins().fmul(p, fz);
+        // + k ln2 as k (ln2_hi + ln2_lo), ln2_hi exact in 9 bits so k ln2_hi is exact
+        let ln2_lo = self.fconst(-2.121_944_4e-4, vector);
+        let y = self.mul_add(kf, ln2_lo, y);
+        let mhalf = self.fconst(-0.5, vector);
+        let y = self.mul_add(z, mhalf, y);
+        let r = self.b.ins().fadd(f, y);
+        let ln2_hi = self.fconst(0.693_359_4, vector);
+        let r = self.mul_add(kf, ln2_hi, r);
+        // special values
+        let inf = self.fconst(f32::INFINITY, vector);
+        let is_inf = self.b.ins().fcmp(FloatCC::Equal, x, inf);
+        let r = self.pick(is_inf, inf, r);
+        let ninf = self.fconst(f32::NEG_INFINITY, vector);
+        let is_zero = self.b.ins().fcmp(FloatCC::Equal, x, zero);
+        let r = self.pick(is_zero, ninf, r);
+        let nan = self.fconst(f32::NAN, vector);
+        let in_domain = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, zero);
+        self.pick(in_domain, r, nan)
     }
 
     fn binary(&mut self, op: BinaryOp, a: Value, b: Value) -> Value {

@@ -16,7 +16,7 @@ use super::{broadcast_strides, float_cc, LowerError, Lowerer, View};
 use crate::codegen::plan::{Loc, Plan};
 use crate::fused::FusedBody;
 use crate::graph::NodeId;
-use crate::op::{BinaryOp, Op, ReduceOp, UnaryOp};
+use crate::op::{BinaryOp, Op, ReduceOp};
 use crate::shape::{DType, Shape};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -224,7 +224,7 @@ pub(crate) fn fused_conv_geometry(
 /// Whether the JIT has inline code for `op` inside a fused loop.
 fn check_supported(op: &Op) -> Result<(), LowerError> {
     match op {
-        Op::Unary(UnaryOp::Log) | Op::Binary(BinaryOp::Pow) => Err(format!(
+        Op::Binary(BinaryOp::Pow) => Err(format!(
             "{} inside a fused body is not supported by the JIT (it is a runtime call; the \
              fusion pass leaves it out)",
             op.name()

@@ -33,6 +33,14 @@ pub const RULES: &[Rule] = &[
         name: "finite_const_mul_zero",
         apply: finite_const_mul_zero,
     },
+    Rule {
+        name: "pow_one",
+        apply: pow_one,
+    },
+    Rule {
+        name: "pow_two",
+        apply: pow_two,
+    },
 ];
 
 /// Whether `id` is a constant whose every element equals `v` (`0.0` also matches `-0.0`).
@@ -126,6 +134,23 @@ pub fn finite_const_mul_zero(g: &Graph, root: NodeId) -> Option<Rewrite> {
     } else {
         None
     }
+}
+
+/// `pow(x, 1) -> x`. Exact for every `x`: IEEE 754 `pown`/`pow` and numpy's `power` give
+/// `x` itself for an exponent of 1 (`-0.0`, infinities and NaN included).
+pub fn pow_one(g: &Graph, root: NodeId) -> Option<Rewrite> {
+    let (a, b) = binary(g, root, BinaryOp::Pow)?;
+    (is_const(g, b, 1.0) && same_type(g, a, root)).then_some(Rewrite::Use(a))
+}
+
+/// `pow(x, 2) -> x * x`, which the JIT computes inline (and can fuse) where `pow` is a runtime
+/// call per element. Exact: the correctly rounded `x^2` is the one rounding of `x * x`, and
+/// the special values agree (`pow(-0, 2) = +0 = -0 * -0`, `pow(+-inf, 2) = inf`,
+/// `pow(NaN, 2) = NaN`, overflow to `inf`); numpy's `power(x, 2)` is `square(x)`.
+pub fn pow_two(g: &Graph, root: NodeId) -> Option<Rewrite> {
+    let (a, b) = binary(g, root, BinaryOp::Pow)?;
+    (is_const(g, b, 2.0) && same_type(g, a, root))
+        .then(|| Rewrite::Op(Op::Binary(BinaryOp::Mul), vec![a, a]))
 }
 
 #[cfg(test)]

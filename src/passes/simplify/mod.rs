@@ -3,7 +3,8 @@
 //! In: any graph. Out: the same graph with each rule applied wherever it matches, repeated to
 //! a fixpoint. The rules are grouped by topic, like Cranelift's `opts/`:
 //! - [`algebraic`]: identities of arithmetic: `x*1`, `1*x`, `x+0`, `0+x`, `x-0`, `x/1`,
-//!   `neg(neg x)`, and `x*0` only for a finite constant `x`;
+//!   `neg(neg x)`, `x*0` only for a finite constant `x`, `pow(x, 1)` to `x` and `pow(x, 2)` to
+//!   `x*x` (exact; the JIT computes `pow` by a runtime call, `x*x` inline and fusible);
 //! - [`reshape`]: layout ops: identity and double transposes, reshape chains, reshapes and
 //!   broadcasts to the operand's own shape, broadcast chains;
 //! - [`softmax`]: `log(softmax x)` to `log_softmax x`, and the cross-entropy patterns
