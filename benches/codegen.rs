@@ -1,13 +1,15 @@
 //! Code generation benchmarks: compile time of the corpus MLP and CNN training steps
 //! (`ir/mlp.ir`, `ir/cnn.ir` + autodiff gradients + SGD updates, one graph each), their step
 //! time in the JIT (both matmul kernels) and in the interpreter, and matmul GFLOP/s of both
-//! matmul kernels (criterion's "elements" are FLOPs). Run with `cargo bench --bench codegen`.
+//! matmul kernels (criterion's "elements" are FLOPs), and fused reductions over either axis.
+//! Run with `cargo bench --bench codegen`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gradlift::codegen::{self, CompileOptions, MatmulKernel};
 use gradlift::interp::{self, Array};
+use gradlift::passes::Pipeline;
 use gradlift::runtime::HostTensor;
-use gradlift::{autodiff, text, Graph, NodeId, TensorType};
+use gradlift::{autodiff, text, Graph, Init, NodeId, ReduceOp, TensorType};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -150,12 +152,48 @@ fn matmul(c: &mut Criterion) {
     grp.finish();
 }
 
+/// Fused reductions of a product, `reduce(mul(x, y), axes)` over `f32[64,1024]` (after the
+/// default pipeline: one fused node), over the innermost axis (accumulated in `f32x4`
+/// registers per row) and over the leading axis (accumulated in the output row). `x` and `y`
+/// are params, so a call copies no input; criterion's "elements" are the 65536 products.
+/// Measured (medians, one run each, load average 4-5 on the shared 2-core host): sum over
+/// axis 1 311 us with the old per-element read-modify-write of the output, 7.6 us in
+/// registers; max over axis 1 233 us -> 8.5 us; axis 0 (unchanged code) 10.6-11.4 us.
+fn fused_reduce(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("fused_reduce");
+    let (m, n) = (64, 1024);
+    grp.throughput(Throughput::Elements((m * n) as u64));
+    for (kind, axis) in [
+        (ReduceOp::Sum, 1),
+        (ReduceOp::Sum, 0),
+        (ReduceOp::Max, 1),
+        (ReduceOp::Max, 0),
+    ] {
+        let mut g = Graph::new("fused_reduce");
+        let init = |seed| Init::Uniform {
+            low: -1.0,
+            high: 1.0,
+            seed,
+        };
+        let x = g.param("x", [m, n], init(1)).unwrap();
+        let y = g.param("y", [m, n], init(2)).unwrap();
+        let p = g.mul(x, y).unwrap();
+        let r = g.reduce(kind, p, &[axis], false).unwrap();
+        g.add_output("r", r).unwrap();
+        Pipeline::default().run(&mut g).unwrap();
+        let mut exe = codegen::compile(&g, &opts()).unwrap();
+        let id = BenchmarkId::new(kind.name(), format!("axis{axis}/{m}x{n}"));
+        grp.bench_function(id, |b| b.iter(|| exe.run(&[]).unwrap()));
+    }
+    grp.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    targets = compile_time, step_time, matmul
+    targets = compile_time, step_time, matmul, fused_reduce
 }
 criterion_main!(benches);

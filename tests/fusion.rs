@@ -586,3 +586,50 @@ fn jit_fused_log_at_odd_sizes() {
         }
     }
 }
+
+/// Every reduction kind over the innermost axis (accumulated in `f32x4` registers per row),
+/// over a leading or middle axis (accumulated in the output row) and over all axes, of a fused
+/// product with a broadcast bias, at sizes 1, 3, 5 and 17 (and rows of 51, 85 and 255 when
+/// axes merge: several groups of four vectors, leftover vectors and a scalar tail). Sums in
+/// registers add in another order than the interpreter (four `f32x4` partial sums per row):
+/// the worst-case rounding bound of an n-term f32 sum (`(n-1) 2^-24 sum|x|`) does not depend
+/// on the order, and the typical error (`~ sqrt(n) 2^-24` times the partial sums) stays well
+/// inside this file's unchanged tolerance, `1e-3 |ref| + 1e-5 sqrt(n) max(1, max|ref|)`.
+#[test]
+fn jit_fused_reductions_of_every_kind_at_odd_sizes() {
+    use gradlift::ReduceOp;
+    let sizes = [1, 3, 5, 17];
+    let mut shapes: Vec<Vec<usize>> = Vec::new();
+    for &r in &sizes {
+        for &c in &sizes {
+            shapes.push(vec![r, c]);
+        }
+    }
+    shapes.extend([vec![3, 5, 17], vec![5, 17, 3], vec![1, 3, 5]]);
+    for shape in shapes {
+        let rank = shape.len();
+        let mut axes_sets: Vec<Vec<usize>> = vec![vec![rank - 1], vec![0], (0..rank).collect()];
+        if rank == 3 {
+            axes_sets.push(vec![1]);
+            axes_sets.push(vec![1, 2]);
+            axes_sets.push(vec![0, 2]);
+        }
+        for axes in axes_sets {
+            for kind in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+                let mut g = Graph::new("reduce");
+                let x = g.input("x", TensorType::f32(shape.clone())).unwrap();
+                let y = g.input("y", TensorType::f32(shape.clone())).unwrap();
+                let b = g.input("b", TensorType::f32([shape[rank - 1]])).unwrap();
+                let p = g.mul(x, y).unwrap();
+                let v = g.add2(p, b).unwrap();
+                let out = g.reduce(kind, v, &axes, false).unwrap();
+                g.add_output("r", out).unwrap();
+                let mut fused = g.clone();
+                let r = fuse(&mut fused);
+                let what = format!("{} {shape:?} axes {axes:?}", kind.name());
+                assert_eq!(fused_count(&fused), 1, "{what}: {r}");
+                jit_matches(&what, &g, &fused, 11);
+            }
+        }
+    }
+}

@@ -39,6 +39,10 @@ use std::collections::HashMap;
 /// Lanes of a vector register (`f32x4`).
 const LANES: usize = 4;
 
+/// Independent `f32x4` accumulators per row of a reduction computed in registers: enough to
+/// hide the latency of `addps` (3 cycles at 2 per cycle on Zen 3) behind the loads.
+const REDUCE_ACCS: usize = 4;
+
 mod fused;
 pub(crate) use fused::{fused_conv_geometry, fused_reads_only_in_matmul};
 
@@ -665,6 +669,137 @@ impl<'a> Lowerer<'a> {
                 },
             );
         }
+    }
+
+    /// `acc[i] = combine(acc[i], f(views[1..][i]))` over `dims` for a reduction of `kind` into
+    /// `views[0]`, the accumulator: a view of the (f32) output with stride 0 on the reduced
+    /// axes, filled with the identity beforehand. `f` receives the values of every view,
+    /// `vals[0]` being the running accumulator (fused bodies ignore it).
+    ///
+    /// When the innermost (collapsed) dimension is reduced and every operand is contiguous or
+    /// broadcast along it, each row accumulates in registers ([`Self::reduce_row_map`]) and
+    /// the output element is read and written once per row. Otherwise it is a [`Self::map`]
+    /// over the accumulator view, vectorized when the innermost dimension is kept.
+    fn map_reduce(&mut self, views: &[View], dims: &[usize], kind: ReduceOp, f: ElemFn<'_, 'a>) {
+        let mut strides: Vec<Vec<i64>> = views.iter().map(|v| v.strides.clone()).collect();
+        let cd = collapse(dims, &mut strides);
+        let rank = cd.len();
+        let len = cd[rank - 1];
+        let inner: Vec<i64> = strides.iter().map(|s| s[rank - 1]).collect();
+        let in_registers = len > 1
+            && inner[0] == 0
+            && inner[1..].iter().all(|&s| s == 0 || s == 1)
+            && views.iter().all(|v| v.dtype == DType::F32);
+        if !in_registers {
+            let acc = &views[0];
+            self.map(acc, dims, views, true, &|lw, vals, vector| {
+                let x = f(lw, vals, vector);
+                lw.combine(kind, DType::F32, vals[0], x)
+            });
+            return;
+        }
+        let outer: Vec<Vec<i64>> = strides.iter().map(|s| s[..rank - 1].to_vec()).collect();
+        let offs: Vec<Value> = views
+            .iter()
+            .map(|v| self.iconst(v.loc.offset as i64 + v.offset * 4))
+            .collect();
+        let slots: Vec<usize> = views.iter().map(|v| v.loc.slot).collect();
+        self.nest(&cd[..rank - 1], &outer, offs, &mut |lw, offs| {
+            let ptrs: Vec<Value> = offs
+                .iter()
+                .zip(&slots)
+                .map(|(&o, &s)| lw.b.ins().iadd(lw.bases[s], o))
+                .collect();
+            let r = lw.reduce_row_map(&ptrs[1..], &inner[1..], len, kind, f);
+            let o = lw.load(types::F32, ptrs[0], 0);
+            let c = lw.combine(kind, DType::F32, o, r);
+            lw.store(c, ptrs[0], 0);
+        });
+    }
+
+    /// The reduction of `f` over one row of `len` elements of the f32 operands at `ptrs`
+    /// (element strides `inner`, each 1 or 0 = broadcast), as a scalar: [`REDUCE_ACCS`]
+    /// independent `f32x4` accumulators over the vectors of the row (so consecutive `fadd`s
+    /// or `max`es do not wait for each other), combined pairwise, then across lanes, then the
+    /// scalar tail. Sums therefore add in a different order than the interpreter's left-to-right
+    /// loop: lane-wise partial sums, each a sequential sum of `len / 4` terms, whose rounding
+    /// error bound is no larger than the sequential sum's.
+    fn reduce_row_map(
+        &mut self,
+        ptrs: &[Value],
+        inner: &[i64],
+        len: usize,
+        kind: ReduceOp,
+        f: ElemFn<'_, 'a>,
+    ) -> Value {
+        let id = Self::identity(kind, DType::F32) as f32;
+        // broadcast operands: one scalar for the whole row
+        let scalars: Vec<Option<Value>> = ptrs
+            .iter()
+            .zip(inner)
+            .map(|(&p, &s)| (s == 0).then(|| self.load(types::F32, p, 0)))
+            .collect();
+        let splats: Vec<Option<Value>> = scalars
+            .iter()
+            .map(|s| s.map(|v| self.b.ins().splat(types::F32X4, v)))
+            .collect();
+        // `f` on the vector at byte offset `base + off` of every operand, combined into `acc`
+        let step = |lw: &mut Self, acc: Value, base: Value, off: i64| -> Value {
+            let mut vals = vec![acc];
+            for (&p, s) in ptrs.iter().zip(&splats) {
+                vals.push(match s {
+                    Some(v) => *v,
+                    None => {
+                        let a = lw.b.ins().iadd(p, base);
+                        lw.load(types::F32X4, a, off)
+                    }
+                });
+            }
+            let x = f(lw, &vals, true);
+            lw.combine(kind, DType::F32, acc, x)
+        };
+        let mut total = self.fconst(id, false);
+        let nv = len / LANES;
+        if nv > 0 {
+            let init = self.fconst(id, true);
+            let mut accs = vec![init; REDUCE_ACCS.min(nv)];
+            let groups = nv / REDUCE_ACCS;
+            let group_bytes = (REDUCE_ACCS * LANES * 4) as i64;
+            accs = self.for_range(groups, accs, &mut |lw, j, acc| {
+                let byte = lw.b.ins().imul_imm_s(j, group_bytes);
+                (0..acc.len())
+                    .map(|q| step(lw, acc[q], byte, (q * LANES * 4) as i64))
+                    .collect()
+            });
+            let byte = self.iconst(groups as i64 * group_bytes);
+            for (q, acc) in accs.iter_mut().enumerate().take(nv % REDUCE_ACCS) {
+                *acc = step(self, *acc, byte, (q * LANES * 4) as i64);
+            }
+            while accs.len() > 1 {
+                let half = accs.len().div_ceil(2);
+                for i in 0..accs.len() / 2 {
+                    accs[i] = self.combine(kind, DType::F32, accs[i], accs[i + half]);
+                }
+                accs.truncate(half);
+            }
+            for l in 0..LANES as u8 {
+                let e = self.b.ins().extractlane(accs[0], l);
+                total = self.combine(kind, DType::F32, total, e);
+            }
+        }
+        for t in nv * LANES..len {
+            let off = (t * 4) as i64;
+            let mut vals = vec![total];
+            for (&p, s) in ptrs.iter().zip(&scalars) {
+                vals.push(match s {
+                    Some(v) => *v,
+                    None => self.load(types::F32, p, off),
+                });
+            }
+            let x = f(self, &vals, false);
+            total = self.combine(kind, DType::F32, total, x);
+        }
+        total
     }
 
     /// The reduction of `len` contiguous elements at `p`.

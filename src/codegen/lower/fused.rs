@@ -7,7 +7,8 @@
 //! other elementwise loop ([`Lowerer::map`]).
 //! - A trailing reduction accumulates into the output buffer (filled with the reduction's
 //!   identity first): the output is read and written through a view with stride 0 on the
-//!   reduced axes; `reduce_mean` scales the result at the end.
+//!   reduced axes; `reduce_mean` scales the result at the end. When the innermost axis is
+//!   reduced, each row accumulates in `f32x4` registers instead ([`Lowerer::map_reduce`]).
 //! - A leading matmul or conv2d (an epilogue body) writes its result into the output buffer
 //!   with the ordinary lowering (GEMM call, convolution kernel); the elementwise loop then
 //!   reads it back from there and overwrites it in place.
@@ -128,12 +129,9 @@ impl<'a> Lowerer<'a> {
                     offset: 0,
                     strides: reduced_strides(&domain, axes),
                 };
-                let mut all = vec![acc.clone()];
+                let mut all = vec![acc];
                 all.extend(views);
-                self.map(&acc, domain.dims(), &all, true, &|lw, vals, vector| {
-                    let x = eval(lw, vals, vector);
-                    lw.combine(kind, DType::F32, vals[0], x)
-                });
+                self.map_reduce(&all, domain.dims(), kind, &eval);
                 if kind == ReduceOp::Mean {
                     let count: usize = axes.iter().map(|&a| domain.0[a]).product();
                     let scale = 1.0 / count.max(1) as f32;
