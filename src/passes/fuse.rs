@@ -16,7 +16,10 @@
 //! - epilogues: a group without a reduction may then absorb one `matmul` or `conv2d` operand
 //!   whose only users are in the group and whose shape is the domain (bias add, activation,
 //!   and in the backward graph the activation's derivative mask, fuse into the GEMM's or the
-//!   convolution's output);
+//!   convolution's output), unless the group computes an update value: the JIT writes those
+//!   in place into their param or state, which works for an elementwise loop but not for a
+//!   GEMM output (the weight gradient's GEMM writes a buffer, the optimizer's loop then
+//!   updates the param and its moments in place);
 //! - multi-output fusion: an operand that fails the rule above only because its value is
 //!   needed in memory (it has users outside the group, or it is an output or an update value)
 //!   still joins a group without a reduction when it is fusible, has the domain's shape, and
@@ -155,9 +158,21 @@ pub fn run(g: &mut Graph) -> PassReport {
             continue;
         }
         let mut matmul = None;
+        let writes_update = std::iter::once(&root)
+            .chain(&extra)
+            .any(|&m| g.updates().iter().any(|u| u.value == m));
         if !reduce {
             for mm in candidates_matmul {
                 if matmul.is_some() || in_group.contains(&mm) {
+                    continue;
+                }
+                if writes_update {
+                    local_remarks.push(format!(
+                        "epilogue not fused: {} into {}: the kernel computes update values in \
+                         place, which a GEMM or convolution output cannot be",
+                        label(mm),
+                        label(root)
+                    ));
                     continue;
                 }
                 match blocker(g, mm, &in_group, &domain) {
