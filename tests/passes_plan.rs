@@ -29,7 +29,12 @@ fn check_plan(g: &Graph, p: &MemoryPlan) -> Result<(), TestCaseError> {
         prop_assert_eq!(b.bytes, g[b.node].ty.shape.numel() * ELEMENT_BYTES);
         prop_assert!(b.size >= b.bytes && b.size % ALIGN == 0 && b.size < b.bytes + ALIGN);
         prop_assert_eq!(b.offset % ALIGN, 0);
-        prop_assert_eq!(b.first, pos[&b.node]);
+        // a fused_result's buffer is written by its fused node
+        let writer = match g[b.node].op {
+            gradlift::Op::FusedResult { .. } => g.operands(b.node)[0],
+            _ => b.node,
+        };
+        prop_assert_eq!(b.first, pos[&writer]);
         for u in g.users(b.node) {
             prop_assert!(pos[&u] <= b.last, "buffer dies before a user");
         }

@@ -6,7 +6,8 @@
 //! `[inputs.., params.., states.., consts.., outputs.., arena]`.
 //!
 //! Inputs are read from the caller's buffers; params, state, constants and outputs live in
-//! buffers the executable owns; every other value lives in the arena. This first planner is a
+//! buffers the executable owns; every other value lives in the arena. The `fused_result` nodes
+//! of a multi-result fused node get their buffers when the fused node runs (it writes them). This first planner is a
 //! greedy first-fit over liveness intervals in canonical order: a value's bytes are reused once
 //! its last user has run. A node's result never overlaps its operands (kernels may read
 //! operands while writing). `reshape` aliases its operand (same bytes, new shape). Values that
@@ -214,30 +215,41 @@ pub fn plan(
         if p.locs.contains_key(&id) {
             continue;
         }
-        let r = root[&id];
-        if let Some(target) = inplace.get(&id) {
-            let l = p.locs[target];
-            p.locs.insert(id, l);
-        } else if let Some(&i) = direct.get(&id) {
-            let slot = p.output_slot(i);
-            p.locs.insert(id, Loc { slot, offset: 0 });
-        } else if r != id {
-            let l = p.locs[&r];
-            p.locs.insert(id, l);
-        } else {
-            let off = a.alloc(value_bytes(g, id));
-            p.locs.insert(
-                id,
-                Loc {
-                    slot: arena,
-                    offset: off,
-                },
-            );
-            match last.get(&id) {
-                Some(&l) if l < end => dying.entry(l).or_default().push(id),
-                Some(_) => {}
-                // never read: free right after it is written
-                None => dying.entry(t).or_default().push(id),
+        // a multi-result fused node writes its fused_result nodes' buffers when it runs
+        let results: Vec<NodeId> = match &g[id].op {
+            Op::Fused(b) if !b.extra.is_empty() => g
+                .users(id)
+                .into_iter()
+                .filter(|&u| matches!(g[u].op, Op::FusedResult { .. }))
+                .collect(),
+            _ => vec![],
+        };
+        for id in std::iter::once(id).chain(results) {
+            let r = root[&id];
+            if let Some(target) = inplace.get(&id) {
+                let l = p.locs[target];
+                p.locs.insert(id, l);
+            } else if let Some(&i) = direct.get(&id) {
+                let slot = p.output_slot(i);
+                p.locs.insert(id, Loc { slot, offset: 0 });
+            } else if r != id {
+                let l = p.locs[&r];
+                p.locs.insert(id, l);
+            } else {
+                let off = a.alloc(value_bytes(g, id));
+                p.locs.insert(
+                    id,
+                    Loc {
+                        slot: arena,
+                        offset: off,
+                    },
+                );
+                match last.get(&id) {
+                    Some(&l) if l < end => dying.entry(l).or_default().push(id),
+                    Some(_) => {}
+                    // never read: free right after it is written
+                    None => dying.entry(t).or_default().push(id),
+                }
             }
         }
         let s = scratch_bytes(id);
@@ -255,9 +267,10 @@ pub fn plan(
 }
 
 /// Updates `target <- value` whose value can be computed directly into the target's buffer,
-/// as `value -> target`. Safe when the value is an elementwise op that reads the target (if at
-/// all) only directly, at the same position of the same shape; no other node reads the target
-/// at or after the value's position; the target is not an output or another update's source;
+/// as `value -> target`. Safe when the value is an elementwise op (or a result of a
+/// multi-result elementwise fused node, which then plays its part below) that reads the target
+/// (if at all) only directly, at the same position of the same shape; no other node reads the
+/// target at or after the value's position; the target is not an output or another update's source;
 /// and the value has its own storage (not an alias, not a leaf).
 fn in_place_updates(
     g: &Graph,
@@ -279,9 +292,14 @@ fn in_place_updates(
     let mut out = HashMap::new();
     for u in g.updates() {
         let (t, v) = (u.target, u.value);
+        // the node whose loop writes v: v itself, or the fused node of a fused_result
+        let w = match g[v].op {
+            Op::FusedResult { .. } => g.operands(v)[0],
+            _ => v,
+        };
         // a fused elementwise body reads every operand at the position it writes (a leading
         // matmul/conv2d or a trailing reduction would not: they stay out)
-        let elementwise = match &g[v].op {
+        let elementwise = match &g[w].op {
             Op::Unary(_) | Op::Binary(_) => true,
             Op::Fused(b) => b.producer().is_none() && b.reduction().is_none(),
             _ => false,
@@ -289,10 +307,10 @@ fn in_place_updates(
         if !elementwise || root[&v] != v || kept.contains(&t) || out.contains_key(&v) {
             continue;
         }
-        let pv = pos[&v];
+        let pw = pos[&w];
         let ok = readers.get(&t).is_none_or(|rs| {
             rs.iter().all(|&r| {
-                pos[&r] < pv || (r == v && g.operands(v).iter().all(|&o| root[&o] != t || o == t))
+                pos[&r] < pw || (r == w && g.operands(w).iter().all(|&o| root[&o] != t || o == t))
             })
         });
         if ok {

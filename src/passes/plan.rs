@@ -134,12 +134,17 @@ pub fn plan(g: &Graph) -> Result<MemoryPlan, PlanError> {
             g.users(id).iter().map(|u| pos[u]).max().unwrap_or(i)
         };
         let bytes = g[id].ty.shape.numel() * ELEMENT_BYTES;
+        // a fused_result's buffer is written when its fused node runs
+        let first = match g[id].op {
+            Op::FusedResult { .. } => g.operands(id).first().map_or(i, |f| pos[f]),
+            _ => i,
+        };
         buffers.push(Buffer {
             node: id,
             bytes,
             size: bytes.div_ceil(ALIGN) * ALIGN,
             offset: 0,
-            first: i,
+            first,
             last,
         });
     }
