@@ -156,9 +156,10 @@ fn matmul(c: &mut Criterion) {
 /// default pipeline: one fused node), over the innermost axis (accumulated in `f32x4`
 /// registers per row) and over the leading axis (accumulated in the output row). `x` and `y`
 /// are params, so a call copies no input; criterion's "elements" are the 65536 products.
-/// Measured (medians, one run each, load average 4-5 on the shared 2-core host): sum over
-/// axis 1 311 us with the old per-element read-modify-write of the output, 7.6 us in
-/// registers; max over axis 1 233 us -> 8.5 us; axis 0 (unchanged code) 10.6-11.4 us.
+/// Measured (medians, before and after runs a minute apart, load average 2.5-2.9 on the
+/// shared 2-core host): sum over axis 1 212 us with the old per-element read-modify-write of
+/// the output, 5.4 us in registers; max over axis 1 160 us -> 5.8 us; over axis 0
+/// (unchanged code) 7.3-7.6 us.
 fn fused_reduce(c: &mut Criterion) {
     let mut grp = c.benchmark_group("fused_reduce");
     let (m, n) = (64, 1024);
@@ -188,12 +189,36 @@ fn fused_reduce(c: &mut Criterion) {
     grp.finish();
 }
 
+/// Plain (unfused) `reduce_sum(x, axes)` of a param `x: f32[64,1024]` over either axis.
+/// Measured (medians, load average 1.8-2.8): over axis 1 12.3 us with one `f32x4`
+/// accumulator per row, 3.4 us with four; over axis 0 (unchanged code) 5.1-5.7 us.
+fn plain_reduce(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("reduce");
+    let (m, n) = (64, 1024);
+    grp.throughput(Throughput::Elements((m * n) as u64));
+    for axis in [1, 0] {
+        let mut g = Graph::new("reduce");
+        let init = Init::Uniform {
+            low: -1.0,
+            high: 1.0,
+            seed: 1,
+        };
+        let x = g.param("x", [m, n], init).unwrap();
+        let r = g.sum(x, &[axis], false).unwrap();
+        g.add_output("r", r).unwrap();
+        let mut exe = codegen::compile(&g, &opts()).unwrap();
+        let id = BenchmarkId::new("reduce_sum", format!("axis{axis}/{m}x{n}"));
+        grp.bench_function(id, |b| b.iter(|| exe.run(&[]).unwrap()));
+    }
+    grp.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    targets = compile_time, step_time, matmul, fused_reduce
+    targets = compile_time, step_time, matmul, fused_reduce, plain_reduce
 }
 criterion_main!(benches);

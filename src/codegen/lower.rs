@@ -9,8 +9,9 @@
 //!   views the loop runs on `f32x4` vectors and a straight-line scalar tail handles the last
 //!   `len % 4` elements. Elementwise ops, broadcast, transpose, slice, concat, cast, copies
 //!   and fills are all `map`s.
-//! - `Lowerer::reduce`: reductions; a reduced innermost dimension accumulates in registers
-//!   (`f32x4` lanes then a horizontal combine), otherwise the output row is updated in place.
+//! - `Lowerer::reduce` and `Lowerer::map_reduce` (plain and fused reductions): a reduced
+//!   innermost dimension accumulates in registers (four `f32x4` accumulators, then a
+//!   horizontal combine and a scalar tail), otherwise the output row is updated in place.
 //! - Matmul: a register-blocked `f32x4` kernel (1 row x 16 columns of accumulators, `fma`
 //!   when the host has it) or a call to the `gemm` crate (see [`super::MatmulKernel`]).
 //! - `exp`, `sigmoid`, `tanh` and `log` are inline polynomial code (Cephes `expf`/`tanhf`/
@@ -673,18 +674,23 @@ impl<'a> Lowerer<'a> {
             strides: out_strides,
         };
         let xv = View::dense(x, dtype, x_shape);
+        if dtype == DType::F32 {
+            self.map_reduce(&[ov, xv], x_shape.dims(), kind, &|_, v, _| v[1]);
+            self.scale_mean(out, &out_shape, axes, x_shape, kind);
+            return;
+        }
         let mut strides = vec![ov.strides.clone(), xv.strides.clone()];
         let cd = collapse(x_shape.dims(), &mut strides);
         let rank = cd.len();
         let len = cd[rank - 1];
         if strides[0][rank - 1] == 0 && strides[1][rank - 1] == 1 && len > 1 {
-            // innermost dimension reduced: accumulate in registers
+            // innermost dimension reduced: accumulate in a register
             let outer: Vec<Vec<i64>> = strides.iter().map(|s| s[..rank - 1].to_vec()).collect();
             let offs = vec![self.iconst(out.offset as i64), self.iconst(x.offset as i64)];
             self.nest(&cd[..rank - 1], &outer, offs, &mut |lw, offs| {
                 let po = lw.b.ins().iadd(lw.bases[out.slot], offs[0]);
                 let px = lw.b.ins().iadd(lw.bases[x.slot], offs[1]);
-                let r = lw.reduce_row(px, len, kind, dtype, id);
+                let r = lw.reduce_row_i32(px, len, kind, id);
                 let o = lw.load(elem_type(dtype, false), po, 0);
                 let c = lw.combine(kind, dtype, o, r);
                 lw.store(c, po, 0);
@@ -694,21 +700,35 @@ impl<'a> Lowerer<'a> {
                 lw.combine(kind, dtype, v[0], v[1])
             });
         }
-        if kind == ReduceOp::Mean {
-            let count: usize = axes.iter().map(|&a| x_shape.0[a]).product();
-            let scale = 1.0 / count.max(1) as f32;
-            let ov = View::dense(out, dtype, &out_shape);
-            self.map(
-                &ov.clone(),
-                out_shape.dims(),
-                &[ov],
-                true,
-                &|lw, v, vector| {
-                    let s = lw.fconst(scale, vector);
-                    lw.b.ins().fmul(v[0], s)
-                },
-            );
+        self.scale_mean(out, &out_shape, axes, x_shape, kind);
+    }
+
+    /// For `reduce_mean`, divides the sums at `out` (f32, dense `out_shape`) by the number of
+    /// reduced elements of `x_shape` over `axes`.
+    fn scale_mean(
+        &mut self,
+        out: Loc,
+        out_shape: &Shape,
+        axes: &[usize],
+        x_shape: &Shape,
+        kind: ReduceOp,
+    ) {
+        if kind != ReduceOp::Mean {
+            return;
         }
+        let count: usize = axes.iter().map(|&a| x_shape.0[a]).product();
+        let scale = 1.0 / count.max(1) as f32;
+        let ov = View::dense(out, DType::F32, out_shape);
+        self.map(
+            &ov.clone(),
+            out_shape.dims(),
+            &[ov],
+            true,
+            &|lw, v, vector| {
+                let s = lw.fconst(scale, vector);
+                lw.b.ins().fmul(v[0], s)
+            },
+        );
     }
 
     /// `acc[i] = combine(acc[i], f(views[1..][i]))` over `dims` for a reduction of `kind` into
@@ -842,35 +862,15 @@ impl<'a> Lowerer<'a> {
         total
     }
 
-    /// The reduction of `len` contiguous elements at `p`.
-    fn reduce_row(&mut self, p: Value, len: usize, kind: ReduceOp, dtype: DType, id: f64) -> Value {
-        let mut acc = match dtype {
-            DType::F32 => self.fconst(id as f32, false),
-            DType::I32 => self.b.ins().iconst(types::I32, id as i64),
-        };
-        let mut start = 0;
-        if dtype == DType::F32 && len >= 2 * LANES {
-            let nv = len / LANES;
-            let init = self.fconst(id as f32, true);
-            let v = self.for_range(nv, vec![init], &mut |lw, j, acc| {
-                let byte = lw.b.ins().imul_imm_s(j, (LANES * 4) as i64);
-                let a = lw.b.ins().iadd(p, byte);
-                let x = lw.load(types::F32X4, a, 0);
-                vec![lw.combine(kind, dtype, acc[0], x)]
-            });
-            for l in 0..LANES as u8 {
-                let e = self.b.ins().extractlane(v[0], l);
-                acc = self.combine(kind, dtype, acc, e);
-            }
-            start = nv * LANES;
-        }
-        let ty = elem_type(dtype, false);
-        let rest = len - start;
-        let r = self.for_range(rest, vec![acc], &mut |lw, j, acc| {
+    /// The reduction of `len` contiguous i32 elements at `p`, in a register (f32 rows go
+    /// through [`Self::reduce_row_map`]).
+    fn reduce_row_i32(&mut self, p: Value, len: usize, kind: ReduceOp, id: f64) -> Value {
+        let acc = self.b.ins().iconst(types::I32, id as i64);
+        let r = self.for_range(len, vec![acc], &mut |lw, j, acc| {
             let o = lw.b.ins().imul_imm_s(j, 4);
             let a = lw.b.ins().iadd(p, o);
-            let x = lw.load(ty, a, (start * 4) as i64);
-            vec![lw.combine(kind, dtype, acc[0], x)]
+            let x = lw.load(types::I32, a, 0);
+            vec![lw.combine(kind, DType::I32, acc[0], x)]
         });
         r[0]
     }
