@@ -858,3 +858,41 @@ fn jit_fused_reductions_of_every_kind_at_odd_sizes() {
         }
     }
 }
+
+/// Hand-written fused bodies: `log` compiles (inline code) and matches the interpreter,
+/// including its special values; `pow` is refused by the JIT with an error naming it.
+#[test]
+fn hand_written_fused_log_compiles_and_pow_is_refused() {
+    let src = |op: &str| {
+        format!(
+            "graph h {{\ninputs:\n  %x: f32[7] = input\nbody:\n  %two: f32[] = const 2.0\n  \
+             %y: f32[7] = fused %x, %two {{\n    %2: f32[7] = {op} %0{}\n    %3: f32[7] = mul %2, %1\n    \
+             yield %3\n  }}\noutputs:\n  y = %y\n}}\n",
+            if op == "pow" { ", %1" } else { "" }
+        )
+    };
+    let g = text::parse(&src("log"), "h.ir").unwrap_or_else(|e| panic!("{e}"));
+    let xs = [0.0f32, -0.0, -1.0, f32::INFINITY, f32::NAN, 1e-40, 3.5];
+    let x = g.find("x").unwrap();
+    let f = HashMap::from([(
+        x,
+        Array::new([7], xs.iter().map(|&v| v as f64).collect()).unwrap(),
+    )]);
+    let want = interp::eval::<f64>(&g, &f).unwrap();
+    let want = &want.get(g.output("y").unwrap()).unwrap().data;
+    let mut exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+    let got = exe
+        .run(&[("x", HostTensor::f32([7], xs.to_vec()))])
+        .unwrap();
+    let got = got[0].1.to_f64();
+    close("hand-written log", &got, want, 1);
+    let g = text::parse(&src("pow"), "h.ir").unwrap_or_else(|e| panic!("{e}"));
+    let Err(err) = codegen::compile(&g, &CompileOptions::default()) else {
+        panic!("pow in a fused body compiled");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("pow inside a fused body is not supported"),
+        "{err}"
+    );
+}
