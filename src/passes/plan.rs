@@ -16,15 +16,15 @@
 //!   after the value's position (except the value itself, directly, element for element) is
 //!   computed straight into that param or state buffer. Not when the target is kept (an
 //!   output, or the source of an update: its old value is needed at the end).
-//! - Direct output: a node that is an output is computed straight into its output buffer (the
-//!   first output it is, if several).
 //! - Alias: a reshape, or a transpose the code generator folds into its matmul users (read
 //!   through swapped strides), shares the bytes of its operand's storage (its root).
+//! - Direct output: a node that is an output is computed straight into its output buffer (the
+//!   first output it is, if several).
 //! - Otherwise an arena buffer of its own ([`BufferKind::Value`]).
 //!
 //! Arena buffers (sizes: element count times [`ELEMENT_BYTES`], rounded up to [`ALIGN`] =
 //! 64 bytes, so every offset is 64-byte aligned: a cache line, enough for any SIMD load):
-//! - Value: live from its node's position (see [`first_position`]) to the last position where
+//! - Value: live from its node's position (see `first_position`) to the last position where
 //!   it or an alias of it is read, both included, so a node's result never shares bytes with
 //!   its operands (kernels read operands while writing). Outputs and update values (through
 //!   their aliases) live to the end of the step (position `schedule.len()`): the caller reads
@@ -306,9 +306,11 @@ fn new_buffer(node: NodeId, kind: BufferKind, bytes: usize, first: usize, last: 
 /// position. Multi-result fused nodes will define their result nodes' buffers at the fused
 /// node's position (an `Op::FusedResult` arm returning its operand's position), so that a
 /// result's buffer is live while the fused node runs and never overlaps its operands.
+#[allow(clippy::match_single_binding)] // the `Op::FusedResult` arm is coming
 fn first_position(g: &Graph, id: NodeId, pos: &HashMap<NodeId, usize>) -> usize {
-    debug_assert!(g.contains(id));
-    pos[&id]
+    match &g[id].op {
+        _ => pos[&id],
+    }
 }
 
 /// Whether node `id` shares the bytes of its (only) operand.
