@@ -27,6 +27,14 @@
 //!   element by element over the domain without intermediate buffers (numpy broadcasting
 //!   commutes with elementwise ops);
 //! - each instruction's declared type equals the type [`Op::infer`] gives for its arguments.
+//!
+//! *Multi-result bodies* (multi-output fusion): a body without a reduction may yield further
+//! instruction values after its main result, `yield %7, %4, %5`.
+//! The fused node's own value is the main result (the last instruction); result `k >= 1` is
+//! read through a `fused_result %f, index=k` node ([`Op::FusedResult`]). Every result has the
+//! domain's shape, so one loop writes all of them at each element: the Adam update of one
+//! parameter (new first moment, new second moment, new parameter, all three update values) is
+//! one loop that reads the gradient, both moments and the parameter once.
 
 use crate::op::{InferError, Op};
 use crate::shape::{DType, Shape, TensorType};
@@ -50,6 +58,10 @@ pub struct FusedBody {
     pub n_params: usize,
     /// The instructions, in evaluation order.
     pub insts: Vec<FusedInst>,
+    /// Results after the main one (value numbers of instructions, result `1..`); empty for a
+    /// single-result body. See the module documentation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<usize>,
 }
 
 /// Whether `op` may appear in the elementwise part of a fused body.
@@ -134,7 +146,47 @@ impl FusedBody {
                 ));
             }
         }
+        if !self.extra.is_empty() {
+            if self.reduction().is_some() {
+                return err("a body with a reduction yields one result".into());
+            }
+            let main = self.n_params + last;
+            for (j, &v) in self.extra.iter().enumerate() {
+                if v < self.n_params || v >= main {
+                    return err(format!(
+                        "result {} must be an instruction before the main result %{main}, \
+                         found %{v}",
+                        j + 1
+                    ));
+                }
+                if self.extra[..j].contains(&v) {
+                    return err(format!("%{v} is yielded twice"));
+                }
+                let t = &types[v];
+                if t.shape != domain {
+                    return err(format!(
+                        "result {} (%{v}) has shape {}, every result must have the domain's \
+                         shape {domain}",
+                        j + 1,
+                        t.shape
+                    ));
+                }
+            }
+        }
         Ok(self.insts[last].ty.clone())
+    }
+
+    /// Number of results (1 + the extra results).
+    pub fn n_results(&self) -> usize {
+        1 + self.extra.len()
+    }
+
+    /// Value numbers of every result, main result first.
+    pub fn results(&self) -> Vec<usize> {
+        let main = self.n_params + self.insts.len().saturating_sub(1);
+        std::iter::once(main)
+            .chain(self.extra.iter().copied())
+            .collect()
     }
 
     /// The trailing reduction, if any.
@@ -173,4 +225,28 @@ impl FusedBody {
     pub fn is_empty(&self) -> bool {
         self.insts.is_empty()
     }
+}
+
+/// Why node `id`, a `fused_result`, does not read an existing result of a fused node, or `None`
+/// when it does (or is not a `fused_result`). Used by the verifier and the code generator.
+pub fn result_error(g: &crate::graph::Graph, id: crate::graph::NodeId) -> Option<String> {
+    let Op::FusedResult { index } = g[id].op else {
+        return None;
+    };
+    let operand = *g.operands(id).first()?;
+    let results = match &g[operand].op {
+        Op::Fused(body) => body.n_results(),
+        _ => 0,
+    };
+    if index < results {
+        return None;
+    }
+    let found = match results {
+        0 => format!("{} (not a fused node)", g[operand].op.name()),
+        n => format!("a fused node with {n} result(s)"),
+    };
+    Some(format!(
+        "fused_result index={index} needs a fused node with at least {} results, found {found}",
+        index + 1
+    ))
 }

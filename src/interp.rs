@@ -451,6 +451,8 @@ pub fn eval<T: Float>(
         }
     }
     let mut map: HashMap<NodeId, Array<T>> = HashMap::with_capacity(order.len());
+    // results 1.. of multi-result fused nodes, keyed by (fused node, index)
+    let mut extra: HashMap<(NodeId, usize), Array<T>> = HashMap::new();
     for &id in &order {
         let node = &g[id];
         let invalid = |message: String| EvalError::InvalidNode {
@@ -501,7 +503,27 @@ pub fn eval<T: Float>(
                         node.ty, ty
                     )));
                 }
-                eval_op(op, &args, &ty.shape)
+                match op {
+                    Op::Fused(body) if !body.extra.is_empty() => {
+                        let mut results = fused(body, &args).into_iter();
+                        let main = results
+                            .next()
+                            .unwrap_or_else(|| Array::zeros(Shape(vec![])));
+                        for (k, r) in results.enumerate() {
+                            extra.insert((id, k + 1), r);
+                        }
+                        main
+                    }
+                    Op::FusedResult { index } => extra
+                        .get(&(operand_ids[0], *index))
+                        .cloned()
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "its operand is not a fused node with result {index}"
+                            ))
+                        })?,
+                    _ => eval_op(op, &args, &ty.shape),
+                }
             }
         };
         map.insert(id, value);
@@ -597,7 +619,13 @@ fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
         Op::OneHot { depth } => one_hot(a[0], *depth),
         Op::Slice { begin, .. } => slice(a[0], begin, out),
         Op::Concat { axis } => concat(a, *axis, out),
-        Op::Fused(body) => return fused(body, a),
+        Op::Fused(body) => {
+            return fused(body, a)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Array::zeros(out.clone()))
+        }
+        Op::FusedResult { .. } => unreachable!("evaluated by eval, from its fused node"),
     };
     Array {
         shape: out.clone(),
@@ -606,8 +634,9 @@ fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
 }
 
 /// Evaluates a fused body instruction by instruction with [`eval_op`] (its types were checked
-/// by [`Op::infer`], which [`crate::fused::FusedBody::infer`] implements for the body).
-fn fused<T: Float>(body: &crate::fused::FusedBody, a: &[&Array<T>]) -> Array<T> {
+/// by [`Op::infer`], which [`crate::fused::FusedBody::infer`] implements for the body). Returns
+/// every result, main result first.
+fn fused<T: Float>(body: &crate::fused::FusedBody, a: &[&Array<T>]) -> Vec<Array<T>> {
     let mut vals: Vec<Array<T>> = Vec::with_capacity(body.insts.len());
     for inst in &body.insts {
         let args: Vec<&Array<T>> = inst
@@ -624,7 +653,11 @@ fn fused<T: Float>(body: &crate::fused::FusedBody, a: &[&Array<T>]) -> Array<T> 
         let v = eval_op(&inst.op, &args, &inst.ty.shape);
         vals.push(v);
     }
-    vals.pop().unwrap_or_else(|| Array::zeros(Shape(vec![])))
+    body.results()
+        .iter()
+        .filter_map(|&r| r.checked_sub(body.n_params))
+        .filter_map(|i| vals.get(i).cloned())
+        .collect()
 }
 
 // ---- index helpers ----------------------------------------------------------------------------

@@ -80,6 +80,33 @@ impl Command {
     }
 }
 
+/// `print!` to stdout that ends the program quietly when the reader has gone away
+/// (`gradlift dump FILE | head`) and turns other write errors into a [`CliError`].
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(CliError(format!("cannot write to standard output: {e}")));
+        }
+    }};
+}
+
+/// `println!` with the behaviour of [`out!`].
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(CliError(format!("cannot write to standard output: {e}")));
+        }
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.run() {
@@ -182,7 +209,7 @@ fn cmd_check(a: &CheckArgs) -> Result<(), CliError> {
     let g = load(&a.file)?;
     let params = g.params();
     let numel: usize = params.iter().map(|&p| g[p].ty.shape.numel()).sum();
-    println!(
+    outln!(
         "{}: ok: graph {}, {} nodes ({} inputs, {} params, {} state), {} parameters, {} outputs, {} updates",
         a.file.display(),
         g.name,
@@ -290,9 +317,9 @@ fn print_graph(g: &Graph, format: DumpFormat) -> Result<(), CliError> {
         DumpFormat::Clif => codegen::clif(g, &CompileOptions::default())
             .map_err(|e| CliError(format!("{}: {e}", g.name)))?,
     };
-    print!("{out}");
+    out!("{out}");
     if !out.ends_with('\n') {
-        println!();
+        outln!();
     }
     Ok(())
 }
@@ -371,14 +398,14 @@ fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
     let values = interp::eval::<f32>(&g, &feeds)
         .map_err(|e| CliError(format!("{file}: evaluation failed: {e}")))?;
     if g.outputs().is_empty() {
-        println!("(no outputs)");
+        outln!("(no outputs)");
     }
     for o in g.outputs() {
         let ty = &g[o.node].ty;
         let v = values
             .get(o.node)
             .ok_or_else(|| CliError(format!("{file}: output {} has no value", o.name)))?;
-        println!("{}: {ty} = {}", o.name, format_values(ty, &v.data));
+        outln!("{}: {ty} = {}", o.name, format_values(ty, &v.data));
     }
     for u in g.updates() {
         let ty = &g[u.target].ty;
@@ -386,7 +413,7 @@ fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
         let v = values
             .get(u.value)
             .ok_or_else(|| CliError(format!("{file}: update of {label} has no value")))?;
-        println!("update {label}: {ty} = {}", format_values(ty, &v.data));
+        outln!("update {label}: {ty} = {}", format_values(ty, &v.data));
     }
     Ok(())
 }
@@ -446,11 +473,11 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
         .map_err(|e| CliError(format!("{file}: {e}")))?;
     let run_ms = t0.elapsed().as_secs_f64() * 1e3;
     if outputs.is_empty() {
-        println!("(no outputs)");
+        outln!("(no outputs)");
     }
     let as_f32 = |t: &HostTensor| -> Vec<f32> { t.to_f64().iter().map(|&v| v as f32).collect() };
     for (name, t) in &outputs {
-        println!(
+        outln!(
             "{name}: {} = {}",
             t.ty(),
             format_values(&t.ty(), &as_f32(t))
@@ -464,9 +491,9 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
             .param(&name)
             .or_else(|| exe.state(&name))
             .ok_or_else(|| CliError(format!("{file}: update of {label} has no value")))?;
-        println!("update {label}: {ty} = {}", format_values(ty, &as_f32(&v)));
+        outln!("update {label}: {ty} = {}", format_values(ty, &as_f32(&v)));
     }
-    println!("{}; ran in {run_ms:.3} ms", exe.report());
+    outln!("{}; ran in {run_ms:.3} ms", exe.report());
     Ok(())
 }
 
@@ -989,7 +1016,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     let mut step = resumed.unwrap_or(0);
     let params = m.forward.params();
     let numel: usize = params.iter().map(|&p| m.forward[p].ty.shape.numel()).sum();
-    println!(
+    outln!(
         "{}: graph {}, batch {}, {} params ({} parameters), {} lr {lr}",
         m.file,
         m.forward.name,
@@ -998,14 +1025,14 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         thousands(numel),
         opt.name()
     );
-    println!(
+    outln!(
         "data: {} training images ({per_epoch} steps of {} per epoch; {} images of each shuffled epoch left out), {} test images",
         train.n,
         m.batch,
         train.n % m.batch,
         test.n
     );
-    println!(
+    outln!(
         "training step: {} nodes; built in {:.1} ms (parsing and checking {:.1} ms, autodiff + optimizer {:.1} ms, passes {:.1} ms), compiled in {:.1} ms",
         m.step.len(),
         build_s * 1e3,
@@ -1016,7 +1043,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     );
 
     if let (Some(path), Some(s)) = (&a.resume, resumed) {
-        println!("resumed from {} at step {s}", path.display());
+        outln!("resumed from {} at step {s}", path.display());
     }
     let end = (a.epochs * per_epoch).min(a.steps.unwrap_or(usize::MAX));
     let lr_t = HostTensor::f32(Shape::scalar(), vec![lr as f32]);
@@ -1045,7 +1072,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "epoch {}/{}: {} - {} steps{partial} - {:.2} s",
             epoch + 1,
             a.epochs,
@@ -1055,7 +1082,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         );
     }
     if a.resume.is_some() || step > 0 {
-        println!(
+        outln!(
             "trained to step {step} in {:.2} s",
             t_train.elapsed().as_secs_f64()
         );
@@ -1065,7 +1092,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     if let Some(path) = &a.save {
         let meta = checkpoint_metadata(&m, a, &opt, lr, step, train.n);
         save_checkpoint(path, &m, &exe, &meta)?;
-        println!("saved {} (step {step})", path.display());
+        outln!("saved {} (step {step})", path.display());
     }
     Ok(())
 }
@@ -1075,9 +1102,10 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
 fn evaluate_test(m: &Trainable, trained: &Executable, test: &Dataset) -> Result<(), CliError> {
     let batches = test.n / m.batch;
     if batches == 0 {
-        println!(
+        outln!(
             "test: skipped ({} test images, fewer than one batch of {})",
-            test.n, m.batch
+            test.n,
+            m.batch
         );
         return Ok(());
     }
@@ -1105,7 +1133,7 @@ fn evaluate_test(m: &Trainable, trained: &Executable, test: &Dataset) -> Result<
             .map_err(|e| CliError(format!("{}: test set: {e}", m.file)))?;
         means.add(&outs);
     }
-    println!(
+    outln!(
         "test: {} ({} of {} images, {batches} batches of {}) - {:.2} s",
         means.line(),
         batches * m.batch,
@@ -1140,7 +1168,7 @@ fn cmd_summary(a: &SummaryArgs) -> Result<(), CliError> {
     } else {
         load(&a.file)?
     };
-    print!("{}", summary_text(&g));
+    out!("{}", summary_text(&g));
     Ok(())
 }
 

@@ -204,6 +204,12 @@ pub enum Op {
     /// differentiable (fusion runs after autodiff); printed as a nested block, so it is not in
     /// [`all_op_names`].
     Fused(crate::fused::FusedBody),
+    /// Result `index` (>= 1) of a multi-result fused node, its only operand: no computation of
+    /// its own, the fused node's loop writes its buffer (see [`crate::fused`]). Every result of
+    /// a fused node has the node's type, so this is also the type rule; the verifier checks the
+    /// operand is a fused node with that result. Made by the fusion pass, not differentiable,
+    /// and not in [`all_op_names`] (it belongs with `fused`).
+    FusedResult { index: usize },
 }
 
 /// Error from type inference: what is wrong, in words that name shapes found and expected.
@@ -547,6 +553,7 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
             Op::Fused(_) => "fused",
+            Op::FusedResult { .. } => "fused_result",
         }
     }
 
@@ -573,7 +580,8 @@ impl Op {
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
             | Op::OneHot { .. }
-            | Op::Slice { .. } => Arity::Exact(1),
+            | Op::Slice { .. }
+            | Op::FusedResult { .. } => Arity::Exact(1),
             Op::Binary(_)
             | Op::Compare(_)
             | Op::Matmul
@@ -594,7 +602,12 @@ impl Op {
     pub fn is_differentiable(&self) -> bool {
         !matches!(
             self,
-            Op::Compare(_) | Op::Argmax { .. } | Op::Cast { .. } | Op::OneHot { .. } | Op::Fused(_)
+            Op::Compare(_)
+                | Op::Argmax { .. }
+                | Op::Cast { .. }
+                | Op::OneHot { .. }
+                | Op::Fused(_)
+                | Op::FusedResult { .. }
         )
     }
 
@@ -928,6 +941,13 @@ impl Op {
                 TensorType::new(first.dtype, s)
             }
             Op::Fused(body) => body.infer(operands)?,
+            Op::FusedResult { index } => {
+                f32_operand(0)?;
+                if *index == 0 {
+                    bail!("fused_result: index must be at least 1 (result 0 is the fused node itself)");
+                }
+                operands[0].clone()
+            }
         };
         if ty.shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
             bail!("{name}: result type {ty} has more than {MAX_ELEMENTS} elements");
@@ -1327,6 +1347,7 @@ impl Op {
             "max_pool2d" | "max_pool2d_grad" => &["stride", "window"],
             "one_hot" => &["depth"],
             "slice" => &["begin", "end"],
+            "fused_result" => &["index"],
             _ => return None,
         })
     }
@@ -1377,6 +1398,7 @@ impl Op {
             Op::Slice { begin, end } => vec![("begin", ints(begin)), ("end", ints(end))],
             // the body is printed as a nested block, not as attributes
             Op::Fused(_) => vec![],
+            Op::FusedResult { index } => vec![("index", int(*index))],
         }
     }
 
@@ -1455,6 +1477,9 @@ impl Op {
             },
             "one_hot" => Op::OneHot {
                 depth: r.usize("depth")?,
+            },
+            "fused_result" => Op::FusedResult {
+                index: r.usize("index")?,
             },
             "slice" => Op::Slice {
                 begin: r.list("begin")?,

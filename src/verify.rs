@@ -13,7 +13,8 @@
 //!    other op has as many as [`Op::arity`] allows.
 //! 4. **Types.** Each node's type equals what [`Op::infer`] gives for its operands' types
 //!    (for leaf ops: the declared type itself is valid: params and state are f32, a dense
-//!    const literal has one value per element).
+//!    const literal has one value per element). A `fused_result` reads an existing result
+//!    of a fused node.
 //! 5. **Literals and initializers.** An i32 const holds integers in range; initializer
 //!    parameters are finite, `uniform` has `low < high`, `normal` has `stddev >= 0`.
 //! 6. **Names.** Inputs, params and state are named; every name is valid
@@ -272,6 +273,7 @@ impl<'g> Verifier<'g> {
         };
         if count_ok && slots_ok {
             self.check_type(id);
+            self.check_fused_result(id);
         }
         self.check_literal_and_init(id);
         if let Some(name) = &node.name {
@@ -296,6 +298,13 @@ impl<'g> Verifier<'g> {
             if !g.contains(f) {
                 self.node_error(id, format!("grad_of refers to unknown node #{}", f.index()));
             }
+        }
+    }
+
+    /// A `fused_result` reads a result its operand, a multi-result fused node, has.
+    fn check_fused_result(&mut self, id: NodeId) {
+        if let Some(message) = crate::fused::result_error(self.g, id) {
+            self.node_error(id, message);
         }
     }
 

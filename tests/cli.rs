@@ -348,3 +348,21 @@ fn eval_refuses_graphs_too_large_for_memory() {
     assert_eq!(code, 1);
     insta::assert_snapshot!(err, @"big.ir: the graph's values hold 536870912 elements in all, more than the interpreter's limit of 268435456");
 }
+
+/// A reader that goes away (`gradlift dump FILE | head`) ends the program quietly: exit 0, no
+/// panic message. The pipe's read end is closed before the program starts, so every write
+/// fails with a broken pipe.
+#[test]
+fn closed_stdout_is_not_a_crash() {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_gradlift"))
+        .args(["dump", "ir/mlp.ir"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(writer)
+        .output()
+        .expect("the gradlift binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -70,7 +70,8 @@ fn check_plan(g: &Graph, p: &MemoryPlan, opts: &PlanOptions) -> Result<(), TestC
         if let Some((_, Storage::Arena(i))) = p.resolve(id) {
             let b = &p.buffers[i];
             prop_assert!(b.first <= pos[&id]);
-            for u in g.users(id) {
+            // (a fused_result does not read its fused node: it is written with it)
+            for u in g.users(id).into_iter().filter(|&u| writer(g, u) != id) {
                 prop_assert!(pos[&u] <= b.last, "buffer dies before a user");
             }
             if kept.contains(&id) {
@@ -82,7 +83,7 @@ fn check_plan(g: &Graph, p: &MemoryPlan, opts: &PlanOptions) -> Result<(), TestC
         match b.kind {
             BufferKind::Value => {
                 prop_assert_eq!(b.bytes, g[b.node].ty.shape.numel() * ELEMENT_BYTES);
-                prop_assert_eq!(b.first, pos[&b.node]);
+                prop_assert_eq!(b.first, pos[&writer(g, b.node)]);
             }
             BufferKind::Scratch => {
                 prop_assert_eq!(Some(&b.bytes), opts.scratch_bytes.get(&b.node));
@@ -117,6 +118,14 @@ fn check_plan(g: &Graph, p: &MemoryPlan, opts: &PlanOptions) -> Result<(), TestC
         p.buffers.iter().map(|b| b.size).sum::<usize>()
     );
     simulate(g, p).map_err(TestCaseError::fail)
+}
+
+/// The node whose code writes `id`'s value: a `fused_result` is written by its fused node.
+fn writer(g: &Graph, id: NodeId) -> NodeId {
+    match g[id].op {
+        Op::FusedResult { .. } => g.operands(id)[0],
+        _ => id,
+    }
 }
 
 /// A unit of memory in the simulation: a 64-byte chunk of the arena, or a whole buffer
@@ -169,7 +178,8 @@ fn simulate(g: &Graph, p: &MemoryPlan) -> Result<(), String> {
         }
     }
     for (t, &id) in p.schedule.iter().enumerate() {
-        if matches!(p.storage[&id], Storage::Leaf | Storage::Alias(_)) {
+        let no_code = matches!(g[id].op, Op::FusedResult { .. });
+        if no_code || matches!(p.storage[&id], Storage::Leaf | Storage::Alias(_)) {
             continue; // no code of their own
         }
         let operands = g.operands(id);
@@ -178,21 +188,34 @@ fn simulate(g: &Graph, p: &MemoryPlan) -> Result<(), String> {
                 return Err(format!("position {t}: operand {} clobbered", o.index()));
             }
         }
-        let (out, _) = cells(p, id);
-        for c in &out {
-            mem.insert(*c, Content::Value(id));
+        // the node's result and, for a multi-result fused node, its other results
+        let mut written = vec![id];
+        written.extend(
+            g.users(id)
+                .into_iter()
+                .filter(|&u| writer(g, u) == id && u != id),
+        );
+        for &w in &written {
+            for c in cells(p, w).0 {
+                mem.insert(c, Content::Value(w));
+            }
         }
         if let Some(s) = p.scratch(id) {
             for c in chunks(s.offset, s.size) {
                 mem.insert(c, Content::Scratch(id));
             }
         }
-        if !intact(&mem, id) {
-            return Err(format!("position {t}: scratch overlaps the result"));
+        if let Some(w) = written.iter().find(|&&w| !intact(&mem, w)) {
+            return Err(format!(
+                "position {t}: result {} overlaps the scratch or another result",
+                w.index()
+            ));
         }
         for &o in &operands {
             // in place: the update value reads its target element for element as it writes
-            let in_place_read = p.storage[&id] == Storage::InPlace(o);
+            let in_place_read = written
+                .iter()
+                .any(|&w| p.storage[&w] == Storage::InPlace(o));
             if !in_place_read && !intact(&mem, o) {
                 return Err(format!(
                     "position {t}: node {} overwrites its operand {}",

@@ -63,3 +63,66 @@ fn every_rule_and_pass_has_a_file_that_exercises_it() {
         assert!(report.changed(), "{pass}.ir: {report}");
     }
 }
+
+/// Every other `.ir` file under `ir/` (the models and the per-op files), and the Adam training
+/// step of each model but the 28-step RNN (forward + autodiff gradients + `optim` Adam, the
+/// graphs the closing figures are about): the report of each pass of the default pipeline and
+/// the graph after each pass that changed it (a pass that changed nothing prints only its
+/// report), then the memory plan of the result.
+#[test]
+fn corpus_files_through_the_default_pipeline() {
+    insta::glob!("../ir", "{*.ir,ops/*.ir}", |path| {
+        let src = std::fs::read_to_string(path).expect("readable .ir file");
+        let rel = path
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        let g = text::parse(&src, &rel).unwrap_or_else(|e| panic!("{e}"));
+        let mut graphs = vec![("forward", g.clone())];
+        let is_model = g.output("loss").is_some() && !g.params().is_empty();
+        if is_model && !rel.ends_with("rnn.ir") && g.updates().is_empty() {
+            graphs.push(("adam training step", adam_step(g)));
+        }
+        let mut out = String::new();
+        for (what, mut g) in graphs {
+            let _ = writeln!(
+                out,
+                "##### {rel}, {what}\n=== input ({} nodes)\n{}",
+                g.len(),
+                text::print(&g)
+            );
+            for p in Pipeline::default().passes() {
+                let report = (p.run)(&mut g);
+                let errors = check_graph(&g);
+                assert!(errors.is_empty(), "{rel} after {}: {errors:?}", p.name);
+                if report.changed() {
+                    let _ = writeln!(
+                        out,
+                        "=== after {} ({} nodes): {report}\n{}",
+                        p.name,
+                        g.len(),
+                        text::print(&g)
+                    );
+                } else {
+                    let _ = writeln!(out, "=== after {}: {report}", p.name);
+                }
+            }
+            let _ = writeln!(out, "=== plan: {}\n", plan(&g).expect("acyclic"));
+        }
+        insta::assert_snapshot!(out);
+    });
+}
+
+/// `g` with the gradient of `loss` w.r.t. every param and Adam updates (learning rate input
+/// `lr`); gradients are not outputs.
+fn adam_step(mut g: gradlift::Graph) -> gradlift::Graph {
+    let grads = gradlift::autodiff::grad_all_params(&mut g, "loss", None).expect("gradients");
+    let lr = gradlift::optim::lr_input(&mut g).expect("lr input");
+    let pairs: Vec<_> = grads.iter().map(|n| (n.wrt, n.grad)).collect();
+    gradlift::optim::Optimizer::adam()
+        .apply(&mut g, lr, &pairs)
+        .expect("adam");
+    g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
+    g
+}

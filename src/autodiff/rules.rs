@@ -34,7 +34,9 @@ pub(super) fn missing_rule(op: &Op) -> Option<&'static str> {
         Op::Argmax { .. } => Some("is not differentiable (it returns integer indices)"),
         Op::Cast { .. } => Some("is not differentiable (it converts to or from integers)"),
         Op::OneHot { .. } => Some("is not differentiable (its operand is an integer index)"),
-        Op::Fused(_) => Some("is not differentiable; run fusion after autodiff"),
+        Op::Fused(_) | Op::FusedResult { .. } => {
+            Some("is not differentiable; run fusion after autodiff")
+        }
         _ => None,
     }
 }
@@ -72,9 +74,12 @@ pub(super) fn vjp(cx: &mut Cx<'_>, gy: NodeId, wants: &[bool]) -> Grads {
         Op::Slice { begin, end } => slice(cx, &begin, &end, gy),
         Op::Concat { axis } => concat(cx, axis, gy),
         // Checked by the driver before anything is built (`missing_rule`).
-        Op::Compare(_) | Op::Argmax { .. } | Op::Cast { .. } | Op::OneHot { .. } | Op::Fused(_) => {
-            Ok(vec![None; wants.len()])
-        }
+        Op::Compare(_)
+        | Op::Argmax { .. }
+        | Op::Cast { .. }
+        | Op::OneHot { .. }
+        | Op::Fused(_)
+        | Op::FusedResult { .. } => Ok(vec![None; wants.len()]),
     }
 }
 

@@ -150,6 +150,9 @@ fn elem_type(dtype: DType, vector: bool) -> Type {
 /// An elementwise function: operand values in, result out; `true` when the values are vectors.
 type ElemFn<'f, 'a> = &'f dyn Fn(&mut Lowerer<'a>, &[Value], bool) -> Value;
 
+/// An elementwise function with several results (one per output of [`Lowerer::map_n`]).
+type MultiElemFn<'f, 'a> = &'f dyn Fn(&mut Lowerer<'a>, &[Value], bool) -> Vec<Value>;
+
 /// A loop body: index and carried values in, next carried values out.
 type LoopBody<'f, 'a> = &'f mut dyn FnMut(&mut Lowerer<'a>, Value, &[Value]) -> Vec<Value>;
 
@@ -424,7 +427,29 @@ impl<'a> Lowerer<'a> {
         vectorizable: bool,
         f: ElemFn<'_, 'a>,
     ) {
-        let views: Vec<&View> = std::iter::once(out).chain(ins).collect();
+        self.map_n(
+            std::slice::from_ref(out),
+            dims,
+            ins,
+            vectorizable,
+            &|lw, v, vector| vec![f(lw, v, vector)],
+        );
+    }
+
+    /// `outs[j][idx] = f(ins[0][idx], ..)[j]` over the iteration space `dims`: one loop nest
+    /// that writes several results (a multi-result fused node). Every element's operands are
+    /// loaded before any of its results is stored, so a result may be written in place over an
+    /// operand read at the same index.
+    fn map_n(
+        &mut self,
+        outs: &[View],
+        dims: &[usize],
+        ins: &[View],
+        vectorizable: bool,
+        f: MultiElemFn<'_, 'a>,
+    ) {
+        let n_out = outs.len();
+        let views: Vec<&View> = outs.iter().chain(ins).collect();
         let mut strides: Vec<Vec<i64>> = views.iter().map(|v| v.strides.clone()).collect();
         let cd = collapse(dims, &mut strides);
         let rank = cd.len();
@@ -437,8 +462,8 @@ impl<'a> Lowerer<'a> {
         let vector = vectorizable
             && all_f32
             && len >= LANES
-            && inner[0] == 1
-            && inner[1..].iter().all(|&s| s == 0 || s == 1);
+            && inner[..n_out].iter().all(|&s| s == 1)
+            && inner[n_out..].iter().all(|&s| s == 0 || s == 1);
         let outer: Vec<Vec<i64>> = strides.iter().map(|s| s[..rank - 1].to_vec()).collect();
         let offs: Vec<Value> = views
             .iter()
@@ -456,19 +481,27 @@ impl<'a> Lowerer<'a> {
                 .map(|(&o, &s)| lw.b.ins().iadd(lw.bases[s], o))
                 .collect();
             if vector {
-                lw.map_row_vector(&ptrs, &inner, len, f);
+                lw.map_row_vector(n_out, &ptrs, &inner, len, f);
             } else {
-                lw.map_row_scalar(&ptrs, &inner, &dtypes, len, f);
+                lw.map_row_scalar(n_out, &ptrs, &inner, &dtypes, len, f);
             }
         });
     }
 
-    /// One contiguous row with `f32x4` vectors and a scalar tail. `ptrs[0]` is the output.
-    fn map_row_vector(&mut self, ptrs: &[Value], inner: &[i64], len: usize, f: ElemFn<'_, 'a>) {
+    /// One contiguous row with `f32x4` vectors and a scalar tail. `ptrs[..n_out]` are the
+    /// outputs.
+    fn map_row_vector(
+        &mut self,
+        n_out: usize,
+        ptrs: &[Value],
+        inner: &[i64],
+        len: usize,
+        f: MultiElemFn<'_, 'a>,
+    ) {
         // broadcast operands: one scalar for the whole row
-        let scalars: Vec<Option<Value>> = ptrs[1..]
+        let scalars: Vec<Option<Value>> = ptrs[n_out..]
             .iter()
-            .zip(&inner[1..])
+            .zip(&inner[n_out..])
             .map(|(&p, &s)| (s == 0).then(|| self.load(types::F32, p, 0)))
             .collect();
         let splats: Vec<Option<Value>> = scalars
@@ -477,7 +510,7 @@ impl<'a> Lowerer<'a> {
             .collect();
         // one vector at byte offset `base + off` of every operand
         let emit = |lw: &mut Self, base: Value, off: i64| {
-            let vals: Vec<Value> = ptrs[1..]
+            let vals: Vec<Value> = ptrs[n_out..]
                 .iter()
                 .zip(&splats)
                 .map(|(&p, s)| match s {
@@ -488,9 +521,11 @@ impl<'a> Lowerer<'a> {
                     }
                 })
                 .collect();
-            let r = f(lw, &vals, true);
-            let a = lw.b.ins().iadd(ptrs[0], base);
-            lw.store(r, a, off);
+            let rs = f(lw, &vals, true);
+            for (&p, r) in ptrs[..n_out].iter().zip(rs) {
+                let a = lw.b.ins().iadd(p, base);
+                lw.store(r, a, off);
+            }
         };
         // unrolled twice: two independent vectors per iteration
         let nv = len / LANES;
@@ -507,7 +542,7 @@ impl<'a> Lowerer<'a> {
         }
         for t in nv * LANES..len {
             let off = (t * 4) as i64;
-            let vals: Vec<Value> = ptrs[1..]
+            let vals: Vec<Value> = ptrs[n_out..]
                 .iter()
                 .zip(&scalars)
                 .map(|(&p, s)| match s {
@@ -515,19 +550,22 @@ impl<'a> Lowerer<'a> {
                     None => self.load(types::F32, p, off),
                 })
                 .collect();
-            let r = f(self, &vals, false);
-            self.store(r, ptrs[0], off);
+            let rs = f(self, &vals, false);
+            for (&p, r) in ptrs[..n_out].iter().zip(rs) {
+                self.store(r, p, off);
+            }
         }
     }
 
-    /// One row element by element with arbitrary strides. `ptrs[0]` is the output.
+    /// One row element by element with arbitrary strides. `ptrs[..n_out]` are the outputs.
     fn map_row_scalar(
         &mut self,
+        n_out: usize,
         ptrs: &[Value],
         inner: &[i64],
         dtypes: &[DType],
         len: usize,
-        f: ElemFn<'_, 'a>,
+        f: MultiElemFn<'_, 'a>,
     ) {
         self.for_range(len, vec![], &mut |lw, j, _| {
             let addrs: Vec<Value> = ptrs
@@ -542,13 +580,15 @@ impl<'a> Lowerer<'a> {
                     }
                 })
                 .collect();
-            let vals: Vec<Value> = addrs[1..]
+            let vals: Vec<Value> = addrs[n_out..]
                 .iter()
-                .zip(&dtypes[1..])
+                .zip(&dtypes[n_out..])
                 .map(|(&a, &d)| lw.load(elem_type(d, false), a, 0))
                 .collect();
-            let r = f(lw, &vals, false);
-            lw.store(r, addrs[0], 0);
+            let rs = f(lw, &vals, false);
+            for (&a, r) in addrs[..n_out].iter().zip(rs) {
+                lw.store(r, a, 0);
+            }
             vec![]
         });
     }
@@ -1061,8 +1101,23 @@ impl<'a> Lowerer<'a> {
             Op::OneHot { depth } => self.one_hot(out, ins[0], &in_ty(0).shape, *depth),
             Op::Fused(body) => {
                 let shapes: Vec<Shape> = (0..ins.len()).map(|i| in_ty(i).shape.clone()).collect();
-                self.fused(id, body, out, &ins, &shapes, shape, plan, &operands)?;
+                // results 1.. go to the buffers of the fused_result nodes that read them
+                let mut extra_outs = Vec::new();
+                for u in g.users(id) {
+                    if let Op::FusedResult { index } = g[u].op {
+                        extra_outs.push((index, loc_of(u)?));
+                    }
+                }
+                extra_outs.sort_by_key(|&(k, l)| (k, l.slot, l.offset));
+                extra_outs.dedup();
+                let outs = fused::FusedOuts {
+                    main: out,
+                    extra: &extra_outs,
+                };
+                self.fused(id, body, outs, &ins, &shapes, shape, plan, &operands)?;
             }
+            // written by its fused operand's loop
+            Op::FusedResult { .. } => {}
         }
         Ok(())
     }

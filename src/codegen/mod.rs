@@ -211,6 +211,9 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, CompileError> {
                 ),
             ));
         }
+        if let Some(message) = crate::fused::result_error(g, id) {
+            return Err(invalid(id, message));
+        }
         if matches!(n.op, Op::Input | Op::Param { .. } | Op::State { .. }) && n.name.is_none() {
             return Err(invalid(id, "inputs, params and state need a name".into()));
         }

@@ -39,7 +39,9 @@ pub fn run(g: &mut Graph) -> PassReport {
     };
     let mut folded = 0;
     for id in order {
-        if g[id].op.is_leaf() {
+        // a multi-result fused node stays: its fused_result nodes read it
+        let multi = matches!(&g[id].op, Op::Fused(b) if !b.extra.is_empty());
+        if g[id].op.is_leaf() || multi {
             continue;
         }
         let operands = g.operands(id);

@@ -16,7 +16,17 @@
 //! - epilogues: a group without a reduction may then absorb one `matmul` or `conv2d` operand
 //!   whose only users are in the group and whose shape is the domain (bias add, activation,
 //!   and in the backward graph the activation's derivative mask, fuse into the GEMM's or the
-//!   convolution's output);
+//!   convolution's output), unless the group computes an update value: the JIT writes those
+//!   in place into their param or state, which works for an elementwise loop but not for a
+//!   GEMM output (the weight gradient's GEMM writes a buffer, the optimizer's loop then
+//!   updates the param and its moments in place);
+//! - multi-output fusion: an operand that fails the rule above only because its value is
+//!   needed in memory (it has users outside the group, or it is an output or an update value)
+//!   still joins a group without a reduction when it is fusible, has the domain's shape, and
+//!   none of its outside users depends on the group's root (that would be a cycle). The kernel
+//!   then computes it as an extra result, read through a `fused_result` node that takes over
+//!   its name and uses: one Adam update (new moments and new parameter, all update values)
+//!   becomes one loop;
 //! - a group of one node is left alone (nothing to fuse).
 //!
 //! Before grouping, one rewrite frees activations for their epilogue: a relu derivative mask
@@ -27,7 +37,7 @@
 //! Counts: `fused_kernels` (new fused nodes) and `nodes_fused` (nodes they replace).
 //! Existing fused nodes are opaque, so a second run changes nothing (idempotence).
 
-use super::rewrite::{is_root, redirect_grad_of_all, replace_node, splat_value};
+use super::rewrite::{is_root, move_uses, redirect_grad_of_all, replace_node, splat_value};
 use super::PassReport;
 use crate::fused::{FusedBody, FusedInst};
 use crate::graph::{Graph, Node, NodeId};
@@ -95,6 +105,9 @@ pub fn run(g: &mut Graph) -> PassReport {
         };
         let mut members: Vec<NodeId> = vec![root];
         let mut in_group: HashSet<NodeId> = HashSet::from([root]);
+        // members whose value is also needed in memory (extra results of the kernel)
+        let mut extra: Vec<NodeId> = Vec::new();
+        let mut root_ancestors: Option<HashSet<NodeId>> = None;
         let mut frontier = vec![root];
         let mut candidates_matmul: Vec<NodeId> = Vec::new();
         let mut local_remarks = Vec::new();
@@ -121,12 +134,18 @@ pub fn run(g: &mut Graph) -> PassReport {
                     continue;
                 }
                 if let Some(why) = blocker(g, p, &in_group, &domain) {
-                    local_remarks.push(format!(
-                        "not fused: {} into {}: {why}",
-                        label(p),
-                        label(root)
-                    ));
-                    continue;
+                    let ancestors = root_ancestors.get_or_insert_with(|| ancestors_of(g, root));
+                    match extra_blocker(g, p, &in_group, &domain, reduce, ancestors) {
+                        None => extra.push(p),
+                        Some(also) => {
+                            local_remarks.push(format!(
+                                "not fused: {} into {}: {why}{also}",
+                                label(p),
+                                label(root)
+                            ));
+                            continue;
+                        }
+                    }
                 }
                 in_group.insert(p);
                 members.push(p);
@@ -139,9 +158,21 @@ pub fn run(g: &mut Graph) -> PassReport {
             continue;
         }
         let mut matmul = None;
+        let writes_update = std::iter::once(&root)
+            .chain(&extra)
+            .any(|&m| g.updates().iter().any(|u| u.value == m));
         if !reduce {
             for mm in candidates_matmul {
                 if matmul.is_some() || in_group.contains(&mm) {
+                    continue;
+                }
+                if writes_update {
+                    local_remarks.push(format!(
+                        "epilogue not fused: {} into {}: the kernel computes update values in \
+                         place, which a GEMM or convolution output cannot be",
+                        label(mm),
+                        label(root)
+                    ));
                     continue;
                 }
                 match blocker(g, mm, &in_group, &domain) {
@@ -166,7 +197,12 @@ pub fn run(g: &mut Graph) -> PassReport {
             members.insert(0, mm);
         }
         taken.extend(members.iter().copied());
-        groups.push(Group { root, members });
+        extra.sort_by_key(|id| position[id]);
+        groups.push(Group {
+            root,
+            members,
+            extra,
+        });
     }
     let mut seen = HashSet::new();
     for r in remarks {
@@ -176,13 +212,16 @@ pub fn run(g: &mut Graph) -> PassReport {
     }
     let mut fused_kernels = 0;
     let mut nodes_fused = 0;
+    let mut extra_results = 0;
     for group in groups {
         nodes_fused += group.members.len();
+        extra_results += group.extra.len();
         fused_kernels += 1;
         apply(g, &group);
     }
     report.count("fused_kernels", fused_kernels);
     report.count("nodes_fused", nodes_fused);
+    report.count("extra_results", extra_results);
     report
 }
 
@@ -213,10 +252,53 @@ fn relu_masks_from_output(g: &mut Graph) -> usize {
     n
 }
 
-/// A group: its root (the value it computes) and its members in evaluation order.
+/// A group: its root (the value it computes), its members in evaluation order, and the
+/// members that are also extra results (in evaluation order).
 struct Group {
     root: NodeId,
     members: Vec<NodeId>,
+    extra: Vec<NodeId>,
+}
+
+/// Every node `id` depends on, `id` included.
+fn ancestors_of(g: &Graph, id: NodeId) -> HashSet<NodeId> {
+    let mut seen = HashSet::from([id]);
+    let mut stack = vec![id];
+    while let Some(n) = stack.pop() {
+        for o in g.operands(n) {
+            if seen.insert(o) {
+                stack.push(o);
+            }
+        }
+    }
+    seen
+}
+
+/// Why operand `p`, blocked by [`blocker`], cannot join as an extra result either (a text that
+/// continues the blocker's), or `None` when it can: the group has no reduction, `p` is
+/// fusible, has the domain's shape, and none of its outside users is an ancestor of the root.
+fn extra_blocker(
+    g: &Graph,
+    p: NodeId,
+    in_group: &HashSet<NodeId>,
+    domain: &crate::shape::Shape,
+    reduce: bool,
+    root_ancestors: &HashSet<NodeId>,
+) -> Option<String> {
+    if &g[p].ty.shape != domain {
+        return Some(String::new());
+    }
+    if reduce {
+        return Some(", and a kernel with a reduction has one result".into());
+    }
+    if let Some(why) = not_fusible(g, p) {
+        return Some(format!(", and {why}"));
+    }
+    let cycle = g
+        .users(p)
+        .into_iter()
+        .any(|u| !in_group.contains(&u) && root_ancestors.contains(&u));
+    cycle.then(|| ", and a user outside the kernel feeds the kernel's result".into())
 }
 
 /// Why operand `p` cannot join a group with members `in_group` and domain `domain`.
@@ -274,6 +356,7 @@ fn apply(g: &mut Graph, group: &Group) {
     let body = FusedBody {
         n_params: params.len(),
         insts,
+        extra: group.extra.iter().map(|e| index[e]).collect(),
     };
     let root = &g[group.root];
     let node = Node {
@@ -285,10 +368,28 @@ fn apply(g: &mut Graph, group: &Group) {
     };
     let fused = g.add_raw(node, &params);
     replace_node(g, group.root, fused);
+    // extra results: a fused_result node takes over each one's name, uses and updates
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    for (k, &e) in group.extra.iter().enumerate() {
+        let n = &g[e];
+        let result = Node {
+            op: Op::FusedResult { index: k + 1 },
+            ty: n.ty.clone(),
+            name: None,
+            loc: n.loc.clone(),
+            grad_of: n.grad_of,
+        };
+        let r = g.add_raw(result, &[fused]);
+        map.insert(e, r);
+    }
+    redirect_grad_of_all(g, &map);
+    for &e in &group.extra {
+        move_uses(g, e, map[&e]);
+    }
     let others: HashSet<NodeId> = members
         .iter()
         .copied()
-        .filter(|&m| m != group.root)
+        .filter(|&m| m != group.root && !group.extra.contains(&m))
         .collect();
     let map: HashMap<NodeId, NodeId> = others.iter().map(|&m| (m, fused)).collect();
     redirect_grad_of_all(g, &map);

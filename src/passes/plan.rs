@@ -12,9 +12,10 @@
 //! - Leaf: inputs are the caller's buffers, params and state are owned by the executable (and
 //!   updated at the end of the step), constants live in its read-only data.
 //! - In-place update: an elementwise update value (unary, binary, or a fused body with no
-//!   leading matmul/conv2d and no trailing reduction) whose param or state nobody reads at or
-//!   after the value's position (except the value itself, directly, element for element) is
-//!   computed straight into that param or state buffer. Not when the target is kept (an
+//!   leading matmul/conv2d and no trailing reduction, or one of its `fused_result`s) whose
+//!   param or state nobody reads at or after the value's position (except the value's own
+//!   code, directly, element for element) is computed straight into that param or state
+//!   buffer. Not when the target is kept (an
 //!   output, or the source of an update: its old value is needed at the end).
 //! - Alias: a reshape, or a transpose the code generator folds into its matmul users (read
 //!   through swapped strides), shares the bytes of its operand's storage (its root).
@@ -24,8 +25,9 @@
 //!
 //! Arena buffers (sizes: element count times [`ELEMENT_BYTES`], rounded up to [`ALIGN`] =
 //! 64 bytes, so every offset is 64-byte aligned: a cache line, enough for any SIMD load):
-//! - Value: live from its node's position (see `first_position`) to the last position where
-//!   it or an alias of it is read, both included, so a node's result never shares bytes with
+//! - Value: live from the position where it is written (see `first_position`: its node's,
+//!   or for a `fused_result` its fused node's, whose loop writes every result) to the last
+//!   position where it or an alias of it is read, both included, so a node's result never shares bytes with
 //!   its operands (kernels read operands while writing). Outputs and update values (through
 //!   their aliases) live to the end of the step (position `schedule.len()`): the caller reads
 //!   them, or they are copied into their param or state. A value nobody reads lives only at
@@ -302,14 +304,29 @@ fn new_buffer(node: NodeId, kind: BufferKind, bytes: usize, first: usize, last: 
     }
 }
 
-/// Position in the schedule where the buffer of node `id` is written: the node's own
-/// position. Multi-result fused nodes will define their result nodes' buffers at the fused
-/// node's position (an `Op::FusedResult` arm returning its operand's position), so that a
-/// result's buffer is live while the fused node runs and never overlaps its operands.
-#[allow(clippy::match_single_binding)] // the `Op::FusedResult` arm is coming
+/// The node whose code writes node `id`'s buffer: the node itself, except for a result of a
+/// multi-result fused node (`fused_result`, no code of its own), which the fused node's loop
+/// writes.
+fn writer(g: &Graph, id: NodeId) -> NodeId {
+    match g[id].op {
+        Op::FusedResult { .. } => g.operands(id).first().copied().unwrap_or(id),
+        _ => id,
+    }
+}
+
+/// Position in the schedule where the buffer of node `id` is written: its writer's position.
+/// So a multi-result fused node defines its result nodes' buffers at its own position: they
+/// are live while it runs and never overlap its operands.
 fn first_position(g: &Graph, id: NodeId, pos: &HashMap<NodeId, usize>) -> usize {
-    match &g[id].op {
-        _ => pos[&id],
+    pos[&writer(g, id)]
+}
+
+/// The operands whose bytes node `id`'s code reads: all, except for a `fused_result`, whose
+/// operand (its fused node) writes it rather than being read by it.
+fn reads(g: &Graph, id: NodeId) -> Vec<NodeId> {
+    match g[id].op {
+        Op::FusedResult { .. } => vec![],
+        _ => g.operands(id),
     }
 }
 
@@ -341,7 +358,7 @@ fn last_reads(
 ) -> HashMap<NodeId, usize> {
     let mut last: HashMap<NodeId, usize> = HashMap::new();
     for &id in schedule {
-        for o in g.operands(id) {
+        for o in reads(g, id) {
             let e = last.entry(root[&o]).or_insert(0);
             *e = (*e).max(pos[&id]);
         }
@@ -358,10 +375,11 @@ fn last_reads(
 }
 
 /// Updates `target <- value` whose value can be computed directly into the target's buffer,
-/// as `value -> target`. Safe when the value is an elementwise op that reads the target (if at
-/// all) only directly, at the same position of the same shape; no other node reads the target
-/// at or after the value's position; the target is not an output or another update's source;
-/// and the value has its own storage (not an alias, not a leaf).
+/// as `value -> target`. Safe when the value's writer (the value, or the fused node of a
+/// `fused_result`) is an elementwise op that reads the target (if at all) only directly, at
+/// the same position of the same shape; no other node reads the target at or after the
+/// writer's position; the target is not an output or another update's source; and the value
+/// has its own storage (not an alias, not a leaf).
 fn in_place_updates(
     g: &Graph,
     schedule: &[NodeId],
@@ -375,16 +393,18 @@ fn in_place_updates(
     // who reads each root's bytes
     let mut readers: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
     for &id in schedule {
-        for o in g.operands(id) {
+        for o in reads(g, id) {
             readers.entry(root[&o]).or_default().push(id);
         }
     }
     let mut out = HashMap::new();
     for u in g.updates() {
         let (t, v) = (u.target, u.value);
+        // the code that computes v: v, or the fused node of a fused_result
+        let w = writer(g, v);
         // a fused elementwise body reads every operand at the position it writes (a leading
         // matmul/conv2d or a trailing reduction would not: they stay out)
-        let elementwise = match &g[v].op {
+        let elementwise = match &g[w].op {
             Op::Unary(_) | Op::Binary(_) => true,
             Op::Fused(b) => b.producer().is_none() && b.reduction().is_none(),
             _ => false,
@@ -392,10 +412,10 @@ fn in_place_updates(
         if !elementwise || root[&v] != v || kept.contains(&t) || out.contains_key(&v) {
             continue;
         }
-        let pv = first_position(g, v, pos);
+        let pw = pos[&w];
         let ok = readers.get(&t).is_none_or(|rs| {
             rs.iter().all(|&r| {
-                pos[&r] < pv || (r == v && g.operands(v).iter().all(|&o| root[&o] != t || o == t))
+                pos[&r] < pw || (r == w && g.operands(w).iter().all(|&o| root[&o] != t || o == t))
             })
         });
         if ok {

@@ -388,9 +388,32 @@ impl Parser<'_> {
                         ),
                     ));
                 }
+                // further results of a multi-result body: `yield %7, %4, %5`
+                let mut extra = Vec::new();
+                while *self.peek() == Tok::Punct(',') {
+                    self.bump();
+                    let e = self.value_ref("a further result `%K` after `,`")?;
+                    match e.label.parse::<usize>() {
+                        Ok(v) if v < last => extra.push(v),
+                        _ => {
+                            return Err(self.err(
+                                e.pos,
+                                format!(
+                                    "`%{}` is not a value of the body (`%0`..`%{}`)",
+                                    e.label,
+                                    last.saturating_sub(1)
+                                ),
+                            ))
+                        }
+                    }
+                }
                 self.skip_blank_lines();
                 self.punct('}', "`}` to close the body of `fused` after `yield`")?;
-                return Ok(crate::fused::FusedBody { n_params, insts });
+                return Ok(crate::fused::FusedBody {
+                    n_params,
+                    insts,
+                    extra,
+                });
             }
             if *self.peek() == Tok::Eof || *self.peek() == Tok::Punct('}') {
                 return Err(self.expected(&format!(

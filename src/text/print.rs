@@ -213,7 +213,8 @@ fn node_line(g: &Graph, id: NodeId, names: &Labels, opts: PrintOptions) -> Strin
 }
 
 /// ` {`, one line per instruction of a fused body (`%K: TYPE = OP %A, %B, key=value`,
-/// values numbered operands first), `yield %R` and `}`, indented for a body line.
+/// values numbered operands first), `yield %R` (or `yield %R, %E1, ..` for a multi-result
+/// body) and `}`, indented for a body line.
 fn fused_block(body: &crate::fused::FusedBody) -> String {
     let mut s = String::from(" {");
     for (i, inst) in body.insts.iter().enumerate() {
@@ -231,11 +232,8 @@ fn fused_block(body: &crate::fused::FusedBody) -> String {
             s.push_str(&items.join(", "));
         }
     }
-    let _ = write!(
-        s,
-        "\n    yield %{}\n  }}",
-        body.n_params + body.insts.len().saturating_sub(1)
-    );
+    let results: Vec<String> = body.results().iter().map(|r| format!("%{r}")).collect();
+    let _ = write!(s, "\n    yield {}\n  }}", results.join(", "));
     s
 }
 

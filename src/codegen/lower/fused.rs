@@ -11,6 +11,9 @@
 //! - A leading matmul or conv2d (an epilogue body) writes its result into the output buffer
 //!   with the ordinary lowering (GEMM call, convolution kernel); the elementwise loop then
 //!   reads it back from there and overwrites it in place.
+//! - A multi-result body writes every result from the same loop ([`Lowerer::map_n`]): result 0
+//!   to the node's buffer, result `k` to the buffer of its `fused_result` node (a result no node
+//!   reads is computed but not stored).
 
 use super::{broadcast_strides, float_cc, LowerError, Lowerer, View};
 use crate::codegen::plan::{Loc, Plan};
@@ -31,20 +34,28 @@ enum Source {
     None,
 }
 
+/// Where a fused node's results go: the main result, and `(k, buffer)` for each extra result
+/// `k >= 1` that a `fused_result` node reads.
+pub(crate) struct FusedOuts<'o> {
+    pub main: Loc,
+    pub extra: &'o [(usize, Loc)],
+}
+
 impl<'a> Lowerer<'a> {
-    /// Lowers fused node `id` with operands at `ins` (dense, of types `in_shapes`) into `out`.
+    /// Lowers fused node `id` with operands at `ins` (dense, of types `in_shapes`) into `outs`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn fused(
         &mut self,
         id: NodeId,
         body: &FusedBody,
-        out: Loc,
+        outs: FusedOuts<'_>,
         ins: &[Loc],
         in_shapes: &[Shape],
         out_shape: &Shape,
         plan: &Plan,
         operands: &[NodeId],
     ) -> Result<(), LowerError> {
+        let out = outs.main;
         let domain = body.domain();
         let np = body.n_params;
         let reduce = body.reduction().cloned();
@@ -96,7 +107,7 @@ impl<'a> Lowerer<'a> {
             sources[np] = Source::Loaded(first_input + views.len());
             views.push(View::dense(out, DType::F32, &domain));
         }
-        let eval = |lw: &mut Lowerer<'a>, vals: &[Value], vector: bool| -> Value {
+        let eval = |lw: &mut Lowerer<'a>, vals: &[Value], vector: bool| -> Vec<Option<Value>> {
             let mut v: Vec<Option<Value>> = sources
                 .iter()
                 .map(|s| match s {
@@ -109,12 +120,39 @@ impl<'a> Lowerer<'a> {
                 let r = lw.fused_inst(&inst.op, &args, vector);
                 v[np + start + i] = Some(r);
             }
-            v[np + end - 1].unwrap_or(vals[0])
+            v
         };
+        let main = np + end - 1;
         match reduce {
+            None if !outs.extra.is_empty() => {
+                let results = body.results();
+                let mut targets: Vec<View> = vec![View::dense(out, DType::F32, out_shape)];
+                let mut which: Vec<usize> = vec![main];
+                for &(k, loc) in outs.extra {
+                    let Some(&r) = results.get(k) else {
+                        return Err(format!(
+                            "fused_result index {k} is not a result of the body"
+                        ));
+                    };
+                    targets.push(View::dense(loc, DType::F32, out_shape));
+                    which.push(r);
+                }
+                self.map_n(
+                    &targets,
+                    domain.dims(),
+                    &views,
+                    true,
+                    &|lw, vals, vector| {
+                        let v = eval(lw, vals, vector);
+                        which.iter().map(|&r| v[r].unwrap_or(vals[0])).collect()
+                    },
+                );
+            }
             None => {
                 let dense = View::dense(out, DType::F32, out_shape);
-                self.map(&dense, domain.dims(), &views, true, &eval);
+                self.map(&dense, domain.dims(), &views, true, &|lw, vals, vector| {
+                    eval(lw, vals, vector)[main].unwrap_or(vals[0])
+                });
             }
             Some(r) => {
                 let Op::Reduce { kind, axes, .. } = &r.op else {
@@ -131,7 +169,7 @@ impl<'a> Lowerer<'a> {
                 let mut all = vec![acc.clone()];
                 all.extend(views);
                 self.map(&acc, domain.dims(), &all, true, &|lw, vals, vector| {
-                    let x = eval(lw, vals, vector);
+                    let x = eval(lw, vals, vector)[main].unwrap_or(vals[0]);
                     lw.combine(kind, DType::F32, vals[0], x)
                 });
                 if kind == ReduceOp::Mean {
