@@ -15,8 +15,8 @@
 //!   leading matmul/conv2d and no trailing reduction, or one of its `fused_result`s) whose
 //!   param or state nobody reads at or after the value's position (except the value's own
 //!   code, directly, element for element) is computed straight into that param or state
-//!   buffer. Not when the target is kept (an
-//!   output, or the source of an update: its old value is needed at the end).
+//!   buffer. Not when the target is kept (an output, or the source of an update: its old
+//!   value is needed at the end).
 //! - Alias: a reshape, or a transpose the code generator folds into its matmul users (read
 //!   through swapped strides), shares the bytes of its operand's storage (its root).
 //! - Direct output: a node that is an output is computed straight into its output buffer (the
@@ -27,8 +27,9 @@
 //! 64 bytes, so every offset is 64-byte aligned: a cache line, enough for any SIMD load):
 //! - Value: live from the position where it is written (see `first_position`: its node's,
 //!   or for a `fused_result` its fused node's, whose loop writes every result) to the last
-//!   position where it or an alias of it is read, both included, so a node's result never shares bytes with
-//!   its operands (kernels read operands while writing). Outputs and update values (through
+//!   position where it or an alias of it is read, both included, so a node's result never
+//!   shares bytes with its operands (kernels read operands while writing); a `fused_result`
+//!   does not read its fused node. Outputs and update values (through
 //!   their aliases) live to the end of the step (position `schedule.len()`): the caller reads
 //!   them, or they are copied into their param or state. A value nobody reads lives only at
 //!   its own position.
@@ -41,8 +42,8 @@
 //! Placement: offline (every lifetime is known), greedy by size, best fit. Buffers are placed
 //! largest first (ties: earliest first, then node id, then kind); each goes into the smallest
 //! gap between the already placed buffers that overlap it in time where it fits, or after the
-//! last of them. Measured against first fit in schedule order (the JIT's former planner) on
-//! the CNN training step: see ARCHITECTURE.md.
+//! last of them. On the corpus training steps the arena equals the peak of live bytes (see
+//! ARCHITECTURE.md for the figures against the JIT's former online first-fit planner).
 
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
