@@ -3,14 +3,15 @@
 //! without the default pass pipeline (which ends with fusion): compile time (the pipeline
 //! included) and training-step time, measured in one run. Before the measurements it prints,
 //! per model, the node count before and after the pipeline, the number of fused kernels, the
-//! arena bytes before planning (every intermediate its own buffer) and after (the JIT's
-//! planned arena, with reuse), the peak live bytes, and the compile report.
+//! memory plan the JIT uses (`codegen::memory_plan`: arena bytes without reuse, i.e. every
+//! arena buffer its own bytes, and with reuse, which is the executable's arena, and the peak
+//! live bytes, a lower bound), and the compile report.
 //!
 //! Run with `cargo bench --bench passes`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use gradlift::codegen::{self, CompileOptions};
-use gradlift::passes::{plan::plan, Pipeline};
+use gradlift::passes::Pipeline;
 use gradlift::runtime::HostTensor;
 use gradlift::{autodiff, optim, text, Graph, NodeId, Op, Shape};
 use std::time::{Duration, Instant};
@@ -78,17 +79,21 @@ fn report(name: &str, g: &Graph) {
     let opt = optimized(g);
     let pipeline_ms = t0.elapsed().as_secs_f64() * 1e3;
     for (label, graph) in [("without pipeline", g), ("with pipeline", &opt)] {
-        let p = plan(graph).unwrap();
+        let p = codegen::memory_plan(graph, &opts()).unwrap();
         let exe = codegen::compile(graph, &opts()).unwrap();
         let r = exe.report();
+        assert_eq!(
+            r.arena_bytes, p.arena_bytes,
+            "the report shows the planned arena"
+        );
         eprintln!(
-            "{name} {label}: {} nodes, {} fused kernels; arena {} bytes before planning \
-             (no reuse), {} bytes planned by the JIT (passes::plan: {} with reuse, peak live \
-             {}); {} in-place updates; {r}",
+            "{name} {label}: {} nodes, {} fused kernels; memory plan: {} arena buffers, \
+             {} bytes without reuse, {} bytes with reuse (the JIT's arena), peak live {}; \
+             {} in-place updates; {r}",
             graph.len(),
             fused_kernels(graph),
+            p.buffers.len(),
             p.arena_bytes_no_reuse,
-            r.arena_bytes,
             p.arena_bytes,
             p.peak_live_bytes,
             r.in_place_updates,

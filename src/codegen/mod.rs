@@ -2,7 +2,9 @@
 //!
 //! [`compile`] checks the graph (canonical order, every node's type re-inferred from its
 //! operands, outputs and updates well-formed: the generated code trusts these shapes for
-//! every memory access), plans its buffers ([`plan`]), lowers every node into ONE Cranelift
+//! every memory access), plans its memory ([`crate::passes::plan`], given the transposes it
+//! folds into matmuls and the kernels' scratch space; [`plan`] maps the result to table
+//! slots), lowers every node into ONE Cranelift
 //! function ([`lower`]) and compiles it with `cranelift-jit` for the host ISA
 //! (`cranelift-native`: SSE4/AVX/FMA as cpuid reports). The result is a
 //! [`crate::runtime::Executable`], the safe entry point.
@@ -21,6 +23,7 @@ pub mod plan;
 
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
+use crate::passes::plan::{MemoryPlan, PlanOptions};
 use crate::runtime::Executable;
 use crate::shape::DType;
 use cranelift_codegen::ir::{AbiParam, UserFuncName};
@@ -29,7 +32,7 @@ use cranelift_codegen::{CodegenError, Context};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module, ModuleError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// How matmul is compiled.
@@ -281,8 +284,8 @@ fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
 
 /// 2-D transposes read only by matmuls (not outputs or update sources): the GEMM call reads
 /// their operand with swapped strides instead of a transposed copy.
-fn foldable_transposes(g: &Graph, order: &[NodeId]) -> std::collections::HashSet<NodeId> {
-    let kept: std::collections::HashSet<NodeId> = g
+fn foldable_transposes(g: &Graph, order: &[NodeId]) -> HashSet<NodeId> {
+    let kept: HashSet<NodeId> = g
         .outputs()
         .iter()
         .map(|o| o.node)
@@ -299,6 +302,49 @@ fn foldable_transposes(g: &Graph, order: &[NodeId]) -> std::collections::HashSet
                 })
         })
         .collect()
+}
+
+/// The memory plan of `g` compiled with `opts` ([`crate::passes::plan::plan_with`] given the
+/// transposes this compilation folds into matmuls and every kernel's scratch space), and
+/// those folded transposes. `order` is the canonical order.
+fn plan_memory(
+    g: &Graph,
+    order: &[NodeId],
+    opts: &CompileOptions,
+) -> Result<(MemoryPlan, HashSet<NodeId>), CompileError> {
+    let folded = if opts.matmul == MatmulKernel::Gemm {
+        foldable_transposes(g, order)
+    } else {
+        Default::default()
+    };
+    let scratch_bytes = order
+        .iter()
+        .map(|&id| (id, scratch_bytes(g, id)))
+        .filter(|&(_, b)| b > 0)
+        .collect();
+    let options = PlanOptions {
+        folded_transposes: folded,
+        scratch_bytes,
+    };
+    let memory = crate::passes::plan::plan_with(g, &options).map_err(|e| {
+        CompileError::Cycle(
+            e.cycle
+                .iter()
+                .map(|&i| format!("node {i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })?;
+    debug_assert_eq!(memory.schedule, order, "one canonical order");
+    Ok((memory, options.folded_transposes))
+}
+
+/// The memory plan [`compile`] uses for `g` with `opts`: its `arena_bytes` is the size of the
+/// executable's arena ([`CompileReport::arena_bytes`]). Fails as [`compile`] does on a graph
+/// it cannot check.
+pub fn memory_plan(g: &Graph, opts: &CompileOptions) -> Result<MemoryPlan, CompileError> {
+    let order = check(g)?;
+    Ok(plan_memory(g, &order, opts)?.0)
 }
 
 /// A function built but not yet compiled.
@@ -328,12 +374,8 @@ fn has_fma(module: &JITModule) -> bool {
 fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
     let t0 = Instant::now();
     let order = check(g)?;
-    let folded = if opts.matmul == MatmulKernel::Gemm {
-        foldable_transposes(g, &order)
-    } else {
-        Default::default()
-    };
-    let plan = plan::plan(g, &order, |id| scratch_bytes(g, id), folded);
+    let (memory, folded) = plan_memory(g, &order, opts)?;
+    let plan = plan::locate(g, memory, folded);
 
     let t_setup = Instant::now();
     let mut flags = settings::builder();

@@ -20,8 +20,10 @@
 //! - `fuse` ([`fuse`]): elementwise chains, the reductions they feed and matmul epilogues
 //!   become one fused node each, with remarks on what was not fused and why.
 //!
-//! [`plan::plan`] is an analysis, not a pass: it computes a schedule, buffer lifetimes and
-//! arena offsets without changing the graph.
+//! [`plan::plan`] is an analysis, not a pass: it computes a schedule, where every value lives
+//! (arena buffer, alias, output buffer, in-place update), buffer lifetimes and arena offsets
+//! without changing the graph. It is the JIT's planner too (`codegen` passes it its folded
+//! transposes and scratch space through [`plan::plan_with`]).
 //!
 //! A [`Pipeline`] runs a list of passes, checks the graph after each one (in debug builds and
 //! tests) and can dump the graph text after any or all passes into a directory, one file per
@@ -41,7 +43,8 @@
 //! assert_eq!(g.operands(z), vec![x]); // exp(x)
 //! assert_eq!(g.len(), 2); // the mul and the constant are gone
 //! assert!(reports.iter().any(|r| r.counts.get("mul_by_one") == Some(&1)));
-//! assert_eq!(plan(&g).unwrap().buffers.len(), 1); // only exp needs an arena buffer
+//! let p = plan(&g).unwrap();
+//! assert_eq!(p.arena_bytes, 0); // exp is written straight into the output buffer
 //! ```
 
 pub mod cse;
