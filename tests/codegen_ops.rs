@@ -26,12 +26,36 @@ enum Dom {
     Ints(i64, i64),
     /// Magnitude in `[0.5, 2)`, random sign (denominators).
     AwayFromZero,
+    /// One of [`SPECIALS`] half of the time (NaN, infinities, signed zeros, a denormal, ties),
+    /// else uniform in `[-2, 2)`.
+    Special,
 }
+
+/// Values whose handling must agree between the JIT and the interpreter.
+const SPECIALS: [f64; 10] = [
+    f64::NAN,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    0.0,
+    -0.0,
+    1e-40,
+    -1e-40,
+    1.0,
+    -1.0,
+    0.5,
+];
 
 fn draw(rng: &mut Rng, d: Dom) -> f64 {
     match d {
         Dom::Range(lo, hi) => lo + (hi - lo) * rng.uniform(),
         Dom::Ints(lo, hi) => lo as f64 + rng.below((hi - lo) as u64) as f64,
+        Dom::Special => {
+            if rng.below(2) == 0 {
+                SPECIALS[rng.below(SPECIALS.len() as u64) as usize]
+            } else {
+                -2.0 + 4.0 * rng.uniform()
+            }
+        }
         Dom::AwayFromZero => {
             let m = 0.5 + 1.5 * rng.uniform();
             if rng.below(2) == 0 {
@@ -100,6 +124,12 @@ fn check(g: &Graph, seed: u64, dom: &dyn Fn(&str) -> Dom, terms: usize) {
 fn compare(name: &str, got: &[f64], want: &[f64], dtype: DType, terms: usize, k: MatmulKernel) {
     assert_eq!(got.len(), want.len(), "output {name}: length");
     for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
+        // the reference is the f64 result rounded to the output's f32 (beyond f32's range: inf)
+        let y = if dtype == DType::F32 {
+            y as f32 as f64
+        } else {
+            y
+        };
         let ok = match dtype {
             DType::I32 => x == y,
             DType::F32 if y.is_nan() => x.is_nan(),
@@ -462,5 +492,88 @@ proptest! {
         out(&mut g, a);
         let d = depth as i64;
         check(&g, seed, &move |_| Dom::Ints(-1, d + 1), 1);
+    }
+}
+
+/// NaN, infinities, signed zeros and denormals give the interpreter's results in every
+/// elementwise op, comparison, select, reduction, argmax and max-pool (and its gradient), plain
+/// and after the default pipeline (fused kernels), in vector lanes and scalar tails: e.g.
+/// `relu(NaN)`, `max(NaN, 1)`, `max(1, NaN)` and `reduce_max` of a row with a NaN are NaN, and
+/// `argmax` and max-pool pick a NaN as the maximum.
+#[test]
+fn special_values_match_the_interpreter() {
+    let special = |_: &str| Dom::Special;
+    let run = |g: &Graph, seed: u64, terms: usize| {
+        check(g, seed, &special, terms);
+        let mut fused = g.clone();
+        gradlift::passes::Pipeline::default()
+            .run(&mut fused)
+            .unwrap();
+        check(&fused, seed, &special, terms);
+    };
+    for (seed, dims) in [[1usize, 5], [3, 7], [2, 9], [4, 8]]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = seed as u64;
+        let ty = TensorType::f32(dims);
+        // elementwise: every unary and binary op, comparisons and select, also chained so
+        // that the pipeline fuses them
+        let mut g = Graph::new("special_elementwise");
+        let x = g.input("x", ty.clone()).unwrap();
+        let y = g.input("y", ty.clone()).unwrap();
+        for u in UnaryOp::ALL {
+            let v = g.add(Op::Unary(u), &[x]).unwrap();
+            out(&mut g, v);
+        }
+        for b in BinaryOp::ALL {
+            let v = g.add(Op::Binary(b), &[x, y]).unwrap();
+            out(&mut g, v);
+        }
+        for c in CmpOp::ALL {
+            let v = g.add(Op::Compare(c), &[x, y]).unwrap();
+            out(&mut g, v);
+        }
+        let s = g.select(x, y, x).unwrap();
+        out(&mut g, s);
+        let r = g.relu(y).unwrap();
+        let m = g.add(Op::Binary(BinaryOp::Max), &[r, x]).unwrap();
+        let n = g.add(Op::Binary(BinaryOp::Min), &[m, y]).unwrap();
+        let t = g.tanh(n).unwrap();
+        out(&mut g, t);
+        run(&g, seed, 1);
+        // reductions over each axis and all axes, argmax over each axis
+        let mut g = Graph::new("special_reductions");
+        let x = g.input("x", ty.clone()).unwrap();
+        for axes in [vec![0], vec![1], vec![0, 1]] {
+            for kind in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+                let v = g.reduce(kind, x, &axes, false).unwrap();
+                out(&mut g, v);
+            }
+        }
+        for axis in [0, 1] {
+            let v = g.add(Op::Argmax { axis }, &[x]).unwrap();
+            out(&mut g, v);
+        }
+        let e = g.relu(x).unwrap();
+        let f = g.reduce(ReduceOp::Max, e, &[1], false).unwrap();
+        out(&mut g, f);
+        run(&g, seed, dims[0].max(dims[1]) * 4);
+    }
+    // max-pool and its gradient over windows holding NaN and infinities
+    for (seed, (window, stride)) in [([2, 2], [2, 2]), ([3, 3], [1, 1]), ([2, 3], [2, 1])]
+        .into_iter()
+        .enumerate()
+    {
+        let mut g = Graph::new("special_pool");
+        let x = g.input("x", TensorType::f32([2, 6, 7, 5])).unwrap();
+        let p = g.add(Op::MaxPool2d { window, stride }, &[x]).unwrap();
+        out(&mut g, p);
+        let dy = g.input("dy", g[p].ty.clone()).unwrap();
+        let d = g
+            .add(Op::MaxPool2dGrad { window, stride }, &[x, dy])
+            .unwrap();
+        out(&mut g, d);
+        run(&g, seed as u64 + 10, 9);
     }
 }

@@ -428,7 +428,7 @@ impl Pool {
                             for (ch, ((b, a), &v)) in
                                 best.iter_mut().zip(arg.iter_mut()).zip(row).enumerate()
                             {
-                                let gt = v > *b;
+                                let gt = greater(v, *b);
                                 *b = if gt { v } else { *b };
                                 *a = if gt { p + ch } else { *a };
                             }
@@ -479,7 +479,7 @@ impl Pool {
                             for ((b, a), &v) in
                                 best.iter_mut().zip(tap.iter_mut()).zip(&x[s..s + c])
                             {
-                                let gt = v > *b;
+                                let gt = greater(v, *b);
                                 *b = if gt { v } else { *b };
                                 *a = if gt { t } else { *a };
                             }
@@ -502,6 +502,13 @@ impl Pool {
             }
         }
     }
+}
+
+/// `v > m`, where a NaN counts as greater than any number (the interpreter's order: a NaN in a
+/// pooling window wins). Branchless, so the channel loops vectorize.
+#[inline]
+fn greater(v: f32, m: f32) -> bool {
+    (v > m) | (v.is_nan() & !m.is_nan())
 }
 
 /// `y = max_pool2d(x)` over NHWC windows (no padding).
@@ -527,7 +534,7 @@ pub unsafe extern "C" fn gl_max_pool2d(x: *const f32, y: *mut f32, g: *const i64
                             out.copy_from_slice(row);
                         } else {
                             for (m, &v) in out.iter_mut().zip(row) {
-                                *m = if v > *m { v } else { *m };
+                                *m = if greater(v, *m) { v } else { *m };
                             }
                         }
                     }

@@ -625,6 +625,16 @@ impl<'a> Lowerer<'a> {
 
     // ---- reductions -------------------------------------------------------------------
 
+    /// The mask `x > y`, where a NaN counts as greater than any number (the interpreter's
+    /// order for reduce_max, argmax and max-pool: a NaN in a window wins, so it propagates).
+    fn nan_greater(&mut self, x: Value, y: Value) -> Value {
+        let gt = self.b.ins().fcmp(FloatCC::GreaterThan, x, y);
+        let x_nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+        let y_num = self.b.ins().fcmp(FloatCC::Ordered, y, y);
+        let nan_wins = self.b.ins().band(x_nan, y_num);
+        self.b.ins().bor(gt, nan_wins)
+    }
+
     /// Combines two partial results of a reduction.
     fn combine(&mut self, kind: ReduceOp, dtype: DType, acc: Value, x: Value) -> Value {
         match (kind, dtype) {
@@ -633,7 +643,7 @@ impl<'a> Lowerer<'a> {
                 self.b.ins().select(gt, x, acc)
             }
             (ReduceOp::Max, DType::F32) => {
-                let gt = self.b.ins().fcmp(FloatCC::GreaterThan, x, acc);
+                let gt = self.nan_greater(x, acc);
                 self.pick(gt, x, acc)
             }
             _ => self.b.ins().fadd(acc, x),
@@ -1273,10 +1283,11 @@ impl<'a> Lowerer<'a> {
             UnaryOp::Neg => self.b.ins().fneg(x),
             UnaryOp::Abs => self.b.ins().fabs(x),
             UnaryOp::Sqrt => self.b.ins().sqrt(x),
+            // relu(NaN) = NaN, as in the interpreter
             UnaryOp::Relu => {
                 let z = self.fconst(0.0, vector);
-                let pos = self.b.ins().fcmp(FloatCC::LessThan, z, x);
-                self.pick(pos, x, z)
+                let keep = self.b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, z);
+                self.pick(keep, x, z)
             }
             UnaryOp::Sign => {
                 let z = self.fconst(0.0, vector);
@@ -1510,13 +1521,18 @@ impl<'a> Lowerer<'a> {
             BinaryOp::Sub => self.b.ins().fsub(a, b),
             BinaryOp::Mul => self.b.ins().fmul(a, b),
             BinaryOp::Div => self.b.ins().fdiv(a, b),
+            // numpy maximum/minimum: NaN if either operand is NaN, ties to the first operand
             BinaryOp::Max => {
-                let gt = self.b.ins().fcmp(FloatCC::GreaterThan, a, b);
-                self.pick(gt, a, b)
+                let ge = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, a, b);
+                let m = self.pick(ge, a, b);
+                let a_nan = self.b.ins().fcmp(FloatCC::Unordered, a, a);
+                self.pick(a_nan, a, m)
             }
             BinaryOp::Min => {
-                let lt = self.b.ins().fcmp(FloatCC::LessThan, a, b);
-                self.pick(lt, a, b)
+                let le = self.b.ins().fcmp(FloatCC::LessThanOrEqual, a, b);
+                let m = self.pick(le, a, b);
+                let a_nan = self.b.ins().fcmp(FloatCC::Unordered, a, a);
+                self.pick(a_nan, a, m)
             }
             // lowered as a kernel call per element (see `node`)
             BinaryOp::Pow => a,
@@ -1545,7 +1561,7 @@ impl<'a> Lowerer<'a> {
                     let a = lw.b.ins().iadd(row, oj);
                     let v = lw.load(ty, a, 0);
                     let gt = match dtype {
-                        DType::F32 => lw.b.ins().fcmp(FloatCC::GreaterThan, v, acc[0]),
+                        DType::F32 => lw.nan_greater(v, acc[0]),
                         DType::I32 => lw.b.ins().icmp(IntCC::SignedGreaterThan, v, acc[0]),
                     };
                     let nb = lw.b.ins().select(gt, v, acc[0]);
