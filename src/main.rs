@@ -255,7 +255,7 @@ struct DumpArgs {
 /// Prints the graph in the chosen format to stdout (after the passes, if any).
 fn cmd_dump(a: &DumpArgs) -> Result<(), CliError> {
     let mut g = load(&a.file)?;
-    a.passes.run(&mut g, &a.file.display().to_string())?;
+    a.passes.run(&mut g, &a.file.display().to_string(), false)?;
     print_graph(&g, a.format)
 }
 
@@ -265,8 +265,8 @@ fn cmd_dump(a: &DumpArgs) -> Result<(), CliError> {
 #[derive(Args, Debug)]
 struct PassArgs {
     /// Run a pass pipeline: `default` (cse, simplify, fold, cse, dce, fuse), `none`, or a
-    /// comma-separated list of pass names. Default: `none`, or `default` when `--dump-after`
-    /// or `--remarks` is given.
+    /// comma-separated list of pass names. Default: `default` for `run` (what training
+    /// compiles); for `dump`, `none` unless `--dump-after` or `--remarks` is given.
     #[arg(long)]
     passes: Option<String>,
     /// Write the graph after these passes (`all`, or comma-separated pass names) into
@@ -283,10 +283,11 @@ struct PassArgs {
 }
 
 impl PassArgs {
-    /// Runs the selected pipeline on `g` (nothing when none is selected).
-    fn run(&self, g: &mut Graph, file: &str) -> Result<(), CliError> {
+    /// Runs the selected pipeline on `g` (nothing when none is selected); `optimize` says
+    /// whether the command runs the default pipeline when `--passes` is not given.
+    fn run(&self, g: &mut Graph, file: &str, optimize: bool) -> Result<(), CliError> {
         let fail = |e: gradlift::passes::PassError| CliError(format!("{file}: {e}"));
-        let implied = self.dump_after.is_some() || self.remarks;
+        let implied = optimize || self.dump_after.is_some() || self.remarks;
         let names = match self.passes.as_deref() {
             Some("none") => return Ok(()),
             None if !implied => return Ok(()),
@@ -449,7 +450,7 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
         })?;
         verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
     }
-    a.passes.run(&mut g, &file)?;
+    a.passes.run(&mut g, &file, true)?;
     let feeds = random_feeds(&g, a.seed)?;
     let mut exe = codegen::compile(&g, &CompileOptions::default())
         .map_err(|e| CliError(format!("{file}: {e}")))?;

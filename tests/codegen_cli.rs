@@ -83,3 +83,24 @@ fn run_reports_bad_files_as_errors() {
     assert!(!ok);
     assert!(err.contains("bad.ir:3"), "{err}");
 }
+
+/// `run` compiles what training compiles: the default pipeline unless `--passes` says
+/// otherwise; the printed outputs and updates are the same either way (the fused Adam kernel of
+/// `fuse_adam.ir` agrees with the 22 plain nodes to the printed digits).
+#[test]
+fn run_optimizes_by_default() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/ir/passes/fuse_adam.ir");
+    let (ok, fused, err) = gradlift(&["run", file]);
+    assert!(ok, "{err}");
+    let (ok, plain, err) = gradlift(&["run", file, "--passes", "none"]);
+    assert!(ok, "{err}");
+    assert!(fused.contains("compiled 13 nodes"), "{fused}");
+    assert!(plain.contains("compiled 22 nodes"), "{plain}");
+    let values = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.starts_with("compiled"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(values(&fused), values(&plain));
+}
