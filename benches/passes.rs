@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use gradlift::codegen::{self, CompileOptions};
 use gradlift::passes::Pipeline;
 use gradlift::runtime::HostTensor;
-use gradlift::{autodiff, optim, text, Graph, NodeId, Op, Shape};
+use gradlift::{optim, text, Graph, Op, Shape};
 use std::time::{Duration, Instant};
 
 /// A training step from the corpus: `ir/NAME.ir`, the gradient of `loss` w.r.t. every param
@@ -23,11 +23,7 @@ fn adam_step(name: &str) -> Graph {
     let path = format!("{}/ir/{name}.ir", env!("CARGO_MANIFEST_DIR"));
     let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut g = text::parse(&src, &path).unwrap_or_else(|e| panic!("{e}"));
-    let grads = autodiff::grad_all_params(&mut g, "loss", None).unwrap();
-    let lr = optim::lr_input(&mut g).unwrap();
-    let pairs: Vec<(NodeId, NodeId)> = grads.iter().map(|n| (n.wrt, n.grad)).collect();
-    optim::Optimizer::adam().apply(&mut g, lr, &pairs).unwrap();
-    g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
+    optim::training_step(&mut g, "loss", &optim::Optimizer::adam()).unwrap();
     g
 }
 

@@ -739,16 +739,10 @@ fn trainable(path: &Path, opt: &Optimizer) -> Result<(Trainable, [f64; 2]), CliE
     let in_file = |e: &dyn fmt::Display| CliError(format!("{file}: {e}"));
     let t = Instant::now();
     let mut step = forward.clone();
-    let loss = step
-        .output("loss")
-        .ok_or_else(|| in_file(&"no output loss"))?;
-    let grads = autodiff::grad(&mut step, loss, &params).map_err(|e| match e.loc() {
-        Some(_) => CliError(e.to_string()),
-        None => in_file(&e),
+    optim::training_step(&mut step, "loss", opt).map_err(|e| match e {
+        optim::TrainingStepError::Grad(e) if e.loc().is_some() => CliError(e.to_string()),
+        e => in_file(&e),
     })?;
-    let lr = optim::lr_input(&mut step).map_err(|e| in_file(&e))?;
-    let pairs: Vec<(NodeId, NodeId)> = params.iter().copied().zip(grads).collect();
-    opt.apply(&mut step, lr, &pairs).map_err(|e| in_file(&e))?;
     verify(&step).map_err(|e| verify_report(&format!("{file} (training step)"), &e))?;
     let grad_s = t.elapsed().as_secs_f64();
     let t = Instant::now();

@@ -182,6 +182,40 @@ pub fn lr_input(g: &mut Graph) -> Result<NodeId, BuildError> {
     at.leaf(LR_NAME, Op::Input, TensorType::f32(Shape::scalar()))
 }
 
+/// Error of [`training_step`].
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingStepError {
+    /// The loss cannot be differentiated with respect to the params.
+    #[error(transparent)]
+    Grad(#[from] crate::autodiff::GradError),
+    /// The learning-rate input or the optimizer's nodes cannot be added.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Extends the forward graph `g` into one training step, the whole of what `jax.jit` of a
+/// gradient and an optimizer update would trace: the gradient of the output called `loss`
+/// with respect to every param (autodiff), the learning-rate input `%lr: f32[]` ([`lr_input`])
+/// and `optimizer`'s updates of every param and of its state. Returns what the optimizer
+/// added. On error `g` is unchanged.
+pub fn training_step(
+    g: &mut Graph,
+    loss: &str,
+    optimizer: &Optimizer,
+) -> Result<Applied, TrainingStepError> {
+    let mut step = g.clone();
+    let loss_node = step.output(loss).ok_or_else(|| {
+        crate::autodiff::GradError::Unknown(format!("no output called {loss:?} to use as the loss"))
+    })?;
+    let params = step.params();
+    let grads = crate::autodiff::grad(&mut step, loss_node, &params)?;
+    let lr = lr_input(&mut step)?;
+    let pairs: Vec<(NodeId, NodeId)> = params.into_iter().zip(grads).collect();
+    let applied = optimizer.apply(&mut step, lr, &pairs)?;
+    *g = step;
+    Ok(applied)
+}
+
 /// A gradient-descent optimizer. Construct with [`Optimizer::sgd`], [`Optimizer::momentum`],
 /// [`Optimizer::nesterov`] or [`Optimizer::adam`] (Keras defaults), or fill in the fields.
 #[derive(Clone, Debug, PartialEq)]

@@ -253,3 +253,39 @@ fn adam_graph_prints() {
     let p = problem(&Optimizer::adam());
     insta::assert_snapshot!(gradlift::text::print(&p.graph));
 }
+
+/// `training_step` adds the gradient of `loss` w.r.t. every param, the `lr` input and the
+/// optimizer's updates (here SGD on `loss = sum(w * x)`, whose gradient is `x`: one step
+/// gives `w - lr * x` exactly); on error the graph is unchanged and the message says why.
+#[test]
+fn training_step_differentiates_and_updates_every_param() {
+    let mut g = Graph::new("step");
+    let x = g.input("x", TensorType::f32([3])).unwrap();
+    let w = g.param("w", [3], Init::Constant { value: 1.0 }).unwrap();
+    let p = g.mul(w, x).unwrap();
+    let loss = g.sum(p, &[0], false).unwrap();
+    g.add_output("loss", loss).unwrap();
+    let forward = g.clone();
+    let applied = gradlift::optim::training_step(&mut g, "loss", &Optimizer::sgd()).unwrap();
+    assert_eq!(applied.updates.len(), 1);
+    gradlift::verify::verify(&g).unwrap();
+    let lr = g.find("lr").unwrap();
+    let feeds = HashMap::from([
+        (
+            g.find("x").unwrap(),
+            Array::new([3], vec![0.5, -1.0, 2.0]).unwrap(),
+        ),
+        (lr, Array::new(Shape::scalar(), vec![0.1]).unwrap()),
+    ]);
+    let v = eval::<f64>(&g, &feeds).unwrap();
+    let new_w = &v.get(g.updates()[0].value).unwrap().data;
+    assert_eq!(new_w, &vec![1.0 - 0.1 * 0.5, 1.0 + 0.1, 1.0 - 0.1 * 2.0]);
+
+    let mut h = forward.clone();
+    let err = gradlift::optim::training_step(&mut h, "cost", &Optimizer::adam()).unwrap_err();
+    assert!(
+        err.to_string().contains("no output called \"cost\""),
+        "{err}"
+    );
+    assert_eq!(gradlift::text::print(&h), gradlift::text::print(&forward));
+}

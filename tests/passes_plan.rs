@@ -17,7 +17,7 @@ use gradlift::passes::plan::{
     plan, plan_with, BufferKind, MemoryPlan, PlanOptions, Storage, ALIGN, ELEMENT_BYTES,
 };
 use gradlift::passes::Pipeline;
-use gradlift::{autodiff, optim, text, Graph, NodeId, Op};
+use gradlift::{optim, text, Graph, NodeId, Op};
 use proptest::prelude::*;
 use std::collections::{HashMap, HashSet};
 
@@ -385,11 +385,7 @@ fn adam_step(name: &str) -> Graph {
     let path = format!("{}/ir/{name}.ir", env!("CARGO_MANIFEST_DIR"));
     let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut g = text::parse(&src, &path).unwrap_or_else(|e| panic!("{e}"));
-    let grads = autodiff::grad_all_params(&mut g, "loss", None).unwrap();
-    let lr = optim::lr_input(&mut g).unwrap();
-    let pairs: Vec<(NodeId, NodeId)> = grads.iter().map(|n| (n.wrt, n.grad)).collect();
-    optim::Optimizer::adam().apply(&mut g, lr, &pairs).unwrap();
-    g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
+    optim::training_step(&mut g, "loss", &optim::Optimizer::adam()).unwrap();
     Pipeline::default().run(&mut g).unwrap();
     g
 }

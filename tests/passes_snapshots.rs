@@ -117,12 +117,7 @@ fn corpus_files_through_the_default_pipeline() {
 /// `g` with the gradient of `loss` w.r.t. every param and Adam updates (learning rate input
 /// `lr`); gradients are not outputs.
 fn adam_step(mut g: gradlift::Graph) -> gradlift::Graph {
-    let grads = gradlift::autodiff::grad_all_params(&mut g, "loss", None).expect("gradients");
-    let lr = gradlift::optim::lr_input(&mut g).expect("lr input");
-    let pairs: Vec<_> = grads.iter().map(|n| (n.wrt, n.grad)).collect();
-    gradlift::optim::Optimizer::adam()
-        .apply(&mut g, lr, &pairs)
-        .expect("adam");
-    g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
+    let adam = gradlift::optim::Optimizer::adam();
+    gradlift::optim::training_step(&mut g, "loss", &adam).expect("training step");
     g
 }

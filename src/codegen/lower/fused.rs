@@ -20,7 +20,7 @@ use super::{broadcast_strides, float_cc, LowerError, Lowerer, View};
 use crate::codegen::plan::{Loc, Plan};
 use crate::fused::FusedBody;
 use crate::graph::NodeId;
-use crate::op::{BinaryOp, Op, ReduceOp};
+use crate::op::{BinaryOp, Op};
 use crate::shape::{DType, Shape};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -172,21 +172,7 @@ impl<'a> Lowerer<'a> {
                 self.map_reduce(&all, domain.dims(), kind, &|lw, vals, vector| {
                     eval(lw, vals, vector)[main].unwrap_or(vals[0])
                 });
-                if kind == ReduceOp::Mean {
-                    let count: usize = axes.iter().map(|&a| domain.0[a]).product();
-                    let scale = 1.0 / count.max(1) as f32;
-                    let ov = View::dense(out, DType::F32, out_shape);
-                    self.map(
-                        &ov.clone(),
-                        out_shape.dims(),
-                        &[ov],
-                        true,
-                        &|lw, v, vector| {
-                            let s = lw.fconst(scale, vector);
-                            lw.b.ins().fmul(v[0], s)
-                        },
-                    );
-                }
+                self.scale_mean(out, out_shape, axes, &domain, kind);
             }
         }
         Ok(())
