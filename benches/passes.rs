@@ -3,6 +3,7 @@
 //! without the default pass pipeline (which ends with fusion): compile time (the pipeline
 //! included) and training-step time, measured in one run. Before the measurements it prints,
 //! per model, the node count before and after the pipeline, the number of fused kernels, the
+//! bytes before planning (every non-leaf value in a 64-byte aligned buffer of its own), the
 //! memory plan the JIT uses (`codegen::memory_plan`: arena bytes without reuse, i.e. every
 //! arena buffer its own bytes, and with reuse, which is the executable's arena, and the peak
 //! live bytes, a lower bound), and the compile report.
@@ -82,8 +83,16 @@ fn report(name: &str, g: &Graph) {
             r.arena_bytes, p.arena_bytes,
             "the report shows the planned arena"
         );
+        // before planning: every non-leaf node's value in a buffer of its own
+        let unplanned: usize = graph
+            .node_ids()
+            .iter()
+            .filter(|&&id| !graph[id].op.is_leaf())
+            .map(|&id| (graph[id].ty.shape.numel() * 4).div_ceil(64) * 64)
+            .sum();
         eprintln!(
-            "{name} {label}: {} nodes, {} fused kernels; memory plan: {} arena buffers, \
+            "{name} {label}: {} nodes, {} fused kernels; before planning (a buffer per \
+             value) {unplanned} bytes; memory plan: {} arena buffers, \
              {} bytes without reuse, {} bytes with reuse (the JIT's arena), peak live {}; \
              {} in-place updates; {r}",
             graph.len(),
