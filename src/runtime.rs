@@ -373,8 +373,8 @@ impl Executable {
                 .iter()
                 .map(|o| (o.name.clone(), HostTensor::zeros(&g[o.node].ty)))
                 .collect(),
-            arena: Arena::new(plan.arena_bytes),
-            arena_bytes: plan.arena_bytes,
+            arena: Arena::new(plan.memory.arena_bytes),
+            arena_bytes: plan.memory.arena_bytes,
             poison,
             report,
         }

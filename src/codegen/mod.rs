@@ -538,8 +538,8 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileEr
         cranelift_ms: t1.elapsed().as_secs_f64() * 1e3,
         setup_ms,
         init_ms: 0.0,
-        arena_bytes: plan.arena_bytes,
-        in_place_updates: plan.in_place,
+        arena_bytes: plan.memory.arena_bytes,
+        in_place_updates: plan.memory.in_place_updates(),
         nodes: order.len(),
         clif_insts,
         code_bytes,
@@ -572,7 +572,7 @@ pub fn clif(g: &Graph, opts: &CompileOptions) -> Result<String, CompileError> {
     slots.extend(names(&p.states).into_iter().map(|n| format!("state {n}")));
     slots.extend(p.consts.iter().map(|&id| format!("const {}", g[id].ty)));
     slots.extend(g.outputs().iter().map(|o| format!("output {}", o.name)));
-    slots.push(format!("arena {} bytes", p.arena_bytes));
+    slots.push(format!("arena {} bytes", p.memory.arena_bytes));
     let mut text = format!(
         "; graph {}: {} nodes in one function fn(table), table[i] at offset 8*i:\n",
         g.name,

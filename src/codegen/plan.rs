@@ -43,10 +43,6 @@ pub struct Plan {
     /// For updates whose source is a buffer another update overwrites: an arena copy taken
     /// before any update is written (indexed like `Graph::updates`).
     pub staged: Vec<Option<Loc>>,
-    /// Total arena bytes.
-    pub arena_bytes: usize,
-    /// Number of updates computed directly into their param or state buffer.
-    pub in_place: usize,
     /// The memory plan the locations come from.
     pub memory: MemoryPlan,
 }
@@ -79,8 +75,6 @@ pub fn locate(g: &Graph, memory: MemoryPlan, folded: HashSet<NodeId>) -> Plan {
         folded,
         scratch: HashMap::new(),
         staged: vec![None; g.updates().len()],
-        arena_bytes: memory.arena_bytes,
-        in_place: memory.in_place_updates(),
         memory,
     };
     let arena = p.arena_slot(g.outputs().len());
