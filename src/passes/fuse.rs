@@ -34,7 +34,8 @@
 //! included: both sides are 0), so that `x` (the matmul + bias) has the relu as its only user
 //! and the whole layer fuses into one kernel (count `relu_mask_from_output`).
 //!
-//! Counts: `fused_kernels` (new fused nodes) and `nodes_fused` (nodes they replace).
+//! Counts: `fused_kernels` (new fused nodes), `nodes_fused` (nodes they replace) and
+//! `extra_results` (results beyond the first, each read by a `fused_result` node).
 //! Existing fused nodes are opaque, so a second run changes nothing (idempotence).
 
 use super::rewrite::{is_root, move_uses, redirect_grad_of_all, replace_node, splat_value};
