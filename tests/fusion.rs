@@ -434,6 +434,18 @@ fn remarks_say_what_was_not_fused_and_why() {
                 && m.contains("a kernel with a reduction has one result")),
         "{r}"
     );
+    // across kernels: the cycle check sees the kernels made before
+    let mut g = graphs_of(&dir.join("fuse_cross_cycle.ir")).remove(0).1;
+    let r = fuse(&mut g);
+    assert_eq!(r.counts.get("fused_kernels"), Some(&2), "{r}");
+    assert!(gradlift::verify::verify(&g).is_ok(), "{}", text::print(&g));
+    assert!(
+        r.remarks
+            .iter()
+            .any(|m| m.contains("%e (exp) into %root_a (mul)")
+                && m.contains("feeds the kernel's result")),
+        "{r}"
+    );
     // pow stays a runtime call (pow(x, 1) and pow(x, 2) are simplified away before)
     let mut g = graphs_of(&dir.join("pow_one.ir")).remove(0).1;
     let r = fuse(&mut g);

@@ -82,7 +82,7 @@ pub fn run(g: &mut Graph) -> PassReport {
         return report;
     };
     let labels = crate::text::node_labels(g);
-    let label = |id: NodeId| -> String {
+    let label = |g: &Graph, id: NodeId| -> String {
         format!(
             "{} ({})",
             labels.get(&id).cloned().unwrap_or_default(),
@@ -92,10 +92,11 @@ pub fn run(g: &mut Graph) -> PassReport {
     let position: HashMap<NodeId, usize> =
         order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let mut taken: HashSet<NodeId> = HashSet::new();
-    let mut groups: Vec<Group> = Vec::new();
     let mut remarks: Vec<String> = Vec::new();
+    let (mut fused_kernels, mut nodes_fused, mut extra_results) = (0, 0, 0);
     for &root in order.iter().rev() {
-        if taken.contains(&root) {
+        // removed members' ids may be reused by the fused nodes made so far: all are taken
+        if taken.contains(&root) || !g.contains(root) {
             continue;
         }
         let reduce = is_fusible_reduce(g, root);
@@ -127,12 +128,15 @@ pub fn run(g: &mut Graph) -> PassReport {
                 if let Some(why) = not_fusible(g, p) {
                     if !matches!(
                         g[p].op,
-                        Op::Fused(_) | Op::Reshape { .. } | Op::Transpose { .. }
+                        Op::Fused(_)
+                            | Op::FusedResult { .. }
+                            | Op::Reshape { .. }
+                            | Op::Transpose { .. }
                     ) {
                         local_remarks.push(format!(
                             "not fused: {} into {}: {why}",
-                            label(p),
-                            label(root)
+                            label(g, p),
+                            label(g, root)
                         ));
                     }
                     continue;
@@ -144,8 +148,8 @@ pub fn run(g: &mut Graph) -> PassReport {
                         Some(also) => {
                             local_remarks.push(format!(
                                 "not fused: {} into {}: {why}{also}",
-                                label(p),
-                                label(root)
+                                label(g, p),
+                                label(g, root)
                             ));
                             continue;
                         }
@@ -174,8 +178,8 @@ pub fn run(g: &mut Graph) -> PassReport {
                     local_remarks.push(format!(
                         "epilogue not fused: {} into {}: the kernel computes update values in \
                          place, which a GEMM or convolution output cannot be",
-                        label(mm),
-                        label(root)
+                        label(g, mm),
+                        label(g, root)
                     ));
                     continue;
                 }
@@ -186,8 +190,8 @@ pub fn run(g: &mut Graph) -> PassReport {
                     }
                     Some(why) => local_remarks.push(format!(
                         "epilogue not fused: {} into {}: {why}",
-                        label(mm),
-                        label(root)
+                        label(g, mm),
+                        label(g, root)
                     )),
                 }
             }
@@ -202,26 +206,22 @@ pub fn run(g: &mut Graph) -> PassReport {
         }
         taken.extend(members.iter().copied());
         extra.sort_by_key(|id| position[id]);
-        groups.push(Group {
+        // applied at once, so the next group's cycle check sees this fused node
+        let group = Group {
             root,
             members,
             extra,
-        });
+        };
+        nodes_fused += group.members.len();
+        extra_results += group.extra.len();
+        fused_kernels += 1;
+        apply(g, &group);
     }
     let mut seen = HashSet::new();
     for r in remarks {
         if seen.insert(r.clone()) {
             report.remark(r);
         }
-    }
-    let mut fused_kernels = 0;
-    let mut nodes_fused = 0;
-    let mut extra_results = 0;
-    for group in groups {
-        nodes_fused += group.members.len();
-        extra_results += group.extra.len();
-        fused_kernels += 1;
-        apply(g, &group);
     }
     report.count("fused_kernels", fused_kernels);
     report.count("nodes_fused", nodes_fused);
