@@ -23,7 +23,9 @@
 //! - multi-output fusion: an operand that fails the rule above only because its value is
 //!   needed in memory (it has users outside the group, or it is an output or an update value)
 //!   still joins a group without a reduction when it is fusible, has the domain's shape, and
-//!   none of its outside users depends on the group's root (that would be a cycle). The kernel
+//!   none of its outside users depends on the group's root (that would be a cycle; checked on
+//!   the graph as it is then: each kernel is applied before the next group grows, so kernels
+//!   made earlier count as the single nodes they now are). The kernel
 //!   then computes it as an extra result, read through a `fused_result` node that takes over
 //!   its name and uses: one Adam update (new moments and new parameter, all update values)
 //!   becomes one loop;
