@@ -6,7 +6,7 @@
 //!
 //! The code aims to be obviously correct rather than fast: every op is a plain loop over
 //! row-major indices with numpy semantics, one small function per op family, dispatched by one
-//! `match` in [`eval_op`]. i32 tensors (labels, argmax results) are held as `T` too; their
+//! `match` in `eval_op`. i32 tensors (labels, argmax results) are held as `T` too; their
 //! values are integers.
 //!
 //! Semantics worth knowing when comparing another backend against this one:

@@ -1,7 +1,7 @@
 //! The IR text format, Graphviz and JSON forms of a [`Graph`].
 //!
 //! In: a [`Graph`] (to print) or `.ir` source text (to parse). Out: canonical text
-//! ([`print`], [`print_node`]), a [`Graph`] ([`parse`]), Graphviz DOT ([`dot`]) and JSON
+//! ([`print`](fn@print), [`print_node`]), a [`Graph`] ([`parse`]), Graphviz DOT ([`dot`]) and JSON
 //! ([`to_json`], [`from_json`]). The language itself is described in `ir/README.md`.
 //!
 //! ```

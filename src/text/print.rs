@@ -72,7 +72,7 @@ pub fn print_with(g: &Graph, opts: PrintOptions) -> String {
     out
 }
 
-/// One node's line, as in [`print`] but without indentation and with its source location
+/// One node's line, as in [`print`](fn@print) but without indentation and with its source location
 /// (`# at FILE:LINE:COL`) when it has one: the context line of verifier errors. Numbers of
 /// anonymous nodes are those of the whole graph's canonical order.
 pub fn print_node(g: &Graph, id: NodeId) -> String {
@@ -83,7 +83,7 @@ pub fn print_node(g: &Graph, id: NodeId) -> String {
     node_line(g, id, &names, PrintOptions { locations: true })
 }
 
-/// The printed label (`%name` or `%N`) of every node, exactly as [`print`] writes it: for
+/// The printed label (`%name` or `%N`) of every node, exactly as [`print`](fn@print) writes it: for
 /// tools (the verifier, the CLI) that name nodes in messages the way dumps show them.
 pub fn node_labels(g: &Graph) -> HashMap<NodeId, String> {
     Labels::new(g).label
