@@ -401,50 +401,61 @@ impl Pool {
         }
     }
 
+    /// Offset in `x` of channel 0 of tap `(ky, kx)` of output pixel `(b, oy, ox)`'s window.
+    fn pixel(&self, b: usize, oy: usize, ox: usize, ky: usize, kx: usize) -> usize {
+        ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * self.c
+    }
+
+    /// The first maximum (row-major order, a NaN counting as the greatest) of every channel of
+    /// output pixel `(b, oy, ox)`'s window: its value in `best` and its tap `ky * ww + kx` in
+    /// `tap` (both of length `c`). Branchless, so the channel loop vectorizes.
+    fn window_max(
+        &self,
+        x: &[f32],
+        (b, oy, ox): (usize, usize, usize),
+        best: &mut [f32],
+        tap: &mut [u32],
+    ) {
+        let c = self.c;
+        let p0 = self.pixel(b, oy, ox, 0, 0);
+        best.copy_from_slice(&x[p0..p0 + c]);
+        tap.fill(0);
+        let mut t = 0u32;
+        for ky in 0..self.wh {
+            for kx in 0..self.ww {
+                let s = self.pixel(b, oy, ox, ky, kx);
+                for ((b, a), &v) in best.iter_mut().zip(tap.iter_mut()).zip(&x[s..s + c]) {
+                    let gt = greater(v, *b);
+                    *b = if gt { v } else { *b };
+                    *a = if gt { t } else { *a };
+                }
+                t += 1;
+            }
+        }
+    }
+
     /// Calls `f(out_index, argmax_input_index, max)` for every output element, where the
-    /// argmax is the first maximum of the window in row-major order. Channels are the inner
-    /// loop (contiguous in NHWC), with the running maxima of one output pixel in `best`/`arg`.
+    /// argmax is the first maximum of the window in row-major order ([`Pool::window_max`]).
     fn for_each_max(&self, x: &[f32], mut f: impl FnMut(usize, usize, f32)) {
         let c = self.c;
         let mut best = vec![0.0f32; c];
-        let mut arg = vec![0usize; c];
+        let mut tap = vec![0u32; c];
         let mut o = 0;
         for b in 0..self.n {
             for oy in 0..self.oh {
                 for ox in 0..self.ow {
-                    let pixel = |ky: usize, kx: usize| {
-                        ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * c
-                    };
-                    let p0 = pixel(0, 0);
-                    best.copy_from_slice(&x[p0..p0 + c]);
-                    for (ch, a) in arg.iter_mut().enumerate() {
-                        *a = p0 + ch;
-                    }
-                    for ky in 0..self.wh {
-                        for kx in 0..self.ww {
-                            let p = pixel(ky, kx);
-                            let row = &x[p..p + c];
-                            // branchless, so the channel loop vectorizes
-                            for (ch, ((b, a), &v)) in
-                                best.iter_mut().zip(arg.iter_mut()).zip(row).enumerate()
-                            {
-                                let gt = greater(v, *b);
-                                *b = if gt { v } else { *b };
-                                *a = if gt { p + ch } else { *a };
-                            }
-                        }
-                    }
+                    self.window_max(x, (b, oy, ox), &mut best, &mut tap);
                     for ch in 0..c {
-                        f(o + ch, arg[ch], best[ch]);
+                        let t = tap[ch] as usize;
+                        let p = self.pixel(b, oy, ox, t / self.ww, t % self.ww);
+                        f(o + ch, p + ch, best[ch]);
                     }
                     o += c;
                 }
             }
         }
     }
-}
 
-impl Pool {
     /// Max-pool gradient when windows do not overlap (stride = window, the usual case): every
     /// input pixel is written exactly once, in order, with no zero fill and no scatter.
     fn grad_disjoint(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
@@ -466,31 +477,12 @@ impl Pool {
         for b in 0..self.n {
             for oy in 0..self.oh {
                 for ox in 0..self.ow {
-                    let pixel = |ky: usize, kx: usize| {
-                        ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * c
-                    };
-                    let p0 = pixel(0, 0);
-                    best.copy_from_slice(&x[p0..p0 + c]);
-                    tap.fill(0);
-                    let mut t = 0u32;
-                    for ky in 0..self.wh {
-                        for kx in 0..self.ww {
-                            let s = pixel(ky, kx);
-                            for ((b, a), &v) in
-                                best.iter_mut().zip(tap.iter_mut()).zip(&x[s..s + c])
-                            {
-                                let gt = greater(v, *b);
-                                *b = if gt { v } else { *b };
-                                *a = if gt { t } else { *a };
-                            }
-                            t += 1;
-                        }
-                    }
+                    self.window_max(x, (b, oy, ox), &mut best, &mut tap);
                     let g = &dy[o..o + c];
                     let mut t = 0u32;
                     for ky in 0..self.wh {
                         for kx in 0..self.ww {
-                            let s = pixel(ky, kx);
+                            let s = self.pixel(b, oy, ox, ky, kx);
                             for ((d, &a), &v) in dx[s..s + c].iter_mut().zip(&tap).zip(g) {
                                 *d = if a == t { v } else { 0.0 };
                             }

@@ -469,27 +469,40 @@ impl<'a> Lowerer<'a> {
             && len >= LANES
             && inner[..n_out].iter().all(|&s| s == 1)
             && inner[n_out..].iter().all(|&s| s == 0 || s == 1);
+        let dtypes: Vec<DType> = views.iter().map(|v| v.dtype).collect();
+        self.for_each_row(&views, &cd, &strides, &mut |lw, ptrs| {
+            if vector {
+                lw.map_row_vector(n_out, ptrs, &inner, len, f);
+            } else {
+                lw.map_row_scalar(n_out, ptrs, &inner, &dtypes, len, f);
+            }
+        });
+    }
+
+    /// Runs `row` once per row of the collapsed iteration space `cd` (every dimension but the
+    /// last; `strides[i]` are view `i`'s element strides over `cd`), with a pointer to the
+    /// row's first element in every view.
+    fn for_each_row(
+        &mut self,
+        views: &[&View],
+        cd: &[usize],
+        strides: &[Vec<i64>],
+        row: &mut dyn FnMut(&mut Self, &[Value]),
+    ) {
+        let rank = cd.len();
         let outer: Vec<Vec<i64>> = strides.iter().map(|s| s[..rank - 1].to_vec()).collect();
         let offs: Vec<Value> = views
             .iter()
-            .map(|v| {
-                let o = v.loc.offset as i64 + v.offset * 4;
-                self.iconst(o)
-            })
+            .map(|v| self.iconst(v.loc.offset as i64 + v.offset * 4))
             .collect();
         let slots: Vec<usize> = views.iter().map(|v| v.loc.slot).collect();
-        let dtypes: Vec<DType> = views.iter().map(|v| v.dtype).collect();
         self.nest(&cd[..rank - 1], &outer, offs, &mut |lw, offs| {
             let ptrs: Vec<Value> = offs
                 .iter()
                 .zip(&slots)
                 .map(|(&o, &s)| lw.b.ins().iadd(lw.bases[s], o))
                 .collect();
-            if vector {
-                lw.map_row_vector(n_out, &ptrs, &inner, len, f);
-            } else {
-                lw.map_row_scalar(n_out, &ptrs, &inner, &dtypes, len, f);
-            }
+            row(lw, &ptrs);
         });
     }
 
@@ -768,18 +781,8 @@ impl<'a> Lowerer<'a> {
             });
             return;
         }
-        let outer: Vec<Vec<i64>> = strides.iter().map(|s| s[..rank - 1].to_vec()).collect();
-        let offs: Vec<Value> = views
-            .iter()
-            .map(|v| self.iconst(v.loc.offset as i64 + v.offset * 4))
-            .collect();
-        let slots: Vec<usize> = views.iter().map(|v| v.loc.slot).collect();
-        self.nest(&cd[..rank - 1], &outer, offs, &mut |lw, offs| {
-            let ptrs: Vec<Value> = offs
-                .iter()
-                .zip(&slots)
-                .map(|(&o, &s)| lw.b.ins().iadd(lw.bases[s], o))
-                .collect();
+        let refs: Vec<&View> = views.iter().collect();
+        self.for_each_row(&refs, &cd, &strides, &mut |lw, ptrs| {
             let r = lw.reduce_row_map(&ptrs[1..], &inner[1..], len, kind, f);
             let o = lw.load(types::F32, ptrs[0], 0);
             let c = lw.combine(kind, DType::F32, o, r);

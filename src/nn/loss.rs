@@ -256,6 +256,11 @@ impl Metric {
         y: NodeId,
     ) -> Result<NodeId, BuildError> {
         let rank = at.ty(pred)?.shape.rank();
+        // what the class accuracies take the argmax of: the logits before a final softmax
+        let class_scores = match (last, logits) {
+            (Some(Activation::Softmax), Some(z)) => z,
+            _ => pred,
+        };
         let hits = match (self, loss) {
             (Metric::MeanAbsoluteError, _) | (Metric::MeanSquaredError, _) => {
                 if at.ty(y)?.dtype != DType::F32 {
@@ -273,21 +278,11 @@ impl Metric {
                 return at.mean_all(e);
             }
             (Metric::Accuracy, Loss::SparseCategoricalCrossentropy { .. }) => {
-                let src = if last == Some(Activation::Softmax) {
-                    logits.unwrap_or(pred)
-                } else {
-                    pred
-                };
-                let am = at.op(Op::Argmax { axis: rank - 1 }, &[src])?;
+                let am = at.op(Op::Argmax { axis: rank - 1 }, &[class_scores])?;
                 at.op(Op::Compare(CmpOp::Eq), &[am, y])?
             }
             (Metric::Accuracy, Loss::CategoricalCrossentropy { .. }) => {
-                let src = if last == Some(Activation::Softmax) {
-                    logits.unwrap_or(pred)
-                } else {
-                    pred
-                };
-                let a = at.op(Op::Argmax { axis: rank - 1 }, &[src])?;
+                let a = at.op(Op::Argmax { axis: rank - 1 }, &[class_scores])?;
                 let b = at.op(Op::Argmax { axis: rank - 1 }, &[y])?;
                 at.op(Op::Compare(CmpOp::Eq), &[a, b])?
             }
