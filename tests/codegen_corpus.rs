@@ -11,58 +11,15 @@
 //! `sqrt(n)` relative to the largest values, and the interpreter runs in f64 (on the same
 //! f32-rounded inputs and params).
 
+mod jit_util;
+
 use gradlift::codegen::{self, CompileOptions, MatmulKernel};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
 use gradlift::runtime::HostTensor;
 use gradlift::{autodiff, text, DType, Graph, Op};
+use jit_util::{close, max_terms};
 use std::collections::HashMap;
-
-/// The longest sum any node of `g` computes.
-fn max_terms(g: &Graph) -> usize {
-    g.node_ids()
-        .into_iter()
-        .map(|id| {
-            let ops = g.operands(id);
-            let shape = |i: usize| g[ops[i]].ty.shape.0.clone();
-            match &g[id].op {
-                Op::Matmul => shape(0)[1],
-                Op::Reduce { axes, .. } => axes.iter().map(|&a| shape(0)[a]).product(),
-                Op::Conv2d { .. } => {
-                    let w = shape(1);
-                    w[0] * w[1] * w[2]
-                }
-                Op::Conv2dInputGrad { .. } | Op::Conv2dFilterGrad { .. } => shape(0)
-                    .iter()
-                    .product::<usize>()
-                    .max(shape(1).iter().product()),
-                Op::Softmax { axis } | Op::LogSoftmax { axis } => shape(0)[*axis],
-                Op::SoftmaxCrossEntropy | Op::SparseSoftmaxCrossEntropy => shape(0)[1],
-                _ => 1,
-            }
-        })
-        .max()
-        .unwrap_or(1)
-}
-
-fn close(what: &str, got: &[f64], want: &[f64], terms: usize) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold(1.0f64, |m, v| m.max(v.abs()));
-    let atol = 1e-5 * (terms as f64).sqrt() * scale;
-    for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
-        let ok = if y.is_nan() {
-            x.is_nan()
-        } else if y.is_infinite() {
-            x == y
-        } else {
-            (x - y).abs() <= 1e-3 * y.abs() + atol
-        };
-        assert!(ok, "{what} element {i}: jit {x} vs interpreter {y}");
-    }
-}
 
 /// Runs `g` twice in the JIT (the second call sees the first call's updates) and checks
 /// every output and updated param/state against the interpreter.

@@ -11,12 +11,15 @@
 //! - a second `fuse` changes nothing and the fused text parses back to the same text;
 //! - snapshots of the fused graphs and the pass's remarks.
 
+mod jit_util;
+
 use gradlift::codegen::{self, CompileOptions, MatmulKernel};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
 use gradlift::passes::{self, Pipeline};
 use gradlift::runtime::HostTensor;
 use gradlift::{autodiff, text, DType, Graph, NodeId, Op, Shape, TensorType};
+use jit_util::{close, max_terms};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -189,60 +192,6 @@ fn fusion_keeps_interpreter_results_bit_for_bit_and_is_idempotent() {
         fused_somewhere >= 10,
         "fusion fired on {fused_somewhere} graphs"
     );
-}
-
-/// The longest sum any node (or fused instruction) computes.
-fn max_terms(g: &Graph) -> usize {
-    let of = |op: &Op, shapes: &[Vec<usize>]| match op {
-        Op::Matmul => shapes[0][1],
-        Op::Reduce { axes, .. } => axes.iter().map(|&a| shapes[0][a]).product(),
-        Op::Conv2d { .. } => shapes[1][..3].iter().product(),
-        Op::Conv2dInputGrad { .. } | Op::Conv2dFilterGrad { .. } => shapes[0]
-            .iter()
-            .product::<usize>()
-            .max(shapes[1].iter().product()),
-        Op::Softmax { axis } | Op::LogSoftmax { axis } => shapes[0][*axis],
-        Op::SoftmaxCrossEntropy | Op::SparseSoftmaxCrossEntropy => shapes[0][1],
-        _ => 1,
-    };
-    let mut m = 1;
-    for id in g.node_ids() {
-        let shapes: Vec<Vec<usize>> = g
-            .operands(id)
-            .iter()
-            .map(|&o| g[o].ty.shape.0.clone())
-            .collect();
-        if let Op::Fused(body) = &g[id].op {
-            let mut vals = shapes.clone();
-            for inst in &body.insts {
-                let s: Vec<Vec<usize>> = inst.args.iter().map(|&a| vals[a].clone()).collect();
-                m = m.max(of(&inst.op, &s));
-                vals.push(inst.ty.shape.0.clone());
-            }
-        } else {
-            m = m.max(of(&g[id].op, &shapes));
-        }
-    }
-    m
-}
-
-fn close(what: &str, got: &[f64], want: &[f64], terms: usize) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold(1.0f64, |m, v| m.max(v.abs()));
-    let atol = 1e-5 * (terms as f64).sqrt() * scale;
-    for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
-        let ok = if y.is_nan() {
-            x.is_nan()
-        } else if y.is_infinite() {
-            x == y
-        } else {
-            (x - y).abs() <= 1e-3 * y.abs() + atol
-        };
-        assert!(ok, "{what} element {i}: jit {x} vs interpreter {y}");
-    }
 }
 
 /// Compiles the fused graph `g` (both matmul kernels, NaN-poisoned buffers) and compares one
