@@ -578,6 +578,9 @@ fn adam_update_of_each_param_is_one_kernel() {
         let printed = text::print(&g);
         let back = text::parse(&printed, "adam.ir").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(text::print(&back), printed);
+        // and through JSON (multi-result bodies and fused_result nodes included)
+        let json = text::from_json(&text::to_json(&g)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text::print(&json), printed);
     }
 }
 
