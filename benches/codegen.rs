@@ -4,6 +4,9 @@
 //! matmul kernels (criterion's "elements" are FLOPs), and fused reductions over either axis.
 //! Run with `cargo bench --bench codegen`.
 
+mod common;
+
+use common::{feeds, opts};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gradlift::codegen::{self, CompileOptions, MatmulKernel};
 use gradlift::interp::{self, Array};
@@ -32,27 +35,6 @@ fn train_step(name: &str, b: usize) -> Graph {
     }
     g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
     g
-}
-
-/// Deterministic inputs for a step graph: pixels in [0,1), labels 0..9.
-fn feeds(g: &Graph) -> Vec<(&'static str, HostTensor)> {
-    let x = &g[g.find("x").unwrap()].ty;
-    let b = x.shape.0[0];
-    let xs = (0..x.shape.numel())
-        .map(|i| ((i * 37) % 101) as f32 / 101.0)
-        .collect();
-    let ys = (0..b).map(|i| (i % 10) as i32).collect();
-    vec![
-        ("x", HostTensor::f32(x.shape.clone(), xs)),
-        ("labels", HostTensor::i32([b], ys)),
-    ]
-}
-
-fn opts() -> CompileOptions {
-    CompileOptions {
-        verify: false,
-        ..CompileOptions::default()
-    }
 }
 
 fn compile_time(c: &mut Criterion) {

@@ -10,11 +10,13 @@
 //!
 //! Run with `cargo bench --bench passes`.
 
+mod common;
+
+use common::{feeds, opts};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use gradlift::codegen::{self, CompileOptions};
+use gradlift::codegen;
 use gradlift::passes::Pipeline;
-use gradlift::runtime::HostTensor;
-use gradlift::{optim, text, Graph, Op, Shape};
+use gradlift::{optim, text, Graph, Op};
 use std::time::{Duration, Instant};
 
 /// A training step from the corpus: `ir/NAME.ir`, the gradient of `loss` w.r.t. every param
@@ -26,28 +28,6 @@ fn adam_step(name: &str) -> Graph {
     let mut g = text::parse(&src, &path).unwrap_or_else(|e| panic!("{e}"));
     optim::training_step(&mut g, "loss", &optim::Optimizer::adam()).unwrap();
     g
-}
-
-/// Deterministic inputs for a step graph: pixels in [0,1), labels 0..9.
-fn feeds(g: &Graph) -> Vec<(&'static str, HostTensor)> {
-    let x = &g[g.find("x").unwrap()].ty;
-    let b = x.shape.0[0];
-    let xs = (0..x.shape.numel())
-        .map(|i| ((i * 37) % 101) as f32 / 101.0)
-        .collect();
-    let ys = (0..b).map(|i| (i % 10) as i32).collect();
-    vec![
-        ("x", HostTensor::f32(x.shape.clone(), xs)),
-        ("labels", HostTensor::i32([b], ys)),
-        ("lr", HostTensor::f32(Shape::scalar(), vec![0.001])),
-    ]
-}
-
-fn opts() -> CompileOptions {
-    CompileOptions {
-        verify: false,
-        ..CompileOptions::default()
-    }
 }
 
 /// The pipeline run without its between-pass checks (as a release build runs it).
