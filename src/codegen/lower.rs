@@ -506,6 +506,25 @@ impl<'a> Lowerer<'a> {
         });
     }
 
+    /// The operands of a row that are broadcast along it (element stride 0): their one value,
+    /// loaded once per row as a scalar and splat to `f32x4` (`None` for the others).
+    fn row_broadcasts(
+        &mut self,
+        ptrs: &[Value],
+        inner: &[i64],
+    ) -> (Vec<Option<Value>>, Vec<Option<Value>>) {
+        let scalars: Vec<Option<Value>> = ptrs
+            .iter()
+            .zip(inner)
+            .map(|(&p, &s)| (s == 0).then(|| self.load(types::F32, p, 0)))
+            .collect();
+        let splats = scalars
+            .iter()
+            .map(|s| s.map(|v| self.b.ins().splat(types::F32X4, v)))
+            .collect();
+        (scalars, splats)
+    }
+
     /// One contiguous row with `f32x4` vectors and a scalar tail. `ptrs[..n_out]` are the
     /// outputs.
     fn map_row_vector(
@@ -516,16 +535,7 @@ impl<'a> Lowerer<'a> {
         len: usize,
         f: MultiElemFn<'_, 'a>,
     ) {
-        // broadcast operands: one scalar for the whole row
-        let scalars: Vec<Option<Value>> = ptrs[n_out..]
-            .iter()
-            .zip(&inner[n_out..])
-            .map(|(&p, &s)| (s == 0).then(|| self.load(types::F32, p, 0)))
-            .collect();
-        let splats: Vec<Option<Value>> = scalars
-            .iter()
-            .map(|s| s.map(|v| self.b.ins().splat(types::F32X4, v)))
-            .collect();
+        let (scalars, splats) = self.row_broadcasts(&ptrs[n_out..], &inner[n_out..]);
         // one vector at byte offset `base + off` of every operand
         let emit = |lw: &mut Self, base: Value, off: i64| {
             let vals: Vec<Value> = ptrs[n_out..]
@@ -806,16 +816,7 @@ impl<'a> Lowerer<'a> {
         f: ElemFn<'_, 'a>,
     ) -> Value {
         let id = Self::identity(kind, DType::F32) as f32;
-        // broadcast operands: one scalar for the whole row
-        let scalars: Vec<Option<Value>> = ptrs
-            .iter()
-            .zip(inner)
-            .map(|(&p, &s)| (s == 0).then(|| self.load(types::F32, p, 0)))
-            .collect();
-        let splats: Vec<Option<Value>> = scalars
-            .iter()
-            .map(|s| s.map(|v| self.b.ins().splat(types::F32X4, v)))
-            .collect();
+        let (scalars, splats) = self.row_broadcasts(ptrs, inner);
         // `f` on the vector at byte offset `base + off` of every operand, combined into `acc`
         let step = |lw: &mut Self, acc: Value, base: Value, off: i64| -> Value {
             let mut vals = vec![acc];
