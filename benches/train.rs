@@ -64,7 +64,7 @@ fn bench_fit(c: &mut Criterion) {
         m.train_graph(BATCH).expect("the training step builds");
         group.bench_function(BenchmarkId::new("jit", name), |b| {
             b.iter(|| {
-                m.fit(&train.images, Targets::Classes(&train.labels), &opts)
+                m.fit(&train.images(), Targets::Classes(&train.labels), &opts)
                     .expect("fit runs")
             })
         });

@@ -3,8 +3,10 @@
 //! [`load_default`] (the MNIST subset shipped in `data/mnist-subset/`), and seeded mini-batching
 //! ([`Batches`]).
 //!
-//! In: IDX files (`train-images-idx3-ubyte[.gz]`, ...). Out: `f32` pixels scaled to `[0, 1]`
-//! and `i32` labels, row-major, ready to be fed to a graph's inputs. Every malformed or
+//! In: IDX files (`train-images-idx3-ubyte[.gz]`, ...). Out: a [`Dataset`] that keeps the
+//! pixels as the file's bytes (a quarter of the memory of f32) and converts them to `f32`
+//! in `[0, 1]` a batch at a time, straight into a step's input buffer
+//! ([`Dataset::fill_images`]), and `i32` labels. Every malformed or
 //! truncated file is reported as a [`DataError`] naming the file and what was expected versus
 //! found; nothing a file contains can make the reader panic.
 
@@ -202,8 +204,9 @@ fn describe_magic(m: u32) -> String {
 /// Images and their integer labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
-    /// `n * rows * cols` pixels scaled to `[0, 1]` (byte / 255), image after image, row-major.
-    pub images: Vec<f32>,
+    /// `n * rows * cols` pixel bytes (0 to 255), image after image, row-major; the model
+    /// sees `byte / 255` ([`Dataset::images`], [`Dataset::fill_images`]).
+    pub pixels: Vec<u8>,
     /// `n` labels (MNIST: 0 to 9).
     pub labels: Vec<i32>,
     /// Number of examples.
@@ -246,7 +249,7 @@ impl Dataset {
             ));
         }
         Ok(Dataset {
-            images: images.data.iter().map(|&b| b as f32 / 255.0).collect(),
+            pixels: images.data.clone(),
             labels: labels.data.iter().map(|&b| b as i32).collect(),
             n,
             rows,
@@ -259,6 +262,35 @@ impl Dataset {
         let images = Idx::read(images_path, IMAGES_MAGIC)?;
         let labels = Idx::read(labels_path, LABELS_MAGIC)?;
         Dataset::from_idx(&images, &labels, images_path, labels_path)
+    }
+
+    /// Every image's pixels scaled to `[0, 1]` (byte / 255), image after image: a copy of
+    /// the whole dataset as f32, for APIs that take all examples at once.
+    pub fn images(&self) -> Vec<f32> {
+        self.pixels.iter().map(|&b| pixel(b)).collect()
+    }
+
+    /// Writes the pixels of the examples `idx`, scaled to `[0, 1]`, into `out` (example
+    /// after example; `out` holds `idx.len() * example_len()` values, extra values are left
+    /// alone). Allocates nothing.
+    pub fn fill_images(&self, idx: &[usize], out: &mut [f32]) {
+        let k = self.example_len();
+        for (&i, dst) in idx.iter().zip(out.chunks_exact_mut(k)) {
+            if let Some(src) = self.pixels.get(i * k..(i + 1) * k) {
+                for (d, &b) in dst.iter_mut().zip(src) {
+                    *d = pixel(b);
+                }
+            }
+        }
+    }
+
+    /// Writes the labels of the examples `idx` into `out`. Allocates nothing.
+    pub fn fill_labels(&self, idx: &[usize], out: &mut [i32]) {
+        for (&i, d) in idx.iter().zip(out.iter_mut()) {
+            if let Some(&l) = self.labels.get(i) {
+                *d = l;
+            }
+        }
     }
 
     /// Pixels per image (`rows * cols`).
@@ -292,7 +324,7 @@ impl Dataset {
         let start = start.min(end);
         let k = self.example_len();
         Dataset {
-            images: self.images[start * k..end * k].to_vec(),
+            pixels: self.pixels[start * k..end * k].to_vec(),
             labels: self.labels[start..end].to_vec(),
             n: end - start,
             rows: self.rows,
@@ -400,6 +432,12 @@ impl<'a> Batches<'a> {
     }
 }
 
+/// The model's value of pixel byte `b`: `b / 255`.
+#[inline]
+fn pixel(b: u8) -> f32 {
+    b as f32 / 255.0
+}
+
 /// A permutation of `0..n` by Fisher-Yates, drawn from `Rng::new(seed)`.
 pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
@@ -422,12 +460,10 @@ impl Iterator for Batches<'_> {
         let indices = self.order[self.pos..end].to_vec();
         self.pos = end;
         let k = self.data.example_len();
-        let mut images = Vec::with_capacity(indices.len() * k);
-        let mut labels = Vec::with_capacity(indices.len());
-        for &i in &indices {
-            images.extend_from_slice(&self.data.images[i * k..(i + 1) * k]);
-            labels.push(self.data.labels[i]);
-        }
+        let mut images = vec![0.0; indices.len() * k];
+        let mut labels = vec![0; indices.len()];
+        self.data.fill_images(&indices, &mut images);
+        self.data.fill_labels(&indices, &mut labels);
         Some(Batch {
             images,
             labels,

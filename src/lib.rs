@@ -50,6 +50,7 @@
 //! ```
 
 pub mod autodiff;
+pub mod batch;
 pub mod checkpoint;
 pub mod codegen;
 pub mod data;
@@ -63,6 +64,7 @@ pub mod optim;
 pub mod passes;
 pub mod runtime;
 pub mod shape;
+pub mod step;
 pub mod text;
 pub mod verify;
 

@@ -23,8 +23,9 @@ use gradlift::interp::{self, Array};
 use gradlift::op::Op;
 use gradlift::optim::{self, Optimizer};
 use gradlift::passes::Pipeline;
-use gradlift::runtime::{Executable, HostTensor};
+use gradlift::runtime::HostTensor;
 use gradlift::shape::{DType, Shape, TensorType};
+use gradlift::step::{compile_training_step, CompiledStep, StepOptions};
 use gradlift::text;
 use gradlift::verify::{verify, VerifyErrors};
 use std::collections::{BTreeMap, HashMap};
@@ -640,6 +641,14 @@ struct TrainArgs {
     /// Train on the first N training images only.
     #[arg(long)]
     limit: Option<usize>,
+    /// Threads the training step uses (default: the GRADLIFT_THREADS environment variable,
+    /// else every core). Results do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Shards each batch is split into, each computed on one thread (default: chosen from
+    /// the model and the batch size; 1 computes the batch whole).
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 /// A model ready to train: its forward graph, its compiled training step and the names and
@@ -649,7 +658,7 @@ struct Trainable {
     file: String,
     /// The parsed graph (forward, loss, metrics): evaluated on the test set.
     forward: Graph,
-    /// The training step: forward, gradients, optimizer updates, after the pass pipeline.
+    /// The training step: forward, gradients, optimizer updates (before the pass pipeline).
     step: Graph,
     /// The images input's name and type.
     x: (String, TensorType),
@@ -723,10 +732,10 @@ fn data_inputs(g: &Graph, file: &str) -> Result<(NodeId, NodeId, usize), CliErro
     Ok((x, labels, batch))
 }
 
-/// Reads the model and builds its training step: gradients of `loss` with respect to every
-/// param, the optimizer's updates with the learning-rate input `%lr`, the default pass
-/// pipeline. Returns the model and the time each phase took (seconds).
-fn trainable(path: &Path, opt: &Optimizer) -> Result<(Trainable, [f64; 2]), CliError> {
+/// Reads the model and builds its (unsplit) training step: gradients of `loss` with respect
+/// to every param and the optimizer's updates with the learning-rate input `%lr`, before the
+/// pass pipeline. It names the params and state a checkpoint holds.
+fn trainable(path: &Path, opt: &Optimizer) -> Result<Trainable, CliError> {
     let file = path.display().to_string();
     let forward = load(path)?;
     let (x, labels, batch) = data_inputs(&forward, &file)?;
@@ -737,34 +746,24 @@ fn trainable(path: &Path, opt: &Optimizer) -> Result<(Trainable, [f64; 2]), CliE
         )));
     }
     let in_file = |e: &dyn fmt::Display| CliError(format!("{file}: {e}"));
-    let t = Instant::now();
     let mut step = forward.clone();
     optim::training_step(&mut step, "loss", opt).map_err(|e| match e {
         optim::TrainingStepError::Grad(e) if e.loc().is_some() => CliError(e.to_string()),
         e => in_file(&e),
     })?;
     verify(&step).map_err(|e| verify_report(&format!("{file} (training step)"), &e))?;
-    let grad_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    Pipeline::default()
-        .run(&mut step)
-        .map_err(|e| in_file(&e))?;
-    let pass_s = t.elapsed().as_secs_f64();
     let named = |id: NodeId| {
         let n = &forward[id];
         (n.name.clone().unwrap_or_default(), n.ty.clone())
     };
-    Ok((
-        Trainable {
-            x: named(x),
-            labels: named(labels),
-            file,
-            forward,
-            step,
-            batch,
-        },
-        [grad_s, pass_s],
-    ))
+    Ok(Trainable {
+        x: named(x),
+        labels: named(labels),
+        file,
+        forward,
+        step,
+        batch,
+    })
 }
 
 /// The shuffling seed of epoch `epoch` of a run seeded `seed`.
@@ -774,12 +773,10 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
 
 /// The images and labels of the examples `idx` of `d`, as the model's two inputs.
 fn batch_tensors(m: &Trainable, d: &Dataset, idx: &[usize]) -> [(String, HostTensor); 2] {
-    let k = d.example_len();
-    let mut xs = Vec::with_capacity(idx.len() * k);
-    for &i in idx {
-        xs.extend_from_slice(&d.images[i * k..(i + 1) * k]);
-    }
-    let ys = idx.iter().map(|&i| d.labels[i]).collect();
+    let mut xs = vec![0.0; idx.len() * d.example_len()];
+    d.fill_images(idx, &mut xs);
+    let mut ys = vec![0; idx.len()];
+    d.fill_labels(idx, &mut ys);
     [
         (m.x.0.clone(), HostTensor::f32(m.x.1.shape.clone(), xs)),
         (
@@ -893,7 +890,7 @@ fn checkpoint_metadata(
 fn resume(
     path: &Path,
     m: &Trainable,
-    exe: &mut Executable,
+    exe: &mut CompiledStep,
     opt: &Optimizer,
     seed: u64,
     train_n: usize,
@@ -947,7 +944,7 @@ fn resume(
 fn save_checkpoint(
     path: &Path,
     m: &Trainable,
-    exe: &Executable,
+    exe: &CompiledStep,
     meta: &BTreeMap<String, String>,
 ) -> Result<(), CliError> {
     let types = checkpoint::graph_tensor_types(&m.step).map_err(|e| CliError(e.to_string()))?;
@@ -980,8 +977,8 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         )));
     }
     let t_build = Instant::now();
-    let (m, [grad_s, pass_s]) = trainable(&a.file, &opt)?;
-    let build_s = t_build.elapsed().as_secs_f64();
+    let m = trainable(&a.file, &opt)?;
+    let parse_s = t_build.elapsed().as_secs_f64();
     if let Some(b) = a.batch_size.filter(|&b| b != m.batch) {
         return Err(CliError(format!(
             "{}: --batch-size {b} differs from the model's batch dimension {} (%{}: {}); the shapes of an .ir model are fixed: omit --batch-size or write the model for batches of {b}",
@@ -1000,10 +997,15 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         )));
     }
 
-    let t = Instant::now();
-    let mut exe = codegen::compile(&m.step, &CompileOptions::default())
+    let mut opts = StepOptions {
+        shards: a.shards,
+        ..StepOptions::default()
+    };
+    if let Some(t) = a.threads {
+        opts.threads = t.max(1);
+    }
+    let (mut exe, report) = compile_training_step(&m.forward, "loss", &opt, None, m.batch, &opts)
         .map_err(|e| CliError(format!("{}: {e}", m.file)))?;
-    let compile_s = t.elapsed().as_secs_f64();
     let resumed = match &a.resume {
         Some(path) => Some(resume(path, &m, &mut exe, &opt, a.seed, train.n)?),
         None => None,
@@ -1028,20 +1030,29 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         test.n
     );
     outln!(
-        "training step: {} nodes; built in {:.1} ms (parsing and checking {:.1} ms, autodiff + optimizer {:.1} ms, passes {:.1} ms), compiled in {:.1} ms",
-        m.step.len(),
-        build_s * 1e3,
-        (build_s - grad_s - pass_s) * 1e3,
-        grad_s * 1e3,
-        pass_s * 1e3,
-        compile_s * 1e3,
+        "training step: {} nodes; parsing and checking {:.1} ms, autodiff + optimizer {:.1} ms, passes {:.1} ms, compiled in {:.1} ms",
+        report.nodes,
+        parse_s * 1e3,
+        report.grad_ms,
+        report.pass_ms,
+        report.compile_ms,
     );
+    match &report.not_split {
+        None => outln!(
+            "parallel: {} shards of {} examples on {} threads",
+            report.shards,
+            m.batch / report.shards,
+            report.threads
+        ),
+        Some(why) => outln!("parallel: not split, one thread ({why})"),
+    }
 
     if let (Some(path), Some(s)) = (&a.resume, resumed) {
         outln!("resumed from {} at step {s}", path.display());
     }
     let end = (a.epochs * per_epoch).min(a.steps.unwrap_or(usize::MAX));
-    let lr_t = HostTensor::f32(Shape::scalar(), vec![lr as f32]);
+    let run_err = |e: gradlift::runtime::RunError| CliError(format!("{}: {e}", m.file));
+    exe.input_f32_mut("lr").map_err(run_err)?[0] = lr as f32;
     let t_train = Instant::now();
     while step < end {
         let epoch = step / per_epoch;
@@ -1050,16 +1061,11 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         let mut means = Means::default();
         let t = Instant::now();
         for b in first..last {
-            let [x, y] = batch_tensors(&m, &train, &order[b * m.batch..(b + 1) * m.batch]);
-            let inputs = [
-                (x.0.as_str(), x.1),
-                (y.0.as_str(), y.1),
-                ("lr", lr_t.clone()),
-            ];
-            let outs = exe
-                .run(&inputs)
-                .map_err(|e| CliError(format!("{}: step {step}: {e}", m.file)))?;
-            means.add(&outs);
+            let idx = &order[b * m.batch..(b + 1) * m.batch];
+            train.fill_images(idx, exe.input_f32_mut(&m.x.0).map_err(run_err)?);
+            train.fill_labels(idx, exe.input_i32_mut(&m.labels.0).map_err(run_err)?);
+            exe.run_bound();
+            means.add(exe.outputs());
             step += 1;
         }
         let partial = if last - first < per_epoch {
@@ -1094,7 +1100,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
 
 /// Evaluates the forward graph with the trained params on the full batches of the test set
 /// (in order) and prints the mean of every scalar output.
-fn evaluate_test(m: &Trainable, trained: &Executable, test: &Dataset) -> Result<(), CliError> {
+fn evaluate_test(m: &Trainable, trained: &CompiledStep, test: &Dataset) -> Result<(), CliError> {
     let batches = test.n / m.batch;
     if batches == 0 {
         outln!(
@@ -1159,7 +1165,11 @@ struct SummaryArgs {
 /// outputs, updates and the number of nodes of each op, most frequent first.
 fn cmd_summary(a: &SummaryArgs) -> Result<(), CliError> {
     let g = if a.step {
-        trainable(&a.file, &a.optimizer.optimizer())?.0.step
+        let mut step = trainable(&a.file, &a.optimizer.optimizer())?.step;
+        Pipeline::default()
+            .run(&mut step)
+            .map_err(|e| CliError(format!("{}: {e}", a.file.display())))?;
+        step
     } else {
         load(&a.file)?
     };

@@ -191,6 +191,123 @@ pub enum TrainingStepError {
     /// The learning-rate input or the optimizer's nodes cannot be added.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The step cannot be split along its batch ([`sharded_training_step`]).
+    #[error(transparent)]
+    Batch(#[from] crate::batch::BatchError),
+}
+
+/// A training step split along its batch into `shards` equal shards: made by
+/// [`sharded_training_step`], run by [`crate::runtime::sharded::ShardedStep`].
+#[derive(Clone, Debug)]
+pub struct ShardedTrainingStep {
+    /// Forward and backward of one shard (`batch / shards` examples): the forward graph's
+    /// outputs (batch means, see [`crate::batch`]) and the gradient of the loss with respect to
+    /// every param as outputs named [`grad_output`]. Reads the params, updates nothing.
+    pub shard: Graph,
+    /// The optimizer update: the params (same names and initializers as the forward
+    /// graph's), the optimizer's state, the learning-rate input `%lr` and the inputs
+    /// [`grad_input`]`(s, param)` (shard `s`'s gradient); averages the shards' gradients in
+    /// shard order and updates every param and its state in place.
+    pub update: Graph,
+    /// Number of shards.
+    pub shards: usize,
+    /// Examples per shard.
+    pub shard_batch: usize,
+    /// The forward graph's inputs: name, type at the full batch, and whether they are
+    /// batched (each shard reads its rows) or read whole by every shard.
+    pub inputs: Vec<(String, TensorType, bool)>,
+}
+
+/// Name of the shard graph's output holding the gradient of `param`.
+pub fn grad_output(param: &str) -> String {
+    format!("grad.{param}")
+}
+
+/// Name of the update graph's input holding shard `s`'s gradient of `param`.
+pub fn grad_input(s: usize, param: &str) -> String {
+    format!("grad{s}.{param}")
+}
+
+/// The training step of the forward graph `g` (batch `batch`) split into `shards` shards,
+/// the same step as [`training_step`] computed as data-parallel training computes it: each
+/// shard runs forward and backward on its `batch / shards` examples
+/// ([`crate::batch::rebatch`]), the shards' gradients are averaged in a fixed order, then
+/// `clip` (if any) and `optimizer` update the params once. Exact (up to f32 rounding) when the
+/// loss is a mean over the examples ([`crate::batch::analyze`] checks it). `shards` 1 is the
+/// unsplit step cut between gradients and update.
+pub fn sharded_training_step(
+    g: &Graph,
+    loss: &str,
+    optimizer: &Optimizer,
+    clip: Option<&Clip>,
+    batch: usize,
+    shards: usize,
+) -> Result<ShardedTrainingStep, TrainingStepError> {
+    let shards = shards.max(1);
+    let axes = crate::batch::analyze(g, batch)?;
+    if !batch.is_multiple_of(shards) {
+        return Err(crate::batch::BatchError {
+            graph: g.name.clone(),
+            batch,
+            node: "the batch".into(),
+            message: format!("{batch} examples do not split into {shards} equal shards"),
+        }
+        .into());
+    }
+    let mut shard = crate::batch::rebatch(g, &axes, batch / shards);
+    shard.name = format!("{}_shard", g.name);
+    let loss_node = shard.output(loss).ok_or_else(|| {
+        crate::autodiff::GradError::Unknown(format!("no output called {loss:?} to use as the loss"))
+    })?;
+    let params = shard.params();
+    let grads = crate::autodiff::grad(&mut shard, loss_node, &params)?;
+    let mut update = Graph::new(format!("{}_update", g.name));
+    let mut pairs = Vec::with_capacity(params.len());
+    for (&p, &d) in params.iter().zip(&grads) {
+        let n = &g[p];
+        let name = n.name.clone().unwrap_or_default();
+        shard.add_output(&grad_output(&name), d)?;
+        let Op::Param { init } = &n.op else {
+            continue;
+        };
+        let up = update.param(&name, n.ty.shape.clone(), init.clone())?;
+        let mut sum = update.input(&grad_input(0, &name), n.ty.clone())?;
+        for s in 1..shards {
+            let gs = update.input(&grad_input(s, &name), n.ty.clone())?;
+            sum = update.add2(sum, gs)?;
+        }
+        if shards > 1 {
+            let scale = update.scalar(1.0 / shards as f64);
+            sum = update.mul(sum, scale)?;
+        }
+        pairs.push((up, sum));
+    }
+    let pairs = match clip {
+        Some(c) => {
+            let grads: Vec<NodeId> = pairs.iter().map(|p| p.1).collect();
+            let clipped = c.apply(&mut update, &grads)?;
+            pairs.iter().map(|p| p.0).zip(clipped).collect()
+        }
+        None => pairs,
+    };
+    let lr = lr_input(&mut update)?;
+    optimizer.apply(&mut update, lr, &pairs)?;
+    let inputs = g
+        .inputs()
+        .into_iter()
+        .map(|id| {
+            let n = &g[id];
+            let name = n.name.clone().unwrap_or_default();
+            (name, n.ty.clone(), axes.batched.contains(&id))
+        })
+        .collect();
+    Ok(ShardedTrainingStep {
+        shard,
+        update,
+        shards,
+        shard_batch: batch / shards,
+        inputs,
+    })
 }
 
 /// Extends the forward graph `g` into one training step, the whole of what `jax.jit` of a
@@ -203,12 +320,26 @@ pub fn training_step(
     loss: &str,
     optimizer: &Optimizer,
 ) -> Result<Applied, TrainingStepError> {
+    training_step_with(g, loss, optimizer, None)
+}
+
+/// [`training_step`] with the gradients clipped by `clip` (if any) before the update.
+pub fn training_step_with(
+    g: &mut Graph,
+    loss: &str,
+    optimizer: &Optimizer,
+    clip: Option<&Clip>,
+) -> Result<Applied, TrainingStepError> {
     let mut step = g.clone();
     let loss_node = step.output(loss).ok_or_else(|| {
         crate::autodiff::GradError::Unknown(format!("no output called {loss:?} to use as the loss"))
     })?;
     let params = step.params();
     let grads = crate::autodiff::grad(&mut step, loss_node, &params)?;
+    let grads = match clip {
+        Some(c) => c.apply(&mut step, &grads)?,
+        None => grads,
+    };
     let lr = lr_input(&mut step)?;
     let pairs: Vec<(NodeId, NodeId)> = params.into_iter().zip(grads).collect();
     let applied = optimizer.apply(&mut step, lr, &pairs)?;

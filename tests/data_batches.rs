@@ -5,7 +5,7 @@ use gradlift::data::{load_default, shuffled, Batches, Dataset};
 
 fn counting(n: usize) -> Dataset {
     Dataset {
-        images: (0..n * 2).map(|k| k as f32).collect(),
+        pixels: (0..n * 2).map(|k| k as u8).collect(),
         labels: (0..n as i32).collect(),
         n,
         rows: 1,
@@ -20,7 +20,10 @@ fn unshuffled_batches_are_in_order_with_a_partial_last_one() {
     assert_eq!(b.len(), 3);
     assert_eq!(b.iter().map(|x| x.n).collect::<Vec<_>>(), vec![4, 4, 2]);
     assert_eq!(b[2].labels, vec![8, 9]);
-    assert_eq!(b[2].images, vec![16.0, 17.0, 18.0, 19.0]);
+    assert_eq!(
+        b[2].images,
+        [16.0f32, 17.0, 18.0, 19.0].map(|p| p / 255.0).to_vec()
+    );
     assert_eq!(ds.batches(4, None).unwrap().num_batches(), 3);
     assert_eq!(ds.batches(5, None).unwrap().len(), 2);
 }
@@ -50,7 +53,7 @@ fn shuffling_is_deterministic_and_a_permutation() {
     for b in Batches::new(&ds, 16, Some(42)).unwrap() {
         for (j, &i) in b.indices.iter().enumerate() {
             assert_eq!(b.labels[j], i as i32);
-            assert_eq!(b.images[2 * j], 2.0 * i as f32);
+            assert_eq!(b.images[2 * j], (2 * i) as u8 as f32 / 255.0);
         }
     }
 }

@@ -43,13 +43,13 @@ fn shipped_subset_loads() {
     let (train, test) = load_default().unwrap();
     assert_eq!((train.n, train.rows, train.cols), (6000, 28, 28));
     assert_eq!((test.n, test.rows, test.cols), (1000, 28, 28));
-    assert_eq!(train.images.len(), 6000 * 784);
+    assert_eq!(train.images().len(), 6000 * 784);
     assert_eq!(test.labels.len(), 1000);
     // The first labels of the original files.
     assert_eq!(&train.labels[..8], &[5, 0, 4, 1, 9, 2, 1, 3]);
     assert_eq!(&test.labels[..8], &[7, 2, 1, 0, 4, 1, 4, 9]);
-    assert!(train.images.iter().all(|&p| (0.0..=1.0).contains(&p)));
-    assert!(train.images.contains(&1.0), "255 must map to 1.0");
+    assert!(train.images().iter().all(|&p| (0.0..=1.0).contains(&p)));
+    assert!(train.images().contains(&1.0), "255 must map to 1.0");
     // Every class is represented well enough (at least 5% of the examples each).
     for (ds, n) in [(&train, 6000), (&test, 1000)] {
         let counts = ds.class_counts();
@@ -87,7 +87,7 @@ fn load_mnist_reads_plain_files_and_scales_pixels() {
     assert_eq!((train.n, train.rows, train.cols), (5, 2, 3));
     assert_eq!(test.n, 3);
     assert_eq!(train.labels, vec![0, 1, 2, 3, 4]);
-    assert_eq!(train.images[7], 7.0 / 255.0);
+    assert_eq!(train.images()[7], 7.0 / 255.0);
 }
 
 #[test]

@@ -35,13 +35,13 @@ fn max_weight_diff(a: &Model, b: &Model) -> f32 {
 /// Trains `model()` on both backends through fit, evaluate, fit, and compares.
 fn compare(model: impl Fn() -> Sequential, options: CompileOptions, n: usize, tol: f32) {
     let (train, test) = load_default().unwrap();
-    let (x, y) = (&train.images[..n * 784], &train.labels[..n]);
+    let (x, y) = (&train.images()[..n * 784], &train.labels[..n]);
     let run = |backend| {
         let mut m = model().compile(options.clone().backend(backend)).unwrap();
         let h1 = m.fit(x, Targets::Classes(y), &quiet(2, 32, 7)).unwrap();
         let e = m
             .evaluate(
-                &test.images[..784 * 50],
+                &test.images()[..784 * 50],
                 Targets::Classes(&test.labels[..50]),
                 20,
             )

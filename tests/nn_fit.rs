@@ -106,17 +106,17 @@ fn mlp_learns_the_mnist_subset() {
         ))
         .unwrap();
     let before = model
-        .evaluate(&test.images, Targets::Classes(&test.labels), 250)
+        .evaluate(&test.images(), Targets::Classes(&test.labels), 250)
         .unwrap();
     let h = model
         .fit(
-            &train.images,
+            &train.images(),
             Targets::Classes(&train.labels),
             &quiet(3, 64),
         )
         .unwrap();
     let after = model
-        .evaluate(&test.images, Targets::Classes(&test.labels), 250)
+        .evaluate(&test.images(), Targets::Classes(&test.labels), 250)
         .unwrap();
     let acc = h.get("accuracy");
     assert!(acc[2] > acc[0], "{acc:?}");
@@ -124,7 +124,7 @@ fn mlp_learns_the_mnist_subset() {
     let test_acc = after.metric("accuracy").unwrap();
     assert!(test_acc > 0.8, "test accuracy {test_acc}");
     // predict agrees with evaluate's accuracy.
-    let p = model.predict(&test.images, 128).unwrap();
+    let p = model.predict(&test.images(), 128).unwrap();
     let correct = p
         .chunks(10)
         .zip(&test.labels)
@@ -156,7 +156,7 @@ fn small_cnn_trains() {
         .unwrap();
     let h = model
         .fit(
-            &train.images,
+            &train.images(),
             Targets::Classes(&train.labels),
             &quiet(3, 64),
         )
@@ -186,7 +186,7 @@ fn runs_are_reproducible_and_the_last_partial_batch_trains() {
     let fit = |seed| {
         let mut m = mnist_mlp(0.25, 3);
         m.fit(
-            &train.images,
+            &train.images(),
             Targets::Classes(&train.labels),
             &FitOptions {
                 seed,
@@ -207,7 +207,7 @@ fn runs_are_reproducible_and_the_last_partial_batch_trains() {
     let mut m = mnist_mlp(0.0, 3);
     let before = m.weights().get("dense.kernel").unwrap().to_vec();
     m.fit(
-        &train.images[..784],
+        &train.images()[..784],
         Targets::Classes(&train.labels[..1]),
         &quiet(1, 64),
     )

@@ -55,7 +55,7 @@ fn compile_initializes_params_from_their_seeds() {
 #[test]
 fn predict_and_evaluate_ignore_dropout_and_batching() {
     let (_, test) = load_default().unwrap();
-    let x = &test.images[..784 * 10];
+    let x = &test.images()[..784 * 10];
     let y = &test.labels[..10];
     let mut m = mnist_mlp(0.5, 4);
     let p1 = m.predict(x, 10).unwrap();

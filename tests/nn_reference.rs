@@ -75,7 +75,7 @@ fn train_and_evaluate(train: &Dataset, test: &Dataset, epochs: usize) -> f64 {
     let t = Instant::now();
     let h = model
         .fit(
-            &train.images,
+            &train.images(),
             Targets::Classes(&train.labels),
             &FitOptions {
                 epochs,
@@ -87,7 +87,7 @@ fn train_and_evaluate(train: &Dataset, test: &Dataset, epochs: usize) -> f64 {
         .unwrap();
     let secs = t.elapsed().as_secs_f64();
     let e = model
-        .evaluate(&test.images, Targets::Classes(&test.labels), 64)
+        .evaluate(&test.images(), Targets::Classes(&test.labels), 64)
         .unwrap();
     eprintln!(
         "{epochs} epoch(s) on {} images: {secs:.2} s ({:.0} images/s); history {:?}; test {e:?}",

@@ -47,7 +47,7 @@ fn cnn_reaches_98_5_percent_on_the_full_test_set() {
     let t = Instant::now();
     let h = model
         .fit(
-            &train.images,
+            &train.images(),
             Targets::Classes(&train.labels),
             &FitOptions {
                 epochs: 5,
@@ -59,7 +59,7 @@ fn cnn_reaches_98_5_percent_on_the_full_test_set() {
         .unwrap();
     let seconds = t.elapsed().as_secs_f64();
     let ev = model
-        .evaluate(&test.images, Targets::Classes(&test.labels), 500)
+        .evaluate(&test.images(), Targets::Classes(&test.labels), 500)
         .unwrap();
     let acc = ev.metric("accuracy").unwrap();
     eprintln!(

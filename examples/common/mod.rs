@@ -110,7 +110,7 @@ fn run(
     for epoch in 0..a.epochs {
         let t = Instant::now();
         let h = model.fit(
-            &train.images,
+            &train.images(),
             Targets::Classes(&train.labels),
             &FitOptions {
                 epochs: 1,
@@ -131,7 +131,7 @@ fn run(
     }
 
     let t = Instant::now();
-    let ev = model.evaluate(&test.images, Targets::Classes(&test.labels), 500)?;
+    let ev = model.evaluate(&test.images(), Targets::Classes(&test.labels), 500)?;
     let accuracy = ev.metric("accuracy").unwrap_or(f64::NAN);
     if ex.detailed {
         println!(

@@ -3,6 +3,18 @@
 //! [`Executable::run`] takes host tensors by input name, checks every one (name, dtype, shape,
 //! buffer length) before any native code runs, calls the one native function and returns the
 //! outputs by name. [`HostTensor`] is the plain data type going in and out.
+//!
+//! For loops that call a step many times, an executable also owns one buffer per input:
+//! fill it in place ([`Executable::input_f32_mut`], [`Executable::input_i32_mut`]) and call
+//! [`Executable::run_bound`], which checks nothing per call (the buffers cannot change
+//! type) and allocates nothing; the outputs are read in place ([`Executable::outputs`]).
+//!
+//! Native code runs with flush-to-zero and denormals-are-zero ([`fpenv`]); a training step
+//! split along its batch over threads is a [`sharded::ShardedStep`] on a [`pool::Pool`].
+
+pub mod fpenv;
+pub mod pool;
+pub mod sharded;
 
 use crate::codegen::plan::{Plan, ALIGN};
 use crate::codegen::CompileReport;
@@ -279,12 +291,22 @@ impl Drop for Arena {
     }
 }
 
+/// The pointer table handed to native code, kept between calls so a call allocates nothing.
+struct Table(Vec<*mut u8>);
+
+// SAFETY: the table only holds addresses of buffers owned by the same executable or
+// borrowed for the duration of one call; it is rebuilt before every call.
+unsafe impl Send for Table {}
+
 /// A compiled graph: call [`Executable::run`] as often as needed. Params and state persist
 /// across calls and change only through the graph's declared updates or [`Executable::set_param`].
 pub struct Executable {
     _jit: Jit,
     entry: unsafe extern "C" fn(*const *mut u8),
     inputs: Vec<(String, TensorType)>,
+    /// One owned buffer per input, for [`Executable::run_bound`].
+    bound: Vec<HostTensor>,
+    table: Table,
     params: Vec<(String, HostTensor)>,
     states: Vec<(String, HostTensor)>,
     consts: Vec<HostTensor>,
@@ -349,6 +371,7 @@ impl Executable {
         // SAFETY: `code` is the finalized function built with signature `fn(*const *mut u8)`.
         let entry =
             unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const *mut u8)>(code) };
+        let slots = plan.arena_slot(g.outputs().len()) + 1;
         Executable {
             _jit: Jit(Some(module)),
             entry,
@@ -357,6 +380,12 @@ impl Executable {
                 .iter()
                 .map(|&id| (name(id), g[id].ty.clone()))
                 .collect(),
+            bound: plan
+                .inputs
+                .iter()
+                .map(|&id| HostTensor::zeros(&g[id].ty))
+                .collect(),
+            table: Table(Vec::with_capacity(slots)),
             params: plan
                 .params
                 .iter()
@@ -388,7 +417,6 @@ impl Executable {
         &mut self,
         inputs: &[(&str, HostTensor)],
     ) -> Result<Vec<(String, HostTensor)>, RunError> {
-        let mut table: Vec<*mut u8> = Vec::with_capacity(self.slots());
         for (i, (name, _)) in inputs.iter().enumerate() {
             if !self.inputs.iter().any(|(n, _)| n == name) {
                 return Err(RunError::Unknown {
@@ -403,6 +431,7 @@ impl Executable {
                 });
             }
         }
+        self.table.0.clear();
         for (name, ty) in &self.inputs {
             let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
                 return Err(RunError::MissingInput {
@@ -411,27 +440,102 @@ impl Executable {
                 });
             };
             t.check(name, ty)?;
-            table.push(t.as_ptr());
+            self.table.0.push(t.as_ptr());
         }
+        // SAFETY: every input was checked to have the dtype, shape and length the code was
+        // compiled for, and stays borrowed (only read) until the call returns.
+        unsafe { self.call() };
+        Ok(self.outputs.clone())
+    }
+
+    /// Runs the graph once on the bound input buffers (see [`Executable::input_f32_mut`]);
+    /// allocates nothing. The outputs are read with [`Executable::outputs`] or
+    /// [`Executable::output`].
+    pub fn run_bound(&mut self) {
+        self.table.0.clear();
+        for t in self.bound.iter_mut() {
+            self.table.0.push(t.as_mut_ptr());
+        }
+        // SAFETY: bound buffers were made with the input types and can only be written
+        // element for element (their length and dtype cannot change).
+        unsafe { self.call() };
+    }
+
+    /// Completes the table after the input pointers (params, state, consts, outputs, arena)
+    /// and calls the native function with flush-to-zero and denormals-are-zero set.
+    ///
+    /// # Safety
+    /// `self.table` holds one pointer per input, each to a buffer of the input's type.
+    unsafe fn call(&mut self) {
         for (_, t) in self.params.iter_mut().chain(self.states.iter_mut()) {
-            table.push(t.as_mut_ptr());
+            self.table.0.push(t.as_mut_ptr());
         }
         for t in self.consts.iter_mut() {
-            table.push(t.as_mut_ptr());
+            self.table.0.push(t.as_mut_ptr());
         }
         if self.poison {
             self.fill_with_nan();
         }
         for (_, t) in self.outputs.iter_mut() {
-            table.push(t.as_mut_ptr());
+            self.table.0.push(t.as_mut_ptr());
         }
-        table.push(self.arena.ptr);
-        // SAFETY: every input was checked to have the dtype, shape and length the code was
-        // compiled for; params, state, consts, outputs and the arena are owned buffers of the
-        // planned sizes; `&mut self` gives the call exclusive access to them, and inputs are
-        // only read.
-        unsafe { (self.entry)(table.as_ptr()) };
-        Ok(self.outputs.clone())
+        self.table.0.push(self.arena.ptr);
+        debug_assert_eq!(self.table.0.len(), self.slots());
+        let _fp = fpenv::FlushDenormals::enter();
+        // SAFETY: params, state, consts, outputs and the arena are owned buffers of the
+        // planned sizes, `&mut self` gives the call exclusive access to them, and the caller
+        // vouches for the inputs.
+        unsafe { (self.entry)(self.table.0.as_ptr()) };
+    }
+
+    /// The bound buffer of f32 input `name`: write a call's data here, then call
+    /// [`Executable::run_bound`].
+    pub fn input_f32_mut(&mut self, name: &str) -> Result<&mut [f32], RunError> {
+        let i = self.input_index(name)?;
+        let ty = self.inputs[i].1.clone();
+        match &mut self.bound[i].data {
+            TensorData::F32(v) => Ok(v),
+            TensorData::I32(_) => Err(RunError::WrongDType {
+                name: name.into(),
+                expected: ty,
+                found: DType::F32,
+            }),
+        }
+    }
+
+    /// The bound buffer of i32 input `name` (see [`Executable::input_f32_mut`]).
+    pub fn input_i32_mut(&mut self, name: &str) -> Result<&mut [i32], RunError> {
+        let i = self.input_index(name)?;
+        let ty = self.inputs[i].1.clone();
+        match &mut self.bound[i].data {
+            TensorData::I32(v) => Ok(v),
+            TensorData::F32(_) => Err(RunError::WrongDType {
+                name: name.into(),
+                expected: ty,
+                found: DType::I32,
+            }),
+        }
+    }
+
+    fn input_index(&self, name: &str) -> Result<usize, RunError> {
+        self.inputs
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| RunError::Unknown {
+                kind: "input",
+                name: name.to_string(),
+                known: self.input_names(),
+            })
+    }
+
+    /// The outputs of the last call, by name, in declaration order.
+    pub fn outputs(&self) -> &[(String, HostTensor)] {
+        &self.outputs
+    }
+
+    /// Output `name` of the last call.
+    pub fn output(&self, name: &str) -> Option<&HostTensor> {
+        self.outputs.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
 
     /// All-ones bits (NaN as f32, -1 as i32) in the arena and every output buffer.
@@ -511,8 +615,6 @@ impl Executable {
             .map(|(_, t)| t.clone())
     }
 
-    // Added by the nn helper: the training loop keeps one executable per batch size (the last,
-    // partial batch of an epoch has its own) and moves optimizer state between them.
     /// Overwrites state tensor `name` (same dtype, shape and length required).
     pub fn set_state(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
         let known = self

@@ -1,0 +1,285 @@
+//! Compiled training steps, the one piece `gradlift train` and [`crate::nn::Model::fit`]
+//! share: from a forward graph with a scalar `loss` output to native code that trains it,
+//! on every core.
+//!
+//! [`compile_training_step`] splits the step along its batch when it can
+//! ([`crate::optim::sharded_training_step`]: each shard's forward and backward on a thread
+//! of the pool, the shards' gradients averaged in a fixed order, one update), runs the pass
+//! pipeline on each graph and compiles it; a step that cannot be split (a loss that is not
+//! a mean over the examples, see [`crate::batch`]) is compiled whole and runs on one thread,
+//! and [`StepReport::not_split`] says why. [`CompiledStep`] is the result either way: fill
+//! its bound inputs, call [`CompiledStep::run_bound`], read its outputs.
+
+use crate::batch;
+use crate::codegen::{self, CompileError, CompileOptions};
+use crate::graph::Graph;
+use crate::optim::{self, Clip, Optimizer, TrainingStepError};
+use crate::passes::{PassError, Pipeline};
+use crate::runtime::pool::{default_threads, Pool};
+use crate::runtime::sharded::ShardedStep;
+use crate::runtime::{Executable, HostTensor, RunError};
+use crate::shape::TensorType;
+
+/// Options of [`compile_training_step`].
+#[derive(Clone, Debug)]
+pub struct StepOptions {
+    /// Threads a step may use (default: [`default_threads`], i.e. `GRADLIFT_THREADS` or
+    /// every core). Results do not depend on it.
+    pub threads: usize,
+    /// Shards the batch is split into (default: [`default_shards`], which depends only on the
+    /// model and the batch size, never on the thread count). 1 computes the whole batch at
+    /// once.
+    pub shards: Option<usize>,
+    /// Run the default pass pipeline on the step's graphs (default true).
+    pub optimize: bool,
+    /// Code generation options.
+    pub compile: CompileOptions,
+}
+
+impl Default for StepOptions {
+    fn default() -> Self {
+        StepOptions {
+            threads: default_threads(),
+            shards: None,
+            optimize: true,
+            compile: CompileOptions::default(),
+        }
+    }
+}
+
+/// Why building or compiling a training step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Autodiff, the optimizer or the split.
+    #[error(transparent)]
+    Step(#[from] TrainingStepError),
+    /// The pass pipeline.
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    /// Code generation.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
+/// What [`compile_training_step`] built.
+#[derive(Clone, Debug, Default)]
+pub struct StepReport {
+    /// Shards the batch is split into (1: not split).
+    pub shards: usize,
+    /// Threads a call uses.
+    pub threads: usize,
+    /// Why the step was not split, when it could not be.
+    pub not_split: Option<String>,
+    /// Graph nodes compiled (all functions).
+    pub nodes: usize,
+    /// Milliseconds spent in autodiff and the optimizer, in the pass pipeline, and in code
+    /// generation.
+    pub grad_ms: f64,
+    /// See `grad_ms`.
+    pub pass_ms: f64,
+    /// See `grad_ms`.
+    pub compile_ms: f64,
+}
+
+/// FLOPs below which a shard is too small to be worth a thread's wake-up (measured: a
+/// dispatch to the pool costs a few microseconds).
+pub const MIN_SHARD_FLOPS: u64 = 3_000_000;
+
+/// The shard count for `g` (forward graph) at batch `batch`: 4, 2 or 1, the largest that
+/// divides the batch into shards of at least 4 examples and [`MIN_SHARD_FLOPS`] of forward
+/// work each. Depends on the model only, so results are the same on every machine and for
+/// every thread count.
+pub fn default_shards(g: &Graph, batch: usize) -> usize {
+    let flops = forward_flops(g);
+    [4, 2]
+        .into_iter()
+        .find(|&s| batch.is_multiple_of(s) && batch / s >= 4 && flops / s as u64 >= MIN_SHARD_FLOPS)
+        .unwrap_or(1)
+}
+
+/// Approximate FLOPs of one evaluation of `g`: 2 per multiply-add of matmuls and
+/// convolutions, one per element of everything else.
+pub fn forward_flops(g: &Graph) -> u64 {
+    use crate::op::Op;
+    g.node_ids()
+        .into_iter()
+        .map(|id| {
+            let n = &g[id];
+            let ops = g.operands(id);
+            let out = n.ty.shape.numel() as u64;
+            match &n.op {
+                Op::Matmul => {
+                    let k = g[ops[0]].ty.shape.dims().last().copied().unwrap_or(1) as u64;
+                    2 * out * k
+                }
+                Op::Conv2d { .. } => {
+                    let w = g[ops[1]].ty.shape.dims();
+                    let taps: usize = w.iter().take(3).product();
+                    2 * out * taps as u64
+                }
+                _ => out,
+            }
+        })
+        .sum()
+}
+
+/// A compiled training step: whole, or split along the batch over threads.
+#[derive(Debug)]
+pub enum CompiledStep {
+    /// One native function computing the whole step on the calling thread.
+    Whole(Box<Executable>),
+    /// Shards on the pool's threads, then the update.
+    Sharded(Box<ShardedStep>),
+}
+
+/// Builds the training step of the forward graph `forward` (inputs with leading dimension
+/// `batch`, a scalar output `loss`): gradients of the loss with respect to every param,
+/// `clip`, `optimizer`'s updates with the learning-rate input `lr`; split and compiled as the
+/// module documentation says.
+pub fn compile_training_step(
+    forward: &Graph,
+    loss: &str,
+    optimizer: &Optimizer,
+    clip: Option<&Clip>,
+    batch: usize,
+    opts: &StepOptions,
+) -> Result<(CompiledStep, StepReport), StepError> {
+    let mut report = StepReport {
+        shards: 1,
+        threads: 1,
+        ..Default::default()
+    };
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
+    let shards = opts
+        .shards
+        .unwrap_or_else(|| default_shards(forward, batch))
+        .max(1);
+    let t = std::time::Instant::now();
+    let split = optim::sharded_training_step(forward, loss, optimizer, clip, batch, shards);
+    match split {
+        Ok(mut step) => {
+            report.grad_ms = ms(t);
+            let t = std::time::Instant::now();
+            if opts.optimize {
+                Pipeline::default().run(&mut step.shard)?;
+                Pipeline::default().run(&mut step.update)?;
+            }
+            report.pass_ms = ms(t);
+            report.nodes = step.shard.len() + step.update.len();
+            let t = std::time::Instant::now();
+            let threads = opts.threads.max(1);
+            let pool = Pool::shared(threads.min(step.shards));
+            let exe = ShardedStep::compile(&step, &opts.compile, pool, threads)?;
+            report.compile_ms = ms(t);
+            report.shards = exe.shards();
+            report.threads = exe.threads();
+            Ok((CompiledStep::Sharded(Box::new(exe)), report))
+        }
+        Err(TrainingStepError::Batch(e)) => {
+            report.not_split = Some(e.to_string());
+            let t = std::time::Instant::now();
+            let mut g = forward.clone();
+            optim::training_step_with(&mut g, loss, optimizer, clip)?;
+            report.grad_ms = ms(t);
+            let t = std::time::Instant::now();
+            if opts.optimize {
+                Pipeline::default().run(&mut g)?;
+            }
+            report.pass_ms = ms(t);
+            report.nodes = g.len();
+            let t = std::time::Instant::now();
+            let exe = codegen::compile(&g, &opts.compile)?;
+            report.compile_ms = ms(t);
+            Ok((CompiledStep::Whole(Box::new(exe)), report))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $e:ident => $body:expr) => {
+        match $self {
+            CompiledStep::Whole($e) => $body,
+            CompiledStep::Sharded($e) => $body,
+        }
+    };
+}
+
+impl CompiledStep {
+    /// The bound buffer of f32 input `name` (full batch; the learning rate `lr` too).
+    pub fn input_f32_mut(&mut self, name: &str) -> Result<&mut [f32], RunError> {
+        delegate!(self, e => e.input_f32_mut(name))
+    }
+
+    /// The bound buffer of i32 input `name`.
+    pub fn input_i32_mut(&mut self, name: &str) -> Result<&mut [i32], RunError> {
+        delegate!(self, e => e.input_i32_mut(name))
+    }
+
+    /// Runs one step on the bound inputs; allocates nothing.
+    pub fn run_bound(&mut self) {
+        delegate!(self, e => e.run_bound())
+    }
+
+    /// Runs one step on `inputs` (all of them, by name, full batch) and returns the outputs.
+    pub fn run(
+        &mut self,
+        inputs: &[(&str, HostTensor)],
+    ) -> Result<Vec<(String, HostTensor)>, RunError> {
+        delegate!(self, e => e.run(inputs))
+    }
+
+    /// The step's inputs with their types.
+    pub fn inputs(&self) -> Vec<(String, TensorType)> {
+        match self {
+            CompiledStep::Whole(e) => e.inputs().to_vec(),
+            CompiledStep::Sharded(e) => e.inputs(),
+        }
+    }
+
+    /// The outputs of the last call, by name.
+    pub fn outputs(&self) -> &[(String, HostTensor)] {
+        delegate!(self, e => e.outputs())
+    }
+
+    /// Output `name` of the last call.
+    pub fn output(&self, name: &str) -> Option<&HostTensor> {
+        delegate!(self, e => e.output(name))
+    }
+
+    /// The current value of param `name`.
+    pub fn param(&self, name: &str) -> Option<HostTensor> {
+        delegate!(self, e => e.param(name))
+    }
+
+    /// Every param with its current value.
+    pub fn params(&self) -> Vec<(String, HostTensor)> {
+        delegate!(self, e => e.params())
+    }
+
+    /// Overwrites param `name`.
+    pub fn set_param(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
+        delegate!(self, e => e.set_param(name, value))
+    }
+
+    /// The current value of state tensor `name`.
+    pub fn state(&self, name: &str) -> Option<HostTensor> {
+        delegate!(self, e => e.state(name))
+    }
+
+    /// Overwrites state tensor `name`.
+    pub fn set_state(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
+        delegate!(self, e => e.set_state(name, value))
+    }
+
+    /// The compile reports of the compiled functions (one, or the shard's and the update's).
+    pub fn reports(&self) -> Vec<codegen::CompileReport> {
+        match self {
+            CompiledStep::Whole(e) => vec![e.report().clone()],
+            CompiledStep::Sharded(e) => e.reports().into_iter().cloned().collect(),
+        }
+    }
+}
+
+/// Re-exported for callers that match on the split's refusal.
+pub use batch::BatchError;

@@ -1,0 +1,107 @@
+//! The batch analysis and the split of a training step (`batch`, `optim::sharded_training_step`):
+//! which graphs split, the refusals with their reasons, and the printed shard and update
+//! graphs (snapshots).
+
+use gradlift::batch::{analyze, rebatch};
+use gradlift::optim::{sharded_training_step, Optimizer};
+use gradlift::text::{parse, print};
+use gradlift::verify::verify;
+use gradlift::Graph;
+
+fn model(file: &str) -> Graph {
+    let path = format!("{}/ir/{file}", env!("CARGO_MANIFEST_DIR"));
+    parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap()
+}
+
+fn graph(body: &str) -> Graph {
+    let text = format!(
+        "graph g {{\ninputs:\n  %x: f32[8,3] = input\nparams:\n  %w: f32[3,2] = param glorot_uniform(seed=1)\nbody:\n{body}\n}}"
+    );
+    parse(&text, "g.ir").unwrap()
+}
+
+#[test]
+fn the_corpus_models_rebatch_to_valid_graphs() {
+    for (file, batch) in [("cnn.ir", 64), ("mlp.ir", 64), ("rnn.ir", 32)] {
+        let g = model(file);
+        let axes = analyze(&g, batch).unwrap();
+        let small = rebatch(&g, &axes, batch / 4);
+        verify(&small).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let x = small.find("x").unwrap();
+        assert_eq!(small[x].ty.shape.dims()[0], batch / 4);
+        // the params keep their shapes (the RNN's recurrent kernel is [64,64] at batch 64 too)
+        for p in small.params() {
+            assert_eq!(small[p].ty, g[p].ty);
+        }
+    }
+}
+
+#[test]
+fn the_rnn_zero_state_follows_the_batch() {
+    let g = model("rnn.ir");
+    let axes = analyze(&g, 32).unwrap();
+    let h0 = g.find("h0").unwrap();
+    assert!(
+        axes.batched.contains(&h0),
+        "the splat const h0 feeds batched rows"
+    );
+    assert!(axes.means.contains(&g.output("loss").unwrap()));
+}
+
+#[test]
+fn refusals_name_the_node_and_the_reason() {
+    let cases = [
+        (
+            "  %y: f32[8,2] = matmul %x, %w\n  %s: f32[] = reduce_sum %y, axes=[0,1], keepdims=false\noutputs:\n  loss = %s",
+            "reduce_sum over the batch",
+        ),
+        (
+            "  %y: f32[8,2] = matmul %x, %w\n  %m: f32[] = reduce_mean %y, axes=[0,1], keepdims=false\n  %c: f32[8,2] = sub %y, %m\n  %s: f32[] = reduce_mean %c, axes=[0,1], keepdims=false\noutputs:\n  loss = %s",
+            "other than affinely",
+        ),
+        (
+            "  %y: f32[8,2] = matmul %x, %w\n  %m: f32[] = reduce_mean %y, axes=[0,1], keepdims=false\noutputs:\n  loss = %m\n  y = %y",
+            "one row per example",
+        ),
+        (
+            "  %t: f32[3,8] = transpose %x, perm=[1,0]\n  %y: f32[3,3] = matmul %t, %x\n  %m: f32[] = reduce_mean %y, axes=[0,1], keepdims=false\noutputs:\n  loss = %m",
+            "axis 0 would have to be the batch",
+        ),
+    ];
+    for (body, needle) in cases {
+        let g = graph(body);
+        let e = analyze(&g, 8).expect_err(body).to_string();
+        assert!(e.contains(needle), "{e}\nshould say {needle:?}");
+        assert!(e.contains("cannot split g along its batch of 8"), "{e}");
+    }
+}
+
+#[test]
+fn an_l2_penalty_is_data_independent_and_splits() {
+    let g = graph(
+        "  %y: f32[8,2] = matmul %x, %w\n  %sq: f32[8,2] = mul %y, %y\n  %m: f32[] = reduce_mean %sq, axes=[0,1], keepdims=false\n  %w2: f32[3,2] = mul %w, %w\n  %p: f32[] = reduce_sum %w2, axes=[0,1], keepdims=false\n  %c: f32[] = const 0.01\n  %pc: f32[] = mul %p, %c\n  %loss: f32[] = add %m, %pc\noutputs:\n  loss = %loss",
+    );
+    let axes = analyze(&g, 8).unwrap();
+    assert!(axes.means.contains(&g.output("loss").unwrap()));
+}
+
+#[test]
+fn uneven_shards_are_refused() {
+    let g = model("mlp.ir");
+    let e = sharded_training_step(&g, "loss", &Optimizer::sgd(), None, 64, 3).unwrap_err();
+    assert!(
+        e.to_string().contains("do not split into 3 equal shards"),
+        "{e}"
+    );
+}
+
+#[test]
+fn shard_and_update_graphs_of_the_mlp() {
+    let g = model("mlp.ir");
+    let step = sharded_training_step(&g, "loss", &Optimizer::sgd(), None, 64, 2).unwrap();
+    verify(&step.shard).unwrap();
+    verify(&step.update).unwrap();
+    assert_eq!(step.shard_batch, 32);
+    insta::assert_snapshot!("mlp_shard", print(&step.shard));
+    insta::assert_snapshot!("mlp_update_sgd_2_shards", print(&step.update));
+}

@@ -1,0 +1,187 @@
+//! Training steps split along the batch (`step::compile_training_step`): results do not
+//! depend on the thread count (bit for bit), agree with the interpreter's unsplit step, and
+//! steps that cannot be split say why and still train.
+
+mod jit_util;
+
+use gradlift::init::Rng;
+use gradlift::interp::{eval, Array};
+use gradlift::optim::{self, Optimizer};
+use gradlift::runtime::HostTensor;
+use gradlift::step::{compile_training_step, CompiledStep, StepOptions};
+use gradlift::text::parse;
+use gradlift::Graph;
+use std::collections::HashMap;
+
+fn model(file: &str) -> Graph {
+    let path = format!("{}/ir/{file}", env!("CARGO_MANIFEST_DIR"));
+    parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap()
+}
+
+/// Seeded images in [0, 1) and labels in 0..10 for `g`'s inputs `x` and `labels`.
+fn batch(g: &Graph, seed: u64) -> Vec<(String, HostTensor)> {
+    let mut rng = Rng::new(seed);
+    let x = &g[g.find("x").unwrap()].ty;
+    let l = &g[g.find("labels").unwrap()].ty;
+    let xs = (0..x.shape.numel()).map(|_| rng.uniform() as f32).collect();
+    let ls = (0..l.shape.numel()).map(|_| rng.below(10) as i32).collect();
+    vec![
+        ("x".into(), HostTensor::f32(x.shape.clone(), xs)),
+        ("labels".into(), HostTensor::i32(l.shape.clone(), ls)),
+        ("lr".into(), HostTensor::f32([], vec![0.001])),
+    ]
+}
+
+fn compiled(g: &Graph, shards: usize, threads: usize) -> CompiledStep {
+    let batch = g[g.find("x").unwrap()].ty.shape.dims()[0];
+    let opts = StepOptions {
+        threads,
+        shards: Some(shards),
+        ..StepOptions::default()
+    };
+    let (step, report) =
+        compile_training_step(g, "loss", &Optimizer::adam(), None, batch, &opts).unwrap();
+    assert_eq!(report.not_split, None);
+    assert_eq!(report.shards, shards);
+    step
+}
+
+/// Params and loss after `steps` steps on seeded batches.
+fn train(step: &mut CompiledStep, g: &Graph, steps: u64) -> (Vec<(String, HostTensor)>, f32) {
+    let mut loss = 0.0;
+    for s in 0..steps {
+        let inputs = batch(g, s);
+        let refs: Vec<(&str, HostTensor)> = inputs
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect();
+        let outs = step.run(&refs).unwrap();
+        loss = outs
+            .iter()
+            .find(|(n, _)| n == "loss")
+            .unwrap()
+            .1
+            .as_f32()
+            .unwrap()[0];
+    }
+    (step.params(), loss)
+}
+
+#[test]
+fn results_are_bit_identical_for_every_thread_count() {
+    for (file, shards) in [("mlp.ir", 2), ("mlp.ir", 4), ("cnn.ir", 4)] {
+        let g = model(file);
+        let one = train(&mut compiled(&g, shards, 1), &g, 3);
+        for threads in [2, 3] {
+            let many = train(&mut compiled(&g, shards, threads), &g, 3);
+            assert!(
+                one == many,
+                "{file}, {shards} shards: {threads} threads differ from 1"
+            );
+        }
+        assert!(one.1.is_finite());
+    }
+}
+
+#[test]
+fn a_split_step_equals_the_interpreters_unsplit_step() {
+    for (file, shards) in [("mlp.ir", 4), ("cnn.ir", 2), ("rnn.ir", 4)] {
+        let g = model(file);
+        let mut step = compiled(&g, shards, 2);
+        let inputs = batch(&g, 7);
+        let refs: Vec<(&str, HostTensor)> = inputs
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect();
+        let outs = step.run(&refs).unwrap();
+
+        let mut whole = g.clone();
+        optim::training_step(&mut whole, "loss", &Optimizer::adam()).unwrap();
+        let mut feeds = HashMap::new();
+        for (name, t) in &inputs {
+            let id = whole.find(name).unwrap();
+            let data = t.to_f64();
+            feeds.insert(
+                id,
+                Array {
+                    shape: t.shape.clone(),
+                    data,
+                },
+            );
+        }
+        let values = eval::<f64>(&whole, &feeds).unwrap();
+        let terms = jit_util::max_terms(&whole);
+        let want_loss = values.get(whole.output("loss").unwrap()).unwrap().data[0];
+        let got_loss = outs.iter().find(|(n, _)| n == "loss").unwrap().1.to_f64()[0];
+        jit_util::close(&format!("{file} loss"), &[got_loss], &[want_loss], terms);
+        for u in whole.updates() {
+            let name = whole[u.target].name.clone().unwrap();
+            let got = step
+                .param(&name)
+                .or_else(|| step.state(&name))
+                .unwrap_or_else(|| panic!("{file}: no value for {name}"));
+            let want = &values.get(u.value).unwrap().data;
+            jit_util::close(&format!("{file} {name}"), &got.to_f64(), want, terms);
+        }
+    }
+}
+
+#[test]
+fn a_loss_summed_over_the_batch_is_not_split_and_still_trains() {
+    let text = "graph summed {
+inputs:
+  %x: f32[8,3] = input
+params:
+  %w: f32[3,1] = param glorot_uniform(seed=1)
+body:
+  %y: f32[8,1] = matmul %x, %w
+  %sq: f32[8,1] = mul %y, %y
+  %loss: f32[] = reduce_sum %sq, axes=[0,1], keepdims=false
+outputs:
+  loss = %loss
+}";
+    let g = parse(text, "summed.ir").unwrap();
+    let opts = StepOptions {
+        shards: Some(2),
+        ..StepOptions::default()
+    };
+    let (mut step, report) =
+        compile_training_step(&g, "loss", &Optimizer::sgd(), None, 8, &opts).unwrap();
+    let why = report
+        .not_split
+        .expect("a summed loss cannot be averaged over shards");
+    assert!(why.contains("reduce_sum over the batch"), "{why}");
+    assert!(matches!(step, CompiledStep::Whole(_)));
+    step.input_f32_mut("x").unwrap().fill(1.0);
+    step.input_f32_mut("lr").unwrap()[0] = 0.01;
+    step.run_bound();
+    let first = step.output("loss").unwrap().as_f32().unwrap()[0];
+    step.run_bound();
+    let second = step.output("loss").unwrap().as_f32().unwrap()[0];
+    assert!(second < first, "{second} < {first}");
+}
+
+#[test]
+fn bound_inputs_and_run_give_the_same_step() {
+    let g = model("mlp.ir");
+    let inputs = batch(&g, 3);
+    let mut a = compiled(&g, 2, 2);
+    let mut b = compiled(&g, 2, 2);
+    let refs: Vec<(&str, HostTensor)> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    let outs = a.run(&refs).unwrap();
+    b.input_f32_mut("x")
+        .unwrap()
+        .copy_from_slice(inputs[0].1.as_f32().unwrap());
+    b.input_i32_mut("labels")
+        .unwrap()
+        .copy_from_slice(inputs[1].1.as_i32().unwrap());
+    b.input_f32_mut("lr").unwrap()[0] = 0.001;
+    b.run_bound();
+    assert_eq!(outs, b.outputs());
+    assert_eq!(a.params(), b.params());
+    assert!(b.input_i32_mut("x").is_err(), "x is f32");
+    assert!(b.input_f32_mut("nope").is_err());
+}
