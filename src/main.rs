@@ -25,7 +25,7 @@ use gradlift::optim::{self, Optimizer};
 use gradlift::passes::Pipeline;
 use gradlift::runtime::HostTensor;
 use gradlift::shape::{DType, Shape, TensorType};
-use gradlift::step::{compile_training_step, CompiledStep, StepOptions};
+use gradlift::step::{compile_training_step, CompiledStep, DataFeed, StepOptions};
 use gradlift::text;
 use gradlift::verify::{verify, VerifyErrors};
 use std::collections::{BTreeMap, HashMap};
@@ -797,13 +797,14 @@ impl Means {
     /// Adds the scalar outputs of one step.
     fn add(&mut self, outs: &[(String, HostTensor)]) {
         for (name, t) in outs {
-            let v = t.to_f64();
-            if v.len() != 1 {
-                continue;
-            }
+            let v = match (t.as_f32(), t.as_i32()) {
+                (Some([v]), _) => *v as f64,
+                (_, Some([v])) => *v as f64,
+                _ => continue,
+            };
             match self.sums.iter_mut().find(|(n, _)| n == name) {
-                Some((_, s)) => *s += v[0],
-                None => self.sums.push((name.clone(), v[0])),
+                Some((_, s)) => *s += v,
+                None => self.sums.push((name.clone(), v)),
             }
         }
         self.steps += 1;
@@ -1053,6 +1054,10 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     let end = (a.epochs * per_epoch).min(a.steps.unwrap_or(usize::MAX));
     let run_err = |e: gradlift::runtime::RunError| CliError(format!("{}: {e}", m.file));
     exe.input_f32_mut("lr").map_err(run_err)?[0] = lr as f32;
+    let feed = DataFeed {
+        x: m.x.0.clone(),
+        labels: m.labels.0.clone(),
+    };
     let t_train = Instant::now();
     while step < end {
         let epoch = step / per_epoch;
@@ -1061,10 +1066,8 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         let mut means = Means::default();
         let t = Instant::now();
         for b in first..last {
-            let idx = &order[b * m.batch..(b + 1) * m.batch];
-            train.fill_images(idx, exe.input_f32_mut(&m.x.0).map_err(run_err)?);
-            train.fill_labels(idx, exe.input_i32_mut(&m.labels.0).map_err(run_err)?);
-            exe.run_bound();
+            feed.step(&mut exe, &train, &order[b * m.batch..(b + 1) * m.batch])
+                .map_err(run_err)?;
             means.add(exe.outputs());
             step += 1;
         }
@@ -1095,7 +1098,17 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         save_checkpoint(path, &m, &exe, &meta)?;
         outln!("saved {} (step {step})", path.display());
     }
+    if let Some(kb) = peak_rss_kb() {
+        outln!("peak memory (resident): {:.1} MB", kb as f64 / 1024.0);
+    }
     Ok(())
+}
+
+/// The process's peak resident set size in KiB (`VmHWM` of `/proc/self/status`; Linux only).
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Evaluates the forward graph with the trained params on the full batches of the test set

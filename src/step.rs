@@ -12,6 +12,7 @@
 
 use crate::batch;
 use crate::codegen::{self, CompileError, CompileOptions};
+use crate::data::Dataset;
 use crate::graph::Graph;
 use crate::optim::{self, Clip, Optimizer, TrainingStepError};
 use crate::passes::{PassError, Pipeline};
@@ -283,3 +284,29 @@ impl CompiledStep {
 
 /// Re-exported for callers that match on the split's refusal.
 pub use batch::BatchError;
+
+/// The data inputs of a classifier's training step: images (f32, `[B, ...]`) and integer
+/// labels (i32, `[B]`), by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataFeed {
+    /// Name of the images input.
+    pub x: String,
+    /// Name of the labels input.
+    pub labels: String,
+}
+
+impl DataFeed {
+    /// Writes examples `idx` of `data` (a full batch) straight into the step's input buffers
+    /// and runs one step. Allocates nothing.
+    pub fn step(
+        &self,
+        step: &mut CompiledStep,
+        data: &Dataset,
+        idx: &[usize],
+    ) -> Result<(), RunError> {
+        data.fill_images(idx, step.input_f32_mut(&self.x)?);
+        data.fill_labels(idx, step.input_i32_mut(&self.labels)?);
+        step.run_bound();
+        Ok(())
+    }
+}

@@ -61,3 +61,17 @@ fn the_bound_path_restores_the_mode_too() {
     assert_eq!(mxcsr(), before);
     assert_eq!(exe.output("y").unwrap().as_f32().unwrap(), &[0.0; 4]);
 }
+
+#[test]
+fn ieee_mode_keeps_denormals() {
+    let g = parse(TWICE, "twice.ir").unwrap();
+    let opts = CompileOptions {
+        flush_denormals: false,
+        ..CompileOptions::default()
+    };
+    let mut exe = compile(&g, &opts).unwrap();
+    let tiny = f32::from_bits(1);
+    exe.input_f32_mut("x").unwrap().fill(tiny);
+    exe.run_bound();
+    assert_eq!(exe.output("y").unwrap().as_f32().unwrap(), &[2.0 * tiny; 4]);
+}

@@ -59,6 +59,10 @@ pub struct CompileOptions {
     /// Testing aid: fill the arena and the output buffers with NaN bits before every call, so
     /// an element a kernel forgets to write shows up as NaN instead of a stale value.
     pub poison: bool,
+    /// Run the code with flush-to-zero and denormals-are-zero (default true, as XLA:CPU
+    /// does: denormal arithmetic is up to 100x slower on x86); false keeps IEEE denormals.
+    /// See [`crate::runtime::fpenv`].
+    pub flush_denormals: bool,
 }
 
 impl Default for CompileOptions {
@@ -68,6 +72,7 @@ impl Default for CompileOptions {
             verify: cfg!(debug_assertions),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             poison: false,
+            flush_denormals: true,
         }
     }
 }
@@ -545,7 +550,7 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileEr
         code_bytes,
     };
     let t2 = Instant::now();
-    let mut exe = Executable::new(g, module, code, plan, report.clone(), opts.poison);
+    let mut exe = Executable::new(g, module, code, plan, report.clone(), opts);
     report.init_ms = t2.elapsed().as_secs_f64() * 1e3;
     exe.set_report(report);
     Ok(exe)

@@ -278,10 +278,17 @@ impl Dropout {
 /// The values of a dropout mask: `n` elements, each 0 with probability `rate`, else
 /// `1 / (1 - rate)`, drawn from `rng`.
 pub fn dropout_mask(rng: &mut crate::init::Rng, n: usize, rate: f64) -> Vec<f32> {
+    let mut m = vec![0.0; n];
+    fill_dropout_mask(rng, &mut m, rate);
+    m
+}
+
+/// [`dropout_mask`] written into `out` (the same values for the same generator state).
+pub fn fill_dropout_mask(rng: &mut crate::init::Rng, out: &mut [f32], rate: f64) {
     let keep = (1.0 / (1.0 - rate)) as f32;
-    (0..n)
-        .map(|_| if rng.uniform() < rate { 0.0 } else { keep })
-        .collect()
+    for m in out {
+        *m = if rng.uniform() < rate { 0.0 } else { keep };
+    }
 }
 
 /// Sets an activation, an initializer or a regularizer on layers that have them.

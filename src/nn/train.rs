@@ -19,15 +19,16 @@
 //! Params and optimizer state live in the [`Model`]'s [`Weights`], by node name, and are
 //! shared by every variant: each call feeds them and writes the updated values back.
 
-use super::layers::dropout_mask;
+use super::layers::{dropout_mask, fill_dropout_mask};
 use super::{GraphOptions, Loss, Metric, ModelGraph, Sequential};
 use crate::checkpoint::{CheckpointError, Mismatch, NamedTensor, TensorData};
 use crate::graph::{BuildError, Graph, NodeId};
 use crate::init::Rng;
 use crate::op::Op;
 use crate::optim::{lr_input, Clip, Optimizer};
-use crate::runtime::{Executable, HostTensor};
+use crate::runtime::HostTensor;
 use crate::shape::DType;
+use crate::step::{compile_training_step, CompiledStep, StepOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -101,6 +102,12 @@ pub struct CompileOptions {
     pub optimize: bool,
     /// The engine that runs the steps (default [`Backend::Jit`]).
     pub backend: Backend,
+    /// Threads a training step may use (default: [`crate::step::StepOptions`]'s, i.e.
+    /// `GRADLIFT_THREADS` or every core). Results do not depend on it.
+    pub threads: Option<usize>,
+    /// Shards each training batch is split into (default: chosen from the model and the
+    /// batch size, see [`crate::step::default_shards`]).
+    pub shards: Option<usize>,
 }
 
 impl CompileOptions {
@@ -114,7 +121,21 @@ impl CompileOptions {
             clip: None,
             optimize: true,
             backend: Backend::Jit,
+            threads: None,
+            shards: None,
         }
+    }
+
+    /// Sets the number of threads a training step may use.
+    pub fn threads(mut self, threads: usize) -> CompileOptions {
+        self.threads = Some(threads);
+        self
+    }
+
+    /// Sets the number of shards each training batch is split into.
+    pub fn shards(mut self, shards: usize) -> CompileOptions {
+        self.shards = Some(shards);
+        self
     }
 
     /// Sets the learning rate.
@@ -291,8 +312,11 @@ struct Step {
     y: Option<NodeId>,
     lr: Option<NodeId>,
     masks: Vec<(NodeId, f64)>,
-    /// The compiled graph ([`Backend::Jit`] only).
-    exe: Option<Box<Executable>>,
+    /// The compiled step ([`Backend::Jit`] only): a training step split along the batch
+    /// when it can be ([`crate::step::compile_training_step`]).
+    exe: Option<CompiledStep>,
+    /// The outputs of the last interpreted call ([`Backend::Interpreter`]).
+    last: Vec<(String, HostTensor)>,
     /// The version of the weights the executable holds ([`Model`] keeps the current one).
     version: u64,
 }
@@ -417,7 +441,10 @@ impl Model {
         let mut v: Vec<_> = self
             .steps
             .values()
-            .filter_map(|s| Some((s.graph.name.clone(), s.exe.as_ref()?.report().clone())))
+            .filter_map(|s| {
+                let r = s.exe.as_ref()?.reports().into_iter().next()?;
+                Some((s.graph.name.clone(), r))
+            })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
@@ -442,16 +469,44 @@ impl Model {
 
     fn build_step(&self, kind: Kind, batch: usize) -> Result<Step, TrainError> {
         let o = &self.options;
-        let (mut graph, x, y, lr, masks) = self.step_graph(kind, batch)?;
+        let (forward, mut graph, x, y, lr, masks) = self.step_graph(kind, batch)?;
         if o.optimize {
             crate::passes::Pipeline::default().run(&mut graph)?;
         }
-        let exe = match o.backend {
-            Backend::Jit => Some(Box::new(crate::codegen::compile(
-                &graph,
-                &crate::codegen::CompileOptions::default(),
-            )?)),
-            Backend::Interpreter => None,
+        let exe = match (o.backend, kind) {
+            (Backend::Interpreter, _) => None,
+            (Backend::Jit, Kind::Train) => {
+                let mut opts = StepOptions {
+                    shards: o.shards,
+                    optimize: o.optimize,
+                    ..StepOptions::default()
+                };
+                if let Some(t) = o.threads {
+                    opts.threads = t.max(1);
+                }
+                let (exe, _) = compile_training_step(
+                    &forward,
+                    "loss",
+                    &o.optimizer,
+                    o.clip.as_ref(),
+                    batch,
+                    &opts,
+                )
+                .map_err(|e| match e {
+                    crate::step::StepError::Step(e) => TrainError::Run {
+                        graph: forward.name.clone(),
+                        message: e.to_string(),
+                    },
+                    crate::step::StepError::Pass(e) => TrainError::Pass(e),
+                    crate::step::StepError::Compile(e) => TrainError::Compile(e),
+                })?;
+                Some(exe)
+            }
+            (Backend::Jit, _) => {
+                let exe =
+                    crate::codegen::compile(&graph, &crate::codegen::CompileOptions::default())?;
+                Some(CompiledStep::Whole(Box::new(exe)))
+            }
         };
         Ok(Step {
             graph,
@@ -460,12 +515,13 @@ impl Model {
             lr,
             masks,
             exe,
+            last: Vec::new(),
             version: u64::MAX,
         })
     }
 
-    /// The unoptimized graph of step `kind` for `batch` examples, with its input handles
-    /// (`x`, targets, learning rate, dropout masks).
+    /// The forward graph and the unoptimized graph of step `kind` for `batch` examples, with
+    /// its input handles (`x`, targets, learning rate, dropout masks).
     #[allow(clippy::type_complexity)]
     fn step_graph(
         &self,
@@ -473,6 +529,7 @@ impl Model {
         batch: usize,
     ) -> Result<
         (
+            Graph,
             Graph,
             NodeId,
             Option<NodeId>,
@@ -497,6 +554,7 @@ impl Model {
             ..
         } = self.model.build_graph(&gopts)?;
         graph.name = format!("{}_{}_{batch}", self.model.name, kind.name());
+        let forward = graph.clone();
         let mut lr = None;
         if let (Kind::Train, Some(loss)) = (kind, loss) {
             let grads = crate::autodiff::grad(&mut graph, loss, &params)?;
@@ -509,7 +567,7 @@ impl Model {
             o.optimizer.apply(&mut graph, lr_node, &pairs)?;
             lr = Some(lr_node);
         }
-        Ok((graph, x, y, lr, dropout_masks))
+        Ok((forward, graph, x, y, lr, dropout_masks))
     }
 
     fn check_x(&self, x: &[f32]) -> Result<usize, TrainError> {
@@ -687,11 +745,13 @@ impl Model {
             );
             let mut sums = Sums::default();
             for idx in order.chunks(opts.batch_size) {
-                let outs = self.run(Kind::Train, x, Some(y), idx, Some(&mut rng))?;
+                self.run(Kind::Train, x, Some(y), idx, Some(&mut rng))?;
                 self.steps_trained += 1;
-                sums.add(&outs, idx.len());
-                bar.inc(1);
-                bar.set_message(sums.message());
+                sums.add(self.outputs((Kind::Train, idx.len())), idx.len());
+                if opts.verbose {
+                    bar.inc(1);
+                    bar.set_message(sums.message());
+                }
             }
             let mut logs = sums.means();
             if let Some((vx, vy)) = validation {
@@ -738,8 +798,8 @@ impl Model {
         let mut sums = Sums::default();
         let order: Vec<usize> = (0..n).collect();
         for idx in order.chunks(batch_size) {
-            let outs = self.run(Kind::Evaluate, x, Some(y), idx, None)?;
-            sums.add(&outs, idx.len());
+            self.run(Kind::Evaluate, x, Some(y), idx, None)?;
+            sums.add(self.outputs((Kind::Evaluate, idx.len())), idx.len());
         }
         let means = sums.means();
         let loss = means
@@ -772,9 +832,10 @@ impl Model {
         let mut out = Vec::new();
         let order: Vec<usize> = (0..n).collect();
         for idx in order.chunks(batch_size) {
-            let outs = self.run(Kind::Predict, x, None, idx, None)?;
-            if let Some(p) = outs.get("predictions") {
-                out.extend_from_slice(p);
+            self.run(Kind::Predict, x, None, idx, None)?;
+            let outs = self.outputs((Kind::Predict, idx.len()));
+            if let Some((_, p)) = outs.iter().find(|(n, _)| n == "predictions") {
+                out.extend(p.to_f64().into_iter().map(|v| v as f32));
             }
         }
         Ok(out)
@@ -906,7 +967,7 @@ impl Model {
     /// The training graph (batch 1, unoptimized): its params and states are exactly what a
     /// checkpoint holds (the batch size changes no param or state).
     fn checkpoint_graph(&self) -> Result<Graph, TrainError> {
-        Ok(self.step_graph(Kind::Train, 1)?.0)
+        Ok(self.step_graph(Kind::Train, 1)?.1)
     }
 
     /// Saves the nodes `ids` of `g` with their current values (the initializer's for a state
@@ -965,9 +1026,11 @@ impl Model {
         Ok(())
     }
 
-    /// Runs the step `kind` on the examples `idx` of `x`: gathers the batch, feeds it with
-    /// the weights, the learning rate and fresh dropout masks, writes the updates back into
-    /// the weights and returns the named outputs.
+    /// Runs the step `kind` on the examples `idx` of `x`: gathers the batch into the step's
+    /// inputs with the weights, the learning rate and fresh dropout masks, and writes the
+    /// updates back into the weights; the outputs are then read with [`Model::outputs`]. On
+    /// the JIT backend the batch goes straight into the compiled step's input buffers and a
+    /// call allocates nothing.
     fn run(
         &mut self,
         kind: Kind,
@@ -975,12 +1038,96 @@ impl Model {
         y: Option<Targets<'_>>,
         idx: &[usize],
         rng: Option<&mut Rng>,
-    ) -> Result<HashMap<String, Vec<f32>>, TrainError> {
+    ) -> Result<(), TrainError> {
         let k = self.example_len;
         let out_len: usize = self.output_shape.iter().product();
         let lr = self.learning_rate;
+        let key = (kind, idx.len());
         self.step(kind, idx.len())?;
-        let step = &self.steps[&(kind, idx.len())];
+        if self.steps[&key].exe.is_some() {
+            self.sync_into(key)?;
+        }
+        let step = self
+            .steps
+            .get_mut(&key)
+            .ok_or_else(|| TrainError::Data("internal: step not built".into()))?;
+        let graph = &step.graph;
+        let run_err = |message: String| TrainError::Run {
+            graph: graph.name.clone(),
+            message,
+        };
+        let name = |id: NodeId| graph[id].name.as_deref().unwrap_or("");
+        let Some(exe) = step.exe.as_mut() else {
+            return self.run_interpreted(key, x, y, idx, rng);
+        };
+        let e = |e: crate::runtime::RunError| run_err(e.to_string());
+        let buf = exe.input_f32_mut(name(step.x)).map_err(e)?;
+        for (dst, &i) in buf.chunks_exact_mut(k).zip(idx) {
+            dst.copy_from_slice(&x[i * k..(i + 1) * k]);
+        }
+        if let (Some(yn), Some(t)) = (step.y, y) {
+            match (t, graph[yn].ty.dtype) {
+                (Targets::Classes(c), DType::I32) => {
+                    let buf = exe.input_i32_mut(name(yn)).map_err(e)?;
+                    for (d, &i) in buf.iter_mut().zip(idx) {
+                        *d = c[i];
+                    }
+                }
+                (Targets::Classes(c), DType::F32) => {
+                    let buf = exe.input_f32_mut(name(yn)).map_err(e)?;
+                    for (d, &i) in buf.iter_mut().zip(idx) {
+                        *d = c[i] as f32;
+                    }
+                }
+                (Targets::Values(v), _) => {
+                    let buf = exe.input_f32_mut(name(yn)).map_err(e)?;
+                    for (dst, &i) in buf.chunks_exact_mut(out_len).zip(idx) {
+                        dst.copy_from_slice(&v[i * out_len..(i + 1) * out_len]);
+                    }
+                }
+            }
+        }
+        if let Some(l) = step.lr {
+            exe.input_f32_mut(name(l)).map_err(e)?[0] = lr as f32;
+        }
+        if let Some(rng) = rng {
+            for &(m, rate) in &step.masks {
+                fill_dropout_mask(rng, exe.input_f32_mut(name(m)).map_err(e)?, rate);
+            }
+        }
+        exe.run_bound();
+        if !graph.updates().is_empty() {
+            self.version += 1;
+            step.version = self.version;
+            self.owner = Some(key);
+        }
+        Ok(())
+    }
+
+    /// The outputs of the last call of step `(kind, batch)`.
+    fn outputs(&self, key: (Kind, usize)) -> &[(String, HostTensor)] {
+        match self.steps.get(&key) {
+            Some(Step { exe: Some(e), .. }) => e.outputs(),
+            Some(s) => &s.last,
+            None => &[],
+        }
+    }
+
+    /// [`Model::run`] on the reference interpreter.
+    fn run_interpreted(
+        &mut self,
+        key: (Kind, usize),
+        x: &[f32],
+        y: Option<Targets<'_>>,
+        idx: &[usize],
+        rng: Option<&mut Rng>,
+    ) -> Result<(), TrainError> {
+        let k = self.example_len;
+        let out_len: usize = self.output_shape.iter().product();
+        let lr = self.learning_rate;
+        let Some(step) = self.steps.get(&key) else {
+            return Err(TrainError::Data("internal: step not built".into()));
+        };
         let mut feeds: Vec<(NodeId, Vec<f32>)> = Vec::new();
         let mut xb = Vec::with_capacity(idx.len() * k);
         for &i in idx {
@@ -1006,29 +1153,34 @@ impl Model {
                 feeds.push((m, dropout_mask(rng, n, rate)));
             }
         }
-        if step.exe.is_none() {
-            let (outs, updates) = execute(&step.graph, &feeds, &self.weights)?;
-            for (name, values) in updates {
-                let shape = self
-                    .weights
-                    .shape(&name)
-                    .map(|s| s.to_vec())
-                    .unwrap_or_default();
-                self.weights.insert(&name, shape, values)?;
-            }
-            return Ok(outs);
+        let (outs, updates) = execute(&step.graph, &feeds, &self.weights)?;
+        let last = step
+            .graph
+            .outputs()
+            .iter()
+            .filter_map(|o| {
+                let v = outs.get(&o.name)?.clone();
+                let shape = step.graph[o.node].ty.shape.clone();
+                Some((o.name.clone(), HostTensor::f32(shape, v)))
+            })
+            .collect();
+        for (name, values) in updates {
+            let shape = self
+                .weights
+                .shape(&name)
+                .map(|s| s.to_vec())
+                .unwrap_or_default();
+            self.weights.insert(&name, shape, values)?;
         }
-        self.run_jit((kind, idx.len()), feeds)
+        if let Some(step) = self.steps.get_mut(&key) {
+            step.last = last;
+        }
+        Ok(())
     }
 
-    /// Runs a compiled step: first brings its executable up to date (the newest params and
-    /// state may be in another executable, or changed by the user), then runs it; if the step
-    /// updates anything, its executable becomes the owner of the newest values.
-    fn run_jit(
-        &mut self,
-        key: (Kind, usize),
-        feeds: Vec<(NodeId, Vec<f32>)>,
-    ) -> Result<HashMap<String, Vec<f32>>, TrainError> {
+    /// Brings the compiled step `key` up to date before it runs: the newest params and state
+    /// may be in another executable, or changed by the user.
+    fn sync_into(&mut self, key: (Kind, usize)) -> Result<(), TrainError> {
         if self.owner.is_some() && self.owner != Some(key) {
             self.sync()?;
         }
@@ -1061,31 +1213,7 @@ impl Model {
             }
             step.version = version;
         }
-        let mut named: Vec<(&str, HostTensor)> = Vec::with_capacity(feeds.len());
-        for (id, v) in feeds {
-            let n = &graph[id];
-            let t = match n.ty.dtype {
-                DType::F32 => HostTensor::f32(n.ty.shape.clone(), v),
-                DType::I32 => {
-                    HostTensor::i32(n.ty.shape.clone(), v.iter().map(|&x| x as i32).collect())
-                }
-            };
-            named.push((n.name.as_deref().unwrap_or(""), t));
-        }
-        let outs = exe.run(&named).map_err(|e| run_err(e.to_string()))?;
-        let mut map = HashMap::new();
-        for (name, t) in outs {
-            match t.as_f32() {
-                Some(v) => map.insert(name, v.to_vec()),
-                None => map.insert(name, t.to_f64().iter().map(|&x| x as f32).collect()),
-            };
-        }
-        if !graph.updates().is_empty() {
-            self.version += 1;
-            step.version = self.version;
-            self.owner = Some(key);
-        }
-        Ok(map)
+        Ok(())
     }
 }
 
@@ -1154,32 +1282,39 @@ fn tensor_values(t: &NamedTensor) -> Vec<f32> {
     }
 }
 
-/// Running sums of scalar outputs weighted by batch size.
+/// Running sums of scalar outputs weighted by batch size (allocates only when a name is
+/// first seen).
 #[derive(Default)]
 struct Sums {
-    order: Vec<String>,
-    sum: HashMap<String, f64>,
+    sum: Vec<(String, f64)>,
     count: usize,
 }
 
 impl Sums {
-    fn add(&mut self, outs: &HashMap<String, Vec<f32>>, n: usize) {
-        let mut names: Vec<&String> = outs.keys().filter(|k| outs[*k].len() == 1).collect();
-        names.sort_by_key(|k| (k.as_str() != "loss", k.to_string()));
-        for k in names {
-            if !self.sum.contains_key(k) {
-                self.order.push(k.clone());
+    fn add(&mut self, outs: &[(String, HostTensor)], n: usize) {
+        for (k, t) in outs {
+            let v = match &t.data {
+                crate::runtime::TensorData::F32(v) if v.len() == 1 => v[0] as f64,
+                crate::runtime::TensorData::I32(v) if v.len() == 1 => v[0] as f64,
+                _ => continue,
+            };
+            match self.sum.iter_mut().find(|(name, _)| name == k) {
+                Some((_, s)) => *s += v * n as f64,
+                None => self.sum.push((k.clone(), v * n as f64)),
             }
-            *self.sum.entry(k.clone()).or_default() += outs[k][0] as f64 * n as f64;
         }
         self.count += n;
     }
 
+    /// The means, `loss` first, then by name.
     fn means(&self) -> Vec<(String, f64)> {
-        self.order
+        let mut m: Vec<(String, f64)> = self
+            .sum
             .iter()
-            .map(|k| (k.clone(), self.sum[k] / self.count.max(1) as f64))
-            .collect()
+            .map(|(k, s)| (k.clone(), s / self.count.max(1) as f64))
+            .collect();
+        m.sort_by(|a, b| (a.0 != "loss", &a.0).cmp(&(b.0 != "loss", &b.0)));
+        m
     }
 
     fn message(&self) -> String {

@@ -314,6 +314,7 @@ pub struct Executable {
     arena: Arena,
     arena_bytes: usize,
     poison: bool,
+    flush_denormals: bool,
     report: CompileReport,
 }
 
@@ -365,7 +366,7 @@ impl Executable {
         code: *const u8,
         plan: Plan,
         report: CompileReport,
-        poison: bool,
+        opts: &crate::codegen::CompileOptions,
     ) -> Executable {
         let name = |id| g[id].name.clone().unwrap_or_default();
         // SAFETY: `code` is the finalized function built with signature `fn(*const *mut u8)`.
@@ -404,7 +405,8 @@ impl Executable {
                 .collect(),
             arena: Arena::new(plan.memory.arena_bytes),
             arena_bytes: plan.memory.arena_bytes,
-            poison,
+            poison: opts.poison,
+            flush_denormals: opts.flush_denormals,
             report,
         }
     }
@@ -462,7 +464,8 @@ impl Executable {
     }
 
     /// Completes the table after the input pointers (params, state, consts, outputs, arena)
-    /// and calls the native function with flush-to-zero and denormals-are-zero set.
+    /// and calls the native function (with flush-to-zero and denormals-are-zero set, unless
+    /// compiled with `flush_denormals: false`).
     ///
     /// # Safety
     /// `self.table` holds one pointer per input, each to a buffer of the input's type.
@@ -481,7 +484,7 @@ impl Executable {
         }
         self.table.0.push(self.arena.ptr);
         debug_assert_eq!(self.table.0.len(), self.slots());
-        let _fp = fpenv::FlushDenormals::enter();
+        let _fp = self.flush_denormals.then(fpenv::FlushDenormals::enter);
         // SAFETY: params, state, consts, outputs and the arena are owned buffers of the
         // planned sizes, `&mut self` gives the call exclusive access to them, and the caller
         // vouches for the inputs.

@@ -4,14 +4,14 @@
 //! on worker `w`) and returns when every call has returned, so the job may borrow from the
 //! caller's stack, as with scoped threads, but no thread is spawned per call: workers wait
 //! for the next job by spinning briefly (a training loop calls again within microseconds),
-//! then sleep on a condition variable. Every participant runs its part with flush-to-zero
-//! and denormals-are-zero ([`super::fpenv::FlushDenormals`]). A call allocates nothing.
+//! then sleep on a condition variable. A call allocates nothing. Jobs that run compiled code
+//! set their floating-point mode themselves ([`super::fpenv::FlushDenormals`]): MXCSR is
+//! per thread.
 //!
 //! The pool decides only *who* runs a part, never *what* a part computes: callers split
 //! their work into parts fixed independently of the thread count, so results are
 //! bit-identical for every number of threads.
 
-use super::fpenv::FlushDenormals;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -125,14 +125,13 @@ impl Pool {
         self.threads
     }
 
-    /// Calls `job(w)` for every participant `w` in `0..threads()` (`w = 0` on this thread),
-    /// each with flush-to-zero and denormals-are-zero set, and returns when all are done.
+    /// Calls `job(w)` for every participant `w` in `0..threads()` (`w = 0` on this thread)
+    /// and returns when all are done.
     ///
     /// # Panics
     /// If a call of `job` panicked (jobs are compiled code and kernels, which never panic).
     pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {
         if self.threads == 1 {
-            let _fp = FlushDenormals::enter();
             job(0);
             return;
         }
@@ -152,10 +151,7 @@ impl Pool {
             let _g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        let mine = {
-            let _fp = FlushDenormals::enter();
-            catch_unwind(AssertUnwindSafe(|| job(0)))
-        };
+        let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
         let mut spins = 0u32;
         while s.remaining.load(SeqCst) != 0 {
             spins = spins.wrapping_add(1);
@@ -212,7 +208,6 @@ fn worker(s: &Shared, w: usize) {
         }
         let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(JobPtr(job)) = job {
-            let _fp = FlushDenormals::enter();
             // SAFETY: `Pool::run` keeps the job alive until `remaining` reaches 0.
             let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(w) }));
             if r.is_err() {
@@ -251,21 +246,5 @@ mod tests {
             n.fetch_add(1, SeqCst);
         });
         assert_eq!(n.load(SeqCst), 4);
-    }
-
-    #[test]
-    fn parts_run_with_denormals_flushed_and_the_caller_keeps_its_mode() {
-        let before = crate::runtime::fpenv::mxcsr();
-        let pool = Pool::new(2);
-        let modes: Vec<AtomicUsize> = (0..2).map(|_| AtomicUsize::new(0)).collect();
-        pool.run(&|w| {
-            modes[w].store(crate::runtime::fpenv::mxcsr() as usize, SeqCst);
-        });
-        if cfg!(target_arch = "x86_64") {
-            let ftz_daz =
-                (super::super::fpenv::MXCSR_FTZ | super::super::fpenv::MXCSR_DAZ) as usize;
-            assert!(modes.iter().all(|m| m.load(SeqCst) & ftz_daz == ftz_daz));
-        }
-        assert_eq!(crate::runtime::fpenv::mxcsr(), before);
     }
 }

@@ -67,6 +67,7 @@ struct Tables<'a> {
     entry: unsafe extern "C" fn(*const *mut u8),
     tables: &'a [Table],
     threads: usize,
+    flush: bool,
 }
 // SAFETY: each table is used by exactly one participant per call (shard `s` by participant
 // `s mod threads`); the buffers a table points to are disjoint between shards except the
@@ -75,6 +76,7 @@ unsafe impl Sync for Tables<'_> {}
 
 impl Tables<'_> {
     fn run(&self, w: usize) {
+        let _fp = self.flush.then(super::fpenv::FlushDenormals::enter);
         for t in self.tables.iter().skip(w).step_by(self.threads) {
             // SAFETY: the table was built by `ShardedStep::fill_tables` for this call.
             unsafe { (self.entry)(t.0.as_ptr()) };
@@ -231,9 +233,9 @@ impl ShardedStep {
             entry: self.shard.entry,
             tables: &self.tables,
             threads: self.threads,
+            flush: self.shard.flush_denormals,
         };
         if self.threads == 1 {
-            let _fp = super::fpenv::FlushDenormals::enter();
             job.run(0);
         } else {
             self.pool.run(&|w| job.run(w));
