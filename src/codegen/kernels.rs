@@ -24,11 +24,13 @@ pub extern "C" fn gl_powf(a: f32, b: f32) -> f32 {
 /// cores; so only products of 512^3 class are split.
 pub const PARALLEL_FLOPS: usize = 128_000_000;
 
-/// A pointer that may cross to a scoped worker thread (each worker writes a disjoint part).
+/// A pointer that may be shared with the pool's workers (each worker writes a disjoint part).
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
 // SAFETY: the workers of `gl_gemm` read shared inputs and write disjoint parts of `c`.
 unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SendPtr<T> {}
 
 /// Row-major `c[m,n] = a[m,k] x b[k,n]` (or `c += a x b` when `acc != 0`), with element
 /// strides `(rs, cs)` for `a` and `b` so that transposed operands need no copy. Products of
@@ -80,11 +82,10 @@ pub unsafe extern "C" fn gl_gemm(
             }
         }
     };
-    std::thread::scope(|s| {
-        for t in 1..parts {
-            s.spawn(move || part(t));
-        }
-        part(0);
+    // the process-wide pool: no thread is spawned per call
+    crate::runtime::pool::Pool::shared(parts).run(&|t| {
+        let _fp = crate::runtime::fpenv::FlushDenormals::enter();
+        part(t)
     });
 }
 
