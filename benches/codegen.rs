@@ -1,7 +1,8 @@
 //! Code generation benchmarks: compile time of the corpus MLP and CNN training steps
 //! (`ir/mlp.ir`, `ir/cnn.ir` + autodiff gradients + SGD updates, one graph each), their step
 //! time in the JIT (both matmul kernels) and in the interpreter, and matmul GFLOP/s of both
-//! matmul kernels (criterion's "elements" are FLOPs), and fused reductions over either axis.
+//! matmul kernels (criterion's "elements" are FLOPs), fused reductions over either axis, and
+//! the allocation-free GEMM kernel against the `gemm` crate.
 //! Run with `cargo bench --bench codegen`.
 
 mod common;
@@ -227,12 +228,100 @@ fn pool(c: &mut Criterion) {
     grp.finish();
 }
 
+/// Our allocation-free GEMM (`codegen::gemm::sgemm`, workspace passed in) against the `gemm`
+/// crate (`gemm::gemm`, `Parallelism::None`, AVX-512 enabled by its `x86-v4` feature, as
+/// `kernels::gemm_strided` calls it), single thread, at the workload shapes and layouts
+/// (`aT`: `a` given transposed, `a_rs = 1`; `bT`: `b` transposed). Criterion's "elements" are
+/// FLOPs, so its throughput is FLOP/s.
+fn gemm_kernel(c: &mut Criterion) {
+    use gradlift::codegen::gemm::{sgemm, workspace_len};
+    let mut grp = c.benchmark_group("gemm_kernel");
+    // (m, k, n, a transposed, b transposed, acc)
+    for (m, k, n, at, bt, acc) in [
+        (64, 784, 128, false, false, false),
+        (8, 784, 128, false, false, false),
+        (16, 784, 128, false, false, false),
+        (64, 5408, 128, false, false, false),
+        (16, 5408, 128, false, false, false),
+        (5408, 64, 128, true, false, false),
+        (64, 128, 5408, false, true, false),
+        (784, 64, 128, true, false, false),
+        (676, 9, 32, false, false, false),
+        (9, 676, 32, true, false, true),
+        (64, 128, 10, false, false, false),
+        (10, 64, 128, true, false, false),
+        (128, 64, 10, true, false, false),
+        (512, 512, 512, false, false, false),
+    ] {
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut out = vec![0.0f32; m * n];
+        let mut ws = vec![0.0f32; workspace_len(m, k, n)];
+        let (a_rs, a_cs) = if at { (1, m as isize) } else { (k as isize, 1) };
+        let (b_rs, b_cs) = if bt { (1, k as isize) } else { (n as isize, 1) };
+        let shape = format!(
+            "{m}x{k}x{n}{}{}{}",
+            if at { "_aT" } else { "" },
+            if bt { "_bT" } else { "" },
+            if acc { "_acc" } else { "" }
+        );
+        grp.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        grp.bench_function(BenchmarkId::new("ours", &shape), |bch| {
+            // SAFETY: the buffers cover the matrices the strides describe.
+            bch.iter(|| unsafe {
+                sgemm(
+                    m,
+                    k,
+                    n,
+                    a.as_ptr(),
+                    a_rs,
+                    a_cs,
+                    b.as_ptr(),
+                    b_rs,
+                    b_cs,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    acc,
+                    ws.as_mut_ptr(),
+                )
+            })
+        });
+        grp.bench_function(BenchmarkId::new("gemm_crate", &shape), |bch| {
+            // SAFETY: as above (`gemm::gemm` takes column stride first).
+            bch.iter(|| unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    acc,
+                    a.as_ptr(),
+                    a_cs,
+                    a_rs,
+                    b.as_ptr(),
+                    b_cs,
+                    b_rs,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            })
+        });
+    }
+    grp.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    targets = compile_time, step_time, matmul, fused_reduce, plain_reduce, pool
+    targets = compile_time, step_time, matmul, fused_reduce, plain_reduce, pool, gemm_kernel
 }
 criterion_main!(benches);

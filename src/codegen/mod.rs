@@ -17,6 +17,7 @@
 //!
 //! [`clif`] returns the Cranelift IR text of the same function (`gradlift dump --format clif`).
 
+pub mod gemm;
 pub mod kernels;
 pub mod lower;
 pub mod plan;
