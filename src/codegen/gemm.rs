@@ -288,8 +288,9 @@ trait Arch {
 /// runs at about 65 GFLOP/s in place, 90 packed; 512 x 512 x 512 the same either way).
 pub const DIRECT_B_MAX_RS: usize = 1024;
 
-/// The blocked loops: for each `NC` block of columns and `KC` block of depth, pack `b`, then
-/// for each panel of `MR` rows of `a`, pack it and run the kernel over every column panel.
+/// The blocked loops: for each `NC` block of columns and `KC` block of depth, pack `b` (unless
+/// it is read in place), then for each panel of `MR` rows of `a`, pack it (unless one of its
+/// strides is 1) and run the kernel over every column panel.
 ///
 /// # Safety
 /// The contract of [`sgemm`], `p.ws` aligned, and the CPU supports `A`'s kernels.
