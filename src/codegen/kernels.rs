@@ -1,8 +1,8 @@
 //! Runtime kernels that compiled code calls through symbols registered with the JIT
 //! (`JITBuilder::symbol`), as XLA:CPU calls its runtime: `pow` per element (exp, sigmoid,
-//! tanh and log are inline vector code, see [`super::lower`]), GEMM (the `gemm` crate, 256-bit
-//! AVX2 kernels that Cranelift's 128-bit vectors cannot match), convolution by im2col + GEMM,
-//! max pooling and the softmax family.
+//! tanh and log are inline vector code, see [`super::lower`]), GEMM ([`super::gemm`]: AVX-512
+//! or AVX2 kernels that Cranelift's 128-bit vectors cannot match, packing into a workspace
+//! planned in the arena), convolution by im2col + GEMM, max pooling and the softmax family.
 //!
 //! Every kernel is `extern "C"` and takes raw pointers and sizes computed by the lowering from
 //! the graph's static shapes; the safe entry point ([`crate::runtime::Executable::run`]) has
@@ -32,10 +32,27 @@ unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for SendPtr<T> {}
 
+/// The number of parts [`gl_gemm`] splits an `m x k x n` product into for `threads` threads.
+fn gemm_parts(m: usize, k: usize, n: usize, threads: usize) -> usize {
+    let parts = threads.max(1).min(m.max(n));
+    if parts < 2 || 2 * m * n * k < PARALLEL_FLOPS {
+        1
+    } else {
+        parts
+    }
+}
+
+/// f32 elements of scratch [`gl_gemm`] needs for an `m x k x n` product compiled for
+/// `threads` threads: one GEMM workspace per part.
+pub fn gemm_scratch_len(m: usize, k: usize, n: usize, threads: usize) -> usize {
+    gemm_parts(m, k, n, threads) * super::gemm::workspace_len(m, k, n)
+}
+
 /// Row-major `c[m,n] = a[m,k] x b[k,n]` (or `c += a x b` when `acc != 0`), with element
 /// strides `(rs, cs)` for `a` and `b` so that transposed operands need no copy. Products of
-/// [`PARALLEL_FLOPS`] or more are split over up to `threads` threads along the larger of `m`
-/// and `n`.
+/// [`PARALLEL_FLOPS`] or more are split over up to `threads` threads of the persistent pool
+/// along the larger of `m` and `n` (the GEMM's order over `k` does not depend on the split).
+/// `ws` is the planned workspace: [`gemm_scratch_len`] floats.
 ///
 /// # Safety
 /// The pointers must cover the matrices described by the sizes and strides.
@@ -53,32 +70,40 @@ pub unsafe extern "C" fn gl_gemm(
     c: *mut f32,
     acc: i64,
     threads: i64,
+    ws: *mut f32,
 ) {
     let (m, k, n) = (m as usize, k as usize, n as usize);
     let sa = (a_rs as isize, a_cs as isize);
     let sb = (b_rs as isize, b_cs as isize);
-    let parts = (threads.max(1) as usize).min(m.max(n));
-    if parts < 2 || 2 * m * n * k < PARALLEL_FLOPS {
-        gemm_strided(m, k, n, a, sa, b, sb, c, n as isize, acc != 0);
+    let parts = gemm_parts(m, k, n, threads.max(1) as usize);
+    if parts == 1 {
+        gemm_strided(m, k, n, a, sa, b, sb, c, n as isize, acc != 0, ws);
         return;
     }
+    let wlen = super::gemm::workspace_len(m, k, n);
     let by_rows = m >= n;
     let len = if by_rows { m } else { n };
-    let (a, b, c) = (SendPtr(a as *mut f32), SendPtr(b as *mut f32), SendPtr(c));
+    let (a, b, c, ws) = (
+        SendPtr(a as *mut f32),
+        SendPtr(b as *mut f32),
+        SendPtr(c),
+        SendPtr(ws),
+    );
     let part = move |t: usize| {
         let (lo, hi) = (len * t / parts, len * (t + 1) / parts);
-        let (a, b, c) = (a, b, c);
-        // SAFETY: part `t` reads rows (or columns) lo..hi of the inputs it needs and writes
-        // only rows (or columns) lo..hi of `c`.
+        let (a, b, c, ws) = (a, b, c, ws);
+        // SAFETY: part `t` reads rows (or columns) lo..hi of the inputs it needs, writes
+        // only rows (or columns) lo..hi of `c`, and uses workspace `t` of `parts`.
         unsafe {
+            let w = ws.0.add(t * wlen);
             if by_rows {
                 let a = a.0.offset(lo as isize * sa.0);
                 let c = c.0.add(lo * n);
-                gemm_strided(hi - lo, k, n, a, sa, b.0, sb, c, n as isize, acc != 0);
+                gemm_strided(hi - lo, k, n, a, sa, b.0, sb, c, n as isize, acc != 0, w);
             } else {
                 let b = b.0.offset(lo as isize * sb.1);
                 let c = c.0.add(lo);
-                gemm_strided(m, k, hi - lo, a.0, sa, b, sb, c, n as isize, acc != 0);
+                gemm_strided(m, k, hi - lo, a.0, sa, b, sb, c, n as isize, acc != 0, w);
             }
         }
     };
@@ -89,6 +114,7 @@ pub unsafe extern "C" fn gl_gemm(
     });
 }
 
+/// [`super::gemm::sgemm`] with strides as pairs; `ws` holds `workspace_len(m, k, n)` floats.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_strided(
     m: usize,
@@ -101,41 +127,10 @@ unsafe fn gemm_strided(
     c: *mut f32,
     c_rs: isize,
     acc: bool,
+    ws: *mut f32,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !acc {
-            for i in 0..m {
-                for j in 0..n {
-                    *c.offset(i as isize * c_rs + j as isize) = 0.0;
-                }
-            }
-        }
-        return;
-    }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        c,
-        1,
-        c_rs,
-        acc,
-        a,
-        a_cs,
-        a_rs,
-        b,
-        b_cs,
-        b_rs,
-        1.0f32,
-        1.0f32,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
+    // SAFETY: the caller's contract is sgemm's.
+    unsafe { super::gemm::sgemm(m, k, n, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, acc, ws) }
 }
 
 /// Number of `i64` in a convolution geometry array ([`ConvGeometry::to_array`]).
@@ -165,6 +160,25 @@ impl ConvGeometry {
     /// Rows and columns of one image's patch matrix.
     fn patch_dims(&self) -> (usize, usize) {
         (self.oh * self.ow, self.kh * self.kw * self.c)
+    }
+
+    /// GEMM workspace (f32) of the largest per-image product of the three conv kernels.
+    fn gemm_workspace_len(&self) -> usize {
+        let (rows, cols) = self.patch_dims();
+        let ws = super::gemm::workspace_len;
+        ws(rows, cols, self.o)
+            .max(ws(rows, self.o, cols))
+            .max(ws(cols, rows, self.o))
+    }
+
+    /// The GEMM workspace inside a conv kernel's scratch (after the patch matrix).
+    ///
+    /// # Safety
+    /// `scratch` holds [`conv_scratch_len`] floats.
+    unsafe fn workspace(&self, scratch: *mut f32) -> *mut f32 {
+        let (rows, cols) = self.patch_dims();
+        // SAFETY: the scratch holds the patches, then the workspace.
+        unsafe { scratch.add(rows * cols) }
     }
 
     /// Whether the patch matrix is the image itself (1x1 kernel, stride 1, no padding).
@@ -237,16 +251,12 @@ impl ConvGeometry {
     }
 }
 
-/// Number of f32 of scratch space [`gl_conv2d`] and its gradients need: one image's patches.
+/// Number of f32 of scratch space [`gl_conv2d`] and its gradients need: one image's patches,
+/// then the GEMM workspace of the largest per-image product.
 pub fn conv_scratch_len(geometry: &[i64; CONV_GEOMETRY_LEN]) -> usize {
-    let (kh, kw, c, oh, ow) = (
-        geometry[4] as usize,
-        geometry[5] as usize,
-        geometry[3] as usize,
-        geometry[7] as usize,
-        geometry[8] as usize,
-    );
-    oh * ow * kh * kw * c
+    let g = ConvGeometry::from_array(geometry);
+    let (rows, cols) = g.patch_dims();
+    rows * cols + g.gemm_workspace_len()
 }
 
 /// `y = conv2d(x, w)`: NHWC input, HWIO filter, per image im2col into `scratch` then GEMM.
@@ -262,6 +272,7 @@ pub unsafe extern "C" fn gl_conv2d(
     g: *const i64,
 ) {
     let g = ConvGeometry::read(g);
+    let ws = g.workspace(scratch);
     let (rows, cols) = g.patch_dims();
     let img_len = g.h * g.w * g.c;
     for i in 0..g.n {
@@ -279,6 +290,7 @@ pub unsafe extern "C" fn gl_conv2d(
             out,
             g.o as isize,
             false,
+            ws,
         );
     }
 }
@@ -295,6 +307,7 @@ pub unsafe extern "C" fn gl_conv2d_input_grad(
     g: *const i64,
 ) {
     let g = ConvGeometry::read(g);
+    let ws = g.workspace(scratch);
     let (rows, cols) = g.patch_dims();
     let img_len = g.h * g.w * g.c;
     for i in 0..g.n {
@@ -312,6 +325,7 @@ pub unsafe extern "C" fn gl_conv2d_input_grad(
                 out.as_mut_ptr(),
                 cols as isize,
                 false,
+                ws,
             );
             continue;
         }
@@ -326,6 +340,7 @@ pub unsafe extern "C" fn gl_conv2d_input_grad(
             scratch,
             cols as isize,
             false,
+            ws,
         );
         out.fill(0.0);
         g.col2im(slice::from_raw_parts(scratch, rows * cols), out);
@@ -344,6 +359,7 @@ pub unsafe extern "C" fn gl_conv2d_filter_grad(
     g: *const i64,
 ) {
     let g = ConvGeometry::read(g);
+    let ws = g.workspace(scratch);
     let (rows, cols) = g.patch_dims();
     let img_len = g.h * g.w * g.c;
     if g.n == 0 {
@@ -364,6 +380,7 @@ pub unsafe extern "C" fn gl_conv2d_filter_grad(
             dw,
             g.o as isize,
             i > 0,
+            ws,
         );
     }
 }
@@ -407,25 +424,26 @@ impl Pool {
         ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * self.c
     }
 
-    /// The first maximum (row-major order, a NaN counting as the greatest) of every channel of
-    /// output pixel `(b, oy, ox)`'s window: its value in `best` and its tap `ky * ww + kx` in
-    /// `tap` (both of length `c`). Branchless, so the channel loop vectorizes.
+    /// The first maximum (row-major order, a NaN counting as the greatest) of channels
+    /// `ch..ch + best.len()` of output pixel `(b, oy, ox)`'s window: its value in `best` and its
+    /// tap `ky * ww + kx` in `tap` (both of length at most [`CHANNEL_BLOCK`]). Branchless, so
+    /// the channel loop vectorizes.
     fn window_max(
         &self,
         x: &[f32],
-        (b, oy, ox): (usize, usize, usize),
+        (b, oy, ox, ch): (usize, usize, usize, usize),
         best: &mut [f32],
         tap: &mut [u32],
     ) {
-        let c = self.c;
-        let p0 = self.pixel(b, oy, ox, 0, 0);
-        best.copy_from_slice(&x[p0..p0 + c]);
+        let cb = best.len();
+        let p0 = self.pixel(b, oy, ox, 0, 0) + ch;
+        best.copy_from_slice(&x[p0..p0 + cb]);
         tap.fill(0);
         let mut t = 0u32;
         for ky in 0..self.wh {
             for kx in 0..self.ww {
-                let s = self.pixel(b, oy, ox, ky, kx);
-                for ((b, a), &v) in best.iter_mut().zip(tap.iter_mut()).zip(&x[s..s + c]) {
+                let s = self.pixel(b, oy, ox, ky, kx) + ch;
+                for ((b, a), &v) in best.iter_mut().zip(tap.iter_mut()).zip(&x[s..s + cb]) {
                     let gt = greater(v, *b);
                     *b = if gt { v } else { *b };
                     *a = if gt { t } else { *a };
@@ -439,17 +457,20 @@ impl Pool {
     /// argmax is the first maximum of the window in row-major order ([`Pool::window_max`]).
     fn for_each_max(&self, x: &[f32], mut f: impl FnMut(usize, usize, f32)) {
         let c = self.c;
-        let mut best = vec![0.0f32; c];
-        let mut tap = vec![0u32; c];
+        let (mut best, mut tap) = ([0.0f32; CHANNEL_BLOCK], [0u32; CHANNEL_BLOCK]);
         let mut o = 0;
         for b in 0..self.n {
             for oy in 0..self.oh {
                 for ox in 0..self.ow {
-                    self.window_max(x, (b, oy, ox), &mut best, &mut tap);
-                    for ch in 0..c {
-                        let t = tap[ch] as usize;
-                        let p = self.pixel(b, oy, ox, t / self.ww, t % self.ww);
-                        f(o + ch, p + ch, best[ch]);
+                    for ch in (0..c).step_by(CHANNEL_BLOCK) {
+                        let cb = CHANNEL_BLOCK.min(c - ch);
+                        let (best, tap) = (&mut best[..cb], &mut tap[..cb]);
+                        self.window_max(x, (b, oy, ox, ch), best, tap);
+                        for j in 0..cb {
+                            let t = tap[j] as usize;
+                            let p = self.pixel(b, oy, ox, t / self.ww, t % self.ww);
+                            f(o + ch + j, p + ch + j, best[j]);
+                        }
                     }
                     o += c;
                 }
@@ -461,8 +482,7 @@ impl Pool {
     /// input pixel is written exactly once, in order, with no zero fill and no scatter.
     fn grad_disjoint(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
         let c = self.c;
-        let mut best = vec![0.0f32; c];
-        let mut tap = vec![0u32; c];
+        let (mut best, mut tap) = ([0.0f32; CHANNEL_BLOCK], [0u32; CHANNEL_BLOCK]);
         // pixels no window covers (the right and bottom edges) get zero
         for b in 0..self.n {
             for iy in 0..self.h {
@@ -478,16 +498,20 @@ impl Pool {
         for b in 0..self.n {
             for oy in 0..self.oh {
                 for ox in 0..self.ow {
-                    self.window_max(x, (b, oy, ox), &mut best, &mut tap);
-                    let g = &dy[o..o + c];
-                    let mut t = 0u32;
-                    for ky in 0..self.wh {
-                        for kx in 0..self.ww {
-                            let s = self.pixel(b, oy, ox, ky, kx);
-                            for ((d, &a), &v) in dx[s..s + c].iter_mut().zip(&tap).zip(g) {
-                                *d = if a == t { v } else { 0.0 };
+                    for ch in (0..c).step_by(CHANNEL_BLOCK) {
+                        let cb = CHANNEL_BLOCK.min(c - ch);
+                        let (best, tap) = (&mut best[..cb], &mut tap[..cb]);
+                        self.window_max(x, (b, oy, ox, ch), best, tap);
+                        let g = &dy[o + ch..o + ch + cb];
+                        let mut t = 0u32;
+                        for ky in 0..self.wh {
+                            for kx in 0..self.ww {
+                                let s = self.pixel(b, oy, ox, ky, kx) + ch;
+                                for ((d, &a), &v) in dx[s..s + cb].iter_mut().zip(&*tap).zip(g) {
+                                    *d = if a == t { v } else { 0.0 };
+                                }
+                                t += 1;
                             }
-                            t += 1;
                         }
                     }
                     o += c;
@@ -496,6 +520,9 @@ impl Pool {
         }
     }
 }
+
+/// Channels a pooling kernel keeps in its stack buffers at a time (no heap allocation).
+const CHANNEL_BLOCK: usize = 64;
 
 /// `v > m`, where a NaN counts as greater than any number (the interpreter's order: a NaN in a
 /// pooling window wins). Branchless, so the channel loops vectorize.

@@ -45,7 +45,7 @@ const LANES: usize = 4;
 const REDUCE_ACCS: usize = 4;
 
 mod fused;
-pub(crate) use fused::{fused_conv_geometry, fused_reads_only_in_matmul};
+pub(crate) use fused::{fused_conv_geometry, fused_matmul_dims, fused_reads_only_in_matmul};
 
 /// A lowering failure for one node (the caller adds the node's description).
 pub type LowerError = String;
@@ -56,7 +56,7 @@ pub fn kernel_signature(name: &str) -> (Vec<Type>, Vec<Type>) {
     let f = types::F32;
     match name {
         "gl_powf" => (vec![f, f], vec![f]),
-        "gl_gemm" => (vec![i; 12], vec![]),
+        "gl_gemm" => (vec![i; 13], vec![]),
         "gl_conv2d" | "gl_conv2d_input_grad" | "gl_conv2d_filter_grad" => (vec![i; 5], vec![]),
         "gl_max_pool2d" => (vec![i; 3], vec![]),
         "gl_max_pool2d_grad" => (vec![i; 4], vec![]),
@@ -892,7 +892,8 @@ impl<'a> Lowerer<'a> {
     // ---- matmul -----------------------------------------------------------------------
 
     /// `c[m,n] = a[m,k] x b[k,n]`, `a` and `b` with (row, column) element strides `sa`, `sb`
-    /// (row-major unless a transpose was folded, which only the GEMM path does).
+    /// (row-major unless a transpose was folded, which only the GEMM path does); `ws` is the
+    /// node's planned scratch, the GEMM's packing workspace.
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &mut self,
@@ -901,9 +902,8 @@ impl<'a> Lowerer<'a> {
         b: Loc,
         sb: (usize, usize),
         c: Loc,
-        m: usize,
-        k: usize,
-        n: usize,
+        (m, k, n): (usize, usize, usize),
+        ws: Loc,
     ) -> Result<(), LowerError> {
         match self.matmul {
             MatmulKernel::Gemm => {
@@ -920,12 +920,21 @@ impl<'a> Lowerer<'a> {
                     self.addr(c, None),
                     self.iconst(0),
                     self.iconst(self.threads as i64),
+                    self.addr(ws, None),
                 ];
                 self.call("gl_gemm", &args)?;
             }
             MatmulKernel::Cranelift => self.matmul_cranelift(a, b, c, m, k, n),
         }
         Ok(())
+    }
+
+    /// The planned scratch space of node `id` (in the arena).
+    fn scratch(&self, plan: &Plan, id: NodeId) -> Loc {
+        Loc {
+            slot: self.bases.len() - 1,
+            offset: plan.scratch.get(&id).copied().unwrap_or(0),
+        }
     }
 
     /// Register-blocked kernel: tiles of 4 rows x 8 columns (8 `f32x4` accumulators) run
@@ -1184,7 +1193,8 @@ impl<'a> Lowerer<'a> {
                 let tb = plan.folded.contains(&operands[1]);
                 let sa = if ta { (1, m) } else { (k, 1) };
                 let sb = if tb { (1, k) } else { (n, 1) };
-                self.matmul(ins[0], sa, ins[1], sb, out, m, k, n)?;
+                let ws = self.scratch(plan, id);
+                self.matmul(ins[0], sa, ins[1], sb, out, (m, k, n), ws)?;
             }
             Op::Conv2d { stride, padding } => {
                 let g = conv_geometry(&in_ty(0).shape, &in_ty(1).shape, *stride, *padding)?;
@@ -1625,10 +1635,7 @@ impl<'a> Lowerer<'a> {
         id: NodeId,
         g: &[i64; kernels::CONV_GEOMETRY_LEN],
     ) -> Result<(), LowerError> {
-        let scratch = Loc {
-            slot: self.bases.len() - 1,
-            offset: plan.scratch.get(&id).copied().unwrap_or(0),
-        };
+        let scratch = self.scratch(plan, id);
         let gp = self.i64_array(g);
         let args = [
             self.addr(a, None),

@@ -266,10 +266,25 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, CompileError> {
     Ok(order)
 }
 
-/// Scratch bytes the kernel of node `id` needs (convolutions: one image's patch matrix).
-fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
+/// Scratch bytes the kernel of node `id` needs: a GEMM's packing workspace (matmuls, with
+/// the Rust GEMM), one image's patch matrix and the GEMM workspace (convolutions).
+fn scratch_bytes(g: &Graph, id: NodeId, opts: &CompileOptions) -> usize {
     let n = &g[id];
     let ops = g.operands(id);
+    let mkn = match &n.op {
+        Op::Matmul => {
+            let (a, b) = (g[ops[0]].ty.shape.dims(), g[ops[1]].ty.shape.dims());
+            Some((a[0], a[1], b[1]))
+        }
+        Op::Fused(_) => lower::fused_matmul_dims(g, id),
+        _ => None,
+    };
+    if let Some((m, k, n)) = mkn {
+        return match opts.matmul {
+            MatmulKernel::Gemm => kernels::gemm_scratch_len(m, k, n, opts.threads) * 4,
+            MatmulKernel::Cranelift => 0,
+        };
+    }
     let geom = match &n.op {
         Op::Conv2d { stride, padding } => {
             lower::conv_geometry(&g[ops[0]].ty.shape, &g[ops[1]].ty.shape, *stride, *padding)
@@ -325,7 +340,7 @@ fn plan_memory(
     };
     let scratch_bytes = order
         .iter()
-        .map(|&id| (id, scratch_bytes(g, id)))
+        .map(|&id| (id, scratch_bytes(g, id, opts)))
         .filter(|&(_, b)| b > 0)
         .collect();
     let options = PlanOptions {

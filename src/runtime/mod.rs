@@ -495,12 +495,12 @@ impl Executable {
     /// [`Executable::run_bound`].
     pub fn input_f32_mut(&mut self, name: &str) -> Result<&mut [f32], RunError> {
         let i = self.input_index(name)?;
-        let ty = self.inputs[i].1.clone();
+        let ty = &self.inputs[i].1;
         match &mut self.bound[i].data {
             TensorData::F32(v) => Ok(v),
             TensorData::I32(_) => Err(RunError::WrongDType {
                 name: name.into(),
-                expected: ty,
+                expected: ty.clone(),
                 found: DType::F32,
             }),
         }
@@ -509,12 +509,12 @@ impl Executable {
     /// The bound buffer of i32 input `name` (see [`Executable::input_f32_mut`]).
     pub fn input_i32_mut(&mut self, name: &str) -> Result<&mut [i32], RunError> {
         let i = self.input_index(name)?;
-        let ty = self.inputs[i].1.clone();
+        let ty = &self.inputs[i].1;
         match &mut self.bound[i].data {
             TensorData::I32(v) => Ok(v),
             TensorData::F32(_) => Err(RunError::WrongDType {
                 name: name.into(),
-                expected: ty,
+                expected: ty.clone(),
                 found: DType::I32,
             }),
         }

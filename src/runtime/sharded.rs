@@ -321,32 +321,29 @@ impl ShardedStep {
     }
 
     fn input(&mut self, name: &str) -> Result<&mut HostTensor, RunError> {
-        let known = self
-            .inputs
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        self.inputs
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t)
-            .ok_or(RunError::Unknown {
+        let Some(i) = self.inputs.iter().position(|(n, _)| n == name) else {
+            return Err(RunError::Unknown {
                 kind: "input",
                 name: name.into(),
-                known,
-            })
+                known: self
+                    .inputs
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        Ok(&mut self.inputs[i].1)
     }
 
     /// The bound full-batch buffer of f32 input `name` (the learning rate `lr` included).
     pub fn input_f32_mut(&mut self, name: &str) -> Result<&mut [f32], RunError> {
         let t = self.input(name)?;
-        let ty = t.ty();
         match &mut t.data {
             TensorData::F32(v) => Ok(v),
             TensorData::I32(_) => Err(RunError::WrongDType {
                 name: name.into(),
-                expected: ty,
+                expected: TensorType::new(DType::I32, t.shape.clone()),
                 found: DType::F32,
             }),
         }
@@ -355,12 +352,11 @@ impl ShardedStep {
     /// The bound full-batch buffer of i32 input `name`.
     pub fn input_i32_mut(&mut self, name: &str) -> Result<&mut [i32], RunError> {
         let t = self.input(name)?;
-        let ty = t.ty();
         match &mut t.data {
             TensorData::I32(v) => Ok(v),
             TensorData::F32(_) => Err(RunError::WrongDType {
                 name: name.into(),
-                expected: ty,
+                expected: TensorType::new(DType::F32, t.shape.clone()),
                 found: DType::I32,
             }),
         }

@@ -99,7 +99,8 @@ impl<'a> Lowerer<'a> {
                     let tb = plan.folded.contains(&operands[b]);
                     let sa = if ta { (1, m) } else { (k, 1) };
                     let sb = if tb { (1, k) } else { (n, 1) };
-                    self.matmul(ins[a], sa, ins[b], sb, out, m, k, n)?;
+                    let ws = self.scratch(plan, id);
+                    self.matmul(ins[a], sa, ins[b], sb, out, (m, k, n), ws)?;
                 }
             }
             if body.insts.len() == 1 {
@@ -243,6 +244,26 @@ pub(crate) fn fused_conv_geometry(
     let ops = g.operands(id);
     let (x, w) = (&g[ops[p.args[0]]].ty.shape, &g[ops[p.args[1]]].ty.shape);
     super::conv_geometry(x, w, *stride, *padding).ok()
+}
+
+/// `(m, k, n)` of the matmul producer of fused node `id`, if it has one.
+pub(crate) fn fused_matmul_dims(
+    g: &crate::graph::Graph,
+    id: NodeId,
+) -> Option<(usize, usize, usize)> {
+    let Op::Fused(body) = &g[id].op else {
+        return None;
+    };
+    let p = body.producer()?;
+    if !matches!(p.op, Op::Matmul) {
+        return None;
+    }
+    let ops = g.operands(id);
+    let (a, b) = (
+        g[ops[p.args[0]]].ty.shape.dims(),
+        g[ops[p.args[1]]].ty.shape.dims(),
+    );
+    Some((a[0], a[1], b[1]))
 }
 
 /// Whether the JIT has inline code for `op` inside a fused loop.
