@@ -21,7 +21,8 @@
 //!
 //! MNIST is read from `GRADLIFT_MNIST` (default `../shared/data/mnist`), else the subset in
 //! `data/mnist-subset/` (then the figures are not comparable: say so). `EPOCHS` overrides the
-//! epoch count of W2, W3 and W5; `GRADLIFT_THREADS` the thread count.
+//! epoch count of W2, W3 and W5; `GRADLIFT_THREADS` the thread count; `SHARDS` the shard
+//! count (default: `step::default_shards`).
 
 use gradlift::batch::{analyze, rebatch};
 use gradlift::codegen::{compile, CompileOptions};
@@ -49,8 +50,11 @@ fn model(file: &str, batch: usize) -> Graph {
 
 fn step(g: &Graph, opt: Optimizer, batch: usize) -> (CompiledStep, StepReport, f64) {
     let t = Instant::now();
-    let (s, r) =
-        compile_training_step(g, "loss", &opt, None, batch, &StepOptions::default()).unwrap();
+    let opts = StepOptions {
+        shards: std::env::var("SHARDS").ok().and_then(|v| v.parse().ok()),
+        ..StepOptions::default()
+    };
+    let (s, r) = compile_training_step(g, "loss", &opt, None, batch, &opts).unwrap();
     (s, r, t.elapsed().as_secs_f64() * 1e3)
 }
 

@@ -204,11 +204,19 @@ pub struct ShardedTrainingStep {
     /// outputs (batch means, see [`crate::batch`]) and the gradient of the loss with respect to
     /// every param as outputs named [`grad_output`]. Reads the params, updates nothing.
     pub shard: Graph,
-    /// The optimizer update: the params (same names and initializers as the forward
+    /// The whole optimizer update: the params (same names and initializers as the forward
     /// graph's), the optimizer's state, the learning-rate input `%lr` and the inputs
     /// [`grad_input`]`(s, param)` (shard `s`'s gradient); averages the shards' gradients in
-    /// shard order and updates every param and its state in place.
+    /// shard order and updates every param and its state in place. It runs as
+    /// [`ShardedTrainingStep::update_parts`], then [`ShardedTrainingStep::update_tail`].
     pub update: Graph,
+    /// The update split by rows: part `k` updates its rows of every param and of the
+    /// param's own state (momentum, moments), reading the shared state (Adam's step count)
+    /// without updating it. The update is elementwise in every param, so the parts compute
+    /// exactly what the whole update does, on any number of threads.
+    pub update_parts: Vec<UpdatePart>,
+    /// The updates of the optimizer's shared state (Adam's step count), run after every part.
+    pub update_tail: Graph,
     /// Number of shards.
     pub shards: usize,
     /// Examples per shard.
@@ -216,6 +224,17 @@ pub struct ShardedTrainingStep {
     /// The forward graph's inputs: name, type at the full batch, and whether they are
     /// batched (each shard reads its rows) or read whole by every shard.
     pub inputs: Vec<(String, TensorType, bool)>,
+}
+
+/// One part of a split update ([`ShardedTrainingStep::update_parts`]).
+#[derive(Clone, Debug)]
+pub struct UpdatePart {
+    /// The update of this part's rows: its params (and their gradient inputs and state)
+    /// have the shape of the rows.
+    pub graph: Graph,
+    /// Each param of the part with the offset, in elements, of its first row in the whole
+    /// param (the same offset in the param's gradients and state).
+    pub offsets: Vec<(String, usize)>,
 }
 
 /// Name of the shard graph's output holding the gradient of `param`.
@@ -228,52 +247,22 @@ pub fn grad_input(s: usize, param: &str) -> String {
     format!("grad{s}.{param}")
 }
 
-/// The training step of the forward graph `g` (batch `batch`) split into `shards` shards,
-/// the same step as [`training_step`] computed as data-parallel training computes it: each
-/// shard runs forward and backward on its `batch / shards` examples
-/// ([`crate::batch::rebatch`]), the shards' gradients are averaged in a fixed order, then
-/// `clip` (if any) and `optimizer` update the params once. Exact (up to f32 rounding) when the
-/// loss is a mean over the examples ([`crate::batch::analyze`] checks it). `shards` 1 is the
-/// unsplit step cut between gradients and update.
-pub fn sharded_training_step(
-    g: &Graph,
-    loss: &str,
+/// The update graph of `params` (name, type, initializer) averaging `shards` gradient inputs
+/// per param, clipped by `clip`, then `optimizer`'s update.
+fn update_graph(
+    name: String,
+    params: &[(String, TensorType, Init)],
+    shards: usize,
     optimizer: &Optimizer,
     clip: Option<&Clip>,
-    batch: usize,
-    shards: usize,
-) -> Result<ShardedTrainingStep, TrainingStepError> {
-    let shards = shards.max(1);
-    let axes = crate::batch::analyze(g, batch)?;
-    if !batch.is_multiple_of(shards) {
-        return Err(crate::batch::BatchError {
-            graph: g.name.clone(),
-            batch,
-            node: "the batch".into(),
-            message: format!("{batch} examples do not split into {shards} equal shards"),
-        }
-        .into());
-    }
-    let mut shard = crate::batch::rebatch(g, &axes, batch / shards);
-    shard.name = format!("{}_shard", g.name);
-    let loss_node = shard.output(loss).ok_or_else(|| {
-        crate::autodiff::GradError::Unknown(format!("no output called {loss:?} to use as the loss"))
-    })?;
-    let params = shard.params();
-    let grads = crate::autodiff::grad(&mut shard, loss_node, &params)?;
-    let mut update = Graph::new(format!("{}_update", g.name));
+) -> Result<(Graph, Applied), BuildError> {
+    let mut update = Graph::new(name);
     let mut pairs = Vec::with_capacity(params.len());
-    for (&p, &d) in params.iter().zip(&grads) {
-        let n = &g[p];
-        let name = n.name.clone().unwrap_or_default();
-        shard.add_output(&grad_output(&name), d)?;
-        let Op::Param { init } = &n.op else {
-            continue;
-        };
-        let up = update.param(&name, n.ty.shape.clone(), init.clone())?;
-        let mut sum = update.input(&grad_input(0, &name), n.ty.clone())?;
+    for (name, ty, init) in params {
+        let up = update.param(name, ty.shape.clone(), init.clone())?;
+        let mut sum = update.input(&grad_input(0, name), ty.clone())?;
         for s in 1..shards {
-            let gs = update.input(&grad_input(s, &name), n.ty.clone())?;
+            let gs = update.input(&grad_input(s, name), ty.clone())?;
             sum = update.add2(sum, gs)?;
         }
         if shards > 1 {
@@ -291,7 +280,128 @@ pub fn sharded_training_step(
         None => pairs,
     };
     let lr = lr_input(&mut update)?;
-    optimizer.apply(&mut update, lr, &pairs)?;
+    let applied = optimizer.apply(&mut update, lr, &pairs)?;
+    Ok((update, applied))
+}
+
+/// Whether state `id` of `g` belongs to one param (named `<param>.<suffix>`, shaped like it)
+/// rather than being shared by all (a step count).
+fn per_param_state(g: &Graph, id: NodeId, params: &[(String, TensorType, Init)]) -> bool {
+    let name = g[id].name.as_deref().unwrap_or("");
+    params
+        .iter()
+        .any(|(p, ty, _)| name.starts_with(&format!("{p}.")) && g[id].ty == *ty)
+}
+
+/// Keeps only the updates of `g` whose target satisfies `keep`, then removes dead nodes.
+fn retain_updates(g: &mut Graph, keep: impl Fn(&Graph, NodeId) -> bool) {
+    let keep: Vec<bool> = g.updates().iter().map(|u| keep(g, u.target)).collect();
+    let mut it = keep.into_iter();
+    g.updates_mut().retain(|_| it.next().unwrap_or(true));
+    crate::passes::dce::run(g);
+}
+
+/// The training step of the forward graph `g` (batch `batch`) split into `shards` shards,
+/// the same step as [`training_step`] computed as data-parallel training computes it: each
+/// shard runs forward and backward on its `batch / shards` examples
+/// ([`crate::batch::rebatch`]), the shards' gradients are averaged in a fixed order, then
+/// `clip` (if any) and `optimizer` update the params once, split by rows into at most
+/// `update_parts` parts (1 with `clip`, whose global norm needs every gradient). Exact (up
+/// to f32 rounding) when the loss is a mean over the examples ([`crate::batch::analyze`]
+/// checks it). `shards` 1 is the unsplit step cut between gradients and update.
+pub fn sharded_training_step(
+    g: &Graph,
+    loss: &str,
+    optimizer: &Optimizer,
+    clip: Option<&Clip>,
+    batch: usize,
+    shards: usize,
+    update_parts: usize,
+) -> Result<ShardedTrainingStep, TrainingStepError> {
+    let shards = shards.max(1);
+    let axes = crate::batch::analyze(g, batch)?;
+    if !batch.is_multiple_of(shards) {
+        return Err(crate::batch::BatchError {
+            graph: g.name.clone(),
+            batch,
+            node: "the batch".into(),
+            message: format!("{batch} examples do not split into {shards} equal shards"),
+        }
+        .into());
+    }
+    let mut shard = crate::batch::rebatch(g, &axes, batch / shards);
+    shard.name = format!("{}_shard", g.name);
+    let loss_node = shard.output(loss).ok_or_else(|| {
+        crate::autodiff::GradError::Unknown(format!("no output called {loss:?} to use as the loss"))
+    })?;
+    let param_ids = shard.params();
+    let grads = crate::autodiff::grad(&mut shard, loss_node, &param_ids)?;
+    let mut params = Vec::with_capacity(param_ids.len());
+    for (&p, &d) in param_ids.iter().zip(&grads) {
+        let n = &g[p];
+        let name = n.name.clone().unwrap_or_default();
+        shard.add_output(&grad_output(&name), d)?;
+        if let Op::Param { init } = &n.op {
+            params.push((name, n.ty.clone(), init.clone()));
+        }
+    }
+    let (update, _) = update_graph(
+        format!("{}_update", g.name),
+        &params,
+        shards,
+        optimizer,
+        clip,
+    )?;
+    let parts = if clip.is_some() {
+        1
+    } else {
+        update_parts.max(1)
+    };
+    let mut update_parts = Vec::new();
+    for k in 0..parts {
+        let mut sliced = Vec::new();
+        let mut offsets = Vec::new();
+        for (name, ty, init) in &params {
+            let dims = ty.shape.dims();
+            let rows = dims.first().copied().unwrap_or(1);
+            let (lo, hi) = if rows >= parts && !dims.is_empty() {
+                (rows * k / parts, rows * (k + 1) / parts)
+            } else if k == 0 {
+                (0, rows)
+            } else {
+                continue;
+            };
+            let mut shape = dims.to_vec();
+            if let Some(d) = shape.first_mut() {
+                *d = hi - lo;
+            }
+            let row = ty.shape.numel() / rows.max(1);
+            offsets.push((name.clone(), lo * row));
+            sliced.push((name.clone(), TensorType::new(ty.dtype, shape), init.clone()));
+        }
+        if sliced.is_empty() {
+            continue;
+        }
+        let (mut part, _) = update_graph(
+            format!("{}_update{k}", g.name),
+            &sliced,
+            shards,
+            optimizer,
+            clip,
+        )?;
+        retain_updates(&mut part, |g, t| {
+            per_param_state(g, t, &sliced) || matches!(g[t].op, Op::Param { .. })
+        });
+        update_parts.push(UpdatePart {
+            graph: part,
+            offsets,
+        });
+    }
+    let mut update_tail = update.clone();
+    update_tail.name = format!("{}_update_tail", g.name);
+    retain_updates(&mut update_tail, |g, t| {
+        matches!(g[t].op, Op::State { .. }) && !per_param_state(g, t, &params)
+    });
     let inputs = g
         .inputs()
         .into_iter()
@@ -304,6 +414,8 @@ pub fn sharded_training_step(
     Ok(ShardedTrainingStep {
         shard,
         update,
+        update_parts,
+        update_tail,
         shards,
         shard_batch: batch / shards,
         inputs,

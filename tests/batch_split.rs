@@ -88,7 +88,7 @@ fn an_l2_penalty_is_data_independent_and_splits() {
 #[test]
 fn uneven_shards_are_refused() {
     let g = model("mlp.ir");
-    let e = sharded_training_step(&g, "loss", &Optimizer::sgd(), None, 64, 3).unwrap_err();
+    let e = sharded_training_step(&g, "loss", &Optimizer::sgd(), None, 64, 3, 1).unwrap_err();
     assert!(
         e.to_string().contains("do not split into 3 equal shards"),
         "{e}"
@@ -98,10 +98,52 @@ fn uneven_shards_are_refused() {
 #[test]
 fn shard_and_update_graphs_of_the_mlp() {
     let g = model("mlp.ir");
-    let step = sharded_training_step(&g, "loss", &Optimizer::sgd(), None, 64, 2).unwrap();
+    let step = sharded_training_step(&g, "loss", &Optimizer::sgd(), None, 64, 2, 2).unwrap();
     verify(&step.shard).unwrap();
     verify(&step.update).unwrap();
     assert_eq!(step.shard_batch, 32);
     insta::assert_snapshot!("mlp_shard", print(&step.shard));
     insta::assert_snapshot!("mlp_update_sgd_2_shards", print(&step.update));
+}
+
+#[test]
+fn the_adam_update_splits_by_rows_and_its_step_count_is_the_tail() {
+    let g = model("mlp.ir");
+    let step = sharded_training_step(&g, "loss", &Optimizer::adam(), None, 64, 2, 3).unwrap();
+    assert_eq!(step.update_parts.len(), 3);
+    // rows 0..261, 261..522, 522..784 of the first kernel; 128 rows of the bias in thirds
+    let offsets: Vec<Vec<(String, usize)>> = step
+        .update_parts
+        .iter()
+        .map(|p| p.offsets.clone())
+        .collect();
+    assert_eq!(offsets[1][0], ("dense.kernel".to_string(), 261 * 128));
+    assert_eq!(offsets[2][1], ("dense.bias".to_string(), 85));
+    for p in &step.update_parts {
+        verify(&p.graph).unwrap();
+        let targets: Vec<String> = p
+            .graph
+            .updates()
+            .iter()
+            .map(|u| p.graph[u.target].name.clone().unwrap())
+            .collect();
+        assert!(
+            !targets.contains(&"optimizer.step".to_string()),
+            "{targets:?}"
+        );
+        assert_eq!(targets.len(), 12, "4 params, their m and v: {targets:?}");
+    }
+    verify(&step.update_tail).unwrap();
+    let tail: Vec<&str> = step
+        .update_tail
+        .updates()
+        .iter()
+        .map(|u| step.update_tail[u.target].name.as_deref().unwrap())
+        .collect();
+    assert_eq!(tail, ["optimizer.step"]);
+    insta::assert_snapshot!(
+        "mlp_adam_update_part_1_of_3",
+        print(&step.update_parts[1].graph)
+    );
+    insta::assert_snapshot!("mlp_adam_update_tail", print(&step.update_tail));
 }

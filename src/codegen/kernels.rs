@@ -208,7 +208,7 @@ impl ConvGeometry {
                         Some(iy) if iy < self.h && inside => {
                             // the whole kernel row is inside the image: one contiguous run
                             let s = (iy * self.w + x0 - self.pw) * c;
-                            dst.copy_from_slice(&img[s..s + run]);
+                            copy_run(dst, &img[s..s + run]);
                         }
                         _ => {
                             for kx in 0..self.kw {
@@ -216,7 +216,7 @@ impl ConvGeometry {
                                 match self.source(oy, ox, ky, kx) {
                                     Some((iy, ix)) => {
                                         let s = (iy * self.w + ix) * c;
-                                        d.copy_from_slice(&img[s..s + c]);
+                                        copy_run(d, &img[s..s + c]);
                                     }
                                     None => d.fill(0.0),
                                 }
@@ -249,6 +249,22 @@ impl ConvGeometry {
             }
         }
     }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of im2col (a kernel row of few channels:
+/// 3 floats for a 3x3 kernel over one channel), with fixed-size moves up to 8 floats instead
+/// of a call to `memmove` per run, which cost 7% of the CNN step.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match dst.len() {
+                $($n => dst[..$n].copy_from_slice(&src[..$n]),)*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8)
 }
 
 /// Number of f32 of scratch space [`gl_conv2d`] and its gradients need: one image's patches,

@@ -1,50 +1,72 @@
 //! A training step split along its batch and run on a [`Pool`] of threads: the native form
 //! of [`crate::optim::ShardedTrainingStep`].
 //!
-//! One call ([`ShardedStep::run_bound`]) runs the shard function once per shard, the shards
-//! spread over the pool's threads (shard `s` on participant `s mod threads`), each shard
-//! reading its rows of the batch in place (no copy: axis 0 is outermost) and writing its
-//! own gradient buffers and arena; then the update function, on the calling thread, reads
-//! every shard's gradients, averages them in shard order and updates the params and the
-//! optimizer state in place; the step's outputs (batch means) are the shards' means.
-//! What a shard computes depends only on the shard, never on the thread that runs it, so
-//! results are bit-identical for every thread count. A call allocates nothing.
+//! The step owns the params and the optimizer state; its compiled functions are code that
+//! reads and writes them through pointer tables. One call ([`ShardedStep::run_bound`]):
+//!
+//! 1. the shard function once per shard, the shards spread over the pool's threads (shard
+//!    `s` on participant `s mod threads`), each shard reading its rows of the batch in place
+//!    (no copy: axis 0 is outermost) and writing its own gradient buffers and arena;
+//! 2. the update parts, likewise spread: part `k` reads its rows of every shard's gradients,
+//!    averages them in shard order and updates its rows of the params and their state in
+//!    place;
+//! 3. the update tail on the calling thread (the optimizer's shared state, e.g. Adam's step
+//!    count, which every part read before it changes);
+//!
+//! and the step's outputs (batch means) are the shards' means. What a shard or a part
+//! computes depends only on the shard or part, never on the thread that runs it, so results
+//! are bit-identical for every thread count. A call allocates nothing.
 
 use super::pool::Pool;
-use super::{Arena, Executable, HostTensor, RunError, Table, TensorData};
+use super::{initial, Arena, Executable, HostTensor, RunError, Table, TensorData};
 use crate::codegen::{compile, CompileError, CompileOptions, CompileReport};
+use crate::graph::Graph;
 use crate::optim::{grad_input, grad_output, ShardedTrainingStep, LR_NAME};
 use crate::shape::{DType, TensorType};
 use std::sync::Arc;
 
-/// Where an input of the update function comes from.
+/// Where a pointer-table slot of one of the step's functions points: a buffer of the step
+/// plus an offset in elements.
 #[derive(Clone, Copy, Debug)]
-enum UpdateInput {
-    /// The step input with this index (the learning rate).
-    Step(usize),
-    /// Shard `s`'s output with this index (a gradient).
-    Grad(usize, usize),
+enum Src {
+    /// The step input with this index.
+    Input(usize, usize),
+    /// The param with this index.
+    Param(usize, usize),
+    /// The optimizer state with this index.
+    State(usize, usize),
+    /// Output `o` of shard `s` (a gradient).
+    ShardOut(usize, usize, usize),
+    /// Shard `s`'s rows of the step input with this index (`offset` elements per shard).
+    Rows(usize, usize),
+}
+
+/// A compiled function and where its inputs, params and state come from (its consts,
+/// outputs and arena are its own).
+struct Bound {
+    exe: Executable,
+    inputs: Vec<Src>,
+    params: Vec<Src>,
+    states: Vec<Src>,
 }
 
 /// A compiled sharded training step; see the module documentation.
 pub struct ShardedStep {
-    shard: Executable,
-    update: Executable,
+    shard: Bound,
+    parts: Vec<Bound>,
+    tail: Bound,
     pool: Arc<Pool>,
-    /// Participants used (at most the pool's threads, at most the shards).
+    /// Participants used (at most the pool's threads).
     threads: usize,
-    /// The step's inputs at full batch size: the shard inputs, then the update's own.
+    /// The step's inputs at full batch size: the shard inputs, then the learning rate.
     inputs: Vec<(String, HostTensor)>,
-    /// For each shard input: the step input it reads and the bytes a shard advances in it
-    /// (0 for inputs every shard reads whole).
-    shard_inputs: Vec<(usize, usize)>,
-    /// For each shard param (in table order): the update's param index.
-    shard_params: Vec<usize>,
-    update_inputs: Vec<UpdateInput>,
+    params: Vec<(String, HostTensor)>,
+    states: Vec<(String, HostTensor)>,
     /// Per shard: its output buffers and its arena.
     shard_outputs: Vec<Vec<HostTensor>>,
-    arenas: Vec<Arena>,
-    tables: Vec<Table>,
+    shard_arenas: Vec<Arena>,
+    shard_tables: Vec<Table>,
+    part_tables: Vec<Table>,
     /// The step's outputs (the shard function's outputs that are not gradients), with the
     /// shard output index each averages.
     outputs: Vec<(String, HostTensor)>,
@@ -55,37 +77,45 @@ impl std::fmt::Debug for ShardedStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardedStep")
             .field("shards", &self.shards())
+            .field("update_parts", &self.parts.len())
             .field("threads", &self.threads)
-            .field("shard", &self.shard)
-            .field("update", &self.update)
+            .field("shard", &self.shard.exe)
             .finish()
     }
 }
 
-/// A pointer table shared read-only by the participants of one call.
+/// Pointer tables shared read-only by the participants of one phase of a call.
 struct Tables<'a> {
-    entry: unsafe extern "C" fn(*const *mut u8),
+    entries: &'a [unsafe extern "C" fn(*const *mut u8)],
     tables: &'a [Table],
     threads: usize,
     flush: bool,
 }
-// SAFETY: each table is used by exactly one participant per call (shard `s` by participant
-// `s mod threads`); the buffers a table points to are disjoint between shards except the
-// inputs and params, which every shard only reads.
+// SAFETY: each table is used by exactly one participant per call (table `i` by participant
+// `i mod threads`); the buffers a table writes are disjoint from every other table's
+// (a shard's outputs and arena, a part's rows and arena), and shared buffers are only read.
 unsafe impl Sync for Tables<'_> {}
 
 impl Tables<'_> {
     fn run(&self, w: usize) {
         let _fp = self.flush.then(super::fpenv::FlushDenormals::enter);
-        for t in self.tables.iter().skip(w).step_by(self.threads) {
-            // SAFETY: the table was built by `ShardedStep::fill_tables` for this call.
-            unsafe { (self.entry)(t.0.as_ptr()) };
+        for (i, t) in self.tables.iter().enumerate().skip(w).step_by(self.threads) {
+            let entry = self.entries[i.min(self.entries.len() - 1)];
+            // SAFETY: the table was built by `ShardedStep::fill` for this call.
+            unsafe { entry(t.0.as_ptr()) };
         }
     }
 }
 
+fn invalid(node: &str, message: &str) -> CompileError {
+    CompileError::Invalid {
+        node: node.to_string(),
+        message: message.to_string(),
+    }
+}
+
 impl ShardedStep {
-    /// Compiles both functions of `step` (run the pass pipeline on its graphs first, as
+    /// Compiles every function of `step` (run the pass pipeline on its graphs first, as
     /// for [`compile`]) to run on `pool`, using at most `threads` of its participants.
     pub fn compile(
         step: &ShardedTrainingStep,
@@ -93,70 +123,121 @@ impl ShardedStep {
         pool: Arc<Pool>,
         threads: usize,
     ) -> Result<ShardedStep, CompileError> {
-        let invalid = |node: String, message: String| CompileError::Invalid { node, message };
-        let shard_opts = CompileOptions {
+        let fn_opts = CompileOptions {
             threads: 1,
             poison: false,
             ..opts.clone()
         };
-        let shard = compile(&step.shard, &shard_opts)?;
-        let update = compile(&step.update, &shard_opts)?;
-        if !shard.states.is_empty() {
+        let shards = step.shards.max(1);
+        let u = &step.update;
+        let named = |g: &Graph, ids: Vec<crate::graph::NodeId>| -> Vec<(String, HostTensor)> {
+            ids.into_iter()
+                .map(|id| (g[id].name.clone().unwrap_or_default(), initial(g, id)))
+                .collect()
+        };
+        let params = named(u, u.params());
+        let states = named(u, u.states());
+        let find =
+            |list: &[(String, HostTensor)], name: &str| list.iter().position(|(n, _)| n == name);
+
+        // the step's inputs: the forward graph's, then the learning rate
+        let mut inputs: Vec<(String, HostTensor)> = step
+            .inputs
+            .iter()
+            .map(|(n, ty, _)| (n.clone(), HostTensor::zeros(ty)))
+            .collect();
+        let lr = inputs.len();
+        inputs.push((LR_NAME.into(), HostTensor::zeros(&TensorType::f32([]))));
+
+        let shard_exe = compile(&step.shard, &fn_opts)?;
+        if !shard_exe.states.is_empty() {
             return Err(invalid(
-                step.shard.name.clone(),
-                "a shard function cannot have state".into(),
+                &step.shard.name,
+                "a shard function cannot have state",
             ));
         }
-        let shards = step.shards.max(1);
-        let mut inputs: Vec<(String, HostTensor)> = Vec::new();
         let mut shard_inputs = Vec::new();
-        for (name, ty) in &shard.inputs {
-            let full = step
+        for (name, ty) in &shard_exe.inputs {
+            let i = step
                 .inputs
                 .iter()
-                .find(|(n, _, _)| n == name)
-                .ok_or_else(|| invalid(name.clone(), "not an input of the step".into()))?;
-            let stride = if full.2 { ty.shape.numel() * 4 } else { 0 };
-            shard_inputs.push((inputs.len(), stride));
-            inputs.push((name.clone(), HostTensor::zeros(&full.1)));
-        }
-        let shard_out_names: Vec<&str> = shard.outputs.iter().map(|(n, _)| n.as_str()).collect();
-        let mut update_inputs = Vec::new();
-        for (name, ty) in &update.inputs {
-            if name == LR_NAME {
-                update_inputs.push(UpdateInput::Step(inputs.len()));
-                inputs.push((name.clone(), HostTensor::zeros(ty)));
-                continue;
-            }
-            let found = (0..shards).find_map(|s| {
-                update
-                    .params
-                    .iter()
-                    .find(|(p, _)| grad_input(s, p) == *name)
-                    .and_then(|(p, _)| {
-                        let o = shard_out_names.iter().position(|&n| n == grad_output(p))?;
-                        Some(UpdateInput::Grad(s, o))
-                    })
+                .position(|(n, _, _)| n == name)
+                .ok_or_else(|| invalid(name, "not an input of the step"))?;
+            shard_inputs.push(if step.inputs[i].2 {
+                Src::Rows(i, ty.shape.numel())
+            } else {
+                Src::Input(i, 0)
             });
-            update_inputs.push(found.ok_or_else(|| {
-                invalid(
-                    name.clone(),
-                    "an update input that is neither the learning rate nor a shard's gradient"
-                        .into(),
-                )
-            })?);
         }
-        let mut shard_params = Vec::new();
-        for (name, t) in &shard.params {
-            let j = update
+        let shard_params = shard_exe
+            .params
+            .iter()
+            .map(|(n, _)| find(&params, n).map(|j| Src::Param(j, 0)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| invalid(&step.shard.name, "a shard param the update lacks"))?;
+        let shard_out_names: Vec<String> =
+            shard_exe.outputs.iter().map(|(n, _)| n.clone()).collect();
+
+        // binds an update function (a part at `offsets`, or the tail at offset 0)
+        let bind = |exe: Executable, offsets: &[(String, usize)]| -> Result<Bound, CompileError> {
+            // a param's offset also holds for its state `<param>.<suffix>` (longest match)
+            let off = |name: &str| {
+                offsets
+                    .iter()
+                    .filter(|(p, _)| p == name || name.starts_with(&format!("{p}.")))
+                    .max_by_key(|(p, _)| p.len())
+                    .map_or(0, |(_, o)| *o)
+            };
+            let mut ins = Vec::new();
+            for (name, _) in &exe.inputs {
+                if name == LR_NAME {
+                    ins.push(Src::Input(lr, 0));
+                    continue;
+                }
+                let src = (0..shards).find_map(|s| {
+                    params.iter().find_map(|(p, _)| {
+                        if grad_input(s, p) != *name {
+                            return None;
+                        }
+                        let o = shard_out_names.iter().position(|n| *n == grad_output(p))?;
+                        Some(Src::ShardOut(s, o, off(p)))
+                    })
+                });
+                ins.push(src.ok_or_else(|| {
+                    invalid(
+                        name,
+                        "an update input that is neither the learning rate nor a shard's gradient",
+                    )
+                })?);
+            }
+            let ps = exe
                 .params
                 .iter()
-                .position(|(n, u)| n == name && u.ty() == t.ty())
-                .ok_or_else(|| invalid(name.clone(), "a shard param the update lacks".into()))?;
-            shard_params.push(j);
-        }
-        let grads: Vec<String> = shard.params.iter().map(|(p, _)| grad_output(p)).collect();
-        let outputs: Vec<(String, HostTensor)> = shard
+                .map(|(n, _)| find(&params, n).map(|j| Src::Param(j, off(n))))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| invalid("update", "a param the step lacks"))?;
+            let ss = exe
+                .states
+                .iter()
+                .map(|(n, _)| find(&states, n).map(|j| Src::State(j, off(n))))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| invalid("update", "a state the step lacks"))?;
+            Ok(Bound {
+                exe,
+                inputs: ins,
+                params: ps,
+                states: ss,
+            })
+        };
+        let parts = step
+            .update_parts
+            .iter()
+            .map(|p| bind(compile(&p.graph, &fn_opts)?, &p.offsets))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tail = bind(compile(&step.update_tail, &fn_opts)?, &[])?;
+
+        let grads: Vec<String> = params.iter().map(|(p, _)| grad_output(p)).collect();
+        let outputs: Vec<(String, HostTensor)> = shard_exe
             .outputs
             .iter()
             .filter(|(n, _)| !grads.contains(n))
@@ -166,26 +247,36 @@ impl ShardedStep {
             .iter()
             .filter_map(|(n, _)| shard_out_names.iter().position(|m| m == n))
             .collect();
-        let slots = shard.slots();
-        let arena_bytes = shard.arena_bytes;
+        let slots = shard_exe.slots();
+        let arena_bytes = shard_exe.arena_bytes;
         let shard_outputs = (0..shards)
-            .map(|_| shard.outputs.iter().map(|(_, t)| t.clone()).collect())
+            .map(|_| shard_exe.outputs.iter().map(|(_, t)| t.clone()).collect())
             .collect();
-        let threads = threads.clamp(1, pool.threads()).min(shards);
+        let part_tables = parts
+            .iter()
+            .map(|p| Table(Vec::with_capacity(p.exe.slots())))
+            .collect();
+        let threads = threads.clamp(1, pool.threads());
         Ok(ShardedStep {
-            shard,
-            update,
+            shard: Bound {
+                exe: shard_exe,
+                inputs: shard_inputs,
+                params: shard_params,
+                states: Vec::new(),
+            },
+            parts,
+            tail,
             pool,
             threads,
             inputs,
-            shard_inputs,
-            shard_params,
-            update_inputs,
+            params,
+            states,
             shard_outputs,
-            arenas: (0..shards).map(|_| Arena::new(arena_bytes)).collect(),
-            tables: (0..shards)
+            shard_arenas: (0..shards).map(|_| Arena::new(arena_bytes)).collect(),
+            shard_tables: (0..shards)
                 .map(|_| Table(Vec::with_capacity(slots)))
                 .collect(),
+            part_tables,
             outputs,
             output_index,
         })
@@ -196,61 +287,115 @@ impl ShardedStep {
         self.shard_outputs.len()
     }
 
+    /// Number of parts the update is split into.
+    pub fn update_parts(&self) -> usize {
+        self.parts.len()
+    }
+
     /// Threads a call uses.
     pub fn threads(&self) -> usize {
         self.threads
     }
 
-    /// Rebuilds every shard's pointer table (buffers never move, but this keeps the tables
-    /// right by construction).
-    fn fill_tables(&mut self) {
-        for (s, table) in self.tables.iter_mut().enumerate() {
-            let t = &mut table.0;
-            t.clear();
-            for &(i, stride) in &self.shard_inputs {
-                // SAFETY: shard `s` reads rows `s*b..(s+1)*b` of a batched input, inside
-                // the full-batch buffer (`stride * shards` bytes).
-                t.push(unsafe { self.inputs[i].1.as_ptr().add(s * stride) });
-            }
-            for &j in &self.shard_params {
-                t.push(self.update.params[j].1.as_ptr());
-            }
-            for c in &self.shard.consts {
-                t.push(c.as_ptr());
-            }
-            for o in self.shard_outputs[s].iter_mut() {
-                t.push(o.as_mut_ptr());
-            }
-            t.push(self.arenas[s].ptr);
+    /// The address `src` names for shard `s` (f32 and i32 elements are 4 bytes).
+    fn address(&self, src: Src, s: usize) -> *mut u8 {
+        let at = |t: &HostTensor, off: usize| {
+            // SAFETY: offsets were computed from the shapes: a shard's rows of a batched
+            // input, a part's rows of a param, its state or a gradient, all inside the buffer.
+            unsafe { t.as_ptr().add(off * 4) }
+        };
+        match src {
+            Src::Input(i, off) => at(&self.inputs[i].1, off),
+            Src::Rows(i, per_shard) => at(&self.inputs[i].1, s * per_shard),
+            Src::Param(j, off) => at(&self.params[j].1, off),
+            Src::State(j, off) => at(&self.states[j].1, off),
+            Src::ShardOut(s, o, off) => at(&self.shard_outputs[s][o], off),
+        }
+    }
+
+    /// Builds the table of function `b` for shard `s` into `t`, with `arena` (or its own).
+    fn fill(
+        &self,
+        b: &Bound,
+        s: usize,
+        outputs: Option<&[HostTensor]>,
+        arena: Option<&Arena>,
+        t: &mut Table,
+    ) {
+        let t = &mut t.0;
+        t.clear();
+        for &src in b.inputs.iter().chain(&b.params).chain(&b.states) {
+            t.push(self.address(src, s));
+        }
+        for c in &b.exe.consts {
+            t.push(c.as_ptr());
+        }
+        match outputs {
+            Some(outs) => t.extend(outs.iter().map(|o| o.as_ptr())),
+            None => t.extend(b.exe.outputs.iter().map(|(_, o)| o.as_ptr())),
+        }
+        t.push(arena.unwrap_or(&b.exe.arena).ptr);
+    }
+
+    /// Runs `tables` (built for `entries`) on the pool.
+    fn run_phase(&self, entries: &[unsafe extern "C" fn(*const *mut u8)], tables: &[Table]) {
+        let threads = self.threads.min(tables.len()).max(1);
+        let job = Tables {
+            entries,
+            tables,
+            threads,
+            flush: self.shard.exe.flush_denormals,
+        };
+        if threads == 1 {
+            job.run(0);
+        } else {
+            self.pool.run(&|w| {
+                if w < threads {
+                    job.run(w)
+                }
+            });
         }
     }
 
     /// Runs one training step on the bound inputs (see [`ShardedStep::input_f32_mut`]);
     /// allocates nothing.
     pub fn run_bound(&mut self) {
-        self.fill_tables();
-        let job = Tables {
-            entry: self.shard.entry,
-            tables: &self.tables,
-            threads: self.threads,
-            flush: self.shard.flush_denormals,
-        };
-        if self.threads == 1 {
-            job.run(0);
+        let mut tables = std::mem::take(&mut self.shard_tables);
+        for (s, t) in tables.iter_mut().enumerate() {
+            self.fill(
+                &self.shard,
+                s,
+                Some(&self.shard_outputs[s]),
+                Some(&self.shard_arenas[s]),
+                t,
+            );
+        }
+        self.run_phase(&[self.shard.exe.entry], &tables);
+        self.shard_tables = tables;
+
+        let mut tables = std::mem::take(&mut self.part_tables);
+        for (k, t) in tables.iter_mut().enumerate() {
+            self.fill(&self.parts[k], 0, None, None, t);
+        }
+        let mut entries = [self.shard.exe.entry; 16];
+        let n = self.parts.len().min(entries.len());
+        for (e, p) in entries.iter_mut().zip(&self.parts) {
+            *e = p.exe.entry;
+        }
+        if self.parts.len() <= entries.len() {
+            self.run_phase(&entries[..n], &tables);
         } else {
-            self.pool.run(&|w| job.run(w));
+            for (p, t) in self.parts.iter().zip(&tables) {
+                self.run_phase(&[p.exe.entry], std::slice::from_ref(t));
+            }
         }
-        let u = &mut self.update;
-        u.table.0.clear();
-        for src in &self.update_inputs {
-            u.table.0.push(match *src {
-                UpdateInput::Step(i) => self.inputs[i].1.as_ptr(),
-                UpdateInput::Grad(s, o) => self.shard_outputs[s][o].as_ptr(),
-            });
-        }
-        // SAFETY: every update input points at a buffer of its type: the bound learning
-        // rate or a shard's gradient output, which nothing writes during the call.
-        unsafe { u.call() };
+        self.part_tables = tables;
+
+        let mut table = std::mem::replace(&mut self.tail.exe.table, Table(Vec::new()));
+        self.fill(&self.tail, 0, None, None, &mut table);
+        self.run_phase(&[self.tail.exe.entry], std::slice::from_ref(&table));
+        self.tail.exe.table = table;
+
         let shards = self.shard_outputs.len();
         for ((_, out), &k) in self.outputs.iter_mut().zip(&self.output_index) {
             match &mut out.data {
@@ -382,31 +527,65 @@ impl ShardedStep {
 
     /// The current value of param `name`.
     pub fn param(&self, name: &str) -> Option<HostTensor> {
-        self.update.param(name)
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
     }
 
     /// Every param with its current value, in declaration order.
     pub fn params(&self) -> Vec<(String, HostTensor)> {
-        self.update.params()
+        self.params.clone()
     }
 
-    /// Overwrites param `name` (same dtype, shape and length required).
+    /// Overwrites param `name` in place (same dtype, shape and length required).
     pub fn set_param(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
-        self.update.set_param(name, value)
+        set(&mut self.params, "param", name, value)
     }
 
     /// The current value of optimizer state `name`.
     pub fn state(&self, name: &str) -> Option<HostTensor> {
-        self.update.state(name)
+        self.states
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
     }
 
-    /// Overwrites optimizer state `name` (same dtype, shape and length required).
+    /// Overwrites optimizer state `name` in place (same dtype, shape and length required).
     pub fn set_state(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
-        self.update.set_state(name, value)
+        set(&mut self.states, "state", name, value)
     }
 
-    /// The compile reports of the shard function and of the update function.
-    pub fn reports(&self) -> [&CompileReport; 2] {
-        [self.shard.report(), self.update.report()]
+    /// The compile reports of the shard function, the update parts and the tail.
+    pub fn reports(&self) -> Vec<&CompileReport> {
+        std::iter::once(&self.shard)
+            .chain(&self.parts)
+            .chain(std::iter::once(&self.tail))
+            .map(|b| b.exe.report())
+            .collect()
     }
+}
+
+/// Overwrites `name` in `list` in place (the functions' tables point at the buffers).
+fn set(
+    list: &mut [(String, HostTensor)],
+    kind: &'static str,
+    name: &str,
+    value: HostTensor,
+) -> Result<(), RunError> {
+    let known = list
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some((_, t)) = list.iter_mut().find(|(n, _)| n == name) else {
+        return Err(RunError::Unknown {
+            kind,
+            name: name.into(),
+            known,
+        });
+    };
+    value.check(name, &t.ty())?;
+    t.data.clone_from(&value.data);
+    Ok(())
 }
