@@ -316,69 +316,89 @@ fn gemm_kernel(c: &mut Criterion) {
     grp.finish();
 }
 
-/// What Cranelift's 128-bit vectors cost in the JIT's elementwise loops: the fused loop of
-/// `y = relu(a * b + c)` (f32x4 with FMA, 4x unrolled) against the same loop compiled by rustc
-/// for AVX2 + FMA (256-bit) and AVX-512 (512-bit), at n = 16 Ki (in L1/L2) and 4 Mi (beyond
-/// L2: memory-bound).
+/// What Cranelift's 128-bit vectors cost in the JIT's elementwise loops: two fused loops,
+/// `relu(a * b + c)` (light: a load-store loop) and `a / (sqrt(b) + c)` (the divide and square
+/// root of Adam's update), as the JIT compiles them (f32x4, FMA, 4x unrolled) against the same
+/// loops compiled by rustc for AVX2 + FMA (256-bit) and AVX-512 (512-bit), at n = 16 Ki (the
+/// operands in L2) and 4 Mi (memory-bound).
 fn simd_width(c: &mut Criterion) {
     let mut grp = c.benchmark_group("simd_width");
     for n in [16 * 1024, 4 * 1024 * 1024] {
         grp.throughput(Throughput::Elements(n as u64));
-        let mut g = Graph::new("relu_fma");
-        let init = |seed| Init::Uniform {
-            low: -1.0,
-            high: 1.0,
-            seed,
-        };
-        let a = g.param("a", [n], init(1)).unwrap();
-        let b = g.param("b", [n], init(2)).unwrap();
-        let cc = g.param("c", [n], init(3)).unwrap();
-        let p = g.mul(a, b).unwrap();
-        let q = g.add2(p, cc).unwrap();
-        let y = g.relu(q).unwrap();
-        g.add_output("y", y).unwrap();
-        Pipeline::default().run(&mut g).unwrap();
-        let mut exe = codegen::compile(&g, &opts()).unwrap();
-        grp.bench_function(BenchmarkId::new("cranelift_f32x4", n), |bn| {
-            bn.iter(|| exe.run_bound())
-        });
-        let xs = |s: u64| -> Vec<f32> {
-            let mut r = gradlift::init::Rng::new(s);
-            (0..n).map(|_| r.uniform() as f32 * 2.0 - 1.0).collect()
-        };
-        let (av, bv, cv) = (xs(1), xs(2), xs(3));
-        let mut yv = vec![0.0f32; n];
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            grp.bench_function(BenchmarkId::new("rustc_avx2", n), |bn| {
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                bn.iter(|| unsafe { relu_fma_avx2(&av, &bv, &cv, &mut yv) })
+        for expr in ["relu_fma", "div_sqrt"] {
+            let mut g = Graph::new(expr);
+            let init = |seed| Init::Uniform {
+                low: 0.0,
+                high: 1.0,
+                seed,
+            };
+            let a = g.param("a", [n], init(1)).unwrap();
+            let b = g.param("b", [n], init(2)).unwrap();
+            let cc = g.param("c", [n], init(3)).unwrap();
+            let y = if expr == "relu_fma" {
+                let p = g.mul(a, b).unwrap();
+                let q = g.add2(p, cc).unwrap();
+                g.relu(q).unwrap()
+            } else {
+                let r = g.sqrt(b).unwrap();
+                let d = g.add2(r, cc).unwrap();
+                g.div(a, d).unwrap()
+            };
+            g.add_output("y", y).unwrap();
+            Pipeline::default().run(&mut g).unwrap();
+            let mut exe = codegen::compile(&g, &opts()).unwrap();
+            grp.bench_function(BenchmarkId::new(format!("{expr}/cranelift_f32x4"), n), |bn| {
+                bn.iter(|| exe.run_bound())
             });
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            grp.bench_function(BenchmarkId::new("rustc_avx512", n), |bn| {
-                // SAFETY: the CPU has AVX-512F (checked above).
-                bn.iter(|| unsafe { relu_fma_avx512(&av, &bv, &cv, &mut yv) })
-            });
+            let xs = |s: u64| -> Vec<f32> {
+                let mut r = gradlift::init::Rng::new(s);
+                (0..n).map(|_| r.uniform() as f32).collect()
+            };
+            let (av, bv, cv) = (xs(1), xs(2), xs(3));
+            let mut yv = vec![0.0f32; n];
+            let light = expr == "relu_fma";
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                grp.bench_function(BenchmarkId::new(format!("{expr}/rustc_avx2"), n), |bn| {
+                    // SAFETY: the CPU has AVX2 and FMA (checked above).
+                    bn.iter(|| unsafe { loop_avx2(light, &av, &bv, &cv, &mut yv) })
+                });
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                grp.bench_function(BenchmarkId::new(format!("{expr}/rustc_avx512"), n), |bn| {
+                    // SAFETY: the CPU has AVX-512F (checked above).
+                    bn.iter(|| unsafe { loop_avx512(light, &av, &bv, &cv, &mut yv) })
+                });
+            }
         }
     }
     grp.finish();
 }
 
-#[target_feature(enable = "avx2,fma")]
-fn relu_fma_avx2(a: &[f32], b: &[f32], c: &[f32], y: &mut [f32]) {
-    for (((y, a), b), c) in y.iter_mut().zip(a).zip(b).zip(c) {
-        let v = a.mul_add(*b, *c);
-        *y = if v > 0.0 { v } else { 0.0 };
+/// `relu(a*b + c)` (`light`) or `a / (sqrt(b) + c)`, elementwise.
+#[inline(always)]
+fn elementwise(light: bool, a: &[f32], b: &[f32], c: &[f32], y: &mut [f32]) {
+    if light {
+        for (((y, a), b), c) in y.iter_mut().zip(a).zip(b).zip(c) {
+            let v = a.mul_add(*b, *c);
+            *y = if v > 0.0 { v } else { 0.0 };
+        }
+    } else {
+        for (((y, a), b), c) in y.iter_mut().zip(a).zip(b).zip(c) {
+            *y = a / (b.sqrt() + c);
+        }
     }
 }
 
+#[target_feature(enable = "avx2,fma")]
+fn loop_avx2(light: bool, a: &[f32], b: &[f32], c: &[f32], y: &mut [f32]) {
+    elementwise(light, a, b, c, y)
+}
+
 #[target_feature(enable = "avx512f,fma")]
-fn relu_fma_avx512(a: &[f32], b: &[f32], c: &[f32], y: &mut [f32]) {
-    for (((y, a), b), c) in y.iter_mut().zip(a).zip(b).zip(c) {
-        let v = a.mul_add(*b, *c);
-        *y = if v > 0.0 { v } else { 0.0 };
-    }
+fn loop_avx512(light: bool, a: &[f32], b: &[f32], c: &[f32], y: &mut [f32]) {
+    elementwise(light, a, b, c, y)
 }
 
 criterion_group! {

@@ -4,8 +4,9 @@
 //!
 //! [`compile_training_step`] splits the step along its batch when it can
 //! ([`crate::optim::sharded_training_step`]: each shard's forward and backward on a thread
-//! of the pool, the shards' gradients averaged in a fixed order, one update), runs the pass
-//! pipeline on each graph and compiles it; a step that cannot be split (a loss that is not
+//! of the pool, the shards' gradients averaged in a fixed order, one update, itself split by
+//! rows over the threads when there are several shards), runs the pass pipeline on each
+//! graph and compiles it; a step that cannot be split (a loss that is not
 //! a mean over the examples, see [`crate::batch`]) is compiled whole and runs on one thread,
 //! and [`StepReport::not_split`] says why. [`CompiledStep`] is the result either way: fill
 //! its bound inputs, call [`CompiledStep::run_bound`], read its outputs.
