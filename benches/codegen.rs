@@ -347,9 +347,10 @@ fn simd_width(c: &mut Criterion) {
             g.add_output("y", y).unwrap();
             Pipeline::default().run(&mut g).unwrap();
             let mut exe = codegen::compile(&g, &opts()).unwrap();
-            grp.bench_function(BenchmarkId::new(format!("{expr}/cranelift_f32x4"), n), |bn| {
-                bn.iter(|| exe.run_bound())
-            });
+            grp.bench_function(
+                BenchmarkId::new(format!("{expr}/cranelift_f32x4"), n),
+                |bn| bn.iter(|| exe.run_bound()),
+            );
             let xs = |s: u64| -> Vec<f32> {
                 let mut r = gradlift::init::Rng::new(s);
                 (0..n).map(|_| r.uniform() as f32).collect()

@@ -523,6 +523,17 @@ fn cranelift_error(g: &Graph, ctx: &Context, e: ModuleError) -> CompileError {
 
 /// Compiles `g` into an [`Executable`]: one native function for the whole graph.
 pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileError> {
+    compile_with(g, opts, true)
+}
+
+/// [`compile`]; with `own_leaves` false the executable allocates no buffers for its inputs,
+/// params and state (a caller that binds them to its own buffers, as
+/// [`crate::runtime::sharded::ShardedStep`] does, never reads them).
+pub(crate) fn compile_with(
+    g: &Graph,
+    opts: &CompileOptions,
+    own_leaves: bool,
+) -> Result<Executable, CompileError> {
     let Built {
         mut module,
         mut ctx,
@@ -566,7 +577,7 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileEr
         code_bytes,
     };
     let t2 = Instant::now();
-    let mut exe = Executable::new(g, module, code, plan, report.clone(), opts);
+    let mut exe = Executable::new(g, module, code, plan, report.clone(), opts, own_leaves);
     report.init_ms = t2.elapsed().as_secs_f64() * 1e3;
     exe.set_report(report);
     Ok(exe)

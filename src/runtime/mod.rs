@@ -367,8 +367,22 @@ impl Executable {
         plan: Plan,
         report: CompileReport,
         opts: &crate::codegen::CompileOptions,
+        own_leaves: bool,
     ) -> Executable {
         let name = |id| g[id].name.clone().unwrap_or_default();
+        // a leaf the caller binds to its own buffer: its shape, no elements
+        let leaf = |id: crate::graph::NodeId,
+                    value: fn(&Graph, crate::graph::NodeId) -> HostTensor| {
+            if own_leaves {
+                value(g, id)
+            } else {
+                let ty = &g[id].ty;
+                match ty.dtype {
+                    DType::F32 => HostTensor::f32(ty.shape.clone(), Vec::new()),
+                    DType::I32 => HostTensor::i32(ty.shape.clone(), Vec::new()),
+                }
+            }
+        };
         // SAFETY: `code` is the finalized function built with signature `fn(*const *mut u8)`.
         let entry =
             unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const *mut u8)>(code) };
@@ -384,18 +398,18 @@ impl Executable {
             bound: plan
                 .inputs
                 .iter()
-                .map(|&id| HostTensor::zeros(&g[id].ty))
+                .map(|&id| leaf(id, |g, id| HostTensor::zeros(&g[id].ty)))
                 .collect(),
             table: Table(Vec::with_capacity(slots)),
             params: plan
                 .params
                 .iter()
-                .map(|&id| (name(id), initial(g, id)))
+                .map(|&id| (name(id), leaf(id, initial)))
                 .collect(),
             states: plan
                 .states
                 .iter()
-                .map(|&id| (name(id), initial(g, id)))
+                .map(|&id| (name(id), leaf(id, initial)))
                 .collect(),
             consts: plan.consts.iter().map(|&id| initial(g, id)).collect(),
             outputs: g

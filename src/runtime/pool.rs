@@ -77,7 +77,7 @@ pub fn default_threads() -> usize {
 
 impl Pool {
     /// A pool of `threads` participants: the calling thread and `threads - 1` workers
-    /// (`threads` 0 counts as 1).
+    /// (`threads` 0 counts as 1; fewer if the system refuses to start a thread).
     pub fn new(threads: usize) -> Pool {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
@@ -90,17 +90,18 @@ impl Pool {
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
         });
-        let workers = (1..threads)
-            .map(|w| {
+        // a worker the system refuses to start leaves a smaller pool, not an error
+        let workers: Vec<JoinHandle<()>> = (1..threads)
+            .map_while(|w| {
                 let s = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name(format!("gradlift-{w}"))
                     .spawn(move || worker(&s, w))
-                    .expect("spawning a worker thread")
+                    .ok()
             })
             .collect();
         Pool {
-            threads,
+            threads: 1 + workers.len(),
             shared,
             busy: Mutex::new(()),
             workers,

@@ -19,7 +19,7 @@
 
 use super::pool::Pool;
 use super::{initial, Arena, Executable, HostTensor, RunError, Table, TensorData};
-use crate::codegen::{compile, CompileError, CompileOptions, CompileReport};
+use crate::codegen::{compile_with, CompileError, CompileOptions, CompileReport};
 use crate::graph::Graph;
 use crate::optim::{grad_input, grad_output, ShardedTrainingStep, LR_NAME};
 use crate::shape::{DType, TensorType};
@@ -116,7 +116,7 @@ fn invalid(node: &str, message: &str) -> CompileError {
 
 impl ShardedStep {
     /// Compiles every function of `step` (run the pass pipeline on its graphs first, as
-    /// for [`compile`]) to run on `pool`, using at most `threads` of its participants.
+    /// for [`crate::codegen::compile`]) to run on `pool`, using at most `threads` of its participants.
     pub fn compile(
         step: &ShardedTrainingStep,
         opts: &CompileOptions,
@@ -149,7 +149,7 @@ impl ShardedStep {
         let lr = inputs.len();
         inputs.push((LR_NAME.into(), HostTensor::zeros(&TensorType::f32([]))));
 
-        let shard_exe = compile(&step.shard, &fn_opts)?;
+        let shard_exe = compile_with(&step.shard, &fn_opts, false)?;
         if !shard_exe.states.is_empty() {
             return Err(invalid(
                 &step.shard.name,
@@ -232,9 +232,9 @@ impl ShardedStep {
         let parts = step
             .update_parts
             .iter()
-            .map(|p| bind(compile(&p.graph, &fn_opts)?, &p.offsets))
+            .map(|p| bind(compile_with(&p.graph, &fn_opts, false)?, &p.offsets))
             .collect::<Result<Vec<_>, _>>()?;
-        let tail = bind(compile(&step.update_tail, &fn_opts)?, &[])?;
+        let tail = bind(compile_with(&step.update_tail, &fn_opts, false)?, &[])?;
 
         let grads: Vec<String> = params.iter().map(|(p, _)| grad_output(p)).collect();
         let outputs: Vec<(String, HostTensor)> = shard_exe
