@@ -185,3 +185,102 @@ fn bound_inputs_and_run_give_the_same_step() {
     assert!(b.input_i32_mut("x").is_err(), "x is f32");
     assert!(b.input_f32_mut("nope").is_err());
 }
+
+#[test]
+fn a_split_step_refuses_bad_inputs_and_weights_and_changes_nothing() {
+    let g = model("mlp.ir");
+    let mut step = compiled(&g, 2, 2);
+    let before = step.params();
+    let good = batch(&g, 1);
+    let with = |name: &str, t: HostTensor| -> Vec<(&str, HostTensor)> {
+        good.iter()
+            .map(|(n, v)| (n.as_str(), if n == name { t.clone() } else { v.clone() }))
+            .collect()
+    };
+    let cases: Vec<(Vec<(&str, HostTensor)>, &str)> = vec![
+        (
+            with("x", HostTensor::f32([32, 784], vec![0.0; 32 * 784])),
+            "expected f32[64,784]",
+        ),
+        (
+            with("labels", HostTensor::f32([64], vec![0.0; 64])),
+            "dtype",
+        ),
+        (
+            with("x", HostTensor::f32([64, 784], vec![0.0; 5])),
+            "the buffer holds 5",
+        ),
+        (
+            good[..2]
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.clone()))
+                .collect(),
+            "missing input \"lr\"",
+        ),
+    ];
+    for (inputs, needle) in cases {
+        let e = step.run(&inputs).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}\nshould say {needle:?}");
+    }
+    let e = step
+        .set_param(
+            "dense.kernel",
+            HostTensor::f32([784, 127], vec![0.0; 784 * 127]),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dense.kernel"), "{e}");
+    assert!(step
+        .set_state("nope", HostTensor::f32([], vec![0.0]))
+        .is_err());
+    assert_eq!(step.params(), before, "nothing ran, nothing changed");
+}
+
+#[test]
+fn keras_models_with_dropout_and_clipping_train_the_same_on_any_thread_count() {
+    use gradlift::data::load_default;
+    use gradlift::nn::{
+        Activation, CompileOptions, Dense, Dropout, FitOptions, Loss, Metric, Sequential, Targets,
+    };
+    use gradlift::optim::Clip;
+    let (train, _) = load_default().unwrap();
+    let x = train.slice(0, 512).images();
+    let y = &train.labels[..512];
+    for clip in [None, Some(Clip::GlobalNorm(1.0))] {
+        let run = |threads: usize| {
+            let mut o = CompileOptions::new(
+                Optimizer::adam(),
+                Loss::SparseCategoricalCrossentropy { from_logits: false },
+                &[Metric::Accuracy],
+            )
+            .threads(threads)
+            .shards(4);
+            if let Some(c) = clip {
+                o = o.clip(c);
+            }
+            let mut m = Sequential::new([784])
+                .layer(Dense::new(32).activation(Activation::Relu))
+                .layer(Dropout::new(0.3))
+                .layer(Dense::new(10).activation(Activation::Softmax))
+                .compile(o)
+                .unwrap();
+            let opts = FitOptions {
+                epochs: 2,
+                batch_size: 64,
+                verbose: false,
+                ..FitOptions::default()
+            };
+            let h = m.fit(&x, Targets::Classes(y), &opts).unwrap();
+            (
+                h.get("loss").to_vec(),
+                m.weights().get("dense.kernel").unwrap().to_vec(),
+            )
+        };
+        let one = run(1);
+        assert!(one.0[1] < one.0[0], "{clip:?}: trains: {:?}", one.0);
+        assert!(
+            one == run(2) && one == run(3),
+            "{clip:?}: thread counts differ"
+        );
+    }
+}
