@@ -108,7 +108,7 @@ pub unsafe extern "C" fn gl_gemm(
         }
     };
     // the process-wide pool: no thread is spawned per call
-    crate::runtime::pool::Pool::shared(parts).run(&|t| {
+    crate::runtime::pool::Pool::shared(parts).run(parts, &|t| {
         let _fp = crate::runtime::fpenv::FlushDenormals::enter();
         part(t)
     });

@@ -4,8 +4,8 @@
 //! The step owns the params and the optimizer state; its compiled functions are code that
 //! reads and writes them through pointer tables. One call ([`ShardedStep::run_bound`]):
 //!
-//! 1. the shard function once per shard, the shards spread over the pool's threads (shard
-//!    `s` on participant `s mod threads`), each shard reading its rows of the batch in place
+//! 1. the shard function once per shard, the shards spread over the pool's threads (each
+//!    participant takes the next shard not yet taken), each shard reading its rows of the batch in place
 //!    (no copy: axis 0 is outermost) and writing its own gradient buffers and arena;
 //! 2. the update parts, likewise spread: part `k` reads its rows of every shard's gradients,
 //!    averages them in shard order and updates its rows of the params and their state in
@@ -88,19 +88,19 @@ impl std::fmt::Debug for ShardedStep {
 struct Tables<'a> {
     entries: &'a [unsafe extern "C" fn(*const *mut u8)],
     tables: &'a [Table],
-    threads: usize,
     flush: bool,
 }
-// SAFETY: each table is used by exactly one participant per call (table `i` by participant
-// `i mod threads`); the buffers a table writes are disjoint from every other table's
+// SAFETY: each table is used by exactly one participant per call (the one that claimed
+// item `i` from the pool); the buffers a table writes are disjoint from every other table's
 // (a shard's outputs and arena, a part's rows and arena), and shared buffers are only read.
 unsafe impl Sync for Tables<'_> {}
 
 impl Tables<'_> {
-    fn run(&self, w: usize) {
+    /// Runs table `i` (with entry `i`, or the last entry when all tables share one).
+    fn run(&self, i: usize) {
         let _fp = self.flush.then(super::fpenv::FlushDenormals::enter);
-        for (i, t) in self.tables.iter().enumerate().skip(w).step_by(self.threads) {
-            let entry = self.entries[i.min(self.entries.len() - 1)];
+        let entry = self.entries[i.min(self.entries.len() - 1)];
+        if let Some(t) = self.tables.get(i) {
             // SAFETY: the table was built by `ShardedStep::fill` for this call.
             unsafe { entry(t.0.as_ptr()) };
         }
@@ -337,23 +337,17 @@ impl ShardedStep {
         t.push(arena.unwrap_or(&b.exe.arena).ptr);
     }
 
-    /// Runs `tables` (built for `entries`) on the pool.
+    /// Runs `tables` (built for `entries`) on the pool, one item each.
     fn run_phase(&self, entries: &[unsafe extern "C" fn(*const *mut u8)], tables: &[Table]) {
-        let threads = self.threads.min(tables.len()).max(1);
         let job = Tables {
             entries,
             tables,
-            threads,
             flush: self.shard.exe.flush_denormals,
         };
-        if threads == 1 {
-            job.run(0);
+        if self.threads == 1 {
+            (0..tables.len()).for_each(|i| job.run(i));
         } else {
-            self.pool.run(&|w| {
-                if w < threads {
-                    job.run(w)
-                }
-            });
+            self.pool.run(tables.len(), &|i| job.run(i));
         }
     }
 
