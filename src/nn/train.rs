@@ -450,8 +450,9 @@ impl Model {
         v
     }
 
-    /// The graph of the training step for batches of `batch` examples (built if needed), as
-    /// it will run: forward, loss, gradients and optimizer updates.
+    /// The graph of the training step for batches of `batch` examples (built if needed):
+    /// forward, loss, gradients and optimizer updates, after the pass pipeline. The JIT runs
+    /// it split along the batch when it can ([`crate::step::compile_training_step`]).
     pub fn train_graph(&mut self, batch: usize) -> Result<&Graph, TrainError> {
         Ok(&self.step(Kind::Train, batch)?.graph)
     }
@@ -492,13 +493,19 @@ impl Model {
                     batch,
                     &opts,
                 )
-                .map_err(|e| match e {
-                    crate::step::StepError::Step(e) => TrainError::Run {
-                        graph: forward.name.clone(),
-                        message: e.to_string(),
-                    },
-                    crate::step::StepError::Pass(e) => TrainError::Pass(e),
-                    crate::step::StepError::Compile(e) => TrainError::Compile(e),
+                .map_err(|e| {
+                    use crate::optim::TrainingStepError as T;
+                    use crate::step::StepError as S;
+                    match e {
+                        S::Step(T::Grad(e)) => TrainError::Grad(e),
+                        S::Step(T::Build(e)) => TrainError::Build(e),
+                        S::Step(e @ T::Batch(_)) => TrainError::Run {
+                            graph: forward.name.clone(),
+                            message: e.to_string(),
+                        },
+                        S::Pass(e) => TrainError::Pass(e),
+                        S::Compile(e) => TrainError::Compile(e),
+                    }
                 })?;
                 Some(exe)
             }
