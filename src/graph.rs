@@ -179,6 +179,23 @@ impl Graph {
         e.into_iter().map(|(_, n)| n).collect()
     }
 
+    /// The first edge, as raw `(source, target, missing)` indices, whose source or target
+    /// (`missing`) is not a node of the graph. Only a deserialized graph can have one (an
+    /// edge from a vacant slot).
+    pub fn dangling_edge(&self) -> Option<(usize, usize, usize)> {
+        use petgraph::visit::IntoEdgeReferences;
+        (&self.graph)
+            .edge_references()
+            .find(|e| {
+                !self.graph.contains_node(e.source()) || !self.graph.contains_node(e.target())
+            })
+            .map(|e| {
+                let (a, b) = (e.source(), e.target());
+                let missing = if self.graph.contains_node(a) { b } else { a };
+                (a.index(), b.index(), missing.index())
+            })
+    }
+
     /// The nodes that use `id` as an operand (each once, sorted).
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
         let s: BTreeSet<NodeId> = self

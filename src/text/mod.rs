@@ -89,7 +89,14 @@ pub fn to_json(g: &Graph) -> String {
     serde_json::to_string_pretty(g).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// A graph from the JSON written by [`to_json`]. The graph is not verified.
+/// A graph from the JSON written by [`to_json`]. The graph is not verified, but every edge
+/// joins two nodes (an edge from a vacant node slot is an error, not a later panic).
 pub fn from_json(s: &str) -> Result<Graph, JsonError> {
-    Ok(serde_json::from_str(s)?)
+    let g: Graph = serde_json::from_str(s)?;
+    if let Some((from, to, missing)) = g.dangling_edge() {
+        return Err(JsonError(serde::de::Error::custom(format!(
+            "edge {from} -> {to}: node {missing} does not exist (a vacant slot in node_holes or past the node list)"
+        ))));
+    }
+    Ok(g)
 }
