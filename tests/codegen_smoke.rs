@@ -138,3 +138,49 @@ fn large_matmuls_split_over_threads_match_one_thread() {
         }
     }
 }
+
+/// The mean of no elements is NaN in compiled code as in the interpreter (numpy's mean of an
+/// empty axis), plain and fused (a probe found 0.0 compiled).
+#[test]
+fn the_mean_of_an_empty_axis_is_nan_like_the_interpreter() {
+    let text = "graph empty {
+inputs:
+  %x: f32[0,7] = input
+body:
+  %m: f32[7] = reduce_mean %x, axes=[0], keepdims=false
+  %y: f32[0,7] = mul %x, %x
+  %f: f32[7] = reduce_mean %y, axes=[0], keepdims=false
+outputs:
+  m = %m
+  f = %f
+}";
+    let g = gradlift::text::parse(text, "empty.ir").unwrap();
+    for optimize in [false, true] {
+        let mut g = g.clone();
+        if optimize {
+            gradlift::passes::Pipeline::default().run(&mut g).unwrap();
+        }
+        let want = gradlift::interp::eval_named::<f32>(
+            &g,
+            &[(
+                "x",
+                gradlift::interp::Array {
+                    shape: [0, 7].into(),
+                    data: vec![],
+                },
+            )],
+        )
+        .unwrap();
+        let mut exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+        let out = exe.run(&[("x", HostTensor::f32([0, 7], vec![]))]).unwrap();
+        for (name, t) in out {
+            let w = &want.get(g.output(&name).unwrap()).unwrap().data;
+            assert!(w.iter().all(|v| v.is_nan()), "interpreter {name}: {w:?}");
+            let v = t.as_f32().unwrap();
+            assert!(
+                v.len() == 7 && v.iter().all(|v| v.is_nan()),
+                "jit {name} (optimized {optimize}): {v:?}"
+            );
+        }
+    }
+}

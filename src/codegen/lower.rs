@@ -750,7 +750,8 @@ impl<'a> Lowerer<'a> {
             return;
         }
         let count: usize = axes.iter().map(|&a| x_shape.0[a]).product();
-        let scale = 1.0 / count.max(1) as f32;
+        // an empty reduction: 0 * inf = NaN, as numpy's mean of nothing
+        let scale = 1.0 / count as f32;
         let ov = View::dense(out, DType::F32, out_shape);
         self.map(
             &ov.clone(),
