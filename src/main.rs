@@ -977,6 +977,15 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
             "--lr: the learning rate must be a positive number, found {lr}"
         )));
     }
+    // the step computes in f32: a rate that overflows to inf or rounds to 0 there is refused
+    let lr32 = lr as f32;
+    if !(lr32.is_finite() && lr32 > 0.0) {
+        return Err(CliError(format!(
+            "--lr: the learning rate {lr} is {lr32} as an f32 (the step's precision); use a value between {:e} and {:e}",
+            f32::from_bits(1),
+            f32::MAX
+        )));
+    }
     let t_build = Instant::now();
     let m = trainable(&a.file, &opt)?;
     let parse_s = t_build.elapsed().as_secs_f64();

@@ -236,6 +236,14 @@ fn bad_arguments_are_clear_errors() {
         err.contains("--lr: the learning rate must be a positive number, found -1"),
         "{err}"
     );
+    // finite in f64, but inf or 0 in the step's f32 (a probe's finding)
+    for (lr, as_f32) in [("1e39", "inf"), ("1e-50", "0")] {
+        let err = fails(&["train", "ir/mlp.ir", "--lr", lr]);
+        assert!(
+            err.contains(&format!("is {as_f32} as an f32")),
+            "--lr {lr}: {err}"
+        );
+    }
     // A model without the images and labels inputs.
     let err = fails(&["train", "ir/linear_regression.ir"]);
     assert!(
