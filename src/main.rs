@@ -407,7 +407,8 @@ fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
         let v = values
             .get(o.node)
             .ok_or_else(|| CliError(format!("{file}: output {} has no value", o.name)))?;
-        outln!("{}: {ty} = {}", o.name, format_values(ty, &v.data));
+        let data: Vec<f64> = v.data.iter().map(|&x| x as f64).collect();
+        outln!("{}: {ty} = {}", o.name, format_values(ty, &data));
     }
     for u in g.updates() {
         let ty = &g[u.target].ty;
@@ -415,7 +416,8 @@ fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
         let v = values
             .get(u.value)
             .ok_or_else(|| CliError(format!("{file}: update of {label} has no value")))?;
-        outln!("update {label}: {ty} = {}", format_values(ty, &v.data));
+        let data: Vec<f64> = v.data.iter().map(|&x| x as f64).collect();
+        outln!("update {label}: {ty} = {}", format_values(ty, &data));
     }
     Ok(())
 }
@@ -477,12 +479,11 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
     if outputs.is_empty() {
         outln!("(no outputs)");
     }
-    let as_f32 = |t: &HostTensor| -> Vec<f32> { t.to_f64().iter().map(|&v| v as f32).collect() };
     for (name, t) in &outputs {
         outln!(
             "{name}: {} = {}",
             t.ty(),
-            format_values(&t.ty(), &as_f32(t))
+            format_values(&t.ty(), &t.to_f64())
         );
     }
     for u in g.updates() {
@@ -493,7 +494,7 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
             .param(&name)
             .or_else(|| exe.state(&name))
             .ok_or_else(|| CliError(format!("{file}: update of {label} has no value")))?;
-        outln!("update {label}: {ty} = {}", format_values(ty, &as_f32(&v)));
+        outln!("update {label}: {ty} = {}", format_values(ty, &v.to_f64()));
     }
     outln!("{}; ran in {run_ms:.3} ms", exe.report());
     Ok(())
@@ -548,13 +549,14 @@ const FULL: usize = 16;
 const FIRST: usize = 8;
 
 /// A tensor's values for printing: the value of a scalar, `[a, b, ...]` (row-major) up to
-/// [`FULL`] elements, else `min=.. max=.. mean=.. first=[...]`. i32 values print as integers.
-fn format_values(ty: &TensorType, data: &[f32]) -> String {
-    let one = |v: f32| match ty.dtype {
+/// [`FULL`] elements, else `min=.. max=.. mean=.. first=[...]`. i32 values print as integers
+/// (exactly: the values come as f64, which holds every i32), f32 values as f32.
+fn format_values(ty: &TensorType, data: &[f64]) -> String {
+    let one = |v: f64| match ty.dtype {
         DType::I32 => format!("{}", v as i64),
-        DType::F32 => format!("{v:?}"),
+        DType::F32 => format!("{:?}", v as f32),
     };
-    let list = |vs: &[f32]| {
+    let list = |vs: &[f64]| {
         let items: Vec<String> = vs.iter().map(|&v| one(v)).collect();
         format!("[{}]", items.join(", "))
     };
@@ -564,9 +566,9 @@ fn format_values(ty: &TensorType, data: &[f32]) -> String {
     if data.len() <= FULL {
         return list(data);
     }
-    let min = data.iter().copied().fold(f32::INFINITY, f32::min);
-    let max = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mean = data.iter().map(|&v| v as f64).sum::<f64>() / data.len() as f64;
+    let min = data.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = data.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = data.iter().sum::<f64>() / data.len() as f64;
     let nan = data.iter().filter(|v| v.is_nan()).count();
     let mut s = format!(
         "min={} max={} mean={} first={}",

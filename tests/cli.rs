@@ -366,3 +366,18 @@ fn closed_stdout_is_not_a_crash() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `run` prints i32 outputs exactly: 16777217 is not an f32, and used to print as 16777216.
+#[test]
+fn run_prints_i32_outputs_exactly() {
+    let dir = scratch("i32_exact");
+    let file = dir.join("i32.ir");
+    std::fs::write(
+        &file,
+        "graph g {\ninputs:\n  %x: i32[2] = input\nbody:\n  %c: i32[2] = const 16777217\noutputs:\n  c = %c\n}\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["run", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("c: i32[2] = [16777217, 16777217]"), "{out}");
+}
