@@ -136,6 +136,20 @@ impl FusedBody {
         if self.producer().is_some() && self.reduction().is_some() {
             return err("a body cannot have both a leading matmul/conv2d and a reduction".into());
         }
+        if let Some(r) = self.reduction() {
+            // the loop runs over the elementwise result and reduces it: any other operand
+            // would be reduced over the wrong domain
+            let (k, prev) = (self.n_params + last, self.n_params + last - 1);
+            if r.args.first() != Some(&prev) {
+                return err(format!(
+                    "%{k}: the trailing reduction must reduce %{prev}, the instruction before it (the \
+                     body's elementwise result), found {}",
+                    r.args
+                        .first()
+                        .map_or("no operand".to_string(), |a| format!("%{a}"))
+                ));
+            }
+        }
         let domain = self.domain();
         for (i, inst) in self.insts.iter().enumerate() {
             if is_elementwise(&inst.op) && !inst.ty.shape.broadcasts_to(&domain) {

@@ -858,3 +858,30 @@ fn hand_written_fused_log_compiles_and_pow_is_refused() {
         "{err}"
     );
 }
+
+/// A fused body whose trailing reduction reads something other than the instruction before
+/// it is refused when parsed (a probe found it compiled to the wrong values: the loop reduces
+/// over the elementwise result's domain).
+#[test]
+fn a_reduction_of_anything_but_the_last_elementwise_value_is_refused() {
+    let text = "graph g {
+inputs:
+  %y: f32[2,3] = input
+  %x: f32[2,3] = input
+body:
+  %s: f32[2] = fused %y, %x {
+    %2: f32[2,3] = sub %0, %1
+    %3: f32[2] = reduce_sum %0, axes=[1], keepdims=false
+    yield %3
+  }
+outputs:
+  s = %s
+}";
+    let e = gradlift::text::parse(text, "dead.ir")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the trailing reduction must reduce %2") && e.contains("found %0"),
+        "{e}"
+    );
+}
