@@ -773,48 +773,34 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64()
 }
 
-/// The images and labels of the examples `idx` of `d`, as the model's two inputs.
-fn batch_tensors(m: &Trainable, d: &Dataset, idx: &[usize]) -> [(String, HostTensor); 2] {
-    let mut xs = vec![0.0; idx.len() * d.example_len()];
-    d.fill_images(idx, &mut xs);
-    let mut ys = vec![0; idx.len()];
-    d.fill_labels(idx, &mut ys);
-    [
-        (m.x.0.clone(), HostTensor::f32(m.x.1.shape.clone(), xs)),
-        (
-            m.labels.0.clone(),
-            HostTensor::i32(m.labels.1.shape.clone(), ys),
-        ),
-    ]
-}
-
-/// Running means of the scalar outputs of the steps of an epoch.
+/// Running means of the scalar outputs of the steps of an epoch, each step weighted by its
+/// number of examples (the outputs are batch means).
 #[derive(Default)]
 struct Means {
     sums: Vec<(String, f64)>,
-    steps: usize,
+    examples: usize,
 }
 
 impl Means {
-    /// Adds the scalar outputs of one step.
-    fn add(&mut self, outs: &[(String, HostTensor)]) {
+    /// Adds the scalar outputs of one step over `n` examples.
+    fn add(&mut self, outs: &[(String, HostTensor)], n: usize) {
         for (name, t) in outs {
             let v = match (t.as_f32(), t.as_i32()) {
                 (Some([v]), _) => *v as f64,
                 (_, Some([v])) => *v as f64,
                 _ => continue,
-            };
-            match self.sums.iter_mut().find(|(n, _)| n == name) {
+            } * n as f64;
+            match self.sums.iter_mut().find(|(k, _)| k == name) {
                 Some((_, s)) => *s += v,
                 None => self.sums.push((name.clone(), v)),
             }
         }
-        self.steps += 1;
+        self.examples += n;
     }
 
     /// `loss 0.1234 - accuracy 0.9876` (every scalar output, in the graph's order).
     fn line(&self) -> String {
-        let n = self.steps.max(1) as f64;
+        let n = self.examples.max(1) as f64;
         let parts: Vec<String> = self
             .sums
             .iter()
@@ -970,7 +956,7 @@ fn save_checkpoint(
 /// Trains the model: compiles its training step once, then runs it on shuffled full batches
 /// of the training set (the last `n mod B` examples of each shuffled epoch are left out: the
 /// batch size of an `.ir` model is fixed), printing one line per epoch; finally evaluates the
-/// forward graph, with the trained params, on the full batches of the test set.
+/// forward graph, with the trained params, on every example of the test set ([`evaluate_test`]).
 fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     let opt = a.optimizer.optimizer();
     let lr = a.lr.unwrap_or_else(|| opt.default_learning_rate());
@@ -1079,7 +1065,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         for b in first..last {
             feed.step(&mut exe, &train, &order[b * m.batch..(b + 1) * m.batch])
                 .map_err(run_err)?;
-            means.add(exe.outputs());
+            means.add(exe.outputs(), m.batch);
             step += 1;
         }
         let partial = if last - first < per_epoch {
@@ -1122,48 +1108,69 @@ fn peak_rss_kb() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Evaluates the forward graph with the trained params on the full batches of the test set
-/// (in order) and prints the mean of every scalar output.
+/// Evaluates the forward graph with the trained params on every example of the test set,
+/// in order: full batches, then the rest as one smaller batch (the forward graph rebatched,
+/// see [`gradlift::batch::rebatch`]), and prints the mean of every scalar output over the
+/// examples.
 fn evaluate_test(m: &Trainable, trained: &CompiledStep, test: &Dataset) -> Result<(), CliError> {
-    let batches = test.n / m.batch;
-    if batches == 0 {
-        outln!(
-            "test: skipped ({} test images, fewer than one batch of {})",
-            test.n,
-            m.batch
-        );
-        return Ok(());
-    }
-    let mut g = m.forward.clone();
-    Pipeline::default()
-        .run(&mut g)
-        .map_err(|e| CliError(format!("{}: {e}", m.file)))?;
-    let mut exe = codegen::compile(&g, &CompileOptions::default())
-        .map_err(|e| CliError(format!("{}: {e}", m.file)))?;
-    for p in g.params() {
-        let name = g[p].name.clone().unwrap_or_default();
-        let v = trained.param(&name).ok_or_else(|| {
-            CliError(format!("{}: the training step has no param {name}", m.file))
-        })?;
-        exe.set_param(&name, v)
-            .map_err(|e| CliError(format!("{}: {e}", m.file)))?;
-    }
+    let in_file = |e: &dyn fmt::Display| CliError(format!("{}: {e}", m.file));
+    let (batches, rest) = (test.n / m.batch, test.n % m.batch);
+    // the graph for batches of `b` examples, compiled, with the trained params
+    let variant = |b: usize| -> Result<Option<gradlift::runtime::Executable>, CliError> {
+        let mut g = if b == m.batch {
+            m.forward.clone()
+        } else {
+            match gradlift::batch::analyze(&m.forward, m.batch) {
+                Ok(axes) => gradlift::batch::rebatch(&m.forward, &axes, b),
+                Err(_) => return Ok(None),
+            }
+        };
+        Pipeline::default().run(&mut g).map_err(|e| in_file(&e))?;
+        let mut exe = codegen::compile(&g, &CompileOptions::default()).map_err(|e| in_file(&e))?;
+        for p in g.params() {
+            let name = g[p].name.clone().unwrap_or_default();
+            let v = trained.param(&name).ok_or_else(|| {
+                CliError(format!("{}: the training step has no param {name}", m.file))
+            })?;
+            exe.set_param(&name, v).map_err(|e| in_file(&e))?;
+        }
+        Ok(Some(exe))
+    };
     let t = Instant::now();
     let mut means = Means::default();
     let order: Vec<usize> = (0..test.n).collect();
-    for idx in order.chunks_exact(m.batch) {
-        let [x, y] = batch_tensors(m, test, idx);
-        let outs = exe
-            .run(&[(x.0.as_str(), x.1), (y.0.as_str(), y.1)])
-            .map_err(|e| CliError(format!("{}: test set: {e}", m.file)))?;
-        means.add(&outs);
+    let mut seen = 0;
+    for (b, chunks) in [(m.batch, batches), (rest, usize::from(rest > 0))] {
+        if chunks == 0 {
+            continue;
+        }
+        let Some(mut exe) = variant(b)? else {
+            continue;
+        };
+        for idx in order[seen..seen + b * chunks].chunks_exact(b) {
+            test.fill_images(idx, exe.input_f32_mut(&m.x.0).map_err(|e| in_file(&e))?);
+            test.fill_labels(
+                idx,
+                exe.input_i32_mut(&m.labels.0).map_err(|e| in_file(&e))?,
+            );
+            exe.run_bound();
+            means.add(exe.outputs(), b);
+        }
+        seen += b * chunks;
     }
+    if seen == 0 {
+        outln!("test: skipped (no test images)");
+        return Ok(());
+    }
+    let layout = match (batches, seen - batches * m.batch) {
+        (0, r) => format!("one batch of {r}"),
+        (n, 0) => format!("{n} batches of {}", m.batch),
+        (n, r) => format!("{n} batches of {} and one of {r}", m.batch),
+    };
     outln!(
-        "test: {} ({} of {} images, {batches} batches of {}) - {:.2} s",
+        "test: {} ({seen} of {} images, {layout}) - {:.2} s",
         means.line(),
-        batches * m.batch,
         test.n,
-        m.batch,
         t.elapsed().as_secs_f64()
     );
     Ok(())

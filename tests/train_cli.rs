@@ -84,7 +84,7 @@ fn train_mlp_on_part_of_the_subset_learns() {
     let test = lines(&out, "test: ");
     assert_eq!(test.len(), 1, "{out}");
     assert!(
-        test[0].contains("(960 of 1000 images, 15 batches of 64)"),
+        test[0].contains("(1000 of 1000 images, 15 batches of 64 and one of 40)"),
         "{}",
         test[0]
     );
