@@ -446,6 +446,12 @@ struct RunArgs {
 fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
     let file = a.file.display().to_string();
     let mut g = load(&a.file)?;
+    // the inputs are drawn from the graph as written, as `eval` draws them (the passes may
+    // remove a one_hot that sets a label input's range)
+    let drawn: HashMap<String, Array<f32>> = random_feeds(&g, a.seed)?
+        .into_iter()
+        .map(|(id, v)| (g[id].name.clone().unwrap_or_default(), v))
+        .collect();
     if a.grad {
         autodiff::grad_all_params(&mut g, "loss", None).map_err(|e| match e.loc() {
             Some(_) => CliError(e.to_string()),
@@ -454,7 +460,6 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
         verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
     }
     a.passes.run(&mut g, &file, true)?;
-    let feeds = random_feeds(&g, a.seed)?;
     let mut exe = codegen::compile(&g, &CompileOptions::default())
         .map_err(|e| CliError(format!("{file}: {e}")))?;
     let inputs: Vec<(String, HostTensor)> = g
@@ -463,7 +468,7 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
         .map(|id| {
             let n = &g[id];
             let name = n.name.clone().unwrap_or_default();
-            let data = feeds.get(&id).map(|f| f.to_f64_vec()).unwrap_or_default();
+            let data = drawn.get(&name).map(|f| f.to_f64_vec()).unwrap_or_default();
             (name, HostTensor::from_f64(&n.ty, &data))
         })
         .collect();

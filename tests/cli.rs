@@ -381,3 +381,28 @@ fn run_prints_i32_outputs_exactly() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("c: i32[2] = [16777217, 16777217]"), "{out}");
 }
+
+/// `run` draws its random inputs from the graph as written, like `eval`: a label input's
+/// range comes from a one_hot the passes then remove (a probe found `run` drawing 0..10
+/// where `eval` drew 0..3).
+#[test]
+fn run_and_eval_draw_the_same_inputs() {
+    let dir = scratch("same_inputs");
+    let file = dir.join("labels.ir");
+    std::fs::write(
+        &file,
+        "graph g {\ninputs:\n  %l: i32[64] = input\nbody:\n  %o: f32[64,3] = one_hot %l, depth=3\n  %c: f32[64] = cast %l, to=f32\noutputs:\n  c = %c\n}\n",
+    )
+    .unwrap();
+    let line = |cmd: &str| {
+        let (code, out, err) = run(&[cmd, file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{cmd}: {err}");
+        out.lines()
+            .find(|l| l.starts_with("c: "))
+            .unwrap_or_else(|| panic!("{cmd}: {out}"))
+            .to_string()
+    };
+    let (e, r) = (line("eval"), line("run"));
+    assert_eq!(e, r);
+    assert!(e.contains("max=2.0"), "labels in 0..3: {e}");
+}
