@@ -298,6 +298,14 @@ impl PassArgs {
         let mut pipeline = gradlift::passes::Pipeline::new(&names).map_err(fail)?;
         if let Some(after) = &self.dump_after {
             let after = gradlift::passes::DumpAfter::parse(after).map_err(fail)?;
+            if let gradlift::passes::DumpAfter::Passes(wanted) = &after {
+                if let Some(w) = wanted.iter().find(|w| !names.contains(&w.as_str())) {
+                    return Err(CliError(format!(
+                        "{file}: --dump-after={w}: the pipeline has no {w} pass (its passes: {})",
+                        names.join(",")
+                    )));
+                }
+            }
             pipeline = pipeline.dump_to(&self.dump_dir, after);
         }
         let reports = pipeline.run(g).map_err(fail)?;
@@ -1054,6 +1062,13 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         outln!("resumed from {} at step {s}", path.display());
     }
     let end = (a.epochs * per_epoch).min(a.steps.unwrap_or(usize::MAX));
+    if let Some(steps) = a.steps.filter(|&s| s > end) {
+        outln!(
+            "note: --steps {steps} is beyond --epochs {} ({end} steps of {} per epoch): training stops at step {end}",
+            a.epochs,
+            m.batch
+        );
+    }
     let run_err = |e: gradlift::runtime::RunError| CliError(format!("{}: {e}", m.file));
     exe.input_f32_mut("lr").map_err(run_err)?[0] = lr as f32;
     let feed = DataFeed {

@@ -993,6 +993,9 @@ fn conv_out(
             w.0[2]
         );
     }
+    if stride.contains(&0) {
+        bail!("{name}: stride {stride:?}: every stride must be at least 1");
+    }
     let (oh, _) = padding
         .out_and_pad(x.0[1], w.0[0], stride[0])
         .ok_or_else(|| {
@@ -1020,6 +1023,9 @@ fn pool_out(
 ) -> Result<Shape, InferError> {
     if x.rank() != 4 {
         bail!("{name}: expected input [n,h,w,c], found f32{x}");
+    }
+    if stride.contains(&0) {
+        bail!("{name}: stride {stride:?}: every stride must be at least 1");
     }
     let oh = Padding::Valid.out_and_pad(x.0[1], window[0], stride[0]);
     let ow = Padding::Valid.out_and_pad(x.0[2], window[1], stride[1]);

@@ -406,3 +406,24 @@ fn run_and_eval_draw_the_same_inputs() {
     assert_eq!(e, r);
     assert!(e.contains("max=2.0"), "labels in 0..3: {e}");
 }
+
+/// `--dump-after` of a pass the pipeline does not run is an error (it used to write only the
+/// input file).
+#[test]
+fn dump_after_a_pass_not_in_the_pipeline_is_an_error() {
+    let dir = scratch("dump_after_missing");
+    let (code, _, err) = run(&[
+        "dump",
+        "ir/mlp.ir",
+        "--passes",
+        "cse,dce",
+        "--dump-after=fuse",
+        "--dump-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--dump-after=fuse: the pipeline has no fuse pass (its passes: cse,dce)"),
+        "{err}"
+    );
+}

@@ -493,3 +493,22 @@ fn leaf_errors() {
     let (r, l) = (g.param("x", [1], Init::Zeros), line!());
     check_err(r, l, &["duplicate name", "x"]);
 }
+
+/// A stride of 0 is named as such (a probe saw "does not fit input").
+#[test]
+fn a_zero_stride_is_named() {
+    let x = f32t(&[1, 8, 8, 2]);
+    let e = infer(
+        conv([0, 1], Padding::Valid),
+        &[x.clone(), f32t(&[3, 3, 2, 4])],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("every stride must be at least 1"), "{e}");
+    let pool = Op::MaxPool2d {
+        window: [2, 2],
+        stride: [2, 0],
+    };
+    let e = infer(pool, &[x]).unwrap_err().to_string();
+    assert!(e.contains("every stride must be at least 1"), "{e}");
+}
