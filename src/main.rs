@@ -163,8 +163,26 @@ fn verify_report(file: &str, errs: &VerifyErrors) -> CliError {
 /// IR text format).
 fn load(path: &Path) -> Result<Graph, CliError> {
     let file = path.display().to_string();
-    let src = std::fs::read_to_string(path)
-        .map_err(|e| CliError(format!("{file}: cannot read the file: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| CliError(format!("{file}: cannot read the file: {e}")))?;
+    let src = String::from_utf8(bytes).map_err(|e| {
+        // where the first invalid byte is, as line:column (1-based)
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let before = &bytes[..at];
+        let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        let column = 1 + String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count();
+        CliError(format!(
+            "{file}:{line}:{column}: the file is not valid UTF-8 (byte 0x{:02x})",
+            bytes[at]
+        ))
+    })?;
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));

@@ -427,3 +427,17 @@ fn dump_after_a_pass_not_in_the_pipeline_is_an_error() {
         "{err}"
     );
 }
+
+/// A file that is not UTF-8 is an error with the line and column of the first bad byte.
+#[test]
+fn invalid_utf8_names_line_and_column() {
+    let dir = scratch("invalid_utf8");
+    let file = dir.join("bad.ir");
+    std::fs::write(&file, b"graph g {\ninputs:\n  %x: f32[2] = in\xffput\n}\n").unwrap();
+    let (code, _, err) = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.ir:3:18: the file is not valid UTF-8 (byte 0xff)"),
+        "{err}"
+    );
+}
