@@ -24,7 +24,12 @@ fn make_mnist_subset() {
         } else {
             LABELS_MAGIC
         };
-        let full = Idx::read(&src.join(format!("{name}.gz")), magic).unwrap();
+        let full = Idx::read(&src.join(format!("{name}.gz")), magic).unwrap_or_else(|e| {
+            panic!(
+                "needs the full MNIST in {} (set MNIST_DIR): {e}",
+                src.display()
+            )
+        });
         let per_example: usize = full.dims[1..].iter().product();
         let mut dims = full.dims.clone();
         dims[0] = keep;
