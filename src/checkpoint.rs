@@ -238,6 +238,16 @@ pub enum Mismatch {
         /// The type in the checkpoint.
         found: TensorType,
     },
+    /// The tensor holds NaN or infinite values (a diverged run): loading it would train
+    /// from garbage.
+    NonFinite {
+        /// Tensor name.
+        name: String,
+        /// How many values are not finite.
+        count: usize,
+        /// Index of the first one (row-major).
+        first: usize,
+    },
 }
 
 impl fmt::Display for Mismatch {
@@ -264,6 +274,10 @@ impl fmt::Display for Mismatch {
             } => write!(
                 f,
                 "tensor {name}: shape mismatch, the model expects {expected}, the checkpoint has {found}"
+            ),
+            Mismatch::NonFinite { name, count, first } => write!(
+                f,
+                "tensor {name}: {count} NaN or infinite value(s), the first at index {first} (a diverged run?)"
             ),
         }
     }
@@ -769,7 +783,8 @@ impl Checkpoint {
     }
 
     /// Every difference between the checkpoint and the `expected` names and types: missing,
-    /// dtype and shape mismatches in `expected`'s order, then unexpected tensors by name.
+    /// dtype and shape mismatches and tensors holding NaN or infinities, in `expected`'s
+    /// order, then unexpected tensors by name.
     pub fn mismatches(&self, expected: &[(String, TensorType)]) -> Vec<Mismatch> {
         let mut out = Vec::new();
         for (name, want) in expected {
@@ -793,6 +808,15 @@ impl Checkpoint {
                     expected: want.clone(),
                     found,
                 });
+            } else if let TensorData::F32(v) = &t.data {
+                let mut bad = v.iter().enumerate().filter(|(_, x)| !x.is_finite());
+                if let Some((first, _)) = bad.next() {
+                    out.push(Mismatch::NonFinite {
+                        name: name.clone(),
+                        count: 1 + bad.count(),
+                        first,
+                    });
+                }
             }
         }
         let wanted: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();

@@ -944,6 +944,24 @@ fn resume(
     }
     let expected = checkpoint::graph_tensor_types(&m.step).map_err(|e| CliError(e.to_string()))?;
     let tensors = c.restore(&expected).map_err(|e| CliError(e.to_string()))?;
+    // the optimizer counts its own steps (Adam's bias correction): the two must agree
+    if let Some(counted) = tensors
+        .iter()
+        .find(|t| t.name == "optimizer.step")
+        .and_then(|t| {
+            t.clone()
+                .into_host()
+                .1
+                .as_f32()
+                .and_then(|v| v.first().copied())
+        })
+    {
+        if counted as f64 != step as f64 {
+            return Err(CliError(format!(
+                "{file}: the checkpoint's metadata says step {step}, but its optimizer.step holds {counted}"
+            )));
+        }
+    }
     for t in tensors {
         let (name, value) = t.into_host();
         let is_param = m

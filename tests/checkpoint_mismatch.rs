@@ -225,3 +225,27 @@ fn corrupt_errors_expose_the_tensor() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
+
+/// Weights holding NaN or infinities (a diverged run) are refused with the tensor named (a
+/// probe found them loaded silently).
+#[test]
+fn non_finite_weights_are_refused_by_name() {
+    let c = checkpoint(&[
+        NamedTensor::f32("w", [2, 2], vec![1.0, f32::NAN, 2.0, f32::INFINITY]),
+        NamedTensor::f32("b", [2], vec![0.0, 1.0]),
+    ]);
+    let want = expected(&[("w", TensorType::f32([2, 2])), ("b", TensorType::f32([2]))]);
+    assert_eq!(
+        c.mismatches(&want),
+        vec![Mismatch::NonFinite {
+            name: "w".into(),
+            count: 2,
+            first: 1,
+        }]
+    );
+    let e = c.restore(&want).unwrap_err().to_string();
+    assert!(
+        e.contains("tensor w: 2 NaN or infinite value(s), the first at index 1"),
+        "{e}"
+    );
+}

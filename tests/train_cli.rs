@@ -289,3 +289,37 @@ fn steps_beyond_the_epochs_are_noted() {
     );
     assert!(out.contains("trained to step 10 "), "{out}");
 }
+
+/// A checkpoint whose metadata step disagrees with the optimizer's own step count (a probe
+/// resumed "at step 18446744073709551615") is refused with both numbers.
+#[test]
+fn a_step_count_that_disagrees_with_the_optimizer_is_refused() {
+    let d = scratch("bad_step");
+    let good = d.join("good.st");
+    let (code, _, err) = run(&[
+        "train",
+        "ir/mlp.ir",
+        "--limit",
+        "192",
+        "--save",
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let c = gradlift::checkpoint::load(&good).unwrap();
+    let mut meta = c.metadata.clone();
+    meta.insert("step".into(), u64::MAX.to_string());
+    let bad = d.join("bad.st");
+    gradlift::checkpoint::save(&bad, &c.tensors, &meta).unwrap();
+    let err = fails(&[
+        "train",
+        "ir/mlp.ir",
+        "--limit",
+        "192",
+        "--resume",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("metadata says step 18446744073709551615, but its optimizer.step holds 3"),
+        "{err}"
+    );
+}
