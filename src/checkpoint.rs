@@ -619,6 +619,7 @@ fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), CheckpointError> {
+    remove_stale_temps(path);
     let (tmp, mut file) = create_temp(path)?;
     let result = (|| {
         let step = |action, r: io::Result<()>| {
@@ -644,6 +645,44 @@ fn write_atomic(
     }
     sync_parent_dir(path);
     Ok(())
+}
+
+/// Removes the temporary files `<path>.tmp-PID-N` that a save killed before its rename left
+/// behind: those of processes that no longer run (checked in `/proc`; on systems without it
+/// nothing is removed). Best effort: a file that cannot be read or removed stays.
+fn remove_stale_temps(path: &Path) {
+    let proc_fs = Path::new("/proc/self");
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    if !proc_fs.exists() {
+        return;
+    }
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        // `PID-N`, both numbers
+        let Some((pid, n)) = rest.split_once('-') else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u64>()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Makes the rename durable where the platform allows it (ignored where directories cannot be

@@ -161,3 +161,33 @@ fn readers_never_see_a_partial_checkpoint() {
     assert!(loads > 0);
     assert_eq!(entries(&dir), vec!["c.safetensors".to_string()]);
 }
+
+/// A save removes the temporary files that saves killed before their rename left behind
+/// (processes that no longer run), and keeps those of a live process and unrelated files.
+#[test]
+fn stale_temporary_files_are_removed_on_the_next_save() {
+    let dir = scratch("stale_temps");
+    let path = dir.join("w.safetensors");
+    // pid 4000000000 exceeds any pid Linux gives (at most 2^22): a dead writer; ours is alive
+    let dead = dir.join("w.safetensors.tmp-4000000000-7");
+    let live = dir.join(format!("w.safetensors.tmp-{}-9", std::process::id()));
+    let other = dir.join("w.safetensors.tmp-notes");
+    for f in [&dead, &live, &other] {
+        fs::write(f, b"partial").unwrap();
+    }
+    save(&path, &weights(1.0, 4), &BTreeMap::new()).unwrap();
+    let left = entries(&dir);
+    assert!(
+        !left.contains(&"w.safetensors.tmp-4000000000-7".to_string()),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&format!("w.safetensors.tmp-{}-9", std::process::id())),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&"w.safetensors.tmp-notes".to_string()),
+        "{left:?}"
+    );
+    assert!(left.contains(&"w.safetensors".to_string()), "{left:?}");
+}
