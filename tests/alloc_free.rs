@@ -49,8 +49,22 @@ fn allocations(f: impl FnOnce()) -> usize {
     ALLOCATIONS.load(SeqCst) - before
 }
 
+/// Starts the shared 2-thread pool's worker and waits until it has taken an item, so its
+/// start-up allocations (thread name, stack, thread-locals) happen before anything is counted.
+fn start_pool() {
+    let pool = gradlift::runtime::pool::Pool::shared(2);
+    let started = AtomicUsize::new(0);
+    pool.run(2, &|_| {
+        started.fetch_add(1, SeqCst);
+        while started.load(SeqCst) < 2 {
+            std::hint::spin_loop();
+        }
+    });
+}
+
 #[test]
 fn training_steps_allocate_nothing() {
+    start_pool();
     let (train, _) = load_default().unwrap();
     for (file, shards) in [("mlp.ir", 1), ("mlp.ir", 2), ("cnn.ir", 4), ("cnn.ir", 1)] {
         let path = format!("{}/ir/{file}", env!("CARGO_MANIFEST_DIR"));

@@ -256,7 +256,10 @@ impl ShardedStep {
             .iter()
             .map(|p| Table(Vec::with_capacity(p.exe.slots())))
             .collect();
-        let threads = threads.clamp(1, pool.threads());
+        // no more threads than items of the widest phase (shards or update parts)
+        let threads = threads
+            .clamp(1, pool.threads())
+            .min(shards.max(parts.len()).max(1));
         Ok(ShardedStep {
             shard: Bound {
                 exe: shard_exe,
