@@ -11,7 +11,6 @@
 //! and [`StepReport::not_split`] says why. [`CompiledStep`] is the result either way: fill
 //! its bound inputs, call [`CompiledStep::run_bound`], read its outputs.
 
-use crate::batch;
 use crate::codegen::{self, CompileError, CompileOptions};
 use crate::data::Dataset;
 use crate::graph::Graph;
@@ -295,9 +294,6 @@ impl CompiledStep {
         }
     }
 }
-
-/// Re-exported for callers that match on the split's refusal.
-pub use batch::BatchError;
 
 /// The data inputs of a classifier's training step: images (f32, `[B, ...]`) and integer
 /// labels (i32, `[B]`), by name.

@@ -433,30 +433,12 @@ impl Executable {
         &mut self,
         inputs: &[(&str, HostTensor)],
     ) -> Result<Vec<(String, HostTensor)>, RunError> {
-        for (i, (name, _)) in inputs.iter().enumerate() {
-            if !self.inputs.iter().any(|(n, _)| n == name) {
-                return Err(RunError::Unknown {
-                    kind: "input",
-                    name: name.to_string(),
-                    known: self.input_names(),
-                });
-            }
-            if inputs[..i].iter().any(|(n, _)| n == name) {
-                return Err(RunError::Duplicate {
-                    name: name.to_string(),
-                });
-            }
-        }
+        check_inputs(self.inputs.iter().map(|(n, t)| (n.as_str(), t)), inputs)?;
         self.table.0.clear();
-        for (name, ty) in &self.inputs {
-            let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
-                return Err(RunError::MissingInput {
-                    name: name.clone(),
-                    expected: ty.clone(),
-                });
-            };
-            t.check(name, ty)?;
-            self.table.0.push(t.as_ptr());
+        for (name, _) in &self.inputs {
+            if let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) {
+                self.table.0.push(t.as_ptr());
+            }
         }
         // SAFETY: every input was checked to have the dtype, shape and length the code was
         // compiled for, and stays borrowed (only read) until the call returns.
@@ -509,29 +491,13 @@ impl Executable {
     /// [`Executable::run_bound`].
     pub fn input_f32_mut(&mut self, name: &str) -> Result<&mut [f32], RunError> {
         let i = self.input_index(name)?;
-        let ty = &self.inputs[i].1;
-        match &mut self.bound[i].data {
-            TensorData::F32(v) => Ok(v),
-            TensorData::I32(_) => Err(RunError::WrongDType {
-                name: name.into(),
-                expected: ty.clone(),
-                found: DType::F32,
-            }),
-        }
+        f32_mut(name, &mut self.bound[i])
     }
 
     /// The bound buffer of i32 input `name` (see [`Executable::input_f32_mut`]).
     pub fn input_i32_mut(&mut self, name: &str) -> Result<&mut [i32], RunError> {
         let i = self.input_index(name)?;
-        let ty = &self.inputs[i].1;
-        match &mut self.bound[i].data {
-            TensorData::I32(v) => Ok(v),
-            TensorData::F32(_) => Err(RunError::WrongDType {
-                name: name.into(),
-                expected: ty.clone(),
-                found: DType::I32,
-            }),
-        }
+        i32_mut(name, &mut self.bound[i])
     }
 
     fn input_index(&self, name: &str) -> Result<usize, RunError> {
@@ -541,7 +507,7 @@ impl Executable {
             .ok_or_else(|| RunError::Unknown {
                 kind: "input",
                 name: name.to_string(),
-                known: self.input_names(),
+                known: names(self.inputs.iter().map(|(n, _)| n.as_str())),
             })
     }
 
@@ -578,14 +544,6 @@ impl Executable {
             + 1
     }
 
-    fn input_names(&self) -> String {
-        self.inputs
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     /// The inputs the graph expects, by name, with their types.
     pub fn inputs(&self) -> &[(String, TensorType)] {
         &self.inputs
@@ -593,10 +551,7 @@ impl Executable {
 
     /// The current value of param `name`.
     pub fn param(&self, name: &str) -> Option<HostTensor> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.clone())
+        find_named(&self.params, name).cloned()
     }
 
     /// Every param with its current value, in declaration order (for export).
@@ -606,50 +561,17 @@ impl Executable {
 
     /// Overwrites param `name` (same dtype, shape and length required).
     pub fn set_param(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
-        let known = self
-            .params
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let Some((_, t)) = self.params.iter_mut().find(|(n, _)| n == name) else {
-            return Err(RunError::Unknown {
-                kind: "param",
-                name: name.into(),
-                known,
-            });
-        };
-        value.check(name, &t.ty())?;
-        *t = value;
-        Ok(())
+        set_named(&mut self.params, "param", name, value)
     }
 
     /// The current value of state tensor `name`.
     pub fn state(&self, name: &str) -> Option<HostTensor> {
-        self.states
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.clone())
+        find_named(&self.states, name).cloned()
     }
 
     /// Overwrites state tensor `name` (same dtype, shape and length required).
     pub fn set_state(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
-        let known = self
-            .states
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let Some((_, t)) = self.states.iter_mut().find(|(n, _)| n == name) else {
-            return Err(RunError::Unknown {
-                kind: "state",
-                name: name.into(),
-                known,
-            });
-        };
-        value.check(name, &t.ty())?;
-        *t = value;
-        Ok(())
+        set_named(&mut self.states, "state", name, value)
     }
 
     /// Where compile time went.
@@ -659,5 +581,94 @@ impl Executable {
 
     pub(crate) fn set_report(&mut self, r: CompileReport) {
         self.report = r;
+    }
+}
+
+// ---- helpers shared by `Executable` and `sharded::ShardedStep` ------------------------------
+
+/// The names of `list`, comma-separated (for errors).
+fn names<'a>(list: impl Iterator<Item = &'a str>) -> String {
+    list.collect::<Vec<_>>().join(", ")
+}
+
+/// Checks `given` against the `declared` inputs: every one given exactly once, nothing else,
+/// each of its declared dtype, shape and length.
+fn check_inputs<'a>(
+    declared: impl Iterator<Item = (&'a str, &'a TensorType)> + Clone,
+    given: &[(&str, HostTensor)],
+) -> Result<(), RunError> {
+    for (i, (name, _)) in given.iter().enumerate() {
+        if !declared.clone().any(|(n, _)| n == *name) {
+            return Err(RunError::Unknown {
+                kind: "input",
+                name: name.to_string(),
+                known: names(declared.clone().map(|(n, _)| n)),
+            });
+        }
+        if given[..i].iter().any(|(n, _)| n == name) {
+            return Err(RunError::Duplicate {
+                name: name.to_string(),
+            });
+        }
+    }
+    for (name, ty) in declared {
+        let Some((_, t)) = given.iter().find(|(n, _)| *n == name) else {
+            return Err(RunError::MissingInput {
+                name: name.to_string(),
+                expected: ty.clone(),
+            });
+        };
+        t.check(name, ty)?;
+    }
+    Ok(())
+}
+
+/// The tensor called `name` in `list`.
+fn find_named<'a>(list: &'a [(String, HostTensor)], name: &str) -> Option<&'a HostTensor> {
+    list.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+}
+
+/// Overwrites `name` in `list` in place (compiled functions' tables point at the buffers);
+/// `kind` (`param`, `state`) names the list in errors.
+fn set_named(
+    list: &mut [(String, HostTensor)],
+    kind: &'static str,
+    name: &str,
+    value: HostTensor,
+) -> Result<(), RunError> {
+    let Some(i) = list.iter().position(|(n, _)| n == name) else {
+        return Err(RunError::Unknown {
+            kind,
+            name: name.into(),
+            known: names(list.iter().map(|(n, _)| n.as_str())),
+        });
+    };
+    let t = &mut list[i].1;
+    value.check(name, &t.ty())?;
+    t.data.clone_from(&value.data);
+    Ok(())
+}
+
+/// The f32 elements of bound input `t` called `name`.
+fn f32_mut<'a>(name: &str, t: &'a mut HostTensor) -> Result<&'a mut [f32], RunError> {
+    match &mut t.data {
+        TensorData::F32(v) => Ok(v),
+        TensorData::I32(_) => Err(RunError::WrongDType {
+            name: name.into(),
+            expected: TensorType::new(DType::I32, t.shape.clone()),
+            found: DType::F32,
+        }),
+    }
+}
+
+/// The i32 elements of bound input `t` called `name`.
+fn i32_mut<'a>(name: &str, t: &'a mut HostTensor) -> Result<&'a mut [i32], RunError> {
+    match &mut t.data {
+        TensorData::I32(v) => Ok(v),
+        TensorData::F32(_) => Err(RunError::WrongDType {
+            name: name.into(),
+            expected: TensorType::new(DType::F32, t.shape.clone()),
+            found: DType::I32,
+        }),
     }
 }

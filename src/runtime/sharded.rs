@@ -18,11 +18,14 @@
 //! are bit-identical for every thread count. A call allocates nothing.
 
 use super::pool::Pool;
-use super::{initial, Arena, Executable, HostTensor, RunError, Table, TensorData};
+use super::{
+    check_inputs, f32_mut, find_named, i32_mut, initial, names, set_named, Arena, Executable,
+    HostTensor, RunError, Table, TensorData,
+};
 use crate::codegen::{compile_with, CompileError, CompileOptions, CompileReport};
 use crate::graph::Graph;
 use crate::optim::{grad_input, grad_output, ShardedTrainingStep, LR_NAME};
-use crate::shape::{DType, TensorType};
+use crate::shape::TensorType;
 use std::sync::Arc;
 
 /// Where a pointer-table slot of one of the step's functions points: a buffer of the step
@@ -67,6 +70,8 @@ pub struct ShardedStep {
     shard_arenas: Vec<Arena>,
     shard_tables: Vec<Table>,
     part_tables: Vec<Table>,
+    /// The update parts' entry points, in part order.
+    part_entries: Vec<unsafe extern "C" fn(*const *mut u8)>,
     /// The step's outputs (the shard function's outputs that are not gradients), with the
     /// shard output index each averages.
     outputs: Vec<(String, HostTensor)>,
@@ -252,6 +257,7 @@ impl ShardedStep {
         let shard_outputs = (0..shards)
             .map(|_| shard_exe.outputs.iter().map(|(_, t)| t.clone()).collect())
             .collect();
+        let part_entries = parts.iter().map(|p| p.exe.entry).collect();
         let part_tables = parts
             .iter()
             .map(|p| Table(Vec::with_capacity(p.exe.slots())))
@@ -280,6 +286,7 @@ impl ShardedStep {
                 .map(|_| Table(Vec::with_capacity(slots)))
                 .collect(),
             part_tables,
+            part_entries,
             outputs,
             output_index,
         })
@@ -374,18 +381,7 @@ impl ShardedStep {
         for (k, t) in tables.iter_mut().enumerate() {
             self.fill(&self.parts[k], 0, None, None, t);
         }
-        let mut entries = [self.shard.exe.entry; 16];
-        let n = self.parts.len().min(entries.len());
-        for (e, p) in entries.iter_mut().zip(&self.parts) {
-            *e = p.exe.entry;
-        }
-        if self.parts.len() <= entries.len() {
-            self.run_phase(&entries[..n], &tables);
-        } else {
-            for (p, t) in self.parts.iter().zip(&tables) {
-                self.run_phase(&[p.exe.entry], std::slice::from_ref(t));
-            }
-        }
+        self.run_phase(&self.part_entries, &tables);
         self.part_tables = tables;
 
         let mut table = std::mem::replace(&mut self.tail.exe.table, Table(Vec::new()));
@@ -423,36 +419,8 @@ impl ShardedStep {
         &mut self,
         inputs: &[(&str, HostTensor)],
     ) -> Result<Vec<(String, HostTensor)>, RunError> {
-        let known = || {
-            self.inputs
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        for (i, (name, _)) in inputs.iter().enumerate() {
-            if !self.inputs.iter().any(|(n, _)| n == name) {
-                return Err(RunError::Unknown {
-                    kind: "input",
-                    name: name.to_string(),
-                    known: known(),
-                });
-            }
-            if inputs[..i].iter().any(|(n, _)| n == name) {
-                return Err(RunError::Duplicate {
-                    name: name.to_string(),
-                });
-            }
-        }
-        for (name, t) in &self.inputs {
-            let Some((_, given)) = inputs.iter().find(|(n, _)| n == name) else {
-                return Err(RunError::MissingInput {
-                    name: name.clone(),
-                    expected: t.ty(),
-                });
-            };
-            given.check(name, &t.ty())?;
-        }
+        let declared: Vec<(String, TensorType)> = self.inputs();
+        check_inputs(declared.iter().map(|(n, t)| (n.as_str(), t)), inputs)?;
         for (name, t) in self.inputs.iter_mut() {
             if let Some((_, given)) = inputs.iter().find(|(n, _)| n == name) {
                 t.data.clone_from(&given.data);
@@ -467,12 +435,7 @@ impl ShardedStep {
             return Err(RunError::Unknown {
                 kind: "input",
                 name: name.into(),
-                known: self
-                    .inputs
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                known: names(self.inputs.iter().map(|(n, _)| n.as_str())),
             });
         };
         Ok(&mut self.inputs[i].1)
@@ -480,28 +443,12 @@ impl ShardedStep {
 
     /// The bound full-batch buffer of f32 input `name` (the learning rate `lr` included).
     pub fn input_f32_mut(&mut self, name: &str) -> Result<&mut [f32], RunError> {
-        let t = self.input(name)?;
-        match &mut t.data {
-            TensorData::F32(v) => Ok(v),
-            TensorData::I32(_) => Err(RunError::WrongDType {
-                name: name.into(),
-                expected: TensorType::new(DType::I32, t.shape.clone()),
-                found: DType::F32,
-            }),
-        }
+        f32_mut(name, self.input(name)?)
     }
 
     /// The bound full-batch buffer of i32 input `name`.
     pub fn input_i32_mut(&mut self, name: &str) -> Result<&mut [i32], RunError> {
-        let t = self.input(name)?;
-        match &mut t.data {
-            TensorData::I32(v) => Ok(v),
-            TensorData::F32(_) => Err(RunError::WrongDType {
-                name: name.into(),
-                expected: TensorType::new(DType::F32, t.shape.clone()),
-                found: DType::I32,
-            }),
-        }
+        i32_mut(name, self.input(name)?)
     }
 
     /// The step's inputs with their full-batch types.
@@ -524,10 +471,7 @@ impl ShardedStep {
 
     /// The current value of param `name`.
     pub fn param(&self, name: &str) -> Option<HostTensor> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.clone())
+        find_named(&self.params, name).cloned()
     }
 
     /// Every param with its current value, in declaration order.
@@ -537,20 +481,17 @@ impl ShardedStep {
 
     /// Overwrites param `name` in place (same dtype, shape and length required).
     pub fn set_param(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
-        set(&mut self.params, "param", name, value)
+        set_named(&mut self.params, "param", name, value)
     }
 
     /// The current value of optimizer state `name`.
     pub fn state(&self, name: &str) -> Option<HostTensor> {
-        self.states
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.clone())
+        find_named(&self.states, name).cloned()
     }
 
     /// Overwrites optimizer state `name` in place (same dtype, shape and length required).
     pub fn set_state(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
-        set(&mut self.states, "state", name, value)
+        set_named(&mut self.states, "state", name, value)
     }
 
     /// The compile reports of the shard function, the update parts and the tail.
@@ -561,28 +502,4 @@ impl ShardedStep {
             .map(|b| b.exe.report())
             .collect()
     }
-}
-
-/// Overwrites `name` in `list` in place (the functions' tables point at the buffers).
-fn set(
-    list: &mut [(String, HostTensor)],
-    kind: &'static str,
-    name: &str,
-    value: HostTensor,
-) -> Result<(), RunError> {
-    let known = list
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let Some((_, t)) = list.iter_mut().find(|(n, _)| n == name) else {
-        return Err(RunError::Unknown {
-            kind,
-            name: name.into(),
-            known,
-        });
-    };
-    value.check(name, &t.ty())?;
-    t.data.clone_from(&value.data);
-    Ok(())
 }
