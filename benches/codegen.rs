@@ -217,6 +217,8 @@ fn pool(c: &mut Criterion) {
     let mut y = vec![0.0f32; n * oh * ow * ch];
     let mut dx = vec![0.0f32; x.len()];
     // SAFETY: the buffers have the sizes the geometry describes.
+    // the memory limit beside them: one copy of the activation (read 5.5 MB, write 5.5 MB)
+    grp.bench_function("copy/64x26x26x32", |b| b.iter(|| dx.copy_from_slice(&x)));
     grp.bench_function("max_pool2d/64x26x26x32", |b| {
         b.iter(|| unsafe { gl_max_pool2d(x.as_ptr(), y.as_mut_ptr(), geo.as_ptr()) })
     });
@@ -225,6 +227,53 @@ fn pool(c: &mut Criterion) {
             gl_max_pool2d_grad(x.as_ptr(), dy.as_ptr(), dx.as_mut_ptr(), geo.as_ptr())
         })
     });
+    grp.finish();
+}
+
+/// Both convolution paths (`kernels::ConvPath`: im2col + GEMM, and the direct loop) for
+/// the forward and filter-gradient kernels, called directly on 64 images of 28x28 with a 3x3
+/// kernel, 32 outputs and `c` input channels (the reference CNN's first layer is `c = 1`), so
+/// that `kernels::DIRECT_MAX_PATCH` (the patch width `9c` up to which the direct path is
+/// taken) rests on a measurement (figures in its doc comment). Criterion's "elements" are
+/// FLOPs (`2 * pixels * 9c * 32`), so its throughput is FLOP/s.
+fn conv(c: &mut Criterion) {
+    use gradlift::codegen::kernels::{conv2d, conv2d_filter_grad, ConvPath};
+    use gradlift::op::ConvGeometry;
+    use gradlift::{Padding, Shape};
+    let mut grp = c.benchmark_group("conv");
+    for ch in [1usize, 3, 8, 16] {
+        let (n, h, o) = (64usize, 28usize, 32usize);
+        let x_shape = Shape(vec![n, h, h, ch]);
+        let w_shape = Shape(vec![3, 3, ch, o]);
+        let g = ConvGeometry::new(&x_shape, &w_shape, [1, 1], Padding::Valid).unwrap();
+        let flops = 2 * n * g.oh * g.ow * 9 * ch * o;
+        grp.throughput(Throughput::Elements(flops as u64));
+        let x: Vec<f32> = (0..n * h * h * ch)
+            .map(|i| (i % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..9 * ch * o)
+            .map(|i| (i % 7) as f32 / 4.0 - 0.8)
+            .collect();
+        let dy: Vec<f32> = (0..n * g.oh * g.ow * o)
+            .map(|i| (i % 13) as f32 / 6.0 - 1.0)
+            .collect();
+        let mut y = vec![0.0f32; dy.len()];
+        let mut dw = vec![0.0f32; w.len()];
+        for (path, name) in [(ConvPath::Im2col, "im2col"), (ConvPath::Direct, "direct")] {
+            let mut scratch = vec![0.0f32; path.scratch_len(&g)];
+            let s = scratch.as_mut_ptr();
+            // SAFETY: the buffers have the sizes the geometry describes, the scratch the
+            // path's length.
+            grp.bench_function(BenchmarkId::new(format!("forward/{name}"), ch), |b| {
+                b.iter(|| unsafe { conv2d(path, x.as_ptr(), w.as_ptr(), y.as_mut_ptr(), s, &g) })
+            });
+            grp.bench_function(BenchmarkId::new(format!("filter_grad/{name}"), ch), |b| {
+                b.iter(|| unsafe {
+                    conv2d_filter_grad(path, x.as_ptr(), dy.as_ptr(), dw.as_mut_ptr(), s, &g)
+                })
+            });
+        }
+    }
     grp.finish();
 }
 
@@ -408,6 +457,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    targets = compile_time, step_time, matmul, fused_reduce, plain_reduce, pool, gemm_kernel, simd_width
+    targets = compile_time, step_time, matmul, fused_reduce, plain_reduce, pool, conv, gemm_kernel, simd_width
 }
 criterion_main!(benches);

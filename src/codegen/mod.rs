@@ -285,22 +285,34 @@ fn scratch_bytes(g: &Graph, id: NodeId, opts: &CompileOptions) -> usize {
             MatmulKernel::Cranelift => 0,
         };
     }
-    let geom = match &n.op {
-        Op::Conv2d { stride, padding } => {
-            lower::conv_geometry(&g[ops[0]].ty.shape, &g[ops[1]].ty.shape, *stride, *padding)
-        }
+    use kernels::ConvKernel;
+    let (kernel, geom) = match &n.op {
+        Op::Conv2d { stride, padding } => (
+            ConvKernel::Forward,
+            lower::conv_geometry(&g[ops[0]].ty.shape, &g[ops[1]].ty.shape, *stride, *padding),
+        ),
         Op::Conv2dInputGrad {
             stride,
             padding,
             shape,
-        } => lower::conv_geometry(shape, &g[ops[1]].ty.shape, *stride, *padding),
+        } => (
+            ConvKernel::InputGrad,
+            lower::conv_geometry(shape, &g[ops[1]].ty.shape, *stride, *padding),
+        ),
         Op::Conv2dFilterGrad {
             stride, padding, ..
-        } => lower::conv_geometry(&g[ops[0]].ty.shape, &n.ty.shape, *stride, *padding),
-        Op::Fused(_) => lower::fused_conv_geometry(g, id).ok_or_else(String::new),
+        } => (
+            ConvKernel::FilterGrad,
+            lower::conv_geometry(&g[ops[0]].ty.shape, &n.ty.shape, *stride, *padding),
+        ),
+        Op::Fused(_) => (
+            ConvKernel::Forward,
+            lower::fused_conv_geometry(g, id).ok_or_else(String::new),
+        ),
         _ => return 0,
     };
-    geom.map(|g| kernels::conv_scratch_len(&g) * 4).unwrap_or(0)
+    geom.map(|g| kernels::conv_scratch_len(kernel, &g) * 4)
+        .unwrap_or(0)
 }
 
 /// 2-D transposes read only by matmuls (not outputs or update sources): the GEMM call reads

@@ -1,0 +1,731 @@
+//! Convolution kernels: im2col + GEMM, or a direct loop where the patch rows are short.
+
+use super::{gemm_strided, lanes, widest, LANES};
+use crate::op::ConvGeometry;
+use std::slice;
+
+/// Number of `i64` in a convolution geometry array ([`ConvGeometry::to_array`]).
+pub const CONV_GEOMETRY_LEN: usize = ConvGeometry::LEN;
+
+/// The kernels' view of a convolution geometry.
+impl ConvGeometry {
+    unsafe fn read(g: *const i64) -> ConvGeometry {
+        ConvGeometry::from_array(&*(g as *const [i64; CONV_GEOMETRY_LEN]))
+    }
+
+    /// The patch matrix `[oh*ow, kh*kw*c]` of one image: the image itself for a pointwise
+    /// convolution, else written into `scratch` by [`ConvGeometry::im2col`].
+    ///
+    /// # Safety
+    /// `img` holds `h*w*c` values; `scratch` has room for the patch matrix.
+    unsafe fn patches(&self, img: *const f32, scratch: *mut f32) -> *const f32 {
+        if self.is_pointwise() {
+            return img;
+        }
+        let (rows, cols) = self.patch_dims();
+        let s = slice::from_raw_parts_mut(scratch, rows * cols);
+        self.im2col(slice::from_raw_parts(img, self.h * self.w * self.c), s);
+        scratch
+    }
+
+    /// Rows and columns of one image's patch matrix.
+    fn patch_dims(&self) -> (usize, usize) {
+        (self.oh * self.ow, self.kh * self.kw * self.c)
+    }
+
+    /// GEMM workspace (f32) of the largest per-image product of the three conv kernels.
+    fn gemm_workspace_len(&self) -> usize {
+        let (rows, cols) = self.patch_dims();
+        let ws = crate::codegen::gemm::workspace_len;
+        ws(rows, cols, self.o)
+            .max(ws(rows, self.o, cols))
+            .max(ws(cols, rows, self.o))
+    }
+
+    /// The GEMM workspace inside a conv kernel's scratch (after the patch matrix).
+    ///
+    /// # Safety
+    /// `scratch` holds [`conv_scratch_len`] floats.
+    unsafe fn workspace(&self, scratch: *mut f32) -> *mut f32 {
+        let (rows, cols) = self.patch_dims();
+        // SAFETY: the scratch holds the patches, then the workspace.
+        unsafe { scratch.add(rows * cols) }
+    }
+
+    /// Whether the patch matrix is the image itself (1x1 kernel, stride 1, no padding).
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+
+    /// The input pixel `(ih, iw)` read by output `(oy, ox)` at kernel tap `(ky, kx)`, if inside.
+    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let iy = (oy * self.sh + ky).checked_sub(self.ph)?;
+        let ix = (ox * self.sw + kx).checked_sub(self.pw)?;
+        (iy < self.h && ix < self.w).then_some((iy, ix))
+    }
+
+    /// Writes the patch matrix `[oh*ow, kh*kw*c]` of image `img` (`[h,w,c]`) into `cols`.
+    fn im2col(&self, img: &[f32], cols: &mut [f32]) {
+        let c = self.c;
+        let run = self.kw * c;
+        let mut r = 0;
+        for oy in 0..self.oh {
+            for ox in 0..self.ow {
+                let x0 = ox * self.sw;
+                let inside = x0 >= self.pw && x0 - self.pw + self.kw <= self.w;
+                for ky in 0..self.kh {
+                    let dst = &mut cols[r..r + run];
+                    match (oy * self.sh + ky).checked_sub(self.ph) {
+                        Some(iy) if iy < self.h && inside => {
+                            // the whole kernel row is inside the image: one contiguous run
+                            let s = (iy * self.w + x0 - self.pw) * c;
+                            copy_run(dst, &img[s..s + run]);
+                        }
+                        _ => {
+                            for kx in 0..self.kw {
+                                let d = &mut dst[kx * c..(kx + 1) * c];
+                                match self.source(oy, ox, ky, kx) {
+                                    Some((iy, ix)) => {
+                                        let s = (iy * self.w + ix) * c;
+                                        copy_run(d, &img[s..s + c]);
+                                    }
+                                    None => d.fill(0.0),
+                                }
+                            }
+                        }
+                    }
+                    r += run;
+                }
+            }
+        }
+    }
+
+    /// Adds the patch matrix `cols` back into image `img` (the adjoint of [`ConvGeometry::im2col`]).
+    fn col2im(&self, cols: &[f32], img: &mut [f32]) {
+        let c = self.c;
+        let mut r = 0;
+        for oy in 0..self.oh {
+            for ox in 0..self.ow {
+                for ky in 0..self.kh {
+                    for kx in 0..self.kw {
+                        if let Some((iy, ix)) = self.source(oy, ox, ky, kx) {
+                            let s = (iy * self.w + ix) * c;
+                            for (d, v) in img[s..s + c].iter_mut().zip(&cols[r..r + c]) {
+                                *d += v;
+                            }
+                        }
+                        r += c;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of im2col (a kernel row of few channels:
+/// 3 floats for a 3x3 kernel over one channel), with fixed-size moves up to 8 floats instead
+/// of a call to `memmove` per run, which cost 7% of the CNN step.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match dst.len() {
+                $($n => dst[..$n].copy_from_slice(&src[..$n]),)*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8)
+}
+
+/// Output pixels the direct forward kernel computes together: with `LANES` output channels
+/// each, 4 accumulator registers, and every filter row loaded serves 4 pixels.
+const PIXELS: usize = 4;
+
+/// How [`gl_conv2d`] and [`gl_conv2d_filter_grad`] compute a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    /// Per image, the patch matrix (im2col into scratch; the image itself for a pointwise
+    /// convolution) times the filter by GEMM.
+    Im2col,
+    /// Loops over output pixels and filter taps, vectorized over output channels, with no
+    /// patch matrix and no scratch: for short patch rows (few input channels, as in a first
+    /// layer over grey or RGB images), where a GEMM with `K = kh*kw*c` is bound by its
+    /// packing and im2col writes `kh*kw` times the input.
+    Direct,
+}
+
+/// Patch rows of at most this many values (`kh*kw*c`) take [`ConvPath::Direct`] for the
+/// forward and filter-gradient kernels. Measured with `cargo bench --bench codegen -- conv/`
+/// (64 images of 28x28, 3x3 kernel, 32 outputs, one thread, AVX-512, machine shared and
+/// noisy): the direct filter gradient took 0.25-0.32 ms against im2col's 0.92-0.99 ms at
+/// `c = 1`, 0.80-1.30 against 1.31-1.89 at `c = 3`, 2.0-3.3 against 2.7-4.0 at `c = 8` and
+/// was even at `c = 16`; the direct forward was even with im2col + GEMM throughout (0.71-0.72
+/// against 0.71-1.08 ms at `c = 1`), and needs no scratch. So up to `c = 8` for 3x3.
+pub const DIRECT_MAX_PATCH: usize = 72;
+
+/// The three convolution kernels, which differ in their scratch needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// [`gl_conv2d`].
+    Forward,
+    /// [`gl_conv2d_input_grad`] (always im2col: its patch matrix is `dy x w^T`).
+    InputGrad,
+    /// [`gl_conv2d_filter_grad`].
+    FilterGrad,
+}
+
+impl ConvPath {
+    /// The path `kernel` takes for geometry `g`.
+    pub fn of(kernel: ConvKernel, g: &ConvGeometry) -> ConvPath {
+        let (_, cols) = g.patch_dims();
+        // the direct loops use fused multiply-adds: without FMA, im2col + GEMM is faster
+        let fma = super::super::gemm::detected() != super::super::gemm::Isa::Portable;
+        let direct = kernel != ConvKernel::InputGrad && cols <= DIRECT_MAX_PATCH;
+        if direct && fma && !g.is_pointwise() {
+            ConvPath::Direct
+        } else {
+            ConvPath::Im2col
+        }
+    }
+
+    /// f32 of scratch the path needs: none for [`ConvPath::Direct`]; for
+    /// [`ConvPath::Im2col`], one image's patches, then the GEMM workspace of the largest
+    /// per-image product.
+    pub fn scratch_len(self, g: &ConvGeometry) -> usize {
+        match self {
+            ConvPath::Direct => 0,
+            ConvPath::Im2col => {
+                let (rows, cols) = g.patch_dims();
+                rows * cols + g.gemm_workspace_len()
+            }
+        }
+    }
+}
+
+/// The direct path ([`ConvPath::Direct`]).
+impl ConvGeometry {
+    /// Calls `f(x_offset, w_row)` for every tap `(ky, kx)` of output pixel `(oy, ox)` that
+    /// falls inside the image (padding contributes nothing): the offset of the tap's pixel
+    /// in the image and the filter row `(ky*kw + kx)*c` of its channel 0.
+    #[inline(always)]
+    fn for_inside_taps(&self, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+        for ky in 0..self.kh {
+            for kx in 0..self.kw {
+                if let Some((iy, ix)) = self.source(oy, ox, ky, kx) {
+                    f((iy * self.w + ix) * self.c, (ky * self.kw + kx) * self.c);
+                }
+            }
+        }
+    }
+
+    /// The output columns `lo..hi` of row `oy` whose every tap falls inside the image (none
+    /// when a kernel row of `oy` falls in the padding).
+    #[inline(always)]
+    fn interior(&self, oy: usize) -> (usize, usize) {
+        let top = oy * self.sh;
+        if top < self.ph || top - self.ph + self.kh > self.h || self.w + self.pw < self.kw {
+            return (0, 0);
+        }
+        let lo = self.pw.div_ceil(self.sw);
+        let hi = ((self.w + self.pw - self.kw) / self.sw + 1).min(self.ow);
+        (lo, hi.max(lo))
+    }
+
+    /// Offset in the image of the first value of patch row `ky` of interior pixel `(oy, ox)`:
+    /// the row is the `kw*c` contiguous values from there.
+    #[inline(always)]
+    fn patch_row(&self, oy: usize, ox: usize, ky: usize) -> usize {
+        ((oy * self.sh + ky - self.ph) * self.w + ox * self.sw - self.pw) * self.c
+    }
+
+    /// `y[p, o] = sum over taps and input channels of x * w` for every output pixel `p` of
+    /// one image, summed in patch order with fused multiply-adds. Interior pixels go
+    /// [`PIXELS`] at a time, `LANES` output channels each in a register, so every filter
+    /// row loaded serves [`PIXELS`] pixels; edge pixels and channels past the last whole
+    /// `LANES` go one at a time.
+    #[inline(always)]
+    fn direct_forward(&self, img: &[f32], w: &[f32], y: &mut [f32]) {
+        let (c, o) = (self.c, self.o);
+        let whole = o - o % LANES;
+        let run = self.kw * c;
+        for oy in 0..self.oh {
+            let (lo, hi) = self.interior(oy);
+            let blocks_end = lo + (hi - lo) / PIXELS * PIXELS;
+            for ox in (lo..blocks_end).step_by(PIXELS) {
+                for ob in (0..whole).step_by(LANES) {
+                    let mut acc = [[0.0f32; LANES]; PIXELS];
+                    let step = self.sw * c;
+                    for ky in 0..self.kh {
+                        let s = self.patch_row(oy, ox, ky);
+                        // the PIXELS patch rows, each `run` values from `s + p * step`
+                        let xs = &img[s..s + (PIXELS - 1) * step + run];
+                        let ws = &w[ky * run * o..(ky + 1) * run * o];
+                        for j in 0..run {
+                            let wr = lanes(ws, j * o + ob);
+                            for (p, acc) in acc.iter_mut().enumerate() {
+                                // SAFETY: p * step + j < xs.len() (p < PIXELS, j < run)
+                                let v = unsafe { *xs.get_unchecked(p * step + j) };
+                                for l in 0..LANES {
+                                    acc[l] = v.mul_add(wr[l], acc[l]);
+                                }
+                            }
+                        }
+                    }
+                    for (p, acc) in acc.iter().enumerate() {
+                        let at = (oy * self.ow + ox + p) * o + ob;
+                        y[at..at + LANES].copy_from_slice(acc);
+                    }
+                }
+                for p in ox..ox + PIXELS {
+                    self.pixel_forward(img, w, (oy, p), whole, y);
+                }
+            }
+            for ox in (0..lo).chain(blocks_end..self.ow) {
+                self.pixel_forward(img, w, (oy, ox), 0, y);
+            }
+        }
+    }
+
+    /// Output channels `from..o` of pixel `(oy, ox)` (any pixel: taps in the padding are
+    /// skipped), `LANES` at a time while whole, then one by one.
+    #[inline(always)]
+    fn pixel_forward(
+        &self,
+        img: &[f32],
+        w: &[f32],
+        (oy, ox): (usize, usize),
+        from: usize,
+        y: &mut [f32],
+    ) {
+        let (c, o) = (self.c, self.o);
+        let out = &mut y[(oy * self.ow + ox) * o..][..o];
+        let mut ob = from;
+        while ob + LANES <= o {
+            let mut acc = [0.0f32; LANES];
+            self.for_inside_taps(
+                oy,
+                ox,
+                #[inline(always)]
+                |xi, k| {
+                    for ci in 0..c {
+                        let (v, wr) = (img[xi + ci], lanes(w, (k + ci) * o + ob));
+                        for l in 0..LANES {
+                            acc[l] = v.mul_add(wr[l], acc[l]);
+                        }
+                    }
+                },
+            );
+            out[ob..ob + LANES].copy_from_slice(&acc);
+            ob += LANES;
+        }
+        for oc in ob..o {
+            let mut acc = 0.0f32;
+            self.for_inside_taps(
+                oy,
+                ox,
+                #[inline(always)]
+                |xi, k| {
+                    for ci in 0..c {
+                        acc = img[xi + ci].mul_add(w[(k + ci) * o + oc], acc);
+                    }
+                },
+            );
+            out[oc] = acc;
+        }
+    }
+
+    /// `dw[k, o] = sum over images and output pixels of x * dy` for patch column
+    /// `k = (ky*kw + kx)*c + ci`, summed in image then pixel order with fused multiply-adds.
+    /// Images outermost (one image's `dy` stays in cache while every column reads it); then
+    /// blocks of up to 12 columns, `LANES` output channels each in a register, so every `dy`
+    /// vector loaded serves the whole block (a 3x3 kernel over one channel is one block).
+    #[inline(always)]
+    fn direct_filter_grad(&self, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+        let (c, o) = (self.c, self.o);
+        let whole = o - o % LANES;
+        let cols = self.kh * self.kw * c;
+        let (img_len, out_len) = (self.h * self.w * c, self.oh * self.ow * o);
+        dw.fill(0.0);
+        for i in 0..self.n {
+            let (img, d) = (&x[i * img_len..][..img_len], &dy[i * out_len..][..out_len]);
+            let mut k0 = 0;
+            // blocks of up to COLUMNS columns: a 3x3 kernel over one channel is one block
+            while k0 < cols {
+                macro_rules! block {
+                    ($($q:literal)*) => {
+                        match cols - k0 {
+                            $(r if r >= $q => {
+                                self.filter_columns::<$q>(img, d, k0, whole, dw);
+                                k0 += $q;
+                            })*
+                            _ => {
+                                self.filter_columns::<1>(img, d, k0, whole, dw);
+                                k0 += 1;
+                            }
+                        }
+                    };
+                }
+                block!(12 9 8 4 3 2);
+            }
+        }
+    }
+
+    /// Adds one image's share to patch columns `k0..k0 + Q` of `dw` (`LANES` output channels
+    /// at a time while whole, then one by one).
+    #[inline(always)]
+    fn filter_columns<const Q: usize>(
+        &self,
+        img: &[f32],
+        d: &[f32],
+        k0: usize,
+        whole: usize,
+        dw: &mut [f32],
+    ) {
+        let (c, o) = (self.c, self.o);
+        // the tap (ky, kx, ci) of each column, and its offset from an interior patch's start
+        let tap = |q: usize| {
+            let k = k0 + q;
+            (k / (self.kw * c), k / c % self.kw, k % c)
+        };
+        let mut offset = [0usize; Q];
+        for (q, off) in offset.iter_mut().enumerate() {
+            let (ky, kx, ci) = tap(q);
+            *off = (ky * self.w + kx) * c + ci;
+        }
+        let span = offset[Q - 1] + 1;
+        for ob in (0..whole).step_by(LANES) {
+            let mut acc = [[0.0f32; LANES]; Q];
+            for (q, acc) in acc.iter_mut().enumerate() {
+                *acc = lanes(dw, (k0 + q) * o + ob);
+            }
+            for oy in 0..self.oh {
+                let (lo, hi) = self.interior(oy);
+                let row = &d[oy * self.ow * o..(oy + 1) * self.ow * o];
+                let edge = |ox: usize, acc: &mut [[f32; LANES]; Q]| {
+                    let g = lanes(row, ox * o + ob);
+                    for (q, acc) in acc.iter_mut().enumerate() {
+                        let (ky, kx, ci) = tap(q);
+                        if let Some((iy, ix)) = self.source(oy, ox, ky, kx) {
+                            let v = img[(iy * self.w + ix) * c + ci];
+                            for l in 0..LANES {
+                                acc[l] = v.mul_add(g[l], acc[l]);
+                            }
+                        }
+                    }
+                };
+                for ox in 0..lo {
+                    edge(ox, &mut acc);
+                }
+                if lo < hi {
+                    // interior pixels: column q reads `offset[q]` past the patch's start
+                    let step = self.sw * c;
+                    let s = self.patch_row(oy, lo, 0);
+                    let xs = &img[s..s + (hi - lo - 1) * step + span];
+                    let gs = &row[lo * o..hi * o];
+                    for p in 0..hi - lo {
+                        let g = lanes(gs, p * o + ob);
+                        for (acc, &off) in acc.iter_mut().zip(&offset) {
+                            // SAFETY: p * step + off < xs.len() (p < hi - lo, off < span)
+                            let v = unsafe { *xs.get_unchecked(p * step + off) };
+                            for l in 0..LANES {
+                                acc[l] = v.mul_add(g[l], acc[l]);
+                            }
+                        }
+                    }
+                }
+                for ox in hi..self.ow {
+                    edge(ox, &mut acc);
+                }
+            }
+            for (q, acc) in acc.iter().enumerate() {
+                let at = (k0 + q) * o + ob;
+                dw[at..at + LANES].copy_from_slice(acc);
+            }
+        }
+        for q in 0..Q {
+            let (ky, kx, ci) = tap(q);
+            for oc in whole..o {
+                let at = (k0 + q) * o + oc;
+                let mut acc = dw[at];
+                self.for_tap_pixels(
+                    ky,
+                    kx,
+                    #[inline(always)]
+                    |xi, p| acc = img[xi + ci].mul_add(d[p * o + oc], acc),
+                );
+                dw[at] = acc;
+            }
+        }
+    }
+
+    /// Calls `f(x_offset, p)` for every output pixel `p` (row-major) whose tap `(ky, kx)`
+    /// falls inside the image, with the offset of that input pixel's channel 0.
+    #[inline(always)]
+    fn for_tap_pixels(&self, ky: usize, kx: usize, mut f: impl FnMut(usize, usize)) {
+        for oy in 0..self.oh {
+            let Some(iy) = (oy * self.sh + ky)
+                .checked_sub(self.ph)
+                .filter(|&iy| iy < self.h)
+            else {
+                continue;
+            };
+            for ox in 0..self.ow {
+                if let Some(ix) = (ox * self.sw + kx)
+                    .checked_sub(self.pw)
+                    .filter(|&ix| ix < self.w)
+                {
+                    f((iy * self.w + ix) * self.c, oy * self.ow + ox);
+                }
+            }
+        }
+    }
+}
+
+/// f32 of scratch `kernel` needs for convolution geometry `geometry` ([`ConvPath::scratch_len`]).
+pub fn conv_scratch_len(kernel: ConvKernel, geometry: &[i64; CONV_GEOMETRY_LEN]) -> usize {
+    let g = ConvGeometry::from_array(geometry);
+    ConvPath::of(kernel, &g).scratch_len(&g)
+}
+
+/// `y = conv2d(x, w)` (NHWC input, HWIO filter) along `path`.
+///
+/// # Safety
+/// Buffers must match the geometry `g`; `scratch` must hold `path.scratch_len(g)` floats.
+pub unsafe fn conv2d(
+    path: ConvPath,
+    x: *const f32,
+    w: *const f32,
+    y: *mut f32,
+    scratch: *mut f32,
+    g: &ConvGeometry,
+) {
+    let (rows, cols) = g.patch_dims();
+    let img_len = g.h * g.w * g.c;
+    if path == ConvPath::Direct {
+        let x = slice::from_raw_parts(x, g.n * img_len);
+        let w = slice::from_raw_parts(w, cols * g.o);
+        let y = slice::from_raw_parts_mut(y, g.n * rows * g.o);
+        return widest(
+            #[inline(always)]
+            || {
+                for i in 0..g.n {
+                    let out = &mut y[i * rows * g.o..][..rows * g.o];
+                    g.direct_forward(&x[i * img_len..][..img_len], w, out);
+                }
+            },
+        );
+    }
+    let ws = g.workspace(scratch);
+    for i in 0..g.n {
+        let img = x.add(i * img_len);
+        let out = y.add(i * rows * g.o);
+        let a = g.patches(img, scratch);
+        gemm_strided(
+            rows,
+            cols,
+            g.o,
+            a,
+            (cols as isize, 1),
+            w,
+            (g.o as isize, 1),
+            out,
+            g.o as isize,
+            false,
+            ws,
+        );
+    }
+}
+
+/// `y = conv2d(x, w)`: NHWC input, HWIO filter, along [`ConvPath::of`] (im2col + GEMM, or
+/// direct for short patch rows).
+///
+/// # Safety
+/// Buffers must match the geometry `g` (see [`CONV_GEOMETRY_LEN`]); `scratch` must hold
+/// [`conv_scratch_len`] floats.
+pub unsafe extern "C" fn gl_conv2d(
+    x: *const f32,
+    w: *const f32,
+    y: *mut f32,
+    scratch: *mut f32,
+    g: *const i64,
+) {
+    let g = ConvGeometry::read(g);
+    conv2d(ConvPath::of(ConvKernel::Forward, &g), x, w, y, scratch, &g)
+}
+/// `dx = conv2d_input_grad(dy, w)`: per image `dcols = dy x w^T`, then col2im into `dx`.
+///
+/// # Safety
+/// As [`gl_conv2d`].
+pub unsafe extern "C" fn gl_conv2d_input_grad(
+    dy: *const f32,
+    w: *const f32,
+    dx: *mut f32,
+    scratch: *mut f32,
+    g: *const i64,
+) {
+    let g = ConvGeometry::read(g);
+    let ws = g.workspace(scratch);
+    let (rows, cols) = g.patch_dims();
+    let img_len = g.h * g.w * g.c;
+    for i in 0..g.n {
+        let d = dy.add(i * rows * g.o);
+        let out = slice::from_raw_parts_mut(dx.add(i * img_len), img_len);
+        if g.is_pointwise() {
+            gemm_strided(
+                rows,
+                g.o,
+                cols,
+                d,
+                (g.o as isize, 1),
+                w,
+                (1, g.o as isize),
+                out.as_mut_ptr(),
+                cols as isize,
+                false,
+                ws,
+            );
+            continue;
+        }
+        gemm_strided(
+            rows,
+            g.o,
+            cols,
+            d,
+            (g.o as isize, 1),
+            w,
+            (1, g.o as isize),
+            scratch,
+            cols as isize,
+            false,
+            ws,
+        );
+        out.fill(0.0);
+        g.col2im(slice::from_raw_parts(scratch, rows * cols), out);
+    }
+}
+
+/// `dw = conv2d_filter_grad(x, dy)` along `path`: `dw = sum over images of cols^T x dy`.
+///
+/// # Safety
+/// As [`conv2d`].
+pub unsafe fn conv2d_filter_grad(
+    path: ConvPath,
+    x: *const f32,
+    dy: *const f32,
+    dw: *mut f32,
+    scratch: *mut f32,
+    g: &ConvGeometry,
+) {
+    let (rows, cols) = g.patch_dims();
+    let img_len = g.h * g.w * g.c;
+    if path == ConvPath::Direct {
+        let x = slice::from_raw_parts(x, g.n * img_len);
+        let dy = slice::from_raw_parts(dy, g.n * rows * g.o);
+        let dw = slice::from_raw_parts_mut(dw, cols * g.o);
+        return widest(
+            #[inline(always)]
+            || g.direct_filter_grad(x, dy, dw),
+        );
+    }
+    let ws = g.workspace(scratch);
+    if g.n == 0 {
+        slice::from_raw_parts_mut(dw, cols * g.o).fill(0.0);
+    }
+    for i in 0..g.n {
+        let img = x.add(i * img_len);
+        let a = g.patches(img, scratch);
+        // dw[cols, o] (+)= a^T[cols, rows] x dy_i[rows, o]
+        gemm_strided(
+            cols,
+            rows,
+            g.o,
+            a,
+            (1, cols as isize),
+            dy.add(i * rows * g.o),
+            (g.o as isize, 1),
+            dw,
+            g.o as isize,
+            i > 0,
+            ws,
+        );
+    }
+}
+
+/// `dw = conv2d_filter_grad(x, dy)` along [`ConvPath::of`].
+///
+/// # Safety
+/// As [`gl_conv2d`].
+pub unsafe extern "C" fn gl_conv2d_filter_grad(
+    x: *const f32,
+    dy: *const f32,
+    dw: *mut f32,
+    scratch: *mut f32,
+    g: *const i64,
+) {
+    let g = ConvGeometry::read(g);
+    conv2d_filter_grad(
+        ConvPath::of(ConvKernel::FilterGrad, &g),
+        x,
+        dy,
+        dw,
+        scratch,
+        &g,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{isa_levels, widest_with};
+    use crate::op::{ConvGeometry, Padding};
+    use crate::Shape;
+
+    /// The direct kernels give the same bits at every ISA level the CPU has (fused
+    /// multiply-adds everywhere), on shapes with padding, stride 2, an output-channel tail
+    /// and several column blocks.
+    #[test]
+    fn every_isa_level_convolves_alike() {
+        for (c, stride, padding) in [
+            (1, [1, 1], Padding::Same),
+            (3, [2, 1], Padding::Valid),
+            (2, [2, 2], Padding::Same),
+        ] {
+            let (n, h, w, o) = (2, 9, 10, 37);
+            let g = ConvGeometry::new(
+                &Shape(vec![n, h, w, c]),
+                &Shape(vec![3, 3, c, o]),
+                stride,
+                padding,
+            )
+            .unwrap();
+            let x: Vec<f32> = (0..n * h * w * c)
+                .map(|i| (i % 17) as f32 / 7.0 - 1.1)
+                .collect();
+            let f: Vec<f32> = (0..9 * c * o)
+                .map(|i| (i % 13) as f32 / 5.0 - 1.3)
+                .collect();
+            let dy: Vec<f32> = (0..n * g.oh * g.ow * o)
+                .map(|i| (i % 11) as f32 / 3.0 - 1.7)
+                .collect();
+            let run = |isa| {
+                let mut y = vec![0.0f32; dy.len()];
+                let img = h * w * c;
+                for i in 0..n {
+                    let out = &mut y[i * g.oh * g.ow * o..][..g.oh * g.ow * o];
+                    widest_with(isa, || g.direct_forward(&x[i * img..][..img], &f, out));
+                }
+                let mut dw = vec![0.0f32; f.len()];
+                widest_with(isa, || g.direct_filter_grad(&x, &dy, &mut dw));
+                (y, dw)
+            };
+            let first = run(isa_levels()[0]);
+            for isa in isa_levels() {
+                assert_eq!(
+                    run(isa),
+                    first,
+                    "{isa:?} c={c} stride={stride:?} {padding:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Runtime kernels that compiled code calls through symbols registered with the JIT
+//! (`JITBuilder::symbol`), as XLA:CPU calls its runtime: `pow` per element (exp, sigmoid,
+//! tanh and log are inline vector code, see [`super::lower`]), GEMM ([`super::gemm`]: AVX-512
+//! or AVX2 kernels that Cranelift's 128-bit vectors cannot match, packing into a workspace
+//! planned in the arena), convolution by im2col + GEMM, max pooling and the softmax family.
+//!
+//! Every kernel is `extern "C"` and takes raw pointers and sizes computed by the lowering from
+//! the graph's static shapes; the safe entry point ([`crate::runtime::Executable::run`]) has
+//! checked every buffer before native code runs. Geometry that needs more than a few numbers
+//! is passed as a pointer to an array of `i64` the compiled code stores on its stack.
+//! Kernels never panic: a panic cannot unwind through compiled code.
+
+mod conv;
+mod pool;
+
+pub use conv::*;
+pub use pool::*;
+
+use std::slice;
+
+/// `a ^ b` (called per element by broadcasting `pow` loops).
+pub extern "C" fn gl_powf(a: f32, b: f32) -> f32 {
+    a.powf(b)
+}
+
+/// Products of at least this many FLOPs are split across threads. Measured (best of 200 on
+/// the shared 2-core machine): 512^3 gains 1.5x from 2 threads, 64x5408x128 1.16x, the
+/// MLP/CNN training steps nothing, and threads hurt when other processes compete for the
+/// cores; so only products of 512^3 class are split.
+pub const PARALLEL_FLOPS: usize = 128_000_000;
+
+/// A pointer that may be shared with the pool's workers (each worker writes a disjoint part).
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: the workers of `gl_gemm` read shared inputs and write disjoint parts of `c`.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SendPtr<T> {}
+
+/// The number of parts [`gl_gemm`] splits an `m x k x n` product into for `threads` threads.
+fn gemm_parts(m: usize, k: usize, n: usize, threads: usize) -> usize {
+    let parts = threads.max(1).min(m.max(n));
+    if parts < 2 || 2 * m * n * k < PARALLEL_FLOPS {
+        1
+    } else {
+        parts
+    }
+}
+
+/// f32 elements of scratch [`gl_gemm`] needs for an `m x k x n` product compiled for
+/// `threads` threads: one GEMM workspace per part.
+pub fn gemm_scratch_len(m: usize, k: usize, n: usize, threads: usize) -> usize {
+    gemm_parts(m, k, n, threads) * super::gemm::workspace_len(m, k, n)
+}
+
+/// Row-major `c[m,n] = a[m,k] x b[k,n]` (or `c += a x b` when `acc != 0`), with element
+/// strides `(rs, cs)` for `a` and `b` so that transposed operands need no copy. Products of
+/// [`PARALLEL_FLOPS`] or more are split over up to `threads` threads of the persistent pool
+/// along the larger of `m` and `n` (the GEMM's order over `k` does not depend on the split).
+/// `ws` is the planned workspace: [`gemm_scratch_len`] floats.
+///
+/// # Safety
+/// The pointers must cover the matrices described by the sizes and strides.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gl_gemm(
+    m: i64,
+    k: i64,
+    n: i64,
+    a: *const f32,
+    a_rs: i64,
+    a_cs: i64,
+    b: *const f32,
+    b_rs: i64,
+    b_cs: i64,
+    c: *mut f32,
+    acc: i64,
+    threads: i64,
+    ws: *mut f32,
+) {
+    let (m, k, n) = (m as usize, k as usize, n as usize);
+    let sa = (a_rs as isize, a_cs as isize);
+    let sb = (b_rs as isize, b_cs as isize);
+    let parts = gemm_parts(m, k, n, threads.max(1) as usize);
+    if parts == 1 {
+        gemm_strided(m, k, n, a, sa, b, sb, c, n as isize, acc != 0, ws);
+        return;
+    }
+    let wlen = super::gemm::workspace_len(m, k, n);
+    let by_rows = m >= n;
+    let len = if by_rows { m } else { n };
+    let (a, b, c, ws) = (
+        SendPtr(a as *mut f32),
+        SendPtr(b as *mut f32),
+        SendPtr(c),
+        SendPtr(ws),
+    );
+    let part = move |t: usize| {
+        let (lo, hi) = (len * t / parts, len * (t + 1) / parts);
+        let (a, b, c, ws) = (a, b, c, ws);
+        // SAFETY: part `t` reads rows (or columns) lo..hi of the inputs it needs, writes
+        // only rows (or columns) lo..hi of `c`, and uses workspace `t` of `parts`.
+        unsafe {
+            let w = ws.0.add(t * wlen);
+            if by_rows {
+                let a = a.0.offset(lo as isize * sa.0);
+                let c = c.0.add(lo * n);
+                gemm_strided(hi - lo, k, n, a, sa, b.0, sb, c, n as isize, acc != 0, w);
+            } else {
+                let b = b.0.offset(lo as isize * sb.1);
+                let c = c.0.add(lo);
+                gemm_strided(m, k, hi - lo, a.0, sa, b, sb, c, n as isize, acc != 0, w);
+            }
+        }
+    };
+    // the process-wide pool: no thread is spawned per call
+    crate::runtime::pool::Pool::shared(parts).run(parts, &|t| {
+        let _fp = crate::runtime::fpenv::FlushDenormals::enter();
+        part(t)
+    });
+}
+
+/// [`super::gemm::sgemm`] with strides as pairs; `ws` holds `workspace_len(m, k, n)` floats.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_strided(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    (a_rs, a_cs): (isize, isize),
+    b: *const f32,
+    (b_rs, b_cs): (isize, isize),
+    c: *mut f32,
+    c_rs: isize,
+    acc: bool,
+    ws: *mut f32,
+) {
+    // SAFETY: the caller's contract is sgemm's.
+    unsafe { super::gemm::sgemm(m, k, n, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, acc, ws) }
+}
+
+/// Runs `f` in code compiled for the widest vector ISA this CPU has (AVX-512, AVX2 or the
+/// baseline), detected once ([`super::gemm::detected`]). The crate is built for baseline
+/// x86-64 (SSE2, 128-bit), so a plain loop in a kernel runs at a quarter of AVX-512's width;
+/// `f` and what it calls must be `#[inline(always)]` so that they are compiled inside the
+/// wrapper with its target features.
+#[inline(always)]
+pub(crate) fn widest<R>(f: impl FnOnce() -> R) -> R {
+    widest_with(super::gemm::detected(), f)
+}
+
+/// As [`widest`] at ISA level `isa`, which the CPU must have (tests compare the levels).
+#[inline(always)]
+pub(crate) fn widest_with<R>(isa: super::gemm::Isa, f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::gemm::Isa;
+        #[target_feature(enable = "avx512f,fma")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match isa {
+            // SAFETY: the CPU has the features (run-time detection by the caller).
+            Isa::Avx512 => unsafe { avx512(f) },
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { avx2(f) },
+            Isa::Portable => f(),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        f()
+    }
+}
+
+/// Values the vectorized kernels handle at once: one AVX-512 register of f32.
+pub(crate) const LANES: usize = 16;
+
+/// `x[at..at + LANES]` as an array (a vector register once inlined).
+#[inline(always)]
+pub(crate) fn lanes(x: &[f32], at: usize) -> [f32; LANES] {
+    let mut v = [0.0f32; LANES];
+    v.copy_from_slice(&x[at..at + LANES]);
+    v
+}
+
+/// Kinds of [`gl_softmax`].
+pub const SOFTMAX: i64 = 0;
+/// `log(softmax(x))`.
+pub const LOG_SOFTMAX: i64 = 1;
+
+/// Softmax (`kind = SOFTMAX`) or log-softmax along the middle axis of `x` viewed as
+/// `[outer, len, inner]`, computed stably (max subtracted first).
+///
+/// # Safety
+/// `x` and `y` must hold `outer * len * inner` floats.
+pub unsafe extern "C" fn gl_softmax(
+    kind: i64,
+    x: *const f32,
+    y: *mut f32,
+    outer: i64,
+    len: i64,
+    inner: i64,
+) {
+    let (outer, len, inner) = (outer as usize, len as usize, inner as usize);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * len + j) * inner + i;
+            let mut m = f32::NEG_INFINITY;
+            for j in 0..len {
+                m = m.max(*x.add(at(j)));
+            }
+            let mut s = 0.0f32;
+            for j in 0..len {
+                s += (*x.add(at(j)) - m).exp();
+            }
+            if kind == SOFTMAX {
+                for j in 0..len {
+                    *y.add(at(j)) = (*x.add(at(j)) - m).exp() / s;
+                }
+            } else {
+                let ls = s.ln();
+                for j in 0..len {
+                    *y.add(at(j)) = *x.add(at(j)) - m - ls;
+                }
+            }
+        }
+    }
+}
+
+/// `m + ln(sum exp(row - m))` of a row, with `m` its maximum.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    m + row.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
+}
+
+/// `loss[i] = -sum_j labels[i,j] * log_softmax(logits)[i,j]` for `[n,c]` operands.
+///
+/// # Safety
+/// `logits` and `labels` must hold `n * c` floats, `loss` `n`.
+pub unsafe extern "C" fn gl_softmax_xent(
+    logits: *const f32,
+    labels: *const f32,
+    loss: *mut f32,
+    n: i64,
+    c: i64,
+) {
+    let (n, c) = (n as usize, c as usize);
+    for i in 0..n {
+        let row = slice::from_raw_parts(logits.add(i * c), c);
+        let lab = slice::from_raw_parts(labels.add(i * c), c);
+        let lse = log_sum_exp(row);
+        *loss.add(i) = -row.iter().zip(lab).map(|(x, y)| y * (x - lse)).sum::<f32>();
+    }
+}
+
+/// `loss[i] = -log_softmax(logits)[i, labels[i]]`; NaN when a label is outside `0..c`.
+///
+/// # Safety
+/// `logits` must hold `n * c` floats, `labels` and `loss` `n` values.
+pub unsafe extern "C" fn gl_sparse_softmax_xent(
+    logits: *const f32,
+    labels: *const i32,
+    loss: *mut f32,
+    n: i64,
+    c: i64,
+) {
+    let (n, c) = (n as usize, c as usize);
+    for i in 0..n {
+        let row = slice::from_raw_parts(logits.add(i * c), c);
+        let l = *labels.add(i);
+        *loss.add(i) = if l >= 0 && (l as usize) < c {
+            log_sum_exp(row) - row[l as usize]
+        } else {
+            f32::NAN
+        };
+    }
+}
+
+/// Name and address of every kernel, for `JITBuilder::symbol`.
+pub fn symbols() -> Vec<(&'static str, *const u8)> {
+    vec![
+        ("gl_powf", gl_powf as *const u8),
+        ("gl_gemm", gl_gemm as *const u8),
+        ("gl_conv2d", gl_conv2d as *const u8),
+        ("gl_conv2d_input_grad", gl_conv2d_input_grad as *const u8),
+        ("gl_conv2d_filter_grad", gl_conv2d_filter_grad as *const u8),
+        ("gl_max_pool2d", gl_max_pool2d as *const u8),
+        ("gl_max_pool2d_grad", gl_max_pool2d_grad as *const u8),
+        ("gl_softmax", gl_softmax as *const u8),
+        ("gl_softmax_xent", gl_softmax_xent as *const u8),
+        (
+            "gl_sparse_softmax_xent",
+            gl_sparse_softmax_xent as *const u8,
+        ),
+    ]
+}
+
+/// The ISA levels this CPU can run, for tests that compare them.
+#[cfg(test)]
+pub(crate) fn isa_levels() -> Vec<super::gemm::Isa> {
+    use super::gemm::{detected, Isa};
+    let mut v = vec![Isa::Portable];
+    if matches!(detected(), Isa::Avx2 | Isa::Avx512) {
+        v.push(Isa::Avx2);
+    }
+    if detected() == Isa::Avx512 {
+        v.push(Isa::Avx512);
+    }
+    v
+}
