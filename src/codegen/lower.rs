@@ -23,7 +23,7 @@
 //! Every instruction carries the index of the node it belongs to as its source location, so a
 //! Cranelift error can name the node.
 
-use super::kernels;
+use super::kernels::{self, Kernel, KernelSignature};
 use super::plan::{Loc, Plan};
 use super::MatmulKernel;
 use crate::graph::{Graph, NodeId};
@@ -50,18 +50,11 @@ pub(crate) use fused::{fused_conv_geometry, fused_matmul_dims, fused_reads_only_
 /// A lowering failure for one node (the caller adds the node's description).
 pub type LowerError = String;
 
-/// Signature of each runtime kernel: parameter types and result types.
-pub fn kernel_signature(name: &str) -> (Vec<Type>, Vec<Type>) {
-    let i = types::I64;
-    let f = types::F32;
-    match name {
-        "gl_powf" => (vec![f, f], vec![f]),
-        "gl_gemm" => (vec![i; 13], vec![]),
-        "gl_conv2d" | "gl_conv2d_input_grad" | "gl_conv2d_filter_grad" => (vec![i; 5], vec![]),
-        "gl_max_pool2d" => (vec![i; 3], vec![]),
-        "gl_max_pool2d_grad" => (vec![i; 4], vec![]),
-        "gl_softmax" => (vec![i; 6], vec![]),
-        _ => (vec![i; 5], vec![]), // the two cross-entropies
+/// Cranelift parameter and result types of runtime kernel `k`.
+pub fn kernel_signature(k: Kernel) -> (Vec<Type>, Vec<Type>) {
+    match k.signature() {
+        KernelSignature::FloatBinary => (vec![types::F32; 2], vec![types::F32]),
+        KernelSignature::Words(n) => (vec![types::I64; n], vec![]),
     }
 }
 
@@ -182,9 +175,9 @@ pub struct Lowerer<'a> {
     pub b: FunctionBuilder<'a>,
     bases: Vec<Value>,
     /// Kernels declared in the module: name -> (function index, signature).
-    kernels: HashMap<&'static str, (u32, ir::Signature)>,
+    kernels: HashMap<Kernel, (u32, ir::Signature)>,
     /// Kernels imported into this function so far (on first use, so the IR lists only those).
-    funcs: HashMap<&'static str, FuncRef>,
+    funcs: HashMap<Kernel, FuncRef>,
     has_fma: bool,
     matmul: MatmulKernel,
     threads: usize,
@@ -195,7 +188,7 @@ impl<'a> Lowerer<'a> {
     pub fn new(
         mut b: FunctionBuilder<'a>,
         slots: usize,
-        kernels: HashMap<&'static str, (u32, ir::Signature)>,
+        kernels: HashMap<Kernel, (u32, ir::Signature)>,
         has_fma: bool,
         matmul: MatmulKernel,
         threads: usize,
@@ -291,22 +284,22 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    fn call(&mut self, name: &'static str, args: &[Value]) -> Result<Option<Value>, LowerError> {
-        let f = self.kernel(name)?;
+    fn call(&mut self, k: Kernel, args: &[Value]) -> Result<Option<Value>, LowerError> {
+        let f = self.kernel(k)?;
         let inst = self.b.ins().call(f, args);
         Ok(self.b.inst_results(inst).first().copied())
     }
 
     /// The function reference of runtime kernel `name`, imported on first use.
-    fn kernel(&mut self, name: &'static str) -> Result<FuncRef, LowerError> {
-        let f = match self.funcs.get(name) {
+    fn kernel(&mut self, k: Kernel) -> Result<FuncRef, LowerError> {
+        let f = match self.funcs.get(&k) {
             Some(&f) => f,
             None => {
                 let (index, sig) = self
                     .kernels
-                    .get(name)
+                    .get(&k)
                     .cloned()
-                    .ok_or_else(|| format!("runtime kernel {name} is not declared"))?;
+                    .ok_or_else(|| format!("runtime kernel {} is not declared", k.symbol()))?;
                 let signature = self.b.import_signature(sig);
                 let user = self
                     .b
@@ -321,7 +314,7 @@ impl<'a> Lowerer<'a> {
                     colocated: false,
                     patchable: false,
                 });
-                self.funcs.insert(name, f);
+                self.funcs.insert(k, f);
                 f
             }
         };
@@ -923,7 +916,7 @@ impl<'a> Lowerer<'a> {
                     self.iconst(self.threads as i64),
                     self.addr(ws, None),
                 ];
-                self.call("gl_gemm", &args)?;
+                self.call(Kernel::Gemm, &args)?;
             }
             MatmulKernel::Cranelift => self.matmul_cranelift(a, b, c, m, k, n),
         }
@@ -1090,7 +1083,7 @@ impl<'a> Lowerer<'a> {
             }
             Op::Binary(BinaryOp::Pow) => {
                 // one call of the Rust `powf` per element (scalar loop)
-                let f = self.kernel("gl_powf")?;
+                let f = self.kernel(Kernel::Powf)?;
                 let (a, b) = (bview(0), bview(1));
                 self.map(&dense_out, shape.dims(), &[a, b], false, &|lw, v, _| {
                     let inst = lw.b.ins().call(f, &[v[0], v[1]]);
@@ -1199,7 +1192,7 @@ impl<'a> Lowerer<'a> {
             }
             Op::Conv2d { stride, padding } => {
                 let g = conv_geometry(&in_ty(0).shape, &in_ty(1).shape, *stride, *padding)?;
-                self.conv_call("gl_conv2d", ins[0], ins[1], out, plan, id, &g)?;
+                self.conv_call(Kernel::Conv2d, ins[0], ins[1], out, plan, id, &g)?;
             }
             Op::Conv2dInputGrad {
                 stride,
@@ -1207,19 +1200,19 @@ impl<'a> Lowerer<'a> {
                 shape: xs,
             } => {
                 let g = conv_geometry(xs, &in_ty(1).shape, *stride, *padding)?;
-                self.conv_call("gl_conv2d_input_grad", ins[0], ins[1], out, plan, id, &g)?;
+                self.conv_call(Kernel::Conv2dInputGrad, ins[0], ins[1], out, plan, id, &g)?;
             }
             Op::Conv2dFilterGrad {
                 stride, padding, ..
             } => {
                 let g = conv_geometry(&in_ty(0).shape, shape, *stride, *padding)?;
-                self.conv_call("gl_conv2d_filter_grad", ins[0], ins[1], out, plan, id, &g)?;
+                self.conv_call(Kernel::Conv2dFilterGrad, ins[0], ins[1], out, plan, id, &g)?;
             }
             Op::MaxPool2d { window, stride } => {
                 let g = pool_geometry(&in_ty(0).shape, shape, *window, *stride);
                 let gp = self.i64_array(&g);
                 let args = [self.addr(ins[0], None), self.addr(out, None), gp];
-                self.call("gl_max_pool2d", &args)?;
+                self.call(Kernel::MaxPool2d, &args)?;
             }
             Op::MaxPool2dGrad { window, stride } => {
                 let g = pool_geometry(&in_ty(0).shape, &in_ty(1).shape, *window, *stride);
@@ -1230,7 +1223,7 @@ impl<'a> Lowerer<'a> {
                     self.addr(out, None),
                     gp,
                 ];
-                self.call("gl_max_pool2d_grad", &args)?;
+                self.call(Kernel::MaxPool2dGrad, &args)?;
             }
             Op::Softmax { axis } | Op::LogSoftmax { axis } => {
                 let kind = if matches!(node.op, Op::Softmax { .. }) {
@@ -1249,13 +1242,13 @@ impl<'a> Lowerer<'a> {
                     self.iconst(d[*axis] as i64),
                     self.iconst(inner as i64),
                 ];
-                self.call("gl_softmax", &args)?;
+                self.call(Kernel::Softmax, &args)?;
             }
             Op::SoftmaxCrossEntropy | Op::SparseSoftmaxCrossEntropy => {
                 let name = if matches!(node.op, Op::SoftmaxCrossEntropy) {
-                    "gl_softmax_xent"
+                    Kernel::SoftmaxXent
                 } else {
-                    "gl_sparse_softmax_xent"
+                    Kernel::SparseSoftmaxXent
                 };
                 let l = &in_ty(0).shape;
                 let args = [
@@ -1628,7 +1621,7 @@ impl<'a> Lowerer<'a> {
     #[allow(clippy::too_many_arguments)]
     fn conv_call(
         &mut self,
-        name: &'static str,
+        kernel: Kernel,
         a: Loc,
         b: Loc,
         out: Loc,
@@ -1645,7 +1638,7 @@ impl<'a> Lowerer<'a> {
             self.addr(scratch, None),
             gp,
         ];
-        self.call(name, &args)?;
+        self.call(kernel, &args)?;
         Ok(())
     }
 }

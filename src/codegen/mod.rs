@@ -285,10 +285,10 @@ fn scratch_bytes(g: &Graph, id: NodeId, opts: &CompileOptions) -> usize {
             MatmulKernel::Cranelift => 0,
         };
     }
-    use kernels::ConvKernel;
+    use kernels::Kernel;
     let (kernel, geom) = match &n.op {
         Op::Conv2d { stride, padding } => (
-            ConvKernel::Forward,
+            Kernel::Conv2d,
             lower::conv_geometry(&g[ops[0]].ty.shape, &g[ops[1]].ty.shape, *stride, *padding),
         ),
         Op::Conv2dInputGrad {
@@ -296,17 +296,17 @@ fn scratch_bytes(g: &Graph, id: NodeId, opts: &CompileOptions) -> usize {
             padding,
             shape,
         } => (
-            ConvKernel::InputGrad,
+            Kernel::Conv2dInputGrad,
             lower::conv_geometry(shape, &g[ops[1]].ty.shape, *stride, *padding),
         ),
         Op::Conv2dFilterGrad {
             stride, padding, ..
         } => (
-            ConvKernel::FilterGrad,
+            Kernel::Conv2dFilterGrad,
             lower::conv_geometry(&g[ops[0]].ty.shape, &n.ty.shape, *stride, *padding),
         ),
         Op::Fused(_) => (
-            ConvKernel::Forward,
+            Kernel::Conv2d,
             lower::fused_conv_geometry(g, id).ok_or_else(String::new),
         ),
         _ => return 0,
@@ -426,8 +426,8 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
         .finish(settings::Flags::new(flags))
         .map_err(host_error)?;
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
-    for (name, ptr) in kernels::symbols() {
-        jb.symbol(name, ptr);
+    for k in kernels::Kernel::ALL {
+        jb.symbol(k.symbol(), k.address());
     }
     let mut module = JITModule::new(jb);
     let ptr = module.target_config().pointer_type();
@@ -444,15 +444,15 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
         .map_err(host_error)?;
     ctx.func.name = UserFuncName::user(0, func.as_u32());
     let mut kernel_decls = HashMap::new();
-    for (name, _) in kernels::symbols() {
-        let (params, returns) = lower::kernel_signature(name);
+    for k in kernels::Kernel::ALL {
+        let (params, returns) = lower::kernel_signature(k);
         let mut sig = module.make_signature();
         sig.params.extend(params.into_iter().map(AbiParam::new));
         sig.returns.extend(returns.into_iter().map(AbiParam::new));
         let id = module
-            .declare_function(name, Linkage::Import, &sig)
+            .declare_function(k.symbol(), Linkage::Import, &sig)
             .map_err(host_error)?;
-        kernel_decls.insert(name, (id.as_u32(), sig));
+        kernel_decls.insert(k, (id.as_u32(), sig));
     }
 
     let fma = has_fma(&module);
@@ -625,10 +625,10 @@ pub fn clif(g: &Graph, opts: &CompileOptions) -> Result<String, CompileError> {
     for (i, s) in slots.iter().enumerate() {
         text.push_str(&format!(";   table[{i}] = {s}\n"));
     }
-    let kernels: Vec<String> = kernels::symbols()
+    let kernels: Vec<String> = kernels::Kernel::ALL
         .iter()
         .enumerate()
-        .map(|(i, (n, _))| format!("u0:{} = {n}", i + 1))
+        .map(|(i, k)| format!("u0:{} = {}", i + 1, k.symbol()))
         .collect();
     text.push_str(&format!("; runtime kernels: {}\n", kernels.join(", ")));
     text.push_str("; @NNNN before an instruction: the raw index (hexadecimal) of the graph node it belongs to\n");

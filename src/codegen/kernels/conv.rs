@@ -1,6 +1,6 @@
 //! Convolution kernels: im2col + GEMM, or a direct loop where the patch rows are short.
 
-use super::{gemm_strided, lanes, widest, LANES};
+use super::{gemm_strided, lanes, widest, Kernel, LANES};
 use crate::op::ConvGeometry;
 use std::slice;
 
@@ -164,24 +164,14 @@ pub enum ConvPath {
 /// against 0.71-1.08 ms at `c = 1`), and needs no scratch. So up to `c = 8` for 3x3.
 pub const DIRECT_MAX_PATCH: usize = 72;
 
-/// The three convolution kernels, which differ in their scratch needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvKernel {
-    /// [`gl_conv2d`].
-    Forward,
-    /// [`gl_conv2d_input_grad`] (always im2col: its patch matrix is `dy x w^T`).
-    InputGrad,
-    /// [`gl_conv2d_filter_grad`].
-    FilterGrad,
-}
-
 impl ConvPath {
-    /// The path `kernel` takes for geometry `g`.
-    pub fn of(kernel: ConvKernel, g: &ConvGeometry) -> ConvPath {
+    /// The path convolution kernel `kernel` takes for geometry `g` (the input gradient is
+    /// always im2col: its patch matrix is `dy x w^T`, then col2im).
+    pub fn of(kernel: Kernel, g: &ConvGeometry) -> ConvPath {
         let (_, cols) = g.patch_dims();
         // the direct loops use fused multiply-adds: without FMA, im2col + GEMM is faster
         let fma = super::super::gemm::detected() != super::super::gemm::Isa::Portable;
-        let direct = kernel != ConvKernel::InputGrad && cols <= DIRECT_MAX_PATCH;
+        let direct = kernel != Kernel::Conv2dInputGrad && cols <= DIRECT_MAX_PATCH;
         if direct && fma && !g.is_pointwise() {
             ConvPath::Direct
         } else {
@@ -483,7 +473,7 @@ impl ConvGeometry {
 }
 
 /// f32 of scratch `kernel` needs for convolution geometry `geometry` ([`ConvPath::scratch_len`]).
-pub fn conv_scratch_len(kernel: ConvKernel, geometry: &[i64; CONV_GEOMETRY_LEN]) -> usize {
+pub fn conv_scratch_len(kernel: Kernel, geometry: &[i64; CONV_GEOMETRY_LEN]) -> usize {
     let g = ConvGeometry::from_array(geometry);
     ConvPath::of(kernel, &g).scratch_len(&g)
 }
@@ -551,7 +541,7 @@ pub unsafe extern "C" fn gl_conv2d(
     g: *const i64,
 ) {
     let g = ConvGeometry::read(g);
-    conv2d(ConvPath::of(ConvKernel::Forward, &g), x, w, y, scratch, &g)
+    conv2d(ConvPath::of(Kernel::Conv2d, &g), x, w, y, scratch, &g)
 }
 /// `dx = conv2d_input_grad(dy, w)`: per image `dcols = dy x w^T`, then col2im into `dx`.
 ///
@@ -665,7 +655,7 @@ pub unsafe extern "C" fn gl_conv2d_filter_grad(
 ) {
     let g = ConvGeometry::read(g);
     conv2d_filter_grad(
-        ConvPath::of(ConvKernel::FilterGrad, &g),
+        ConvPath::of(Kernel::Conv2dFilterGrad, &g),
         x,
         dy,
         dw,

@@ -281,23 +281,118 @@ pub unsafe extern "C" fn gl_sparse_softmax_xent(
     }
 }
 
-/// Name and address of every kernel, for `JITBuilder::symbol`.
-pub fn symbols() -> Vec<(&'static str, *const u8)> {
-    vec![
-        ("gl_powf", gl_powf as *const u8),
-        ("gl_gemm", gl_gemm as *const u8),
-        ("gl_conv2d", gl_conv2d as *const u8),
-        ("gl_conv2d_input_grad", gl_conv2d_input_grad as *const u8),
-        ("gl_conv2d_filter_grad", gl_conv2d_filter_grad as *const u8),
-        ("gl_max_pool2d", gl_max_pool2d as *const u8),
-        ("gl_max_pool2d_grad", gl_max_pool2d_grad as *const u8),
-        ("gl_softmax", gl_softmax as *const u8),
-        ("gl_softmax_xent", gl_softmax_xent as *const u8),
-        (
-            "gl_sparse_softmax_xent",
-            gl_sparse_softmax_xent as *const u8,
-        ),
-    ]
+/// Every runtime kernel compiled code calls. Each fact about a kernel (its symbol, its
+/// signature, its address) is one exhaustive match, so a kernel added without one of them
+/// does not compile; the code generator names kernels by this enum, never by string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// [`gl_powf`].
+    Powf,
+    /// [`gl_gemm`].
+    Gemm,
+    /// [`gl_conv2d`].
+    Conv2d,
+    /// [`gl_conv2d_input_grad`].
+    Conv2dInputGrad,
+    /// [`gl_conv2d_filter_grad`].
+    Conv2dFilterGrad,
+    /// [`gl_max_pool2d`].
+    MaxPool2d,
+    /// [`gl_max_pool2d_grad`].
+    MaxPool2dGrad,
+    /// [`gl_softmax`].
+    Softmax,
+    /// [`gl_softmax_xent`].
+    SoftmaxXent,
+    /// [`gl_sparse_softmax_xent`].
+    SparseSoftmaxXent,
+}
+
+/// The parameters and result of a [`Kernel`]'s C signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelSignature {
+    /// `(f32, f32) -> f32`.
+    FloatBinary,
+    /// That many `i64` (pointers, sizes, flags), no result.
+    Words(usize),
+}
+
+impl Kernel {
+    /// Every kernel, in the order the JIT module declares them (`Kernel::index`).
+    pub const ALL: [Kernel; 10] = [
+        Kernel::Powf,
+        Kernel::Gemm,
+        Kernel::Conv2d,
+        Kernel::Conv2dInputGrad,
+        Kernel::Conv2dFilterGrad,
+        Kernel::MaxPool2d,
+        Kernel::MaxPool2dGrad,
+        Kernel::Softmax,
+        Kernel::SoftmaxXent,
+        Kernel::SparseSoftmaxXent,
+    ];
+
+    /// Its position in [`Kernel::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Kernel::Powf => 0,
+            Kernel::Gemm => 1,
+            Kernel::Conv2d => 2,
+            Kernel::Conv2dInputGrad => 3,
+            Kernel::Conv2dFilterGrad => 4,
+            Kernel::MaxPool2d => 5,
+            Kernel::MaxPool2dGrad => 6,
+            Kernel::Softmax => 7,
+            Kernel::SoftmaxXent => 8,
+            Kernel::SparseSoftmaxXent => 9,
+        }
+    }
+
+    /// The symbol the JIT module links it by.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Kernel::Powf => "gl_powf",
+            Kernel::Gemm => "gl_gemm",
+            Kernel::Conv2d => "gl_conv2d",
+            Kernel::Conv2dInputGrad => "gl_conv2d_input_grad",
+            Kernel::Conv2dFilterGrad => "gl_conv2d_filter_grad",
+            Kernel::MaxPool2d => "gl_max_pool2d",
+            Kernel::MaxPool2dGrad => "gl_max_pool2d_grad",
+            Kernel::Softmax => "gl_softmax",
+            Kernel::SoftmaxXent => "gl_softmax_xent",
+            Kernel::SparseSoftmaxXent => "gl_sparse_softmax_xent",
+        }
+    }
+
+    /// Its C signature (as the function's Rust declaration has it).
+    pub fn signature(self) -> KernelSignature {
+        use KernelSignature::Words;
+        match self {
+            Kernel::Powf => KernelSignature::FloatBinary,
+            Kernel::Gemm => Words(13),
+            Kernel::Conv2d | Kernel::Conv2dInputGrad | Kernel::Conv2dFilterGrad => Words(5),
+            Kernel::MaxPool2d => Words(3),
+            Kernel::MaxPool2dGrad => Words(4),
+            Kernel::Softmax => Words(6),
+            Kernel::SoftmaxXent | Kernel::SparseSoftmaxXent => Words(5),
+        }
+    }
+
+    /// Its address, for `JITBuilder::symbol`.
+    pub fn address(self) -> *const u8 {
+        match self {
+            Kernel::Powf => gl_powf as *const u8,
+            Kernel::Gemm => gl_gemm as *const u8,
+            Kernel::Conv2d => gl_conv2d as *const u8,
+            Kernel::Conv2dInputGrad => gl_conv2d_input_grad as *const u8,
+            Kernel::Conv2dFilterGrad => gl_conv2d_filter_grad as *const u8,
+            Kernel::MaxPool2d => gl_max_pool2d as *const u8,
+            Kernel::MaxPool2dGrad => gl_max_pool2d_grad as *const u8,
+            Kernel::Softmax => gl_softmax as *const u8,
+            Kernel::SoftmaxXent => gl_softmax_xent as *const u8,
+            Kernel::SparseSoftmaxXent => gl_sparse_softmax_xent as *const u8,
+        }
+    }
 }
 
 /// The ISA levels this CPU can run, for tests that compare them.
@@ -312,4 +407,21 @@ pub(crate) fn isa_levels() -> Vec<super::gemm::Isa> {
         v.push(Isa::Avx512);
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kernel;
+
+    #[test]
+    fn kernel_table_is_consistent() {
+        for (i, k) in Kernel::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+            let dup = Kernel::ALL
+                .iter()
+                .filter(|o| o.symbol() == k.symbol())
+                .count();
+            assert_eq!(dup, 1, "{k:?}'s symbol is unique");
+        }
+    }
 }

@@ -17,6 +17,7 @@
 //!   reads is computed but not stored).
 
 use super::{broadcast_strides, float_cc, LowerError, Lowerer, View};
+use crate::codegen::kernels::Kernel;
 use crate::codegen::plan::{Loc, Plan};
 use crate::fused::FusedBody;
 use crate::graph::NodeId;
@@ -91,7 +92,7 @@ impl<'a> Lowerer<'a> {
                 Op::Conv2d { stride, padding } => {
                     let geo =
                         super::conv_geometry(&in_shapes[a], &in_shapes[b], *stride, *padding)?;
-                    self.conv_call("gl_conv2d", ins[a], ins[b], out, plan, id, &geo)?;
+                    self.conv_call(Kernel::Conv2d, ins[a], ins[b], out, plan, id, &geo)?;
                 }
                 _ => {
                     let (m, k, n) = (in_shapes[a].0[0], in_shapes[a].0[1], in_shapes[b].0[1]);
