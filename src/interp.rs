@@ -38,7 +38,9 @@
 //! ```
 
 use crate::graph::{Graph, NodeId, SourceLoc};
-use crate::op::{BinaryOp, CmpOp, ConvGeometry, Literal, Op, Padding, ReduceOp, UnaryOp};
+use crate::op::{
+    BinaryOp, CmpOp, ConvGeometry, Literal, Op, Padding, PoolGeometry, ReduceOp, UnaryOp,
+};
 use crate::shape::{DType, Shape, TensorType};
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -605,12 +607,16 @@ fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
             conv2d_filter_grad(&c, &a[0].data, &a[1].data)
         }
         Op::MaxPool2d { window, stride } => {
-            let p = PoolGeom::new(&a[0].shape, *window, *stride);
-            max_pool2d(&p, &a[0].data)
+            match PoolGeometry::new(&a[0].shape, *window, *stride) {
+                Some(p) => max_pool2d(&p, &a[0].data),
+                None => Vec::new(), // type inference rejected it first
+            }
         }
         Op::MaxPool2dGrad { window, stride } => {
-            let p = PoolGeom::new(&a[0].shape, *window, *stride);
-            max_pool2d_grad(&p, &a[0].data, &a[1].data)
+            match PoolGeometry::new(&a[0].shape, *window, *stride) {
+                Some(p) => max_pool2d_grad(&p, &a[0].data, &a[1].data),
+                None => Vec::new(), // type inference rejected it first
+            }
         }
         Op::Softmax { axis } => softmax(a[0], *axis, false),
         Op::LogSoftmax { axis } => softmax(a[0], *axis, true),
@@ -1003,44 +1009,8 @@ fn conv2d_filter_grad<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
     dw
 }
 
-/// The geometry of a valid max pooling over `[n,h,w,c]`.
-struct PoolGeom {
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    wh: usize,
-    ww: usize,
-    sh: usize,
-    sw: usize,
-    oh: usize,
-    ow: usize,
-}
-
-impl PoolGeom {
-    /// From a shape already checked by type inference.
-    fn new(x: &Shape, window: [usize; 2], stride: [usize; 2]) -> PoolGeom {
-        let x = &x.0;
-        let (oh, _) = Padding::Valid
-            .out_and_pad(x[1], window[0], stride[0])
-            .unwrap_or((0, 0));
-        let (ow, _) = Padding::Valid
-            .out_and_pad(x[2], window[1], stride[1])
-            .unwrap_or((0, 0));
-        PoolGeom {
-            n: x[0],
-            h: x[1],
-            w: x[2],
-            c: x[3],
-            wh: window[0],
-            ww: window[1],
-            sh: stride[0],
-            sw: stride[1],
-            oh,
-            ow,
-        }
-    }
-
+/// The interpreter's pooling loop.
+impl PoolGeometry {
     /// Calls `f(y_index, argmax_x_index)` for every output element, with the flat input index
     /// of its window's first maximum in row-major window order.
     fn for_each_window<T: Float>(&self, x: &[T], mut f: impl FnMut(usize, usize)) {
@@ -1048,10 +1018,7 @@ impl PoolGeom {
             for oy in 0..self.oh {
                 for ox in 0..self.ow {
                     for ch in 0..self.c {
-                        let at = |ky: usize, kx: usize| {
-                            ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * self.c
-                                + ch
-                        };
+                        let at = |ky: usize, kx: usize| self.pixel(b, oy, ox, ky, kx) + ch;
                         let mut best = at(0, 0);
                         for ky in 0..self.wh {
                             for kx in 0..self.ww {
@@ -1069,14 +1036,14 @@ impl PoolGeom {
     }
 }
 
-fn max_pool2d<T: Float>(p: &PoolGeom, x: &[T]) -> Vec<T> {
+fn max_pool2d<T: Float>(p: &PoolGeometry, x: &[T]) -> Vec<T> {
     let mut y = vec![T::ZERO; p.n * p.oh * p.ow * p.c];
     p.for_each_window(x, |yi, xi| y[yi] = x[xi]);
     y
 }
 
 /// Routes each `dy` to its window's first maximum; overlapping windows accumulate.
-fn max_pool2d_grad<T: Float>(p: &PoolGeom, x: &[T], dy: &[T]) -> Vec<T> {
+fn max_pool2d_grad<T: Float>(p: &PoolGeometry, x: &[T], dy: &[T]) -> Vec<T> {
     let mut dx = vec![T::ZERO; x.len()];
     p.for_each_window(x, |yi, xi| dx[xi] += dy[yi]);
     dx

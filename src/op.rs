@@ -521,6 +521,83 @@ impl ConvGeometry {
     }
 }
 
+/// The geometry of one valid max pooling (input `[n,h,w,c]`, window `[wh,ww]`, strides
+/// `[sh,sw]`, output `[n,oh,ow,c]`), shared by the interpreter and the JIT (which passes it to
+/// its kernels as `[i64; PoolGeometry::LEN]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolGeometry {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub wh: usize,
+    pub ww: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl PoolGeometry {
+    /// Number of values in [`PoolGeometry::to_array`].
+    pub const LEN: usize = 10;
+
+    /// The geometry of pooling `x` (NHWC), or `None` when the window does not fit (type
+    /// inference rejects such graphs first).
+    pub fn new(x: &Shape, window: [usize; 2], stride: [usize; 2]) -> Option<Self> {
+        let x = x.dims();
+        if x.len() != 4 {
+            return None;
+        }
+        let (oh, _) = Padding::Valid.out_and_pad(x[1], window[0], stride[0])?;
+        let (ow, _) = Padding::Valid.out_and_pad(x[2], window[1], stride[1])?;
+        Some(PoolGeometry {
+            n: x[0],
+            h: x[1],
+            w: x[2],
+            c: x[3],
+            wh: window[0],
+            ww: window[1],
+            sh: stride[0],
+            sw: stride[1],
+            oh,
+            ow,
+        })
+    }
+
+    /// `[n,h,w,c,wh,ww,sh,sw,oh,ow]`, as compiled code passes it to kernels.
+    pub fn to_array(&self) -> [i64; Self::LEN] {
+        [
+            self.n, self.h, self.w, self.c, self.wh, self.ww, self.sh, self.sw, self.oh, self.ow,
+        ]
+        .map(|d| d as i64)
+    }
+
+    /// The inverse of [`PoolGeometry::to_array`].
+    pub fn from_array(g: &[i64; Self::LEN]) -> Self {
+        let u = |i: usize| g[i] as usize;
+        PoolGeometry {
+            n: u(0),
+            h: u(1),
+            w: u(2),
+            c: u(3),
+            wh: u(4),
+            ww: u(5),
+            sh: u(6),
+            sw: u(7),
+            oh: u(8),
+            ow: u(9),
+        }
+    }
+
+    /// Offset of channel 0 of tap `(ky, kx)` of output pixel `(b, oy, ox)`'s window in the
+    /// input.
+    #[inline(always)]
+    pub fn pixel(&self, b: usize, oy: usize, ox: usize, ky: usize, kx: usize) -> usize {
+        ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * self.c
+    }
+}
+
 impl Op {
     /// The op's name in the text format.
     pub fn name(&self) -> &'static str {

@@ -27,7 +27,7 @@ use super::kernels::{self, Kernel, KernelSignature};
 use super::plan::{Loc, Plan};
 use super::MatmulKernel;
 use crate::graph::{Graph, NodeId};
-use crate::op::{BinaryOp, CmpOp, ConvGeometry, Op, Padding, ReduceOp, UnaryOp};
+use crate::op::{BinaryOp, CmpOp, ConvGeometry, Op, Padding, PoolGeometry, ReduceOp, UnaryOp};
 use crate::shape::{DType, Shape};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -1209,13 +1209,13 @@ impl<'a> Lowerer<'a> {
                 self.conv_call(Kernel::Conv2dFilterGrad, ins[0], ins[1], out, plan, id, &g)?;
             }
             Op::MaxPool2d { window, stride } => {
-                let g = pool_geometry(&in_ty(0).shape, shape, *window, *stride);
+                let g = pool_geometry(&in_ty(0).shape, *window, *stride)?;
                 let gp = self.i64_array(&g);
                 let args = [self.addr(ins[0], None), self.addr(out, None), gp];
                 self.call(Kernel::MaxPool2d, &args)?;
             }
             Op::MaxPool2dGrad { window, stride } => {
-                let g = pool_geometry(&in_ty(0).shape, &in_ty(1).shape, *window, *stride);
+                let g = pool_geometry(&in_ty(0).shape, *window, *stride)?;
                 let gp = self.i64_array(&g);
                 let args = [
                     self.addr(ins[0], None),
@@ -1677,15 +1677,13 @@ pub fn conv_geometry(
         .ok_or_else(|| format!("convolution of {x} with filter {w} does not fit"))
 }
 
-/// Pooling geometry `[n,h,w,c,wh,ww,sh,sw,oh,ow]`.
+/// Pooling geometry `[n,h,w,c,wh,ww,sh,sw,oh,ow]` for input `x`.
 fn pool_geometry(
     x: &Shape,
-    y: &Shape,
     window: [usize; 2],
     stride: [usize; 2],
-) -> [i64; kernels::POOL_GEOMETRY_LEN] {
-    [
-        x.0[0], x.0[1], x.0[2], x.0[3], window[0], window[1], stride[0], stride[1], y.0[1], y.0[2],
-    ]
-    .map(|d| d as i64)
+) -> Result<[i64; kernels::POOL_GEOMETRY_LEN], LowerError> {
+    PoolGeometry::new(x, window, stride)
+        .map(|g| g.to_array())
+        .ok_or_else(|| format!("pooling window {window:?} does not fit {x}"))
 }

@@ -1,46 +1,18 @@
 //! Max-pooling kernels over NHWC windows, vectorized over channels.
 
 use super::{lanes, widest, LANES};
+use crate::op::PoolGeometry;
 use std::slice;
 
-/// Geometry of a pooling: `[n, h, w, c, wh, ww, sh, sw, oh, ow]`.
-pub const POOL_GEOMETRY_LEN: usize = 10;
+/// Number of `i64` in a pooling geometry array ([`PoolGeometry::to_array`]).
+pub const POOL_GEOMETRY_LEN: usize = PoolGeometry::LEN;
 
-struct Pool {
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    wh: usize,
-    ww: usize,
-    sh: usize,
-    sw: usize,
-    oh: usize,
-    ow: usize,
-}
-
-impl Pool {
-    unsafe fn read(g: *const i64) -> Pool {
-        let g = slice::from_raw_parts(g, POOL_GEOMETRY_LEN);
-        let u = |i: usize| g[i] as usize;
-        Pool {
-            n: u(0),
-            h: u(1),
-            w: u(2),
-            c: u(3),
-            wh: u(4),
-            ww: u(5),
-            sh: u(6),
-            sw: u(7),
-            oh: u(8),
-            ow: u(9),
-        }
-    }
-
-    /// Offset in `x` of channel 0 of tap `(ky, kx)` of output pixel `(b, oy, ox)`'s window.
-    #[inline(always)]
-    fn pixel(&self, b: usize, oy: usize, ox: usize, ky: usize, kx: usize) -> usize {
-        ((b * self.h + oy * self.sh + ky) * self.w + ox * self.sw + kx) * self.c
+/// The kernels' view of a pooling geometry.
+impl PoolGeometry {
+    /// # Safety
+    /// `g` points to [`POOL_GEOMETRY_LEN`] values.
+    unsafe fn read(g: *const i64) -> PoolGeometry {
+        PoolGeometry::from_array(&*(g as *const [i64; POOL_GEOMETRY_LEN]))
     }
 
     /// Whether windows tile the input without overlap (stride = window, the usual case).
@@ -227,7 +199,7 @@ fn same(v: f32, m: f32) -> bool {
 /// # Safety
 /// Buffers must match the geometry (see [`POOL_GEOMETRY_LEN`]).
 pub unsafe extern "C" fn gl_max_pool2d(x: *const f32, y: *mut f32, g: *const i64) {
-    let p = Pool::read(g);
+    let p = PoolGeometry::read(g);
     let x = slice::from_raw_parts(x, p.n * p.h * p.w * p.c);
     let y = slice::from_raw_parts_mut(y, p.n * p.oh * p.ow * p.c);
     widest(
@@ -246,7 +218,7 @@ pub unsafe extern "C" fn gl_max_pool2d_grad(
     dx: *mut f32,
     g: *const i64,
 ) {
-    let p = Pool::read(g);
+    let p = PoolGeometry::read(g);
     let len = p.n * p.h * p.w * p.c;
     let x = slice::from_raw_parts(x, len);
     let dy = slice::from_raw_parts(dy, p.n * p.oh * p.ow * p.c);
@@ -264,7 +236,7 @@ pub unsafe extern "C" fn gl_max_pool2d_grad(
 #[cfg(test)]
 mod tests {
     use super::super::{isa_levels, widest_with};
-    use super::Pool;
+    use crate::op::PoolGeometry;
 
     /// Every ISA level the CPU has gives the portable build's bits (the wide levels are what
     /// runs; the portable one is the fallback for CPUs without AVX2).
@@ -272,7 +244,7 @@ mod tests {
     fn every_isa_level_pools_alike() {
         // 37 channels: two 16-lane blocks and a tail; 7x9 leaves uncovered edges
         let (n, h, w, c) = (2, 7, 9, 37);
-        let p = Pool {
+        let p = PoolGeometry {
             n,
             h,
             w,
