@@ -408,6 +408,18 @@ pub fn eval<T: Float>(
     g: &Graph,
     feeds: &HashMap<NodeId, Array<T>>,
 ) -> Result<Values<T>, EvalError> {
+    eval_until(g, feeds, |_, _| false).map(|(values, _)| values)
+}
+
+/// [`eval`], showing each node's value to `stop` as soon as it is computed (in canonical
+/// order, leaves included); evaluation ends at the first node for which `stop` returns true.
+/// Returns the values computed so far and that node, if any. This is how
+/// [`crate::numerics`] finds the first node whose value is not finite.
+pub fn eval_until<T: Float>(
+    g: &Graph,
+    feeds: &HashMap<NodeId, Array<T>>,
+    mut stop: impl FnMut(NodeId, &Array<T>) -> bool,
+) -> Result<(Values<T>, Option<NodeId>), EvalError> {
     let order = g
         .topo_order()
         .map_err(|cyc| EvalError::Cycle(cyc.iter().map(|n| n.index()).collect()))?;
@@ -528,9 +540,13 @@ pub fn eval<T: Float>(
                 }
             }
         };
+        let stopped = stop(id, &value);
         map.insert(id, value);
+        if stopped {
+            return Ok((Values { map }, Some(id)));
+        }
     }
-    Ok(Values { map })
+    Ok((Values { map }, None))
 }
 
 /// [`eval`] with feeds keyed by node name (inputs, params, state).

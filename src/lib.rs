@@ -59,6 +59,7 @@ pub mod graph;
 pub mod init;
 pub mod interp;
 pub mod nn;
+pub mod numerics;
 pub mod op;
 pub mod optim;
 pub mod passes;

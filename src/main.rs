@@ -682,6 +682,14 @@ struct TrainArgs {
     /// the model and the batch size; 1 computes the batch whole).
     #[arg(long)]
     shards: Option<usize>,
+    /// Check every step for NaN and infinite values: copy the params and optimizer state
+    /// before each step, scan the outputs and the updated params and state after it, and at
+    /// the first non-finite value replay that step on the reference interpreter to name the
+    /// node that computed it (op, name, source line, operand ranges). The trained values are
+    /// the same as without it. (Without it, training still stops at the first non-finite
+    /// loss or metric.)
+    #[arg(long)]
+    check_numerics: bool,
 }
 
 /// A model ready to train: its forward graph, its compiled training step and the names and
@@ -1046,6 +1054,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
 
     let mut opts = StepOptions {
         shards: a.shards,
+        check_numerics: a.check_numerics,
         ..StepOptions::default()
     };
     if let Some(t) = a.threads {
@@ -1093,6 +1102,9 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         ),
         Some(why) => outln!("parallel: not split, one thread ({why})"),
     }
+    if a.check_numerics {
+        outln!("numerics: every step checked for NaN and infinite values (--check-numerics)");
+    }
 
     if let (Some(path), Some(s)) = (&a.resume, resumed) {
         outln!("resumed from {} at step {s}", path.display());
@@ -1119,8 +1131,11 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         let mut means = Means::default();
         let t = Instant::now();
         for b in first..last {
-            feed.step(&mut exe, &train, &order[b * m.batch..(b + 1) * m.batch])
+            feed.fill(&mut exe, &train, &order[b * m.batch..(b + 1) * m.batch])
                 .map_err(run_err)?;
+            if let Err(e) = exe.run_checked(step as u64 + 1) {
+                return Err(non_finite_error(a, &m.file, &e, epoch, b, per_epoch));
+            }
             means.add(exe.outputs(), m.batch);
             step += 1;
         }
@@ -1155,6 +1170,34 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         outln!("peak memory (resident): {:.1} MB", kb as f64 / 1024.0);
     }
     Ok(())
+}
+
+/// The message of a training run stopped by a non-finite value: what the step computed (and,
+/// with `--check-numerics`, the first node that computed it), where training stopped, that
+/// no checkpoint was written, and the advice to rerun with `--check-numerics` when it was off.
+fn non_finite_error(
+    a: &TrainArgs,
+    file: &str,
+    e: &gradlift::numerics::NonFiniteError,
+    epoch: usize,
+    batch: usize,
+    per_epoch: usize,
+) -> CliError {
+    let mut msg = format!(
+        "{file}: {e}\ntraining stopped at step {} (epoch {}, batch {} of {per_epoch})",
+        e.step,
+        epoch + 1,
+        batch + 1
+    );
+    if let Some(path) = &a.save {
+        msg.push_str(&format!("; no checkpoint written to {}", path.display()));
+    }
+    if !e.checked() {
+        msg.push_str(
+            "\nrerun with --check-numerics to find the node that first computed a NaN or infinite value",
+        );
+    }
+    CliError(msg)
 }
 
 /// The process's peak resident set size in KiB (`VmHWM` of `/proc/self/status`; Linux only).

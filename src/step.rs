@@ -9,16 +9,18 @@
 //! graph and compiles it; a step that cannot be split (a loss that is not
 //! a mean over the examples, see [`crate::batch`]) is compiled whole and runs on one thread,
 //! and [`StepReport::not_split`] says why. [`CompiledStep`] is the result either way: fill
-//! its bound inputs, call [`CompiledStep::run_bound`], read its outputs.
+//! its bound inputs, call [`CompiledStep::run_bound`] (or [`CompiledStep::run_checked`], which
+//! also stops at non-finite results, see [`crate::numerics`]), read its outputs.
 
 use crate::codegen::{self, CompileError, CompileOptions};
 use crate::data::Dataset;
 use crate::graph::Graph;
+use crate::numerics::{self, NonFiniteError, NumericsCheck};
 use crate::optim::{self, Clip, Optimizer, TrainingStepError};
 use crate::passes::{PassError, Pipeline};
 use crate::runtime::pool::{default_threads, Pool};
 use crate::runtime::sharded::ShardedStep;
-use crate::runtime::{Executable, HostTensor, RunError};
+use crate::runtime::{Executable, HostTensor, NamedTensors, RunError};
 use crate::shape::TensorType;
 
 /// Options of [`compile_training_step`].
@@ -35,6 +37,11 @@ pub struct StepOptions {
     pub optimize: bool,
     /// Code generation options.
     pub compile: CompileOptions,
+    /// Check every step's numerics (default false): [`CompiledStep::run_checked`] then also
+    /// copies the params and state before each step and scans the updated ones, and at the
+    /// first non-finite value replays the step on the reference interpreter to name the node
+    /// that produced it (see [`crate::numerics`]). The compiled code is the same either way.
+    pub check_numerics: bool,
 }
 
 impl Default for StepOptions {
@@ -44,6 +51,7 @@ impl Default for StepOptions {
             shards: None,
             optimize: true,
             compile: CompileOptions::default(),
+            check_numerics: false,
         }
     }
 }
@@ -124,9 +132,17 @@ pub fn forward_flops(g: &Graph) -> u64 {
         .sum()
 }
 
-/// A compiled training step: whole, or split along the batch over threads.
+/// A compiled training step: whole, or split along the batch over threads; with
+/// [`StepOptions::check_numerics`], also what replaying a step needs.
 #[derive(Debug)]
-pub enum CompiledStep {
+pub struct CompiledStep {
+    exec: Exec,
+    check: Option<Box<NumericsCheck>>,
+}
+
+/// The native code of a [`CompiledStep`].
+#[derive(Debug)]
+enum Exec {
     /// One native function computing the whole step on the calling thread.
     Whole(Box<Executable>),
     /// Shards on the pool's threads, then the update.
@@ -162,8 +178,24 @@ pub fn compile_training_step(
     // (MLP at batch 8: 101 us a step on one thread, 117-123 us with the update on two)
     let parts = if shards > 1 { threads } else { 1 };
     let split = optim::sharded_training_step(forward, loss, optimizer, clip, batch, shards, parts);
+    // the replay graph of `check_numerics`: the unsplit step before the pipeline
+    let check = |whole: Option<&Graph>| -> Result<Option<Box<NumericsCheck>>, StepError> {
+        if !opts.check_numerics {
+            return Ok(None);
+        }
+        let g = match whole {
+            Some(g) => g.clone(),
+            None => {
+                let mut g = forward.clone();
+                optim::training_step_with(&mut g, loss, optimizer, clip)?;
+                g
+            }
+        };
+        Ok(Some(Box::new(NumericsCheck::new(forward.clone(), g))))
+    };
     match split {
         Ok(mut step) => {
+            let check = check(None)?;
             report.grad_ms = ms(t);
             let t = std::time::Instant::now();
             if opts.optimize {
@@ -187,13 +219,15 @@ pub fn compile_training_step(
             report.compile_ms = ms(t);
             report.shards = exe.shards();
             report.threads = exe.threads();
-            Ok((CompiledStep::Sharded(Box::new(exe)), report))
+            let exec = Exec::Sharded(Box::new(exe));
+            Ok((CompiledStep { exec, check }, report))
         }
         Err(TrainingStepError::Batch(e)) => {
             report.not_split = Some(e.to_string());
             let t = std::time::Instant::now();
             let mut g = forward.clone();
             optim::training_step_with(&mut g, loss, optimizer, clip)?;
+            let check = check(Some(&g))?;
             report.grad_ms = ms(t);
             let t = std::time::Instant::now();
             if opts.optimize {
@@ -204,35 +238,114 @@ pub fn compile_training_step(
             let t = std::time::Instant::now();
             let exe = codegen::compile(&g, &opts.compile)?;
             report.compile_ms = ms(t);
-            Ok((CompiledStep::Whole(Box::new(exe)), report))
+            let exec = Exec::Whole(Box::new(exe));
+            Ok((CompiledStep { exec, check }, report))
         }
         Err(e) => Err(e.into()),
     }
 }
 
+impl Exec {
+    fn run_bound(&mut self) {
+        match self {
+            Exec::Whole(e) => e.run_bound(),
+            Exec::Sharded(e) => e.run_bound(),
+        }
+    }
+
+    fn outputs(&self) -> &[(String, HostTensor)] {
+        match self {
+            Exec::Whole(e) => e.outputs(),
+            Exec::Sharded(e) => e.outputs(),
+        }
+    }
+
+    fn leaves(&self) -> (&NamedTensors, &NamedTensors) {
+        match self {
+            Exec::Whole(e) => e.leaves(),
+            Exec::Sharded(e) => e.leaves(),
+        }
+    }
+
+    fn bound_input(&self, name: &str) -> Option<&HostTensor> {
+        match self {
+            Exec::Whole(e) => e.bound_input(name),
+            Exec::Sharded(e) => e.bound_input(name),
+        }
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $e:ident => $body:expr) => {
-        match $self {
-            CompiledStep::Whole($e) => $body,
-            CompiledStep::Sharded($e) => $body,
+        match &$self.exec {
+            Exec::Whole($e) => $body,
+            Exec::Sharded($e) => $body,
+        }
+    };
+    (mut $self:ident, $e:ident => $body:expr) => {
+        match &mut $self.exec {
+            Exec::Whole($e) => $body,
+            Exec::Sharded($e) => $body,
         }
     };
 }
 
 impl CompiledStep {
+    /// A step that is one compiled function (no numerics check).
+    pub fn whole(exe: Executable) -> CompiledStep {
+        CompiledStep {
+            exec: Exec::Whole(Box::new(exe)),
+            check: None,
+        }
+    }
+
+    /// Whether the step is split along the batch ([`ShardedStep`]) rather than one function.
+    pub fn is_split(&self) -> bool {
+        matches!(self.exec, Exec::Sharded(_))
+    }
+
+    /// Whether the step was compiled with [`StepOptions::check_numerics`].
+    pub fn checks_numerics(&self) -> bool {
+        self.check.is_some()
+    }
+
+    /// Runs step number `step` (1 for the first step of training) on the bound inputs and
+    /// checks its numerics: every f32 output must be finite. Compiled with
+    /// [`StepOptions::check_numerics`], it also copies the params and state before the step
+    /// and checks the updated ones, and on a non-finite value replays the step on the
+    /// reference interpreter to find the first node that produced one
+    /// ([`crate::numerics`]). The step's values are the same as [`CompiledStep::run_bound`]'s;
+    /// after an error the params and state are those the step computed. Without the check it
+    /// allocates nothing.
+    pub fn run_checked(&mut self, step: u64) -> Result<(), NonFiniteError> {
+        let CompiledStep { exec, check } = self;
+        let Some(check) = check.as_mut() else {
+            exec.run_bound();
+            return numerics::check_outputs(step, exec.outputs());
+        };
+        let (params, states) = exec.leaves();
+        check.save(params, states);
+        exec.run_bound();
+        let (params, states) = exec.leaves();
+        check.check(step, exec.outputs(), params, states, &|name| {
+            exec.bound_input(name)
+        })
+    }
+
     /// The bound buffer of f32 input `name` (full batch; the learning rate `lr` too).
     pub fn input_f32_mut(&mut self, name: &str) -> Result<&mut [f32], RunError> {
-        delegate!(self, e => e.input_f32_mut(name))
+        delegate!(mut self, e => e.input_f32_mut(name))
     }
 
     /// The bound buffer of i32 input `name`.
     pub fn input_i32_mut(&mut self, name: &str) -> Result<&mut [i32], RunError> {
-        delegate!(self, e => e.input_i32_mut(name))
+        delegate!(mut self, e => e.input_i32_mut(name))
     }
 
-    /// Runs one step on the bound inputs; allocates nothing.
+    /// Runs one step on the bound inputs; allocates nothing and checks nothing (see
+    /// [`CompiledStep::run_checked`]).
     pub fn run_bound(&mut self) {
-        delegate!(self, e => e.run_bound())
+        delegate!(mut self, e => e.run_bound())
     }
 
     /// Runs one step on `inputs` (all of them, by name, full batch) and returns the outputs.
@@ -240,14 +353,14 @@ impl CompiledStep {
         &mut self,
         inputs: &[(&str, HostTensor)],
     ) -> Result<Vec<(String, HostTensor)>, RunError> {
-        delegate!(self, e => e.run(inputs))
+        delegate!(mut self, e => e.run(inputs))
     }
 
     /// The step's inputs with their types.
     pub fn inputs(&self) -> Vec<(String, TensorType)> {
-        match self {
-            CompiledStep::Whole(e) => e.inputs().to_vec(),
-            CompiledStep::Sharded(e) => e.inputs(),
+        match &self.exec {
+            Exec::Whole(e) => e.inputs().to_vec(),
+            Exec::Sharded(e) => e.inputs(),
         }
     }
 
@@ -273,7 +386,7 @@ impl CompiledStep {
 
     /// Overwrites param `name`.
     pub fn set_param(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
-        delegate!(self, e => e.set_param(name, value))
+        delegate!(mut self, e => e.set_param(name, value))
     }
 
     /// The current value of state tensor `name`.
@@ -283,14 +396,14 @@ impl CompiledStep {
 
     /// Overwrites state tensor `name`.
     pub fn set_state(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
-        delegate!(self, e => e.set_state(name, value))
+        delegate!(mut self, e => e.set_state(name, value))
     }
 
     /// The compile reports of the compiled functions (one, or the shard's and the update's).
     pub fn reports(&self) -> Vec<codegen::CompileReport> {
-        match self {
-            CompiledStep::Whole(e) => vec![e.report().clone()],
-            CompiledStep::Sharded(e) => e.reports().into_iter().cloned().collect(),
+        match &self.exec {
+            Exec::Whole(e) => vec![e.report().clone()],
+            Exec::Sharded(e) => e.reports().into_iter().cloned().collect(),
         }
     }
 }
@@ -306,9 +419,9 @@ pub struct DataFeed {
 }
 
 impl DataFeed {
-    /// Writes examples `idx` of `data` (a full batch) straight into the step's input buffers
-    /// and runs one step. Allocates nothing.
-    pub fn step(
+    /// Writes examples `idx` of `data` (a full batch) straight into the step's input buffers.
+    /// Allocates nothing.
+    pub fn fill(
         &self,
         step: &mut CompiledStep,
         data: &Dataset,
@@ -316,6 +429,18 @@ impl DataFeed {
     ) -> Result<(), RunError> {
         data.fill_images(idx, step.input_f32_mut(&self.x)?);
         data.fill_labels(idx, step.input_i32_mut(&self.labels)?);
+        Ok(())
+    }
+
+    /// [`DataFeed::fill`], then runs one step ([`CompiledStep::run_bound`]). Allocates
+    /// nothing.
+    pub fn step(
+        &self,
+        step: &mut CompiledStep,
+        data: &Dataset,
+        idx: &[usize],
+    ) -> Result<(), RunError> {
+        self.fill(step, data, idx)?;
         step.run_bound();
         Ok(())
     }

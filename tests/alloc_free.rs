@@ -1,6 +1,7 @@
 //! A training step allocates nothing: a counting global allocator sees 0 heap allocations
 //! inside a compiled step's call (after one warm-up call), in the inner loop of
-//! `gradlift train` (fill the batch, run, read the outputs) and per step of `Model::fit`.
+//! `gradlift train` (fill the batch, run and check, read the outputs; also with
+//! `check_numerics`) and per step of `Model::fit`.
 //! One test in this binary, so no other test allocates while it counts.
 
 use gradlift::data::load_default;
@@ -90,8 +91,9 @@ fn training_steps_allocate_nothing() {
         );
         let mut loss = 0.0;
         let n = allocations(|| {
-            for idx in order.chunks_exact(64) {
-                feed.step(&mut step, &train, idx).unwrap();
+            for (k, idx) in order.chunks_exact(64).enumerate() {
+                feed.fill(&mut step, &train, idx).unwrap();
+                step.run_checked(k as u64 + 2).unwrap();
                 loss += step.output("loss").unwrap().as_f32().unwrap()[0];
             }
         });
@@ -101,6 +103,33 @@ fn training_steps_allocate_nothing() {
         );
         assert!(loss.is_finite());
     }
+
+    // With check_numerics, a step copies the params and state into buffers made on the
+    // first call and scans them: nothing is allocated after that call.
+    let path = format!("{}/ir/mlp.ir", env!("CARGO_MANIFEST_DIR"));
+    let g = parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+    let opts = StepOptions {
+        threads: 2,
+        check_numerics: true,
+        ..StepOptions::default()
+    };
+    let (mut step, _) =
+        compile_training_step(&g, "loss", &Optimizer::adam(), None, 64, &opts).unwrap();
+    let feed = DataFeed {
+        x: "x".into(),
+        labels: "labels".into(),
+    };
+    step.input_f32_mut("lr").unwrap()[0] = 0.001;
+    let order: Vec<usize> = (0..640).collect();
+    feed.fill(&mut step, &train, &order[..64]).unwrap();
+    step.run_checked(1).unwrap();
+    let n = allocations(|| {
+        for (k, idx) in order.chunks_exact(64).enumerate() {
+            feed.fill(&mut step, &train, idx).unwrap();
+            step.run_checked(k as u64 + 2).unwrap();
+        }
+    });
+    assert_eq!(n, 0, "allocations in a checked training loop");
 
     // Model::fit: the same number of allocations for 10 and for 20 steps an epoch.
     let mut model = Sequential::new([784])

@@ -62,6 +62,13 @@ pub enum TrainError {
     /// model (the message names the file and every mismatched tensor).
     #[error("{0}")]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// A training step computed a NaN or infinite loss or metric (or, with
+    /// [`CompileOptions::check_numerics`], param or optimizer state): [`Model::fit`] stopped
+    /// there. With the check, the error names the first node that computed such a value.
+    #[error("{0}{advice}", advice = if .0.checked() { "" } else {
+        "\ncompile with CompileOptions::check_numerics to find the node that first computed a NaN or infinite value"
+    })]
+    NonFinite(#[from] crate::numerics::NonFiniteError),
 }
 
 /// Targets of a batch of examples.
@@ -108,6 +115,11 @@ pub struct CompileOptions {
     /// Shards each training batch is split into (default: chosen from the model and the
     /// batch size, see [`crate::step::default_shards`]).
     pub shards: Option<usize>,
+    /// Check every training step for NaN and infinite values and, at the first one, name the
+    /// node that computed it (default false; see [`crate::numerics`] and
+    /// [`crate::step::StepOptions::check_numerics`]). The trained values are the same either
+    /// way; without it, [`Model::fit`] still stops at the first non-finite loss or metric.
+    pub check_numerics: bool,
 }
 
 impl CompileOptions {
@@ -123,7 +135,14 @@ impl CompileOptions {
             backend: Backend::Jit,
             threads: None,
             shards: None,
+            check_numerics: false,
         }
+    }
+
+    /// Sets whether every training step is checked for NaN and infinite values.
+    pub fn check_numerics(mut self, check: bool) -> CompileOptions {
+        self.check_numerics = check;
+        self
     }
 
     /// Sets the number of threads a training step may use.
@@ -319,6 +338,9 @@ struct Step {
     last: Vec<(String, HostTensor)>,
     /// The version of the weights the executable holds ([`Model`] keeps the current one).
     version: u64,
+    /// With [`CompileOptions::check_numerics`] on the interpreter backend, a training step's
+    /// forward graph and its graph before the pass pipeline: what a replay evaluates.
+    reference: Option<(Graph, Graph)>,
 }
 
 /// A compiled model: the layers, the compile options, the weights and the built steps.
@@ -471,6 +493,9 @@ impl Model {
     fn build_step(&self, kind: Kind, batch: usize) -> Result<Step, TrainError> {
         let o = &self.options;
         let (forward, mut graph, x, y, lr, masks) = self.step_graph(kind, batch)?;
+        let reference =
+            (o.check_numerics && kind == Kind::Train && o.backend == Backend::Interpreter)
+                .then(|| (forward.clone(), graph.clone()));
         if o.optimize {
             crate::passes::Pipeline::default().run(&mut graph)?;
         }
@@ -480,6 +505,7 @@ impl Model {
                 let mut opts = StepOptions {
                     shards: o.shards,
                     optimize: o.optimize,
+                    check_numerics: o.check_numerics,
                     ..StepOptions::default()
                 };
                 if let Some(t) = o.threads {
@@ -512,7 +538,7 @@ impl Model {
             (Backend::Jit, _) => {
                 let exe =
                     crate::codegen::compile(&graph, &crate::codegen::CompileOptions::default())?;
-                Some(CompiledStep::Whole(Box::new(exe)))
+                Some(CompiledStep::whole(exe))
             }
         };
         Ok(Step {
@@ -524,6 +550,7 @@ impl Model {
             exe,
             last: Vec::new(),
             version: u64::MAX,
+            reference,
         })
     }
 
@@ -638,6 +665,12 @@ impl Model {
     /// mini-batches, one training step per batch. Returns the per-epoch mean loss and metrics
     /// (weighted by batch size) and the learning rate used; with `opts.validation_split > 0`
     /// the last examples are held out and `val_loss`, `val_<metric>` are logged too.
+    ///
+    /// Training stops at the first step whose loss or a metric is NaN or infinite (with
+    /// [`CompileOptions::check_numerics`]: also a param or optimizer state) with
+    /// [`TrainError::NonFinite`]; the weights then hold that step's results and
+    /// [`Model::steps_trained`] counts it. With the check, the error names the first node
+    /// that computed a non-finite value (see [`crate::numerics`]).
     pub fn fit(
         &mut self,
         x: &[f32],
@@ -752,7 +785,16 @@ impl Model {
             );
             let mut sums = Sums::default();
             for idx in order.chunks(opts.batch_size) {
-                self.run(Kind::Train, x, Some(y), idx, Some(&mut rng))?;
+                match self.run(Kind::Train, x, Some(y), idx, Some(&mut rng)) {
+                    Ok(()) => {}
+                    Err(e @ TrainError::NonFinite(_)) => {
+                        // the step ran (its updates are in the weights), then training stopped
+                        self.steps_trained += 1;
+                        bar.abandon();
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
                 self.steps_trained += 1;
                 sums.add(self.outputs((Kind::Train, idx.len())), idx.len());
                 if opts.verbose {
@@ -1050,6 +1092,7 @@ impl Model {
         let out_len: usize = self.output_shape.iter().product();
         let lr = self.learning_rate;
         let key = (kind, idx.len());
+        let step_number = self.steps_trained + 1;
         self.step(kind, idx.len())?;
         if self.steps[&key].exe.is_some() {
             self.sync_into(key)?;
@@ -1102,13 +1145,19 @@ impl Model {
                 fill_dropout_mask(rng, exe.input_f32_mut(name(m)).map_err(e)?, rate);
             }
         }
-        exe.run_bound();
+        let checked = match kind {
+            Kind::Train => exe.run_checked(step_number),
+            _ => {
+                exe.run_bound();
+                Ok(())
+            }
+        };
         if !graph.updates().is_empty() {
             self.version += 1;
             step.version = self.version;
             self.owner = Some(key);
         }
-        Ok(())
+        Ok(checked?)
     }
 
     /// The outputs of the last call of step `(kind, batch)`.
@@ -1132,6 +1181,7 @@ impl Model {
         let k = self.example_len;
         let out_len: usize = self.output_shape.iter().product();
         let lr = self.learning_rate;
+        let step_number = self.steps_trained + 1;
         let Some(step) = self.steps.get(&key) else {
             return Err(TrainError::Data("internal: step not built".into()));
         };
@@ -1161,6 +1211,12 @@ impl Model {
             }
         }
         let (outs, updates) = execute(&step.graph, &feeds, &self.weights)?;
+        let non_finite = match key.0 {
+            Kind::Train => {
+                interpreted_numerics(step, &feeds, &self.weights, &outs, &updates, step_number)
+            }
+            _ => Ok(()),
+        };
         let last = step
             .graph
             .outputs()
@@ -1182,7 +1238,7 @@ impl Model {
         if let Some(step) = self.steps.get_mut(&key) {
             step.last = last;
         }
-        Ok(())
+        Ok(non_finite?)
     }
 
     /// Brings the compiled step `key` up to date before it runs: the newest params and state
@@ -1224,6 +1280,89 @@ impl Model {
     }
 }
 
+/// The numerics check of an interpreted training step (see [`crate::numerics`]): its outputs
+/// must be finite, and with a replay graph (`check_numerics`) its updates too; on a
+/// non-finite value the step is evaluated again, node by node, on its graph before the pass
+/// pipeline with the same feeds and weights (from before the update), to find the first node
+/// that computed one.
+fn interpreted_numerics(
+    step: &Step,
+    feeds: &[(NodeId, Vec<f32>)],
+    weights: &Weights,
+    outs: &HashMap<String, Vec<f32>>,
+    updates: &[(String, Vec<f32>)],
+    step_number: u64,
+) -> Result<(), crate::numerics::NonFiniteError> {
+    use crate::numerics::{all_finite, Located, NonFiniteError, ValueStats};
+    let outputs: Vec<(&str, &[f32])> = step
+        .graph
+        .outputs()
+        .iter()
+        .filter_map(|o| outs.get(&o.name).map(|v| (o.name.as_str(), &v[..])))
+        .collect();
+    let checked = step.reference.is_some();
+    let bad_updates = checked && updates.iter().any(|(_, v)| !all_finite(v));
+    if outputs.iter().all(|(_, v)| all_finite(v)) && !bad_updates {
+        return Ok(());
+    }
+    let mut results: Vec<(String, ValueStats)> = outputs
+        .iter()
+        .filter(|(_, v)| !all_finite(v))
+        .map(|(n, v)| (format!("output {n}"), ValueStats::of(v)))
+        .collect();
+    let Some((forward, reference)) = &step.reference else {
+        return Err(NonFiniteError {
+            step: step_number,
+            results,
+            located: Located::NotChecked,
+        });
+    };
+    for (name, v) in updates.iter().filter(|(_, v)| !all_finite(v)) {
+        let kind = match step.graph.find(name).map(|id| &step.graph[id].op) {
+            Some(Op::Param { .. }) => "param",
+            _ => "state",
+        };
+        results.push((format!("{kind} {name}"), ValueStats::of(v)));
+    }
+    // the same feeds, by name, for the graph before the pipeline
+    let named: Vec<(String, Vec<f32>)> = feeds
+        .iter()
+        .map(|(id, v)| (step.graph[*id].name.clone().unwrap_or_default(), v.clone()))
+        .collect();
+    let located = match reference_feeds(reference, &named, weights) {
+        Ok(map) => match crate::numerics::first_non_finite(reference, forward, &map) {
+            Ok(Some(node)) => Located::Node(Box::new(node)),
+            Ok(None) => Located::AllFinite,
+            Err(e) => Located::Failed(e.to_string()),
+        },
+        Err(e) => Located::Failed(e.to_string()),
+    };
+    Err(NonFiniteError {
+        step: step_number,
+        results,
+        located,
+    })
+}
+
+/// The interpreter's feeds of `graph`: each input from `named` by node name, each param and
+/// state from `weights`.
+fn reference_feeds(
+    graph: &Graph,
+    named: &[(String, Vec<f32>)],
+    weights: &Weights,
+) -> Result<HashMap<NodeId, crate::interp::Array<f32>>, TrainError> {
+    let feeds: Vec<(NodeId, Vec<f32>)> = graph
+        .inputs()
+        .into_iter()
+        .filter_map(|id| {
+            let name = graph[id].name.as_deref()?;
+            let v = named.iter().find(|(n, _)| n == name)?;
+            Some((id, v.1.clone()))
+        })
+        .collect();
+    feed_map(graph, &feeds, weights)
+}
+
 /// Runs `graph` once with `feeds` and the params and state from `weights`; returns the named
 /// outputs and the new value of every update target, by name.
 #[allow(clippy::type_complexity)]
@@ -1232,7 +1371,37 @@ fn execute(
     feeds: &[(NodeId, Vec<f32>)],
     weights: &Weights,
 ) -> Result<(HashMap<String, Vec<f32>>, Vec<(String, Vec<f32>)>), TrainError> {
-    use crate::interp::{eval, Array};
+    let run_err = |message: String| TrainError::Run {
+        graph: graph.name.clone(),
+        message,
+    };
+    let map = feed_map(graph, feeds, weights)?;
+    let values = crate::interp::eval::<f32>(graph, &map).map_err(|e| run_err(e.to_string()))?;
+    let mut outs = HashMap::new();
+    for o in graph.outputs() {
+        let v = values
+            .get(o.node)
+            .ok_or_else(|| run_err(format!("output {} was not computed", o.name)))?;
+        outs.insert(o.name.clone(), v.data.clone());
+    }
+    let mut updates = Vec::new();
+    for u in graph.updates() {
+        let v = values
+            .get(u.value)
+            .ok_or_else(|| run_err("an update value was not computed".to_string()))?;
+        let name = graph[u.target].name.clone().unwrap_or_default();
+        updates.push((name, v.data.clone()));
+    }
+    Ok((outs, updates))
+}
+
+/// The interpreter's feeds of `graph`: `feeds`, and every param and state from `weights`.
+fn feed_map(
+    graph: &Graph,
+    feeds: &[(NodeId, Vec<f32>)],
+    weights: &Weights,
+) -> Result<HashMap<NodeId, crate::interp::Array<f32>>, TrainError> {
+    use crate::interp::Array;
     let run_err = |message: String| TrainError::Run {
         graph: graph.name.clone(),
         message,
@@ -1261,23 +1430,7 @@ fn execute(
             },
         );
     }
-    let values = eval::<f32>(graph, &map).map_err(|e| run_err(e.to_string()))?;
-    let mut outs = HashMap::new();
-    for o in graph.outputs() {
-        let v = values
-            .get(o.node)
-            .ok_or_else(|| run_err(format!("output {} was not computed", o.name)))?;
-        outs.insert(o.name.clone(), v.data.clone());
-    }
-    let mut updates = Vec::new();
-    for u in graph.updates() {
-        let v = values
-            .get(u.value)
-            .ok_or_else(|| run_err("an update value was not computed".to_string()))?;
-        let name = graph[u.target].name.clone().unwrap_or_default();
-        updates.push((name, v.data.clone()));
-    }
-    Ok((outs, updates))
+    Ok(map)
 }
 
 /// A checkpoint tensor's values as the f32 the model's weights hold (i32 values exactly

@@ -34,6 +34,9 @@ pub enum TensorData {
     I32(Vec<i32>),
 }
 
+/// Tensors by name, in declaration order (params, state, outputs).
+pub type NamedTensors = [(String, HostTensor)];
+
 /// A tensor in host memory: a shape and row-major elements. The constructors do not check
 /// that the length matches the shape; [`Executable::run`] does.
 #[derive(Clone, Debug, PartialEq)]
@@ -509,6 +512,18 @@ impl Executable {
                 name: name.to_string(),
                 known: names(self.inputs.iter().map(|(n, _)| n.as_str())),
             })
+    }
+
+    /// The bound buffer of input `name` as last written (see [`Executable::input_f32_mut`]).
+    pub fn bound_input(&self, name: &str) -> Option<&HostTensor> {
+        let i = self.inputs.iter().position(|(n, _)| n == name)?;
+        self.bound.get(i)
+    }
+
+    /// The params and the state with their current values, borrowed, each in declaration
+    /// order (nothing is copied).
+    pub fn leaves(&self) -> (&NamedTensors, &NamedTensors) {
+        (&self.params, &self.states)
     }
 
     /// The outputs of the last call, by name, in declaration order.

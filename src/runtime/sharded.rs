@@ -459,6 +459,17 @@ impl ShardedStep {
             .collect()
     }
 
+    /// The bound full-batch buffer of input `name` as last written.
+    pub fn bound_input(&self, name: &str) -> Option<&HostTensor> {
+        find_named(&self.inputs, name)
+    }
+
+    /// The params and the optimizer state with their current values, borrowed, each in
+    /// declaration order (nothing is copied).
+    pub fn leaves(&self) -> (&super::NamedTensors, &super::NamedTensors) {
+        (&self.params, &self.states)
+    }
+
     /// The outputs of the last call (the shards' means), by name.
     pub fn outputs(&self) -> &[(String, HostTensor)] {
         &self.outputs

@@ -33,7 +33,7 @@ mod print;
 pub use dot::dot;
 pub use parse::parse;
 pub(crate) use print::Labels;
-pub use print::{node_labels, print, print_node, print_with, PrintOptions};
+pub use print::{node_labels, print, print_node, print_node_labelled, print_with, PrintOptions};
 
 use crate::graph::Graph;
 use std::fmt;

@@ -83,6 +83,16 @@ pub fn print_node(g: &Graph, id: NodeId) -> String {
     node_line(g, id, &names, PrintOptions { locations: true })
 }
 
+/// One node's line as in [`print`](fn@print), without indentation or source location, with
+/// every node (the node itself, its operands, its `grad` mark) called by `label`: for messages
+/// that mix the labels of two graphs (see [`crate::numerics`]).
+pub fn print_node_labelled(g: &Graph, id: NodeId, label: &dyn Fn(NodeId) -> String) -> String {
+    if !g.contains(id) {
+        return label(id);
+    }
+    node_line_by(g, id, label, PrintOptions::default())
+}
+
 /// The printed label (`%name` or `%N`) of every node, exactly as [`print`](fn@print) writes it: for
 /// tools (the verifier, the CLI) that name nodes in messages the way dumps show them.
 pub fn node_labels(g: &Graph) -> HashMap<NodeId, String> {
@@ -181,8 +191,18 @@ fn leaf_rank(g: &Graph, id: NodeId) -> u8 {
 
 /// `%ID: TYPE = OP rest[  grad(%G)][  # at FILE:LINE:COL]`
 fn node_line(g: &Graph, id: NodeId, names: &Labels, opts: PrintOptions) -> String {
+    node_line_by(g, id, &|o| names.get(o), opts)
+}
+
+/// [`node_line`] with the labels given by `label`.
+fn node_line_by(
+    g: &Graph,
+    id: NodeId,
+    label: &dyn Fn(NodeId) -> String,
+    opts: PrintOptions,
+) -> String {
     let n = &g[id];
-    let mut s = format!("{}: {} = {}", names.get(id), n.ty, n.op.name());
+    let mut s = format!("{}: {} = {}", label(id), n.ty, n.op.name());
     match &n.op {
         Op::Param { init } | Op::State { init } => {
             s.push(' ');
@@ -194,7 +214,7 @@ fn node_line(g: &Graph, id: NodeId, names: &Labels, opts: PrintOptions) -> Strin
         }
         _ => {}
     }
-    let mut items: Vec<String> = g.operands(id).into_iter().map(|o| names.get(o)).collect();
+    let mut items: Vec<String> = g.operands(id).into_iter().map(label).collect();
     items.extend(n.op.attrs().into_iter().map(|(k, v)| format!("{k}={v}")));
     if !items.is_empty() {
         s.push(' ');
@@ -204,7 +224,7 @@ fn node_line(g: &Graph, id: NodeId, names: &Labels, opts: PrintOptions) -> Strin
         s.push_str(&fused_block(body));
     }
     if let Some(f) = n.grad_of {
-        let _ = write!(s, "  grad({})", names.get(f));
+        let _ = write!(s, "  grad({})", label(f));
     }
     if let (true, Some(loc)) = (opts.locations, &n.loc) {
         let _ = write!(s, "  # at {loc}");
