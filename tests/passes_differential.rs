@@ -1,11 +1,12 @@
-//! Every pass preserves results: the interpreter (f64) gives the same outputs and update values
-//! before and after each pass and after the whole default pipeline, within 1e-9 relative, on
-//! random inputs, for random graphs.
+//! Every pass preserves results: the interpreter gives the same outputs and update values
+//! before and after each pass (f64 within 1e-9 relative; constant folding, which folds in
+//! f32, exactly in f32) and after the whole default pipeline (f32 within 1e-5), on random
+//! inputs, for random graphs.
 
 mod passes_util;
 
 use gradlift::passes::{self, Pipeline};
-use passes_util::{compare_eval, random_graph};
+use passes_util::{compare_eval, compare_pass, compare_pipeline, random_graph};
 use proptest::prelude::*;
 
 /// Relative tolerance: the rewrites are exact except the stable softmax forms.
@@ -20,13 +21,13 @@ proptest! {
         for p in passes::all() {
             let mut h = g.clone();
             (p.run)(&mut h);
-            if let Err(e) = compare_eval(&g, &h, seed ^ 1, REL) {
+            if let Err(e) = compare_pass(p.name, &g, &h, seed ^ 1) {
                 return Err(TestCaseError::fail(format!("pass {}: {e}", p.name)));
             }
         }
         let mut h = g.clone();
         Pipeline::default().run(&mut h).expect("pipeline");
-        if let Err(e) = compare_eval(&g, &h, seed ^ 2, REL) {
+        if let Err(e) = compare_pipeline(&g, &h, seed ^ 2) {
             return Err(TestCaseError::fail(format!("default pipeline: {e}")));
         }
     }

@@ -15,13 +15,21 @@
 //! - a result with a NaN or an infinity is not folded (the text format prints finite
 //!   numbers, and a non-finite constant usually means a bug better seen in its original form).
 //!
-//! Precision: the value is computed in f64 and stored as f64; an f32 backend rounds it once
-//! when it loads the constant, which is at least as accurate as computing it in f32.
+//! Precision: folding computes what the compiled code would. An f32 result is evaluated by
+//! the interpreter in f32 (each constant rounded to f32, as the compiled code loads it, then
+//! every op in f32): `(16777216 + 1) - 16777216` folds to 0 and `1e300 * 0` (infinity times
+//! zero in f32) is not folded, as the unfolded code gives 0 and NaN. Ops that IEEE 754
+//! defines exactly fold to the compiled code's bits; `exp`, `log`, `tanh` and `sigmoid` to
+//! the interpreter's f32 results, within an ulp or two of the compiled polynomials; a sum
+//! in the interpreter's order (one running sum), which rounds differently from the compiled
+//! loop's four accumulators. An all-i32 computation is evaluated in f64, where every i32 is
+//! exact.
 
 use super::PassReport;
 use crate::graph::{Graph, Node, NodeId};
 use crate::interp::{eval, Array};
 use crate::op::{Literal, Op};
+use crate::shape::DType;
 use std::collections::HashMap;
 
 /// Largest non-splat result that is folded, in elements.
@@ -81,10 +89,24 @@ fn fold_one(g: &Graph, id: NodeId, operands: &[NodeId]) -> Result<Literal, Strin
         .map(|&o| mini.add_raw(bare(&g[o]), &[]))
         .collect();
     let root = mini.add_raw(bare(&g[id]), &leaf_ids);
-    let values = eval::<f64>(&mini, &HashMap::new()).map_err(|e| e.to_string())?;
-    let Some(Array { data, .. }) = values.get(root) else {
-        return Err("the interpreter gave no value".to_string());
+    let data = if integer_only(g, id, operands) {
+        // i32 arithmetic: exact in f64 (an f32 holds integers only up to 2^24)
+        let values = eval::<f64>(&mini, &HashMap::new()).map_err(|e| e.to_string())?;
+        let Some(Array { data, .. }) = values.get(root) else {
+            return Err("the interpreter gave no value".to_string());
+        };
+        data.clone()
+    } else {
+        // what the compiled f32 code computes: constants rounded to f32 when loaded, every
+        // op in f32; stored as the shortest decimal of the f32 result, which reads back as
+        // the same f32 (and prints as such)
+        let values = eval::<f32>(&mini, &HashMap::new()).map_err(|e| e.to_string())?;
+        let Some(Array { data, .. }) = values.get(root) else {
+            return Err("the interpreter gave no value".to_string());
+        };
+        data.iter().map(|&v| shortest(v)).collect()
     };
+    let data = &data;
     if let Some(bad) = data.iter().find(|v| !v.is_finite()) {
         return Err(format!("the result contains {bad}"));
     }
@@ -96,6 +118,23 @@ fn fold_one(g: &Graph, id: NodeId, operands: &[NodeId]) -> Result<Literal, Strin
         _ => Err(format!(
             "{n} elements, not all equal, more than {MAX_FOLD_ELEMENTS}"
         )),
+    }
+}
+
+/// Whether node `id` and its operands are all i32 (integer arithmetic, folded in f64).
+fn integer_only(g: &Graph, id: NodeId, operands: &[NodeId]) -> bool {
+    std::iter::once(id)
+        .chain(operands.iter().copied())
+        .all(|n| g[n].ty.dtype == DType::I32)
+}
+
+/// The f64 of the shortest decimal that reads back as `v` in f32 (`0.1` rather than
+/// `0.10000000149011612`), so that a folded constant prints as the f32 it is.
+fn shortest(v: f32) -> f64 {
+    if v.is_finite() {
+        format!("{v:?}").parse().unwrap_or(v as f64)
+    } else {
+        v as f64
     }
 }
 

@@ -110,19 +110,30 @@ pub fn neg_neg(g: &Graph, root: NodeId) -> Option<Rewrite> {
     same_type(g, x, root).then_some(Rewrite::Use(x))
 }
 
-/// `c * 0 -> 0` and `0 * c -> 0` when `c` is a constant whose every element is finite (the
-/// result is a splat zero of the root's type, `+0.0`). For anything else `x * 0` stays: it
-/// is NaN where `x` is NaN or infinite.
+/// `c * 0 -> 0` and `0 * c -> 0` when `c` is a constant whose every element is finite as
+/// the compiled code loads it (in f32: `1e300` is infinite) (the result is a splat zero of
+/// the root's type, `+0.0`). For anything else `x * 0` stays: it is NaN where `x` is NaN or
+/// infinite.
 pub fn finite_const_mul_zero(g: &Graph, root: NodeId) -> Option<Rewrite> {
     let (a, b) = binary(g, root, BinaryOp::Mul)?;
-    let finite = |id| match op(g, id) {
-        Op::Const {
-            value: Literal::Splat(v),
-        } => v.is_finite(),
-        Op::Const {
-            value: Literal::Dense(vs),
-        } => vs.iter().all(|v| v.is_finite()),
-        _ => false,
+    let finite = |id: NodeId| {
+        let f32_type = g[id].ty.dtype == crate::shape::DType::F32;
+        let ok = |v: f64| {
+            if f32_type {
+                (v as f32).is_finite()
+            } else {
+                v.is_finite()
+            }
+        };
+        match op(g, id) {
+            Op::Const {
+                value: Literal::Splat(v),
+            } => ok(*v),
+            Op::Const {
+                value: Literal::Dense(vs),
+            } => vs.iter().all(|&v| ok(v)),
+            _ => false,
+        }
     };
     if (is_const(g, b, 0.0) && finite(a)) || (is_const(g, a, 0.0) && finite(b)) {
         Some(Rewrite::Op(
