@@ -860,12 +860,28 @@ fn load_data(dir: Option<&Path>) -> Result<(Dataset, Dataset), CliError> {
     }
 }
 
-/// Checks that the dataset's images and labels fit the model's inputs.
+/// Checks that the dataset's images and labels fit the model's inputs: an images input of
+/// one value per pixel (`[B, rows*cols]`) takes images of any `rows x cols` with that many
+/// pixels; any other input must have the images' dimensions (`[B, rows, cols]`, with axes
+/// of extent 1 anywhere, such as a channel axis `[B, rows, cols, 1]`).
 fn check_data(m: &Trainable, d: &Dataset, which: &str) -> Result<(), CliError> {
-    let per_example: usize = m.x.1.shape.dims()[1..].iter().product();
-    if per_example != d.example_len() {
+    let example = &m.x.1.shape.dims()[1..];
+    let per_example: usize = example.iter().product();
+    let spatial: Vec<usize> = example.iter().copied().filter(|&e| e != 1).collect();
+    let fits = if spatial.len() <= 1 {
+        per_example == d.example_len()
+    } else {
+        spatial == [d.rows, d.cols]
+    };
+    if !fits {
+        let expects = if spatial.len() <= 1 {
+            format!("{per_example} values per example")
+        } else {
+            let dims: Vec<String> = spatial.iter().map(|e| e.to_string()).collect();
+            format!("images of {}", dims.join("x"))
+        };
         return Err(CliError(format!(
-            "{}: the images input %{}: {} holds {per_example} values per example, but the {which} images are {}x{} = {}",
+            "{}: the images input %{}: {} expects {expects}, but the {which} images are {}x{} (rows x cols in their IDX header) = {} pixels",
             m.file,
             m.x.0,
             m.x.1,

@@ -323,3 +323,44 @@ fn a_step_count_that_disagrees_with_the_optimizer_is_refused() {
         "{err}"
     );
 }
+
+/// Writes the four MNIST files into `dir`: `n` images of `rows x cols` and `n` labels.
+fn write_mnist(dir: &Path, n: usize, rows: usize, cols: usize) {
+    use gradlift::data::{Idx, MNIST_FILES};
+    for (i, name) in MNIST_FILES.iter().enumerate() {
+        let idx = if i % 2 == 0 {
+            Idx {
+                dims: vec![n, rows, cols],
+                data: (0..n * rows * cols).map(|k| (k * 7 % 256) as u8).collect(),
+            }
+        } else {
+            Idx {
+                dims: vec![n],
+                data: (0..n).map(|k| (k % 10) as u8).collect(),
+            }
+        };
+        idx.write_gz(&dir.join(format!("{name}.gz"))).unwrap();
+    }
+}
+
+/// Images whose IDX dimensions differ from the model's input are refused even when the pixel
+/// counts agree (56x14 images used to train the 28x28 CNN); a model of flat pixel vectors
+/// takes any image of its pixel count.
+#[test]
+fn images_must_have_the_dimensions_the_model_expects() {
+    let d = scratch("image_dims");
+    write_mnist(&d, 128, 56, 14);
+    let dir = d.to_str().unwrap();
+    let err = fails(&["train", "ir/cnn.ir", "--data", dir]);
+    assert!(
+        err.contains("ir/cnn.ir: the images input %x: f32[64,28,28,1] expects images of 28x28, but the training images are 56x14 (rows x cols in their IDX header) = 784 pixels"),
+        "{err}"
+    );
+    let out = ok(&["train", "ir/mlp.ir", "--data", dir]);
+    assert!(out.contains("trained to step 2 "), "{out}");
+    // the same images at 28x28 fit the CNN
+    let d = scratch("image_dims_ok");
+    write_mnist(&d, 64, 28, 28);
+    let out = ok(&["train", "ir/cnn.ir", "--data", d.to_str().unwrap()]);
+    assert!(out.contains("trained to step 1 "), "{out}");
+}
