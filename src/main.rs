@@ -941,10 +941,12 @@ fn resume(
             opt.name()
         )));
     }
-    let step: usize = meta("step").parse().map_err(|_| {
+    // a whole number the optimizer's own count (Adam's) agrees with
+    let step = c.step().map_err(|e| CliError(e.to_string()))?;
+    let step = usize::try_from(step).map_err(|_| {
         CliError(format!(
-            "{file}: the checkpoint's metadata has no step count (step = {:?})",
-            meta("step")
+            "{file}: the checkpoint's step {step} is more than this machine counts ({})",
+            usize::MAX
         ))
     })?;
     for (key, now) in [
@@ -960,24 +962,6 @@ fn resume(
     }
     let expected = checkpoint::graph_tensor_types(&m.step).map_err(|e| CliError(e.to_string()))?;
     let tensors = c.restore(&expected).map_err(|e| CliError(e.to_string()))?;
-    // the optimizer counts its own steps (Adam's bias correction): the two must agree
-    if let Some(counted) = tensors
-        .iter()
-        .find(|t| t.name == "optimizer.step")
-        .and_then(|t| {
-            t.clone()
-                .into_host()
-                .1
-                .as_f32()
-                .and_then(|v| v.first().copied())
-        })
-    {
-        if counted as f64 != step as f64 {
-            return Err(CliError(format!(
-                "{file}: the checkpoint's metadata says step {step}, but its optimizer.step holds {counted}"
-            )));
-        }
-    }
     for t in tensors {
         let (name, value) = t.into_host();
         let is_param = m
@@ -1113,13 +1097,22 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     if let (Some(path), Some(s)) = (&a.resume, resumed) {
         outln!("resumed from {} at step {s}", path.display());
     }
-    let end = (a.epochs * per_epoch).min(a.steps.unwrap_or(usize::MAX));
+    let epochs_end = a.epochs.saturating_mul(per_epoch);
+    let end = epochs_end.min(a.steps.unwrap_or(usize::MAX));
     if let Some(steps) = a.steps.filter(|&s| s > end) {
         outln!(
             "note: --steps {steps} is beyond --epochs {} ({end} steps of {} per epoch): training stops at step {end}",
             a.epochs,
             m.batch
         );
+    }
+    if step >= end && a.resume.is_some() {
+        let limit = if end == epochs_end {
+            format!("--epochs {} ({end} steps)", a.epochs)
+        } else {
+            format!("--steps {end}")
+        };
+        outln!("note: the checkpoint is at step {step}, already at or beyond {limit}: nothing to train");
     }
     let run_err = |e: gradlift::runtime::RunError| CliError(format!("{}: {e}", m.file));
     exe.input_f32_mut("lr").map_err(run_err)?[0] = lr as f32;

@@ -290,38 +290,76 @@ fn steps_beyond_the_epochs_are_noted() {
     assert!(out.contains("trained to step 10 "), "{out}");
 }
 
-/// A checkpoint whose metadata step disagrees with the optimizer's own step count (a probe
-/// resumed "at step 18446744073709551615") is refused with both numbers.
+/// A checkpoint's step count must be a whole number of at most `i64::MAX` (a checkpoint at
+/// step 2^64-1 used to be accepted: "trained to step 18446744073709551615"), with either
+/// optimizer, and must agree with Adam's own step count.
 #[test]
-fn a_step_count_that_disagrees_with_the_optimizer_is_refused() {
+fn a_step_count_out_of_range_or_disagreeing_with_the_optimizer_is_refused() {
     let d = scratch("bad_step");
-    let good = d.join("good.st");
-    let (code, _, err) = run(&[
-        "train",
-        "ir/mlp.ir",
-        "--limit",
-        "192",
-        "--save",
-        good.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let c = gradlift::checkpoint::load(&good).unwrap();
-    let mut meta = c.metadata.clone();
-    meta.insert("step".into(), u64::MAX.to_string());
-    let bad = d.join("bad.st");
-    gradlift::checkpoint::save(&bad, &c.tensors, &meta).unwrap();
-    let err = fails(&[
-        "train",
-        "ir/mlp.ir",
-        "--limit",
-        "192",
-        "--resume",
-        bad.to_str().unwrap(),
-    ]);
+    for opt in ["adam", "sgd"] {
+        let good = d.join(format!("{opt}.st"));
+        let (code, _, err) = run(&[
+            "train",
+            "ir/mlp.ir",
+            "--optimizer",
+            opt,
+            "--limit",
+            "192",
+            "--save",
+            good.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let c = gradlift::checkpoint::load(&good).unwrap();
+        let with_step = |step: &str| {
+            let mut meta = c.metadata.clone();
+            meta.insert("step".into(), step.into());
+            let bad = d.join(format!("{opt}-{step}.st"));
+            gradlift::checkpoint::save(&bad, &c.tensors, &meta).unwrap();
+            fails(&[
+                "train",
+                "ir/mlp.ir",
+                "--optimizer",
+                opt,
+                "--limit",
+                "192",
+                "--resume",
+                bad.to_str().unwrap(),
+            ])
+        };
+        let err = with_step(&u64::MAX.to_string());
+        assert!(
+            err.contains("metadata step: 18446744073709551615 is more than 9223372036854775807, the most steps a training run counts"),
+            "{err}"
+        );
+        let err = with_step("-1");
+        assert!(
+            err.contains("metadata step: expected a whole number from 0 to 9223372036854775807, found \"-1\""),
+            "{err}"
+        );
+        if opt == "adam" {
+            let err = with_step("5");
+            assert!(
+                err.contains("metadata step: the metadata says step 5, but the optimizer's own count optimizer.step holds 3 (expected 5)"),
+                "{err}"
+            );
+        }
+    }
+}
+
+/// Resuming a checkpoint that is already at the end of `--epochs` says that nothing is left
+/// to train.
+#[test]
+fn resuming_at_the_end_says_nothing_is_left_to_train() {
+    let d = scratch("resume_at_end");
+    let ck = d.join("c.st");
+    let ck = ck.to_str().unwrap();
+    ok(&["train", "ir/mlp.ir", "--limit", "192", "--save", ck]);
+    let out = ok(&["train", "ir/mlp.ir", "--limit", "192", "--resume", ck]);
     assert!(
-        err.contains("metadata says step 18446744073709551615, but its optimizer.step holds 3"),
-        "{err}"
+        out.contains("note: the checkpoint is at step 3, already at or beyond --epochs 1 (3 steps): nothing to train"),
+        "{out}"
     );
+    assert!(lines(&out, "epoch ").is_empty(), "{out}");
 }
 
 /// Writes the four MNIST files into `dir`: `n` images of `rows x cols` and `n` labels.
