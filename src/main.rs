@@ -669,6 +669,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stop once this many steps are done in all (counted from the start of training).
+    /// Training ends at whichever of `--epochs` and `--steps` comes first (a note says so
+    /// when `--epochs` ends it first).
     #[arg(long)]
     steps: Option<usize>,
     /// Train on the first N training images only.
@@ -1101,7 +1103,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     let end = epochs_end.min(a.steps.unwrap_or(usize::MAX));
     if let Some(steps) = a.steps.filter(|&s| s > end) {
         outln!(
-            "note: --steps {steps} is beyond --epochs {} ({end} steps of {} per epoch): training stops at step {end}",
+            "note: --steps {steps} is beyond --epochs {} ({end} steps of {} per epoch): the epoch limit ends training at step {end}, before the step count (raise --epochs to reach step {steps})",
             a.epochs,
             m.batch
         );

@@ -278,13 +278,14 @@ fn summary_of_the_training_step() {
     assert!(sgd.contains("updates: 4\n"), "{sgd}");
 }
 
-/// `--steps` beyond the end of `--epochs` says where training stops (it stopped silently).
+/// `--steps` beyond the end of `--epochs` says that the epoch limit ends training first (it
+/// stopped silently).
 #[test]
 fn steps_beyond_the_epochs_are_noted() {
     let (code, out, err) = run(&["train", "ir/mlp.ir", "--limit", "640", "--steps", "500"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("note: --steps 500 is beyond --epochs 1 (10 steps of 64 per epoch): training stops at step 10"),
+        out.contains("note: --steps 500 is beyond --epochs 1 (10 steps of 64 per epoch): the epoch limit ends training at step 10, before the step count (raise --epochs to reach step 500)"),
         "{out}"
     );
     assert!(out.contains("trained to step 10 "), "{out}");
