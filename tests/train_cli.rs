@@ -236,7 +236,7 @@ fn bad_arguments_are_clear_errors() {
         err.contains("--lr: the learning rate must be a positive number, found -1"),
         "{err}"
     );
-    // finite in f64, but inf or 0 in the step's f32 (a probe's finding)
+    // finite in f64, but inf or 0 in the step's f32
     for (lr, as_f32) in [("1e39", "inf"), ("1e-50", "0")] {
         let err = fails(&["train", "ir/mlp.ir", "--lr", lr]);
         assert!(
