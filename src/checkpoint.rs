@@ -8,7 +8,11 @@
 //! - **Atomic writes.** [`save`] writes a temporary file next to the target
 //!   (`PATH.tmp-PID-N`), fsyncs it and renames it over the target, so a reader sees either the
 //!   old file or the new one, never a mix; on any error the old file is untouched and the
-//!   temporary file is removed.
+//!   temporary file is removed. A save also removes the temporary files of the same
+//!   checkpoint that killed saves left behind (their process no longer runs, or the pid now
+//!   belongs to a process started after the file was written).
+//! - **Step counts.** [`Checkpoint::step`] reads a training checkpoint's `step` metadata: at
+//!   most [`MAX_STEP`], and equal to the optimizer's own count when it keeps one (Adam).
 //! - **Ours, and whole.** The safetensors `__metadata__` holds `format = gradlift-checkpoint`,
 //!   `version = 1` and `checksums`: a JSON map from every tensor name (and `__metadata__`,
 //!   for the caller's metadata) to a 64-bit FNV-1a hash of its contents. [`load`] checks the
@@ -71,6 +75,17 @@ pub const FORMAT: &str = "gradlift-checkpoint";
 pub const VERSION: &str = "1";
 /// Metadata keys this module writes itself; callers may not use them.
 pub const RESERVED_KEYS: [&str; 3] = ["format", "version", "checksums"];
+
+/// The largest step count a checkpoint's `step` metadata may hold ([`Checkpoint::step`]):
+/// `i64::MAX`, far beyond any run (2^63 steps at one per nanosecond take 292 years), so a
+/// step count is exact as a signed 64-bit integer wherever it is read.
+pub const MAX_STEP: u64 = i64::MAX as u64;
+
+/// The value of Adam's f32 step counter ([`crate::optim::STEP_COUNTER`]) after `step` steps:
+/// `step` up to 2^24, where adding 1 in f32 stops changing it (2^24 + 1 rounds to 2^24).
+pub fn f32_step_counter(step: u64) -> f32 {
+    step.min(1 << 24) as f32
+}
 
 /// Key of the safetensors header entry that holds the metadata (not a tensor name).
 const METADATA_KEY: &str = "__metadata__";
@@ -352,6 +367,16 @@ pub enum CheckpointError {
         /// The graph's name.
         graph: String,
         /// What is wrong, naming the node.
+        reason: String,
+    },
+    /// A metadata entry the reader needs is missing or holds an impossible value.
+    #[error("{}: metadata {key}: {reason}", path.display())]
+    Metadata {
+        /// The checkpoint's file.
+        path: PathBuf,
+        /// The metadata key.
+        key: String,
+        /// What was expected and what was found.
         reason: String,
     },
     /// The checkpoint does not hold what the model expects.
@@ -648,8 +673,10 @@ fn write_atomic(
 }
 
 /// Removes the temporary files `<path>.tmp-PID-N` that a save killed before its rename left
-/// behind: those of processes that no longer run (checked in `/proc`; on systems without it
-/// nothing is removed). Best effort: a file that cannot be read or removed stays.
+/// behind: those whose process no longer runs, or runs but started after the file was last
+/// written (another process given the same pid). Checked in `/proc`; on systems without it
+/// nothing is removed. Files of another name, and of a process that may still be writing
+/// them, are left alone. Best effort: a file that cannot be read or removed stays.
 fn remove_stale_temps(path: &Path) {
     let proc_fs = Path::new("/proc/self");
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
@@ -679,10 +706,43 @@ fn remove_stale_temps(path: &Path) {
         let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u64>()) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !writer_may_run(pid, &e.path()) {
             let _ = fs::remove_file(e.path());
         }
     }
+}
+
+/// Whether process `pid` may still be writing the temporary file `tmp`: it runs, and did not
+/// start after the file was last modified. When a time cannot be read, it may.
+fn writer_may_run(pid: u32, tmp: &Path) -> bool {
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return false;
+    }
+    let written = fs::metadata(tmp).and_then(|m| m.modified());
+    match (process_start(pid), written) {
+        // whole seconds of boot time, 10 ms ticks: 2 s of slack
+        (Some(start), Ok(written)) => start <= written + std::time::Duration::from_secs(2),
+        _ => true,
+    }
+}
+
+/// When process `pid` started: the boot time (`btime` of `/proc/stat`) plus its start time
+/// in clock ticks (field 22 of `/proc/PID/stat`, in units of `USER_HZ`, 100 per second on
+/// Linux). `None` when either cannot be read.
+fn process_start(pid: u32) -> Option<std::time::SystemTime> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let boot: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let own = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `PID (COMM) STATE ...`: COMM may hold spaces and parentheses; field 3 follows the last ')'
+    let after = &own[own.rfind(')')? + 1..];
+    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let since_boot = std::time::Duration::from_millis(ticks.checked_mul(10)?);
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(boot) + since_boot)
 }
 
 /// Makes the rename durable where the platform allows it (ignored where directories cannot be
@@ -819,6 +879,54 @@ impl Checkpoint {
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<&NamedTensor> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The step count of a training checkpoint: its `step` metadata entry, a whole number from
+    /// 0 to [`MAX_STEP`] that agrees with the optimizer's own count when the checkpoint holds
+    /// one (Adam's [`crate::optim::STEP_COUNTER`], an f32 equal to
+    /// [`f32_step_counter`]`(step)`; SGD and momentum count no steps). Anything else is a
+    /// [`CheckpointError::Metadata`] with what was expected and found.
+    pub fn step(&self) -> Result<u64, CheckpointError> {
+        let bad = |reason: String| CheckpointError::Metadata {
+            path: self.path.clone(),
+            key: "step".to_string(),
+            reason,
+        };
+        let text = self
+            .metadata
+            .get("step")
+            .ok_or_else(|| bad("missing (a training checkpoint records its step count)".into()))?;
+        let step: u64 = text.parse().map_err(|_| {
+            bad(format!(
+                "expected a whole number from 0 to {MAX_STEP}, found {text:?}"
+            ))
+        })?;
+        if step > MAX_STEP {
+            return Err(bad(format!(
+                "{step} is more than {MAX_STEP}, the most steps a training run counts"
+            )));
+        }
+        let counter = crate::optim::STEP_COUNTER;
+        if let Some(t) = self.get(counter) {
+            let expected = f32_step_counter(step);
+            match &t.data {
+                TensorData::F32(v) if v.len() == 1 => {
+                    if v[0].to_bits() != expected.to_bits() {
+                        return Err(bad(format!(
+                            "the metadata says step {step}, but the optimizer's own count {counter} holds {} (expected {expected})",
+                            v[0]
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "the optimizer's own count {counter} must be one f32, found {}",
+                        t.ty()
+                    )))
+                }
+            }
+        }
+        Ok(step)
     }
 
     /// Every difference between the checkpoint and the `expected` names and types: missing,
@@ -1310,8 +1418,8 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
-    /// Stale temporary files (an earlier process with the same pid) are skipped, not reused
-    /// or deleted.
+    /// Temporary files with the names this process would use next (written after it started,
+    /// so possibly its own) are skipped, not reused or deleted.
     #[test]
     fn stale_temporary_files_are_left_alone() {
         let dir = scratch("stale");

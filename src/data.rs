@@ -8,11 +8,15 @@
 //! in `[0, 1]` a batch at a time, straight into a step's input buffer
 //! ([`Dataset::fill_images`]), and `i32` labels. Every malformed or
 //! truncated file is reported as a [`DataError`] naming the file and what was expected versus
-//! found; nothing a file contains can make the reader panic.
+//! found; nothing a file contains can make the reader panic. Files are read as streams: the
+//! header's declared size is checked first (at most [`MAX_IDX_BYTES`]) and no more than that
+//! is ever decompressed or held, so a gzip bomb costs no memory beyond its declared size. A
+//! gzipped file may hold several gzip members (`cat a.gz b.gz`); anything after the last one
+//! is an error.
 
 use crate::init::Rng;
-use flate2::read::GzDecoder;
-use std::io::{Read, Write};
+use flate2::bufread::GzDecoder;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Magic number of an IDX file of unsigned bytes with three dimensions (images).
@@ -96,18 +100,42 @@ impl Idx {
     }
 
     /// Decodes IDX bytes (already decompressed). `path` only names the file in errors;
-    /// `expected_magic` is [`IMAGES_MAGIC`], [`LABELS_MAGIC`] or any `0x0000_08NN`.
+    /// `expected_magic` is [`IMAGES_MAGIC`], [`LABELS_MAGIC`] or any `0x0000_08NN`. The
+    /// header may declare at most [`MAX_IDX_BYTES`] data bytes.
     pub fn from_bytes(bytes: &[u8], path: &Path, expected_magic: u32) -> Result<Idx, DataError> {
-        if bytes.len() < 4 {
+        Idx::from_reader(bytes, path, expected_magic, MAX_IDX_BYTES)
+    }
+
+    /// Decodes IDX bytes (already decompressed) read from `input`, as a stream: the header
+    /// first, whose dimensions must declare at most `limit` data bytes, then exactly the
+    /// declared bytes. At most one byte more than the header declares is read (to report
+    /// trailing bytes), so memory never exceeds the declared size, whatever `input` holds.
+    /// `path` only names the file in errors.
+    pub fn from_reader(
+        mut input: impl Read,
+        path: &Path,
+        expected_magic: u32,
+        limit: usize,
+    ) -> Result<Idx, DataError> {
+        let read_err = |e: std::io::Error| match e.kind() {
+            // the gzip decoder's complaints (see `GzMembers`): the file's content is wrong
+            std::io::ErrorKind::InvalidData => format_err(path, e.to_string()),
+            _ => DataError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        };
+        let mut magic = [0u8; 4];
+        let got = read_up_to(&mut input, &mut magic).map_err(read_err)?;
+        if got < 4 {
             return Err(format_err(
                 path,
                 format!(
-                    "truncated IDX header: expected at least 4 bytes (the magic number), found {}",
-                    bytes.len()
+                    "truncated IDX header: expected at least 4 bytes (the magic number), found {got}"
                 ),
             ));
         }
-        let magic = be_u32(bytes, 0);
+        let magic = u32::from_be_bytes(magic);
         if magic != expected_magic {
             return Err(format_err(
                 path,
@@ -119,28 +147,40 @@ impl Idx {
         }
         let rank = (magic & 0xff) as usize;
         let header = 4 + 4 * rank;
-        if bytes.len() < header {
+        let mut dims_bytes = vec![0u8; 4 * rank];
+        let got = read_up_to(&mut input, &mut dims_bytes).map_err(read_err)?;
+        if got < dims_bytes.len() {
             return Err(format_err(
                 path,
                 format!(
                     "truncated IDX header: expected {header} bytes for {rank} dimension(s), found {}",
-                    bytes.len()
+                    4 + got
                 ),
             ));
         }
-        let dims: Vec<usize> = (0..rank)
-            .map(|i| be_u32(bytes, 4 + 4 * i) as usize)
+        let dims: Vec<usize> = dims_bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
             .collect();
         let count = dims
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| format_err(path, format!("dimensions {dims:?} overflow")))?;
-        let found = bytes.len() - header;
+        if count > limit {
+            return Err(format_err(
+                path,
+                format!(
+                    "dimensions {dims:?} declare {count} data bytes, more than the limit of {limit} bytes"
+                ),
+            ));
+        }
+        let data = read_at_most(&mut input, count + 1).map_err(read_err)?;
+        let found = data.len();
         if found != count {
-            let what = if found < count {
-                "truncated"
+            let (what, found) = if found < count {
+                ("truncated", found.to_string())
             } else {
-                "trailing bytes"
+                ("trailing bytes", "more".to_string())
             };
             return Err(format_err(
                 path,
@@ -149,28 +189,39 @@ impl Idx {
                 ),
             ));
         }
-        Ok(Idx {
-            dims,
-            data: bytes[header..].to_vec(),
-        })
+        Ok(Idx { dims, data })
     }
 
     /// Reads an IDX file, gunzipping it first when it starts with the gzip magic (`1f 8b`).
+    /// The header may declare at most [`MAX_IDX_BYTES`] data bytes (see [`Idx::read_limited`]).
     pub fn read(path: &Path, expected_magic: u32) -> Result<Idx, DataError> {
-        let raw = std::fs::read(path).map_err(|source| DataError::Io {
+        Idx::read_limited(path, expected_magic, MAX_IDX_BYTES)
+    }
+
+    /// [`Idx::read`] with the largest number of data bytes the header may declare.
+    ///
+    /// The file is read as a stream ([`Idx::from_reader`]): the header is checked before any
+    /// data is read or decompressed, and no more than the declared data (plus one byte, to
+    /// detect excess) is ever held, so a small gzip file that inflates to gigabytes costs no
+    /// more memory than its header declares. A gzipped file may hold several gzip members
+    /// one after another (`cat a.gz b.gz`), read as one stream; bytes after the last member
+    /// that do not start another member are an error.
+    pub fn read_limited(path: &Path, expected_magic: u32, limit: usize) -> Result<Idx, DataError> {
+        let io = |source| DataError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-            let mut out = Vec::new();
-            GzDecoder::new(&raw[..])
-                .read_to_end(&mut out)
-                .map_err(|e| format_err(path, format!("corrupt or truncated gzip stream: {e}")))?;
-            out
-        } else {
-            raw
         };
-        Idx::from_bytes(&bytes, path, expected_magic)
+        let file = std::fs::File::open(path).map_err(io)?;
+        let mut input = BufReader::new(Counting {
+            inner: file,
+            count: 0,
+        });
+        let gzipped = input.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
+        if gzipped {
+            Idx::from_reader(GzMembers::new(input), path, expected_magic, limit)
+        } else {
+            Idx::from_reader(input, path, expected_magic, limit)
+        }
     }
 
     /// Writes the file gzipped (best compression, no timestamp, so the bytes are reproducible).
@@ -189,8 +240,135 @@ impl Idx {
     }
 }
 
-fn be_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+/// The most data bytes [`Idx::read`] and [`Idx::from_bytes`] accept from an IDX header:
+/// 1 GiB (the full MNIST training images are 47 MB). A header declaring more is refused
+/// before anything is read or decompressed; [`Idx::read_limited`] takes another limit.
+pub const MAX_IDX_BYTES: usize = 1 << 30;
+
+/// Fills `buf` from `input` as far as the input goes; returns how many bytes were read.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads until the end of `input` or until `max` bytes are read, whichever comes first. The
+/// buffer grows with what arrives (at most doubling, never beyond `max`), so a header that
+/// declares more than the input holds allocates no more than the input's size.
+fn read_at_most(input: &mut impl Read, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut data: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while data.len() < max {
+        let want = (max - data.len()).min(chunk.len());
+        let n = match input.read(&mut chunk[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if data.capacity() - data.len() < n {
+            let grow = data.len().max(1 << 20).min(max - data.len()).max(n);
+            data.reserve_exact(grow);
+        }
+        data.extend_from_slice(&chunk[..n]);
+    }
+    Ok(data)
+}
+
+/// A reader that counts the bytes read through it (the position in a compressed file).
+struct Counting<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// The decompressed bytes of a gzip file of one or more members (as `cat a.gz b.gz` makes
+/// and `gunzip` reads), as a stream. Every error is an [`std::io::ErrorKind::InvalidData`]
+/// naming the byte offset in the file: a corrupt or truncated member (including a checksum
+/// mismatch), or bytes after the last member that do not start another one.
+struct GzMembers<R: Read> {
+    state: GzState<R>,
+}
+
+/// Where [`GzMembers`] is.
+enum GzState<R: Read> {
+    /// Inside the member starting at this byte offset.
+    Member(GzDecoder<BufReader<Counting<R>>>, u64),
+    /// At the end of a member (or at the start of the file).
+    Between(BufReader<Counting<R>>),
+    /// After an error.
+    Failed,
+}
+
+impl<R: Read> GzMembers<R> {
+    fn new(input: BufReader<Counting<R>>) -> GzMembers<R> {
+        GzMembers {
+            state: GzState::Between(input),
+        }
+    }
+}
+
+/// The offset in the file of the next byte `input` gives.
+fn position<R>(input: &BufReader<Counting<R>>) -> u64 {
+    input.get_ref().count - input.buffer().len() as u64
+}
+
+impl<R: Read> Read for GzMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+        loop {
+            match std::mem::replace(&mut self.state, GzState::Failed) {
+                GzState::Member(mut member, start) => match member.read(buf) {
+                    Ok(0) if !buf.is_empty() => {
+                        self.state = GzState::Between(member.into_inner());
+                    }
+                    Ok(n) => {
+                        self.state = GzState::Member(member, start);
+                        return Ok(n);
+                    }
+                    Err(e) => {
+                        return Err(invalid(format!(
+                            "corrupt or truncated gzip stream (the member starting at byte {start}): {e}"
+                        )))
+                    }
+                },
+                GzState::Between(mut input) => {
+                    let at = position(&input);
+                    let next = input.fill_buf()?;
+                    if next.is_empty() {
+                        self.state = GzState::Between(input);
+                        return Ok(0);
+                    }
+                    if next[0] != 0x1f || next.get(1).is_some_and(|&b| b != 0x8b) {
+                        let shown: Vec<String> =
+                            next.iter().take(4).map(|b| format!("{b:02x}")).collect();
+                        return Err(invalid(format!(
+                            "unexpected bytes after the end of the gzip stream, at byte {at}: expected another gzip member (1f 8b) or the end of the file, found {}",
+                            shown.join(" ")
+                        )));
+                    }
+                    self.state = GzState::Member(GzDecoder::new(input), at);
+                }
+                GzState::Failed => {
+                    return Err(invalid("the gzip stream failed earlier".to_string()))
+                }
+            }
+        }
+    }
 }
 
 fn describe_magic(m: u32) -> String {
@@ -226,6 +404,23 @@ impl Dataset {
         images_path: &Path,
         labels_path: &Path,
     ) -> Result<Dataset, DataError> {
+        let (n, rows, cols) = Dataset::check_idx(images, labels, images_path, labels_path)?;
+        Ok(Dataset {
+            pixels: images.data.clone(),
+            labels: labels.data.iter().map(|&b| b as i32).collect(),
+            n,
+            rows,
+            cols,
+        })
+    }
+
+    /// `(n, rows, cols)` of an images file and a labels file that agree.
+    fn check_idx(
+        images: &Idx,
+        labels: &Idx,
+        images_path: &Path,
+        labels_path: &Path,
+    ) -> Result<(usize, usize, usize), DataError> {
         let (n, rows, cols) = match images.dims[..] {
             [n, r, c] => (n, r, c),
             _ => {
@@ -248,20 +443,22 @@ impl Dataset {
                 ),
             ));
         }
+        Ok((n, rows, cols))
+    }
+
+    /// Reads an images file and a labels file (each gzipped or plain, see [`Idx::read`]).
+    /// The pixels are kept as read (no copy).
+    pub fn read(images_path: &Path, labels_path: &Path) -> Result<Dataset, DataError> {
+        let images = Idx::read(images_path, IMAGES_MAGIC)?;
+        let labels = Idx::read(labels_path, LABELS_MAGIC)?;
+        let (n, rows, cols) = Dataset::check_idx(&images, &labels, images_path, labels_path)?;
         Ok(Dataset {
-            pixels: images.data.clone(),
+            pixels: images.data,
             labels: labels.data.iter().map(|&b| b as i32).collect(),
             n,
             rows,
             cols,
         })
-    }
-
-    /// Reads an images file and a labels file (each gzipped or plain).
-    pub fn read(images_path: &Path, labels_path: &Path) -> Result<Dataset, DataError> {
-        let images = Idx::read(images_path, IMAGES_MAGIC)?;
-        let labels = Idx::read(labels_path, LABELS_MAGIC)?;
-        Dataset::from_idx(&images, &labels, images_path, labels_path)
     }
 
     /// Every image's pixels scaled to `[0, 1]` (byte / 255), image after image: a copy of

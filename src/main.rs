@@ -669,6 +669,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stop once this many steps are done in all (counted from the start of training).
+    /// Training ends at whichever of `--epochs` and `--steps` comes first (a note says so
+    /// when `--epochs` ends it first).
     #[arg(long)]
     steps: Option<usize>,
     /// Train on the first N training images only.
@@ -868,12 +870,28 @@ fn load_data(dir: Option<&Path>) -> Result<(Dataset, Dataset), CliError> {
     }
 }
 
-/// Checks that the dataset's images and labels fit the model's inputs.
+/// Checks that the dataset's images and labels fit the model's inputs: an images input of
+/// one value per pixel (`[B, rows*cols]`) takes images of any `rows x cols` with that many
+/// pixels; any other input must have the images' dimensions (`[B, rows, cols]`, with axes
+/// of extent 1 anywhere, such as a channel axis `[B, rows, cols, 1]`).
 fn check_data(m: &Trainable, d: &Dataset, which: &str) -> Result<(), CliError> {
-    let per_example: usize = m.x.1.shape.dims()[1..].iter().product();
-    if per_example != d.example_len() {
+    let example = &m.x.1.shape.dims()[1..];
+    let per_example: usize = example.iter().product();
+    let spatial: Vec<usize> = example.iter().copied().filter(|&e| e != 1).collect();
+    let fits = if spatial.len() <= 1 {
+        per_example == d.example_len()
+    } else {
+        spatial == [d.rows, d.cols]
+    };
+    if !fits {
+        let expects = if spatial.len() <= 1 {
+            format!("{per_example} values per example")
+        } else {
+            let dims: Vec<String> = spatial.iter().map(|e| e.to_string()).collect();
+            format!("images of {}", dims.join("x"))
+        };
         return Err(CliError(format!(
-            "{}: the images input %{}: {} holds {per_example} values per example, but the {which} images are {}x{} = {}",
+            "{}: the images input %{}: {} expects {expects}, but the {which} images are {}x{} (rows x cols in their IDX header) = {} pixels",
             m.file,
             m.x.0,
             m.x.1,
@@ -933,10 +951,12 @@ fn resume(
             opt.name()
         )));
     }
-    let step: usize = meta("step").parse().map_err(|_| {
+    // a whole number the optimizer's own count (Adam's) agrees with
+    let step = c.step().map_err(|e| CliError(e.to_string()))?;
+    let step = usize::try_from(step).map_err(|_| {
         CliError(format!(
-            "{file}: the checkpoint's metadata has no step count (step = {:?})",
-            meta("step")
+            "{file}: the checkpoint's step {step} is more than this machine counts ({})",
+            usize::MAX
         ))
     })?;
     for (key, now) in [
@@ -952,24 +972,6 @@ fn resume(
     }
     let expected = checkpoint::graph_tensor_types(&m.step).map_err(|e| CliError(e.to_string()))?;
     let tensors = c.restore(&expected).map_err(|e| CliError(e.to_string()))?;
-    // the optimizer counts its own steps (Adam's bias correction): the two must agree
-    if let Some(counted) = tensors
-        .iter()
-        .find(|t| t.name == "optimizer.step")
-        .and_then(|t| {
-            t.clone()
-                .into_host()
-                .1
-                .as_f32()
-                .and_then(|v| v.first().copied())
-        })
-    {
-        if counted as f64 != step as f64 {
-            return Err(CliError(format!(
-                "{file}: the checkpoint's metadata says step {step}, but its optimizer.step holds {counted}"
-            )));
-        }
-    }
     for t in tensors {
         let (name, value) = t.into_host();
         let is_param = m
@@ -1109,13 +1111,22 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     if let (Some(path), Some(s)) = (&a.resume, resumed) {
         outln!("resumed from {} at step {s}", path.display());
     }
-    let end = (a.epochs * per_epoch).min(a.steps.unwrap_or(usize::MAX));
+    let epochs_end = a.epochs.saturating_mul(per_epoch);
+    let end = epochs_end.min(a.steps.unwrap_or(usize::MAX));
     if let Some(steps) = a.steps.filter(|&s| s > end) {
         outln!(
-            "note: --steps {steps} is beyond --epochs {} ({end} steps of {} per epoch): training stops at step {end}",
+            "note: --steps {steps} is beyond --epochs {} ({end} steps of {} per epoch): the epoch limit ends training at step {end}, before the step count (raise --epochs to reach step {steps})",
             a.epochs,
             m.batch
         );
+    }
+    if step >= end && a.resume.is_some() {
+        let limit = if end == epochs_end {
+            format!("--epochs {} ({end} steps)", a.epochs)
+        } else {
+            format!("--steps {end}")
+        };
+        outln!("note: the checkpoint is at step {step}, already at or beyond {limit}: nothing to train");
     }
     let run_err = |e: gradlift::runtime::RunError| CliError(format!("{}: {e}", m.file));
     exe.input_f32_mut("lr").map_err(run_err)?[0] = lr as f32;

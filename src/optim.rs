@@ -690,6 +690,10 @@ fn sgd_update(
     Ok(())
 }
 
+/// The name of Adam's step counter: an f32 state, 0 before the first step, incremented by 1
+/// at each step (for the bias correction). SGD and momentum count no steps.
+pub const STEP_COUNTER: &str = "optimizer.step";
+
 /// Increments the step counter and returns `lr * sqrt(1 - b2^t) / (1 - b1^t)` (a scalar).
 fn adam_step_size(
     at: &mut At<'_>,
@@ -699,7 +703,7 @@ fn adam_step_size(
     beta2: f64,
 ) -> Result<NodeId, BuildError> {
     let t = at.leaf(
-        "optimizer.step",
+        STEP_COUNTER,
         Op::State { init: Init::Zeros },
         TensorType::f32(Shape::scalar()),
     )?;

@@ -191,3 +191,35 @@ fn stale_temporary_files_are_removed_on_the_next_save() {
     );
     assert!(left.contains(&"w.safetensors".to_string()), "{left:?}");
 }
+
+/// A temporary file named for a running process that started after the file was last
+/// written is stale too (the pid was given to another process): it is removed, while a
+/// running process's recent file is kept.
+#[test]
+fn temporary_files_older_than_their_pids_process_are_removed() {
+    let dir = scratch("reused_pid");
+    let path = dir.join("w.safetensors");
+    let pid = std::process::id();
+    let old = dir.join(format!("w.safetensors.tmp-{pid}-1000001"));
+    let recent = dir.join(format!("w.safetensors.tmp-{pid}-1000002"));
+    for f in [&old, &recent] {
+        fs::write(f, b"partial").unwrap();
+    }
+    // last written in 2001, long before this process started
+    let then = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+    save(&path, &weights(1.0, 4), &BTreeMap::new()).unwrap();
+    let left = entries(&dir);
+    assert_eq!(
+        left,
+        vec![
+            "w.safetensors".to_string(),
+            format!("w.safetensors.tmp-{pid}-1000002")
+        ]
+    );
+}

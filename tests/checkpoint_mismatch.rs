@@ -226,8 +226,8 @@ fn corrupt_errors_expose_the_tensor() {
     }
 }
 
-/// Weights holding NaN or infinities (a diverged run) are refused with the tensor named (a
-/// probe found them loaded silently).
+/// Weights holding NaN or infinities (a diverged run) are refused with the tensor named and
+/// the count of such values (they used to load silently).
 #[test]
 fn non_finite_weights_are_refused_by_name() {
     let c = checkpoint(&[
@@ -247,5 +247,65 @@ fn non_finite_weights_are_refused_by_name() {
     assert!(
         e.contains("tensor w: 2 NaN or infinite value(s), the first at index 1"),
         "{e}"
+    );
+}
+
+/// A checkpoint with `step` metadata `step` and, when given, Adam's step counter.
+fn with_step(step: Option<&str>, counter: Option<f32>) -> Checkpoint {
+    let mut tensors = vec![NamedTensor::f32("w", [1], vec![1.0])];
+    if let Some(c) = counter {
+        tensors.push(NamedTensor::f32(gradlift::optim::STEP_COUNTER, [], vec![c]));
+    }
+    let meta: BTreeMap<String, String> = step
+        .map(|s| BTreeMap::from([("step".to_string(), s.to_string())]))
+        .unwrap_or_default();
+    let bytes = to_bytes(&tensors, &meta).expect("encode");
+    Checkpoint::from_bytes(&bytes, "c.safetensors").expect("decode")
+}
+
+/// The step count is a whole number of at most `MAX_STEP` (a step of 2^64-1 used to be
+/// accepted) that agrees with Adam's own f32 counter when there is one; the counter stops at
+/// 2^24, where f32 stops counting.
+#[test]
+fn step_counts_are_bounded_and_agree_with_the_optimizer() {
+    use gradlift::checkpoint::{f32_step_counter, MAX_STEP};
+    let err = |c: Checkpoint| c.step().expect_err("refused").to_string();
+    assert_eq!(with_step(Some("7"), None).step().expect("sgd"), 7);
+    assert_eq!(with_step(Some("3"), Some(3.0)).step().expect("adam"), 3);
+    let late = (1u64 << 24) + 5;
+    assert_eq!(f32_step_counter(late), 16_777_216.0);
+    assert_eq!(
+        with_step(Some(&late.to_string()), Some(16_777_216.0))
+            .step()
+            .expect("past 2^24"),
+        late
+    );
+    assert_eq!(
+        with_step(Some(&MAX_STEP.to_string()), None)
+            .step()
+            .expect("max"),
+        i64::MAX as u64
+    );
+    assert_eq!(
+        err(with_step(Some(&u64::MAX.to_string()), None)),
+        "c.safetensors: metadata step: 18446744073709551615 is more than 9223372036854775807, the most steps a training run counts"
+    );
+    assert_eq!(
+        err(with_step(Some("1e3"), None)),
+        "c.safetensors: metadata step: expected a whole number from 0 to 9223372036854775807, found \"1e3\""
+    );
+    assert_eq!(
+        err(with_step(None, None)),
+        "c.safetensors: metadata step: missing (a training checkpoint records its step count)"
+    );
+    assert_eq!(
+        err(with_step(Some("5"), Some(3.0))),
+        "c.safetensors: metadata step: the metadata says step 5, but the optimizer's own count optimizer.step holds 3 (expected 5)"
+    );
+    // before this bound, 2^64-1 passed: its f32 counter rounds to the same 2^64
+    assert!(
+        with_step(Some(&u64::MAX.to_string()), Some(u64::MAX as f32))
+            .step()
+            .is_err()
     );
 }

@@ -383,8 +383,8 @@ fn run_prints_i32_outputs_exactly() {
 }
 
 /// `run` draws its random inputs from the graph as written, like `eval`: a label input's
-/// range comes from a one_hot the passes then remove (a probe found `run` drawing 0..10
-/// where `eval` drew 0..3).
+/// range comes from a one_hot the passes then remove (`run` used to draw 0..10 where `eval`
+/// drew 0..3).
 #[test]
 fn run_and_eval_draw_the_same_inputs() {
     let dir = scratch("same_inputs");

@@ -140,7 +140,7 @@ fn large_matmuls_split_over_threads_match_one_thread() {
 }
 
 /// The mean of no elements is NaN in compiled code as in the interpreter (numpy's mean of an
-/// empty axis), plain and fused (a probe found 0.0 compiled).
+/// empty axis), plain and fused (compiled code used to give 0.0).
 #[test]
 fn the_mean_of_an_empty_axis_is_nan_like_the_interpreter() {
     let text = "graph empty {

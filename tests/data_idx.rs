@@ -1,11 +1,14 @@
 //! The IDX reader and the MNIST loaders: the shipped subset loads with the expected content,
-//! plain and gzipped files read the same, and malformed files (truncated, wrong magic, wrong
-//! dimensions, corrupt gzip, garbage) give errors naming the file, never panics.
+//! plain, gzipped and multi-member gzipped files read the same, and malformed files
+//! (truncated, wrong magic, wrong dimensions, corrupt gzip, bytes after the gzip stream, a
+//! declared size above the limit, garbage) give errors naming the file, never panics.
 
 use gradlift::data::{
-    load_default, load_mnist, DataError, Dataset, Idx, IMAGES_MAGIC, LABELS_MAGIC, MNIST_FILES,
+    load_default, load_mnist, DataError, Dataset, Idx, IMAGES_MAGIC, LABELS_MAGIC, MAX_IDX_BYTES,
+    MNIST_FILES,
 };
 use proptest::prelude::*;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A fresh empty directory under the system temp dir, unique to this test and process.
@@ -206,6 +209,106 @@ fn corrupt_gzip_is_an_error() {
     flipped[12] ^= 0xff;
     std::fs::write(&p, &flipped).unwrap();
     assert!(Idx::read(&p, IMAGES_MAGIC).is_err());
+}
+
+/// The gzip encoding of `bytes` (one member, no timestamp).
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Two gzip members one after the other (`cat a.gz b.gz`) read as one stream, as gunzip
+/// reads them; so do three, one of them empty.
+#[test]
+fn multi_member_gzip_reads_as_one_stream() {
+    let dir = temp_dir("multi-member");
+    let img = tiny_images(5);
+    let bytes = img.to_bytes();
+    for cut in [1, 10, 16, bytes.len() - 1] {
+        let mut cat = gzip(&bytes[..cut]);
+        cat.extend(gzip(&[]));
+        cat.extend(gzip(&bytes[cut..]));
+        let p = dir.join(format!("cat-{cut}.gz"));
+        std::fs::write(&p, &cat).unwrap();
+        assert_eq!(Idx::read(&p, IMAGES_MAGIC).unwrap(), img, "cut at {cut}");
+    }
+}
+
+/// Bytes after the end of the gzip stream that do not start another member are an error
+/// naming where they are and what was found (they used to be ignored).
+#[test]
+fn bytes_after_the_gzip_stream_are_an_error() {
+    let dir = temp_dir("gz-trailing");
+    let p = dir.join("labels.gz");
+    let mut bytes = gzip(&tiny_labels(3).to_bytes());
+    let end = bytes.len();
+    bytes.extend_from_slice(b"garbage");
+    std::fs::write(&p, &bytes).unwrap();
+    let (path, msg) = format_message(Idx::read(&p, LABELS_MAGIC).unwrap_err());
+    assert_eq!(path, p);
+    assert!(
+        msg.contains(&format!(
+            "unexpected bytes after the end of the gzip stream, at byte {end}: expected another gzip member (1f 8b) or the end of the file, found 67 61 72 62"
+        )),
+        "{msg}"
+    );
+    // a damaged second member is reported with its offset
+    let mut bytes = gzip(&tiny_labels(3).to_bytes());
+    bytes.extend_from_slice(&[0x1f, 0x8b, 0, 0]);
+    std::fs::write(&p, &bytes).unwrap();
+    let (_, msg) = format_message(Idx::read(&p, LABELS_MAGIC).unwrap_err());
+    assert!(
+        msg.contains(&format!("the member starting at byte {end}")),
+        "{msg}"
+    );
+}
+
+/// A header declaring more data than the limit is refused before any data is read.
+#[test]
+fn declared_size_above_the_limit_is_refused() {
+    let dir = temp_dir("limit");
+    let p = dir.join("imgs");
+    let mut header = vec![0, 0, 8, 3];
+    for d in [100_000u32, 1_000, 1_000] {
+        header.extend_from_slice(&d.to_be_bytes());
+    }
+    std::fs::write(&p, &header).unwrap();
+    let (_, msg) = format_message(Idx::read(&p, IMAGES_MAGIC).unwrap_err());
+    assert!(
+        msg.contains(&format!(
+            "dimensions [100000, 1000, 1000] declare 100000000000 data bytes, more than the limit of {MAX_IDX_BYTES} bytes"
+        )),
+        "{msg}"
+    );
+    // the limit is the caller's to choose
+    std::fs::write(&p, tiny_images(4).to_bytes()).unwrap();
+    assert!(Idx::read_limited(&p, IMAGES_MAGIC, 24).is_ok());
+    let (_, msg) = format_message(Idx::read_limited(&p, IMAGES_MAGIC, 23).unwrap_err());
+    assert!(msg.contains("more than the limit of 23 bytes"), "{msg}");
+}
+
+/// The reader stops one byte after the declared data: an endless input behind a valid header
+/// is reported as trailing bytes (reading it whole would never end).
+#[test]
+fn reading_stops_after_the_declared_bytes() {
+    let header = Idx {
+        dims: vec![2],
+        data: vec![7, 7],
+    }
+    .to_bytes();
+    let endless = (&header[..]).chain(std::io::repeat(1));
+    let e = Idx::from_reader(endless, Path::new("endless"), LABELS_MAGIC, MAX_IDX_BYTES);
+    let (_, msg) = format_message(e.unwrap_err());
+    assert!(
+        msg.contains(
+            "trailing bytes: dimensions [2] need 2 data bytes after the 8-byte header, found more"
+        ),
+        "{msg}"
+    );
 }
 
 proptest! {

@@ -860,8 +860,8 @@ fn hand_written_fused_log_compiles_and_pow_is_refused() {
 }
 
 /// A fused body whose trailing reduction reads something other than the instruction before
-/// it is refused when parsed (a probe found it compiled to the wrong values: the loop reduces
-/// over the elementwise result's domain).
+/// it is refused when parsed (it used to compile to the wrong values: the loop reduces over
+/// the elementwise result's domain).
 #[test]
 fn a_reduction_of_anything_but_the_last_elementwise_value_is_refused() {
     let text = "graph g {

@@ -231,3 +231,34 @@ fn bad_files_are_errors_naming_the_tensor_and_leave_the_model_untouched() {
     }
     assert_eq!(after["dense.kernel"], bits(&a)["dense.kernel"]);
 }
+
+/// `Model::load` bounds the step count and checks it against the optimizer's own count, as
+/// `gradlift train --resume` does (a step of 2^64-1 used to load), leaving the model as it was.
+#[test]
+fn impossible_step_counts_are_refused() {
+    let (x, y) = data();
+    let y = Targets::Classes(&y);
+    for (opt, file) in [
+        (Optimizer::adam(), "step-adam.safetensors"),
+        (Optimizer::momentum(0.9), "step-momentum.safetensors"),
+    ] {
+        let mut a = model(opt.clone(), 8, 1);
+        a.fit(&x, y, &opts(0, 1)).unwrap();
+        let path = scratch(file);
+        a.save(&path).unwrap();
+        let c = checkpoint::load(&path).unwrap();
+        let mut m = model(opt, 8, 2);
+        let before = snapshot(&mut m, &x);
+        for (step, expected) in [
+            (u64::MAX.to_string(), "is more than 9223372036854775807"),
+            ("4x".to_string(), "expected a whole number"),
+        ] {
+            let mut meta = c.metadata.clone();
+            meta.insert("step".into(), step);
+            checkpoint::save(&path, &c.tensors, &meta).unwrap();
+            let e = m.load(&path).unwrap_err().to_string();
+            assert!(e.contains("metadata step: ") && e.contains(expected), "{e}");
+            assert_eq!(snapshot(&mut m, &x), before);
+        }
+    }
+}

@@ -494,7 +494,7 @@ fn leaf_errors() {
     check_err(r, l, &["duplicate name", "x"]);
 }
 
-/// A stride of 0 is named as such (a probe saw "does not fit input").
+/// A stride of 0 is named as such (it used to be reported as "does not fit input").
 #[test]
 fn a_zero_stride_is_named() {
     let x = f32t(&[1, 8, 8, 2]);

@@ -707,7 +707,7 @@ fn readme_examples_parse_and_are_canonical() {
 }
 
 /// A JSON graph whose edge comes from a vacant node slot (`node_holes`) is an error naming
-/// the edge, not a panic in the verifier (a probe's finding).
+/// the edge, not a panic in the verifier.
 #[test]
 fn json_edge_from_a_node_hole_is_an_error() {
     let json = r#"{"name":"g","graph":{"nodes":[{"op":"Input","ty":{"dtype":"F32","shape":[2]},"name":"x","grad_of":null},{"op":{"Unary":"Relu"},"ty":{"dtype":"F32","shape":[2]},"name":"y","grad_of":null}],"node_holes":[0],"edge_property":"directed","edges":[[0,2,0]]},"outputs":[{"name":"y","node":2}],"updates":[]}"#;

@@ -236,7 +236,7 @@ fn bad_arguments_are_clear_errors() {
         err.contains("--lr: the learning rate must be a positive number, found -1"),
         "{err}"
     );
-    // finite in f64, but inf or 0 in the step's f32 (a probe's finding)
+    // finite in f64, but inf or 0 in the step's f32
     for (lr, as_f32) in [("1e39", "inf"), ("1e-50", "0")] {
         let err = fails(&["train", "ir/mlp.ir", "--lr", lr]);
         assert!(
@@ -278,48 +278,128 @@ fn summary_of_the_training_step() {
     assert!(sgd.contains("updates: 4\n"), "{sgd}");
 }
 
-/// `--steps` beyond the end of `--epochs` says where training stops (it stopped silently).
+/// `--steps` beyond the end of `--epochs` says that the epoch limit ends training first (it
+/// stopped silently).
 #[test]
 fn steps_beyond_the_epochs_are_noted() {
     let (code, out, err) = run(&["train", "ir/mlp.ir", "--limit", "640", "--steps", "500"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("note: --steps 500 is beyond --epochs 1 (10 steps of 64 per epoch): training stops at step 10"),
+        out.contains("note: --steps 500 is beyond --epochs 1 (10 steps of 64 per epoch): the epoch limit ends training at step 10, before the step count (raise --epochs to reach step 500)"),
         "{out}"
     );
     assert!(out.contains("trained to step 10 "), "{out}");
 }
 
-/// A checkpoint whose metadata step disagrees with the optimizer's own step count (a probe
-/// resumed "at step 18446744073709551615") is refused with both numbers.
+/// A checkpoint's step count must be a whole number of at most `i64::MAX` (a checkpoint at
+/// step 2^64-1 used to be accepted: "trained to step 18446744073709551615"), with either
+/// optimizer, and must agree with Adam's own step count.
 #[test]
-fn a_step_count_that_disagrees_with_the_optimizer_is_refused() {
+fn a_step_count_out_of_range_or_disagreeing_with_the_optimizer_is_refused() {
     let d = scratch("bad_step");
-    let good = d.join("good.st");
-    let (code, _, err) = run(&[
-        "train",
-        "ir/mlp.ir",
-        "--limit",
-        "192",
-        "--save",
-        good.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let c = gradlift::checkpoint::load(&good).unwrap();
-    let mut meta = c.metadata.clone();
-    meta.insert("step".into(), u64::MAX.to_string());
-    let bad = d.join("bad.st");
-    gradlift::checkpoint::save(&bad, &c.tensors, &meta).unwrap();
-    let err = fails(&[
-        "train",
-        "ir/mlp.ir",
-        "--limit",
-        "192",
-        "--resume",
-        bad.to_str().unwrap(),
-    ]);
+    for opt in ["adam", "sgd"] {
+        let good = d.join(format!("{opt}.st"));
+        let (code, _, err) = run(&[
+            "train",
+            "ir/mlp.ir",
+            "--optimizer",
+            opt,
+            "--limit",
+            "192",
+            "--save",
+            good.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let c = gradlift::checkpoint::load(&good).unwrap();
+        let with_step = |step: &str| {
+            let mut meta = c.metadata.clone();
+            meta.insert("step".into(), step.into());
+            let bad = d.join(format!("{opt}-{step}.st"));
+            gradlift::checkpoint::save(&bad, &c.tensors, &meta).unwrap();
+            fails(&[
+                "train",
+                "ir/mlp.ir",
+                "--optimizer",
+                opt,
+                "--limit",
+                "192",
+                "--resume",
+                bad.to_str().unwrap(),
+            ])
+        };
+        let err = with_step(&u64::MAX.to_string());
+        assert!(
+            err.contains("metadata step: 18446744073709551615 is more than 9223372036854775807, the most steps a training run counts"),
+            "{err}"
+        );
+        let err = with_step("-1");
+        assert!(
+            err.contains("metadata step: expected a whole number from 0 to 9223372036854775807, found \"-1\""),
+            "{err}"
+        );
+        if opt == "adam" {
+            let err = with_step("5");
+            assert!(
+                err.contains("metadata step: the metadata says step 5, but the optimizer's own count optimizer.step holds 3 (expected 5)"),
+                "{err}"
+            );
+        }
+    }
+}
+
+/// Resuming a checkpoint that is already at the end of `--epochs` says that nothing is left
+/// to train.
+#[test]
+fn resuming_at_the_end_says_nothing_is_left_to_train() {
+    let d = scratch("resume_at_end");
+    let ck = d.join("c.st");
+    let ck = ck.to_str().unwrap();
+    ok(&["train", "ir/mlp.ir", "--limit", "192", "--save", ck]);
+    let out = ok(&["train", "ir/mlp.ir", "--limit", "192", "--resume", ck]);
     assert!(
-        err.contains("metadata says step 18446744073709551615, but its optimizer.step holds 3"),
+        out.contains("note: the checkpoint is at step 3, already at or beyond --epochs 1 (3 steps): nothing to train"),
+        "{out}"
+    );
+    assert!(lines(&out, "epoch ").is_empty(), "{out}");
+}
+
+/// Writes the four MNIST files into `dir`: `n` images of `rows x cols` and `n` labels.
+fn write_mnist(dir: &Path, n: usize, rows: usize, cols: usize) {
+    use gradlift::data::{Idx, MNIST_FILES};
+    for (i, name) in MNIST_FILES.iter().enumerate() {
+        let idx = if i % 2 == 0 {
+            Idx {
+                dims: vec![n, rows, cols],
+                data: (0..n * rows * cols).map(|k| (k * 7 % 256) as u8).collect(),
+            }
+        } else {
+            Idx {
+                dims: vec![n],
+                data: (0..n).map(|k| (k % 10) as u8).collect(),
+            }
+        };
+        idx.write_gz(&dir.join(format!("{name}.gz"))).unwrap();
+    }
+}
+
+/// Images whose IDX dimensions differ from the model's input are refused even when the pixel
+/// counts agree (56x14 images used to train the 28x28 CNN); a model of flat pixel vectors
+/// takes any image of its pixel count.
+#[test]
+fn images_must_have_the_dimensions_the_model_expects() {
+    let d = scratch("image_dims");
+    write_mnist(&d, 128, 56, 14);
+    let dir = d.to_str().unwrap();
+    let err = fails(&["train", "ir/cnn.ir", "--data", dir]);
+    assert!(
+        err.contains("ir/cnn.ir: the images input %x: f32[64,28,28,1] expects images of 28x28, but the training images are 56x14 (rows x cols in their IDX header) = 784 pixels"),
         "{err}"
     );
+    let out = ok(&["train", "ir/mlp.ir", "--data", dir]);
+    assert!(out.contains("trained to step 2 "), "{out}");
+    // the same images at 28x28 fit the CNN
+    let d = scratch("image_dims_ok");
+    write_mnist(&d, 64, 28, 28);
+    let out = ok(&["train", "ir/cnn.ir", "--data", d.to_str().unwrap()]);
+    assert!(out.contains("trained to step 1 "), "{out}");
 }

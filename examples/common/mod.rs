@@ -121,12 +121,12 @@ fn run(
             },
         )?;
         println!(
-            "epoch {}/{}: loss {:.4} - accuracy {:.4} - {:.1} s",
+            "epoch {}/{}: loss {:.4} - accuracy {:.4} - {}",
             epoch + 1,
             a.epochs,
             h.get("loss").first().copied().unwrap_or(f64::NAN),
             h.get("accuracy").first().copied().unwrap_or(f64::NAN),
-            t.elapsed().as_secs_f64()
+            duration(t.elapsed())
         );
     }
 
@@ -135,11 +135,11 @@ fn run(
     let accuracy = ev.metric("accuracy").unwrap_or(f64::NAN);
     if ex.detailed {
         println!(
-            "test: loss {:.4} - accuracy {:.4} ({} images, {:.1} s)",
+            "test: loss {:.4} - accuracy {:.4} ({} images, {})",
             ev.loss,
             accuracy,
             test.n,
-            t.elapsed().as_secs_f64()
+            duration(t.elapsed())
         );
         println!("Test accuracy: {accuracy}");
     } else {
@@ -149,4 +149,17 @@ fn run(
         );
     }
     Ok(())
+}
+
+/// A duration for the report: milliseconds under a second (`340 ms`, `4.2 ms`), else seconds
+/// with one decimal (`12.3 s`), so a short epoch does not print as `0.0 s`.
+pub fn duration(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 0.9995 {
+        format!("{s:.1} s")
+    } else if s >= 0.01 {
+        format!("{:.0} ms", s * 1e3)
+    } else {
+        format!("{:.1} ms", s * 1e3)
+    }
 }

@@ -941,9 +941,10 @@ impl Model {
                 path.display()
             ))
         };
-        let (epoch, step, lr) = (meta("epoch")?, meta("step")?, meta("learning_rate")?);
+        let (epoch, lr) = (meta("epoch")?, meta("learning_rate")?);
         let epoch: usize = epoch.parse().map_err(|_| bad("epoch", epoch))?;
-        let step: u64 = step.parse().map_err(|_| bad("step", step))?;
+        // a whole number the optimizer's own count (Adam's) agrees with
+        let step = ckpt.step()?;
         let lr: f64 = lr.parse().map_err(|_| bad("learning_rate", lr))?;
         self.sync()?;
         let mut weights = self.weights.clone();
