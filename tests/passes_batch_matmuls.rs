@@ -510,3 +510,55 @@ fn random_rnn_like_graphs_keep_their_results() {
         "the pass fired too rarely: {shared} {summed} {viewed}"
     );
 }
+
+/// When the RNN's input is computed from a param (here a [5,5] projection `e` of the raw
+/// input), its gradient needs `dx_t = dz_t w^T` at every step: independent matmuls by the
+/// weight's transpose (one node after `cse`), which become one GEMM too.
+#[test]
+fn input_gradients_by_the_transposed_weight_are_one_gemm() {
+    let (b, t, f, h) = (4, 3, 5, 6);
+    let mut g = Graph::new("rnn_dx");
+    let raw = g.input("raw", TensorType::f32([b, t, f])).unwrap();
+    let e = g
+        .param("e", [f, f], Init::GlorotUniform { seed: 1 })
+        .unwrap();
+    let w = g
+        .param("w", [f, h], Init::GlorotUniform { seed: 2 })
+        .unwrap();
+    let u = g
+        .param("u", [h, h], Init::GlorotUniform { seed: 3 })
+        .unwrap();
+    let flat = g.reshape(raw, [b * t, f]).unwrap();
+    let proj = g.matmul(flat, e).unwrap();
+    let x = g.reshape(proj, [b, t, f]).unwrap();
+    let mut state: Option<NodeId> = None;
+    for step in 0..t {
+        let s = g.slice(x, &[0, step, 0], &[b, step + 1, f]).unwrap();
+        let xt = g.reshape(s, [b, f]).unwrap();
+        let mut z = g.matmul(xt, w).unwrap();
+        if let Some(prev) = state {
+            let r = g.matmul(prev, u).unwrap();
+            z = g.add2(z, r).unwrap();
+        }
+        state = Some(g.tanh(z).unwrap());
+    }
+    let loss = g.mean_all(state.unwrap()).unwrap();
+    g.add_output("loss", loss).unwrap();
+    let params = g.params();
+    let grads = gradlift::autodiff::grad(&mut g, loss, &params).unwrap();
+    for (p, d) in params.iter().zip(grads) {
+        g.add_output(&format!("d_{}", g[*p].name.clone().unwrap()), d)
+            .unwrap();
+    }
+    let mut with = g.clone();
+    let reports = Pipeline::default().run(&mut with).unwrap();
+    let report = reports.iter().find(|r| r.pass == "batch_matmuls").unwrap();
+    // forward x_t w (3) and backward dz_t w^T (3)
+    assert_eq!(count(report, "shared_rhs"), 2 * t, "{report}");
+    let mut without = g.clone();
+    pipeline_without_batching().run(&mut without).unwrap();
+    // 3 -> 1 forward, 3 -> 1 for dx, and the sums of w's and u's gradients 3 -> 1, 2 -> 1
+    assert_eq!(gemms(&without) - gemms(&with), 2 + 2 + 2 + 1);
+    compare_eval(&g, &with, 12, 1e-9).unwrap();
+    jit_matches(&g, &with, 13);
+}
