@@ -283,9 +283,9 @@ fn cmd_dump(a: &DumpArgs) -> Result<(), CliError> {
 /// The pass options of `dump` and `run`.
 #[derive(Args, Debug)]
 struct PassArgs {
-    /// Run a pass pipeline: `default` (cse, simplify, fold, cse, dce, fuse), `none`, or a
-    /// comma-separated list of pass names. Default: `default` for `run` (what training
-    /// compiles); for `dump`, `none` unless `--dump-after` or `--remarks` is given.
+    /// Run a pass pipeline: `default` (cse, simplify, fold, batch_matmuls, cse, dce, fuse),
+    /// `none`, or a comma-separated list of pass names. Default: `default` for `run` (what
+    /// training compiles); for `dump`, `none` unless `--dump-after` or `--remarks` is given.
     #[arg(long)]
     passes: Option<String>,
     /// Write the graph after these passes (`all`, or comma-separated pass names) into

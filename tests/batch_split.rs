@@ -4,6 +4,7 @@
 
 use gradlift::batch::{analyze, rebatch};
 use gradlift::optim::{sharded_training_step, Optimizer};
+use gradlift::passes::Pipeline;
 use gradlift::text::{parse, print};
 use gradlift::verify::verify;
 use gradlift::Graph;
@@ -146,4 +147,31 @@ fn the_adam_update_splits_by_rows_and_its_step_count_is_the_tail() {
         print(&step.update_parts[1].graph)
     );
     insta::assert_snapshot!("mlp_adam_update_tail", print(&step.update_tail));
+}
+
+/// The pass pipeline runs on the shard graph, after the split: the RNN's shard (8 of 32
+/// examples) gets its 28 input projections as one GEMM of the shard's `x` viewed as
+/// `[8*28, 28]` rows, and its two recurrent weight gradients as one GEMM each.
+#[test]
+fn the_rnn_shard_batches_its_matmuls_at_the_shard_batch() {
+    let g = model("rnn.ir");
+    let mut step = sharded_training_step(&g, "loss", &Optimizer::adam(), None, 32, 4, 1).unwrap();
+    let reports = Pipeline::default().run(&mut step.shard).unwrap();
+    let r = reports.iter().find(|r| r.pass == "batch_matmuls").unwrap();
+    assert_eq!(r.counts.get("shared_rhs"), Some(&28), "{r}");
+    assert_eq!(r.counts.get("sum_terms"), Some(&56), "{r}");
+    let shard = &step.shard;
+    let x = shard.find("x").unwrap();
+    assert_eq!(shard[x].ty.shape.dims(), [8, 28, 28]);
+    let views: Vec<&[usize]> = shard
+        .users(x)
+        .into_iter()
+        .map(|u| shard[u].ty.shape.dims())
+        .collect();
+    assert_eq!(
+        views,
+        [&[224usize, 28][..]],
+        "x is read only as one [224,28] view"
+    );
+    verify(shard).unwrap();
 }

@@ -69,7 +69,7 @@ fn train(step: &mut CompiledStep, g: &Graph, steps: u64) -> (Vec<(String, HostTe
 
 #[test]
 fn results_are_bit_identical_for_every_thread_count() {
-    for (file, shards) in [("mlp.ir", 2), ("mlp.ir", 4), ("cnn.ir", 4)] {
+    for (file, shards) in [("mlp.ir", 2), ("mlp.ir", 4), ("cnn.ir", 4), ("rnn.ir", 4)] {
         let g = model(file);
         let one = train(&mut compiled(&g, shards, 1), &g, 3);
         for threads in [2, 3] {
@@ -122,6 +122,45 @@ fn a_split_step_equals_the_interpreters_unsplit_step() {
                 .unwrap_or_else(|| panic!("{file}: no value for {name}"));
             let want = &values.get(u.value).unwrap().data;
             jit_util::close(&format!("{file} {name}"), &got.to_f64(), want, terms);
+        }
+    }
+}
+
+/// The RNN's shard graphs have their matmuls batched (`passes::batch_matmuls`, at the shard
+/// batch): three steps on 2 and 4 shards agree with the same steps compiled without the pass
+/// pipeline.
+#[test]
+fn a_split_rnn_step_with_batched_matmuls_equals_the_step_without_passes() {
+    let g = model("rnn.ir");
+    for shards in [2, 4] {
+        let run = |optimize: bool| {
+            let opts = StepOptions {
+                threads: 2,
+                shards: Some(shards),
+                optimize,
+                ..StepOptions::default()
+            };
+            let (mut step, report) =
+                compile_training_step(&g, "loss", &Optimizer::adam(), None, 32, &opts).unwrap();
+            assert_eq!((report.shards, report.not_split), (shards, None));
+            train(&mut step, &g, 3)
+        };
+        let (with, loss) = run(true);
+        let (without, loss0) = run(false);
+        let terms = 32 * 28;
+        jit_util::close(
+            &format!("{shards} shards: loss"),
+            &[loss as f64],
+            &[loss0 as f64],
+            terms,
+        );
+        for ((name, a), (_, b)) in with.iter().zip(&without) {
+            jit_util::close(
+                &format!("{shards} shards: {name}"),
+                &a.to_f64(),
+                &b.to_f64(),
+                terms,
+            );
         }
     }
 }

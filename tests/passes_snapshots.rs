@@ -36,7 +36,7 @@ fn rule_files_through_the_default_pipeline() {
 }
 
 /// Every simplify rule has its file `ir/passes/RULE.ir` on which `simplify` fires that rule;
-/// `cse.ir`, `dce.ir` and `fold.ir` make their passes change something.
+/// `cse.ir`, `dce.ir`, `fold.ir` and `batch_matmuls.ir` make their passes change something.
 #[test]
 fn every_rule_and_pass_has_a_file_that_exercises_it() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/passes");
@@ -56,7 +56,7 @@ fn every_rule_and_pass_has_a_file_that_exercises_it() {
             rule.name
         );
     }
-    for pass in ["cse", "dce", "fold"] {
+    for pass in ["cse", "dce", "fold", "batch_matmuls"] {
         let mut g = load(pass);
         let p = gradlift::passes::by_name(pass).unwrap();
         let report = (p.run)(&mut g);

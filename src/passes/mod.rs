@@ -16,6 +16,9 @@
 //! - `simplify` ([`simplify`]): algebraic, reshape and softmax rewrite rules, to a fixpoint;
 //! - `fold` ([`fold`]): constant folding of small results with the interpreter;
 //! - `cse` ([`cse`]): common-subexpression elimination;
+//! - `batch_matmuls` ([`batch_matmuls`]): independent matmuls by one weight become one GEMM of
+//!   their stacked left operands, and a sum of products (a weight gradient over time steps)
+//!   one GEMM of the stacked operands;
 //! - `dce` ([`dce`]): dead-code elimination;
 //! - `fuse` ([`fuse`]): elementwise chains, the reductions they feed and matmul epilogues
 //!   become one fused node each, with remarks on what was not fused and why.
@@ -47,6 +50,7 @@
 //! assert_eq!(p.arena_bytes, 0); // exp is written straight into the output buffer
 //! ```
 
+pub mod batch_matmuls;
 pub mod cse;
 pub mod dce;
 pub mod fold;
@@ -168,6 +172,12 @@ pub fn all() -> &'static [Pass] {
             run: cse::run,
         },
         Pass {
+            name: "batch_matmuls",
+            summary: "one GEMM for independent matmuls that share their right operand, and for \
+                      sums of products (see passes::batch_matmuls)",
+            run: batch_matmuls::run,
+        },
+        Pass {
             name: "dce",
             summary: "remove nodes that no output or update needs",
             run: dce::run,
@@ -187,12 +197,21 @@ pub fn by_name(name: &str) -> Option<Pass> {
 }
 
 /// The names of the default pipeline, in order. `cse` runs first so that duplicated chains are
-/// one chain (the softmax rules fire only on chains without other users); then `simplify` and
-/// `fold`; `cse` again because rewriting and folding make equal nodes and constants; `dce`
-/// removes everything the others left unused; `fuse` runs last, on the final graph (its fused
-/// nodes are opaque to the other passes). On the test graphs one run of this list reaches a
-/// fixpoint: a second run changes nothing.
-pub const DEFAULT_PIPELINE: &[&str] = &["cse", "simplify", "fold", "cse", "dce", "fuse"];
+/// one chain (the softmax rules fire only on chains without other users, and `batch_matmuls`
+/// finds the matmuls of one weight through one transpose node); then `simplify` and `fold`;
+/// `batch_matmuls` on the simplified graph; `cse` again because rewriting, folding and
+/// batching make equal nodes and constants; `dce` removes everything the others left unused;
+/// `fuse` runs last, on the final graph (its fused nodes are opaque to the other passes). On
+/// the test graphs one run of this list reaches a fixpoint: a second run changes nothing.
+pub const DEFAULT_PIPELINE: &[&str] = &[
+    "cse",
+    "simplify",
+    "fold",
+    "batch_matmuls",
+    "cse",
+    "dce",
+    "fuse",
+];
 
 /// Error of a pipeline: an unknown pass name, a pass that broke the graph (the verifier's
 /// errors), or a dump that could not be written.
