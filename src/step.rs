@@ -94,16 +94,36 @@ pub struct StepReport {
 /// dispatch to the pool costs a few microseconds).
 pub const MIN_SHARD_FLOPS: u64 = 3_000_000;
 
+/// Forward FLOPs per parameter below which a further shard costs more than it gains: every
+/// shard writes a whole gradient, which the update then reads back. Measured (whole-process
+/// A/B, 5 pairs, `SHARDS` in `cargo bench --bench workloads`, 2 threads): the CNN (118
+/// MFLOP, 694 K params at batch 64: 43 FLOPs per param in each of 4 shards) ran 1.15x faster
+/// on 2 shards than on 4; the MLP (33 per param on 4) was even; the RNN (800 per param on 4)
+/// 1.1x slower on 2.
+pub const MIN_SHARD_FLOPS_PER_PARAM: u64 = 64;
+
 /// The shard count for `g` (forward graph) at batch `batch`: 4, 2 or 1, the largest that
-/// divides the batch into shards of at least 4 examples and [`MIN_SHARD_FLOPS`] of forward
-/// work each. Depends on the model only, so results are the same on every machine and for
-/// every thread count.
+/// divides the batch into shards of at least 4 examples, [`MIN_SHARD_FLOPS`] of forward work
+/// and [`MIN_SHARD_FLOPS_PER_PARAM`] per parameter each (2 even when the last fails, so that
+/// two cores still share the work). Depends on the model only, so results are the same on
+/// every machine and for every thread count.
 pub fn default_shards(g: &Graph, batch: usize) -> usize {
     let flops = forward_flops(g);
-    [4, 2]
+    let params: u64 = g
+        .params()
         .into_iter()
-        .find(|&s| batch.is_multiple_of(s) && batch / s >= 4 && flops / s as u64 >= MIN_SHARD_FLOPS)
-        .unwrap_or(1)
+        .map(|p| g[p].ty.shape.numel() as u64)
+        .sum();
+    let fits =
+        |s: usize| batch.is_multiple_of(s) && batch / s >= 4 && flops / s as u64 >= MIN_SHARD_FLOPS;
+    let dense = |s: usize| flops / s as u64 >= MIN_SHARD_FLOPS_PER_PARAM * params;
+    if fits(4) && dense(4) {
+        4
+    } else if fits(2) {
+        2
+    } else {
+        1
+    }
 }
 
 /// Approximate FLOPs of one evaluation of `g`: 2 per multiply-add of matmuls and

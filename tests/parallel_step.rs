@@ -323,3 +323,27 @@ fn keras_models_with_dropout_and_clipping_train_the_same_on_any_thread_count() {
         );
     }
 }
+
+/// The default shard count depends on the model only: 4 shards where each has plenty of
+/// forward work per parameter (the RNN), 2 where a shard's whole gradient would cost more
+/// than its share of work (the CNN's 694 K params, the MLP), 1 for a small step.
+#[test]
+fn default_shard_counts_follow_the_work_per_parameter() {
+    use gradlift::batch::{analyze, rebatch};
+    use gradlift::step::default_shards;
+    let at = |file: &str, b: usize| {
+        let g = model(file);
+        let x = g.find("x").unwrap();
+        let b0 = g[x].ty.shape.dims()[0];
+        let g = if b0 == b {
+            g
+        } else {
+            rebatch(&g, &analyze(&g, b0).unwrap(), b)
+        };
+        default_shards(&g, b)
+    };
+    assert_eq!(at("cnn.ir", 64), 2);
+    assert_eq!(at("mlp.ir", 64), 2);
+    assert_eq!(at("rnn.ir", 64), 4);
+    assert_eq!(at("mlp.ir", 8), 1);
+}
