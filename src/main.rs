@@ -472,6 +472,18 @@ struct RunArgs {
 fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
     let file = a.file.display().to_string();
     let mut g = load(&a.file)?;
+    // no input is drawn that compiled code cannot take
+    for id in g.inputs() {
+        let n = g[id].ty.shape.numel() as u128 * 4;
+        if n > codegen::MAX_TENSOR_BYTES as u128 {
+            return Err(CliError(format!(
+                "{}: {} bytes, more than compiled code takes ({} bytes per tensor)",
+                codegen::describe(&g, id),
+                n,
+                codegen::MAX_TENSOR_BYTES
+            )));
+        }
+    }
     // the inputs are drawn from the graph as written, as `eval` draws them (the passes may
     // remove a one_hot that sets a label input's range)
     let drawn: HashMap<String, Array<f32>> = random_feeds(&g, a.seed)?
@@ -534,6 +546,19 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
 /// A random value for every input, from one generator seeded with `seed` and drawn in input
 /// order: f32 inputs uniform in `[0, 1)`, i32 inputs uniform in `0..k` (see [`class_count`]).
 fn random_feeds(g: &Graph, seed: u64) -> Result<HashMap<NodeId, Array<f32>>, CliError> {
+    // sizes first: nothing is allocated for inputs the machine cannot hold
+    let bytes: u128 = g
+        .inputs()
+        .iter()
+        .map(|&id| g[id].ty.shape.numel() as u128 * 4)
+        .sum();
+    let limit = codegen::memory_limit();
+    if bytes > limit {
+        return Err(CliError(format!(
+            "the inputs need {bytes} bytes, more than the limit of {limit} bytes (this \
+             machine's memory)"
+        )));
+    }
     let mut rng = Rng::new(seed);
     let mut feeds = HashMap::new();
     for id in g.inputs() {

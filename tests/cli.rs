@@ -349,6 +349,30 @@ fn eval_refuses_graphs_too_large_for_memory() {
     insta::assert_snapshot!(err, @"big.ir: the graph's values hold 536870912 elements in all, more than the interpreter's limit of 268435456");
 }
 
+/// `run` checks sizes before it allocates: an input too large for compiled code is refused
+/// before its random values are drawn, and a convolution whose scratch exceeds the machine's
+/// memory (a SAME 512x512 kernel: 275 GB of patches) is refused at compile time, naming it.
+#[test]
+fn run_refuses_sizes_before_allocating_them() {
+    let dir = scratch("run_too_large");
+    let input = "graph big {\ninputs:\n  %x: f32[2147483647] = input\nbody:\n  %y: f32[2147483647] = relu %x\noutputs:\n  y = %y\n}\n";
+    std::fs::write(dir.join("input.ir"), input).unwrap();
+    let (code, _, err) = run_in(&dir, &["run", "input.ir"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("%x (input: f32[2147483647])"), "{err}");
+    assert!(err.contains("more than compiled code takes"), "{err}");
+    let conv = "graph bigconv {\ninputs:\n  %x: f32[1,512,512,1] = input\nparams:\n  %w: f32[512,512,1,1] = param zeros\nbody:\n  %y: f32[1,512,512,1] = conv2d %x, %w, padding=same, stride=[1,1]\noutputs:\n  y = %y\n}\n";
+    std::fs::write(dir.join("conv.ir"), conv).unwrap();
+    let (code, _, err) = run_in(&dir, &["run", "conv.ir"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("more than the limit"), "{err}");
+    assert!(
+        err.contains("%y (conv2d: f32[1,512,512,1]) at conv.ir:7:3"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// A reader that goes away (`gradlift dump FILE | head`) ends the program quietly: exit 0, no
 /// panic message. The pipe's read end is closed before the program starts, so every write
 /// fails with a broken pipe.

@@ -154,6 +154,68 @@ pub enum CompileError {
     /// The host ISA is not supported or the JIT could not be set up.
     #[error("cannot set up the JIT for this host: {0}")]
     Host(String),
+    /// The executable would need more memory than the machine has ([`memory_limit`]);
+    /// nothing was allocated.
+    #[error(
+        "the graph needs {needed} bytes of memory (arena and buffers), more than the limit of \
+         {limit} bytes (this machine's memory); the largest value is {largest}"
+    )]
+    TooLarge {
+        /// Bytes the executable would allocate.
+        needed: u128,
+        /// [`memory_limit`].
+        limit: u128,
+        /// The node with the largest buffer or scratch, and its size.
+        largest: String,
+    },
+}
+
+/// The most memory one executable may plan (arena, scratch and buffers), in bytes: the
+/// machine's physical memory (`MemTotal` in `/proc/meminfo`), or 1 TiB where that cannot be
+/// read. [`compile`] refuses a graph that needs more before allocating anything.
+pub fn memory_limit() -> u128 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(1 << 40)
+}
+
+/// Checks that the executable of `g` with memory plan `memory` fits in [`memory_limit`]:
+/// the arena (values and kernel scratch) plus a buffer per leaf and output.
+fn check_memory(
+    g: &Graph,
+    order: &[NodeId],
+    memory: &MemoryPlan,
+    opts: &CompileOptions,
+) -> Result<(), CompileError> {
+    let bytes = |id: NodeId| g[id].ty.shape.numel() as u128 * 4;
+    let outputs: Vec<NodeId> = g.outputs().iter().map(|o| o.node).collect();
+    let owned = order
+        .iter()
+        .copied()
+        .filter(|&id| g[id].op.is_leaf())
+        .chain(outputs);
+    let needed = owned.map(bytes).sum::<u128>() + memory.arena_bytes as u128;
+    let limit = memory_limit();
+    if needed <= limit {
+        return Ok(());
+    }
+    // the node whose value and kernel scratch are largest
+    let largest = order
+        .iter()
+        .map(|&id| (bytes(id) + scratch_bytes(g, id, opts) as u128, id))
+        .max()
+        .map(|(b, id)| format!("{} ({b} bytes with its scratch)", describe(g, id)))
+        .unwrap_or_default();
+    Err(CompileError::TooLarge {
+        needed,
+        limit,
+        largest,
+    })
 }
 
 /// `%label (op: type) at FILE:LINE:COL`, for messages; the label is the one dumps print
@@ -408,6 +470,7 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
     let t0 = Instant::now();
     let order = check(g)?;
     let (memory, folded) = plan_memory(g, &order, opts)?;
+    check_memory(g, &order, &memory, opts)?;
     let plan = plan::locate(g, memory, folded);
 
     let t_setup = Instant::now();
