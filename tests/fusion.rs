@@ -885,3 +885,40 @@ outputs:
         "{e}"
     );
 }
+
+/// A long elementwise chain is split into kernels of at most `fuse::MAX_FUSED_NODES` nodes
+/// (one kernel of thousands made Cranelift's register allocation take seconds), with a remark
+/// where it was cut, and still computes the chain's values.
+#[test]
+fn long_chains_are_cut_into_kernels_of_bounded_size() {
+    let n = 300;
+    let mut g = Graph::new("chain");
+    let x = g.input("x", TensorType::f32([5])).unwrap();
+    let mut h = x;
+    for _ in 0..n {
+        h = g.tanh(h).unwrap();
+    }
+    g.add_output("y", h).unwrap();
+    let mut f = g.clone();
+    let report = fuse(&mut f);
+    let max = passes::fuse::MAX_FUSED_NODES;
+    let sizes: Vec<usize> = f
+        .node_ids()
+        .into_iter()
+        .filter_map(|id| match &f[id].op {
+            Op::Fused(b) => Some(b.insts.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), n, "every tanh is in a kernel");
+    assert!(sizes.iter().all(|&s| s <= max), "{sizes:?}");
+    assert_eq!(sizes.len(), n.div_ceil(max), "{sizes:?}");
+    assert!(
+        report.remarks.iter().any(|r| r.contains("nodes already")),
+        "{report}"
+    );
+    let feeds = feeds(&g, 3);
+    let want = results(&g, &interp::eval::<f64>(&g, &feeds).unwrap());
+    let got = results(&f, &interp::eval::<f64>(&f, &feeds).unwrap());
+    assert_eq!(want, got);
+}

@@ -29,7 +29,8 @@
 //!   then computes it as an extra result, read through a `fused_result` node that takes over
 //!   its name and uses: one Adam update (new moments and new parameter, all update values)
 //!   becomes one loop;
-//! - a group of one node is left alone (nothing to fuse).
+//! - a group of one node is left alone (nothing to fuse); a group stops growing at
+//!   [`MAX_FUSED_NODES`] (compile time).
 //!
 //! Before grouping, one rewrite frees activations for their epilogue: a relu derivative mask
 //! `gt(x, 0)` where `relu(x)` exists becomes `gt(relu(x), 0)` (equal for every `x`, NaN
@@ -47,6 +48,12 @@ use crate::graph::{Graph, Node, NodeId};
 use crate::op::{BinaryOp, Op, UnaryOp};
 use crate::shape::DType;
 use std::collections::{HashMap, HashSet};
+
+/// The most nodes one fused kernel takes. Cranelift's register allocator takes time that
+/// grows faster than linearly with a loop body's size: the gradient of a chain of 2,000
+/// `tanh` (one kernel of about 4,000 nodes before this limit) took 12 s to compile, 85% of it
+/// in register allocation. Larger groups are split into kernels of this size.
+pub const MAX_FUSED_NODES: usize = 128;
 
 /// Why a node cannot be part of a fused kernel, or `None` when it can (as an elementwise op).
 fn not_fusible(g: &Graph, id: NodeId) -> Option<String> {
@@ -141,6 +148,14 @@ pub fn run(g: &mut Graph) -> PassReport {
                             label(g, root)
                         ));
                     }
+                    continue;
+                }
+                if members.len() >= MAX_FUSED_NODES {
+                    local_remarks.push(format!(
+                        "not fused: {} into {}: the kernel has {MAX_FUSED_NODES} nodes already",
+                        label(g, p),
+                        label(g, root)
+                    ));
                     continue;
                 }
                 if let Some(why) = blocker(g, p, &in_group, &domain) {
