@@ -296,3 +296,29 @@ fn softmax_chain_with_a_live_shared_mul_is_kept() {
     simplify::run(&mut g);
     assert_eq!(text::print(&g), before);
 }
+
+/// A node that is the gradient of a value simplify replaces follows the replacement, also
+/// through a chain of replacements made in one round (`neg(neg(neg(neg(x))))` becomes `x`;
+/// the links move once per round rather than once per rewrite).
+#[test]
+fn gradient_links_follow_replacements() {
+    use gradlift::{Graph, TensorType};
+    let mut g = Graph::new("links");
+    let x = g.input("x", TensorType::f32([3])).unwrap();
+    let mut h = x;
+    for _ in 0..4 {
+        h = g.neg(h).unwrap();
+    }
+    let y = g.exp(h).unwrap();
+    g.add_output("y", y).unwrap();
+    // a node standing for a gradient of the chain's end
+    let d = g.exp(x).unwrap();
+    g.add_output("d", d).unwrap();
+    g.get_mut(d).unwrap().grad_of = Some(h);
+    simplify::run(&mut g);
+    dce::run(&mut g);
+    let y = g.output("y").unwrap();
+    assert_eq!(g.operands(y), vec![x], "the chain is gone");
+    let d = g.output("d").unwrap();
+    assert_eq!(g[d].grad_of, Some(x));
+}

@@ -46,10 +46,11 @@ pub mod algebraic;
 pub mod reshape;
 pub mod softmax;
 
-use super::rewrite::replace_node;
+use super::rewrite::{move_uses, redirect_grad_of_all};
 use super::PassReport;
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
+use std::collections::HashMap;
 
 /// What a rule wants done with its root.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,13 +92,16 @@ pub fn run(g: &mut Graph) -> PassReport {
             return report;
         };
         let mut changed = false;
+        // replaced node -> its replacement; `grad_of` links follow once per round (one scan
+        // of the graph per replacement made a long chain quadratic)
+        let mut moved: HashMap<NodeId, NodeId> = HashMap::new();
         for id in order {
             if !g.contains(id) {
                 continue;
             }
             for rule in &rules {
                 if let Some(rw) = (rule.apply)(g, id) {
-                    if apply(g, id, rw) {
+                    if apply(g, id, rw, &mut moved) {
                         report.count(rule.name, 1);
                         changed = true;
                         break;
@@ -111,6 +115,23 @@ pub fn run(g: &mut Graph) -> PassReport {
                 }
             }
         }
+        // a node replaced by one replaced later in the round points at the last
+        let last: HashMap<NodeId, NodeId> = moved
+            .keys()
+            .map(|&from| {
+                let mut to = moved[&from];
+                let mut steps = 0;
+                while let Some(&next) = moved.get(&to) {
+                    to = next;
+                    steps += 1;
+                    if steps > moved.len() {
+                        break;
+                    }
+                }
+                (from, to)
+            })
+            .collect();
+        redirect_grad_of_all(g, &last);
         if !changed {
             return report;
         }
@@ -121,15 +142,17 @@ pub fn run(g: &mut Graph) -> PassReport {
     report
 }
 
-/// Applies `rw` to `root` if it keeps the root's type; returns whether it did.
-fn apply(g: &mut Graph, root: NodeId, rw: Rewrite) -> bool {
+/// Applies `rw` to `root` if it keeps the root's type; returns whether it did. A replaced
+/// root is recorded in `moved` (its `grad_of` links are redirected at the end of the round).
+fn apply(g: &mut Graph, root: NodeId, rw: Rewrite, moved: &mut HashMap<NodeId, NodeId>) -> bool {
     let ty = g[root].ty.clone();
     match rw {
         Rewrite::Use(new) => {
             if g.get(new).map(|n| &n.ty) != Some(&ty) || new == root {
                 return false;
             }
-            replace_node(g, root, new);
+            move_uses(g, root, new);
+            moved.insert(root, new);
         }
         Rewrite::Op(op, operands) => {
             let types: Vec<_> = operands.iter().map(|&o| &g[o].ty).collect();
