@@ -233,8 +233,9 @@ fn pool(c: &mut Criterion) {
 /// Both convolution paths (`kernels::ConvPath`: im2col + GEMM, and the direct loop) for
 /// the forward and filter-gradient kernels, called directly on 64 images of 28x28 with a 3x3
 /// kernel, 32 outputs and `c` input channels (the reference CNN's first layer is `c = 1`), so
-/// that `kernels::DIRECT_MAX_PATCH` (the patch width `9c` up to which the direct path is
-/// taken) rests on a measurement (figures in its doc comment). Criterion's "elements" are
+/// that `kernels::DIRECT_MAX_PATCH` and `DIRECT_MAX_PATCH_FILTER_GRAD` (the patch widths
+/// `9c` up to which the direct paths are taken) rest on a measurement (figures in their doc
+/// comments). Criterion's "elements" are
 /// FLOPs (`2 * pixels * 9c * 32`), so its throughput is FLOP/s.
 fn conv(c: &mut Criterion) {
     use gradlift::codegen::kernels::{conv2d, conv2d_filter_grad, ConvPath};

@@ -403,8 +403,9 @@ proptest! {
 
     #[test]
     fn conv2d_and_gradients(
-        // c up to 5 and o up to 36: both kernel paths (direct for kh*kw*c <= 32, else
-        // im2col + GEMM) and both the 16-channel vector loop and its tail
+        // c up to 5 and o up to 36: the direct paths (pointwise convolutions and the input
+        // gradient by im2col + GEMM; `conv2d_paths_at_their_limits` has the other im2col
+        // cases), the 16-channel vector loop and its tail
         n in 1usize..=2, h in 1usize..=8, w in 1usize..=8, c in 1usize..=5, o in 1usize..=36,
         kh in 1usize..=3, kw in 1usize..=3, sh in 1usize..=2, sw in 1usize..=2,
         same in any::<bool>(), seed in any::<u64>(),
@@ -581,5 +582,59 @@ fn special_values_match_the_interpreter() {
             .unwrap();
         out(&mut g, d);
         run(&g, seed as u64 + 10, 9);
+    }
+}
+
+/// Convolutions whose patch rows cross the direct paths' limits (`kh*kw*c` of 81: forward by
+/// im2col, filter gradient direct; 153: both by im2col), which the random shapes above reach
+/// rarely, with SAME padding and stride 2.
+#[test]
+fn conv2d_paths_at_their_limits() {
+    for (c, stride, padding) in [
+        (9, [1, 1], Padding::Same),
+        (9, [2, 1], Padding::Valid),
+        (17, [1, 2], Padding::Same),
+    ] {
+        let (n, h, w, o, k) = (2, 7, 6, 19, 3);
+        let (Some((oh, _)), Some((ow, _))) = (
+            padding.out_and_pad(h, k, stride[0]),
+            padding.out_and_pad(w, k, stride[1]),
+        ) else {
+            panic!("the kernel fits");
+        };
+        let mut g = Graph::new("conv_limits");
+        let x = g.input("x", TensorType::f32([n, h, w, c])).unwrap();
+        let f = g.input("f", TensorType::f32([k, k, c, o])).unwrap();
+        let dy = g.input("dy", TensorType::f32([n, oh, ow, o])).unwrap();
+        let y = g.conv2d(x, f, stride, padding).unwrap();
+        out(&mut g, y);
+        let dx = g
+            .add(
+                Op::Conv2dInputGrad {
+                    stride,
+                    padding,
+                    shape: Shape(vec![n, h, w, c]),
+                },
+                &[dy, f],
+            )
+            .unwrap();
+        out(&mut g, dx);
+        let df = g
+            .add(
+                Op::Conv2dFilterGrad {
+                    stride,
+                    padding,
+                    kernel: [k, k],
+                },
+                &[x, dy],
+            )
+            .unwrap();
+        out(&mut g, df);
+        check(
+            &g,
+            c as u64,
+            &any_dom,
+            (k * k * c).max(n * oh * ow).max(o * k * k),
+        );
     }
 }

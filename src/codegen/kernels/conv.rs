@@ -155,14 +155,18 @@ pub enum ConvPath {
     Direct,
 }
 
-/// Patch rows of at most this many values (`kh*kw*c`) take [`ConvPath::Direct`] for the
-/// forward and filter-gradient kernels. Measured with `cargo bench --bench codegen -- conv/`
-/// (64 images of 28x28, 3x3 kernel, 32 outputs, one thread, AVX-512, machine shared and
-/// noisy): the direct filter gradient took 0.25-0.32 ms against im2col's 0.92-0.99 ms at
-/// `c = 1`, 0.80-1.30 against 1.31-1.89 at `c = 3`, 2.0-3.3 against 2.7-4.0 at `c = 8` and
-/// was even at `c = 16`; the direct forward was even with im2col + GEMM throughout (0.71-0.72
-/// against 0.71-1.08 ms at `c = 1`), and needs no scratch. So up to `c = 8` for 3x3.
+/// Patch rows of at most this many values (`kh*kw*c`) take [`ConvPath::Direct`] in the
+/// forward kernel; [`DIRECT_MAX_PATCH_FILTER_GRAD`] in the filter gradient. Measured with
+/// `cargo bench --bench codegen -- conv/` (64 images of 28x28, 3x3 kernel, 32 outputs, one
+/// thread, Zen 4 with AVX-512, quiet machine, medians): the direct forward ran at 38, 55, 81
+/// and 77 GFLOP/s for `c` = 1, 3, 8, 16 against im2col + GEMM's 35, 59, 79 and 82 (even up to
+/// `c = 8`, and it needs no scratch); the direct filter gradient at 102, 98, 106 and 104
+/// against 37, 60, 78 and 83.
 pub const DIRECT_MAX_PATCH: usize = 72;
+
+/// [`DIRECT_MAX_PATCH`] for the filter gradient (its direct loop keeps up to 12 patch
+/// columns in registers and passes over `dy` once per block: faster at every measured `c`).
+pub const DIRECT_MAX_PATCH_FILTER_GRAD: usize = 144;
 
 impl ConvPath {
     /// The path convolution kernel `kernel` takes for geometry `g` (the input gradient is
@@ -171,7 +175,11 @@ impl ConvPath {
         let (_, cols) = g.patch_dims();
         // the direct loops use fused multiply-adds: without FMA, im2col + GEMM is faster
         let fma = super::super::gemm::detected() != super::super::gemm::Isa::Portable;
-        let direct = kernel != Kernel::Conv2dInputGrad && cols <= DIRECT_MAX_PATCH;
+        let direct = match kernel {
+            Kernel::Conv2dFilterGrad => cols <= DIRECT_MAX_PATCH_FILTER_GRAD,
+            Kernel::Conv2dInputGrad => false,
+            _ => cols <= DIRECT_MAX_PATCH,
+        };
         if direct && fma && !g.is_pointwise() {
             ConvPath::Direct
         } else {
