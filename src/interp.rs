@@ -872,10 +872,7 @@ fn reduce<T: Float>(kind: ReduceOp, x: &Array<T>, axes: &[usize]) -> Vec<T> {
         .iter()
         .map(|&s| match kind {
             ReduceOp::Sum | ReduceOp::Mean => {
-                let mut acc = T::ZERO;
-                for &o in &offsets {
-                    acc += x.data[s + o];
-                }
+                let acc = pairwise_sum(&offsets, &|o| x.data[s + o]);
                 if kind == ReduceOp::Mean {
                     acc / count
                 } else {
@@ -893,6 +890,22 @@ fn reduce<T: Float>(kind: ReduceOp, x: &Array<T>, axes: &[usize]) -> Vec<T> {
             }
         })
         .collect()
+}
+
+/// The sum of `value(o)` over `offsets`, pairwise: halves summed separately down to blocks
+/// of 32 summed in order. The rounding error grows with the logarithm of the length, not the
+/// length: an f32 running sum stops growing at 2^24 ones, this one does not (the oracle must
+/// not be less accurate than the code it checks).
+fn pairwise_sum<T: Float>(offsets: &[usize], value: &dyn Fn(usize) -> T) -> T {
+    if offsets.len() <= 32 {
+        let mut acc = T::ZERO;
+        for &o in offsets {
+            acc += value(o);
+        }
+        return acc;
+    }
+    let (a, b) = offsets.split_at(offsets.len() / 2);
+    pairwise_sum(a, value) + pairwise_sum(b, value)
 }
 
 /// Index of the first maximum along `axis` (a NaN counts as the maximum).

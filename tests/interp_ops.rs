@@ -1050,3 +1050,20 @@ fn array_helpers() {
     assert_eq!(a.max_abs_diff(&Array::zeros([3, 2])), None);
     assert!(Array::<f64>::new([2, 2], vec![1.0; 3]).is_err());
 }
+
+/// Sums are pairwise in the interpreter: in f32, `2^24 + 2^20` ones sum to their count (a
+/// running f32 sum stops at 2^24, where adding 1 no longer changes it), and the mean is 1.
+#[test]
+fn long_f32_sums_do_not_stall() {
+    let n = (1usize << 24) + (1 << 20);
+    let ones = (TensorType::f32([n]), vec![1.0; n]);
+    for (kind, want) in [(ReduceOp::Sum, n as f32), (ReduceOp::Mean, 1.0)] {
+        let op = Op::Reduce {
+            kind,
+            axes: vec![0],
+            keepdims: false,
+        };
+        let (_, got) = eval_in::<f32>(&op, std::slice::from_ref(&ones));
+        assert_eq!(got.data, vec![want], "{kind:?}");
+    }
+}

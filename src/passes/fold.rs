@@ -21,9 +21,9 @@
 //! zero in f32) is not folded, as the unfolded code gives 0 and NaN. Ops that IEEE 754
 //! defines exactly fold to the compiled code's bits; `exp`, `log`, `tanh` and `sigmoid` to
 //! the interpreter's f32 results, within an ulp or two of the compiled polynomials; a sum
-//! in the interpreter's order (one running sum), which rounds differently from the compiled
-//! loop's four accumulators. An all-i32 computation is evaluated in f64, where every i32 is
-//! exact.
+//! to the interpreter's pairwise sum, which rounds differently from (and less than) the
+//! compiled loop's four running sums. An all-i32 computation is evaluated in f64, where every
+//! i32 is exact.
 
 use super::PassReport;
 use crate::graph::{Graph, Node, NodeId};
