@@ -2,7 +2,7 @@
 //!
 //! In: any graph. Out: the same graph where every non-leaf node whose operands are all
 //! constants is itself a constant, computed by the reference interpreter ([`crate::interp`])
-//! in f64. Nodes are visited in canonical order, so whole constant chains fold in one run. The
+//! as the compiled code would (f32; see "Precision" below). Nodes are visited in canonical order, so whole constant chains fold in one run. The
 //! folded node keeps its id, name, source location and `grad_of`; its operands, if now unused,
 //! are left for `dce`.
 //!
