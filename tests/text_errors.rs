@@ -286,3 +286,45 @@ error_case!(
     value_without_percent,
     edit("%x: f32[2,3] = input", "x: f32[2,3] = input")
 );
+
+/// Every statement line with a syntax error is reported in one run, in file order, each
+/// with its own line and column; an error inside a fused block does not make the block's
+/// other lines errors of their own; at most `MAX_PARSE_ERRORS` are reported.
+#[test]
+fn independent_errors_are_all_reported() {
+    let src = "graph bad {
+inputs:
+  %x: f32[2,3] = input
+  %y: f32[2,3] = inptu
+body:
+  %a: f32[2,3] = add %x, %x,
+  %f: f32[2,3] = fused %x, %x {
+    %2: f32[2,3] = sub %0 %1
+    yield %2
+  }
+  %b: f32[2,3] = relu %a
+  %c: f32[2,3] = = relu %b
+outputs:
+  out = %b
+}
+";
+    let e = text::parse(src, "bad.ir").unwrap_err();
+    let at: Vec<(u32, u32)> = std::iter::once(&e)
+        .chain(&e.also)
+        .map(|e| (e.line, e.column))
+        .collect();
+    assert_eq!(at, vec![(4, 18), (6, 29), (8, 20), (12, 18)], "{e}");
+    assert_eq!(e.to_string().lines().count(), 4, "{e}");
+    assert!(
+        e.to_string().lines().all(|l| l.starts_with("bad.ir:")),
+        "{e}"
+    );
+
+    let mut many = String::from("graph many {\ninputs:\n");
+    for i in 0..30 {
+        many.push_str(&format!("  %x{i}: f32[2] = inptu\n"));
+    }
+    many.push_str("outputs:\n  y = %x0\n}\n");
+    let e = text::parse(&many, "many.ir").unwrap_err();
+    assert_eq!(1 + e.also.len(), text::MAX_PARSE_ERRORS);
+}

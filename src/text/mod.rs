@@ -38,8 +38,10 @@ pub use print::{node_labels, print, print_node, print_node_labelled, print_with,
 use crate::graph::Graph;
 use std::fmt;
 
-/// A parse error: where (file, 1-based line and column) and what was expected and found.
-/// Displays as `FILE:LINE:COL: message`.
+/// A parse error: where (file, 1-based line and column) and what was expected and found,
+/// then the further syntax errors of the file, each on a statement line of its own (the
+/// parser skips to the next line after an error, as rustc recovers at the next item; at most
+/// [`MAX_PARSE_ERRORS`] in all). Displays as `FILE:LINE:COL: message`, one line per error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseError {
     /// The file name given to [`parse`].
@@ -50,7 +52,12 @@ pub struct ParseError {
     pub column: u32,
     /// What was expected and what was found.
     pub message: String,
+    /// Later independent errors, in file order.
+    pub also: Vec<ParseError>,
 }
+
+/// The most errors one [`ParseError`] reports.
+pub const MAX_PARSE_ERRORS: usize = 20;
 
 impl ParseError {
     pub(crate) fn new(file: &str, line: u32, column: u32, message: String) -> ParseError {
@@ -59,6 +66,7 @@ impl ParseError {
             line,
             column,
             message,
+            also: Vec::new(),
         }
     }
 }
@@ -69,7 +77,11 @@ impl fmt::Display for ParseError {
             f,
             "{}:{}:{}: {}",
             self.file, self.line, self.column, self.message
-        )
+        )?;
+        for e in &self.also {
+            write!(f, "\n{e}")?;
+        }
+        Ok(())
     }
 }
 

@@ -8,8 +8,10 @@
 //! 3. Checks: operand count and type of every node (`Op::infer` against the declared type),
 //!    no cycle, updates well-typed.
 //!
-//! The first error is returned, with the line and column of the token it is about. The parser
-//! never panics: tokens are read with bounds-checked accessors, numbers are range-checked
+//! Errors carry the line and column of the token they are about. Step 1 reports every
+//! statement line with a syntax error (it goes on at the next line; at most
+//! [`MAX_PARSE_ERRORS`](super::MAX_PARSE_ERRORS)); steps 2 and 3 run only on a file without
+//! syntax errors and report their first error. The parser never panics: tokens are read with bounds-checked accessors, numbers are range-checked
 //! before they reach shape arithmetic.
 
 use super::lexer::{lex, Tok, Token};
@@ -219,44 +221,97 @@ impl Parser<'_> {
             updates: Vec::new(),
         };
         let mut section: Option<usize> = None;
+        // errors of statement lines: each line is independent, so after an error the parser
+        // goes on at the next line and reports them all (up to MAX_PARSE_ERRORS)
+        let mut errors: Vec<ParseError> = Vec::new();
+        // after a bad section header or a statement outside any section, the lines up to
+        // the next good header have no known section: they are skipped, not reported (their
+        // errors would follow from that one)
+        let mut lost = false;
         loop {
             self.skip_blank_lines();
-            match self.peek() {
+            let start = self.pos;
+            let line = match self.peek() {
                 Tok::Punct('}') => {
                     self.bump();
                     break;
                 }
                 Tok::Eof => {
-                    return Err(self.expected(&format!(
+                    errors.push(self.expected(&format!(
                         "`}}` to close graph `{}` (opened at {}:{})",
                         ast.name, open.line, open.col
-                    )))
+                    )));
+                    break;
                 }
                 Tok::Ident(_) if *self.peek_at(1) == Tok::Punct(':') => {
-                    section = Some(self.section_header(section)?);
+                    let header = self.section_header(section);
+                    lost = header.is_err();
+                    header.map(|s| section = Some(s))
+                }
+                _ if lost => {
+                    self.skip_statement(start);
+                    continue;
                 }
                 _ => match section.and_then(|s| SECTIONS.get(s)) {
-                    Some(&"outputs") => ast.outputs.push(self.output()?),
-                    Some(&"updates") => ast.updates.push(self.update()?),
-                    Some(&name) => {
-                        let stmt = self.node()?;
+                    Some(&"outputs") => self.output().map(|o| ast.outputs.push(o)),
+                    Some(&"updates") => self.update().map(|u| ast.updates.push(u)),
+                    Some(&name) => self.node().and_then(|stmt| {
                         check_section(self, name, &stmt)?;
                         ast.nodes.push(stmt);
-                    }
+                        Ok(())
+                    }),
                     None => {
-                        return Err(self.expected(
+                        lost = true;
+                        Err(self.expected(
                             "a section header (`inputs:`, `params:`, `state:`, `body:`, \
                              `outputs:` or `updates:`)",
                         ))
                     }
                 },
+            };
+            if let Err(e) = line {
+                errors.push(e);
+                if errors.len() >= crate::text::MAX_PARSE_ERRORS {
+                    break;
+                }
+                self.skip_statement(start);
+                if *self.peek() == Tok::Eof {
+                    // a statement cut off by the end of the file: the missing `}` follows
+                    break;
+                }
             }
         }
-        self.skip_blank_lines();
-        if *self.peek() != Tok::Eof {
-            return Err(self.expected("end of file after the `}` that closes the graph"));
+        if errors.is_empty() {
+            self.skip_blank_lines();
+            if *self.peek() != Tok::Eof {
+                errors.push(self.expected("end of file after the `}` that closes the graph"));
+            }
         }
-        Ok(ast)
+        let mut errors = errors.into_iter();
+        match errors.next() {
+            None => Ok(ast),
+            Some(mut first) => {
+                first.also = errors.collect();
+                Err(first)
+            }
+        }
+    }
+
+    /// Recovery after an error in the statement that starts at token `start`: goes on after
+    /// its line, or after the line that closes a `{` block the statement opened (a fused
+    /// body), so that the block's lines are not read as statements of their own.
+    fn skip_statement(&mut self, start: usize) {
+        self.pos = start;
+        let mut depth = 0usize;
+        loop {
+            match self.bump() {
+                Tok::Eof => return,
+                Tok::Punct('{') => depth += 1,
+                Tok::Punct('}') => depth = depth.saturating_sub(1),
+                Tok::Newline if depth == 0 => return,
+                _ => {}
+            }
+        }
     }
 
     /// `NAME:` on its own line; returns the section's index in [`SECTIONS`].
