@@ -674,18 +674,26 @@ impl Op {
         }
     }
 
-    /// Whether reverse-mode autodiff has a rule for this op. Integer-valued ops (argmax,
-    /// comparisons, cast, one_hot) are not differentiable.
+    /// Whether reverse-mode autodiff has a rule for this op ([`Op::not_differentiable`] gives
+    /// the reason when not).
     pub fn is_differentiable(&self) -> bool {
-        !matches!(
-            self,
-            Op::Compare(_)
-                | Op::Argmax { .. }
-                | Op::Cast { .. }
-                | Op::OneHot { .. }
-                | Op::Fused(_)
-                | Op::FusedResult { .. }
-        )
+        self.not_differentiable().is_none()
+    }
+
+    /// Why reverse-mode autodiff has no rule for this op, or `None` when it has one: the
+    /// integer-valued ops (comparisons, argmax, cast, one_hot) and fused nodes. The one fact
+    /// both autodiff and [`Op::is_differentiable`] ask.
+    pub fn not_differentiable(&self) -> Option<&'static str> {
+        match self {
+            Op::Compare(_) => Some("is not differentiable (a comparison is piecewise constant)"),
+            Op::Argmax { .. } => Some("is not differentiable (it returns integer indices)"),
+            Op::Cast { .. } => Some("is not differentiable (it converts to or from integers)"),
+            Op::OneHot { .. } => Some("is not differentiable (its operand is an integer index)"),
+            Op::Fused(_) | Op::FusedResult { .. } => {
+                Some("is not differentiable; run fusion after autodiff")
+            }
+            _ => None,
+        }
     }
 
     /// Infers the result type from the operand types. `declared` is the node's own type; it is

@@ -293,7 +293,7 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Gradient
     // 2. Every node on the path must have a rule; fail before changing the graph.
     for &n in order.iter().rev() {
         if needs(n) && !g[n].op.is_leaf() {
-            if let Some(reason) = rules::missing_rule(&g[n].op) {
+            if let Some(reason) = g[n].op.not_differentiable() {
                 let upstream: Vec<String> = wrt
                     .iter()
                     .filter(|&&w| depends_on(g, n, w))

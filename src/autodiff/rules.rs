@@ -27,20 +27,6 @@ pub(super) fn carries(op: &Op, i: usize) -> bool {
     }
 }
 
-/// Why `op` has no rule, or `None` when it has one.
-pub(super) fn missing_rule(op: &Op) -> Option<&'static str> {
-    match op {
-        Op::Compare(_) => Some("is not differentiable (a comparison is piecewise constant)"),
-        Op::Argmax { .. } => Some("is not differentiable (it returns integer indices)"),
-        Op::Cast { .. } => Some("is not differentiable (it converts to or from integers)"),
-        Op::OneHot { .. } => Some("is not differentiable (its operand is an integer index)"),
-        Op::Fused(_) | Op::FusedResult { .. } => {
-            Some("is not differentiable; run fusion after autodiff")
-        }
-        _ => None,
-    }
-}
-
 /// Applies the rule of the forward node of `cx` to its cotangent `gy`.
 pub(super) fn vjp(cx: &mut Cx<'_>, gy: NodeId, wants: &[bool]) -> Grads {
     let op = cx.node().op.clone();
@@ -73,7 +59,7 @@ pub(super) fn vjp(cx: &mut Cx<'_>, gy: NodeId, wants: &[bool]) -> Grads {
         Op::SparseSoftmaxCrossEntropy => sparse_softmax_cross_entropy(cx, gy),
         Op::Slice { begin, end } => slice(cx, &begin, &end, gy),
         Op::Concat { axis } => concat(cx, axis, gy),
-        // Checked by the driver before anything is built (`missing_rule`).
+        // Checked by the driver before anything is built (`Op::not_differentiable`).
         Op::Compare(_)
         | Op::Argmax { .. }
         | Op::Cast { .. }
@@ -625,99 +611,4 @@ fn sparse_softmax_cross_entropy(cx: &mut Cx<'_>, gy: NodeId) -> Grads {
     let oh = cx.op(Op::OneHot { depth }, &[labels])?;
     let diff = cx.sub(p, oh)?;
     Ok(vec![Some(cx.mul(g, diff)?), None])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::op::{Init, Literal, Padding};
-    use crate::shape::DType;
-
-    /// The table agrees with `Op::is_differentiable`: a rule exactly for the differentiable ops.
-    #[test]
-    fn a_rule_for_every_differentiable_op() {
-        let st = [1, 1];
-        let ops = [
-            Op::Input,
-            Op::Param { init: Init::Zeros },
-            Op::State { init: Init::Zeros },
-            Op::Const {
-                value: Literal::Splat(0.0),
-            },
-            Op::Unary(UnaryOp::Exp),
-            Op::Binary(BinaryOp::Pow),
-            Op::Compare(CmpOp::Lt),
-            Op::Select,
-            Op::Cast { to: DType::F32 },
-            Op::Reduce {
-                kind: ReduceOp::Max,
-                axes: vec![0],
-                keepdims: false,
-            },
-            Op::Argmax { axis: 0 },
-            Op::Reshape {
-                shape: Shape(vec![1]),
-            },
-            Op::Broadcast {
-                shape: Shape(vec![1]),
-            },
-            Op::Transpose { perm: vec![0] },
-            Op::Matmul,
-            Op::Conv2d {
-                stride: st,
-                padding: Padding::Same,
-            },
-            Op::Conv2dInputGrad {
-                stride: st,
-                padding: Padding::Valid,
-                shape: Shape(vec![1, 1, 1, 1]),
-            },
-            Op::Conv2dFilterGrad {
-                stride: st,
-                padding: Padding::Valid,
-                kernel: st,
-            },
-            Op::MaxPool2d {
-                window: st,
-                stride: st,
-            },
-            Op::MaxPool2dGrad {
-                window: st,
-                stride: st,
-            },
-            Op::Softmax { axis: 0 },
-            Op::LogSoftmax { axis: 0 },
-            Op::SoftmaxCrossEntropy,
-            Op::SparseSoftmaxCrossEntropy,
-            Op::OneHot { depth: 2 },
-            Op::Slice {
-                begin: vec![0],
-                end: vec![1],
-            },
-            Op::Concat { axis: 0 },
-        ];
-        let mut names: Vec<&str> = ops.iter().map(|o| o.name()).collect();
-        for op in &ops {
-            assert_eq!(
-                missing_rule(op).is_none(),
-                op.is_differentiable(),
-                "{}",
-                op.name()
-            );
-        }
-        // Every op family of the op set is listed above.
-        names.sort();
-        for n in crate::op::all_op_names() {
-            let family = match *n {
-                "neg" | "exp" | "log" | "sqrt" | "abs" | "sign" | "tanh" | "sigmoid" | "relu" => {
-                    "exp"
-                }
-                "add" | "sub" | "mul" | "div" | "max" | "min" | "pow" => "pow",
-                "eq" | "ne" | "lt" | "le" | "gt" | "ge" => "lt",
-                "reduce_sum" | "reduce_mean" | "reduce_max" => "reduce_max",
-                other => other,
-            };
-            assert!(names.contains(&family), "{n} is not covered");
-        }
-    }
 }
