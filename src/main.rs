@@ -474,15 +474,7 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
     let mut g = load(&a.file)?;
     // no input is drawn that compiled code cannot take
     for id in g.inputs() {
-        let n = g[id].ty.shape.numel() as u128 * 4;
-        if n > codegen::MAX_TENSOR_BYTES as u128 {
-            return Err(CliError(format!(
-                "{}: {} bytes, more than compiled code takes ({} bytes per tensor)",
-                codegen::describe(&g, id),
-                n,
-                codegen::MAX_TENSOR_BYTES
-            )));
-        }
+        codegen::check_tensor_size(&g, id).map_err(|e| CliError(format!("{file}: {e}")))?;
     }
     // the inputs are drawn from the graph as written, as `eval` draws them (the passes may
     // remove a one_hot that sets a label input's range)

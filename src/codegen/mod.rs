@@ -239,6 +239,25 @@ pub fn describe(g: &Graph, id: NodeId) -> String {
 /// immediates in the generated loads and stores.
 pub const MAX_TENSOR_BYTES: usize = i32::MAX as usize;
 
+/// Checks that node `id`'s value fits in one tensor of compiled code ([`MAX_TENSOR_BYTES`]);
+/// `compile` checks every node, `gradlift run` its inputs before drawing their values.
+pub fn check_tensor_size(g: &Graph, id: NodeId) -> Result<(), CompileError> {
+    let ty = &g[id].ty;
+    if ty
+        .shape
+        .checked_numel()
+        .is_none_or(|e| e > MAX_TENSOR_BYTES / 4)
+    {
+        return Err(CompileError::Invalid {
+            node: describe(g, id),
+            message: format!(
+                "{ty} is too large for compiled code (at most {MAX_TENSOR_BYTES} bytes per tensor)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Checks what the generated code relies on and returns the canonical order.
 fn check(g: &Graph) -> Result<Vec<NodeId>, CompileError> {
     let order = g.topo_order().map_err(|cyc| {
@@ -266,19 +285,7 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, CompileError> {
                 format!("declared type {} but the operands give {ty}", n.ty),
             ));
         }
-        if n.ty
-            .shape
-            .checked_numel()
-            .is_none_or(|e| e > MAX_TENSOR_BYTES / 4)
-        {
-            return Err(invalid(
-                id,
-                format!(
-                    "{} is too large for compiled code (at most {MAX_TENSOR_BYTES} bytes per tensor)",
-                    n.ty
-                ),
-            ));
-        }
+        check_tensor_size(g, id)?;
         if let Some(message) = crate::fused::result_error(g, id) {
             return Err(invalid(id, message));
         }

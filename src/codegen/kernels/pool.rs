@@ -31,6 +31,21 @@ impl PoolGeometry {
         }
     }
 
+    /// Calls `f(o, base)` for every output pixel in order: `o` is the offset of its channel 0
+    /// in the output (and in `dy`), `base` that of its window's first tap in the input.
+    #[inline(always)]
+    fn for_each_output(&self, mut f: impl FnMut(usize, usize)) {
+        let mut o = 0;
+        for b in 0..self.n {
+            for oy in 0..self.oh {
+                for ox in 0..self.ow {
+                    f(o, self.pixel(b, oy, ox, 0, 0));
+                    o += self.c;
+                }
+            }
+        }
+    }
+
     /// The maximum (a NaN counting as the greatest, [`greater`]) over the window at `base` of
     /// the `LANES` channels from `ch`: kept in a `[f32; LANES]` the compiler holds in one
     /// vector register, so that the running maximum is never stored and reloaded.
@@ -70,21 +85,17 @@ impl PoolGeometry {
     fn forward(&self, x: &[f32], y: &mut [f32]) {
         let c = self.c;
         let whole = c - c % LANES;
-        let mut o = 0;
-        for b in 0..self.n {
-            for oy in 0..self.oh {
-                for ox in 0..self.ow {
-                    let base = self.pixel(b, oy, ox, 0, 0);
-                    for ch in (0..whole).step_by(LANES) {
-                        y[o + ch..o + ch + LANES].copy_from_slice(&self.lanes_max(x, base, ch));
-                    }
-                    for ch in whole..c {
-                        y[o + ch] = self.channel_max(x, base, ch);
-                    }
-                    o += c;
+        self.for_each_output(
+            #[inline(always)]
+            |o, base| {
+                for ch in (0..whole).step_by(LANES) {
+                    y[o + ch..o + ch + LANES].copy_from_slice(&self.lanes_max(x, base, ch));
                 }
-            }
-        }
+                for ch in whole..c {
+                    y[o + ch] = self.channel_max(x, base, ch);
+                }
+            },
+        );
     }
 
     /// Max-pool gradient when windows do not overlap: every input pixel is written exactly
@@ -107,47 +118,43 @@ impl PoolGeometry {
             }
         }
         let whole = c - c % LANES;
-        let mut o = 0;
-        for b in 0..self.n {
-            for oy in 0..self.oh {
-                for ox in 0..self.ow {
-                    let base = self.pixel(b, oy, ox, 0, 0);
-                    for ch in (0..whole).step_by(LANES) {
-                        let m = self.lanes_max(x, base, ch);
-                        let g = lanes(dy, o + ch);
-                        let mut taken = [false; LANES];
-                        self.for_taps(
-                            base,
-                            #[inline(always)]
-                            |t| {
-                                let v = lanes(x, t + ch);
-                                let mut d = [0.0f32; LANES];
-                                for l in 0..LANES {
-                                    let hit = same(v[l], m[l]) & !taken[l];
-                                    d[l] = if hit { g[l] } else { 0.0 };
-                                    taken[l] |= hit;
-                                }
-                                dx[t + ch..t + ch + LANES].copy_from_slice(&d);
-                            },
-                        );
-                    }
-                    for ch in whole..c {
-                        let m = self.channel_max(x, base, ch);
-                        let mut taken = false;
-                        self.for_taps(
-                            base,
-                            #[inline(always)]
-                            |t| {
-                                let hit = same(x[t + ch], m) & !taken;
-                                dx[t + ch] = if hit { dy[o + ch] } else { 0.0 };
-                                taken |= hit;
-                            },
-                        );
-                    }
-                    o += c;
+        self.for_each_output(
+            #[inline(always)]
+            |o, base| {
+                for ch in (0..whole).step_by(LANES) {
+                    let m = self.lanes_max(x, base, ch);
+                    let g = lanes(dy, o + ch);
+                    let mut taken = [false; LANES];
+                    self.for_taps(
+                        base,
+                        #[inline(always)]
+                        |t| {
+                            let v = lanes(x, t + ch);
+                            let mut d = [0.0f32; LANES];
+                            for l in 0..LANES {
+                                let hit = same(v[l], m[l]) & !taken[l];
+                                d[l] = if hit { g[l] } else { 0.0 };
+                                taken[l] |= hit;
+                            }
+                            dx[t + ch..t + ch + LANES].copy_from_slice(&d);
+                        },
+                    );
                 }
-            }
-        }
+                for ch in whole..c {
+                    let m = self.channel_max(x, base, ch);
+                    let mut taken = false;
+                    self.for_taps(
+                        base,
+                        #[inline(always)]
+                        |t| {
+                            let hit = same(x[t + ch], m) & !taken;
+                            dx[t + ch] = if hit { dy[o + ch] } else { 0.0 };
+                            taken |= hit;
+                        },
+                    );
+                }
+            },
+        );
     }
 
     /// Max-pool gradient for overlapping windows: a pixel may receive from several outputs,
@@ -155,29 +162,25 @@ impl PoolGeometry {
     fn grad_overlapping(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
         dx.fill(0.0);
         let c = self.c;
-        let mut o = 0;
-        for b in 0..self.n {
-            for oy in 0..self.oh {
-                for ox in 0..self.ow {
-                    let base = self.pixel(b, oy, ox, 0, 0);
-                    for ch in 0..c {
-                        let m = self.channel_max(x, base, ch);
-                        let mut taken = false;
-                        self.for_taps(
-                            base,
-                            #[inline(always)]
-                            |t| {
-                                if !taken && same(x[t + ch], m) {
-                                    dx[t + ch] += dy[o + ch];
-                                    taken = true;
-                                }
-                            },
-                        );
-                    }
-                    o += c;
+        self.for_each_output(
+            #[inline(always)]
+            |o, base| {
+                for ch in 0..c {
+                    let m = self.channel_max(x, base, ch);
+                    let mut taken = false;
+                    self.for_taps(
+                        base,
+                        #[inline(always)]
+                        |t| {
+                            if !taken && same(x[t + ch], m) {
+                                dx[t + ch] += dy[o + ch];
+                                taken = true;
+                            }
+                        },
+                    );
                 }
-            }
-        }
+            },
+        );
     }
 }
 
