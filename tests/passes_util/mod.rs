@@ -540,8 +540,11 @@ pub fn compare_eval_in<T: gradlift::interp::Float>(
 pub const PASS_REL: f64 = 1e-9;
 
 /// Relative tolerance of the f32 oracle for the whole pipeline: constants folded in f32
-/// and rewrites evaluated in f32 (a stable softmax form, a reordered sum) round differently.
-pub const PIPELINE_REL: f64 = 1e-5;
+/// and rewrites evaluated in f32 (a stable softmax form, a reordered sum) round differently,
+/// and a random graph's cancellations magnify that (seed 8351165136856503052 in
+/// `passes_differential.proptest-regressions`: 4.38057e-4 against 4.38087e-4, 7e-5 apart in
+/// relative terms, 3e-8 absolute below `close`'s 1e-3 floor). f32 rounding is 6e-8.
+pub const PIPELINE_REL: f64 = 1e-4;
 
 /// Checks that pass `pass` kept the results of `before` in `after`. Constant folding
 /// computes what the f32 code would, so its oracle is the f32 interpreter, exactly (the
