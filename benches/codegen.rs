@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use gradlift::codegen::{self, CompileOptions, MatmulKernel};
 use gradlift::interp::{self, Array};
 use gradlift::passes::Pipeline;
-use gradlift::runtime::HostTensor;
+use gradlift::runtime::{self, HostTensor};
 use gradlift::{autodiff, text, Graph, Init, NodeId, ReduceOp, TensorType};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -44,9 +44,9 @@ fn compile_time(c: &mut Criterion) {
         ("mlp_b64", train_step("mlp", 64)),
         ("cnn_b64", train_step("cnn", 64)),
     ] {
-        let r = codegen::compile(&g, &opts()).unwrap().report().clone();
+        let r = runtime::compile(&g, &opts()).unwrap().report().clone();
         eprintln!("{name}: {r}");
-        grp.bench_function(name, |b| b.iter(|| codegen::compile(&g, &opts()).unwrap()));
+        grp.bench_function(name, |b| b.iter(|| runtime::compile(&g, &opts()).unwrap()));
     }
     grp.finish();
 }
@@ -69,7 +69,7 @@ fn step_time(c: &mut Criterion) {
                 threads,
                 ..opts()
             };
-            let mut exe = codegen::compile(&g, &o).unwrap();
+            let mut exe = runtime::compile(&g, &o).unwrap();
             let id = BenchmarkId::new(format!("{name}/jit"), format!("{kernel:?}/{threads}t"));
             grp.bench_function(id, |b| b.iter(|| exe.run(&inputs).unwrap()));
         }
@@ -126,7 +126,7 @@ fn matmul(c: &mut Criterion) {
                 threads,
                 ..opts()
             };
-            let mut exe = codegen::compile(&g, &o).unwrap();
+            let mut exe = runtime::compile(&g, &o).unwrap();
             let name = format!("{kernel:?}/{threads}t");
             let id = BenchmarkId::new(name, format!("{m}x{k}x{n}"));
             grp.bench_function(id, |b| b.iter(|| exe.run(&inputs).unwrap()));
@@ -165,7 +165,7 @@ fn fused_reduce(c: &mut Criterion) {
         let r = g.reduce(kind, p, &[axis], false).unwrap();
         g.add_output("r", r).unwrap();
         Pipeline::default().run(&mut g).unwrap();
-        let mut exe = codegen::compile(&g, &opts()).unwrap();
+        let mut exe = runtime::compile(&g, &opts()).unwrap();
         let id = BenchmarkId::new(kind.name(), format!("axis{axis}/{m}x{n}"));
         grp.bench_function(id, |b| b.iter(|| exe.run(&[]).unwrap()));
     }
@@ -189,7 +189,7 @@ fn plain_reduce(c: &mut Criterion) {
         let x = g.param("x", [m, n], init).unwrap();
         let r = g.sum(x, &[axis], false).unwrap();
         g.add_output("r", r).unwrap();
-        let mut exe = codegen::compile(&g, &opts()).unwrap();
+        let mut exe = runtime::compile(&g, &opts()).unwrap();
         let id = BenchmarkId::new("reduce_sum", format!("axis{axis}/{m}x{n}"));
         grp.bench_function(id, |b| b.iter(|| exe.run(&[]).unwrap()));
     }
@@ -396,7 +396,7 @@ fn simd_width(c: &mut Criterion) {
             };
             g.add_output("y", y).unwrap();
             Pipeline::default().run(&mut g).unwrap();
-            let mut exe = codegen::compile(&g, &opts()).unwrap();
+            let mut exe = runtime::compile(&g, &opts()).unwrap();
             grp.bench_function(
                 BenchmarkId::new(format!("{expr}/cranelift_f32x4"), n),
                 |bn| bn.iter(|| exe.run_bound()),

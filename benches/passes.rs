@@ -16,6 +16,7 @@ use common::{feeds, opts};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use gradlift::codegen;
 use gradlift::passes::Pipeline;
+use gradlift::runtime;
 use gradlift::{optim, text, Graph, Op};
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,7 @@ fn report(name: &str, g: &Graph) {
     let pipeline_ms = t0.elapsed().as_secs_f64() * 1e3;
     for (label, graph) in [("without pipeline", g), ("with pipeline", &opt)] {
         let p = codegen::memory_plan(graph, &opts()).unwrap();
-        let exe = codegen::compile(graph, &opts()).unwrap();
+        let exe = runtime::compile(graph, &opts()).unwrap();
         let r = exe.report();
         assert_eq!(
             r.arena_bytes, p.arena_bytes,
@@ -93,10 +94,10 @@ fn compile_time(c: &mut Criterion) {
         let g = adam_step(name);
         report(name, &g);
         grp.bench_function(BenchmarkId::new(name, "no_pipeline"), |b| {
-            b.iter(|| codegen::compile(&g, &opts()).unwrap())
+            b.iter(|| runtime::compile(&g, &opts()).unwrap())
         });
         grp.bench_function(BenchmarkId::new(name, "pipeline"), |b| {
-            b.iter(|| codegen::compile(&optimized(&g), &opts()).unwrap())
+            b.iter(|| runtime::compile(&optimized(&g), &opts()).unwrap())
         });
     }
     grp.finish();
@@ -108,8 +109,8 @@ fn step_time(c: &mut Criterion) {
         let g = adam_step(name);
         let inputs = feeds(&g);
         let opt = optimized(&g);
-        let mut plain = codegen::compile(&g, &opts()).unwrap();
-        let mut fused = codegen::compile(&opt, &opts()).unwrap();
+        let mut plain = runtime::compile(&g, &opts()).unwrap();
+        let mut fused = runtime::compile(&opt, &opts()).unwrap();
         grp.bench_function(BenchmarkId::new(name, "no_pipeline"), |b| {
             b.iter(|| plain.run(&inputs).unwrap())
         });

@@ -25,11 +25,12 @@
 //! count (default: `step::default_shards`).
 
 use gradlift::batch::{analyze, rebatch};
-use gradlift::codegen::{compile, CompileOptions};
+use gradlift::codegen::CompileOptions;
 use gradlift::data::{self, Dataset};
 use gradlift::init::Rng;
 use gradlift::optim::Optimizer;
 use gradlift::passes::Pipeline;
+use gradlift::runtime::compile;
 use gradlift::step::{compile_training_step, CompiledStep, DataFeed, StepOptions, StepReport};
 use gradlift::text::parse;
 use gradlift::Graph;

@@ -4,8 +4,8 @@
 //!
 //! Run with `cargo run --release --example embed`.
 
-use gradlift::codegen::{self, CompileOptions};
-use gradlift::runtime::HostTensor;
+use gradlift::codegen::CompileOptions;
+use gradlift::runtime::{self, HostTensor};
 use gradlift::{autodiff, Graph, Init, TensorType};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         g.add_update(p, next)?;
     }
 
-    let mut step = codegen::compile(&g, &CompileOptions::default())?;
+    let mut step = runtime::compile(&g, &CompileOptions::default())?;
     println!("{}", step.report());
 
     let xs: Vec<f32> = (0..batch * 2)

@@ -4,8 +4,8 @@
 //! compile forward + gradient + update into one native function (Cranelift), then call it:
 //!
 //! ```
-//! use gradlift::codegen::{self, CompileOptions};
-//! use gradlift::runtime::HostTensor;
+//! use gradlift::codegen::CompileOptions;
+//! use gradlift::runtime::{self, HostTensor};
 //! use gradlift::{autodiff, Graph, Init, TensorType};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +31,7 @@
 //!     g.add_update(param, next)?;
 //! }
 //!
-//! let mut train_step = codegen::compile(&g, &CompileOptions::default())?;
+//! let mut train_step = runtime::compile(&g, &CompileOptions::default())?;
 //! let xs: Vec<f32> = (0..8).map(|i| i as f32 / 4.0).collect();
 //! let ys: Vec<f32> = xs.iter().map(|x| 3.0 * x + 2.0).collect();
 //! let inputs = [

@@ -23,7 +23,7 @@ use gradlift::interp::{self, Array};
 use gradlift::op::Op;
 use gradlift::optim::{self, Optimizer};
 use gradlift::passes::Pipeline;
-use gradlift::runtime::HostTensor;
+use gradlift::runtime::{self, HostTensor};
 use gradlift::shape::{DType, Shape, TensorType};
 use gradlift::step::{compile_training_step, CompiledStep, DataFeed, StepOptions};
 use gradlift::text;
@@ -490,7 +490,7 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
         verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
     }
     a.passes.run(&mut g, &file, true)?;
-    let mut exe = codegen::compile(&g, &CompileOptions::default())
+    let mut exe = runtime::compile(&g, &CompileOptions::default())
         .map_err(|e| CliError(format!("{file}: {e}")))?;
     let inputs: Vec<(String, HostTensor)> = g
         .inputs()
@@ -1253,7 +1253,7 @@ fn evaluate_test(m: &Trainable, trained: &CompiledStep, test: &Dataset) -> Resul
             }
         };
         Pipeline::default().run(&mut g).map_err(|e| in_file(&e))?;
-        let mut exe = codegen::compile(&g, &CompileOptions::default()).map_err(|e| in_file(&e))?;
+        let mut exe = runtime::compile(&g, &CompileOptions::default()).map_err(|e| in_file(&e))?;
         for p in g.params() {
             let name = g[p].name.clone().unwrap_or_default();
             let v = trained.param(&name).ok_or_else(|| {

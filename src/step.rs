@@ -256,7 +256,7 @@ pub fn compile_training_step(
             report.pass_ms = ms(t);
             report.nodes = g.len();
             let t = std::time::Instant::now();
-            let exe = codegen::compile(&g, &opts.compile)?;
+            let exe = crate::runtime::compile(&g, &opts.compile)?;
             report.compile_ms = ms(t);
             let exec = Exec::Whole(Box::new(exe));
             Ok((CompiledStep { exec, check }, report))

@@ -2,7 +2,8 @@
 //! `HostTensor`s), saved, loaded and set into a freshly compiled one continue bit for bit.
 
 use gradlift::checkpoint::{graph_tensor_types, load, same_bits, save, NamedTensor};
-use gradlift::codegen::{compile, CompileOptions};
+use gradlift::codegen::CompileOptions;
+use gradlift::runtime::compile;
 use gradlift::runtime::{Executable, HostTensor};
 use gradlift::{Graph, Init, TensorType};
 use std::collections::BTreeMap;

@@ -13,10 +13,10 @@
 
 mod jit_util;
 
-use gradlift::codegen::{self, CompileOptions, MatmulKernel};
+use gradlift::codegen::{CompileOptions, MatmulKernel};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
-use gradlift::runtime::HostTensor;
+use gradlift::runtime::{self, HostTensor};
 use gradlift::{autodiff, text, DType, Graph, Op};
 use jit_util::{close, max_terms};
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ fn differential(g: &Graph, file: &str, seed: u64) {
             poison: true,
             ..CompileOptions::default()
         };
-        let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut exe = runtime::compile(g, &opts).unwrap_or_else(|e| panic!("{file}: {e}"));
         let mut host = Vec::new();
         let mut feeds: HashMap<_, Array<f64>> = HashMap::new();
         for id in g.inputs() {
@@ -144,7 +144,7 @@ fn inline_training_step_matches_the_interpreter() {
     let g = text::parse(STEP, "step.ir").unwrap();
     differential(&g, "step.ir", 7);
     // %b <- %nb and %t <- %t1 are computed in place; %w is an output, so %nw is copied
-    let exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+    let exe = runtime::compile(&g, &CompileOptions::default()).unwrap();
     assert_eq!(exe.report().in_place_updates, 2, "{:?}", exe.report());
 }
 
@@ -222,6 +222,6 @@ updates:
 fn updates_never_clobber_values_still_read() {
     let g = text::parse(LATE_READERS, "late.ir").unwrap();
     differential(&g, "late.ir", 3);
-    let exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+    let exe = runtime::compile(&g, &CompileOptions::default()).unwrap();
     assert_eq!(exe.report().in_place_updates, 0, "{:?}", exe.report());
 }

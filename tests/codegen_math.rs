@@ -10,8 +10,8 @@
 //! 2^-23 = 1.19e-7 (one ulp relative to the bottom of a binade, what a faithfully rounded
 //! result may be off by).
 
-use gradlift::codegen::{self, CompileOptions};
-use gradlift::runtime::{Executable, HostTensor};
+use gradlift::codegen::CompileOptions;
+use gradlift::runtime::{self, Executable, HostTensor};
 use gradlift::{Graph, TensorType};
 
 /// The allowed relative error of the JIT's `log` against `f64::ln` (see the module doc).
@@ -29,7 +29,7 @@ fn log_exe(n: usize) -> Executable {
         flush_denormals: false,
         ..CompileOptions::default()
     };
-    codegen::compile(&g, &opts).unwrap()
+    runtime::compile(&g, &opts).unwrap()
 }
 
 /// The JIT's `log` of every element of `xs` (one call).

@@ -6,10 +6,10 @@
 //! number of terms summed into it (1 for elementwise ops, the reduction length for reductions,
 //! `k` for matmul, `kh*kw*c` for convolutions). NaN must match NaN; i32 results exactly.
 
-use gradlift::codegen::{self, CompileOptions, MatmulKernel};
+use gradlift::codegen::{CompileOptions, MatmulKernel};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
-use gradlift::runtime::HostTensor;
+use gradlift::runtime::{self, HostTensor};
 use gradlift::{
     BinaryOp, CmpOp, DType, Graph, Literal, NodeId, Op, Padding, ReduceOp, Shape, TensorType,
     UnaryOp,
@@ -112,7 +112,7 @@ fn check(g: &Graph, seed: u64, dom: &dyn Fn(&str) -> Dom, terms: usize) {
             flush_denormals: false,
             ..CompileOptions::default()
         };
-        let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("compile: {e}"));
+        let mut exe = runtime::compile(g, &opts).unwrap_or_else(|e| panic!("compile: {e}"));
         exe.run(&dirty).unwrap();
         let got = exe.run(&inputs).unwrap();
         for (o, (name, t)) in g.outputs().iter().zip(&got) {
@@ -222,7 +222,7 @@ fn transcendentals_at_extremes() {
         let y = g.add(Op::Unary(u), &[c]).unwrap();
         out(&mut g, y);
         let want = interp::eval::<f64>(&g, &HashMap::new()).unwrap();
-        let mut exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+        let mut exe = runtime::compile(&g, &CompileOptions::default()).unwrap();
         let got = exe.run(&[]).unwrap();
         let w = &want.get(y).unwrap().data;
         for (i, (&x, &r)) in got[0].1.as_f32().unwrap().iter().zip(w).enumerate() {
@@ -655,7 +655,7 @@ fn long_sums_stay_accurate() {
     let m = g.reduce(ReduceOp::Mean, b, &[0], false).unwrap();
     out(&mut g, m);
     Pipeline::default().run(&mut g).unwrap();
-    let mut exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+    let mut exe = runtime::compile(&g, &CompileOptions::default()).unwrap();
     let v = 0.883f32;
     let got = exe.run(&[("x", HostTensor::f32([], vec![v]))]).unwrap()[0]
         .1
@@ -668,7 +668,7 @@ fn long_sums_stay_accurate() {
     let x = g.input("x", TensorType::f32([n])).unwrap();
     let s = g.reduce(ReduceOp::Sum, x, &[0], false).unwrap();
     out(&mut g, s);
-    let mut exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+    let mut exe = runtime::compile(&g, &CompileOptions::default()).unwrap();
     let got = exe
         .run(&[("x", HostTensor::f32([n], vec![0.1; n]))])
         .unwrap()[0]

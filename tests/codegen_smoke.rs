@@ -1,7 +1,7 @@
 //! Smoke tests of the JIT against hand-written references (independent of the interpreter).
 
 use gradlift::codegen::{self, CompileOptions, MatmulKernel};
-use gradlift::runtime::HostTensor;
+use gradlift::runtime::{self, HostTensor};
 use gradlift::{Graph, Init, Padding, TensorType};
 
 fn seq(n: usize, scale: f32) -> Vec<f32> {
@@ -43,7 +43,7 @@ fn matmul_both_kernels_match_naive_loops() {
                 matmul: kernel,
                 ..Default::default()
             };
-            let mut exe = codegen::compile(&g, &opts).unwrap();
+            let mut exe = runtime::compile(&g, &opts).unwrap();
             let out = exe
                 .run(&[
                     ("a", HostTensor::f32([m, k], av.clone())),
@@ -72,7 +72,7 @@ fn mlp_step_runs() {
     g.add_output("loss", l).unwrap();
     let s = g.softmax(h, 1).unwrap();
     g.add_output("s", s).unwrap();
-    let mut exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+    let mut exe = runtime::compile(&g, &CompileOptions::default()).unwrap();
     let out = exe
         .run(&[
             ("x", HostTensor::f32([6, 5], seq(30, 0.3))),
@@ -132,7 +132,7 @@ fn large_matmuls_split_over_threads_match_one_thread() {
                 threads,
                 ..Default::default()
             };
-            let mut exe = codegen::compile(&g, &opts).unwrap();
+            let mut exe = runtime::compile(&g, &opts).unwrap();
             let out = exe.run(&inputs).unwrap();
             close(out[0].1.as_f32().unwrap(), &want, 1e-4);
         }
@@ -171,7 +171,7 @@ outputs:
             )],
         )
         .unwrap();
-        let mut exe = codegen::compile(&g, &CompileOptions::default()).unwrap();
+        let mut exe = runtime::compile(&g, &CompileOptions::default()).unwrap();
         let out = exe.run(&[("x", HostTensor::f32([0, 7], vec![]))]).unwrap();
         for (name, t) in out {
             let w = &want.get(g.output(&name).unwrap()).unwrap().data;

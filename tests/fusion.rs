@@ -13,11 +13,11 @@
 
 mod jit_util;
 
-use gradlift::codegen::{self, CompileOptions, MatmulKernel};
+use gradlift::codegen::{CompileOptions, MatmulKernel};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
 use gradlift::passes::{self, Pipeline};
-use gradlift::runtime::HostTensor;
+use gradlift::runtime::{self, HostTensor};
 use gradlift::{autodiff, text, DType, Graph, NodeId, Op, Shape, TensorType};
 use jit_util::{close, max_terms};
 use std::collections::HashMap;
@@ -222,7 +222,7 @@ fn jit_matches(name: &str, reference: &Graph, g: &Graph, seed: u64) {
             poison: true,
             ..CompileOptions::default()
         };
-        let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut exe = runtime::compile(g, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
         let outs = exe.run(&inputs).unwrap();
         let mut got: Vec<(String, Vec<f64>)> =
             outs.iter().map(|(n, t)| (n.clone(), t.to_f64())).collect();
@@ -630,7 +630,7 @@ fn jit_fused_adam_matches_the_interpreter_over_steps() {
             poison: true,
             ..CompileOptions::default()
         };
-        let mut exe = codegen::compile(&fused, &opts).unwrap();
+        let mut exe = runtime::compile(&fused, &opts).unwrap();
         // the interpreter state: every param and state fed explicitly, updated by hand
         let mut state: HashMap<NodeId, Array<f64>> = HashMap::new();
         let init = interp::eval::<f64>(&g, &{
@@ -706,7 +706,7 @@ fn fused_result_errors() {
     let f = HashMap::from([(g.find("x").unwrap(), Array::new([3], vec![1.0; 3]).unwrap())]);
     let err = interp::eval::<f64>(&g, &f).unwrap_err().to_string();
     assert!(err.contains("not a fused node with result 1"), "{err}");
-    assert!(codegen::compile(&g, &CompileOptions::default()).is_err());
+    assert!(runtime::compile(&g, &CompileOptions::default()).is_err());
 
     let one_result = graph(
         "  %f: f32[3] = fused %x {\n    %1: f32[3] = neg %0\n    yield %1\n  }\n  %r: f32[3] = fused_result %f, index=1\n",
@@ -842,14 +842,14 @@ fn hand_written_fused_log_compiles_and_pow_is_refused() {
         flush_denormals: false,
         ..CompileOptions::default()
     };
-    let mut exe = codegen::compile(&g, &ieee).unwrap();
+    let mut exe = runtime::compile(&g, &ieee).unwrap();
     let got = exe
         .run(&[("x", HostTensor::f32([7], xs.to_vec()))])
         .unwrap();
     let got = got[0].1.to_f64();
     close("hand-written log", &got, want, 1);
     let g = text::parse(&src("pow"), "h.ir").unwrap_or_else(|e| panic!("{e}"));
-    let Err(err) = codegen::compile(&g, &CompileOptions::default()) else {
+    let Err(err) = runtime::compile(&g, &CompileOptions::default()) else {
         panic!("pow in a fused body compiled");
     };
     let err = err.to_string();

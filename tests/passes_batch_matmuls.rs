@@ -7,12 +7,12 @@
 mod jit_util;
 mod passes_util;
 
-use gradlift::codegen::{self, CompileOptions, MatmulKernel};
+use gradlift::codegen::{CompileOptions, MatmulKernel};
 use gradlift::init::Rng;
 use gradlift::interp;
 use gradlift::optim::{self, Optimizer};
 use gradlift::passes::{self, batch_matmuls, check_graph, dce, PassReport, Pipeline};
-use gradlift::runtime::HostTensor;
+use gradlift::runtime::{self, HostTensor};
 use gradlift::{text, Graph, Init, NodeId, Op, TensorType};
 use passes_util::{compare_eval, print, random_feeds};
 
@@ -90,7 +90,7 @@ fn jit_results(
         flush_denormals: false,
         ..CompileOptions::default()
     };
-    let mut exe = codegen::compile(g, &opts).unwrap_or_else(|e| panic!("{}: {e}", g.name));
+    let mut exe = runtime::compile(g, &opts).unwrap_or_else(|e| panic!("{}: {e}", g.name));
     let refs: Vec<(&str, HostTensor)> = inputs
         .iter()
         .map(|(n, t)| (n.as_str(), t.clone()))

@@ -2,13 +2,14 @@
 //! unfolded graph's results, bit for bit, where f64 arithmetic would differ (an overflow to
 //! infinity, a sum past f32's 24-bit significand).
 
-use gradlift::codegen::{self, CompileOptions};
+use gradlift::codegen::CompileOptions;
 use gradlift::passes::Pipeline;
+use gradlift::runtime;
 use gradlift::{text, Graph, Op};
 
 /// The output `y` of `g` compiled as is.
 fn compiled(g: &Graph) -> f32 {
-    let mut exe = codegen::compile(g, &CompileOptions::default()).unwrap();
+    let mut exe = runtime::compile(g, &CompileOptions::default()).unwrap();
     let out = exe.run(&[]).unwrap();
     out[0].1.as_f32().unwrap()[0]
 }

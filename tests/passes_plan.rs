@@ -17,6 +17,7 @@ use gradlift::passes::plan::{
     plan, plan_with, BufferKind, MemoryPlan, PlanOptions, Storage, ALIGN, ELEMENT_BYTES,
 };
 use gradlift::passes::Pipeline;
+use gradlift::runtime;
 use gradlift::{optim, text, Graph, NodeId, Op};
 use proptest::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -423,7 +424,7 @@ fn jit_plans_of_the_corpus_training_steps_are_sound_and_reported() {
             if let Err(e) = check_plan(&g, &p, &plan_opts) {
                 panic!("{name} {matmul:?}: {e}");
             }
-            let exe = codegen::compile(&g, &opts).unwrap();
+            let exe = runtime::compile(&g, &opts).unwrap();
             assert_eq!(exe.report().arena_bytes, p.arena_bytes, "{name} {matmul:?}");
             assert_eq!(exe.report().in_place_updates, p.in_place_updates());
             eprintln!("{name} {matmul:?}: {p}");

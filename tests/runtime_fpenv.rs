@@ -1,9 +1,10 @@
 //! Compiled code runs with flush-to-zero and denormals-are-zero and gives the caller its
 //! floating-point mode back; the interpreter stays IEEE.
 
-use gradlift::codegen::{compile, CompileOptions};
+use gradlift::codegen::CompileOptions;
 use gradlift::interp::eval_named;
 use gradlift::interp::Array;
+use gradlift::runtime::compile;
 use gradlift::runtime::fpenv::{mxcsr, MXCSR_DAZ, MXCSR_FTZ};
 use gradlift::runtime::HostTensor;
 use gradlift::text::parse;

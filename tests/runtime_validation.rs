@@ -3,7 +3,7 @@
 //! name the node.
 
 use gradlift::codegen::{self, CompileError, CompileOptions};
-use gradlift::runtime::{Executable, HostTensor, RunError};
+use gradlift::runtime::{self, Executable, HostTensor, RunError};
 use gradlift::{DType, Graph, Init, Node, Op, TensorType};
 
 /// `y = x @ w + counter`, with `counter <- counter + 1` on every call: a failed call must
@@ -28,7 +28,7 @@ fn counter_graph() -> Graph {
 }
 
 fn exe() -> Executable {
-    codegen::compile(&counter_graph(), &CompileOptions::default()).unwrap()
+    runtime::compile(&counter_graph(), &CompileOptions::default()).unwrap()
 }
 
 fn x() -> HostTensor {
@@ -138,7 +138,7 @@ fn repeated_runs_are_identical_except_declared_updates() {
     // a graph without updates gives bit-identical outputs on every call
     let mut g = counter_graph();
     g.updates_mut().clear();
-    let mut e = codegen::compile(&g, &CompileOptions::default()).unwrap();
+    let mut e = runtime::compile(&g, &CompileOptions::default()).unwrap();
     let first = e.run(&[("x", x()), ("labels", labels())]).unwrap();
     for _ in 0..50 {
         assert_eq!(e.run(&[("x", x()), ("labels", labels())]).unwrap(), first);
@@ -192,7 +192,7 @@ fn malformed_graphs_are_compile_errors_naming_the_node() {
         &[a],
     );
     g.add_output("o", bad).unwrap();
-    let err = codegen::compile(&g, &CompileOptions::default()).unwrap_err();
+    let err = runtime::compile(&g, &CompileOptions::default()).unwrap_err();
     assert!(matches!(err, CompileError::Invalid { .. }));
     let msg = err.to_string();
     assert!(msg.contains("%oops (relu"), "{msg}");
@@ -210,7 +210,7 @@ fn malformed_graphs_are_compile_errors_naming_the_node() {
         &[],
     );
     g.add_output("p", p).unwrap();
-    let msg = codegen::compile(&g, &CompileOptions::default())
+    let msg = runtime::compile(&g, &CompileOptions::default())
         .unwrap_err()
         .to_string();
     assert!(

@@ -1,13 +1,15 @@
 //! Code generation: a graph in, one native function out.
 //!
-//! [`compile`] checks the graph (canonical order, every node's type re-inferred from its
+//! [`compile_native`] checks the graph (canonical order, every node's type re-inferred from its
 //! operands, outputs and updates well-formed: the generated code trusts these shapes for
 //! every memory access), plans its memory ([`crate::passes::plan`], given the transposes it
 //! folds into matmuls and the kernels' scratch space; [`plan`] maps the result to table
 //! slots), lowers every node into ONE Cranelift
 //! function ([`lower`]) and compiles it with `cranelift-jit` for the host ISA
-//! (`cranelift-native`: SSE4/AVX/FMA as cpuid reports). The result is a
-//! [`crate::runtime::Executable`], the safe entry point.
+//! (`cranelift-native`: SSE4/AVX/FMA as cpuid reports). The result is [`NativeCode`]: the
+//! code and the [`plan::Layout`] of the pointer table it reads. Codegen does not know the
+//! runtime: [`crate::runtime::compile`] wraps the code into an
+//! [`crate::runtime::Executable`], the safe entry point, which fills tables from the layout.
 //!
 //! The native function is `extern "C" fn(table: *const *mut u8)`: a table of base pointers
 //! `[inputs.., params.., states.., consts.., outputs.., arena]`. The body computes every node
@@ -25,7 +27,6 @@ pub mod plan;
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
 use crate::passes::plan::{MemoryPlan, PlanOptions};
-use crate::runtime::Executable;
 use crate::shape::DType;
 use cranelift_codegen::ir::{AbiParam, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
@@ -33,6 +34,7 @@ use cranelift_codegen::{CodegenError, Context};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module, ModuleError};
+use plan::Slot;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -47,7 +49,7 @@ pub enum MatmulKernel {
     Cranelift,
 }
 
-/// Options of [`compile`].
+/// Options of [`compile_native`].
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
     /// The matmul implementation.
@@ -172,7 +174,7 @@ pub enum CompileError {
 
 /// The most memory one executable may plan (arena, scratch and buffers), in bytes: the
 /// machine's physical memory (`MemTotal` in `/proc/meminfo`), or 1 TiB where that cannot be
-/// read. [`compile`] refuses a graph that needs more before allocating anything.
+/// read. [`compile_native`] refuses a graph that needs more before allocating anything.
 pub fn memory_limit() -> u128 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -240,7 +242,7 @@ pub fn describe(g: &Graph, id: NodeId) -> String {
 pub const MAX_TENSOR_BYTES: usize = i32::MAX as usize;
 
 /// Checks that node `id`'s value fits in one tensor of compiled code ([`MAX_TENSOR_BYTES`]);
-/// `compile` checks every node, `gradlift run` its inputs before drawing their values.
+/// `compile_native` checks every node, `gradlift run` its inputs before drawing their values.
 pub fn check_tensor_size(g: &Graph, id: NodeId) -> Result<(), CompileError> {
     let ty = &g[id].ty;
     if ty
@@ -441,8 +443,8 @@ fn plan_memory(
     Ok((memory, options.folded_transposes))
 }
 
-/// The memory plan [`compile`] uses for `g` with `opts`: its `arena_bytes` is the size of the
-/// executable's arena ([`CompileReport::arena_bytes`]). Fails as [`compile`] does on a graph
+/// The memory plan [`compile_native`] uses for `g` with `opts`: its `arena_bytes` is the size of the
+/// executable's arena ([`CompileReport::arena_bytes`]). Fails as [`compile_native`] does on a graph
 /// it cannot check.
 pub fn memory_plan(g: &Graph, opts: &CompileOptions) -> Result<MemoryPlan, CompileError> {
     let order = check(g)?;
@@ -529,7 +531,7 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
     let mut fctx = FunctionBuilderContext::new();
     {
         let fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let slots = plan.arena_slot(g.outputs().len()) + 1;
+        let slots = plan.layout.len();
         let mut lw = lower::Lowerer::new(fb, slots, kernel_decls, fma, opts.matmul, opts.threads);
         for &id in &order {
             lw.node(g, &plan, id)
@@ -543,7 +545,7 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
         for (i, o) in g.outputs().iter().enumerate() {
             let ty = &g[o.node].ty;
             let dst = plan::Loc {
-                slot: plan.output_slot(i),
+                slot: plan.layout.index(Slot::Output(i)),
                 offset: 0,
             };
             lw.copy(dst, plan.locs[&o.node], ty.dtype, &ty.shape);
@@ -603,19 +605,42 @@ fn cranelift_error(g: &Graph, ctx: &Context, e: ModuleError) -> CompileError {
     }
 }
 
-/// Compiles `g` into an [`Executable`]: one native function for the whole graph.
-pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileError> {
-    compile_with(g, opts, true)
+/// A compiled function: native code, the layout of the pointer table it reads and where
+/// compile time went. Owns the JIT memory holding the code (freed on drop);
+/// [`crate::runtime::Executable`] wraps it with the buffers its table points at.
+pub struct NativeCode {
+    module: Option<JITModule>,
+    entry: unsafe extern "C" fn(*const *mut u8),
+    /// What each slot of the table the entry point reads holds.
+    pub layout: plan::Layout,
+    /// Where compile time went (`init_ms` is the caller's to fill).
+    pub report: CompileReport,
 }
 
-/// [`compile`]; with `own_leaves` false the executable allocates no buffers for its inputs,
-/// params and state (a caller that binds them to its own buffers, as
-/// [`crate::runtime::sharded::ShardedStep`] does, never reads them).
-pub(crate) fn compile_with(
-    g: &Graph,
-    opts: &CompileOptions,
-    own_leaves: bool,
-) -> Result<Executable, CompileError> {
+// SAFETY: the module only keeps the finalized, immutable code alive and frees it on drop; it
+// holds no thread-local state, and the code only touches the buffers passed to each call.
+unsafe impl Send for NativeCode {}
+
+impl NativeCode {
+    /// The entry point: `fn(table)`, `table` laid out as [`NativeCode::layout`] says.
+    pub fn entry(&self) -> unsafe extern "C" fn(*const *mut u8) {
+        self.entry
+    }
+}
+
+impl Drop for NativeCode {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: the entry point is only reachable through `self` (or copies the owner
+            // keeps no longer than `self`), so no call of this code can start after the drop.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// Compiles `g` into native code: one function for the whole graph
+/// ([`crate::runtime::compile`] wraps it into an executable).
+pub fn compile_native(g: &Graph, opts: &CompileOptions) -> Result<NativeCode, CompileError> {
     let Built {
         mut module,
         mut ctx,
@@ -647,7 +672,10 @@ pub(crate) fn compile_with(
         });
     }
     let code = module.get_finalized_function(func);
-    let mut report = CompileReport {
+    // SAFETY: `code` is the finalized function built with signature `fn(*const *mut u8)`.
+    let entry =
+        unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const *mut u8)>(code) };
+    let report = CompileReport {
         lower_ms,
         cranelift_ms: t1.elapsed().as_secs_f64() * 1e3,
         setup_ms,
@@ -658,35 +686,37 @@ pub(crate) fn compile_with(
         clif_insts,
         code_bytes,
     };
-    let t2 = Instant::now();
-    let mut exe = Executable::new(g, module, code, plan, report.clone(), opts, own_leaves);
-    report.init_ms = t2.elapsed().as_secs_f64() * 1e3;
-    exe.set_report(report);
-    Ok(exe)
+    Ok(NativeCode {
+        module: Some(module),
+        entry,
+        layout: plan.layout,
+        report,
+    })
 }
 
-/// The Cranelift IR of the function [`compile`] would build for `g`, as text, after a comment
+/// The Cranelift IR of the function [`compile_native`] would build for `g`, as text, after a comment
 /// header naming the pointer-table slots and the runtime kernels (`u0:N`) it calls.
 pub fn clif(g: &Graph, opts: &CompileOptions) -> Result<String, CompileError> {
     let built = build(g, opts)?;
     let p = &built.plan;
-    let names = |ids: &[NodeId]| -> Vec<String> {
-        ids.iter()
-            .map(|&id| {
-                g[id]
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("#{}", id.index()))
-            })
-            .collect()
+    let name = |id: NodeId| {
+        g[id]
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("#{}", id.index()))
     };
-    let mut slots: Vec<String> = Vec::new();
-    slots.extend(names(&p.inputs).into_iter().map(|n| format!("input {n}")));
-    slots.extend(names(&p.params).into_iter().map(|n| format!("param {n}")));
-    slots.extend(names(&p.states).into_iter().map(|n| format!("state {n}")));
-    slots.extend(p.consts.iter().map(|&id| format!("const {}", g[id].ty)));
-    slots.extend(g.outputs().iter().map(|o| format!("output {}", o.name)));
-    slots.push(format!("arena {} bytes", p.memory.arena_bytes));
+    let lay = &p.layout;
+    let slots: Vec<String> = lay
+        .slots()
+        .map(|s| match s {
+            Slot::Input(i) => format!("input {}", name(lay.inputs[i])),
+            Slot::Param(i) => format!("param {}", name(lay.params[i])),
+            Slot::State(i) => format!("state {}", name(lay.states[i])),
+            Slot::Const(i) => format!("const {}", g[lay.consts[i]].ty),
+            Slot::Output(i) => format!("output {}", g.outputs()[i].name),
+            Slot::Arena => format!("arena {} bytes", lay.arena_bytes),
+        })
+        .collect();
     let mut text = format!(
         "; graph {}: {} nodes in one function fn(table), table[i] at offset 8*i:\n",
         g.name,

@@ -3,9 +3,9 @@
 //! In: a type-checked graph and its [`MemoryPlan`] (from [`crate::passes::plan`], the one
 //! planner: liveness, aliases, in-place updates, direct outputs, scratch, staging and arena
 //! placement all happen there). Out: a [`Plan`] giving each node a [`Loc`] (a slot of the
-//! pointer table the native function receives, plus a byte offset). The pointer table is laid
-//! out as `[inputs.., params.., states.., consts.., outputs.., arena]`; the arena has
-//! `MemoryPlan::arena_bytes` bytes.
+//! pointer table the native function receives, plus a byte offset). The table's [`Layout`]
+//! is the one description of what each slot holds: the lowering addresses buffers through
+//! it, the runtime fills tables from it ([`Layout::slots`]).
 
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
@@ -23,9 +23,28 @@ pub struct Loc {
     pub offset: usize,
 }
 
-/// The buffer locations of one graph.
-#[derive(Clone, Debug)]
-pub struct Plan {
+/// What one slot of the pointer table points at; the index counts within its kind
+/// (`Param(2)` is the third param of [`Layout::params`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// An input buffer (the caller's data).
+    Input(usize),
+    /// A param buffer.
+    Param(usize),
+    /// A state buffer.
+    State(usize),
+    /// A constant's buffer.
+    Const(usize),
+    /// The buffer of output `i` (in `Graph::outputs` order).
+    Output(usize),
+    /// The arena of intermediates ([`Layout::arena_bytes`] bytes, [`ALIGN`]-aligned).
+    Arena,
+}
+
+/// The pointer table a compiled function receives: one base pointer per slot, in the order
+/// inputs, params, states, consts, outputs, arena. Built once, by [`locate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
     /// Input nodes, in table order.
     pub inputs: Vec<NodeId>,
     /// Param nodes, in table order.
@@ -34,6 +53,58 @@ pub struct Plan {
     pub states: Vec<NodeId>,
     /// Const nodes, in table order.
     pub consts: Vec<NodeId>,
+    /// Number of outputs.
+    pub outputs: usize,
+    /// Size of the arena in bytes.
+    pub arena_bytes: usize,
+}
+
+impl Layout {
+    /// The table index of slot `s`.
+    pub fn index(&self, s: Slot) -> usize {
+        let (ni, np, ns, nc) = (
+            self.inputs.len(),
+            self.params.len(),
+            self.states.len(),
+            self.consts.len(),
+        );
+        match s {
+            Slot::Input(i) => i,
+            Slot::Param(i) => ni + i,
+            Slot::State(i) => ni + np + i,
+            Slot::Const(i) => ni + np + ns + i,
+            Slot::Output(i) => ni + np + ns + nc + i,
+            Slot::Arena => ni + np + ns + nc + self.outputs,
+        }
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.index(Slot::Arena) + 1
+    }
+
+    /// Always false: a table has at least the arena slot.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Every slot, in table order.
+    pub fn slots(&self) -> impl Iterator<Item = Slot> {
+        (0..self.inputs.len())
+            .map(Slot::Input)
+            .chain((0..self.params.len()).map(Slot::Param))
+            .chain((0..self.states.len()).map(Slot::State))
+            .chain((0..self.consts.len()).map(Slot::Const))
+            .chain((0..self.outputs).map(Slot::Output))
+            .chain(std::iter::once(Slot::Arena))
+    }
+}
+
+/// The buffer locations of one graph.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// What each slot of the pointer table holds.
+    pub layout: Layout,
     /// Where each node's value lives.
     pub locs: HashMap<NodeId, Loc>,
     /// Transposes that matmul reads through strides: no buffer, no code of their own.
@@ -47,21 +118,9 @@ pub struct Plan {
     pub memory: MemoryPlan,
 }
 
-impl Plan {
-    /// Table slot of the first output buffer.
-    pub fn output_slot(&self, i: usize) -> usize {
-        self.inputs.len() + self.params.len() + self.states.len() + self.consts.len() + i
-    }
-
-    /// Table slot of the arena.
-    pub fn arena_slot(&self, n_outputs: usize) -> usize {
-        self.output_slot(n_outputs)
-    }
-}
-
 /// Maps `memory` (planned for `g` with `folded` as its folded transposes) to table slots.
 pub fn locate(g: &Graph, memory: MemoryPlan, folded: HashSet<NodeId>) -> Plan {
-    let mut p = Plan {
+    let layout = Layout {
         inputs: g.inputs(),
         params: g.params(),
         states: g.states(),
@@ -71,22 +130,42 @@ pub fn locate(g: &Graph, memory: MemoryPlan, folded: HashSet<NodeId>) -> Plan {
             .copied()
             .filter(|&id| matches!(g[id].op, Op::Const { .. }))
             .collect(),
+        outputs: g.outputs().len(),
+        arena_bytes: memory.arena_bytes,
+    };
+    let mut p = Plan {
+        layout,
         locs: HashMap::new(),
         folded,
         scratch: HashMap::new(),
         staged: vec![None; g.updates().len()],
         memory,
     };
-    let arena = p.arena_slot(g.outputs().len());
-    let leaf_slots: Vec<NodeId> = p
-        .inputs
-        .iter()
-        .chain(&p.params)
-        .chain(&p.states)
-        .chain(&p.consts)
-        .copied()
+    let lay = &p.layout;
+    let arena = lay.index(Slot::Arena);
+    let leaves: Vec<(NodeId, Slot)> = (lay.inputs.iter().enumerate())
+        .map(|(i, &id)| (id, Slot::Input(i)))
+        .chain(
+            lay.params
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| (id, Slot::Param(i))),
+        )
+        .chain(
+            lay.states
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| (id, Slot::State(i))),
+        )
+        .chain(
+            lay.consts
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| (id, Slot::Const(i))),
+        )
         .collect();
-    for (slot, &id) in leaf_slots.iter().enumerate() {
+    for (id, s) in leaves {
+        let slot = p.layout.index(s);
         p.locs.insert(id, Loc { slot, offset: 0 });
     }
     let in_arena = |offset| Loc {
@@ -99,7 +178,7 @@ pub fn locate(g: &Graph, memory: MemoryPlan, folded: HashSet<NodeId>) -> Plan {
             Storage::Leaf | Storage::Alias(_) => continue,
             Storage::Arena(i) => in_arena(p.memory.buffers[i].offset),
             Storage::Output(i) => Loc {
-                slot: p.output_slot(i),
+                slot: p.layout.index(Slot::Output(i)),
                 offset: 0,
             },
             Storage::InPlace(target) => p.locs[&target],

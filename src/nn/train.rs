@@ -83,7 +83,7 @@ pub enum Targets<'a> {
 /// Which engine runs the step graphs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// Native code: each step graph is compiled once by Cranelift ([`crate::codegen::compile`])
+    /// Native code: each step graph is compiled once by Cranelift ([`crate::runtime::compile`])
     /// and run as a [`crate::runtime::Executable`]. The default.
     #[default]
     Jit,
@@ -537,7 +537,7 @@ impl Model {
             }
             (Backend::Jit, _) => {
                 let exe =
-                    crate::codegen::compile(&graph, &crate::codegen::CompileOptions::default())?;
+                    crate::runtime::compile(&graph, &crate::codegen::CompileOptions::default())?;
                 Some(CompiledStep::whole(exe))
             }
         };

@@ -16,13 +16,12 @@ pub mod fpenv;
 pub mod pool;
 pub mod sharded;
 
-use crate::codegen::plan::{Plan, ALIGN};
-use crate::codegen::CompileReport;
+use crate::codegen::plan::{Layout, Slot, ALIGN};
+use crate::codegen::{compile_native, CompileError, CompileOptions, CompileReport, NativeCode};
 use crate::graph::Graph;
 use crate::op::{Literal, Op};
 use crate::shape::{DType, Shape, TensorType};
-use cranelift_jit::JITModule;
-use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error};
 use std::fmt;
 
 /// Elements of a host tensor.
@@ -234,29 +233,11 @@ pub enum RunError {
     },
 }
 
-/// The JIT module holding the code; freed on drop.
-struct Jit(Option<JITModule>);
-
-// SAFETY: the module is only used to keep the finalized, immutable code alive and to free it
-// on drop; it holds no thread-local state, and the code it holds only touches the buffers
-// passed to it on each call.
-unsafe impl Send for Jit {}
-
-impl Drop for Jit {
-    fn drop(&mut self) {
-        if let Some(m) = self.0.take() {
-            // SAFETY: the executable that called this code is being dropped; no pointer to
-            // the code outlives it.
-            unsafe { m.free_memory() };
-        }
-    }
-}
-
 /// The arena: zeroed, cache-line-aligned memory (allocated zeroed, so untouched pages cost
 /// nothing until the first call writes them).
 struct Arena {
     ptr: *mut u8,
-    layout: Option<Layout>,
+    layout: Option<std::alloc::Layout>,
 }
 
 // SAFETY: the arena is plain memory owned by one executable; `&mut` access is required to
@@ -265,7 +246,7 @@ unsafe impl Send for Arena {}
 
 impl Arena {
     fn new(bytes: usize) -> Arena {
-        match Layout::from_size_align(bytes, ALIGN) {
+        match std::alloc::Layout::from_size_align(bytes, ALIGN) {
             Ok(layout) if bytes > 0 => {
                 // SAFETY: the layout has a non-zero size.
                 let ptr = unsafe { alloc_zeroed(layout) };
@@ -297,6 +278,14 @@ impl Drop for Arena {
 /// The pointer table handed to native code, kept between calls so a call allocates nothing.
 struct Table(Vec<*mut u8>);
 
+impl Table {
+    /// Refills the table in `layout`'s slot order, slot `s` pointing at `at(s)`.
+    fn fill(&mut self, layout: &Layout, at: impl FnMut(Slot) -> *mut u8) {
+        self.0.clear();
+        self.0.extend(layout.slots().map(at));
+    }
+}
+
 // SAFETY: the table only holds addresses of buffers owned by the same executable or
 // borrowed for the duration of one call; it is rebuilt before every call.
 unsafe impl Send for Table {}
@@ -304,8 +293,7 @@ unsafe impl Send for Table {}
 /// A compiled graph: call [`Executable::run`] as often as needed. Params and state persist
 /// across calls and change only through the graph's declared updates or [`Executable::set_param`].
 pub struct Executable {
-    _jit: Jit,
-    entry: unsafe extern "C" fn(*const *mut u8),
+    code: NativeCode,
     inputs: Vec<(String, TensorType)>,
     /// One owned buffer per input, for [`Executable::run_bound`].
     bound: Vec<HostTensor>,
@@ -315,10 +303,8 @@ pub struct Executable {
     consts: Vec<HostTensor>,
     outputs: Vec<(String, HostTensor)>,
     arena: Arena,
-    arena_bytes: usize,
     poison: bool,
     flush_denormals: bool,
-    report: CompileReport,
 }
 
 impl fmt::Debug for Executable {
@@ -341,7 +327,7 @@ impl fmt::Debug for Executable {
                     .map(|(n, t)| (n, t.ty()))
                     .collect::<Vec<_>>(),
             )
-            .field("report", &self.report)
+            .field("report", &self.code.report)
             .finish()
     }
 }
@@ -361,17 +347,30 @@ fn initial(g: &Graph, id: crate::graph::NodeId) -> HostTensor {
     HostTensor::from_f64(&n.ty, &v)
 }
 
+/// Compiles `g` ([`crate::codegen::compile_native`]) into an [`Executable`] that owns its
+/// buffers: params and state from their initializers, consts, outputs and the arena.
+pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable, CompileError> {
+    compile_with(g, opts, true)
+}
+
+/// [`compile`]; with `own_leaves` false the executable allocates no buffers for its inputs,
+/// params and state (a caller that binds them to its own buffers, as
+/// [`sharded::ShardedStep`] does, never reads them).
+pub(crate) fn compile_with(
+    g: &Graph,
+    opts: &CompileOptions,
+    own_leaves: bool,
+) -> Result<Executable, CompileError> {
+    let code = compile_native(g, opts)?;
+    let t = std::time::Instant::now();
+    let mut exe = Executable::new(g, code, opts, own_leaves);
+    exe.code.report.init_ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok(exe)
+}
+
 impl Executable {
-    /// Wraps compiled code (called by [`crate::codegen::compile`]).
-    pub(crate) fn new(
-        g: &Graph,
-        module: JITModule,
-        code: *const u8,
-        plan: Plan,
-        report: CompileReport,
-        opts: &crate::codegen::CompileOptions,
-        own_leaves: bool,
-    ) -> Executable {
+    /// Wraps compiled code for `g` with its buffers (see [`compile_with`]).
+    fn new(g: &Graph, code: NativeCode, opts: &CompileOptions, own_leaves: bool) -> Executable {
         let name = |id| g[id].name.clone().unwrap_or_default();
         // a leaf the caller binds to its own buffer: its shape, no elements
         let leaf = |id: crate::graph::NodeId,
@@ -386,45 +385,39 @@ impl Executable {
                 }
             }
         };
-        // SAFETY: `code` is the finalized function built with signature `fn(*const *mut u8)`.
-        let entry =
-            unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const *mut u8)>(code) };
-        let slots = plan.arena_slot(g.outputs().len()) + 1;
+        let lay = &code.layout;
         Executable {
-            _jit: Jit(Some(module)),
-            entry,
-            inputs: plan
+            inputs: lay
                 .inputs
                 .iter()
                 .map(|&id| (name(id), g[id].ty.clone()))
                 .collect(),
-            bound: plan
+            bound: lay
                 .inputs
                 .iter()
                 .map(|&id| leaf(id, |g, id| HostTensor::zeros(&g[id].ty)))
                 .collect(),
-            table: Table(Vec::with_capacity(slots)),
-            params: plan
+            table: Table(Vec::with_capacity(lay.len())),
+            params: lay
                 .params
                 .iter()
                 .map(|&id| (name(id), leaf(id, initial)))
                 .collect(),
-            states: plan
+            states: lay
                 .states
                 .iter()
                 .map(|&id| (name(id), leaf(id, initial)))
                 .collect(),
-            consts: plan.consts.iter().map(|&id| initial(g, id)).collect(),
+            consts: lay.consts.iter().map(|&id| initial(g, id)).collect(),
             outputs: g
                 .outputs()
                 .iter()
                 .map(|o| (o.name.clone(), HostTensor::zeros(&g[o.node].ty)))
                 .collect(),
-            arena: Arena::new(plan.memory.arena_bytes),
-            arena_bytes: plan.memory.arena_bytes,
+            arena: Arena::new(lay.arena_bytes),
             poison: opts.poison,
             flush_denormals: opts.flush_denormals,
-            report,
+            code,
         }
     }
 
@@ -437,15 +430,18 @@ impl Executable {
         inputs: &[(&str, HostTensor)],
     ) -> Result<Vec<(String, HostTensor)>, RunError> {
         check_inputs(self.inputs.iter().map(|(n, t)| (n.as_str(), t)), inputs)?;
-        self.table.0.clear();
-        for (name, _) in &self.inputs {
-            if let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) {
-                self.table.0.push(t.as_ptr());
-            }
-        }
+        let ptrs: Vec<*mut u8> = (self.inputs.iter())
+            .map(|(name, _)| {
+                inputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(std::ptr::null_mut(), |(_, t)| t.as_ptr())
+            })
+            .collect();
         // SAFETY: every input was checked to have the dtype, shape and length the code was
-        // compiled for, and stays borrowed (only read) until the call returns.
-        unsafe { self.call() };
+        // compiled for (so `find` found each), and stays borrowed (only read) until the call
+        // returns.
+        unsafe { self.call(|i| ptrs[i]) };
         Ok(self.outputs.clone())
     }
 
@@ -453,41 +449,38 @@ impl Executable {
     /// allocates nothing. The outputs are read with [`Executable::outputs`] or
     /// [`Executable::output`].
     pub fn run_bound(&mut self) {
-        self.table.0.clear();
-        for t in self.bound.iter_mut() {
-            self.table.0.push(t.as_mut_ptr());
-        }
+        let mut bound = std::mem::take(&mut self.bound);
         // SAFETY: bound buffers were made with the input types and can only be written
         // element for element (their length and dtype cannot change).
-        unsafe { self.call() };
+        unsafe { self.call(|i| bound[i].as_mut_ptr()) };
+        self.bound = bound;
     }
 
-    /// Completes the table after the input pointers (params, state, consts, outputs, arena)
-    /// and calls the native function (with flush-to-zero and denormals-are-zero set, unless
-    /// compiled with `flush_denormals: false`).
+    /// Fills the table from the layout (input `i` at `input(i)`, every other slot at this
+    /// executable's own buffer) and calls the native function (with flush-to-zero and
+    /// denormals-are-zero set, unless compiled with `flush_denormals: false`).
     ///
     /// # Safety
-    /// `self.table` holds one pointer per input, each to a buffer of the input's type.
-    unsafe fn call(&mut self) {
-        for (_, t) in self.params.iter_mut().chain(self.states.iter_mut()) {
-            self.table.0.push(t.as_mut_ptr());
-        }
-        for t in self.consts.iter_mut() {
-            self.table.0.push(t.as_mut_ptr());
-        }
+    /// `input(i)` points to a buffer of input `i`'s type, valid for the call.
+    unsafe fn call(&mut self, mut input: impl FnMut(usize) -> *mut u8) {
         if self.poison {
             self.fill_with_nan();
         }
-        for (_, t) in self.outputs.iter_mut() {
-            self.table.0.push(t.as_mut_ptr());
-        }
-        self.table.0.push(self.arena.ptr);
-        debug_assert_eq!(self.table.0.len(), self.slots());
+        let mut table = std::mem::replace(&mut self.table, Table(Vec::new()));
+        table.fill(&self.code.layout, |s| match s {
+            Slot::Input(i) => input(i),
+            Slot::Param(i) => self.params[i].1.as_mut_ptr(),
+            Slot::State(i) => self.states[i].1.as_mut_ptr(),
+            Slot::Const(i) => self.consts[i].as_mut_ptr(),
+            Slot::Output(i) => self.outputs[i].1.as_mut_ptr(),
+            Slot::Arena => self.arena.ptr,
+        });
         let _fp = self.flush_denormals.then(fpenv::FlushDenormals::enter);
         // SAFETY: params, state, consts, outputs and the arena are owned buffers of the
         // planned sizes, `&mut self` gives the call exclusive access to them, and the caller
         // vouches for the inputs.
-        unsafe { (self.entry)(self.table.0.as_ptr()) };
+        unsafe { (self.code.entry())(table.0.as_ptr()) };
+        self.table = table;
     }
 
     /// The bound buffer of f32 input `name`: write a call's data here, then call
@@ -538,9 +531,10 @@ impl Executable {
 
     /// All-ones bits (NaN as f32, -1 as i32) in the arena and every output buffer.
     fn fill_with_nan(&mut self) {
-        if self.arena_bytes > 0 {
-            // SAFETY: the arena holds `arena_bytes` bytes.
-            unsafe { std::ptr::write_bytes(self.arena.ptr, 0xFF, self.arena_bytes) };
+        let bytes = self.code.layout.arena_bytes;
+        if bytes > 0 {
+            // SAFETY: the arena holds the layout's `arena_bytes` bytes.
+            unsafe { std::ptr::write_bytes(self.arena.ptr, 0xFF, bytes) };
         }
         for (_, t) in self.outputs.iter_mut() {
             match &mut t.data {
@@ -548,15 +542,6 @@ impl Executable {
                 TensorData::I32(v) => v.fill(-1),
             }
         }
-    }
-
-    fn slots(&self) -> usize {
-        self.inputs.len()
-            + self.params.len()
-            + self.states.len()
-            + self.consts.len()
-            + self.outputs.len()
-            + 1
     }
 
     /// The inputs the graph expects, by name, with their types.
@@ -591,11 +576,7 @@ impl Executable {
 
     /// Where compile time went.
     pub fn report(&self) -> &CompileReport {
-        &self.report
-    }
-
-    pub(crate) fn set_report(&mut self, r: CompileReport) {
-        self.report = r;
+        &self.code.report
     }
 }
 

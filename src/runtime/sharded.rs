@@ -17,12 +17,14 @@
 //! computes depends only on the shard or part, never on the thread that runs it, so results
 //! are bit-identical for every thread count. A call allocates nothing.
 
+use super::compile_with;
 use super::pool::Pool;
 use super::{
     check_inputs, f32_mut, find_named, i32_mut, initial, names, set_named, Arena, Executable,
     HostTensor, RunError, Table, TensorData,
 };
-use crate::codegen::{compile_with, CompileError, CompileOptions, CompileReport};
+use crate::codegen::plan::Slot;
+use crate::codegen::{CompileError, CompileOptions, CompileReport};
 use crate::graph::Graph;
 use crate::optim::{grad_input, grad_output, ShardedTrainingStep, LR_NAME};
 use crate::shape::TensorType;
@@ -121,7 +123,7 @@ fn invalid(node: &str, message: &str) -> CompileError {
 
 impl ShardedStep {
     /// Compiles every function of `step` (run the pass pipeline on its graphs first, as
-    /// for [`crate::codegen::compile`]) to run on `pool`, using at most `threads` of its participants.
+    /// for [`super::compile`]) to run on `pool`, using at most `threads` of its participants.
     pub fn compile(
         step: &ShardedTrainingStep,
         opts: &CompileOptions,
@@ -252,15 +254,15 @@ impl ShardedStep {
             .iter()
             .filter_map(|(n, _)| shard_out_names.iter().position(|m| m == n))
             .collect();
-        let slots = shard_exe.slots();
-        let arena_bytes = shard_exe.arena_bytes;
+        let slots = shard_exe.code.layout.len();
+        let arena_bytes = shard_exe.code.layout.arena_bytes;
         let shard_outputs = (0..shards)
             .map(|_| shard_exe.outputs.iter().map(|(_, t)| t.clone()).collect())
             .collect();
-        let part_entries = parts.iter().map(|p| p.exe.entry).collect();
+        let part_entries = parts.iter().map(|p| p.exe.code.entry()).collect();
         let part_tables = parts
             .iter()
-            .map(|p| Table(Vec::with_capacity(p.exe.slots())))
+            .map(|p| Table(Vec::with_capacity(p.exe.code.layout.len())))
             .collect();
         // no more threads than items of the widest phase (shards or update parts)
         let threads = threads
@@ -332,19 +334,17 @@ impl ShardedStep {
         arena: Option<&Arena>,
         t: &mut Table,
     ) {
-        let t = &mut t.0;
-        t.clear();
-        for &src in b.inputs.iter().chain(&b.params).chain(&b.states) {
-            t.push(self.address(src, s));
-        }
-        for c in &b.exe.consts {
-            t.push(c.as_ptr());
-        }
-        match outputs {
-            Some(outs) => t.extend(outs.iter().map(|o| o.as_ptr())),
-            None => t.extend(b.exe.outputs.iter().map(|(_, o)| o.as_ptr())),
-        }
-        t.push(arena.unwrap_or(&b.exe.arena).ptr);
+        t.fill(&b.exe.code.layout, |slot| match slot {
+            Slot::Input(i) => self.address(b.inputs[i], s),
+            Slot::Param(i) => self.address(b.params[i], s),
+            Slot::State(i) => self.address(b.states[i], s),
+            Slot::Const(i) => b.exe.consts[i].as_ptr(),
+            Slot::Output(i) => match outputs {
+                Some(outs) => outs[i].as_ptr(),
+                None => b.exe.outputs[i].1.as_ptr(),
+            },
+            Slot::Arena => arena.unwrap_or(&b.exe.arena).ptr,
+        });
     }
 
     /// Runs `tables` (built for `entries`) on the pool, one item each.
@@ -374,7 +374,7 @@ impl ShardedStep {
                 t,
             );
         }
-        self.run_phase(&[self.shard.exe.entry], &tables);
+        self.run_phase(&[self.shard.exe.code.entry()], &tables);
         self.shard_tables = tables;
 
         let mut tables = std::mem::take(&mut self.part_tables);
@@ -386,7 +386,7 @@ impl ShardedStep {
 
         let mut table = std::mem::replace(&mut self.tail.exe.table, Table(Vec::new()));
         self.fill(&self.tail, 0, None, None, &mut table);
-        self.run_phase(&[self.tail.exe.entry], std::slice::from_ref(&table));
+        self.run_phase(&[self.tail.exe.code.entry()], std::slice::from_ref(&table));
         self.tail.exe.table = table;
 
         let shards = self.shard_outputs.len();
