@@ -240,27 +240,3 @@ impl FusedBody {
         self.insts.is_empty()
     }
 }
-
-/// Why node `id`, a `fused_result`, does not read an existing result of a fused node, or `None`
-/// when it does (or is not a `fused_result`). Used by the verifier and the code generator.
-pub fn result_error(g: &crate::graph::Graph, id: crate::graph::NodeId) -> Option<String> {
-    let Op::FusedResult { index } = g[id].op else {
-        return None;
-    };
-    let operand = *g.operands(id).first()?;
-    let results = match &g[operand].op {
-        Op::Fused(body) => body.n_results(),
-        _ => 0,
-    };
-    if index < results {
-        return None;
-    }
-    let found = match results {
-        0 => format!("{} (not a fused node)", g[operand].op.name()),
-        n => format!("a fused node with {n} result(s)"),
-    };
-    Some(format!(
-        "fused_result index={index} needs a fused node with at least {} results, found {found}",
-        index + 1
-    ))
-}

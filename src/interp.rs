@@ -22,9 +22,11 @@
 //!   `0..depth` gives a row of zeros.
 //! - Fed values of i32 inputs must be integers in the i32 range.
 //!
-//! Before an op runs, its type is inferred again from the actual operand shapes
-//! ([`Op::infer`]) and compared with the node's declared type, so a malformed graph (built with
-//! `add_raw`, or a parsed file) gives an [`EvalError::InvalidNode`] instead of a panic.
+//! Before anything runs, the graph is verified ([`crate::verify`]: every node's declared type
+//! is what [`Op::infer`] gives for its operands), and fed values are checked against their
+//! nodes' types, so a malformed graph (built with `add_raw`, say) gives an
+//! [`EvalError::Invalid`] instead of a panic, and every op evaluates on the shapes it
+//! declares.
 //!
 //! ```
 //! use gradlift::interp::{eval_named, Array};
@@ -338,10 +340,12 @@ pub enum EvalError {
     /// [`eval_named`] got a name no node has.
     #[error("cannot feed {0:?}: no node has this name")]
     UnknownName(String),
-    /// The graph has a cycle.
-    #[error("the graph has a cycle through node indices {0:?}")]
-    Cycle(Vec<usize>),
-    /// A node is malformed (its operands do not fit its op or its declared type).
+    /// The graph breaks an invariant of [`crate::verify`] (a cycle, a node whose operands do
+    /// not fit its op or its declared type, ...): every violation.
+    #[error("{0}")]
+    Invalid(#[from] crate::verify::VerifyErrors),
+    /// A node cannot be evaluated (an operand without a value, a constant that does not fit
+    /// its type): a verified graph never has one.
     #[error("{}{node} = {op}: {message}", loc.as_ref().map(|l| format!("{l}: ")).unwrap_or_default())]
     InvalidNode {
         /// The node (`%name` or `%N`, N its position in the canonical order).
@@ -420,9 +424,13 @@ pub fn eval_until<T: Float>(
     feeds: &HashMap<NodeId, Array<T>>,
     mut stop: impl FnMut(NodeId, &Array<T>) -> bool,
 ) -> Result<(Values<T>, Option<NodeId>), EvalError> {
-    let order = g
-        .topo_order()
-        .map_err(|cyc| EvalError::Cycle(cyc.iter().map(|n| n.index()).collect()))?;
+    crate::verify::verify(g)?;
+    let order = g.topo_order().map_err(|cycle| EvalError::InvalidNode {
+        node: format!("node index {}", cycle.first().map_or(0, |n| n.index())),
+        op: "graph",
+        message: "the graph has a cycle".into(),
+        loc: None,
+    })?;
     for (&id, a) in feeds {
         let Some(node) = g.get(id) else {
             return Err(EvalError::UnknownNode(id.index()));
@@ -498,25 +506,16 @@ pub fn eval_until<T: Float>(
             op => {
                 let operand_ids = g.operands(id);
                 let mut args = Vec::with_capacity(operand_ids.len());
-                let mut types = Vec::with_capacity(operand_ids.len());
                 for o in &operand_ids {
-                    let (Some(v), Some(n)) = (map.get(o), g.get(*o)) else {
+                    let Some(v) = map.get(o) else {
                         return Err(invalid(format!(
                             "operand node index {} has no value",
                             o.index()
                         )));
                     };
                     args.push(v);
-                    types.push(TensorType::new(n.ty.dtype, v.shape.clone()));
                 }
-                let type_refs: Vec<&TensorType> = types.iter().collect();
-                let ty = op.infer(&type_refs, None).map_err(|e| invalid(e.0))?;
-                if ty != node.ty {
-                    return Err(invalid(format!(
-                        "declared type {} but the operands give {}",
-                        node.ty, ty
-                    )));
-                }
+                let ty = &node.ty;
                 match op {
                     Op::Fused(body) if !body.extra.is_empty() => {
                         let mut results = fused(body, &args).into_iter();

@@ -1,4 +1,7 @@
 //! The verifier: checks that a [`Graph`] is well formed and reports every violation at once.
+//! It is the one place graph invariants are checked: the parser (its step 3), the code
+//! generator ([`crate::codegen::compile_native`]) and the interpreter call it, each before
+//! relying on the graph.
 //!
 //! In: a `&Graph`, however it was made (builder, parser, JSON, a pass, autodiff). Out: `Ok(())`
 //! or [`VerifyErrors`], one [`VerifyError`] per violation, each naming the node (when there is
@@ -14,7 +17,8 @@
 //! 4. **Types.** Each node's type equals what [`Op::infer`] gives for its operands' types
 //!    (for leaf ops: the declared type itself is valid: params and state are f32, a dense
 //!    const literal has one value per element). A `fused_result` reads an existing result
-//!    of a fused node.
+//!    of a fused node. Not checked for a node with an operand whose own operands or type are
+//!    in error: its error would follow from that one.
 //! 5. **Literals and initializers.** An i32 const holds integers in range; initializer
 //!    parameters are finite, `uniform` has `low < high`, `normal` has `stddev >= 0`.
 //! 6. **Names.** Inputs, params and state are named; every name is valid
@@ -25,7 +29,7 @@
 //! 9. **Updates.** The target exists and is a param or state, the value exists, both have the
 //!    same type, and no target is updated twice.
 //!
-//! Errors come in a deterministic order: cycles; then node by node in printed order, the
+//! Each error says which invariant it breaks ([`Check`]). Errors come in a deterministic order: cycles; then node by node in printed order, the
 //! per-node checks 2-7; then duplicate names, outputs, updates.
 //!
 //! Nodes are named in messages as in the printed text ([`node_label`]): `%name`, or `%N` with
@@ -39,9 +43,38 @@ use crate::text;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+/// Which invariant an error violates (numbered as in the module doc), so a caller can point
+/// at the right place: the parser puts an operand or inference error under the op, a type
+/// mismatch under the declared type, an output or update error under its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// 1: the nodes of a cycle (reported at its first node).
+    Cycle,
+    /// 2-3: operand slots or count.
+    Operands,
+    /// 4: type inference rejects the operands (or a leaf's declared type).
+    Inference,
+    /// 4: the declared type differs from the inferred one.
+    DeclaredType,
+    /// 4: a `fused_result` does not read an existing result of a fused node.
+    FusedResult,
+    /// 5: a literal or initializer parameter.
+    Literal,
+    /// 6: a missing, invalid or duplicate name.
+    Name,
+    /// 7: `grad_of` refers to an unknown node.
+    GradOf,
+    /// 8: output `i` (in `Graph::outputs` order).
+    Output(usize),
+    /// 9: update `i` (in `Graph::updates` order).
+    Update(usize),
+}
+
 /// One violated invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyError {
+    /// Which invariant.
+    pub check: Check,
     /// The node at fault, if the error is about a node (an output or update error names the
     /// node it refers to when that node exists).
     pub node: Option<NodeId>,
@@ -90,7 +123,13 @@ impl fmt::Display for VerifyErrors {
 
 /// Checks every invariant listed in the module doc; returns all violations.
 pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
-    let mut v = Verifier::new(g);
+    verify_labeled(g, &HashMap::new())
+}
+
+/// [`verify`], naming the nodes in `labels` as given there (the parser passes the `%ID`s as
+/// written) and every other node by [`node_label`].
+pub fn verify_labeled(g: &Graph, labels: &HashMap<NodeId, String>) -> Result<(), VerifyErrors> {
+    let mut v = Verifier::new(g, labels);
     v.check_acyclic();
     for id in v.order.clone() {
         v.check_node(id);
@@ -138,24 +177,35 @@ struct Verifier<'g> {
     g: &'g Graph,
     /// How nodes are named in messages.
     labels: Labels,
+    /// Labels the caller chose, used before `labels`.
+    given: &'g HashMap<NodeId, String>,
+    /// Nodes whose type is in doubt (an operand, inference or type error, or an operand in
+    /// doubt): their users' types are not checked, since an error there would follow from
+    /// the first one.
+    doubtful: HashSet<NodeId>,
     /// Nodes in the order they are checked: [`print_order`].
     order: Vec<NodeId>,
     errors: Vec<VerifyError>,
 }
 
 impl<'g> Verifier<'g> {
-    fn new(g: &'g Graph) -> Verifier<'g> {
+    fn new(g: &'g Graph, given: &'g HashMap<NodeId, String>) -> Verifier<'g> {
         let order = print_order(g);
         Verifier {
             g,
             labels: Labels::new(g),
+            given,
+            doubtful: HashSet::new(),
             order,
             errors: Vec::new(),
         }
     }
 
     fn label(&self, id: NodeId) -> String {
-        self.labels.get(id)
+        match self.given.get(&id) {
+            Some(l) => l.clone(),
+            None => self.labels.get(id),
+        }
     }
 
     /// The printed line of `id` (with its `# at` location, if any), used as error context.
@@ -167,10 +217,11 @@ impl<'g> Verifier<'g> {
         }
     }
 
-    fn node_error(&mut self, id: NodeId, message: String) {
+    fn node_error(&mut self, check: Check, id: NodeId, message: String) {
         let loc = self.g.get(id).and_then(|n| n.loc.clone());
         let context = self.context(id);
         self.errors.push(VerifyError {
+            check,
             node: Some(id),
             message,
             context,
@@ -179,9 +230,10 @@ impl<'g> Verifier<'g> {
     }
 
     /// An error about an `outputs`/`updates` entry, attached to `node` when it exists.
-    fn entry_error(&mut self, node: NodeId, message: String, context: String) {
+    fn entry_error(&mut self, check: Check, node: NodeId, message: String, context: String) {
         let existing = self.g.get(node);
         self.errors.push(VerifyError {
+            check,
             node: existing.map(|_| node),
             message,
             context,
@@ -229,7 +281,7 @@ impl<'g> Verifier<'g> {
             } else {
                 format!("cycle: {} depend on each other", names.join(", "))
             };
-            self.node_error(c[0], msg);
+            self.node_error(Check::Cycle, c[0], msg);
         }
     }
 
@@ -247,6 +299,7 @@ impl<'g> Verifier<'g> {
         if !slots_ok {
             let found: Vec<u32> = slots.iter().map(|s| s.0).collect();
             self.node_error(
+                Check::Operands,
                 id,
                 format!(
                     "{}: operand indices are {found:?}, expected 0..{} each once",
@@ -258,27 +311,41 @@ impl<'g> Verifier<'g> {
         let n = slots.len();
         let count_ok = if op.is_leaf() && n != 0 {
             self.node_error(
+                Check::Operands,
                 id,
                 format!("{} is a leaf and takes no operands, found {n}", op.name()),
             );
             false
         } else if !op.arity().accepts(n) {
             self.node_error(
+                Check::Operands,
                 id,
-                format!("{} takes {} operand(s), found {n}", op.name(), op.arity()),
+                format!(
+                    "wrong number of operands: {} takes {}, found {n}",
+                    op.name(),
+                    op.arity()
+                ),
             );
             false
         } else {
             true
         };
-        if count_ok && slots_ok {
+        let operand_in_doubt = g.operands(id).iter().any(|o| self.doubtful.contains(o));
+        if !(count_ok && slots_ok) || operand_in_doubt {
+            self.doubtful.insert(id);
+        } else {
+            let before = self.errors.len();
             self.check_type(id);
             self.check_fused_result(id);
+            if self.errors.len() > before {
+                self.doubtful.insert(id);
+            }
         }
         self.check_literal_and_init(id);
         if let Some(name) = &node.name {
             if !is_valid_name(name) {
                 self.node_error(
+                    Check::Name,
                     id,
                     format!(
                         "invalid name {name:?}: expected a letter or '_' then letters, digits, '_' or '.'"
@@ -287,6 +354,7 @@ impl<'g> Verifier<'g> {
             }
         } else if matches!(op, Op::Input | Op::Param { .. } | Op::State { .. }) {
             self.node_error(
+                Check::Name,
                 id,
                 format!(
                     "{} has no name (inputs, params and state are named)",
@@ -296,15 +364,38 @@ impl<'g> Verifier<'g> {
         }
         if let Some(f) = node.grad_of {
             if !g.contains(f) {
-                self.node_error(id, format!("grad_of refers to unknown node #{}", f.index()));
+                self.node_error(
+                    Check::GradOf,
+                    id,
+                    format!("grad_of refers to unknown node #{}", f.index()),
+                );
             }
         }
     }
 
     /// A `fused_result` reads a result its operand, a multi-result fused node, has.
     fn check_fused_result(&mut self, id: NodeId) {
-        if let Some(message) = crate::fused::result_error(self.g, id) {
-            self.node_error(id, message);
+        let g = self.g;
+        let Op::FusedResult { index } = g[id].op else {
+            return;
+        };
+        let Some(&operand) = g.operands(id).first() else {
+            return;
+        };
+        let results = match &g[operand].op {
+            Op::Fused(body) => body.n_results(),
+            _ => 0,
+        };
+        if index >= results {
+            let found = match results {
+                0 => format!("{} (not a fused node)", g[operand].op.name()),
+                n => format!("a fused node with {n} result(s)"),
+            };
+            let message = format!(
+                "fused_result index={index} needs a fused node with at least {} results, found {found}",
+                index + 1
+            );
+            self.node_error(Check::FusedResult, id, message);
         }
     }
 
@@ -314,11 +405,13 @@ impl<'g> Verifier<'g> {
         let operands = g.operands(id);
         let types: Vec<_> = operands.iter().map(|&o| &g[o].ty).collect();
         match node.op.infer(&types, Some(&node.ty)) {
-            Err(e) => self.node_error(id, e.0),
+            Err(e) => self.node_error(Check::Inference, id, e.0),
             Ok(t) if t != node.ty => self.node_error(
+                Check::DeclaredType,
                 id,
                 format!(
-                    "type mismatch: node is declared {}, but {} of its operands gives {t}",
+                    "type mismatch: {} is declared {} but {} computes {t}",
+                    self.label(id),
                     node.ty,
                     node.op.name()
                 ),
@@ -346,7 +439,7 @@ impl<'g> Verifier<'g> {
             _ => None,
         };
         if let Some(p) = problem {
-            self.node_error(id, p);
+            self.node_error(Check::Literal, id, p);
         }
     }
 
@@ -368,6 +461,7 @@ impl<'g> Verifier<'g> {
         for (id, name, other) in dups {
             let other_op = self.g[other].op.name();
             self.node_error(
+                Check::Name,
                 id,
                 format!(
                     "duplicate name {name:?}: {} {other_op} node already has it",
@@ -381,10 +475,12 @@ impl<'g> Verifier<'g> {
 
     fn check_outputs(&mut self) {
         let mut seen = HashSet::new();
-        for o in self.g.outputs() {
+        for (i, o) in self.g.outputs().iter().enumerate() {
+            let check = Check::Output(i);
             let context = format!("output {} = {}", o.name, self.label(o.node));
             if !is_valid_name(&o.name) {
                 self.entry_error(
+                    check,
                     o.node,
                     format!("invalid output name {:?}", o.name),
                     context.clone(),
@@ -392,6 +488,7 @@ impl<'g> Verifier<'g> {
             }
             if !seen.insert(o.name.as_str()) {
                 self.entry_error(
+                    check,
                     o.node,
                     format!("duplicate output name {:?}", o.name),
                     context.clone(),
@@ -399,6 +496,7 @@ impl<'g> Verifier<'g> {
             }
             if !self.g.contains(o.node) {
                 self.entry_error(
+                    check,
                     o.node,
                     format!(
                         "output {:?} refers to unknown node #{}",
@@ -415,18 +513,21 @@ impl<'g> Verifier<'g> {
 
     fn check_updates(&mut self) {
         let mut seen = HashSet::new();
-        for u in self.g.updates() {
+        for (i, u) in self.g.updates().iter().enumerate() {
+            let check = Check::Update(i);
             let context = format!("update {} <- {}", self.label(u.target), self.label(u.value));
             let target = self.g.get(u.target);
             let value = self.g.get(u.value);
             match target {
                 None => self.entry_error(
+                    check,
                     u.target,
                     format!("update target is unknown node #{}", u.target.index()),
                     context.clone(),
                 ),
                 Some(t) if !matches!(t.op, Op::Param { .. } | Op::State { .. }) => self
                     .entry_error(
+                        check,
                         u.target,
                         format!(
                             "update target {} is {} {}, expected a param or state",
@@ -440,6 +541,7 @@ impl<'g> Verifier<'g> {
             }
             if value.is_none() {
                 self.entry_error(
+                    check,
                     u.target,
                     format!("update value is unknown node #{}", u.value.index()),
                     context.clone(),
@@ -448,6 +550,7 @@ impl<'g> Verifier<'g> {
             if let (Some(t), Some(v)) = (target, value) {
                 if t.ty != v.ty {
                     self.entry_error(
+                        check,
                         u.target,
                         format!(
                             "update of {} ({}) with {} of type {}",
@@ -462,6 +565,7 @@ impl<'g> Verifier<'g> {
             }
             if !seen.insert(u.target) {
                 self.entry_error(
+                    check,
                     u.target,
                     format!("{} is updated more than once", self.label(u.target)),
                     context,

@@ -102,7 +102,7 @@ fn check_invalid_json_graph_reports_every_error() {
     // Builder-made nodes carry this test file's line numbers: blank them out.
     let err = redact_lines(&err);
     insta::assert_snapshot!(err, @r"
-    model.rs:3:5: type mismatch: node is declared f32[9], but exp of its operands gives f32[2,3]
+    model.rs:3:5: type mismatch: %bad is declared f32[9] but exp computes f32[2,3]
         %bad: f32[9] = exp %x
     tests/cli.rs:L:C: update target %x is an input, expected a param or state
         update %x <- %x
@@ -193,7 +193,7 @@ outputs:
 ";
     let (code, out, err) = check_source("type_error", "bad.ir", src);
     assert_eq!((code, out.as_str()), (1, ""));
-    insta::assert_snapshot!(err, @"bad.ir:7:7: type mismatch: `%2` is declared f32[4,3] but matmul computes f32[4,2]");
+    insta::assert_snapshot!(err, @"bad.ir:7:7: type mismatch: %2 is declared f32[4,3] but matmul computes f32[4,2]");
 }
 
 #[test]

@@ -697,22 +697,37 @@ fn fused_result_errors() {
         format!("graph e {{\ninputs:\n  %x: f32[3] = input\nbody:\n{body}outputs:\n  r = %r\n}}\n")
     };
     let not_fused = graph("  %r: f32[3] = fused_result %x, index=1\n");
-    let g = text::parse(&not_fused, "e.ir").unwrap();
-    let err = gradlift::verify::verify(&g).unwrap_err().to_string();
-    assert!(
-        err.contains("fused_result index=1 needs a fused node with at least 2 results, found input (not a fused node)"),
-        "{err}"
+    let needs = "fused_result index=1 needs a fused node with at least 2 results, found input (not a fused node)";
+    // the parser runs the verifier: the error is at the op
+    let err = text::parse(&not_fused, "e.ir").unwrap_err();
+    assert_eq!((err.line, err.column), (5, 16), "{err}");
+    assert!(err.message.contains(needs), "{err}");
+    // the same graph built without the parser
+    let mut g = Graph::new("e");
+    let x = g.input("x", TensorType::f32([3])).unwrap();
+    let r = g.add_raw(
+        gradlift::Node {
+            op: Op::FusedResult { index: 1 },
+            ty: TensorType::f32([3]),
+            name: Some("r".into()),
+            loc: None,
+            grad_of: None,
+        },
+        &[x],
     );
-    let f = HashMap::from([(g.find("x").unwrap(), Array::new([3], vec![1.0; 3]).unwrap())]);
+    g.add_output("r", r).unwrap();
+    let err = gradlift::verify::verify(&g).unwrap_err().to_string();
+    assert!(err.contains(needs), "{err}");
+    let f = HashMap::from([(x, Array::new([3], vec![1.0; 3]).unwrap())]);
     let err = interp::eval::<f64>(&g, &f).unwrap_err().to_string();
-    assert!(err.contains("not a fused node with result 1"), "{err}");
-    assert!(runtime::compile(&g, &CompileOptions::default()).is_err());
+    assert!(err.contains(needs), "{err}");
+    let err = runtime::compile(&g, &CompileOptions::default()).unwrap_err();
+    assert!(err.to_string().contains(needs), "{err}");
 
     let one_result = graph(
         "  %f: f32[3] = fused %x {\n    %1: f32[3] = neg %0\n    yield %1\n  }\n  %r: f32[3] = fused_result %f, index=1\n",
     );
-    let g = text::parse(&one_result, "e.ir").unwrap();
-    let err = gradlift::verify::verify(&g).unwrap_err().to_string();
+    let err = text::parse(&one_result, "e.ir").unwrap_err().to_string();
     assert!(err.contains("found a fused node with 1 result(s)"), "{err}");
 
     let zero = graph("  %r: f32[3] = fused_result %x, index=0\n");

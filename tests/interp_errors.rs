@@ -2,6 +2,7 @@
 //! [`EvalError`] that says what is wrong (names, expected vs found), never a panic.
 
 use gradlift::interp::{eval, eval_named, Array, EvalError};
+use gradlift::verify::Check;
 use gradlift::{Graph, Init, Node, Op, TensorType, UnaryOp};
 use std::collections::HashMap;
 
@@ -122,8 +123,11 @@ fn cyclic_graph_is_an_error() {
     g.set_operands(a, &[b]);
     let err = eval::<f64>(&g, &HashMap::new()).unwrap_err();
     match err {
-        EvalError::Cycle(nodes) => {
-            assert_eq!(nodes, vec![a.index(), b.index()]);
+        EvalError::Invalid(v) => {
+            assert_eq!(v.errors.len(), 1, "{v}");
+            assert_eq!(v.errors[0].check, Check::Cycle, "{v}");
+            assert_eq!(v.errors[0].node, Some(a), "{v}");
+            assert!(v.errors[0].message.contains("depend on each other"), "{v}");
         }
         e => panic!("expected a cycle error, found {e}"),
     }
@@ -152,19 +156,30 @@ fn malformed_node_is_an_error_not_a_panic() {
     let err = eval_named(&g, &feeds).unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.starts_with("%m = matmul: matmul: inner dimensions differ"),
+        msg.contains("\nmatmul: inner dimensions differ")
+            && msg.contains("\n    %m: f32[2,3] = matmul %a, %b"),
         "{msg}"
     );
 
-    // Right operands but a wrong declared type.
-    g.set_operands(m, &[a, a]);
+    // Operands that fit, but a wrong declared type.
+    let c = g.input("c", TensorType::f32([3, 2])).unwrap();
+    g.set_operands(m, &[a, c]);
     let err = eval_named(&g, &feeds).unwrap_err();
-    assert!(matches!(err, EvalError::InvalidNode { .. }), "{err}");
+    let EvalError::Invalid(v) = &err else {
+        panic!("expected a verifier error, found {err}");
+    };
+    assert_eq!(v.errors[0].check, Check::DeclaredType, "{err}");
+    assert!(
+        v.errors[0]
+            .message
+            .contains("%m is declared f32[2,3] but matmul computes f32[2,2]"),
+        "{err}"
+    );
 
     // Wrong operand count.
     g.set_operands(m, &[a]);
     let msg = eval_named(&g, &feeds).unwrap_err().to_string();
-    assert!(msg.contains("matmul takes 2 operand(s), found 1"), "{msg}");
+    assert!(msg.contains("matmul takes 2, found 1"), "{msg}");
 
     // A dense constant with the wrong number of values.
     let mut g = Graph::new("c");
@@ -181,9 +196,11 @@ fn malformed_node_is_an_error_not_a_panic() {
         &[],
     );
     let msg = eval::<f32>(&g, &HashMap::new()).unwrap_err().to_string();
-    assert_eq!(
-        msg,
-        "%0 = const: const of type f32[3] needs 3 values, found 2"
+    assert!(
+        msg.ends_with(
+            "\nconst of type f32[3] needs 3 values, found 2\n    %0: f32[3] = const [1.0, 2.0]\n"
+        ),
+        "{msg}"
     );
 }
 

@@ -328,3 +328,71 @@ outputs:
     let e = text::parse(&many, "many.ir").unwrap_err();
     assert_eq!(1 + e.also.len(), text::MAX_PARSE_ERRORS);
 }
+
+/// Name errors (step 2) are all reported in one run, in file order: every undefined value,
+/// every second definition, every duplicate output name.
+#[test]
+fn every_name_error_is_reported() {
+    let src = "graph names {
+inputs:
+  %x: f32[2] = input
+body:
+  %a: f32[2] = add %x, %nope
+  %a: f32[2] = relu %x
+  %b: f32[2] = mul %a, %missing
+outputs:
+  y = %b
+  y = %a
+}
+";
+    let e = text::parse(src, "names.ir").unwrap_err();
+    let all: Vec<(u32, u32, String)> = std::iter::once(&e)
+        .chain(&e.also)
+        .map(|e| (e.line, e.column, e.message.clone()))
+        .collect();
+    let at: Vec<(u32, u32)> = all.iter().map(|(l, c, _)| (*l, *c)).collect();
+    assert_eq!(at, vec![(5, 24), (6, 3), (7, 24), (10, 3)], "{e}");
+    assert!(all[0].2.contains("undefined value `%nope`"), "{e}");
+    assert!(all[1].2.contains("`%a` is defined twice"), "{e}");
+    assert!(all[2].2.contains("undefined value `%missing`"), "{e}");
+    assert!(all[3].2.contains("duplicate output name `y`"), "{e}");
+}
+
+/// Graph errors (step 3, the verifier) are all reported in one run, each at the token it is
+/// about: an inference error at the op, a declared-type mismatch at the type, an update
+/// error at its target; a node whose type is wrong does not make its users errors too.
+#[test]
+fn every_graph_error_is_reported_where_it_is() {
+    let src = "graph types {
+inputs:
+  %x: f32[2,3] = input
+params:
+  %w: f32[3,4] = param zeros
+body:
+  %h: f32[2,5] = matmul %x, %w
+  %r: f32[2,5] = relu %h
+  %bad: f32[2,3] = matmul %w, %x
+  %n: f32[2,3] = neg %x, %x
+outputs:
+  y = %r
+updates:
+  %w <- %x
+}
+";
+    let e = text::parse(src, "types.ir").unwrap_err();
+    let all: Vec<(u32, u32, String)> = std::iter::once(&e)
+        .chain(&e.also)
+        .map(|e| (e.line, e.column, e.message.clone()))
+        .collect();
+    let at: Vec<(u32, u32)> = all.iter().map(|(l, c, _)| (*l, *c)).collect();
+    assert_eq!(at, vec![(7, 7), (9, 20), (10, 18), (14, 3)], "{e}");
+    assert!(
+        all[0]
+            .2
+            .contains("%h is declared f32[2,5] but matmul computes f32[2,4]"),
+        "{e}"
+    );
+    assert!(all[1].2.starts_with("%bad: "), "{e}");
+    assert!(all[2].2.contains("neg takes 1, found 2"), "{e}");
+    assert!(all[3].2.contains("update of %w"), "{e}");
+}

@@ -89,9 +89,9 @@ fn wrong_operand_count() {
     g.add_raw(node(Op::Binary(BinaryOp::Add), TensorType::f32([3])), &[x]);
     g.add_raw(node(Op::Concat { axis: 0 }, TensorType::f32([0])), &[]);
     insta::assert_snapshot!(errors(&g), @r"
-    add takes 2 operand(s), found 1
+    wrong number of operands: add takes 2, found 1
         %1: f32[3] = add %x
-    concat takes at least 1 operand(s), found 0
+    wrong number of operands: concat takes at least 1, found 0
         %2: f32[0] = concat axis=0
     ");
 }
@@ -120,9 +120,9 @@ fn type_mismatch() {
     g.add_raw(node(Op::Unary(UnaryOp::Relu), TensorType::f32([4])), &[x]);
     g.add_raw(node(Op::Unary(UnaryOp::Relu), TensorType::i32([3])), &[x]);
     insta::assert_snapshot!(errors(&g), @r"
-    type mismatch: node is declared f32[4], but relu of its operands gives f32[3]
+    type mismatch: %1 is declared f32[4] but relu computes f32[3]
         %1: f32[4] = relu %x
-    type mismatch: node is declared i32[3], but relu of its operands gives f32[3]
+    type mismatch: %2 is declared i32[3] but relu computes f32[3]
         %2: i32[3] = relu %x
     ");
 }
@@ -302,13 +302,12 @@ fn several_violations_are_all_reported() {
     g.push_update(w, a);
     g.push_update(x, w);
     let VerifyErrors { errors: list } = verify(&g).unwrap_err();
-    assert_eq!(list.len(), 7, "{list:#?}");
+    // the cast's type is not checked: its operand's type is in doubt (wrong operand count)
+    assert_eq!(list.len(), 6, "{list:#?}");
     assert_eq!(list[0].node, Some(a));
     insta::assert_snapshot!(errors(&g), @r#"
-    exp takes 1 operand(s), found 2
+    wrong number of operands: exp takes 1, found 2
         %2: f32[3] = exp %x, %w
-    type mismatch: node is declared i32[2], but cast of its operands gives i32[3]
-        %3: i32[2] = cast %2, to=i32
     duplicate name "w": a param node already has it
         %4: f32[3] = neg %2
     output "loss" refers to unknown node #99

@@ -126,10 +126,12 @@ impl std::fmt::Display for CompileReport {
 /// Why a graph could not be compiled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
-    /// The graph has a cycle through these nodes.
-    #[error("the graph has a cycle through {0}")]
-    Cycle(String),
-    /// A node, output or update is malformed (wrong type, missing name, ...).
+    /// The graph breaks an invariant of [`crate::verify`] (a cycle, a wrong type, a missing
+    /// name, ...): every violation.
+    #[error("{0}")]
+    Verify(#[from] crate::verify::VerifyErrors),
+    /// A node the code generator cannot take (a tensor too large), or a function of a split
+    /// training step that does not fit the step.
     #[error("{node}: {message}")]
     Invalid {
         /// The node, as `%name (op) at FILE:LINE:COL`.
@@ -262,77 +264,14 @@ pub fn check_tensor_size(g: &Graph, id: NodeId) -> Result<(), CompileError> {
 
 /// Checks what the generated code relies on and returns the canonical order.
 fn check(g: &Graph) -> Result<Vec<NodeId>, CompileError> {
-    let order = g.topo_order().map_err(|cyc| {
-        CompileError::Cycle(
-            cyc.iter()
-                .map(|&id| describe(g, id))
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
+    crate::verify::verify(g)?;
+    // a verified graph has no cycle
+    let order = g.topo_order().map_err(|_| CompileError::Invalid {
+        node: g.name.clone(),
+        message: "the graph has a cycle".into(),
     })?;
-    let invalid = |id: NodeId, message: String| CompileError::Invalid {
-        node: describe(g, id),
-        message,
-    };
     for &id in &order {
-        let n = &g[id];
-        let ops = g.operands(id);
-        let tys: Vec<_> = ops.iter().map(|&o| &g[o].ty).collect();
-        let ty =
-            n.op.infer(&tys, Some(&n.ty))
-                .map_err(|e| invalid(id, e.0))?;
-        if ty != n.ty {
-            return Err(invalid(
-                id,
-                format!("declared type {} but the operands give {ty}", n.ty),
-            ));
-        }
         check_tensor_size(g, id)?;
-        if let Some(message) = crate::fused::result_error(g, id) {
-            return Err(invalid(id, message));
-        }
-        if matches!(n.op, Op::Input | Op::Param { .. } | Op::State { .. }) && n.name.is_none() {
-            return Err(invalid(id, "inputs, params and state need a name".into()));
-        }
-    }
-    let mut names = std::collections::HashSet::new();
-    for o in g.outputs() {
-        if !g.contains(o.node) {
-            return Err(CompileError::Invalid {
-                node: format!("output {}", o.name),
-                message: "refers to a node that is not in the graph".into(),
-            });
-        }
-        if !names.insert(&o.name) {
-            return Err(CompileError::Invalid {
-                node: format!("output {}", o.name),
-                message: "duplicate output name".into(),
-            });
-        }
-    }
-    let mut targets = std::collections::HashSet::new();
-    for u in g.updates() {
-        if !g.contains(u.target) || !g.contains(u.value) {
-            return Err(CompileError::Invalid {
-                node: "update".into(),
-                message: "refers to a node that is not in the graph".into(),
-            });
-        }
-        if !matches!(g[u.target].op, Op::Param { .. } | Op::State { .. }) {
-            return Err(invalid(
-                u.target,
-                "update target must be a param or state".into(),
-            ));
-        }
-        if g[u.target].ty != g[u.value].ty {
-            return Err(invalid(
-                u.target,
-                format!("updated with a value of type {}", g[u.value].ty),
-            ));
-        }
-        if !targets.insert(u.target) {
-            return Err(invalid(u.target, "updated twice".into()));
-        }
     }
     Ok(order)
 }
@@ -430,15 +369,11 @@ fn plan_memory(
         folded_transposes: folded,
         scratch_bytes,
     };
-    let memory = crate::passes::plan::plan_with(g, &options).map_err(|e| {
-        CompileError::Cycle(
-            e.cycle
-                .iter()
-                .map(|&i| format!("node {i}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
-    })?;
+    let memory =
+        crate::passes::plan::plan_with(g, &options).map_err(|e| CompileError::Invalid {
+            node: g.name.clone(),
+            message: format!("the graph has a cycle through nodes {:?}", e.cycle),
+        })?;
     debug_assert_eq!(memory.schedule, order, "one canonical order");
     Ok((memory, options.folded_transposes))
 }

@@ -5,14 +5,16 @@
 //!    tables in [`crate::op`] (`Op::from_attrs`, `Init::from_args`).
 //! 2. Names: every `%ID` is defined once; nodes are created in text order, then operands,
 //!    `grad(..)`, outputs and updates are resolved (forward references are allowed).
-//! 3. Checks: operand count and type of every node (`Op::infer` against the declared type),
-//!    no cycle, updates well-typed.
+//! 3. Checks: the verifier ([`crate::verify`], the one set of graph invariants: operand
+//!    counts, every node's declared type against `Op::infer`, no cycle, literals, updates
+//!    well-typed), with the nodes named as written.
 //!
-//! Errors carry the line and column of the token they are about. Step 1 reports every
-//! statement line with a syntax error (it goes on at the next line; at most
-//! [`MAX_PARSE_ERRORS`](super::MAX_PARSE_ERRORS)); steps 2 and 3 run only on a file without
-//! syntax errors and report their first error. The parser never panics: tokens are read with bounds-checked accessors, numbers are range-checked
-//! before they reach shape arithmetic.
+//! Errors carry the line and column of the token they are about (an inference error points
+//! at the op, a type mismatch at the declared type). Each step reports every error it finds
+//! (step 1 goes on at the next line after a syntax error), in file order, at most
+//! [`MAX_PARSE_ERRORS`](super::MAX_PARSE_ERRORS); a step runs only when the steps before it
+//! found nothing. The parser never panics: tokens are read with bounds-checked accessors,
+//! numbers are range-checked before they reach shape arithmetic.
 
 use super::lexer::{lex, Tok, Token};
 use super::print::Section;
@@ -20,6 +22,7 @@ use super::ParseError;
 use crate::graph::{is_valid_name, Graph, Node, NodeId, SourceLoc};
 use crate::op::{AttrError, AttrValue, Init, Literal, Op, MAX_DIM, MAX_ELEMENTS};
 use crate::shape::{DType, Shape, TensorType};
+use crate::verify::Check;
 use std::collections::HashMap;
 
 /// Parses IR text into a graph. `file` names the source in errors and in the source location
@@ -908,27 +911,23 @@ impl<'a> Builder<'a> {
         ParseError::new(self.file, pos.line, pos.col, message)
     }
 
-    fn resolve(&self, r: &Ref) -> Result<NodeId, ParseError> {
-        self.ids
-            .get(r.label.as_str())
-            .copied()
-            .ok_or_else(|| self.err(r.pos, format!("undefined value `%{}`", r.label)))
-    }
-
     fn build(mut self) -> Result<Graph, ParseError> {
         let ast = self.ast;
-        // Step 2: define every node (in text order), then resolve references.
+        // Step 2: define every node (in text order), then resolve references; every error.
+        let mut errors = Vec::new();
         let mut defs: HashMap<&str, Pos> = HashMap::new();
         let mut node_ids = Vec::with_capacity(ast.nodes.len());
         for s in &ast.nodes {
             if let Some(first) = defs.get(s.def.label.as_str()) {
-                return Err(self.err(
+                errors.push(self.err(
                     s.def.pos,
                     format!(
                         "`%{}` is defined twice (first at line {}, column {})",
                         s.def.label, first.line, first.col
                     ),
                 ));
+                node_ids.push(None);
+                continue;
             }
             defs.insert(&s.def.label, s.def.pos);
             let named = !s.def.label.chars().all(|c| c.is_ascii_digit());
@@ -945,41 +944,54 @@ impl<'a> Builder<'a> {
             };
             let id = self.g.add_raw(node, &[]);
             self.ids.insert(&s.def.label, id);
-            node_ids.push(id);
+            node_ids.push(Some(id));
         }
-        for (s, &id) in ast.nodes.iter().zip(&node_ids) {
-            let operands = s
-                .operands
-                .iter()
-                .map(|r| self.resolve(r))
-                .collect::<Result<Vec<_>, _>>()?;
-            self.g.set_operands(id, &operands);
-            if let Some(r) = &s.grad {
-                let f = self.resolve(r)?;
-                if let Some(n) = self.g.get_mut(id) {
-                    n.grad_of = Some(f);
-                }
+        let resolve = |r: &Ref, errors: &mut Vec<ParseError>| {
+            let id = self.ids.get(r.label.as_str()).copied();
+            if id.is_none() {
+                errors.push(self.err(r.pos, format!("undefined value `%{}`", r.label)));
             }
+            id
+        };
+        let mut operands = Vec::with_capacity(ast.nodes.len());
+        let mut grads = Vec::with_capacity(ast.nodes.len());
+        for s in &ast.nodes {
+            let ops: Vec<Option<NodeId>> =
+                s.operands.iter().map(|r| resolve(r, &mut errors)).collect();
+            operands.push(ops.into_iter().collect::<Option<Vec<_>>>());
+            grads.push(s.grad.as_ref().and_then(|r| resolve(r, &mut errors)));
         }
         let mut outputs: Vec<(String, NodeId)> = Vec::new();
         for o in &ast.outputs {
-            let id = self.resolve(&o.value)?;
+            let id = resolve(&o.value, &mut errors);
             if outputs.iter().any(|(n, _)| *n == o.name) {
-                return Err(self.err(o.pos, format!("duplicate output name `{}`", o.name)));
+                errors.push(self.err(o.pos, format!("duplicate output name `{}`", o.name)));
             }
-            outputs.push((o.name.clone(), id));
+            if let Some(id) = id {
+                outputs.push((o.name.clone(), id));
+            }
         }
         let mut updates: Vec<(NodeId, NodeId)> = Vec::new();
         for u in &ast.updates {
-            updates.push((self.resolve(&u.target)?, self.resolve(&u.value)?));
+            let (t, v) = (
+                resolve(&u.target, &mut errors),
+                resolve(&u.value, &mut errors),
+            );
+            if let (Some(t), Some(v)) = (t, v) {
+                updates.push((t, v));
+            }
         }
-        // Step 3: operand counts and types, then cycles, then updates.
-        for (s, &id) in ast.nodes.iter().zip(&node_ids) {
-            self.check_node(s, id)?;
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| (e.line, e.column));
+            return Err(first_of(errors));
         }
-        self.check_acyclic(&node_ids)?;
-        for (u, &(target, value)) in ast.updates.iter().zip(&updates) {
-            self.check_update(u, target, value, &updates)?;
+        for ((&id, ops), grad) in node_ids.iter().zip(&operands).zip(&grads) {
+            if let (Some(id), Some(ops)) = (id, ops) {
+                self.g.set_operands(id, ops);
+                if let (Some(f), Some(n)) = (grad, self.g.get_mut(id)) {
+                    n.grad_of = Some(*f);
+                }
+            }
         }
         for (name, id) in outputs {
             self.g.push_output(name, id);
@@ -987,128 +999,61 @@ impl<'a> Builder<'a> {
         for (target, value) in updates {
             self.g.push_update(target, value);
         }
-        Ok(self.g)
-    }
-
-    /// The operand count, then the declared type against `Op::infer`.
-    fn check_node(&self, s: &NodeStmt, id: NodeId) -> Result<(), ParseError> {
-        let arity = s.op.arity();
-        if !arity.accepts(s.operands.len()) {
-            return Err(self.err(
-                s.op_pos,
-                format!(
-                    "wrong number of operands: {} takes {arity}, found {}",
-                    s.op.name(),
-                    s.operands.len()
-                ),
-            ));
-        }
-        let types: Vec<&TensorType> = self
-            .g
-            .operands(id)
+        // Step 3: the verifier, every violation, each at the token it is about.
+        let labels: HashMap<NodeId, String> = (ast.nodes.iter().zip(&node_ids))
+            .filter_map(|(s, id)| Some(((*id)?, format!("%{}", s.def.label))))
+            .collect();
+        let Err(invalid) = crate::verify::verify_labeled(&self.g, &labels) else {
+            return Ok(self.g);
+        };
+        let stmt: HashMap<NodeId, &NodeStmt> = (node_ids.iter().zip(&ast.nodes))
+            .filter_map(|(id, s)| Some(((*id)?, s)))
+            .collect();
+        let mut errors: Vec<ParseError> = invalid
+            .errors
             .into_iter()
-            .filter_map(|o| self.g.get(o).map(|n| &n.ty))
+            .map(|e| {
+                let at_node = |pick: fn(&NodeStmt) -> Pos| {
+                    e.node
+                        .and_then(|id| stmt.get(&id))
+                        .map_or(Pos { line: 1, col: 1 }, |s| pick(s))
+                };
+                let pos = match e.check {
+                    Check::Operands | Check::Inference | Check::FusedResult | Check::Literal => {
+                        at_node(|s| s.op_pos)
+                    }
+                    Check::DeclaredType => at_node(|s| s.ty_pos),
+                    Check::Cycle | Check::Name | Check::GradOf => at_node(|s| s.def.pos),
+                    Check::Output(i) => ast
+                        .outputs
+                        .get(i)
+                        .map_or(Pos { line: 1, col: 1 }, |o| o.pos),
+                    Check::Update(i) => {
+                        (ast.updates.get(i)).map_or(Pos { line: 1, col: 1 }, |u| u.target.pos)
+                    }
+                };
+                let message = match (e.check, e.node.and_then(|id| labels.get(&id))) {
+                    (Check::Inference, Some(label)) => format!("{label}: {}", e.message),
+                    _ => e.message,
+                };
+                self.err(pos, message)
+            })
             .collect();
-        let inferred =
-            s.op.infer(&types, Some(&s.ty))
-                .map_err(|e| self.err(s.op_pos, format!("`%{}`: {e}", s.def.label)))?;
-        if inferred != s.ty {
-            return Err(self.err(
-                s.ty_pos,
-                format!(
-                    "type mismatch: `%{}` is declared {} but {} computes {inferred}",
-                    s.def.label,
-                    s.ty,
-                    s.op.name()
-                ),
-            ));
-        }
-        Ok(())
+        errors.sort_by_key(|e| (e.line, e.column));
+        errors.truncate(crate::text::MAX_PARSE_ERRORS);
+        Err(first_of(errors))
     }
+}
 
-    /// Reports a cycle as `%a -> %b -> %a` (each uses the next) at its first node in the text.
-    fn check_acyclic(&self, node_ids: &[NodeId]) -> Result<(), ParseError> {
-        let Err(stuck) = self.g.topo_order() else {
-            return Ok(());
-        };
-        // Every stuck node has a stuck operand, so walking operands from one must loop.
-        let index_of: HashMap<NodeId, usize> = node_ids
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| (id, i))
-            .collect();
-        let Some(&start) = stuck.first() else {
-            return Ok(());
-        };
-        let mut path = vec![start];
-        let mut cur = start;
-        let cycle_start = loop {
-            let Some(next) = self.g.operands(cur).into_iter().find(|o| stuck.contains(o)) else {
-                break 0;
-            };
-            if let Some(i) = path.iter().position(|&p| p == next) {
-                break i;
-            }
-            path.push(next);
-            cur = next;
-        };
-        let cycle = path.get(cycle_start..).unwrap_or(&path);
-        let label = |id: &NodeId| {
-            index_of
-                .get(id)
-                .and_then(|&i| self.ast.nodes.get(i))
-                .map_or_else(|| "%?".to_string(), |s| format!("%{}", s.def.label))
-        };
-        let mut names: Vec<String> = cycle.iter().map(label).collect();
-        names.extend(cycle.first().map(label));
-        let first = cycle
-            .iter()
-            .filter_map(|id| index_of.get(id))
-            .min()
-            .and_then(|&i| self.ast.nodes.get(i))
-            .map_or(Pos { line: 1, col: 1 }, |s| s.def.pos);
-        Err(self.err(
-            first,
-            format!("cycle: {} (each uses the next)", names.join(" -> ")),
-        ))
-    }
-
-    fn check_update(
-        &self,
-        u: &UpdateStmt,
-        target: NodeId,
-        value: NodeId,
-        all: &[(NodeId, NodeId)],
-    ) -> Result<(), ParseError> {
-        let (Some(t), Some(v)) = (self.g.get(target), self.g.get(value)) else {
-            return Err(self.err(u.target.pos, "update of an unknown node".into()));
-        };
-        if !matches!(t.op, Op::Param { .. } | Op::State { .. }) {
-            return Err(self.err(
-                u.target.pos,
-                format!(
-                    "update target `%{}` must be a param or state, found {}",
-                    u.target.label,
-                    t.op.name()
-                ),
-            ));
+/// The first of `errors` (in file order), holding the rest in `also`; `errors` is not empty.
+fn first_of(errors: Vec<ParseError>) -> ParseError {
+    let mut errors = errors.into_iter();
+    match errors.next() {
+        Some(mut first) => {
+            first.also = errors.take(crate::text::MAX_PARSE_ERRORS - 1).collect();
+            first
         }
-        if t.ty != v.ty {
-            return Err(self.err(
-                u.value.pos,
-                format!(
-                    "type mismatch in update: `%{}` is {} but `%{}` is {}",
-                    u.target.label, t.ty, u.value.label, v.ty
-                ),
-            ));
-        }
-        if all.iter().filter(|(t2, _)| *t2 == target).count() > 1 {
-            return Err(self.err(
-                u.target.pos,
-                format!("`%{}` is updated more than once", u.target.label),
-            ));
-        }
-        Ok(())
+        None => ParseError::new("", 1, 1, "no error".into()),
     }
 }
 
