@@ -182,7 +182,7 @@ impl Pool {
         }
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
-        // SAFETY (lifetime erasure): an item runs only after it was claimed under this job's
+        // SAFETY: (lifetime erasure) an item runs only after it was claimed under this job's
         // id, and this function returns only after every claimed item is done; once it
         // returns, the claim counter belongs to the next job and every claim of this one fails.
         let ptr = JobPtr(unsafe {
