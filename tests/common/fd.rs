@@ -1,4 +1,4 @@
-//! Shared helpers of the autodiff tests: random values away from kinks, weighted-sum losses,
+//! What the `autodiff_*` tests share: random values away from kinks, weighted-sum losses,
 //! and the central-difference gradient check through the reference interpreter (f64).
 //!
 //! # Tolerance
@@ -11,8 +11,6 @@
 //! (order 0.1 to 10), so a wrong rule (a missing factor, a wrong sign, a misplaced element)
 //! cannot pass. Inputs are drawn away from kinks (relu and abs at 0, ties of max/min, max-pool
 //! ties) by more than the step, so the one-sided conventions there are never probed by FD.
-
-#![allow(dead_code)]
 
 use gradlift::autodiff;
 use gradlift::init::Rng;

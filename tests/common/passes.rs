@@ -1,13 +1,13 @@
-//! Shared helpers of the `passes_*` tests: a seeded random graph generator whose graphs
-//! contain the patterns the passes look for (identities, layout chains, duplicates, constant
-//! subexpressions, dead nodes, softmax and cross-entropy chains).
-#![allow(dead_code)]
+//! What the `passes_*` tests share: a seeded random graph generator whose graphs contain the
+//! patterns the passes look for (identities, layout chains, duplicates, constant
+//! subexpressions, dead nodes, softmax and cross-entropy chains), and the interpreter oracles
+//! of a pass and of the pipeline.
 
 use gradlift::init::Rng;
 use gradlift::{DType, Graph, Init, Literal, NodeId, Op, Shape, TensorType};
 
 /// A random, type-correct graph of about `steps` body nodes made from `seed`. Every input is
-/// f32 in `[-2, 2]` when fed by [`random_feeds_f64`]-style helpers, except `labels: i32[2]`
+/// f32 in `[-2, 2]` when fed by [`compare_eval`], except `labels: i32[2]`
 /// whose valid range is `0..3`.
 pub fn random_graph(seed: u64, steps: usize) -> Graph {
     let mut r = Gen {
@@ -413,50 +413,6 @@ pub fn print(g: &Graph) -> String {
     gradlift::text::print(g)
 }
 
-/// The largest label an i32 input may hold for the graph to be well defined, plus one: the
-/// smallest `depth` of a `one_hot` and class count of a sparse cross-entropy that read it
-/// (`default` when nothing constrains it).
-pub fn label_range(g: &Graph, input: NodeId, default: usize) -> usize {
-    g.users(input)
-        .into_iter()
-        .filter_map(|u| match &g[u].op {
-            Op::OneHot { depth } => Some(*depth),
-            Op::SparseSoftmaxCrossEntropy => {
-                g.operands(u).first().map(|&l| g[l].ty.shape.dims()[1])
-            }
-            _ => None,
-        })
-        .min()
-        .unwrap_or(default)
-        .max(1)
-}
-
-/// Random values for every input of `g` from `seed`: f32 inputs uniform in `[-2, 2)`, i32
-/// inputs integers in `0..label_range`. Params and state keep their initializers.
-pub fn random_feeds(
-    g: &Graph,
-    seed: u64,
-) -> std::collections::HashMap<NodeId, gradlift::interp::Array<f64>> {
-    let mut rng = Rng::new(seed);
-    let mut feeds = std::collections::HashMap::new();
-    for id in g.inputs() {
-        let ty = &g[id].ty;
-        let n = ty.shape.numel();
-        let data: Vec<f64> = match ty.dtype {
-            DType::F32 => (0..n).map(|_| rng.uniform() * 4.0 - 2.0).collect(),
-            DType::I32 => {
-                let k = label_range(g, id, 2) as u64;
-                (0..n).map(|_| rng.below(k) as f64).collect()
-            }
-        };
-        feeds.insert(
-            id,
-            gradlift::interp::Array::new(ty.shape.clone(), data).unwrap(),
-        );
-    }
-    feeds
-}
-
 /// Whether `a` and `b` agree within `rel` relative error (absolute `rel * 1e-3` near zero);
 /// two NaNs agree, infinities must be equal.
 pub fn close(a: f64, b: f64, rel: f64) -> bool {
@@ -479,7 +435,7 @@ pub fn compare_eval_in<T: gradlift::interp::Float>(
     rel: f64,
 ) -> Result<(), String> {
     let feeds: std::collections::HashMap<NodeId, gradlift::interp::Array<T>> =
-        random_feeds(before, seed)
+        super::random_feeds(before, &mut Rng::new(seed), 2.0)
             .into_iter()
             .map(|(id, a)| {
                 let data = a.data.iter().map(|&v| T::from_f64(v)).collect();
