@@ -11,15 +11,16 @@ use common::{feeds, opts};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gradlift::codegen::{self, CompileOptions, MatmulKernel};
 use gradlift::interp::{self, Array};
+use gradlift::optim::{self, Optimizer};
 use gradlift::passes::Pipeline;
 use gradlift::runtime::{self, HostTensor};
-use gradlift::{autodiff, text, Graph, Init, NodeId, ReduceOp, TensorType};
+use gradlift::{text, Graph, Init, NodeId, ReduceOp, TensorType};
 use std::collections::HashMap;
 use std::time::Duration;
 
 /// A training step from the corpus: `ir/NAME.ir` at batch `b` (the files use 64), the
-/// gradient of `loss` w.r.t. every param (autodiff), and SGD updates `p <- p - 0.01 * dp`.
-/// Only `loss` and `accuracy` stay outputs (the gradients feed the updates).
+/// gradient of `loss` w.r.t. every param (autodiff) and SGD updates `p <- p - lr * dp`
+/// (`optim::training_step`; the learning rate is the input `lr`, which [`feeds`] sets).
 fn train_step(name: &str, b: usize) -> Graph {
     let path = format!("{}/ir/{name}.ir", env!("CARGO_MANIFEST_DIR"));
     let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -27,14 +28,7 @@ fn train_step(name: &str, b: usize) -> Graph {
         .replace("[64,", &format!("[{b},"))
         .replace("[64]", &format!("[{b}]"));
     let mut g = text::parse(&src, &path).unwrap_or_else(|e| panic!("{e}"));
-    let grads = autodiff::grad_all_params(&mut g, "loss", None).unwrap();
-    let lr = g.scalar(0.01);
-    for n in &grads {
-        let s = g.mul(n.grad, lr).unwrap();
-        let next = g.sub(n.wrt, s).unwrap();
-        g.add_update(n.wrt, next).unwrap();
-    }
-    g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
+    optim::training_step(&mut g, "loss", &Optimizer::sgd()).unwrap();
     g
 }
 
@@ -216,15 +210,18 @@ fn pool(c: &mut Criterion) {
     let dy: Vec<f32> = (0..n * oh * ow * ch).map(|i| (i % 13) as f32).collect();
     let mut y = vec![0.0f32; n * oh * ow * ch];
     let mut dx = vec![0.0f32; x.len()];
-    // SAFETY: the buffers have the sizes the geometry describes.
     // the memory limit beside them: one copy of the activation (read 5.5 MB, write 5.5 MB)
     grp.bench_function("copy/64x26x26x32", |b| b.iter(|| dx.copy_from_slice(&x)));
     grp.bench_function("max_pool2d/64x26x26x32", |b| {
-        b.iter(|| unsafe { gl_max_pool2d(x.as_ptr(), y.as_mut_ptr(), geo.as_ptr()) })
+        b.iter(|| {
+            // SAFETY: `x` and `y` have the sizes the geometry `geo` describes.
+            unsafe { gl_max_pool2d(x.as_ptr(), y.as_mut_ptr(), geo.as_ptr()) }
+        })
     });
     grp.bench_function("max_pool2d_grad/64x26x26x32", |b| {
-        b.iter(|| unsafe {
-            gl_max_pool2d_grad(x.as_ptr(), dy.as_ptr(), dx.as_mut_ptr(), geo.as_ptr())
+        b.iter(|| {
+            // SAFETY: `x`, `dy` and `dx` have the sizes the geometry `geo` describes.
+            unsafe { gl_max_pool2d_grad(x.as_ptr(), dy.as_ptr(), dx.as_mut_ptr(), geo.as_ptr()) }
         })
     });
     grp.finish();
@@ -263,14 +260,19 @@ fn conv(c: &mut Criterion) {
         for (path, name) in [(ConvPath::Im2col, "im2col"), (ConvPath::Direct, "direct")] {
             let mut scratch = vec![0.0f32; path.scratch_len(&g)];
             let s = scratch.as_mut_ptr();
-            // SAFETY: the buffers have the sizes the geometry describes, the scratch the
-            // path's length.
             grp.bench_function(BenchmarkId::new(format!("forward/{name}"), ch), |b| {
-                b.iter(|| unsafe { conv2d(path, x.as_ptr(), w.as_ptr(), y.as_mut_ptr(), s, &g) })
+                b.iter(|| {
+                    // SAFETY: the buffers have the sizes the geometry describes, the scratch
+                    // the path's length.
+                    unsafe { conv2d(path, x.as_ptr(), w.as_ptr(), y.as_mut_ptr(), s, &g) }
+                })
             });
             grp.bench_function(BenchmarkId::new(format!("filter_grad/{name}"), ch), |b| {
-                b.iter(|| unsafe {
-                    conv2d_filter_grad(path, x.as_ptr(), dy.as_ptr(), dw.as_mut_ptr(), s, &g)
+                b.iter(|| {
+                    // SAFETY: as for the forward.
+                    unsafe {
+                        conv2d_filter_grad(path, x.as_ptr(), dy.as_ptr(), dw.as_mut_ptr(), s, &g)
+                    }
                 })
             });
         }

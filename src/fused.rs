@@ -18,7 +18,8 @@
 //!
 //! Rules ([`FusedBody::infer`] checks all of them):
 //! - every operand is `f32`;
-//! - instructions are elementwise (`Unary`, `Binary`, `Compare`, `Select`, `Broadcast`),
+//! - instructions are elementwise ([`OpClass::Elementwise`]: unary, binary, comparison,
+//!   `select`, `broadcast`),
 //!   except that the first may be a `matmul` or `conv2d` of two operands (the *producer* of an
 //!   epilogue: the GEMM or convolution writes the output, the rest of the body runs over it)
 //!   and the last may be a `reduce_*` (a reduction fed by the elementwise chain), not both;
@@ -36,7 +37,7 @@
 //! parameter (new first moment, new second moment, new parameter, all three update values) is
 //! one loop that reads the gradient, both moments and the parameter once.
 
-use crate::op::{InferError, Op};
+use crate::op::{InferError, Op, OpClass};
 use crate::shape::{DType, Shape, TensorType};
 use serde::{Deserialize, Serialize};
 
@@ -64,17 +65,21 @@ pub struct FusedBody {
     pub extra: Vec<usize>,
 }
 
-/// Whether `op` may appear in the elementwise part of a fused body.
+/// Whether `op` may appear in the elementwise part of a fused body: its class is
+/// [`OpClass::Elementwise`].
 pub fn is_elementwise(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Broadcast { .. }
-    )
+    matches!(op.class(), OpClass::Elementwise { .. })
 }
 
-/// Whether `op` may lead a fused body as the producer of an epilogue.
+/// Whether `op` may lead a fused body as the producer of an epilogue: its class is
+/// [`OpClass::Producer`].
 pub fn is_producer(op: &Op) -> bool {
-    matches!(op, Op::Matmul | Op::Conv2d { .. })
+    op.class() == OpClass::Producer
+}
+
+/// Whether `op` may end a fused body as its reduction: its class is [`OpClass::Reduction`].
+pub fn is_reduction(op: &Op) -> bool {
+    op.class() == OpClass::Reduction
 }
 
 impl FusedBody {
@@ -103,7 +108,7 @@ impl FusedBody {
             let k = self.n_params + i;
             let allowed = is_elementwise(&inst.op)
                 || (i == 0 && is_producer(&inst.op))
-                || (i == last && i > 0 && matches!(inst.op, Op::Reduce { .. }));
+                || (i == last && i > 0 && is_reduction(&inst.op));
             if !allowed {
                 return err(format!(
                     "%{k}: {} is not allowed here (elementwise ops, a leading matmul or conv2d, \
@@ -207,7 +212,7 @@ impl FusedBody {
     pub fn reduction(&self) -> Option<&FusedInst> {
         self.insts
             .last()
-            .filter(|i| matches!(i.op, Op::Reduce { .. }) && self.insts.len() > 1)
+            .filter(|i| is_reduction(&i.op) && self.insts.len() > 1)
     }
 
     /// The leading matmul (an epilogue body), if any.

@@ -379,11 +379,9 @@ impl Graph {
         self.updates.push(Update { target, value });
     }
 
-    // Added by the cli helper (verifier): the raw operand edges, so the verifier can check
-    // that operand indices are exactly 0..n (a graph read from JSON may break this).
-
     /// The operand edges of `id` as `(operand index, operand)`, sorted by index; unlike
-    /// [`Graph::operands`] this keeps the indices, duplicates and gaps included.
+    /// [`Graph::operands`] this keeps the indices, duplicates and gaps included, so the
+    /// verifier can check that they are exactly `0..n` (a graph read from JSON may break this).
     pub fn operand_slots(&self, id: NodeId) -> Vec<(u32, NodeId)> {
         let mut e: Vec<(u32, NodeId)> = self
             .graph

@@ -1,5 +1,7 @@
-//! The op set: one [`Op`] enum and its per-op rules that do not depend on a stage: name,
-//! operand count, type inference (with numpy broadcasting), attributes and differentiability.
+//! The op set: one [`Op`] enum and its per-op rules that do not depend on a stage: kind and
+//! name ([`OpKind`]), class ([`OpClass`]), operand count, type inference (with numpy
+//! broadcasting) and differentiability. How attributes are written in the text format is in
+//! `crate::text::attrs`.
 //!
 //! Every other stage (interpreter, autodiff, codegen, passes) has an exhaustive `match` on
 //! [`Op`], so adding a variant makes the compiler list every place that needs a rule.
@@ -7,6 +9,10 @@
 use crate::shape::{DType, Shape, TensorType};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+// The attribute tables of the text format live in `crate::text::attrs`; their types stay
+// reachable here, where the ops are.
+pub use crate::text::{AttrError, AttrValue, MAX_DIM};
 
 /// Parameter initializers. All random ones are seeded and deterministic (see [`crate::init`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -257,156 +263,317 @@ impl fmt::Display for Arity {
     }
 }
 
-/// Every op name of the text format, with an example op, so tests can cover the whole set.
-pub fn all_op_names() -> &'static [&'static str] {
-    &[
-        "input",
-        "param",
-        "state",
-        "const",
-        "neg",
-        "exp",
-        "log",
-        "sqrt",
-        "abs",
-        "sign",
-        "tanh",
-        "sigmoid",
-        "relu",
-        "add",
-        "sub",
-        "mul",
-        "div",
-        "max",
-        "min",
-        "pow",
-        "eq",
-        "ne",
-        "lt",
-        "le",
-        "gt",
-        "ge",
-        "select",
-        "cast",
-        "reduce_sum",
-        "reduce_mean",
-        "reduce_max",
-        "argmax",
-        "reshape",
-        "broadcast",
-        "transpose",
-        "matmul",
-        "conv2d",
-        "conv2d_input_grad",
-        "conv2d_filter_grad",
-        "max_pool2d",
-        "max_pool2d_grad",
-        "softmax",
-        "log_softmax",
-        "softmax_cross_entropy",
-        "sparse_softmax_cross_entropy",
-        "one_hot",
-        "slice",
-        "concat",
-    ]
+/// Defines [`OpKind`] and, for the op families with a sub-enum ([`UnaryOp`], [`BinaryOp`],
+/// [`CmpOp`], [`ReduceOp`]), their `ALL` lists, `kind` and `name`, from one list in which every
+/// kind appears once with its text name and attribute keys. `kind` is an exhaustive match, so a
+/// sub-enum variant missing from the list does not compile.
+macro_rules! op_kinds {
+    (
+        ops { $( $(#[$doc:meta])* $kind:ident = $name:literal, $keys:expr; )* }
+        $(
+            family $sub:ident as $getter:ident {
+                $( $var:ident => $skind:ident = $sname:literal; )*
+            } keys $sub_keys:expr;
+        )*
+    ) => {
+        /// The kind of an op without its attributes: one variant per op name of the text
+        /// format (`add` and `reduce_sum` are kinds of their own, not `binary` and `reduce`),
+        /// plus `fused` and `fused_result`. [`Op::kind`] maps every op to its kind;
+        /// [`OpKind::ALL`] lists them all, so tables and tests derived from it cover every op.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum OpKind {
+            $( $(#[$doc])* $kind, )*
+            $( $(
+                #[doc = concat!("`", $sname, "`: [`", stringify!($sub), "::", stringify!($var), "`]")]
+                $skind,
+            )* )*
+        }
+
+        impl OpKind {
+            /// Every kind, in the order of the op list in `op.rs`.
+            pub const ALL: &'static [OpKind] = &[
+                $( OpKind::$kind, )*
+                $( $( OpKind::$skind, )* )*
+            ];
+
+            /// The op name of the text format.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( OpKind::$kind => $name, )*
+                    $( $( OpKind::$skind => $sname, )* )*
+                }
+            }
+
+            /// The sorted `key=value` attribute keys of a statement of this kind, or `None` for
+            /// the kinds without `key=value` attributes: leaves (their initializer or literal
+            /// has its own syntax) and `fused` (printed as a nested block).
+            pub const fn attr_keys(self) -> Option<&'static [&'static str]> {
+                match self {
+                    $( OpKind::$kind => $keys, )*
+                    $( $( OpKind::$skind => $sub_keys, )* )*
+                }
+            }
+
+            $(
+                #[doc = concat!("The [`", stringify!($sub), "`] of this kind, if it is one.")]
+                pub const fn $getter(self) -> Option<$sub> {
+                    match self {
+                        $( OpKind::$skind => Some($sub::$var), )*
+                        _ => None,
+                    }
+                }
+            )*
+        }
+
+        $(
+            impl $sub {
+                #[doc = concat!("Every [`", stringify!($sub), "`].")]
+                pub const ALL: [$sub; [$( stringify!($var) ),*].len()] = [ $( $sub::$var, )* ];
+
+                /// Its [`OpKind`].
+                pub const fn kind(self) -> OpKind {
+                    match self {
+                        $( $sub::$var => OpKind::$skind, )*
+                    }
+                }
+
+                /// Text-format name.
+                pub const fn name(self) -> &'static str {
+                    self.kind().name()
+                }
+            }
+        )*
+    };
 }
 
-impl UnaryOp {
-    /// All unary ops.
-    pub const ALL: [UnaryOp; 9] = [
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sqrt,
-        UnaryOp::Abs,
-        UnaryOp::Sign,
-        UnaryOp::Tanh,
-        UnaryOp::Sigmoid,
-        UnaryOp::Relu,
-    ];
+op_kinds! {
+    ops {
+        /// `input`: [`Op::Input`]
+        Input = "input", None;
+        /// `param`: [`Op::Param`]
+        Param = "param", None;
+        /// `state`: [`Op::State`]
+        State = "state", None;
+        /// `const`: [`Op::Const`]
+        Const = "const", None;
+        /// `select`: [`Op::Select`]
+        Select = "select", Some(&[]);
+        /// `cast`: [`Op::Cast`]
+        Cast = "cast", Some(&["to"]);
+        /// `argmax`: [`Op::Argmax`]
+        Argmax = "argmax", Some(&["axis"]);
+        /// `reshape`: [`Op::Reshape`]
+        Reshape = "reshape", Some(&["shape"]);
+        /// `broadcast`: [`Op::Broadcast`]
+        Broadcast = "broadcast", Some(&["shape"]);
+        /// `transpose`: [`Op::Transpose`]
+        Transpose = "transpose", Some(&["perm"]);
+        /// `matmul`: [`Op::Matmul`]
+        Matmul = "matmul", Some(&[]);
+        /// `conv2d`: [`Op::Conv2d`]
+        Conv2d = "conv2d", Some(&["padding", "stride"]);
+        /// `conv2d_input_grad`: [`Op::Conv2dInputGrad`]
+        Conv2dInputGrad = "conv2d_input_grad", Some(&["padding", "shape", "stride"]);
+        /// `conv2d_filter_grad`: [`Op::Conv2dFilterGrad`]
+        Conv2dFilterGrad = "conv2d_filter_grad", Some(&["kernel", "padding", "stride"]);
+        /// `max_pool2d`: [`Op::MaxPool2d`]
+        MaxPool2d = "max_pool2d", Some(&["stride", "window"]);
+        /// `max_pool2d_grad`: [`Op::MaxPool2dGrad`]
+        MaxPool2dGrad = "max_pool2d_grad", Some(&["stride", "window"]);
+        /// `softmax`: [`Op::Softmax`]
+        Softmax = "softmax", Some(&["axis"]);
+        /// `log_softmax`: [`Op::LogSoftmax`]
+        LogSoftmax = "log_softmax", Some(&["axis"]);
+        /// `softmax_cross_entropy`: [`Op::SoftmaxCrossEntropy`]
+        SoftmaxCrossEntropy = "softmax_cross_entropy", Some(&[]);
+        /// `sparse_softmax_cross_entropy`: [`Op::SparseSoftmaxCrossEntropy`]
+        SparseSoftmaxCrossEntropy = "sparse_softmax_cross_entropy", Some(&[]);
+        /// `one_hot`: [`Op::OneHot`]
+        OneHot = "one_hot", Some(&["depth"]);
+        /// `slice`: [`Op::Slice`]
+        Slice = "slice", Some(&["begin", "end"]);
+        /// `concat`: [`Op::Concat`]
+        Concat = "concat", Some(&["axis"]);
+        /// `fused`: [`Op::Fused`] (a nested block in the text format, not a `key=value` op)
+        Fused = "fused", None;
+        /// `fused_result`: [`Op::FusedResult`]
+        FusedResult = "fused_result", Some(&["index"]);
+    }
 
-    /// Text-format name.
-    pub fn name(self) -> &'static str {
+    family UnaryOp as unary {
+        Neg => Neg = "neg";
+        Exp => Exp = "exp";
+        Log => Log = "log";
+        Sqrt => Sqrt = "sqrt";
+        Abs => Abs = "abs";
+        Sign => Sign = "sign";
+        Tanh => Tanh = "tanh";
+        Sigmoid => Sigmoid = "sigmoid";
+        Relu => Relu = "relu";
+    } keys Some(&[]);
+    family BinaryOp as binary {
+        Add => Add = "add";
+        Sub => Sub = "sub";
+        Mul => Mul = "mul";
+        Div => Div = "div";
+        Max => Max = "max";
+        Min => Min = "min";
+        Pow => Pow = "pow";
+    } keys Some(&[]);
+    family CmpOp as compare {
+        Eq => Eq = "eq";
+        Ne => Ne = "ne";
+        Lt => Lt = "lt";
+        Le => Le = "le";
+        Gt => Gt = "gt";
+        Ge => Ge = "ge";
+    } keys Some(&[]);
+    family ReduceOp as reduce {
+        Sum => ReduceSum = "reduce_sum";
+        Mean => ReduceMean = "reduce_mean";
+        Max => ReduceMax = "reduce_max";
+    } keys Some(&["axes", "keepdims"]);
+}
+
+impl OpKind {
+    /// Why reverse-mode autodiff has no rule for ops of this kind, or `None` when it has one:
+    /// the integer-valued ops (comparisons, argmax, cast, one_hot) and fused nodes. Leaves
+    /// need no rule (their gradient is what autodiff returns). One exhaustive match.
+    pub const fn not_differentiable(self) -> Option<&'static str> {
+        use OpKind as K;
         match self {
-            UnaryOp::Neg => "neg",
-            UnaryOp::Exp => "exp",
-            UnaryOp::Log => "log",
-            UnaryOp::Sqrt => "sqrt",
-            UnaryOp::Abs => "abs",
-            UnaryOp::Sign => "sign",
-            UnaryOp::Tanh => "tanh",
-            UnaryOp::Sigmoid => "sigmoid",
-            UnaryOp::Relu => "relu",
+            K::Eq | K::Ne | K::Lt | K::Le | K::Gt | K::Ge => {
+                Some("is not differentiable (a comparison is piecewise constant)")
+            }
+            K::Argmax => Some("is not differentiable (it returns integer indices)"),
+            K::Cast => Some("is not differentiable (it converts to or from integers)"),
+            K::OneHot => Some("is not differentiable (its operand is an integer index)"),
+            K::Fused | K::FusedResult => Some("is not differentiable; run fusion after autodiff"),
+            K::Input | K::Param | K::State | K::Const => None,
+            K::Neg
+            | K::Exp
+            | K::Log
+            | K::Sqrt
+            | K::Abs
+            | K::Sign
+            | K::Tanh
+            | K::Sigmoid
+            | K::Relu => None,
+            K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min | K::Pow => None,
+            K::Select
+            | K::ReduceSum
+            | K::ReduceMean
+            | K::ReduceMax
+            | K::Reshape
+            | K::Broadcast
+            | K::Transpose
+            | K::Matmul
+            | K::Conv2d
+            | K::Conv2dInputGrad
+            | K::Conv2dFilterGrad
+            | K::MaxPool2d
+            | K::MaxPool2dGrad
+            | K::Softmax
+            | K::LogSoftmax
+            | K::SoftmaxCrossEntropy
+            | K::SparseSoftmaxCrossEntropy
+            | K::Slice
+            | K::Concat => None,
         }
     }
+
+    /// The kind called `name` in the text format, if any.
+    pub fn from_name(name: &str) -> Option<OpKind> {
+        OpKind::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// What every op of this kind is, for the stages that treat ops by class (see [`OpClass`]).
+    /// One exhaustive match: a new kind does not compile without its class.
+    pub const fn class(self) -> OpClass {
+        use OpKind as K;
+        match self {
+            K::Input | K::Param | K::State | K::Const => OpClass::Leaf,
+            K::Neg
+            | K::Exp
+            | K::Log
+            | K::Sqrt
+            | K::Abs
+            | K::Sign
+            | K::Tanh
+            | K::Sigmoid
+            | K::Relu => OpClass::Elementwise { inline: true },
+            K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min => {
+                OpClass::Elementwise { inline: true }
+            }
+            // one call of Rust's `powf` per element in the JIT
+            K::Pow => OpClass::Elementwise { inline: false },
+            K::Eq | K::Ne | K::Lt | K::Le | K::Gt | K::Ge => OpClass::Elementwise { inline: true },
+            K::Select | K::Broadcast => OpClass::Elementwise { inline: true },
+            K::Matmul | K::Conv2d => OpClass::Producer,
+            K::ReduceSum | K::ReduceMean | K::ReduceMax => OpClass::Reduction,
+            K::Cast
+            | K::Argmax
+            | K::Reshape
+            | K::Transpose
+            | K::Conv2dInputGrad
+            | K::Conv2dFilterGrad
+            | K::MaxPool2d
+            | K::MaxPool2dGrad
+            | K::Softmax
+            | K::LogSoftmax
+            | K::SoftmaxCrossEntropy
+            | K::SparseSoftmaxCrossEntropy
+            | K::OneHot
+            | K::Slice
+            | K::Concat => OpClass::Standalone,
+            K::Fused | K::FusedResult => OpClass::Fused,
+        }
+    }
+}
+
+/// The classes of ops the stages treat alike: the fused-body rule ([`crate::fused`]), the
+/// fusion pass, the fused-loop lowering and the memory planner's in-place updates ask
+/// [`Op::class`] instead of listing ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpClass {
+    /// `input`, `param`, `state`, `const`: no operands, the type is the node's own.
+    Leaf,
+    /// Each result element is a function of the operands' elements at the same index (with
+    /// numpy broadcasting): the unary, binary and comparison ops, `select` and `broadcast`.
+    /// Allowed in a fused body; it reads every operand at the position it writes.
+    Elementwise {
+        /// Whether the JIT computes it with inline code (so it can join a fused loop); `false`
+        /// for `pow`, a runtime call per element.
+        inline: bool,
+    },
+    /// `matmul` and `conv2d`: may lead a fused body as the producer of an epilogue.
+    Producer,
+    /// `reduce_sum`, `reduce_mean`, `reduce_max`: may end a fused body.
+    Reduction,
+    /// Computed by its own loop nest or runtime kernel and never part of a fused body: data
+    /// movement (`cast`, `reshape`, `transpose`, `slice`, `concat`, `one_hot`), `argmax`, the
+    /// convolution gradients, pooling, the softmax family and the cross-entropies.
+    Standalone,
+    /// `fused` and `fused_result`, made by the fusion pass.
+    Fused,
+}
+
+/// Every op name of the text format statement syntax (every [`OpKind`] but `fused`, a nested
+/// block, and `fused_result`, which belongs with it), so tests can cover the whole set.
+pub fn all_op_names() -> impl Iterator<Item = &'static str> {
+    OpKind::ALL
+        .iter()
+        .filter(|k| k.class() != OpClass::Fused)
+        .map(|k| k.name())
 }
 
 impl BinaryOp {
-    /// All binary ops.
-    pub const ALL: [BinaryOp; 7] = [
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Max,
-        BinaryOp::Min,
-        BinaryOp::Pow,
-    ];
-
-    /// Text-format name.
-    pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-            BinaryOp::Max => "max",
-            BinaryOp::Min => "min",
-            BinaryOp::Pow => "pow",
-        }
-    }
-
     /// Whether `a op b == b op a`.
     pub fn is_commutative(self) -> bool {
         matches!(
             self,
             BinaryOp::Add | BinaryOp::Mul | BinaryOp::Max | BinaryOp::Min
         )
-    }
-}
-
-impl CmpOp {
-    /// All comparisons.
-    pub const ALL: [CmpOp; 6] = [
-        CmpOp::Eq,
-        CmpOp::Ne,
-        CmpOp::Lt,
-        CmpOp::Le,
-        CmpOp::Gt,
-        CmpOp::Ge,
-    ];
-
-    /// Text-format name.
-    pub fn name(self) -> &'static str {
-        match self {
-            CmpOp::Eq => "eq",
-            CmpOp::Ne => "ne",
-            CmpOp::Lt => "lt",
-            CmpOp::Le => "le",
-            CmpOp::Gt => "gt",
-            CmpOp::Ge => "ge",
-        }
-    }
-}
-
-impl ReduceOp {
-    /// Text-format name of the reduction op.
-    pub fn name(self) -> &'static str {
-        match self {
-            ReduceOp::Sum => "reduce_sum",
-            ReduceOp::Mean => "reduce_mean",
-            ReduceOp::Max => "reduce_max",
-        }
     }
 }
 
@@ -599,47 +766,54 @@ impl PoolGeometry {
 }
 
 impl Op {
+    /// The op's kind (its name without attributes).
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Input => OpKind::Input,
+            Op::Param { .. } => OpKind::Param,
+            Op::State { .. } => OpKind::State,
+            Op::Const { .. } => OpKind::Const,
+            Op::Unary(u) => u.kind(),
+            Op::Binary(b) => b.kind(),
+            Op::Compare(c) => c.kind(),
+            Op::Select => OpKind::Select,
+            Op::Cast { .. } => OpKind::Cast,
+            Op::Reduce { kind, .. } => kind.kind(),
+            Op::Argmax { .. } => OpKind::Argmax,
+            Op::Reshape { .. } => OpKind::Reshape,
+            Op::Broadcast { .. } => OpKind::Broadcast,
+            Op::Transpose { .. } => OpKind::Transpose,
+            Op::Matmul => OpKind::Matmul,
+            Op::Conv2d { .. } => OpKind::Conv2d,
+            Op::Conv2dInputGrad { .. } => OpKind::Conv2dInputGrad,
+            Op::Conv2dFilterGrad { .. } => OpKind::Conv2dFilterGrad,
+            Op::MaxPool2d { .. } => OpKind::MaxPool2d,
+            Op::MaxPool2dGrad { .. } => OpKind::MaxPool2dGrad,
+            Op::Softmax { .. } => OpKind::Softmax,
+            Op::LogSoftmax { .. } => OpKind::LogSoftmax,
+            Op::SoftmaxCrossEntropy => OpKind::SoftmaxCrossEntropy,
+            Op::SparseSoftmaxCrossEntropy => OpKind::SparseSoftmaxCrossEntropy,
+            Op::OneHot { .. } => OpKind::OneHot,
+            Op::Slice { .. } => OpKind::Slice,
+            Op::Concat { .. } => OpKind::Concat,
+            Op::Fused(_) => OpKind::Fused,
+            Op::FusedResult { .. } => OpKind::FusedResult,
+        }
+    }
+
     /// The op's name in the text format.
     pub fn name(&self) -> &'static str {
-        match self {
-            Op::Input => "input",
-            Op::Param { .. } => "param",
-            Op::State { .. } => "state",
-            Op::Const { .. } => "const",
-            Op::Unary(u) => u.name(),
-            Op::Binary(b) => b.name(),
-            Op::Compare(c) => c.name(),
-            Op::Select => "select",
-            Op::Cast { .. } => "cast",
-            Op::Reduce { kind, .. } => kind.name(),
-            Op::Argmax { .. } => "argmax",
-            Op::Reshape { .. } => "reshape",
-            Op::Broadcast { .. } => "broadcast",
-            Op::Transpose { .. } => "transpose",
-            Op::Matmul => "matmul",
-            Op::Conv2d { .. } => "conv2d",
-            Op::Conv2dInputGrad { .. } => "conv2d_input_grad",
-            Op::Conv2dFilterGrad { .. } => "conv2d_filter_grad",
-            Op::MaxPool2d { .. } => "max_pool2d",
-            Op::MaxPool2dGrad { .. } => "max_pool2d_grad",
-            Op::Softmax { .. } => "softmax",
-            Op::LogSoftmax { .. } => "log_softmax",
-            Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
-            Op::SparseSoftmaxCrossEntropy => "sparse_softmax_cross_entropy",
-            Op::OneHot { .. } => "one_hot",
-            Op::Slice { .. } => "slice",
-            Op::Concat { .. } => "concat",
-            Op::Fused(_) => "fused",
-            Op::FusedResult { .. } => "fused_result",
-        }
+        self.kind().name()
+    }
+
+    /// The op's class (see [`OpClass`]).
+    pub fn class(&self) -> OpClass {
+        self.kind().class()
     }
 
     /// Whether this is a leaf (`input`, `param`, `state`, `const`): no operands, type given.
     pub fn is_leaf(&self) -> bool {
-        matches!(
-            self,
-            Op::Input | Op::Param { .. } | Op::State { .. } | Op::Const { .. }
-        )
+        self.class() == OpClass::Leaf
     }
 
     /// Number of operands the op takes.
@@ -680,20 +854,11 @@ impl Op {
         self.not_differentiable().is_none()
     }
 
-    /// Why reverse-mode autodiff has no rule for this op, or `None` when it has one: the
-    /// integer-valued ops (comparisons, argmax, cast, one_hot) and fused nodes. The one fact
-    /// both autodiff and [`Op::is_differentiable`] ask.
+    /// Why reverse-mode autodiff has no rule for this op, or `None` when it has one (see
+    /// [`OpKind::not_differentiable`]). The one fact both autodiff and
+    /// [`Op::is_differentiable`] ask.
     pub fn not_differentiable(&self) -> Option<&'static str> {
-        match self {
-            Op::Compare(_) => Some("is not differentiable (a comparison is piecewise constant)"),
-            Op::Argmax { .. } => Some("is not differentiable (it returns integer indices)"),
-            Op::Cast { .. } => Some("is not differentiable (it converts to or from integers)"),
-            Op::OneHot { .. } => Some("is not differentiable (its operand is an integer index)"),
-            Op::Fused(_) | Op::FusedResult { .. } => {
-                Some("is not differentiable; run fusion after autodiff")
-            }
-            _ => None,
-        }
+        self.kind().not_differentiable()
     }
 
     /// Infers the result type from the operand types. `declared` is the node's own type; it is
@@ -1120,470 +1285,45 @@ fn pool_out(
     }
 }
 
-// ---- text-format attribute table (added by the text helper) ---------------------------------
-//
-// The printer and the parser in `crate::text` are generic: they ask an op for its attributes
-// (`Op::attrs`) and build an op back from a name and attributes (`Op::from_attrs`). The per-op
-// rules (which keys, which value kinds) live here, one match arm per op. Same for initializers.
-
-/// An attribute value as written in the text format: `3`, `0.5`, `[1,2]` or an identifier
-/// (`valid`, `same`, `true`, `false`, `f32`, `i32`, and `NaN`/`inf` for floats).
-#[derive(Clone, Debug, PartialEq)]
-pub enum AttrValue {
-    /// An integer literal (wide enough for every `u64` seed and negative numbers).
-    Int(i128),
-    /// A float literal (printed as Rust's `{:?}` of `f64`, shortest round-trip form).
-    Float(f64),
-    /// A bracketed list `[a,b,...]`.
-    List(Vec<AttrValue>),
-    /// An identifier.
-    Ident(String),
-}
-
-impl fmt::Display for AttrValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AttrValue::Int(i) => write!(f, "{i}"),
-            AttrValue::Float(x) => write!(f, "{x:?}"),
-            AttrValue::Ident(s) => f.write_str(s),
-            AttrValue::List(items) => {
-                f.write_str("[")?;
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write!(f, "{v}")?;
-                }
-                f.write_str("]")
-            }
-        }
-    }
-}
-
-/// Largest integer accepted for a dimension, axis, stride, window or depth in the text format.
-/// Keeps every shape computation of [`Op::infer`] far from `usize` overflow.
-pub const MAX_DIM: usize = i32::MAX as usize;
-
-/// Error from building an op or initializer out of text attributes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AttrError {
-    /// The op or initializer name is not known.
-    UnknownName,
-    /// `key` is not an attribute of this op; `expected` lists the ones it has.
-    Unknown {
-        /// The offending key.
-        key: String,
-        /// The keys the op accepts.
-        expected: &'static [&'static str],
-    },
-    /// `key` was given twice.
-    Duplicate {
-        /// The repeated key.
-        key: String,
-    },
-    /// The required attribute `key` is absent.
-    Missing {
-        /// The missing key.
-        key: &'static str,
-    },
-    /// The value of `key` has the wrong kind or range; `message` says what was expected.
-    Bad {
-        /// The key whose value is wrong.
-        key: String,
-        /// What was expected and what was found.
-        message: String,
-    },
-}
-
-/// Reads typed values out of `key=value` attributes, checking them against a key list.
-struct AttrReader<'a> {
-    attrs: &'a [(String, AttrValue)],
-}
-
-impl<'a> AttrReader<'a> {
-    /// Checks that every key is in `expected` and appears once.
-    fn new(
-        attrs: &'a [(String, AttrValue)],
-        expected: &'static [&'static str],
-    ) -> Result<Self, AttrError> {
-        for (i, (k, _)) in attrs.iter().enumerate() {
-            if !expected.contains(&k.as_str()) {
-                return Err(AttrError::Unknown {
-                    key: k.clone(),
-                    expected,
-                });
-            }
-            if attrs[..i].iter().any(|(k2, _)| k2 == k) {
-                return Err(AttrError::Duplicate { key: k.clone() });
-            }
-        }
-        Ok(AttrReader { attrs })
-    }
-
-    fn get(&self, key: &'static str) -> Result<&'a AttrValue, AttrError> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
-            .ok_or(AttrError::Missing { key })
-    }
-
-    fn bad(key: &str, expected: &str, found: &AttrValue) -> AttrError {
-        AttrError::Bad {
-            key: key.to_string(),
-            message: format!("expected {expected}, found {found}"),
-        }
-    }
-
-    fn usize(&self, key: &'static str) -> Result<usize, AttrError> {
-        let v = self.get(key)?;
-        as_dim(v).ok_or_else(|| Self::bad(key, &format!("an integer in 0..={MAX_DIM}"), v))
-    }
-
-    fn u64(&self, key: &'static str) -> Result<u64, AttrError> {
-        let v = self.get(key)?;
-        match v {
-            AttrValue::Int(i) => u64::try_from(*i).ok(),
-            _ => None,
-        }
-        .ok_or_else(|| Self::bad(key, "an integer in 0..=18446744073709551615", v))
-    }
-
-    fn f64(&self, key: &'static str) -> Result<f64, AttrError> {
-        let v = self.get(key)?;
-        match v {
-            AttrValue::Float(x) => Some(*x),
-            AttrValue::Int(i) => Some(*i as f64),
-            AttrValue::Ident(s) if matches!(s.as_str(), "NaN" | "inf") => s.parse().ok(),
-            _ => None,
-        }
-        .ok_or_else(|| Self::bad(key, "a number", v))
-    }
-
-    fn list(&self, key: &'static str) -> Result<Vec<usize>, AttrError> {
-        let v = self.get(key)?;
-        let expected = || Self::bad(key, &format!("a list of integers in 0..={MAX_DIM}"), v);
-        let AttrValue::List(items) = v else {
-            return Err(expected());
-        };
-        items
-            .iter()
-            .map(|x| as_dim(x).ok_or_else(expected))
-            .collect()
-    }
-
-    fn pair(&self, key: &'static str) -> Result<[usize; 2], AttrError> {
-        let v = self.get(key)?;
-        match self.list(key)?.as_slice() {
-            [a, b] => Ok([*a, *b]),
-            _ => Err(Self::bad(key, "a list of two integers", v)),
-        }
-    }
-
-    fn shape(&self, key: &'static str) -> Result<Shape, AttrError> {
-        let dims = self.list(key)?;
-        let shape = Shape(dims);
-        if shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
-            let expected = format!("a shape with at most {MAX_ELEMENTS} elements");
-            return Err(Self::bad(key, &expected, self.get(key)?));
-        }
-        Ok(shape)
-    }
-
-    fn ident(&self, key: &'static str, choices: &[&str]) -> Result<&'a str, AttrError> {
-        let v = self.get(key)?;
-        match v {
-            AttrValue::Ident(s) if choices.contains(&s.as_str()) => Ok(s),
-            _ => Err(Self::bad(key, &choices.join(" or "), v)),
-        }
-    }
-
-    fn bool(&self, key: &'static str) -> Result<bool, AttrError> {
-        Ok(self.ident(key, &["true", "false"])? == "true")
-    }
-
-    fn dtype(&self, key: &'static str) -> Result<DType, AttrError> {
-        let s = self.ident(key, &["f32", "i32"])?;
-        Ok(if s == "f32" { DType::F32 } else { DType::I32 })
-    }
-
-    fn padding(&self, key: &'static str) -> Result<Padding, AttrError> {
-        let s = self.ident(key, &["valid", "same"])?;
-        Ok(if s == "valid" {
-            Padding::Valid
-        } else {
-            Padding::Same
-        })
-    }
-}
-
-fn as_dim(v: &AttrValue) -> Option<usize> {
-    match v {
-        AttrValue::Int(i) if (0..=MAX_DIM as i128).contains(i) => Some(*i as usize),
-        _ => None,
-    }
-}
-
-fn int(x: usize) -> AttrValue {
-    AttrValue::Int(x as i128)
-}
-
-fn ints(xs: &[usize]) -> AttrValue {
-    AttrValue::List(xs.iter().map(|&x| int(x)).collect())
-}
-
-fn ident(s: &str) -> AttrValue {
-    AttrValue::Ident(s.to_string())
-}
-
-impl Init {
-    /// Text-format name of the initializer.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Init::Zeros => "zeros",
-            Init::Ones => "ones",
-            Init::Constant { .. } => "constant",
-            Init::Uniform { .. } => "uniform",
-            Init::Normal { .. } => "normal",
-            Init::GlorotUniform { .. } => "glorot_uniform",
-            Init::HeNormal { .. } => "he_normal",
-        }
-    }
-
-    /// The argument keys of the initializer called `name` (sorted), or `None` if unknown.
-    pub fn arg_names(name: &str) -> Option<&'static [&'static str]> {
-        Some(match name {
-            "zeros" | "ones" => &[],
-            "constant" => &["value"],
-            "uniform" => &["high", "low", "seed"],
-            "normal" => &["mean", "seed", "stddev"],
-            "glorot_uniform" | "he_normal" => &["seed"],
-            _ => return None,
-        })
-    }
-
-    /// The arguments, sorted by key, as printed: `uniform(high=0.05, low=-0.05, seed=3)`.
-    pub fn args(&self) -> Vec<(&'static str, AttrValue)> {
-        let f = AttrValue::Float;
-        let seed = |s: u64| AttrValue::Int(s as i128);
-        match *self {
-            Init::Zeros | Init::Ones => vec![],
-            Init::Constant { value } => vec![("value", f(value))],
-            Init::Uniform { low, high, seed: s } => {
-                vec![("high", f(high)), ("low", f(low)), ("seed", seed(s))]
-            }
-            Init::Normal {
-                mean,
-                stddev,
-                seed: s,
-            } => vec![("mean", f(mean)), ("seed", seed(s)), ("stddev", f(stddev))],
-            Init::GlorotUniform { seed: s } | Init::HeNormal { seed: s } => {
-                vec![("seed", seed(s))]
-            }
-        }
-    }
-
-    /// Builds the initializer `name` from its arguments (the inverse of `name` and `args`).
-    pub fn from_args(name: &str, args: &[(String, AttrValue)]) -> Result<Init, AttrError> {
-        let keys = Init::arg_names(name).ok_or(AttrError::UnknownName)?;
-        let r = AttrReader::new(args, keys)?;
-        Ok(match name {
-            "zeros" => Init::Zeros,
-            "ones" => Init::Ones,
-            "constant" => Init::Constant {
-                value: r.f64("value")?,
-            },
-            "uniform" => Init::Uniform {
-                low: r.f64("low")?,
-                high: r.f64("high")?,
-                seed: r.u64("seed")?,
-            },
-            "normal" => Init::Normal {
-                mean: r.f64("mean")?,
-                stddev: r.f64("stddev")?,
-                seed: r.u64("seed")?,
-            },
-            "glorot_uniform" => Init::GlorotUniform {
-                seed: r.u64("seed")?,
-            },
-            "he_normal" => Init::HeNormal {
-                seed: r.u64("seed")?,
-            },
-            _ => return Err(AttrError::UnknownName),
-        })
-    }
-}
-
-impl Op {
-    /// The attribute keys of the non-leaf op called `name` (sorted), or `None` if `name` is not
-    /// a non-leaf op. Leaf ops (`input`, `param`, `state`, `const`) have no `key=value`
-    /// attributes: their initializer or literal has its own syntax.
-    pub fn attr_names(name: &str) -> Option<&'static [&'static str]> {
-        let unary = UnaryOp::ALL.iter().any(|u| u.name() == name);
-        let binary = BinaryOp::ALL.iter().any(|b| b.name() == name);
-        let cmp = CmpOp::ALL.iter().any(|c| c.name() == name);
-        if unary || binary || cmp {
-            return Some(&[]);
-        }
-        Some(match name {
-            "select" | "matmul" | "softmax_cross_entropy" | "sparse_softmax_cross_entropy" => &[],
-            "cast" => &["to"],
-            "reduce_sum" | "reduce_mean" | "reduce_max" => &["axes", "keepdims"],
-            "argmax" | "softmax" | "log_softmax" | "concat" => &["axis"],
-            "reshape" | "broadcast" => &["shape"],
-            "transpose" => &["perm"],
-            "conv2d" => &["padding", "stride"],
-            "conv2d_input_grad" => &["padding", "shape", "stride"],
-            "conv2d_filter_grad" => &["kernel", "padding", "stride"],
-            "max_pool2d" | "max_pool2d_grad" => &["stride", "window"],
-            "one_hot" => &["depth"],
-            "slice" => &["begin", "end"],
-            "fused_result" => &["index"],
-            _ => return None,
-        })
-    }
-
-    /// The op's `key=value` attributes sorted by key, as the text format prints them. Leaf ops
-    /// return none (see [`Op::attr_names`]).
-    pub fn attrs(&self) -> Vec<(&'static str, AttrValue)> {
-        match self {
-            Op::Input | Op::Param { .. } | Op::State { .. } | Op::Const { .. } => vec![],
-            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Matmul => vec![],
-            Op::SoftmaxCrossEntropy | Op::SparseSoftmaxCrossEntropy => vec![],
-            Op::Cast { to } => vec![("to", ident(to.name()))],
-            Op::Reduce { axes, keepdims, .. } => vec![
-                ("axes", ints(axes)),
-                ("keepdims", ident(if *keepdims { "true" } else { "false" })),
-            ],
-            Op::Argmax { axis }
-            | Op::Softmax { axis }
-            | Op::LogSoftmax { axis }
-            | Op::Concat { axis } => vec![("axis", int(*axis))],
-            Op::Reshape { shape } | Op::Broadcast { shape } => vec![("shape", ints(&shape.0))],
-            Op::Transpose { perm } => vec![("perm", ints(perm))],
-            Op::Conv2d { stride, padding } => {
-                vec![("padding", ident(padding.name())), ("stride", ints(stride))]
-            }
-            Op::Conv2dInputGrad {
-                stride,
-                padding,
-                shape,
-            } => vec![
-                ("padding", ident(padding.name())),
-                ("shape", ints(&shape.0)),
-                ("stride", ints(stride)),
-            ],
-            Op::Conv2dFilterGrad {
-                stride,
-                padding,
-                kernel,
-            } => vec![
-                ("kernel", ints(kernel)),
-                ("padding", ident(padding.name())),
-                ("stride", ints(stride)),
-            ],
-            Op::MaxPool2d { window, stride } | Op::MaxPool2dGrad { window, stride } => {
-                vec![("stride", ints(stride)), ("window", ints(window))]
-            }
-            Op::OneHot { depth } => vec![("depth", int(*depth))],
-            Op::Slice { begin, end } => vec![("begin", ints(begin)), ("end", ints(end))],
-            // the body is printed as a nested block, not as attributes
-            Op::Fused(_) => vec![],
-            Op::FusedResult { index } => vec![("index", int(*index))],
-        }
-    }
-
-    /// Builds the non-leaf op called `name` from its attributes (the inverse of [`Op::name`]
-    /// and [`Op::attrs`]). Integers must lie in `0..=`[`MAX_DIM`].
-    pub fn from_attrs(name: &str, attrs: &[(String, AttrValue)]) -> Result<Op, AttrError> {
-        let keys = Op::attr_names(name).ok_or(AttrError::UnknownName)?;
-        let r = AttrReader::new(attrs, keys)?;
-        if let Some(&u) = UnaryOp::ALL.iter().find(|u| u.name() == name) {
-            return Ok(Op::Unary(u));
-        }
-        if let Some(&b) = BinaryOp::ALL.iter().find(|b| b.name() == name) {
-            return Ok(Op::Binary(b));
-        }
-        if let Some(&c) = CmpOp::ALL.iter().find(|c| c.name() == name) {
-            return Ok(Op::Compare(c));
-        }
-        let reduce = |kind| -> Result<Op, AttrError> {
-            Ok(Op::Reduce {
-                kind,
-                axes: r.list("axes")?,
-                keepdims: r.bool("keepdims")?,
-            })
-        };
-        Ok(match name {
-            "select" => Op::Select,
-            "matmul" => Op::Matmul,
-            "softmax_cross_entropy" => Op::SoftmaxCrossEntropy,
-            "sparse_softmax_cross_entropy" => Op::SparseSoftmaxCrossEntropy,
-            "cast" => Op::Cast { to: r.dtype("to")? },
-            "reduce_sum" => reduce(ReduceOp::Sum)?,
-            "reduce_mean" => reduce(ReduceOp::Mean)?,
-            "reduce_max" => reduce(ReduceOp::Max)?,
-            "argmax" => Op::Argmax {
-                axis: r.usize("axis")?,
-            },
-            "softmax" => Op::Softmax {
-                axis: r.usize("axis")?,
-            },
-            "log_softmax" => Op::LogSoftmax {
-                axis: r.usize("axis")?,
-            },
-            "concat" => Op::Concat {
-                axis: r.usize("axis")?,
-            },
-            "reshape" => Op::Reshape {
-                shape: r.shape("shape")?,
-            },
-            "broadcast" => Op::Broadcast {
-                shape: r.shape("shape")?,
-            },
-            "transpose" => Op::Transpose {
-                perm: r.list("perm")?,
-            },
-            "conv2d" => Op::Conv2d {
-                stride: r.pair("stride")?,
-                padding: r.padding("padding")?,
-            },
-            "conv2d_input_grad" => Op::Conv2dInputGrad {
-                stride: r.pair("stride")?,
-                padding: r.padding("padding")?,
-                shape: r.shape("shape")?,
-            },
-            "conv2d_filter_grad" => Op::Conv2dFilterGrad {
-                stride: r.pair("stride")?,
-                padding: r.padding("padding")?,
-                kernel: r.pair("kernel")?,
-            },
-            "max_pool2d" => Op::MaxPool2d {
-                window: r.pair("window")?,
-                stride: r.pair("stride")?,
-            },
-            "max_pool2d_grad" => Op::MaxPool2dGrad {
-                window: r.pair("window")?,
-                stride: r.pair("stride")?,
-            },
-            "one_hot" => Op::OneHot {
-                depth: r.usize("depth")?,
-            },
-            "fused_result" => Op::FusedResult {
-                index: r.usize("index")?,
-            },
-            "slice" => Op::Slice {
-                begin: r.list("begin")?,
-                end: r.list("end")?,
-            },
-            _ => return Err(AttrError::UnknownName),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_name() {
+        let mut names = std::collections::HashSet::new();
+        for &k in OpKind::ALL {
+            assert_eq!(OpKind::from_name(k.name()), Some(k), "{k:?}");
+            assert!(names.insert(k.name()), "two kinds are called {}", k.name());
+        }
+        assert_eq!(OpKind::from_name("no_such_op"), None);
+        // the families' kinds are in ALL and map back to their family
+        for u in UnaryOp::ALL {
+            assert!(OpKind::ALL.contains(&u.kind()));
+            assert_eq!(u.kind().unary(), Some(u));
+        }
+        for b in BinaryOp::ALL {
+            assert_eq!(b.kind().binary(), Some(b));
+        }
+        for c in CmpOp::ALL {
+            assert_eq!(c.kind().compare(), Some(c));
+        }
+        for r in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+            assert_eq!(r.kind().reduce(), Some(r));
+        }
+        assert_eq!(ReduceOp::ALL.len(), 3);
+        let leaves: Vec<&str> = OpKind::ALL
+            .iter()
+            .filter(|k| k.class() == OpClass::Leaf)
+            .map(|k| k.name())
+            .collect();
+        assert_eq!(leaves, ["input", "param", "state", "const"]);
+        for &k in OpKind::ALL {
+            // leaves and fused have no `key=value` attributes; every other kind has a list
+            let none = matches!(k.class(), OpClass::Leaf) || k == OpKind::Fused;
+            assert_eq!(k.attr_keys().is_none(), none, "{k:?}");
+        }
+    }
 
     #[test]
     fn degenerate_and_huge_shapes_are_errors_not_panics() {

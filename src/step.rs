@@ -105,8 +105,8 @@ pub const MIN_SHARD_FLOPS_PER_PARAM: u64 = 64;
 /// The shard count for `g` (forward graph) at batch `batch`: 4, 2 or 1, the largest that
 /// divides the batch into shards of at least 4 examples, [`MIN_SHARD_FLOPS`] of forward work
 /// and [`MIN_SHARD_FLOPS_PER_PARAM`] per parameter each (2 even when the last fails, so that
-/// two cores still share the work). Depends on the model only, so results are the same on
-/// every machine and for every thread count.
+/// the work is still shared between threads). Depends on the model only, so results are the
+/// same on every machine and for every thread count.
 pub fn default_shards(g: &Graph, batch: usize) -> usize {
     let flops = forward_flops(g);
     let params: u64 = g

@@ -3,9 +3,9 @@
 //! Both sides are exact formulas in f64 that differ only in the order of summation, so the
 //! tolerance is roundoff: `1e-12` relative to the size of the terms.
 
-mod autodiff_common;
+mod common;
 
-use autodiff_common::uniform;
+use common::fd::uniform;
 use gradlift::autodiff;
 use gradlift::init::Rng;
 use gradlift::interp::{eval, Array};

@@ -5,21 +5,17 @@
 //! Forward graphs and, for every file with a scalar output `loss`, forward + gradient graphs
 //! (`autodiff::grad_all_params`) are checked.
 //!
-//! Tolerance: `|jit - ref| <= 1e-3 * |ref| + 1e-5 * sqrt(n) * max(1, max|ref|)` per output,
-//! `n` the longest reduction in the graph (matmul `k`, reduced elements, convolution sums):
-//! chains of f32 ops drift more than a single op, f32 rounding of an `n`-term sum grows like
-//! `sqrt(n)` relative to the largest values, and the interpreter runs in f64 (on the same
-//! f32-rounded inputs and params).
+//! Tolerance: the one of `tests/common` (`common::close`), `n` the longest sum in the graph
+//! (matmul `k`, reduced elements, convolution sums).
 
-mod jit_util;
+mod common;
 
+use common::{close, host_inputs, ir_dir, ir_files, jit_options, max_terms, random_feeds, rounded};
 use gradlift::codegen::{CompileOptions, MatmulKernel};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
-use gradlift::runtime::{self, HostTensor};
-use gradlift::{autodiff, text, DType, Graph, Op};
-use jit_util::{close, max_terms};
-use std::collections::HashMap;
+use gradlift::runtime;
+use gradlift::{autodiff, text, Graph, Op};
 
 /// Runs `g` twice in the JIT (the second call sees the first call's updates) and checks
 /// every output and updated param/state against the interpreter.
@@ -27,35 +23,12 @@ fn differential(g: &Graph, file: &str, seed: u64) {
     let mut rng = Rng::new(seed);
     let terms = max_terms(g);
     for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
-        let opts = CompileOptions {
-            matmul: kernel,
-            verify: true,
-            poison: true,
-            ..CompileOptions::default()
-        };
-        let mut exe = runtime::compile(g, &opts).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let mut host = Vec::new();
-        let mut feeds: HashMap<_, Array<f64>> = HashMap::new();
-        for id in g.inputs() {
-            let n = &g[id];
-            let v: Vec<f64> = (0..n.ty.shape.numel())
-                .map(|_| match n.ty.dtype {
-                    DType::I32 => rng.below(2) as f64,
-                    DType::F32 => 2.0 * rng.uniform() - 1.0,
-                })
-                .collect();
-            let t = HostTensor::from_f64(&n.ty, &v);
-            feeds.insert(
-                id,
-                Array {
-                    shape: n.ty.shape.clone(),
-                    data: t.to_f64(),
-                },
-            );
-            host.push((n.name.clone().unwrap(), t));
-        }
-        let inputs: Vec<(&str, HostTensor)> =
-            host.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        let mut exe =
+            runtime::compile(g, &jit_options(kernel)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let feeds = random_feeds(g, &mut rng, 1.0);
+        let host = host_inputs(g, &feeds);
+        let mut feeds = rounded(g, &feeds);
+        let inputs = common::by_name(&host);
         for call in 0..2 {
             // the interpreter starts from the executable's current (f32) params and state
             for id in g.params().into_iter().chain(g.states()) {
@@ -81,6 +54,7 @@ fn differential(g: &Graph, file: &str, seed: u64) {
                     &format!("{file} ({kernel:?}) call {call} output {name}"),
                     &t.to_f64(),
                     &w.data,
+                    t.dtype(),
                     terms,
                 );
             }
@@ -91,6 +65,7 @@ fn differential(g: &Graph, file: &str, seed: u64) {
                     &format!("{file} ({kernel:?}) call {call} update of {name}"),
                     &t.to_f64(),
                     &w.data,
+                    t.dtype(),
                     terms,
                 );
             }
@@ -148,32 +123,13 @@ fn inline_training_step_matches_the_interpreter() {
     assert_eq!(exe.report().in_place_updates, 2, "{:?}", exe.report());
 }
 
-/// Every `.ir` file under `dir`, recursively, sorted.
-fn ir_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.filter_map(|e| e.ok()) {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(ir_files(&p));
-        } else if p.extension().is_some_and(|x| x == "ir") {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn corpus_files_match_the_interpreter() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ir");
+    let root = ir_dir();
     let mut with_grad = Vec::new();
     for path in ir_files(&root) {
-        let src = std::fs::read_to_string(&path).unwrap();
         let file = path.display().to_string();
-        let g = text::parse(&src, &file).unwrap_or_else(|e| panic!("{e}"));
+        let (_, g) = common::load(&path);
         differential(&g, &file, 11);
         let has_loss = g
             .output("loss")
@@ -224,4 +180,31 @@ fn updates_never_clobber_values_still_read() {
     differential(&g, "late.ir", 3);
     let exe = runtime::compile(&g, &CompileOptions::default()).unwrap();
     assert_eq!(exe.report().in_place_updates, 0, "{:?}", exe.report());
+}
+
+/// Any elementwise update value is computed in place, a `select` as an `add` (it reads the
+/// param element for element, at the position it writes).
+const SELECT_UPDATE: &str = "
+graph select_update {
+inputs:
+  %mask: f32[6] = input
+  %x: f32[6] = input
+params:
+  %p: f32[6] = param uniform(high=1.0, low=-1.0, seed=2)
+body:
+  %v: f32[6] = select %mask, %x, %p
+  %s: f32[] = reduce_sum %x, axes=[0], keepdims=false
+outputs:
+  s = %s
+updates:
+  %p <- %v
+}
+";
+
+#[test]
+fn an_elementwise_select_update_is_computed_in_place() {
+    let g = text::parse(SELECT_UPDATE, "select_update.ir").unwrap();
+    differential(&g, "select_update.ir", 5);
+    let exe = runtime::compile(&g, &CompileOptions::default()).unwrap();
+    assert_eq!(exe.report().in_place_updates, 1, "{:?}", exe.report());
 }

@@ -1,14 +1,17 @@
 //! Differential tests: for every op on random shapes (odd sizes that exercise the `f32x4`
 //! tails, size-1 and broadcast dimensions), the JIT's outputs equal the interpreter's.
 //!
-//! Tolerance: the JIT computes in f32, the interpreter (the oracle) in f64 from the same f32
-//! inputs. An element passes when `|jit - ref| <= 1e-4 * |ref| + 1e-5 * n`, where `n` is the
-//! number of terms summed into it (1 for elementwise ops, the reduction length for reductions,
-//! `k` for matmul, `kh*kw*c` for convolutions). NaN must match NaN; i32 results exactly.
+//! Tolerance: the one of `tests/common` (`common::close`), where `n` is the number of terms
+//! summed into an element (1 for elementwise ops, the reduction length for reductions, `k` for
+//! matmul, `kh*kw*c` for convolutions). NaN must match NaN; i32 results exactly.
 
+mod common;
+
+use common::{by_name, close, feeds_with, host_inputs, jit_options, rounded};
 use gradlift::codegen::{CompileOptions, MatmulKernel};
 use gradlift::init::Rng;
-use gradlift::interp::{self, Array};
+use gradlift::interp;
+use gradlift::op::{OpClass, OpKind};
 use gradlift::runtime::{self, HostTensor};
 use gradlift::{
     BinaryOp, CmpOp, DType, Graph, Literal, NodeId, Op, Padding, ReduceOp, Shape, TensorType,
@@ -71,28 +74,13 @@ fn draw(rng: &mut Rng, d: Dom) -> f64 {
 /// evaluates it with the interpreter and compares every output (`terms` = summed terms).
 fn check(g: &Graph, seed: u64, dom: &dyn Fn(&str) -> Dom, terms: usize) {
     let mut rng = Rng::new(seed);
-    let mut host = Vec::new();
-    let mut feeds = HashMap::new();
-    for id in g.inputs() {
-        let n = &g[id];
-        let name = n.name.clone().unwrap();
-        let v: Vec<f64> = (0..n.ty.shape.numel())
-            .map(|_| draw(&mut rng, dom(&name)))
-            .collect();
-        let t = HostTensor::from_f64(&n.ty, &v);
-        let exact = t.to_f64(); // what the JIT sees (rounded to f32)
-        feeds.insert(
-            id,
-            Array {
-                shape: n.ty.shape.clone(),
-                data: exact,
-            },
-        );
-        host.push((name, t));
-    }
-    let want = interp::eval::<f64>(g, &feeds).expect("interpreter");
-    let inputs: Vec<(&str, HostTensor)> =
-        host.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let feeds = feeds_with(g, &mut rng, |id, rng| {
+        draw(rng, dom(g[id].name.as_deref().unwrap_or_default()))
+    });
+    let host = host_inputs(g, &feeds);
+    // what the JIT sees (rounded to f32)
+    let want = interp::eval::<f64>(g, &rounded(g, &feeds)).expect("interpreter");
+    let inputs = by_name(&host);
     // other values of the same types: a first call with them leaves every buffer dirty, so a
     // kernel that forgets to write (or zero) part of its result is caught by the second call
     let dirty: Vec<(&str, HostTensor)> = inputs
@@ -105,44 +93,17 @@ fn check(g: &Graph, seed: u64, dom: &dyn Fn(&str) -> Dom, terms: usize) {
     for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
         // IEEE denormals, as the interpreter computes (flush-to-zero has its own tests in
         // runtime_fpenv.rs): special values include denormals
-        let opts = CompileOptions {
-            matmul: kernel,
-            verify: true,
-            poison: true,
-            flush_denormals: false,
-            ..CompileOptions::default()
-        };
-        let mut exe = runtime::compile(g, &opts).unwrap_or_else(|e| panic!("compile: {e}"));
+        let mut exe =
+            runtime::compile(g, &jit_options(kernel)).unwrap_or_else(|e| panic!("compile: {e}"));
         exe.run(&dirty).unwrap();
         let got = exe.run(&inputs).unwrap();
         for (o, (name, t)) in g.outputs().iter().zip(&got) {
             assert_eq!(&o.name, name);
             let w = want.get(o.node).expect("interpreter value");
             assert_eq!(t.shape, w.shape, "output {name}");
-            compare(name, &t.to_f64(), &w.data, t.dtype(), terms, kernel);
+            let what = format!("output {name} ({kernel:?})");
+            close(&what, &t.to_f64(), &w.data, t.dtype(), terms);
         }
-    }
-}
-
-fn compare(name: &str, got: &[f64], want: &[f64], dtype: DType, terms: usize, k: MatmulKernel) {
-    assert_eq!(got.len(), want.len(), "output {name}: length");
-    for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
-        // the reference is the f64 result rounded to the output's f32 (beyond f32's range: inf)
-        let y = if dtype == DType::F32 {
-            y as f32 as f64
-        } else {
-            y
-        };
-        let ok = match dtype {
-            DType::I32 => x == y,
-            DType::F32 if y.is_nan() => x.is_nan(),
-            DType::F32 if y.is_infinite() => x == y,
-            DType::F32 => (x - y).abs() <= 1e-4 * y.abs() + 1e-5 * terms as f64,
-        };
-        assert!(
-            ok,
-            "output {name} ({k:?}) element {i}: jit {x} vs interpreter {y}"
-        );
     }
 }
 
@@ -280,7 +241,7 @@ proptest! {
     #[test]
     fn compare_and_select((o, a, b) in broadcast_pair(), seed in any::<u64>()) {
         for dt in [DType::F32, DType::I32] {
-            for c in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
+            for c in CmpOp::ALL {
                 let mut g = Graph::new("cmp");
                 let x = g.input("a", TensorType::new(dt, a.clone())).unwrap();
                 let y = g.input("b", TensorType::new(dt, b.clone())).unwrap();
@@ -313,7 +274,7 @@ proptest! {
     fn reductions(s in prop::collection::vec(1usize..=9, 1..=4), bits in any::<u64>(), keep in any::<bool>(), seed in any::<u64>()) {
         let axes: Vec<usize> = (0..s.len()).filter(|i| bits >> i & 1 == 1).collect();
         let terms: usize = axes.iter().map(|&a| s[a]).product();
-        for kind in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+        for kind in ReduceOp::ALL {
             let mut g = Graph::new("reduce");
             let x = g.input("x", TensorType::f32(s.clone())).unwrap();
             let y = g.reduce(kind, x, &axes, keep).unwrap();
@@ -553,7 +514,7 @@ fn special_values_match_the_interpreter() {
         let mut g = Graph::new("special_reductions");
         let x = g.input("x", ty.clone()).unwrap();
         for axes in [vec![0], vec![1], vec![0, 1]] {
-            for kind in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+            for kind in ReduceOp::ALL {
                 let v = g.reduce(kind, x, &axes, false).unwrap();
                 out(&mut g, v);
             }
@@ -680,4 +641,43 @@ fn long_sums_stay_accurate() {
         ((got as f64 - want) / want).abs() <= 1e-5,
         "sum {got}, want {want}"
     );
+}
+
+/// The differential test of each op kind (the test that compiles it), or `None` for the kinds
+/// the JIT does not compute on their own. An exhaustive match: a new op does not compile here
+/// until it names its test.
+fn jit_test_of(k: OpKind) -> Option<&'static str> {
+    use OpKind as K;
+    match k {
+        K::Neg | K::Exp | K::Log | K::Sqrt | K::Abs | K::Sign | K::Tanh | K::Sigmoid | K::Relu => {
+            Some("unary (every UnaryOp)")
+        }
+        K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min | K::Pow => {
+            Some("binary_with_broadcasting (every BinaryOp)")
+        }
+        K::Eq | K::Ne | K::Lt | K::Le | K::Gt | K::Ge | K::Select => {
+            Some("compare_and_select (every CmpOp)")
+        }
+        K::Cast => Some("cast"),
+        K::ReduceSum | K::ReduceMean | K::ReduceMax => Some("reductions (every ReduceOp)"),
+        K::Argmax => Some("argmax"),
+        K::Reshape | K::Broadcast | K::Transpose | K::Slice | K::Concat => Some("data_movement"),
+        K::Matmul => Some("matmul"),
+        K::Conv2d | K::Conv2dInputGrad | K::Conv2dFilterGrad => Some("conv2d_and_gradients"),
+        K::MaxPool2d | K::MaxPool2dGrad => Some("max_pool_and_gradient"),
+        K::Softmax | K::LogSoftmax => Some("softmax_family"),
+        K::SoftmaxCrossEntropy | K::SparseSoftmaxCrossEntropy => Some("cross_entropies"),
+        K::OneHot | K::Const => Some("one_hot_and_consts"),
+        // fed or owned by the executable; fused nodes are made by the pipeline (`fusion.rs`)
+        K::Input | K::Param | K::State | K::Fused | K::FusedResult => None,
+    }
+}
+
+/// Every op that is not a leaf or a fused node has a differential test of its own.
+#[test]
+fn every_op_has_a_differential_test() {
+    for &k in OpKind::ALL {
+        let computed = !matches!(k.class(), OpClass::Leaf | OpClass::Fused) || k == OpKind::Const;
+        assert_eq!(jit_test_of(k).is_some(), computed, "{}", k.name());
+    }
 }

@@ -6,51 +6,28 @@
 //! without `fuse`, then `fuse`:
 //! - the interpreter gives bit-identical results before and after `fuse` (a fused body is
 //!   evaluated op by op, and the relu-mask rewrite is exact);
-//! - the JIT on the fused graph matches the interpreter on the unfused graph (tolerance as in
-//!   `codegen_corpus`: `1e-3 * |ref| + 1e-5 * sqrt(n) * max(1, max|ref|)`, `n` the longest sum);
+//! - the JIT on the fused graph matches the interpreter on the unfused graph
+//!   (`common::jit_matches`, the tolerance of `tests/common`);
 //! - a second `fuse` changes nothing and the fused text parses back to the same text;
 //! - snapshots of the fused graphs and the pass's remarks.
 
-mod jit_util;
+mod common;
 
-use gradlift::codegen::{CompileOptions, MatmulKernel};
+use common::{close, interp_results, ir_files, jit_matches, random_feeds, sgd_step};
+use gradlift::codegen::CompileOptions;
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
 use gradlift::passes::{self, Pipeline};
 use gradlift::runtime::{self, HostTensor};
 use gradlift::{autodiff, text, DType, Graph, NodeId, Op, Shape, TensorType};
-use jit_util::{close, max_terms};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-/// Every `.ir` file under `dir`, recursively, sorted.
-fn ir_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.filter_map(|e| e.ok()) {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(ir_files(&p));
-        } else if p.extension().is_some_and(|x| x == "ir") {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
+use std::path::Path;
 
 /// The forward graph of `path` and, when it has a scalar `loss` and params, its training step
 /// (gradients of every param, SGD updates `p <- p - 0.1 dp`, gradients not outputs).
 fn graphs_of(path: &Path) -> Vec<(String, Graph)> {
-    let src = std::fs::read_to_string(path).unwrap();
-    let rel = path
-        .strip_prefix(env!("CARGO_MANIFEST_DIR"))
-        .unwrap_or(path)
-        .display()
-        .to_string();
-    let g = text::parse(&src, &rel).unwrap_or_else(|e| panic!("{e}"));
+    let rel = common::rel_name(path);
+    let (_, g) = common::load(path);
     let mut out = vec![(rel.clone(), g.clone())];
     let scalar_loss = g
         .output("loss")
@@ -60,21 +37,9 @@ fn graphs_of(path: &Path) -> Vec<(String, Graph)> {
         .iter()
         .any(|&id| matches!(g[id].op, Op::Fused(_)));
     if scalar_loss && !g.params().is_empty() && !has_fused && g.updates().is_empty() {
-        out.push((format!("{rel} (training step)"), sgd_step(g)));
+        out.push((format!("{rel} (training step)"), sgd_step(g, 0.1)));
     }
     out
-}
-
-fn sgd_step(mut g: Graph) -> Graph {
-    let grads = autodiff::grad_all_params(&mut g, "loss", None).unwrap();
-    let lr = g.scalar(0.1);
-    for n in &grads {
-        let s = g.mul(n.grad, lr).unwrap();
-        let next = g.sub(n.wrt, s).unwrap();
-        g.add_update(n.wrt, next).unwrap();
-    }
-    g.outputs_mut().retain(|o| !o.name.starts_with("grad_"));
-    g
 }
 
 /// The default pipeline without its last pass (`fuse`).
@@ -93,24 +58,6 @@ fn fuse(g: &mut Graph) -> passes::PassReport {
     r.remove(0)
 }
 
-/// Seeded feeds: f32 inputs in [-1, 1), i32 inputs 0 or 1; params and state at their
-/// initializers (the interpreter computes them).
-fn feeds(g: &Graph, seed: u64) -> HashMap<NodeId, Array<f64>> {
-    let mut rng = Rng::new(seed);
-    let mut f = HashMap::new();
-    for id in g.inputs() {
-        let t = &g[id].ty;
-        let v: Vec<f64> = (0..t.shape.numel())
-            .map(|_| match t.dtype {
-                DType::I32 => rng.below(2) as f64,
-                DType::F32 => (2.0 * rng.uniform() - 1.0) as f32 as f64,
-            })
-            .collect();
-        f.insert(id, Array::from_f64(t.shape.clone(), &v).unwrap());
-    }
-    f
-}
-
 /// Feeds of `from` for the same-named inputs of `to`.
 fn rename(
     from: &Graph,
@@ -123,24 +70,6 @@ fn rename(
             (to.find(name).unwrap(), a.clone())
         })
         .collect()
-}
-
-/// Outputs then update values of `g`, by name.
-fn results(g: &Graph, v: &interp::Values<f64>) -> Vec<(String, Vec<f64>)> {
-    let mut out: Vec<(String, Vec<f64>)> = g
-        .outputs()
-        .iter()
-        .map(|o| (o.name.clone(), v.get(o.node).unwrap().data.clone()))
-        .collect();
-    for u in g.updates() {
-        let name = g[u.target].name.clone().unwrap();
-        out.push((
-            format!("update {name}"),
-            v.get(u.value).unwrap().data.clone(),
-        ));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 fn same_bits(a: &[f64], b: &[f64]) -> bool {
@@ -172,11 +101,13 @@ fn fusion_keeps_interpreter_results_bit_for_bit_and_is_idempotent() {
                 "{name}: {report}"
             );
             fused_somewhere += usize::from(report.changed());
-            let f = feeds(&before, 5);
+            let f = random_feeds(&before, &mut Rng::new(5), 1.0);
             let want = interp::eval::<f64>(&before, &f).unwrap();
             let got = interp::eval::<f64>(&g, &rename(&before, &g, &f)).unwrap();
-            for ((n, w), (_, x)) in results(&before, &want).iter().zip(results(&g, &got)) {
-                assert!(same_bits(w, &x), "{name}: {n} changed by fusion");
+            let (want, got) = (interp_results(&before, &want), interp_results(&g, &got));
+            assert_eq!(want.len(), got.len(), "{name}");
+            for ((n, _, w), (_, _, x)) in want.iter().zip(&got) {
+                assert!(same_bits(w, x), "{name}: {n} changed by fusion");
             }
             // idempotence
             let printed = text::print(&g);
@@ -192,51 +123,6 @@ fn fusion_keeps_interpreter_results_bit_for_bit_and_is_idempotent() {
         fused_somewhere >= 10,
         "fusion fired on {fused_somewhere} graphs"
     );
-}
-
-/// Compiles the fused graph `g` (both matmul kernels, NaN-poisoned buffers) and compares one
-/// call with the interpreter on the unfused graph `reference`.
-fn jit_matches(name: &str, reference: &Graph, g: &Graph, seed: u64) {
-    let f = feeds(reference, seed);
-    let want = interp::eval::<f64>(reference, &f).unwrap();
-    let want = results(reference, &want);
-    let terms = max_terms(reference);
-    let gf = rename(reference, g, &f);
-    let inputs: Vec<(String, HostTensor)> = gf
-        .iter()
-        .map(|(id, a)| {
-            (
-                g[*id].name.clone().unwrap(),
-                HostTensor::from_f64(&g[*id].ty, &a.data),
-            )
-        })
-        .collect();
-    let inputs: Vec<(&str, HostTensor)> = inputs
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.clone()))
-        .collect();
-    for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
-        let opts = CompileOptions {
-            matmul: kernel,
-            verify: true,
-            poison: true,
-            ..CompileOptions::default()
-        };
-        let mut exe = runtime::compile(g, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let outs = exe.run(&inputs).unwrap();
-        let mut got: Vec<(String, Vec<f64>)> =
-            outs.iter().map(|(n, t)| (n.clone(), t.to_f64())).collect();
-        for u in g.updates() {
-            let n = g[u.target].name.clone().unwrap();
-            let t = exe.param(&n).or_else(|| exe.state(&n)).unwrap();
-            got.push((format!("update {n}"), t.to_f64()));
-        }
-        got.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(got.len(), want.len(), "{name}");
-        for ((n, x), (_, w)) in got.iter().zip(&want) {
-            close(&format!("{name} ({kernel:?}) {n}"), x, w, terms);
-        }
-    }
 }
 
 #[test]
@@ -812,7 +698,7 @@ fn jit_fused_reductions_of_every_kind_at_odd_sizes() {
             axes_sets.push(vec![0, 2]);
         }
         for axes in axes_sets {
-            for kind in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+            for kind in ReduceOp::ALL {
                 let mut g = Graph::new("reduce");
                 let x = g.input("x", TensorType::f32(shape.clone())).unwrap();
                 let y = g.input("y", TensorType::f32(shape.clone())).unwrap();
@@ -862,7 +748,7 @@ fn hand_written_fused_log_compiles_and_pow_is_refused() {
         .run(&[("x", HostTensor::f32([7], xs.to_vec()))])
         .unwrap();
     let got = got[0].1.to_f64();
-    close("hand-written log", &got, want, 1);
+    close("hand-written log", &got, want, DType::F32, 1);
     let g = text::parse(&src("pow"), "h.ir").unwrap_or_else(|e| panic!("{e}"));
     let Err(err) = runtime::compile(&g, &CompileOptions::default()) else {
         panic!("pow in a fused body compiled");
@@ -932,8 +818,8 @@ fn long_chains_are_cut_into_kernels_of_bounded_size() {
         report.remarks.iter().any(|r| r.contains("nodes already")),
         "{report}"
     );
-    let feeds = feeds(&g, 3);
-    let want = results(&g, &interp::eval::<f64>(&g, &feeds).unwrap());
-    let got = results(&f, &interp::eval::<f64>(&f, &feeds).unwrap());
+    let feeds = random_feeds(&g, &mut Rng::new(3), 1.0);
+    let want = interp_results(&g, &interp::eval::<f64>(&g, &feeds).unwrap());
+    let got = interp_results(&f, &interp::eval::<f64>(&f, &feeds).unwrap());
     assert_eq!(want, got);
 }

@@ -224,7 +224,7 @@ fn every_op_infers_its_type() {
     for id in [x, p, s, c] {
         covered.insert(g[id].op.name());
     }
-    let all: BTreeSet<&str> = all_op_names().iter().copied().collect();
+    let all: BTreeSet<&str> = all_op_names().collect();
     let missing: Vec<_> = all.difference(&covered).collect();
     assert!(
         missing.is_empty(),

@@ -2,7 +2,7 @@
 //! depend on the thread count (bit for bit), agree with the interpreter's unsplit step, and
 //! steps that cannot be split say why and still train.
 
-mod jit_util;
+mod common;
 
 use gradlift::init::Rng;
 use gradlift::interp::{eval, Array};
@@ -10,6 +10,7 @@ use gradlift::optim::{self, Optimizer};
 use gradlift::runtime::HostTensor;
 use gradlift::step::{compile_training_step, CompiledStep, StepOptions};
 use gradlift::text::parse;
+use gradlift::DType::F32;
 use gradlift::Graph;
 use std::collections::HashMap;
 
@@ -110,10 +111,16 @@ fn a_split_step_equals_the_interpreters_unsplit_step() {
             );
         }
         let values = eval::<f64>(&whole, &feeds).unwrap();
-        let terms = jit_util::max_terms(&whole);
+        let terms = common::max_terms(&whole);
         let want_loss = values.get(whole.output("loss").unwrap()).unwrap().data[0];
         let got_loss = outs.iter().find(|(n, _)| n == "loss").unwrap().1.to_f64()[0];
-        jit_util::close(&format!("{file} loss"), &[got_loss], &[want_loss], terms);
+        common::close(
+            &format!("{file} loss"),
+            &[got_loss],
+            &[want_loss],
+            F32,
+            terms,
+        );
         for u in whole.updates() {
             let name = whole[u.target].name.clone().unwrap();
             let got = step
@@ -121,7 +128,7 @@ fn a_split_step_equals_the_interpreters_unsplit_step() {
                 .or_else(|| step.state(&name))
                 .unwrap_or_else(|| panic!("{file}: no value for {name}"));
             let want = &values.get(u.value).unwrap().data;
-            jit_util::close(&format!("{file} {name}"), &got.to_f64(), want, terms);
+            common::close(&format!("{file} {name}"), &got.to_f64(), want, F32, terms);
         }
     }
 }
@@ -148,17 +155,19 @@ fn a_split_rnn_step_with_batched_matmuls_equals_the_step_without_passes() {
         let (with, loss) = run(true);
         let (without, loss0) = run(false);
         let terms = 32 * 28;
-        jit_util::close(
+        common::close(
             &format!("{shards} shards: loss"),
             &[loss as f64],
             &[loss0 as f64],
+            F32,
             terms,
         );
         for ((name, a), (_, b)) in with.iter().zip(&without) {
-            jit_util::close(
+            common::close(
                 &format!("{shards} shards: {name}"),
                 &a.to_f64(),
                 &b.to_f64(),
+                F32,
                 terms,
             );
         }

@@ -4,17 +4,15 @@
 //! on others, with left operands of different shapes and transposed operands, and on seeded
 //! random RNN-like graphs.
 
-mod jit_util;
-mod passes_util;
+mod common;
 
-use gradlift::codegen::{CompileOptions, MatmulKernel};
+use common::passes::{compare_eval, print};
+use common::{host_inputs, jit_results, random_feeds};
+use gradlift::codegen::MatmulKernel;
 use gradlift::init::Rng;
-use gradlift::interp;
 use gradlift::optim::{self, Optimizer};
 use gradlift::passes::{self, batch_matmuls, check_graph, dce, PassReport, Pipeline};
-use gradlift::runtime::{self, HostTensor};
 use gradlift::{text, Graph, Init, NodeId, Op, TensorType};
-use passes_util::{compare_eval, print, random_feeds};
 
 fn model(file: &str) -> Graph {
     let path = format!("{}/ir/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -61,102 +59,10 @@ fn pipeline_without_batching() -> Pipeline {
     Pipeline::new(&names).unwrap()
 }
 
-/// Inputs of `g` from `feeds` (the interpreter's f64 values, rounded to the input types).
-fn host_inputs(
-    g: &Graph,
-    feeds: &std::collections::HashMap<NodeId, interp::Array<f64>>,
-) -> Vec<(String, HostTensor)> {
-    g.inputs()
-        .into_iter()
-        .map(|id| {
-            let n = &g[id];
-            let name = n.name.clone().unwrap();
-            (name, HostTensor::from_f64(&n.ty, &feeds[&id].data))
-        })
-        .collect()
-}
-
-/// Outputs (by name) and updated params and state (by target name) of one call of `g`
-/// compiled with `kernel`.
-fn jit_results(
-    g: &Graph,
-    inputs: &[(String, HostTensor)],
-    kernel: MatmulKernel,
-) -> Vec<(String, Vec<f64>)> {
-    let opts = CompileOptions {
-        matmul: kernel,
-        verify: true,
-        poison: true,
-        flush_denormals: false,
-        ..CompileOptions::default()
-    };
-    let mut exe = runtime::compile(g, &opts).unwrap_or_else(|e| panic!("{}: {e}", g.name));
-    let refs: Vec<(&str, HostTensor)> = inputs
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.clone()))
-        .collect();
-    let mut out: Vec<(String, Vec<f64>)> = exe
-        .run(&refs)
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| (n, t.to_f64()))
-        .collect();
-    for u in g.updates() {
-        let name = g[u.target].name.clone().unwrap();
-        let t = exe.param(&name).or_else(|| exe.state(&name)).unwrap();
-        out.push((format!("update {name}"), t.to_f64()));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-/// The same results as [`jit_results`] from the interpreter on `reference`.
-fn interp_results(
-    reference: &Graph,
-    feeds: &std::collections::HashMap<NodeId, interp::Array<f64>>,
-) -> Vec<(String, Vec<f64>)> {
-    let v = interp::eval::<f64>(reference, feeds).unwrap();
-    let mut out: Vec<(String, Vec<f64>)> = reference
-        .outputs()
-        .iter()
-        .map(|o| (o.name.clone(), v.get(o.node).unwrap().data.clone()))
-        .collect();
-    for u in reference.updates() {
-        let name = reference[u.target].name.clone().unwrap();
-        out.push((
-            format!("update {name}"),
-            v.get(u.value).unwrap().data.clone(),
-        ));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
 /// `g` compiled (both matmul kernels) agrees with the interpreter on `reference` (the graph
-/// before any pass) within the JIT tolerance.
+/// before any pass).
 fn jit_matches(reference: &Graph, g: &Graph, seed: u64) {
-    let feeds = random_feeds(reference, seed);
-    let inputs = host_inputs(reference, &feeds);
-    // the interpreter sees the inputs rounded to f32, as the JIT does
-    let feeds: std::collections::HashMap<_, _> = reference
-        .inputs()
-        .into_iter()
-        .zip(&inputs)
-        .map(|(id, (_, t))| {
-            let a = interp::Array::new(reference[id].ty.shape.clone(), t.to_f64()).unwrap();
-            (id, a)
-        })
-        .collect();
-    let want = interp_results(reference, &feeds);
-    let terms = jit_util::max_terms(reference).max(jit_util::max_terms(g));
-    for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
-        let got = jit_results(g, &inputs, kernel);
-        assert_eq!(got.len(), want.len(), "{}", g.name);
-        for ((n, x), (m, w)) in got.iter().zip(&want) {
-            assert_eq!(n, m);
-            jit_util::close(&format!("{} ({kernel:?}) {n}", g.name), x, w, terms);
-        }
-    }
+    common::jit_matches(&g.name, reference, g, seed);
 }
 
 #[test]
@@ -182,7 +88,7 @@ fn the_rnn_forward_has_one_input_projection_gemm_and_exactly_the_same_results() 
     // every element is the same dot product: exact in the interpreter
     compare_eval(&g, &h, 3, 0.0).unwrap();
     // and bit for bit in the JIT, with either matmul kernel
-    let feeds = random_feeds(&g, 4);
+    let feeds = random_feeds(&g, &mut Rng::new(4), 2.0);
     let inputs = host_inputs(&g, &feeds);
     for kernel in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
         assert_eq!(

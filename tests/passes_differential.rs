@@ -3,10 +3,10 @@
 //! f32, exactly in f32) and after the whole default pipeline (f32 within 1e-4), on random
 //! inputs, for random graphs.
 
-mod passes_util;
+mod common;
 
+use common::passes::{compare_eval, compare_pass, compare_pipeline, random_graph};
 use gradlift::passes::{self, Pipeline};
-use passes_util::{compare_eval, compare_pass, compare_pipeline, random_graph};
 use proptest::prelude::*;
 
 /// Relative tolerance: the rewrites are exact except the stable softmax forms.
@@ -82,7 +82,7 @@ fn out_of_range_labels_are_the_documented_exception() {
         .unwrap()
         .data
         .clone();
-    assert!(passes_util::close(before[0], after[0], REL));
+    assert!(common::passes::close(before[0], after[0], REL));
     assert_eq!(before[1], 0.0);
     assert!(after[1].is_nan());
 }

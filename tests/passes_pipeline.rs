@@ -1,6 +1,6 @@
 //! The pipeline machinery: pass lookup, dumps numbered in order, the check after each pass.
 
-mod passes_util;
+mod common;
 
 use gradlift::passes::{self, by_name, DumpAfter, Pass, PassError, PassReport, Pipeline};
 use gradlift::Graph;
@@ -38,8 +38,8 @@ fn lookup_by_name() {
 #[test]
 fn dump_after_all_writes_one_file_per_pass_in_order() {
     let dir = scratch_dir("all");
-    let mut g = passes_util::random_graph(3, 20);
-    let before = passes_util::print(&g);
+    let mut g = common::passes::random_graph(3, 20);
+    let before = common::passes::print(&g);
     let reports = Pipeline::default()
         .dump_to(&dir, DumpAfter::All)
         .run(&mut g)
@@ -55,17 +55,17 @@ fn dump_after_all_writes_one_file_per_pass_in_order() {
     let last = std::fs::read_to_string(dir.join(want.last().unwrap())).unwrap();
     let header = reports.last().unwrap().to_string();
     assert!(last.starts_with(&format!("# {}", header.lines().next().unwrap())));
-    assert!(last.ends_with(&passes_util::print(&g)));
+    assert!(last.ends_with(&common::passes::print(&g)));
     // A dump parses back to the graph it shows.
     let parsed = gradlift::text::parse(&last, "dump").unwrap();
-    assert_eq!(passes_util::print(&parsed), passes_util::print(&g));
+    assert_eq!(common::passes::print(&parsed), common::passes::print(&g));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn dump_after_selected_passes() {
     let dir = scratch_dir("some");
-    let mut g = passes_util::random_graph(4, 10);
+    let mut g = common::passes::random_graph(4, 10);
     let after = DumpAfter::parse("cse").unwrap();
     Pipeline::new(&["cse", "dce", "cse"])
         .unwrap()
@@ -93,7 +93,7 @@ fn breaks_types(g: &mut Graph) -> PassReport {
 
 #[test]
 fn a_pass_that_breaks_the_graph_is_caught_and_named() {
-    let mut g = passes_util::random_graph(5, 10);
+    let mut g = common::passes::random_graph(5, 10);
     let p = Pipeline::with_passes(vec![
         by_name("cse").unwrap(),
         Pass {
@@ -115,7 +115,7 @@ fn a_pass_that_breaks_the_graph_is_caught_and_named() {
 
 #[test]
 fn an_invalid_input_graph_is_refused_before_any_pass() {
-    let mut g = passes_util::random_graph(6, 5);
+    let mut g = common::passes::random_graph(6, 5);
     let id = g.find("x0").unwrap();
     g.get_mut(id).unwrap().name = Some("bad name".to_string());
     match Pipeline::default().run(&mut g) {

@@ -10,7 +10,7 @@
 //!   intact wherever it is read, so no write clobbers a value still needed;
 //! - the JIT's compile report shows the planned arena.
 
-mod passes_util;
+mod common;
 
 use gradlift::codegen::{self, CompileOptions, MatmulKernel};
 use gradlift::passes::plan::{
@@ -256,7 +256,7 @@ fn simulate(g: &Graph, p: &MemoryPlan) -> Result<(), String> {
     Ok(())
 }
 
-/// Adds to a random graph (see `passes_util::random_graph`) updates that exercise the planner:
+/// Adds to a random graph (see `common::passes::random_graph`) updates that exercise the planner:
 /// `kind` 0: `w <- w - 0.1 * transpose(x0)` (elementwise, may be computed in place); 1: a swap
 /// `w <- reshape(m)`, `m <- reshape(w)` when `m` has no update yet (both staged); else none.
 fn add_updates(g: &mut Graph, kind: u8) {
@@ -306,7 +306,7 @@ proptest! {
         kind in 0u8..3,
         opt_seed in any::<u64>(),
     ) {
-        let mut g = passes_util::random_graph(seed, steps);
+        let mut g = common::passes::random_graph(seed, steps);
         add_updates(&mut g, kind);
         let p = plan(&g).expect("acyclic");
         check_plan(&g, &p, &PlanOptions::default())?;
@@ -324,7 +324,7 @@ proptest! {
 fn reuse_pays_off_on_a_long_chain() {
     // 30 big intermediates in a chain (the last is the output): only two need to be live at
     // once in the arena.
-    let mut g = passes_util::random_graph(1, 0);
+    let mut g = common::passes::random_graph(1, 0);
     let mut x = g.find("x0").unwrap();
     for _ in 0..31 {
         x = g.tanh(x).unwrap();
@@ -361,7 +361,7 @@ fn swapped_updates_are_staged_and_elementwise_updates_in_place() {
 
 #[test]
 fn scratch_is_live_only_at_its_node() {
-    let mut g = passes_util::random_graph(1, 0);
+    let mut g = common::passes::random_graph(1, 0);
     let x = g.find("x0").unwrap();
     let a = g.tanh(x).unwrap();
     let b = g.exp(a).unwrap();

@@ -2,10 +2,10 @@
 //! graph prints identically), the pipeline keeps the graph valid, and the generator really
 //! produces the patterns the rules look for.
 
-mod passes_util;
+mod common;
 
+use common::passes::{print, random_graph};
 use gradlift::passes::{self, check_graph, Pipeline};
-use passes_util::{print, random_graph};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 

@@ -1,24 +1,44 @@
-//! For each focused file `ir/passes/*.ir` (one per rule), a snapshot of the graph text after
-//! each pass of the default pipeline, with each pass's report, so a reader sees what every
-//! pass does. Ends with the memory plan summary of the result.
+//! For each focused file `ir/passes/*.ir` (one per rule or pass), a snapshot of the graph text
+//! after the pass its first line names (`# test: simplify`, as Cranelift's filetests name
+//! theirs), with the pass's report: a change to another pass does not change the file's
+//! snapshot. The model and per-op files go through the whole default pipeline, and end with
+//! the memory plan summary of the result.
 
-use gradlift::passes::{check_graph, plan::plan, Pipeline};
+use gradlift::passes::{self, check_graph, plan::plan, Pipeline};
 use gradlift::text;
 use std::fmt::Write;
 
+/// The passes named by the `# test: a, b` first line of an `ir/passes` file.
+fn tested_passes(src: &str, file: &str) -> Vec<String> {
+    let first = src.lines().next().unwrap_or_default();
+    let Some(names) = first.strip_prefix("# test:") else {
+        panic!("{file}: the first line must be `# test: PASS` (found `{first}`)");
+    };
+    let names: Vec<String> = names.split(',').map(|n| n.trim().to_string()).collect();
+    for n in &names {
+        assert!(
+            passes::by_name(n).is_some(),
+            "{file}: `# test: {n}` names no pass"
+        );
+    }
+    names
+}
+
 #[test]
-fn rule_files_through_the_default_pipeline() {
+fn rule_files_through_their_pass() {
     insta::glob!("../ir/passes", "*.ir", |path| {
         let src = std::fs::read_to_string(path).expect("readable .ir file");
         let file = format!(
             "ir/passes/{}",
             path.file_name().unwrap_or_default().to_string_lossy()
         );
+        let names = tested_passes(&src, &file);
         let mut g = text::parse(&src, &file).unwrap_or_else(|e| panic!("{e}"));
         assert!(check_graph(&g).is_empty(), "{file}: {:?}", check_graph(&g));
         let mut out = String::new();
         let _ = writeln!(out, "=== input ({} nodes)\n{}", g.len(), text::print(&g));
-        for p in Pipeline::default().passes() {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        for p in Pipeline::new(&names).expect("known passes").passes() {
             let report = (p.run)(&mut g);
             let errors = check_graph(&g);
             assert!(errors.is_empty(), "{file} after {}: {errors:?}", p.name);
@@ -30,9 +50,29 @@ fn rule_files_through_the_default_pipeline() {
                 text::print(&g)
             );
         }
-        let _ = writeln!(out, "=== plan: {}", plan(&g).expect("acyclic"));
         insta::assert_snapshot!(out);
     });
+}
+
+/// Every pass is the `# test:` pass of some file in `ir/passes`.
+#[test]
+fn every_pass_has_a_rule_file() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/passes");
+    let mut tested = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(&dir).expect("ir/passes") {
+        let path = e.expect("entry").path();
+        if path.extension().is_some_and(|x| x == "ir") {
+            let src = std::fs::read_to_string(&path).expect("readable .ir file");
+            tested.extend(tested_passes(&src, &path.display().to_string()));
+        }
+    }
+    for p in passes::all() {
+        assert!(
+            tested.contains(p.name),
+            "no ir/passes file tests {}",
+            p.name
+        );
+    }
 }
 
 /// Every simplify rule has its file `ir/passes/RULE.ir` on which `simplify` fires that rule;

@@ -3,27 +3,16 @@
 //! default pipeline must keep outputs and updates equal (interpreter, f32 as the compiled code computes, 1e-4 relative) and
 //! remove nodes (at least the constant chain that seeds the gradient of the mean loss).
 
-mod passes_util;
+mod common;
 
+use common::passes::compare_pipeline;
 use gradlift::passes::{plan::plan, Pipeline};
-use gradlift::{autodiff, text, Graph};
-use passes_util::compare_pipeline;
+use gradlift::Graph;
 
-/// The SGD training step of `ir/NAME.ir`.
+/// The SGD training step of `ir/NAME.ir` (learning rate 0.1).
 fn training_step(name: &str) -> Graph {
-    let path = format!("{}/ir/{name}.ir", env!("CARGO_MANIFEST_DIR"));
-    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut g = text::parse(&src, &path).unwrap_or_else(|e| panic!("{e}"));
-    let loss = g.output("loss").expect("the model has a loss output");
-    let params = g.params();
-    let grads = autodiff::grad(&mut g, loss, &params).unwrap_or_else(|e| panic!("{e}"));
-    let lr = g.scalar(0.1);
-    for (&p, d) in params.iter().zip(grads) {
-        let step = g.mul(d, lr).unwrap();
-        let new = g.sub(p, step).unwrap();
-        g.add_update(p, new).unwrap();
-    }
-    g
+    let (_, g) = common::load(&common::ir_dir().join(format!("{name}.ir")));
+    common::sgd_step(g, 0.1)
 }
 
 #[test]

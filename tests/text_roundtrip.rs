@@ -2,7 +2,10 @@
 //! graphs covering every op and initializer, on random graphs, and on every `ir/**/*.ir` file;
 //! the attribute table inverts; JSON round trips; snapshots of printed text and DOT.
 
-use gradlift::op::{all_op_names, AttrValue};
+mod common;
+
+use gradlift::op::all_op_names;
+use gradlift::text::AttrValue;
 use gradlift::text::{self, PrintOptions};
 use gradlift::{
     BinaryOp, CmpOp, DType, Graph, Init, Literal, NodeId, Op, Padding, ReduceOp, TensorType,
@@ -10,7 +13,7 @@ use gradlift::{
 };
 use proptest::prelude::*;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Unwraps a builder result, naming the failing step.
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
@@ -233,7 +236,7 @@ fn every_op_graph_round_trips() {
         .into_iter()
         .map(|id| parsed[id].op.name())
         .collect();
-    let all: BTreeSet<&str> = all_op_names().iter().copied().collect();
+    let all: BTreeSet<&str> = all_op_names().collect();
     assert_eq!(ops, all);
     let inits: BTreeSet<&str> = parsed
         .node_ids()
@@ -444,33 +447,12 @@ fn snapshot_dot_of_small_mlp() {
 
 // ---- the corpus ----------------------------------------------------------------------------
 
-fn ir_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            ir_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "ir") {
-            out.push(p);
-        }
-    }
-}
-
 #[test]
 fn every_corpus_file_round_trips() {
-    let mut files = Vec::new();
-    ir_files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("ir"),
-        &mut files,
-    );
-    files.sort();
-    for f in &files {
-        let src = ok(std::fs::read_to_string(f));
-        let name = f.display().to_string();
-        let g = text::parse(&src, &name).unwrap_or_else(|e| panic!("{e}"));
-        assert_round_trip(&g);
+    let files = common::corpus();
+    assert!(files.len() >= 4, "the corpus has the models");
+    for (_, g) in &files {
+        assert_round_trip(g);
     }
 }
 
@@ -514,16 +496,19 @@ fn random_graph(steps: &[Step]) -> Graph {
         let dims = g[x].ty.shape.0.clone();
         let rank = dims.len();
         let r = match kind % 11 {
-            0 => g.add(Op::Unary(UnaryOp::ALL[b as usize % 9]), &[x]),
+            0 => g.add(
+                Op::Unary(UnaryOp::ALL[b as usize % UnaryOp::ALL.len()]),
+                &[x],
+            ),
             1 => {
-                let op = Op::Binary(BinaryOp::ALL[c as usize % 7]);
+                let op = Op::Binary(BinaryOp::ALL[c as usize % BinaryOp::ALL.len()]);
                 g.add(op.clone(), &[x, pick(b)])
                     .or_else(|_| g.add(op, &[x, x]))
             }
-            2 => g.compare(CmpOp::ALL[c as usize % 6], x, x),
+            2 => g.compare(CmpOp::ALL[c as usize % CmpOp::ALL.len()], x, x),
             3 => {
                 let axes: Vec<usize> = (0..rank).filter(|d| b >> d & 1 == 1).collect();
-                let kind = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max][c as usize % 3];
+                let kind = ReduceOp::ALL[c as usize % ReduceOp::ALL.len()];
                 g.reduce(kind, x, &axes, c & 4 != 0)
             }
             4 => {
@@ -715,7 +700,7 @@ fn readme_examples_parse_and_are_canonical() {
         ops.extend(g.node_ids().into_iter().map(|id| g[id].op.name()));
     }
     assert!(blocks >= 4, "found {blocks} examples");
-    let all: BTreeSet<&str> = all_op_names().iter().copied().collect();
+    let all: BTreeSet<&str> = all_op_names().collect();
     assert_eq!(ops, all);
 }
 

@@ -1,7 +1,9 @@
 //! The `ir/` corpus: every file parses and verifies, is written in canonical form (so its
 //! `%N` numbers are the printed ones), and together the files use every op.
 
-use gradlift::graph::Graph;
+mod common;
+
+use common::load;
 use gradlift::op::all_op_names;
 use gradlift::text;
 use gradlift::verify::verify;
@@ -10,32 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// Every `.ir` file under `ir/`, sorted.
 fn corpus() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|e| e == "ir") {
-                out.push(p);
-            }
-        }
-    }
-    let mut v = Vec::new();
-    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("ir"), &mut v);
-    v.sort();
-    v
-}
-
-/// Parses `path` (named relative to the repository, as in messages).
-fn load(path: &Path) -> (String, Graph) {
-    let src = std::fs::read_to_string(path).unwrap();
-    let name = path
-        .strip_prefix(env!("CARGO_MANIFEST_DIR"))
-        .unwrap()
-        .display()
-        .to_string();
-    let g = text::parse(&src, &name).unwrap_or_else(|e| panic!("{e}"));
-    (src, g)
+    common::ir_files(&common::ir_dir())
 }
 
 #[test]
@@ -89,11 +66,7 @@ fn corpus_uses_every_op() {
             used.insert(g[id].op.name());
         }
     }
-    let missing: Vec<&str> = all_op_names()
-        .iter()
-        .copied()
-        .filter(|n| !used.contains(n))
-        .collect();
+    let missing: Vec<&str> = all_op_names().filter(|n| !used.contains(n)).collect();
     assert!(missing.is_empty(), "ops used by no .ir file: {missing:?}");
 }
 

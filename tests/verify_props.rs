@@ -21,12 +21,12 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0..9usize).prop_map(Step::Unary),
-        (0..7usize).prop_map(Step::BinaryParam),
-        (0..7usize).prop_map(Step::BinarySelf),
+        (0..gradlift::UnaryOp::ALL.len()).prop_map(Step::Unary),
+        (0..gradlift::BinaryOp::ALL.len()).prop_map(Step::BinaryParam),
+        (0..gradlift::BinaryOp::ALL.len()).prop_map(Step::BinarySelf),
         Just(Step::Transpose),
         Just(Step::Reshape),
-        (0..3usize).prop_map(Step::ReduceKeep),
+        (0..ReduceOp::ALL.len()).prop_map(Step::ReduceKeep),
     ]
 }
 
@@ -66,7 +66,7 @@ fn build(r: usize, c: usize, steps: &[Step]) -> (Graph, Vec<NodeId>) {
             Step::Transpose => g.transpose(cur, &[1, 0]).unwrap(),
             Step::Reshape => g.reshape(cur, [dims[1], dims[0]]).unwrap(),
             Step::ReduceKeep(k) => {
-                let kind = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max][*k];
+                let kind = ReduceOp::ALL[*k];
                 g.reduce(kind, cur, &[1], true).unwrap()
             }
         };

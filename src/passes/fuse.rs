@@ -7,8 +7,9 @@
 //!
 //! Groups are grown from a root, visiting nodes in reverse canonical order:
 //! - a root is an unfused *fusible* node: an elementwise f32 op the JIT computes inline
-//!   (`Unary`, `Binary` but `pow`, `Compare` of f32, `Select`, `Broadcast`), or a
-//!   `reduce_*` of f32 fed by one (a reduction fed by an elementwise chain);
+//!   ([`OpClass::Elementwise`] with `inline`: every unary, binary and comparison op but
+//!   `pow`, `select`, `broadcast`), or a reduction ([`OpClass::Reduction`]) of f32 fed by one
+//!   (a reduction fed by an elementwise chain);
 //! - an operand of a group member joins the group when it is fusible, every one of its users
 //!   is in the group, it is not an output or an update value (those need a buffer of their
 //!   own), and its shape is the group's domain (the root's shape, or the reduction's input
@@ -45,7 +46,7 @@ use super::rewrite::{is_root, move_uses, redirect_grad_of_all, replace_node, spl
 use super::PassReport;
 use crate::fused::{FusedBody, FusedInst};
 use crate::graph::{Graph, Node, NodeId};
-use crate::op::{BinaryOp, Op, UnaryOp};
+use crate::op::{Op, OpClass, UnaryOp};
 use crate::shape::DType;
 use std::collections::{HashMap, HashSet};
 
@@ -59,26 +60,26 @@ pub const MAX_FUSED_NODES: usize = 128;
 fn not_fusible(g: &Graph, id: NodeId) -> Option<String> {
     let n = &g[id];
     let f32_operands = g.operands(id).iter().all(|&o| g[o].ty.dtype == DType::F32);
-    match &n.op {
-        Op::Binary(BinaryOp::Pow) => Some(
-            "pow is a runtime call in the JIT (simplify turns pow(x, 1) and pow(x, 2) into \
-             inline code)"
-                .into(),
-        ),
-        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Broadcast { .. } => {
+    match n.op.class() {
+        OpClass::Elementwise { inline: false } => Some(format!(
+            "{} is a runtime call in the JIT (simplify turns pow(x, 1) and pow(x, 2) into \
+             inline code)",
+            n.op.name()
+        )),
+        OpClass::Elementwise { inline: true } => {
             if f32_operands && n.ty.dtype == DType::F32 {
                 None
             } else {
                 Some("it has i32 operands".into())
             }
         }
-        other => Some(format!("{} is not elementwise", other.name())),
+        _ => Some(format!("{} is not elementwise", n.op.name())),
     }
 }
 
 /// Whether `id` may root a group as a reduction over f32.
 fn is_fusible_reduce(g: &Graph, id: NodeId) -> bool {
-    matches!(g[id].op, Op::Reduce { .. }) && g[id].ty.dtype == DType::F32
+    crate::fused::is_reduction(&g[id].op) && g[id].ty.dtype == DType::F32
 }
 
 /// Fuses every group (see the module documentation). Counts `fused_kernels` and `nodes_fused`.

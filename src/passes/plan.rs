@@ -11,8 +11,8 @@
 //! Storage, per node (the first rule that applies):
 //! - Leaf: inputs are the caller's buffers, params and state are owned by the executable (and
 //!   updated at the end of the step), constants live in its read-only data.
-//! - In-place update: an elementwise update value (unary, binary, or a fused body with no
-//!   leading matmul/conv2d and no trailing reduction, or one of its `fused_result`s) whose
+//! - In-place update: an elementwise update value ([`OpClass::Elementwise`], or a fused body
+//!   with no leading matmul/conv2d and no trailing reduction, or one of its `fused_result`s) whose
 //!   param or state nobody reads at or after the value's position (except the value's own
 //!   code, directly, element for element) is computed straight into that param or state
 //!   buffer. Not when the target is kept (an output, or the source of an update: its old
@@ -48,7 +48,7 @@
 //! the corpus steps.
 
 use crate::graph::{Graph, NodeId};
-use crate::op::Op;
+use crate::op::{Op, OpClass};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
@@ -408,9 +408,8 @@ fn in_place_updates(
         // a fused elementwise body reads every operand at the position it writes (a leading
         // matmul/conv2d or a trailing reduction would not: they stay out)
         let elementwise = match &g[w].op {
-            Op::Unary(_) | Op::Binary(_) => true,
             Op::Fused(b) => b.producer().is_none() && b.reduction().is_none(),
-            _ => false,
+            op => matches!(op.class(), OpClass::Elementwise { .. }),
         };
         if !elementwise || root[&v] != v || kept.contains(&t) || out.contains_key(&v) {
             continue;

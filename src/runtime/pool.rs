@@ -5,7 +5,7 @@
 //! may borrow from the caller's stack, as with scoped threads, but no thread is spawned per
 //! call. Participants claim items one at a time from a shared counter, so a worker that the
 //! system has not scheduled (another process on its core) delays nothing: the caller takes
-//! its items. Idle workers wait for the next job by spinning briefly ([`SPIN`]), then sleep
+//! its items. Idle workers wait for the next job by spinning briefly (`SPIN`), then sleep
 //! on a condition variable. A call allocates nothing.
 //! Jobs that run compiled code set their floating-point mode themselves
 //! ([`super::fpenv::FlushDenormals`]): MXCSR is per thread.
@@ -182,7 +182,7 @@ impl Pool {
         }
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
-        // SAFETY (lifetime erasure): an item runs only after it was claimed under this job's
+        // SAFETY: (lifetime erasure) an item runs only after it was claimed under this job's
         // id, and this function returns only after every claimed item is done; once it
         // returns, the claim counter belongs to the next job and every claim of this one fails.
         let ptr = JobPtr(unsafe {

@@ -25,11 +25,13 @@
 //! their position in it, attributes are sorted by key, so the same graph always prints the same
 //! bytes and `print(parse(print(g))) == print(g)`.
 
+mod attrs;
 mod dot;
 mod lexer;
 mod parse;
 mod print;
 
+pub use attrs::{AttrError, AttrValue, MAX_DIM};
 pub use dot::dot;
 pub use parse::parse;
 pub(crate) use print::Labels;

@@ -2,7 +2,7 @@
 //!
 //! 1. Syntax (recursive descent over the [`lexer`](super::lexer) tokens): header, sections,
 //!    one statement per line. Ops, attributes and initializers are built here through the
-//!    tables in [`crate::op`] (`Op::from_attrs`, `Init::from_args`).
+//!    tables in [`attrs`](super::attrs) (`Op::from_attrs`, `Init::from_args`).
 //! 2. Names: every `%ID` is defined once; nodes are created in text order, then operands,
 //!    `grad(..)`, outputs and updates are resolved (forward references are allowed).
 //! 3. Checks: the verifier ([`crate::verify`], the one set of graph invariants: operand
@@ -16,11 +16,12 @@
 //! found nothing. The parser never panics: tokens are read with bounds-checked accessors,
 //! numbers are range-checked before they reach shape arithmetic.
 
+use super::attrs::{AttrError, AttrValue, MAX_DIM};
 use super::lexer::{lex, Tok, Token};
 use super::print::Section;
 use super::ParseError;
 use crate::graph::{is_valid_name, Graph, Node, NodeId, SourceLoc};
-use crate::op::{AttrError, AttrValue, Init, Literal, Op, MAX_DIM, MAX_ELEMENTS};
+use crate::op::{Init, Literal, Op, MAX_ELEMENTS};
 use crate::shape::{DType, Shape, TensorType};
 use crate::verify::Check;
 use std::collections::HashMap;
@@ -863,8 +864,7 @@ fn check_section(p: &Parser<'_>, section: &str, stmt: &NodeStmt) -> Result<(), P
 /// "unknown op `x`", with a suggestion when a known op name is close.
 fn unknown_op_message(name: &str) -> String {
     let close = crate::op::all_op_names()
-        .iter()
-        .map(|&n| (edit_distance(name, n), n))
+        .map(|n| (edit_distance(name, n), n))
         .filter(|&(d, _)| d <= 2)
         .min();
     match close {

@@ -10,7 +10,9 @@ pub const CONV_GEOMETRY_LEN: usize = ConvGeometry::LEN;
 /// The kernels' view of a convolution geometry.
 impl ConvGeometry {
     unsafe fn read(g: *const i64) -> ConvGeometry {
-        ConvGeometry::from_array(&*(g as *const [i64; CONV_GEOMETRY_LEN]))
+        // SAFETY: `g` points to CONV_GEOMETRY_LEN readable i64s (this function's contract), the
+        // size and alignment of the array read.
+        unsafe { ConvGeometry::from_array(&*(g as *const [i64; CONV_GEOMETRY_LEN])) }
     }
 
     /// The patch matrix `[oh*ow, kh*kw*c]` of one image: the image itself for a pointwise
@@ -19,13 +21,17 @@ impl ConvGeometry {
     /// # Safety
     /// `img` holds `h*w*c` values; `scratch` has room for the patch matrix.
     unsafe fn patches(&self, img: *const f32, scratch: *mut f32) -> *const f32 {
-        if self.is_pointwise() {
-            return img;
+        // SAFETY: by this function's contract `img` holds `h*w*c` values and `scratch` has room
+        // for the `rows * cols` patch matrix, the two slices made here.
+        unsafe {
+            if self.is_pointwise() {
+                return img;
+            }
+            let (rows, cols) = self.patch_dims();
+            let s = slice::from_raw_parts_mut(scratch, rows * cols);
+            self.im2col(slice::from_raw_parts(img, self.h * self.w * self.c), s);
+            scratch
         }
-        let (rows, cols) = self.patch_dims();
-        let s = slice::from_raw_parts_mut(scratch, rows * cols);
-        self.im2col(slice::from_raw_parts(img, self.h * self.w * self.c), s);
-        scratch
     }
 
     /// Rows and columns of one image's patch matrix.
@@ -498,40 +504,45 @@ pub unsafe fn conv2d(
     scratch: *mut f32,
     g: &ConvGeometry,
 ) {
-    let (rows, cols) = g.patch_dims();
-    let img_len = g.h * g.w * g.c;
-    if path == ConvPath::Direct {
-        let x = slice::from_raw_parts(x, g.n * img_len);
-        let w = slice::from_raw_parts(w, cols * g.o);
-        let y = slice::from_raw_parts_mut(y, g.n * rows * g.o);
-        return widest(
-            #[inline(always)]
-            || {
-                for i in 0..g.n {
-                    let out = &mut y[i * rows * g.o..][..rows * g.o];
-                    g.direct_forward(&x[i * img_len..][..img_len], w, out);
-                }
-            },
-        );
-    }
-    let ws = g.workspace(scratch);
-    for i in 0..g.n {
-        let img = x.add(i * img_len);
-        let out = y.add(i * rows * g.o);
-        let a = g.patches(img, scratch);
-        gemm_strided(
-            rows,
-            cols,
-            g.o,
-            a,
-            (cols as isize, 1),
-            w,
-            (g.o as isize, 1),
-            out,
-            g.o as isize,
-            false,
-            ws,
-        );
+    // SAFETY: by this function's contract `x`, `w` and `y` hold the `n*h*w*c`, `kh*kw*c*o` and
+    // `n*oh*ow*o` floats of the geometry and `scratch` the path's scratch: every slice and
+    // image offset below stays inside them, and `patches`/`gemm_strided` get blocks of them.
+    unsafe {
+        let (rows, cols) = g.patch_dims();
+        let img_len = g.h * g.w * g.c;
+        if path == ConvPath::Direct {
+            let x = slice::from_raw_parts(x, g.n * img_len);
+            let w = slice::from_raw_parts(w, cols * g.o);
+            let y = slice::from_raw_parts_mut(y, g.n * rows * g.o);
+            return widest(
+                #[inline(always)]
+                || {
+                    for i in 0..g.n {
+                        let out = &mut y[i * rows * g.o..][..rows * g.o];
+                        g.direct_forward(&x[i * img_len..][..img_len], w, out);
+                    }
+                },
+            );
+        }
+        let ws = g.workspace(scratch);
+        for i in 0..g.n {
+            let img = x.add(i * img_len);
+            let out = y.add(i * rows * g.o);
+            let a = g.patches(img, scratch);
+            gemm_strided(
+                rows,
+                cols,
+                g.o,
+                a,
+                (cols as isize, 1),
+                w,
+                (g.o as isize, 1),
+                out,
+                g.o as isize,
+                false,
+                ws,
+            );
+        }
     }
 }
 
@@ -548,8 +559,12 @@ pub unsafe extern "C" fn gl_conv2d(
     scratch: *mut f32,
     g: *const i64,
 ) {
-    let g = ConvGeometry::read(g);
-    conv2d(ConvPath::of(Kernel::Conv2d, &g), x, w, y, scratch, &g)
+    // SAFETY: the compiled code passes buffers of the geometry `g` points to and the
+    // planned scratch (this function's contract), which is `conv2d`'s contract.
+    unsafe {
+        let g = ConvGeometry::read(g);
+        conv2d(ConvPath::of(Kernel::Conv2d, &g), x, w, y, scratch, &g)
+    }
 }
 /// `dx = conv2d_input_grad(dy, w)`: per image `dcols = dy x w^T`, then col2im into `dx`.
 ///
@@ -562,14 +577,33 @@ pub unsafe extern "C" fn gl_conv2d_input_grad(
     scratch: *mut f32,
     g: *const i64,
 ) {
-    let g = ConvGeometry::read(g);
-    let ws = g.workspace(scratch);
-    let (rows, cols) = g.patch_dims();
-    let img_len = g.h * g.w * g.c;
-    for i in 0..g.n {
-        let d = dy.add(i * rows * g.o);
-        let out = slice::from_raw_parts_mut(dx.add(i * img_len), img_len);
-        if g.is_pointwise() {
+    // SAFETY: by this function's contract `dy`, `w` and `dx` hold `n*oh*ow*o`, `kh*kw*c*o` and
+    // `n*h*w*c` floats and `scratch` the patch matrix plus the GEMM workspace: image `i`'s
+    // offsets and the `rows x cols` block of `scratch` stay inside them.
+    unsafe {
+        let g = ConvGeometry::read(g);
+        let ws = g.workspace(scratch);
+        let (rows, cols) = g.patch_dims();
+        let img_len = g.h * g.w * g.c;
+        for i in 0..g.n {
+            let d = dy.add(i * rows * g.o);
+            let out = slice::from_raw_parts_mut(dx.add(i * img_len), img_len);
+            if g.is_pointwise() {
+                gemm_strided(
+                    rows,
+                    g.o,
+                    cols,
+                    d,
+                    (g.o as isize, 1),
+                    w,
+                    (1, g.o as isize),
+                    out.as_mut_ptr(),
+                    cols as isize,
+                    false,
+                    ws,
+                );
+                continue;
+            }
             gemm_strided(
                 rows,
                 g.o,
@@ -578,28 +612,14 @@ pub unsafe extern "C" fn gl_conv2d_input_grad(
                 (g.o as isize, 1),
                 w,
                 (1, g.o as isize),
-                out.as_mut_ptr(),
+                scratch,
                 cols as isize,
                 false,
                 ws,
             );
-            continue;
+            out.fill(0.0);
+            g.col2im(slice::from_raw_parts(scratch, rows * cols), out);
         }
-        gemm_strided(
-            rows,
-            g.o,
-            cols,
-            d,
-            (g.o as isize, 1),
-            w,
-            (1, g.o as isize),
-            scratch,
-            cols as isize,
-            false,
-            ws,
-        );
-        out.fill(0.0);
-        g.col2im(slice::from_raw_parts(scratch, rows * cols), out);
     }
 }
 
@@ -615,38 +635,43 @@ pub unsafe fn conv2d_filter_grad(
     scratch: *mut f32,
     g: &ConvGeometry,
 ) {
-    let (rows, cols) = g.patch_dims();
-    let img_len = g.h * g.w * g.c;
-    if path == ConvPath::Direct {
-        let x = slice::from_raw_parts(x, g.n * img_len);
-        let dy = slice::from_raw_parts(dy, g.n * rows * g.o);
-        let dw = slice::from_raw_parts_mut(dw, cols * g.o);
-        return widest(
-            #[inline(always)]
-            || g.direct_filter_grad(x, dy, dw),
-        );
-    }
-    let ws = g.workspace(scratch);
-    if g.n == 0 {
-        slice::from_raw_parts_mut(dw, cols * g.o).fill(0.0);
-    }
-    for i in 0..g.n {
-        let img = x.add(i * img_len);
-        let a = g.patches(img, scratch);
-        // dw[cols, o] (+)= a^T[cols, rows] x dy_i[rows, o]
-        gemm_strided(
-            cols,
-            rows,
-            g.o,
-            a,
-            (1, cols as isize),
-            dy.add(i * rows * g.o),
-            (g.o as isize, 1),
-            dw,
-            g.o as isize,
-            i > 0,
-            ws,
-        );
+    // SAFETY: by this function's contract `x`, `dy` and `dw` hold the `n*h*w*c`, `n*oh*ow*o`
+    // and `kh*kw*c*o` floats of the geometry and `scratch` the path's scratch: every slice
+    // and image offset below stays inside them.
+    unsafe {
+        let (rows, cols) = g.patch_dims();
+        let img_len = g.h * g.w * g.c;
+        if path == ConvPath::Direct {
+            let x = slice::from_raw_parts(x, g.n * img_len);
+            let dy = slice::from_raw_parts(dy, g.n * rows * g.o);
+            let dw = slice::from_raw_parts_mut(dw, cols * g.o);
+            return widest(
+                #[inline(always)]
+                || g.direct_filter_grad(x, dy, dw),
+            );
+        }
+        let ws = g.workspace(scratch);
+        if g.n == 0 {
+            slice::from_raw_parts_mut(dw, cols * g.o).fill(0.0);
+        }
+        for i in 0..g.n {
+            let img = x.add(i * img_len);
+            let a = g.patches(img, scratch);
+            // dw[cols, o] (+)= a^T[cols, rows] x dy_i[rows, o]
+            gemm_strided(
+                cols,
+                rows,
+                g.o,
+                a,
+                (1, cols as isize),
+                dy.add(i * rows * g.o),
+                (g.o as isize, 1),
+                dw,
+                g.o as isize,
+                i > 0,
+                ws,
+            );
+        }
     }
 }
 
@@ -661,15 +686,19 @@ pub unsafe extern "C" fn gl_conv2d_filter_grad(
     scratch: *mut f32,
     g: *const i64,
 ) {
-    let g = ConvGeometry::read(g);
-    conv2d_filter_grad(
-        ConvPath::of(Kernel::Conv2dFilterGrad, &g),
-        x,
-        dy,
-        dw,
-        scratch,
-        &g,
-    )
+    // SAFETY: the compiled code passes buffers of the geometry `g` points to and the
+    // planned scratch (this function's contract), which is `conv2d_filter_grad`'s.
+    unsafe {
+        let g = ConvGeometry::read(g);
+        conv2d_filter_grad(
+            ConvPath::of(Kernel::Conv2dFilterGrad, &g),
+            x,
+            dy,
+            dw,
+            scratch,
+            &g,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -82,7 +82,9 @@ pub unsafe extern "C" fn gl_gemm(
     let sb = (b_rs as isize, b_cs as isize);
     let parts = gemm_parts(m, k, n, threads.max(1) as usize);
     if parts == 1 {
-        gemm_strided(m, k, n, a, sa, b, sb, c, n as isize, acc != 0, ws);
+        // SAFETY: by this function's contract the pointers cover the `m x k`, `k x n` and
+        // `m x n` matrices with these strides and `ws` holds `gemm_scratch_len` floats.
+        unsafe { gemm_strided(m, k, n, a, sa, b, sb, c, n as isize, acc != 0, ws) };
         return;
     }
     let wlen = super::gemm::workspace_len(m, k, n);
@@ -206,26 +208,30 @@ pub unsafe extern "C" fn gl_softmax(
     len: i64,
     inner: i64,
 ) {
-    let (outer, len, inner) = (outer as usize, len as usize, inner as usize);
-    for o in 0..outer {
-        for i in 0..inner {
-            let at = |j: usize| (o * len + j) * inner + i;
-            let mut m = f32::NEG_INFINITY;
-            for j in 0..len {
-                m = m.max(*x.add(at(j)));
-            }
-            let mut s = 0.0f32;
-            for j in 0..len {
-                s += (*x.add(at(j)) - m).exp();
-            }
-            if kind == SOFTMAX {
+    // SAFETY: `x` and `y` hold `outer * len * inner` floats (this function's contract) and
+    // `at(j)` is below that for `o < outer`, `j < len`, `i < inner`.
+    unsafe {
+        let (outer, len, inner) = (outer as usize, len as usize, inner as usize);
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |j: usize| (o * len + j) * inner + i;
+                let mut m = f32::NEG_INFINITY;
                 for j in 0..len {
-                    *y.add(at(j)) = (*x.add(at(j)) - m).exp() / s;
+                    m = m.max(*x.add(at(j)));
                 }
-            } else {
-                let ls = s.ln();
+                let mut s = 0.0f32;
                 for j in 0..len {
-                    *y.add(at(j)) = *x.add(at(j)) - m - ls;
+                    s += (*x.add(at(j)) - m).exp();
+                }
+                if kind == SOFTMAX {
+                    for j in 0..len {
+                        *y.add(at(j)) = (*x.add(at(j)) - m).exp() / s;
+                    }
+                } else {
+                    let ls = s.ln();
+                    for j in 0..len {
+                        *y.add(at(j)) = *x.add(at(j)) - m - ls;
+                    }
                 }
             }
         }
@@ -249,12 +255,16 @@ pub unsafe extern "C" fn gl_softmax_xent(
     n: i64,
     c: i64,
 ) {
-    let (n, c) = (n as usize, c as usize);
-    for i in 0..n {
-        let row = slice::from_raw_parts(logits.add(i * c), c);
-        let lab = slice::from_raw_parts(labels.add(i * c), c);
-        let lse = log_sum_exp(row);
-        *loss.add(i) = -row.iter().zip(lab).map(|(x, y)| y * (x - lse)).sum::<f32>();
+    // SAFETY: `logits` and `labels` hold `n * c` floats and `loss` `n` (this function's
+    // contract): row `i` is `c` floats at `i * c`, `loss.add(i)` is in bounds.
+    unsafe {
+        let (n, c) = (n as usize, c as usize);
+        for i in 0..n {
+            let row = slice::from_raw_parts(logits.add(i * c), c);
+            let lab = slice::from_raw_parts(labels.add(i * c), c);
+            let lse = log_sum_exp(row);
+            *loss.add(i) = -row.iter().zip(lab).map(|(x, y)| y * (x - lse)).sum::<f32>();
+        }
     }
 }
 
@@ -269,15 +279,19 @@ pub unsafe extern "C" fn gl_sparse_softmax_xent(
     n: i64,
     c: i64,
 ) {
-    let (n, c) = (n as usize, c as usize);
-    for i in 0..n {
-        let row = slice::from_raw_parts(logits.add(i * c), c);
-        let l = *labels.add(i);
-        *loss.add(i) = if l >= 0 && (l as usize) < c {
-            log_sum_exp(row) - row[l as usize]
-        } else {
-            f32::NAN
-        };
+    // SAFETY: `logits` holds `n * c` floats, `labels` and `loss` `n` values (this function's
+    // contract): row `i` is `c` floats at `i * c`, element `i` of the others is in bounds.
+    unsafe {
+        let (n, c) = (n as usize, c as usize);
+        for i in 0..n {
+            let row = slice::from_raw_parts(logits.add(i * c), c);
+            let l = *labels.add(i);
+            *loss.add(i) = if l >= 0 && (l as usize) < c {
+                log_sum_exp(row) - row[l as usize]
+            } else {
+                f32::NAN
+            };
+        }
     }
 }
 

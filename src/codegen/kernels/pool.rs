@@ -12,7 +12,9 @@ impl PoolGeometry {
     /// # Safety
     /// `g` points to [`POOL_GEOMETRY_LEN`] values.
     unsafe fn read(g: *const i64) -> PoolGeometry {
-        PoolGeometry::from_array(&*(g as *const [i64; POOL_GEOMETRY_LEN]))
+        // SAFETY: `g` points to POOL_GEOMETRY_LEN readable i64s (this function's contract), the
+        // size and alignment of the array read.
+        unsafe { PoolGeometry::from_array(&*(g as *const [i64; POOL_GEOMETRY_LEN])) }
     }
 
     /// Whether windows tile the input without overlap (stride = window, the usual case).
@@ -202,13 +204,17 @@ fn same(v: f32, m: f32) -> bool {
 /// # Safety
 /// Buffers must match the geometry (see [`POOL_GEOMETRY_LEN`]).
 pub unsafe extern "C" fn gl_max_pool2d(x: *const f32, y: *mut f32, g: *const i64) {
-    let p = PoolGeometry::read(g);
-    let x = slice::from_raw_parts(x, p.n * p.h * p.w * p.c);
-    let y = slice::from_raw_parts_mut(y, p.n * p.oh * p.ow * p.c);
-    widest(
-        #[inline(always)]
-        || p.forward(x, y),
-    )
+    // SAFETY: the compiled code passes a geometry array and buffers `x` of `n*h*w*c` and `y` of
+    // `n*oh*ow*c` floats (this function's contract): the slices made here.
+    unsafe {
+        let p = PoolGeometry::read(g);
+        let x = slice::from_raw_parts(x, p.n * p.h * p.w * p.c);
+        let y = slice::from_raw_parts_mut(y, p.n * p.oh * p.ow * p.c);
+        widest(
+            #[inline(always)]
+            || p.forward(x, y),
+        )
+    }
 }
 
 /// `dx = max_pool2d_grad(x, dy)`: each `dy` goes to its window's first maximum.
@@ -221,18 +227,22 @@ pub unsafe extern "C" fn gl_max_pool2d_grad(
     dx: *mut f32,
     g: *const i64,
 ) {
-    let p = PoolGeometry::read(g);
-    let len = p.n * p.h * p.w * p.c;
-    let x = slice::from_raw_parts(x, len);
-    let dy = slice::from_raw_parts(dy, p.n * p.oh * p.ow * p.c);
-    let dx = slice::from_raw_parts_mut(dx, len);
-    if p.disjoint() {
-        widest(
-            #[inline(always)]
-            || p.grad_disjoint(x, dy, dx),
-        )
-    } else {
-        p.grad_overlapping(x, dy, dx)
+    // SAFETY: the compiled code passes a geometry array and buffers `x` and `dx` of `n*h*w*c`
+    // and `dy` of `n*oh*ow*c` floats (this function's contract): the slices made here.
+    unsafe {
+        let p = PoolGeometry::read(g);
+        let len = p.n * p.h * p.w * p.c;
+        let x = slice::from_raw_parts(x, len);
+        let dy = slice::from_raw_parts(dy, p.n * p.oh * p.ow * p.c);
+        let dx = slice::from_raw_parts_mut(dx, len);
+        if p.disjoint() {
+            widest(
+                #[inline(always)]
+                || p.grad_disjoint(x, dy, dx),
+            )
+        } else {
+            p.grad_overlapping(x, dy, dx)
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::codegen::kernels::Kernel;
 use crate::codegen::plan::{Loc, Plan};
 use crate::fused::FusedBody;
 use crate::graph::NodeId;
-use crate::op::{BinaryOp, Op};
+use crate::op::{Op, OpClass};
 use crate::shape::{DType, Shape};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -269,16 +269,16 @@ pub(crate) fn fused_matmul_dims(
 
 /// Whether the JIT has inline code for `op` inside a fused loop.
 fn check_supported(op: &Op) -> Result<(), LowerError> {
-    match op {
-        Op::Binary(BinaryOp::Pow) => Err(format!(
+    match op.class() {
+        OpClass::Elementwise { inline: false } => Err(format!(
             "{} inside a fused body is not supported by the JIT (it is a runtime call; the \
              fusion pass leaves it out)",
             op.name()
         )),
-        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Broadcast { .. } => Ok(()),
-        other => Err(format!(
+        OpClass::Elementwise { inline: true } => Ok(()),
+        _ => Err(format!(
             "{} is not elementwise inside a fused body",
-            other.name()
+            op.name()
         )),
     }
 }
