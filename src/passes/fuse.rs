@@ -42,7 +42,7 @@
 //! `extra_results` (results beyond the first, each read by a `fused_result` node).
 //! Existing fused nodes are opaque, so a second run changes nothing (idempotence).
 
-use super::rewrite::{is_root, move_uses, redirect_grad_of_all, replace_node, splat_value};
+use super::rewrite::{is_root, move_uses, splat_value};
 use super::PassReport;
 use crate::fused::{FusedBody, FusedInst};
 use crate::graph::{Graph, Node, NodeId};
@@ -102,6 +102,8 @@ pub fn run(g: &mut Graph) -> PassReport {
     let position: HashMap<NodeId, usize> =
         order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let mut taken: HashSet<NodeId> = HashSet::new();
+    let mut links = GradLinks::new(g);
+    let mut ancestors = Ancestors::default();
     let mut remarks: Vec<String> = Vec::new();
     let (mut fused_kernels, mut nodes_fused, mut extra_results) = (0, 0, 0);
     for &root in order.iter().rev() {
@@ -122,7 +124,7 @@ pub fn run(g: &mut Graph) -> PassReport {
         let mut in_group: HashSet<NodeId> = HashSet::from([root]);
         // members whose value is also needed in memory (extra results of the kernel)
         let mut extra: Vec<NodeId> = Vec::new();
-        let mut root_ancestors: Option<HashSet<NodeId>> = None;
+        let mut ancestors_of_root = false;
         let mut frontier = vec![root];
         let mut candidates_matmul: Vec<NodeId> = Vec::new();
         let mut local_remarks = Vec::new();
@@ -160,8 +162,11 @@ pub fn run(g: &mut Graph) -> PassReport {
                     continue;
                 }
                 if let Some(why) = blocker(g, p, &in_group, &domain) {
-                    let ancestors = root_ancestors.get_or_insert_with(|| ancestors_of(g, root));
-                    match extra_blocker(g, p, &in_group, &domain, reduce, ancestors) {
+                    if !ancestors_of_root {
+                        ancestors.collect(g, root);
+                        ancestors_of_root = true;
+                    }
+                    match extra_blocker(g, p, &in_group, &domain, reduce, &ancestors) {
                         None => extra.push(p),
                         Some(also) => {
                             local_remarks.push(format!(
@@ -233,7 +238,7 @@ pub fn run(g: &mut Graph) -> PassReport {
         nodes_fused += group.members.len();
         extra_results += group.extra.len();
         fused_kernels += 1;
-        apply(g, &group);
+        apply(g, &group, &mut links);
     }
     let mut seen = HashSet::new();
     for r in remarks {
@@ -274,6 +279,45 @@ fn relu_masks_from_output(g: &mut Graph) -> usize {
     n
 }
 
+/// The `grad_of` links of the graph by target: which nodes say they are the gradient of each
+/// node. Kept up to date as groups are applied, so that moving the links of a group's
+/// members costs their number, not the graph's size (a scan of every node per group made
+/// the pass quadratic in the graph's size).
+struct GradLinks(HashMap<NodeId, Vec<NodeId>>);
+
+impl GradLinks {
+    fn new(g: &Graph) -> GradLinks {
+        let mut links = GradLinks(HashMap::new());
+        for id in g.node_ids() {
+            if let Some(f) = g[id].grad_of {
+                links.add(id, f);
+            }
+        }
+        links
+    }
+
+    /// Records that `node` says it is the gradient of `of`.
+    fn add(&mut self, node: NodeId, of: NodeId) {
+        self.0.entry(of).or_default().push(node);
+    }
+
+    /// Every node whose `grad_of` is `from` gets `to` instead. (A list may name a node that
+    /// was removed, or whose id a newer node took: only nodes still linked to `from` move.)
+    fn redirect(&mut self, g: &mut Graph, from: NodeId, to: NodeId) {
+        let Some(nodes) = self.0.remove(&from) else {
+            return;
+        };
+        for n in nodes {
+            if let Some(node) = g.get_mut(n) {
+                if node.grad_of == Some(from) {
+                    node.grad_of = Some(to);
+                    self.add(n, to);
+                }
+            }
+        }
+    }
+}
+
 /// A group: its root (the value it computes), its members in evaluation order, and the
 /// members that are also extra results (in evaluation order).
 struct Group {
@@ -282,18 +326,52 @@ struct Group {
     extra: Vec<NodeId>,
 }
 
-/// Every node `id` depends on, `id` included.
-fn ancestors_of(g: &Graph, id: NodeId) -> HashSet<NodeId> {
-    let mut seen = HashSet::from([id]);
-    let mut stack = vec![id];
-    while let Some(n) = stack.pop() {
-        for o in g.operands(n) {
-            if seen.insert(o) {
-                stack.push(o);
+/// Every node a group's root depends on, the root included, for the cycle check of
+/// multi-output fusion: marks in a vector indexed by node, reused by every group (a search
+/// per group is linear in the root's ancestors, so fusion of a graph of tens of thousands of
+/// nodes grows faster than linearly; marks instead of a hash set built per group keep that
+/// cheap: `cargo bench --bench scaling`).
+#[derive(Default)]
+struct Ancestors {
+    /// `mark[i] == stamp`: node index `i` is an ancestor of the current root.
+    mark: Vec<u32>,
+    stamp: u32,
+    stack: Vec<NodeId>,
+}
+
+impl Ancestors {
+    /// Marks every node `root` depends on, `root` included (forgetting the previous root's).
+    fn collect(&mut self, g: &Graph, root: NodeId) {
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.mark.iter_mut().for_each(|m| *m = 0);
+            self.stamp = 1;
+        }
+        self.stack.clear();
+        self.insert(root);
+        while let Some(n) = self.stack.pop() {
+            for o in g.operands(n) {
+                self.insert(o);
             }
         }
     }
-    seen
+
+    /// Marks `id` and queues it for a visit if it was not marked.
+    fn insert(&mut self, id: NodeId) {
+        let i = id.index();
+        if i >= self.mark.len() {
+            self.mark.resize(i + 1, 0);
+        }
+        if self.mark[i] != self.stamp {
+            self.mark[i] = self.stamp;
+            self.stack.push(id);
+        }
+    }
+
+    /// Whether `id` is an ancestor of the last root collected.
+    fn contains(&self, id: NodeId) -> bool {
+        self.mark.get(id.index()) == Some(&self.stamp)
+    }
 }
 
 /// Why operand `p`, blocked by [`blocker`], cannot join as an extra result either (a text that
@@ -305,7 +383,7 @@ fn extra_blocker(
     in_group: &HashSet<NodeId>,
     domain: &crate::shape::Shape,
     reduce: bool,
-    root_ancestors: &HashSet<NodeId>,
+    root_ancestors: &Ancestors,
 ) -> Option<String> {
     if &g[p].ty.shape != domain {
         return Some(String::new());
@@ -319,7 +397,7 @@ fn extra_blocker(
     let cycle = g
         .users(p)
         .into_iter()
-        .any(|u| !in_group.contains(&u) && root_ancestors.contains(&u));
+        .any(|u| !in_group.contains(&u) && root_ancestors.contains(u));
     cycle.then(|| ", and a user outside the kernel feeds the kernel's result".into())
 }
 
@@ -352,7 +430,7 @@ fn blocker(
 }
 
 /// Replaces the group by one fused node.
-fn apply(g: &mut Graph, group: &Group) {
+fn apply(g: &mut Graph, group: &Group, links: &mut GradLinks) {
     let members: HashSet<NodeId> = group.members.iter().copied().collect();
     let mut params: Vec<NodeId> = Vec::new();
     let mut index: HashMap<NodeId, usize> = HashMap::new();
@@ -389,7 +467,11 @@ fn apply(g: &mut Graph, group: &Group) {
         grad_of: root.grad_of,
     };
     let fused = g.add_raw(node, &params);
-    replace_node(g, group.root, fused);
+    if let Some(f) = g[fused].grad_of {
+        links.add(fused, f);
+    }
+    links.redirect(g, group.root, fused);
+    move_uses(g, group.root, fused);
     // extra results: a fused_result node takes over each one's name, uses and updates
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     for (k, &e) in group.extra.iter().enumerate() {
@@ -402,10 +484,13 @@ fn apply(g: &mut Graph, group: &Group) {
             grad_of: n.grad_of,
         };
         let r = g.add_raw(result, &[fused]);
+        if let Some(f) = g[r].grad_of {
+            links.add(r, f);
+        }
         map.insert(e, r);
     }
-    redirect_grad_of_all(g, &map);
     for &e in &group.extra {
+        links.redirect(g, e, map[&e]);
         move_uses(g, e, map[&e]);
     }
     let others: HashSet<NodeId> = members
@@ -413,8 +498,9 @@ fn apply(g: &mut Graph, group: &Group) {
         .copied()
         .filter(|&m| m != group.root && !group.extra.contains(&m))
         .collect();
-    let map: HashMap<NodeId, NodeId> = others.iter().map(|&m| (m, fused)).collect();
-    redirect_grad_of_all(g, &map);
+    for &m in &others {
+        links.redirect(g, m, fused);
+    }
     // removed in a fixed order: freed ids are reused by later nodes, and ids break ties in
     // the canonical order, so the printed graph must not depend on hash order
     let mut others: Vec<NodeId> = others.into_iter().collect();

@@ -5,19 +5,11 @@ use crate::graph::{Graph, NodeId};
 use crate::op::{Literal, Op};
 use std::collections::{HashMap, HashSet};
 
-/// Makes every use of `old` (operands, outputs, update values, `grad_of` links) refer to `new`,
-/// then removes `old`. If `old` had a name and `new` has none (and `new` is not a leaf, whose
-/// name is part of the interface), the name moves to `new`, so dumps keep the user's names.
-pub fn replace_node(g: &mut Graph, old: NodeId, new: NodeId) {
-    if old == new {
-        return;
-    }
-    redirect_grad_of(g, old, Some(new));
-    move_uses(g, old, new);
-}
-
-/// [`replace_node`] without the `grad_of` links, for passes that replace many nodes and then
-/// fix every link in one pass with [`redirect_grad_of_all`].
+/// Makes every use of `old` (operands, outputs, update values) refer to `new`, then removes
+/// `old`; `grad_of` links are the caller's to move ([`redirect_grad_of_all`] fixes every link
+/// in one pass over the graph). If `old` had a name and `new` has none (and `new` is not a
+/// leaf, whose name is part of the interface), the name moves to `new`, so dumps keep the
+/// user's names.
 pub fn move_uses(g: &mut Graph, old: NodeId, new: NodeId) {
     if old == new {
         return;
@@ -56,16 +48,6 @@ pub fn redirect_grad_of_all(g: &mut Graph, map: &HashMap<NodeId, NodeId>) {
         if let Some(n) = g.get_mut(id) {
             if let Some(to) = n.grad_of.and_then(|f| map.get(&f)) {
                 n.grad_of = Some(*to);
-            }
-        }
-    }
-}
-
-fn redirect_grad_of(g: &mut Graph, from: NodeId, to: Option<NodeId>) {
-    for id in g.node_ids() {
-        if let Some(n) = g.get_mut(id) {
-            if n.grad_of == Some(from) {
-                n.grad_of = to;
             }
         }
     }
