@@ -904,11 +904,12 @@ impl Model {
         self.write_checkpoint(path.as_ref(), &g, &g.params(), Contents::Weights)
     }
 
-    /// Reads the params from a file of [`Model::save_weights`] or [`Model::save`] (its
-    /// optimizer state, whichever optimizer wrote it, is then skipped); every param of the
-    /// model must be in the file with its dtype and shape, and the file may hold no other
-    /// param. The optimizer state, counts
-    /// and learning rate are left as they are; on any error the model is untouched.
+    /// Reads the params from a file of [`Model::save_weights`], [`Model::save`] or
+    /// `gradlift train --save` (the optimizer state of a training checkpoint, whichever
+    /// optimizer wrote it, is then skipped: its `params` metadata says which tensors are
+    /// params); every param of the model must be in the file with its dtype and shape, and
+    /// the file may hold no other param. The optimizer state, counts and learning rate are
+    /// left as they are; on any error the model is untouched.
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let path = path.as_ref();
         let g = self.checkpoint_graph()?;

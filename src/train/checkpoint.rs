@@ -117,12 +117,14 @@ impl TrainingState {
         };
         match c.metadata.get("schema") {
             Some(s) if s == SCHEMA => {}
-            Some(s) => return Err(bad(
-                "schema",
-                format!(
+            Some(s) => {
+                return Err(bad(
+                    "schema",
+                    format!(
                     "expected {SCHEMA:?}, found {s:?} (written by another version of gradlift?)"
                 ),
-            )),
+                ))
+            }
             None => {
                 let keys: Vec<&str> = c.metadata.keys().map(|k| k.as_str()).collect();
                 let found = if c.metadata.contains_key("train_images") {
