@@ -787,7 +787,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
 
 impl Checkpoint {
     /// Decodes checkpoint bytes as [`load`] does; `path` is only used in messages. The
-    /// `safetensors` crate reads the file; when it refuses one, [`explain`] says what is
+    /// `safetensors` crate reads the file; when it refuses one, the error says what is
     /// wrong and where.
     pub fn from_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
         let path = path.as_ref();

@@ -194,4 +194,34 @@ fn a_checkpoint_of_an_earlier_schema_is_refused_by_both() {
         path.to_str().unwrap(),
     ]);
     assert!(err.contains("old.st") && err.contains(&expected), "{err}");
+
+    // The metadata `Model::save` wrote before: refused too, naming it.
+    let old = std::collections::BTreeMap::from([
+        ("model".to_string(), "sequential".to_string()),
+        ("params".to_string(), c.metadata["params"].clone()),
+        ("contents".to_string(), "training".to_string()),
+        ("optimizer".to_string(), "Adam { .. }".to_string()),
+        (
+            "loss".to_string(),
+            "sparse_categorical_crossentropy".to_string(),
+        ),
+        ("epoch".to_string(), "1".to_string()),
+        ("step".to_string(), "5".to_string()),
+        ("learning_rate".to_string(), "0.001".to_string()),
+    ]);
+    checkpoint::save(&path, &c.tensors, &old).unwrap();
+    let e = model(7).load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("found the schema of earlier `Model::save` checkpoints"),
+        "{e}"
+    );
+
+    // A weights file (params only) is not a training checkpoint: resuming from it is refused.
+    let weights = d.join("weights.st");
+    m.save_weights(&weights).unwrap();
+    let e = model(7).load(&weights).unwrap_err().to_string();
+    assert!(
+        e.contains("weights.st: metadata contents: expected \"training\" (params and optimizer state), found \"weights\""),
+        "{e}"
+    );
 }
