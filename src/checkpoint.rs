@@ -15,10 +15,14 @@
 //!   most [`MAX_STEP`], and equal to the optimizer's own count when it keeps one (Adam).
 //! - **Ours, and whole.** The safetensors `__metadata__` holds `format = gradlift-checkpoint`,
 //!   `version = 1` and `checksums`: a JSON map from every tensor name (and `__metadata__`,
-//!   for the caller's metadata) to a 64-bit FNV-1a hash of its contents. [`load`] checks the
-//!   header, every tensor's dtype, shape and data offsets, and every checksum; a truncated,
-//!   corrupt or foreign file is a [`CheckpointError`] naming the tensor when one is involved.
-//!   Loading never panics on a bad file.
+//!   for the caller's metadata) to a 64-bit FNV-1a hash of its contents. [`load`] reads the
+//!   file with the `safetensors` crate (which checks the header and that the tensors' data
+//!   offsets tile the data section), then checks the format, version, dtypes and every
+//!   checksum. A truncated, corrupt or foreign file is a [`CheckpointError`] that says what
+//!   is wrong, where, and the numbers expected and found, naming the tensor when one is
+//!   involved: when the crate refuses a file, the reader looks at the length prefix, the
+//!   header's encoding and JSON, each entry (with the crate's own header types) and the data
+//!   layout to say why. Loading never panics on a bad file.
 //! - **Matching a model.** [`Checkpoint::check`] compares the file with the names and types a
 //!   model expects (e.g. [`graph_tensor_types`] of a [`Graph`]) and reports every missing,
 //!   unexpected, dtype- or shape-mismatched tensor by name. [`Checkpoint::feeds`] turns a
@@ -61,7 +65,6 @@
 use crate::graph::{Graph, NodeId};
 use crate::interp::{Array, Float};
 use crate::shape::{DType, Shape, TensorType};
-use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -782,84 +785,85 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
     Checkpoint::from_bytes(&bytes, path)
 }
 
-/// A tensor entry of a header, checked.
-struct TensorInfo {
-    name: String,
-    dtype: DType,
-    shape: Vec<usize>,
-    start: usize,
-    end: usize,
-}
-
-/// A parsed and structurally checked header.
-struct Header {
-    /// Length of the prefix and header: where the data section starts.
-    data_start: usize,
-    metadata: BTreeMap<String, String>,
-    checksums: BTreeMap<String, String>,
-    /// Sorted by data offset.
-    tensors: Vec<TensorInfo>,
-}
-
 impl Checkpoint {
-    /// Decodes checkpoint bytes as [`load`] does; `path` is only used in messages.
+    /// Decodes checkpoint bytes as [`load`] does; `path` is only used in messages. The
+    /// `safetensors` crate reads the file; when it refuses one, the error says what is
+    /// wrong and where.
     pub fn from_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
         let path = path.as_ref();
-        let header = parse_header(bytes, path)?;
         let corrupt = |tensor: Option<&str>, reason: String| CheckpointError::Corrupt {
             path: path.to_path_buf(),
             tensor: tensor.map(str::to_string),
             reason,
         };
-        // The offsets were checked against the file length, but let the crate agree.
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| corrupt(None, format!("the safetensors reader rejects it: {e}")))?;
-
-        let data = &bytes[header.data_start..];
-        let mut tensors = Vec::with_capacity(header.tensors.len());
-        for info in &header.tensors {
-            let raw = &data[info.start..info.end];
-            let view = st
-                .tensor(&info.name)
-                .map_err(|e| corrupt(Some(&info.name), format!("safetensors: {e}")))?;
-            if !std::ptr::eq(view.data(), raw) {
-                return Err(corrupt(
-                    Some(&info.name),
-                    "the safetensors reader locates its data elsewhere".into(),
-                ));
-            }
-            let stored = header.checksums.get(&info.name).ok_or_else(|| {
+        if bytes.is_empty() {
+            return Err(CheckpointError::NotACheckpoint {
+                path: path.to_path_buf(),
+                reason: "the file is empty".into(),
+            });
+        }
+        let (header_len, header) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| explain(bytes, path, e))?;
+        let mut metadata = ours(header.metadata().as_ref(), path)?;
+        let checksums_text = metadata.remove("checksums");
+        metadata.remove("format");
+        metadata.remove("version");
+        let checksums_text = checksums_text
+            .ok_or_else(|| corrupt(None, "the metadata has no checksums entry".into()))?;
+        let checksums: BTreeMap<String, String> =
+            serde_json::from_str(&checksums_text).map_err(|e| {
                 corrupt(
-                    Some(&info.name),
+                    None,
+                    format!("the checksums entry is not a JSON map of strings: {e}"),
+                )
+            })?;
+
+        // The crate checked that the tensors' data tile the data section exactly.
+        let data = bytes.get(8 + header_len..).unwrap_or_default();
+        let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =
+            header.tensors().into_iter().collect();
+        infos.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = Vec::with_capacity(infos.len());
+        for (name, info) in &infos {
+            let dtype = gradlift_dtype(info.dtype).map_err(|r| corrupt(Some(name), r))?;
+            let (start, end) = info.data_offsets;
+            let raw = data.get(start..end).ok_or_else(|| {
+                corrupt(
+                    Some(name),
+                    format!("data_offsets [{start}, {end}) lie outside the data section"),
+                )
+            })?;
+            let stored = checksums.get(name).ok_or_else(|| {
+                corrupt(
+                    Some(name),
                     "no checksum is recorded for it (was the name changed?)".into(),
                 )
             })?;
-            let actual = tensor_checksum(&info.name, info.dtype, &info.shape, raw);
+            let actual = tensor_checksum(name, dtype, &info.shape, raw);
             if *stored != actual {
                 return Err(corrupt(
-                    Some(&info.name),
+                    Some(name),
                     format!("checksum mismatch: recorded {stored}, the contents hash to {actual}"),
                 ));
             }
             tensors.push(NamedTensor {
-                name: info.name.clone(),
+                name: name.clone(),
                 shape: Shape(info.shape.clone()),
-                data: from_le_bytes(info.dtype, raw),
+                data: from_le_bytes(dtype, raw),
             });
         }
-        for name in header.checksums.keys() {
-            if name != METADATA_KEY && !header.tensors.iter().any(|t| &t.name == name) {
+        for name in checksums.keys() {
+            if name != METADATA_KEY && !infos.iter().any(|(t, _)| t == name) {
                 return Err(corrupt(
                     Some(name),
                     "a checksum is recorded for it but the file holds no such tensor".into(),
                 ));
             }
         }
-        let stored = header
-            .checksums
+        let stored = checksums
             .get(METADATA_KEY)
             .ok_or_else(|| corrupt(None, format!("no checksum is recorded for {METADATA_KEY}")))?;
-        let actual = metadata_checksum(&header.metadata);
+        let actual = metadata_checksum(&metadata);
         if *stored != actual {
             return Err(corrupt(
                 None,
@@ -868,11 +872,10 @@ impl Checkpoint {
                 ),
             ));
         }
-        tensors.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Checkpoint {
             path: path.to_path_buf(),
             tensors,
-            metadata: header.metadata,
+            metadata,
         })
     }
 
@@ -1024,10 +1027,7 @@ impl Checkpoint {
 /// An interpreter array with the tensor's values (bit-exact for f32 arrays).
 fn to_array<T: Float>(t: &NamedTensor) -> Array<T> {
     let data: Vec<T> = match &t.data {
-        TensorData::F32(v) => match (v as &dyn Any).downcast_ref::<Vec<T>>() {
-            Some(same) => same.clone(),
-            None => v.iter().map(|&x| T::from_f64(x as f64)).collect(),
-        },
+        TensorData::F32(v) => v.iter().map(|&x| T::from_f32(x)).collect(),
         TensorData::I32(v) => v.iter().map(|&x| T::from_f64(x as f64)).collect(),
     };
     Array {
@@ -1036,161 +1036,22 @@ fn to_array<T: Float>(t: &NamedTensor) -> Array<T> {
     }
 }
 
-/// Reads the length prefix and the JSON header and checks every entry against the file.
-fn parse_header(bytes: &[u8], path: &Path) -> Result<Header, CheckpointError> {
-    let not_ours = |reason: String| CheckpointError::NotACheckpoint {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let corrupt = |tensor: Option<&str>, reason: String| CheckpointError::Corrupt {
-        path: path.to_path_buf(),
-        tensor: tensor.map(str::to_string),
-        reason,
-    };
-    let len = bytes.len();
-    if len == 0 {
-        return Err(not_ours("the file is empty".into()));
-    }
-    let Some(prefix) = bytes.get(..8) else {
-        return Err(corrupt(
-            None,
-            format!("the file is {len} bytes long, shorter than the 8-byte header length: it is truncated"),
-        ));
-    };
-    let mut n8 = [0u8; 8];
-    n8.copy_from_slice(prefix);
-    let n = u64::from_le_bytes(n8);
-    if n > MAX_HEADER {
-        return Err(not_ours(format!(
-            "the header length prefix is {n}, more than the {MAX_HEADER} bytes a safetensors header may have (not a safetensors file)"
-        )));
-    }
-    // n <= MAX_HEADER, so it fits a usize and the sum does not overflow.
-    let header_end = 8 + n as usize;
-    if header_end > len {
-        return Err(corrupt(
-            None,
-            format!(
-                "the header length prefix says {n} bytes but only {} follow it: the file is truncated",
-                len - 8
-            ),
-        ));
-    }
-    let head = &bytes[8..header_end];
-    if head.first() != Some(&b'{') {
-        return Err(not_ours(
-            "the header does not start with '{' (not a safetensors file)".into(),
-        ));
-    }
-    let text = std::str::from_utf8(head).map_err(|e| {
-        corrupt(
-            None,
-            format!("the header is not UTF-8 (at byte {})", 8 + e.valid_up_to()),
-        )
-    })?;
-    let json: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| corrupt(None, format!("the header is not valid JSON: {e}")))?;
-    let serde_json::Value::Object(entries) = json else {
-        return Err(corrupt(None, "the header is not a JSON object".into()));
-    };
-
-    let mut metadata = parse_metadata(entries.get(METADATA_KEY), path)?;
-    let checksums_text = metadata.remove("checksums");
-    metadata.remove("format");
-    metadata.remove("version");
-    let checksums_text = checksums_text
-        .ok_or_else(|| corrupt(None, "the metadata has no checksums entry".into()))?;
-    let checksums: BTreeMap<String, String> =
-        serde_json::from_str(&checksums_text).map_err(|e| {
-            corrupt(
-                None,
-                format!("the checksums entry is not a JSON map of strings: {e}"),
-            )
-        })?;
-
-    let mut tensors = Vec::new();
-    for (name, entry) in &entries {
-        if name != METADATA_KEY {
-            tensors.push(parse_tensor_info(name, entry, path)?);
-        }
-    }
-    tensors.sort_by_key(|t| (t.start, t.end));
-    let data_len = len - header_end;
-    let mut at = 0usize;
-    for t in &tensors {
-        if t.start != at {
-            return Err(corrupt(
-                Some(&t.name),
-                format!(
-                    "data_offsets [{}, {}) do not start where the previous tensor ends ({at})",
-                    t.start, t.end
-                ),
-            ));
-        }
-        if t.end > data_len {
-            return Err(corrupt(
-                Some(&t.name),
-                format!(
-                    "its data occupies bytes [{}, {}) of the data section, which has only {data_len} bytes: the file is truncated",
-                    t.start, t.end
-                ),
-            ));
-        }
-        at = t.end;
-    }
-    if at != data_len {
-        let last = tensors
-            .last()
-            .map(|t| format!("tensor {}", t.name))
-            .unwrap_or_else(|| "the header".into());
-        return Err(corrupt(
-            None,
-            format!(
-                "{} unexpected bytes follow the data of the last tensor ({last}): the data section has {data_len} bytes, the tensors {at}",
-                data_len - at
-            ),
-        ));
-    }
-    Ok(Header {
-        data_start: header_end,
-        metadata,
-        checksums,
-        tensors,
-    })
-}
-
-/// Reads `__metadata__`, checking that it is ours and of the supported version.
-fn parse_metadata(
-    entry: Option<&serde_json::Value>,
+/// The caller's metadata of a safetensors header, after checking that it is ours
+/// (`format`) and of the supported `version`.
+fn ours(
+    metadata: Option<&std::collections::HashMap<String, String>>,
     path: &Path,
 ) -> Result<BTreeMap<String, String>, CheckpointError> {
     let not_ours = |reason: String| CheckpointError::NotACheckpoint {
         path: path.to_path_buf(),
         reason,
     };
-    let Some(entry) = entry else {
+    let Some(map) = metadata else {
         return Err(not_ours(format!(
             "the safetensors header has no {METADATA_KEY} (format = {FORMAT} is expected)"
         )));
     };
-    let serde_json::Value::Object(map) = entry else {
-        return Err(CheckpointError::Corrupt {
-            path: path.to_path_buf(),
-            tensor: None,
-            reason: format!("{METADATA_KEY} is not a JSON object"),
-        });
-    };
-    let mut out = BTreeMap::new();
-    for (k, v) in map {
-        let serde_json::Value::String(s) = v else {
-            return Err(CheckpointError::Corrupt {
-                path: path.to_path_buf(),
-                tensor: None,
-                reason: format!("metadata entry {k:?} is not a string"),
-            });
-        };
-        out.insert(k.clone(), s.clone());
-    }
+    let out: BTreeMap<String, String> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     match out.get("format") {
         Some(f) if f == FORMAT => {}
         Some(f) => {
@@ -1218,71 +1079,217 @@ fn parse_metadata(
     }
 }
 
-/// Reads one tensor entry `{"dtype": .., "shape": [..], "data_offsets": [s, e]}` and checks
-/// that the byte range matches the dtype and shape.
-fn parse_tensor_info(
-    name: &str,
-    entry: &serde_json::Value,
-    path: &Path,
-) -> Result<TensorInfo, CheckpointError> {
-    let corrupt = |reason: String| CheckpointError::Corrupt {
+/// The gradlift dtype of a safetensors dtype, or why it has none.
+fn gradlift_dtype(d: safetensors::Dtype) -> Result<DType, String> {
+    match d {
+        safetensors::Dtype::F32 => Ok(DType::F32),
+        safetensors::Dtype::I32 => Ok(DType::I32),
+        other => Err(format!(
+            "dtype {other:?} is not supported (checkpoints hold F32 and I32)"
+        )),
+    }
+}
+
+/// What is wrong with a file the `safetensors` crate refused (`e`), with the numbers found:
+/// the length prefix against the file, the header's encoding and JSON, each tensor entry
+/// (read with the crate's own header types), and how the tensors' data offsets tile the data
+/// section.
+fn explain(bytes: &[u8], path: &Path, e: safetensors::SafeTensorError) -> CheckpointError {
+    use safetensors::SafeTensorError as E;
+    let not_ours = |reason: String| CheckpointError::NotACheckpoint {
         path: path.to_path_buf(),
-        tensor: Some(name.to_string()),
         reason,
     };
-    let serde_json::Value::Object(fields) = entry else {
-        return Err(corrupt("its header entry is not a JSON object".into()));
+    let corrupt = |tensor: Option<&str>, reason: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        tensor: tensor.map(str::to_string),
+        reason,
     };
-    let dtype = match fields.get("dtype").and_then(|d| d.as_str()) {
-        Some("F32") => DType::F32,
-        Some("I32") => DType::I32,
-        Some(other) => {
-            return Err(corrupt(format!(
-                "dtype {other} is not supported (checkpoints hold F32 and I32)"
-            )))
+    let len = bytes.len();
+    let Some(prefix) = bytes.get(..8) else {
+        return corrupt(
+            None,
+            format!("the file is {len} bytes long, shorter than the 8-byte header length: it is truncated"),
+        );
+    };
+    let mut n8 = [0u8; 8];
+    n8.copy_from_slice(prefix);
+    let n = u64::from_le_bytes(n8);
+    if n > MAX_HEADER {
+        return not_ours(format!(
+            "the header length prefix is {n}, more than the {MAX_HEADER} bytes a safetensors header may have (not a safetensors file)"
+        ));
+    }
+    // n <= MAX_HEADER, so it fits a usize and the sum does not overflow.
+    let header_end = 8 + n as usize;
+    let Some(head) = bytes.get(8..header_end) else {
+        return corrupt(
+            None,
+            format!(
+                "the header length prefix says {n} bytes but only {} follow it: the file is truncated",
+                len - 8
+            ),
+        );
+    };
+    if head.first() != Some(&b'{') {
+        return not_ours("the header does not start with '{' (not a safetensors file)".into());
+    }
+    let text = match std::str::from_utf8(head) {
+        Ok(t) => t,
+        Err(e) => {
+            return corrupt(
+                None,
+                format!("the header is not UTF-8 (at byte {})", 8 + e.valid_up_to()),
+            )
         }
-        None => return Err(corrupt("its header entry has no dtype string".into())),
     };
-    let usizes = |key: &str| -> Result<Vec<usize>, CheckpointError> {
-        let arr = fields
+    let data_len = len - header_end;
+    match e {
+        E::InvalidOffset(_)
+        | E::TensorInvalidInfo
+        | E::MetadataIncompleteBuffer
+        | E::ValidationOverflow => {
+            match serde_json::from_str::<safetensors::tensor::Metadata>(text) {
+                Ok(header) => layout_error(&header, data_len, &corrupt).unwrap_or_else(|| {
+                    corrupt(None, format!("the safetensors reader rejects it: {e}"))
+                }),
+                Err(_) => header_error(text, &corrupt),
+            }
+        }
+        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization => {
+            header_error(text, &corrupt)
+        }
+        other => corrupt(None, format!("the safetensors reader rejects it: {other}")),
+    }
+}
+
+/// Why a header is not a safetensors header: not a JSON object, metadata that is not a map
+/// of strings, or the first tensor entry that the crate's `TensorInfo` does not read.
+fn header_error(
+    text: &str,
+    corrupt: &dyn Fn(Option<&str>, String) -> CheckpointError,
+) -> CheckpointError {
+    let entries: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return corrupt(None, format!("the header is not valid JSON: {e}"))
+        }
+        Err(e) => return corrupt(None, format!("the header is not a JSON object: {e}")),
+    };
+    if let Some(meta) = entries.get(METADATA_KEY) {
+        let Some(map) = meta.as_object() else {
+            return corrupt(None, format!("{METADATA_KEY} is not a JSON object"));
+        };
+        if let Some((k, _)) = map.iter().find(|(_, v)| !v.is_string()) {
+            return corrupt(None, format!("metadata entry {k:?} is not a string"));
+        }
+    }
+    for (name, entry) in entries.iter().filter(|(k, _)| *k != METADATA_KEY) {
+        if let Err(reason) = entry_error(entry) {
+            return corrupt(Some(name), reason);
+        }
+    }
+    corrupt(
+        None,
+        "the safetensors reader rejects the header (its entries read one by one)".into(),
+    )
+}
+
+/// Why the crate's `TensorInfo` does not read a tensor's header entry
+/// `{"dtype": .., "shape": [..], "data_offsets": [start, end]}`: the field and what it holds,
+/// each field read with the crate's type for it.
+fn entry_error(entry: &serde_json::Value) -> Result<(), String> {
+    let Some(fields) = entry.as_object() else {
+        return Err("its header entry is not a JSON object".into());
+    };
+    let field = |key: &str| {
+        fields
             .get(key)
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| corrupt(format!("its header entry has no {key} list")))?;
-        arr.iter()
-            .map(|v| {
-                v.as_u64()
-                    .and_then(|x| usize::try_from(x).ok())
-                    .ok_or_else(|| corrupt(format!("{key} holds {v}, not a non-negative integer")))
-            })
-            .collect()
+            .cloned()
+            .ok_or_else(|| format!("its header entry has no {key}"))
     };
-    let shape = usizes("shape")?;
-    let offsets = usizes("data_offsets")?;
-    let [start, end] = offsets[..] else {
-        return Err(corrupt(format!(
+    serde_json::from_value::<safetensors::Dtype>(field("dtype")?)
+        .map_err(|e| format!("dtype: {e}"))?;
+    serde_json::from_value::<Vec<usize>>(field("shape")?).map_err(|e| format!("shape: {e}"))?;
+    let offsets = serde_json::from_value::<Vec<usize>>(field("data_offsets")?)
+        .map_err(|e| format!("data_offsets: {e}"))?;
+    if offsets.len() != 2 {
+        return Err(format!(
             "data_offsets has {} numbers, expected 2",
             offsets.len()
-        )));
-    };
-    let ty = TensorType::new(dtype, shape.clone());
-    let nbytes = ty
-        .shape
-        .checked_numel()
-        .and_then(|n| n.checked_mul(4))
-        .ok_or_else(|| corrupt(format!("{ty} is too large")))?;
-    if end < start || end - start != nbytes {
-        return Err(corrupt(format!(
-            "{ty} needs {nbytes} bytes but data_offsets [{start}, {end}) hold {}",
-            end.saturating_sub(start)
-        )));
+        ));
     }
-    Ok(TensorInfo {
-        name: name.to_string(),
-        dtype,
-        shape,
-        start,
-        end,
-    })
+    serde_json::from_value::<safetensors::tensor::TensorInfo>(entry.clone())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The first problem of the tensors' data layout: an unsupported dtype, a byte range that
+/// does not match the dtype and shape, a gap or overlap between tensors, data beyond the end
+/// of the file or bytes after the last tensor. `None` when the layout is fine.
+fn layout_error(
+    header: &safetensors::tensor::Metadata,
+    data_len: usize,
+    corrupt: &dyn Fn(Option<&str>, String) -> CheckpointError,
+) -> Option<CheckpointError> {
+    let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> =
+        header.tensors().into_iter().collect();
+    tensors.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
+    for (name, info) in &tensors {
+        let dtype = match gradlift_dtype(info.dtype) {
+            Ok(d) => d,
+            Err(reason) => return Some(corrupt(Some(name), reason)),
+        };
+        let ty = TensorType::new(dtype, info.shape.clone());
+        let (start, end) = info.data_offsets;
+        let Some(nbytes) = ty.shape.checked_numel().and_then(|n| n.checked_mul(4)) else {
+            return Some(corrupt(Some(name), format!("{ty} is too large")));
+        };
+        if end < start || end - start != nbytes {
+            return Some(corrupt(
+                Some(name),
+                format!(
+                    "{ty} needs {nbytes} bytes but data_offsets [{start}, {end}) hold {}",
+                    end.saturating_sub(start)
+                ),
+            ));
+        }
+    }
+    let mut at = 0usize;
+    for (name, info) in &tensors {
+        let (start, end) = info.data_offsets;
+        if start != at {
+            return Some(corrupt(
+                Some(name),
+                format!(
+                    "data_offsets [{start}, {end}) do not start where the previous tensor ends ({at})"
+                ),
+            ));
+        }
+        if end > data_len {
+            return Some(corrupt(
+                Some(name),
+                format!(
+                    "its data occupies bytes [{start}, {end}) of the data section, which has only {data_len} bytes: the file is truncated"
+                ),
+            ));
+        }
+        at = end;
+    }
+    if at != data_len {
+        let last = tensors
+            .last()
+            .map(|(name, _)| format!("tensor {name}"))
+            .unwrap_or_else(|| "the header".into());
+        return Some(corrupt(
+            None,
+            format!(
+                "{} unexpected bytes follow the data of the last tensor ({last}): the data section has {data_len} bytes, the tensors {at}",
+                data_len.saturating_sub(at)
+            ),
+        ));
+    }
+    None
 }
 
 // ---- graphs -----------------------------------------------------------------------------------
@@ -1344,10 +1351,7 @@ pub fn graph_tensors<T: Float>(
             )));
         }
         let data = match ty.dtype {
-            DType::F32 => TensorData::F32(match (&a.data as &dyn Any).downcast_ref::<Vec<f32>>() {
-                Some(same) => same.clone(),
-                None => a.data.iter().map(|v| v.to_f64() as f32).collect(),
-            }),
+            DType::F32 => TensorData::F32(a.data.iter().map(|v| v.to_f32()).collect()),
             DType::I32 => {
                 let mut v = Vec::with_capacity(a.data.len());
                 for (i, x) in a.data.iter().enumerate() {

@@ -77,6 +77,10 @@ pub trait Float:
     fn from_f64(v: f64) -> Self;
     /// The value as f64 (exact).
     fn to_f64(self) -> f64;
+    /// The value of an f32 (exact; for `f32` itself every bit, NaN payloads included).
+    fn from_f32(v: f32) -> Self;
+    /// The nearest f32 (for `f32` itself every bit, NaN payloads included).
+    fn to_f32(self) -> f32;
     /// `e^self`
     fn exp(self) -> Self;
     /// Natural logarithm.
@@ -105,6 +109,12 @@ macro_rules! impl_float {
             }
             fn to_f64(self) -> f64 {
                 self as f64
+            }
+            fn from_f32(v: f32) -> Self {
+                v as $t
+            }
+            fn to_f32(self) -> f32 {
+                self as f32
             }
             fn exp(self) -> Self {
                 <$t>::exp(self)

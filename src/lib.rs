@@ -67,6 +67,7 @@ pub mod runtime;
 pub mod shape;
 pub mod step;
 pub mod text;
+pub mod train;
 pub mod verify;
 
 pub use graph::{BuildError, Graph, Node, NodeId, SourceLoc};

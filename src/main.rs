@@ -14,19 +14,19 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gradlift::autodiff;
-use gradlift::checkpoint::{self, NamedTensor};
 use gradlift::codegen::{self, CompileOptions};
 use gradlift::data::{self, Dataset};
 use gradlift::graph::{Graph, NodeId};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
-use gradlift::op::Op;
-use gradlift::optim::{self, Optimizer};
+use gradlift::optim::Optimizer;
 use gradlift::passes::Pipeline;
 use gradlift::runtime::{self, HostTensor};
-use gradlift::shape::{DType, Shape, TensorType};
-use gradlift::step::{compile_training_step, CompiledStep, DataFeed, StepOptions};
+use gradlift::shape::{DType, TensorType};
+use gradlift::step::StepOptions;
 use gradlift::text;
+use gradlift::train::graph::{class_count, GraphModel};
+use gradlift::train::{EpochEnd, Plan, Progress, Span, TrainError};
 use gradlift::verify::{verify, VerifyErrors};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -570,27 +570,6 @@ fn random_feeds(g: &Graph, seed: u64) -> Result<HashMap<NodeId, Array<f32>>, Cli
     Ok(feeds)
 }
 
-/// The number of classes an i32 input ranges over: the class dimension of the logits when it
-/// is the labels of a sparse cross-entropy, the depth when it feeds a one_hot (the smallest if
-/// several), else 10.
-fn class_count(g: &Graph, input: NodeId) -> u64 {
-    let mut k: Option<usize> = None;
-    for u in g.users(input) {
-        let ops = g.operands(u);
-        let found = match &g[u].op {
-            Op::SparseSoftmaxCrossEntropy if ops.get(1) == Some(&input) => ops
-                .first()
-                .and_then(|&l| g[l].ty.shape.dims().get(1).copied()),
-            Op::OneHot { depth } => Some(*depth),
-            _ => None,
-        };
-        if let Some(f) = found.filter(|&f| f > 0) {
-            k = Some(k.map_or(f, |k| k.min(f)));
-        }
-    }
-    k.unwrap_or(10) as u64
-}
-
 /// How many values are printed in full; larger tensors are summarized.
 const FULL: usize = 16;
 /// How many leading values a summary shows.
@@ -711,160 +690,21 @@ struct TrainArgs {
     check_numerics: bool,
 }
 
-/// A model ready to train: its forward graph, its compiled training step and the names and
-/// types of its data inputs.
-struct Trainable {
-    /// The model file, for messages.
-    file: String,
-    /// The parsed graph (forward, loss, metrics): evaluated on the test set.
-    forward: Graph,
-    /// The training step: forward, gradients, optimizer updates (before the pass pipeline).
-    step: Graph,
-    /// The images input's name and type.
-    x: (String, TensorType),
-    /// The labels input's name and type.
-    labels: (String, TensorType),
-    /// Examples per call (the leading dimension of both inputs).
-    batch: usize,
-}
-
-/// Finds the images input (the only f32 input) and the labels input (the only i32 input, of
-/// shape `[B]` with `B` the images' leading dimension) and checks the `loss` output.
-fn data_inputs(g: &Graph, file: &str) -> Result<(NodeId, NodeId, usize), CliError> {
-    let inputs = g.inputs();
-    let of = |dt: DType| -> Vec<NodeId> {
-        inputs
-            .iter()
-            .copied()
-            .filter(|&i| g[i].ty.dtype == dt)
-            .collect()
-    };
-    let (fs, is) = (of(DType::F32), of(DType::I32));
-    let list = |ids: &[NodeId]| -> String {
-        let v: Vec<String> = ids
-            .iter()
-            .map(|&i| format!("{}: {}", gradlift::verify::node_label(g, i), g[i].ty))
-            .collect();
-        if v.is_empty() {
-            "none".to_string()
-        } else {
-            v.join(", ")
-        }
-    };
-    if fs.len() != 1 || is.len() != 1 {
-        return Err(CliError(format!(
-            "{file}: train needs exactly two inputs, the images (f32) and the labels (i32); \
-             the graph has f32 inputs: {} and i32 inputs: {}",
-            list(&fs),
-            list(&is)
-        )));
-    }
-    let (x, labels) = (fs[0], is[0]);
-    let xd = g[x].ty.shape.dims();
-    if xd.len() < 2 {
-        return Err(CliError(format!(
-            "{file}: the images input {}: {} must have a batch dimension and at least one more",
-            gradlift::verify::node_label(g, x),
-            g[x].ty
-        )));
-    }
-    let batch = xd[0];
-    if g[labels].ty.shape.dims() != [batch] {
-        return Err(CliError(format!(
-            "{file}: the labels input {}: {} must have shape [{batch}] (one label per image of {}: {})",
-            gradlift::verify::node_label(g, labels),
-            g[labels].ty,
-            gradlift::verify::node_label(g, x),
-            g[x].ty
-        )));
-    }
-    let loss = g.output("loss").ok_or_else(|| {
-        CliError(format!(
-            "{file}: train needs an output called loss (the scalar to minimize)"
-        ))
-    })?;
-    if g[loss].ty != TensorType::f32(Shape::scalar()) {
-        return Err(CliError(format!(
-            "{file}: the output loss must be f32[], found {}",
-            g[loss].ty
-        )));
-    }
-    Ok((x, labels, batch))
-}
-
-/// Reads the model and builds its (unsplit) training step: gradients of `loss` with respect
-/// to every param and the optimizer's updates with the learning-rate input `%lr`, before the
-/// pass pipeline. It names the params and state a checkpoint holds.
-fn trainable(path: &Path, opt: &Optimizer) -> Result<Trainable, CliError> {
+/// Reads the model and builds its training step ([`GraphModel::new`]).
+fn graph_model(path: &Path, opt: &Optimizer) -> Result<GraphModel, CliError> {
     let file = path.display().to_string();
     let forward = load(path)?;
-    let (x, labels, batch) = data_inputs(&forward, &file)?;
-    let params = forward.params();
-    if params.is_empty() {
-        return Err(CliError(format!(
-            "{file}: the model has no params to train"
-        )));
-    }
-    let in_file = |e: &dyn fmt::Display| CliError(format!("{file}: {e}"));
-    let mut step = forward.clone();
-    optim::training_step(&mut step, "loss", opt).map_err(|e| match e {
-        optim::TrainingStepError::Grad(e) if e.loc().is_some() => CliError(e.to_string()),
-        e => in_file(&e),
-    })?;
-    verify(&step).map_err(|e| verify_report(&format!("{file} (training step)"), &e))?;
-    let named = |id: NodeId| {
-        let n = &forward[id];
-        (n.name.clone().unwrap_or_default(), n.ty.clone())
-    };
-    Ok(Trainable {
-        x: named(x),
-        labels: named(labels),
-        file,
-        forward,
-        step,
-        batch,
-    })
+    GraphModel::new(forward, file, opt).map_err(train_error)
 }
 
-/// The shuffling seed of epoch `epoch` of a run seeded `seed`.
-fn epoch_seed(seed: u64, epoch: usize) -> u64 {
-    Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64()
-}
-
-/// Running means of the scalar outputs of the steps of an epoch, each step weighted by its
-/// number of examples (the outputs are batch means).
-#[derive(Default)]
-struct Means {
-    sums: Vec<(String, f64)>,
-    examples: usize,
-}
-
-impl Means {
-    /// Adds the scalar outputs of one step over `n` examples.
-    fn add(&mut self, outs: &[(String, HostTensor)], n: usize) {
-        for (name, t) in outs {
-            let v = match (t.as_f32(), t.as_i32()) {
-                (Some([v]), _) => *v as f64,
-                (_, Some([v])) => *v as f64,
-                _ => continue,
-            } * n as f64;
-            match self.sums.iter_mut().find(|(k, _)| k == name) {
-                Some((_, s)) => *s += v,
-                None => self.sums.push((name.clone(), v)),
-            }
+/// A library error of training as the CLI prints it (a training step that fails to verify
+/// as a compiler would print it).
+fn train_error(e: TrainError) -> CliError {
+    match e {
+        TrainError::Verify { file, errors } => {
+            verify_report(&format!("{file} (training step)"), &errors)
         }
-        self.examples += n;
-    }
-
-    /// `loss 0.1234 - accuracy 0.9876` (every scalar output, in the graph's order).
-    fn line(&self) -> String {
-        let n = self.examples.max(1) as f64;
-        let parts: Vec<String> = self
-            .sums
-            .iter()
-            .map(|(k, s)| format!("{k} {:.4}", s / n))
-            .collect();
-        parts.join(" - ")
+        e => CliError(e.to_string()),
     }
 }
 
@@ -887,152 +727,50 @@ fn load_data(dir: Option<&Path>) -> Result<(Dataset, Dataset), CliError> {
     }
 }
 
-/// Checks that the dataset's images and labels fit the model's inputs: an images input of
-/// one value per pixel (`[B, rows*cols]`) takes images of any `rows x cols` with that many
-/// pixels; any other input must have the images' dimensions (`[B, rows, cols]`, with axes
-/// of extent 1 anywhere, such as a channel axis `[B, rows, cols, 1]`).
-fn check_data(m: &Trainable, d: &Dataset, which: &str) -> Result<(), CliError> {
-    let example = &m.x.1.shape.dims()[1..];
-    let per_example: usize = example.iter().product();
-    let spatial: Vec<usize> = example.iter().copied().filter(|&e| e != 1).collect();
-    let fits = if spatial.len() <= 1 {
-        per_example == d.example_len()
-    } else {
-        spatial == [d.rows, d.cols]
-    };
-    if !fits {
-        let expects = if spatial.len() <= 1 {
-            format!("{per_example} values per example")
-        } else {
-            let dims: Vec<String> = spatial.iter().map(|e| e.to_string()).collect();
-            format!("images of {}", dims.join("x"))
-        };
-        return Err(CliError(format!(
-            "{}: the images input %{}: {} expects {expects}, but the {which} images are {}x{} (rows x cols in their IDX header) = {} pixels",
-            m.file,
-            m.x.0,
-            m.x.1,
-            d.rows,
-            d.cols,
-            d.example_len()
-        )));
-    }
-    let labels = m.forward.find(&m.labels.0);
-    let classes = labels.map_or(10, |l| class_count(&m.forward, l)) as i32;
-    if let Some(bad) = d.labels.iter().find(|&&l| l < 0 || l >= classes) {
-        return Err(CliError(format!(
-            "{}: the {which} set has label {bad}, outside the model's {classes} classes",
-            m.file
-        )));
-    }
-    Ok(())
+/// `loss 0.1234 - accuracy 0.9876` (every scalar output, in the graph's order).
+fn means_line<'a>(means: impl Iterator<Item = (&'a str, f64)>) -> String {
+    let parts: Vec<String> = means.map(|(k, v)| format!("{k} {v:.4}")).collect();
+    parts.join(" - ")
 }
 
-/// The metadata of a training checkpoint.
-fn checkpoint_metadata(
-    m: &Trainable,
-    a: &TrainArgs,
-    opt: &Optimizer,
-    lr: f64,
-    step: usize,
-    train_n: usize,
-) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("graph".to_string(), m.forward.name.clone()),
-        ("optimizer".to_string(), opt.name().to_string()),
-        ("lr".to_string(), format!("{lr:?}")),
-        ("seed".to_string(), a.seed.to_string()),
-        ("batch_size".to_string(), m.batch.to_string()),
-        ("step".to_string(), step.to_string()),
-        ("train_images".to_string(), train_n.to_string()),
-    ])
+/// `gradlift train`'s progress: one line per epoch on stdout.
+struct EpochLines {
+    /// `--epochs`.
+    epochs: usize,
+    /// The first write error (then nothing more is written).
+    failed: Option<CliError>,
 }
 
-/// Loads `path` into the executable's params and state; returns the step count it was saved
-/// at. The checkpoint must hold exactly the training step's params and state.
-fn resume(
-    path: &Path,
-    m: &Trainable,
-    exe: &mut CompiledStep,
-    opt: &Optimizer,
-    seed: u64,
-    train_n: usize,
-) -> Result<usize, CliError> {
-    let file = path.display();
-    let c = checkpoint::load(path).map_err(|e| CliError(e.to_string()))?;
-    let meta = |k: &str| c.metadata.get(k).map(|s| s.as_str()).unwrap_or("");
-    if meta("optimizer") != opt.name() {
-        return Err(CliError(format!(
-            "{file}: the checkpoint was saved with optimizer {:?}, this run uses {}",
-            meta("optimizer"),
-            opt.name()
-        )));
-    }
-    // a whole number the optimizer's own count (Adam's) agrees with
-    let step = c.step().map_err(|e| CliError(e.to_string()))?;
-    let step = usize::try_from(step).map_err(|_| {
-        CliError(format!(
-            "{file}: the checkpoint's step {step} is more than this machine counts ({})",
-            usize::MAX
-        ))
-    })?;
-    for (key, now) in [
-        ("seed", seed.to_string()),
-        ("train_images", train_n.to_string()),
-    ] {
-        if meta(key) != now {
-            eprintln!(
-                "{file}: note: the checkpoint was saved with {key} {}, this run uses {now}: the run will not replay an uninterrupted one",
-                meta(key)
-            );
+impl Progress for EpochLines {
+    fn epoch_end(&mut self, end: &EpochEnd<'_>) {
+        if self.failed.is_some() {
+            return;
         }
-    }
-    let expected = checkpoint::graph_tensor_types(&m.step).map_err(|e| CliError(e.to_string()))?;
-    let tensors = c.restore(&expected).map_err(|e| CliError(e.to_string()))?;
-    for t in tensors {
-        let (name, value) = t.into_host();
-        let is_param = m
-            .step
-            .find(&name)
-            .is_some_and(|id| matches!(m.step[id].op, Op::Param { .. }));
-        let r = if is_param {
-            exe.set_param(&name, value)
+        let s = end.start;
+        let partial = if s.last - s.first < s.per_epoch {
+            format!(" (steps {}..{} of {})", s.first + 1, s.last, s.per_epoch)
         } else {
-            exe.set_state(&name, value)
+            String::new()
         };
-        r.map_err(|e| CliError(format!("{file}: tensor {name}: {e}")))?;
+        let logs = means_line(end.logs.iter().map(|(k, v)| (k.as_str(), *v)));
+        let r = (|| {
+            outln!(
+                "epoch {}/{}: {logs} - {} steps{partial} - {:.2} s",
+                s.epoch + 1,
+                self.epochs,
+                s.last - s.first,
+                end.seconds
+            );
+            Ok(())
+        })();
+        self.failed = r.err();
     }
-    Ok(step)
 }
 
-/// Writes the executable's params and state to a checkpoint at `path`.
-fn save_checkpoint(
-    path: &Path,
-    m: &Trainable,
-    exe: &CompiledStep,
-    meta: &BTreeMap<String, String>,
-) -> Result<(), CliError> {
-    let types = checkpoint::graph_tensor_types(&m.step).map_err(|e| CliError(e.to_string()))?;
-    let mut tensors = Vec::with_capacity(types.len());
-    for (name, _) in types {
-        let t = exe
-            .param(&name)
-            .or_else(|| exe.state(&name))
-            .ok_or_else(|| {
-                CliError(format!(
-                    "{}: the compiled step has no value for {name}",
-                    m.file
-                ))
-            })?;
-        tensors.push(NamedTensor::from_host(name, t));
-    }
-    checkpoint::save(path, &tensors, meta).map_err(|e| CliError(e.to_string()))
-}
-
-/// Trains the model: compiles its training step once, then runs it on shuffled full batches
-/// of the training set (the last `n mod B` examples of each shuffled epoch are left out: the
-/// batch size of an `.ir` model is fixed), printing one line per epoch; finally evaluates the
-/// forward graph, with the trained params, on every example of the test set ([`evaluate_test`]).
+/// Trains the model: compiles its training step once, then runs the library's training
+/// driver ([`gradlift::train::run`]) on shuffled full batches of the training set, printing
+/// one line per epoch; finally evaluates the forward graph, with the trained params, on every
+/// example of the test set, and saves a checkpoint when asked.
 fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     let opt = a.optimizer.optimizer();
     let lr = a.lr.unwrap_or_else(|| opt.default_learning_rate());
@@ -1051,7 +789,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         )));
     }
     let t_build = Instant::now();
-    let m = trainable(&a.file, &opt)?;
+    let m = graph_model(&a.file, &opt)?;
     let parse_s = t_build.elapsed().as_secs_f64();
     if let Some(b) = a.batch_size.filter(|&b| b != m.batch) {
         return Err(CliError(format!(
@@ -1061,15 +799,10 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     }
     let (train, test) = load_data(a.data.as_deref())?;
     let train = train.slice(0, a.limit.unwrap_or(train.n));
-    check_data(&m, &train, "training")?;
-    check_data(&m, &test, "test")?;
-    let per_epoch = train.n / m.batch;
-    if per_epoch == 0 {
-        return Err(CliError(format!(
-            "the training set has {} images, fewer than one batch of {}",
-            train.n, m.batch
-        )));
-    }
+    m.check_data(&train, "training").map_err(train_error)?;
+    m.check_data(&test, "test").map_err(train_error)?;
+    let plan = m.plan(&train, a.seed).map_err(train_error)?;
+    let per_epoch = plan.steps_per_epoch();
 
     let mut opts = StepOptions {
         shards: a.shards,
@@ -1079,13 +812,21 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     if let Some(t) = a.threads {
         opts.threads = t.max(1);
     }
-    let (mut exe, report) = compile_training_step(&m.forward, "loss", &opt, None, m.batch, &opts)
-        .map_err(|e| CliError(format!("{}: {e}", m.file)))?;
+    let (mut exe, report) = m.compile(&opt, lr, &opts).map_err(train_error)?;
     let resumed = match &a.resume {
-        Some(path) => Some(resume(path, &m, &mut exe, &opt, a.seed, train.n)?),
+        Some(path) => {
+            let state = m.resume(path, &mut exe, &opt).map_err(train_error)?;
+            for (key, saved, now) in state.differences(a.seed, train.n) {
+                eprintln!(
+                    "{}: note: the checkpoint was saved with {key} {saved}, this run uses {now}: the run will not replay an uninterrupted one",
+                    path.display()
+                );
+            }
+            Some(state.step)
+        }
         None => None,
     };
-    let mut step = resumed.unwrap_or(0);
+    let step = resumed.unwrap_or(0);
     let params = m.forward.params();
     let numel: usize = params.iter().map(|&p| m.forward[p].ty.shape.numel()).sum();
     outln!(
@@ -1128,9 +869,9 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     if let (Some(path), Some(s)) = (&a.resume, resumed) {
         outln!("resumed from {} at step {s}", path.display());
     }
-    let epochs_end = a.epochs.saturating_mul(per_epoch);
-    let end = epochs_end.min(a.steps.unwrap_or(usize::MAX));
-    if let Some(steps) = a.steps.filter(|&s| s > end) {
+    let epochs_end = (a.epochs as u64).saturating_mul(per_epoch as u64);
+    let end = epochs_end.min(a.steps.map_or(u64::MAX, |s| s as u64));
+    if let Some(steps) = a.steps.filter(|&s| s as u64 > end) {
         outln!(
             "note: --steps {steps} is beyond --epochs {} ({end} steps of {} per epoch): the epoch limit ends training at step {end}, before the step count (raise --epochs to reach step {steps})",
             a.epochs,
@@ -1145,54 +886,56 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         };
         outln!("note: the checkpoint is at step {step}, already at or beyond {limit}: nothing to train");
     }
-    let run_err = |e: gradlift::runtime::RunError| CliError(format!("{}: {e}", m.file));
-    exe.input_f32_mut("lr").map_err(run_err)?[0] = lr as f32;
-    let feed = DataFeed {
-        x: m.x.0.clone(),
-        labels: m.labels.0.clone(),
+    let span = Span {
+        start: plan.position(step),
+        epochs: a.epochs,
+        max_steps: a.steps.map(|s| s as u64),
+        steps_done: step,
+    };
+    let mut lines = EpochLines {
+        epochs: a.epochs,
+        failed: None,
     };
     let t_train = Instant::now();
-    while step < end {
-        let epoch = step / per_epoch;
-        let order = data::shuffled(train.n, epoch_seed(a.seed, epoch));
-        let (first, last) = (step % per_epoch, (end - epoch * per_epoch).min(per_epoch));
-        let mut means = Means::default();
-        let t = Instant::now();
-        for b in first..last {
-            feed.fill(&mut exe, &train, &order[b * m.batch..(b + 1) * m.batch])
-                .map_err(run_err)?;
-            if let Err(e) = exe.run_checked(step as u64 + 1) {
-                return Err(non_finite_error(a, &m.file, &e, epoch, b, per_epoch));
-            }
-            means.add(exe.outputs(), m.batch);
-            step += 1;
-        }
-        let partial = if last - first < per_epoch {
-            format!(" (steps {}..{} of {per_epoch})", first + 1, last)
-        } else {
-            String::new()
-        };
-        outln!(
-            "epoch {}/{}: {} - {} steps{partial} - {:.2} s",
-            epoch + 1,
-            a.epochs,
-            means.line(),
-            last - first,
-            t.elapsed().as_secs_f64()
-        );
+    let result = gradlift::train::run(&mut m.session(&mut exe, &train), &plan, &span, &mut lines);
+    if let Some(e) = lines.failed {
+        return Err(e);
     }
-    if a.resume.is_some() || step > 0 {
+    let trained = match result {
+        Ok(t) => t,
+        Err(TrainError::NonFinite(e)) => return Err(non_finite_error(a, &m.file, &e, &plan)),
+        Err(e) => return Err(train_error(e)),
+    };
+    if a.resume.is_some() || trained.steps > 0 {
         outln!(
-            "trained to step {step} in {:.2} s",
+            "trained to step {} in {:.2} s",
+            trained.steps,
             t_train.elapsed().as_secs_f64()
         );
     }
 
-    evaluate_test(&m, &exe, &test)?;
+    let t = Instant::now();
+    let evaluated = m.evaluate(&exe, &test).map_err(train_error)?;
+    let seen = evaluated.examples();
+    if seen == 0 {
+        outln!("test: skipped (no test images)");
+    } else {
+        let layout = match (evaluated.full_batches, evaluated.rest) {
+            (0, r) => format!("one batch of {r}"),
+            (n, 0) => format!("{n} batches of {}", m.batch),
+            (n, r) => format!("{n} batches of {} and one of {r}", m.batch),
+        };
+        outln!(
+            "test: {} ({seen} of {} images, {layout}) - {:.2} s",
+            means_line(evaluated.means.iter()),
+            test.n,
+            t.elapsed().as_secs_f64()
+        );
+    }
     if let Some(path) = &a.save {
-        let meta = checkpoint_metadata(&m, a, &opt, lr, step, train.n);
-        save_checkpoint(path, &m, &exe, &meta)?;
-        outln!("saved {} (step {step})", path.display());
+        let state = m.state(&opt, lr, trained.steps, &plan);
+        m.save(path, &exe, &state).map_err(train_error)?;
+        outln!("saved {} (step {})", path.display(), trained.steps);
     }
     if let Some(kb) = peak_rss_kb() {
         outln!("peak memory (resident): {:.1} MB", kb as f64 / 1024.0);
@@ -1207,15 +950,15 @@ fn non_finite_error(
     a: &TrainArgs,
     file: &str,
     e: &gradlift::numerics::NonFiniteError,
-    epoch: usize,
-    batch: usize,
-    per_epoch: usize,
+    plan: &Plan,
 ) -> CliError {
+    let at = plan.position(e.step.saturating_sub(1));
     let mut msg = format!(
-        "{file}: {e}\ntraining stopped at step {} (epoch {}, batch {} of {per_epoch})",
+        "{file}: {e}\ntraining stopped at step {} (epoch {}, batch {} of {})",
         e.step,
-        epoch + 1,
-        batch + 1
+        at.epoch + 1,
+        at.batch + 1,
+        plan.steps_per_epoch()
     );
     if let Some(path) = &a.save {
         msg.push_str(&format!("; no checkpoint written to {}", path.display()));
@@ -1233,74 +976,6 @@ fn peak_rss_kb() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Evaluates the forward graph with the trained params on every example of the test set,
-/// in order: full batches, then the rest as one smaller batch (the forward graph rebatched,
-/// see [`gradlift::batch::rebatch`]), and prints the mean of every scalar output over the
-/// examples.
-fn evaluate_test(m: &Trainable, trained: &CompiledStep, test: &Dataset) -> Result<(), CliError> {
-    let in_file = |e: &dyn fmt::Display| CliError(format!("{}: {e}", m.file));
-    let (batches, rest) = (test.n / m.batch, test.n % m.batch);
-    // the graph for batches of `b` examples, compiled, with the trained params
-    let variant = |b: usize| -> Result<Option<gradlift::runtime::Executable>, CliError> {
-        let mut g = if b == m.batch {
-            m.forward.clone()
-        } else {
-            match gradlift::batch::analyze(&m.forward, m.batch) {
-                Ok(axes) => gradlift::batch::rebatch(&m.forward, &axes, b),
-                Err(_) => return Ok(None),
-            }
-        };
-        Pipeline::default().run(&mut g).map_err(|e| in_file(&e))?;
-        let mut exe = runtime::compile(&g, &CompileOptions::default()).map_err(|e| in_file(&e))?;
-        for p in g.params() {
-            let name = g[p].name.clone().unwrap_or_default();
-            let v = trained.param(&name).ok_or_else(|| {
-                CliError(format!("{}: the training step has no param {name}", m.file))
-            })?;
-            exe.set_param(&name, v).map_err(|e| in_file(&e))?;
-        }
-        Ok(Some(exe))
-    };
-    let t = Instant::now();
-    let mut means = Means::default();
-    let order: Vec<usize> = (0..test.n).collect();
-    let mut seen = 0;
-    for (b, chunks) in [(m.batch, batches), (rest, usize::from(rest > 0))] {
-        if chunks == 0 {
-            continue;
-        }
-        let Some(mut exe) = variant(b)? else {
-            continue;
-        };
-        for idx in order[seen..seen + b * chunks].chunks_exact(b) {
-            test.fill_images(idx, exe.input_f32_mut(&m.x.0).map_err(|e| in_file(&e))?);
-            test.fill_labels(
-                idx,
-                exe.input_i32_mut(&m.labels.0).map_err(|e| in_file(&e))?,
-            );
-            exe.run_bound();
-            means.add(exe.outputs(), b);
-        }
-        seen += b * chunks;
-    }
-    if seen == 0 {
-        outln!("test: skipped (no test images)");
-        return Ok(());
-    }
-    let layout = match (batches, seen - batches * m.batch) {
-        (0, r) => format!("one batch of {r}"),
-        (n, 0) => format!("{n} batches of {}", m.batch),
-        (n, r) => format!("{n} batches of {} and one of {r}", m.batch),
-    };
-    outln!(
-        "test: {} ({seen} of {} images, {layout}) - {:.2} s",
-        means.line(),
-        test.n,
-        t.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
 
 // ---- summary ----------------------------------------------------------------------------------
@@ -1323,7 +998,7 @@ struct SummaryArgs {
 /// outputs, updates and the number of nodes of each op, most frequent first.
 fn cmd_summary(a: &SummaryArgs) -> Result<(), CliError> {
     let g = if a.step {
-        let mut step = trainable(&a.file, &a.optimizer.optimizer())?.step;
+        let mut step = graph_model(&a.file, &a.optimizer.optimizer())?.step;
         Pipeline::default()
             .run(&mut step)
             .map_err(|e| CliError(format!("{}: {e}", a.file.display())))?;

@@ -1,6 +1,6 @@
-//! Compiled training steps, the one piece `gradlift train` and [`crate::nn::Model::fit`]
-//! share: from a forward graph with a scalar `loss` output to native code that trains it,
-//! on every core.
+//! Compiled training steps, what the training driver ([`crate::train::run`]) runs for
+//! `gradlift train` and [`crate::nn::Model::fit`]: from a forward graph with a scalar `loss`
+//! output to native code that trains it, on every core.
 //!
 //! [`compile_training_step`] splits the step along its batch when it can
 //! ([`crate::optim::sharded_training_step`]: each shard's forward and backward on a thread

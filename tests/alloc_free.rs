@@ -1,7 +1,8 @@
 //! A training step allocates nothing: a counting global allocator sees 0 heap allocations
 //! inside a compiled step's call (after one warm-up call), in the inner loop of
 //! `gradlift train` (fill the batch, run and check, read the outputs; also with
-//! `check_numerics`) and per step of `Model::fit`.
+//! `check_numerics`), per step of the training driver running `gradlift train`'s session, and
+//! per step of `Model::fit`.
 //! One test in this binary, so no other test allocates while it counts.
 
 use gradlift::data::load_default;
@@ -11,6 +12,8 @@ use gradlift::nn::{
 use gradlift::optim::Optimizer;
 use gradlift::step::{compile_training_step, DataFeed, StepOptions};
 use gradlift::text::parse;
+use gradlift::train::graph::GraphModel;
+use gradlift::train::{Silent, Span};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
@@ -130,6 +133,35 @@ fn training_steps_allocate_nothing() {
         }
     });
     assert_eq!(n, 0, "allocations in a checked training loop");
+
+    // The driver running `gradlift train`'s session (fill, run_checked, running means): the
+    // same number of allocations (the epoch's shuffled order, the session's input names)
+    // for 10 and for 20 steps of an epoch.
+    let m = GraphModel::new(g.clone(), path.clone(), &Optimizer::adam()).unwrap();
+    let opts = StepOptions {
+        threads: 2,
+        ..StepOptions::default()
+    };
+    let (mut exe, _) = m.compile(&Optimizer::adam(), 0.001, &opts).unwrap();
+    let data = train.slice(0, 1280);
+    let plan = m.plan(&data, 0).unwrap();
+    let mut steps = |n: u64| {
+        let span = Span {
+            epochs: 1,
+            max_steps: Some(n),
+            ..Span::default()
+        };
+        let done = gradlift::train::run(&mut m.session(&mut exe, &data), &plan, &span, &mut Silent)
+            .unwrap();
+        assert_eq!(done.ran, n);
+    };
+    steps(2); // warm-up
+    let short = allocations(|| steps(10));
+    let long = allocations(|| steps(20));
+    assert_eq!(
+        long, short,
+        "the driver allocates per step ({short} for 10 steps, {long} for 20)"
+    );
 
     // Model::fit: the same number of allocations for 10 and for 20 steps an epoch.
     let mut model = Sequential::new([784])

@@ -2,23 +2,11 @@
 //! the same extended graph as the library call, and its errors are compiler-style messages
 //! with exit code 1.
 
+mod common;
+
+use common::cli::{run, scratch};
 use gradlift::{autodiff, text};
 use std::path::Path;
-use std::process::Command;
-
-/// Exit code, stdout and stderr of `gradlift ARGS` run at the repository root.
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gradlift"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the gradlift binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn load(path: &str) -> gradlift::Graph {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -62,8 +50,7 @@ fn grad_with_respect_to_named_nodes_and_other_formats() {
 
 #[test]
 fn grad_notes_an_independent_param() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("autodiff-cli");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("autodiff-cli");
     let file = dir.join("unused.ir");
     std::fs::write(
         &file,

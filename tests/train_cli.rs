@@ -3,31 +3,11 @@
 //! bit, bad arguments give a clear message and exit code 1, and the summary of the corpus
 //! models is pinned by snapshots.
 
+mod common;
+
+use common::cli::{fails, ok, run, scratch};
 use gradlift::checkpoint::{self, TensorData};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// Exit code, stdout and stderr of `gradlift ARGS` run at the repository root.
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gradlift"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the gradlift binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A fresh scratch directory for this test.
-fn scratch(test: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-cli-{test}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::path::Path;
 
 /// The value after `key ` in `line` (`loss 0.1234 - accuracy 0.9` -> `accuracy` -> 0.9).
 fn field(line: &str, key: &str) -> f64 {
@@ -46,20 +26,6 @@ fn field(line: &str, key: &str) -> f64 {
 /// The lines of `out` starting with `prefix`.
 fn lines<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
     out.lines().filter(|l| l.starts_with(prefix)).collect()
-}
-
-fn ok(args: &[&str]) -> String {
-    let (code, out, err) = run(args);
-    assert_eq!(code, 0, "gradlift {args:?} failed:\n{out}\n{err}");
-    out
-}
-
-fn fails(args: &[&str]) -> String {
-    let (code, out, err) = run(args);
-    assert_eq!(code, 1, "gradlift {args:?} should fail:\n{out}\n{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(out.is_empty(), "nothing on stdout before the error: {out}");
-    err
 }
 
 #[test]
@@ -131,7 +97,7 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
 
 #[test]
 fn resuming_replays_the_uninterrupted_run() {
-    let d = scratch("resume");
+    let d = scratch("train-cli-resume");
     let p = |n: &str| d.join(n).display().to_string();
     // 320 images: 5 steps per epoch; step 7 is inside the second (differently shuffled) epoch.
     let common = ["train", "ir/mlp.ir", "--limit", "320", "--epochs", "2"];
@@ -179,7 +145,7 @@ fn resuming_replays_the_uninterrupted_run() {
 
 #[test]
 fn resume_checks_the_checkpoint() {
-    let d = scratch("resume-check");
+    let d = scratch("train-cli-resume-check");
     let ck = d.join("adam.st").display().to_string();
     ok(&["train", "ir/mlp.ir", "--steps", "1", "--save", &ck]);
     let err = fails(&["train", "ir/mlp.ir", "--optimizer", "sgd", "--resume", &ck]);
@@ -205,7 +171,7 @@ fn bad_data_directory_is_a_clear_error() {
         err.contains("no/such/dir: --data: no such directory"),
         "{err}"
     );
-    let d = scratch("empty-data");
+    let d = scratch("train-cli-empty-data");
     let err = fails(&["train", "ir/mlp.ir", "--data", d.to_str().unwrap()]);
     assert!(
         err.contains("cannot load MNIST") && err.contains("train-images-idx3-ubyte: not found"),
@@ -296,7 +262,7 @@ fn steps_beyond_the_epochs_are_noted() {
 /// optimizer, and must agree with Adam's own step count.
 #[test]
 fn a_step_count_out_of_range_or_disagreeing_with_the_optimizer_is_refused() {
-    let d = scratch("bad_step");
+    let d = scratch("train-cli-bad_step");
     for opt in ["adam", "sgd"] {
         let good = d.join(format!("{opt}.st"));
         let (code, _, err) = run(&[
@@ -351,7 +317,7 @@ fn a_step_count_out_of_range_or_disagreeing_with_the_optimizer_is_refused() {
 /// to train.
 #[test]
 fn resuming_at_the_end_says_nothing_is_left_to_train() {
-    let d = scratch("resume_at_end");
+    let d = scratch("train-cli-resume_at_end");
     let ck = d.join("c.st");
     let ck = ck.to_str().unwrap();
     ok(&["train", "ir/mlp.ir", "--limit", "192", "--save", ck]);
@@ -387,7 +353,7 @@ fn write_mnist(dir: &Path, n: usize, rows: usize, cols: usize) {
 /// takes any image of its pixel count.
 #[test]
 fn images_must_have_the_dimensions_the_model_expects() {
-    let d = scratch("image_dims");
+    let d = scratch("train-cli-image_dims");
     write_mnist(&d, 128, 56, 14);
     let dir = d.to_str().unwrap();
     let err = fails(&["train", "ir/cnn.ir", "--data", dir]);
@@ -398,7 +364,7 @@ fn images_must_have_the_dimensions_the_model_expects() {
     let out = ok(&["train", "ir/mlp.ir", "--data", dir]);
     assert!(out.contains("trained to step 2 "), "{out}");
     // the same images at 28x28 fit the CNN
-    let d = scratch("image_dims_ok");
+    let d = scratch("train-cli-image_dims_ok");
     write_mnist(&d, 64, 28, 28);
     let out = ok(&["train", "ir/cnn.ir", "--data", d.to_str().unwrap()]);
     assert!(out.contains("trained to step 1 "), "{out}");

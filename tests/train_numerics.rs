@@ -5,30 +5,10 @@
 //! gradient node, operand ranges). No checkpoint is written either way, and on a healthy
 //! model the flag changes no trained bit.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-/// Exit code, stdout and stderr of `gradlift ARGS` run at the repository root.
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gradlift"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the gradlift binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A fresh scratch directory for this test.
-fn scratch(test: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-numerics-{test}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::cli::{run, scratch};
+use std::path::Path;
 
 /// The 1-based line of `src` that starts (after indentation) with `start`.
 fn line_of(src: &str, start: &str) -> usize {
@@ -73,7 +53,7 @@ outputs:
 
 #[test]
 fn a_huge_learning_rate_stops_training_without_a_checkpoint() {
-    let d = scratch("huge-lr");
+    let d = scratch("train-numerics-huge-lr");
     let ckpt = d.join("mlp.st");
     let ck = ckpt.display().to_string();
     let base = [
@@ -151,7 +131,7 @@ fn a_huge_learning_rate_stops_training_without_a_checkpoint() {
 
 #[test]
 fn check_numerics_names_the_gradient_node_and_its_ir_line() {
-    let d = scratch("temperature");
+    let d = scratch("train-numerics-temperature");
     let file = d.join("temperature.ir");
     std::fs::write(&file, TEMPERATURE).unwrap();
     let f = file.display().to_string();
@@ -212,7 +192,7 @@ fn untimed(out: &str, prefix: &str) -> Vec<String> {
 
 #[test]
 fn check_numerics_changes_no_trained_bit() {
-    let d = scratch("identical");
+    let d = scratch("train-numerics-identical");
     let (a, b) = (d.join("plain.st"), d.join("checked.st"));
     let run_with = |ck: &Path, check: bool| -> String {
         let ck = ck.display().to_string();

@@ -45,9 +45,9 @@
 
 mod layers;
 mod loss;
-mod train;
+mod model;
 
-pub use train::{
+pub use model::{
     Backend, CompileOptions, Evaluation, FitOptions, History, Model, Targets, TrainError, Weights,
 };
 

@@ -22,6 +22,7 @@
 //! nearly zero. NaN must match NaN, infinities exactly, i32 results exactly.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod fd;
 pub mod passes;
 

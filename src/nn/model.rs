@@ -1,10 +1,16 @@
-//! The Keras-like training loop: [`Sequential::compile`] gives a [`Model`] with `fit`,
-//! `evaluate`, `predict`, and checkpoints ([`Model::save`]/[`Model::load`]: params, optimizer
-//! state and counts through [`crate::checkpoint`], so training resumes bit for bit;
+//! The Keras-like model: [`Sequential::compile`] gives a [`Model`] with `fit`, `evaluate`,
+//! `predict`, and checkpoints ([`Model::save`]/[`Model::load`]: params, optimizer state and
+//! counts in the training checkpoint schema of [`crate::train::checkpoint`], the one
+//! `gradlift train` also writes and reads, so training resumes bit for bit;
 //! [`Model::save_weights`]/[`Model::load_weights`]: params only).
 //!
 //! In: examples as a flat `&[f32]` (example after example, each of the model's input shape)
 //! and [`Targets`]. Out: per-epoch [`History`], [`Evaluation`]s, predictions, trained weights.
+//!
+//! [`Model::fit`] and [`Model::evaluate`] run the library's one training driver
+//! ([`crate::train::run`], [`crate::train::evaluate`]): this module supplies its session (a
+//! step on a batch of example indices, the learning-rate schedule, validation at the end of
+//! each epoch) and a progress bar.
 //!
 //! Each call shape gets its own graph, built once and cached by batch size (the last, partial
 //! batch of an epoch gets a second variant):
@@ -14,7 +20,7 @@
 //!   with the learning-rate input `%lr` (so a schedule never rebuilds anything);
 //! - evaluation: loss and metrics in inference mode; prediction: `predictions` only;
 //!
-//! then the default pass pipeline (`cse`, `simplify`, `fold`, `cse`, `dce`) runs on it.
+//! then the default pass pipeline ([`crate::passes::DEFAULT_PIPELINE`]) runs on it.
 //!
 //! Params and optimizer state live in the [`Model`]'s [`Weights`], by node name, and are
 //! shared by every variant: each call feeds them and writes the updated values back.
@@ -22,54 +28,21 @@
 use super::layers::{dropout_mask, fill_dropout_mask};
 use super::{GraphOptions, Loss, Metric, ModelGraph, Sequential};
 use crate::checkpoint::{CheckpointError, Mismatch, NamedTensor, TensorData};
-use crate::graph::{BuildError, Graph, NodeId};
+use crate::graph::{Graph, NodeId};
 use crate::init::Rng;
 use crate::op::Op;
 use crate::optim::{lr_input, Clip, Optimizer};
 use crate::runtime::HostTensor;
 use crate::shape::DType;
 use crate::step::{compile_training_step, CompiledStep, StepOptions};
+use crate::train::checkpoint::{Contents, TrainingState};
+pub use crate::train::TrainError;
+use crate::train::{
+    EpochEnd, EpochStart, Evaluate, LastBatch, Means, Outputs, Plan, Position, Progress, Session,
+    Span,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-
-/// An error of compiling, training, evaluating, predicting or saving.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// The model could not be turned into a graph (layer shapes, loss, optimizer).
-    #[error("{0}")]
-    Build(#[from] BuildError),
-    /// Differentiation of the loss failed.
-    #[error("gradient: {0}")]
-    Grad(#[from] crate::autodiff::GradError),
-    /// Cranelift could not compile a step graph.
-    #[error("compiling: {0}")]
-    Compile(#[from] crate::codegen::CompileError),
-    /// The pass pipeline failed on a step graph.
-    #[error("passes: {0}")]
-    Pass(#[from] crate::passes::PassError),
-    /// Running a step failed.
-    #[error("running {graph}: {message}")]
-    Run {
-        /// Which graph (`train_64`, `evaluate_32`, ...).
-        graph: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The data passed in does not fit the model (lengths, shapes, target kind).
-    #[error("{0}")]
-    Data(String),
-    /// A checkpoint or weights file could not be written or read, or does not match the
-    /// model (the message names the file and every mismatched tensor).
-    #[error("{0}")]
-    Checkpoint(#[from] crate::checkpoint::CheckpointError),
-    /// A training step computed a NaN or infinite loss or metric (or, with
-    /// [`CompileOptions::check_numerics`], param or optimizer state): [`Model::fit`] stopped
-    /// there. With the check, the error names the first node that computed such a value.
-    #[error("{0}{advice}", advice = if .0.checked() { "" } else {
-        "\ncompile with CompileOptions::check_numerics to find the node that first computed a NaN or infinite value"
-    })]
-    NonFinite(#[from] crate::numerics::NonFiniteError),
-}
 
 /// Targets of a batch of examples.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -364,6 +337,9 @@ pub struct Model {
     epochs_trained: usize,
     /// Training steps run (batches), likewise.
     steps_trained: u64,
+    /// The plan of the last [`Model::fit`] (or of the run a loaded checkpoint recorded):
+    /// its seed, batch size and number of examples go into [`Model::save`]'s metadata.
+    last_plan: Option<Plan>,
 }
 
 impl Sequential {
@@ -388,6 +364,7 @@ impl Sequential {
             output_shape,
             epochs_trained: 0,
             steps_trained: 0,
+            last_plan: None,
         })
     }
 }
@@ -756,6 +733,7 @@ impl Model {
         Ok((xt, yt, Some((xv, yv))))
     }
 
+    /// Runs the driver ([`crate::train::run`]) over epochs `opts.initial_epoch..opts.epochs`.
     fn fit_epochs(
         &mut self,
         x: &[f32],
@@ -764,70 +742,42 @@ impl Model {
         opts: &FitOptions,
     ) -> Result<History, TrainError> {
         let n = x.len() / self.example_len.max(1);
-        let mut history = History::default();
-        for epoch in opts.initial_epoch..opts.epochs {
-            // Each epoch's randomness depends only on the seed and the epoch index, so a
-            // resumed run (initial_epoch > 0) draws what the uninterrupted run drew.
-            let mut rng = Rng::new(Rng::new(opts.seed ^ epoch as u64).next_u64());
-            if let Some(f) = opts.schedule {
-                self.learning_rate = f(epoch, self.learning_rate);
-            }
-            let order = if opts.shuffle {
-                crate::data::shuffled(n, rng.next_u64())
-            } else {
-                (0..n).collect()
-            };
-            let bar = progress_bar(
-                opts.verbose,
-                order.len().div_ceil(opts.batch_size),
-                epoch,
-                opts.epochs,
-            );
-            let mut sums = Sums::default();
-            for idx in order.chunks(opts.batch_size) {
-                match self.run(Kind::Train, x, Some(y), idx, Some(&mut rng)) {
-                    Ok(()) => {}
-                    Err(e @ TrainError::NonFinite(_)) => {
-                        // the step ran (its updates are in the weights), then training stopped
-                        self.steps_trained += 1;
-                        bar.abandon();
-                        return Err(e);
-                    }
-                    Err(e) => return Err(e),
-                }
-                self.steps_trained += 1;
-                sums.add(self.outputs((Kind::Train, idx.len())), idx.len());
-                if opts.verbose {
-                    bar.inc(1);
-                    bar.set_message(sums.message());
-                }
-            }
-            let mut logs = sums.means();
-            if let Some((vx, vy)) = validation {
-                let e = self.evaluate(vx, vy, opts.batch_size)?;
-                logs.push(("val_loss".into(), e.loss));
-                for (k, v) in e.metrics {
-                    logs.push((format!("val_{k}"), v));
-                }
-                bar.set_message(
-                    logs.iter()
-                        .map(|(k, v)| format!("{k}: {v:.4}"))
-                        .collect::<Vec<_>>()
-                        .join(" - "),
-                );
-            }
-            bar.finish();
-            self.epochs_trained = epoch + 1;
-            for (k, v) in logs {
-                history.history.entry(k).or_default().push(v);
-            }
-            history
-                .history
-                .entry("lr".into())
-                .or_default()
-                .push(self.learning_rate);
+        let plan = Plan {
+            examples: n,
+            batch_size: opts.batch_size,
+            last_batch: LastBatch::Train,
+            shuffle: opts.shuffle,
+            seed: opts.seed,
+        };
+        let span = Span {
+            start: Position {
+                epoch: opts.initial_epoch,
+                batch: 0,
+            },
+            epochs: opts.epochs,
+            max_steps: None,
+            steps_done: self.steps_trained,
+        };
+        self.last_plan = Some(plan.clone());
+        let mut session = FitSession {
+            model: self,
+            x,
+            y,
+            validation,
+            batch_size: opts.batch_size,
+            schedule: opts.schedule,
+            history: History::default(),
+        };
+        let mut bar = Bar {
+            verbose: opts.verbose,
+            epochs: opts.epochs,
+            bar: None,
+        };
+        if let Err(e) = crate::train::run(&mut session, &plan, &span, &mut bar) {
+            bar.abandon();
+            return Err(e);
         }
-        Ok(history)
+        Ok(session.history)
     }
 
     /// Keras' `evaluate`: the mean loss and metrics over `(x, y)`, in inference mode.
@@ -844,29 +794,18 @@ impl Model {
                 "evaluate needs a batch size and examples".into(),
             ));
         }
-        let mut sums = Sums::default();
-        let order: Vec<usize> = (0..n).collect();
-        for idx in order.chunks(batch_size) {
-            self.run(Kind::Evaluate, x, Some(y), idx, None)?;
-            sums.add(self.outputs((Kind::Evaluate, idx.len())), idx.len());
-        }
-        let means = sums.means();
-        let loss = means
-            .iter()
-            .find(|(k, _)| k == "loss")
-            .map(|&(_, v)| v)
-            .unwrap_or(f64::NAN);
+        let mut session = EvalSession { model: self, x, y };
+        let means = crate::train::evaluate(&mut session, n, batch_size)?.means;
+        let loss = means.get("loss").unwrap_or(f64::NAN);
         let metrics = self
             .options
             .metrics
             .iter()
             .map(|m| {
-                let v = means
-                    .iter()
-                    .find(|(k, _)| k == m.name())
-                    .map(|&(_, v)| v)
-                    .unwrap_or(f64::NAN);
-                (m.name().to_string(), v)
+                (
+                    m.name().to_string(),
+                    means.get(m.name()).unwrap_or(f64::NAN),
+                )
             })
             .collect();
         Ok(Evaluation { loss, metrics })
@@ -901,51 +840,40 @@ impl Model {
         self.steps_trained
     }
 
-    /// Saves everything training needs to resume exactly where it stopped, as a
-    /// [`crate::checkpoint`] (safetensors, written atomically, with checksums): every param
-    /// and every optimizer state of the training graph (moments, velocities, step counter),
-    /// by node name, plus metadata: `model`, `params` (the param names, comma-separated),
-    /// `optimizer`, `loss`, `epoch`
-    /// ([`Model::epochs_trained`]), `step` ([`Model::steps_trained`]), `learning_rate` (exact)
-    /// and `contents = training`.
+    /// Saves everything training needs to resume exactly where it stopped, as a training
+    /// checkpoint ([`crate::train::checkpoint`]: safetensors, written atomically, with
+    /// checksums, in the schema `gradlift train` also reads): every param and every
+    /// optimizer state of the training graph (moments, velocities, step counter), by node
+    /// name, plus the metadata of [`TrainingState`] (`contents = training`, the epoch and
+    /// step counts, the exact learning rate, and the last fit's seed, batch size and
+    /// number of examples).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let g = self.checkpoint_graph()?;
         let ids: Vec<NodeId> = g.params().into_iter().chain(g.states()).collect();
-        self.write_checkpoint(path.as_ref(), &g, &ids, "training")
+        self.write_checkpoint(path.as_ref(), &g, &ids, Contents::Training)
     }
 
-    /// Restores a checkpoint written by [`Model::save`]: params, optimizer state, epoch and
-    /// step counts and learning rate. The file must hold exactly the tensors of this model's
-    /// training graph with their dtypes and shapes; otherwise the error lists every missing,
-    /// unexpected or mismatched tensor by name. A truncated or corrupt file is an error naming
-    /// the tensor involved. On any error the model is left untouched. Every compiled variant
-    /// (each batch size, training and inference) runs with the restored values from its next
-    /// call on.
+    /// Restores a training checkpoint written by [`Model::save`] or `gradlift train --save`
+    /// (one schema, [`crate::train::checkpoint`]): params, optimizer state, epoch and step
+    /// counts and learning rate. The file must hold exactly the tensors of this model's
+    /// training graph with their dtypes and shapes, saved with this model's optimizer;
+    /// otherwise the error lists every missing, unexpected or mismatched tensor by name. A
+    /// truncated or corrupt file is an error naming the tensor involved. On any error the
+    /// model is left untouched. Every compiled variant (each batch size, training and
+    /// inference) runs with the restored values from its next call on.
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let path = path.as_ref();
         let g = self.checkpoint_graph()?;
         let expected = crate::checkpoint::graph_tensor_types(&g)?;
-        let ckpt = crate::checkpoint::load(path)?;
-        let tensors = ckpt.restore(&expected)?;
-        let meta = |key: &str| -> Result<&str, TrainError> {
-            ckpt.metadata.get(key).map(|s| s.as_str()).ok_or_else(|| {
-                TrainError::Data(format!(
-                    "{}: the checkpoint has no {key:?} metadata entry (not written by Model::save?)",
-                    path.display()
-                ))
-            })
-        };
-        let bad = |key: &str, v: &str| {
+        let (state, tensors) =
+            crate::train::checkpoint::load(path, &expected, Some(self.options.optimizer.name()))?;
+        let epoch = usize::try_from(state.epoch).map_err(|_| {
             TrainError::Data(format!(
-                "{}: metadata {key} = {v:?} is not a valid value",
-                path.display()
+                "{}: metadata epoch {} is more than this machine counts",
+                path.display(),
+                state.epoch
             ))
-        };
-        let (epoch, lr) = (meta("epoch")?, meta("learning_rate")?);
-        let epoch: usize = epoch.parse().map_err(|_| bad("epoch", epoch))?;
-        // a whole number the optimizer's own count (Adam's) agrees with
-        let step = ckpt.step()?;
-        let lr: f64 = lr.parse().map_err(|_| bad("learning_rate", lr))?;
+        })?;
         self.sync()?;
         let mut weights = self.weights.clone();
         for t in &tensors {
@@ -954,8 +882,18 @@ impl Model {
         self.weights = weights;
         self.version += 1;
         self.epochs_trained = epoch;
-        self.steps_trained = step;
-        self.learning_rate = lr;
+        self.steps_trained = state.step;
+        self.learning_rate = state.learning_rate;
+        self.last_plan = match (state.seed, state.batch_size, state.examples) {
+            (Some(seed), Some(batch_size), Some(examples)) => Some(Plan {
+                examples,
+                batch_size,
+                last_batch: LastBatch::Train,
+                shuffle: true,
+                seed,
+            }),
+            _ => None,
+        };
         Ok(())
     }
 
@@ -963,14 +901,15 @@ impl Model {
     /// `contents = weights`, for inference or fine-tuning.
     pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let g = self.checkpoint_graph()?;
-        self.write_checkpoint(path.as_ref(), &g, &g.params(), "weights")
+        self.write_checkpoint(path.as_ref(), &g, &g.params(), Contents::Weights)
     }
 
-    /// Reads the params from a file of [`Model::save_weights`] or [`Model::save`] (its
-    /// optimizer state, whichever optimizer wrote it, is then skipped); every param of the
-    /// model must be in the file with its dtype and shape, and the file may hold no other
-    /// param. The optimizer state, counts
-    /// and learning rate are left as they are; on any error the model is untouched.
+    /// Reads the params from a file of [`Model::save_weights`], [`Model::save`] or
+    /// `gradlift train --save` (the optimizer state of a training checkpoint, whichever
+    /// optimizer wrote it, is then skipped: its `params` metadata says which tensors are
+    /// params); every param of the model must be in the file with its dtype and shape, and
+    /// the file may hold no other param. The optimizer state, counts and learning rate are
+    /// left as they are; on any error the model is untouched.
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let path = path.as_ref();
         let g = self.checkpoint_graph()?;
@@ -1027,7 +966,7 @@ impl Model {
         path: &Path,
         g: &Graph,
         ids: &[NodeId],
-        contents: &str,
+        contents: Contents,
     ) -> Result<(), TrainError> {
         let mut tensors = Vec::with_capacity(ids.len());
         for &id in ids {
@@ -1050,30 +989,25 @@ impl Model {
                 ),
             });
         }
-        let params: Vec<&str> = g
+        let params = g
             .params()
             .into_iter()
-            .filter_map(|id| g[id].name.as_deref())
+            .filter_map(|id| g[id].name.clone())
             .collect();
-        let metadata = BTreeMap::from([
-            ("model".to_string(), self.model.name.clone()),
-            ("params".to_string(), params.join(",")),
-            ("contents".to_string(), contents.to_string()),
-            (
-                "optimizer".to_string(),
-                format!("{:?}", self.options.optimizer),
-            ),
-            ("loss".to_string(), self.options.loss.name().to_string()),
-            ("epoch".to_string(), self.epochs_trained.to_string()),
-            ("step".to_string(), self.steps_trained.to_string()),
-            // `{:?}` of an f64 is the shortest string that parses back to the same bits.
-            (
-                "learning_rate".to_string(),
-                format!("{:?}", self.learning_rate),
-            ),
-        ]);
-        crate::checkpoint::save(path, &tensors, &metadata)?;
-        Ok(())
+        let plan = self.last_plan.as_ref();
+        let state = TrainingState {
+            contents,
+            model: self.model.name.clone(),
+            params,
+            optimizer: self.options.optimizer.name().to_string(),
+            learning_rate: self.learning_rate,
+            step: self.steps_trained,
+            epoch: self.epochs_trained as u64,
+            seed: plan.map(|p| p.seed),
+            batch_size: plan.map(|p| p.batch_size),
+            examples: plan.map(|p| p.examples),
+        };
+        crate::train::checkpoint::save(path, &tensors, &state)
     }
 
     /// Runs the step `kind` on the examples `idx` of `x`: gathers the batch into the step's
@@ -1443,66 +1377,143 @@ fn tensor_values(t: &NamedTensor) -> Vec<f32> {
     }
 }
 
-/// Running sums of scalar outputs weighted by batch size (allocates only when a name is
-/// first seen).
-#[derive(Default)]
-struct Sums {
-    sum: Vec<(String, f64)>,
-    count: usize,
+/// The [`Session`] of [`Model::fit`]: a step on a batch of the examples, the learning-rate
+/// schedule at the start of each epoch, the logs (validation included) at its end.
+struct FitSession<'m, 'x> {
+    model: &'m mut Model,
+    x: &'x [f32],
+    y: Targets<'x>,
+    validation: Option<(&'x [f32], Targets<'x>)>,
+    batch_size: usize,
+    schedule: Option<fn(usize, f64) -> f64>,
+    history: History,
 }
 
-impl Sums {
-    fn add(&mut self, outs: &[(String, HostTensor)], n: usize) {
-        for (k, t) in outs {
-            let v = match &t.data {
-                crate::runtime::TensorData::F32(v) if v.len() == 1 => v[0] as f64,
-                crate::runtime::TensorData::I32(v) if v.len() == 1 => v[0] as f64,
-                _ => continue,
-            };
-            match self.sum.iter_mut().find(|(name, _)| name == k) {
-                Some((_, s)) => *s += v * n as f64,
-                None => self.sum.push((k.clone(), v * n as f64)),
+impl Session for FitSession<'_, '_> {
+    fn begin_epoch(&mut self, epoch: usize) -> Result<(), TrainError> {
+        if let Some(f) = self.schedule {
+            self.model.learning_rate = f(epoch, self.model.learning_rate);
+        }
+        Ok(())
+    }
+
+    fn train_step(
+        &mut self,
+        batch: &[usize],
+        rng: &mut Rng,
+        _step: u64,
+    ) -> Result<&Outputs, TrainError> {
+        let r = self
+            .model
+            .run(Kind::Train, self.x, Some(self.y), batch, Some(rng));
+        // A step stopped by a non-finite result ran: its updates are in the weights.
+        if matches!(r, Ok(()) | Err(TrainError::NonFinite(_))) {
+            self.model.steps_trained += 1;
+        }
+        r?;
+        Ok(self.model.outputs((Kind::Train, batch.len())))
+    }
+
+    fn end_epoch(
+        &mut self,
+        epoch: usize,
+        logs: &mut Vec<(String, f64)>,
+        _complete: bool,
+    ) -> Result<(), TrainError> {
+        sort_logs(logs);
+        if let Some((vx, vy)) = self.validation {
+            let e = self.model.evaluate(vx, vy, self.batch_size)?;
+            logs.push(("val_loss".into(), e.loss));
+            for (k, v) in e.metrics {
+                logs.push((format!("val_{k}"), v));
             }
         }
-        self.count += n;
-    }
-
-    /// The means, `loss` first, then by name.
-    fn means(&self) -> Vec<(String, f64)> {
-        let mut m: Vec<(String, f64)> = self
-            .sum
-            .iter()
-            .map(|(k, s)| (k.clone(), s / self.count.max(1) as f64))
-            .collect();
-        m.sort_by(|a, b| (a.0 != "loss", &a.0).cmp(&(b.0 != "loss", &b.0)));
-        m
-    }
-
-    fn message(&self) -> String {
-        self.means()
-            .iter()
-            .map(|(k, v)| format!("{k}: {v:.4}"))
-            .collect::<Vec<_>>()
-            .join(" - ")
+        self.model.epochs_trained = epoch + 1;
+        for (k, v) in logs.iter() {
+            self.history.history.entry(k.clone()).or_default().push(*v);
+        }
+        self.history
+            .history
+            .entry("lr".into())
+            .or_default()
+            .push(self.model.learning_rate);
+        Ok(())
     }
 }
 
-fn progress_bar(
-    verbose: bool,
-    steps: usize,
-    epoch: usize,
-    epochs: usize,
-) -> indicatif::ProgressBar {
-    if !verbose {
-        return indicatif::ProgressBar::hidden();
+/// The [`Evaluate`] session of [`Model::evaluate`].
+struct EvalSession<'m, 'x> {
+    model: &'m mut Model,
+    x: &'x [f32],
+    y: Targets<'x>,
+}
+
+impl Evaluate for EvalSession<'_, '_> {
+    fn eval_batch(&mut self, batch: &[usize]) -> Result<Option<&Outputs>, TrainError> {
+        self.model
+            .run(Kind::Evaluate, self.x, Some(self.y), batch, None)?;
+        Ok(Some(self.model.outputs((Kind::Evaluate, batch.len()))))
     }
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    let style = indicatif::ProgressStyle::with_template(
-        "{prefix} {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta} - {msg}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_prefix(format!("Epoch {}/{epochs}", epoch + 1));
-    bar
+}
+
+/// Logs in Keras' order: `loss` first, then by name.
+fn sort_logs(logs: &mut [(String, f64)]) {
+    logs.sort_by(|a, b| (a.0 != "loss", &a.0).cmp(&(b.0 != "loss", &b.0)));
+}
+
+/// `loss: 0.1234 - accuracy: 0.9876` (in Keras' order).
+fn log_line(logs: impl Iterator<Item = (String, f64)>) -> String {
+    let mut logs: Vec<(String, f64)> = logs.collect();
+    sort_logs(&mut logs);
+    logs.iter()
+        .map(|(k, v)| format!("{k}: {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" - ")
+}
+
+/// [`Model::fit`]'s progress: with `verbose`, a bar per epoch with the running means.
+struct Bar {
+    verbose: bool,
+    epochs: usize,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Bar {
+    /// Leaves the current bar as it is (training stopped).
+    fn abandon(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.abandon();
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn epoch_start(&mut self, start: &EpochStart) {
+        if !self.verbose {
+            return;
+        }
+        let bar = indicatif::ProgressBar::new((start.last - start.first) as u64);
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix} {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta} - {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("Epoch {}/{}", start.epoch + 1, self.epochs));
+        self.bar = Some(bar);
+    }
+
+    fn step_end(&mut self, means: &Means) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+            b.set_message(log_line(means.iter().map(|(k, v)| (k.to_string(), v))));
+        }
+    }
+
+    fn epoch_end(&mut self, end: &EpochEnd<'_>) {
+        if let Some(b) = self.bar.take() {
+            b.set_message(log_line(end.logs.iter().cloned()));
+            b.finish();
+        }
+    }
 }

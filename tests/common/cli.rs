@@ -1,0 +1,46 @@
+//! Running the `gradlift` binary in tests: its exit code and output, the common success and
+//! failure checks, and fresh scratch directories.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Exit code, stdout and stderr of `gradlift ARGS` run at the repository root.
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradlift"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the gradlift binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The stdout of `gradlift ARGS`, which must succeed.
+pub fn ok(args: &[&str]) -> String {
+    let (code, out, err) = run(args);
+    assert_eq!(code, 0, "gradlift {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+/// The stderr of `gradlift ARGS`, which must fail with exit code 1, without a panic and
+/// before printing anything on stdout.
+pub fn fails(args: &[&str]) -> String {
+    let (code, out, err) = run(args);
+    assert_eq!(code, 1, "gradlift {args:?} should fail:\n{out}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.is_empty(), "nothing on stdout before the error: {out}");
+    err
+}
+
+/// A fresh, empty scratch directory called `name` in the build's temporary directory.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
