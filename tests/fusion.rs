@@ -425,22 +425,13 @@ fn cli_dumps_after_every_pass_and_prints_remarks() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown pass \"frob\""));
 }
 
-/// The Adam training step of `ir/NAME.ir` (autodiff gradients of every param, `optim` Adam
-/// with the learning rate input `lr`; only `loss` and `accuracy` stay outputs).
-fn adam_step(name: &str) -> Graph {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("ir/{name}.ir"));
-    let mut g = graphs_of(&path).remove(0).1;
-    gradlift::optim::training_step(&mut g, "loss", &gradlift::optim::Optimizer::adam()).unwrap();
-    g
-}
-
 /// Multi-output fusion: after the default pipeline, the whole Adam update of each param of the
 /// MLP and CNN training steps is one fused node; its results are the new param (the node
 /// itself) and the new first and second moments (`fused_result` 1 and 2), all update values.
 #[test]
 fn adam_update_of_each_param_is_one_kernel() {
     for name in ["mlp", "cnn"] {
-        let mut g = adam_step(name);
+        let mut g = common::adam_step(name);
         Pipeline::default().run(&mut g).unwrap();
         let updates = g.updates().to_vec();
         for p in g.params() {

@@ -18,7 +18,7 @@ use gradlift::passes::plan::{
 };
 use gradlift::passes::Pipeline;
 use gradlift::runtime;
-use gradlift::{optim, text, Graph, NodeId, Op};
+use gradlift::{Graph, NodeId, Op};
 use proptest::prelude::*;
 use std::collections::{HashMap, HashSet};
 
@@ -380,21 +380,11 @@ fn scratch_is_live_only_at_its_node() {
     check_plan(&g, &p, &opts).unwrap();
 }
 
-/// The Adam training step of `ir/NAME.ir` after the default pipeline (as `benches/passes.rs`
-/// builds it).
-fn adam_step(name: &str) -> Graph {
-    let path = format!("{}/ir/{name}.ir", env!("CARGO_MANIFEST_DIR"));
-    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut g = text::parse(&src, &path).unwrap_or_else(|e| panic!("{e}"));
-    optim::training_step(&mut g, "loss", &optim::Optimizer::adam()).unwrap();
-    Pipeline::default().run(&mut g).unwrap();
-    g
-}
-
 #[test]
 fn jit_plans_of_the_corpus_training_steps_are_sound_and_reported() {
     for name in ["linear_regression", "mlp", "cnn", "rnn"] {
-        let g = adam_step(name);
+        let mut g = common::adam_step(name);
+        Pipeline::default().run(&mut g).unwrap();
         for matmul in [MatmulKernel::Gemm, MatmulKernel::Cranelift] {
             let opts = CompileOptions {
                 matmul,

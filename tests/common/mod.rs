@@ -311,6 +311,17 @@ pub fn jit_matches(name: &str, reference: &Graph, g: &Graph, seed: u64) {
 
 // ---- training steps ------------------------------------------------------------------------
 
+/// The Adam training step of the model `ir/NAME.ir`, as training builds it
+/// (`gradlift::optim::training_step`: autodiff gradients of every param, Keras' Adam, the
+/// learning rate as the input `lr`; only `loss` and `accuracy` stay outputs).
+pub fn adam_step(name: &str) -> Graph {
+    let path = ir_dir().join(format!("{name}.ir"));
+    let (_, mut g) = load(&path);
+    gradlift::optim::training_step(&mut g, "loss", &gradlift::optim::Optimizer::adam())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    g
+}
+
 /// The SGD training step of a forward graph with a scalar `loss` output: the gradient of
 /// `loss` with respect to every param (autodiff) and the updates `p <- p - lr * dp` with the
 /// constant `lr`; the gradients are not outputs. (`gradlift::optim::training_step` builds the
