@@ -240,3 +240,40 @@ fn compile_report_and_clif_dump() {
         "matmul calls the GEMM kernel: {text}"
     );
 }
+
+/// `run_bound` reuses its pointer table between calls; replacing a param or a state, or a
+/// call of `run` with the caller's own inputs in between, must not leave it pointing at old
+/// buffers.
+#[test]
+fn run_bound_sees_replaced_params_and_state() {
+    let mut g = Graph::new("scaled");
+    let x = g.input("x", TensorType::f32([3])).unwrap();
+    let w = g.param("w", [3], Init::Ones).unwrap();
+    let s = g.state("s", [3], Init::Zeros).unwrap();
+    let xw = g.mul(x, w).unwrap();
+    let y = g.add2(xw, s).unwrap();
+    g.add_output("y", y).unwrap();
+    let mut e = runtime::compile(&g, &CompileOptions::default()).unwrap();
+    e.input_f32_mut("x")
+        .unwrap()
+        .copy_from_slice(&[1.0, 2.0, 3.0]);
+    let y = |e: &Executable| e.output("y").unwrap().clone();
+    e.run_bound();
+    assert_eq!(y(&e), HostTensor::f32([3], vec![1.0, 2.0, 3.0]));
+    e.set_param("w", HostTensor::f32([3], vec![2.0; 3]))
+        .unwrap();
+    e.run_bound();
+    assert_eq!(y(&e), HostTensor::f32([3], vec![2.0, 4.0, 6.0]));
+    e.set_state("s", HostTensor::f32([3], vec![10.0; 3]))
+        .unwrap();
+    e.run_bound();
+    assert_eq!(y(&e), HostTensor::f32([3], vec![12.0, 14.0, 16.0]));
+    let other = e
+        .run(&[("x", HostTensor::f32([3], vec![0.0, 0.0, 1.0]))])
+        .unwrap();
+    assert_eq!(other[0].1, HostTensor::f32([3], vec![10.0, 10.0, 12.0]));
+    // back to the bound input, written in place
+    e.input_f32_mut("x").unwrap()[0] = 5.0;
+    e.run_bound();
+    assert_eq!(y(&e), HostTensor::f32([3], vec![20.0, 14.0, 16.0]));
+}

@@ -644,6 +644,7 @@ pub fn clif(g: &Graph, opts: &CompileOptions) -> Result<String, CompileError> {
     let lay = &p.layout;
     let slots: Vec<String> = lay
         .slots()
+        .into_iter()
         .map(|s| match s {
             Slot::Input(i) => format!("input {}", name(lay.inputs[i])),
             Slot::Param(i) => format!("param {}", name(lay.params[i])),

@@ -5,7 +5,7 @@
 //! placement all happen there). Out: a [`Plan`] giving each node a [`Loc`] (a slot of the
 //! pointer table the native function receives, plus a byte offset). The table's [`Layout`]
 //! is the one description of what each slot holds: the lowering addresses buffers through
-//! it, the runtime fills tables from it ([`Layout::slots`]).
+//! it, the runtime fills tables from it ([`Layout::for_each_slot`]).
 
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
@@ -88,15 +88,23 @@ impl Layout {
         false
     }
 
+    /// Calls `f` with every slot, in table order (plain loops: the runtime fills a table this
+    /// way on every call).
+    #[inline]
+    pub fn for_each_slot(&self, mut f: impl FnMut(Slot)) {
+        (0..self.inputs.len()).for_each(|i| f(Slot::Input(i)));
+        (0..self.params.len()).for_each(|i| f(Slot::Param(i)));
+        (0..self.states.len()).for_each(|i| f(Slot::State(i)));
+        (0..self.consts.len()).for_each(|i| f(Slot::Const(i)));
+        (0..self.outputs).for_each(|i| f(Slot::Output(i)));
+        f(Slot::Arena);
+    }
+
     /// Every slot, in table order.
-    pub fn slots(&self) -> impl Iterator<Item = Slot> {
-        (0..self.inputs.len())
-            .map(Slot::Input)
-            .chain((0..self.params.len()).map(Slot::Param))
-            .chain((0..self.states.len()).map(Slot::State))
-            .chain((0..self.consts.len()).map(Slot::Const))
-            .chain((0..self.outputs).map(Slot::Output))
-            .chain(std::iter::once(Slot::Arena))
+    pub fn slots(&self) -> Vec<Slot> {
+        let mut v = Vec::with_capacity(self.len());
+        self.for_each_slot(|s| v.push(s));
+        v
     }
 }
 

@@ -280,9 +280,11 @@ struct Table(Vec<*mut u8>);
 
 impl Table {
     /// Refills the table in `layout`'s slot order, slot `s` pointing at `at(s)`.
-    fn fill(&mut self, layout: &Layout, at: impl FnMut(Slot) -> *mut u8) {
-        self.0.clear();
-        self.0.extend(layout.slots().map(at));
+    #[inline]
+    fn fill(&mut self, layout: &Layout, mut at: impl FnMut(Slot) -> *mut u8) {
+        let t = &mut self.0;
+        t.clear();
+        layout.for_each_slot(|s| t.push(at(s)));
     }
 }
 
@@ -298,6 +300,9 @@ pub struct Executable {
     /// One owned buffer per input, for [`Executable::run_bound`].
     bound: Vec<HostTensor>,
     table: Table,
+    /// The table holds the bound inputs and the current buffers (no buffer was replaced
+    /// since it was filled), so [`Executable::run_bound`] can call without filling it.
+    table_is_bound: bool,
     params: Vec<(String, HostTensor)>,
     states: Vec<(String, HostTensor)>,
     consts: Vec<HostTensor>,
@@ -398,6 +403,7 @@ impl Executable {
                 .map(|&id| leaf(id, |g, id| HostTensor::zeros(&g[id].ty)))
                 .collect(),
             table: Table(Vec::with_capacity(lay.len())),
+            table_is_bound: false,
             params: lay
                 .params
                 .iter()
@@ -441,7 +447,11 @@ impl Executable {
         // SAFETY: every input was checked to have the dtype, shape and length the code was
         // compiled for (so `find` found each), and stays borrowed (only read) until the call
         // returns.
-        unsafe { self.call(|i| ptrs[i]) };
+        self.table_is_bound = false;
+        // SAFETY: as above.
+        unsafe { self.fill(|i| ptrs[i]) };
+        // SAFETY: the table was just filled with the checked inputs.
+        unsafe { self.call() };
         Ok(self.outputs.clone())
     }
 
@@ -449,23 +459,26 @@ impl Executable {
     /// allocates nothing. The outputs are read with [`Executable::outputs`] or
     /// [`Executable::output`].
     pub fn run_bound(&mut self) {
-        let mut bound = std::mem::take(&mut self.bound);
-        // SAFETY: bound buffers were made with the input types and can only be written
-        // element for element (their length and dtype cannot change).
-        unsafe { self.call(|i| bound[i].as_mut_ptr()) };
-        self.bound = bound;
+        if !self.table_is_bound {
+            let mut bound = std::mem::take(&mut self.bound);
+            // SAFETY: bound buffers were made with the input types and can only be written
+            // element for element (their length, dtype and address cannot change).
+            unsafe { self.fill(|i| bound[i].as_mut_ptr()) };
+            self.bound = bound;
+            self.table_is_bound = true;
+        }
+        // SAFETY: the table holds the bound inputs and every buffer of this executable (a
+        // buffer replaced since, by `set_param` or `set_state`, cleared `table_is_bound`).
+        unsafe { self.call() };
     }
 
-    /// Fills the table from the layout (input `i` at `input(i)`, every other slot at this
-    /// executable's own buffer) and calls the native function (with flush-to-zero and
-    /// denormals-are-zero set, unless compiled with `flush_denormals: false`).
+    /// Fills the table from the layout: input `i` at `input(i)`, every other slot at this
+    /// executable's own buffer.
     ///
     /// # Safety
-    /// `input(i)` points to a buffer of input `i`'s type, valid for the call.
-    unsafe fn call(&mut self, mut input: impl FnMut(usize) -> *mut u8) {
-        if self.poison {
-            self.fill_with_nan();
-        }
+    /// `input(i)` points to a buffer of input `i`'s type, valid for every call made with this
+    /// table.
+    unsafe fn fill(&mut self, mut input: impl FnMut(usize) -> *mut u8) {
         let mut table = std::mem::replace(&mut self.table, Table(Vec::new()));
         table.fill(&self.code.layout, |s| match s {
             Slot::Input(i) => input(i),
@@ -475,12 +488,24 @@ impl Executable {
             Slot::Output(i) => self.outputs[i].1.as_mut_ptr(),
             Slot::Arena => self.arena.ptr,
         });
+        self.table = table;
+    }
+
+    /// Calls the native function on the table (with flush-to-zero and denormals-are-zero
+    /// set, unless compiled with `flush_denormals: false`).
+    ///
+    /// # Safety
+    /// The table was filled ([`Executable::fill`]) with inputs still valid, and no buffer of
+    /// this executable was replaced since.
+    unsafe fn call(&mut self) {
+        if self.poison {
+            self.fill_with_nan();
+        }
         let _fp = self.flush_denormals.then(fpenv::FlushDenormals::enter);
         // SAFETY: params, state, consts, outputs and the arena are owned buffers of the
         // planned sizes, `&mut self` gives the call exclusive access to them, and the caller
-        // vouches for the inputs.
-        unsafe { (self.code.entry())(table.0.as_ptr()) };
-        self.table = table;
+        // vouches for the table.
+        unsafe { (self.code.entry())(self.table.0.as_ptr()) };
     }
 
     /// The bound buffer of f32 input `name`: write a call's data here, then call
@@ -561,6 +586,7 @@ impl Executable {
 
     /// Overwrites param `name` (same dtype, shape and length required).
     pub fn set_param(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
+        self.table_is_bound = false;
         set_named(&mut self.params, "param", name, value)
     }
 
@@ -571,6 +597,7 @@ impl Executable {
 
     /// Overwrites state tensor `name` (same dtype, shape and length required).
     pub fn set_state(&mut self, name: &str, value: HostTensor) -> Result<(), RunError> {
+        self.table_is_bound = false;
         set_named(&mut self.states, "state", name, value)
     }
 
