@@ -433,6 +433,15 @@ impl Dataset {
                 ))
             }
         };
+        if rows == 0 || cols == 0 {
+            return Err(format_err(
+                images_path,
+                format!(
+                    "expected images of at least 1x1 pixels, found dimensions {:?} ({rows}x{cols} pixels)",
+                    images.dims
+                ),
+            ));
+        }
         if labels.dims.len() != 1 || labels.dims[0] != n {
             return Err(format_err(
                 labels_path,

@@ -156,6 +156,19 @@ impl FusedBody {
             }
         }
         let domain = self.domain();
+        if let Some(p) = self.producer() {
+            // the GEMM or convolution writes the node's output buffer and the elementwise
+            // loop runs over it in place: a producer of another shape is written out of bounds
+            if p.ty.shape != domain {
+                return err(format!(
+                    "%{}: the leading {} computes shape {}, but an epilogue runs over its \
+                     output, so it must have the body's domain {domain}",
+                    self.n_params,
+                    p.op.name(),
+                    p.ty.shape
+                ));
+            }
+        }
         for (i, inst) in self.insts.iter().enumerate() {
             if is_elementwise(&inst.op) && !inst.ty.shape.broadcasts_to(&domain) {
                 return err(format!(

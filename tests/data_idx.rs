@@ -196,6 +196,38 @@ fn wrong_dimensions_are_an_error() {
     assert!(Idx::read(&dir.join("huge"), IMAGES_MAGIC).is_err());
 }
 
+/// Found by the `idx_read` fuzz target: an images file of 3 images of 0x5 pixels (the
+/// 16-byte header `00 00 08 03`, 3, 0, 5) was a dataset whose batches panicked (a chunk size
+/// of zero in `fill_images`); images without pixels are refused when the dataset is built.
+#[test]
+fn images_without_pixels_are_an_error() {
+    let dir = temp_dir("no-pixels");
+    let (pi, pl) = (dir.join("i"), dir.join("l"));
+    let mut bytes = vec![0, 0, 8, 3];
+    for d in [3u32, 0, 5] {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    std::fs::write(&pi, &bytes).unwrap();
+    std::fs::write(&pl, tiny_labels(3).to_bytes()).unwrap();
+    let images = Idx::read(&pi, IMAGES_MAGIC).unwrap();
+    assert_eq!(images.dims, [3, 0, 5]);
+    for e in [
+        Dataset::read(&pi, &pl).unwrap_err(),
+        Dataset::from_idx(&images, &tiny_labels(3), &pi, &pl).unwrap_err(),
+    ] {
+        let (path, msg) = format_message(e);
+        assert_eq!(path, pi);
+        assert!(msg.contains("at least 1x1 pixels"), "{msg}");
+        assert!(msg.contains("[3, 0, 5] (0x5 pixels)"), "{msg}");
+    }
+    let wide = Idx {
+        dims: vec![2, 4, 0],
+        data: vec![],
+    };
+    let e = Dataset::from_idx(&wide, &tiny_labels(2), &pi, &pl).unwrap_err();
+    assert!(format_message(e).1.contains("(4x0 pixels)"));
+}
+
 #[test]
 fn corrupt_gzip_is_an_error() {
     let dir = temp_dir("gzip");

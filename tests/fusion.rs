@@ -778,6 +778,61 @@ outputs:
     );
 }
 
+/// Found by the `jit_vs_interp` fuzz target: an epilogue body whose leading matmul has
+/// another shape than the body's domain (here `[7,1]`, broadcast by the add to `[7,0]` or
+/// `[7,3]`) was accepted, and the GEMM wrote its `[7,1]` result into the node's smaller
+/// output buffer (a segmentation fault at `[7,0]`). The GEMM or convolution writes the output
+/// and the loop runs over it in place, so the producer must have the domain's shape: such a
+/// body is refused when parsed and when built.
+#[test]
+fn an_epilogue_whose_producer_is_not_the_domain_is_refused() {
+    for (k, n) in [(0, 0), (3, 3)] {
+        let text = format!(
+            "graph g {{
+inputs:
+  %a: f32[7,{k}] = input
+  %b: f32[{k},1] = input
+body:
+  %f: f32[7,{n}] = fused %a, %b {{
+    %2: f32[7,1] = matmul %0, %1
+    %3: f32[7,{n}] = add %0, %2
+    yield %3
+  }}
+outputs:
+  f = %f
+}}"
+        );
+        let e = text::parse(&text, "epilogue.ir").unwrap_err().to_string();
+        assert!(
+            e.contains("%2: the leading matmul computes shape [7,1]")
+                && e.contains(&format!("the body's domain [7,{n}]")),
+            "{e}"
+        );
+        // the builder checks the same rule
+        let mut g = Graph::new("g");
+        let a = g.input("a", TensorType::f32([7, k])).unwrap();
+        let b = g.input("b", TensorType::f32([k, 1])).unwrap();
+        let body = gradlift::fused::FusedBody {
+            n_params: 2,
+            insts: vec![
+                gradlift::fused::FusedInst {
+                    op: Op::Matmul,
+                    args: vec![0, 1],
+                    ty: TensorType::f32([7, 1]),
+                },
+                gradlift::fused::FusedInst {
+                    op: Op::Binary(gradlift::BinaryOp::Add),
+                    args: vec![0, 2],
+                    ty: TensorType::f32([7, n]),
+                },
+            ],
+            extra: vec![],
+        };
+        let e = g.add(Op::Fused(body), &[a, b]).unwrap_err().to_string();
+        assert!(e.contains("must have the body's domain"), "{e}");
+    }
+}
+
 /// A long elementwise chain is split into kernels of at most `fuse::MAX_FUSED_NODES` nodes
 /// (one kernel of thousands made Cranelift's register allocation take seconds), with a remark
 /// where it was cut, and still computes the chain's values.
