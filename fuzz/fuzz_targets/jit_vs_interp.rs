@@ -21,7 +21,8 @@
 //! pow of computed values get arguments away from their singularities.
 #![no_main]
 
-use gradlift::codegen::{self, CompileOptions, MatmulKernel};
+use gradlift::codegen::{CompileOptions, MatmulKernel};
+use gradlift::runtime;
 use gradlift::fused::{FusedBody, FusedInst};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array, Values};
@@ -878,7 +879,7 @@ fn run_jit(
     inputs: &[(String, HostTensor)],
     params: &HashMap<String, HostTensor>,
 ) -> Vec<(String, DType, Vec<f64>)> {
-    let mut exe = codegen::compile(g, opts)
+    let mut exe = runtime::compile(g, opts)
         .unwrap_or_else(|e| panic!("compile error on a valid graph: {e}\n{}", text::print(g)));
     let names: Vec<String> = g
         .inputs()
