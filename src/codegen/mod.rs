@@ -277,53 +277,68 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, CompileError> {
     Ok(order)
 }
 
-/// Scratch bytes the kernel of node `id` needs: a GEMM's packing workspace (matmuls, with
-/// the Rust GEMM), one image's patch matrix and the GEMM workspace (convolutions).
+/// Scratch bytes the kernel of node `id` needs, by the kernel's rule ([`kernels::Kernel::scratch`]):
+/// a GEMM's packing workspace (matmuls, with the Rust GEMM), one image's patch matrix and
+/// the GEMM workspace (convolutions on the im2col path), nothing for the other kernels and
+/// for ops that call none.
 fn scratch_bytes(g: &Graph, id: NodeId, opts: &CompileOptions) -> usize {
+    use kernels::{Kernel, Scratch};
     let n = &g[id];
     let ops = g.operands(id);
-    let mkn = match &n.op {
-        Op::Matmul => {
-            let (a, b) = (g[ops[0]].ty.shape.dims(), g[ops[1]].ty.shape.dims());
-            Some((a[0], a[1], b[1]))
-        }
-        Op::Fused(_) => lower::fused_matmul_dims(g, id),
+    let shape = |i: usize| &g[ops[i]].ty.shape;
+    // the scratch-planning kernel the node's code calls, if any
+    let kernel = match &n.op {
+        Op::Matmul => Some(Kernel::Gemm),
+        Op::Conv2d { .. } => Some(Kernel::Conv2d),
+        Op::Conv2dInputGrad { .. } => Some(Kernel::Conv2dInputGrad),
+        Op::Conv2dFilterGrad { .. } => Some(Kernel::Conv2dFilterGrad),
+        Op::MaxPool2d { .. } => Some(Kernel::MaxPool2d),
+        Op::MaxPool2dGrad { .. } => Some(Kernel::MaxPool2dGrad),
+        Op::Softmax { .. } | Op::LogSoftmax { .. } => Some(Kernel::Softmax),
+        Op::SoftmaxCrossEntropy => Some(Kernel::SoftmaxXent),
+        Op::SparseSoftmaxCrossEntropy => Some(Kernel::SparseSoftmaxXent),
+        Op::Fused(_) if lower::fused_matmul_dims(g, id).is_some() => Some(Kernel::Gemm),
+        Op::Fused(_) if lower::fused_conv_geometry(g, id).is_some() => Some(Kernel::Conv2d),
         _ => None,
     };
-    if let Some((m, k, n)) = mkn {
-        return match opts.matmul {
-            MatmulKernel::Gemm => kernels::gemm_scratch_len(m, k, n, opts.threads) * 4,
-            MatmulKernel::Cranelift => 0,
-        };
-    }
-    use kernels::Kernel;
-    let (kernel, geom) = match &n.op {
-        Op::Conv2d { stride, padding } => (
-            Kernel::Conv2d,
-            lower::conv_geometry(&g[ops[0]].ty.shape, &g[ops[1]].ty.shape, *stride, *padding),
-        ),
-        Op::Conv2dInputGrad {
-            stride,
-            padding,
-            shape,
-        } => (
-            Kernel::Conv2dInputGrad,
-            lower::conv_geometry(shape, &g[ops[1]].ty.shape, *stride, *padding),
-        ),
-        Op::Conv2dFilterGrad {
-            stride, padding, ..
-        } => (
-            Kernel::Conv2dFilterGrad,
-            lower::conv_geometry(&g[ops[0]].ty.shape, &n.ty.shape, *stride, *padding),
-        ),
-        Op::Fused(_) => (
-            Kernel::Conv2d,
-            lower::fused_conv_geometry(g, id).ok_or_else(String::new),
-        ),
-        _ => return 0,
+    let Some(kernel) = kernel else {
+        return 0;
     };
-    geom.map(|g| kernels::conv_scratch_len(kernel, &g) * 4)
-        .unwrap_or(0)
+    match kernel.scratch() {
+        Scratch::None => 0,
+        Scratch::GemmPacking => {
+            let mkn = match &n.op {
+                Op::Fused(_) => lower::fused_matmul_dims(g, id),
+                _ => {
+                    let (a, b) = (shape(0).dims(), shape(1).dims());
+                    Some((a[0], a[1], b[1]))
+                }
+            };
+            match (opts.matmul, mkn) {
+                (MatmulKernel::Gemm, Some((m, k, n))) => {
+                    kernels::gemm_scratch_len(m, k, n, opts.threads) * 4
+                }
+                _ => 0,
+            }
+        }
+        Scratch::Convolution => {
+            let geom = match &n.op {
+                Op::Conv2d { stride, padding } => {
+                    lower::conv_geometry(shape(0), shape(1), *stride, *padding)
+                }
+                Op::Conv2dInputGrad {
+                    stride,
+                    padding,
+                    shape: x,
+                } => lower::conv_geometry(x, shape(1), *stride, *padding),
+                Op::Conv2dFilterGrad {
+                    stride, padding, ..
+                } => lower::conv_geometry(shape(0), &n.ty.shape, *stride, *padding),
+                _ => lower::fused_conv_geometry(g, id).ok_or_else(String::new),
+            };
+            geom.map_or(0, |g| kernels::conv_scratch_len(kernel, &g) * 4)
+        }
+    }
 }
 
 /// 2-D transposes read only by matmuls (not outputs or update sources): the GEMM call reads

@@ -322,6 +322,19 @@ pub enum Kernel {
     SparseSoftmaxXent,
 }
 
+/// What the planned scratch of one call of a [`Kernel`] depends on ([`Kernel::scratch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scratch {
+    /// No scratch.
+    None,
+    /// The GEMM's packing workspace: [`gemm_scratch_len`] of the product's `m`, `k`, `n` and
+    /// the threads.
+    GemmPacking,
+    /// A convolution's patch matrix and GEMM workspace, or none on the direct path:
+    /// [`conv_scratch_len`] of the kernel and its geometry.
+    Convolution,
+}
+
 /// The parameters and result of a [`Kernel`]'s C signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelSignature {
@@ -332,6 +345,23 @@ pub enum KernelSignature {
 }
 
 impl Kernel {
+    /// What one call's planned scratch depends on (an exhaustive match: a new kernel says
+    /// whether it needs scratch, and the planner must size it).
+    pub fn scratch(self) -> Scratch {
+        match self {
+            Kernel::Gemm => Scratch::GemmPacking,
+            Kernel::Conv2d | Kernel::Conv2dInputGrad | Kernel::Conv2dFilterGrad => {
+                Scratch::Convolution
+            }
+            Kernel::Powf
+            | Kernel::MaxPool2d
+            | Kernel::MaxPool2dGrad
+            | Kernel::Softmax
+            | Kernel::SoftmaxXent
+            | Kernel::SparseSoftmaxXent => Scratch::None,
+        }
+    }
+
     /// Every kernel, in the order the JIT module declares them (`Kernel::index`).
     pub const ALL: [Kernel; 10] = [
         Kernel::Powf,
