@@ -12,6 +12,9 @@
 //! SCALING_MAX=32000 cargo bench --bench scaling
 //! ```
 
+mod common;
+
+use common::{peak_mb, reset_peak};
 use gradlift::codegen::CompileOptions;
 use gradlift::optim::{self, Optimizer};
 use gradlift::passes::Pipeline;
@@ -32,20 +35,6 @@ fn chain(n: usize) -> Graph {
     let loss = g.mean_all(h).expect("mean");
     g.add_output("loss", loss).expect("output");
     g
-}
-
-/// Resets the peak resident set size (Linux: `clear_refs` 5).
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident set size in MB since the last reset.
-fn peak_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -24,6 +24,9 @@
 //! epoch count of W2, W3 and W5; `GRADLIFT_THREADS` the thread count; `SHARDS` the shard
 //! count (default: `step::default_shards`).
 
+mod common;
+
+use common::{peak_mb, reset_peak};
 use gradlift::batch::{analyze, rebatch};
 use gradlift::codegen::CompileOptions;
 use gradlift::data::{self, Dataset};
@@ -57,20 +60,6 @@ fn step(g: &Graph, opt: Optimizer, batch: usize) -> (CompiledStep, StepReport, f
     };
     let (s, r) = compile_training_step(g, "loss", &opt, None, batch, &opts).unwrap();
     (s, r, t.elapsed().as_secs_f64() * 1e3)
-}
-
-/// Resets the peak resident set size (Linux: `clear_refs` 5).
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident set size in MB since the last reset.
-fn peak_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// User + system CPU seconds of the process.

@@ -1173,3 +1173,118 @@ fn one_hot<T: Float>(x: &Array<T>, depth: usize) -> Vec<T> {
     }
     y
 }
+
+// ---- compiled results against the reference ----------------------------------------------------
+
+/// Values whose handling compiled code must get exactly as the interpreter does (NaN,
+/// infinities, signed zeros, a denormal, ties): inputs that differential tests mix in.
+pub const SPECIAL_VALUES: [f64; 10] = [
+    f64::NAN,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    0.0,
+    -0.0,
+    1e-40,
+    -1e-40,
+    1.0,
+    -1.0,
+    0.5,
+];
+
+/// The longest sum any node of `g` (or instruction of a fused node) computes
+/// ([`Op::longest_sum`]); the `terms` of [`agrees`].
+pub fn longest_sum(g: &Graph) -> usize {
+    g.node_ids()
+        .into_iter()
+        .map(|id| {
+            let operands = g.operands(id);
+            let shapes: Vec<&Shape> = operands.iter().map(|&o| &g[o].ty.shape).collect();
+            g[id].op.longest_sum(&shapes)
+        })
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Whether `got` (a result computed in f32, as f64 values) agrees with `want` (the
+/// interpreter's f64 result) for a result of type `dtype` whose longest sum has `terms`
+/// terms ([`longest_sum`]); `Err` names the first element that does not.
+///
+/// The reference is the f64 result rounded to f32 (beyond f32's range: infinite). An f32
+/// element agrees when
+///
+/// `|got - ref| <= 1e-4 * |ref| + 1e-5 * sqrt(n) * min(sqrt(n), max(1, max|ref|))`
+///
+/// with `n = terms` and `max|ref|` over the finite elements of the result. The relative part
+/// covers the f32 rounding of each op along a chain (6e-8 per op, and the compiled
+/// exp/log/tanh/sigmoid polynomials' 1.2e-7). The absolute part covers sums: the rounding
+/// error of an `n`-term f32 sum grows like `sqrt(n)` times the size of its terms, which the
+/// largest value of the result bounds (the terms of a softmax or a mean are not larger than
+/// its inputs); with terms of size at most 1, `n` itself bounds it. Without sums (`n = 1`)
+/// it is `1e-5`, for results that cancel to nearly zero. NaN must match NaN, infinities
+/// exactly, i32 results exactly.
+pub fn agrees(got: &[f64], want: &[f64], dtype: DType, terms: usize) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{} elements, expected {}", got.len(), want.len()));
+    }
+    let want: Vec<f64> = match dtype {
+        DType::F32 => want.iter().map(|&y| y as f32 as f64).collect(),
+        DType::I32 => want.to_vec(),
+    };
+    let scale = want
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, |m, v| m.max(v.abs()));
+    let n = (terms.max(1) as f64).sqrt();
+    let atol = 1e-5 * n * n.min(scale);
+    for (i, (&x, &y)) in got.iter().zip(&want).enumerate() {
+        let ok = match dtype {
+            DType::I32 => x == y,
+            DType::F32 if y.is_nan() => x.is_nan(),
+            DType::F32 if y.is_infinite() => x == y,
+            DType::F32 => (x - y).abs() <= 1e-4 * y.abs() + atol,
+        };
+        if !ok {
+            return Err(format!("element {i}: {x}, expected {y}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agreement_allows_f32_rounding_and_no_more() {
+        let f = DType::F32;
+        assert!(agrees(&[100.009], &[100.0], f, 1).is_ok());
+        assert!(agrees(&[100.02], &[100.0], f, 1).is_err());
+        // a long sum allows an absolute error growing with it
+        assert!(agrees(&[0.0005], &[0.0], f, 1).is_err());
+        assert!(agrees(&[0.0005], &[0.0], f, 10_000).is_ok());
+        assert!(agrees(&[f64::NAN, f64::INFINITY], &[f64::NAN, f64::INFINITY], f, 1).is_ok());
+        assert!(agrees(&[1.0], &[f64::NAN], f, 1).is_err());
+        assert!(agrees(&[f64::MAX], &[f64::INFINITY], f, 1).is_err());
+        // the reference is rounded to f32 first: 1e39 is infinite in f32
+        assert!(agrees(&[f64::INFINITY], &[1e39], f, 1).is_ok());
+        assert!(agrees(&[3.0], &[3.0], DType::I32, 1).is_ok());
+        assert!(agrees(&[3.0], &[4.0], DType::I32, 1_000_000).is_err());
+        let e = agrees(&[1.0, 2.5], &[1.0, 2.0], f, 1).unwrap_err();
+        assert_eq!(e, "element 1: 2.5, expected 2");
+        assert!(agrees(&[1.0], &[1.0, 2.0], f, 1).is_err());
+    }
+
+    #[test]
+    fn the_longest_sum_is_the_largest_over_nodes_and_fused_bodies() {
+        let mut g = Graph::new("sums");
+        let x = g.input("x", TensorType::f32([4, 30])).unwrap();
+        let w = g.param("w", [30, 5], crate::op::Init::Ones).unwrap();
+        let m = g.matmul(x, w).unwrap();
+        let s = g.sum(m, &[0], false).unwrap();
+        g.add_output("s", s).unwrap();
+        assert_eq!(longest_sum(&g), 30);
+        crate::passes::Pipeline::default().run(&mut g).unwrap();
+        assert_eq!(longest_sum(&g), 30, "after fusion too");
+    }
+}

@@ -816,6 +816,53 @@ impl Op {
         self.class() == OpClass::Leaf
     }
 
+    /// The most terms one element of the result sums, given the operands' shapes (each
+    /// valid for the op): a matmul's `k`, a reduction's length, a convolution's `kh*kw*c`
+    /// (its gradients: at most an operand's size), a softmax's axis; 1 for ops without sums.
+    /// The f32 rounding error of a result grows with it ([`crate::interp::agrees`]).
+    pub fn longest_sum(&self, shapes: &[&Shape]) -> usize {
+        let dim = |i: usize, d: usize| shapes[i].0[d];
+        match self {
+            Op::Matmul => dim(0, 1),
+            Op::Reduce { axes, .. } => axes.iter().map(|&a| dim(0, a)).product(),
+            Op::Conv2d { .. } => shapes[1].0[..3].iter().product(),
+            Op::Conv2dInputGrad { .. } | Op::Conv2dFilterGrad { .. } => {
+                shapes[0].numel().max(shapes[1].numel())
+            }
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => dim(0, *axis),
+            Op::SoftmaxCrossEntropy | Op::SparseSoftmaxCrossEntropy => dim(0, 1),
+            Op::Fused(body) => {
+                let mut vals: Vec<Shape> = shapes.iter().map(|&s| s.clone()).collect();
+                let mut m = 1;
+                for inst in &body.insts {
+                    let args: Vec<&Shape> = inst.args.iter().map(|&a| &vals[a]).collect();
+                    m = m.max(inst.op.longest_sum(&args));
+                    vals.push(inst.ty.shape.clone());
+                }
+                m
+            }
+            Op::Input
+            | Op::Param { .. }
+            | Op::State { .. }
+            | Op::Const { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Compare(_)
+            | Op::Select
+            | Op::Cast { .. }
+            | Op::Argmax { .. }
+            | Op::Reshape { .. }
+            | Op::Broadcast { .. }
+            | Op::Transpose { .. }
+            | Op::MaxPool2d { .. }
+            | Op::MaxPool2dGrad { .. }
+            | Op::OneHot { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::FusedResult { .. } => 1,
+        }
+    }
+
     /// Number of operands the op takes.
     pub fn arity(&self) -> Arity {
         match self {

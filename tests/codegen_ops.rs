@@ -29,24 +29,10 @@ enum Dom {
     Ints(i64, i64),
     /// Magnitude in `[0.5, 2)`, random sign (denominators).
     AwayFromZero,
-    /// One of [`SPECIALS`] half of the time (NaN, infinities, signed zeros, a denormal, ties),
-    /// else uniform in `[-2, 2)`.
+    /// One of [`interp::SPECIAL_VALUES`] half of the time (NaN, infinities, signed zeros, a
+    /// denormal, ties), else uniform in `[-2, 2)`.
     Special,
 }
-
-/// Values whose handling must agree between the JIT and the interpreter.
-const SPECIALS: [f64; 10] = [
-    f64::NAN,
-    f64::INFINITY,
-    f64::NEG_INFINITY,
-    0.0,
-    -0.0,
-    1e-40,
-    -1e-40,
-    1.0,
-    -1.0,
-    0.5,
-];
 
 fn draw(rng: &mut Rng, d: Dom) -> f64 {
     match d {
@@ -54,7 +40,7 @@ fn draw(rng: &mut Rng, d: Dom) -> f64 {
         Dom::Ints(lo, hi) => lo as f64 + rng.below((hi - lo) as u64) as f64,
         Dom::Special => {
             if rng.below(2) == 0 {
-                SPECIALS[rng.below(SPECIALS.len() as u64) as usize]
+                interp::SPECIAL_VALUES[rng.below(interp::SPECIAL_VALUES.len() as u64) as usize]
             } else {
                 -2.0 + 4.0 * rng.uniform()
             }

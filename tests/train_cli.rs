@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::cli::{fails, ok, run, scratch};
-use gradlift::checkpoint::{self, TensorData};
+use common::cli::{checkpoint_bits, fails, ok, run, scratch};
 use std::path::Path;
 
 /// The value after `key ` in `line` (`loss 0.1234 - accuracy 0.9` -> `accuracy` -> 0.9).
@@ -83,18 +82,6 @@ fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(|s| s.as_str()).collect()
 }
 
-/// The f32 tensors of a checkpoint, by name.
-fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
-    let c = checkpoint::load(path).unwrap();
-    c.tensors
-        .iter()
-        .map(|t| match &t.data {
-            TensorData::F32(v) => (t.name.clone(), v.iter().map(|x| x.to_bits()).collect()),
-            TensorData::I32(v) => (t.name.clone(), v.iter().map(|&x| x as u32).collect()),
-        })
-        .collect()
-}
-
 #[test]
 fn resuming_replays_the_uninterrupted_run() {
     let d = scratch("train-cli-resume");
@@ -132,9 +119,9 @@ fn resuming_replays_the_uninterrupted_run() {
     assert!(epochs[1].contains("2 steps (steps 1..2 of 5)"), "{out}");
 
     let (w, f, r) = (
-        tensors(&d.join("whole.st")),
-        tensors(&d.join("first.st")),
-        tensors(&d.join("rest.st")),
+        checkpoint_bits(&d.join("whole.st")),
+        checkpoint_bits(&d.join("first.st")),
+        checkpoint_bits(&d.join("rest.st")),
     );
     // Params and Adam's state (m, v, step count): 4 + 2 * 4 + 1 tensors.
     assert_eq!(w.len(), 13);

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::cli::{ok, scratch};
-use gradlift::checkpoint::{self, TensorData};
+use common::cli::{checkpoint_bits, ok, scratch};
+use gradlift::checkpoint;
 use gradlift::data::load_default;
 use gradlift::nn::{
     Activation, CompileOptions, Dense, FitOptions, GraphOptions, Loss, Metric, Model, Sequential,
@@ -13,7 +13,6 @@ use gradlift::nn::{
 };
 use gradlift::optim::Optimizer;
 use gradlift::train::checkpoint::SCHEMA;
-use std::path::Path;
 
 /// Training examples used: 5 steps of 64 per epoch.
 const N: usize = 320;
@@ -41,18 +40,6 @@ fn model_ir(m: &Model) -> String {
         .unwrap()
         .graph;
     gradlift::text::print(&g)
-}
-
-/// Every tensor of a checkpoint as raw bits, by name.
-fn file_bits(path: &Path) -> Vec<(String, Vec<u32>)> {
-    let c = checkpoint::load(path).unwrap();
-    c.tensors
-        .iter()
-        .map(|t| match &t.data {
-            TensorData::F32(v) => (t.name.clone(), v.iter().map(|x| x.to_bits()).collect()),
-            TensorData::I32(v) => (t.name.clone(), v.iter().map(|&x| x as u32).collect()),
-        })
-        .collect()
 }
 
 /// Every param and optimizer state of a model as raw bits, by name.
@@ -105,13 +92,13 @@ fn the_cli_and_model_fit_train_alike_and_read_each_others_checkpoints() {
     assert!(out.contains("saved") && out.contains("(step 10)"), "{out}");
     fit(&mut lib, 0, 2);
     lib.save(d.join("lib.st")).unwrap();
-    let cli_bits = file_bits(&d.join("cli.st"));
+    let cli_bits = checkpoint_bits(&d.join("cli.st"));
     assert_eq!(
         cli_bits.len(),
         13,
         "4 params, their 8 Adam moments, the step count"
     );
-    assert_eq!(cli_bits, file_bits(&d.join("lib.st")));
+    assert_eq!(cli_bits, checkpoint_bits(&d.join("lib.st")));
 
     // One schema: the same metadata, whoever wrote the file.
     let (a, b) = (
@@ -153,9 +140,9 @@ fn the_cli_and_model_fit_train_alike_and_read_each_others_checkpoints() {
         out.contains("epoch 3/3: ") && out.contains("(step 15)"),
         "{out}"
     );
-    let third = file_bits(&d.join("cli3.st"));
+    let third = checkpoint_bits(&d.join("cli3.st"));
     assert_ne!(third, cli_bits, "the third epoch trains");
-    assert_eq!(third, file_bits(&d.join("lib3.st")));
+    assert_eq!(third, checkpoint_bits(&d.join("lib3.st")));
 }
 
 /// A checkpoint without the schema entry (the metadata `gradlift train` wrote before the

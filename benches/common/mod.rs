@@ -1,4 +1,5 @@
-//! Helpers shared by the benches.
+//! Helpers shared by the benches (each bench uses some of them).
+#![allow(dead_code)]
 
 use gradlift::codegen::CompileOptions;
 use gradlift::runtime::HostTensor;
@@ -30,4 +31,18 @@ pub fn opts() -> CompileOptions {
         verify: false,
         ..CompileOptions::default()
     }
+}
+
+/// Resets the peak resident set size (Linux: `clear_refs` 5).
+pub fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size in MB since the last [`reset_peak`] (NaN where `/proc` has none).
+pub fn peak_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

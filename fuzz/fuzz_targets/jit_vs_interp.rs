@@ -6,11 +6,9 @@
 //! reductions and extra results, params and state with updates, duplicated and constant
 //! subexpressions and identities for the rewrite rules), optionally its gradient (autodiff).
 //! The graph is compiled by the JIT and run on deterministic inputs; its outputs and updated
-//! params and state must equal the reference interpreter's (f64) within the tolerance of the
-//! tests (`tests/common::close`: against the f64 result rounded to f32,
-//! `|jit - ref| <= 1e-4 |ref| + 1e-5 sqrt(n) min(sqrt(n), max(1, max|ref|))` for the longest
-//! sum `n`, NaN equals NaN, infinities exactly, i32 exactly). Optionally the default pass pipeline
-//! runs first (fusion, folding, the rewrites), compared against the same reference.
+//! params and state must equal the reference interpreter's (f64) within the tolerance the
+//! tests use (`gradlift::interp::agrees`, with the graph's `interp::longest_sum`). Optionally
+//! the default pass pipeline runs first (fusion, folding, the rewrites), compared against the same reference.
 //!
 //! Inputs where the comparison says nothing about the compiler are skipped: a value beyond
 //! the f32 range in the f64 reference (overflow), or outputs on which the interpreter itself
@@ -42,20 +40,6 @@ const MAX_NUMEL: usize = 512;
 /// The most body steps of one graph.
 const MAX_STEPS: usize = 24;
 
-/// Values whose handling must agree between the JIT and the interpreter (as in
-/// `tests/codegen_ops.rs`).
-const SPECIALS: [f64; 10] = [
-    f64::NAN,
-    f64::INFINITY,
-    f64::NEG_INFINITY,
-    0.0,
-    -0.0,
-    1e-40,
-    -1e-40,
-    1.0,
-    -1.0,
-    0.5,
-];
 
 /// Constant values the grammar uses.
 const CONSTS: [f64; 8] = [0.0, 1.0, -1.0, 0.5, 2.0, -0.25, 3.0, 1e-3];
@@ -785,77 +769,6 @@ static OVERFLOW: AtomicU64 = AtomicU64::new(0);
 static ILL_CONDITIONED: AtomicU64 = AtomicU64::new(0);
 static WITH_GRAD: AtomicU64 = AtomicU64::new(0);
 
-/// The longest sum any node (or fused instruction) computes (as `tests/common::max_terms`).
-fn max_terms(g: &Graph) -> usize {
-    let of = |op: &Op, shapes: &[Vec<usize>]| match op {
-        Op::Matmul => shapes[0][1],
-        Op::Reduce { axes, .. } => axes.iter().map(|&a| shapes[0][a]).product(),
-        Op::Conv2d { .. } => shapes[1][..3].iter().product(),
-        Op::Conv2dInputGrad { .. } | Op::Conv2dFilterGrad { .. } => shapes[0]
-            .iter()
-            .product::<usize>()
-            .max(shapes[1].iter().product()),
-        Op::Softmax { axis } | Op::LogSoftmax { axis } => shapes[0][*axis],
-        Op::SoftmaxCrossEntropy | Op::SparseSoftmaxCrossEntropy => shapes[0][1],
-        _ => 1,
-    };
-    let mut m = 1;
-    for id in g.node_ids() {
-        let shapes: Vec<Vec<usize>> = g
-            .operands(id)
-            .iter()
-            .map(|&o| g[o].ty.shape.0.clone())
-            .collect();
-        if let Op::Fused(body) = &g[id].op {
-            let mut vals = shapes.clone();
-            for inst in &body.insts {
-                let s: Vec<Vec<usize>> = inst.args.iter().map(|&a| vals[a].clone()).collect();
-                m = m.max(of(&inst.op, &s));
-                vals.push(inst.ty.shape.0.clone());
-            }
-        } else {
-            m = m.max(of(&g[id].op, &shapes));
-        }
-    }
-    m
-}
-
-/// The tolerance of `tests/common::close` (the one the tests use): the reference is the f64
-/// result rounded to f32, and an element passes when
-/// `|jit - ref| <= 1e-4 |ref| + 1e-5 sqrt(n) min(sqrt(n), max(1, max|ref|))`, `n` the longest
-/// sum; i32 exactly. `Err` names the first element out of it.
-fn close(got: &[f64], want: &[f64], dtype: DType, terms: usize) -> Result<(), String> {
-    if got.len() != want.len() {
-        return Err(format!("length {} against {}", got.len(), want.len()));
-    }
-    if dtype == DType::I32 {
-        return match got.iter().zip(want).position(|(x, y)| x != y) {
-            Some(i) => Err(format!("element {i}: {} against {}", got[i], want[i])),
-            None => Ok(()),
-        };
-    }
-    let want: Vec<f64> = want.iter().map(|&y| y as f32 as f64).collect();
-    let scale = want
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold(1.0f64, |m, v| m.max(v.abs()));
-    let n = (terms.max(1) as f64).sqrt();
-    let atol = 1e-5 * n * n.min(scale);
-    for (i, (&x, &y)) in got.iter().zip(&want).enumerate() {
-        let ok = if y.is_nan() {
-            x.is_nan()
-        } else if y.is_infinite() {
-            x == y
-        } else {
-            (x - y).abs() <= 1e-4 * y.abs() + atol
-        };
-        if !ok {
-            return Err(format!("element {i}: {x} against {y}"));
-        }
-    }
-    Ok(())
-}
-
 /// Every output and update value of `g` in `values`, by name (outputs) or target name.
 fn results<T: interp::Float>(g: &Graph, values: &Values<T>) -> Vec<(String, DType, Vec<f64>)> {
     let mut out = Vec::new();
@@ -1066,7 +979,7 @@ fuzz_target!(|data: &[u8]| {
             .map(|_| match ty.dtype {
                 DType::I32 => rng.below(classes as u64) as f64,
                 DType::F32 if specials && rng.below(4) == 0 => {
-                    SPECIALS[rng.below(SPECIALS.len() as u64) as usize]
+                    interp::SPECIAL_VALUES[rng.below(interp::SPECIAL_VALUES.len() as u64) as usize]
                 }
                 DType::F32 => 4.0 * rng.uniform() - 2.0,
             })
@@ -1120,7 +1033,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let want = results(&g, &want);
-    let terms0 = max_terms(&g);
+    let terms0 = interp::longest_sum(&g);
     // ill-conditioned: f32 rounding alone moves the interpreter's results out of tolerance
     let want32 = interp::eval::<f32>(&g, &feeds32).unwrap_or_else(|e| {
         panic!(
@@ -1129,7 +1042,7 @@ fuzz_target!(|data: &[u8]| {
         )
     });
     for ((_, dtype, w), (_, _, w32)) in want.iter().zip(results(&g, &want32)) {
-        if close(&w32, w, *dtype, terms0).is_err() {
+        if interp::agrees(&w32, w, *dtype, terms0).is_err() {
             ILL_CONDITIONED.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -1148,7 +1061,7 @@ fuzz_target!(|data: &[u8]| {
             let Some((_, _, x)) = got.iter().find(|(n, _, _)| n == name) else {
                 report(what, h, &format!("{name} is missing"));
             };
-            if let Err(e) = close(x, w, *dtype, terms) {
+            if let Err(e) = interp::agrees(x, w, *dtype, terms) {
                 report(what, h, &format!("{name} {e}"));
             }
         }
@@ -1162,7 +1075,7 @@ fuzz_target!(|data: &[u8]| {
                 text::print(&g)
             )
         });
-        let terms = terms0.max(max_terms(&h));
+        let terms = terms0.max(interp::longest_sum(&h));
         OPTIMIZED.fetch_add(1, Ordering::Relaxed);
         compare(
             "after the default pipeline",

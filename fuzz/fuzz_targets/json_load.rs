@@ -1,8 +1,10 @@
 //! The JSON graph loader (`text::from_json`) and the verifier that every command runs after
 //! it: any input gives a graph or an error, never a panic (a JSON graph is not checked by
 //! construction, so the verifier sees arbitrary node, edge, output and update tables). A
-//! graph that verifies prints as canonical text that parses back to the same text.
+//! graph that verifies must survive the printers (text, JSON and DOT).
 #![no_main]
+
+mod common;
 
 use gradlift::{text, verify};
 use libfuzzer_sys::fuzz_target;
@@ -22,14 +24,5 @@ fuzz_target!(|data: &[u8]| {
         let _ = e.to_string();
         return;
     }
-    let printed = text::print(&g);
-    let back = text::parse(&printed, "printed.ir").unwrap_or_else(|e| {
-        panic!("the canonical text of a verified JSON graph does not parse: {e}\n{printed}")
-    });
-    assert_eq!(
-        text::print(&back),
-        printed,
-        "print(parse(print(g))) != print(g)"
-    );
-    let _ = text::dot(&g);
+    common::survives_the_printers(&g, "JSON graph");
 });

@@ -482,7 +482,7 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
     let mut fctx = FunctionBuilderContext::new();
     {
         let fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let slots = plan.layout.len();
+        let slots = plan.layout.slot_count();
         let mut lw = lower::Lowerer::new(fb, slots, kernel_decls, fma, opts.matmul, opts.threads);
         for &id in &order {
             lw.node(g, &plan, id)
@@ -657,10 +657,9 @@ pub fn clif(g: &Graph, opts: &CompileOptions) -> Result<String, CompileError> {
             .unwrap_or_else(|| format!("#{}", id.index()))
     };
     let lay = &p.layout;
-    let slots: Vec<String> = lay
-        .slots()
-        .into_iter()
-        .map(|s| match s {
+    let mut slots: Vec<String> = Vec::with_capacity(lay.slot_count());
+    lay.for_each_slot(|s| {
+        slots.push(match s {
             Slot::Input(i) => format!("input {}", name(lay.inputs[i])),
             Slot::Param(i) => format!("param {}", name(lay.params[i])),
             Slot::State(i) => format!("state {}", name(lay.states[i])),
@@ -668,7 +667,7 @@ pub fn clif(g: &Graph, opts: &CompileOptions) -> Result<String, CompileError> {
             Slot::Output(i) => format!("output {}", g.outputs()[i].name),
             Slot::Arena => format!("arena {} bytes", lay.arena_bytes),
         })
-        .collect();
+    });
     let mut text = format!(
         "; graph {}: {} nodes in one function fn(table), table[i] at offset 8*i:\n",
         g.name,

@@ -79,17 +79,12 @@ impl Layout {
     }
 
     /// Number of slots.
-    pub fn len(&self) -> usize {
+    pub fn slot_count(&self) -> usize {
         self.index(Slot::Arena) + 1
     }
 
-    /// Always false: a table has at least the arena slot.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Calls `f` with every slot, in table order (plain loops: the runtime fills a table this
-    /// way on every call).
+    /// Calls `f` with every slot, in table order (plain loops: the runtime fills its tables
+    /// this way).
     #[inline]
     pub fn for_each_slot(&self, mut f: impl FnMut(Slot)) {
         (0..self.inputs.len()).for_each(|i| f(Slot::Input(i)));
@@ -98,13 +93,6 @@ impl Layout {
         (0..self.consts.len()).for_each(|i| f(Slot::Const(i)));
         (0..self.outputs).for_each(|i| f(Slot::Output(i)));
         f(Slot::Arena);
-    }
-
-    /// Every slot, in table order.
-    pub fn slots(&self) -> Vec<Slot> {
-        let mut v = Vec::with_capacity(self.len());
-        self.for_each_slot(|s| v.push(s));
-        v
     }
 }
 

@@ -402,7 +402,7 @@ impl Executable {
                 .iter()
                 .map(|&id| leaf(id, |g, id| HostTensor::zeros(&g[id].ty)))
                 .collect(),
-            table: Table(Vec::with_capacity(lay.len())),
+            table: Table(Vec::with_capacity(lay.slot_count())),
             table_is_bound: false,
             params: lay
                 .params

@@ -254,7 +254,7 @@ impl ShardedStep {
             .iter()
             .filter_map(|(n, _)| shard_out_names.iter().position(|m| m == n))
             .collect();
-        let slots = shard_exe.code.layout.len();
+        let slots = shard_exe.code.layout.slot_count();
         let arena_bytes = shard_exe.code.layout.arena_bytes;
         let shard_outputs = (0..shards)
             .map(|_| shard_exe.outputs.iter().map(|(_, t)| t.clone()).collect())
@@ -262,7 +262,7 @@ impl ShardedStep {
         let part_entries = parts.iter().map(|p| p.exe.code.entry()).collect();
         let part_tables = parts
             .iter()
-            .map(|p| Table(Vec::with_capacity(p.exe.code.layout.len())))
+            .map(|p| Table(Vec::with_capacity(p.exe.code.layout.slot_count())))
             .collect();
         // no more threads than items of the widest phase (shards or update parts)
         let threads = threads

@@ -291,14 +291,7 @@ impl Parser<'_> {
                 errors.push(self.expected("end of file after the `}` that closes the graph"));
             }
         }
-        let mut errors = errors.into_iter();
-        match errors.next() {
-            None => Ok(ast),
-            Some(mut first) => {
-                first.also = errors.collect();
-                Err(first)
-            }
-        }
+        in_file_order(errors).map(|()| ast)
     }
 
     /// Recovery after an error in the statement that starts at token `start`: goes on after
@@ -981,10 +974,7 @@ impl<'a> Builder<'a> {
                 updates.push((t, v));
             }
         }
-        if !errors.is_empty() {
-            errors.sort_by_key(|e| (e.line, e.column));
-            return Err(first_of(errors));
-        }
+        in_file_order(errors)?;
         for ((&id, ops), grad) in node_ids.iter().zip(&operands).zip(&grads) {
             if let (Some(id), Some(ops)) = (id, ops) {
                 self.g.set_operands(id, ops);
@@ -1009,7 +999,7 @@ impl<'a> Builder<'a> {
         let stmt: HashMap<NodeId, &NodeStmt> = (node_ids.iter().zip(&ast.nodes))
             .filter_map(|(id, s)| Some(((*id)?, s)))
             .collect();
-        let mut errors: Vec<ParseError> = invalid
+        let errors: Vec<ParseError> = invalid
             .errors
             .into_iter()
             .map(|e| {
@@ -1039,21 +1029,21 @@ impl<'a> Builder<'a> {
                 self.err(pos, message)
             })
             .collect();
-        errors.sort_by_key(|e| (e.line, e.column));
-        errors.truncate(crate::text::MAX_PARSE_ERRORS);
-        Err(first_of(errors))
+        in_file_order(errors).map(|()| self.g)
     }
 }
 
-/// The first of `errors` (in file order), holding the rest in `also`; `errors` is not empty.
-fn first_of(errors: Vec<ParseError>) -> ParseError {
+/// `Ok` when `errors` is empty, else the first error in file order holding the next ones
+/// (at most [`MAX_PARSE_ERRORS`](super::MAX_PARSE_ERRORS) in all) in `also`.
+fn in_file_order(mut errors: Vec<ParseError>) -> Result<(), ParseError> {
+    errors.sort_by_key(|e| (e.line, e.column));
     let mut errors = errors.into_iter();
     match errors.next() {
+        None => Ok(()),
         Some(mut first) => {
             first.also = errors.take(crate::text::MAX_PARSE_ERRORS - 1).collect();
-            first
+            Err(first)
         }
-        None => ParseError::new("", 1, 1, "no error".into()),
     }
 }
 

@@ -44,3 +44,17 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Every tensor of the checkpoint at `path` as raw bits, by name (for bit-for-bit
+/// comparisons of trained weights).
+pub fn checkpoint_bits(path: &std::path::Path) -> Vec<(String, Vec<u32>)> {
+    use gradlift::checkpoint::{self, TensorData};
+    let c = checkpoint::load(path).unwrap();
+    c.tensors
+        .iter()
+        .map(|t| match &t.data {
+            TensorData::F32(v) => (t.name.clone(), v.iter().map(|x| x.to_bits()).collect()),
+            TensorData::I32(v) => (t.name.clone(), v.iter().map(|&x| x as u32).collect()),
+        })
+        .collect()
+}

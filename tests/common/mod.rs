@@ -6,20 +6,8 @@
 //!
 //! # The JIT tolerance
 //! The JIT computes in f32, the interpreter (the oracle) in f64 from the same f32 inputs and
-//! params. The reference is the f64 result rounded to f32 (beyond f32's range: infinite). An
-//! f32 element passes when
-//!
-//! `|jit - ref| <= 1e-4 * |ref| + 1e-5 * sqrt(n) * min(sqrt(n), max(1, max|ref|))`
-//!
-//! where `n` is the longest sum the graph computes ([`max_terms`]: a matmul's `k`, a
-//! reduction's length, a convolution's `kh*kw*c`; 1 without sums) and `max|ref|` is taken over
-//! the finite elements of the same result. The relative part covers the f32 rounding of each
-//! op along a chain (6e-8 per op, and the inline exp/log/tanh/sigmoid polynomials' 1.2e-7).
-//! The absolute part covers sums: the rounding error of an `n`-term f32 sum grows like
-//! `sqrt(n)` times the size of its terms, which the largest value of the result bounds (the
-//! terms of a softmax or a mean are not larger than its inputs); with terms of size at most 1,
-//! `n` itself bounds it. Without sums (`n = 1`) it is `1e-5`, for results that cancel to
-//! nearly zero. NaN must match NaN, infinities exactly, i32 results exactly.
+//! params; a result passes when [`gradlift::interp::agrees`] says so (its doc derives the
+//! tolerance), with the graph's longest sum ([`max_terms`]).
 #![allow(dead_code)]
 
 pub mod cli;
@@ -164,64 +152,17 @@ pub fn by_name(inputs: &[(String, HostTensor)]) -> Vec<(&str, HostTensor)> {
 
 // ---- the JIT against the interpreter -------------------------------------------------------
 
-/// The longest sum any node (or fused instruction) of `g` computes.
+/// The longest sum any node (or fused instruction) of `g` computes
+/// ([`gradlift::interp::longest_sum`]).
 pub fn max_terms(g: &Graph) -> usize {
-    let of = |op: &Op, shapes: &[Vec<usize>]| match op {
-        Op::Matmul => shapes[0][1],
-        Op::Reduce { axes, .. } => axes.iter().map(|&a| shapes[0][a]).product(),
-        Op::Conv2d { .. } => shapes[1][..3].iter().product(),
-        Op::Conv2dInputGrad { .. } | Op::Conv2dFilterGrad { .. } => shapes[0]
-            .iter()
-            .product::<usize>()
-            .max(shapes[1].iter().product()),
-        Op::Softmax { axis } | Op::LogSoftmax { axis } => shapes[0][*axis],
-        Op::SoftmaxCrossEntropy | Op::SparseSoftmaxCrossEntropy => shapes[0][1],
-        _ => 1,
-    };
-    let mut m = 1;
-    for id in g.node_ids() {
-        let shapes: Vec<Vec<usize>> = g
-            .operands(id)
-            .iter()
-            .map(|&o| g[o].ty.shape.0.clone())
-            .collect();
-        if let Op::Fused(body) = &g[id].op {
-            let mut vals = shapes.clone();
-            for inst in &body.insts {
-                let s: Vec<Vec<usize>> = inst.args.iter().map(|&a| vals[a].clone()).collect();
-                m = m.max(of(&inst.op, &s));
-                vals.push(inst.ty.shape.0.clone());
-            }
-        } else {
-            m = m.max(of(&g[id].op, &shapes));
-        }
-    }
-    m
+    interp::longest_sum(g)
 }
 
 /// Asserts `got` (one JIT result of type `dtype`) equals `want` (the interpreter's f64 result)
-/// within the tolerance of the module documentation, `terms` the longest sum.
+/// within the tolerance of [`gradlift::interp::agrees`], `terms` the longest sum.
 pub fn close(what: &str, got: &[f64], want: &[f64], dtype: DType, terms: usize) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    // the reference is the f64 result rounded to the output's f32 (beyond f32's range: inf)
-    let want: Vec<f64> = match dtype {
-        DType::F32 => want.iter().map(|&y| y as f32 as f64).collect(),
-        DType::I32 => want.to_vec(),
-    };
-    let scale = want
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold(1.0f64, |m, v| m.max(v.abs()));
-    let n = (terms.max(1) as f64).sqrt();
-    let atol = 1e-5 * n * n.min(scale);
-    for (i, (&x, &y)) in got.iter().zip(&want).enumerate() {
-        let ok = match dtype {
-            DType::I32 => x == y,
-            DType::F32 if y.is_nan() => x.is_nan(),
-            DType::F32 if y.is_infinite() => x == y,
-            DType::F32 => (x - y).abs() <= 1e-4 * y.abs() + atol,
-        };
-        assert!(ok, "{what} element {i}: jit {x} vs interpreter {y}");
+    if let Err(e) = interp::agrees(got, want, dtype, terms) {
+        panic!("{what}: jit against interpreter: {e}");
     }
 }
 
@@ -291,7 +232,7 @@ pub fn jit_results(g: &Graph, inputs: &[(String, HostTensor)], kernel: MatmulKer
 /// The differential harness: `g` compiled with both matmul kernels and called once on random
 /// inputs (from `seed`, f32 in `[-1, 1)`) gives the results of the interpreter on `reference`
 /// (the same graph before some passes, or `g` itself; its inputs, outputs and updates are
-/// matched by name) within the tolerance of the module documentation.
+/// matched by name) within the tolerance of [`gradlift::interp::agrees`].
 pub fn jit_matches(name: &str, reference: &Graph, g: &Graph, seed: u64) {
     let feeds = random_feeds(reference, &mut Rng::new(seed), 1.0);
     let inputs = host_inputs(reference, &feeds);
