@@ -55,15 +55,42 @@ impl<'a> Lowerer<'a> {
     /// the float range (denormal results included), 0 below -104, inf above `ln(f32::MAX)`,
     /// NaN stays NaN.
     pub(super) fn exp(&mut self, x: Value, vector: bool) -> Value {
+        let hi = 88.722_84;
+        let xc = self.clamp_above(x, hi, vector);
+        let xc = self.clamp_below(xc, -104.0, vector);
+        let y = self.exp_clamped(xc, vector, true);
+        // beyond the largest finite result
+        let hi = self.fconst(hi, vector);
+        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        let inf = self.fconst(f32::INFINITY, vector);
+        self.pick(over, inf, y)
+    }
+
+    /// `min(x, hi)` for `x` not NaN, `x` when it is NaN: a compare and a blend, where `fmin`
+    /// is a 9-instruction sequence exact for NaN and signed zeros on x64.
+    fn clamp_above(&mut self, x: Value, hi: f32, vector: bool) -> Value {
+        let hi = self.fconst(hi, vector);
+        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        self.pick(over, hi, x)
+    }
+
+    /// `max(x, lo)` for `x` not NaN, `x` when it is NaN (see [`Self::clamp_above`]).
+    fn clamp_below(&mut self, x: Value, lo: f32, vector: bool) -> Value {
+        let lo = self.fconst(lo, vector);
+        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
+        self.pick(under, lo, x)
+    }
+
+    /// The body of [`Self::exp`] for `xc` in `[-104, ln(f32::MAX)]` (or NaN). `2^n` is applied
+    /// in two factors `2^(n>>1) * 2^(n - n>>1)` when `wide` (each a normal float for `n` in
+    /// `[-150, 128]`, so results near the float range and denormals come out right), else in
+    /// one, which is exact for `n` in `[-126, 127]`, i.e. `xc` in about `[-87, 88]`.
+    fn exp_clamped(&mut self, xc: Value, vector: bool, wide: bool) -> Value {
         let (fty, ity) = if vector {
             (types::F32X4, types::I32X4)
         } else {
             (types::F32, types::I32)
         };
-        let hi = self.fconst(88.722_84, vector);
-        let lo = self.fconst(-104.0, vector);
-        let xc = self.b.ins().fmin(x, hi); // fmin/fmax keep NaN
-        let xc = self.b.ins().fmax(xc, lo);
         let log2e = self.fconst(std::f32::consts::LOG2_E, vector);
         let half = self.fconst(0.5, vector);
         let fx = self.mul_add(xc, log2e, half);
@@ -88,32 +115,40 @@ impl<'a> Lowerer<'a> {
         let y = self.mul_add(p, z, r);
         let one = self.fconst(1.0, vector);
         let mut y = self.b.ins().fadd(y, one);
-        // times 2^n in two factors 2^(n>>1) * 2^(n - n>>1), each a normal float for
-        // n in [-150, 128], so results near the float range and denormals come out right
-        let ni = self.b.ins().fcvt_to_sint_sat(ity, n);
-        let n1 = self.b.ins().sshr_imm_s(ni, 1);
-        let n2 = self.b.ins().isub(ni, n1);
+        let flags = if vector {
+            MemFlagsData::new().with_endianness(Endianness::Little)
+        } else {
+            MemFlagsData::new()
+        };
+        // n as an integer: adding 1.5 * 2^23 leaves n (an integer, |n| < 2^22) in the low
+        // mantissa bits; a plain add and subtract, where `fcvt_to_sint_sat` on `f32x4` is an
+        // 8-instruction NaN-saturating sequence on x64 (a NaN `n` gives garbage here, but
+        // then `y` is NaN already)
+        let magic = self.fconst(12_582_912.0, vector);
+        let biased = self.b.ins().fadd(n, magic);
+        let biased = self.b.ins().bitcast(ity, flags, biased);
+        let magic_bits = self.iconst32(0x4b40_0000, vector);
+        let ni = self.b.ins().isub(biased, magic_bits);
+        let halves = if wide {
+            let n1 = self.b.ins().sshr_imm_s(ni, 1);
+            let n2 = self.b.ins().isub(ni, n1);
+            vec![n1, n2]
+        } else {
+            vec![ni]
+        };
         let bias = self.b.ins().iconst(types::I32, 127);
         let bias = if vector {
             self.b.ins().splat(ity, bias)
         } else {
             bias
         };
-        let flags = if vector {
-            MemFlagsData::new().with_endianness(Endianness::Little)
-        } else {
-            MemFlagsData::new()
-        };
-        for h in [n1, n2] {
+        for h in halves {
             let e = self.b.ins().iadd(h, bias);
             let e = self.b.ins().ishl_imm_s(e, 23);
             let pow2 = self.b.ins().bitcast(fty, flags, e);
             y = self.b.ins().fmul(y, pow2);
         }
-        // beyond the largest finite result
-        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
-        let inf = self.fconst(f32::INFINITY, vector);
-        self.pick(over, inf, y)
+        y
     }
 
     /// `tanh(x)` inline, Cephes `tanhf`: an odd polynomial for `|x| < 0.625`, else
@@ -122,16 +157,19 @@ impl<'a> Lowerer<'a> {
         let ax = self.b.ins().fabs(x);
         let m2 = self.fconst(-2.0, vector);
         let t = self.b.ins().fmul(ax, m2);
-        let e = self.exp(t, vector);
+        // tanh rounds to +-1 for |x| > 9 (e^-18 is below half an ulp of 1), so e^-2|x| is
+        // needed only down to e^-20, where 2^n is one normal factor: the result is bit for bit
+        // that of the full-range `exp`, with a shorter dependency chain
+        let t = self.clamp_below(t, -20.0, vector);
+        let e = self.exp_clamped(t, vector, false);
         let one = self.fconst(1.0, vector);
         let num = self.b.ins().fsub(one, e);
         let den = self.b.ins().fadd(one, e);
         let big = self.b.ins().fdiv(num, den);
-        // the sign of x (fcopysign has no f32x4 lowering on x64)
-        let zero = self.fconst(0.0, vector);
-        let neg = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
-        let nbig = self.b.ins().fneg(big);
-        let big = self.pick(neg, nbig, big);
+        // the sign of x, or'ed into `big` >= 0 (fcopysign has no f32x4 lowering on x64)
+        let sign_bit = self.fconst(-0.0, vector);
+        let sign = self.b.ins().band(x, sign_bit);
+        let big = self.b.ins().bor(big, sign);
         let z = self.b.ins().fmul(x, x);
         let p = self.poly(
             z,
