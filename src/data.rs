@@ -481,13 +481,16 @@ impl Dataset {
     /// alone). Allocates nothing.
     pub fn fill_images(&self, idx: &[usize], out: &mut [f32]) {
         let k = self.example_len();
-        for (&i, dst) in idx.iter().zip(out.chunks_exact_mut(k)) {
-            if let Some(src) = self.pixels.get(i * k..(i + 1) * k) {
-                for (d, &b) in dst.iter_mut().zip(src) {
-                    *d = pixel(b);
+        // in code built for the widest vectors: the division is most of the work
+        crate::codegen::kernels::widest(|| {
+            for (&i, dst) in idx.iter().zip(out.chunks_exact_mut(k)) {
+                if let Some(src) = self.pixels.get(i * k..(i + 1) * k) {
+                    for (d, &b) in dst.iter_mut().zip(src) {
+                        *d = pixel(b);
+                    }
                 }
             }
-        }
+        })
     }
 
     /// Writes the labels of the examples `idx` into `out`. Allocates nothing.
