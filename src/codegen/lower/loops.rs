@@ -15,8 +15,25 @@ pub(super) const REDUCE_ACCS: usize = 4;
 pub(super) const SUM_BLOCK_GROUPS: usize = 1024;
 
 /// Vectors per iteration of a contiguous elementwise row ([`Lowerer::map_row_vector`]),
-/// computed as interleaved copies ([`Lowerer::interleaved`]).
-pub(super) const UNROLL: usize = 4;
+/// computed as interleaved copies ([`Lowerer::interleaved`]): [`UNROLL_HEAVY`] where one
+/// vector's code is at least [`HEAVY_INSTS`] instructions (an inline `exp`, `tanh`, `log` or
+/// `sigmoid`: latency-bound chains that overlap only when interleaved), else
+/// [`UNROLL_LIGHT`] (loads, a few arithmetic ops and stores, bound by memory or by the
+/// divider: four copies only cost compile time).
+pub(super) const UNROLL_HEAVY: usize = 4;
+/// See [`UNROLL_HEAVY`].
+pub(super) const UNROLL_LIGHT: usize = 2;
+/// See [`UNROLL_HEAVY`].
+pub(super) const HEAVY_INSTS: usize = 48;
+
+/// The unroll of a row whose one-vector code has `insts` instructions.
+fn unroll_for(insts: usize) -> usize {
+    if insts >= HEAVY_INSTS {
+        UNROLL_HEAVY
+    } else {
+        UNROLL_LIGHT
+    }
+}
 
 /// A strided view of a buffer: element offset and per-dimension element strides over the
 /// iteration space of a loop nest.
@@ -311,20 +328,36 @@ impl<'a> Lowerer<'a> {
                 lw.store(r, a, off);
             }
         };
-        // unrolled: UNROLL independent vectors per iteration, their instructions interleaved
-        let group = |lw: &mut Self, base: Value, count: usize| {
-            lw.interleaved(count, &mut |lw, u| emit(lw, base, (u * LANES * 4) as i64));
-        };
+        // unrolled: independent vectors per iteration, their instructions interleaved; a
+        // loop of whole groups (at least one whatever the unroll), then the rest
         let nv = len / LANES;
-        let step = (UNROLL * LANES * 4) as i64;
-        self.for_range(nv / UNROLL, vec![], &mut |lw, j, _| {
-            let byte = lw.b.ins().imul_imm_s(j, step);
-            group(lw, byte, UNROLL);
-            vec![]
-        });
-        if !nv.is_multiple_of(UNROLL) {
-            let byte = self.iconst((nv / UNROLL) as i64 * step);
-            group(self, byte, nv % UNROLL);
+        let vbytes = (LANES * 4) as i64;
+        let mut done = 0;
+        if nv >= UNROLL_HEAVY {
+            let header = self.b.create_block();
+            let exit = self.b.create_block();
+            let byte = self.b.append_block_param(header, types::I64);
+            let zero = self.iconst(0);
+            self.b.ins().jump(header, &[BlockArg::Value(zero)]);
+            self.b.switch_to_block(header);
+            let unroll =
+                self.interleaved(&unroll_for, &mut |lw, u| emit(lw, byte, u as i64 * vbytes));
+            done = nv / unroll * unroll;
+            let next = self.b.ins().iadd_imm_s(byte, unroll as i64 * vbytes);
+            let more = self
+                .b
+                .ins()
+                .icmp_imm_s(IntCC::SignedLessThan, next, done as i64 * vbytes);
+            self.b
+                .ins()
+                .brif(more, header, &[BlockArg::Value(next)], exit, &[]);
+            self.b.switch_to_block(exit);
+        }
+        if done < nv {
+            let byte = self.iconst(done as i64 * vbytes);
+            self.interleaved(&|_| nv - done, &mut |lw, u| {
+                emit(lw, byte, u as i64 * vbytes)
+            });
         }
         for t in nv * LANES..len {
             let off = (t * 4) as i64;
@@ -343,23 +376,32 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    /// Emits `copy(self, u)` for `u` in `0..count`, independent computations (no copy reads
-    /// a value another defines, none stores where another loads or stores), then interleaves
-    /// their instructions round-robin within the block. Cranelift emits instructions in the
-    /// order they are built and does not schedule them: one copy after the other puts a long
-    /// dependency chain (an inline `exp` or `tanh` is ~60 dependent instructions) into the
-    /// out-of-order window, which holds too few of them to overlap the copies; interleaved,
-    /// each step of every copy issues together (measured: `tanh` over 1 Ki elements 1.2x
-    /// faster with four copies). When a copy does not stay in one block (it emitted control flow), the order
-    /// is left as built.
-    pub(super) fn interleaved(&mut self, count: usize, copy: &mut dyn FnMut(&mut Self, usize)) {
+    /// Emits `copy(self, u)` for `u` in `0..count`, where `count` is given by the number of
+    /// instructions of copy 0; returns that count. The copies must be independent
+    /// computations (no copy reads a value another defines, none stores where another loads
+    /// or stores); their instructions are then interleaved round-robin within the block.
+    /// Cranelift emits instructions in the order they are built and does not schedule them:
+    /// one copy after the other puts a long dependency chain (an inline `tanh` is ~60
+    /// dependent instructions) into the out-of-order window, which holds too few of them to
+    /// overlap the copies; interleaved, each step of every copy issues together. When a
+    /// copy does not stay in one block (it emitted control flow), the order is left as
+    /// built.
+    pub(super) fn interleaved(
+        &mut self,
+        count: &dyn Fn(usize) -> usize,
+        copy: &mut dyn FnMut(&mut Self, usize),
+    ) -> usize {
         let Some(block) = self.b.current_block() else {
-            (0..count).for_each(|u| copy(self, u));
-            return;
+            copy(self, 0);
+            let n = count(0);
+            (1..n).for_each(|u| copy(self, u));
+            return n;
         };
-        let mut copies: Vec<Vec<Inst>> = Vec::with_capacity(count);
+        let mut copies: Vec<Vec<Inst>> = Vec::new();
         let mut one_block = true;
-        for u in 0..count {
+        let mut n = 1;
+        let mut u = 0;
+        while u < n {
             let before = self.b.func.layout.last_inst(block);
             copy(self, u);
             one_block &= self.b.current_block() == Some(block);
@@ -376,10 +418,15 @@ impl<'a> Lowerer<'a> {
                 }
                 copies.push(insts);
             }
+            if u == 0 {
+                n = count(copies.first().map_or(0, Vec::len)).max(1);
+            }
+            u += 1;
         }
         if one_block && copies.len() > 1 {
             interleave(self.b.func, block, &copies);
         }
+        n
     }
 
     /// One row element by element with arbitrary strides. `ptrs[..n_out]` are the outputs.
