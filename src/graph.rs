@@ -635,6 +635,12 @@ unary_builders! {
     sigmoid => Sigmoid,
     /// `max(x, 0)`
     relu => Relu,
+    /// `ln(1 + x)`
+    log1p => Log1p,
+    /// `e^x - 1`
+    expm1 => Expm1,
+    /// the error function
+    erf => Erf,
 }
 
 macro_rules! binary_builders {

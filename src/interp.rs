@@ -91,6 +91,12 @@ pub trait Float:
     fn abs(self) -> Self;
     /// Hyperbolic tangent.
     fn tanh(self) -> Self;
+    /// `ln(1 + self)`
+    fn ln_1p(self) -> Self;
+    /// `e^self - 1`
+    fn exp_m1(self) -> Self;
+    /// The error function.
+    fn erf(self) -> Self;
     /// `self ^ e`
     fn powf(self, e: Self) -> Self;
     /// Whether the value is NaN.
@@ -98,7 +104,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty) => {
+    ($t:ty, $erf:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -131,6 +137,15 @@ macro_rules! impl_float {
             fn tanh(self) -> Self {
                 <$t>::tanh(self)
             }
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+            fn exp_m1(self) -> Self {
+                <$t>::exp_m1(self)
+            }
+            fn erf(self) -> Self {
+                $erf(self)
+            }
             fn powf(self, e: Self) -> Self {
                 <$t>::powf(self, e)
             }
@@ -141,8 +156,8 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32);
-impl_float!(f64);
+impl_float!(f32, libm::erff);
+impl_float!(f64, libm::erf);
 
 /// `a > b`, where NaN counts as greater than any number (numpy's `max`/`argmax` propagate
 /// NaN). The ordering used by every max in the interpreter.
@@ -792,6 +807,9 @@ fn unary<T: Float>(op: UnaryOp, x: T) -> T {
             }
         }
         UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Log1p => x.ln_1p(),
+        UnaryOp::Expm1 => x.exp_m1(),
+        UnaryOp::Erf => x.erf(),
         UnaryOp::Sigmoid => {
             // Never exponentiates a positive number, so it cannot overflow.
             if x >= T::ZERO {

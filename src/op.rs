@@ -63,6 +63,12 @@ pub enum UnaryOp {
     Sigmoid,
     /// `max(x, 0)`
     Relu,
+    /// `ln(1 + x)`, accurate where `x` is tiny
+    Log1p,
+    /// `e^x - 1`, accurate where `x` is tiny
+    Expm1,
+    /// the error function `2/sqrt(pi) * integral_0^x e^(-t^2) dt`
+    Erf,
 }
 
 /// Elementwise binary arithmetic with numpy broadcasting.
@@ -410,6 +416,9 @@ op_kinds! {
         Tanh => Tanh = "tanh";
         Sigmoid => Sigmoid = "sigmoid";
         Relu => Relu = "relu";
+        Log1p => Log1p = "log1p";
+        Expm1 => Expm1 = "expm1";
+        Erf => Erf = "erf";
     } keys Some(&[]);
     family BinaryOp as binary {
         Add => Add = "add";
@@ -458,7 +467,10 @@ impl OpKind {
             | K::Sign
             | K::Tanh
             | K::Sigmoid
-            | K::Relu => None,
+            | K::Relu
+            | K::Log1p
+            | K::Expm1
+            | K::Erf => None,
             K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min | K::Pow => None,
             K::Select
             | K::ReduceSum
@@ -501,7 +513,10 @@ impl OpKind {
             | K::Sign
             | K::Tanh
             | K::Sigmoid
-            | K::Relu => OpClass::Elementwise { inline: true },
+            | K::Relu
+            | K::Log1p
+            | K::Expm1
+            | K::Erf => OpClass::Elementwise { inline: true },
             K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min => {
                 OpClass::Elementwise { inline: true }
             }

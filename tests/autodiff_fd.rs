@@ -35,6 +35,7 @@ fn shape_strategy(max_rank: usize) -> impl Strategy<Value = Vec<usize>> {
 fn unary_values(u: UnaryOp, rng: &mut Rng, n: usize) -> Vec<f64> {
     match u {
         UnaryOp::Log | UnaryOp::Sqrt => uniform(rng, n, 0.5, 2.0),
+        UnaryOp::Log1p => uniform(rng, n, -0.5, 2.0),
         UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Sign => away_from_zero(rng, n),
         _ => uniform(rng, n, -2.0, 2.0),
     }
@@ -430,9 +431,18 @@ fn losses_are_stable_for_large_logits() {
 fn fd_check_of(k: OpKind) -> Option<&'static str> {
     use OpKind as K;
     match k {
-        K::Neg | K::Exp | K::Log | K::Sqrt | K::Abs | K::Sign | K::Tanh | K::Sigmoid | K::Relu => {
-            Some("unary_ops (every UnaryOp)")
-        }
+        K::Neg
+        | K::Exp
+        | K::Log
+        | K::Sqrt
+        | K::Abs
+        | K::Sign
+        | K::Tanh
+        | K::Sigmoid
+        | K::Relu
+        | K::Log1p
+        | K::Expm1
+        | K::Erf => Some("unary_ops (every UnaryOp)"),
         K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min | K::Pow => {
             Some("binary_ops_with_broadcasting (every BinaryOp)")
         }

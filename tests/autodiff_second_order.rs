@@ -47,6 +47,7 @@ proptest! {
         let n = numel(&shape);
         let vals = match u {
             UnaryOp::Log | UnaryOp::Sqrt => uniform(&mut rng, n, 0.5, 2.0),
+            UnaryOp::Log1p => uniform(&mut rng, n, -0.5, 2.0),
             UnaryOp::Abs | UnaryOp::Relu => away_from_zero(&mut rng, n),
             _ => uniform(&mut rng, n, -2.0, 2.0),
         };

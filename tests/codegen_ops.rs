@@ -125,7 +125,7 @@ fn out(g: &mut Graph, id: NodeId) {
     g.add_output(&n, id).unwrap();
 }
 
-/// Exp, sigmoid and tanh (inline polynomial code) over the whole float range and at special
+/// Exp, sigmoid, tanh, expm1, log1p and erf (inline polynomial code) over the whole float range and at special
 /// values, vector lanes and scalar tail alike.
 #[test]
 fn transcendentals_at_extremes() {
@@ -161,7 +161,14 @@ fn transcendentals_at_extremes() {
         f64::NAN,
     ];
     let n = specials.len();
-    for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Tanh] {
+    for u in [
+        UnaryOp::Exp,
+        UnaryOp::Sigmoid,
+        UnaryOp::Tanh,
+        UnaryOp::Expm1,
+        UnaryOp::Log1p,
+        UnaryOp::Erf,
+    ] {
         let mut g = Graph::new("extremes");
         let c = g
             .constant(TensorType::f32([n]), Literal::Dense(specials.to_vec()))
@@ -199,6 +206,7 @@ proptest! {
             out(&mut g, y);
             let dom = move |_: &str| match u {
                 UnaryOp::Log | UnaryOp::Sqrt => Dom::Range(0.05, 4.0),
+                UnaryOp::Log1p => Dom::Range(-0.95, 4.0),
                 UnaryOp::Sign => Dom::Ints(-2, 3),
                 _ => Dom::Range(-3.0, 3.0),
             };
@@ -635,9 +643,18 @@ fn long_sums_stay_accurate() {
 fn jit_test_of(k: OpKind) -> Option<&'static str> {
     use OpKind as K;
     match k {
-        K::Neg | K::Exp | K::Log | K::Sqrt | K::Abs | K::Sign | K::Tanh | K::Sigmoid | K::Relu => {
-            Some("unary (every UnaryOp)")
-        }
+        K::Neg
+        | K::Exp
+        | K::Log
+        | K::Sqrt
+        | K::Abs
+        | K::Sign
+        | K::Tanh
+        | K::Sigmoid
+        | K::Relu
+        | K::Log1p
+        | K::Expm1
+        | K::Erf => Some("unary (every UnaryOp)"),
         K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min | K::Pow => {
             Some("binary_with_broadcasting (every BinaryOp)")
         }

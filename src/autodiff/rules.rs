@@ -106,6 +106,27 @@ fn unary(cx: &mut Cx<'_>, u: UnaryOp, gy: NodeId) -> Result<Option<NodeId>, Grad
             let yt = cx.mul(y, t)?;
             cx.mul(gy, yt)?
         }
+        // 1 / (1 + x)
+        UnaryOp::Log1p => {
+            let one = cx.scalar(1.0)?;
+            let d = cx.add(one, x)?;
+            cx.div(gy, d)?
+        }
+        // e^x = y + 1
+        UnaryOp::Expm1 => {
+            let one = cx.scalar(1.0)?;
+            let e = cx.add(y, one)?;
+            cx.mul(gy, e)?
+        }
+        // 2/sqrt(pi) e^(-x^2)
+        UnaryOp::Erf => {
+            let x2 = cx.mul(x, x)?;
+            let n = cx.neg(x2)?;
+            let e = cx.op(Op::Unary(UnaryOp::Exp), &[n])?;
+            let c = cx.scalar(std::f64::consts::FRAC_2_SQRT_PI)?;
+            let ce = cx.mul(e, c)?;
+            cx.mul(gy, ce)?
+        }
         // Flows where x > 0: relu'(0) = 0.
         UnaryOp::Relu => {
             let zero = cx.scalar(0.0)?;

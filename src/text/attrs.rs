@@ -453,6 +453,9 @@ impl Op {
             | K::Tanh
             | K::Sigmoid
             | K::Relu
+            | K::Log1p
+            | K::Expm1
+            | K::Erf
             | K::Add
             | K::Sub
             | K::Mul

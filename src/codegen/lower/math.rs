@@ -37,7 +37,83 @@ impl<'a> Lowerer<'a> {
             }
             UnaryOp::Tanh => self.tanh(x, vector),
             UnaryOp::Log => self.log(x, vector),
+            UnaryOp::Log1p => self.log1p(x, vector),
+            UnaryOp::Expm1 => self.expm1(x, vector),
+            UnaryOp::Erf => self.erf(x, vector),
         }
+    }
+
+    /// `ln(1 + x)` inline (Goldberg's method): with `u = 1 + x` rounded, `ln(u) * x / (u - 1)`
+    /// cancels the rounding of `u` (a few ulps), `x` itself where `u` rounds to 1, `u`'s
+    /// logarithm where `u` is infinite; NaN below -1 and for NaN.
+    pub(super) fn log1p(&mut self, x: Value, vector: bool) -> Value {
+        let one = self.fconst(1.0, vector);
+        let u = self.b.ins().fadd(one, x);
+        let lu = self.log(u, vector);
+        let um1 = self.b.ins().fsub(u, one);
+        let q = self.b.ins().fdiv(x, um1);
+        let r = self.b.ins().fmul(lu, q);
+        let inf = self.fconst(f32::INFINITY, vector);
+        let is_inf = self.b.ins().fcmp(FloatCC::Equal, u, inf);
+        let r = self.pick(is_inf, lu, r);
+        let tiny = self.b.ins().fcmp(FloatCC::Equal, u, one);
+        self.pick(tiny, x, r)
+    }
+
+    /// `e^x - 1` inline (Kahan's method): with `u = e^x`, `(u - 1) * x / ln(u)` cancels the
+    /// rounding of `u` (a few ulps), `x` where `u` rounds to 1, -1 where `u - 1` does, `u`
+    /// where it is infinite; NaN for NaN.
+    pub(super) fn expm1(&mut self, x: Value, vector: bool) -> Value {
+        let one = self.fconst(1.0, vector);
+        let u = self.exp(x, vector);
+        let um1 = self.b.ins().fsub(u, one);
+        let lu = self.log(u, vector);
+        let q = self.b.ins().fdiv(x, lu);
+        let r = self.b.ins().fmul(um1, q);
+        let minus_one = self.fconst(-1.0, vector);
+        let low = self.b.ins().fcmp(FloatCC::Equal, um1, minus_one);
+        let r = self.pick(low, minus_one, r);
+        let inf = self.fconst(f32::INFINITY, vector);
+        let is_inf = self.b.ins().fcmp(FloatCC::Equal, u, inf);
+        let r = self.pick(is_inf, u, r);
+        let tiny = self.b.ins().fcmp(FloatCC::Equal, u, one);
+        self.pick(tiny, x, r)
+    }
+
+    /// `erf(x)` inline: the rational minimax approximation `x P(x^2) / Q(x^2)` of Eigen and
+    /// XLA on `x` clamped to [-4, 4] (erf is +-1 in f32 beyond). Max relative error 4.2e-7
+    /// against f64 (`tests/codegen_math.rs`); NaN stays NaN.
+    pub(super) fn erf(&mut self, x: Value, vector: bool) -> Value {
+        let xc = self.clamp_above(x, 4.0, vector);
+        let xc = self.clamp_below(xc, -4.0, vector);
+        let x2 = self.b.ins().fmul(xc, xc);
+        let p = self.poly(
+            x2,
+            &[
+                -2.726_142_3e-10,
+                2.770_681_4e-8,
+                -2.101_024e-6,
+                -5.692_506_4e-5,
+                -7.349_906_3e-4,
+                -2.954_6e-3,
+                -1.609_603_3e-2,
+            ],
+            vector,
+        );
+        let q = self.poly(
+            x2,
+            &[
+                -1.456_607_2e-5,
+                -2.133_740_6e-4,
+                -1.682_827e-3,
+                -7.373_329_2e-3,
+                -1.426_473_9e-2,
+            ],
+            vector,
+        );
+        // x * (P / Q): the ratio first, so a tiny x does not make a denormal numerator
+        let r = self.b.ins().fdiv(p, q);
+        self.b.ins().fmul(xc, r)
     }
 
     /// Horner evaluation of `c[0] * x^(n-1) + .. + c[n-1]`.
