@@ -131,22 +131,24 @@ fn matmul(c: &mut Criterion) {
 
 /// Fused reductions of a product, `reduce(mul(x, y), axes)` over `f32[64,1024]` (after the
 /// default pipeline: one fused node), over the innermost axis (accumulated in `f32x4`
-/// registers per row) and over the leading axis (accumulated in the output row). `x` and `y`
-/// are params, so a call copies no input; criterion's "elements" are the 65536 products.
+/// registers per row) and over the leading axis (accumulated in the output row), and the sum
+/// over the leading axis of `f32[43264,32]`, the shape of the reference CNN's conv bias
+/// gradient at batch 64 (`64*26*26` pixels, 32 channels). `x` and `y` are params, so a call
+/// copies no input; criterion's "elements" are the products.
 /// Measured (medians, before and after runs a minute apart, load average 2.5-2.9 on the
 /// shared 2-core host): sum over axis 1 212 us with the old per-element read-modify-write of
 /// the output, 5.4 us in registers; max over axis 1 160 us -> 5.8 us; over axis 0
 /// (unchanged code) 7.3-7.6 us.
 fn fused_reduce(c: &mut Criterion) {
     let mut grp = c.benchmark_group("fused_reduce");
-    let (m, n) = (64, 1024);
-    grp.throughput(Throughput::Elements((m * n) as u64));
-    for (kind, axis) in [
-        (ReduceOp::Sum, 1),
-        (ReduceOp::Sum, 0),
-        (ReduceOp::Max, 1),
-        (ReduceOp::Max, 0),
+    for (kind, axis, (m, n)) in [
+        (ReduceOp::Sum, 1, (64, 1024)),
+        (ReduceOp::Sum, 0, (64, 1024)),
+        (ReduceOp::Max, 1, (64, 1024)),
+        (ReduceOp::Max, 0, (64, 1024)),
+        (ReduceOp::Sum, 0, (64 * 26 * 26, 32)),
     ] {
+        grp.throughput(Throughput::Elements((m * n) as u64));
         let mut g = Graph::new("fused_reduce");
         let init = |seed| Init::Uniform {
             low: -1.0,
@@ -166,14 +168,26 @@ fn fused_reduce(c: &mut Criterion) {
     grp.finish();
 }
 
-/// Plain (unfused) `reduce_sum(x, axes)` of a param `x: f32[64,1024]` over either axis.
+/// Plain (unfused) `reduce_sum(x, axes)` of a param `x`: `f32[64,1024]` over either axis,
+/// and over the leading axis the shapes of the reference models' bias gradients at batch 64:
+/// `f32[43264,32]` (the CNN's convolution, `64*26*26` pixels) and `f32[64,128]` (the MLP's
+/// hidden layer).
 /// Measured (medians, load average 1.8-2.8): over axis 1 12.3 us with one `f32x4`
 /// accumulator per row, 3.4 us with four; over axis 0 (unchanged code) 5.1-5.7 us.
+/// Summing `[43264,32]` over axis 0 in blocks of 1024 rows with f64 totals (so it no longer
+/// rounds like a naive f32 sum) measured the same as the unblocked loop: median of eight
+/// alternating runs 218 us against 221 us (ranges 167-274 and 147-225 us, load average
+/// 3.5-5 on the shared 2-core host); `[64,128]` (under 1024 rows: the same loop) 0.78-1.10
+/// us against 0.86-1.22 us.
 fn plain_reduce(c: &mut Criterion) {
     let mut grp = c.benchmark_group("reduce");
-    let (m, n) = (64, 1024);
-    grp.throughput(Throughput::Elements((m * n) as u64));
-    for axis in [1, 0] {
+    for (axis, (m, n)) in [
+        (1, (64, 1024)),
+        (0, (64, 1024)),
+        (0, (64 * 26 * 26, 32)),
+        (0, (64, 128)),
+    ] {
+        grp.throughput(Throughput::Elements((m * n) as u64));
         let mut g = Graph::new("reduce");
         let init = Init::Uniform {
             low: -1.0,

@@ -708,6 +708,39 @@ fn jit_fused_reductions_of_every_kind_at_odd_sizes() {
     }
 }
 
+/// Fused trailing reductions long enough over outer axes to add in blocks (more than 1024
+/// rows per output element: a remainder block, kept axes outside and inside the split axis,
+/// rows summed in registers with blocks of outer rows) match the interpreter, every kind.
+#[test]
+fn jit_fused_outer_reductions_in_blocks() {
+    use gradlift::ReduceOp;
+    for (shape, axes) in [
+        (vec![1500, 5], vec![0]),
+        (vec![2, 1100, 3], vec![1]),
+        (vec![40, 3, 30, 5], vec![0, 2]),
+        (vec![1100, 2, 7], vec![0, 2]),
+        (vec![3, 1100, 2, 7], vec![1, 3]),
+        (vec![2, 33, 3, 40, 5], vec![1, 3]),
+    ] {
+        let rank = shape.len();
+        for kind in ReduceOp::ALL {
+            let mut g = Graph::new("reduce");
+            let x = g.input("x", TensorType::f32(shape.clone())).unwrap();
+            let y = g.input("y", TensorType::f32(shape.clone())).unwrap();
+            let b = g.input("b", TensorType::f32([shape[rank - 1]])).unwrap();
+            let p = g.mul(x, y).unwrap();
+            let v = g.add2(p, b).unwrap();
+            let out = g.reduce(kind, v, &axes, false).unwrap();
+            g.add_output("r", out).unwrap();
+            let mut fused = g.clone();
+            let r = fuse(&mut fused);
+            let what = format!("{} {shape:?} axes {axes:?}", kind.name());
+            assert_eq!(fused_count(&fused), 1, "{what}: {r}");
+            jit_matches(&what, &g, &fused, 13);
+        }
+    }
+}
+
 /// Hand-written fused bodies: `log` compiles (inline code) and matches the interpreter,
 /// including its special values; `pow` is refused by the JIT with an error naming it.
 #[test]

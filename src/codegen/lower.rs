@@ -11,7 +11,8 @@
 //!   are all `map`s. `Lowerer::reduce` and `Lowerer::map_reduce` (plain and fused
 //!   reductions): a reduced innermost dimension accumulates in registers (four `f32x4`
 //!   accumulators, then a horizontal combine and a scalar tail), otherwise the output row is
-//!   updated in place.
+//!   updated in place; a long f32 sum adds blocks of its terms to f64 totals (in registers
+//!   for a row, in the node's planned scratch for the output elements).
 //! - `matmul`: a register-blocked `f32x4` kernel (1 row x 16 columns of accumulators, `fma`
 //!   when the host has it) or a call to the GEMM kernel (see [`super::MatmulKernel`]).
 //! - `math`: `exp`, `sigmoid`, `tanh` and `log` as inline polynomial code (Cephes `expf`/
@@ -49,6 +50,7 @@ mod math;
 mod matmul;
 
 pub(crate) use fused::{fused_conv_geometry, fused_matmul_dims, fused_reads_only_in_matmul};
+pub(crate) use loops::sum_scratch_bytes;
 use loops::{broadcast_strides, View};
 
 /// A lowering failure for one node (the caller adds the node's description).
@@ -345,7 +347,9 @@ impl<'a> Lowerer<'a> {
                 );
             }
             Op::Reduce { kind, axes, .. } => {
-                self.reduce(out, ins[0], dtype, &in_ty(0).shape, axes, *kind);
+                let totals = self.planned_scratch(plan, id);
+                let x_shape = &in_ty(0).shape;
+                self.reduce(out, ins[0], dtype, x_shape, axes, *kind, totals);
             }
             Op::Argmax { axis } => self.argmax(out, ins[0], in_ty(0).dtype, &in_ty(0).shape, *axis),
             Op::Reshape { .. } => self.copy(out, ins[0], dtype, shape),

@@ -277,12 +277,16 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, CompileError> {
     Ok(order)
 }
 
-/// Scratch bytes the kernel of node `id` needs, by the kernel's rule ([`kernels::Kernel::scratch`]):
-/// a GEMM's packing workspace (matmuls, with the Rust GEMM), one image's patch matrix and
-/// the GEMM workspace (convolutions on the im2col path), nothing for the other kernels and
-/// for ops that call none.
+/// Scratch bytes the code of node `id` needs: for a reduction, the f64 running totals of a
+/// long f32 sum (`lower::sum_scratch_bytes`); else by the rule of the kernel it calls
+/// ([`kernels::Kernel::scratch`]): a GEMM's packing workspace (matmuls, with the Rust GEMM),
+/// one image's patch matrix and the GEMM workspace (convolutions on the im2col path),
+/// nothing for the other kernels and for ops that call none.
 fn scratch_bytes(g: &Graph, id: NodeId, opts: &CompileOptions) -> usize {
     use kernels::{Kernel, Scratch};
+    if let Some(bytes) = lower::sum_scratch_bytes(g, id) {
+        return bytes;
+    }
     let n = &g[id];
     let ops = g.operands(id);
     let shape = |i: usize| &g[ops[i]].ty.shape;

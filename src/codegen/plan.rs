@@ -105,7 +105,8 @@ pub struct Plan {
     pub locs: HashMap<NodeId, Loc>,
     /// Transposes that matmul reads through strides: no buffer, no code of their own.
     pub folded: HashSet<NodeId>,
-    /// Scratch space (arena offset) of nodes whose kernel needs it (convolutions).
+    /// Scratch space (arena offset) of nodes whose code needs it: a kernel's workspace
+    /// (GEMM packing, convolution patches), the f64 totals of a long sum.
     pub scratch: HashMap<NodeId, usize>,
     /// For updates whose source is a buffer another update overwrites: an arena copy taken
     /// before any update is written (indexed like `Graph::updates`).

@@ -8,7 +8,9 @@
 //! - A trailing reduction accumulates into the output buffer (filled with the reduction's
 //!   identity first): the output is read and written through a view with stride 0 on the
 //!   reduced axes; `reduce_mean` scales the result at the end. When the innermost axis is
-//!   reduced, each row accumulates in `f32x4` registers instead ([`Lowerer::map_reduce`]).
+//!   reduced, each row accumulates in `f32x4` registers instead ([`Lowerer::map_reduce`]). A
+//!   long sum adds blocks of its terms to f64 running totals in the node's planned scratch
+//!   ([`super::sum_scratch_bytes`]).
 //! - A leading matmul or conv2d (an epilogue body) writes its result into the output buffer
 //!   with the ordinary lowering (GEMM call, convolution kernel); the elementwise loop then
 //!   reads it back from there and overwrites it in place.
@@ -171,7 +173,8 @@ impl<'a> Lowerer<'a> {
                 };
                 let mut all = vec![acc];
                 all.extend(views);
-                self.map_reduce(&all, domain.dims(), kind, &|lw, vals, vector| {
+                let totals = self.planned_scratch(plan, id);
+                self.map_reduce(&all, domain.dims(), kind, totals, &|lw, vals, vector| {
                     eval(lw, vals, vector)[main].unwrap_or(vals[0])
                 });
                 self.scale_mean(out, out_shape, axes, &domain, kind);

@@ -1,6 +1,7 @@
 //! Loop infrastructure of the lowering: counted loops, elementwise maps over strided views
 //! (a vector body and a scalar tail), fills, copies, and reductions (in registers when the
-//! reduced dimension is innermost, else in place in the output row).
+//! reduced dimension is innermost, else in place in the output row; a long f32 sum adds
+//! blocks of its terms to f64 running totals either way).
 
 use super::*;
 use cranelift_codegen::ir::{Block, Function, Inst, ValueDef};
@@ -34,6 +35,45 @@ fn unroll_for(insts: usize) -> usize {
         UNROLL_LIGHT
     }
 }
+
+/// Terms an output element of an f32 sum adds in f32, in place in the output buffer, before
+/// that partial sum is added to the element's f64 running total (when the reduced axes are
+/// not only the innermost: [`Lowerer::for_each_sum_row`]). Each lane of the register
+/// accumulators adds as many terms in a block of [`SUM_BLOCK_GROUPS`], so outer-axis sums
+/// round like inner-axis ones: the error grows with the block, not with the reduced extent
+/// (a constant summed 1024 times in f32 is off by up to 1e-5 of the sum).
+pub(super) const OUTER_SUM_BLOCK: usize = 1024;
+
+/// Bytes of planned scratch that a reduction of `kind` over `axes` of a `dtype` value of
+/// shape `domain` (a plain reduction's operand, a fused body's domain) uses for the f64
+/// running totals of its output elements ([`Lowerer::for_each_sum_row`]): 8 per output
+/// element for an f32 sum or mean that adds more than [`OUTER_SUM_BLOCK`] terms into each
+/// element, else 0. Both the planner, which sizes the node's scratch, and the lowering, which
+/// uses it, ask this, so the code never needs totals the plan did not place. (Whether the
+/// lowering blocks also depends on the operands' strides, which this rule over-approximates:
+/// a sum over the innermost axis alone, summed in registers, gets totals it does not use.)
+pub(crate) fn sum_totals_bytes(
+    dtype: DType,
+    domain: &Shape,
+    axes: &[usize],
+    kind: ReduceOp,
+) -> usize {
+    let terms = axes
+        .iter()
+        .filter_map(|&a| domain.0.get(a))
+        .fold(1usize, |t, &n| t.saturating_mul(n));
+    let sum = matches!(kind, ReduceOp::Sum | ReduceOp::Mean) && dtype == DType::F32;
+    if sum && terms > OUTER_SUM_BLOCK {
+        (domain.numel() / terms).saturating_mul(8)
+    } else {
+        0
+    }
+}
+
+/// An update of an output element and its f64 running total ([`Lowerer::update_totals`]):
+/// `(total, element)` in, the values to store (if any) out.
+type TotalsFn<'f, 'a> =
+    &'f dyn Fn(&mut Lowerer<'a>, Value, Value) -> (Option<Value>, Option<Value>);
 
 /// A strided view of a buffer: element offset and per-dimension element strides over the
 /// iteration space of a loop nest.
@@ -110,6 +150,28 @@ pub(super) fn collapse(dims: &[usize], strides: &mut [Vec<i64>]) -> Vec<usize> {
         *s = os;
     }
     out_dims
+}
+
+/// Scratch bytes of node `id` for the f64 running totals of a long f32 sum
+/// ([`sum_totals_bytes`]): a plain `reduce_sum`/`reduce_mean`, or a fused body
+/// with such a trailing reduction (over the body's domain). `None` for a node that is no
+/// reduction.
+pub(crate) fn sum_scratch_bytes(g: &crate::graph::Graph, id: NodeId) -> Option<usize> {
+    match &g[id].op {
+        Op::Reduce { kind, axes, .. } => {
+            let x = &g[*g.operands(id).first()?].ty;
+            Some(sum_totals_bytes(x.dtype, &x.shape, axes, *kind))
+        }
+        Op::Fused(body) => {
+            let r = body.reduction()?;
+            let Op::Reduce { kind, axes, .. } = &r.op else {
+                return None;
+            };
+            let domain = body.domain();
+            Some(sum_totals_bytes(DType::F32, &domain, axes, *kind))
+        }
+        _ => None,
+    }
 }
 
 impl<'a> Lowerer<'a> {
@@ -526,6 +588,8 @@ impl<'a> Lowerer<'a> {
     }
 
     /// `out = reduce(x)` over `axes` of `x_shape` (`out` dense with the kept dimensions).
+    /// `totals` is the node's planned scratch for a long f32 sum ([`sum_totals_bytes`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn reduce(
         &mut self,
         out: Loc,
@@ -534,6 +598,7 @@ impl<'a> Lowerer<'a> {
         x_shape: &Shape,
         axes: &[usize],
         kind: ReduceOp,
+        totals: Option<Loc>,
     ) {
         let kept: Vec<usize> = (0..x_shape.rank()).filter(|d| !axes.contains(d)).collect();
         let out_shape = Shape(kept.iter().map(|&d| x_shape.0[d]).collect());
@@ -552,7 +617,7 @@ impl<'a> Lowerer<'a> {
         };
         let xv = View::dense(x, dtype, x_shape);
         if dtype == DType::F32 {
-            self.map_reduce(&[ov, xv], x_shape.dims(), kind, &|_, v, _| v[1]);
+            self.map_reduce(&[ov, xv], x_shape.dims(), kind, totals, &|_, v, _| v[1]);
             self.scale_mean(out, &out_shape, axes, x_shape, kind);
             return;
         }
@@ -611,43 +676,227 @@ impl<'a> Lowerer<'a> {
 
     /// `acc[i] = combine(acc[i], f(views[1..][i]))` over `dims` for a reduction of `kind` into
     /// `views[0]`, the accumulator: a view of the (f32) output with stride 0 on the reduced
-    /// axes, filled with the identity beforehand. `f` receives the values of every view,
-    /// `vals[0]` being the running accumulator (fused bodies ignore it).
+    /// axes, dense over the kept ones, filled with the identity beforehand. `f` receives the
+    /// values of every view, `vals[0]` being the running accumulator (fused bodies ignore it).
+    /// `totals` is the node's planned scratch for the f64 running totals of a long sum
+    /// ([`sum_totals_bytes`]; `None` when it has none).
     ///
     /// When the innermost (collapsed) dimension is reduced and every operand is contiguous or
     /// broadcast along it, each row accumulates in registers ([`Self::reduce_row_map`]) and
-    /// the output element is read and written once per row. Otherwise it is a [`Self::map`]
-    /// over the accumulator view, vectorized when the innermost dimension is kept.
+    /// the output element is read and written once per row. Otherwise each row is an
+    /// elementwise update of the output row in place (as [`Self::map`] does, vectorized when
+    /// the innermost dimension is kept). Either way the rows run through
+    /// [`Self::for_each_sum_row`], which keeps the f32 partial sums in the output short.
     pub(super) fn map_reduce(
         &mut self,
         views: &[View],
         dims: &[usize],
         kind: ReduceOp,
+        totals: Option<Loc>,
         f: ElemFn<'_, 'a>,
     ) {
         let mut strides: Vec<Vec<i64>> = views.iter().map(|v| v.strides.clone()).collect();
         let cd = collapse(dims, &mut strides);
         let rank = cd.len();
         let len = cd[rank - 1];
+        if len == 0 {
+            return;
+        }
         let inner: Vec<i64> = strides.iter().map(|s| s[rank - 1]).collect();
-        let in_registers = len > 1
-            && inner[0] == 0
-            && inner[1..].iter().all(|&s| s == 0 || s == 1)
-            && views.iter().all(|v| v.dtype == DType::F32);
-        if !in_registers {
-            let acc = &views[0];
-            self.map(acc, dims, views, true, &|lw, vals, vector| {
-                let x = f(lw, vals, vector);
-                lw.combine(kind, DType::F32, vals[0], x)
+        let all_f32 = views.iter().all(|v| v.dtype == DType::F32);
+        let contiguous = inner[1..].iter().all(|&s| s == 0 || s == 1);
+        let refs: Vec<&View> = views.iter().collect();
+        let totals = totals.filter(|_| matches!(kind, ReduceOp::Sum | ReduceOp::Mean));
+        if len > 1 && inner[0] == 0 && contiguous && all_f32 {
+            self.for_each_sum_row(&refs, &cd, &strides, totals, &mut |lw, ptrs| {
+                let r = lw.reduce_row_map(&ptrs[1..], &inner[1..], len, kind, f);
+                let o = lw.load(types::F32, ptrs[0], 0);
+                let c = lw.combine(kind, DType::F32, o, r);
+                lw.store(c, ptrs[0], 0);
             });
             return;
         }
-        let refs: Vec<&View> = views.iter().collect();
-        self.for_each_row(&refs, &cd, &strides, &mut |lw, ptrs| {
-            let r = lw.reduce_row_map(&ptrs[1..], &inner[1..], len, kind, f);
-            let o = lw.load(types::F32, ptrs[0], 0);
-            let c = lw.combine(kind, DType::F32, o, r);
-            lw.store(c, ptrs[0], 0);
+        // the accumulator row is the output and the first operand of each row's map
+        let vector = all_f32 && len >= LANES && inner[0] == 1 && contiguous;
+        let row_inner: Vec<i64> = std::iter::once(inner[0]).chain(inner).collect();
+        let dtypes: Vec<DType> = std::iter::once(DType::F32)
+            .chain(views.iter().map(|v| v.dtype))
+            .collect();
+        let update = |lw: &mut Self, vals: &[Value], vector: bool| {
+            let x = f(lw, vals, vector);
+            vec![lw.combine(kind, DType::F32, vals[0], x)]
+        };
+        self.for_each_sum_row(&refs, &cd, &strides, totals, &mut |lw, ptrs| {
+            let row_ptrs: Vec<Value> = std::iter::once(ptrs[0])
+                .chain(ptrs.iter().copied())
+                .collect();
+            if vector {
+                lw.map_row_vector(1, &row_ptrs, &row_inner, len, &update);
+            } else {
+                lw.map_row_scalar(1, &row_ptrs, &row_inner, &dtypes, len, &update);
+            }
+        });
+    }
+
+    /// Runs `row` once per row of the collapsed iteration space `cd` of a reduction into
+    /// `views[0]` (the accumulator of [`Self::map_reduce`]), as [`Self::for_each_row`] does,
+    /// in row-major order. Each call adds one term (a row's register sum, or one element of
+    /// the row) to output elements in f32, so an element that receives many rows would round
+    /// like a naive f32 sum (stuck at 2^24 for a sum of ones). With `totals` (f64 per output
+    /// element, planned scratch) and more than [`OUTER_SUM_BLOCK`] rows per output element,
+    /// the rows run in blocks instead: the outermost reduced dimension that the block
+    /// reaches, `s`, is split into runs of `b` indices such that a run of the dimensions from
+    /// `s` inwards adds at most [`OUTER_SUM_BLOCK`] rows to each element; after each run,
+    /// the output elements it touched (a contiguous range: the dimensions kept inside `s`
+    /// are the output's innermost) are added to their totals and reset to 0. At the end the
+    /// output is its totals rounded to f32. So each output element is the f64 sum of f32
+    /// partial sums of at most [`OUTER_SUM_BLOCK`] rows each, added in order.
+    fn for_each_sum_row(
+        &mut self,
+        views: &[&View],
+        cd: &[usize],
+        strides: &[Vec<i64>],
+        totals: Option<Loc>,
+        row: &mut dyn FnMut(&mut Self, &[Value]),
+    ) {
+        let rank = cd.len();
+        let acc = &strides[0];
+        let reduced = |d: usize| acc[d] == 0;
+        let rows_per_elem: usize = (0..rank - 1)
+            .filter(|&d| reduced(d))
+            .map(|d| cd[d])
+            .product();
+        let Some(totals) = totals.filter(|_| rows_per_elem > OUTER_SUM_BLOCK) else {
+            self.for_each_row(views, cd, strides, row);
+            return;
+        };
+        // the split dimension `s` and the rows `inside` one index of it adds to an element
+        let mut inside = 1;
+        let mut s = 0;
+        for d in (0..rank - 1).rev() {
+            if reduced(d) {
+                if inside * cd[d] > OUTER_SUM_BLOCK {
+                    s = d;
+                    break;
+                }
+                inside *= cd[d];
+            }
+        }
+        let b = OUTER_SUM_BLOCK / inside;
+        let (runs, rest) = (cd[s] / b, cd[s] % b);
+        // output elements one run touches, and all of them
+        let touched: usize = (s + 1..rank)
+            .filter(|&d| !reduced(d))
+            .map(|d| cd[d])
+            .product();
+        let outputs: usize = (0..rank).filter(|&d| !reduced(d)).map(|d| cd[d]).product();
+        let out_start = views[0].loc.offset as i64 + views[0].offset * 4;
+        let out_slot = views[0].loc.slot;
+        let out_off = self.iconst(out_start);
+        let zero64 = self.b.ins().f64const(0.0);
+        self.update_totals(out_slot, out_off, out_start, totals, outputs, &|_, _, _| {
+            (Some(zero64), None)
+        });
+        let offs: Vec<Value> = views
+            .iter()
+            .map(|v| self.iconst(v.loc.offset as i64 + v.offset * 4))
+            .collect();
+        let slots: Vec<usize> = views.iter().map(|v| v.loc.slot).collect();
+        let outer: Vec<Vec<i64>> = strides.iter().map(|st| st[..s].to_vec()).collect();
+        let within: Vec<Vec<i64>> = strides.iter().map(|st| st[s..rank - 1].to_vec()).collect();
+        // one run: `n` indices of dimension `s` from byte offsets `offs`, then the flush
+        let mut run = |lw: &mut Self, n: usize, offs: Vec<Value>| {
+            let acc_off = offs[0];
+            let dims: Vec<usize> = std::iter::once(n)
+                .chain(cd[s + 1..rank - 1].iter().copied())
+                .collect();
+            lw.nest(&dims, &within, offs, &mut |lw, offs| {
+                let ptrs: Vec<Value> = offs
+                    .iter()
+                    .zip(&slots)
+                    .map(|(&o, &sl)| lw.b.ins().iadd(lw.bases[sl], o))
+                    .collect();
+                row(lw, &ptrs);
+            });
+            let zero = lw.fconst(0.0, false);
+            lw.update_totals(
+                out_slot,
+                acc_off,
+                out_start,
+                totals,
+                touched,
+                &|lw, t, x| {
+                    let x = lw.b.ins().fpromote(types::F64, x);
+                    (Some(lw.b.ins().fadd(t, x)), Some(zero))
+                },
+            );
+        };
+        self.nest(&cd[..s], &outer, offs, &mut |lw, offs| {
+            let step: Vec<i64> = strides.iter().map(|st| st[s] * 4 * b as i64).collect();
+            lw.for_range(runs, vec![], &mut |lw, i, _| {
+                let o: Vec<Value> = offs
+                    .iter()
+                    .zip(&step)
+                    .map(|(&o, &st)| {
+                        let d = lw.b.ins().imul_imm_s(i, st);
+                        lw.b.ins().iadd(o, d)
+                    })
+                    .collect();
+                run(lw, b, o);
+                vec![]
+            });
+            if rest > 0 {
+                let o: Vec<Value> = offs
+                    .iter()
+                    .zip(&step)
+                    .map(|(&o, &st)| lw.b.ins().iadd_imm_s(o, st * runs as i64))
+                    .collect();
+                run(lw, rest, o);
+            }
+        });
+        let out_off = self.iconst(out_start);
+        self.update_totals(
+            out_slot,
+            out_off,
+            out_start,
+            totals,
+            outputs,
+            &|lw, t, _| (None, Some(lw.b.ins().fdemote(types::F32, t))),
+        );
+    }
+
+    /// For `n` consecutive f32 output elements from byte offset `acc_off` of slot `out_slot`
+    /// (the output's first element being at `out_start`) and their f64 running totals in
+    /// `totals` (one per output element, in the output's order): `(t, x) = f(total, element)`,
+    /// then each `Some` is stored back.
+    fn update_totals(
+        &mut self,
+        out_slot: usize,
+        acc_off: Value,
+        out_start: i64,
+        totals: Loc,
+        n: usize,
+        f: TotalsFn<'_, 'a>,
+    ) {
+        let out = self.b.ins().iadd(self.bases[out_slot], acc_off);
+        let index_bytes = self.b.ins().iadd_imm_s(acc_off, -out_start);
+        let total_bytes = self.b.ins().ishl_imm_u(index_bytes, 1);
+        let tot = self.addr(totals, Some(total_bytes));
+        self.for_range(n, vec![], &mut |lw, j, _| {
+            let o = lw.b.ins().imul_imm_s(j, 4);
+            let po = lw.b.ins().iadd(out, o);
+            let o = lw.b.ins().imul_imm_s(j, 8);
+            let pt = lw.b.ins().iadd(tot, o);
+            let x = lw.load(types::F32, po, 0);
+            let t = lw.load(types::F64, pt, 0);
+            let (t, x) = f(lw, t, x);
+            if let Some(t) = t {
+                lw.store(t, pt, 0);
+            }
+            if let Some(x) = x {
+                lw.store(x, po, 0);
+            }
+            vec![]
         });
     }
 

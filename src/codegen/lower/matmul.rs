@@ -65,6 +65,14 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// The planned scratch space of node `id`, if the plan gave it any.
+    pub(super) fn planned_scratch(&self, plan: &Plan, id: NodeId) -> Option<Loc> {
+        plan.scratch.get(&id).map(|&offset| Loc {
+            slot: self.bases.len() - 1,
+            offset,
+        })
+    }
+
     /// Register-blocked kernel: tiles of 4 rows x 8 columns (8 `f32x4` accumulators) run
     /// over `k` in registers, loading 2 vectors of `b` and broadcasting 4 scalars of `a` per
     /// step; leftover columns (vectors, then single columns) and rows form smaller tiles.
