@@ -238,9 +238,11 @@ fn loss_forms_follow_the_last_activation() {
     // linear outputs taken as probabilities: clipped log, no fused op.
     assert_eq!(count(&linear, cce, is_sce), 0);
     assert_eq!(count(&linear, cce, is_log), 1);
-    // sigmoid + binary: the stable logits form has one log (of 1 + e^-|z|), no sigmoid use.
+    // sigmoid + binary: the stable logits form has one log1p (of e^-|z|) and no log.
     let bce = Loss::BinaryCrossentropy { from_logits: false };
-    assert_eq!(count(&sigmoid, bce, is_log), 1);
+    let is_log1p = |o: &Op| matches!(o, Op::Unary(gradlift::UnaryOp::Log1p));
+    assert_eq!(count(&sigmoid, bce, is_log1p), 1);
+    assert_eq!(count(&sigmoid, bce, is_log), 0);
     let mg = sigmoid
         .build_graph(&GraphOptions::evaluate(4, bce, &[Metric::Accuracy]))
         .unwrap();

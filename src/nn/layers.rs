@@ -6,11 +6,13 @@
 
 use super::Initializer;
 use crate::graph::{BuildError, NodeId};
-use crate::op::{Op, Padding, UnaryOp};
+use crate::op::{CmpOp, Op, Padding, UnaryOp};
 use crate::optim::{At, Regularizer};
 use crate::shape::{Shape, TensorType};
 
-/// Activation functions applied elementwise (softmax: along the last axis).
+/// Activation functions applied elementwise (softmax: along the last axis), with Keras'
+/// names and defaults. Each is built from graph ops, so every stage (interpreter, autodiff,
+/// passes, JIT) handles it as it handles those ops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Activation {
     /// Identity (Keras `linear`, the default).
@@ -24,10 +26,41 @@ pub enum Activation {
     Relu,
     /// Softmax over the last axis.
     Softmax,
+    /// `x` where `x >= 0`, else `0.2 x` (Keras' `leaky_relu`, `negative_slope=0.2`).
+    LeakyRelu,
+    /// `x` where `x > 0`, else `e^x - 1` (Keras' `elu`, `alpha=1`).
+    Elu,
+    /// `x Phi(x) = x (1 + erf(x / sqrt 2)) / 2`, the exact GELU (Keras' `gelu`, whose default
+    /// is `approximate=False`).
+    Gelu,
+    /// The tanh approximation of GELU, `x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`
+    /// (Keras' `gelu(x, approximate=True)`, PyTorch's `approximate="tanh"`).
+    GeluTanh,
+    /// `ln(1 + e^x)`, computed as `x + log1p(e^-x)` for `x > 0`, else `log1p(e^x)` (no
+    /// overflow, accurate for large negative `x`).
+    Softplus,
+    /// `x sigmoid(x)` (Keras' `silu`, also called `swish`).
+    Silu,
 }
 
 impl Activation {
-    /// Keras' name (`linear`, `sigmoid`, `tanh`, `relu`, `softmax`).
+    /// Every activation, in declaration order.
+    pub const ALL: [Activation; 11] = [
+        Activation::Linear,
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Relu,
+        Activation::Softmax,
+        Activation::LeakyRelu,
+        Activation::Elu,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::Softplus,
+        Activation::Silu,
+    ];
+
+    /// Keras' name (`linear`, `sigmoid`, `tanh`, `relu`, `softmax`, `leaky_relu`, `elu`,
+    /// `gelu`, `softplus`, `silu`), and `gelu_tanh` for the approximate GELU.
     pub fn name(self) -> &'static str {
         match self {
             Activation::Linear => "linear",
@@ -35,20 +68,21 @@ impl Activation {
             Activation::Tanh => "tanh",
             Activation::Relu => "relu",
             Activation::Softmax => "softmax",
+            Activation::LeakyRelu => "leaky_relu",
+            Activation::Elu => "elu",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
+            Activation::Softplus => "softplus",
+            Activation::Silu => "silu",
         }
     }
 
-    /// Parses a Keras activation name.
+    /// Parses a Keras activation name ([`Activation::name`], and `swish` for `silu`).
     pub fn from_name(s: &str) -> Option<Activation> {
-        [
-            Activation::Linear,
-            Activation::Sigmoid,
-            Activation::Tanh,
-            Activation::Relu,
-            Activation::Softmax,
-        ]
-        .into_iter()
-        .find(|a| a.name() == s)
+        if s == "swish" {
+            return Some(Activation::Silu);
+        }
+        Activation::ALL.into_iter().find(|a| a.name() == s)
     }
 
     /// Appends the activation of `x` (returns `x` itself for `Linear`).
@@ -67,8 +101,61 @@ impl Activation {
                     &[x],
                 )
             }
+            Activation::LeakyRelu => {
+                let zero = at.scalar(0.0)?;
+                let keep = at.op(Op::Compare(CmpOp::Ge), &[x, zero])?;
+                let scaled = at.scale(x, 0.2)?;
+                at.op(Op::Select, &[keep, x, scaled])
+            }
+            Activation::Elu => {
+                // expm1 of min(x, 0), so that a large x gives no inf whose zero gradient
+                // share would be 0 * inf = NaN (as jax.nn.elu does)
+                let zero = at.scalar(0.0)?;
+                let keep = at.op(Op::Compare(CmpOp::Gt), &[x, zero])?;
+                let neg = at.op(Op::Select, &[keep, zero, x])?;
+                let e = at.unary(UnaryOp::Expm1, neg)?;
+                at.op(Op::Select, &[keep, x, e])
+            }
+            Activation::Gelu => {
+                let s = at.scale(x, std::f64::consts::FRAC_1_SQRT_2)?;
+                let e = at.unary(UnaryOp::Erf, s)?;
+                half_x_one_plus(at, x, e)
+            }
+            Activation::GeluTanh => {
+                let x2 = at.mul(x, x)?;
+                let x3 = at.mul(x2, x)?;
+                let c = at.scale(x3, 0.044715)?;
+                let inner = at.add(x, c)?;
+                let k = (2.0 / std::f64::consts::PI).sqrt();
+                let u = at.scale(inner, k)?;
+                let t = at.unary(UnaryOp::Tanh, u)?;
+                half_x_one_plus(at, x, t)
+            }
+            Activation::Softplus => {
+                // t = -|x| by a select, so the derivative at 0 is 1/2 (|x| would give 0)
+                let zero = at.scalar(0.0)?;
+                let pos = at.op(Op::Compare(CmpOp::Gt), &[x, zero])?;
+                let nx = at.unary(UnaryOp::Neg, x)?;
+                let t = at.op(Op::Select, &[pos, nx, x])?;
+                let e = at.unary(UnaryOp::Exp, t)?;
+                let l = at.unary(UnaryOp::Log1p, e)?;
+                let xl = at.add(x, l)?;
+                at.op(Op::Select, &[pos, xl, l])
+            }
+            Activation::Silu => {
+                let s = at.unary(UnaryOp::Sigmoid, x)?;
+                at.mul(x, s)
+            }
         }
     }
+}
+
+/// `x (1 + v) / 2`, the shape shared by both GELUs.
+fn half_x_one_plus(at: &mut At<'_>, x: NodeId, v: NodeId) -> Result<NodeId, BuildError> {
+    let one = at.scalar(1.0)?;
+    let opv = at.add(one, v)?;
+    let p = at.mul(x, opv)?;
+    at.scale(p, 0.5)
 }
 
 /// A fully connected layer: `activation(x @ kernel + bias)` over the last axis.

@@ -134,7 +134,8 @@ impl Loss {
                     (false, _, _) => None,
                 };
                 let e = match z {
-                    // max(z, 0) - z*y + log(1 + exp(-|z|))
+                    // max(z, 0) - z*y + log1p(exp(-|z|)): stable for any |z|, and exact
+                    // where exp(-|z|) is below f32's epsilon
                     Some(z) => {
                         let zero = at.scalar(0.0)?;
                         let relu = at.bin(BinaryOp::Max, z, zero)?;
@@ -143,9 +144,7 @@ impl Loss {
                         let abs = at.unary(UnaryOp::Abs, z)?;
                         let neg = at.unary(UnaryOp::Neg, abs)?;
                         let ex = at.unary(UnaryOp::Exp, neg)?;
-                        let one = at.scalar(1.0)?;
-                        let opx = at.add(one, ex)?;
-                        let l = at.unary(UnaryOp::Log, opx)?;
+                        let l = at.unary(UnaryOp::Log1p, ex)?;
                         at.add(a, l)?
                     }
                     // -(y log p + (1 - y) log(1 - p)) with p clipped
