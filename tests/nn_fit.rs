@@ -238,6 +238,21 @@ fn schedule_sets_the_learning_rate_per_epoch() {
         .unwrap();
     assert_eq!(h.get("lr"), &[0.01, 0.005, 0.0025]);
     assert_eq!(h.get("mae").len(), 3);
+    // Keras' History.epoch, and the CSV of Keras' CSVLogger: a header, a row per epoch
+    assert_eq!(h.epoch, [0, 1, 2]);
+    let csv = h.to_csv();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "epoch,loss,lr,mae");
+    assert_eq!(rows.len(), 4);
+    assert!(
+        rows[2].starts_with("1,") && rows[2].contains(",0.005,"),
+        "{csv}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&h.to_json()).unwrap();
+    assert_eq!(
+        json["history"]["lr"],
+        serde_json::json!([0.01, 0.005, 0.0025])
+    );
 }
 
 #[test]
