@@ -176,6 +176,9 @@ pub struct FitOptions {
     /// `x` and `y` before any shuffling (as Keras does); never trained on. Ignored when
     /// validation data is passed to [`Model::fit_with_validation`].
     pub validation_split: f64,
+    /// Keras' `EarlyStopping` callback (default none): stop when the monitored log stops
+    /// improving, optionally back at the best epoch's params.
+    pub early_stopping: Option<crate::train::EarlyStopping>,
 }
 
 impl Default for FitOptions {
@@ -189,6 +192,7 @@ impl Default for FitOptions {
             schedule: None,
             initial_epoch: 0,
             validation_split: 0.0,
+            early_stopping: None,
         }
     }
 }
@@ -481,6 +485,29 @@ impl Model {
     pub fn weights_mut(&mut self) -> &mut Weights {
         self.version += 1;
         &mut self.weights
+    }
+
+    /// A copy of the params alone (no optimizer state), as the compiled steps name them.
+    fn params_only(&self) -> Weights {
+        let mut w = Weights::default();
+        let names: Vec<String> = self
+            .steps
+            .values()
+            .flat_map(|s| {
+                s.graph
+                    .params()
+                    .into_iter()
+                    .map(|id| s.graph[id].name.clone())
+            })
+            .flatten()
+            .collect();
+        for name in names {
+            if let (Some(shape), Some(v)) = (self.weights.shape(&name), self.weights.get(&name)) {
+                // the names and shapes come from the model's own weights: cannot fail
+                let _ = w.insert(&name, shape.to_vec(), v.to_vec());
+            }
+        }
+        w
     }
 
     /// Copies the newest params and state out of the executable that holds them (JIT backend)
@@ -846,6 +873,11 @@ impl Model {
             batch_size: opts.batch_size,
             schedule: opts.schedule,
             history: History::default(),
+            early: opts
+                .early_stopping
+                .clone()
+                .map(|r| (crate::train::Watch::new(r), None)),
+            stop: false,
         };
         let mut bar = Bar {
             verbose: opts.verbose,
@@ -1466,9 +1498,17 @@ struct FitSession<'m, 'x> {
     batch_size: usize,
     schedule: Option<fn(usize, f64) -> f64>,
     history: History,
+    /// The early-stopping watch and, with `restore_best_weights`, the best epoch's params.
+    early: Option<(crate::train::Watch, Option<Weights>)>,
+    /// Set when early stopping ends training.
+    stop: bool,
 }
 
 impl Session for FitSession<'_, '_> {
+    fn stop_requested(&self) -> bool {
+        self.stop
+    }
+
     fn begin_epoch(&mut self, epoch: usize) -> Result<(), TrainError> {
         if let Some(f) = self.schedule {
             self.model.learning_rate = f(epoch, self.model.learning_rate);
@@ -1511,6 +1551,28 @@ impl Session for FitSession<'_, '_> {
         let mut entry = logs.clone();
         entry.push(("lr".into(), self.model.learning_rate));
         self.history.push(epoch, &entry);
+        if let Some((watch, best)) = &mut self.early {
+            let restore = watch.rule.restore_best_weights;
+            match watch.observe(epoch, logs)? {
+                crate::train::Verdict::Improved if restore => {
+                    self.model.sync()?;
+                    *best = Some(self.model.params_only());
+                }
+                crate::train::Verdict::Stop => {
+                    self.stop = true;
+                    if let Some(b) = best.take() {
+                        self.model.sync()?;
+                        let w = self.model.weights_mut();
+                        for name in b.names() {
+                            if let (Some(shape), Some(v)) = (b.shape(name), b.get(name)) {
+                                w.insert(name, shape.to_vec(), v.to_vec())?;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 }
