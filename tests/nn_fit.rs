@@ -351,3 +351,58 @@ fn early_stopping_follows_keras() {
         "{e}"
     );
 }
+
+/// Keras' `ModelCheckpoint`: a file per epoch (`{epoch}` from 1) holding that epoch's params,
+/// or, with `save_best_only`, only the epochs that improve the monitored log.
+#[test]
+fn model_checkpoint_saves_every_epoch_or_the_best() {
+    use gradlift::nn::ModelCheckpoint;
+    let d = std::env::temp_dir().join(format!("gradlift-nn-ckpt-cb-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let (x, y) = regression_data(4);
+    let every = d.join("e{epoch}.safetensors");
+    let mut m = linear_model(0.05);
+    m.fit(
+        &x,
+        Targets::Values(&y),
+        &FitOptions {
+            checkpoint: Some(ModelCheckpoint {
+                monitor: "loss".into(),
+                ..ModelCheckpoint::new(every.to_str().unwrap())
+            }),
+            ..quiet(3, 32)
+        },
+    )
+    .unwrap();
+    for e in 1..=3 {
+        assert!(d.join(format!("e{e}.safetensors")).exists(), "epoch {e}");
+    }
+    // the last file holds the trained params
+    let mut last = linear_model(0.05);
+    last.load(d.join("e3.safetensors")).unwrap();
+    for name in ["dense.kernel", "dense.bias"] {
+        assert_eq!(last.weights().get(name), m.weights().get(name), "{name}");
+    }
+    // best only, larger loss counted as better: only epoch 1 is ever the best
+    let best = d.join("b{epoch}.safetensors");
+    let mut m = linear_model(0.05);
+    m.fit(
+        &x,
+        Targets::Values(&y),
+        &FitOptions {
+            checkpoint: Some(ModelCheckpoint {
+                monitor: "loss".into(),
+                save_best_only: true,
+                maximize: Some(true),
+                ..ModelCheckpoint::new(best.to_str().unwrap())
+            }),
+            ..quiet(3, 32)
+        },
+    )
+    .unwrap();
+    let saved: Vec<bool> = (1..=3)
+        .map(|e| d.join(format!("b{e}.safetensors")).exists())
+        .collect();
+    assert_eq!(saved, [true, false, false]);
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -52,7 +52,7 @@ pub use model::{
     Backend, CompileOptions, Evaluation, FitOptions, History, Model, Targets, TrainError, Weights,
 };
 
-pub use crate::train::EarlyStopping;
+pub use crate::train::{EarlyStopping, ModelCheckpoint};
 pub use layers::{
     dropout_mask, shape_str, Activation, AvgPool2D, Conv2D, Dense, Dropout, Flatten,
     GlobalAvgPool2D, Layer, LayerNorm, MaxPool2D, ParamSpec, SimpleRNN,

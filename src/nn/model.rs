@@ -179,6 +179,9 @@ pub struct FitOptions {
     /// Keras' `EarlyStopping` callback (default none): stop when the monitored log stops
     /// improving, optionally back at the best epoch's params.
     pub early_stopping: Option<crate::train::EarlyStopping>,
+    /// Keras' `ModelCheckpoint` callback (default none): [`Model::save`] after every epoch,
+    /// or after those that improve the monitored log.
+    pub checkpoint: Option<crate::train::ModelCheckpoint>,
 }
 
 impl Default for FitOptions {
@@ -193,6 +196,7 @@ impl Default for FitOptions {
             initial_epoch: 0,
             validation_split: 0.0,
             early_stopping: None,
+            checkpoint: None,
         }
     }
 }
@@ -878,6 +882,10 @@ impl Model {
                 .clone()
                 .map(|r| (crate::train::Watch::new(r), None)),
             stop: false,
+            checkpoint: opts.checkpoint.clone().map(|c| {
+                let w = c.watch();
+                (c, w)
+            }),
         };
         let mut bar = Bar {
             verbose: opts.verbose,
@@ -1502,6 +1510,8 @@ struct FitSession<'m, 'x> {
     early: Option<(crate::train::Watch, Option<Weights>)>,
     /// Set when early stopping ends training.
     stop: bool,
+    /// The checkpoint callback and its watch.
+    checkpoint: Option<(crate::train::ModelCheckpoint, crate::train::Watch)>,
 }
 
 impl Session for FitSession<'_, '_> {
@@ -1551,6 +1561,15 @@ impl Session for FitSession<'_, '_> {
         let mut entry = logs.clone();
         entry.push(("lr".into(), self.model.learning_rate));
         self.history.push(epoch, &entry);
+        if let Some((c, watch)) = &mut self.checkpoint {
+            let save =
+                !c.save_best_only || watch.observe(epoch, logs)? == crate::train::Verdict::Improved;
+            if save {
+                // the newest params are in the compiled step
+                self.model.sync()?;
+                self.model.save(c.path(epoch))?;
+            }
+        }
         if let Some((watch, best)) = &mut self.early {
             let restore = watch.rule.restore_best_weights;
             match watch.observe(epoch, logs)? {

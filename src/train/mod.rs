@@ -468,6 +468,51 @@ impl EarlyStopping {
     }
 }
 
+/// Keras' `ModelCheckpoint` callback: save the model at the end of each epoch, or only when
+/// the monitored log improves (`save_best_only`). `{epoch}` in the path is replaced by the
+/// epoch number from 1, as Keras formats it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelCheckpoint {
+    /// Where to save (`{epoch}` is replaced by the epoch from 1).
+    pub filepath: String,
+    /// The log to watch with `save_best_only` (default `val_loss`).
+    pub monitor: String,
+    /// Save only when the monitored log improves (default false: every epoch).
+    pub save_best_only: bool,
+    /// Whether larger is better (`None`: by the name, as [`EarlyStopping::maximize`]).
+    pub maximize: Option<bool>,
+}
+
+impl ModelCheckpoint {
+    /// Saving to `filepath` every epoch, Keras' defaults otherwise.
+    pub fn new(filepath: &str) -> ModelCheckpoint {
+        ModelCheckpoint {
+            filepath: filepath.into(),
+            monitor: "val_loss".into(),
+            save_best_only: false,
+            maximize: None,
+        }
+    }
+
+    /// The path of `epoch`'s checkpoint (from 0; written from 1).
+    pub fn path(&self, epoch: usize) -> std::path::PathBuf {
+        self.filepath
+            .replace("{epoch}", &(epoch + 1).to_string())
+            .into()
+    }
+
+    /// The watch that decides `save_best_only` (it never stops training).
+    pub fn watch(&self) -> Watch {
+        Watch::new(EarlyStopping {
+            monitor: self.monitor.clone(),
+            min_delta: 0.0,
+            patience: usize::MAX,
+            maximize: self.maximize,
+            restore_best_weights: false,
+        })
+    }
+}
+
 /// What [`Watch::observe`] concluded from an epoch's logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
