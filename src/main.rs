@@ -692,6 +692,9 @@ struct TrainArgs {
     /// at the end: CSV (as Keras' CSVLogger) for a `.csv` path, JSON for `.json`.
     #[arg(long)]
     history: Option<PathBuf>,
+    /// Draw the loss and metric curves per epoch into this SVG file at the end.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// Reads the model and builds its training step ([`GraphModel::new`]).
@@ -779,6 +782,14 @@ impl Progress for EpochLines {
 /// one line per epoch; finally evaluates the forward graph, with the trained params, on every
 /// example of the test set, and saves a checkpoint when asked.
 fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
+    if let Some(path) = &a.plot {
+        if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+            return Err(CliError(format!(
+                "--plot {}: the file must end in .svg",
+                path.display()
+            )));
+        }
+    }
     if let Some(path) = &a.history {
         // refuse a bad extension before anything runs
         if !matches!(
@@ -932,6 +943,10 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
             trained.steps,
             t_train.elapsed().as_secs_f64()
         );
+    }
+    if let Some(path) = &a.plot {
+        lines.history.plot(path).map_err(CliError)?;
+        outln!("plot: {}", path.display());
     }
     if let Some(path) = &a.history {
         lines.history.save(path).map_err(CliError)?;

@@ -406,3 +406,41 @@ fn model_checkpoint_saves_every_epoch_or_the_best() {
     assert_eq!(saved, [true, false, false]);
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `History::plot`: with validation data every panel has a training and a validation curve
+/// (a marker per epoch each); an empty history or another extension is an error.
+#[test]
+fn history_plots_training_and_validation_curves() {
+    let (x, y) = regression_data(5);
+    let mut m = Sequential::new([1])
+        .layer(Dense::new(1))
+        .compile(CompileOptions::new(
+            Optimizer::sgd(),
+            Loss::MeanSquaredError,
+            &[Metric::MeanAbsoluteError],
+        ))
+        .unwrap();
+    let h = m
+        .fit(
+            &x,
+            Targets::Values(&y),
+            &FitOptions {
+                validation_split: 0.2,
+                ..quiet(4, 16)
+            },
+        )
+        .unwrap();
+    let path = std::env::temp_dir().join(format!("gradlift-plot-{}.svg", std::process::id()));
+    h.plot(&path).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    // panels loss and mae, each with loss/val_loss or mae/val_mae: 2 x 2 curves of 4 epochs
+    assert_eq!(svg.matches("<circle").count(), 2 * 2 * 4);
+    for label in ["loss", "val_loss", "mae", "val_mae"] {
+        assert!(svg.contains(&format!("\n{label}\n</text>")), "{label}");
+    }
+    let e = gradlift::nn::History::default().plot(&path).unwrap_err();
+    assert!(e.contains("no epochs to plot"), "{e}");
+    let e = h.plot(std::path::Path::new("p.png")).unwrap_err();
+    assert!(e.contains("must end in .svg"), "{e}");
+}

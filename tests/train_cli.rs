@@ -427,3 +427,34 @@ fn history_is_written_as_csv_or_json() {
         "{err}"
     );
 }
+
+/// `--plot` draws one panel per quantity (loss, accuracy) with a point per epoch.
+#[test]
+fn plot_is_an_svg_with_a_point_per_epoch() {
+    let d = scratch("train-cli-plot");
+    let svg = d.join("curves.svg");
+    let out = ok(&[
+        "train",
+        "ir/mlp.ir",
+        "--limit",
+        "320",
+        "--epochs",
+        "3",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.contains("plot: "), "{out}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(80)]);
+    assert!(
+        text.contains("\nloss\n</text>") && text.contains("\naccuracy\n</text>"),
+        "panel titles"
+    );
+    // two panels, each with a marker per epoch
+    assert_eq!(text.matches("<circle").count(), 2 * 3, "markers");
+    let err = fails(&["train", "ir/mlp.ir", "--limit", "64", "--plot", "c.png"]);
+    assert!(
+        err.contains("--plot c.png: the file must end in .svg"),
+        "{err}"
+    );
+}

@@ -47,6 +47,7 @@
 mod layers;
 mod loss;
 mod model;
+mod plot;
 
 pub use model::{
     Backend, CompileOptions, Evaluation, FitOptions, History, Model, Targets, TrainError, Weights,
