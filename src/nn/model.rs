@@ -31,7 +31,7 @@ use crate::checkpoint::{CheckpointError, Mismatch, NamedTensor, TensorData};
 use crate::graph::{Graph, NodeId};
 use crate::init::Rng;
 use crate::op::Op;
-use crate::optim::{lr_input, Clip, Optimizer};
+use crate::optim::{Clip, Optimizer};
 use crate::runtime::HostTensor;
 use crate::shape::DType;
 use crate::step::{compile_training_step, CompiledStep, StepOptions};
@@ -573,10 +573,11 @@ impl Model {
                 Some(c) => c.apply(&mut graph, &grads)?,
                 None => grads,
             };
-            let lr_node = lr_input(&mut graph)?;
+            let lr_node = o.optimizer.learning_rate(&mut graph)?;
             let pairs: Vec<(NodeId, NodeId)> = params.iter().copied().zip(grads).collect();
             o.optimizer.apply(&mut graph, lr_node, &pairs)?;
-            lr = Some(lr_node);
+            // with a schedule the graph computes its learning rate: no input to feed
+            lr = (graph[lr_node].op == Op::Input).then_some(lr_node);
         }
         Ok((forward, graph, x, y, lr, dropout_masks))
     }
