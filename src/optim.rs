@@ -1223,7 +1223,11 @@ fn step_counter(
     out: &mut Applied,
 ) -> Result<(NodeId, NodeId, Option<NodeId>), BuildError> {
     if let Some(t) = at.g.find(STEP_COUNTER) {
-        let t1 = at.g.updates().iter().find(|u| u.target == t).map(|u| u.value);
+        let t1 =
+            at.g.updates()
+                .iter()
+                .find(|u| u.target == t)
+                .map(|u| u.value);
         return match (&at.g[t].op, t1) {
             (Op::State { .. }, Some(t1)) if at.g[t].ty == TensorType::f32(Shape::scalar()) => {
                 Ok((t, t1, None))

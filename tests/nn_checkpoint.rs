@@ -262,3 +262,39 @@ fn impossible_step_counts_are_refused() {
         }
     }
 }
+
+#[test]
+fn rmsprop_resumes_bit_for_bit() {
+    check_resume(
+        Optimizer::rmsprop().with_momentum(0.5).with_centered(true),
+        "rmsprop.safetensors",
+    );
+}
+
+#[test]
+fn adagrad_resumes_bit_for_bit() {
+    check_resume(Optimizer::adagrad(), "adagrad.safetensors");
+}
+
+#[test]
+fn adamw_resumes_bit_for_bit() {
+    check_resume(Optimizer::adamw(), "adamw.safetensors");
+}
+
+/// A schedule's learning rate comes from the saved step counter, so a resumed run continues
+/// the schedule where it stopped (the host's per-epoch rate is not read).
+#[test]
+fn scheduled_optimizers_resume_bit_for_bit() {
+    use gradlift::optim::Schedule;
+    check_resume(
+        Optimizer::adam().with_schedule(Schedule::exponential_decay(0.05, 3, 0.7, true)),
+        "adam-exponential.safetensors",
+    );
+    check_resume(
+        Optimizer::sgd().with_schedule(Schedule::piecewise_constant_decay(
+            &[5, 10],
+            &[0.1, 0.05, 0.01],
+        )),
+        "sgd-piecewise.safetensors",
+    );
+}

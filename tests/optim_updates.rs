@@ -370,10 +370,11 @@ fn rmsprop_state_is_named_as_in_keras() {
     let p = problem(&Optimizer::rmsprop());
     assert!(p.graph.find("w.velocity").is_some());
     assert_eq!(p.graph.updates().len(), 2, "velocity, w");
-    assert!(p.graph.find(STEP_COUNTER).is_none(), "RMSprop counts no steps");
-    let opt = Optimizer::rmsprop()
-        .with_momentum(0.9)
-        .with_centered(true);
+    assert!(
+        p.graph.find(STEP_COUNTER).is_none(),
+        "RMSprop counts no steps"
+    );
+    let opt = Optimizer::rmsprop().with_momentum(0.9).with_centered(true);
     let p = problem(&opt);
     for s in ["w.velocity", "w.momentum", "w.average_gradient"] {
         assert!(p.graph.find(s).is_some(), "{s}");
@@ -385,7 +386,7 @@ fn rmsprop_state_is_named_as_in_keras() {
 fn adagrad_reference(lr: f64, init: f64, grads: &[[f32; 3]]) -> Vec<Vec<f64>> {
     let eps = 1e-7;
     let mut w: Vec<f64> = W0.iter().map(|&x| x as f64).collect();
-    let mut acc = vec![init; 3];
+    let mut acc = [init; 3];
     let mut out = Vec::new();
     for g in grads {
         for i in 0..3 {
@@ -459,10 +460,18 @@ fn adamw_steps_match_keras() {
     }
     // By hand, first step with weight decay 0.5 at lr 0.01: w * (1 - 0.005), then Adam's
     // step of about lr * sign(g).
-    let got = run(&problem(&Optimizer::adamw().with_weight_decay(0.5)), 0.01, &[G]);
+    let got = run(
+        &problem(&Optimizer::adamw().with_weight_decay(0.5)),
+        0.01,
+        &[G],
+    );
     assert_close(&got[0], &[0.985, 2.0, 2.975], 1e-6);
     // Without decay, AdamW is Adam.
-    let a = run(&problem(&Optimizer::adamw().with_weight_decay(0.0)), 0.01, &GRADS);
+    let a = run(
+        &problem(&Optimizer::adamw().with_weight_decay(0.0)),
+        0.01,
+        &GRADS,
+    );
     let b = run(&problem(&Optimizer::adam()), 0.01, &GRADS);
     assert_eq!(a, b);
 }
@@ -572,7 +581,10 @@ fn exponential_decay_follows_keras() {
     let got = schedule_rates(s.clone(), 8);
     for (t, &r) in got.iter().enumerate() {
         let want = 0.1 * 0.5f64.powf(t as f64 / 3.0);
-        assert!((r as f64 - want).abs() <= 1e-7 * want.max(1e-3), "step {t}: {r} vs {want}");
+        assert!(
+            (r as f64 - want).abs() <= 1e-7 * want.max(1e-3),
+            "step {t}: {r} vs {want}"
+        );
         assert!((r as f64 - s.learning_rate_at(t as u64)).abs() <= 1e-8);
     }
     assert_eq!(got[0], 0.1);
@@ -654,17 +666,20 @@ fn a_scheduled_adam_shares_the_step_counter() {
 #[test]
 fn bad_schedules_are_errors() {
     for (s, what) in [
-        (Schedule::exponential_decay(0.1, 0, 0.5, false), "decay_steps"),
+        (
+            Schedule::exponential_decay(0.1, 0, 0.5, false),
+            "decay_steps",
+        ),
         (Schedule::exponential_decay(-0.1, 10, 0.5, false), "initial"),
-        (Schedule::exponential_decay(0.1, 10, 0.0, false), "decay_rate"),
+        (
+            Schedule::exponential_decay(0.1, 10, 0.0, false),
+            "decay_rate",
+        ),
         (
             Schedule::piecewise_constant_decay(&[3, 3], &[0.1, 0.2, 0.3]),
             "increasing",
         ),
-        (
-            Schedule::piecewise_constant_decay(&[3], &[0.1]),
-            "2 values",
-        ),
+        (Schedule::piecewise_constant_decay(&[3], &[0.1]), "2 values"),
         (
             Schedule::piecewise_constant_decay(&[3], &[0.1, f64::NAN]),
             "positive",
