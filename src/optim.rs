@@ -545,6 +545,17 @@ pub enum Schedule {
         /// Decay at whole multiples of `decay_steps` only.
         staircase: bool,
     },
+    /// `initial * ((1 - alpha) * 0.5 * (1 + cos(pi * min(t, decay_steps) / decay_steps)) +
+    /// alpha)`: from `initial` down to `initial * alpha` over `decay_steps` steps, then
+    /// constant (Keras `CosineDecay` without warmup).
+    CosineDecay {
+        /// The learning rate at step 0.
+        initial: f64,
+        /// Steps to decay over, at least 1.
+        decay_steps: u64,
+        /// The final learning rate as a fraction of `initial`, in `[0, 1]`.
+        alpha: f64,
+    },
     /// `values[0]` while `t <= boundaries[0]`, `values[i]` while `boundaries[i-1] < t <=
     /// boundaries[i]`, and the last value after the last boundary (Keras
     /// `PiecewiseConstantDecay`, computed as Keras does: a sum of the values times the masks of
@@ -574,6 +585,15 @@ impl Schedule {
         }
     }
 
+    /// Keras `CosineDecay(initial, decay_steps, alpha)` (no warmup).
+    pub fn cosine_decay(initial: f64, decay_steps: u64, alpha: f64) -> Schedule {
+        Schedule::CosineDecay {
+            initial,
+            decay_steps,
+            alpha,
+        }
+    }
+
     /// Keras `PiecewiseConstantDecay(boundaries, values)`.
     pub fn piecewise_constant_decay(boundaries: &[u64], values: &[f64]) -> Schedule {
         Schedule::PiecewiseConstantDecay {
@@ -585,7 +605,9 @@ impl Schedule {
     /// The learning rate at step 0.
     pub fn initial_learning_rate(&self) -> f64 {
         match self {
-            Schedule::ExponentialDecay { initial, .. } => *initial,
+            Schedule::ExponentialDecay { initial, .. } | Schedule::CosineDecay { initial, .. } => {
+                *initial
+            }
             Schedule::PiecewiseConstantDecay { values, .. } => {
                 values.first().copied().unwrap_or(0.0)
             }
@@ -608,6 +630,16 @@ impl Schedule {
                     p = p.floor();
                 }
                 initial * decay_rate.powf(p)
+            }
+            Schedule::CosineDecay {
+                initial,
+                decay_steps,
+                alpha,
+            } => {
+                let d = *decay_steps as f64;
+                let p = t.min(d) / d;
+                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
+                initial * ((1.0 - alpha) * cosine + alpha)
             }
             Schedule::PiecewiseConstantDecay { boundaries, values } => {
                 let i = boundaries.iter().take_while(|&&b| step > b).count();
@@ -639,6 +671,23 @@ impl Schedule {
                     return Err(at.err(
                         "learning-rate schedule: decay_steps must be at least 1, found 0".into(),
                     ));
+                }
+            }
+            Schedule::CosineDecay {
+                initial,
+                decay_steps,
+                alpha,
+            } => {
+                positive("the initial learning rate", *initial)?;
+                if *decay_steps == 0 {
+                    return Err(at.err(
+                        "learning-rate schedule: decay_steps must be at least 1, found 0".into(),
+                    ));
+                }
+                if !(0.0..=1.0).contains(alpha) {
+                    return Err(at.err(format!(
+                        "learning-rate schedule: alpha must be in [0, 1], found {alpha}"
+                    )));
                 }
             }
             Schedule::PiecewiseConstantDecay { boundaries, values } => {
@@ -683,6 +732,28 @@ impl Schedule {
                 let factor = at.bin(BinaryOp::Pow, rate, p)?;
                 let initial = at.scalar(*initial)?;
                 at.mul(initial, factor)
+            }
+            Schedule::CosineDecay {
+                initial,
+                decay_steps,
+                alpha,
+            } => {
+                // Keras' operations in order: min, divide, multiply by pi, cos, ...
+                let steps = at.scalar(*decay_steps as f64)?;
+                let t = at.bin(BinaryOp::Min, t, steps)?;
+                let p = at.div(t, steps)?;
+                let pi = at.scalar(std::f64::consts::PI)?;
+                let angle = at.mul(pi, p)?;
+                let c = at.unary(UnaryOp::Cos, angle)?;
+                let one = at.scalar(1.0)?;
+                let c1 = at.add(one, c)?;
+                let cosine = at.scale(c1, 0.5)?;
+                let keep = at.scalar(1.0 - alpha)?;
+                let kept = at.mul(keep, cosine)?;
+                let alpha = at.scalar(*alpha)?;
+                let decayed = at.add(kept, alpha)?;
+                let initial = at.scalar(*initial)?;
+                at.mul(initial, decayed)
             }
             Schedule::PiecewiseConstantDecay { boundaries, values } => {
                 let (Some(&first), Some(&last)) = (boundaries.first(), boundaries.last()) else {

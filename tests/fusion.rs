@@ -925,6 +925,10 @@ fn every_optimizers_update_of_each_param_is_one_kernel() {
             &["m", "v"][..],
         ),
         (Optimizer::rmsprop().with_schedule(decay), &["velocity"][..]),
+        (
+            Optimizer::adagrad().with_schedule(Schedule::cosine_decay(0.01, 5, 0.1)),
+            &["accumulator"][..],
+        ),
     ] {
         let (_, forward) = common::load(&common::ir_dir().join("mlp.ir"));
         let mut step = forward.clone();

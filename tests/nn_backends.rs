@@ -123,6 +123,7 @@ fn mlp_with_each_new_optimizer_and_a_schedule() {
             &[0.01, 0.005, 0.001],
         )),
         Optimizer::momentum(0.9).with_schedule(Schedule::exponential_decay(0.1, 4, 0.5, false)),
+        Optimizer::adam().with_schedule(Schedule::cosine_decay(0.01, 5, 0.0)),
     ] {
         compare(
             || {

@@ -297,4 +297,8 @@ fn scheduled_optimizers_resume_bit_for_bit() {
         )),
         "sgd-piecewise.safetensors",
     );
+    check_resume(
+        Optimizer::rmsprop().with_schedule(Schedule::cosine_decay(0.01, 12, 0.1)),
+        "rmsprop-cosine.safetensors",
+    );
 }

@@ -701,3 +701,31 @@ fn bad_schedules_are_errors() {
     let e = opt.apply(&mut g, lr, &[(w, x)]).unwrap_err();
     assert!(e.message.contains("Optimizer::learning_rate"), "{e}");
 }
+
+#[test]
+fn cosine_decay_follows_keras() {
+    // Keras: initial * ((1 - alpha) * 0.5 * (1 + cos(pi * min(t, d) / d)) + alpha)
+    let s = Schedule::cosine_decay(0.1, 4, 0.2);
+    let got = schedule_rates(s.clone(), 7);
+    for (t, &r) in got.iter().enumerate() {
+        let p = (t.min(4) as f64) / 4.0;
+        let want = 0.1 * (0.8 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()) + 0.2);
+        // f32 rounding of about six operations: a few ulps (6e-8 of the value each)
+        assert!(
+            (r as f64 - want).abs() <= 3e-7 * want,
+            "step {t}: {r} vs {want}"
+        );
+        assert!((r as f64 - s.learning_rate_at(t as u64)).abs() <= 3e-7 * want);
+    }
+    assert_eq!(got[0], 0.1);
+    // halfway: 0.1 * (0.8 * 0.5 + 0.2) = 0.06; from step 4 on: 0.1 * alpha = 0.02
+    assert!((got[2] - 0.06).abs() <= 1e-8, "{}", got[2]);
+    assert_eq!(&got[4..], &[got[4]; 3]);
+    assert!((got[4] - 0.02).abs() <= 1e-8, "{}", got[4]);
+    let mut g = Graph::new("bad");
+    let e = Optimizer::sgd()
+        .with_schedule(Schedule::cosine_decay(0.1, 10, 1.5))
+        .learning_rate(&mut g)
+        .unwrap_err();
+    assert!(e.message.contains("alpha"), "{e}");
+}

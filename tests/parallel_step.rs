@@ -386,6 +386,7 @@ fn every_optimizer_and_schedule_splits_bit_identically() {
             &[0, 1],
             &[0.1, 0.05, 0.01],
         )),
+        Optimizer::adagrad().with_schedule(Schedule::cosine_decay(0.01, 2, 0.1)),
     ];
     for opt in optimizers {
         let compiled = |threads: usize| {
