@@ -5,8 +5,10 @@
 //! each param's next value and the optimizer's next state, registered as updates
 //! ([`Graph::add_update`]) so that one call of the compiled step trains one batch.
 //!
-//! The learning rate is an input node (`%lr: f32[] = input`, see [`lr_input`]), so a schedule
-//! changes it between calls without recompiling. The formulas follow Keras 3 exactly:
+//! The learning rate is an input node (`%lr: f32[] = input`, see [`lr_input`]), so a host-side
+//! schedule changes it between calls without recompiling; or a [`Schedule`] computes it in the
+//! graph from the step counter [`STEP_COUNTER`] ([`Optimizer::with_schedule`]), and the step
+//! has no learning-rate input. The formulas and defaults follow Keras 3 exactly:
 //!
 //! - SGD: `w <- w - lr * g`.
 //! - SGD with momentum `mu`: `v <- mu * v - lr * g`; `w <- w + v`, or with Nesterov
@@ -14,6 +16,10 @@
 //! - Adam: a step counter state `t` (f32, starts at 0) is incremented in the graph;
 //!   `alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)`; `m <- m + (g - m) * (1 - b1)`;
 //!   `v <- v + (g^2 - v) * (1 - b2)`; `w <- w - alpha * m / (sqrt(v) + eps)`.
+//! - AdamW: `w <- w - w * wd * lr`, then Adam's update of that value.
+//! - RMSprop: `v <- rho * v + (1 - rho) * g^2`; `w <- w - lr * g / sqrt(v + eps)` (epsilon
+//!   under the root, as in Keras 3), optionally with momentum and centered.
+//! - Adagrad: `acc <- acc + g^2` (from 0.1); `w <- w - lr * g / sqrt(acc + eps)`.
 //!
 //! Regularization ([`Regularizer`], [`add_penalties`]) adds `l1 * sum|w| + l2 * sum w^2` to
 //! the loss before differentiation; clipping ([`Clip`]) rewrites gradients before the update.

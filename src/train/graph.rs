@@ -234,7 +234,7 @@ impl GraphModel {
     }
 
     /// Compiles the training step ([`compile_training_step`]) with the learning rate `lr`
-    /// in its `%lr` input.
+    /// in its `%lr` input (a scheduled optimizer computes its own: `lr` is not used).
     pub fn compile(
         &self,
         opt: &Optimizer,
