@@ -340,14 +340,19 @@ impl Graph {
     }
 
     /// Makes every user, output and update value that refers to `old` refer to `new`.
+    /// Only the edges from `old` are replaced (each keeps its operand index): removing an
+    /// edge walks the edge lists of both its ends, and a user's other operands may have
+    /// long ones (a weight used by every layer of a model has one edge per use), so
+    /// rebuilding every operand of each user made fusing a deep model quadratic.
     pub fn replace_all_uses(&mut self, old: NodeId, new: NodeId) {
-        for u in self.users(old) {
-            let ops: Vec<NodeId> = self
-                .operands(u)
-                .into_iter()
-                .map(|o| if o == old { new } else { o })
-                .collect();
-            self.set_operands(u, &ops);
+        let uses: Vec<_> = self
+            .graph
+            .edges_directed(old.0, Direction::Outgoing)
+            .map(|e| (e.id(), e.target(), *e.weight()))
+            .collect();
+        for (edge, user, index) in uses {
+            self.graph.remove_edge(edge);
+            self.graph.add_edge(new.0, user, index);
         }
         for o in &mut self.outputs {
             if o.node == old {

@@ -699,6 +699,10 @@ struct TrainArgs {
     /// loss or metric.)
     #[arg(long)]
     check_numerics: bool,
+    /// Write the per-epoch training logs (the epoch, the mean loss and metrics) to this file
+    /// at the end: CSV (as Keras' CSVLogger) for a `.csv` path, JSON for `.json`.
+    #[arg(long)]
+    history: Option<PathBuf>,
 }
 
 /// Reads the model and builds its training step ([`GraphModel::new`]).
@@ -750,6 +754,8 @@ struct EpochLines {
     epochs: usize,
     /// The first write error (then nothing more is written).
     failed: Option<CliError>,
+    /// Every epoch's logs, for `--history`.
+    history: gradlift::nn::History,
 }
 
 impl Progress for EpochLines {
@@ -758,6 +764,7 @@ impl Progress for EpochLines {
             return;
         }
         let s = end.start;
+        self.history.push(s.epoch, end.logs);
         let partial = if s.last - s.first < s.per_epoch {
             format!(" (steps {}..{} of {})", s.first + 1, s.last, s.per_epoch)
         } else {
@@ -783,6 +790,18 @@ impl Progress for EpochLines {
 /// one line per epoch; finally evaluates the forward graph, with the trained params, on every
 /// example of the test set, and saves a checkpoint when asked.
 fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
+    if let Some(path) = &a.history {
+        // refuse a bad extension before anything runs
+        if !matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("csv") | Some("json")
+        ) {
+            return Err(CliError(format!(
+                "--history {}: the file must end in .csv or .json",
+                path.display()
+            )));
+        }
+    }
     let opt = a.optimizer.optimizer();
     let lr = a.lr.unwrap_or_else(|| opt.default_learning_rate());
     if !(lr.is_finite() && lr > 0.0) {
@@ -906,6 +925,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     let mut lines = EpochLines {
         epochs: a.epochs,
         failed: None,
+        history: gradlift::nn::History::default(),
     };
     let t_train = Instant::now();
     let result = gradlift::train::run(&mut m.session(&mut exe, &train), &plan, &span, &mut lines);
@@ -922,6 +942,14 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
             "trained to step {} in {:.2} s",
             trained.steps,
             t_train.elapsed().as_secs_f64()
+        );
+    }
+    if let Some(path) = &a.history {
+        lines.history.save(path).map_err(CliError)?;
+        outln!(
+            "history: {} epochs written to {}",
+            lines.history.epoch.len(),
+            path.display()
         );
     }
 

@@ -97,6 +97,16 @@ impl<'g> At<'g> {
         )
     }
 
+    /// A constant of type `ty` with `value`.
+    pub(crate) fn constant(
+        &mut self,
+        ty: TensorType,
+        value: Literal,
+    ) -> Result<NodeId, BuildError> {
+        self.g
+            .add_at(Op::Const { value }, &[], Some(ty), self.loc.clone())
+    }
+
     pub(crate) fn unary(&mut self, u: UnaryOp, x: NodeId) -> Result<NodeId, BuildError> {
         self.op(Op::Unary(u), &[x])
     }

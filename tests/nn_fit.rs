@@ -238,6 +238,21 @@ fn schedule_sets_the_learning_rate_per_epoch() {
         .unwrap();
     assert_eq!(h.get("lr"), &[0.01, 0.005, 0.0025]);
     assert_eq!(h.get("mae").len(), 3);
+    // Keras' History.epoch, and the CSV of Keras' CSVLogger: a header, a row per epoch
+    assert_eq!(h.epoch, [0, 1, 2]);
+    let csv = h.to_csv();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "epoch,loss,lr,mae");
+    assert_eq!(rows.len(), 4);
+    assert!(
+        rows[2].starts_with("1,") && rows[2].contains(",0.005,"),
+        "{csv}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&h.to_json()).unwrap();
+    assert_eq!(
+        json["history"]["lr"],
+        serde_json::json!([0.01, 0.005, 0.0025])
+    );
 }
 
 #[test]
@@ -269,4 +284,70 @@ fn linear_regression_recovers_w_3_and_b_2_within_0_1() {
     let (w, b) = kernel_and_bias(&model);
     assert!((w - 3.0).abs() < 0.1, "w = {w}");
     assert!((b - 2.0).abs() < 0.1, "b = {b}");
+}
+
+/// Keras' `EarlyStopping`: the wait counts epochs without an improvement of more than
+/// `min_delta`, training stops when it reaches `patience` (never at the first epoch), a
+/// stopped run can go back to the best epoch's params, and a monitored name the logs do not
+/// have is an error naming the ones they have.
+#[test]
+fn early_stopping_follows_keras() {
+    use gradlift::nn::EarlyStopping;
+    let (x, y) = regression_data(3);
+    let fit = |rule: EarlyStopping, epochs: usize| {
+        let mut m = linear_model(0.05);
+        let r = m.fit(
+            &x,
+            Targets::Values(&y),
+            &FitOptions {
+                early_stopping: Some(rule),
+                ..quiet(epochs, 32)
+            },
+        );
+        (m, r)
+    };
+    // a min_delta no loss change can reach: only the first epoch improves
+    let never = |patience| EarlyStopping {
+        monitor: "loss".into(),
+        min_delta: 1e9,
+        patience,
+        ..EarlyStopping::default()
+    };
+    let (_, h) = fit(never(0), 10);
+    assert_eq!(h.unwrap().epoch, [0, 1]);
+    let (_, h) = fit(never(2), 10);
+    assert_eq!(h.unwrap().epoch, [0, 1, 2]);
+    // a falling loss with the default min_delta never stops
+    let falling = EarlyStopping {
+        monitor: "loss".into(),
+        ..EarlyStopping::default()
+    };
+    let (_, h) = fit(falling.clone(), 5);
+    assert_eq!(h.unwrap().epoch, [0, 1, 2, 3, 4]);
+    // "larger is better" on a falling loss: epoch 0 stays the best; restored on stopping,
+    // the params are those of one epoch of training, bit for bit
+    let backwards = EarlyStopping {
+        maximize: Some(true),
+        restore_best_weights: true,
+        patience: 1,
+        ..falling
+    };
+    let (stopped, h) = fit(backwards, 10);
+    assert_eq!(h.unwrap().epoch, [0, 1]);
+    let mut one = linear_model(0.05);
+    one.fit(&x, Targets::Values(&y), &quiet(1, 32)).unwrap();
+    for name in ["dense.kernel", "dense.bias"] {
+        assert_eq!(
+            stopped.weights().get(name),
+            one.weights().get(name),
+            "{name}"
+        );
+    }
+    // val_loss without validation data
+    let (_, h) = fit(EarlyStopping::default(), 3);
+    let e = h.unwrap_err().to_string();
+    assert!(
+        e.contains("early stopping monitors \"val_loss\"") && e.contains("they have loss"),
+        "{e}"
+    );
 }

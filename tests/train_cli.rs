@@ -417,3 +417,74 @@ fn new_optimizers_train_save_and_resume_exactly() {
         "{err}"
     );
 }
+
+/// `--history` writes every epoch's logs, as CSV or JSON by the extension, with the values
+/// the epoch lines print; any other extension is refused before training.
+#[test]
+fn history_is_written_as_csv_or_json() {
+    let d = scratch("train-cli-history");
+    let csv = d.join("h.csv");
+    let json = d.join("h.json");
+    let base = ["train", "ir/mlp.ir", "--limit", "320", "--epochs", "3"];
+    let mut a: Vec<&str> = base.to_vec();
+    a.extend(["--history", csv.to_str().unwrap()]);
+    let out = ok(&a);
+    assert!(out.contains("history: 3 epochs written to"), "{out}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows[0], "epoch,accuracy,loss", "{text}");
+    assert_eq!(rows.len(), 4, "{text}");
+    let epochs = lines(&out, "epoch ");
+    for (i, row) in rows[1..].iter().enumerate() {
+        let cells: Vec<f64> = row.split(',').map(|c| c.parse().unwrap()).collect();
+        assert_eq!(cells[0], i as f64);
+        // the epoch line prints 4 decimals of the same means
+        assert!(
+            (cells[1] - field(epochs[i], "accuracy")).abs() < 1e-4,
+            "{row} / {}",
+            epochs[i]
+        );
+        assert!(
+            (cells[2] - field(epochs[i], "loss")).abs() < 1e-4,
+            "{row} / {}",
+            epochs[i]
+        );
+    }
+    let mut a: Vec<&str> = base.to_vec();
+    a.extend(["--history", json.to_str().unwrap()]);
+    ok(&a);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["epoch"], serde_json::json!([0, 1, 2]));
+    assert_eq!(doc["history"]["loss"].as_array().unwrap().len(), 3);
+    // a resumed run logs only its own epochs, numbered from where it starts
+    let ck = d.join("c.st");
+    ok(&[
+        "train",
+        "ir/mlp.ir",
+        "--limit",
+        "320",
+        "--save",
+        ck.to_str().unwrap(),
+    ]);
+    let mut a: Vec<&str> = base.to_vec();
+    a.extend([
+        "--resume",
+        ck.to_str().unwrap(),
+        "--history",
+        csv.to_str().unwrap(),
+    ]);
+    ok(&a);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let firsts: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').next().unwrap())
+        .collect();
+    assert_eq!(firsts, ["1", "2"], "{text}");
+    let err = fails(&["train", "ir/mlp.ir", "--limit", "64", "--history", "h.txt"]);
+    assert!(
+        err.contains("--history h.txt: the file must end in .csv or .json"),
+        "{err}"
+    );
+}

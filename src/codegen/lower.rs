@@ -96,6 +96,9 @@ pub struct Lowerer<'a> {
     has_fma: bool,
     matmul: MatmulKernel,
     threads: usize,
+    /// CLIF instructions the function may still spend on rows unrolled four times
+    /// ([`loops::HEAVY_BUDGET`]).
+    heavy_budget: usize,
 }
 
 impl<'a> Lowerer<'a> {
@@ -126,6 +129,7 @@ impl<'a> Lowerer<'a> {
             has_fma,
             matmul,
             threads,
+            heavy_budget: loops::HEAVY_BUDGET,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use super::Initializer;
 use crate::graph::{BuildError, NodeId};
-use crate::op::{CmpOp, Op, Padding, UnaryOp};
+use crate::op::{CmpOp, Literal, Op, Padding, ReduceOp, UnaryOp};
 use crate::optim::{At, Regularizer};
 use crate::shape::{Shape, TensorType};
 
@@ -295,6 +295,93 @@ impl Flatten {
     }
 }
 
+/// Average pooling over NHWC windows (Keras `AveragePooling2D`): the mean of each window;
+/// with `same` padding, the mean of the window's elements inside the input, as Keras takes
+/// it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AvgPool2D {
+    /// Window height and width.
+    pub pool_size: [usize; 2],
+    /// Strides (default: the pool size).
+    pub strides: Option<[usize; 2]>,
+    /// Padding (default valid).
+    pub padding: Padding,
+    /// Layer name (default `average_pooling2d`, ...).
+    pub name: Option<String>,
+}
+
+impl AvgPool2D {
+    /// Pooling with a `pool_size` window and stride, padding valid.
+    pub fn new(pool_size: [usize; 2]) -> AvgPool2D {
+        AvgPool2D {
+            pool_size,
+            strides: None,
+            padding: Padding::Valid,
+            name: None,
+        }
+    }
+
+    /// Sets the strides.
+    pub fn strides(mut self, strides: [usize; 2]) -> AvgPool2D {
+        self.strides = Some(strides);
+        self
+    }
+
+    /// Sets the padding.
+    pub fn padding(mut self, padding: Padding) -> AvgPool2D {
+        self.padding = padding;
+        self
+    }
+}
+
+/// The mean over the spatial axes of NHWC input: `[height, width, channels]` to
+/// `[channels]` (Keras `GlobalAveragePooling2D`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GlobalAvgPool2D {
+    /// Layer name (default `global_average_pooling2d`, ...).
+    pub name: Option<String>,
+}
+
+impl GlobalAvgPool2D {
+    /// A global average pooling layer.
+    pub fn new() -> GlobalAvgPool2D {
+        GlobalAvgPool2D::default()
+    }
+}
+
+/// Normalization of each example over its last axis (Keras `LayerNormalization`, `axis=-1`):
+/// `(x - mean) / sqrt(var + epsilon) * gamma + beta`, with the mean and the (biased) variance
+/// over the last axis; `gamma` starts at ones, `beta` at zeros.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerNorm {
+    /// Added to the variance (default 1e-3, Keras').
+    pub epsilon: f64,
+    /// Layer name (default `layer_normalization`, ...).
+    pub name: Option<String>,
+}
+
+impl Default for LayerNorm {
+    fn default() -> Self {
+        LayerNorm {
+            epsilon: 1e-3,
+            name: None,
+        }
+    }
+}
+
+impl LayerNorm {
+    /// A layer normalization with Keras' defaults.
+    pub fn new() -> LayerNorm {
+        LayerNorm::default()
+    }
+
+    /// Sets epsilon.
+    pub fn epsilon(mut self, epsilon: f64) -> LayerNorm {
+        self.epsilon = epsilon;
+        self
+    }
+}
+
 /// A fully connected recurrent layer over input `[timesteps, features]`:
 /// `h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)`, `h_0 = 0`; returns
 /// the last state `[units]`. Unrolled in the graph over the static number of time steps.
@@ -449,7 +536,17 @@ macro_rules! name_setter {
     )*};
 }
 
-name_setter!(Dense, Conv2D, MaxPool2D, Flatten, SimpleRNN, Dropout);
+name_setter!(
+    Dense,
+    Conv2D,
+    MaxPool2D,
+    AvgPool2D,
+    GlobalAvgPool2D,
+    LayerNorm,
+    Flatten,
+    SimpleRNN,
+    Dropout
+);
 
 /// One layer of a [`super::Sequential`] model.
 #[derive(Clone, Debug, PartialEq)]
@@ -466,6 +563,12 @@ pub enum Layer {
     SimpleRNN(SimpleRNN),
     /// Dropout.
     Dropout(Dropout),
+    /// 2-D average pooling.
+    AvgPool2D(AvgPool2D),
+    /// Global 2-D average pooling.
+    GlobalAvgPool2D(GlobalAvgPool2D),
+    /// Layer normalization.
+    LayerNorm(LayerNorm),
 }
 
 macro_rules! layer_from {
@@ -478,7 +581,17 @@ macro_rules! layer_from {
     )*};
 }
 
-layer_from!(Dense, Conv2D, MaxPool2D, Flatten, SimpleRNN, Dropout);
+layer_from!(
+    Dense,
+    Conv2D,
+    MaxPool2D,
+    Flatten,
+    SimpleRNN,
+    Dropout,
+    AvgPool2D,
+    GlobalAvgPool2D,
+    LayerNorm
+);
 
 /// One parameter of a layer: its suffix (`kernel`, `bias`, ...), shape, initializer and penalty.
 #[derive(Clone, Debug, PartialEq)]
@@ -510,6 +623,9 @@ impl Layer {
             Layer::Flatten(_) => "Flatten",
             Layer::SimpleRNN(_) => "SimpleRNN",
             Layer::Dropout(_) => "Dropout",
+            Layer::AvgPool2D(_) => "AveragePooling2D",
+            Layer::GlobalAvgPool2D(_) => "GlobalAveragePooling2D",
+            Layer::LayerNorm(_) => "LayerNormalization",
         }
     }
 
@@ -522,6 +638,9 @@ impl Layer {
             Layer::Flatten(_) => "flatten",
             Layer::SimpleRNN(_) => "simple_rnn",
             Layer::Dropout(_) => "dropout",
+            Layer::AvgPool2D(_) => "average_pooling2d",
+            Layer::GlobalAvgPool2D(_) => "global_average_pooling2d",
+            Layer::LayerNorm(_) => "layer_normalization",
         }
     }
 
@@ -534,6 +653,9 @@ impl Layer {
             Layer::Flatten(l) => l.name.as_deref(),
             Layer::SimpleRNN(l) => l.name.as_deref(),
             Layer::Dropout(l) => l.name.as_deref(),
+            Layer::AvgPool2D(l) => l.name.as_deref(),
+            Layer::GlobalAvgPool2D(l) => l.name.as_deref(),
+            Layer::LayerNorm(l) => l.name.as_deref(),
         }
     }
 
@@ -614,7 +736,15 @@ impl Layer {
                     ));
                 }
             }
-            Layer::MaxPool2D(_) | Layer::Flatten(_) | Layer::Dropout(_) => {}
+            Layer::LayerNorm(_) => {
+                v.push(p("gamma", vec![last], Initializer::Ones, None));
+                v.push(p("beta", vec![last], Initializer::Zeros, None));
+            }
+            Layer::MaxPool2D(_)
+            | Layer::AvgPool2D(_)
+            | Layer::GlobalAvgPool2D(_)
+            | Layer::Flatten(_)
+            | Layer::Dropout(_) => {}
         }
         v
     }
@@ -678,6 +808,40 @@ impl Layer {
                     return Err(format!("rate must be in [0, 1), found {}", l.rate));
                 }
                 Ok(input.to_vec())
+            }
+            Layer::AvgPool2D(l) => {
+                let [h, w, c] = image(input)?;
+                let s = l.strides.unwrap_or(l.pool_size);
+                let fit = |n: usize, k: usize, s: usize| {
+                    (k > 0)
+                        .then(|| l.padding.out_and_pad(n, k, s).map(|(o, _)| o))
+                        .flatten()
+                };
+                match (fit(h, l.pool_size[0], s[0]), fit(w, l.pool_size[1], s[1])) {
+                    (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok(vec![oh, ow, c]),
+                    _ => Err(format!(
+                        "pool size {:?} with strides {s:?} and padding {} does not fit input {}",
+                        l.pool_size,
+                        l.padding.name(),
+                        shape_str(input)
+                    )),
+                }
+            }
+            Layer::GlobalAvgPool2D(_) => {
+                let [_, _, c] = image(input)?;
+                Ok(vec![c])
+            }
+            Layer::LayerNorm(l) => {
+                if !(l.epsilon.is_finite() && l.epsilon > 0.0) {
+                    return Err(format!("epsilon must be positive, found {}", l.epsilon));
+                }
+                match input.last() {
+                    Some(&f) if f > 0 => Ok(input.to_vec()),
+                    _ => Err(format!(
+                        "expected an input with features on the last axis, found {}",
+                        shape_str(input)
+                    )),
+                }
             }
         }
     }
@@ -751,8 +915,97 @@ impl Layer {
                 };
                 Ok(LayerOut { y, logits: None })
             }
+            Layer::AvgPool2D(l) => {
+                let y = avg_pool(at, l, x)?;
+                Ok(LayerOut { y, logits: None })
+            }
+            Layer::GlobalAvgPool2D(_) => {
+                let y = mean(at, x, vec![1, 2], false)?;
+                Ok(LayerOut { y, logits: None })
+            }
+            Layer::LayerNorm(l) => {
+                let last = at.ty(x)?.shape.rank() - 1;
+                let m = mean(at, x, vec![last], true)?;
+                let d = at.sub(x, m)?;
+                let d2 = at.mul(d, d)?;
+                let var = mean(at, d2, vec![last], true)?;
+                let eps = at.scalar(l.epsilon)?;
+                let ve = at.add(var, eps)?;
+                let sd = at.unary(UnaryOp::Sqrt, ve)?;
+                let n = at.div(d, sd)?;
+                let scaled = at.mul(n, params[0])?;
+                let y = at.add(scaled, params[1])?;
+                Ok(LayerOut { y, logits: None })
+            }
         }
     }
+}
+
+/// `reduce_mean` of `x` over `axes`.
+fn mean(
+    at: &mut At<'_>,
+    x: NodeId,
+    axes: Vec<usize>,
+    keepdims: bool,
+) -> Result<NodeId, BuildError> {
+    at.op(
+        Op::Reduce {
+            kind: ReduceOp::Mean,
+            axes,
+            keepdims,
+        },
+        &[x],
+    )
+}
+
+/// Average pooling of NHWC `x`. Windows that tile the input (valid padding, stride = pool
+/// size) are a crop, a reshape that splits each spatial axis into (window, offset), and a
+/// mean over the offsets: no arithmetic beyond the mean. Other windows are sums by a
+/// convolution with a per-channel ones kernel (`kernel[i, j, c, c] = 1`), divided by the
+/// number of input elements in each window (a convolution of ones, constant, folded by the
+/// pipeline), which is what `same` padding needs.
+fn avg_pool(at: &mut At<'_>, l: &AvgPool2D, x: NodeId) -> Result<NodeId, BuildError> {
+    let dims = at.ty(x)?.shape.dims().to_vec();
+    let &[b, h, w, c] = dims.as_slice() else {
+        return Err(at.err(format!(
+            "average pooling expects NHWC input, found {}",
+            at.ty(x)?
+        )));
+    };
+    let [ph, pw] = l.pool_size;
+    let s = l.strides.unwrap_or(l.pool_size);
+    if l.padding == Padding::Valid && s == l.pool_size {
+        let (oh, ow) = (h / ph, w / pw);
+        let xc = if oh * ph == h && ow * pw == w {
+            x
+        } else {
+            at.op(
+                Op::Slice {
+                    begin: vec![0, 0, 0, 0],
+                    end: vec![b, oh * ph, ow * pw, c],
+                },
+                &[x],
+            )?
+        };
+        let split = reshape(at, xc, vec![b, oh, ph, ow, pw, c])?;
+        return mean(at, split, vec![2, 4], false);
+    }
+    let conv = Op::Conv2d {
+        stride: s,
+        padding: l.padding,
+    };
+    let mut k = vec![0.0; ph * pw * c * c];
+    for tap in 0..ph * pw {
+        for ch in 0..c {
+            k[(tap * c + ch) * c + ch] = 1.0;
+        }
+    }
+    let kernel = at.constant(TensorType::f32([ph, pw, c, c]), Literal::Dense(k))?;
+    let sums = at.op(conv.clone(), &[x, kernel])?;
+    let ones = at.constant(TensorType::f32([1, h, w, 1]), Literal::Splat(1.0))?;
+    let window = at.constant(TensorType::f32([ph, pw, 1, 1]), Literal::Splat(1.0))?;
+    let counts = at.op(conv, &[ones, window])?;
+    at.div(sums, counts)
 }
 
 /// Unrolls `h_t = act(x_t W + h_{t-1} U + b)` over the static number of steps, `h_0 = 0`

@@ -1,5 +1,6 @@
 //! Keras-like models: a [`Sequential`] stack of layers ([`Dense`], [`Conv2D`], [`MaxPool2D`],
-//! [`Flatten`], [`SimpleRNN`], [`Dropout`]) turned into a [`Graph`] by
+//! [`AvgPool2D`], [`GlobalAvgPool2D`], [`LayerNorm`], [`Flatten`], [`SimpleRNN`], [`Dropout`])
+//! turned into a [`Graph`] by
 //! [`Sequential::build_graph`]: the forward pass, the loss (with the layers' penalties) and the
 //! metrics, as named outputs. What `text::print` shows of that graph is exactly what is
 //! differentiated, optimized and compiled.
@@ -51,9 +52,10 @@ pub use model::{
     Backend, CompileOptions, Evaluation, FitOptions, History, Model, Targets, TrainError, Weights,
 };
 
+pub use crate::train::EarlyStopping;
 pub use layers::{
-    dropout_mask, shape_str, Activation, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D,
-    ParamSpec, SimpleRNN,
+    dropout_mask, shape_str, Activation, AvgPool2D, Conv2D, Dense, Dropout, Flatten,
+    GlobalAvgPool2D, Layer, LayerNorm, MaxPool2D, ParamSpec, SimpleRNN,
 };
 pub use loss::{Loss, Metric, EPSILON};
 

@@ -176,6 +176,9 @@ pub struct FitOptions {
     /// `x` and `y` before any shuffling (as Keras does); never trained on. Ignored when
     /// validation data is passed to [`Model::fit_with_validation`].
     pub validation_split: f64,
+    /// Keras' `EarlyStopping` callback (default none): stop when the monitored log stops
+    /// improving, optionally back at the best epoch's params.
+    pub early_stopping: Option<crate::train::EarlyStopping>,
 }
 
 impl Default for FitOptions {
@@ -189,6 +192,7 @@ impl Default for FitOptions {
             schedule: None,
             initial_epoch: 0,
             validation_split: 0.0,
+            early_stopping: None,
         }
     }
 }
@@ -196,16 +200,95 @@ impl Default for FitOptions {
 /// Per-epoch logs of [`Model::fit`]: `history["loss"][epoch]`, `history["accuracy"][epoch]`,
 /// `history["lr"][epoch]`, like Keras' `History.history`; with validation data also
 /// `history["val_loss"]` and `history["val_<metric>"]`, measured at the end of each epoch.
+/// `gradlift train --history FILE` writes the same for a graph model.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct History {
     /// Each logged quantity, one value per epoch.
     pub history: BTreeMap<String, Vec<f64>>,
+    /// The epoch (from 0) of each entry, like Keras' `History.epoch` (a resumed run starts
+    /// past 0).
+    pub epoch: Vec<usize>,
 }
 
 impl History {
     /// The values of `name` per epoch (empty if it was not logged).
     pub fn get(&self, name: &str) -> &[f64] {
         self.history.get(name).map(|v| &v[..]).unwrap_or(&[])
+    }
+
+    /// Appends the logs of `epoch`. A name first logged now gets NaN for the epochs before
+    /// (so every column keeps one value per epoch).
+    pub fn push(&mut self, epoch: usize, logs: &[(String, f64)]) {
+        let before = self.epoch.len();
+        for (k, v) in logs {
+            let col = self.history.entry(k.clone()).or_default();
+            col.resize(before, f64::NAN);
+            col.push(*v);
+        }
+        self.epoch.push(epoch);
+        for col in self.history.values_mut() {
+            col.resize(before + 1, f64::NAN);
+        }
+    }
+
+    /// The history as CSV, as Keras' `CSVLogger` writes it: a header `epoch,<names>` (names
+    /// sorted), then one row per epoch; values in full precision (Rust's shortest round trip),
+    /// NaN where a name was not logged.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("epoch");
+        for k in self.history.keys() {
+            out.push(',');
+            out.push_str(k);
+        }
+        out.push('\n');
+        for (row, e) in self.epoch.iter().enumerate() {
+            out.push_str(&e.to_string());
+            for col in self.history.values() {
+                out.push(',');
+                out.push_str(&col.get(row).copied().unwrap_or(f64::NAN).to_string());
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The history as JSON: `{"epoch": [...], "history": {"loss": [...], ...}}`, non-finite
+    /// values as `null`.
+    pub fn to_json(&self) -> String {
+        let cols: serde_json::Map<String, serde_json::Value> = self
+            .history
+            .iter()
+            .map(|(k, v)| {
+                let vals = v
+                    .iter()
+                    .map(|&x| {
+                        serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, Into::into)
+                    })
+                    .collect();
+                (k.clone(), serde_json::Value::Array(vals))
+            })
+            .collect();
+        let doc = serde_json::json!({ "epoch": self.epoch, "history": cols });
+        let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// Writes [`History::to_csv`] to a `.csv` path, [`History::to_json`] to a `.json` path;
+    /// any other extension is an error that says so, as is a failed write (with the path).
+    pub fn save(&self, path: &std::path::Path) -> Result<(), String> {
+        let text = match path.extension().and_then(|e| e.to_str()) {
+            Some("csv") => self.to_csv(),
+            Some("json") => self.to_json(),
+            _ => {
+                return Err(format!(
+                    "{}: a history file must end in .csv or .json",
+                    path.display()
+                ))
+            }
+        };
+        std::fs::write(path, text)
+            .map_err(|e| format!("{}: cannot write the history: {e}", path.display()))
     }
 }
 
@@ -402,6 +485,29 @@ impl Model {
     pub fn weights_mut(&mut self) -> &mut Weights {
         self.version += 1;
         &mut self.weights
+    }
+
+    /// A copy of the params alone (no optimizer state), as the compiled steps name them.
+    fn params_only(&self) -> Weights {
+        let mut w = Weights::default();
+        let names: Vec<String> = self
+            .steps
+            .values()
+            .flat_map(|s| {
+                s.graph
+                    .params()
+                    .into_iter()
+                    .map(|id| s.graph[id].name.clone())
+            })
+            .flatten()
+            .collect();
+        for name in names {
+            if let (Some(shape), Some(v)) = (self.weights.shape(&name), self.weights.get(&name)) {
+                // the names and shapes come from the model's own weights: cannot fail
+                let _ = w.insert(&name, shape.to_vec(), v.to_vec());
+            }
+        }
+        w
     }
 
     /// Copies the newest params and state out of the executable that holds them (JIT backend)
@@ -768,6 +874,11 @@ impl Model {
             batch_size: opts.batch_size,
             schedule: opts.schedule,
             history: History::default(),
+            early: opts
+                .early_stopping
+                .clone()
+                .map(|r| (crate::train::Watch::new(r), None)),
+            stop: false,
         };
         let mut bar = Bar {
             verbose: opts.verbose,
@@ -1388,9 +1499,17 @@ struct FitSession<'m, 'x> {
     batch_size: usize,
     schedule: Option<fn(usize, f64) -> f64>,
     history: History,
+    /// The early-stopping watch and, with `restore_best_weights`, the best epoch's params.
+    early: Option<(crate::train::Watch, Option<Weights>)>,
+    /// Set when early stopping ends training.
+    stop: bool,
 }
 
 impl Session for FitSession<'_, '_> {
+    fn stop_requested(&self) -> bool {
+        self.stop
+    }
+
     fn begin_epoch(&mut self, epoch: usize) -> Result<(), TrainError> {
         if let Some(f) = self.schedule {
             self.model.learning_rate = f(epoch, self.model.learning_rate);
@@ -1430,14 +1549,31 @@ impl Session for FitSession<'_, '_> {
             }
         }
         self.model.epochs_trained = epoch + 1;
-        for (k, v) in logs.iter() {
-            self.history.history.entry(k.clone()).or_default().push(*v);
+        let mut entry = logs.clone();
+        entry.push(("lr".into(), self.model.learning_rate));
+        self.history.push(epoch, &entry);
+        if let Some((watch, best)) = &mut self.early {
+            let restore = watch.rule.restore_best_weights;
+            match watch.observe(epoch, logs)? {
+                crate::train::Verdict::Improved if restore => {
+                    self.model.sync()?;
+                    *best = Some(self.model.params_only());
+                }
+                crate::train::Verdict::Stop => {
+                    self.stop = true;
+                    if let Some(b) = best.take() {
+                        self.model.sync()?;
+                        let w = self.model.weights_mut();
+                        for name in b.names() {
+                            if let (Some(shape), Some(v)) = (b.shape(name), b.get(name)) {
+                                w.insert(name, shape.to_vec(), v.to_vec())?;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
-        self.history
-            .history
-            .entry("lr".into())
-            .or_default()
-            .push(self.model.learning_rate);
         Ok(())
     }
 }

@@ -26,7 +26,9 @@
 //!   still joins a group without a reduction when it is fusible, has the domain's shape, and
 //!   none of its outside users depends on the group's root (that would be a cycle; checked on
 //!   the graph as it is then: each kernel is applied before the next group grows, so kernels
-//!   made earlier count as the single nodes they now are). The kernel
+//!   made earlier count as the single nodes they now are; a search from the root bounded by a
+//!   topological order kept up to date as kernels are applied, see `Order` and
+//!   `Ancestors`, so it costs the group's neighbourhood, not the graph). The kernel
 //!   then computes it as an extra result, read through a `fused_result` node that takes over
 //!   its name and uses: one Adam update (new moments and new parameter, all update values)
 //!   becomes one loop;
@@ -48,7 +50,8 @@ use crate::fused::{FusedBody, FusedInst};
 use crate::graph::{Graph, Node, NodeId};
 use crate::op::{Op, OpClass, UnaryOp};
 use crate::shape::DType;
-use std::collections::{HashMap, HashSet};
+use petgraph::graph::NodeIndex;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// The most nodes one fused kernel takes. Cranelift's register allocator takes time that
 /// grows faster than linearly with a loop body's size: the gradient of a chain of 2,000
@@ -103,6 +106,7 @@ pub fn run(g: &mut Graph) -> PassReport {
         order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let mut taken: HashSet<NodeId> = HashSet::new();
     let mut links = GradLinks::new(g);
+    let mut topo = Order::new(g, &order);
     let mut ancestors = Ancestors::default();
     let mut remarks: Vec<String> = Vec::new();
     let (mut fused_kernels, mut nodes_fused, mut extra_results) = (0, 0, 0);
@@ -163,10 +167,11 @@ pub fn run(g: &mut Graph) -> PassReport {
                 }
                 if let Some(why) = blocker(g, p, &in_group, &domain) {
                     if !ancestors_of_root {
-                        ancestors.collect(g, root);
+                        ancestors.start(root, &topo);
                         ancestors_of_root = true;
                     }
-                    match extra_blocker(g, p, &in_group, &domain, reduce, &ancestors) {
+                    let search = (&mut ancestors, &topo);
+                    match extra_blocker(g, p, &in_group, &domain, reduce, search) {
                         None => extra.push(p),
                         Some(also) => {
                             local_remarks.push(format!(
@@ -238,7 +243,10 @@ pub fn run(g: &mut Graph) -> PassReport {
         nodes_fused += group.members.len();
         extra_results += group.extra.len();
         fused_kernels += 1;
-        apply(g, &group, &mut links);
+        let (fused, results) = apply(g, &group, &mut links);
+        topo.contract(g, &group, fused, &results);
+        #[cfg(test)]
+        tests::order_holds(g, &topo);
     }
     let mut seen = HashSet::new();
     for r in remarks {
@@ -326,64 +334,237 @@ struct Group {
     extra: Vec<NodeId>,
 }
 
-/// Every node a group's root depends on, the root included, for the cycle check of
-/// multi-output fusion: marks in a vector indexed by node, reused by every group (a search
-/// per group is linear in the root's ancestors, so fusion of a graph of tens of thousands of
-/// nodes grows faster than linearly; marks instead of a hash set built per group keep that
-/// cheap: `cargo bench --bench scaling`).
+/// A topological order of the graph, kept valid while groups become fused nodes, so that
+/// the cycle check of multi-output fusion ([`Ancestors`]) can stop searching below a position.
+///
+/// Invariant: for every edge `a -> b` of the graph as it is now, `pos(a) < pos(b)`, and no
+/// two nodes share a position; so a node only reaches nodes at later positions. It starts
+/// as the nodes by depth, each as early as its operands allow: in the canonical order a
+/// training step's gradient sums come after the whole backward pass, so every node of the
+/// sum of a weight's gradients sat between a backward value and the sum's root, and each
+/// search crossed all of them. [`Order::contract`] keeps the invariant after each group.
+struct Order {
+    /// `pos[i]`: the position of the node whose index is `i` (stale for removed nodes).
+    pos: Vec<usize>,
+    /// Whether the invariant holds. Replacing a group cannot make a cycle (the check that
+    /// admits an extra result rules that out), so this stays true; were it ever false, the
+    /// search would fall back to not pruning at all, which is slower but still exact.
+    valid: bool,
+}
+
+impl Order {
+    /// Every node of `g` by depth (the longest path from a node without operands), ties in
+    /// the order of `order`, a topological order of every node.
+    fn new(g: &Graph, order: &[NodeId]) -> Order {
+        let len = order.iter().map(|id| id.index() + 1).max().unwrap_or(0);
+        let mut depth = vec![0usize; len];
+        for &id in order {
+            let d = g.operands(id).iter().map(|o| depth[o.index()] + 1).max();
+            depth[id.index()] = d.unwrap_or(0);
+        }
+        let mut by_depth: Vec<(usize, usize, NodeId)> = order
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (depth[id.index()], i, id))
+            .collect();
+        by_depth.sort_unstable();
+        let mut pos = vec![0; len];
+        for (p, &(_, _, id)) in by_depth.iter().enumerate() {
+            pos[id.index()] = p;
+        }
+        Order { pos, valid: true }
+    }
+
+    /// The position of `id`, or 0 for every node once the order is not valid (a search then
+    /// visits every ancestor).
+    fn of(&self, id: NodeId) -> usize {
+        match self.pos.get(id.index()) {
+            Some(&p) if self.valid => p,
+            _ => 0,
+        }
+    }
+
+    /// Puts `id` at position `p`.
+    fn set(&mut self, id: NodeId, p: usize) {
+        let i = id.index();
+        if i >= self.pos.len() {
+            self.pos.resize(i + 1, 0);
+        }
+        self.pos[i] = p;
+    }
+
+    /// Keeps the order after `group` was replaced by the node `fused` and `results` (the
+    /// `fused_result` nodes of its extra results, in the order of `group.extra`).
+    ///
+    /// `fused` takes the root's position and each result its extra's position (the other
+    /// members' positions stay free). Every edge but `fused -> result` then goes forward: the
+    /// group's outside operands feed members, which are all at or before the root; the
+    /// root's users were after it; each extra's users were after it. The `fused -> result`
+    /// edges go backward, from position `hi` (the root's) to positions from `lo` (the first
+    /// extra's). They are repaired as Pearce and Kelly insert
+    /// an edge into a topological order ("A dynamic topological sort algorithm for directed
+    /// acyclic graphs", 2006): `later`, the nodes reachable from the results at positions
+    /// below `hi`, and `earlier`, the nodes that reach `fused` at positions above `lo`, share
+    /// their positions, `earlier` taking the first ones and `later` the rest, each in their
+    /// previous order. Why this is valid: the `i`-th node of `earlier` gets the `i`-th
+    /// smallest of the shared positions, at most its own, so it only moves back, and a node
+    /// left out that feeds it reaches `fused` and is not in `earlier`, so it is before `lo`,
+    /// the smallest shared position; `later` symmetrically only moves forward, past nothing
+    /// it feeds (its users left out are after `hi`, the largest). No node is in both (it
+    /// would be on a cycle through `fused`). The cost is the size of the two sets: the
+    /// neighbourhood of the group between its first extra result and its root, not the graph.
+    fn contract(&mut self, g: &Graph, group: &Group, fused: NodeId, results: &[NodeId]) {
+        // read before setting: the new nodes may have taken ids of removed members
+        let hi = self.of(group.root);
+        let extra: Vec<usize> = group.extra.iter().map(|&e| self.of(e)).collect();
+        self.set(fused, hi);
+        for (&r, &p) in results.iter().zip(&extra) {
+            self.set(r, p);
+        }
+        let Some(&lo) = extra.iter().min() else {
+            return;
+        };
+        if !self.valid {
+            return;
+        }
+        let later = self.closure(results, |n| g.users(n), |p| p < hi);
+        let earlier = self.closure(&[fused], |n| g.operands(n), |p| p > lo);
+        if earlier.iter().any(|n| later.contains(n)) {
+            self.valid = false;
+            return;
+        }
+        let mut earlier: Vec<NodeId> = earlier.into_iter().collect();
+        let mut later: Vec<NodeId> = later.into_iter().collect();
+        earlier.sort_by_key(|&n| self.of(n));
+        later.sort_by_key(|&n| self.of(n));
+        let mut shared: Vec<usize> = earlier.iter().chain(&later).map(|&n| self.of(n)).collect();
+        shared.sort_unstable();
+        for (&n, p) in earlier.iter().chain(&later).zip(shared) {
+            self.set(n, p);
+        }
+    }
+
+    /// `from` and every node reached from it through `next` at positions where `keep` holds.
+    fn closure(
+        &self,
+        from: &[NodeId],
+        next: impl Fn(NodeId) -> Vec<NodeId>,
+        keep: impl Fn(usize) -> bool,
+    ) -> HashSet<NodeId> {
+        let mut seen: HashSet<NodeId> = from.iter().copied().collect();
+        let mut stack = from.to_vec();
+        while let Some(n) = stack.pop() {
+            for m in next(n) {
+                if keep(self.of(m)) && seen.insert(m) {
+                    stack.push(m);
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// The cycle check of multi-output fusion: whether a node reaches the current group's root.
+/// A search backwards from the root, resumed by each question about the same root (the
+/// graph does not change while a group grows) and pruned by the [`Order`]: a node can only
+/// reach the root through nodes at positions between its own and the root's, so a question
+/// about nodes from position `b` on only needs the root's ancestors at positions `>= b`,
+/// taken lowest position first (towards the nodes asked about) and only until one of them
+/// is found. A full walk of the root's ancestors per group instead made the pass quadratic
+/// in the graph's size (`cargo bench --bench scaling`).
+///
+/// Exact: every marked node is an ancestor of the root. When a question ends with no node
+/// queued at a position `>= b`, every ancestor `a` at a position `>= b` is marked: on a
+/// path from `a` to the root every node is at a position `>= b`, the root is marked, and a
+/// marked node's operands are marked when it leaves the queue.
 #[derive(Default)]
 struct Ancestors {
-    /// `mark[i] == stamp`: node index `i` is an ancestor of the current root.
+    /// `mark[i] == stamp`: the node of index `i` is known to be an ancestor of the root.
     mark: Vec<u32>,
     stamp: u32,
-    stack: Vec<NodeId>,
+    /// The root of the current group.
+    root: Option<NodeId>,
+    /// Marked nodes whose operands are not marked yet, by position.
+    queue: BTreeSet<(usize, NodeId)>,
 }
 
 impl Ancestors {
-    /// Marks every node `root` depends on, `root` included (forgetting the previous root's).
-    fn collect(&mut self, g: &Graph, root: NodeId) {
+    /// Starts the search from `root` (forgetting the previous root's).
+    fn start(&mut self, root: NodeId, order: &Order) {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
             self.mark.iter_mut().for_each(|m| *m = 0);
             self.stamp = 1;
         }
-        self.stack.clear();
-        self.insert(root);
-        while let Some(n) = self.stack.pop() {
-            for o in g.operands(n) {
-                self.insert(o);
-            }
-        }
+        self.queue.clear();
+        self.root = Some(root);
+        self.insert(root, order);
     }
 
-    /// Marks `id` and queues it for a visit if it was not marked.
-    fn insert(&mut self, id: NodeId) {
+    /// Marks `id` and queues it if it was not marked; returns whether it was not.
+    fn insert(&mut self, id: NodeId, order: &Order) -> bool {
         let i = id.index();
         if i >= self.mark.len() {
             self.mark.resize(i + 1, 0);
         }
-        if self.mark[i] != self.stamp {
-            self.mark[i] = self.stamp;
-            self.stack.push(id);
+        if self.mark[i] == self.stamp {
+            return false;
         }
+        self.mark[i] = self.stamp;
+        self.queue.insert((order.of(id), id));
+        true
     }
 
-    /// Whether `id` is an ancestor of the last root collected.
+    /// Whether `id` is marked (known to be an ancestor of the root).
     fn contains(&self, id: NodeId) -> bool {
         self.mark.get(id.index()) == Some(&self.stamp)
+    }
+
+    /// Whether any of `nodes` reaches the root (is an ancestor of it or the root itself).
+    fn any_reaches(&mut self, g: &Graph, order: &Order, nodes: &[NodeId]) -> bool {
+        let Some(root) = self.root else {
+            return false;
+        };
+        let at_root = order.of(root);
+        // a node after the root cannot reach it (with no valid order, every node is asked)
+        let asked: Vec<NodeId> = nodes
+            .iter()
+            .copied()
+            .filter(|&n| n == root || order.of(n) < at_root || !order.valid)
+            .collect();
+        let Some(bound) = asked.iter().map(|&n| order.of(n)).min() else {
+            return false;
+        };
+        if asked.iter().any(|&n| self.contains(n)) {
+            return true;
+        }
+        let first = (bound, NodeId(NodeIndex::new(0)));
+        while let Some(&next) = self.queue.range(first..).next() {
+            self.queue.remove(&next);
+            // every operand is marked before answering, so a later question resumes here
+            let mut found = false;
+            for o in g.operands(next.1) {
+                found |= self.insert(o, order) && asked.contains(&o);
+            }
+            if found {
+                return true;
+            }
+        }
+        false
     }
 }
 
 /// Why operand `p`, blocked by [`blocker`], cannot join as an extra result either (a text that
 /// continues the blocker's), or `None` when it can: the group has no reduction, `p` is
-/// fusible, has the domain's shape, and none of its outside users is an ancestor of the root.
+/// fusible, has the domain's shape, and none of its outside users is an ancestor of the root
+/// (searched with `search`, started from the root).
 fn extra_blocker(
     g: &Graph,
     p: NodeId,
     in_group: &HashSet<NodeId>,
     domain: &crate::shape::Shape,
     reduce: bool,
-    root_ancestors: &Ancestors,
+    search: (&mut Ancestors, &Order),
 ) -> Option<String> {
     if &g[p].ty.shape != domain {
         return Some(String::new());
@@ -394,10 +575,15 @@ fn extra_blocker(
     if let Some(why) = not_fusible(g, p) {
         return Some(format!(", and {why}"));
     }
-    let cycle = g
+    let (ancestors, order) = search;
+    let outside: Vec<NodeId> = g
         .users(p)
         .into_iter()
-        .any(|u| !in_group.contains(&u) && root_ancestors.contains(u));
+        .filter(|u| !in_group.contains(u))
+        .collect();
+    let cycle = ancestors.any_reaches(g, order, &outside);
+    #[cfg(test)]
+    tests::same_as_full_walk(g, ancestors.root, &outside, cycle);
     cycle.then(|| ", and a user outside the kernel feeds the kernel's result".into())
 }
 
@@ -429,8 +615,9 @@ fn blocker(
     None
 }
 
-/// Replaces the group by one fused node.
-fn apply(g: &mut Graph, group: &Group, links: &mut GradLinks) {
+/// Replaces the group by one fused node; returns it and the `fused_result` nodes of the
+/// extra results (in the order of `group.extra`).
+fn apply(g: &mut Graph, group: &Group, links: &mut GradLinks) -> (NodeId, Vec<NodeId>) {
     let members: HashSet<NodeId> = group.members.iter().copied().collect();
     let mut params: Vec<NodeId> = Vec::new();
     let mut index: HashMap<NodeId, usize> = HashMap::new();
@@ -507,5 +694,203 @@ fn apply(g: &mut Graph, group: &Group, links: &mut GradLinks) {
     others.sort();
     for m in others {
         g.remove(m);
+    }
+    let results = group.extra.iter().map(|e| map[e]).collect();
+    (fused, results)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The cycle check against a full walk of the root's ancestors (the definition), and the
+    //! order's invariant after every group, on random graphs, the `.ir` corpus with its
+    //! training steps, and a deep training step: [`run`] calls both checks in test builds.
+
+    use super::*;
+    use crate::init::Rng;
+    use crate::optim::{self, Optimizer};
+    use crate::passes::{Pipeline, DEFAULT_PIPELINE};
+    use crate::shape::TensorType;
+    use crate::Init;
+    use std::path::Path;
+
+    /// Asserts that `answer` is whether one of `nodes` is `root` or one of its ancestors,
+    /// found by walking every ancestor.
+    pub(super) fn same_as_full_walk(
+        g: &Graph,
+        root: Option<NodeId>,
+        nodes: &[NodeId],
+        answer: bool,
+    ) {
+        let mut seen: HashSet<NodeId> = root.into_iter().collect();
+        let mut stack: Vec<NodeId> = seen.iter().copied().collect();
+        while let Some(n) = stack.pop() {
+            for o in g.operands(n) {
+                if seen.insert(o) {
+                    stack.push(o);
+                }
+            }
+        }
+        let want = nodes.iter().any(|n| seen.contains(n));
+        assert_eq!(
+            answer, want,
+            "cycle check of {nodes:?} against root {root:?}"
+        );
+    }
+
+    /// Asserts the invariant of [`Order`]: it is valid, every edge goes to a later position,
+    /// and no two nodes share one.
+    pub(super) fn order_holds(g: &Graph, order: &Order) {
+        assert!(order.valid, "the order was given up");
+        let mut taken = HashSet::new();
+        for id in g.node_ids() {
+            assert!(
+                taken.insert(order.of(id)),
+                "two nodes at position {}",
+                order.of(id)
+            );
+            for o in g.operands(id) {
+                assert!(
+                    order.of(o) < order.of(id),
+                    "edge {o:?} -> {id:?} goes backwards"
+                );
+            }
+        }
+    }
+
+    /// Runs the default pipeline without `fuse`, then `fuse` (which checks itself); returns
+    /// the number of extra results and of extra results refused for a cycle.
+    fn prefuse_and_fuse(g: &mut Graph) -> (usize, usize) {
+        let names: Vec<&str> = DEFAULT_PIPELINE
+            .iter()
+            .copied()
+            .filter(|&n| n != "fuse")
+            .collect();
+        Pipeline::new(&names).unwrap().run(g).unwrap();
+        let report = run(g);
+        crate::verify::verify(g).unwrap();
+        let refused = report
+            .remarks
+            .iter()
+            .filter(|r| r.contains("feeds the kernel's result"))
+            .count();
+        (
+            report.counts.get("extra_results").copied().unwrap_or(0),
+            refused,
+        )
+    }
+
+    /// A random graph of `steps` elementwise, reduction and matmul nodes over values of
+    /// shapes `[4, 8]` and `[8]`, each using recent or older values, with a few outputs.
+    fn random_graph(seed: u64, steps: usize) -> Graph {
+        let mut rng = Rng::new(seed);
+        let mut g = Graph::new("random");
+        let x = g.input("x", TensorType::f32([4, 8])).unwrap();
+        let v = g.input("v", TensorType::f32([8])).unwrap();
+        let w = g.param("w", [8, 8], Init::Ones).unwrap();
+        let mut pool = vec![x, v];
+        for _ in 0..steps {
+            let pick = |rng: &mut Rng| {
+                let back = if rng.below(3) == 0 {
+                    pool.len()
+                } else {
+                    4.min(pool.len())
+                };
+                pool[pool.len() - 1 - rng.below(back as u64) as usize]
+            };
+            let a = pick(&mut rng);
+            let b = pick(&mut rng);
+            let n = match rng.below(8) {
+                0 => g.neg(a),
+                1 => g.exp(a),
+                2 => g.tanh(a),
+                3 => g.add2(a, b),
+                4 => g.mul(a, b),
+                5 => g.sub(b, a),
+                6 if g[a].ty.shape.dims() == [4, 8] => g.sum(a, &[0], false),
+                _ if g[a].ty.shape.dims() == [4, 8] => g.matmul(a, w),
+                _ => g.add2(b, a),
+            };
+            pool.push(n.unwrap());
+        }
+        for i in 0..1 + rng.below(4) {
+            let o = pool[pool.len() - 1 - rng.below(pool.len() as u64 / 2) as usize];
+            g.add_output(&format!("out{i}"), o).unwrap();
+        }
+        g
+    }
+
+    #[test]
+    fn cycle_check_and_order_on_random_graphs() {
+        let (mut extras, mut refused) = (0, 0);
+        for seed in 0..400 {
+            let mut g = random_graph(seed, 10 + (seed as usize % 60));
+            let (e, r) = prefuse_and_fuse(&mut g);
+            extras += e;
+            refused += r;
+        }
+        // both answers of the check were exercised
+        assert!(
+            extras > 100 && refused > 100,
+            "{extras} extra results, {refused} refused"
+        );
+    }
+
+    /// Every `.ir` file under `dir`, recursively.
+    fn ir_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                ir_files(&p, out);
+            } else if p.extension().is_some_and(|e| e == "ir") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn cycle_check_and_order_on_the_corpus_and_training_steps() {
+        let mut files = Vec::new();
+        ir_files(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("ir"),
+            &mut files,
+        );
+        assert!(!files.is_empty());
+        for path in files {
+            let src = std::fs::read_to_string(&path).unwrap();
+            let Ok(g) = crate::text::parse(&src, &path.display().to_string()) else {
+                continue; // files of parse errors
+            };
+            if crate::verify::verify(&g).is_err() {
+                continue; // files of verifier errors
+            }
+            let mut step = g.clone();
+            prefuse_and_fuse(&mut g.clone());
+            if optim::training_step(&mut step, "loss", &Optimizer::sgd()).is_ok() {
+                prefuse_and_fuse(&mut step);
+            }
+        }
+    }
+
+    #[test]
+    fn cycle_check_and_order_on_a_deep_training_step() {
+        let mut g = Graph::new("chain");
+        let mut h = g.input("x", TensorType::f32([16])).unwrap();
+        let w = g.param("w", [16], Init::Ones).unwrap();
+        for _ in 0..300 {
+            let m = g.mul(h, w).unwrap();
+            h = g.tanh(m).unwrap();
+        }
+        let loss = g.mean_all(h).unwrap();
+        g.add_output("loss", loss).unwrap();
+        optim::training_step(&mut g, "loss", &Optimizer::sgd()).unwrap();
+        let (extras, refused) = prefuse_and_fuse(&mut g);
+        assert!(
+            extras > 0 && refused > 0,
+            "{extras} extra results, {refused} refused"
+        );
     }
 }

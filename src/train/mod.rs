@@ -223,6 +223,12 @@ pub trait Session {
         step: u64,
     ) -> Result<&Outputs, TrainError>;
 
+    /// Whether training should stop after the epoch that just ended (asked after
+    /// [`Session::end_epoch`]; an early-stopping rule answers here).
+    fn stop_requested(&self) -> bool {
+        false
+    }
+
     /// Called after each epoch (also one that `max_steps` cut short: `complete` is then
     /// false) with the epoch's means, which it may extend (validation results).
     fn end_epoch(
@@ -412,10 +418,133 @@ pub fn run(
         if complete {
             trained.epochs += 1;
         }
+        if session.stop_requested() {
+            break;
+        }
         epoch += 1;
         first = 0;
     }
     Ok(trained)
+}
+
+/// Keras' `EarlyStopping` rule: stop when the monitored log has not improved for `patience`
+/// epochs. Watched by [`Watch`]; [`crate::nn::FitOptions::early_stopping`] applies it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EarlyStopping {
+    /// The log to watch (default `val_loss`).
+    pub monitor: String,
+    /// The smallest change that counts as an improvement (default 0).
+    pub min_delta: f64,
+    /// Epochs without improvement before training stops (default 0: the first epoch after
+    /// the first that does not improve).
+    pub patience: usize,
+    /// Whether larger is better; `None` (the default) decides by the name, as Keras' `auto`:
+    /// larger for names ending in `acc`, `accuracy` or `auc`, else smaller.
+    pub maximize: Option<bool>,
+    /// On stopping, set the model's params back to those of the best epoch (default false).
+    pub restore_best_weights: bool,
+}
+
+impl Default for EarlyStopping {
+    fn default() -> Self {
+        EarlyStopping {
+            monitor: "val_loss".into(),
+            min_delta: 0.0,
+            patience: 0,
+            maximize: None,
+            restore_best_weights: false,
+        }
+    }
+}
+
+impl EarlyStopping {
+    /// Whether larger values of the monitored log are better.
+    pub fn maximizes(&self) -> bool {
+        self.maximize.unwrap_or_else(|| {
+            ["acc", "accuracy", "auc"]
+                .iter()
+                .any(|s| self.monitor.ends_with(s))
+        })
+    }
+}
+
+/// What [`Watch::observe`] concluded from an epoch's logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The monitored value is the best so far.
+    Improved,
+    /// No improvement, patience left.
+    Waiting,
+    /// No improvement for `patience` epochs: stop.
+    Stop,
+}
+
+/// The state of an [`EarlyStopping`] rule over a training run, as Keras keeps it: the best
+/// value so far, its epoch, and the epochs waited since.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Watch {
+    /// The rule.
+    pub rule: EarlyStopping,
+    /// The best value so far (infinitely bad before the first epoch).
+    pub best: f64,
+    /// The epoch of `best`.
+    pub best_epoch: Option<usize>,
+    /// Epochs since the last improvement.
+    pub wait: usize,
+}
+
+impl Watch {
+    /// A watch of `rule` before the first epoch.
+    pub fn new(rule: EarlyStopping) -> Watch {
+        let best = if rule.maximizes() {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        };
+        Watch {
+            rule,
+            best,
+            best_epoch: None,
+            wait: 0,
+        }
+    }
+
+    /// Looks at the end of `epoch`: Keras' `on_epoch_end` (an improvement by more than
+    /// `min_delta` resets the wait; otherwise the wait grows and reaches `patience` to stop,
+    /// never at the first epoch). A monitored name missing from the logs is an error that
+    /// lists the names there are (Keras only warns, and a misspelt name then never stops).
+    pub fn observe(&mut self, epoch: usize, logs: &[(String, f64)]) -> Result<Verdict, TrainError> {
+        let Some(&(_, current)) = logs.iter().find(|(k, _)| *k == self.rule.monitor) else {
+            let names: Vec<&str> = logs.iter().map(|(k, _)| k.as_str()).collect();
+            return Err(TrainError::Data(format!(
+                "early stopping monitors {:?}, which the epoch logs do not have (they have {}){}",
+                self.rule.monitor,
+                names.join(", "),
+                if self.rule.monitor.starts_with("val_") {
+                    "; pass validation data or set validation_split"
+                } else {
+                    ""
+                }
+            )));
+        };
+        self.wait += 1;
+        let delta = self.rule.min_delta.abs();
+        let improved = if self.rule.maximizes() {
+            current - delta > self.best
+        } else {
+            current + delta < self.best
+        };
+        if improved {
+            self.best = current;
+            self.best_epoch = Some(epoch);
+            self.wait = 0;
+            return Ok(Verdict::Improved);
+        }
+        if self.wait >= self.rule.patience && epoch > 0 {
+            return Ok(Verdict::Stop);
+        }
+        Ok(Verdict::Waiting)
+    }
 }
 
 // ---- evaluation -----------------------------------------------------------------------------------

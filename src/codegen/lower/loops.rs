@@ -15,26 +15,24 @@ pub(super) const REDUCE_ACCS: usize = 4;
 /// block, not with the row.
 pub(super) const SUM_BLOCK_GROUPS: usize = 1024;
 
-/// Vectors per iteration of a contiguous elementwise row ([`Lowerer::map_row_vector`]),
-/// computed as interleaved copies ([`Lowerer::interleaved`]): [`UNROLL_HEAVY`] where one
-/// vector's code is at least [`HEAVY_INSTS`] instructions (an inline `exp`, `tanh`, `log` or
-/// `sigmoid`: latency-bound chains that overlap only when interleaved), else
-/// [`UNROLL_LIGHT`] (loads, a few arithmetic ops and stores, bound by memory or by the
-/// divider: four copies only cost compile time).
+/// Vectors per iteration of a contiguous elementwise row ([`Lowerer::map_row_vector`]):
+/// [`UNROLL_HEAVY`] interleaved copies ([`Lowerer::interleaved`]) where one vector's code is
+/// at least [`HEAVY_INSTS`] instructions (an inline `exp`, `tanh`, `log` or `sigmoid`:
+/// latency-bound chains that overlap only when interleaved) and the function's
+/// [`HEAVY_BUDGET`] allows, else [`UNROLL_LIGHT`] copies one after the other (loads, a few
+/// arithmetic ops and stores, bound by memory or by the divider).
 pub(super) const UNROLL_HEAVY: usize = 4;
 /// See [`UNROLL_HEAVY`].
 pub(super) const UNROLL_LIGHT: usize = 2;
 /// See [`UNROLL_HEAVY`].
 pub(super) const HEAVY_INSTS: usize = 48;
-
-/// The unroll of a row whose one-vector code has `insts` instructions.
-fn unroll_for(insts: usize) -> usize {
-    if insts >= HEAVY_INSTS {
-        UNROLL_HEAVY
-    } else {
-        UNROLL_LIGHT
-    }
-}
+/// CLIF instructions a function spends at most on rows unrolled [`UNROLL_HEAVY`] times
+/// (counted as copies times one copy's length): four interleaved copies of a long body cost
+/// Cranelift about three times the compile time of two (register allocation over four live
+/// chains), so a graph of thousands of `tanh` layers would compile 3.5x slower for it
+/// (measured on `benches/scaling.rs`). The budget covers every such row of the RNN of
+/// `ir/rnn.ir` (28 `tanh` rows of ~370 instructions) and bounds what a larger graph spends.
+pub(super) const HEAVY_BUDGET: usize = 16 * 1024;
 
 /// Terms an output element of an f32 sum adds in f32, in place in the output buffer, before
 /// that partial sum is added to the element's f64 running total (when the reduced axes are
@@ -390,10 +388,27 @@ impl<'a> Lowerer<'a> {
                 lw.store(r, a, off);
             }
         };
-        // unrolled: independent vectors per iteration, their instructions interleaved; a
-        // loop of whole groups (at least one whatever the unroll), then the rest
+        // unrolled: independent vectors per iteration (interleaved when heavy, see
+        // UNROLL_HEAVY); a loop of whole groups (at least one whatever the unroll), then the
+        // rest
         let nv = len / LANES;
         let vbytes = (LANES * 4) as i64;
+        let budget = std::cell::Cell::new(self.heavy_budget);
+        let heavy = std::cell::Cell::new(None);
+        // the unroll of this row, decided once from copy 0's length
+        let decide = |insts: usize, copies: usize| -> (usize, bool) {
+            let h = heavy.get().unwrap_or_else(|| {
+                let cost = UNROLL_HEAVY * insts;
+                let h = insts >= HEAVY_INSTS && cost <= budget.get();
+                if h {
+                    budget.set(budget.get() - cost);
+                }
+                heavy.set(Some(h));
+                h
+            });
+            let n = copies.min(if h { UNROLL_HEAVY } else { UNROLL_LIGHT });
+            (n, h)
+        };
         let mut done = 0;
         if nv >= UNROLL_HEAVY {
             let header = self.b.create_block();
@@ -402,8 +417,9 @@ impl<'a> Lowerer<'a> {
             let zero = self.iconst(0);
             self.b.ins().jump(header, &[BlockArg::Value(zero)]);
             self.b.switch_to_block(header);
-            let unroll =
-                self.interleaved(&unroll_for, &mut |lw, u| emit(lw, byte, u as i64 * vbytes));
+            let unroll = self.interleaved(&|insts| decide(insts, UNROLL_HEAVY), &mut |lw, u| {
+                emit(lw, byte, u as i64 * vbytes)
+            });
             done = nv / unroll * unroll;
             let next = self.b.ins().iadd_imm_s(byte, unroll as i64 * vbytes);
             let more = self
@@ -415,12 +431,20 @@ impl<'a> Lowerer<'a> {
                 .brif(more, header, &[BlockArg::Value(next)], exit, &[]);
             self.b.switch_to_block(exit);
         }
-        if done < nv {
+        // the rest: at most UNROLL_LIGHT copies per group, or all of them when heavy
+        while done < nv {
             let byte = self.iconst(done as i64 * vbytes);
-            self.interleaved(&|_| nv - done, &mut |lw, u| {
-                emit(lw, byte, u as i64 * vbytes)
-            });
+            let left = nv - done;
+            let n = self.interleaved(
+                &|insts| {
+                    let (n, h) = decide(insts, left);
+                    (if h { left } else { n }, h)
+                },
+                &mut |lw, u| emit(lw, byte, u as i64 * vbytes),
+            );
+            done += n;
         }
+        self.heavy_budget = budget.get();
         for t in nv * LANES..len {
             let off = (t * 4) as i64;
             let vals: Vec<Value> = ptrs[n_out..]
@@ -438,40 +462,34 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    /// Emits `copy(self, u)` for `u` in `0..count`, where `count` is given by the number of
-    /// instructions of copy 0; returns that count. The copies must be independent
-    /// computations (no copy reads a value another defines, none stores where another loads
-    /// or stores); their instructions are then interleaved round-robin within the block.
-    /// Cranelift emits instructions in the order they are built and does not schedule them:
-    /// one copy after the other puts a long dependency chain (an inline `tanh` is ~60
+    /// Emits `copy(self, u)` for `u` in `0..n`, where `(n, interleave) = count(length of copy
+    /// 0 in instructions)`; returns `n`. The copies must be independent computations (no copy
+    /// reads a value another defines, none stores where another loads or stores). With
+    /// `interleave`, their instructions are then interleaved round-robin within the block:
+    /// Cranelift emits instructions in the order they are built and does not schedule them,
+    /// so one copy after the other puts a long dependency chain (an inline `tanh` is ~60
     /// dependent instructions) into the out-of-order window, which holds too few of them to
-    /// overlap the copies; interleaved, each step of every copy issues together. When a
-    /// copy does not stay in one block (it emitted control flow), the order is left as
-    /// built.
+    /// overlap the copies; interleaved, each step of every copy issues together. When a copy
+    /// does not stay in one block (it emitted control flow), the order is left as built.
     pub(super) fn interleaved(
         &mut self,
-        count: &dyn Fn(usize) -> usize,
+        count: &dyn Fn(usize) -> (usize, bool),
         copy: &mut dyn FnMut(&mut Self, usize),
     ) -> usize {
-        let Some(block) = self.b.current_block() else {
-            copy(self, 0);
-            let n = count(0);
-            (1..n).for_each(|u| copy(self, u));
-            return n;
-        };
+        let block = self.b.current_block();
         let mut copies: Vec<Vec<Inst>> = Vec::new();
-        let mut one_block = true;
-        let mut n = 1;
+        let mut one_block = block.is_some();
+        let (mut n, mut interleave) = (1, false);
         let mut u = 0;
         while u < n {
-            let before = self.b.func.layout.last_inst(block);
+            let before = block.and_then(|b| self.b.func.layout.last_inst(b));
             copy(self, u);
-            one_block &= self.b.current_block() == Some(block);
-            if one_block {
+            one_block &= self.b.current_block() == block;
+            if let (true, Some(b)) = (one_block, block) {
                 let layout = &self.b.func.layout;
                 let mut next = match before {
                     Some(i) => layout.next_inst(i),
-                    None => layout.first_inst(block),
+                    None => layout.first_inst(b),
                 };
                 let mut insts = Vec::new();
                 while let Some(i) = next {
@@ -481,12 +499,13 @@ impl<'a> Lowerer<'a> {
                 copies.push(insts);
             }
             if u == 0 {
-                n = count(copies.first().map_or(0, Vec::len)).max(1);
+                (n, interleave) = count(copies.first().map_or(0, Vec::len));
+                n = n.max(1);
             }
             u += 1;
         }
-        if one_block && copies.len() > 1 {
-            interleave(self.b.func, block, &copies);
+        if let (true, true, Some(b)) = (interleave, one_block && copies.len() > 1, block) {
+            interleave_insts(self.b.func, b, &copies);
         }
         n
     }
@@ -1055,7 +1074,7 @@ impl<'a> Lowerer<'a> {
 /// an operand is defined by a not yet placed instruction of the group; then the waiting
 /// instruction built first goes next, which is always ready (its operands were built before
 /// it, and every copy has placed all it built before its next instruction).
-fn interleave(func: &mut Function, block: Block, copies: &[Vec<Inst>]) {
+fn interleave_insts(func: &mut Function, block: Block, copies: &[Vec<Inst>]) {
     let order: HashMap<Inst, usize> = copies
         .iter()
         .flatten()
