@@ -164,7 +164,8 @@ pub struct FitOptions {
     /// Whether to draw a progress bar per epoch.
     pub verbose: bool,
     /// Learning rate for each epoch from the epoch index and the current rate (Keras'
-    /// `LearningRateScheduler`); applied through the `%lr` input, without recompiling.
+    /// `LearningRateScheduler`); applied through the `%lr` input, without recompiling. An
+    /// optimizer with its own [`crate::optim::Schedule`] refuses it (`fit` errs), as Keras does.
     pub schedule: Option<fn(usize, f64) -> f64>,
     /// Epoch at which to start (Keras' `initial_epoch`): epochs `initial_epoch..epochs` run,
     /// so `epochs` is the index of the last epoch, not a count. Each epoch's shuffle and
@@ -848,6 +849,13 @@ impl Model {
         validation: Option<(&[f32], Targets<'_>)>,
         opts: &FitOptions,
     ) -> Result<History, TrainError> {
+        if opts.schedule.is_some() && self.options.optimizer.schedule().is_some() {
+            // Keras refuses to set the learning rate of an optimizer built with a schedule
+            return Err(TrainError::Model(format!(
+                "FitOptions::schedule sets the learning rate each epoch, but the optimizer computes it with its own schedule ({:?}): use one of the two",
+                self.options.optimizer.schedule()
+            )));
+        }
         let n = x.len() / self.example_len.max(1);
         let plan = Plan {
             examples: n,
