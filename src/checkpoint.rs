@@ -84,7 +84,7 @@ pub const RESERVED_KEYS: [&str; 3] = ["format", "version", "checksums"];
 /// step count is exact as a signed 64-bit integer wherever it is read.
 pub const MAX_STEP: u64 = i64::MAX as u64;
 
-/// The value of Adam's f32 step counter ([`crate::optim::STEP_COUNTER`]) after `step` steps:
+/// The value of the optimizer's f32 step counter ([`crate::optim::STEP_COUNTER`]) after `step` steps:
 /// `step` up to 2^24, where adding 1 in f32 stops changing it (2^24 + 1 rounds to 2^24).
 pub fn f32_step_counter(step: u64) -> f32 {
     step.min(1 << 24) as f32
@@ -886,8 +886,9 @@ impl Checkpoint {
 
     /// The step count of a training checkpoint: its `step` metadata entry, a whole number from
     /// 0 to [`MAX_STEP`] that agrees with the optimizer's own count when the checkpoint holds
-    /// one (Adam's [`crate::optim::STEP_COUNTER`], an f32 equal to
-    /// [`f32_step_counter`]`(step)`; SGD and momentum count no steps). Anything else is a
+    /// one ([`crate::optim::STEP_COUNTER`] of Adam, AdamW and learning-rate schedules, an f32
+    /// equal to [`f32_step_counter`]`(step)`; SGD, momentum, RMSprop and Adagrad without a
+    /// schedule count no steps). Anything else is a
     /// [`CheckpointError::Metadata`] with what was expected and found.
     pub fn step(&self) -> Result<u64, CheckpointError> {
         let bad = |reason: String| CheckpointError::Metadata {

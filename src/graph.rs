@@ -646,6 +646,10 @@ unary_builders! {
     expm1 => Expm1,
     /// the error function
     erf => Erf,
+    /// sine
+    sin => Sin,
+    /// cosine
+    cos => Cos,
 }
 
 macro_rules! binary_builders {

@@ -97,6 +97,10 @@ pub trait Float:
     fn exp_m1(self) -> Self;
     /// The error function.
     fn erf(self) -> Self;
+    /// sine
+    fn sin(self) -> Self;
+    /// cosine
+    fn cos(self) -> Self;
     /// `self ^ e`
     fn powf(self, e: Self) -> Self;
     /// Whether the value is NaN.
@@ -145,6 +149,12 @@ macro_rules! impl_float {
             }
             fn erf(self) -> Self {
                 $erf(self)
+            }
+            fn sin(self) -> Self {
+                <$t>::sin(self)
+            }
+            fn cos(self) -> Self {
+                <$t>::cos(self)
             }
             fn powf(self, e: Self) -> Self {
                 <$t>::powf(self, e)
@@ -810,6 +820,8 @@ fn unary<T: Float>(op: UnaryOp, x: T) -> T {
         UnaryOp::Log1p => x.ln_1p(),
         UnaryOp::Expm1 => x.exp_m1(),
         UnaryOp::Erf => x.erf(),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
         UnaryOp::Sigmoid => {
             // Never exponentiates a positive number, so it cannot overflow.
             if x >= T::ZERO {

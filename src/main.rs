@@ -619,6 +619,14 @@ enum OptimizerName {
     Adam,
     /// Plain stochastic gradient descent (default learning rate 0.01).
     Sgd,
+    /// AdamW: Adam with decoupled weight decay 0.004 (beta1 0.9, beta2 0.999, epsilon 1e-7;
+    /// default learning rate 0.001).
+    Adamw,
+    /// RMSprop (rho 0.9, no momentum, epsilon 1e-7, not centered; default learning rate
+    /// 0.001).
+    Rmsprop,
+    /// Adagrad (initial accumulator value 0.1, epsilon 1e-7; default learning rate 0.001).
+    Adagrad,
 }
 
 impl OptimizerName {
@@ -627,6 +635,9 @@ impl OptimizerName {
         match self {
             OptimizerName::Adam => Optimizer::adam(),
             OptimizerName::Sgd => Optimizer::sgd(),
+            OptimizerName::Adamw => Optimizer::adamw(),
+            OptimizerName::Rmsprop => Optimizer::rmsprop(),
+            OptimizerName::Adagrad => Optimizer::adagrad(),
         }
     }
 }

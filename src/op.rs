@@ -69,6 +69,10 @@ pub enum UnaryOp {
     Expm1,
     /// the error function `2/sqrt(pi) * integral_0^x e^(-t^2) dt`
     Erf,
+    /// sine (radians)
+    Sin,
+    /// cosine (radians)
+    Cos,
 }
 
 /// Elementwise binary arithmetic with numpy broadcasting.
@@ -419,6 +423,8 @@ op_kinds! {
         Log1p => Log1p = "log1p";
         Expm1 => Expm1 = "expm1";
         Erf => Erf = "erf";
+        Sin => Sin = "sin";
+        Cos => Cos = "cos";
     } keys Some(&[]);
     family BinaryOp as binary {
         Add => Add = "add";
@@ -470,7 +476,9 @@ impl OpKind {
             | K::Relu
             | K::Log1p
             | K::Expm1
-            | K::Erf => None,
+            | K::Erf
+            | K::Sin
+            | K::Cos => None,
             K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min | K::Pow => None,
             K::Select
             | K::ReduceSum
@@ -520,8 +528,8 @@ impl OpKind {
             K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min => {
                 OpClass::Elementwise { inline: true }
             }
-            // one call of Rust's `powf` per element in the JIT
-            K::Pow => OpClass::Elementwise { inline: false },
+            // one call of Rust's `powf` (`sinf`, `cosf`) per element in the JIT
+            K::Pow | K::Sin | K::Cos => OpClass::Elementwise { inline: false },
             K::Eq | K::Ne | K::Lt | K::Le | K::Gt | K::Ge => OpClass::Elementwise { inline: true },
             K::Select | K::Broadcast => OpClass::Elementwise { inline: true },
             K::Matmul | K::Conv2d => OpClass::Producer,

@@ -5,8 +5,10 @@
 //! each param's next value and the optimizer's next state, registered as updates
 //! ([`Graph::add_update`]) so that one call of the compiled step trains one batch.
 //!
-//! The learning rate is an input node (`%lr: f32[] = input`, see [`lr_input`]), so a schedule
-//! changes it between calls without recompiling. The formulas follow Keras 3 exactly:
+//! The learning rate is an input node (`%lr: f32[] = input`, see [`lr_input`]), so a host-side
+//! schedule changes it between calls without recompiling; or a [`Schedule`] computes it in the
+//! graph from the step counter [`STEP_COUNTER`] ([`Optimizer::with_schedule`]), and the step
+//! has no learning-rate input. The formulas and defaults follow Keras 3 exactly:
 //!
 //! - SGD: `w <- w - lr * g`.
 //! - SGD with momentum `mu`: `v <- mu * v - lr * g`; `w <- w + v`, or with Nesterov
@@ -14,6 +16,10 @@
 //! - Adam: a step counter state `t` (f32, starts at 0) is incremented in the graph;
 //!   `alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)`; `m <- m + (g - m) * (1 - b1)`;
 //!   `v <- v + (g^2 - v) * (1 - b2)`; `w <- w - alpha * m / (sqrt(v) + eps)`.
+//! - AdamW: `w <- w - w * wd * lr`, then Adam's update of that value.
+//! - RMSprop: `v <- rho * v + (1 - rho) * g^2`; `w <- w - lr * g / sqrt(v + eps)` (epsilon
+//!   under the root, as in Keras 3), optionally with momentum and centered.
+//! - Adagrad: `acc <- acc + g^2` (from 0.1); `w <- w - lr * g / sqrt(acc + eps)`.
 //!
 //! Regularization ([`Regularizer`], [`add_penalties`]) adds `l1 * sum|w| + l2 * sum w^2` to
 //! the loss before differentiation; clipping ([`Clip`]) rewrites gradients before the update.
@@ -22,8 +28,8 @@
 //! (`#[track_caller]`), so a dump points at the user's line rather than at this file.
 
 use crate::graph::{is_valid_name, BuildError, Graph, NodeId, SourceLoc};
-use crate::op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp};
-use crate::shape::{Shape, TensorType};
+use crate::op::{BinaryOp, CmpOp, Init, Literal, Op, ReduceOp, UnaryOp};
+use crate::shape::{DType, Shape, TensorType};
 use std::panic::Location;
 
 /// Name of the learning-rate input made by [`lr_input`].
@@ -289,7 +295,7 @@ fn update_graph(
         }
         None => pairs,
     };
-    let lr = lr_input(&mut update)?;
+    let lr = optimizer.learning_rate(&mut update)?;
     let applied = optimizer.apply(&mut update, lr, &pairs)?;
     Ok((update, applied))
 }
@@ -462,7 +468,7 @@ pub fn training_step_with(
         Some(c) => c.apply(&mut step, &grads)?,
         None => grads,
     };
-    let lr = lr_input(&mut step)?;
+    let lr = optimizer.learning_rate(&mut step)?;
     let pairs: Vec<(NodeId, NodeId)> = params.into_iter().zip(grads).collect();
     let applied = optimizer.apply(&mut step, lr, &pairs)?;
     *g = step;
@@ -470,7 +476,10 @@ pub fn training_step_with(
 }
 
 /// A gradient-descent optimizer. Construct with [`Optimizer::sgd`], [`Optimizer::momentum`],
-/// [`Optimizer::nesterov`] or [`Optimizer::adam`] (Keras defaults), or fill in the fields.
+/// [`Optimizer::nesterov`], [`Optimizer::adam`], [`Optimizer::adamw`],
+/// [`Optimizer::rmsprop`] or [`Optimizer::adagrad`] (Keras 3 defaults), change a
+/// hyper-parameter with the `with_*` setters, add a learning-rate [`Schedule`] with
+/// [`Optimizer::with_schedule`], or fill in the fields.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Optimizer {
     /// Stochastic gradient descent, with optional (Nesterov) momentum.
@@ -489,6 +498,308 @@ pub enum Optimizer {
         /// Added to `sqrt(v)` (Keras default 1e-7).
         epsilon: f64,
     },
+    /// Adam with decoupled weight decay (Keras 3 `AdamW`): before Adam's update, every param
+    /// decays by `w <- w - w * weight_decay * lr`, then Adam's update of the decayed param.
+    AdamW {
+        /// Decay of the first moment (Keras default 0.9).
+        beta1: f64,
+        /// Decay of the second moment (Keras default 0.999).
+        beta2: f64,
+        /// Added to `sqrt(v)` (Keras default 1e-7).
+        epsilon: f64,
+        /// The decay factor, multiplied by the learning rate (Keras default 0.004).
+        weight_decay: f64,
+    },
+    /// RMSprop (Keras 3 `RMSprop`): `v <- rho * v + (1 - rho) * g^2`;
+    /// `increment = lr * g / sqrt(v + epsilon)` (epsilon inside the root, as Keras 3 has it);
+    /// `w <- w - increment`, or with momentum `mom <- momentum * mom + increment; w <- w - mom`.
+    /// Centered: also `a <- rho * a + (1 - rho) * g` and the root of `v - a^2 + epsilon`.
+    RmsProp {
+        /// Discounting factor of the squared gradients' average (Keras default 0.9).
+        rho: f64,
+        /// Momentum factor in `[0, 1)` (Keras default 0: no momentum state).
+        momentum: f64,
+        /// Added to the average under the root (Keras default 1e-7).
+        epsilon: f64,
+        /// Divide by the estimated variance rather than the second moment (Keras default
+        /// false).
+        centered: bool,
+    },
+    /// Adagrad (Keras 3 `Adagrad`): `acc <- acc + g^2`; `w <- w - lr * g / sqrt(acc +
+    /// epsilon)`, the accumulator starting at `initial_accumulator_value`.
+    Adagrad {
+        /// The accumulators' starting value, at least 0 (Keras default 0.1).
+        initial_accumulator_value: f64,
+        /// Added to the accumulator under the root (Keras default 1e-7).
+        epsilon: f64,
+    },
+    /// `optimizer` with its learning rate computed in the graph by `schedule` from the step
+    /// counter [`STEP_COUNTER`], as Keras computes `schedule(iterations)` before each update:
+    /// the step has no learning-rate input.
+    Scheduled {
+        /// The optimizer (not itself scheduled).
+        optimizer: Box<Optimizer>,
+        /// The learning rate as a function of the steps done before this one.
+        schedule: Schedule,
+    },
+}
+
+/// A learning-rate schedule computed in the training step from the step count `t` (the steps
+/// done before this one, the f32 counter [`STEP_COUNTER`], so the first step reads 0), with
+/// the formulas of Keras 3's `keras.optimizers.schedules` evaluated in f32 as Keras does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Schedule {
+    /// `initial * decay_rate ^ (t / decay_steps)`; with `staircase`, the exponent is
+    /// `floor(t / decay_steps)` (Keras `ExponentialDecay`).
+    ExponentialDecay {
+        /// The learning rate at step 0.
+        initial: f64,
+        /// Steps per factor of `decay_rate`, at least 1.
+        decay_steps: u64,
+        /// The factor per `decay_steps` steps, positive.
+        decay_rate: f64,
+        /// Decay at whole multiples of `decay_steps` only.
+        staircase: bool,
+    },
+    /// `initial * ((1 - alpha) * 0.5 * (1 + cos(pi * min(t, decay_steps) / decay_steps)) +
+    /// alpha)`: from `initial` down to `initial * alpha` over `decay_steps` steps, then
+    /// constant (Keras `CosineDecay` without warmup).
+    CosineDecay {
+        /// The learning rate at step 0.
+        initial: f64,
+        /// Steps to decay over, at least 1.
+        decay_steps: u64,
+        /// The final learning rate as a fraction of `initial`, in `[0, 1]`.
+        alpha: f64,
+    },
+    /// `values[0]` while `t <= boundaries[0]`, `values[i]` while `boundaries[i-1] < t <=
+    /// boundaries[i]`, and the last value after the last boundary (Keras
+    /// `PiecewiseConstantDecay`, computed as Keras does: a sum of the values times the masks of
+    /// their intervals). Boundaries are step counts, strictly increasing; there is one value
+    /// more than boundaries.
+    PiecewiseConstantDecay {
+        /// Step counts where the value changes (it changes after the step count).
+        boundaries: Vec<u64>,
+        /// The learning rates, one per interval.
+        values: Vec<f64>,
+    },
+}
+
+impl Schedule {
+    /// Keras `ExponentialDecay(initial, decay_steps, decay_rate, staircase)`.
+    pub fn exponential_decay(
+        initial: f64,
+        decay_steps: u64,
+        decay_rate: f64,
+        staircase: bool,
+    ) -> Schedule {
+        Schedule::ExponentialDecay {
+            initial,
+            decay_steps,
+            decay_rate,
+            staircase,
+        }
+    }
+
+    /// Keras `CosineDecay(initial, decay_steps, alpha)` (no warmup).
+    pub fn cosine_decay(initial: f64, decay_steps: u64, alpha: f64) -> Schedule {
+        Schedule::CosineDecay {
+            initial,
+            decay_steps,
+            alpha,
+        }
+    }
+
+    /// Keras `PiecewiseConstantDecay(boundaries, values)`.
+    pub fn piecewise_constant_decay(boundaries: &[u64], values: &[f64]) -> Schedule {
+        Schedule::PiecewiseConstantDecay {
+            boundaries: boundaries.to_vec(),
+            values: values.to_vec(),
+        }
+    }
+
+    /// The learning rate at step 0.
+    pub fn initial_learning_rate(&self) -> f64 {
+        match self {
+            Schedule::ExponentialDecay { initial, .. } | Schedule::CosineDecay { initial, .. } => {
+                *initial
+            }
+            Schedule::PiecewiseConstantDecay { values, .. } => {
+                values.first().copied().unwrap_or(0.0)
+            }
+        }
+    }
+
+    /// The learning rate after `step` steps, in f64 (the graph computes the same formula in
+    /// f32).
+    pub fn learning_rate_at(&self, step: u64) -> f64 {
+        let t = step as f64;
+        match self {
+            Schedule::ExponentialDecay {
+                initial,
+                decay_steps,
+                decay_rate,
+                staircase,
+            } => {
+                let mut p = t / *decay_steps as f64;
+                if *staircase {
+                    p = p.floor();
+                }
+                initial * decay_rate.powf(p)
+            }
+            Schedule::CosineDecay {
+                initial,
+                decay_steps,
+                alpha,
+            } => {
+                let d = *decay_steps as f64;
+                let p = t.min(d) / d;
+                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
+                initial * ((1.0 - alpha) * cosine + alpha)
+            }
+            Schedule::PiecewiseConstantDecay { boundaries, values } => {
+                let i = boundaries.iter().take_while(|&&b| step > b).count();
+                values.get(i).copied().unwrap_or(0.0)
+            }
+        }
+    }
+
+    fn check(&self, at: &At<'_>) -> Result<(), BuildError> {
+        let positive = |what: &str, v: f64| -> Result<(), BuildError> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(at.err(format!(
+                    "learning-rate schedule: {what} must be a positive number, found {v}"
+                )))
+            }
+        };
+        match self {
+            Schedule::ExponentialDecay {
+                initial,
+                decay_steps,
+                decay_rate,
+                ..
+            } => {
+                positive("the initial learning rate", *initial)?;
+                positive("decay_rate", *decay_rate)?;
+                if *decay_steps == 0 {
+                    return Err(at.err(
+                        "learning-rate schedule: decay_steps must be at least 1, found 0".into(),
+                    ));
+                }
+            }
+            Schedule::CosineDecay {
+                initial,
+                decay_steps,
+                alpha,
+            } => {
+                positive("the initial learning rate", *initial)?;
+                if *decay_steps == 0 {
+                    return Err(at.err(
+                        "learning-rate schedule: decay_steps must be at least 1, found 0".into(),
+                    ));
+                }
+                if !(0.0..=1.0).contains(alpha) {
+                    return Err(at.err(format!(
+                        "learning-rate schedule: alpha must be in [0, 1], found {alpha}"
+                    )));
+                }
+            }
+            Schedule::PiecewiseConstantDecay { boundaries, values } => {
+                if values.len() != boundaries.len() + 1 {
+                    return Err(at.err(format!(
+                        "learning-rate schedule: {} boundaries need {} values, found {}",
+                        boundaries.len(),
+                        boundaries.len() + 1,
+                        values.len()
+                    )));
+                }
+                if boundaries.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(at.err(format!(
+                        "learning-rate schedule: boundaries must be strictly increasing, found {boundaries:?}"
+                    )));
+                }
+                for &v in values {
+                    positive("every value", v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The schedule's learning rate at the step count `t` (an f32 scalar node).
+    fn build(&self, at: &mut At<'_>, t: NodeId) -> Result<NodeId, BuildError> {
+        match self {
+            Schedule::ExponentialDecay {
+                initial,
+                decay_steps,
+                decay_rate,
+                staircase,
+            } => {
+                let steps = at.scalar(*decay_steps as f64)?;
+                let mut p = at.div(t, steps)?;
+                if *staircase {
+                    // floor of a non-negative value: truncation by a round trip through i32
+                    let i = at.op(Op::Cast { to: DType::I32 }, &[p])?;
+                    p = at.op(Op::Cast { to: DType::F32 }, &[i])?;
+                }
+                let rate = at.scalar(*decay_rate)?;
+                let factor = at.bin(BinaryOp::Pow, rate, p)?;
+                let initial = at.scalar(*initial)?;
+                at.mul(initial, factor)
+            }
+            Schedule::CosineDecay {
+                initial,
+                decay_steps,
+                alpha,
+            } => {
+                // Keras' operations in order: min, divide, multiply by pi, cos, ...
+                let steps = at.scalar(*decay_steps as f64)?;
+                let t = at.bin(BinaryOp::Min, t, steps)?;
+                let p = at.div(t, steps)?;
+                let pi = at.scalar(std::f64::consts::PI)?;
+                let angle = at.mul(pi, p)?;
+                let c = at.unary(UnaryOp::Cos, angle)?;
+                let one = at.scalar(1.0)?;
+                let c1 = at.add(one, c)?;
+                let cosine = at.scale(c1, 0.5)?;
+                let keep = at.scalar(1.0 - alpha)?;
+                let kept = at.mul(keep, cosine)?;
+                let alpha = at.scalar(*alpha)?;
+                let decayed = at.add(kept, alpha)?;
+                let initial = at.scalar(*initial)?;
+                at.mul(initial, decayed)
+            }
+            Schedule::PiecewiseConstantDecay { boundaries, values } => {
+                let (Some(&first), Some(&last)) = (boundaries.first(), boundaries.last()) else {
+                    // no boundary: the one value throughout
+                    return at.scalar(values.first().copied().unwrap_or(0.0));
+                };
+                let mask = |at: &mut At<'_>, c: CmpOp, b: u64| -> Result<NodeId, BuildError> {
+                    let b = at.scalar(b as f64)?;
+                    at.op(Op::Compare(c), &[t, b])
+                };
+                let term = |at: &mut At<'_>, m: NodeId, v: f64| -> Result<NodeId, BuildError> {
+                    let v = at.scalar(v)?;
+                    at.mul(m, v)
+                };
+                let below = mask(at, CmpOp::Le, first)?;
+                let mut total = term(at, below, values[0])?;
+                let above = mask(at, CmpOp::Gt, last)?;
+                let above = term(at, above, values[values.len() - 1])?;
+                total = at.add(total, above)?;
+                for (i, w) in boundaries.windows(2).enumerate() {
+                    let lo = mask(at, CmpOp::Gt, w[0])?;
+                    let hi = mask(at, CmpOp::Le, w[1])?;
+                    let both = at.mul(lo, hi)?;
+                    let v = term(at, both, values[i + 1])?;
+                    total = at.add(total, v)?;
+                }
+                Ok(total)
+            }
+        }
+    }
 }
 
 /// What [`Optimizer::apply`] added: the state nodes it made and the updates it registered.
@@ -534,29 +845,203 @@ impl Optimizer {
         }
     }
 
-    /// Keras' default learning rate for this optimizer (0.01 for SGD, 0.001 for Adam).
-    pub fn default_learning_rate(&self) -> f64 {
-        match self {
-            Optimizer::Sgd { .. } => 0.01,
-            Optimizer::Adam { .. } => 0.001,
+    /// AdamW with Keras 3's defaults: weight decay 0.004, beta1 0.9, beta2 0.999, epsilon 1e-7
+    /// (learning rate 0.001).
+    pub fn adamw() -> Optimizer {
+        Optimizer::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+            weight_decay: 0.004,
         }
     }
 
-    /// Keras' name of the optimizer (`sgd`, `adam`).
+    /// RMSprop with Keras 3's defaults: rho 0.9, momentum 0, epsilon 1e-7, not centered
+    /// (learning rate 0.001).
+    pub fn rmsprop() -> Optimizer {
+        Optimizer::RmsProp {
+            rho: 0.9,
+            momentum: 0.0,
+            epsilon: 1e-7,
+            centered: false,
+        }
+    }
+
+    /// Adagrad with Keras 3's defaults: initial accumulator value 0.1, epsilon 1e-7 (learning
+    /// rate 0.001).
+    pub fn adagrad() -> Optimizer {
+        Optimizer::Adagrad {
+            initial_accumulator_value: 0.1,
+            epsilon: 1e-7,
+        }
+    }
+
+    /// This optimizer with its learning rate computed by `schedule` in the graph (replacing
+    /// an earlier schedule).
+    pub fn with_schedule(self, schedule: Schedule) -> Optimizer {
+        Optimizer::Scheduled {
+            optimizer: Box::new(self.unscheduled().clone()),
+            schedule,
+        }
+    }
+
+    /// The learning-rate schedule, if any.
+    pub fn schedule(&self) -> Option<&Schedule> {
+        match self {
+            Optimizer::Scheduled { schedule, .. } => Some(schedule),
+            _ => None,
+        }
+    }
+
+    /// The optimizer without its schedule.
+    pub fn unscheduled(&self) -> &Optimizer {
+        match self {
+            Optimizer::Scheduled { optimizer, .. } => optimizer.unscheduled(),
+            o => o,
+        }
+    }
+
+    fn unscheduled_mut(&mut self) -> &mut Optimizer {
+        match self {
+            Optimizer::Scheduled { optimizer, .. } => optimizer.unscheduled_mut(),
+            o => o,
+        }
+    }
+
+    /// Sets epsilon (Adam, AdamW, RMSprop, Adagrad; SGD has none and is unchanged).
+    pub fn with_epsilon(mut self, value: f64) -> Optimizer {
+        match self.unscheduled_mut() {
+            Optimizer::Adam { epsilon, .. }
+            | Optimizer::AdamW { epsilon, .. }
+            | Optimizer::RmsProp { epsilon, .. }
+            | Optimizer::Adagrad { epsilon, .. } => *epsilon = value,
+            Optimizer::Sgd { .. } | Optimizer::Scheduled { .. } => {}
+        }
+        self
+    }
+
+    /// Sets the moments' decays beta1 and beta2 (Adam, AdamW; others are unchanged).
+    pub fn with_betas(mut self, b1: f64, b2: f64) -> Optimizer {
+        if let Optimizer::Adam { beta1, beta2, .. } | Optimizer::AdamW { beta1, beta2, .. } =
+            self.unscheduled_mut()
+        {
+            (*beta1, *beta2) = (b1, b2);
+        }
+        self
+    }
+
+    /// Sets the momentum factor (SGD, RMSprop; others are unchanged).
+    pub fn with_momentum(mut self, value: f64) -> Optimizer {
+        if let Optimizer::Sgd { momentum, .. } | Optimizer::RmsProp { momentum, .. } =
+            self.unscheduled_mut()
+        {
+            *momentum = value;
+        }
+        self
+    }
+
+    /// Sets RMSprop's rho (others are unchanged).
+    pub fn with_rho(mut self, value: f64) -> Optimizer {
+        if let Optimizer::RmsProp { rho, .. } = self.unscheduled_mut() {
+            *rho = value;
+        }
+        self
+    }
+
+    /// Sets whether RMSprop is centered (others are unchanged).
+    pub fn with_centered(mut self, value: bool) -> Optimizer {
+        if let Optimizer::RmsProp { centered, .. } = self.unscheduled_mut() {
+            *centered = value;
+        }
+        self
+    }
+
+    /// Sets AdamW's weight decay (others are unchanged).
+    pub fn with_weight_decay(mut self, value: f64) -> Optimizer {
+        if let Optimizer::AdamW { weight_decay, .. } = self.unscheduled_mut() {
+            *weight_decay = value;
+        }
+        self
+    }
+
+    /// Sets Adagrad's initial accumulator value (others are unchanged).
+    pub fn with_initial_accumulator_value(mut self, value: f64) -> Optimizer {
+        if let Optimizer::Adagrad {
+            initial_accumulator_value,
+            ..
+        } = self.unscheduled_mut()
+        {
+            *initial_accumulator_value = value;
+        }
+        self
+    }
+
+    /// The optimizer of Keras name `name` (`sgd`, `adam`, `adamw`, `rmsprop`, `adagrad`,
+    /// as [`Optimizer::name`] gives them) with Keras' defaults.
+    pub fn from_name(name: &str) -> Option<Optimizer> {
+        Some(match name {
+            "sgd" => Optimizer::sgd(),
+            "adam" => Optimizer::adam(),
+            "adamw" => Optimizer::adamw(),
+            "rmsprop" => Optimizer::rmsprop(),
+            "adagrad" => Optimizer::adagrad(),
+            _ => return None,
+        })
+    }
+
+    /// Keras' default learning rate for this optimizer (0.01 for SGD, 0.001 for the others);
+    /// with a schedule, the schedule's learning rate at step 0.
+    pub fn default_learning_rate(&self) -> f64 {
+        match self {
+            Optimizer::Sgd { .. } => 0.01,
+            Optimizer::Adam { .. }
+            | Optimizer::AdamW { .. }
+            | Optimizer::RmsProp { .. }
+            | Optimizer::Adagrad { .. } => 0.001,
+            Optimizer::Scheduled { schedule, .. } => schedule.initial_learning_rate(),
+        }
+    }
+
+    /// Keras' name of the optimizer (`sgd`, `adam`, `adamw`, `rmsprop`, `adagrad`; a scheduled
+    /// optimizer has its optimizer's name).
     pub fn name(&self) -> &'static str {
         match self {
             Optimizer::Sgd { .. } => "sgd",
             Optimizer::Adam { .. } => "adam",
+            Optimizer::AdamW { .. } => "adamw",
+            Optimizer::RmsProp { .. } => "rmsprop",
+            Optimizer::Adagrad { .. } => "adagrad",
+            Optimizer::Scheduled { optimizer, .. } => optimizer.name(),
         }
     }
 
+    /// The learning-rate node of a training step of `g`: the input [`lr_input`] (fed by the
+    /// caller at each call), or with a schedule the schedule's value at the step counter
+    /// [`STEP_COUNTER`] (made here with its increment when `g` has none yet), so the step has no
+    /// learning-rate input. Pass it to [`Optimizer::apply`].
+    #[track_caller]
+    pub fn learning_rate(&self, g: &mut Graph) -> Result<NodeId, BuildError> {
+        let Optimizer::Scheduled { schedule, .. } = self else {
+            return lr_input(g);
+        };
+        let mut at = At::caller(g);
+        schedule.check(&at)?;
+        let mut out = Applied::default();
+        let (t, _, _) = step_counter(&mut at, &mut out)?;
+        register(&mut at, &out)?;
+        schedule.build(&mut at, t)
+    }
+
     /// Appends the update of every `(param, grad)` pair, reading the learning rate from `lr`
-    /// (an `f32[]` node, normally [`lr_input`]), and registers the updates in `g`. State nodes
-    /// are named after their param: `<param>.velocity`, `<param>.m`, `<param>.v`, and Adam's
-    /// step counter `optimizer.step`.
+    /// (an `f32[]` node: [`Optimizer::learning_rate`], normally [`lr_input`]), and registers
+    /// the updates in `g`. State nodes are named after their param: `<param>.velocity`
+    /// (momentum; RMSprop's average of squares), `<param>.m`, `<param>.v` (Adam, AdamW),
+    /// `<param>.momentum`, `<param>.average_gradient` (RMSprop), `<param>.accumulator`
+    /// (Adagrad), and the step counter [`STEP_COUNTER`] (Adam, AdamW, schedules).
     ///
     /// Errors when a target is not a param, a gradient's type differs from its param's, `lr`
-    /// is not `f32[]`, a hyper-parameter is out of range, or a param is already updated.
+    /// is not `f32[]` (or, with a schedule, is an input rather than the schedule's value), a
+    /// hyper-parameter is out of range, or a param is already updated.
     #[track_caller]
     pub fn apply(
         &self,
@@ -567,8 +1052,14 @@ impl Optimizer {
         let mut at = At::caller(g);
         self.check(&at)?;
         check_pairs(&at, lr, params_and_grads)?;
+        if self.schedule().is_some() && at.g[lr].op == Op::Input {
+            return Err(at.err(format!(
+                "a scheduled optimizer computes its learning rate in the graph, but the input {} was given: pass Optimizer::learning_rate",
+                at.name_of(lr)
+            )));
+        }
         let mut out = Applied::default();
-        match *self {
+        match *self.unscheduled() {
             Optimizer::Sgd { momentum, nesterov } => {
                 for &(w, grad) in params_and_grads {
                     sgd_update(&mut at, &mut out, lr, w, grad, momentum, nesterov)?;
@@ -581,46 +1072,140 @@ impl Optimizer {
             } => {
                 let alpha = adam_step_size(&mut at, &mut out, lr, beta1, beta2)?;
                 for &(w, grad) in params_and_grads {
-                    adam_update(&mut at, &mut out, alpha, w, grad, beta1, beta2, epsilon)?;
+                    let hp = (beta1, beta2, epsilon);
+                    adam_update(&mut at, &mut out, alpha, w, w, grad, hp)?;
                 }
             }
+            Optimizer::AdamW {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => {
+                let alpha = adam_step_size(&mut at, &mut out, lr, beta1, beta2)?;
+                let wd = at.scalar(weight_decay)?;
+                for &(w, grad) in params_and_grads {
+                    // Keras: variable.assign(variable - variable * wd * lr), then Adam
+                    let wwd = at.mul(w, wd)?;
+                    let decay = at.mul(wwd, lr)?;
+                    let decayed = at.sub(w, decay)?;
+                    let hp = (beta1, beta2, epsilon);
+                    adam_update(&mut at, &mut out, alpha, w, decayed, grad, hp)?;
+                }
+            }
+            Optimizer::RmsProp {
+                rho,
+                momentum,
+                epsilon,
+                centered,
+            } => {
+                for &(w, grad) in params_and_grads {
+                    let hp = RmsProp {
+                        rho,
+                        momentum,
+                        epsilon,
+                        centered,
+                    };
+                    rmsprop_update(&mut at, &mut out, lr, w, grad, hp)?;
+                }
+            }
+            Optimizer::Adagrad {
+                initial_accumulator_value,
+                epsilon,
+            } => {
+                for &(w, grad) in params_and_grads {
+                    let init = initial_accumulator_value;
+                    adagrad_update(&mut at, &mut out, lr, w, grad, init, epsilon)?;
+                }
+            }
+            Optimizer::Scheduled { .. } => {
+                return Err(at.err("internal: a schedule of a scheduled optimizer".into()))
+            }
         }
-        for &(target, value) in &out.updates {
-            at.g.add_update(target, value).map_err(|e| BuildError {
-                loc: Some(at.loc.clone()),
-                ..e
-            })?;
-        }
+        register(&mut at, &out)?;
         Ok(out)
     }
 
     fn check(&self, at: &At<'_>) -> Result<(), BuildError> {
         let bad =
             |what: &str, v: f64| at.err(format!("{}: {what} = {v} is out of range", self.name()));
-        match *self {
-            Optimizer::Sgd { momentum, .. } => {
-                if !(0.0..1.0).contains(&momentum) {
-                    return Err(bad("momentum (expected 0 <= momentum < 1)", momentum));
-                }
+        let unit = |what: &str, v: f64| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(bad(&format!("{what} (expected 0 <= {what} < 1)"), v))
             }
+        };
+        let non_negative = |what: &str, v: f64| {
+            if v >= 0.0 {
+                Ok(())
+            } else {
+                Err(bad(&format!("{what} (expected >= 0)"), v))
+            }
+        };
+        match self {
+            Optimizer::Sgd { momentum, .. } => unit("momentum", *momentum)?,
             Optimizer::Adam {
                 beta1,
                 beta2,
                 epsilon,
             } => {
-                if !(0.0..1.0).contains(&beta1) {
-                    return Err(bad("beta1 (expected 0 <= beta1 < 1)", beta1));
+                unit("beta1", *beta1)?;
+                unit("beta2", *beta2)?;
+                non_negative("epsilon", *epsilon)?;
+            }
+            Optimizer::AdamW {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => {
+                unit("beta1", *beta1)?;
+                unit("beta2", *beta2)?;
+                non_negative("epsilon", *epsilon)?;
+                non_negative("weight_decay", *weight_decay)?;
+            }
+            Optimizer::RmsProp {
+                rho,
+                momentum,
+                epsilon,
+                ..
+            } => {
+                unit("rho", *rho)?;
+                unit("momentum", *momentum)?;
+                non_negative("epsilon", *epsilon)?;
+            }
+            Optimizer::Adagrad {
+                initial_accumulator_value,
+                epsilon,
+            } => {
+                non_negative("initial_accumulator_value", *initial_accumulator_value)?;
+                non_negative("epsilon", *epsilon)?;
+            }
+            Optimizer::Scheduled {
+                optimizer,
+                schedule,
+            } => {
+                if optimizer.schedule().is_some() {
+                    return Err(at.err("a scheduled optimizer cannot be scheduled again".into()));
                 }
-                if !(0.0..1.0).contains(&beta2) {
-                    return Err(bad("beta2 (expected 0 <= beta2 < 1)", beta2));
-                }
-                if epsilon.is_nan() || epsilon < 0.0 {
-                    return Err(bad("epsilon (expected >= 0)", epsilon));
-                }
+                optimizer.check(at)?;
+                schedule.check(at)?;
             }
         }
         Ok(())
     }
+}
+
+/// Registers the updates of `out` in the graph.
+fn register(at: &mut At<'_>, out: &Applied) -> Result<(), BuildError> {
+    for &(target, value) in &out.updates {
+        at.g.add_update(target, value).map_err(|e| BuildError {
+            loc: Some(at.loc.clone()),
+            ..e
+        })?;
+    }
+    Ok(())
 }
 
 fn check_pairs(at: &At<'_>, lr: NodeId, pairs: &[(NodeId, NodeId)]) -> Result<(), BuildError> {
@@ -663,9 +1248,20 @@ fn state_like(
     w: NodeId,
     suffix: &str,
 ) -> Result<NodeId, BuildError> {
+    state_like_init(at, out, w, suffix, Init::Zeros)
+}
+
+/// A state tensor shaped like `w` starting at `init`, called `<w>.<suffix>`.
+fn state_like_init(
+    at: &mut At<'_>,
+    out: &mut Applied,
+    w: NodeId,
+    suffix: &str,
+    init: Init,
+) -> Result<NodeId, BuildError> {
     let name = format!("{}.{suffix}", at.name_of(w));
     let ty = at.ty(w)?;
-    let s = at.leaf(&name, Op::State { init: Init::Zeros }, ty)?;
+    let s = at.leaf(&name, Op::State { init }, ty)?;
     out.state.push(s);
     Ok(s)
 }
@@ -700,18 +1296,34 @@ fn sgd_update(
     Ok(())
 }
 
-/// The name of Adam's step counter: an f32 state, 0 before the first step, incremented by 1
-/// at each step (for the bias correction). SGD and momentum count no steps.
+/// The name of the optimizer's step counter: an f32 state, 0 before the first step,
+/// incremented by 1 at each step, made by Adam and AdamW (for the bias correction) and by a
+/// learning-rate [`Schedule`]; one counter per graph. Plain SGD, momentum, RMSprop and Adagrad
+/// without a schedule count no steps.
 pub const STEP_COUNTER: &str = "optimizer.step";
 
-/// Increments the step counter and returns `lr * sqrt(1 - b2^t) / (1 - b1^t)` (a scalar).
-fn adam_step_size(
+/// The step counter `t` (steps done before this one) and `t + 1`, its new value: the graph's
+/// counter when it has one with its increment registered, else a new counter whose increment
+/// is added to `out` (then also the constant 1 it adds, for the caller to reuse).
+fn step_counter(
     at: &mut At<'_>,
     out: &mut Applied,
-    lr: NodeId,
-    beta1: f64,
-    beta2: f64,
-) -> Result<NodeId, BuildError> {
+) -> Result<(NodeId, NodeId, Option<NodeId>), BuildError> {
+    if let Some(t) = at.g.find(STEP_COUNTER) {
+        let t1 =
+            at.g.updates()
+                .iter()
+                .find(|u| u.target == t)
+                .map(|u| u.value);
+        return match (&at.g[t].op, t1) {
+            (Op::State { .. }, Some(t1)) if at.g[t].ty == TensorType::f32(Shape::scalar()) => {
+                Ok((t, t1, None))
+            }
+            _ => Err(at.err(format!(
+                "node {STEP_COUNTER:?} exists but is not an f32[] step counter state with its increment"
+            ))),
+        };
+    }
     let t = at.leaf(
         STEP_COUNTER,
         Op::State { init: Init::Zeros },
@@ -721,6 +1333,22 @@ fn adam_step_size(
     let one = at.scalar(1.0)?;
     let t1 = at.add(t, one)?;
     out.updates.push((t, t1));
+    Ok((t, t1, Some(one)))
+}
+
+/// Increments the step counter and returns `lr * sqrt(1 - b2^t) / (1 - b1^t)` (a scalar).
+fn adam_step_size(
+    at: &mut At<'_>,
+    out: &mut Applied,
+    lr: NodeId,
+    beta1: f64,
+    beta2: f64,
+) -> Result<NodeId, BuildError> {
+    let (_, t1, one) = step_counter(at, out)?;
+    let one = match one {
+        Some(one) => one,
+        None => at.scalar(1.0)?,
+    };
     let b1 = at.scalar(beta1)?;
     let b2 = at.scalar(beta2)?;
     let b1t = at.bin(BinaryOp::Pow, b1, t1)?;
@@ -732,16 +1360,16 @@ fn adam_step_size(
     at.div(num, c1)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Adam's update of param `w` whose value before the update is `w0` (`w` itself, or
+/// AdamW's decayed `w`); `hp` is `(beta1, beta2, epsilon)`.
 fn adam_update(
     at: &mut At<'_>,
     out: &mut Applied,
     alpha: NodeId,
     w: NodeId,
+    w0: NodeId,
     grad: NodeId,
-    beta1: f64,
-    beta2: f64,
-    epsilon: f64,
+    (beta1, beta2, epsilon): (f64, f64, f64),
 ) -> Result<(), BuildError> {
     let m = state_like(at, out, w, "m")?;
     let v = state_like(at, out, w, "v")?;
@@ -760,9 +1388,110 @@ fn adam_update(
     let den = at.add(sv, eps)?;
     let am = at.mul(new_m, alpha)?;
     let step = at.div(am, den)?;
-    let new_w = at.sub(w, step)?;
+    let new_w = at.sub(w0, step)?;
     out.updates.push((m, new_m));
     out.updates.push((v, new_v));
+    out.updates.push((w, new_w));
+    Ok(())
+}
+
+/// RMSprop's hyper-parameters ([`Optimizer::RmsProp`]).
+#[derive(Clone, Copy)]
+struct RmsProp {
+    rho: f64,
+    momentum: f64,
+    epsilon: f64,
+    centered: bool,
+}
+
+/// Keras 3's `RMSprop.update_step`, operation for operation.
+fn rmsprop_update(
+    at: &mut At<'_>,
+    out: &mut Applied,
+    lr: NodeId,
+    w: NodeId,
+    grad: NodeId,
+    hp: RmsProp,
+) -> Result<(), BuildError> {
+    let v = state_like(at, out, w, "velocity")?;
+    let mom = if hp.momentum > 0.0 {
+        Some(state_like(at, out, w, "momentum")?)
+    } else {
+        None
+    };
+    let avg = if hp.centered {
+        Some(state_like(at, out, w, "average_gradient")?)
+    } else {
+        None
+    };
+    let rho = at.scalar(hp.rho)?;
+    let one_minus_rho = at.scalar(1.0 - hp.rho)?;
+    // v <- rho * v + (1 - rho) * g^2
+    let rv = at.mul(rho, v)?;
+    let g2 = at.mul(grad, grad)?;
+    let g2 = at.mul(one_minus_rho, g2)?;
+    let new_v = at.add(rv, g2)?;
+    out.updates.push((v, new_v));
+    let eps = at.scalar(hp.epsilon)?;
+    let den = match avg {
+        Some(a) => {
+            // a <- rho * a + (1 - rho) * g; den = v - a^2 + eps
+            let ra = at.mul(rho, a)?;
+            let ga = at.mul(one_minus_rho, grad)?;
+            let new_a = at.add(ra, ga)?;
+            out.updates.push((a, new_a));
+            let a2 = at.mul(new_a, new_a)?;
+            let d = at.sub(new_v, a2)?;
+            at.add(d, eps)?
+        }
+        None => at.add(new_v, eps)?,
+    };
+    // increment = lr * g / sqrt(den)
+    let root = at.unary(UnaryOp::Sqrt, den)?;
+    let lg = at.mul(lr, grad)?;
+    let increment = at.div(lg, root)?;
+    let step = match mom {
+        Some(m) => {
+            // mom <- momentum * mom + increment; w <- w - mom
+            let mm = at.scale(m, hp.momentum)?;
+            let new_m = at.add(mm, increment)?;
+            out.updates.push((m, new_m));
+            new_m
+        }
+        None => increment,
+    };
+    let new_w = at.sub(w, step)?;
+    out.updates.push((w, new_w));
+    Ok(())
+}
+
+/// Keras 3's `Adagrad.update_step`: `acc <- acc + g^2`; `w <- w - lr * g / sqrt(acc + eps)`.
+fn adagrad_update(
+    at: &mut At<'_>,
+    out: &mut Applied,
+    lr: NodeId,
+    w: NodeId,
+    grad: NodeId,
+    initial_accumulator_value: f64,
+    epsilon: f64,
+) -> Result<(), BuildError> {
+    let init = if initial_accumulator_value == 0.0 {
+        Init::Zeros
+    } else {
+        Init::Constant {
+            value: initial_accumulator_value,
+        }
+    };
+    let acc = state_like_init(at, out, w, "accumulator", init)?;
+    let g2 = at.mul(grad, grad)?;
+    let new_acc = at.add(acc, g2)?;
+    let eps = at.scalar(epsilon)?;
+    let den = at.add(new_acc, eps)?;
+    let root = at.unary(UnaryOp::Sqrt, den)?;
+    let lg = at.mul(lr, grad)?;
+    let step = at.div(lg, root)?;
+    let new_w = at.sub(w, step)?;
+    out.updates.push((acc, new_acc));
     out.updates.push((w, new_w));
     Ok(())
 }

@@ -442,7 +442,9 @@ fn fd_check_of(k: OpKind) -> Option<&'static str> {
         | K::Relu
         | K::Log1p
         | K::Expm1
-        | K::Erf => Some("unary_ops (every UnaryOp)"),
+        | K::Erf
+        | K::Sin
+        | K::Cos => Some("unary_ops (every UnaryOp)"),
         K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min | K::Pow => {
             Some("binary_ops_with_broadcasting (every BinaryOp)")
         }

@@ -175,3 +175,53 @@ fn the_rnn_shard_batches_its_matmuls_at_the_shard_batch() {
     );
     verify(shard).unwrap();
 }
+
+/// Each optimizer's per-param state is updated by the parts, row for row; the shared step
+/// counter (Adam's, AdamW's, a schedule's) only by the tail, and a scheduled update reads no
+/// learning-rate input.
+#[test]
+fn every_optimizer_splits_its_per_param_state_by_rows() {
+    use gradlift::optim::{Schedule, STEP_COUNTER};
+    let g = model("mlp.ir");
+    let decay = Schedule::exponential_decay(0.01, 100, 0.9, false);
+    for (opt, per_param, counter) in [
+        (Optimizer::adamw(), 3, true),
+        (Optimizer::rmsprop(), 2, false),
+        (
+            Optimizer::rmsprop().with_momentum(0.5).with_centered(true),
+            4,
+            false,
+        ),
+        (Optimizer::adagrad(), 2, false),
+        (Optimizer::sgd().with_schedule(decay.clone()), 1, true),
+        (Optimizer::rmsprop().with_schedule(decay), 2, true),
+    ] {
+        let step = sharded_training_step(&g, "loss", &opt, None, 64, 2, 3).unwrap();
+        assert_eq!(step.update_parts.len(), 3);
+        for p in &step.update_parts {
+            verify(&p.graph).unwrap();
+            let targets: Vec<&str> = p
+                .graph
+                .updates()
+                .iter()
+                .map(|u| p.graph[u.target].name.as_deref().unwrap())
+                .collect();
+            assert!(!targets.contains(&STEP_COUNTER), "{opt:?}: {targets:?}");
+            assert_eq!(targets.len(), 4 * per_param, "{opt:?}: {targets:?}");
+            assert_eq!(
+                p.graph.find("lr").is_some(),
+                opt.schedule().is_none(),
+                "{opt:?}"
+            );
+        }
+        verify(&step.update_tail).unwrap();
+        let tail: Vec<&str> = step
+            .update_tail
+            .updates()
+            .iter()
+            .map(|u| step.update_tail[u.target].name.as_deref().unwrap())
+            .collect();
+        let want: &[&str] = if counter { &[STEP_COUNTER] } else { &[] };
+        assert_eq!(tail, want, "{opt:?}");
+    }
+}

@@ -168,6 +168,8 @@ fn transcendentals_at_extremes() {
         UnaryOp::Expm1,
         UnaryOp::Log1p,
         UnaryOp::Erf,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
     ] {
         let mut g = Graph::new("extremes");
         let c = g
@@ -802,7 +804,9 @@ fn jit_test_of(k: OpKind) -> Option<&'static str> {
         | K::Relu
         | K::Log1p
         | K::Expm1
-        | K::Erf => Some("unary (every UnaryOp)"),
+        | K::Erf
+        | K::Sin
+        | K::Cos => Some("unary (every UnaryOp)"),
         K::Add | K::Sub | K::Mul | K::Div | K::Max | K::Min | K::Pow => {
             Some("binary_with_broadcasting (every BinaryOp)")
         }

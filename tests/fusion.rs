@@ -902,3 +902,60 @@ fn long_chains_are_cut_into_kernels_of_bounded_size() {
     let got = interp_results(&f, &interp::eval::<f64>(&f, &feeds).unwrap());
     assert_eq!(want, got);
 }
+
+/// RMSprop (plain, with momentum, centered), Adagrad and AdamW, with a constant or a scheduled
+/// learning rate, fuse like Adam: after the default pipeline each param's whole update is one
+/// fused node whose further results are its new optimizer state, every one an update value;
+/// and the fused step, compiled, agrees with the interpreter on the unfused step
+/// ([`jit_matches`]).
+#[test]
+fn every_optimizers_update_of_each_param_is_one_kernel() {
+    use gradlift::optim::{Optimizer, Schedule};
+    let decay = Schedule::exponential_decay(0.01, 10, 0.5, true);
+    for (opt, state) in [
+        (Optimizer::rmsprop(), &["velocity"][..]),
+        (
+            Optimizer::rmsprop().with_momentum(0.9).with_centered(true),
+            &["velocity", "average_gradient", "momentum"][..],
+        ),
+        (Optimizer::adagrad(), &["accumulator"][..]),
+        (Optimizer::adamw(), &["m", "v"][..]),
+        (
+            Optimizer::adamw().with_schedule(decay.clone()),
+            &["m", "v"][..],
+        ),
+        (Optimizer::rmsprop().with_schedule(decay), &["velocity"][..]),
+        (
+            Optimizer::adagrad().with_schedule(Schedule::cosine_decay(0.01, 5, 0.1)),
+            &["accumulator"][..],
+        ),
+    ] {
+        let (_, forward) = common::load(&common::ir_dir().join("mlp.ir"));
+        let mut step = forward.clone();
+        gradlift::optim::training_step(&mut step, "loss", &opt).unwrap();
+        let mut g = step.clone();
+        Pipeline::default().run(&mut g).unwrap();
+        let updates = g.updates().to_vec();
+        for p in g.params() {
+            let pname = g[p].name.clone().unwrap();
+            let value = updates.iter().find(|u| u.target == p).unwrap().value;
+            let Op::Fused(body) = &g[value].op else {
+                panic!(
+                    "{opt:?}: the update of {pname} is not fused:\n{}",
+                    text::print(&g)
+                );
+            };
+            assert_eq!(body.n_results(), 1 + state.len(), "{opt:?} {pname}");
+            for s in state {
+                let id = g.find(&format!("{pname}.{s}")).unwrap();
+                let u = updates.iter().find(|u| u.target == id).unwrap();
+                assert!(
+                    matches!(g[u.value].op, Op::FusedResult { .. }),
+                    "{opt:?} {pname}.{s}"
+                );
+                assert_eq!(g.operands(u.value), vec![value], "{opt:?} {pname}.{s}");
+            }
+        }
+        jit_matches(&format!("{opt:?}"), &step, &g, 3);
+    }
+}

@@ -109,3 +109,36 @@ fn cnn_with_adam() {
         1e-4,
     );
 }
+
+/// The optimizers beside SGD and Adam, and a schedule computed in the step (no learning-rate
+/// input on either backend).
+#[test]
+fn mlp_with_each_new_optimizer_and_a_schedule() {
+    use gradlift::optim::Schedule;
+    for optimizer in [
+        Optimizer::rmsprop().with_momentum(0.5).with_centered(true),
+        Optimizer::adagrad(),
+        Optimizer::adamw().with_schedule(Schedule::piecewise_constant_decay(
+            &[2, 5],
+            &[0.01, 0.005, 0.001],
+        )),
+        Optimizer::momentum(0.9).with_schedule(Schedule::exponential_decay(0.1, 4, 0.5, false)),
+        Optimizer::adam().with_schedule(Schedule::cosine_decay(0.01, 5, 0.0)),
+    ] {
+        compare(
+            || {
+                Sequential::new([784])
+                    .seed(5)
+                    .layer(Dense::new(16).activation(Activation::Relu))
+                    .layer(Dense::new(10).activation(Activation::Softmax))
+            },
+            CompileOptions::new(
+                optimizer,
+                Loss::SparseCategoricalCrossentropy { from_logits: false },
+                &[Metric::Accuracy],
+            ),
+            70, // 32, 32 and 6
+            1e-4,
+        );
+    }
+}

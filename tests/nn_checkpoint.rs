@@ -79,6 +79,15 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn check_resume(optimizer: Optimizer, file: &str) {
+    check_resume_with(optimizer, file, Some(halve_after_two));
+}
+
+/// [`check_resume`] with the per-epoch host schedule `schedule`.
+fn check_resume_with(optimizer: Optimizer, file: &str, schedule: Option<fn(usize, f64) -> f64>) {
+    let opts = |initial_epoch, epochs| FitOptions {
+        schedule,
+        ..opts(initial_epoch, epochs)
+    };
     let (x, y) = data();
     let y = Targets::Classes(&y);
     let mut whole = model(optimizer.clone(), 8, 1);
@@ -261,4 +270,62 @@ fn impossible_step_counts_are_refused() {
             assert_eq!(snapshot(&mut m, &x), before);
         }
     }
+}
+
+#[test]
+fn rmsprop_resumes_bit_for_bit() {
+    check_resume(
+        Optimizer::rmsprop().with_momentum(0.5).with_centered(true),
+        "rmsprop.safetensors",
+    );
+}
+
+#[test]
+fn adagrad_resumes_bit_for_bit() {
+    check_resume(Optimizer::adagrad(), "adagrad.safetensors");
+}
+
+#[test]
+fn adamw_resumes_bit_for_bit() {
+    check_resume(Optimizer::adamw(), "adamw.safetensors");
+}
+
+/// A per-epoch host schedule and an optimizer's own schedule are not combined: `fit` says so
+/// and trains nothing (Keras refuses to set a scheduled optimizer's learning rate).
+#[test]
+fn a_host_schedule_and_an_optimizer_schedule_are_refused_together() {
+    use gradlift::optim::Schedule;
+    let (x, y) = data();
+    let opt = Optimizer::adam().with_schedule(Schedule::cosine_decay(0.01, 10, 0.0));
+    let mut m = model(opt, 8, 1);
+    let before = bits(&m);
+    let e = m.fit(&x, Targets::Classes(&y), &opts(0, 1)).unwrap_err();
+    assert!(e.to_string().contains("use one of the two"), "{e}");
+    assert_eq!(bits(&m), before);
+    assert_eq!(m.steps_trained(), 0);
+}
+
+/// A schedule's learning rate comes from the saved step counter, so a resumed run continues
+/// the schedule where it stopped.
+#[test]
+fn scheduled_optimizers_resume_bit_for_bit() {
+    use gradlift::optim::Schedule;
+    check_resume_with(
+        Optimizer::adam().with_schedule(Schedule::exponential_decay(0.05, 3, 0.7, true)),
+        "adam-exponential.safetensors",
+        None,
+    );
+    check_resume_with(
+        Optimizer::sgd().with_schedule(Schedule::piecewise_constant_decay(
+            &[5, 10],
+            &[0.1, 0.05, 0.01],
+        )),
+        "sgd-piecewise.safetensors",
+        None,
+    );
+    check_resume_with(
+        Optimizer::rmsprop().with_schedule(Schedule::cosine_decay(0.01, 12, 0.1)),
+        "rmsprop-cosine.safetensors",
+        None,
+    );
 }

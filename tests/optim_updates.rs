@@ -4,7 +4,9 @@
 //! of autodiff. Also: penalties, clipping, and errors for bad arguments.
 
 use gradlift::interp::{eval, Array};
-use gradlift::optim::{add_penalties, lr_input, Clip, Optimizer, Regularizer};
+use gradlift::optim::{
+    add_penalties, lr_input, Clip, Optimizer, Regularizer, Schedule, STEP_COUNTER,
+};
 use gradlift::{Graph, Init, NodeId, Shape, TensorType};
 use std::collections::HashMap;
 
@@ -288,4 +290,442 @@ fn training_step_differentiates_and_updates_every_param() {
         "{err}"
     );
     assert_eq!(gradlift::text::print(&h), gradlift::text::print(&forward));
+}
+
+// ---- RMSprop, Adagrad, AdamW (Keras 3's formulas, written out in f64) ----------------------
+
+const GRADS: [[f32; 3]; 3] = [G, [-0.2, 0.3, 1.0], [1.5, -0.7, -0.1]];
+
+/// Keras 3's `RMSprop.update_step` in f64: `v = rho v + (1-rho) g^2`; with `centered`,
+/// `a = rho a + (1-rho) g` and the denominator `sqrt(v - a^2 + eps)`, else `sqrt(v + eps)`;
+/// `inc = lr g / den`; with momentum `mom = momentum mom + inc`, `w -= mom`, else `w -= inc`.
+fn rmsprop_reference(
+    lr: f64,
+    rho: f64,
+    momentum: f64,
+    centered: bool,
+    grads: &[[f32; 3]],
+) -> Vec<Vec<f64>> {
+    let eps = 1e-7;
+    let mut w: Vec<f64> = W0.iter().map(|&x| x as f64).collect();
+    let (mut v, mut a, mut mom) = (vec![0.0; 3], vec![0.0; 3], vec![0.0; 3]);
+    let mut out = Vec::new();
+    for g in grads {
+        for i in 0..3 {
+            let gi = g[i] as f64;
+            v[i] = rho * v[i] + (1.0 - rho) * gi * gi;
+            let den = if centered {
+                a[i] = rho * a[i] + (1.0 - rho) * gi;
+                v[i] - a[i] * a[i] + eps
+            } else {
+                v[i] + eps
+            };
+            let inc = lr * gi / den.sqrt();
+            if momentum > 0.0 {
+                mom[i] = momentum * mom[i] + inc;
+                w[i] -= mom[i];
+            } else {
+                w[i] -= inc;
+            }
+        }
+        out.push(w.clone());
+    }
+    out
+}
+
+#[test]
+fn rmsprop_steps_match_keras() {
+    // By hand, first step with the defaults: v = 0.1 g^2, so w -= lr g / sqrt(0.1 g^2 + 1e-7),
+    // about lr * sqrt(10) * sign(g).
+    let got = run(&problem(&Optimizer::rmsprop()), 0.01, &GRADS);
+    let s = 0.01 * 10f64.sqrt();
+    assert_close(&got[0], &[1.0 - s, 2.0 + s, 3.0 - s], 1e-5);
+    for (opt, momentum, centered) in [
+        (Optimizer::rmsprop(), 0.0, false),
+        (Optimizer::rmsprop().with_momentum(0.5), 0.5, false),
+        (Optimizer::rmsprop().with_centered(true), 0.0, true),
+        (
+            Optimizer::rmsprop()
+                .with_rho(0.8)
+                .with_momentum(0.9)
+                .with_centered(true),
+            0.9,
+            true,
+        ),
+    ] {
+        let rho = match opt {
+            Optimizer::RmsProp { rho, .. } => rho,
+            _ => unreachable!(),
+        };
+        let got = run(&problem(&opt), 0.01, &GRADS);
+        let want = rmsprop_reference(0.01, rho, momentum, centered, &GRADS);
+        for (g, w) in got.iter().zip(&want) {
+            assert_close(g, w, 2e-6);
+        }
+    }
+}
+
+#[test]
+fn rmsprop_state_is_named_as_in_keras() {
+    let p = problem(&Optimizer::rmsprop());
+    assert!(p.graph.find("w.velocity").is_some());
+    assert_eq!(p.graph.updates().len(), 2, "velocity, w");
+    assert!(
+        p.graph.find(STEP_COUNTER).is_none(),
+        "RMSprop counts no steps"
+    );
+    let opt = Optimizer::rmsprop().with_momentum(0.9).with_centered(true);
+    let p = problem(&opt);
+    for s in ["w.velocity", "w.momentum", "w.average_gradient"] {
+        assert!(p.graph.find(s).is_some(), "{s}");
+    }
+    assert_eq!(p.graph.updates().len(), 4);
+}
+
+/// Keras 3's `Adagrad.update_step` in f64.
+fn adagrad_reference(lr: f64, init: f64, grads: &[[f32; 3]]) -> Vec<Vec<f64>> {
+    let eps = 1e-7;
+    let mut w: Vec<f64> = W0.iter().map(|&x| x as f64).collect();
+    let mut acc = [init; 3];
+    let mut out = Vec::new();
+    for g in grads {
+        for i in 0..3 {
+            let gi = g[i] as f64;
+            acc[i] += gi * gi;
+            w[i] -= lr * gi / (acc[i] + eps).sqrt();
+        }
+        out.push(w.clone());
+    }
+    out
+}
+
+#[test]
+fn adagrad_steps_match_keras() {
+    // By hand, first step: acc = 0.1 + g^2 = [0.35, 1.1, 4.1]
+    let got = run(&problem(&Optimizer::adagrad()), 0.1, &GRADS);
+    let by_hand: Vec<f64> = [0.35f64, 1.1, 4.1]
+        .iter()
+        .zip(W0.iter().zip(G))
+        .map(|(a, (&w, g))| w as f64 - 0.1 * g as f64 / (a + 1e-7).sqrt())
+        .collect();
+    assert_close(&got[0], &by_hand, 1e-6);
+    for init in [0.1, 0.0, 2.5] {
+        let opt = Optimizer::adagrad().with_initial_accumulator_value(init);
+        let got = run(&problem(&opt), 0.1, &GRADS);
+        let want = adagrad_reference(0.1, init, &GRADS);
+        for (g, w) in got.iter().zip(&want) {
+            assert_close(g, w, 2e-6);
+        }
+    }
+    let p = problem(&Optimizer::adagrad());
+    let acc = p.graph.find("w.accumulator").unwrap();
+    assert_eq!(
+        p.graph[acc].op,
+        gradlift::Op::State {
+            init: Init::Constant { value: 0.1 }
+        }
+    );
+}
+
+/// Keras 3's AdamW in f64: `w -= w * wd * lr`, then Adam's update.
+fn adamw_reference(lr: f64, wd: f64, grads: &[[f32; 3]]) -> Vec<Vec<f64>> {
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-7f64);
+    let mut w: Vec<f64> = W0.iter().map(|&x| x as f64).collect();
+    let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
+    let mut out = Vec::new();
+    for (t, g) in grads.iter().enumerate() {
+        let t = (t + 1) as f64;
+        let alpha = lr * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
+        for i in 0..3 {
+            w[i] -= w[i] * wd * lr;
+            let gi = g[i] as f64;
+            m[i] += (gi - m[i]) * (1.0 - b1);
+            v[i] += (gi * gi - v[i]) * (1.0 - b2);
+            w[i] -= alpha * m[i] / (v[i].sqrt() + eps);
+        }
+        out.push(w.clone());
+    }
+    out
+}
+
+#[test]
+fn adamw_steps_match_keras() {
+    for wd in [0.004, 0.5] {
+        let opt = Optimizer::adamw().with_weight_decay(wd);
+        let got = run(&problem(&opt), 0.01, &GRADS);
+        let want = adamw_reference(0.01, wd, &GRADS);
+        for (g, w) in got.iter().zip(&want) {
+            assert_close(g, w, 1e-6);
+        }
+    }
+    // By hand, first step with weight decay 0.5 at lr 0.01: w * (1 - 0.005), then Adam's
+    // step of about lr * sign(g).
+    let got = run(
+        &problem(&Optimizer::adamw().with_weight_decay(0.5)),
+        0.01,
+        &[G],
+    );
+    assert_close(&got[0], &[0.985, 2.0, 2.975], 1e-6);
+    // Without decay, AdamW is Adam.
+    let a = run(
+        &problem(&Optimizer::adamw().with_weight_decay(0.0)),
+        0.01,
+        &GRADS,
+    );
+    let b = run(&problem(&Optimizer::adam()), 0.01, &GRADS);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn optimizer_names_and_defaults_are_keras() {
+    for (name, lr) in [
+        ("sgd", 0.01),
+        ("adam", 0.001),
+        ("adamw", 0.001),
+        ("rmsprop", 0.001),
+        ("adagrad", 0.001),
+    ] {
+        let o = Optimizer::from_name(name).unwrap();
+        assert_eq!(o.name(), name);
+        assert_eq!(o.default_learning_rate(), lr, "{name}");
+    }
+    assert!(Optimizer::from_name("adadelta").is_none());
+    assert_eq!(
+        Optimizer::adamw(),
+        Optimizer::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+            weight_decay: 0.004
+        }
+    );
+    assert_eq!(
+        Optimizer::rmsprop(),
+        Optimizer::RmsProp {
+            rho: 0.9,
+            momentum: 0.0,
+            epsilon: 1e-7,
+            centered: false
+        }
+    );
+    assert_eq!(
+        Optimizer::adagrad(),
+        Optimizer::Adagrad {
+            initial_accumulator_value: 0.1,
+            epsilon: 1e-7
+        }
+    );
+}
+
+#[test]
+fn bad_hyper_parameters_of_the_new_optimizers_are_errors() {
+    for (opt, what) in [
+        (Optimizer::rmsprop().with_rho(1.0), "rho"),
+        (Optimizer::rmsprop().with_momentum(-0.1), "momentum"),
+        (Optimizer::rmsprop().with_epsilon(f64::NAN), "epsilon"),
+        (
+            Optimizer::adagrad().with_initial_accumulator_value(-1.0),
+            "initial_accumulator_value",
+        ),
+        (Optimizer::adamw().with_weight_decay(-0.1), "weight_decay"),
+        (Optimizer::adamw().with_betas(0.9, 1.0), "beta2"),
+    ] {
+        let mut g = Graph::new("bad");
+        let w = g.param("w", [3], Init::Zeros).unwrap();
+        let x = g.input("x", TensorType::f32([3])).unwrap();
+        let lr = lr_input(&mut g).unwrap();
+        let e = opt.apply(&mut g, lr, &[(w, x)]).unwrap_err();
+        assert!(e.message.contains(what), "{what}: {e}");
+        assert!(e.message.contains(opt.name()), "{what}: {e}");
+    }
+}
+
+// ---- learning-rate schedules -------------------------------------------------------------
+
+/// The learning rate a scheduled SGD step computes at each of `steps` steps (read from the
+/// graph's learning-rate node, an output here), the step counter carried from step to step;
+/// also checks that the param moves by exactly `lr * g` (g = 1).
+fn schedule_rates(schedule: Schedule, steps: usize) -> Vec<f32> {
+    let opt = Optimizer::sgd().with_schedule(schedule);
+    let mut graph = Graph::new("sched");
+    let w = graph.param("w", [1], Init::Zeros).unwrap();
+    let g = graph.input("g", TensorType::f32([1])).unwrap();
+    let lr = opt.learning_rate(&mut graph).unwrap();
+    assert_ne!(graph[lr].op, gradlift::Op::Input);
+    assert!(graph.find("lr").is_none(), "no learning-rate input");
+    opt.apply(&mut graph, lr, &[(w, g)]).unwrap();
+    graph.add_output("rate", lr).unwrap();
+    let t = graph.find(STEP_COUNTER).unwrap();
+    let mut carried: HashMap<NodeId, Array<f32>> = HashMap::new();
+    carried.insert(w, arr(&[0.0]));
+    carried.insert(t, scalar(0.0));
+    let mut rates = Vec::new();
+    for step in 0..steps {
+        let mut feeds = carried.clone();
+        feeds.insert(g, arr(&[1.0]));
+        let values = eval::<f32>(&graph, &feeds).unwrap();
+        let rate = values.get(lr).unwrap().data[0];
+        for u in graph.updates() {
+            carried.insert(u.target, values.get(u.value).unwrap().clone());
+        }
+        assert_eq!(carried[&t].data, vec![(step + 1) as f32]);
+        assert_eq!(carried[&w].data, vec![feeds[&w].data[0] - rate]);
+        rates.push(rate);
+    }
+    rates
+}
+
+#[test]
+fn exponential_decay_follows_keras() {
+    let s = Schedule::exponential_decay(0.1, 3, 0.5, false);
+    let got = schedule_rates(s.clone(), 8);
+    for (t, &r) in got.iter().enumerate() {
+        let want = 0.1 * 0.5f64.powf(t as f64 / 3.0);
+        assert!(
+            (r as f64 - want).abs() <= 1e-7 * want.max(1e-3),
+            "step {t}: {r} vs {want}"
+        );
+        assert!((r as f64 - s.learning_rate_at(t as u64)).abs() <= 1e-8);
+    }
+    assert_eq!(got[0], 0.1);
+    assert_eq!(got[3], 0.05);
+    assert_eq!(got[6], 0.025);
+    // staircase: 0.1 for steps 0-2, 0.05 for 3-5, 0.025 for 6-7
+    let s = Schedule::exponential_decay(0.1, 3, 0.5, true);
+    let got = schedule_rates(s.clone(), 8);
+    assert_eq!(got, [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025]);
+    for (t, &r) in got.iter().enumerate() {
+        assert_eq!(r, s.learning_rate_at(t as u64) as f32);
+    }
+}
+
+#[test]
+fn piecewise_constant_decay_follows_keras() {
+    // Keras: values[0] while t <= 2, values[1] while 2 < t <= 4, values[2] after
+    let s = Schedule::piecewise_constant_decay(&[2, 4], &[0.5, 0.25, 0.125]);
+    let got = schedule_rates(s.clone(), 7);
+    assert_eq!(got, [0.5, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]);
+    for (t, &r) in got.iter().enumerate() {
+        assert_eq!(r, s.learning_rate_at(t as u64) as f32);
+    }
+    let s = Schedule::piecewise_constant_decay(&[0], &[1.0, 0.1]);
+    assert_eq!(schedule_rates(s, 3), [1.0, 0.1, 0.1]);
+    let s = Schedule::piecewise_constant_decay(&[], &[0.3]);
+    assert_eq!(schedule_rates(s, 2), [0.3, 0.3]);
+}
+
+/// Adam with a schedule shares one step counter: the schedule reads the steps done (t), the
+/// bias correction the step being done (t + 1), as in Keras.
+#[test]
+fn a_scheduled_adam_shares_the_step_counter() {
+    let s = Schedule::piecewise_constant_decay(&[0], &[0.01, 0.001]);
+    let opt = Optimizer::adam().with_schedule(s);
+    assert_eq!(opt.name(), "adam");
+    assert_eq!(opt.default_learning_rate(), 0.01);
+    let mut graph = Graph::new("sched");
+    let w = graph.param("w", [3], Init::Zeros).unwrap();
+    let g = graph.input("g", TensorType::f32([3])).unwrap();
+    let lr = opt.learning_rate(&mut graph).unwrap();
+    opt.apply(&mut graph, lr, &[(w, g)]).unwrap();
+    let counters = graph
+        .states()
+        .into_iter()
+        .filter(|&s| graph[s].name.as_deref() == Some(STEP_COUNTER))
+        .count();
+    assert_eq!(counters, 1);
+    assert_eq!(graph.updates().len(), 4, "step, m, v, w");
+    // two steps: lr 0.01 then 0.001, against Keras' Adam in f64 with those rates
+    let mut carried: HashMap<NodeId, Array<f32>> = HashMap::new();
+    carried.insert(w, arr(&W0));
+    let mut got = Vec::new();
+    for grad in &GRADS[..2] {
+        let mut feeds = carried.clone();
+        feeds.insert(g, arr(grad));
+        let values = eval::<f32>(&graph, &feeds).unwrap();
+        for u in graph.updates() {
+            carried.insert(u.target, values.get(u.value).unwrap().clone());
+        }
+        got.push(carried[&w].data.clone());
+    }
+    let first = adam_reference(0.01, &GRADS[..1]);
+    assert_close(&got[0], &first[0], 1e-6);
+    // the second step by hand from the first step's moments
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-7f64);
+    let alpha = 0.001 * (1.0 - b2 * b2).sqrt() / (1.0 - b1 * b1);
+    let want: Vec<f64> = (0..3)
+        .map(|i| {
+            let (g0, g1) = (GRADS[0][i] as f64, GRADS[1][i] as f64);
+            let m = (g0 * (1.0 - b1)) * b1 + g1 * (1.0 - b1);
+            let v = (g0 * g0 * (1.0 - b2)) * b2 + g1 * g1 * (1.0 - b2);
+            first[0][i] - alpha * m / (v.sqrt() + eps)
+        })
+        .collect();
+    assert_close(&got[1], &want, 1e-6);
+}
+
+#[test]
+fn bad_schedules_are_errors() {
+    for (s, what) in [
+        (
+            Schedule::exponential_decay(0.1, 0, 0.5, false),
+            "decay_steps",
+        ),
+        (Schedule::exponential_decay(-0.1, 10, 0.5, false), "initial"),
+        (
+            Schedule::exponential_decay(0.1, 10, 0.0, false),
+            "decay_rate",
+        ),
+        (
+            Schedule::piecewise_constant_decay(&[3, 3], &[0.1, 0.2, 0.3]),
+            "increasing",
+        ),
+        (Schedule::piecewise_constant_decay(&[3], &[0.1]), "2 values"),
+        (
+            Schedule::piecewise_constant_decay(&[3], &[0.1, f64::NAN]),
+            "positive",
+        ),
+    ] {
+        let mut g = Graph::new("bad");
+        let e = Optimizer::sgd()
+            .with_schedule(s)
+            .learning_rate(&mut g)
+            .unwrap_err();
+        assert!(e.message.contains(what), "{what}: {e}");
+    }
+    // A scheduled optimizer refuses a learning-rate input: it would ignore the schedule.
+    let mut g = Graph::new("bad");
+    let w = g.param("w", [3], Init::Zeros).unwrap();
+    let x = g.input("x", TensorType::f32([3])).unwrap();
+    let lr = lr_input(&mut g).unwrap();
+    let opt = Optimizer::sgd().with_schedule(Schedule::exponential_decay(0.1, 10, 0.5, false));
+    let e = opt.apply(&mut g, lr, &[(w, x)]).unwrap_err();
+    assert!(e.message.contains("Optimizer::learning_rate"), "{e}");
+}
+
+#[test]
+fn cosine_decay_follows_keras() {
+    // Keras: initial * ((1 - alpha) * 0.5 * (1 + cos(pi * min(t, d) / d)) + alpha)
+    let s = Schedule::cosine_decay(0.1, 4, 0.2);
+    let got = schedule_rates(s.clone(), 7);
+    for (t, &r) in got.iter().enumerate() {
+        let p = (t.min(4) as f64) / 4.0;
+        let want = 0.1 * (0.8 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()) + 0.2);
+        // f32 rounding of about six operations: a few ulps (6e-8 of the value each)
+        assert!(
+            (r as f64 - want).abs() <= 3e-7 * want,
+            "step {t}: {r} vs {want}"
+        );
+        assert!((r as f64 - s.learning_rate_at(t as u64)).abs() <= 3e-7 * want);
+    }
+    assert_eq!(got[0], 0.1);
+    // halfway: 0.1 * (0.8 * 0.5 + 0.2) = 0.06; from step 4 on: 0.1 * alpha = 0.02
+    assert!((got[2] - 0.06).abs() <= 1e-8, "{}", got[2]);
+    assert_eq!(&got[4..], &[got[4]; 3]);
+    assert!((got[4] - 0.02).abs() <= 1e-8, "{}", got[4]);
+    let mut g = Graph::new("bad");
+    let e = Optimizer::sgd()
+        .with_schedule(Schedule::cosine_decay(0.1, 10, 1.5))
+        .learning_rate(&mut g)
+        .unwrap_err();
+    assert!(e.message.contains("alpha"), "{e}");
 }

@@ -49,9 +49,19 @@ fn compiled(g: &Graph, shards: usize, threads: usize) -> CompiledStep {
 
 /// Params and loss after `steps` steps on seeded batches.
 fn train(step: &mut CompiledStep, g: &Graph, steps: u64) -> (Vec<(String, HostTensor)>, f32) {
+    train_with(step, g, steps, true)
+}
+
+/// [`train`], with or without the learning-rate input (a schedule computes its own).
+fn train_with(
+    step: &mut CompiledStep,
+    g: &Graph,
+    steps: u64,
+    with_lr: bool,
+) -> (Vec<(String, HostTensor)>, f32) {
     let mut loss = 0.0;
     for s in 0..steps {
-        let inputs = batch(g, s);
+        let inputs = batch_for(g, s, with_lr);
         let refs: Vec<(&str, HostTensor)> = inputs
             .iter()
             .map(|(n, t)| (n.as_str(), t.clone()))
@@ -355,4 +365,93 @@ fn default_shard_counts_follow_the_work_per_parameter() {
     assert_eq!(at("mlp.ir", 64), 2);
     assert_eq!(at("rnn.ir", 64), 4);
     assert_eq!(at("mlp.ir", 8), 1);
+}
+
+/// The optimizers beside Adam and the learning-rate schedules (computed in the step from the
+/// shared step counter, which the update tail increments after every part has read it): 1, 2
+/// and 3 threads give the same bits over three steps, and the split step equals the
+/// interpreter's unsplit step.
+#[test]
+fn every_optimizer_and_schedule_splits_bit_identically() {
+    use gradlift::optim::Schedule;
+    let g = model("mlp.ir");
+    let batch = g[g.find("x").unwrap()].ty.shape.dims()[0];
+    let optimizers = [
+        Optimizer::adamw(),
+        Optimizer::rmsprop(),
+        Optimizer::rmsprop().with_momentum(0.9).with_centered(true),
+        Optimizer::adagrad(),
+        Optimizer::adam().with_schedule(Schedule::exponential_decay(0.01, 2, 0.5, true)),
+        Optimizer::momentum(0.9).with_schedule(Schedule::piecewise_constant_decay(
+            &[0, 1],
+            &[0.1, 0.05, 0.01],
+        )),
+        Optimizer::adagrad().with_schedule(Schedule::cosine_decay(0.01, 2, 0.1)),
+    ];
+    for opt in optimizers {
+        let compiled = |threads: usize| {
+            let opts = StepOptions {
+                threads,
+                shards: Some(2),
+                ..StepOptions::default()
+            };
+            let (step, report) =
+                compile_training_step(&g, "loss", &opt, None, batch, &opts).unwrap();
+            assert_eq!(report.not_split, None);
+            step
+        };
+        let with_lr = opt.schedule().is_none();
+        let one = train_with(&mut compiled(1), &g, 3, with_lr);
+        assert!(one.1.is_finite(), "{opt:?}");
+        for threads in [2, 3] {
+            let many = train_with(&mut compiled(threads), &g, 3, with_lr);
+            assert!(one == many, "{opt:?}: {threads} threads differ from 1");
+        }
+
+        let mut step = compiled(2);
+        let inputs = batch_for(&g, 7, with_lr);
+        let refs: Vec<(&str, HostTensor)> = inputs
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect();
+        let outs = step.run(&refs).unwrap();
+        let mut whole = g.clone();
+        optim::training_step(&mut whole, "loss", &opt).unwrap();
+        let mut feeds = HashMap::new();
+        for (name, t) in &inputs {
+            let Some(id) = whole.find(name) else {
+                panic!("{opt:?}: no input {name}");
+            };
+            feeds.insert(
+                id,
+                Array {
+                    shape: t.shape.clone(),
+                    data: t.to_f64(),
+                },
+            );
+        }
+        let values = eval::<f64>(&whole, &feeds).unwrap();
+        let terms = common::max_terms(&whole);
+        let want = values.get(whole.output("loss").unwrap()).unwrap().data[0];
+        let got = outs.iter().find(|(n, _)| n == "loss").unwrap().1.to_f64()[0];
+        common::close(&format!("{opt:?} loss"), &[got], &[want], F32, terms);
+        for u in whole.updates() {
+            let name = whole[u.target].name.clone().unwrap();
+            let got = step
+                .param(&name)
+                .or_else(|| step.state(&name))
+                .unwrap_or_else(|| panic!("{opt:?}: no value for {name}"));
+            let want = &values.get(u.value).unwrap().data;
+            common::close(&format!("{opt:?} {name}"), &got.to_f64(), want, F32, terms);
+        }
+    }
+}
+
+/// [`batch`] without the learning rate when the step computes its own.
+fn batch_for(g: &Graph, seed: u64, with_lr: bool) -> Vec<(String, HostTensor)> {
+    let mut b = batch(g, seed);
+    if !with_lr {
+        b.retain(|(n, _)| n != "lr");
+    }
+    b
 }

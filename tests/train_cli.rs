@@ -357,6 +357,67 @@ fn images_must_have_the_dimensions_the_model_expects() {
     assert!(out.contains("trained to step 1 "), "{out}");
 }
 
+/// `--optimizer` takes RMSprop, Adagrad and AdamW by their Keras names; their state (the
+/// velocities, accumulators, moments and step count, by node name) is saved, and a resumed
+/// run replays the uninterrupted one bit for bit.
+#[test]
+fn new_optimizers_train_save_and_resume_exactly() {
+    let d = scratch("train-cli-optimizers");
+    for (name, tensors, per_param) in [
+        ("rmsprop", 8, "velocity"),
+        ("adagrad", 8, "accumulator"),
+        ("adamw", 13, "m"),
+    ] {
+        let p = |n: &str| d.join(format!("{name}-{n}")).display().to_string();
+        let with = |extra: &[&str]| -> Vec<String> {
+            ["train", "ir/mlp.ir", "--limit", "320", "--optimizer", name]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let out = ok(&args(&with(&["--steps", "4", "--save", &p("whole.st")])));
+        assert!(out.contains(&format!("{name} lr 0.001")), "{out}");
+        ok(&args(&with(&["--steps", "2", "--save", &p("first.st")])));
+        let rest = with(&[
+            "--resume",
+            &p("first.st"),
+            "--steps",
+            "4",
+            "--save",
+            &p("rest.st"),
+        ]);
+        let out = ok(&args(&rest));
+        assert!(out.contains("at step 2"), "{name}: {out}");
+        let w = checkpoint_bits(Path::new(&p("whole.st")));
+        let f = checkpoint_bits(Path::new(&p("first.st")));
+        let r = checkpoint_bits(Path::new(&p("rest.st")));
+        assert_eq!(
+            w.len(),
+            tensors,
+            "{name}: {:?}",
+            w.iter().map(|t| &t.0).collect::<Vec<_>>()
+        );
+        assert!(
+            w.iter()
+                .any(|(n, _)| *n == format!("dense.kernel.{per_param}")),
+            "{name}"
+        );
+        assert_ne!(w, f, "{name}: 2 more steps change the weights");
+        assert_eq!(
+            w, r,
+            "{name}: resumed run differs from the uninterrupted one"
+        );
+    }
+    // an unknown name is a usage error listing the names
+    let (code, _, err) = run(&["train", "ir/mlp.ir", "--optimizer", "adadelta"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("possible values: adam, sgd, adamw, rmsprop, adagrad"),
+        "{err}"
+    );
+}
+
 /// `--history` writes every epoch's logs, as CSV or JSON by the extension, with the values
 /// the epoch lines print; any other extension is refused before training.
 #[test]

@@ -127,6 +127,17 @@ fn unary(cx: &mut Cx<'_>, u: UnaryOp, gy: NodeId) -> Result<Option<NodeId>, Grad
             let ce = cx.mul(e, c)?;
             cx.mul(gy, ce)?
         }
+        // cos x
+        UnaryOp::Sin => {
+            let c = cx.op(Op::Unary(UnaryOp::Cos), &[x])?;
+            cx.mul(gy, c)?
+        }
+        // -sin x
+        UnaryOp::Cos => {
+            let s = cx.op(Op::Unary(UnaryOp::Sin), &[x])?;
+            let n = cx.neg(s)?;
+            cx.mul(gy, n)?
+        }
         // Flows where x > 0: relu'(0) = 0.
         UnaryOp::Relu => {
             let zero = cx.scalar(0.0)?;

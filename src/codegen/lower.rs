@@ -60,6 +60,7 @@ pub type LowerError = String;
 pub fn kernel_signature(k: Kernel) -> (Vec<Type>, Vec<Type>) {
     match k.signature() {
         KernelSignature::FloatBinary => (vec![types::F32; 2], vec![types::F32]),
+        KernelSignature::FloatUnary => (vec![types::F32], vec![types::F32]),
         KernelSignature::Words(n) => (vec![types::I64; n], vec![]),
     }
 }
@@ -287,6 +288,17 @@ impl<'a> Lowerer<'a> {
         };
         match &node.op {
             Op::Input | Op::Param { .. } | Op::State { .. } | Op::Const { .. } => {}
+            Op::Unary(u @ (UnaryOp::Sin | UnaryOp::Cos)) => {
+                // one call of the Rust `sinf`/`cosf` per element (scalar loop)
+                let f = self.kernel(match u {
+                    UnaryOp::Sin => Kernel::Sinf,
+                    _ => Kernel::Cosf,
+                })?;
+                self.map(&dense_out, shape.dims(), &[bview(0)], false, &|lw, v, _| {
+                    let inst = lw.b.ins().call(f, &[v[0]]);
+                    lw.b.inst_results(inst)[0]
+                });
+            }
             Op::Unary(u) => {
                 let u = *u;
                 self.map(

@@ -31,7 +31,7 @@ use crate::checkpoint::{CheckpointError, Mismatch, NamedTensor, TensorData};
 use crate::graph::{Graph, NodeId};
 use crate::init::Rng;
 use crate::op::Op;
-use crate::optim::{lr_input, Clip, Optimizer};
+use crate::optim::{Clip, Optimizer};
 use crate::runtime::HostTensor;
 use crate::shape::DType;
 use crate::step::{compile_training_step, CompiledStep, StepOptions};
@@ -164,7 +164,8 @@ pub struct FitOptions {
     /// Whether to draw a progress bar per epoch.
     pub verbose: bool,
     /// Learning rate for each epoch from the epoch index and the current rate (Keras'
-    /// `LearningRateScheduler`); applied through the `%lr` input, without recompiling.
+    /// `LearningRateScheduler`); applied through the `%lr` input, without recompiling. An
+    /// optimizer with its own [`crate::optim::Schedule`] refuses it (`fit` errs), as Keras does.
     pub schedule: Option<fn(usize, f64) -> f64>,
     /// Epoch at which to start (Keras' `initial_epoch`): epochs `initial_epoch..epochs` run,
     /// so `epochs` is the index of the last epoch, not a count. Each epoch's shuffle and
@@ -683,10 +684,11 @@ impl Model {
                 Some(c) => c.apply(&mut graph, &grads)?,
                 None => grads,
             };
-            let lr_node = lr_input(&mut graph)?;
+            let lr_node = o.optimizer.learning_rate(&mut graph)?;
             let pairs: Vec<(NodeId, NodeId)> = params.iter().copied().zip(grads).collect();
             o.optimizer.apply(&mut graph, lr_node, &pairs)?;
-            lr = Some(lr_node);
+            // with a schedule the graph computes its learning rate: no input to feed
+            lr = (graph[lr_node].op == Op::Input).then_some(lr_node);
         }
         Ok((forward, graph, x, y, lr, dropout_masks))
     }
@@ -851,6 +853,13 @@ impl Model {
         validation: Option<(&[f32], Targets<'_>)>,
         opts: &FitOptions,
     ) -> Result<History, TrainError> {
+        if opts.schedule.is_some() && self.options.optimizer.schedule().is_some() {
+            // Keras refuses to set the learning rate of an optimizer built with a schedule
+            return Err(TrainError::Model(format!(
+                "FitOptions::schedule sets the learning rate each epoch, but the optimizer computes it with its own schedule ({:?}): use one of the two",
+                self.options.optimizer.schedule()
+            )));
+        }
         let n = x.len() / self.example_len.max(1);
         let plan = Plan {
             examples: n,

@@ -26,6 +26,7 @@ use super::{
 use crate::codegen::plan::Slot;
 use crate::codegen::{CompileError, CompileOptions, CompileReport};
 use crate::graph::Graph;
+use crate::op::Op;
 use crate::optim::{grad_input, grad_output, ShardedTrainingStep, LR_NAME};
 use crate::shape::TensorType;
 use std::sync::Arc;
@@ -147,14 +148,17 @@ impl ShardedStep {
         let find =
             |list: &[(String, HostTensor)], name: &str| list.iter().position(|(n, _)| n == name);
 
-        // the step's inputs: the forward graph's, then the learning rate
+        // the step's inputs: the forward graph's, then the learning rate (none when a
+        // schedule computes it in the update)
         let mut inputs: Vec<(String, HostTensor)> = step
             .inputs
             .iter()
             .map(|(n, ty, _)| (n.clone(), HostTensor::zeros(ty)))
             .collect();
         let lr = inputs.len();
-        inputs.push((LR_NAME.into(), HostTensor::zeros(&TensorType::f32([]))));
+        if u.find(LR_NAME).is_some_and(|id| u[id].op == Op::Input) {
+            inputs.push((LR_NAME.into(), HostTensor::zeros(&TensorType::f32([]))));
+        }
 
         let shard_exe = compile_with(&step.shard, &fn_opts, false)?;
         if !shard_exe.states.is_empty() {

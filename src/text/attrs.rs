@@ -456,6 +456,8 @@ impl Op {
             | K::Log1p
             | K::Expm1
             | K::Erf
+            | K::Sin
+            | K::Cos
             | K::Add
             | K::Sub
             | K::Mul

@@ -12,7 +12,7 @@
 //! | `contents` | `training` (params and optimizer state) or `weights` (params only) |
 //! | `model` | the graph's or model's name |
 //! | `params` | the param names, comma-separated (the other tensors are optimizer state) |
-//! | `optimizer` | the optimizer's name (`sgd`, `adam`, see [`crate::optim::Optimizer::name`]) |
+//! | `optimizer` | the optimizer's name (`sgd`, `adam`, `adamw`, `rmsprop`, `adagrad`, see [`crate::optim::Optimizer::name`]) |
 //! | `learning_rate` | the learning rate, the shortest decimal that reads back to the same f64 |
 //! | `step` | training steps run, checked by [`crate::checkpoint::Checkpoint::step`] |
 //! | `epoch` | epochs completed |

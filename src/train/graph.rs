@@ -234,7 +234,7 @@ impl GraphModel {
     }
 
     /// Compiles the training step ([`compile_training_step`]) with the learning rate `lr`
-    /// in its `%lr` input.
+    /// in its `%lr` input (a scheduled optimizer computes its own: `lr` is not used).
     pub fn compile(
         &self,
         opt: &Optimizer,
@@ -244,7 +244,10 @@ impl GraphModel {
         let (mut exe, report) =
             compile_training_step(&self.forward, "loss", opt, None, self.batch, opts)
                 .map_err(|e| TrainError::Model(format!("{}: {e}", self.file)))?;
-        exe.input_f32_mut("lr").map_err(|e| self.run_error(e))?[0] = lr as f32;
+        // a scheduled optimizer computes its learning rate in the step
+        if opt.schedule().is_none() {
+            exe.input_f32_mut("lr").map_err(|e| self.run_error(e))?[0] = lr as f32;
+        }
         Ok((exe, report))
     }
 

@@ -23,6 +23,16 @@ pub extern "C" fn gl_powf(a: f32, b: f32) -> f32 {
     a.powf(b)
 }
 
+/// `sin(a)`, called per element by the code of `sin`.
+pub extern "C" fn gl_sinf(a: f32) -> f32 {
+    a.sin()
+}
+
+/// `cos(a)`, called per element by the code of `cos`.
+pub extern "C" fn gl_cosf(a: f32) -> f32 {
+    a.cos()
+}
+
 /// Products of at least this many FLOPs are split across threads. Measured (best of 200 on
 /// the shared 2-core machine): 512^3 gains 1.5x from 2 threads, 64x5408x128 1.16x, the
 /// MLP/CNN training steps nothing, and threads hurt when other processes compete for the
@@ -302,6 +312,10 @@ pub unsafe extern "C" fn gl_sparse_softmax_xent(
 pub enum Kernel {
     /// [`gl_powf`].
     Powf,
+    /// [`gl_sinf`].
+    Sinf,
+    /// [`gl_cosf`].
+    Cosf,
     /// [`gl_gemm`].
     Gemm,
     /// [`gl_conv2d`].
@@ -340,6 +354,8 @@ pub enum Scratch {
 pub enum KernelSignature {
     /// `(f32, f32) -> f32`.
     FloatBinary,
+    /// `(f32) -> f32`.
+    FloatUnary,
     /// That many `i64` (pointers, sizes, flags), no result.
     Words(usize),
 }
@@ -354,6 +370,8 @@ impl Kernel {
                 Scratch::Convolution
             }
             Kernel::Powf
+            | Kernel::Sinf
+            | Kernel::Cosf
             | Kernel::MaxPool2d
             | Kernel::MaxPool2dGrad
             | Kernel::Softmax
@@ -363,7 +381,7 @@ impl Kernel {
     }
 
     /// Every kernel, in the order the JIT module declares them (`Kernel::index`).
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 12] = [
         Kernel::Powf,
         Kernel::Gemm,
         Kernel::Conv2d,
@@ -374,6 +392,8 @@ impl Kernel {
         Kernel::Softmax,
         Kernel::SoftmaxXent,
         Kernel::SparseSoftmaxXent,
+        Kernel::Sinf,
+        Kernel::Cosf,
     ];
 
     /// Its position in [`Kernel::ALL`].
@@ -389,6 +409,8 @@ impl Kernel {
             Kernel::Softmax => 7,
             Kernel::SoftmaxXent => 8,
             Kernel::SparseSoftmaxXent => 9,
+            Kernel::Sinf => 10,
+            Kernel::Cosf => 11,
         }
     }
 
@@ -396,6 +418,8 @@ impl Kernel {
     pub fn symbol(self) -> &'static str {
         match self {
             Kernel::Powf => "gl_powf",
+            Kernel::Sinf => "gl_sinf",
+            Kernel::Cosf => "gl_cosf",
             Kernel::Gemm => "gl_gemm",
             Kernel::Conv2d => "gl_conv2d",
             Kernel::Conv2dInputGrad => "gl_conv2d_input_grad",
@@ -413,6 +437,7 @@ impl Kernel {
         use KernelSignature::Words;
         match self {
             Kernel::Powf => KernelSignature::FloatBinary,
+            Kernel::Sinf | Kernel::Cosf => KernelSignature::FloatUnary,
             Kernel::Gemm => Words(13),
             Kernel::Conv2d | Kernel::Conv2dInputGrad | Kernel::Conv2dFilterGrad => Words(5),
             Kernel::MaxPool2d => Words(3),
@@ -426,6 +451,8 @@ impl Kernel {
     pub fn address(self) -> *const u8 {
         match self {
             Kernel::Powf => gl_powf as *const u8,
+            Kernel::Sinf => gl_sinf as *const u8,
+            Kernel::Cosf => gl_cosf as *const u8,
             Kernel::Gemm => gl_gemm as *const u8,
             Kernel::Conv2d => gl_conv2d as *const u8,
             Kernel::Conv2dInputGrad => gl_conv2d_input_grad as *const u8,

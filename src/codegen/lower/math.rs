@@ -40,6 +40,9 @@ impl<'a> Lowerer<'a> {
             UnaryOp::Log1p => self.log1p(x, vector),
             UnaryOp::Expm1 => self.expm1(x, vector),
             UnaryOp::Erf => self.erf(x, vector),
+            // calls per element (`OpClass::Elementwise { inline: false }`), lowered by
+            // `lower.rs` and never part of a fused body, like `pow`
+            UnaryOp::Sin | UnaryOp::Cos => x,
         }
     }
 
