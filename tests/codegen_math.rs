@@ -18,19 +18,9 @@ use gradlift::{Graph, TensorType};
 /// The allowed relative error of the JIT's `log` against `f64::ln` (see the module doc).
 const MAX_REL_ERR: f64 = 1e-7;
 
-/// Compiles `y = log(x)` for `x: f32[n]`.
+/// Compiles `y = log(x)` for `x: f32[n]` ([`unary_exe`]).
 fn log_exe(n: usize) -> Executable {
-    let mut g = Graph::new("log");
-    let x = g.input("x", TensorType::f32([n])).unwrap();
-    let y = g.log(x).unwrap();
-    g.add_output("y", y).unwrap();
-    // IEEE denormals: the polynomial's own handling of denormal inputs is under test
-    let opts = CompileOptions {
-        poison: true,
-        flush_denormals: false,
-        ..CompileOptions::default()
-    };
-    runtime::compile(&g, &opts).unwrap()
+    unary_exe(n, |g, x| g.log(x).unwrap())
 }
 
 /// The JIT's `log` of every element of `xs` (one call).
@@ -210,7 +200,8 @@ fn log_exhaustive_sweep() {
     assert!(worst.0 <= MAX_REL_ERR);
 }
 
-/// Compiles `y = op(x)` for `x: f32[n]`, IEEE denormals kept.
+/// Compiles `y = op(x)` for `x: f32[n]`, IEEE denormals kept: the polynomials' own handling
+/// of denormal inputs is under test.
 fn unary_exe(n: usize, op: fn(&mut Graph, gradlift::NodeId) -> gradlift::NodeId) -> Executable {
     let mut g = Graph::new("unary");
     let x = g.input("x", TensorType::f32([n])).unwrap();

@@ -690,22 +690,30 @@ fn jit_fused_reductions_of_every_kind_at_odd_sizes() {
         }
         for axes in axes_sets {
             for kind in ReduceOp::ALL {
-                let mut g = Graph::new("reduce");
-                let x = g.input("x", TensorType::f32(shape.clone())).unwrap();
-                let y = g.input("y", TensorType::f32(shape.clone())).unwrap();
-                let b = g.input("b", TensorType::f32([shape[rank - 1]])).unwrap();
-                let p = g.mul(x, y).unwrap();
-                let v = g.add2(p, b).unwrap();
-                let out = g.reduce(kind, v, &axes, false).unwrap();
-                g.add_output("r", out).unwrap();
-                let mut fused = g.clone();
-                let r = fuse(&mut fused);
-                let what = format!("{} {shape:?} axes {axes:?}", kind.name());
-                assert_eq!(fused_count(&fused), 1, "{what}: {r}");
-                jit_matches(&what, &g, &fused, 11);
+                fused_reduction_matches(&shape, &axes, kind, 11);
             }
         }
     }
+}
+
+/// `reduce(kind, x * y + b)` over `axes` of `shape` (`b` broadcast along the last axis) fuses
+/// into one kernel whose compiled result matches the interpreter (inputs from `seed`).
+fn fused_reduction_matches(shape: &[usize], axes: &[usize], kind: gradlift::ReduceOp, seed: u64) {
+    let mut g = Graph::new("reduce");
+    let x = g.input("x", TensorType::f32(shape.to_vec())).unwrap();
+    let y = g.input("y", TensorType::f32(shape.to_vec())).unwrap();
+    let b = g
+        .input("b", TensorType::f32([shape[shape.len() - 1]]))
+        .unwrap();
+    let p = g.mul(x, y).unwrap();
+    let v = g.add2(p, b).unwrap();
+    let out = g.reduce(kind, v, axes, false).unwrap();
+    g.add_output("r", out).unwrap();
+    let mut fused = g.clone();
+    let r = fuse(&mut fused);
+    let what = format!("{} {shape:?} axes {axes:?}", kind.name());
+    assert_eq!(fused_count(&fused), 1, "{what}: {r}");
+    jit_matches(&what, &g, &fused, seed);
 }
 
 /// Fused trailing reductions long enough over outer axes to add in blocks (more than 1024
@@ -722,21 +730,8 @@ fn jit_fused_outer_reductions_in_blocks() {
         (vec![3, 1100, 2, 7], vec![1, 3]),
         (vec![2, 33, 3, 40, 5], vec![1, 3]),
     ] {
-        let rank = shape.len();
         for kind in ReduceOp::ALL {
-            let mut g = Graph::new("reduce");
-            let x = g.input("x", TensorType::f32(shape.clone())).unwrap();
-            let y = g.input("y", TensorType::f32(shape.clone())).unwrap();
-            let b = g.input("b", TensorType::f32([shape[rank - 1]])).unwrap();
-            let p = g.mul(x, y).unwrap();
-            let v = g.add2(p, b).unwrap();
-            let out = g.reduce(kind, v, &axes, false).unwrap();
-            g.add_output("r", out).unwrap();
-            let mut fused = g.clone();
-            let r = fuse(&mut fused);
-            let what = format!("{} {shape:?} axes {axes:?}", kind.name());
-            assert_eq!(fused_count(&fused), 1, "{what}: {r}");
-            jit_matches(&what, &g, &fused, 13);
+            fused_reduction_matches(&shape, &axes, kind, 13);
         }
     }
 }

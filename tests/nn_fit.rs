@@ -54,6 +54,18 @@ fn linear_model(lr: f64) -> gradlift::nn::Model {
         .unwrap()
 }
 
+/// [`linear_model`] with SGD's default rate and the `mae` metric.
+fn linear_mae_model() -> gradlift::nn::Model {
+    Sequential::new([1])
+        .layer(Dense::new(1))
+        .compile(CompileOptions::new(
+            Optimizer::sgd(),
+            Loss::MeanSquaredError,
+            &[Metric::MeanAbsoluteError],
+        ))
+        .unwrap()
+}
+
 fn kernel_and_bias(m: &gradlift::nn::Model) -> (f64, f64) {
     let w = m.weights().get("dense.kernel").unwrap()[0] as f64;
     let b = m.weights().get("dense.bias").unwrap()[0] as f64;
@@ -218,14 +230,7 @@ fn runs_are_reproducible_and_the_last_partial_batch_trains() {
 #[test]
 fn schedule_sets_the_learning_rate_per_epoch() {
     let (x, y) = regression_data(2);
-    let mut model = Sequential::new([1])
-        .layer(Dense::new(1))
-        .compile(CompileOptions::new(
-            Optimizer::sgd(),
-            Loss::MeanSquaredError,
-            &[Metric::MeanAbsoluteError],
-        ))
-        .unwrap();
+    let mut model = linear_mae_model();
     let h = model
         .fit(
             &x,
@@ -412,14 +417,7 @@ fn model_checkpoint_saves_every_epoch_or_the_best() {
 #[test]
 fn history_plots_training_and_validation_curves() {
     let (x, y) = regression_data(5);
-    let mut m = Sequential::new([1])
-        .layer(Dense::new(1))
-        .compile(CompileOptions::new(
-            Optimizer::sgd(),
-            Loss::MeanSquaredError,
-            &[Metric::MeanAbsoluteError],
-        ))
-        .unwrap();
+    let mut m = linear_mae_model();
     let h = m
         .fit(
             &x,

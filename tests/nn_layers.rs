@@ -214,11 +214,6 @@ fn a_training_step_through_every_layer_compiles_and_matches_the_interpreter() {
             .build_graph(&GraphOptions::evaluate(4, Loss::MeanSquaredError, &[]))
             .unwrap()
             .graph;
-        let step = common::sgd_step(g, 0.1);
-        let mut optimized = step.clone();
-        gradlift::passes::Pipeline::default()
-            .run(&mut optimized)
-            .unwrap();
-        common::jit_matches("pool and norm sgd step", &step, &optimized, 3);
+        common::sgd_step_matches("pool and norm sgd step", g, 3);
     }
 }

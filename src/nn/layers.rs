@@ -962,8 +962,9 @@ fn mean(
 /// size) are a crop, a reshape that splits each spatial axis into (window, offset), and a
 /// mean over the offsets: no arithmetic beyond the mean. Other windows are sums by a
 /// convolution with a per-channel ones kernel (`kernel[i, j, c, c] = 1`), divided by the
-/// number of input elements in each window (a convolution of ones, constant, folded by the
-/// pipeline), which is what `same` padding needs.
+/// number of input elements in each window (a convolution of ones: a constant, which the
+/// pipeline's `fold` replaces by its values when it has at most 1,024), which is what `same`
+/// padding needs.
 fn avg_pool(at: &mut At<'_>, l: &AvgPool2D, x: NodeId) -> Result<NodeId, BuildError> {
     let dims = at.ty(x)?.shape.dims().to_vec();
     let &[b, h, w, c] = dims.as_slice() else {

@@ -250,6 +250,18 @@ pub fn jit_matches(name: &str, reference: &Graph, g: &Graph, seed: u64) {
     }
 }
 
+/// [`jit_matches`] on the SGD training step ([`sgd_step`], rate 0.1) of the forward graph
+/// `forward` (a scalar output `loss`): the step as autodiff builds it is the reference, the
+/// step after the default pass pipeline is compiled.
+pub fn sgd_step_matches(name: &str, forward: Graph, seed: u64) {
+    let step = sgd_step(forward, 0.1);
+    let mut optimized = step.clone();
+    gradlift::passes::Pipeline::default()
+        .run(&mut optimized)
+        .unwrap_or_else(|e| panic!("{name}: passes: {e}"));
+    jit_matches(name, &step, &optimized, seed);
+}
+
 // ---- training steps ------------------------------------------------------------------------
 
 /// The Adam training step of the model `ir/NAME.ir`, as training builds it

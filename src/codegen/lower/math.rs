@@ -148,16 +148,19 @@ impl<'a> Lowerer<'a> {
     /// `min(x, hi)` for `x` not NaN, `x` when it is NaN: a compare and a blend, where `fmin`
     /// is a 9-instruction sequence exact for NaN and signed zeros on x64.
     fn clamp_above(&mut self, x: Value, hi: f32, vector: bool) -> Value {
-        let hi = self.fconst(hi, vector);
-        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
-        self.pick(over, hi, x)
+        self.clamp(x, hi, FloatCC::GreaterThan, vector)
     }
 
     /// `max(x, lo)` for `x` not NaN, `x` when it is NaN (see [`Self::clamp_above`]).
     fn clamp_below(&mut self, x: Value, lo: f32, vector: bool) -> Value {
-        let lo = self.fconst(lo, vector);
-        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
-        self.pick(under, lo, x)
+        self.clamp(x, lo, FloatCC::LessThan, vector)
+    }
+
+    /// `bound` where `x cc bound`, else `x` (NaN compares false: it stays).
+    fn clamp(&mut self, x: Value, bound: f32, cc: FloatCC, vector: bool) -> Value {
+        let b = self.fconst(bound, vector);
+        let beyond = self.b.ins().fcmp(cc, x, b);
+        self.pick(beyond, b, x)
     }
 
     /// The body of [`Self::exp`] for `xc` in `[-104, ln(f32::MAX)]` (or NaN). `2^n` is applied
