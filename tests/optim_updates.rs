@@ -99,24 +99,10 @@ fn nesterov_steps_by_hand() {
     assert_close(&steps[1], &[0.7695, 2.461, 2.078], 1e-6);
 }
 
-/// Keras 3's Adam update, written out in f64.
+/// Keras 3's Adam update, written out in f64: [`adamw_reference`] without weight decay
+/// (`w - w * 0 * lr` is `w` exactly).
 fn adam_reference(lr: f64, grads: &[[f32; 3]]) -> Vec<Vec<f64>> {
-    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-7f64);
-    let mut w: Vec<f64> = W0.iter().map(|&x| x as f64).collect();
-    let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
-    let mut out = Vec::new();
-    for (t, g) in grads.iter().enumerate() {
-        let t = (t + 1) as f64;
-        let alpha = lr * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
-        for i in 0..3 {
-            let gi = g[i] as f64;
-            m[i] += (gi - m[i]) * (1.0 - b1);
-            v[i] += (gi * gi - v[i]) * (1.0 - b2);
-            w[i] -= alpha * m[i] / (v[i].sqrt() + eps);
-        }
-        out.push(w.clone());
-    }
-    out
+    adamw_reference(lr, 0.0, grads)
 }
 
 #[test]
