@@ -82,9 +82,19 @@ impl PoolGeometry {
         m
     }
 
+    /// Whether windows are 2x2 with stride 2 over a whole number of `LANES`-channel blocks:
+    /// the usual pooling, which has loops of its own ([`PoolGeometry::forward_2x2`],
+    /// [`PoolGeometry::grad_2x2`]) with the window unrolled.
+    fn is_2x2(&self) -> bool {
+        (self.wh, self.ww, self.sh, self.sw) == (2, 2, 2, 2) && self.c % LANES == 0
+    }
+
     /// `y = max_pool2d(x)`: one pass over every window, `LANES` channels at a time.
     #[inline(always)]
     fn forward(&self, x: &[f32], y: &mut [f32]) {
+        if self.is_2x2() {
+            return self.forward_2x2(x, y);
+        }
         let c = self.c;
         let whole = c - c % LANES;
         self.for_each_output(
@@ -100,6 +110,98 @@ impl PoolGeometry {
         );
     }
 
+    /// The two input rows of output row `oy` of image `b` (from their first window's first
+    /// tap) and the output row, as slices.
+    #[inline(always)]
+    fn rows_2x2<'x>(&self, x: &'x [f32], b: usize, oy: usize) -> (&'x [f32], &'x [f32], usize) {
+        let row = self.w * self.c;
+        let r0 = (b * self.h + 2 * oy) * row;
+        let o = (b * self.oh + oy) * self.ow * self.c;
+        (&x[r0..r0 + row], &x[r0 + row..r0 + 2 * row], o)
+    }
+
+    /// The maximum of a 2x2 window's taps `a b / c d` by lane, as [`PoolGeometry::lanes_max`]
+    /// computes it in row-major order (a NaN wins, the first of equal values is kept): the
+    /// pairs' maxima, then theirs, which picks the same value bit for bit.
+    #[inline(always)]
+    fn max4(a: [f32; LANES], b: [f32; LANES], c: [f32; LANES], d: [f32; LANES]) -> [f32; LANES] {
+        let mut m = [0.0f32; LANES];
+        for l in 0..LANES {
+            let ab = if greater(b[l], a[l]) { b[l] } else { a[l] };
+            let cd = if greater(d[l], c[l]) { d[l] } else { c[l] };
+            m[l] = if greater(cd, ab) { cd } else { ab };
+        }
+        m
+    }
+
+    /// [`PoolGeometry::forward`] for 2x2 windows with stride 2 ([`PoolGeometry::is_2x2`]):
+    /// per output row, its two input rows are read once, `LANES` channels of a window at a
+    /// time, with no loop over the taps.
+    #[inline(always)]
+    fn forward_2x2(&self, x: &[f32], y: &mut [f32]) {
+        let c = self.c;
+        for b in 0..self.n {
+            for oy in 0..self.oh {
+                let (r0, r1, o) = self.rows_2x2(x, b, oy);
+                let yr = &mut y[o..o + self.ow * c];
+                for ox in 0..self.ow {
+                    let i = 2 * ox * c;
+                    for ch in (0..c).step_by(LANES) {
+                        let m = Self::max4(
+                            lanes(r0, i + ch),
+                            lanes(r0, i + c + ch),
+                            lanes(r1, i + ch),
+                            lanes(r1, i + c + ch),
+                        );
+                        yr[ox * c + ch..ox * c + ch + LANES].copy_from_slice(&m);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`PoolGeometry::grad_disjoint`] for 2x2 windows with stride 2: the window's maximum
+    /// as in [`PoolGeometry::forward_2x2`], then its four taps get `dy` (the first tap equal to
+    /// the maximum in row-major order) or 0, written row by row.
+    #[inline(always)]
+    fn grad_2x2(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let c = self.c;
+        let row = self.w * c;
+        for b in 0..self.n {
+            for oy in 0..self.oh {
+                let (r0, r1, o) = self.rows_2x2(x, b, oy);
+                let d0 = (b * self.h + 2 * oy) * row;
+                let (top, bottom) = dx[d0..d0 + 2 * row].split_at_mut(row);
+                for ox in 0..self.ow {
+                    let i = 2 * ox * c;
+                    for ch in (0..c).step_by(LANES) {
+                        let taps = [
+                            lanes(r0, i + ch),
+                            lanes(r0, i + c + ch),
+                            lanes(r1, i + ch),
+                            lanes(r1, i + c + ch),
+                        ];
+                        let m = Self::max4(taps[0], taps[1], taps[2], taps[3]);
+                        let g = lanes(dy, o + ox * c + ch);
+                        let mut taken = [false; LANES];
+                        let mut out = [[0.0f32; LANES]; 4];
+                        for (t, v) in taps.iter().enumerate() {
+                            for l in 0..LANES {
+                                let hit = same(v[l], m[l]) & !taken[l];
+                                out[t][l] = if hit { g[l] } else { 0.0 };
+                                taken[l] |= hit;
+                            }
+                        }
+                        top[i + ch..i + ch + LANES].copy_from_slice(&out[0]);
+                        top[i + c + ch..i + c + ch + LANES].copy_from_slice(&out[1]);
+                        bottom[i + ch..i + ch + LANES].copy_from_slice(&out[2]);
+                        bottom[i + c + ch..i + c + ch + LANES].copy_from_slice(&out[3]);
+                    }
+                }
+            }
+        }
+    }
+
     /// Max-pool gradient when windows do not overlap: every input pixel is written exactly
     /// once, with no zero fill of covered pixels and no scatter. Per window and `LANES`
     /// channels, the maximum `m` is found first (in registers); then the taps are walked in
@@ -109,15 +211,16 @@ impl PoolGeometry {
     fn grad_disjoint(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
         let c = self.c;
         // pixels no window covers (the right and bottom edges) get zero
+        let (covered_h, covered_w) = (self.oh * self.sh, self.ow * self.sw);
         for b in 0..self.n {
             for iy in 0..self.h {
-                for ix in 0..self.w {
-                    if iy >= self.oh * self.sh || ix >= self.ow * self.sw {
-                        let s = ((b * self.h + iy) * self.w + ix) * c;
-                        dx[s..s + c].fill(0.0);
-                    }
-                }
+                let from = if iy < covered_h { covered_w } else { 0 };
+                let s = (b * self.h + iy) * self.w;
+                dx[(s + from) * c..(s + self.w) * c].fill(0.0);
             }
+        }
+        if self.is_2x2() {
+            return self.grad_2x2(x, dy, dx);
         }
         let whole = c - c % LANES;
         self.for_each_output(
@@ -289,6 +392,60 @@ mod tests {
             let (y, dx) = run(isa);
             assert_eq!(y, y0, "{isa:?} forward");
             assert_eq!(dx, dx0, "{isa:?} gradient");
+        }
+    }
+
+    /// The unrolled 2x2 loops (32 channels: two whole blocks) give the bits of the general
+    /// window loops at every ISA level: NaNs win, the first of equal values (0 and -0 too)
+    /// takes the gradient, uncovered edges get zero.
+    #[test]
+    fn two_by_two_windows_match_the_general_loops() {
+        let (n, h, w, c) = (2, 7, 9, 32);
+        let p = PoolGeometry {
+            n,
+            h,
+            w,
+            c,
+            wh: 2,
+            ww: 2,
+            sh: 2,
+            sw: 2,
+            oh: 3,
+            ow: 4,
+        };
+        assert!(p.is_2x2());
+        let x: Vec<f32> = (0..n * h * w * c)
+            .map(|i| match i % 29 {
+                0 => f32::NAN,
+                1 => f32::NEG_INFINITY,
+                2 => -0.0,
+                3 => 0.0,
+                _ => ((i * 7) % 5) as f32 - 2.0, // many ties
+            })
+            .collect();
+        let dy: Vec<f32> = (0..n * p.oh * p.ow * c).map(|i| i as f32 + 0.5).collect();
+        // the general loops: one channel at a time, and the scatter of overlapping windows
+        let mut want_y = vec![0.0f32; dy.len()];
+        let mut o = 0;
+        for b in 0..n {
+            for oy in 0..p.oh {
+                for ox in 0..p.ow {
+                    for ch in 0..c {
+                        want_y[o + ch] = p.channel_max(&x, p.pixel(b, oy, ox, 0, 0), ch);
+                    }
+                    o += c;
+                }
+            }
+        }
+        let mut want_dx = vec![0.0f32; x.len()];
+        p.grad_overlapping(&x, &dy, &mut want_dx);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for isa in isa_levels() {
+            let (mut y, mut dx) = (vec![0.0f32; dy.len()], vec![9.0f32; x.len()]);
+            widest_with(isa, || p.forward(&x, &mut y));
+            widest_with(isa, || p.grad_disjoint(&x, &dy, &mut dx));
+            assert_eq!(bits(&y), bits(&want_y), "{isa:?} forward");
+            assert_eq!(bits(&dx), bits(&want_dx), "{isa:?} gradient");
         }
     }
 }
