@@ -40,6 +40,14 @@
 //! included: both sides are 0), so that `x` (the matmul + bias) has the relu as its only user
 //! and the whole layer fuses into one kernel (count `relu_mask_from_output`).
 //!
+//! A second rewrite moves such a mask through a max-pool gradient: `select(gt(x, 0),
+//! max_pool2d_grad(x, dy), 0)` where `max_pool2d(x)` exists (same window and stride) becomes
+//! `max_pool2d_grad(x, select(gt(max_pool2d(x), 0), dy, 0))`: the gradient reaches only each
+//! window's first maximum, whose value is the pooled one, so masking `dy` by the pooled values
+//! gives the same bits (NaN and overlapping windows included), on a quarter of the elements
+//! for 2x2 windows, and no pass over the full-size activation (count
+//! `mask_through_max_pool_grad`). It is what a relu before a max pool differentiates to.
+//!
 //! Counts: `fused_kernels` (new fused nodes), `nodes_fused` (nodes they replace) and
 //! `extra_results` (results beyond the first, each read by a `fused_result` node).
 //! Existing fused nodes are opaque, so a second run changes nothing (idempotence).
@@ -90,6 +98,8 @@ pub fn run(g: &mut Graph) -> PassReport {
     let mut report = PassReport::new("fuse");
     let rewritten = relu_masks_from_output(g);
     report.count("relu_mask_from_output", rewritten);
+    let moved = masks_through_max_pool_grads(g);
+    report.count("mask_through_max_pool_grad", moved);
     let Ok(order) = g.topo_order() else {
         report.remark("not fused: the graph has a cycle");
         return report;
@@ -283,6 +293,73 @@ fn relu_masks_from_output(g: &mut Graph) -> usize {
                 n += 1;
             }
         }
+    }
+    n
+}
+
+/// The rewrite `select(gt(x, 0), max_pool2d_grad(x, dy), 0)` ->
+/// `max_pool2d_grad(x, select(gt(max_pool2d(x), 0), dy, 0))` of the module documentation,
+/// wherever `max_pool2d(x)` with the gradient's window and stride exists and the zero is a
+/// scalar constant. The replaced select, and the old gradient and mask when nothing else
+/// reads them, are removed. Returns the number of selects rewritten.
+fn masks_through_max_pool_grads(g: &mut Graph) -> usize {
+    let mut n = 0;
+    for s in g.node_ids() {
+        let Some(node) = g.get(s) else { continue };
+        if !matches!(node.op, Op::Select) {
+            continue;
+        }
+        let ops = g.operands(s);
+        let (mask, grad, zero) = (ops[0], ops[1], ops[2]);
+        let scalar_zero = |g: &Graph, z: NodeId| {
+            splat_value(g, z) == Some(0.0)
+                && g[z].ty.shape.rank() == 0
+                && g[z].ty.dtype == DType::F32
+        };
+        if !scalar_zero(g, zero) || !matches!(g[mask].op, Op::Compare(crate::op::CmpOp::Gt)) {
+            continue;
+        }
+        let (x, mask_zero) = (g.operands(mask)[0], g.operands(mask)[1]);
+        if splat_value(g, mask_zero) != Some(0.0) || g[mask].ty != g[x].ty {
+            continue;
+        }
+        let Op::MaxPool2dGrad { window, stride } = g[grad].op else {
+            continue;
+        };
+        let (px, dy) = (g.operands(grad)[0], g.operands(grad)[1]);
+        if px != x || g[s].ty != g[grad].ty {
+            continue;
+        }
+        let pooled = g.users(x).into_iter().find(|&u| {
+            matches!(g[u].op, Op::MaxPool2d { window: w, stride: st } if w == window && st == stride)
+                && g[u].ty == g[dy].ty
+        });
+        let Some(pooled) = pooled else { continue };
+        let (loc, grad_of) = (g[s].loc.clone(), g[s].grad_of);
+        let node = |op: Op, ty: crate::shape::TensorType| Node {
+            op,
+            ty,
+            name: None,
+            loc: loc.clone(),
+            grad_of,
+        };
+        let dy_ty = g[dy].ty.clone();
+        let new_mask = g.add_raw(
+            node(Op::Compare(crate::op::CmpOp::Gt), dy_ty.clone()),
+            &[pooled, zero],
+        );
+        let masked = g.add_raw(node(Op::Select, dy_ty), &[new_mask, dy, zero]);
+        let new_grad = g.add_raw(
+            node(Op::MaxPool2dGrad { window, stride }, g[grad].ty.clone()),
+            &[x, masked],
+        );
+        move_uses(g, s, new_grad);
+        for dead in [grad, mask] {
+            if g.users(dead).is_empty() && !is_root(g, dead) {
+                super::rewrite::remove_nodes(g, &HashSet::from([dead]));
+            }
+        }
+        n += 1;
     }
     n
 }

@@ -313,8 +313,8 @@ impl ConvGeometry {
             let ws = &w[ky * run * o..(ky + 1) * run * o];
             for j in 0..run {
                 let mut wr = [[0.0f32; LANES]; 2];
-                for b in 0..B {
-                    wr[b] = lanes(ws, j * o + ob + b * LANES);
+                for (b, wr) in wr.iter_mut().take(B).enumerate() {
+                    *wr = lanes(ws, j * o + ob + b * LANES);
                 }
                 for p in 0..PIXELS {
                     // SAFETY: p * step + j < xs.len() (p < PIXELS, j < run)

@@ -86,7 +86,7 @@ impl PoolGeometry {
     /// the usual pooling, which has loops of its own ([`PoolGeometry::forward_2x2`],
     /// [`PoolGeometry::grad_2x2`]) with the window unrolled.
     fn is_2x2(&self) -> bool {
-        (self.wh, self.ww, self.sh, self.sw) == (2, 2, 2, 2) && self.c % LANES == 0
+        (self.wh, self.ww, self.sh, self.sw) == (2, 2, 2, 2) && self.c.is_multiple_of(LANES)
     }
 
     /// `y = max_pool2d(x)`: one pass over every window, `LANES` channels at a time.
