@@ -138,9 +138,9 @@ fn inputs_and_outputs_round_trip_and_the_jit_agrees_with_the_interpreter() {
     assert!(out.contains(&format!("loss: f32[] = {loss:?}\n")), "{out}");
     files_agree(&jit, &interp, 4);
 
-    // the inputs are the file's: the loss by hand, from the initial params (w ~ N(0, 0.05),
-    // b = 0.1) is not computable here, but other inputs give another loss, and the same
-    // values in a plain safetensors file (no gradlift metadata) give the same bits
+    // the inputs are the file's (checked value by value with known params in
+    // `params_files_set_the_params_and_bad_ones_are_errors`): other inputs give another loss, and
+    // the same values in a plain safetensors file (no gradlift metadata) give the same bits
     let other = d.join("other.safetensors");
     save(&other, &sgd_inputs(3.0));
     let other_out = d.join("other-out.safetensors");
@@ -338,7 +338,7 @@ fn bad_inputs_files_are_errors_naming_the_tensor() {
 }
 
 #[test]
-fn bad_params_files_are_errors_naming_the_tensor() {
+fn params_files_set_the_params_and_bad_ones_are_errors() {
     let d = scratch("cli-data-param-errors");
     let g = "ir/ops/sgd_step.ir";
     let good = vec![
@@ -358,6 +358,54 @@ fn bad_params_files_are_errors_naming_the_tensor() {
     let interp = d.join("interp.st");
     ok(&["eval", g, "--params", p(&path), "--outputs", p(&interp)]);
     files_agree(&out_path, &interp, 4);
+
+    // with both files every value is known: one SGD step by hand, in f64
+    let inputs = d.join("in.st");
+    save(&inputs, &sgd_inputs(1.0));
+    let both = d.join("both.st");
+    let args = [
+        "--inputs",
+        p(&inputs),
+        "--params",
+        p(&path),
+        "--outputs",
+        p(&both),
+    ];
+    ok(&[&["run", g][..], &args].concat());
+    let got = read(&both);
+    let x: Vec<f64> = (0..12).map(|i| (i as f32 - 5.0) as f64 / 7.0).collect();
+    let (y, w, b, lr) = ([1.0, -2.0, 0.5, 3.0], [0.5, -0.5, 1.0], 0.25, 0.1f32 as f64);
+    let err: Vec<f64> = (0..4)
+        .map(|r| (0..3).map(|c| x[r * 3 + c] * w[c]).sum::<f64>() + b - y[r])
+        .collect();
+    let loss = err.iter().map(|e| e * e).sum::<f64>() / 4.0;
+    let dw: Vec<f64> = (0..3)
+        .map(|c| (0..4).map(|r| x[r * 3 + c] * err[r] * 0.5).sum())
+        .collect();
+    let db: f64 = err.iter().map(|e| e * 0.5).sum();
+    let want_w: Vec<f64> = (0..3).map(|c| w[c] - lr * dw[c]).collect();
+    common::close(
+        "loss",
+        &values(&got["loss"]),
+        &[loss],
+        gradlift::DType::F32,
+        4,
+    );
+    common::close(
+        "w",
+        &values(&got["update.w"]),
+        &want_w,
+        gradlift::DType::F32,
+        4,
+    );
+    common::close(
+        "b",
+        &values(&got["update.b"]),
+        &[b - lr * db],
+        gradlift::DType::F32,
+        4,
+    );
+    assert_eq!(values(&got["update.step"]), [8.0]);
 
     let mut shape = good.clone();
     shape[0] = NamedTensor::f32("w", [1, 3], vec![0.5, -0.5, 1.0]);
