@@ -1551,6 +1551,56 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    /// Another writer's file (no gradlift metadata) reads back as its tensors; every prefix
+    /// of it and every single-byte change of its header is read or refused, never a panic.
+    #[test]
+    fn foreign_files_read_and_damaged_ones_are_errors() {
+        let x: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let n: Vec<u8> = 7i32.to_le_bytes().to_vec();
+        let views = vec![
+            (
+                "x",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &x)
+                    .expect("view"),
+            ),
+            (
+                "n",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![], &n)
+                    .expect("view"),
+            ),
+        ];
+        let bytes = safetensors::serialize(views, &None).expect("serialize");
+        let c = Checkpoint::from_any_bytes(&bytes, "f.safetensors").expect("read");
+        assert_eq!(
+            c.tensors,
+            [
+                NamedTensor::i32("n", Vec::<usize>::new(), vec![7]),
+                NamedTensor::f32("x", [2], vec![1.5, -2.0])
+            ]
+        );
+        assert!(c.metadata.is_empty());
+        // not a gradlift checkpoint: `load` refuses what `load_tensors` reads
+        let e = Checkpoint::from_bytes(&bytes, "f.safetensors").expect_err("not ours");
+        assert!(matches!(e, CheckpointError::NotACheckpoint { .. }), "{e}");
+        for len in 0..bytes.len() {
+            assert!(
+                Checkpoint::from_any_bytes(&bytes[..len], "f").is_err(),
+                "prefix {len}"
+            );
+        }
+        let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        for i in 0..header_end {
+            for v in [0u8, b'9', b'"', 0xff] {
+                let mut b = bytes.clone();
+                b[i] = v;
+                let _ = Checkpoint::from_any_bytes(&b, "f");
+            }
+        }
+    }
+
     #[test]
     fn fnv_matches_reference_values() {
         // Reference values of 64-bit FNV-1a.
