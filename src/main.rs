@@ -572,7 +572,8 @@ struct RunArgs {
     #[arg(long)]
     grad: bool,
     /// Also print the compiled function before the outputs: its Cranelift IR (`clif`), the
-    /// IR after Cranelift's own passes (`clif-opt`) or its machine code (`asm`).
+    /// IR after Cranelift's own passes (`clif-opt`) or its machine code (`asm`), from a
+    /// second compile of the same graph with the same options (the same code).
     #[arg(long, value_enum, value_name = "LISTING")]
     emit: Option<EmitKind>,
     /// Files of inputs, params and outputs.
