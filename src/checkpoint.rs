@@ -221,7 +221,8 @@ impl NamedTensor {
 
 // ---- errors -----------------------------------------------------------------------------------
 
-/// How a checkpoint differs from what a model expects (see [`Checkpoint::check`]).
+/// How a checkpoint (or another tensor file, see [`crate::tensor_io`]) differs from what a
+/// model expects (see [`Checkpoint::check`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mismatch {
     /// The model has a tensor the checkpoint lacks.
@@ -283,7 +284,7 @@ impl fmt::Display for Mismatch {
                 found,
             } => write!(
                 f,
-                "tensor {name}: dtype mismatch, the model expects {expected}, the checkpoint has {found}"
+                "tensor {name}: dtype mismatch, the model expects {expected}, the file has {found}"
             ),
             Mismatch::Shape {
                 name,
@@ -291,7 +292,7 @@ impl fmt::Display for Mismatch {
                 found,
             } => write!(
                 f,
-                "tensor {name}: shape mismatch, the model expects {expected}, the checkpoint has {found}"
+                "tensor {name}: shape mismatch, the model expects {expected}, the file has {found}"
             ),
             Mismatch::NonFinite { name, count, first } => write!(
                 f,
@@ -785,7 +786,77 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
     Checkpoint::from_bytes(&bytes, path)
 }
 
+/// Reads the safetensors file at `path`, which need not be a gradlift checkpoint (e.g. one
+/// written by Python's `safetensors`): a gradlift checkpoint (metadata `format =
+/// gradlift-checkpoint`) is checked in full as [`load`] does; another writer's file must be
+/// a valid safetensors file of F32 and I32 tensors, its metadata (if any) kept as it is. A
+/// file that is not safetensors at all is a [`CheckpointError::NotACheckpoint`].
+pub fn load_tensors(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
+    let path = path.as_ref();
+    let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
+        action: "read the file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Checkpoint::from_any_bytes(&bytes, path)
+}
+
 impl Checkpoint {
+    /// Decodes safetensors bytes as [`load_tensors`] does; `path` is only used in messages.
+    pub fn from_any_bytes(
+        bytes: &[u8],
+        path: impl AsRef<Path>,
+    ) -> Result<Checkpoint, CheckpointError> {
+        let path = path.as_ref();
+        if bytes.is_empty() {
+            return Err(CheckpointError::NotACheckpoint {
+                path: path.to_path_buf(),
+                reason: "the file is empty".into(),
+            });
+        }
+        let (header_len, header) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| explain(bytes, path, e))?;
+        let foreign =
+            header.metadata().as_ref().and_then(|m| m.get("format")) != Some(&FORMAT.to_string());
+        if !foreign {
+            return Checkpoint::from_bytes(bytes, path);
+        }
+        let data = bytes.get(8 + header_len..).unwrap_or_default();
+        let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =
+            header.tensors().into_iter().collect();
+        infos.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = Vec::with_capacity(infos.len());
+        for (name, info) in &infos {
+            let corrupt = |reason: String| CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                tensor: Some(name.clone()),
+                reason,
+            };
+            let dtype = gradlift_dtype(info.dtype).map_err(corrupt)?;
+            let (start, end) = info.data_offsets;
+            let raw = data.get(start..end).ok_or_else(|| {
+                corrupt(format!(
+                    "data_offsets [{start}, {end}) lie outside the data section"
+                ))
+            })?;
+            tensors.push(NamedTensor {
+                name: name.clone(),
+                shape: Shape(info.shape.clone()),
+                data: from_le_bytes(dtype, raw),
+            });
+        }
+        let metadata = header
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            tensors,
+            metadata,
+        })
+    }
+
     /// Decodes checkpoint bytes as [`load`] does; `path` is only used in messages. The
     /// `safetensors` crate reads the file; when it refuses one, the error says what is
     /// wrong and where.
@@ -982,6 +1053,28 @@ impl Checkpoint {
         out
     }
 
+    /// The [`Checkpoint::mismatches`] that matter when only the model's weights are read
+    /// from the file: the optimizer state of a training checkpoint (metadata `contents =
+    /// training`; the tensors its `params` entry does not list), whichever optimizer wrote
+    /// it, is not unexpected. Every other difference is.
+    pub fn weight_mismatches(&self, expected: &[(String, TensorType)]) -> Vec<Mismatch> {
+        let file_params: Vec<&str> = self
+            .metadata
+            .get("params")
+            .map(|p| p.split(',').collect())
+            .unwrap_or_default();
+        let skip_state = self.metadata.get("contents").map(|c| c.as_str()) == Some("training");
+        self.mismatches(expected)
+            .into_iter()
+            .filter(|m| match m {
+                Mismatch::Unexpected { name, .. } => {
+                    !skip_state || file_params.contains(&name.as_str())
+                }
+                _ => true,
+            })
+            .collect()
+    }
+
     /// Checks that the checkpoint holds exactly the `expected` tensors with their types;
     /// otherwise a [`CheckpointError::Mismatch`] listing every difference.
     pub fn check(&self, expected: &[(String, TensorType)]) -> Result<(), CheckpointError> {
@@ -1026,7 +1119,7 @@ impl Checkpoint {
 }
 
 /// An interpreter array with the tensor's values (bit-exact for f32 arrays).
-fn to_array<T: Float>(t: &NamedTensor) -> Array<T> {
+pub(crate) fn to_array<T: Float>(t: &NamedTensor) -> Array<T> {
     let data: Vec<T> = match &t.data {
         TensorData::F32(v) => v.iter().map(|&x| T::from_f32(x)).collect(),
         TensorData::I32(v) => v.iter().map(|&x| T::from_f64(x as f64)).collect(),
@@ -1344,36 +1437,47 @@ pub fn graph_tensors<T: Float>(
         let a = values
             .get(&id)
             .ok_or_else(|| bad(format!("no value is given for {name}: {ty}")))?;
-        if a.shape != ty.shape || a.data.len() != ty.shape.numel() {
-            return Err(bad(format!(
-                "the value of {name} has shape {} and {} elements, expected {ty}",
-                a.shape,
-                a.data.len()
-            )));
-        }
-        let data = match ty.dtype {
-            DType::F32 => TensorData::F32(a.data.iter().map(|v| v.to_f32()).collect()),
-            DType::I32 => {
-                let mut v = Vec::with_capacity(a.data.len());
-                for (i, x) in a.data.iter().enumerate() {
-                    let x = x.to_f64();
-                    if x.fract() != 0.0 || x < i32::MIN as f64 || x > i32::MAX as f64 {
-                        return Err(bad(format!(
-                            "the value of {name} ({ty}) holds {x} at element {i}, not an i32"
-                        )));
-                    }
-                    v.push(x as i32);
-                }
-                TensorData::I32(v)
-            }
-        };
-        out.push(NamedTensor {
-            name,
-            shape: ty.shape,
-            data,
-        });
+        out.push(tensor_from_array(name, &ty, a).map_err(bad)?);
     }
     Ok(out)
+}
+
+/// A tensor `name` of type `ty` holding the interpreter value `a` (every bit kept with
+/// `T = f32`); `a` must have `ty`'s shape, and the values of an i32 `ty` must be integers in
+/// the i32 range. The error says what is wrong, naming the tensor.
+pub(crate) fn tensor_from_array<T: Float>(
+    name: String,
+    ty: &TensorType,
+    a: &Array<T>,
+) -> Result<NamedTensor, String> {
+    if a.shape != ty.shape || a.data.len() != ty.shape.numel() {
+        return Err(format!(
+            "the value of {name} has shape {} and {} elements, expected {ty}",
+            a.shape,
+            a.data.len()
+        ));
+    }
+    let data = match ty.dtype {
+        DType::F32 => TensorData::F32(a.data.iter().map(|v| v.to_f32()).collect()),
+        DType::I32 => {
+            let mut v = Vec::with_capacity(a.data.len());
+            for (i, x) in a.data.iter().enumerate() {
+                let x = x.to_f64();
+                if x.fract() != 0.0 || x < i32::MIN as f64 || x > i32::MAX as f64 {
+                    return Err(format!(
+                        "the value of {name} ({ty}) holds {x} at element {i}, not an i32"
+                    ));
+                }
+                v.push(x as i32);
+            }
+            TensorData::I32(v)
+        }
+    };
+    Ok(NamedTensor {
+        name,
+        shape: ty.shape.clone(),
+        data,
+    })
 }
 
 #[cfg(test)]
@@ -1445,6 +1549,56 @@ mod tests {
         }
         assert_eq!(entries(&dir).len(), 4);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Another writer's file (no gradlift metadata) reads back as its tensors; every prefix
+    /// of it and every single-byte change of its header is read or refused, never a panic.
+    #[test]
+    fn foreign_files_read_and_damaged_ones_are_errors() {
+        let x: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let n: Vec<u8> = 7i32.to_le_bytes().to_vec();
+        let views = vec![
+            (
+                "x",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &x)
+                    .expect("view"),
+            ),
+            (
+                "n",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![], &n)
+                    .expect("view"),
+            ),
+        ];
+        let bytes = safetensors::serialize(views, &None).expect("serialize");
+        let c = Checkpoint::from_any_bytes(&bytes, "f.safetensors").expect("read");
+        assert_eq!(
+            c.tensors,
+            [
+                NamedTensor::i32("n", Vec::<usize>::new(), vec![7]),
+                NamedTensor::f32("x", [2], vec![1.5, -2.0])
+            ]
+        );
+        assert!(c.metadata.is_empty());
+        // not a gradlift checkpoint: `load` refuses what `load_tensors` reads
+        let e = Checkpoint::from_bytes(&bytes, "f.safetensors").expect_err("not ours");
+        assert!(matches!(e, CheckpointError::NotACheckpoint { .. }), "{e}");
+        for len in 0..bytes.len() {
+            assert!(
+                Checkpoint::from_any_bytes(&bytes[..len], "f").is_err(),
+                "prefix {len}"
+            );
+        }
+        let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        for i in 0..header_end {
+            for v in [0u8, b'9', b'"', 0xff] {
+                let mut b = bytes.clone();
+                b[i] = v;
+                let _ = Checkpoint::from_any_bytes(&b, "f");
+            }
+        }
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub mod passes;
 pub mod runtime;
 pub mod shape;
 pub mod step;
+pub mod tensor_io;
 pub mod text;
 pub mod train;
 pub mod verify;

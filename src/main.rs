@@ -2,9 +2,11 @@
 //!
 //! In: a graph file, in the IR text format (`.ir`, or any other extension) or as JSON (`.json`,
 //! as written by `gradlift dump --format json`). Out: a verdict (`check`), the graph printed as
-//! text, Graphviz or JSON (`dump`), the graph extended with its gradient (`grad`), the values
-//! of its outputs (`eval`, `run`), a table of its params and ops (`summary`), or a model trained
-//! on MNIST (`train`, which reads the dataset and reads and writes checkpoints). Every command
+//! text, Graphviz or JSON, or its compiled code as Cranelift IR or machine code (`dump`), the
+//! graph extended with its gradient (`grad`), the values of its outputs (`eval`, `run`, on
+//! random inputs or those of a safetensors file, optionally written to one), a table of its
+//! params and ops (`summary`), or a model trained on MNIST (`train`, which reads the dataset
+//! and reads and writes checkpoints). Every command
 //! parses and verifies the graph first. Errors (unreadable file, parse error, invalid graph, evaluation
 //! failure) are printed to stderr like a compiler's (`FILE:LINE:COL: message`) and give exit
 //! code 1; the process never panics on user input.
@@ -14,7 +16,8 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gradlift::autodiff;
-use gradlift::codegen::{self, CompileOptions};
+use gradlift::checkpoint::NamedTensor;
+use gradlift::codegen::{self, CompileOptions, Listing};
 use gradlift::data::{self, Dataset};
 use gradlift::graph::{Graph, NodeId};
 use gradlift::init::Rng;
@@ -24,6 +27,7 @@ use gradlift::passes::Pipeline;
 use gradlift::runtime::{self, HostTensor};
 use gradlift::shape::{DType, TensorType};
 use gradlift::step::StepOptions;
+use gradlift::tensor_io;
 use gradlift::text;
 use gradlift::train::graph::{class_count, GraphModel};
 use gradlift::train::{EpochEnd, Plan, Progress, Span, TrainError};
@@ -48,16 +52,19 @@ struct Cli {
 enum Command {
     /// Parse and verify a graph; print a one-line summary.
     Check(CheckArgs),
-    /// Print a graph as canonical text, Graphviz dot or JSON.
+    /// Print a graph as canonical text, Graphviz dot or JSON, or its compiled function (as
+    /// Cranelift IR before or after Cranelift's passes, or as machine code).
     Dump(DumpArgs),
     /// Append the gradient of a scalar loss (symbolic reverse mode) and print the extended
     /// graph; each gradient is also an output `grad_<name>`.
     Grad(GradArgs),
-    /// Evaluate a graph with the reference interpreter (f32) on seeded random inputs, params
-    /// at their initializers, and print its outputs.
+    /// Evaluate a graph with the reference interpreter (f32) on seeded random inputs (or those
+    /// of `--inputs`), params at their initializers (or those of `--params`), and print its
+    /// outputs (and write them to `--outputs`).
     Eval(EvalArgs),
-    /// Compile a graph to native code (optionally with gradients), run it once on seeded
-    /// random inputs and print its outputs, updates and compile time.
+    /// Compile a graph to native code (optionally with gradients), run it once on the inputs
+    /// and params `eval` uses and print its outputs, updates and compile time (and write
+    /// them to `--outputs`).
     Run(RunArgs),
     /// Train a model (inputs: images `x` and i32 `labels`; output: `loss`, optionally
     /// `accuracy`) on MNIST: gradients, optimizer and one compiled training step per batch.
@@ -254,8 +261,12 @@ enum DumpFormat {
     Dot,
     /// JSON (readable back by every command).
     Json,
-    /// The Cranelift IR of the compiled function.
+    /// The Cranelift IR of the compiled function, as lowered from the graph.
     Clif,
+    /// The Cranelift IR after Cranelift's own IR passes (what it selects instructions from).
+    ClifOpt,
+    /// The machine code Cranelift emits for the host, as its disassembly.
+    Asm,
 }
 
 /// Arguments of `gradlift dump`.
@@ -342,14 +353,21 @@ fn print_graph(g: &Graph, format: DumpFormat) -> Result<(), CliError> {
         DumpFormat::Text => text::print(g),
         DumpFormat::Dot => text::dot(g),
         DumpFormat::Json => text::to_json(g),
-        DumpFormat::Clif => codegen::clif(g, &CompileOptions::default())
-            .map_err(|e| CliError(format!("{}: {e}", g.name)))?,
+        DumpFormat::Clif => listing(g, Listing::Clif)?,
+        DumpFormat::ClifOpt => listing(g, Listing::OptimizedClif)?,
+        DumpFormat::Asm => listing(g, Listing::Asm)?,
     };
     out!("{out}");
     if !out.ends_with('\n') {
         outln!();
     }
     Ok(())
+}
+
+/// [`codegen::listing`] of `g` with the options `run` compiles with.
+fn listing(g: &Graph, what: Listing) -> Result<String, CliError> {
+    codegen::listing(g, &CompileOptions::default(), what)
+        .map_err(|e| CliError(format!("{}: {e}", g.name)))
 }
 
 // ---- grad -------------------------------------------------------------------------------------
@@ -399,16 +417,81 @@ fn cmd_grad(a: &GradArgs) -> Result<(), CliError> {
 struct EvalArgs {
     /// The graph file (`.ir` text or `.json`).
     file: PathBuf,
-    /// Seed of the random inputs.
+    /// Seed of the random inputs (not used with `--inputs`).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Files of inputs, params and outputs.
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// The data files of `eval` and `run` (see [`gradlift::tensor_io`]).
+#[derive(Args, Debug)]
+struct DataArgs {
+    /// Read the inputs from this safetensors file instead of drawing them at random: a tensor
+    /// per input of the graph, by name, with its dtype and shape; every input, nothing else.
+    #[arg(long, value_name = "FILE")]
+    inputs: Option<PathBuf>,
+    /// Read the params (and state) from this checkpoint (`gradlift train --save`,
+    /// `Model::save`) instead of their initializers: every param of the graph by name, with
+    /// its dtype and shape (a training checkpoint's optimizer state is skipped).
+    #[arg(long, value_name = "FILE")]
+    params: Option<PathBuf>,
+    /// Write every output (by output name) and the new value of every updated param or
+    /// state (as `update.NAME`) to this safetensors file.
+    #[arg(long, value_name = "FILE")]
+    outputs: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The inputs of `g`: read from `--inputs`, or drawn as [`random_feeds`] draws them.
+    fn inputs(&self, g: &Graph, seed: u64) -> Result<Vec<NamedTensor>, CliError> {
+        match &self.inputs {
+            Some(path) => tensor_io::read_inputs(path, g).map_err(io_error),
+            None => {
+                let feeds = random_feeds(g, seed)?;
+                let mut out = Vec::new();
+                for id in g.inputs() {
+                    let ty = &g[id].ty;
+                    let data = feeds.get(&id).map(|f| f.to_f64_vec()).unwrap_or_default();
+                    let name = g[id].name.clone().unwrap_or_default();
+                    out.push(NamedTensor::from_host(
+                        name,
+                        HostTensor::from_f64(ty, &data),
+                    ));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The params and state of `g` from `--params` (none without it).
+    fn params(&self, g: &Graph) -> Result<Vec<NamedTensor>, CliError> {
+        match &self.params {
+            Some(path) => tensor_io::read_params(path, g).map_err(io_error),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Writes `tensors` to `--outputs`, if given.
+    fn write(&self, g: &Graph, source: &str, tensors: &[NamedTensor]) -> Result<(), CliError> {
+        match &self.outputs {
+            Some(path) => tensor_io::write_outputs(path, g, source, tensors).map_err(io_error),
+            None => Ok(()),
+        }
+    }
+}
+
+fn io_error(e: tensor_io::TensorIoError) -> CliError {
+    CliError(e.to_string())
 }
 
 /// The most elements (over all nodes) `eval` computes: 2^28, 1 GiB of f32.
 const MAX_EVAL_ELEMENTS: usize = 1 << 28;
 
-/// Evaluates the graph in f32 on seeded random inputs, params and state at their
-/// initializers; prints every output, then the new value of every update target.
+/// Evaluates the graph in f32 on seeded random inputs (or `--inputs`), params and state at
+/// their initializers (or `--params`); prints every output, then the new value of every
+/// update target, after writing them to `--outputs`.
 fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
     let file = a.file.display().to_string();
     let g = load(&a.file)?;
@@ -422,19 +505,19 @@ fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
             "{file}: the graph's values hold {total} elements in all, more than the interpreter's limit of {MAX_EVAL_ELEMENTS}"
         )));
     }
-    let feeds = random_feeds(&g, a.seed)?;
+    let inputs = a.data.inputs(&g, a.seed)?;
+    let params = a.data.params(&g)?;
+    let mut feeds = tensor_io::feeds::<f32>(&g, &inputs);
+    feeds.extend(tensor_io::feeds::<f32>(&g, &params));
     let values = interp::eval::<f32>(&g, &feeds)
         .map_err(|e| CliError(format!("{file}: evaluation failed: {e}")))?;
-    if g.outputs().is_empty() {
-        outln!("(no outputs)");
-    }
+    let mut written = Vec::new();
     for o in g.outputs() {
         let ty = &g[o.node].ty;
         let v = values
             .get(o.node)
             .ok_or_else(|| CliError(format!("{file}: output {} has no value", o.name)))?;
-        let data: Vec<f64> = v.data.iter().map(|&x| x as f64).collect();
-        outln!("{}: {ty} = {}", o.name, format_values(ty, &data));
+        written.push(tensor_io::tensor_from_value(&g, o.name.clone(), ty, v).map_err(io_error)?);
     }
     for u in g.updates() {
         let ty = &g[u.target].ty;
@@ -442,8 +525,34 @@ fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
         let v = values
             .get(u.value)
             .ok_or_else(|| CliError(format!("{file}: update of {label} has no value")))?;
-        let data: Vec<f64> = v.data.iter().map(|&x| x as f64).collect();
-        outln!("update {label}: {ty} = {}", format_values(ty, &data));
+        let name = tensor_io::update_name(g[u.target].name.as_deref().unwrap_or(&label));
+        written.push(tensor_io::tensor_from_value(&g, name, ty, v).map_err(io_error)?);
+    }
+    a.data.write(&g, "interpreter", &written)?;
+    print_results(&g, &written)
+}
+
+/// Prints every output, then the new value of every update target: `written` holds the
+/// outputs in order, then the updates in order.
+fn print_results(g: &Graph, written: &[NamedTensor]) -> Result<(), CliError> {
+    if g.outputs().is_empty() {
+        outln!("(no outputs)");
+    }
+    let n = g.outputs().len();
+    for (i, t) in written.iter().enumerate() {
+        let ty = t.ty();
+        let host = HostTensor {
+            shape: t.shape.clone(),
+            data: t.data.clone(),
+        };
+        let values = format_values(&ty, &host.to_f64());
+        match i.checked_sub(n).and_then(|u| g.updates().get(u)) {
+            Some(u) => {
+                let label = gradlift::verify::node_label(g, u.target);
+                outln!("update {label}: {ty} = {values}");
+            }
+            None => outln!("{}: {ty} = {values}", t.name),
+        }
     }
     Ok(())
 }
@@ -455,19 +564,39 @@ fn cmd_eval(a: &EvalArgs) -> Result<(), CliError> {
 struct RunArgs {
     /// The graph file (`.ir` text or `.json`).
     file: PathBuf,
-    /// Seed of the random inputs.
+    /// Seed of the random inputs (not used with `--inputs`).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Differentiate the output `loss` with respect to every param first; the gradients are
     /// printed as outputs `grad_<param>`.
     #[arg(long)]
     grad: bool,
+    /// Also print the compiled function before the outputs: its Cranelift IR (`clif`), the
+    /// IR after Cranelift's own passes (`clif-opt`) or its machine code (`asm`), from a
+    /// second compile of the same graph with the same options (the same code).
+    #[arg(long, value_enum, value_name = "LISTING")]
+    emit: Option<EmitKind>,
+    /// Files of inputs, params and outputs.
+    #[command(flatten)]
+    data: DataArgs,
     /// Optimization passes to run before compiling (after the gradient).
     #[command(flatten)]
     passes: PassArgs,
 }
 
-/// Compiles the graph with Cranelift, runs it once on the same seeded inputs as `eval` and
+/// What `gradlift run --emit` prints of the compiled function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EmitKind {
+    /// The Cranelift IR, as lowered from the graph.
+    Clif,
+    /// The Cranelift IR after Cranelift's own IR passes.
+    ClifOpt,
+    /// The machine code, as Cranelift disassembles it.
+    Asm,
+}
+
+/// Compiles the graph with Cranelift, runs it once on the same inputs as `eval` (seeded
+/// random ones, or those of `--inputs`; params from `--params` or their initializers) and
 /// prints every output and update like `eval` does, then the compile and run times.
 fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
     let file = a.file.display().to_string();
@@ -476,12 +605,10 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
     for id in g.inputs() {
         codegen::check_tensor_size(&g, id).map_err(|e| CliError(format!("{file}: {e}")))?;
     }
-    // the inputs are drawn from the graph as written, as `eval` draws them (the passes may
-    // remove a one_hot that sets a label input's range)
-    let drawn: HashMap<String, Array<f32>> = random_feeds(&g, a.seed)?
-        .into_iter()
-        .map(|(id, v)| (g[id].name.clone().unwrap_or_default(), v))
-        .collect();
+    // the inputs are drawn (or read and checked) for the graph as written, as `eval` does
+    // (the passes may remove a one_hot that sets a label input's range)
+    let given = a.data.inputs(&g, a.seed)?;
+    let params = a.data.params(&g)?;
     if a.grad {
         autodiff::grad_all_params(&mut g, "loss", None).map_err(|e| match e.loc() {
             Some(_) => CliError(e.to_string()),
@@ -490,47 +617,67 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
         verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
     }
     a.passes.run(&mut g, &file, true)?;
-    let mut exe = runtime::compile(&g, &CompileOptions::default())
-        .map_err(|e| CliError(format!("{file}: {e}")))?;
-    let inputs: Vec<(String, HostTensor)> = g
-        .inputs()
-        .into_iter()
-        .map(|id| {
-            let n = &g[id];
-            let name = n.name.clone().unwrap_or_default();
-            let data = drawn.get(&name).map(|f| f.to_f64_vec()).unwrap_or_default();
-            (name, HostTensor::from_f64(&n.ty, &data))
-        })
-        .collect();
-    let refs: Vec<(&str, HostTensor)> = inputs
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.clone()))
-        .collect();
+    let opts = CompileOptions::default();
+    let mut exe = runtime::compile(&g, &opts).map_err(|e| CliError(format!("{file}: {e}")))?;
+    for t in params {
+        let (name, value) = t.into_host();
+        // a param the passes removed (nothing reads it) takes no value
+        let set = if exe.param(&name).is_some() {
+            exe.set_param(&name, value)
+        } else if exe.state(&name).is_some() {
+            exe.set_state(&name, value)
+        } else {
+            Ok(())
+        };
+        set.map_err(|e| CliError(format!("{file}: {e}")))?;
+    }
+    let mut inputs: Vec<(&str, HostTensor)> = Vec::new();
+    for id in g.inputs() {
+        let name = g[id].name.as_deref().unwrap_or_default();
+        let t = given.iter().find(|t| t.name == name).ok_or_else(|| {
+            CliError(format!(
+                "{file}: input {name} is not an input of the graph as written"
+            ))
+        })?;
+        let host = HostTensor {
+            shape: t.shape.clone(),
+            data: t.data.clone(),
+        };
+        inputs.push((name, host));
+    }
+    if let Some(kind) = a.emit {
+        let what = match kind {
+            EmitKind::Clif => Listing::Clif,
+            EmitKind::ClifOpt => Listing::OptimizedClif,
+            EmitKind::Asm => Listing::Asm,
+        };
+        let text =
+            codegen::listing(&g, &opts, what).map_err(|e| CliError(format!("{file}: {e}")))?;
+        out!("{text}");
+        if !text.ends_with('\n') {
+            outln!();
+        }
+    }
     let t0 = std::time::Instant::now();
     let outputs = exe
-        .run(&refs)
+        .run(&inputs)
         .map_err(|e| CliError(format!("{file}: {e}")))?;
     let run_ms = t0.elapsed().as_secs_f64() * 1e3;
-    if outputs.is_empty() {
-        outln!("(no outputs)");
-    }
-    for (name, t) in &outputs {
-        outln!(
-            "{name}: {} = {}",
-            t.ty(),
-            format_values(&t.ty(), &t.to_f64())
-        );
-    }
+    let mut written: Vec<NamedTensor> = outputs
+        .into_iter()
+        .map(|(name, t)| NamedTensor::from_host(name, t))
+        .collect();
     for u in g.updates() {
-        let ty = &g[u.target].ty;
         let label = gradlift::verify::node_label(&g, u.target);
         let name = g[u.target].name.clone().unwrap_or_default();
         let v = exe
             .param(&name)
             .or_else(|| exe.state(&name))
             .ok_or_else(|| CliError(format!("{file}: update of {label} has no value")))?;
-        outln!("update {label}: {ty} = {}", format_values(ty, &v.to_f64()));
+        written.push(NamedTensor::from_host(tensor_io::update_name(&name), v));
     }
+    a.data.write(&g, "jit", &written)?;
+    print_results(&g, &written)?;
     outln!("{}; ran in {run_ms:.3} ms", exe.report());
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The checkpoint loader: `checkpoint::load` on a file holding the input bytes, then the
-//! step count of its metadata (`Checkpoint::step`). Any file gives a checkpoint or an error
+//! step count of its metadata (`Checkpoint::step`); and `checkpoint::load_tensors`, the
+//! reader of any safetensors file (`gradlift run --inputs`), on the same file. Any file gives a checkpoint or an error
 //! naming what is wrong, never a panic. The target only calls the public entry points, so it
 //! does not depend on how the module is organized inside.
 #![no_main]
@@ -27,5 +28,8 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let _ = e.to_string();
         }
+    }
+    if let Err(e) = checkpoint::load_tensors(path) {
+        let _ = e.to_string();
     }
 });

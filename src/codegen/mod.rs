@@ -17,7 +17,9 @@
 //! updates (`param <- value`) into their param or state buffers. Since every update is
 //! written after all nodes ran, each node reads the old values.
 //!
-//! [`clif`] returns the Cranelift IR text of the same function (`gradlift dump --format clif`).
+//! [`clif`] returns the Cranelift IR text of the same function (`gradlift dump --format clif`),
+//! [`listing`] also the IR after Cranelift's own passes and the machine code it emits
+//! (`--format clif-opt`, `--format asm`).
 
 pub mod gemm;
 pub mod kernels;
@@ -649,11 +651,43 @@ pub fn compile_native(g: &Graph, opts: &CompileOptions) -> Result<NativeCode, Co
     })
 }
 
+/// What [`listing`] prints of the function [`compile_native`] builds for a graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// The Cranelift IR as lowered from the graph, before Cranelift compiles it.
+    Clif,
+    /// The Cranelift IR Cranelift compiles: after its own IR passes at the JIT's settings
+    /// (`opt_level = none`: unreachable blocks removed, constant block parameters removed,
+    /// value aliases resolved), before instruction selection.
+    OptimizedClif,
+    /// The machine code Cranelift emitted, as its disassembly (the host ISA's instructions
+    /// after instruction selection and register allocation, printed by Cranelift itself: no
+    /// external disassembler), one instruction a line, with block labels.
+    Asm,
+}
+
 /// The Cranelift IR of the function [`compile_native`] would build for `g`, as text, after a comment
-/// header naming the pointer-table slots and the runtime kernels (`u0:N`) it calls.
+/// header naming the pointer-table slots and the runtime kernels (`u0:N`) it calls
+/// ([`listing`] with [`Listing::Clif`]).
 pub fn clif(g: &Graph, opts: &CompileOptions) -> Result<String, CompileError> {
-    let built = build(g, opts)?;
-    let p = &built.plan;
+    listing(g, opts, Listing::Clif)
+}
+
+/// The function [`compile_native`] builds for `g` with `opts`, as `what` says (its IR before
+/// or after Cranelift's IR passes, or its machine code), after a comment header naming the
+/// pointer-table slots and the runtime kernels (`u0:N`) it calls. The code is compiled as
+/// [`compile_native`] compiles it (same ISA and flags; compilation is deterministic), then
+/// freed without being run.
+pub fn listing(g: &Graph, opts: &CompileOptions, what: Listing) -> Result<String, CompileError> {
+    let Built {
+        mut module,
+        mut ctx,
+        func,
+        plan: p,
+        order,
+        ..
+    } = build(g, opts)?;
+    let comment = if what == Listing::Asm { "#" } else { ";" };
     let name = |id: NodeId| {
         g[id]
             .name
@@ -673,23 +707,54 @@ pub fn clif(g: &Graph, opts: &CompileOptions) -> Result<String, CompileError> {
         })
     });
     let mut text = format!(
-        "; graph {}: {} nodes in one function fn(table), table[i] at offset 8*i:\n",
+        "{comment} graph {}: {} nodes in one function fn(table), table[i] at offset 8*i:\n",
         g.name,
-        built.order.len()
+        order.len()
     );
     for (i, s) in slots.iter().enumerate() {
-        text.push_str(&format!(";   table[{i}] = {s}\n"));
+        text.push_str(&format!("{comment}   table[{i}] = {s}\n"));
     }
     let kernels: Vec<String> = kernels::Kernel::ALL
         .iter()
         .enumerate()
         .map(|(i, k)| format!("u0:{} = {}", i + 1, k.symbol()))
         .collect();
-    text.push_str(&format!("; runtime kernels: {}\n", kernels.join(", ")));
-    text.push_str("; @NNNN before an instruction: the raw index (hexadecimal) of the graph node it belongs to\n");
-    text.push_str(&built.ctx.func.display().to_string());
-    // SAFETY: nothing of this module was defined or called.
-    unsafe { built.module.free_memory() };
+    text.push_str(&format!(
+        "{comment} runtime kernels: {}\n",
+        kernels.join(", ")
+    ));
+    let body = match what {
+        Listing::Clif => {
+            text.push_str("; @NNNN before an instruction: the raw index (hexadecimal) of the graph node it belongs to\n");
+            Ok(ctx.func.display().to_string())
+        }
+        Listing::OptimizedClif | Listing::Asm => {
+            ctx.set_disasm(what == Listing::Asm);
+            match module.define_function(func, &mut ctx) {
+                Err(e) => Err(cranelift_error(g, &ctx, e)),
+                Ok(()) if what == Listing::OptimizedClif => {
+                    text.push_str("; after Cranelift's IR passes (opt_level none); @NNNN before an instruction: the raw index (hexadecimal) of the graph node it belongs to\n");
+                    Ok(ctx.func.display().to_string())
+                }
+                Ok(()) => {
+                    let code = ctx.compiled_code();
+                    let bytes = code.map_or(0, |c| c.code_buffer().len());
+                    text.push_str(&format!(
+                        "# {} machine code, {bytes} bytes, as Cranelift disassembles it\n",
+                        module.isa().triple().architecture
+                    ));
+                    code.and_then(|c| c.vcode.clone())
+                        .ok_or_else(|| CompileError::Cranelift {
+                            node: None,
+                            message: "Cranelift returned no disassembly".into(),
+                        })
+                }
+            }
+        }
+    };
+    // SAFETY: no function of this module was finalized or called.
+    unsafe { module.free_memory() };
+    text.push_str(&body?);
     Ok(text)
 }
 

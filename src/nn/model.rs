@@ -27,7 +27,7 @@
 
 use super::layers::{dropout_mask, fill_dropout_mask};
 use super::{GraphOptions, Loss, Metric, ModelGraph, Sequential};
-use crate::checkpoint::{CheckpointError, Mismatch, NamedTensor, TensorData};
+use crate::checkpoint::{CheckpointError, NamedTensor, TensorData};
 use crate::graph::{Graph, NodeId};
 use crate::init::Rng;
 use crate::op::Op;
@@ -1046,22 +1046,7 @@ impl Model {
         let ckpt = crate::checkpoint::load(path)?;
         // In a file of `Model::save`, the tensors not listed as params are optimizer state
         // (of whatever optimizer wrote it): skipped here.
-        let file_params: Vec<&str> = ckpt
-            .metadata
-            .get("params")
-            .map(|p| p.split(',').collect())
-            .unwrap_or_default();
-        let skip_state = ckpt.metadata.get("contents").map(|c| c.as_str()) == Some("training");
-        let problems: Vec<Mismatch> = ckpt
-            .mismatches(params)
-            .into_iter()
-            .filter(|m| match m {
-                Mismatch::Unexpected { name, .. } => {
-                    !skip_state || file_params.contains(&name.as_str())
-                }
-                _ => true,
-            })
-            .collect();
+        let problems = ckpt.weight_mismatches(params);
         if !problems.is_empty() {
             return Err(CheckpointError::Mismatch {
                 path: path.to_path_buf(),
