@@ -22,7 +22,7 @@ use gradlift::data::{self, Dataset};
 use gradlift::graph::{Graph, NodeId};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
-use gradlift::optim::Optimizer;
+use gradlift::optim::{Optimizer, Schedule};
 use gradlift::passes::Pipeline;
 use gradlift::runtime::{self, HostTensor};
 use gradlift::shape::{DType, TensorType};
@@ -813,6 +813,13 @@ struct TrainArgs {
     /// Learning rate (default: the optimizer's Keras default).
     #[arg(long)]
     lr: Option<f64>,
+    /// A learning-rate schedule computed in the step from its step count (Keras'
+    /// schedules): `exponential:decay_steps=N,decay_rate=R[,staircase]` or
+    /// `cosine:decay_steps=N[,alpha=A][,warmup_target=LR,warmup_steps=N]`, both from the
+    /// `--lr` rate, or `piecewise:boundaries=N/N/...,values=LR/LR/...` (its own rates, so
+    /// without `--lr`).
+    #[arg(long)]
+    lr_schedule: Option<String>,
     /// Write the params and optimizer state to this checkpoint at the end.
     #[arg(long)]
     save: Option<PathBuf>,
@@ -976,6 +983,24 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
             f32::MAX
         )));
     }
+    let opt = match &a.lr_schedule {
+        None => opt,
+        Some(spec) => {
+            if spec.starts_with("piecewise") && a.lr.is_some() {
+                return Err(CliError(format!(
+                    "--lr-schedule {spec}: a piecewise schedule gives its own rates (values=...); omit --lr"
+                )));
+            }
+            let schedule =
+                Schedule::parse(spec, lr).map_err(|e| CliError(format!("--lr-schedule {e}")))?;
+            let opt = opt.with_schedule(schedule);
+            // its values are checked where it is built into a graph: build it once here, so
+            // that a bad value is reported against the flag
+            opt.learning_rate(&mut Graph::new("schedule"))
+                .map_err(|e| CliError(format!("--lr-schedule {spec}: {}", e.message)))?;
+            opt
+        }
+    };
     let t_build = Instant::now();
     let m = graph_model(&a.file, &opt)?;
     let parse_s = t_build.elapsed().as_secs_f64();

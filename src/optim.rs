@@ -563,14 +563,20 @@ pub enum Schedule {
     },
     /// `initial * ((1 - alpha) * 0.5 * (1 + cos(pi * min(t, decay_steps) / decay_steps)) +
     /// alpha)`: from `initial` down to `initial * alpha` over `decay_steps` steps, then
-    /// constant (Keras `CosineDecay` without warmup).
+    /// constant (Keras `CosineDecay`). With a warmup (`warmup_target`), the rate first rises
+    /// linearly from `initial` to `warmup_target` over `warmup_steps` steps, then decays
+    /// from `warmup_target` as above, counting steps from the end of the warmup.
     CosineDecay {
         /// The learning rate at step 0.
         initial: f64,
         /// Steps to decay over, at least 1.
         decay_steps: u64,
-        /// The final learning rate as a fraction of `initial`, in `[0, 1]`.
+        /// The final learning rate as a fraction of the rate decayed from, in `[0, 1]`.
         alpha: f64,
+        /// The rate the warmup reaches (Keras `warmup_target`; `None`: no warmup).
+        warmup_target: Option<f64>,
+        /// Steps of the warmup, at least 1 with a `warmup_target` (ignored without).
+        warmup_steps: u64,
     },
     /// `values[0]` while `t <= boundaries[0]`, `values[i]` while `boundaries[i-1] < t <=
     /// boundaries[i]`, and the last value after the last boundary (Keras
@@ -607,6 +613,27 @@ impl Schedule {
             initial,
             decay_steps,
             alpha,
+            warmup_target: None,
+            warmup_steps: 0,
+        }
+    }
+
+    /// Keras `CosineDecay(initial, decay_steps, alpha, warmup_target=target,
+    /// warmup_steps=warmup_steps)`: a linear warmup from `initial` to `target`, then the
+    /// cosine decay from `target`.
+    pub fn cosine_decay_with_warmup(
+        initial: f64,
+        decay_steps: u64,
+        alpha: f64,
+        target: f64,
+        warmup_steps: u64,
+    ) -> Schedule {
+        Schedule::CosineDecay {
+            initial,
+            decay_steps,
+            alpha,
+            warmup_target: Some(target),
+            warmup_steps,
         }
     }
 
@@ -615,6 +642,100 @@ impl Schedule {
         Schedule::PiecewiseConstantDecay {
             boundaries: boundaries.to_vec(),
             values: values.to_vec(),
+        }
+    }
+
+    /// A schedule from its command-line form (the CLI's `--lr-schedule`), decaying from
+    /// `initial` (piecewise schedules name their own rates):
+    /// `exponential:decay_steps=N,decay_rate=R[,staircase]`,
+    /// `cosine:decay_steps=N[,alpha=A][,warmup_target=LR,warmup_steps=N]` or
+    /// `piecewise:boundaries=N/N/...,values=LR/LR/...`. The values are checked when the
+    /// schedule is built into a graph; this checks the syntax and says what is wrong.
+    pub fn parse(spec: &str, initial: f64) -> Result<Schedule, String> {
+        let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+        let mut keys: Vec<(&str, &str)> = Vec::new();
+        for item in rest.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (k, v) = item.split_once('=').unwrap_or((item, ""));
+            if keys.iter().any(|(seen, _)| *seen == k) {
+                return Err(format!("`{spec}`: `{k}` is given twice"));
+            }
+            keys.push((k, v));
+        }
+        let allowed: &[&str] = match kind {
+            "exponential" => &["decay_steps", "decay_rate", "staircase"],
+            "cosine" => &["decay_steps", "alpha", "warmup_target", "warmup_steps"],
+            "piecewise" => &["boundaries", "values"],
+            other => {
+                return Err(format!(
+                    "`{spec}`: unknown schedule `{other}` (expected exponential, cosine or piecewise, then `:` and its settings)"
+                ))
+            }
+        };
+        if let Some((k, _)) = keys.iter().find(|(k, _)| !allowed.contains(k)) {
+            return Err(format!(
+                "`{spec}`: `{k}` is not a setting of the {kind} schedule (expected {})",
+                allowed.join(", ")
+            ));
+        }
+        let get = |k: &str| keys.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        let number = |k: &str, v: &str| -> Result<f64, String> {
+            v.parse::<f64>()
+                .map_err(|_| format!("`{spec}`: {k} must be a number, found `{v}`"))
+        };
+        let count = |k: &str, v: &str| -> Result<u64, String> {
+            v.parse::<u64>()
+                .map_err(|_| format!("`{spec}`: {k} must be a whole number of steps, found `{v}`"))
+        };
+        let required = |k: &str| -> Result<&str, String> {
+            get(k).ok_or_else(|| format!("`{spec}`: the {kind} schedule needs `{k}=...`"))
+        };
+        match kind {
+            "exponential" => {
+                let staircase = match get("staircase") {
+                    None | Some("false") => false,
+                    Some("" | "true") => true,
+                    Some(v) => {
+                        return Err(format!("`{spec}`: staircase is true or false, found `{v}`"))
+                    }
+                };
+                Ok(Schedule::exponential_decay(
+                    initial,
+                    count("decay_steps", required("decay_steps")?)?,
+                    number("decay_rate", required("decay_rate")?)?,
+                    staircase,
+                ))
+            }
+            "cosine" => {
+                let decay_steps = count("decay_steps", required("decay_steps")?)?;
+                let alpha = get("alpha").map_or(Ok(0.0), |v| number("alpha", v))?;
+                match (get("warmup_target"), get("warmup_steps")) {
+                    (None, None) => Ok(Schedule::cosine_decay(initial, decay_steps, alpha)),
+                    (Some(t), Some(w)) => Ok(Schedule::cosine_decay_with_warmup(
+                        initial,
+                        decay_steps,
+                        alpha,
+                        number("warmup_target", t)?,
+                        count("warmup_steps", w)?,
+                    )),
+                    _ => Err(format!(
+                        "`{spec}`: a warmup needs both warmup_target and warmup_steps"
+                    )),
+                }
+            }
+            _ => {
+                let list = |k: &str| -> Result<Vec<&str>, String> {
+                    Ok(required(k)?.split('/').map(str::trim).collect())
+                };
+                let boundaries = list("boundaries")?
+                    .into_iter()
+                    .map(|v| count("boundaries", v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let values = list("values")?
+                    .into_iter()
+                    .map(|v| number("values", v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Schedule::piecewise_constant_decay(&boundaries, &values))
+            }
         }
     }
 
@@ -651,11 +772,26 @@ impl Schedule {
                 initial,
                 decay_steps,
                 alpha,
+                warmup_target,
+                warmup_steps,
             } => {
                 let d = *decay_steps as f64;
-                let p = t.min(d) / d;
-                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
-                initial * ((1.0 - alpha) * cosine + alpha)
+                let decay = |from: f64, t: f64| {
+                    let cosine = 0.5 * (1.0 + (std::f64::consts::PI * t / d).cos());
+                    from * ((1.0 - alpha) * cosine + alpha)
+                };
+                match warmup_target {
+                    None => decay(*initial, t.min(d)),
+                    Some(target) => {
+                        let w = *warmup_steps as f64;
+                        let t = t.min(d + w);
+                        if t < w {
+                            (target - initial) * (t / w) + initial
+                        } else {
+                            decay(*target, t - w)
+                        }
+                    }
+                }
             }
             Schedule::PiecewiseConstantDecay { boundaries, values } => {
                 let i = boundaries.iter().take_while(|&&b| step > b).count();
@@ -693,8 +829,19 @@ impl Schedule {
                 initial,
                 decay_steps,
                 alpha,
+                warmup_target,
+                warmup_steps,
             } => {
                 positive("the initial learning rate", *initial)?;
+                if let Some(target) = warmup_target {
+                    positive("warmup_target", *target)?;
+                    if *warmup_steps == 0 {
+                        return Err(at.err(
+                            "learning-rate schedule: warmup_steps must be at least 1 with a warmup_target, found 0"
+                                .into(),
+                        ));
+                    }
+                }
                 if *decay_steps == 0 {
                     return Err(at.err(
                         "learning-rate schedule: decay_steps must be at least 1, found 0".into(),
@@ -753,23 +900,44 @@ impl Schedule {
                 initial,
                 decay_steps,
                 alpha,
+                warmup_target,
+                warmup_steps,
             } => {
                 // Keras' operations in order: min, divide, multiply by pi, cos, ...
                 let steps = at.scalar(*decay_steps as f64)?;
-                let t = at.bin(BinaryOp::Min, t, steps)?;
-                let p = at.div(t, steps)?;
-                let pi = at.scalar(std::f64::consts::PI)?;
-                let angle = at.mul(pi, p)?;
-                let c = at.unary(UnaryOp::Cos, angle)?;
-                let one = at.scalar(1.0)?;
-                let c1 = at.add(one, c)?;
-                let cosine = at.scale(c1, 0.5)?;
-                let keep = at.scalar(1.0 - alpha)?;
-                let kept = at.mul(keep, cosine)?;
-                let alpha = at.scalar(*alpha)?;
-                let decayed = at.add(kept, alpha)?;
-                let initial = at.scalar(*initial)?;
-                at.mul(initial, decayed)
+                let decay = |at: &mut At<'_>, from: f64, t: NodeId| -> Result<NodeId, BuildError> {
+                    let p = at.div(t, steps)?;
+                    let pi = at.scalar(std::f64::consts::PI)?;
+                    let angle = at.mul(pi, p)?;
+                    let c = at.unary(UnaryOp::Cos, angle)?;
+                    let one = at.scalar(1.0)?;
+                    let c1 = at.add(one, c)?;
+                    let cosine = at.scale(c1, 0.5)?;
+                    let keep = at.scalar(1.0 - alpha)?;
+                    let kept = at.mul(keep, cosine)?;
+                    let alpha = at.scalar(*alpha)?;
+                    let decayed = at.add(kept, alpha)?;
+                    let from = at.scalar(from)?;
+                    at.mul(from, decayed)
+                };
+                let Some(target) = warmup_target else {
+                    let t = at.bin(BinaryOp::Min, t, steps)?;
+                    return decay(at, *initial, t);
+                };
+                // Keras: t = min(t, decay_steps + warmup_steps), then the warmup's line while
+                // t < warmup_steps, else the decay from the target at t - warmup_steps
+                let w = at.scalar(*warmup_steps as f64)?;
+                let end = at.scalar((*decay_steps + *warmup_steps) as f64)?;
+                let t = at.bin(BinaryOp::Min, t, end)?;
+                let fraction = at.div(t, w)?;
+                let delta = at.scalar(target - initial)?;
+                let rise = at.mul(delta, fraction)?;
+                let start = at.scalar(*initial)?;
+                let warm = at.add(rise, start)?;
+                let after = at.sub(t, w)?;
+                let decayed = decay(at, *target, after)?;
+                let warming = at.op(Op::Compare(CmpOp::Lt), &[t, w])?;
+                at.op(Op::Select, &[warming, warm, decayed])
             }
             Schedule::PiecewiseConstantDecay { boundaries, values } => {
                 let (Some(&first), Some(&last)) = (boundaries.first(), boundaries.last()) else {

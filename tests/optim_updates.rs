@@ -689,6 +689,100 @@ fn bad_schedules_are_errors() {
 }
 
 #[test]
+fn cosine_decay_with_warmup_follows_keras() {
+    // Keras 3: t = min(t, decay_steps + warmup_steps); while t < warmup_steps the rate is
+    // (target - initial) * t / warmup_steps + initial, then target times the cosine factor
+    // at t - warmup_steps
+    let (initial, target, warmup, decay, alpha) = (0.001, 0.1, 3u64, 4u64, 0.2);
+    let s = Schedule::cosine_decay_with_warmup(initial, decay, alpha, target, warmup);
+    let got = schedule_rates(s.clone(), 10);
+    for (t, &r) in got.iter().enumerate() {
+        let t = (t as u64).min(decay + warmup) as f64;
+        let want = if t < warmup as f64 {
+            (target - initial) * t / warmup as f64 + initial
+        } else {
+            let p = (t - warmup as f64) / decay as f64;
+            target * ((1.0 - alpha) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()) + alpha)
+        };
+        assert!(
+            (r as f64 - want).abs() <= 3e-7 * want,
+            "step {t}: {r} vs {want}"
+        );
+        assert!((r as f64 - s.learning_rate_at(t as u64)).abs() <= 3e-7 * want);
+    }
+    assert_eq!(got[0], initial as f32);
+    // the warmup's end is the decay's start: the target itself
+    assert!((got[3] - 0.1).abs() <= 1e-8, "{}", got[3]);
+    assert_eq!(&got[7..], &[got[7]; 3], "constant after the decay");
+    for (s, what) in [
+        (
+            Schedule::cosine_decay_with_warmup(0.1, 10, 0.0, 0.0, 5),
+            "warmup_target",
+        ),
+        (
+            Schedule::cosine_decay_with_warmup(0.1, 10, 0.0, 0.5, 0),
+            "warmup_steps",
+        ),
+    ] {
+        let e = Optimizer::sgd()
+            .with_schedule(s)
+            .learning_rate(&mut Graph::new("bad"))
+            .unwrap_err();
+        assert!(e.message.contains(what), "{what}: {e}");
+    }
+}
+
+/// The command-line form of each schedule parses to the schedule it names.
+#[test]
+fn schedules_parse_from_their_command_line_form() {
+    assert_eq!(
+        Schedule::parse("exponential:decay_steps=10,decay_rate=0.5,staircase", 0.1),
+        Ok(Schedule::exponential_decay(0.1, 10, 0.5, true))
+    );
+    assert_eq!(
+        Schedule::parse("exponential: decay_rate=0.5, decay_steps=10", 0.1),
+        Ok(Schedule::exponential_decay(0.1, 10, 0.5, false))
+    );
+    assert_eq!(
+        Schedule::parse("cosine:decay_steps=100", 0.01),
+        Ok(Schedule::cosine_decay(0.01, 100, 0.0))
+    );
+    assert_eq!(
+        Schedule::parse(
+            "cosine:decay_steps=100,alpha=0.1,warmup_target=0.1,warmup_steps=7",
+            0.01
+        ),
+        Ok(Schedule::cosine_decay_with_warmup(0.01, 100, 0.1, 0.1, 7))
+    );
+    assert_eq!(
+        Schedule::parse("piecewise:boundaries=10/20,values=0.1/0.01/0.001", 0.5),
+        Ok(Schedule::piecewise_constant_decay(
+            &[10, 20],
+            &[0.1, 0.01, 0.001]
+        ))
+    );
+    for (spec, want) in [
+        ("cosine", "needs `decay_steps=...`"),
+        (
+            "exponential:decay_steps=1,decay_rate=x",
+            "decay_rate must be a number, found `x`",
+        ),
+        (
+            "exponential:decay_steps=1,decay_rate=2,staircase=maybe",
+            "staircase is true or false",
+        ),
+        (
+            "piecewise:boundaries=a,values=1/2",
+            "boundaries must be a whole number",
+        ),
+        ("step:x=1", "unknown schedule `step`"),
+    ] {
+        let e = Schedule::parse(spec, 0.1).unwrap_err();
+        assert!(e.contains(want), "{spec}: {e}");
+    }
+}
+
+#[test]
 fn cosine_decay_follows_keras() {
     // Keras: initial * ((1 - alpha) * 0.5 * (1 + cos(pi * min(t, d) / d)) + alpha)
     let s = Schedule::cosine_decay(0.1, 4, 0.2);

@@ -519,3 +519,84 @@ fn plot_is_an_svg_with_a_point_per_epoch() {
         "{err}"
     );
 }
+
+/// `--lr-schedule`: a piecewise schedule constant over the run trains exactly as `--lr` with
+/// that rate; a schedule that decays trains differently; bad specs are named errors.
+#[test]
+fn learning_rate_schedules() {
+    let run_with = |extra: &[&str]| -> String {
+        let mut a = vec!["train", "ir/mlp.ir", "--steps", "12", "--optimizer", "sgd"];
+        a.extend_from_slice(extra);
+        ok(&a)
+    };
+    let loss = |out: &str| field(lines(out, "epoch ")[0], "loss");
+    let constant = run_with(&["--lr", "0.05"]);
+    let piecewise = run_with(&[
+        "--lr-schedule",
+        "piecewise:boundaries=1000,values=0.05/0.01",
+    ]);
+    assert_eq!(loss(&constant), loss(&piecewise), "{constant}\n{piecewise}");
+    // from 0.05 down to 0.05 * 1e-6 within two steps: it learns less than the constant rate
+    let decayed = run_with(&[
+        "--lr",
+        "0.05",
+        "--lr-schedule",
+        "exponential:decay_steps=1,decay_rate=0.000001",
+    ]);
+    assert!(loss(&decayed) > loss(&constant), "{decayed}\n{constant}");
+    // a warmup from a tiny rate to 0.05 over 6 steps, then a cosine decay
+    let warm = run_with(&[
+        "--lr",
+        "1e-6",
+        "--lr-schedule",
+        "cosine:decay_steps=100,warmup_target=0.05,warmup_steps=6",
+    ]);
+    let l = loss(&warm);
+    assert!(l.is_finite() && l != loss(&constant), "{warm}");
+    for (spec, want) in [
+        ("linear:decay_steps=3", "unknown schedule `linear`"),
+        (
+            "cosine:alpha=0.1",
+            "the cosine schedule needs `decay_steps=...`",
+        ),
+        (
+            "cosine:decay_steps=ten",
+            "decay_steps must be a whole number of steps, found `ten`",
+        ),
+        (
+            "cosine:decay_steps=5,warmup_steps=2",
+            "needs both warmup_target and warmup_steps",
+        ),
+        (
+            "exponential:decay_steps=5,rate=0.5",
+            "`rate` is not a setting of the exponential schedule",
+        ),
+        (
+            "exponential:decay_steps=5,decay_rate=0",
+            "decay_rate must be a positive number, found 0",
+        ),
+        (
+            "piecewise:boundaries=5/3,values=1/2/3",
+            "boundaries must be strictly increasing",
+        ),
+        (
+            "cosine:decay_steps=5,decay_steps=6",
+            "`decay_steps` is given twice",
+        ),
+    ] {
+        let err = fails(&["train", "ir/mlp.ir", "--steps", "1", "--lr-schedule", spec]);
+        assert!(
+            err.contains("--lr-schedule") && err.contains(want),
+            "{spec}: {err}"
+        );
+    }
+    let err = fails(&[
+        "train",
+        "ir/mlp.ir",
+        "--lr",
+        "0.1",
+        "--lr-schedule",
+        "piecewise:boundaries=5,values=0.1/0.01",
+    ]);
+    assert!(err.contains("omit --lr"), "{err}");
+}
