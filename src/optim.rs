@@ -509,6 +509,9 @@ pub enum Optimizer {
         epsilon: f64,
         /// The decay factor, multiplied by the learning rate (Keras default 0.004).
         weight_decay: f64,
+        /// Params that do not decay: those whose name contains one of these strings (Keras'
+        /// `exclude_from_weight_decay(var_names=...)`; default none).
+        exclude_from_weight_decay: Vec<String>,
     },
     /// RMSprop (Keras 3 `RMSprop`): `v <- rho * v + (1 - rho) * g^2`;
     /// `increment = lr * g / sqrt(v + epsilon)` (epsilon inside the root, as Keras 3 has it);
@@ -1021,6 +1024,7 @@ impl Optimizer {
             beta2: 0.999,
             epsilon: 1e-7,
             weight_decay: 0.004,
+            exclude_from_weight_decay: Vec::new(),
         }
     }
 
@@ -1120,6 +1124,19 @@ impl Optimizer {
     pub fn with_centered(mut self, value: bool) -> Optimizer {
         if let Optimizer::RmsProp { centered, .. } = self.unscheduled_mut() {
             *centered = value;
+        }
+        self
+    }
+
+    /// AdamW: the params whose name contains one of `names` do not decay (Keras'
+    /// `exclude_from_weight_decay(var_names=...)`, e.g. `&["bias"]`; others are unchanged).
+    pub fn exclude_from_weight_decay(mut self, names: &[&str]) -> Optimizer {
+        if let Optimizer::AdamW {
+            exclude_from_weight_decay,
+            ..
+        } = self.unscheduled_mut()
+        {
+            *exclude_from_weight_decay = names.iter().map(|n| n.to_string()).collect();
         }
         self
     }
@@ -1249,14 +1266,23 @@ impl Optimizer {
                 beta2,
                 epsilon,
                 weight_decay,
+                ref exclude_from_weight_decay,
             } => {
                 let alpha = adam_step_size(&mut at, &mut out, lr, beta1, beta2)?;
                 let wd = at.scalar(weight_decay)?;
                 for &(w, grad) in params_and_grads {
+                    let name = at.g[w].name.as_deref().unwrap_or("");
+                    let excluded = exclude_from_weight_decay
+                        .iter()
+                        .any(|e| name.contains(e.as_str()));
                     // Keras: variable.assign(variable - variable * wd * lr), then Adam
-                    let wwd = at.mul(w, wd)?;
-                    let decay = at.mul(wwd, lr)?;
-                    let decayed = at.sub(w, decay)?;
+                    let decayed = if excluded {
+                        w
+                    } else {
+                        let wwd = at.mul(w, wd)?;
+                        let decay = at.mul(wwd, lr)?;
+                        at.sub(w, decay)?
+                    };
                     let hp = (beta1, beta2, epsilon);
                     adam_update(&mut at, &mut out, alpha, w, decayed, grad, hp)?;
                 }
@@ -1327,6 +1353,7 @@ impl Optimizer {
                 beta2,
                 epsilon,
                 weight_decay,
+                ..
             } => {
                 unit("beta1", *beta1)?;
                 unit("beta2", *beta2)?;

@@ -434,6 +434,29 @@ fn adamw_reference(lr: f64, wd: f64, grads: &[[f32; 3]]) -> Vec<Vec<f64>> {
     out
 }
 
+/// A param whose name contains an excluded string takes Adam's steps; the others still decay.
+#[test]
+fn adamw_excludes_params_from_weight_decay() {
+    let opt = Optimizer::adamw().with_weight_decay(0.5);
+    let excluded = run(
+        &problem(&opt.clone().exclude_from_weight_decay(&["w"])),
+        0.01,
+        &GRADS,
+    );
+    for (g, w) in excluded.iter().zip(&adam_reference(0.01, &GRADS)) {
+        assert_close(g, w, 1e-6);
+    }
+    let kept = run(
+        &problem(&opt.exclude_from_weight_decay(&["bias"])),
+        0.01,
+        &GRADS,
+    );
+    for (g, w) in kept.iter().zip(&adamw_reference(0.01, 0.5, &GRADS)) {
+        assert_close(g, w, 1e-6);
+    }
+    assert_ne!(excluded, kept, "the decay of 0.5 shows");
+}
+
 #[test]
 fn adamw_steps_match_keras() {
     for wd in [0.004, 0.5] {
@@ -482,7 +505,8 @@ fn optimizer_names_and_defaults_are_keras() {
             beta1: 0.9,
             beta2: 0.999,
             epsilon: 1e-7,
-            weight_decay: 0.004
+            weight_decay: 0.004,
+            exclude_from_weight_decay: vec![],
         }
     );
     assert_eq!(
