@@ -73,8 +73,8 @@ pub fn corpus() -> Vec<(String, Graph)> {
 // ---- random feeds --------------------------------------------------------------------------
 
 /// The largest label an i32 input may hold for the graph to be well defined, plus one: the
-/// smallest `depth` of a `one_hot` and class count of a sparse cross-entropy that read it
-/// (`default` when nothing constrains it).
+/// smallest `depth` of a `one_hot`, class count of a sparse cross-entropy and axis length of a
+/// `gather` or `scatter_add` that read it (`default` when nothing constrains it).
 pub fn label_range(g: &Graph, input: NodeId, default: usize) -> usize {
     g.users(input)
         .into_iter()
@@ -83,6 +83,11 @@ pub fn label_range(g: &Graph, input: NodeId, default: usize) -> usize {
             Op::SparseSoftmaxCrossEntropy => {
                 g.operands(u).first().map(|&l| g[l].ty.shape.dims()[1])
             }
+            Op::Gather { axis } => g
+                .operands(u)
+                .first()
+                .and_then(|&t| g[t].ty.shape.dims().get(*axis).copied()),
+            Op::ScatterAdd { axis, shape } => shape.dims().get(*axis).copied(),
             _ => None,
         })
         .min()
