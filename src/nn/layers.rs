@@ -8,7 +8,7 @@ use super::Initializer;
 use crate::graph::{BuildError, NodeId};
 use crate::op::{CmpOp, Literal, Op, Padding, ReduceOp, UnaryOp};
 use crate::optim::{At, Regularizer};
-use crate::shape::{Shape, TensorType};
+use crate::shape::{DType, Shape, TensorType};
 
 /// Activation functions applied elementwise (softmax: along the last axis), with Keras'
 /// names and defaults. Each is built from graph ops, so every stage (interpreter, autodiff,
@@ -382,6 +382,55 @@ impl LayerNorm {
     }
 }
 
+/// A lookup of one trainable vector per token id (Keras `Embedding(input_dim, output_dim)`):
+/// input ids of any per-example shape, output that shape plus `[output_dim]`. The ids
+/// arrive as f32 (the model's inputs are f32; ids below 2^24 are exact) and are cast to i32
+/// in the graph, as Keras casts non-integer inputs; the lookup is a `gather` of the rows of
+/// `embeddings`, whose gradient is a `scatter_add`. An id outside `0..input_dim` reads the
+/// nearest row, `0` or `input_dim - 1` (`gather` clamps, as JAX does; TensorFlow raises an
+/// error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedding {
+    /// Number of distinct ids (the vocabulary size).
+    pub input_dim: usize,
+    /// Size of each vector.
+    pub output_dim: usize,
+    /// Initializer of the table (default uniform in `[-0.05, 0.05)`, Keras').
+    pub embeddings_initializer: Initializer,
+    /// Penalty on the table (default none).
+    pub embeddings_regularizer: Option<Regularizer>,
+    /// Layer name (default `embedding`, ...).
+    pub name: Option<String>,
+}
+
+impl Embedding {
+    /// An embedding of `input_dim` ids into vectors of `output_dim`, with Keras' defaults.
+    pub fn new(input_dim: usize, output_dim: usize) -> Embedding {
+        Embedding {
+            input_dim,
+            output_dim,
+            embeddings_initializer: Initializer::RandomUniform {
+                low: -0.05,
+                high: 0.05,
+            },
+            embeddings_regularizer: None,
+            name: None,
+        }
+    }
+
+    /// Sets the initializer of the table.
+    pub fn embeddings_initializer(mut self, i: Initializer) -> Embedding {
+        self.embeddings_initializer = i;
+        self
+    }
+
+    /// Sets the penalty on the table.
+    pub fn embeddings_regularizer(mut self, r: Regularizer) -> Embedding {
+        self.embeddings_regularizer = Some(r);
+        self
+    }
+}
+
 /// A fully connected recurrent layer over input `[timesteps, features]`:
 /// `h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)`, `h_0 = 0`; returns
 /// the last state `[units]`. Unrolled in the graph over the static number of time steps.
@@ -545,7 +594,8 @@ name_setter!(
     LayerNorm,
     Flatten,
     SimpleRNN,
-    Dropout
+    Dropout,
+    Embedding
 );
 
 /// One layer of a [`super::Sequential`] model.
@@ -569,6 +619,8 @@ pub enum Layer {
     GlobalAvgPool2D(GlobalAvgPool2D),
     /// Layer normalization.
     LayerNorm(LayerNorm),
+    /// Embedding lookup.
+    Embedding(Embedding),
 }
 
 macro_rules! layer_from {
@@ -590,7 +642,8 @@ layer_from!(
     Dropout,
     AvgPool2D,
     GlobalAvgPool2D,
-    LayerNorm
+    LayerNorm,
+    Embedding
 );
 
 /// One parameter of a layer: its suffix (`kernel`, `bias`, ...), shape, initializer and penalty.
@@ -626,6 +679,7 @@ impl Layer {
             Layer::AvgPool2D(_) => "AveragePooling2D",
             Layer::GlobalAvgPool2D(_) => "GlobalAveragePooling2D",
             Layer::LayerNorm(_) => "LayerNormalization",
+            Layer::Embedding(_) => "Embedding",
         }
     }
 
@@ -641,6 +695,7 @@ impl Layer {
             Layer::AvgPool2D(_) => "average_pooling2d",
             Layer::GlobalAvgPool2D(_) => "global_average_pooling2d",
             Layer::LayerNorm(_) => "layer_normalization",
+            Layer::Embedding(_) => "embedding",
         }
     }
 
@@ -656,6 +711,7 @@ impl Layer {
             Layer::AvgPool2D(l) => l.name.as_deref(),
             Layer::GlobalAvgPool2D(l) => l.name.as_deref(),
             Layer::LayerNorm(l) => l.name.as_deref(),
+            Layer::Embedding(l) => l.name.as_deref(),
         }
     }
 
@@ -739,6 +795,14 @@ impl Layer {
             Layer::LayerNorm(_) => {
                 v.push(p("gamma", vec![last], Initializer::Ones, None));
                 v.push(p("beta", vec![last], Initializer::Zeros, None));
+            }
+            Layer::Embedding(l) => {
+                v.push(p(
+                    "embeddings",
+                    vec![l.input_dim, l.output_dim],
+                    l.embeddings_initializer,
+                    l.embeddings_regularizer,
+                ));
             }
             Layer::MaxPool2D(_)
             | Layer::AvgPool2D(_)
@@ -831,6 +895,13 @@ impl Layer {
                 let [_, _, c] = image(input)?;
                 Ok(vec![c])
             }
+            Layer::Embedding(l) => {
+                nonzero("input_dim", l.input_dim)?;
+                nonzero("output_dim", l.output_dim)?;
+                let mut out = input.to_vec();
+                out.push(l.output_dim);
+                Ok(out)
+            }
             Layer::LayerNorm(l) => {
                 if !(l.epsilon.is_finite() && l.epsilon > 0.0) {
                     return Err(format!("epsilon must be positive, found {}", l.epsilon));
@@ -921,6 +992,15 @@ impl Layer {
             }
             Layer::GlobalAvgPool2D(_) => {
                 let y = mean(at, x, vec![1, 2], false)?;
+                Ok(LayerOut { y, logits: None })
+            }
+            Layer::Embedding(_) => {
+                let ids = if at.ty(x)?.dtype == DType::I32 {
+                    x
+                } else {
+                    at.op(Op::Cast { to: DType::I32 }, &[x])?
+                };
+                let y = at.op(Op::Gather { axis: 0 }, &[params[0], ids])?;
                 Ok(LayerOut { y, logits: None })
             }
             Layer::LayerNorm(l) => {

@@ -1,5 +1,6 @@
 //! Keras-like models: a [`Sequential`] stack of layers ([`Dense`], [`Conv2D`], [`MaxPool2D`],
-//! [`AvgPool2D`], [`GlobalAvgPool2D`], [`LayerNorm`], [`Flatten`], [`SimpleRNN`], [`Dropout`])
+//! [`AvgPool2D`], [`GlobalAvgPool2D`], [`LayerNorm`], [`Flatten`], [`SimpleRNN`], [`Dropout`],
+//! [`Embedding`])
 //! turned into a [`Graph`] by
 //! [`Sequential::build_graph`]: the forward pass, the loss (with the layers' penalties) and the
 //! metrics, as named outputs. What `text::print` shows of that graph is exactly what is
@@ -55,7 +56,7 @@ pub use model::{
 
 pub use crate::train::{EarlyStopping, ModelCheckpoint};
 pub use layers::{
-    dropout_mask, shape_str, Activation, AvgPool2D, Conv2D, Dense, Dropout, Flatten,
+    dropout_mask, shape_str, Activation, AvgPool2D, Conv2D, Dense, Dropout, Embedding, Flatten,
     GlobalAvgPool2D, Layer, LayerNorm, MaxPool2D, ParamSpec, SimpleRNN,
 };
 pub use loss::{Loss, Metric, EPSILON};
