@@ -436,7 +436,8 @@ impl Sequential {
     pub fn compile(self, options: CompileOptions) -> Result<Model, TrainError> {
         let probe = self.build_graph(&GraphOptions::evaluate(1, options.loss, &options.metrics))?;
         let mut weights = Weights::default();
-        for &p in &probe.params {
+        // params and the layers' state (batch normalization's moving statistics)
+        for p in probe.graph.params().into_iter().chain(probe.graph.states()) {
             init_weight(&mut weights, &probe.graph, p)?;
         }
         let output_shape = self.output_shape()?;
