@@ -347,3 +347,62 @@ fn summary_counts_the_moving_statistics_as_non_trainable_and_errors_name_the_lay
     assert!(g.params().is_empty());
     assert_eq!(g.states().len(), 2);
 }
+
+/// `save_weights` writes the moving statistics with the params (Keras' `save_weights` keeps
+/// non-trainable weights), not the optimizer state; `load_weights` restores them.
+#[test]
+fn save_weights_keeps_the_moving_statistics() {
+    let (n, f) = (8, 2);
+    let mut rng = Rng::new(6);
+    let x: Vec<f32> = random(&mut rng, n * f, 0.0, 4.0)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let y: Vec<f32> = x.chunks(f).map(|r| r[0] + r[1]).collect();
+    let build = || {
+        Sequential::new([f])
+            .layer(BatchNorm::new())
+            .layer(Dense::new(1))
+            .compile(CompileOptions::new(
+                Optimizer::adam(),
+                Loss::MeanSquaredError,
+                &[],
+            ))
+            .unwrap()
+    };
+    let mut model = build();
+    let opts = FitOptions {
+        epochs: 2,
+        batch_size: 4,
+        verbose: false,
+        ..FitOptions::default()
+    };
+    model.fit(&x, Targets::Values(&y), &opts).unwrap();
+    let path = scratch("bn_weights.safetensors");
+    model.save_weights(&path).unwrap();
+    let names: Vec<String> = gradlift::checkpoint::load(&path)
+        .unwrap()
+        .tensors
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "batch_normalization.beta",
+            "batch_normalization.gamma",
+            "batch_normalization.moving_mean",
+            "batch_normalization.moving_variance",
+            "dense.bias",
+            "dense.kernel",
+        ]
+    );
+    let mut fresh = build();
+    fresh.load_weights(&path).unwrap();
+    assert_eq!(
+        fresh.weights().get("batch_normalization.moving_variance"),
+        model.weights().get("batch_normalization.moving_variance")
+    );
+    assert_eq!(fresh.predict(&x, 8).unwrap(), model.predict(&x, 8).unwrap());
+    let _ = std::fs::remove_file(&path);
+}

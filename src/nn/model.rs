@@ -33,7 +33,7 @@ use crate::init::Rng;
 use crate::op::Op;
 use crate::optim::{Clip, Optimizer};
 use crate::runtime::HostTensor;
-use crate::shape::DType;
+use crate::shape::{DType, TensorType};
 use crate::step::{compile_training_step, CompiledStep, StepOptions};
 use crate::train::checkpoint::{Contents, TrainingState};
 pub use crate::train::TrainError;
@@ -1026,24 +1026,53 @@ impl Model {
         Ok(())
     }
 
-    /// Writes the params only (not the optimizer state) as a [`crate::checkpoint`] with
-    /// `contents = weights`, for inference or fine-tuning.
+    /// Writes the model's weights, the params and the layers' non-trainable state (batch
+    /// normalization's moving statistics, as Keras' `save_weights` writes them), not the
+    /// optimizer state, as a [`crate::checkpoint`] with `contents = weights`, for inference or
+    /// fine-tuning.
     pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let g = self.checkpoint_graph()?;
-        self.write_checkpoint(path.as_ref(), &g, &g.params(), Contents::Weights)
+        let ids = self.model_weight_ids(&g)?;
+        self.write_checkpoint(path.as_ref(), &g, &ids, Contents::Weights)
     }
 
-    /// Reads the params from a file of [`Model::save_weights`], [`Model::save`] or
+    /// The nodes of `g` (a step graph) that [`Model::save_weights`] writes: every param, then
+    /// the state the model's layers declare (not the optimizer's).
+    fn model_weight_ids(&self, g: &Graph) -> Result<Vec<NodeId>, TrainError> {
+        let forward = self.model.build_graph(&GraphOptions::predict(1))?.graph;
+        let own: Vec<String> = forward
+            .states()
+            .into_iter()
+            .filter_map(|id| forward[id].name.clone())
+            .collect();
+        let states = g
+            .states()
+            .into_iter()
+            .filter(|&id| g[id].name.as_ref().is_some_and(|n| own.contains(n)));
+        Ok(g.params().into_iter().chain(states).collect())
+    }
+
+    /// Reads the params, and the layers' non-trainable state (batch normalization's moving
+    /// statistics), from a file of [`Model::save_weights`], [`Model::save`] or
     /// `gradlift train --save` (the optimizer state of a training checkpoint, whichever
     /// optimizer wrote it, is then skipped: its `params` metadata says which tensors are
-    /// params); every param of the model must be in the file with its dtype and shape, and
-    /// the file may hold no other param. The optimizer state, counts and learning rate are
+    /// params); every param and layer state of the model must be in the file with its dtype
+    /// and shape, and the file may hold no other param. The optimizer state, counts and learning rate are
     /// left as they are; on any error the model is untouched.
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let path = path.as_ref();
         let g = self.checkpoint_graph()?;
         let all = crate::checkpoint::graph_tensor_types(&g)?;
-        let params = &all[..g.params().len()];
+        let wanted: Vec<String> = self
+            .model_weight_ids(&g)?
+            .into_iter()
+            .filter_map(|id| g[id].name.clone())
+            .collect();
+        let params: Vec<(String, TensorType)> = all
+            .into_iter()
+            .filter(|(name, _)| wanted.contains(name))
+            .collect();
+        let params = &params[..];
         let ckpt = crate::checkpoint::load(path)?;
         // In a file of `Model::save`, the tensors not listed as params are optimizer state
         // (of whatever optimizer wrote it): skipped here.
