@@ -406,3 +406,28 @@ fn save_weights_keeps_the_moving_statistics() {
     assert_eq!(fresh.predict(&x, 8).unwrap(), model.predict(&x, 8).unwrap());
     let _ = std::fs::remove_file(&path);
 }
+
+/// A training step with batch statistics is compiled whole (shards would each see other
+/// statistics), and its outputs, param updates and moving-statistics updates equal the
+/// interpreter's, before and after the pass pipeline.
+#[test]
+fn training_step_is_whole_and_matches_the_interpreter() {
+    use gradlift::step::{compile_training_step, StepOptions};
+    let m = Sequential::new([3])
+        .layer(Dense::new(4))
+        .layer(BatchNorm::new())
+        .layer(Dense::new(2));
+    let g = m
+        .build_graph(&GraphOptions::train(8, Loss::MeanSquaredError, &[]))
+        .unwrap()
+        .graph;
+    let opts = StepOptions {
+        shards: Some(2),
+        ..StepOptions::default()
+    };
+    let (_, report) = compile_training_step(&g, "loss", &Optimizer::sgd(), None, 8, &opts).unwrap();
+    let why = report.not_split.unwrap_or_default();
+    assert!(why.contains("%batch_normalization.moving_"), "{why}");
+    assert_eq!(report.shards, 1);
+    common::sgd_step_matches("batch norm sgd step", g, 5);
+}

@@ -197,3 +197,73 @@ fn training_step_matches_the_interpreter() {
         }
     });
 }
+
+/// An embedding lookup carries the batch axis (the ids' axis 0 is the result's), so the
+/// training step splits into shards; two shards give the params of the whole step.
+#[test]
+fn the_training_step_splits_along_the_batch() {
+    use gradlift::runtime::HostTensor;
+    use gradlift::step::{compile_training_step, StepOptions};
+    let m = Sequential::new([3])
+        .layer(Embedding::new(10, 4))
+        .layer(Flatten::new())
+        .layer(Dense::new(1))
+        .seed(4);
+    let g = m
+        .build_graph(&GraphOptions::evaluate(8, Loss::MeanSquaredError, &[]))
+        .unwrap()
+        .graph;
+    let mut rng = Rng::new(8);
+    let ids: Vec<f32> = (0..24).map(|_| rng.below(10) as f32).collect();
+    let y: Vec<f32> = (0..8).map(|i| i as f32 * 0.25).collect();
+    let inputs = [
+        ("x", HostTensor::f32([8, 3], ids)),
+        ("y", HostTensor::f32([8, 1], y)),
+        ("lr", HostTensor::f32([], vec![0.5])),
+    ];
+    let mut params = Vec::new();
+    for shards in [1, 2] {
+        let opts = StepOptions {
+            shards: Some(shards),
+            ..StepOptions::default()
+        };
+        let (mut step, report) =
+            compile_training_step(&g, "loss", &Optimizer::sgd(), None, 8, &opts).unwrap();
+        assert_eq!(report.not_split, None);
+        assert_eq!(report.shards, shards);
+        step.run(&inputs).unwrap();
+        params.push(step.params());
+    }
+    let (whole, split) = (&params[0], &params[1]);
+    assert_eq!(whole.len(), 3);
+    for ((n, a), (m, b)) in whole.iter().zip(split) {
+        assert_eq!(n, m);
+        let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-6 * (1.0 + x.abs()), "{n}: {x} vs {y}");
+        }
+    }
+    let table = |p: &[(String, HostTensor)]| {
+        p.iter()
+            .find(|(n, _)| n == "embedding.embeddings")
+            .unwrap()
+            .1
+            .as_f32()
+            .unwrap()
+            .to_vec()
+    };
+    assert_ne!(table(whole), initial_table(&m), "the step moved the table");
+}
+
+/// The initial table of `m`.
+fn initial_table(m: &Sequential) -> Vec<f32> {
+    let g = m.build_graph(&GraphOptions::predict(1)).unwrap().graph;
+    let id = g.find("embedding.embeddings").unwrap();
+    let gradlift::Op::Param { init } = &g[id].op else {
+        panic!("not a param")
+    };
+    gradlift::init::values(init, &g[id].ty.shape)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
