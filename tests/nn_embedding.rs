@@ -21,8 +21,11 @@ fn lookup_returns_the_rows_of_the_ids() {
     assert_eq!(m.param_count().unwrap(), 8);
     let g = m.build_graph(&GraphOptions::predict(2)).unwrap().graph;
     let table: Vec<f64> = (0..8).map(|v| v as f64 * 1.5).collect();
-    // ids as the model receives them (f32), truncated to i32 as Keras casts them; 9 and -2
-    // read the last and the first row
+    // the first layer's ids are the model's i32 input, read directly (no cast)
+    let x = g.find("x").unwrap();
+    assert_eq!(g[x].ty, gradlift::TensorType::i32([2, 3]));
+    assert!(!gradlift::text::print(&g).contains("cast"));
+    // 9 and -2 read the last and the first row
     let ids = vec![3.0, 0.0, 1.0, 2.0, 9.0, -2.0];
     let v = eval_named(
         &g,
@@ -41,6 +44,40 @@ fn lookup_returns_the_rows_of_the_ids() {
         .flat_map(|&r| [table[2 * r], table[2 * r + 1]])
         .collect();
     assert_eq!(got, &want);
+}
+
+/// `Model::predict` converts its f32 ids as `as i32` does (toward zero, saturating), on
+/// the JIT and the interpreter alike; after another layer, the layer casts in the graph.
+#[test]
+fn predict_converts_f32_ids_like_a_cast() {
+    for backend in [Backend::Jit, Backend::Interpreter] {
+        let mut model = Sequential::new([1])
+            .layer(Embedding::new(4, 1))
+            .compile(
+                CompileOptions::new(Optimizer::sgd(), Loss::MeanSquaredError, &[]).backend(backend),
+            )
+            .unwrap();
+        model
+            .weights_mut()
+            .insert(
+                "embedding.embeddings",
+                vec![4, 1],
+                vec![10.0, 20.0, 30.0, 40.0],
+            )
+            .unwrap();
+        let x = [2.7, -0.5, 9.0, 1.0, f32::NAN, -1e10, 3.999];
+        let p = model.predict(&x, 7).unwrap();
+        assert_eq!(p, [30.0, 10.0, 40.0, 20.0, 10.0, 10.0, 40.0], "{backend:?}");
+    }
+    let g = Sequential::new([2])
+        .layer(Dense::new(3))
+        .layer(Embedding::new(4, 2))
+        .build_graph(&GraphOptions::predict(1))
+        .unwrap()
+        .graph;
+    let text = gradlift::text::print(&g);
+    assert!(text.contains("%x: f32[1,2] = input"), "{text}");
+    assert!(text.contains("cast "), "{text}");
 }
 
 #[test]
@@ -214,10 +251,10 @@ fn the_training_step_splits_along_the_batch() {
         .unwrap()
         .graph;
     let mut rng = Rng::new(8);
-    let ids: Vec<f32> = (0..24).map(|_| rng.below(10) as f32).collect();
+    let ids: Vec<i32> = (0..24).map(|_| rng.below(10) as i32).collect();
     let y: Vec<f32> = (0..8).map(|i| i as f32 * 0.25).collect();
     let inputs = [
-        ("x", HostTensor::f32([8, 3], ids)),
+        ("x", HostTensor::i32([8, 3], ids)),
         ("y", HostTensor::f32([8, 1], y)),
         ("lr", HostTensor::f32([], vec![0.5])),
     ];

@@ -383,9 +383,11 @@ impl LayerNorm {
 }
 
 /// A lookup of one trainable vector per token id (Keras `Embedding(input_dim, output_dim)`):
-/// input ids of any per-example shape, output that shape plus `[output_dim]`. The ids
-/// arrive as f32 (the model's inputs are f32; ids below 2^24 are exact) and are cast to i32
-/// in the graph, as Keras casts non-integer inputs; the lookup is a `gather` of the rows of
+/// input ids of any per-example shape, output that shape plus `[output_dim]`. As the first
+/// layer it takes the model's input as i32 token ids (`%x: i32[..]`; [`super::Model`]
+/// converts the f32 values it is given as `as i32` does, exactly below 2^24); after another
+/// layer its f32 input is cast to i32 in the graph, as Keras casts non-integer inputs. The
+/// lookup is a `gather` of the rows of
 /// `embeddings`, whose gradient is a `scatter_add`. An id outside `0..input_dim` reads the
 /// nearest row, `0` or `input_dim - 1` (`gather` clamps, as JAX does; TensorFlow raises an
 /// error).

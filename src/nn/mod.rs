@@ -7,7 +7,8 @@
 //! differentiated, optimized and compiled.
 //!
 //! In: a model description (layers, per-example input shape, a seed). Out: a graph with input
-//! `%x: f32[batch, ..input_shape]`, targets `%y`, params named `<layer>.<param>` (`dense.kernel`,
+//! `%x: f32[batch, ..input_shape]` (`i32`, token ids, when the first layer is an
+//! [`Embedding`]; [`Model`] converts its f32 inputs as `as i32` does), targets `%y`, params named `<layer>.<param>` (`dense.kernel`,
 //! `conv2d.bias`, `dense_1.kernel`, ...; layer names follow Keras: `dense`, `dense_1`, ...),
 //! and outputs `loss`, the metrics (`accuracy`, ...) and `predictions`.
 //!
@@ -402,11 +403,13 @@ impl Sequential {
             g: &mut g,
             loc: self.locs[0].clone(),
         };
-        let x = at.leaf(
-            "x",
-            Op::Input,
-            layers::batched(opts.batch, &self.input_shape),
-        )?;
+        // token ids for a first Embedding layer, as i32 (the model's f32 inputs are
+        // converted when fed); values otherwise
+        let mut x_ty = layers::batched(opts.batch, &self.input_shape);
+        if matches!(self.layers.first(), Some(Layer::Embedding(_))) {
+            x_ty.dtype = crate::shape::DType::I32;
+        }
+        let x = at.leaf("x", Op::Input, x_ty)?;
         // Params first, so that they print in layer order.
         let mut layer_params = Vec::new();
         let mut all_params = Vec::new();

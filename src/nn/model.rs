@@ -1204,9 +1204,19 @@ impl Model {
             return self.run_interpreted(key, x, y, idx, rng);
         };
         let e = |e: crate::runtime::RunError| run_err(e.to_string());
-        let buf = exe.input_f32_mut(name(step.x)).map_err(e)?;
-        for (dst, &i) in buf.chunks_exact_mut(k).zip(idx) {
-            dst.copy_from_slice(&x[i * k..(i + 1) * k]);
+        if graph[step.x].ty.dtype == DType::I32 {
+            // token ids: truncated toward zero and saturated, as the `cast` op converts
+            let buf = exe.input_i32_mut(name(step.x)).map_err(e)?;
+            for (dst, &i) in buf.chunks_exact_mut(k).zip(idx) {
+                for (d, &v) in dst.iter_mut().zip(&x[i * k..(i + 1) * k]) {
+                    *d = v as i32;
+                }
+            }
+        } else {
+            let buf = exe.input_f32_mut(name(step.x)).map_err(e)?;
+            for (dst, &i) in buf.chunks_exact_mut(k).zip(idx) {
+                dst.copy_from_slice(&x[i * k..(i + 1) * k]);
+            }
         }
         if let (Some(yn), Some(t)) = (step.y, y) {
             match (t, graph[yn].ty.dtype) {
@@ -1282,6 +1292,12 @@ impl Model {
         let mut xb = Vec::with_capacity(idx.len() * k);
         for &i in idx {
             xb.extend_from_slice(&x[i * k..(i + 1) * k]);
+        }
+        if step.graph[step.x].ty.dtype == DType::I32 {
+            // the ids the JIT gets (`as i32`), held as floats by the interpreter
+            for v in &mut xb {
+                *v = *v as i32 as f32;
+            }
         }
         feeds.push((step.x, xb));
         if let (Some(yn), Some(t)) = (step.y, y) {
