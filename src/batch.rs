@@ -232,6 +232,29 @@ pub fn analyze(g: &Graph, batch: usize) -> Result<BatchAxes, BatchError> {
                     fix(&mut t, id, false)?;
                 }
             }
+            // an embedding lookup: each example's indices pick rows of a table
+            Op::Gather { axis } => {
+                if *axis == 0 {
+                    fix(&mut t, ops[0], false)?;
+                    if rank(ops[1]) >= 1 {
+                        tie(&mut t, ops[1], id)?;
+                    } else {
+                        fix(&mut t, id, false)?;
+                    }
+                } else {
+                    tie(&mut t, ops[0], id)?;
+                    fix(&mut t, ops[1], false)?;
+                }
+            }
+            Op::ScatterAdd { axis, .. } if *axis > 0 => {
+                tie(&mut t, ops[0], id)?;
+                fix(&mut t, ops[1], false)?;
+            }
+            Op::ScatterAdd { .. } => return Err(fail(
+                id,
+                "a scatter_add along axis 0 sums over its indices' rows, which may be the batch"
+                    .into(),
+            )),
             Op::Conv2dInputGrad { .. }
             | Op::Conv2dFilterGrad { .. }
             | Op::MaxPool2dGrad { .. }
@@ -321,6 +344,11 @@ pub fn rebatch(g: &Graph, axes: &BatchAxes, b: usize) -> Graph {
             }
             Op::Slice { end, .. } => {
                 if let Some(d) = end.first_mut() {
+                    *d = b;
+                }
+            }
+            Op::ScatterAdd { shape, .. } => {
+                if let Some(d) = shape.0.first_mut() {
                     *d = b;
                 }
             }

@@ -874,4 +874,34 @@ impl Graph {
     pub fn concat(&mut self, xs: &[NodeId], axis: usize) -> Result<NodeId, BuildError> {
         self.add(Op::Concat { axis }, xs)
     }
+
+    /// Slices of `table` along `axis` picked by i32 `indices` (see [`Op::Gather`]).
+    #[track_caller]
+    pub fn gather(
+        &mut self,
+        table: NodeId,
+        indices: NodeId,
+        axis: usize,
+    ) -> Result<NodeId, BuildError> {
+        self.add(Op::Gather { axis }, &[table, indices])
+    }
+
+    /// `updates` added at `indices` along `axis` into zeros of `shape` (see
+    /// [`Op::ScatterAdd`]).
+    #[track_caller]
+    pub fn scatter_add(
+        &mut self,
+        updates: NodeId,
+        indices: NodeId,
+        axis: usize,
+        shape: impl Into<Shape>,
+    ) -> Result<NodeId, BuildError> {
+        self.add(
+            Op::ScatterAdd {
+                axis,
+                shape: shape.into(),
+            },
+            &[updates, indices],
+        )
+    }
 }

@@ -675,6 +675,8 @@ fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
         Op::OneHot { depth } => one_hot(a[0], *depth),
         Op::Slice { begin, .. } => slice(a[0], begin, out),
         Op::Concat { axis } => concat(a, *axis, out),
+        Op::Gather { axis } => gather_op(a[0], a[1], *axis),
+        Op::ScatterAdd { axis, shape } => scatter_add(a[0], a[1], *axis, shape),
         Op::Fused(body) => {
             return fused(body, a)
                 .into_iter()
@@ -717,6 +719,49 @@ fn fused<T: Float>(body: &crate::fused::FusedBody, a: &[&Array<T>]) -> Vec<Array
 }
 
 // ---- index helpers ----------------------------------------------------------------------------
+
+/// `gather %table, %indices, axis`: for each outer position, each index (clamped to the
+/// axis, [`crate::op::clamp_index`]) in row-major order, the `inner` elements of its slice.
+fn gather_op<T: Float>(table: &Array<T>, indices: &Array<T>, axis: usize) -> Vec<T> {
+    let (outer, n, inner) = crate::op::gather_dims(&table.shape, axis);
+    let mut out = Vec::with_capacity(outer * indices.data.len() * inner);
+    for o in 0..outer {
+        for &i in &indices.data {
+            let at = (o * n + crate::op::clamp_index(index_of(i), n)) * inner;
+            out.extend_from_slice(&table.data[at..at + inner]);
+        }
+    }
+    out
+}
+
+/// `scatter_add %updates, %indices, axis, shape`: zeros of `shape`, then each index's slice
+/// of `updates` added at its clamped index, outer positions and indices in row-major order
+/// (the order the JIT's kernel adds in).
+fn scatter_add<T: Float>(
+    updates: &Array<T>,
+    indices: &Array<T>,
+    axis: usize,
+    shape: &Shape,
+) -> Vec<T> {
+    let (outer, n, inner) = crate::op::gather_dims(shape, axis);
+    let mut out = vec![T::ZERO; shape.numel()];
+    let m = indices.data.len();
+    for o in 0..outer {
+        for (j, &i) in indices.data.iter().enumerate() {
+            let to = (o * n + crate::op::clamp_index(index_of(i), n)) * inner;
+            let from = (o * m + j) * inner;
+            for k in 0..inner {
+                out[to + k] += updates.data[from + k];
+            }
+        }
+    }
+    out
+}
+
+/// An i32 element (held as a float by the interpreter) as an index.
+fn index_of<T: Float>(v: T) -> i64 {
+    v.to_f64() as i64
+}
 
 /// For each element of a tensor of shape `out` (row-major), the flat index
 /// `offset + sum_i coord[i] * strides[i]` into some source tensor. With the source's strides

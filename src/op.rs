@@ -212,6 +212,18 @@ pub enum Op {
     OneHot { depth: usize },
     /// The box `begin..end` of every dimension.
     Slice { begin: Vec<usize>, end: Vec<usize> },
+    /// Slices of `table` picked along `axis` by i32 `indices` (of any shape): operands
+    /// `(table, indices)`, result `table[..axis] ++ indices ++ table[axis+1..]` (for `axis = 0`,
+    /// `indices.shape + table.shape[1..]`: an embedding lookup). An index outside
+    /// `0..table[axis]` is clamped to the nearest valid one, as JAX clamps out-of-bounds
+    /// reads (TensorFlow's CPU kernel raises an error instead); the interpreter and the JIT
+    /// clamp alike, and the axis may not be empty.
+    Gather { axis: usize },
+    /// The transpose of [`Op::Gather`]: operands `(updates, indices)`, result zeros of `shape`
+    /// into which each slice of `updates` is added at its (clamped, as by `gather`) index
+    /// along `axis`; duplicate indices accumulate. `updates` must have gather's result
+    /// shape for a table of `shape`. Gather's gradient with respect to its table.
+    ScatterAdd { axis: usize, shape: Shape },
     /// Concatenation of one or more operands along `axis`.
     Concat { axis: usize },
     /// A fused kernel made by the fusion pass: its body is a small expression graph over the
@@ -404,6 +416,10 @@ op_kinds! {
         Slice = "slice", Some(&["begin", "end"]);
         /// `concat`: [`Op::Concat`]
         Concat = "concat", Some(&["axis"]);
+        /// `gather`: [`Op::Gather`]
+        Gather = "gather", Some(&["axis"]);
+        /// `scatter_add`: [`Op::ScatterAdd`]
+        ScatterAdd = "scatter_add", Some(&["axis", "shape"]);
         /// `fused`: [`Op::Fused`] (a nested block in the text format, not a `key=value` op)
         Fused = "fused", None;
         /// `fused_result`: [`Op::FusedResult`]
@@ -498,7 +514,9 @@ impl OpKind {
             | K::SoftmaxCrossEntropy
             | K::SparseSoftmaxCrossEntropy
             | K::Slice
-            | K::Concat => None,
+            | K::Concat
+            | K::Gather
+            | K::ScatterAdd => None,
         }
     }
 
@@ -548,7 +566,9 @@ impl OpKind {
             | K::SparseSoftmaxCrossEntropy
             | K::OneHot
             | K::Slice
-            | K::Concat => OpClass::Standalone,
+            | K::Concat
+            | K::Gather
+            | K::ScatterAdd => OpClass::Standalone,
             K::Fused | K::FusedResult => OpClass::Fused,
         }
     }
@@ -574,7 +594,8 @@ pub enum OpClass {
     /// `reduce_sum`, `reduce_mean`, `reduce_max`: may end a fused body.
     Reduction,
     /// Computed by its own loop nest or runtime kernel and never part of a fused body: data
-    /// movement (`cast`, `reshape`, `transpose`, `slice`, `concat`, `one_hot`), `argmax`, the
+    /// movement (`cast`, `reshape`, `transpose`, `slice`, `concat`, `one_hot`, `gather`,
+    /// `scatter_add`), `argmax`, the
     /// convolution gradients, pooling, the softmax family and the cross-entropies.
     Standalone,
     /// `fused` and `fused_result`, made by the fusion pass.
@@ -819,6 +840,8 @@ impl Op {
             Op::OneHot { .. } => OpKind::OneHot,
             Op::Slice { .. } => OpKind::Slice,
             Op::Concat { .. } => OpKind::Concat,
+            Op::Gather { .. } => OpKind::Gather,
+            Op::ScatterAdd { .. } => OpKind::ScatterAdd,
             Op::Fused(_) => OpKind::Fused,
             Op::FusedResult { .. } => OpKind::FusedResult,
         }
@@ -854,6 +877,8 @@ impl Op {
             }
             Op::Softmax { axis } | Op::LogSoftmax { axis } => dim(0, *axis),
             Op::SoftmaxCrossEntropy | Op::SparseSoftmaxCrossEntropy => dim(0, 1),
+            // every index may name the same slice
+            Op::ScatterAdd { .. } => shapes[1].numel().max(1),
             Op::Fused(body) => {
                 let mut vals: Vec<Shape> = shapes.iter().map(|&s| s.clone()).collect();
                 let mut m = 1;
@@ -882,6 +907,7 @@ impl Op {
             | Op::OneHot { .. }
             | Op::Slice { .. }
             | Op::Concat { .. }
+            | Op::Gather { .. }
             | Op::FusedResult { .. } => 1,
         }
     }
@@ -911,7 +937,9 @@ impl Op {
             | Op::Conv2dFilterGrad { .. }
             | Op::MaxPool2dGrad { .. }
             | Op::SoftmaxCrossEntropy
-            | Op::SparseSoftmaxCrossEntropy => Arity::Exact(2),
+            | Op::SparseSoftmaxCrossEntropy
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. } => Arity::Exact(2),
             Op::Select => Arity::Exact(3),
             Op::Concat { .. } => Arity::AtLeast(1),
             Op::Fused(body) => Arity::Exact(body.n_params),
@@ -1260,6 +1288,49 @@ impl Op {
                 s[*axis] = total;
                 TensorType::new(first.dtype, s)
             }
+            Op::Gather { axis } => {
+                let t = operands[0];
+                let idx = operands[1];
+                if t.dtype != DType::F32 || idx.dtype != DType::I32 {
+                    bail!(
+                        "gather: expected an f32 table and i32 indices, found {} and {}",
+                        t,
+                        idx
+                    );
+                }
+                check_axes(name, &[*axis], t)?;
+                if t.shape.0[*axis] == 0 {
+                    bail!("gather: axis {axis} of the table {t} is empty, so no index can name a slice of it");
+                }
+                TensorType::f32(gather_shape(&t.shape, &idx.shape, *axis))
+            }
+            Op::ScatterAdd { axis, shape } => {
+                let u = operands[0];
+                let idx = operands[1];
+                if u.dtype != DType::F32 || idx.dtype != DType::I32 {
+                    bail!(
+                        "scatter_add: expected f32 updates and i32 indices, found {} and {}",
+                        u,
+                        idx
+                    );
+                }
+                if *axis >= shape.rank() {
+                    bail!(
+                        "scatter_add: axis {axis} is out of range for shape {shape} (rank {})",
+                        shape.rank()
+                    );
+                }
+                if shape.0[*axis] == 0 {
+                    bail!("scatter_add: axis {axis} of shape {shape} is empty, so no index can name a slice of it");
+                }
+                let expect = gather_shape(shape, &idx.shape, *axis);
+                if u.shape != expect {
+                    bail!(
+                        "scatter_add: updates are {u}, expected f32{expect} (indices {idx} into shape {shape} along axis {axis})"
+                    );
+                }
+                TensorType::f32(shape.clone())
+            }
             Op::Fused(body) => body.infer(operands)?,
             Op::FusedResult { index } => {
                 f32_operand(0)?;
@@ -1274,6 +1345,36 @@ impl Op {
         }
         Ok(ty)
     }
+}
+
+/// The shape `table[..axis] ++ indices ++ table[axis+1..]` of a gather (and of the updates of
+/// a scatter_add into `table`).
+pub fn gather_shape(table: &Shape, indices: &Shape, axis: usize) -> Shape {
+    let t = table.dims();
+    let mut s = t[..axis.min(t.len())].to_vec();
+    s.extend_from_slice(indices.dims());
+    if axis < t.len() {
+        s.extend_from_slice(&t[axis + 1..]);
+    }
+    Shape(s)
+}
+
+/// The sizes `(outer, n, inner)` of a gather from `table` along `axis`: the product of the
+/// dimensions before it, its length, and the product of those after it. A gather copies
+/// `inner` contiguous elements per (outer, index) pair.
+pub fn gather_dims(table: &Shape, axis: usize) -> (usize, usize, usize) {
+    let t = table.dims();
+    let axis = axis.min(t.len().saturating_sub(1));
+    let outer = t[..axis].iter().product();
+    let n = t.get(axis).copied().unwrap_or(1);
+    let inner = t.get(axis + 1..).map_or(1, |r| r.iter().product());
+    (outer, n, inner)
+}
+
+/// Index `i` clamped to `0..n` (`n >= 1`), the rule `gather` and `scatter_add` apply to
+/// out-of-range indices.
+pub fn clamp_index(i: i64, n: usize) -> usize {
+    i.clamp(0, n.saturating_sub(1) as i64) as usize
 }
 
 fn check_axes(name: &str, axes: &[usize], t: &TensorType) -> Result<(), InferError> {

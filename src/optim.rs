@@ -335,6 +335,16 @@ pub fn sharded_training_step(
     update_parts: usize,
 ) -> Result<ShardedTrainingStep, TrainingStepError> {
     let shards = shards.max(1);
+    if let Some(u) = g.updates().first() {
+        // batch normalization's moving statistics: each shard would see other statistics
+        return Err(crate::batch::BatchError {
+            graph: g.name.clone(),
+            batch,
+            node: format!("%{}", g[u.target].name.as_deref().unwrap_or("?")),
+            message: "the forward graph updates this state, which shards cannot share".into(),
+        }
+        .into());
+    }
     let axes = crate::batch::analyze(g, batch)?;
     if !batch.is_multiple_of(shards) {
         return Err(crate::batch::BatchError {

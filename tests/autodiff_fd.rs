@@ -330,6 +330,53 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Gather from a table and scatter_add of updates along any axis, with repeated and
+    /// out-of-range (clamped) indices of rank 0 to 2; the indices carry no gradient.
+    #[test]
+    fn gather_and_scatter_add(
+        table in prop::collection::vec(1usize..4, 1..=3),
+        idx_shape in prop::collection::vec(1usize..4, 0..=2),
+        axis_pick in 0usize..3,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let axis = axis_pick % table.len();
+        let n = table[axis] as f64;
+        let mut c = Case::new("gather");
+        let t = c.input("table", &table, uniform(&mut rng, numel(&table), -2.0, 2.0), true);
+        // indices in -1..=n: duplicates and one past either end
+        let idx_vals = (0..numel(&idx_shape))
+            .map(|_| (rng.uniform() * (n + 2.0)).floor() - 1.0)
+            .collect();
+        let idx = c.labels("idx", &idx_shape, idx_vals);
+        let y = c.g.gather(t, idx, axis).unwrap();
+        let us = c.g[y].ty.shape.0.clone();
+        let u = c.input("u", &us, uniform(&mut rng, numel(&us), -2.0, 2.0), true);
+        let s = c.g.scatter_add(u, idx, axis, table.clone()).unwrap();
+        let l1 = weighted_sum(&mut c.g, y, &mut rng);
+        let l2 = weighted_sum(&mut c.g, s, &mut rng);
+        c.loss = c.g.add2(l1, l2).unwrap();
+        check(&c, &mut rng)?;
+    }
+}
+
+/// The gradient of a gather with repeated and out-of-range indices adds the cotangent rows
+/// at each repeat (and at the clamped rows), checked on every coordinate.
+#[test]
+fn gather_with_repeated_indices_all_coordinates() {
+    let mut rng = Rng::new(11);
+    let mut c = Case::new("gather_repeats");
+    let t = c.input("table", &[5, 3], uniform(&mut rng, 15, -2.0, 2.0), true);
+    let idx = c.labels("idx", &[2, 3], vec![4.0, 0.0, 4.0, 4.0, 7.0, -3.0]);
+    let y = c.g.gather(t, idx, 0).unwrap();
+    c.weighted_sum_loss(y, &mut rng);
+    let r = fd_check(&c, 1000, &mut rng).unwrap();
+    assert_eq!(r.checked, 15);
+}
+
 /// Every broadcasting pattern, spelled out, for every binary op.
 #[test]
 fn binary_ops_every_broadcast_pattern() {
@@ -462,6 +509,7 @@ fn fd_check_of(k: OpKind) -> Option<&'static str> {
         K::SoftmaxCrossEntropy => Some("softmax_cross_entropy_dense"),
         K::SparseSoftmaxCrossEntropy => Some("sparse_softmax_cross_entropy"),
         K::Slice | K::Concat => Some("slice_and_concat"),
+        K::Gather | K::ScatterAdd => Some("gather_and_scatter_add"),
         // leaves (their gradient is the result) and the ops without a rule
         K::Input | K::Param | K::State | K::Const => None,
         K::Eq | K::Ne | K::Lt | K::Le | K::Gt | K::Ge => None,

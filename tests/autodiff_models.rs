@@ -91,3 +91,36 @@ fn whole_model_gradient_checks() {
         }
     });
 }
+
+/// The gradient of an embedding lookup: the table's gradient is one `scatter_add` of the
+/// cotangent rows at the token ids (the ids get none); printed as a snapshot.
+#[test]
+fn embedding_gradient_snapshot() {
+    let src = "graph embedding {
+inputs:
+  %ids: i32[2,3] = input
+  %y: f32[2,4] = input
+params:
+  %table: f32[5,4] = param uniform(high=0.05, low=-0.05, seed=1)
+body:
+  %rows: f32[2,3,4] = gather %table, %ids, axis=0
+  %bag: f32[2,4] = reduce_mean %rows, axes=[1], keepdims=false
+  %d: f32[2,4] = sub %bag, %y
+  %d2: f32[2,4] = mul %d, %d
+  %loss: f32[] = reduce_mean %d2, axes=[0,1], keepdims=false
+outputs:
+  loss = %loss
+}
+";
+    let mut g = text::parse(src, "embedding.ir").unwrap_or_else(|e| panic!("{e}"));
+    let named = autodiff::grad_all_params(&mut g, "loss", None).unwrap();
+    gradlift::verify::verify(&g).unwrap();
+    assert_eq!(named.len(), 1);
+    let scatters: Vec<_> = g
+        .node_ids()
+        .into_iter()
+        .filter(|&id| matches!(g[id].op, gradlift::Op::ScatterAdd { .. }))
+        .collect();
+    assert_eq!(scatters.len(), 1, "{}", text::print(&g));
+    insta::assert_snapshot!(text::print(&g));
+}

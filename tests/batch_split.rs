@@ -225,3 +225,75 @@ fn every_optimizer_splits_its_per_param_state_by_rows() {
         assert_eq!(tail, want, "{opt:?}");
     }
 }
+
+/// Gather and scatter_add along axis 1 of the batched input keep the batch on axis 0: the
+/// graph splits, and rebatching resizes the scatter_add's `shape`. Refused, each with its
+/// reason: a gather of rows of the batch itself, and a scatter_add along axis 0 (a sum over
+/// rows that may be examples).
+#[test]
+fn gather_and_scatter_add_carry_the_batch() {
+    let text = "graph g {
+inputs:
+  %x: f32[8,5] = input
+  %ids: i32[3] = input
+body:
+  %y: f32[8,3] = gather %x, %ids, axis=1
+  %s: f32[8,5] = scatter_add %y, %ids, axis=1, shape=[8,5]
+  %l: f32[] = reduce_mean %s, axes=[0,1], keepdims=false
+outputs:
+  loss = %l
+}";
+    let g = parse(text, "g.ir").unwrap();
+    let axes = analyze(&g, 8).unwrap();
+    let small = rebatch(&g, &axes, 2);
+    verify(&small).unwrap();
+    let s = small.find("s").unwrap();
+    assert_eq!(small[s].ty.shape.dims(), [2, 5]);
+    assert!(print(&small).contains("scatter_add %y, %ids, axis=1, shape=[2,5]"));
+    let ids = small.find("ids").unwrap();
+    assert_eq!(
+        small[ids].ty.shape.dims(),
+        [3],
+        "the indices are not examples"
+    );
+    // picking rows of the batch itself: its axis 0 is the batch and the table's at once
+    let rows = text
+        .replace(
+            "%y: f32[8,3] = gather %x, %ids, axis=1",
+            "%y: f32[3,5] = gather %x, %ids, axis=0",
+        )
+        .replace(
+            "scatter_add %y, %ids, axis=1",
+            "scatter_add %y, %ids, axis=0",
+        );
+    let e = analyze(&parse(&rows, "g.ir").unwrap(), 8)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("%y (gather") && e.contains("would have to be the batch"),
+        "{e}"
+    );
+    // a scatter_add of per-example rows along axis 0 sums over the batch
+    let scatter = "graph g {
+inputs:
+  %x: f32[8,5] = input
+  %ids: i32[8] = input
+params:
+  %t: f32[4,5] = param zeros
+body:
+  %y: f32[8,5] = gather %t, %ids, axis=0
+  %s: f32[4,5] = scatter_add %x, %ids, axis=0, shape=[4,5]
+  %l1: f32[] = reduce_mean %y, axes=[0,1], keepdims=false
+  %l2: f32[] = reduce_mean %s, axes=[0,1], keepdims=false
+  %l: f32[] = add %l1, %l2
+outputs:
+  loss = %l
+}";
+    let e = analyze(&parse(scatter, "g.ir").unwrap(), 8)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("%s (scatter_add") && e.contains("scatter_add along axis 0"),
+        "{e}"
+    );
+}

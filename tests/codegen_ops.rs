@@ -457,6 +457,33 @@ proptest! {
         let d = depth as i64;
         check(&g, seed, &move |_| Dom::Ints(-1, d + 1), 1);
     }
+
+    /// Gather along any axis and scatter_add into the same table shape, with indices of
+    /// rank 0 to 2 that repeat and fall up to two past either end of the axis (clamped).
+    #[test]
+    fn gather_and_scatter_add(
+        table in prop::collection::vec(1usize..=7, 1..=3),
+        idx in prop::collection::vec(1usize..=5, 0..=2),
+        axis_pick in 0usize..3,
+        seed in any::<u64>(),
+    ) {
+        let axis = axis_pick % table.len();
+        let mut g = Graph::new("gather");
+        let t = g.input("table", TensorType::f32(table.clone())).unwrap();
+        let i = g.input("idx", TensorType::i32(idx.clone())).unwrap();
+        let y = g.gather(t, i, axis).unwrap();
+        out(&mut g, y);
+        let us = g[y].ty.shape.clone();
+        let u = g.input("u", TensorType::f32(us)).unwrap();
+        let s = g.scatter_add(u, i, axis, table.clone()).unwrap();
+        out(&mut g, s);
+        let n = table[axis] as i64;
+        let terms = idx.iter().product::<usize>();
+        check(&g, seed, &move |name| match name {
+            "idx" => Dom::Ints(-2, n + 2),
+            _ => Dom::Range(-2.0, 2.0),
+        }, terms);
+    }
 }
 
 /// NaN, infinities, signed zeros and denormals give the interpreter's results in every
@@ -823,6 +850,7 @@ fn jit_test_of(k: OpKind) -> Option<&'static str> {
         K::Softmax | K::LogSoftmax => Some("softmax_family"),
         K::SoftmaxCrossEntropy | K::SparseSoftmaxCrossEntropy => Some("cross_entropies"),
         K::OneHot | K::Const => Some("one_hot_and_consts"),
+        K::Gather | K::ScatterAdd => Some("gather_and_scatter_add"),
         // fed or owned by the executable; fused nodes are made by the pipeline (`fusion.rs`)
         K::Input | K::Param | K::State | K::Fused | K::FusedResult => None,
     }

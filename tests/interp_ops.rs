@@ -926,6 +926,56 @@ fn one_hot_by_hand() {
     assert_close(&y, &[2, 1, 2], &[0.0, 1.0, 1.0, 0.0]);
 }
 
+/// Embedding rows by hand, with a repeated index and indices past either end (clamped to the
+/// first and last row, as JAX clamps out-of-bounds reads); along axis 1, a scalar index
+/// drops the axis.
+#[test]
+fn gather_by_hand() {
+    let table = f(&[3, 2], &[0.0, 1.0, 10.0, 11.0, 20.0, 21.0]);
+    let (ty, y) = run(
+        Op::Gather { axis: 0 },
+        &[table.clone(), i(&[2, 2], &[2, 0, 2, -5])],
+    );
+    assert_eq!(ty, TensorType::f32([2, 2, 2]));
+    assert_close(
+        &y,
+        &[2, 2, 2],
+        &[20.0, 21.0, 0.0, 1.0, 20.0, 21.0, 0.0, 1.0],
+    );
+    let y = val(Op::Gather { axis: 0 }, &[table.clone(), i(&[1], &[3])]);
+    assert_close(&y, &[1, 2], &[20.0, 21.0]);
+    let y = val(Op::Gather { axis: 1 }, &[table, i(&[], &[1])]);
+    assert_close(&y, &[3], &[1.0, 11.0, 21.0]);
+}
+
+/// Scatter-add by hand: duplicates accumulate, untouched rows stay zero, out-of-range
+/// indices add to the clamped row (gather's transpose).
+#[test]
+fn scatter_add_by_hand() {
+    let updates = f(&[4, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+    let (ty, y) = run(
+        Op::ScatterAdd {
+            axis: 0,
+            shape: Shape(vec![4, 2]),
+        },
+        &[updates.clone(), i(&[4], &[1, 1, 9, -1])],
+    );
+    assert_eq!(ty, TensorType::f32([4, 2]));
+    assert_close(&y, &[4, 2], &[7.0, 8.0, 4.0, 6.0, 0.0, 0.0, 5.0, 6.0]);
+    let y = val(
+        Op::ScatterAdd {
+            axis: 1,
+            shape: Shape(vec![4, 3]),
+        },
+        &[updates, i(&[2], &[2, 2])],
+    );
+    assert_close(
+        &y,
+        &[4, 3],
+        &[0.0, 0.0, 3.0, 0.0, 0.0, 7.0, 0.0, 0.0, 11.0, 0.0, 0.0, 15.0],
+    );
+}
+
 // ---- whole graphs ---------------------------------------------------------------------------
 
 /// A small MLP with a cross-entropy loss; params from their initializers.

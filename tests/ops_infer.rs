@@ -196,6 +196,24 @@ fn valid_cases() -> Vec<(Op, Vec<TensorType>, TensorType)> {
             vec![f32t(&[2, 1, 3]), f32t(&[2, 4, 3]), f32t(&[2, 0, 3])],
             f32t(&[2, 5, 3]),
         ),
+        (
+            Op::Gather { axis: 0 },
+            vec![f32t(&[10, 4]), i32t(&[2, 3])],
+            f32t(&[2, 3, 4]),
+        ),
+        (
+            Op::Gather { axis: 1 },
+            vec![f32t(&[2, 5, 3]), i32t(&[])],
+            f32t(&[2, 3]),
+        ),
+        (
+            Op::ScatterAdd {
+                axis: 1,
+                shape: Shape(vec![2, 5, 3]),
+            },
+            vec![f32t(&[2, 4, 7, 3]), i32t(&[4, 7])],
+            f32t(&[2, 5, 3]),
+        ),
     ]);
     cases
 }
@@ -402,6 +420,48 @@ fn conv_and_pool_errors() {
     };
     let (r, l) = (g.add(op, &[v[0], v[3]]), line!());
     check_err(r, l, &["max_pool2d_grad", "f32[1,2,2,4]", "[1,2,2,3]"]);
+}
+
+#[test]
+fn gather_and_scatter_add_errors() {
+    let mut g = Graph::new("t");
+    let v = inputs(
+        &mut g,
+        &[
+            f32t(&[5, 4]),
+            i32t(&[3]),
+            f32t(&[3]),
+            f32t(&[0, 4]),
+            f32t(&[3, 4]),
+            f32t(&[2, 4]),
+        ],
+    );
+    let (r, l) = (g.gather(v[0], v[2], 0), line!());
+    check_err(r, l, &["gather", "i32 indices", "f32[5,4]", "f32[3]"]);
+    let (r, l) = (g.gather(v[1], v[1], 0), line!());
+    check_err(r, l, &["gather", "f32 table", "i32[3]"]);
+    let (r, l) = (g.gather(v[0], v[1], 2), line!());
+    check_err(r, l, &["gather", "axis 2", "out of range", "f32[5,4]"]);
+    let (r, l) = (g.gather(v[3], v[1], 0), line!());
+    check_err(r, l, &["gather", "axis 0", "f32[0,4]", "empty"]);
+    let (r, l) = (g.scatter_add(v[5], v[1], 0, [5, 4]), line!());
+    check_err(
+        r,
+        l,
+        &[
+            "scatter_add",
+            "updates are f32[2,4]",
+            "expected f32[3,4]",
+            "i32[3]",
+            "[5,4]",
+        ],
+    );
+    let (r, l) = (g.scatter_add(v[4], v[2], 0, [5, 4]), line!());
+    check_err(r, l, &["scatter_add", "i32 indices", "f32[3]"]);
+    let (r, l) = (g.scatter_add(v[4], v[1], 2, [5, 4]), line!());
+    check_err(r, l, &["scatter_add", "axis 2", "out of range", "[5,4]"]);
+    let (r, l) = (g.scatter_add(v[4], v[1], 0, [0, 4]), line!());
+    check_err(r, l, &["scatter_add", "axis 0", "[0,4]", "empty"]);
 }
 
 #[test]

@@ -396,3 +396,40 @@ updates:
     assert!(all[2].2.contains("neg takes 1, found 2"), "{e}");
     assert!(all[3].2.contains("update of %w"), "{e}");
 }
+
+/// A gather with float indices and a scatter_add whose updates do not fit its shape are
+/// verifier errors at their ops, each naming the types found and expected.
+#[test]
+fn gather_and_scatter_add_errors_are_reported_at_their_ops() {
+    let src = "graph lookups {
+inputs:
+  %ids: i32[2] = input
+  %x: f32[2] = input
+params:
+  %table: f32[5,4] = param zeros
+body:
+  %a: f32[2,4] = gather %table, %x, axis=0
+  %b: f32[5,4] = scatter_add %table, %ids, axis=0, shape=[5,4]
+outputs:
+  a = %a
+  b = %b
+}
+";
+    let e = text::parse(src, "lookups.ir").unwrap_err();
+    let all: Vec<(u32, u32, String)> = std::iter::once(&e)
+        .chain(&e.also)
+        .map(|e| (e.line, e.column, e.message.clone()))
+        .collect();
+    let at: Vec<(u32, u32)> = all.iter().map(|(l, c, _)| (*l, *c)).collect();
+    assert_eq!(at, vec![(8, 18), (9, 18)], "{e}");
+    assert!(
+        all[0]
+            .2
+            .contains("expected an f32 table and i32 indices, found f32[5,4] and f32[2]"),
+        "{e}"
+    );
+    assert!(
+        all[1].2.contains("updates are f32[5,4], expected f32[2,4]"),
+        "{e}"
+    );
+}

@@ -146,6 +146,10 @@ fn every_op_graph() -> Graph {
     let sl = ok(g.slice(x, &[0, 1], &[2, 3]));
     let cat = ok(g.concat(&[x, sl, x], 1));
 
+    // Gather (an embedding lookup) and its transpose.
+    let gat = ok(g.gather(w, labels, 0));
+    let sca = ok(g.scatter_add(gat, labels, 0, [3, 4]));
+
     // An optimizer-like update and gradient marks.
     let lr = g.scalar(0.01);
     let step = ok(g.mul(lr, w));
@@ -175,6 +179,8 @@ fn every_op_graph() -> Graph {
         ("dk", dk),
         ("dpool", dpool),
         ("cat", cat),
+        ("gat", gat),
+        ("sca", sca),
         ("specials", specials),
         ("p_const", p_const),
         ("p_unif", p_unif),

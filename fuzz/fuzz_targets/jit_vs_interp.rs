@@ -1,7 +1,8 @@
 //! Differential fuzzing of the compiler: the input bytes drive a small grammar that builds a
 //! random *well-typed* graph with the builder API (elementwise unary and binary ops with numpy
 //! broadcasting, comparisons and selects, casts, reductions, argmax, matmul with transposed
-//! operands, conv2d, max-pool, softmax and the cross-entropies, one-hot, reshape, transpose,
+//! operands, conv2d, max-pool, softmax and the cross-entropies, one-hot, gather and
+//! scatter_add (indices past the end: clamped), reshape, transpose,
 //! broadcast, slice, concat, hand-made fused blocks with dead instructions, trailing
 //! reductions and extra results, params and state with updates, duplicated and constant
 //! subexpressions and identities for the rewrite rules), optionally its gradient (autodiff).
@@ -254,7 +255,7 @@ impl<'a> Gen<'a> {
     }
 
     fn step(&mut self) -> Option<()> {
-        match self.pick(20) {
+        match self.pick(21) {
             0 | 1 => {
                 use UnaryOp::*;
                 let u = [Neg, Exp, Log, Sqrt, Abs, Sign, Tanh, Sigmoid, Relu][self.pick(9)];
@@ -562,6 +563,31 @@ impl<'a> Gen<'a> {
                 }
             }
             17 => self.fused()?,
+            19 => {
+                // gather along any axis (indices up to two past its end: clamped), maybe
+                // scattered back into the table's shape
+                let x = self.any();
+                let s = self.dims(x);
+                if s.is_empty() {
+                    return None;
+                }
+                let axis = self.pick(s.len());
+                let n = 1 + self.pick(4);
+                let idx = self.labels_input(n, s[axis] + 2);
+                let exact = self.is_exact(x);
+                let y = self.add(Op::Gather { axis }, &[x, idx])?;
+                self.push(y, exact);
+                if self.flag() {
+                    let z = self.add(
+                        Op::ScatterAdd {
+                            axis,
+                            shape: s.into(),
+                        },
+                        &[y, idx],
+                    )?;
+                    self.push(z, false);
+                }
+            }
             18 => {
                 // a duplicate of an existing computation (CSE), binary ops maybe swapped
                 let body: Vec<NodeId> = self

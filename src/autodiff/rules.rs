@@ -13,14 +13,15 @@ use crate::shape::Shape;
 type Grads = Result<Vec<Option<NodeId>>, GradError>;
 
 /// Whether operand `i` of `op` can receive a gradient. `false` for the mask of `select`, the
-/// integer labels of `sparse_softmax_cross_entropy`, and where the gradient is zero almost
+/// integer labels of `sparse_softmax_cross_entropy`, the indices of `gather` and
+/// `scatter_add`, and where the gradient is zero almost
 /// everywhere: the operand of `sign` and the `x` of `max_pool2d_grad` (which only picks the
 /// routing).
 /// Non-differentiable ops say `true`, so that reaching one from an active operand is an error.
 pub(super) fn carries(op: &Op, i: usize) -> bool {
     match op {
         Op::Select => i != 0,
-        Op::SparseSoftmaxCrossEntropy => i == 0,
+        Op::SparseSoftmaxCrossEntropy | Op::Gather { .. } | Op::ScatterAdd { .. } => i == 0,
         Op::Unary(UnaryOp::Sign) => false,
         Op::MaxPool2dGrad { .. } => i == 1,
         _ => true,
@@ -59,6 +60,8 @@ pub(super) fn vjp(cx: &mut Cx<'_>, gy: NodeId, wants: &[bool]) -> Grads {
         Op::SparseSoftmaxCrossEntropy => sparse_softmax_cross_entropy(cx, gy),
         Op::Slice { begin, end } => slice(cx, &begin, &end, gy),
         Op::Concat { axis } => concat(cx, axis, gy),
+        Op::Gather { axis } => gather(cx, axis, gy),
+        Op::ScatterAdd { axis, .. } => scatter_add(cx, axis, gy),
         // Checked by the driver before anything is built (`Op::not_differentiable`).
         Op::Compare(_)
         | Op::Argmax { .. }
@@ -364,6 +367,23 @@ fn concat(cx: &mut Cx<'_>, axis: usize, gy: NodeId) -> Grads {
         out.push(Some(cx.op(Op::Slice { begin, end }, &[gy])?));
     }
     Ok(out)
+}
+
+/// The table's gradient is the cotangent's slices added back at their indices (duplicates
+/// accumulate); the indices carry none.
+fn gather(cx: &mut Cx<'_>, axis: usize, gy: NodeId) -> Grads {
+    let xs = cx.xs();
+    let shape = cx.shape(xs[0]);
+    let d = cx.op(Op::ScatterAdd { axis, shape }, &[gy, xs[1]])?;
+    Ok(vec![Some(d), None])
+}
+
+/// The updates' gradient is the cotangent gathered at the same indices (scatter_add is
+/// linear in its updates and is gather's transpose).
+fn scatter_add(cx: &mut Cx<'_>, axis: usize, gy: NodeId) -> Grads {
+    let xs = cx.xs();
+    let d = cx.op(Op::Gather { axis }, &[gy, xs[1]])?;
+    Ok(vec![Some(d), None])
 }
 
 // ---- linear algebra and convolution ----------------------------------------------------------

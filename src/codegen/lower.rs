@@ -20,8 +20,8 @@
 //!   other op, and the other unary and binary ops.
 //! - `fused`: the loop of a fused block (see [`crate::fused`]).
 //!
-//! `pow` (one call per element), convolution (im2col + GEMM, or direct), pooling and the
-//! softmax family call the Rust kernels of [`super::kernels`] through registered symbols,
+//! `pow` (one call per element), convolution (im2col + GEMM, or direct), pooling, the
+//! softmax family, `gather` and `scatter_add` call the Rust kernels of [`super::kernels`] through registered symbols,
 //! with sizes passed as constants.
 //!
 //! Every instruction carries the index of the node it belongs to as its source location, so a
@@ -491,6 +491,23 @@ impl<'a> Lowerer<'a> {
                 self.call(name, &args)?;
             }
             Op::OneHot { depth } => self.one_hot(out, ins[0], &in_ty(0).shape, *depth),
+            Op::Gather { axis } | Op::ScatterAdd { axis, .. } => {
+                let (kernel, table) = match &node.op {
+                    Op::Gather { .. } => (Kernel::Gather, &in_ty(0).shape),
+                    _ => (Kernel::ScatterAdd, shape),
+                };
+                let (outer, n, inner) = crate::op::gather_dims(table, *axis);
+                let args = [
+                    self.addr(ins[0], None),
+                    self.addr(ins[1], None),
+                    self.addr(out, None),
+                    self.iconst(outer as i64),
+                    self.iconst(n as i64),
+                    self.iconst(in_ty(1).shape.numel() as i64),
+                    self.iconst(inner as i64),
+                ];
+                self.call(kernel, &args)?;
+            }
             Op::Fused(body) => {
                 let shapes: Vec<Shape> = (0..ins.len()).map(|i| in_ty(i).shape.clone()).collect();
                 // results 1.. go to the buffers of the fused_result nodes that read them

@@ -8,7 +8,7 @@ use super::Initializer;
 use crate::graph::{BuildError, NodeId};
 use crate::op::{CmpOp, Literal, Op, Padding, ReduceOp, UnaryOp};
 use crate::optim::{At, Regularizer};
-use crate::shape::{Shape, TensorType};
+use crate::shape::{DType, Shape, TensorType};
 
 /// Activation functions applied elementwise (softmax: along the last axis), with Keras'
 /// names and defaults. Each is built from graph ops, so every stage (interpreter, autodiff,
@@ -382,6 +382,123 @@ impl LayerNorm {
     }
 }
 
+/// A lookup of one trainable vector per token id (Keras `Embedding(input_dim, output_dim)`):
+/// input ids of any per-example shape, output that shape plus `[output_dim]`. As the first
+/// layer it takes the model's input as i32 token ids (`%x: i32[..]`; [`super::Model`]
+/// converts the f32 values it is given as `as i32` does, exactly below 2^24); after another
+/// layer its f32 input is cast to i32 in the graph, as Keras casts non-integer inputs. The
+/// lookup is a `gather` of the rows of
+/// `embeddings`, whose gradient is a `scatter_add`. An id outside `0..input_dim` reads the
+/// nearest row, `0` or `input_dim - 1` (`gather` clamps, as JAX does; TensorFlow raises an
+/// error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedding {
+    /// Number of distinct ids (the vocabulary size).
+    pub input_dim: usize,
+    /// Size of each vector.
+    pub output_dim: usize,
+    /// Initializer of the table (default uniform in `[-0.05, 0.05)`, Keras').
+    pub embeddings_initializer: Initializer,
+    /// Penalty on the table (default none).
+    pub embeddings_regularizer: Option<Regularizer>,
+    /// Layer name (default `embedding`, ...).
+    pub name: Option<String>,
+}
+
+impl Embedding {
+    /// An embedding of `input_dim` ids into vectors of `output_dim`, with Keras' defaults.
+    pub fn new(input_dim: usize, output_dim: usize) -> Embedding {
+        Embedding {
+            input_dim,
+            output_dim,
+            embeddings_initializer: Initializer::RandomUniform {
+                low: -0.05,
+                high: 0.05,
+            },
+            embeddings_regularizer: None,
+            name: None,
+        }
+    }
+
+    /// Sets the initializer of the table.
+    pub fn embeddings_initializer(mut self, i: Initializer) -> Embedding {
+        self.embeddings_initializer = i;
+        self
+    }
+
+    /// Sets the penalty on the table.
+    pub fn embeddings_regularizer(mut self, r: Regularizer) -> Embedding {
+        self.embeddings_regularizer = Some(r);
+        self
+    }
+}
+
+/// Batch normalization over the last axis (Keras `BatchNormalization`, `axis=-1`). In
+/// training, each feature is normalized by the mean and (biased) variance of the batch over
+/// every other axis, `(x - mean) / sqrt(var + epsilon) * gamma + beta`, and the moving
+/// statistics are updated in the graph, `moving = moving * momentum + batch * (1 -
+/// momentum)` (graph state `<name>.moving_mean`, starting at zeros, and
+/// `<name>.moving_variance`, at ones, updated like an optimizer's moments); in inference
+/// (`predict`, `evaluate`) the moving statistics take the batch's place. `gamma` (ones) and
+/// `beta` (zeros) are trainable when `scale` and `center` are set. A training step that
+/// reads batch statistics is not split into shards (each shard would see other statistics).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNorm {
+    /// Weight of the old value in the moving statistics (default 0.99, Keras').
+    pub momentum: f64,
+    /// Added to the variance (default 1e-3, Keras').
+    pub epsilon: f64,
+    /// Whether there is a trainable offset `beta` (default true).
+    pub center: bool,
+    /// Whether there is a trainable scale `gamma` (default true).
+    pub scale: bool,
+    /// Layer name (default `batch_normalization`, ...).
+    pub name: Option<String>,
+}
+
+impl Default for BatchNorm {
+    fn default() -> Self {
+        BatchNorm {
+            momentum: 0.99,
+            epsilon: 1e-3,
+            center: true,
+            scale: true,
+            name: None,
+        }
+    }
+}
+
+impl BatchNorm {
+    /// A batch normalization with Keras' defaults.
+    pub fn new() -> BatchNorm {
+        BatchNorm::default()
+    }
+
+    /// Sets the momentum of the moving statistics.
+    pub fn momentum(mut self, momentum: f64) -> BatchNorm {
+        self.momentum = momentum;
+        self
+    }
+
+    /// Sets epsilon.
+    pub fn epsilon(mut self, epsilon: f64) -> BatchNorm {
+        self.epsilon = epsilon;
+        self
+    }
+
+    /// Sets whether there is an offset `beta`.
+    pub fn center(mut self, center: bool) -> BatchNorm {
+        self.center = center;
+        self
+    }
+
+    /// Sets whether there is a scale `gamma`.
+    pub fn scale(mut self, scale: bool) -> BatchNorm {
+        self.scale = scale;
+        self
+    }
+}
+
 /// A fully connected recurrent layer over input `[timesteps, features]`:
 /// `h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)`, `h_0 = 0`; returns
 /// the last state `[units]`. Unrolled in the graph over the static number of time steps.
@@ -545,7 +662,9 @@ name_setter!(
     LayerNorm,
     Flatten,
     SimpleRNN,
-    Dropout
+    Dropout,
+    Embedding,
+    BatchNorm
 );
 
 /// One layer of a [`super::Sequential`] model.
@@ -569,6 +688,10 @@ pub enum Layer {
     GlobalAvgPool2D(GlobalAvgPool2D),
     /// Layer normalization.
     LayerNorm(LayerNorm),
+    /// Embedding lookup.
+    Embedding(Embedding),
+    /// Batch normalization.
+    BatchNorm(BatchNorm),
 }
 
 macro_rules! layer_from {
@@ -590,7 +713,9 @@ layer_from!(
     Dropout,
     AvgPool2D,
     GlobalAvgPool2D,
-    LayerNorm
+    LayerNorm,
+    Embedding,
+    BatchNorm
 );
 
 /// One parameter of a layer: its suffix (`kernel`, `bias`, ...), shape, initializer and penalty.
@@ -626,6 +751,8 @@ impl Layer {
             Layer::AvgPool2D(_) => "AveragePooling2D",
             Layer::GlobalAvgPool2D(_) => "GlobalAveragePooling2D",
             Layer::LayerNorm(_) => "LayerNormalization",
+            Layer::Embedding(_) => "Embedding",
+            Layer::BatchNorm(_) => "BatchNormalization",
         }
     }
 
@@ -641,6 +768,8 @@ impl Layer {
             Layer::AvgPool2D(_) => "average_pooling2d",
             Layer::GlobalAvgPool2D(_) => "global_average_pooling2d",
             Layer::LayerNorm(_) => "layer_normalization",
+            Layer::Embedding(_) => "embedding",
+            Layer::BatchNorm(_) => "batch_normalization",
         }
     }
 
@@ -656,6 +785,8 @@ impl Layer {
             Layer::AvgPool2D(l) => l.name.as_deref(),
             Layer::GlobalAvgPool2D(l) => l.name.as_deref(),
             Layer::LayerNorm(l) => l.name.as_deref(),
+            Layer::Embedding(l) => l.name.as_deref(),
+            Layer::BatchNorm(l) => l.name.as_deref(),
         }
     }
 
@@ -740,6 +871,22 @@ impl Layer {
                 v.push(p("gamma", vec![last], Initializer::Ones, None));
                 v.push(p("beta", vec![last], Initializer::Zeros, None));
             }
+            Layer::Embedding(l) => {
+                v.push(p(
+                    "embeddings",
+                    vec![l.input_dim, l.output_dim],
+                    l.embeddings_initializer,
+                    l.embeddings_regularizer,
+                ));
+            }
+            Layer::BatchNorm(l) => {
+                if l.scale {
+                    v.push(p("gamma", vec![last], Initializer::Ones, None));
+                }
+                if l.center {
+                    v.push(p("beta", vec![last], Initializer::Zeros, None));
+                }
+            }
             Layer::MaxPool2D(_)
             | Layer::AvgPool2D(_)
             | Layer::GlobalAvgPool2D(_)
@@ -747,6 +894,20 @@ impl Layer {
             | Layer::Dropout(_) => {}
         }
         v
+    }
+
+    /// The non-trainable state of this layer for a per-example input shape `input` (validated
+    /// by [`Layer::output_shape`]): its suffix, shape and initializer. Batch normalization's
+    /// moving statistics; no other layer has any.
+    pub fn states(&self, input: &[usize]) -> Vec<(&'static str, Vec<usize>, Initializer)> {
+        let last = input.last().copied().unwrap_or(0);
+        match self {
+            Layer::BatchNorm(_) => vec![
+                ("moving_mean", vec![last], Initializer::Zeros),
+                ("moving_variance", vec![last], Initializer::Ones),
+            ],
+            _ => Vec::new(),
+        }
     }
 
     /// The per-example output shape for a per-example input shape, or a message saying what
@@ -831,6 +992,28 @@ impl Layer {
                 let [_, _, c] = image(input)?;
                 Ok(vec![c])
             }
+            Layer::Embedding(l) => {
+                nonzero("input_dim", l.input_dim)?;
+                nonzero("output_dim", l.output_dim)?;
+                let mut out = input.to_vec();
+                out.push(l.output_dim);
+                Ok(out)
+            }
+            Layer::BatchNorm(l) => {
+                if !(l.epsilon.is_finite() && l.epsilon > 0.0) {
+                    return Err(format!("epsilon must be positive, found {}", l.epsilon));
+                }
+                if !(0.0..=1.0).contains(&l.momentum) {
+                    return Err(format!("momentum must be in [0, 1], found {}", l.momentum));
+                }
+                match input.last() {
+                    Some(&f) if f > 0 => Ok(input.to_vec()),
+                    _ => Err(format!(
+                        "expected an input with features on the last axis, found {}",
+                        shape_str(input)
+                    )),
+                }
+            }
             Layer::LayerNorm(l) => {
                 if !(l.epsilon.is_finite() && l.epsilon > 0.0) {
                     return Err(format!("epsilon must be positive, found {}", l.epsilon));
@@ -847,15 +1030,23 @@ impl Layer {
     }
 
     /// Appends the layer's forward computation on `x` (`[batch, ..input]`) with its params
-    /// (in [`Layer::params`] order). `mask` is the dropout mask input in training graphs.
+    /// (in [`Layer::params`] order) and state (in [`Layer::states`] order). `mask` is the
+    /// dropout mask input in training graphs; `training` says which graph this is (batch
+    /// normalization then uses the batch's statistics and updates its state).
     pub(crate) fn build(
         &self,
         at: &mut At<'_>,
         x: NodeId,
         params: &[NodeId],
+        states: &[NodeId],
         mask: Option<NodeId>,
+        training: bool,
     ) -> Result<LayerOut, BuildError> {
         match self {
+            Layer::BatchNorm(l) => {
+                let y = batch_norm(at, l, x, params, states, training)?;
+                Ok(LayerOut { y, logits: None })
+            }
             Layer::Dense(l) => {
                 let xs = at.ty(x)?.shape;
                 let dims = xs.dims();
@@ -923,6 +1114,15 @@ impl Layer {
                 let y = mean(at, x, vec![1, 2], false)?;
                 Ok(LayerOut { y, logits: None })
             }
+            Layer::Embedding(_) => {
+                let ids = if at.ty(x)?.dtype == DType::I32 {
+                    x
+                } else {
+                    at.op(Op::Cast { to: DType::I32 }, &[x])?
+                };
+                let y = at.op(Op::Gather { axis: 0 }, &[params[0], ids])?;
+                Ok(LayerOut { y, logits: None })
+            }
             Layer::LayerNorm(l) => {
                 let last = at.ty(x)?.shape.rank() - 1;
                 let m = mean(at, x, vec![last], true)?;
@@ -939,6 +1139,61 @@ impl Layer {
             }
         }
     }
+}
+
+/// Batch normalization of `x` over every axis but the last (see [`BatchNorm`]); in training
+/// it also adds the updates of the moving statistics `states = [moving_mean,
+/// moving_variance]` to the graph.
+fn batch_norm(
+    at: &mut At<'_>,
+    l: &BatchNorm,
+    x: NodeId,
+    params: &[NodeId],
+    states: &[NodeId],
+    training: bool,
+) -> Result<NodeId, BuildError> {
+    let &[moving_mean, moving_var] = states else {
+        return Err(at.err(format!(
+            "batch normalization needs its two moving statistics, found {} state nodes",
+            states.len()
+        )));
+    };
+    let rank = at.ty(x)?.shape.rank();
+    let axes: Vec<usize> = (0..rank.saturating_sub(1)).collect();
+    let (d, var) = if training {
+        let m = mean(at, x, axes.clone(), true)?;
+        let d = at.sub(x, m)?;
+        let d2 = at.mul(d, d)?;
+        let v = mean(at, d2, axes.clone(), true)?;
+        // moving = moving * momentum + batch * (1 - momentum), Keras' update
+        for (state, batch) in [(moving_mean, m), (moving_var, v)] {
+            let shape = at.ty(state)?.shape;
+            let flat = at.op(Op::Reshape { shape }, &[batch])?;
+            let old = at.scale(state, l.momentum)?;
+            let new = at.scale(flat, 1.0 - l.momentum)?;
+            let next = at.add(old, new)?;
+            at.g.add_update(state, next)?;
+        }
+        (d, v)
+    } else {
+        (at.sub(x, moving_mean)?, moving_var)
+    };
+    let eps = at.scalar(l.epsilon)?;
+    let ve = at.add(var, eps)?;
+    let sd = at.unary(UnaryOp::Sqrt, ve)?;
+    let mut y = at.div(d, sd)?;
+    let mut next = params.iter();
+    if l.scale {
+        if let Some(&gamma) = next.next() {
+            y = at.mul(y, gamma)?;
+        }
+    }
+    if l.center {
+        if let Some(&beta) = next.next() {
+            y = at.add(y, beta)?;
+        }
+    }
+    Ok(y)
 }
 
 /// `reduce_mean` of `x` over `axes`.

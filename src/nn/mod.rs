@@ -1,12 +1,14 @@
 //! Keras-like models: a [`Sequential`] stack of layers ([`Dense`], [`Conv2D`], [`MaxPool2D`],
-//! [`AvgPool2D`], [`GlobalAvgPool2D`], [`LayerNorm`], [`Flatten`], [`SimpleRNN`], [`Dropout`])
+//! [`AvgPool2D`], [`GlobalAvgPool2D`], [`LayerNorm`], [`Flatten`], [`SimpleRNN`], [`Dropout`],
+//! [`Embedding`], [`BatchNorm`])
 //! turned into a [`Graph`] by
 //! [`Sequential::build_graph`]: the forward pass, the loss (with the layers' penalties) and the
 //! metrics, as named outputs. What `text::print` shows of that graph is exactly what is
 //! differentiated, optimized and compiled.
 //!
 //! In: a model description (layers, per-example input shape, a seed). Out: a graph with input
-//! `%x: f32[batch, ..input_shape]`, targets `%y`, params named `<layer>.<param>` (`dense.kernel`,
+//! `%x: f32[batch, ..input_shape]` (`i32`, token ids, when the first layer is an
+//! [`Embedding`]; [`Model`] converts its f32 inputs as `as i32` does), targets `%y`, params named `<layer>.<param>` (`dense.kernel`,
 //! `conv2d.bias`, `dense_1.kernel`, ...; layer names follow Keras: `dense`, `dense_1`, ...),
 //! and outputs `loss`, the metrics (`accuracy`, ...) and `predictions`.
 //!
@@ -55,8 +57,8 @@ pub use model::{
 
 pub use crate::train::{EarlyStopping, ModelCheckpoint};
 pub use layers::{
-    dropout_mask, shape_str, Activation, AvgPool2D, Conv2D, Dense, Dropout, Flatten,
-    GlobalAvgPool2D, Layer, LayerNorm, MaxPool2D, ParamSpec, SimpleRNN,
+    dropout_mask, shape_str, Activation, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Embedding,
+    Flatten, GlobalAvgPool2D, Layer, LayerNorm, MaxPool2D, ParamSpec, SimpleRNN,
 };
 pub use loss::{Loss, Metric, EPSILON};
 
@@ -143,8 +145,10 @@ pub struct LayerInfo {
     pub kind: &'static str,
     /// Per-example output shape.
     pub output_shape: Vec<usize>,
-    /// Number of parameters (elements).
+    /// Number of trainable parameters (elements).
     pub params: usize,
+    /// Number of non-trainable state elements (batch normalization's moving statistics).
+    pub non_trainable: usize,
 }
 
 /// Which graph to build: training (loss, metrics, dropout masks) or inference.
@@ -289,11 +293,17 @@ impl Sequential {
                 .iter()
                 .map(|p| p.shape.iter().product::<usize>())
                 .sum();
+            let non_trainable = l
+                .states(&shape)
+                .iter()
+                .map(|(_, d, _)| d.iter().product::<usize>())
+                .sum();
             out.push(LayerInfo {
                 name: names[i].clone(),
                 kind: l.kind(),
                 output_shape: next.clone(),
                 params,
+                non_trainable,
             });
             shape = next;
         }
@@ -317,7 +327,7 @@ impl Sequential {
             .unwrap_or_else(|| self.input_shape.clone()))
     }
 
-    /// Total number of parameters.
+    /// Total number of trainable parameters (without the non-trainable state).
     pub fn param_count(&self) -> Result<usize, BuildError> {
         Ok(self.layer_infos()?.iter().map(|l| l.params).sum())
     }
@@ -325,7 +335,8 @@ impl Sequential {
     /// A Keras-style table of the layers, output shapes and parameter counts.
     pub fn summary(&self) -> Result<String, BuildError> {
         let infos = self.layer_infos()?;
-        let total: usize = infos.iter().map(|l| l.params).sum();
+        let trainable: usize = infos.iter().map(|l| l.params).sum();
+        let fixed: usize = infos.iter().map(|l| l.non_trainable).sum();
         let names: Vec<String> = infos
             .iter()
             .map(|l| format!("{} ({})", l.name, l.kind))
@@ -353,17 +364,18 @@ impl Sequential {
                 " {:<w1$}{:<w2$}{}\n",
                 names[i],
                 shapes[i],
-                thousands(l.params)
+                thousands(l.params + l.non_trainable)
             );
             if i + 1 < infos.len() {
                 s += "\n";
             }
         }
         s += &format!(
-            "{}\nTotal params: {}\nTrainable params: {}\nNon-trainable params: 0\n{}\n",
+            "{}\nTotal params: {}\nTrainable params: {}\nNon-trainable params: {}\n{}\n",
             rule('='),
-            thousands(total),
-            thousands(total),
+            thousands(trainable + fixed),
+            thousands(trainable),
+            thousands(fixed),
             rule('_')
         );
         Ok(s)
@@ -391,11 +403,13 @@ impl Sequential {
             g: &mut g,
             loc: self.locs[0].clone(),
         };
-        let x = at.leaf(
-            "x",
-            Op::Input,
-            layers::batched(opts.batch, &self.input_shape),
-        )?;
+        // token ids for a first Embedding layer, as i32 (the model's f32 inputs are
+        // converted when fed); values otherwise
+        let mut x_ty = layers::batched(opts.batch, &self.input_shape);
+        if matches!(self.layers.first(), Some(Layer::Embedding(_))) {
+            x_ty.dtype = crate::shape::DType::I32;
+        }
+        let x = at.leaf("x", Op::Input, x_ty)?;
         // Params first, so that they print in layer order.
         let mut layer_params = Vec::new();
         let mut all_params = Vec::new();
@@ -420,6 +434,25 @@ impl Sequential {
             layer_params.push(ids);
             shape = infos[i].output_shape.clone();
         }
+        // Then the layers' state (batch normalization's moving statistics).
+        let mut layer_states = Vec::new();
+        let mut shape = self.input_shape.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            at.loc = self.locs[i].clone();
+            let mut ids = Vec::new();
+            for (suffix, dims, init) in l.states(&shape) {
+                let id = at.leaf(
+                    &format!("{}.{suffix}", names[i]),
+                    Op::State {
+                        init: init.to_init(0),
+                    },
+                    TensorType::f32(dims),
+                )?;
+                ids.push(id);
+            }
+            layer_states.push(ids);
+            shape = infos[i].output_shape.clone();
+        }
         // Forward.
         let mut h = x;
         let mut logits = None;
@@ -439,7 +472,14 @@ impl Sequential {
                 }
                 _ => None,
             };
-            let out = l.build(&mut at, h, &layer_params[i], mask)?;
+            let out = l.build(
+                &mut at,
+                h,
+                &layer_params[i],
+                &layer_states[i],
+                mask,
+                opts.training,
+            )?;
             if out.y != h && at.g[out.y].name.is_none() {
                 at.g.set_name(out.y, &names[i])?;
             }

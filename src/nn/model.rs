@@ -33,7 +33,7 @@ use crate::init::Rng;
 use crate::op::Op;
 use crate::optim::{Clip, Optimizer};
 use crate::runtime::HostTensor;
-use crate::shape::DType;
+use crate::shape::{DType, TensorType};
 use crate::step::{compile_training_step, CompiledStep, StepOptions};
 use crate::train::checkpoint::{Contents, TrainingState};
 pub use crate::train::TrainError;
@@ -436,7 +436,8 @@ impl Sequential {
     pub fn compile(self, options: CompileOptions) -> Result<Model, TrainError> {
         let probe = self.build_graph(&GraphOptions::evaluate(1, options.loss, &options.metrics))?;
         let mut weights = Weights::default();
-        for &p in &probe.params {
+        // params and the layers' state (batch normalization's moving statistics)
+        for p in probe.graph.params().into_iter().chain(probe.graph.states()) {
             init_weight(&mut weights, &probe.graph, p)?;
         }
         let output_shape = self.output_shape()?;
@@ -1025,24 +1026,53 @@ impl Model {
         Ok(())
     }
 
-    /// Writes the params only (not the optimizer state) as a [`crate::checkpoint`] with
-    /// `contents = weights`, for inference or fine-tuning.
+    /// Writes the model's weights, the params and the layers' non-trainable state (batch
+    /// normalization's moving statistics, as Keras' `save_weights` writes them), not the
+    /// optimizer state, as a [`crate::checkpoint`] with `contents = weights`, for inference or
+    /// fine-tuning.
     pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let g = self.checkpoint_graph()?;
-        self.write_checkpoint(path.as_ref(), &g, &g.params(), Contents::Weights)
+        let ids = self.model_weight_ids(&g)?;
+        self.write_checkpoint(path.as_ref(), &g, &ids, Contents::Weights)
     }
 
-    /// Reads the params from a file of [`Model::save_weights`], [`Model::save`] or
+    /// The nodes of `g` (a step graph) that [`Model::save_weights`] writes: every param, then
+    /// the state the model's layers declare (not the optimizer's).
+    fn model_weight_ids(&self, g: &Graph) -> Result<Vec<NodeId>, TrainError> {
+        let forward = self.model.build_graph(&GraphOptions::predict(1))?.graph;
+        let own: Vec<String> = forward
+            .states()
+            .into_iter()
+            .filter_map(|id| forward[id].name.clone())
+            .collect();
+        let states = g
+            .states()
+            .into_iter()
+            .filter(|&id| g[id].name.as_ref().is_some_and(|n| own.contains(n)));
+        Ok(g.params().into_iter().chain(states).collect())
+    }
+
+    /// Reads the params, and the layers' non-trainable state (batch normalization's moving
+    /// statistics), from a file of [`Model::save_weights`], [`Model::save`] or
     /// `gradlift train --save` (the optimizer state of a training checkpoint, whichever
     /// optimizer wrote it, is then skipped: its `params` metadata says which tensors are
-    /// params); every param of the model must be in the file with its dtype and shape, and
-    /// the file may hold no other param. The optimizer state, counts and learning rate are
+    /// params); every param and layer state of the model must be in the file with its dtype
+    /// and shape, and the file may hold no other param. The optimizer state, counts and learning rate are
     /// left as they are; on any error the model is untouched.
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let path = path.as_ref();
         let g = self.checkpoint_graph()?;
         let all = crate::checkpoint::graph_tensor_types(&g)?;
-        let params = &all[..g.params().len()];
+        let wanted: Vec<String> = self
+            .model_weight_ids(&g)?
+            .into_iter()
+            .filter_map(|id| g[id].name.clone())
+            .collect();
+        let params: Vec<(String, TensorType)> = all
+            .into_iter()
+            .filter(|(name, _)| wanted.contains(name))
+            .collect();
+        let params = &params[..];
         let ckpt = crate::checkpoint::load(path)?;
         // In a file of `Model::save`, the tensors not listed as params are optimizer state
         // (of whatever optimizer wrote it): skipped here.
@@ -1159,9 +1189,19 @@ impl Model {
             return self.run_interpreted(key, x, y, idx, rng);
         };
         let e = |e: crate::runtime::RunError| run_err(e.to_string());
-        let buf = exe.input_f32_mut(name(step.x)).map_err(e)?;
-        for (dst, &i) in buf.chunks_exact_mut(k).zip(idx) {
-            dst.copy_from_slice(&x[i * k..(i + 1) * k]);
+        if graph[step.x].ty.dtype == DType::I32 {
+            // token ids: truncated toward zero and saturated, as the `cast` op converts
+            let buf = exe.input_i32_mut(name(step.x)).map_err(e)?;
+            for (dst, &i) in buf.chunks_exact_mut(k).zip(idx) {
+                for (d, &v) in dst.iter_mut().zip(&x[i * k..(i + 1) * k]) {
+                    *d = v as i32;
+                }
+            }
+        } else {
+            let buf = exe.input_f32_mut(name(step.x)).map_err(e)?;
+            for (dst, &i) in buf.chunks_exact_mut(k).zip(idx) {
+                dst.copy_from_slice(&x[i * k..(i + 1) * k]);
+            }
         }
         if let (Some(yn), Some(t)) = (step.y, y) {
             match (t, graph[yn].ty.dtype) {
@@ -1237,6 +1277,12 @@ impl Model {
         let mut xb = Vec::with_capacity(idx.len() * k);
         for &i in idx {
             xb.extend_from_slice(&x[i * k..(i + 1) * k]);
+        }
+        if step.graph[step.x].ty.dtype == DType::I32 {
+            // the ids the JIT gets (`as i32`), held as floats by the interpreter
+            for v in &mut xb {
+                *v = *v as i32 as f32;
+            }
         }
         feeds.push((step.x, xb));
         if let (Some(yn), Some(t)) = (step.y, y) {

@@ -322,7 +322,11 @@ impl Op {
             Op::Argmax { axis }
             | Op::Softmax { axis }
             | Op::LogSoftmax { axis }
-            | Op::Concat { axis } => vec![("axis", int(*axis))],
+            | Op::Concat { axis }
+            | Op::Gather { axis } => vec![("axis", int(*axis))],
+            Op::ScatterAdd { axis, shape } => {
+                vec![("axis", int(*axis)), ("shape", ints(&shape.0))]
+            }
             Op::Reshape { shape } | Op::Broadcast { shape } => vec![("shape", ints(&shape.0))],
             Op::Transpose { perm } => vec![("perm", ints(perm))],
             Op::Conv2d { stride, padding } => {
@@ -397,6 +401,13 @@ impl Op {
             },
             K::Concat => Op::Concat {
                 axis: r.usize("axis")?,
+            },
+            K::Gather => Op::Gather {
+                axis: r.usize("axis")?,
+            },
+            K::ScatterAdd => Op::ScatterAdd {
+                axis: r.usize("axis")?,
+                shape: r.shape("shape")?,
             },
             K::Reshape => Op::Reshape {
                 shape: r.shape("shape")?,

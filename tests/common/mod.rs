@@ -73,8 +73,8 @@ pub fn corpus() -> Vec<(String, Graph)> {
 // ---- random feeds --------------------------------------------------------------------------
 
 /// The largest label an i32 input may hold for the graph to be well defined, plus one: the
-/// smallest `depth` of a `one_hot` and class count of a sparse cross-entropy that read it
-/// (`default` when nothing constrains it).
+/// smallest `depth` of a `one_hot`, class count of a sparse cross-entropy and axis length of a
+/// `gather` or `scatter_add` that read it (`default` when nothing constrains it).
 pub fn label_range(g: &Graph, input: NodeId, default: usize) -> usize {
     g.users(input)
         .into_iter()
@@ -83,6 +83,11 @@ pub fn label_range(g: &Graph, input: NodeId, default: usize) -> usize {
             Op::SparseSoftmaxCrossEntropy => {
                 g.operands(u).first().map(|&l| g[l].ty.shape.dims()[1])
             }
+            Op::Gather { axis } => g
+                .operands(u)
+                .first()
+                .and_then(|&t| g[t].ty.shape.dims().get(*axis).copied()),
+            Op::ScatterAdd { axis, shape } => shape.dims().get(*axis).copied(),
             _ => None,
         })
         .min()
@@ -235,6 +240,16 @@ pub fn jit_results(g: &Graph, inputs: &[(String, HostTensor)], kernel: MatmulKer
 /// matched by name) within the tolerance of [`gradlift::interp::agrees`].
 pub fn jit_matches(name: &str, reference: &Graph, g: &Graph, seed: u64) {
     let feeds = random_feeds(reference, &mut Rng::new(seed), 1.0);
+    jit_matches_on(name, reference, g, feeds);
+}
+
+/// [`jit_matches`] on the inputs `feeds` of `reference`.
+pub fn jit_matches_on(
+    name: &str,
+    reference: &Graph,
+    g: &Graph,
+    feeds: HashMap<NodeId, Array<f64>>,
+) {
     let inputs = host_inputs(reference, &feeds);
     let v = interp::eval::<f64>(reference, &rounded(reference, &feeds))
         .unwrap_or_else(|e| panic!("{name}: interpreter: {e}"));
@@ -260,6 +275,24 @@ pub fn sgd_step_matches(name: &str, forward: Graph, seed: u64) {
         .run(&mut optimized)
         .unwrap_or_else(|e| panic!("{name}: passes: {e}"));
     jit_matches(name, &step, &optimized, seed);
+}
+
+/// [`sgd_step_matches`] with each input element drawn by `draw(input name, rng)`.
+pub fn sgd_step_matches_with(
+    name: &str,
+    forward: Graph,
+    seed: u64,
+    draw: impl Fn(&str, &mut Rng) -> f64,
+) {
+    let step = sgd_step(forward, 0.1);
+    let mut optimized = step.clone();
+    gradlift::passes::Pipeline::default()
+        .run(&mut optimized)
+        .unwrap_or_else(|e| panic!("{name}: passes: {e}"));
+    let feeds = feeds_with(&step, &mut Rng::new(seed), |id, rng| {
+        draw(step[id].name.as_deref().unwrap_or_default(), rng)
+    });
+    jit_matches_on(name, &step, &optimized, feeds);
 }
 
 // ---- training steps ------------------------------------------------------------------------

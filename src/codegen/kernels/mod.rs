@@ -11,9 +11,11 @@
 //! Kernels never panic: a panic cannot unwind through compiled code.
 
 mod conv;
+mod gather;
 mod pool;
 
 pub use conv::*;
+pub use gather::*;
 pub use pool::*;
 
 use std::slice;
@@ -334,6 +336,10 @@ pub enum Kernel {
     SoftmaxXent,
     /// [`gl_sparse_softmax_xent`].
     SparseSoftmaxXent,
+    /// [`gl_gather`].
+    Gather,
+    /// [`gl_scatter_add`].
+    ScatterAdd,
 }
 
 /// What the planned scratch of one call of a [`Kernel`] depends on ([`Kernel::scratch`]).
@@ -376,12 +382,14 @@ impl Kernel {
             | Kernel::MaxPool2dGrad
             | Kernel::Softmax
             | Kernel::SoftmaxXent
-            | Kernel::SparseSoftmaxXent => Scratch::None,
+            | Kernel::SparseSoftmaxXent
+            | Kernel::Gather
+            | Kernel::ScatterAdd => Scratch::None,
         }
     }
 
     /// Every kernel, in the order the JIT module declares them (`Kernel::index`).
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 14] = [
         Kernel::Powf,
         Kernel::Gemm,
         Kernel::Conv2d,
@@ -394,6 +402,8 @@ impl Kernel {
         Kernel::SparseSoftmaxXent,
         Kernel::Sinf,
         Kernel::Cosf,
+        Kernel::Gather,
+        Kernel::ScatterAdd,
     ];
 
     /// Its position in [`Kernel::ALL`].
@@ -411,6 +421,8 @@ impl Kernel {
             Kernel::SparseSoftmaxXent => 9,
             Kernel::Sinf => 10,
             Kernel::Cosf => 11,
+            Kernel::Gather => 12,
+            Kernel::ScatterAdd => 13,
         }
     }
 
@@ -429,6 +441,8 @@ impl Kernel {
             Kernel::Softmax => "gl_softmax",
             Kernel::SoftmaxXent => "gl_softmax_xent",
             Kernel::SparseSoftmaxXent => "gl_sparse_softmax_xent",
+            Kernel::Gather => "gl_gather",
+            Kernel::ScatterAdd => "gl_scatter_add",
         }
     }
 
@@ -444,6 +458,7 @@ impl Kernel {
             Kernel::MaxPool2dGrad => Words(4),
             Kernel::Softmax => Words(6),
             Kernel::SoftmaxXent | Kernel::SparseSoftmaxXent => Words(5),
+            Kernel::Gather | Kernel::ScatterAdd => Words(7),
         }
     }
 
@@ -462,6 +477,8 @@ impl Kernel {
             Kernel::Softmax => gl_softmax as *const u8,
             Kernel::SoftmaxXent => gl_softmax_xent as *const u8,
             Kernel::SparseSoftmaxXent => gl_sparse_softmax_xent as *const u8,
+            Kernel::Gather => gl_gather as *const u8,
+            Kernel::ScatterAdd => gl_scatter_add as *const u8,
         }
     }
 }
