@@ -267,7 +267,10 @@ Table:",
 /* What a slot holds. */\n\
 enum gradlift_slot_kind {\n  GRADLIFT_INPUT = 0,\n  GRADLIFT_PARAM = 1,\n  GRADLIFT_STATE = 2,\n  \
 GRADLIFT_CONST = 3,\n  GRADLIFT_OUTPUT = 4,\n  GRADLIFT_ARENA = 5\n};\n\
-/* Element types. */\nenum gradlift_dtype {\n  GRADLIFT_F32 = 0,\n  GRADLIFT_I32 = 1\n};\n#endif\n\n",
+/* Element types. */\nenum gradlift_dtype {\n  GRADLIFT_F32 = 0,\n  GRADLIFT_I32 = 1\n};\n\
+/* The slot tables are static: no warning in a file that includes a header but not its table. */\n\
+#if defined(__GNUC__)\n#define GRADLIFT_UNUSED __attribute__((unused))\n#else\n#define GRADLIFT_UNUSED\n#endif\n\
+#endif\n\n",
     );
     h.push_str(&format!(
         "/* Runs the step; table[i] points at slot i's buffer. */\n\
@@ -290,7 +293,7 @@ typedef struct {{\n\
   int updated;            /* 1: the step writes its new value at the end of a call */\n\
 }} {symbol}_slot;\n\n\
 /* The table, in slot order. */\n\
-static const {symbol}_slot {symbol}_slots[{up}_SLOT_COUNT] = {{\n",
+static const {symbol}_slot {symbol}_slots[{up}_SLOT_COUNT] GRADLIFT_UNUSED = {{\n",
         n = slots.len(),
         init = c_string(init_file),
     ));

@@ -264,7 +264,7 @@ fn a_c_program_trains_the_mlp_bit_for_bit_as_the_jit() {
     std::fs::write(dir.join("main.c"), C_MAIN).unwrap();
     let bin = dir.join("main");
     let cc = Command::new("cc")
-        .args(["-std=c11", "-O1", "-o"])
+        .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&bin)
         .arg(dir.join("main.c"))
         .arg(&obj)
@@ -349,4 +349,46 @@ fn compile_errors_are_clear() {
     assert!(!Path::new(obj).exists(), "nothing was written");
     let err = fails(&["compile", &ir("mlp"), "--threads", "0", "-o", obj]);
     assert!(err.contains("--threads: at least one thread"), "{err}");
+}
+
+#[test]
+fn grad_exports_the_gradients_as_outputs_and_updates_nothing() {
+    let dir = scratch("aot_grad");
+    let obj = dir.join("grad.o");
+    let header = dir.join("include/grad.h");
+    std::fs::create_dir_all(header.parent().unwrap()).unwrap();
+    let out = ok(&[
+        "compile",
+        &ir("mlp"),
+        "--grad",
+        "--symbol",
+        "mlp_grad",
+        "--header",
+        header.to_str().unwrap(),
+        "-o",
+        obj.to_str().unwrap(),
+    ]);
+    assert!(out.contains("function mlp_grad"), "{out}");
+    let h = std::fs::read_to_string(&header).unwrap();
+    assert!(h.contains("void mlp_grad(void *const *table);"), "{h}");
+    for p in [
+        "dense.kernel",
+        "dense.bias",
+        "dense_1.kernel",
+        "dense_1.bias",
+    ] {
+        assert!(
+            h.contains(&format!("output grad_{p}: f32[")),
+            "grad_{p}:\n{h}"
+        );
+    }
+    assert!(!h.contains(", updated"), "no update without --train:\n{h}");
+    assert!(
+        dir.join("grad.init").exists(),
+        "the initial values next to the object"
+    );
+    // --train and --grad are two different graphs
+    let (code, _, err) = run(&["compile", &ir("mlp"), "--grad", "--train", "-o", "x.o"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
 }

@@ -6,7 +6,9 @@
 //! folds into matmuls and the kernels' scratch space; [`plan`] maps the result to table
 //! slots), lowers every node into ONE Cranelift
 //! function ([`lower`]) and compiles it with `cranelift-jit` for the host ISA
-//! (`cranelift-native`: SSE4/AVX/FMA as cpuid reports). The result is [`NativeCode`]: the
+//! (`cranelift-native`: SSE4/AVX/FMA as cpuid reports). One lowering, two back ends: the same
+//! function goes into an object file with [`compile_object`] (`cranelift-object`), through
+//! the same `lower_into`. The result of [`compile_native`] is [`NativeCode`]: the
 //! code and the [`plan::Layout`] of the pointer table it reads. Codegen does not know the
 //! runtime: [`crate::runtime::compile`] wraps the code into an
 //! [`crate::runtime::Executable`], the safe entry point, which fills tables from the layout.
