@@ -343,6 +343,12 @@ fn compile_errors_are_clear() {
     // a symbol C cannot declare
     let err = fails(&["compile", &ir("mlp"), "--symbol", "9step", "-o", obj]);
     assert!(err.contains("\"9step\" is not a C identifier"), "{err}");
+    // a symbol the object imports
+    let err = fails(&["compile", &ir("mlp"), "--symbol", "gl_gemm", "-o", obj]);
+    assert!(
+        err.contains("\"gl_gemm\" is the name of a runtime kernel"),
+        "{err}"
+    );
     // a training step of a graph without a loss
     let err = fails(&["compile", &ir("ops/unary"), "--train", "-o", obj]);
     assert!(err.contains("loss"), "{err}");
@@ -391,4 +397,21 @@ fn grad_exports_the_gradients_as_outputs_and_updates_nothing() {
     let (code, _, err) = run(&["compile", &ir("mlp"), "--grad", "--train", "-o", "x.o"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot be used with"), "{err}");
+}
+
+#[test]
+fn symbols_are_c_identifiers() {
+    use gradlift::aot::default_symbol;
+    use gradlift::codegen::is_c_identifier;
+    for ok in ["step", "_step", "gradlift_mlp2", "A_1"] {
+        assert!(is_c_identifier(ok), "{ok}");
+    }
+    for bad in ["", "9step", "my-step", "step.o", "st ep", "étape"] {
+        assert!(!is_c_identifier(bad), "{bad}");
+    }
+    let mut g = gradlift::Graph::new("my-net.v2");
+    let x = g.input("x", gradlift::TensorType::f32([2])).unwrap();
+    g.add_output("y", x).unwrap();
+    assert_eq!(default_symbol(&g), "gradlift_my_net_v2");
+    assert!(is_c_identifier(&default_symbol(&g)));
 }

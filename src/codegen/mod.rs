@@ -730,7 +730,7 @@ pub fn is_c_identifier(s: &str) -> bool {
 }
 
 /// Compiles `g` into a relocatable object file exporting the entry point as `symbol` (a C
-/// identifier): the function [`compile_native`] builds, lowered by the same code into a
+/// identifier other than a kernel's symbol): the function [`compile_native`] builds, lowered by the same code into a
 /// `cranelift-object` module instead of the JIT's ("one lowering, two back ends"). The
 /// object imports the runtime kernels by their symbols ([`kernels::Kernel::symbol`]), which
 /// the caller links (the kernels are `#[no_mangle]` C functions of this crate).
@@ -745,6 +745,15 @@ pub fn compile_object(
             message: format!(
                 "the symbol {symbol:?} is not a C identifier (letters, digits and `_`, not \
                  starting with a digit)"
+            ),
+        });
+    }
+    if let Some(k) = kernels::Kernel::ALL.iter().find(|k| k.symbol() == symbol) {
+        return Err(CompileError::Invalid {
+            node: g.name.clone(),
+            message: format!(
+                "the symbol {symbol:?} is the name of a runtime kernel ({k:?}) the code calls; \
+                 choose another"
             ),
         });
     }
