@@ -1396,15 +1396,21 @@ fn cmd_compile(a: &CompileArgs) -> Result<(), CliError> {
     write(&a.output, "object file", &export.object)?;
     write(&header, "C header", export.header.as_bytes())?;
     write(&init, "initial values", &export.init)?;
+    let r = &export.report;
     outln!(
-        "{file}: wrote {} ({} bytes, function {}), {} and {} ({} bytes); {}",
+        "{file}: wrote {} ({} bytes, function {}), {} and {} ({} bytes); compiled {} nodes in \
+         {:.2} ms: {} IR instructions, {} bytes of code, {} bytes of arena",
         a.output.display(),
         export.object.len(),
         export.symbol,
         header.display(),
         init.display(),
         export.init.len(),
-        export.report
+        r.nodes,
+        r.lower_ms + r.cranelift_ms + r.setup_ms,
+        r.clif_insts,
+        r.code_bytes,
+        r.arena_bytes
     );
     Ok(())
 }

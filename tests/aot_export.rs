@@ -89,7 +89,7 @@ fn the_object_file_exports_the_step_and_imports_the_kernels() {
     );
     // the initial values: every param, then the consts, at the header's offsets
     let init = std::fs::read(&init).unwrap();
-    let g = mlp_step();
+    let g = training_step("mlp", &Optimizer::sgd());
     let params: usize = g.params().iter().map(|&p| g[p].ty.shape.numel() * 4).sum();
     assert!(
         init.len() > params,
@@ -108,10 +108,10 @@ fn the_object_file_exports_the_step_and_imports_the_kernels() {
     assert_eq!(&init[..want.len()], &want[..], "dense.kernel's initializer");
 }
 
-/// The MLP's SGD training step as `gradlift compile --train --optimizer sgd` builds it.
-fn mlp_step() -> gradlift::Graph {
-    let (_, mut g) = common::load(&common::ir_dir().join("mlp.ir"));
-    gradlift::optim::training_step(&mut g, "loss", &Optimizer::sgd()).unwrap();
+/// The training step of `ir/MODEL.ir` as `gradlift compile --train --optimizer OPT` builds it.
+fn training_step(model: &str, opt: &Optimizer) -> gradlift::Graph {
+    let (_, mut g) = common::load(&common::ir_dir().join(format!("{model}.ir")));
+    gradlift::optim::training_step(&mut g, "loss", opt).unwrap();
     Pipeline::default().run(&mut g).unwrap();
     g
 }
@@ -138,14 +138,14 @@ static void *read_file(const char *path, size_t want) {
 
 int main(int argc, char **argv) {
   if (argc != 6) { fprintf(stderr, "usage: main INIT INPUTS INPUT_BYTES STEPS OUT\n"); return 2; }
-  unsigned char *init = read_file(argv[1], GRADLIFT_MLP_INIT_BYTES);
+  unsigned char *init = read_file(argv[1], STEP_INIT_BYTES);
   unsigned char *inputs = read_file(argv[2], (size_t)atol(argv[3]));
   int steps = atoi(argv[4]);
-  void *table[GRADLIFT_MLP_SLOT_COUNT];
+  void *table[STEP_SLOT_COUNT];
   size_t in_at = 0;
-  for (int i = 0; i < GRADLIFT_MLP_SLOT_COUNT; i++) {
-    const gradlift_mlp_slot *s = &gradlift_mlp_slots[i];
-    size_t align = s->kind == GRADLIFT_ARENA ? GRADLIFT_MLP_ARENA_ALIGN : 64;
+  for (int i = 0; i < STEP_SLOT_COUNT; i++) {
+    const step_slot *s = &step_slots[i];
+    size_t align = s->kind == GRADLIFT_ARENA ? STEP_ARENA_ALIGN : 64;
     size_t size = (s->bytes + align - 1) / align * align;
     table[i] = aligned_alloc(align, size ? size : align);
     memset(table[i], 0, size);
@@ -154,14 +154,14 @@ int main(int argc, char **argv) {
   }
   unsigned int csr = _mm_getcsr();
   _mm_setcsr(csr | 0x8040);
-  for (int t = 0; t < steps; t++) gradlift_mlp(table);
+  for (int t = 0; t < steps; t++) step(table);
   _mm_setcsr(csr);
   FILE *out = fopen(argv[5], "wb");
   if (!out) { perror(argv[5]); return 2; }
-  for (int i = 0; i < GRADLIFT_MLP_SLOT_COUNT; i++) {
-    int k = gradlift_mlp_slots[i].kind;
+  for (int i = 0; i < STEP_SLOT_COUNT; i++) {
+    int k = step_slots[i].kind;
     if (k == GRADLIFT_PARAM || k == GRADLIFT_STATE || k == GRADLIFT_OUTPUT)
-      fwrite(table[i], 1, gradlift_mlp_slots[i].bytes, out);
+      fwrite(table[i], 1, step_slots[i].bytes, out);
   }
   fclose(out);
   return 0;
@@ -202,25 +202,52 @@ fn bits(t: &HostTensor) -> Vec<u32> {
 }
 
 #[test]
-fn a_c_program_trains_the_mlp_bit_for_bit_as_the_jit() {
+fn a_c_program_trains_the_mlp_with_sgd_bit_for_bit_as_the_jit() {
+    c_program_matches_the_jit("mlp", "sgd", 0.05, 3);
+}
+
+#[test]
+fn a_c_program_trains_the_cnn_with_adam_bit_for_bit_as_the_jit() {
+    c_program_matches_the_jit("cnn", "adam", 0.001, 2);
+}
+
+/// Exports the training step of `ir/MODEL.ir` with `optimizer` as the symbol `step`, links
+/// [`C_MAIN`] against it and the static library, runs `steps` steps on fixed inputs (seeded
+/// images, labels in 0..10, learning rate `lr`) and compares every param, state and output
+/// with the JIT's after the same steps, bit for bit.
+fn c_program_matches_the_jit(model: &str, optimizer: &str, lr: f32, steps: usize) {
     if Command::new("cc").arg("--version").output().is_err() {
         eprintln!("SKIPPED: no C compiler `cc` on this machine: the C program cannot be built");
         return;
     }
-    const STEPS: usize = 3;
-    let dir = scratch("aot_c_program");
-    let (obj, _, init) = compile_mlp_step(&dir);
+    let dir = scratch(&format!("aot_c_program_{model}"));
+    let obj = dir.join("step.o");
+    ok(&[
+        "compile",
+        &ir(model),
+        "--train",
+        "--optimizer",
+        optimizer,
+        "--symbol",
+        "step",
+        "-o",
+        obj.to_str().unwrap(),
+    ]);
+    let init = dir.join("step.init");
     let lib = runtime_library();
 
-    // fixed inputs: seeded images, labels in 0..10, the learning rate
-    let g = mlp_step();
+    let opt = match optimizer {
+        "sgd" => Optimizer::sgd(),
+        _ => Optimizer::adam(),
+    };
+    let g = training_step(model, &opt);
     let mut exe = runtime::compile(&g, &CompileOptions::default()).unwrap();
     let mut rng = Rng::new(7);
     let mut inputs: Vec<(String, HostTensor)> = Vec::new();
     for (name, ty) in exe.inputs() {
         let n = ty.shape.numel();
         let t = match (name.as_str(), ty.dtype) {
-            ("lr", _) => HostTensor::f32(ty.shape.clone(), vec![0.05]),
+            ("lr", _) => HostTensor::f32(ty.shape.clone(), vec![lr]),
             (_, DType::F32) => HostTensor::f32(
                 ty.shape.clone(),
                 (0..n).map(|_| rng.uniform() as f32).collect(),
@@ -246,7 +273,7 @@ fn a_c_program_trains_the_mlp_bit_for_bit_as_the_jit() {
         .map(|(n, t)| (n.as_str(), t.clone()))
         .collect();
     let mut outputs = Vec::new();
-    for _ in 0..STEPS {
+    for _ in 0..steps {
         outputs = exe.run(&feed).unwrap();
     }
     let (params, states) = exe.leaves();
@@ -257,7 +284,7 @@ fn a_c_program_trains_the_mlp_bit_for_bit_as_the_jit() {
         .map(|(n, t)| (n.clone(), bits(t)))
         .collect();
     for ((name, after), before) in want.iter().zip(&initial) {
-        assert_ne!(after, before, "{name} changed in {STEPS} steps");
+        assert_ne!(after, before, "{name} changed in {steps} steps");
     }
 
     // the C program's
@@ -283,7 +310,7 @@ fn a_c_program_trains_the_mlp_bit_for_bit_as_the_jit() {
         .arg(&init)
         .arg(&inputs_path)
         .arg(input_bytes.len().to_string())
-        .arg(STEPS.to_string())
+        .arg(steps.to_string())
         .arg(&out_path)
         .output()
         .unwrap();
