@@ -176,8 +176,14 @@ fn runtime_library() -> PathBuf {
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let target_dir = profile_dir.parent().unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // the profile whose directory this test binary is in (`cargo test` or `--release`)
+    let profile = if profile_dir.ends_with("release") {
+        "release"
+    } else {
+        "test"
+    };
     let out = Command::new(cargo)
-        .args(["build", "-p", "gradlift-runtime", "--profile", "test"])
+        .args(["build", "-p", "gradlift-runtime", "--profile", profile])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
