@@ -448,3 +448,58 @@ fn symbols_are_c_identifiers() {
     assert_eq!(default_symbol(&g), "gradlift_my_net_v2");
     assert!(is_c_identifier(&default_symbol(&g)));
 }
+
+#[test]
+fn every_corpus_graph_exports_an_object_with_its_table() {
+    let opts = CompileOptions::default();
+    let corpus = common::corpus();
+    assert!(corpus.len() > 20, "the corpus: {} graphs", corpus.len());
+    for (name, g) in corpus {
+        let e = gradlift::aot::export(&g, &opts, "step", "step.init")
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let file = object::File::parse(&*e.object).unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert!(
+            file.symbols()
+                .any(|s| s.name() == Ok("step") && s.is_definition()),
+            "{name}: the entry point"
+        );
+        // the table the header describes is the JIT executable's
+        let exe = runtime::compile(&g, &opts).unwrap_or_else(|err| panic!("{name}: {err}"));
+        let kinds: Vec<(&str, &str)> = e.slots.iter().map(|s| (s.kind, s.name.as_str())).collect();
+        let (params, states) = exe.leaves();
+        let leaves = |kind: &'static str| {
+            kinds
+                .iter()
+                .filter(move |(k, _)| *k == kind)
+                .map(|(_, n)| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        let names =
+            |l: &[(String, HostTensor)]| l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(leaves("param"), names(params), "{name}: params");
+        assert_eq!(leaves("state"), names(states), "{name}: state");
+        assert_eq!(
+            leaves("input"),
+            exe.inputs()
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>(),
+            "{name}: inputs"
+        );
+        assert_eq!(
+            e.slots.last().map(|s| (s.kind, s.bytes)),
+            Some(("arena", exe.report().arena_bytes)),
+            "{name}: the arena"
+        );
+        let init: usize = e
+            .slots
+            .iter()
+            .filter(|s| s.init_offset.is_some())
+            .map(|s| s.bytes)
+            .sum();
+        assert_eq!(e.init.len(), init, "{name}: initial values");
+        assert!(e
+            .header
+            .contains(&format!("#define STEP_SLOT_COUNT {}", e.slots.len())));
+    }
+}
