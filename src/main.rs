@@ -5,8 +5,9 @@
 //! text, Graphviz or JSON, or its compiled code as Cranelift IR or machine code (`dump`), the
 //! graph extended with its gradient (`grad`), the values of its outputs (`eval`, `run`, on
 //! random inputs or those of a safetensors file, optionally written to one), a table of its
-//! params and ops (`summary`), or a model trained on MNIST (`train`, which reads the dataset
-//! and reads and writes checkpoints). Every command
+//! params and ops (`summary`), a model trained on MNIST (`train`, which reads the dataset
+//! and reads and writes checkpoints), or an object file of its compiled code with a C header
+//! and its initial values (`compile`). Every command
 //! parses and verifies the graph first. Errors (unreadable file, parse error, invalid graph, evaluation
 //! failure) are printed to stderr like a compiler's (`FILE:LINE:COL: message`) and give exit
 //! code 1; the process never panics on user input.
@@ -1379,6 +1380,21 @@ fn cmd_compile(a: &CompileArgs) -> Result<(), CliError> {
         .init
         .clone()
         .unwrap_or_else(|| a.output.with_extension("init"));
+    // three different files: none may overwrite another
+    for (flag, path) in [("--header", &header), ("--init", &init)] {
+        if path == &a.output {
+            return Err(CliError(format!(
+                "{flag} {}: the same file as the object file (-o); give another path",
+                path.display()
+            )));
+        }
+    }
+    if header == init {
+        return Err(CliError(format!(
+            "--header and --init are the same file {}; give two paths",
+            header.display()
+        )));
+    }
     let init_name = init.file_name().map_or_else(
         || init.display().to_string(),
         |n| n.to_string_lossy().into_owned(),

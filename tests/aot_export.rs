@@ -382,6 +382,27 @@ fn compile_errors_are_clear() {
         err.contains("\"gl_gemm\" is the name of a runtime kernel"),
         "{err}"
     );
+    // outputs that would overwrite each other
+    let h = dir.join("step.h");
+    let err = fails(&["compile", &ir("mlp"), "-o", h.to_str().unwrap()]);
+    assert!(
+        err.contains("--header") && err.contains("the same file as the object file"),
+        "{err}"
+    );
+    let err = fails(&[
+        "compile",
+        &ir("mlp"),
+        "--init",
+        "x.h",
+        "--header",
+        "x.h",
+        "-o",
+        obj,
+    ]);
+    assert!(
+        err.contains("--header and --init are the same file x.h"),
+        "{err}"
+    );
     // a training step of a graph without a loss
     let err = fails(&["compile", &ir("ops/unary"), "--train", "-o", obj]);
     assert!(err.contains("loss"), "{err}");
