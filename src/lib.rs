@@ -49,6 +49,7 @@
 //! # }
 //! ```
 
+pub mod aot;
 pub mod autodiff;
 pub mod batch;
 pub mod checkpoint;

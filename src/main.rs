@@ -5,8 +5,9 @@
 //! text, Graphviz or JSON, or its compiled code as Cranelift IR or machine code (`dump`), the
 //! graph extended with its gradient (`grad`), the values of its outputs (`eval`, `run`, on
 //! random inputs or those of a safetensors file, optionally written to one), a table of its
-//! params and ops (`summary`), or a model trained on MNIST (`train`, which reads the dataset
-//! and reads and writes checkpoints). Every command
+//! params and ops (`summary`), a model trained on MNIST (`train`, which reads the dataset
+//! and reads and writes checkpoints), or an object file of its compiled code with a C header
+//! and its initial values (`compile`). Every command
 //! parses and verifies the graph first. Errors (unreadable file, parse error, invalid graph, evaluation
 //! failure) are printed to stderr like a compiler's (`FILE:LINE:COL: message`) and give exit
 //! code 1; the process never panics on user input.
@@ -71,6 +72,10 @@ enum Command {
     Train(TrainArgs),
     /// Print a model's inputs, params (shapes and counts), outputs and node counts per op.
     Summary(SummaryArgs),
+    /// Compile a graph ahead of time (optionally with gradients, or as a training step): an
+    /// object file holding the function `run` compiles, a C header describing its table and
+    /// a file of initial values (params, state, consts), to link into a C program.
+    Compile(CompileArgs),
 }
 
 impl Command {
@@ -84,6 +89,7 @@ impl Command {
             Command::Run(a) => cmd_run(a),
             Command::Train(a) => cmd_train(a),
             Command::Summary(a) => cmd_summary(a),
+            Command::Compile(a) => cmd_compile(a),
         }
     }
 }
@@ -1312,4 +1318,140 @@ fn thousands(n: usize) -> String {
         out.push(c);
     }
     out
+}
+
+// ---- compile ----------------------------------------------------------------------------------
+
+/// What `gradlift compile --emit` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ObjectKind {
+    /// A relocatable object file (ELF on Linux) with the C header and initial values.
+    Obj,
+}
+
+/// Arguments of `gradlift compile`.
+#[derive(Args, Debug)]
+struct CompileArgs {
+    /// The graph file (`.ir` text or `.json`).
+    file: PathBuf,
+    /// Differentiate the output `loss` with respect to every param first, as `run --grad`
+    /// does; the gradients are outputs `grad_<param>`.
+    #[arg(long, conflicts_with = "train")]
+    grad: bool,
+    /// Compile the training step of the output `loss`: the gradients of every param and the
+    /// updates of `--optimizer` (the learning rate is the input `lr`, as in training).
+    #[arg(long)]
+    train: bool,
+    /// The optimizer of the training step (with `--train`).
+    #[arg(long, value_enum, default_value_t = OptimizerName::Adam, requires = "train")]
+    optimizer: OptimizerName,
+    /// What to write.
+    #[arg(long, value_enum, default_value_t = ObjectKind::Obj)]
+    emit: ObjectKind,
+    /// The object file to write.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+    /// The C header to write (default: the object file's path with extension `.h`).
+    #[arg(long)]
+    header: Option<PathBuf>,
+    /// The initial values to write (default: the object file's path with extension `.init`).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// The exported function's name (default: `gradlift_` and the graph's name).
+    #[arg(long)]
+    symbol: Option<String>,
+    /// Threads a large matrix product may use in the exported code.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Optimization passes to run before compiling (after the gradient).
+    #[command(flatten)]
+    passes: PassArgs,
+}
+
+/// Builds the graph (`--grad`: as `run --grad`; `--train`: the training step), runs the
+/// passes, compiles it into an object file with [`gradlift::aot::export`] and writes the
+/// object, the header and the initial values; prints what it wrote.
+fn cmd_compile(a: &CompileArgs) -> Result<(), CliError> {
+    let file = a.file.display().to_string();
+    let ObjectKind::Obj = a.emit;
+    if a.threads == 0 {
+        return Err(CliError(
+            "--threads: at least one thread is needed, found 0".into(),
+        ));
+    }
+    let mut g = load(&a.file)?;
+    if a.grad {
+        autodiff::grad_all_params(&mut g, "loss", None).map_err(|e| match e.loc() {
+            Some(_) => CliError(e.to_string()),
+            None => CliError(format!("{file}: {e}")),
+        })?;
+        verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
+    }
+    if a.train {
+        gradlift::optim::training_step(&mut g, "loss", &a.optimizer.optimizer())
+            .map_err(|e| CliError(format!("{file}: training step: {e}")))?;
+        verify(&g).map_err(|e| verify_report(&format!("{file} (training step)"), &e))?;
+    }
+    a.passes.run(&mut g, &file, true)?;
+    let symbol = a
+        .symbol
+        .clone()
+        .unwrap_or_else(|| gradlift::aot::default_symbol(&g));
+    let header = a
+        .header
+        .clone()
+        .unwrap_or_else(|| a.output.with_extension("h"));
+    let init = a
+        .init
+        .clone()
+        .unwrap_or_else(|| a.output.with_extension("init"));
+    // three different files: none may overwrite another
+    for (flag, path) in [("--header", &header), ("--init", &init)] {
+        if path == &a.output {
+            return Err(CliError(format!(
+                "{flag} {}: the same file as the object file (-o); give another path",
+                path.display()
+            )));
+        }
+    }
+    if header == init {
+        return Err(CliError(format!(
+            "--header and --init are the same file {}; give two paths",
+            header.display()
+        )));
+    }
+    let init_name = init.file_name().map_or_else(
+        || init.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let opts = CompileOptions {
+        threads: a.threads,
+        ..CompileOptions::default()
+    };
+    let export = gradlift::aot::export(&g, &opts, &symbol, &init_name)
+        .map_err(|e| CliError(format!("{file}: {e}")))?;
+    let write = |path: &Path, what: &str, bytes: &[u8]| {
+        std::fs::write(path, bytes)
+            .map_err(|e| CliError(format!("{}: cannot write the {what}: {e}", path.display())))
+    };
+    write(&a.output, "object file", &export.object)?;
+    write(&header, "C header", export.header.as_bytes())?;
+    write(&init, "initial values", &export.init)?;
+    let r = &export.report;
+    outln!(
+        "{file}: wrote {} ({} bytes, function {}), {} and {} ({} bytes); compiled {} nodes in \
+         {:.2} ms: {} IR instructions, {} bytes of code, {} bytes of arena",
+        a.output.display(),
+        export.object.len(),
+        export.symbol,
+        header.display(),
+        init.display(),
+        export.init.len(),
+        r.nodes,
+        r.lower_ms + r.cranelift_ms + r.setup_ms,
+        r.clif_insts,
+        r.code_bytes,
+        r.arena_bytes
+    );
+    Ok(())
 }

@@ -6,7 +6,9 @@
 //! folds into matmuls and the kernels' scratch space; [`plan`] maps the result to table
 //! slots), lowers every node into ONE Cranelift
 //! function ([`lower`]) and compiles it with `cranelift-jit` for the host ISA
-//! (`cranelift-native`: SSE4/AVX/FMA as cpuid reports). The result is [`NativeCode`]: the
+//! (`cranelift-native`: SSE4/AVX/FMA as cpuid reports). One lowering, two back ends: the same
+//! function goes into an object file with [`compile_object`] (`cranelift-object`), through
+//! the same `lower_into`. The result of [`compile_native`] is [`NativeCode`]: the
 //! code and the [`plan::Layout`] of the pointer table it reads. Codegen does not know the
 //! runtime: [`crate::runtime::compile`] wraps the code into an
 //! [`crate::runtime::Executable`], the safe entry point, which fills tables from the layout.
@@ -36,6 +38,7 @@ use cranelift_codegen::{CodegenError, Context};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module, ModuleError};
+use cranelift_object::{ObjectBuilder, ObjectModule};
 use plan::Slot;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -408,9 +411,10 @@ pub fn memory_plan(g: &Graph, opts: &CompileOptions) -> Result<MemoryPlan, Compi
     Ok(plan_memory(g, &order, opts)?.0)
 }
 
-/// A function built but not yet compiled.
-pub(crate) struct Built {
-    pub module: JITModule,
+/// A function built but not yet compiled: its body lowered into `module` (a JIT or an
+/// object module, [`Backend`]), not yet defined there.
+pub(crate) struct Built<M: Module> {
+    pub module: M,
     pub ctx: Context,
     pub func: FuncId,
     pub plan: plan::Plan,
@@ -424,7 +428,7 @@ fn host_error(e: impl std::fmt::Display) -> CompileError {
 }
 
 /// Whether the host ISA has FMA (as `cranelift-native` detected it).
-fn has_fma(module: &JITModule) -> bool {
+fn has_fma(module: &impl Module) -> bool {
     module
         .isa()
         .isa_flags()
@@ -432,44 +436,95 @@ fn has_fma(module: &JITModule) -> bool {
         .any(|f| f.name == "has_fma" && f.as_bool() == Some(true))
 }
 
-fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
-    let t0 = Instant::now();
-    let order = check(g)?;
-    let (memory, folded) = plan_memory(g, &order, opts)?;
-    check_memory(g, &order, &memory, opts)?;
-    let plan = plan::locate(g, memory, folded);
+/// The module one lowering goes into: "one lowering, two back ends". The function body is
+/// built once, by [`build`], into either back end's `cranelift_module::Module`; only the
+/// module's construction, the entry point's linkage and what happens after the definition
+/// differ.
+pub(crate) enum Backend<'a> {
+    /// `cranelift-jit`: code in this process's memory, the kernels linked by address.
+    Jit,
+    /// `cranelift-object`: a relocatable object file exporting the entry point as `symbol`,
+    /// the kernels left as undefined symbols (their names, [`kernels::Kernel::symbol`]).
+    Object {
+        /// The exported name of the entry point.
+        symbol: &'a str,
+    },
+}
 
-    let t_setup = Instant::now();
+/// The host ISA with the flags every back end uses; `pic` asks for position-independent
+/// code (object files: calls to the kernels through the GOT, linkable into a PIE).
+fn host_isa(
+    opts: &CompileOptions,
+    pic: bool,
+) -> Result<cranelift_codegen::isa::OwnedTargetIsa, CompileError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(host_error);
     set(&mut flags, "use_colocated_libcalls", "false")?;
-    set(&mut flags, "is_pic", "false")?;
+    set(&mut flags, "is_pic", if pic { "true" } else { "false" })?;
     set(&mut flags, "opt_level", "none")?;
     set(
         &mut flags,
         "enable_verifier",
         if opts.verify { "true" } else { "false" },
     )?;
-    let isa = cranelift_native::builder()
+    cranelift_native::builder()
         .map_err(host_error)?
         .finish(settings::Flags::new(flags))
-        .map_err(host_error)?;
-    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+        .map_err(host_error)
+}
+
+/// A JIT module for the host with every kernel registered by address.
+fn jit_module(opts: &CompileOptions) -> Result<JITModule, CompileError> {
+    let mut jb = JITBuilder::with_isa(host_isa(opts, false)?, default_libcall_names());
     for k in kernels::Kernel::ALL {
         jb.symbol(k.symbol(), k.address());
     }
-    let mut module = JITModule::new(jb);
-    let ptr = module.target_config().pointer_type();
-    let setup_ms = t_setup.elapsed().as_secs_f64() * 1e3;
+    Ok(JITModule::new(jb))
+}
 
+/// An object module for the host named after the graph (`name.o`).
+fn object_module(opts: &CompileOptions, name: &str) -> Result<ObjectModule, CompileError> {
+    let builder = ObjectBuilder::new(host_isa(opts, true)?, name, default_libcall_names())
+        .map_err(host_error)?;
+    Ok(ObjectModule::new(builder))
+}
+
+/// Builds the JIT back end's function (see [`lower_into`]).
+fn build(g: &Graph, opts: &CompileOptions) -> Result<Built<JITModule>, CompileError> {
+    let t0 = Instant::now();
+    let order = check(g)?;
+    let t_setup = Instant::now();
+    let module = jit_module(opts)?;
+    let setup_ms = t_setup.elapsed().as_secs_f64() * 1e3;
+    let mut built = lower_into(g, opts, module, Backend::Jit, order)?;
+    built.setup_ms = setup_ms;
+    built.lower_ms = t0.elapsed().as_secs_f64() * 1e3 - setup_ms;
+    Ok(built)
+}
+
+/// Plans `g` (`order`: its checked canonical order) and lowers it into ONE function of
+/// `module`, declared with the backend's linkage; the kernels are declared as imports. The
+/// caller defines the function (compiles it). Both back ends go through here, so a JIT
+/// executable and an exported object file run the same code.
+pub(crate) fn lower_into<M: Module>(
+    g: &Graph,
+    opts: &CompileOptions,
+    mut module: M,
+    backend: Backend<'_>,
+    order: Vec<NodeId>,
+) -> Result<Built<M>, CompileError> {
+    let (memory, folded) = plan_memory(g, &order, opts)?;
+    check_memory(g, &order, &memory, opts)?;
+    let plan = plan::locate(g, memory, folded);
+    let ptr = module.target_config().pointer_type();
     let mut ctx = module.make_context();
     ctx.func.signature.params.push(AbiParam::new(ptr));
+    let (name, linkage) = match backend {
+        Backend::Jit => (format!("graph_{}", g.name), Linkage::Local),
+        Backend::Object { symbol } => (symbol.to_string(), Linkage::Export),
+    };
     let func = module
-        .declare_function(
-            &format!("graph_{}", g.name),
-            Linkage::Local,
-            &ctx.func.signature,
-        )
+        .declare_function(&name, linkage, &ctx.func.signature)
         .map_err(host_error)?;
     ctx.func.name = UserFuncName::user(0, func.as_u32());
     let mut kernel_decls = HashMap::new();
@@ -526,8 +581,8 @@ fn build(g: &Graph, opts: &CompileOptions) -> Result<Built, CompileError> {
         func,
         plan,
         order,
-        lower_ms: t0.elapsed().as_secs_f64() * 1e3 - setup_ms,
-        setup_ms,
+        lower_ms: 0.0,
+        setup_ms: 0.0,
     })
 }
 
@@ -646,6 +701,107 @@ pub fn compile_native(g: &Graph, opts: &CompileOptions) -> Result<NativeCode, Co
     Ok(NativeCode {
         module: Some(module),
         entry,
+        layout: plan.layout,
+        report,
+    })
+}
+
+/// A graph compiled ahead of time: a relocatable object file ([`compile_object`]) holding
+/// the same function [`compile_native`] compiles, exported under a symbol.
+pub struct ObjectCode {
+    /// The object file (ELF on Linux, Mach-O on macOS, COFF on Windows: the host's format),
+    /// for the host ISA (the features `cranelift-native` detected on this machine).
+    pub bytes: Vec<u8>,
+    /// The exported entry point: `void symbol(void *const *table)`.
+    pub symbol: String,
+    /// What each slot of the table the entry point reads holds.
+    pub layout: plan::Layout,
+    /// Where compile time went (`setup_ms` covers the object module; `init_ms` is 0).
+    pub report: CompileReport,
+}
+
+/// Whether `s` is a C identifier (what an exported symbol must be to be declared in C).
+pub fn is_c_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Compiles `g` into a relocatable object file exporting the entry point as `symbol` (a C
+/// identifier other than a kernel's symbol): the function [`compile_native`] builds, lowered by the same code into a
+/// `cranelift-object` module instead of the JIT's ("one lowering, two back ends"). The
+/// object imports the runtime kernels by their symbols ([`kernels::Kernel::symbol`]), which
+/// the caller links (the kernels are `#[no_mangle]` C functions of this crate).
+pub fn compile_object(
+    g: &Graph,
+    opts: &CompileOptions,
+    symbol: &str,
+) -> Result<ObjectCode, CompileError> {
+    if !is_c_identifier(symbol) {
+        return Err(CompileError::Invalid {
+            node: g.name.clone(),
+            message: format!(
+                "the symbol {symbol:?} is not a C identifier (letters, digits and `_`, not \
+                 starting with a digit)"
+            ),
+        });
+    }
+    if let Some(k) = kernels::Kernel::ALL.iter().find(|k| k.symbol() == symbol) {
+        return Err(CompileError::Invalid {
+            node: g.name.clone(),
+            message: format!(
+                "the symbol {symbol:?} is the name of a runtime kernel ({k:?}) the code calls; \
+                 choose another"
+            ),
+        });
+    }
+    let t0 = Instant::now();
+    let order = check(g)?;
+    let t_setup = Instant::now();
+    let module = object_module(opts, &g.name)?;
+    let setup_ms = t_setup.elapsed().as_secs_f64() * 1e3;
+    let Built {
+        mut module,
+        mut ctx,
+        func,
+        plan,
+        order,
+        ..
+    } = lower_into(g, opts, module, Backend::Object { symbol }, order)?;
+    let lower_ms = t0.elapsed().as_secs_f64() * 1e3 - setup_ms;
+    let clif_insts = ctx.func.dfg.num_insts();
+    let t1 = Instant::now();
+    module
+        .define_function(func, &mut ctx)
+        .map_err(|e| cranelift_error(g, &ctx, e))?;
+    let code_bytes = ctx
+        .compiled_code()
+        .map(|c| c.code_buffer().len())
+        .unwrap_or(0);
+    module.clear_context(&mut ctx);
+    let bytes = module
+        .finish()
+        .emit()
+        .map_err(|e| CompileError::Cranelift {
+            node: None,
+            message: format!("cannot write the object file: {e}"),
+        })?;
+    let report = CompileReport {
+        lower_ms,
+        cranelift_ms: t1.elapsed().as_secs_f64() * 1e3,
+        setup_ms,
+        init_ms: 0.0,
+        arena_bytes: plan.memory.arena_bytes,
+        in_place_updates: plan.memory.in_place_updates(),
+        nodes: order.len(),
+        clif_insts,
+        code_bytes,
+    };
+    Ok(ObjectCode {
+        bytes,
+        symbol: symbol.to_string(),
         layout: plan.layout,
         report,
     })

@@ -337,7 +337,9 @@ impl fmt::Debug for Executable {
     }
 }
 
-fn initial(g: &Graph, id: crate::graph::NodeId) -> HostTensor {
+/// The value leaf `id` starts with: a param's or state's initializer, a constant's value, zeros for
+/// anything else (also what [`crate::aot`] writes as the initial values of an exported step).
+pub(crate) fn initial(g: &Graph, id: crate::graph::NodeId) -> HostTensor {
     let n = &g[id];
     let v = match &n.op {
         Op::Param { init } | Op::State { init } => crate::init::values(init, &n.ty.shape),

@@ -597,6 +597,7 @@ pub unsafe fn conv2d(
 /// # Safety
 /// Buffers must match the geometry `g` (see [`CONV_GEOMETRY_LEN`]); `scratch` must hold
 /// [`conv_scratch_len`] floats.
+#[no_mangle]
 pub unsafe extern "C" fn gl_conv2d(
     x: *const f32,
     w: *const f32,
@@ -615,6 +616,7 @@ pub unsafe extern "C" fn gl_conv2d(
 ///
 /// # Safety
 /// As [`gl_conv2d`].
+#[no_mangle]
 pub unsafe extern "C" fn gl_conv2d_input_grad(
     dy: *const f32,
     w: *const f32,
@@ -724,6 +726,7 @@ pub unsafe fn conv2d_filter_grad(
 ///
 /// # Safety
 /// As [`gl_conv2d`].
+#[no_mangle]
 pub unsafe extern "C" fn gl_conv2d_filter_grad(
     x: *const f32,
     dy: *const f32,

@@ -10,6 +10,7 @@ use crate::op::clamp_index;
 /// # Safety
 /// `table` must hold `outer * n * inner` floats, `indices` `m` values and `out`
 /// `outer * m * inner` floats; `n >= 1`.
+#[no_mangle]
 pub unsafe extern "C" fn gl_gather(
     table: *const f32,
     indices: *const i32,
@@ -42,6 +43,7 @@ pub unsafe extern "C" fn gl_gather(
 /// # Safety
 /// `updates` must hold `outer * m * inner` floats, `indices` `m` values and `out`
 /// `outer * n * inner` floats, not overlapping `updates`; `n >= 1`.
+#[no_mangle]
 pub unsafe extern "C" fn gl_scatter_add(
     updates: *const f32,
     indices: *const i32,

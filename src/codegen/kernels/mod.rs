@@ -4,7 +4,9 @@
 //! or AVX2 kernels that Cranelift's 128-bit vectors cannot match, packing into a workspace
 //! planned in the arena), convolution by im2col + GEMM, max pooling and the softmax family.
 //!
-//! Every kernel is `extern "C"` and takes raw pointers and sizes computed by the lowering from
+//! Every kernel is `#[no_mangle] extern "C"`: its symbol is its name ([`Kernel::symbol`]), so
+//! an object file from [`super::compile_object`] links against this crate's static library
+//! (`runtime-c/`) from C. Every kernel takes raw pointers and sizes computed by the lowering from
 //! the graph's static shapes; the safe entry point ([`crate::runtime::Executable::run`]) has
 //! checked every buffer before native code runs. Geometry that needs more than a few numbers
 //! is passed as a pointer to an array of `i64` the compiled code stores on its stack.
@@ -21,16 +23,19 @@ pub use pool::*;
 use std::slice;
 
 /// `a ^ b` (called per element by broadcasting `pow` loops).
+#[no_mangle]
 pub extern "C" fn gl_powf(a: f32, b: f32) -> f32 {
     a.powf(b)
 }
 
 /// `sin(a)`, called per element by the code of `sin`.
+#[no_mangle]
 pub extern "C" fn gl_sinf(a: f32) -> f32 {
     a.sin()
 }
 
 /// `cos(a)`, called per element by the code of `cos`.
+#[no_mangle]
 pub extern "C" fn gl_cosf(a: f32) -> f32 {
     a.cos()
 }
@@ -74,6 +79,7 @@ pub fn gemm_scratch_len(m: usize, k: usize, n: usize, threads: usize) -> usize {
 /// # Safety
 /// The pointers must cover the matrices described by the sizes and strides.
 #[allow(clippy::too_many_arguments)]
+#[no_mangle]
 pub unsafe extern "C" fn gl_gemm(
     m: i64,
     k: i64,
@@ -212,6 +218,7 @@ pub const LOG_SOFTMAX: i64 = 1;
 ///
 /// # Safety
 /// `x` and `y` must hold `outer * len * inner` floats.
+#[no_mangle]
 pub unsafe extern "C" fn gl_softmax(
     kind: i64,
     x: *const f32,
@@ -260,6 +267,7 @@ fn log_sum_exp(row: &[f32]) -> f32 {
 ///
 /// # Safety
 /// `logits` and `labels` must hold `n * c` floats, `loss` `n`.
+#[no_mangle]
 pub unsafe extern "C" fn gl_softmax_xent(
     logits: *const f32,
     labels: *const f32,
@@ -284,6 +292,7 @@ pub unsafe extern "C" fn gl_softmax_xent(
 ///
 /// # Safety
 /// `logits` must hold `n * c` floats, `labels` and `loss` `n` values.
+#[no_mangle]
 pub unsafe extern "C" fn gl_sparse_softmax_xent(
     logits: *const f32,
     labels: *const i32,
@@ -426,7 +435,8 @@ impl Kernel {
         }
     }
 
-    /// The symbol the JIT module links it by.
+    /// The symbol the JIT module links it by, and the kernel function's own (unmangled) name,
+    /// which object files import.
     pub fn symbol(self) -> &'static str {
         match self {
             Kernel::Powf => "gl_powf",

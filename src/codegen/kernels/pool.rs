@@ -306,6 +306,7 @@ fn same(v: f32, m: f32) -> bool {
 ///
 /// # Safety
 /// Buffers must match the geometry (see [`POOL_GEOMETRY_LEN`]).
+#[no_mangle]
 pub unsafe extern "C" fn gl_max_pool2d(x: *const f32, y: *mut f32, g: *const i64) {
     // SAFETY: the compiled code passes a geometry array and buffers `x` of `n*h*w*c` and `y` of
     // `n*oh*ow*c` floats (this function's contract): the slices made here.
@@ -324,6 +325,7 @@ pub unsafe extern "C" fn gl_max_pool2d(x: *const f32, y: *mut f32, g: *const i64
 ///
 /// # Safety
 /// As [`gl_max_pool2d`].
+#[no_mangle]
 pub unsafe extern "C" fn gl_max_pool2d_grad(
     x: *const f32,
     dy: *const f32,
