@@ -258,7 +258,10 @@ impl<'a> Gen<'a> {
         match self.pick(21) {
             0 | 1 => {
                 use UnaryOp::*;
-                let u = [Neg, Exp, Log, Sqrt, Abs, Sign, Tanh, Sigmoid, Relu][self.pick(9)];
+                let u = [
+                    Neg, Exp, Log, Sqrt, Abs, Sign, Tanh, Sigmoid, Relu, Log1p, Expm1, Erf, Sin,
+                    Cos,
+                ][self.pick(14)];
                 let x = if u == Sign {
                     self.exact_value()
                 } else {
@@ -266,7 +269,12 @@ impl<'a> Gen<'a> {
                 };
                 let arg = match u {
                     Log | Sqrt if !self.is_exact(x) => self.away_from_zero(x)?,
-                    Exp if !self.is_exact(x) => self.add(Op::Unary(Tanh), &[x])?,
+                    // bounded arguments: no overflow, and sin/cos away from huge arguments
+                    Exp | Expm1 | Sin | Cos if !self.is_exact(x) => {
+                        self.add(Op::Unary(Tanh), &[x])?
+                    }
+                    // log1p over (0, 1): well inside its domain
+                    Log1p if !self.is_exact(x) => self.add(Op::Unary(Sigmoid), &[x])?,
                     _ => x,
                 };
                 let exact = self.is_exact(x) && matches!(u, Neg | Abs | Relu);
@@ -738,7 +746,7 @@ impl<'a> Gen<'a> {
                 let args = if self.flag() { vec![a, c] } else { vec![c, a] };
                 (Op::Binary(b), args)
             } else {
-                let u = [Neg, Abs, Tanh, Sigmoid, Relu][self.pick(5)];
+                let u = [Neg, Abs, Tanh, Sigmoid, Relu, Erf][self.pick(6)];
                 (Op::Unary(u), vec![a])
             };
             let arg_tys: Vec<&TensorType> = args.iter().map(|&i| &tys[i]).collect();
