@@ -778,12 +778,7 @@ pub struct Checkpoint {
 /// Reads and fully checks the checkpoint at `path` (structure, offsets, checksums).
 pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
     let path = path.as_ref();
-    let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
-        action: "read the checkpoint",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Checkpoint::from_bytes(&bytes, path)
+    Checkpoint::from_bytes(&read_bytes(path, "read the checkpoint")?, path)
 }
 
 /// Reads the safetensors file at `path`, which need not be a gradlift checkpoint (e.g. one
@@ -793,12 +788,16 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
 /// file that is not safetensors at all is a [`CheckpointError::NotACheckpoint`].
 pub fn load_tensors(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
     let path = path.as_ref();
-    let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
-        action: "read the file",
+    Checkpoint::from_any_bytes(&read_bytes(path, "read the file")?, path)
+}
+
+/// The bytes of the file at `path`; an error says `action` failed there.
+fn read_bytes(path: &Path, action: &'static str) -> Result<Vec<u8>, CheckpointError> {
+    fs::read(path).map_err(|source| CheckpointError::Io {
+        action,
         path: path.to_path_buf(),
         source,
-    })?;
-    Checkpoint::from_any_bytes(&bytes, path)
+    })
 }
 
 impl Checkpoint {

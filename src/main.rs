@@ -395,18 +395,30 @@ struct GradArgs {
     format: DumpFormat,
 }
 
+/// Appends to `g` (read from `file`) the gradient of output `loss` with respect to `wrt` (every
+/// param when `None`) and verifies the result: what `grad`, `run --grad` and `compile --grad`
+/// share.
+fn append_gradient(
+    g: &mut Graph,
+    file: &str,
+    loss: &str,
+    wrt: Option<&[&str]>,
+) -> Result<Vec<autodiff::NamedGrad>, CliError> {
+    let named = autodiff::grad_all_params(g, loss, wrt).map_err(|e| match e.loc() {
+        Some(_) => CliError(e.to_string()),
+        None => CliError(format!("{file}: {e}")),
+    })?;
+    verify(g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
+    Ok(named)
+}
+
 /// Appends the gradient nodes (marked `grad(%forward)` in the text) and prints the extended
 /// graph. A `wrt` node the loss does not depend on gets an explicit zero and a note on stderr.
 fn cmd_grad(a: &GradArgs) -> Result<(), CliError> {
     let file = a.file.display().to_string();
     let mut g = load(&a.file)?;
     let wrt: Option<Vec<&str>> = a.wrt.as_ref().map(|v| v.iter().map(|s| s.trim()).collect());
-    let named =
-        autodiff::grad_all_params(&mut g, &a.loss, wrt.as_deref()).map_err(|e| match e.loc() {
-            Some(_) => CliError(e.to_string()),
-            None => CliError(format!("{file}: {e}")),
-        })?;
-    verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
+    let named = append_gradient(&mut g, &file, &a.loss, wrt.as_deref())?;
     for n in named.iter().filter(|n| n.independent) {
         eprintln!(
             "{file}: note: the loss {} does not depend on %{}: its gradient is zero",
@@ -616,11 +628,7 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
     let given = a.data.inputs(&g, a.seed)?;
     let params = a.data.params(&g)?;
     if a.grad {
-        autodiff::grad_all_params(&mut g, "loss", None).map_err(|e| match e.loc() {
-            Some(_) => CliError(e.to_string()),
-            None => CliError(format!("{file}: {e}")),
-        })?;
-        verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
+        append_gradient(&mut g, &file, "loss", None)?;
     }
     a.passes.run(&mut g, &file, true)?;
     let opts = CompileOptions::default();
@@ -992,13 +1000,13 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     let opt = match &a.lr_schedule {
         None => opt,
         Some(spec) => {
-            if spec.starts_with("piecewise") && a.lr.is_some() {
+            let schedule =
+                Schedule::parse(spec, lr).map_err(|e| CliError(format!("--lr-schedule {e}")))?;
+            if matches!(schedule, Schedule::PiecewiseConstantDecay { .. }) && a.lr.is_some() {
                 return Err(CliError(format!(
                     "--lr-schedule {spec}: a piecewise schedule gives its own rates (values=...); omit --lr"
                 )));
             }
-            let schedule =
-                Schedule::parse(spec, lr).map_err(|e| CliError(format!("--lr-schedule {e}")))?;
             let opt = opt.with_schedule(schedule);
             // its values are checked where it is built into a graph: build it once here, so
             // that a bad value is reported against the flag
@@ -1381,11 +1389,7 @@ fn cmd_compile(a: &CompileArgs) -> Result<(), CliError> {
     }
     let mut g = load(&a.file)?;
     if a.grad {
-        autodiff::grad_all_params(&mut g, "loss", None).map_err(|e| match e.loc() {
-            Some(_) => CliError(e.to_string()),
-            None => CliError(format!("{file}: {e}")),
-        })?;
-        verify(&g).map_err(|e| verify_report(&format!("{file} (with its gradient)"), &e))?;
+        append_gradient(&mut g, &file, "loss", None)?;
     }
     if a.train {
         gradlift::optim::training_step(&mut g, "loss", &a.optimizer.optimizer())

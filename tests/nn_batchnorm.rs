@@ -10,13 +10,26 @@ use common::fd::{fd_check, Case};
 use gradlift::init::Rng;
 use gradlift::interp::{eval_named, Array};
 use gradlift::nn::{
-    BatchNorm, CompileOptions, Dense, FitOptions, GraphOptions, Loss, Sequential, Targets,
+    BatchNorm, CompileOptions, Dense, FitOptions, GraphOptions, Loss, Model, Sequential, Targets,
 };
 use gradlift::optim::Optimizer;
 use std::path::PathBuf;
 
 const EPS: f64 = 1e-3;
 const MOMENTUM: f64 = 0.99;
+
+/// BatchNorm then Dense(1) over `f` features, Adam and mean squared error.
+fn bn_then_dense(f: usize) -> Model {
+    Sequential::new([f])
+        .layer(BatchNorm::new())
+        .layer(Dense::new(1))
+        .compile(CompileOptions::new(
+            Optimizer::adam(),
+            Loss::MeanSquaredError,
+            &[],
+        ))
+        .unwrap()
+}
 
 fn random(r: &mut Rng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
     (0..n).map(|_| lo + (hi - lo) * r.uniform()).collect()
@@ -272,17 +285,7 @@ fn save_and_load_round_trip_the_moving_statistics() {
         .map(|v| v as f32)
         .collect();
     let y: Vec<f32> = x.chunks(f).map(|r| r[0] - r[1]).collect();
-    let build = || {
-        Sequential::new([f])
-            .layer(BatchNorm::new())
-            .layer(Dense::new(1))
-            .compile(CompileOptions::new(
-                Optimizer::adam(),
-                Loss::MeanSquaredError,
-                &[],
-            ))
-            .unwrap()
-    };
+    let build = || bn_then_dense(f);
     let mut model = build();
     let opts = FitOptions {
         epochs: 3,
@@ -359,17 +362,7 @@ fn save_weights_keeps_the_moving_statistics() {
         .map(|v| v as f32)
         .collect();
     let y: Vec<f32> = x.chunks(f).map(|r| r[0] + r[1]).collect();
-    let build = || {
-        Sequential::new([f])
-            .layer(BatchNorm::new())
-            .layer(Dense::new(1))
-            .compile(CompileOptions::new(
-                Optimizer::adam(),
-                Loss::MeanSquaredError,
-                &[],
-            ))
-            .unwrap()
-    };
+    let build = || bn_then_dense(f);
     let mut model = build();
     let opts = FitOptions {
         epochs: 2,

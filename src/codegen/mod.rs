@@ -110,6 +110,31 @@ pub struct CompileReport {
     pub code_bytes: usize,
 }
 
+impl CompileReport {
+    /// The report of one function lowered with `plan` from `nodes` nodes and compiled by
+    /// either back end: `[lower_ms, setup_ms, cranelift_ms]`, its CLIF instruction count and
+    /// machine-code size (`init_ms` is the runtime's to fill).
+    fn of_function(
+        plan: &plan::Plan,
+        nodes: usize,
+        [lower_ms, setup_ms, cranelift_ms]: [f64; 3],
+        clif_insts: usize,
+        code_bytes: usize,
+    ) -> CompileReport {
+        CompileReport {
+            lower_ms,
+            cranelift_ms,
+            setup_ms,
+            init_ms: 0.0,
+            arena_bytes: plan.memory.arena_bytes,
+            in_place_updates: plan.memory.in_place_updates(),
+            nodes,
+            clif_insts,
+            code_bytes,
+        }
+    }
+}
+
 impl std::fmt::Display for CompileReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -687,17 +712,13 @@ pub fn compile_native(g: &Graph, opts: &CompileOptions) -> Result<NativeCode, Co
     // SAFETY: `code` is the finalized function built with signature `fn(*const *mut u8)`.
     let entry =
         unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const *mut u8)>(code) };
-    let report = CompileReport {
-        lower_ms,
-        cranelift_ms: t1.elapsed().as_secs_f64() * 1e3,
-        setup_ms,
-        init_ms: 0.0,
-        arena_bytes: plan.memory.arena_bytes,
-        in_place_updates: plan.memory.in_place_updates(),
-        nodes: order.len(),
+    let report = CompileReport::of_function(
+        &plan,
+        order.len(),
+        [lower_ms, setup_ms, t1.elapsed().as_secs_f64() * 1e3],
         clif_insts,
         code_bytes,
-    };
+    );
     Ok(NativeCode {
         module: Some(module),
         entry,
@@ -788,17 +809,13 @@ pub fn compile_object(
             node: None,
             message: format!("cannot write the object file: {e}"),
         })?;
-    let report = CompileReport {
-        lower_ms,
-        cranelift_ms: t1.elapsed().as_secs_f64() * 1e3,
-        setup_ms,
-        init_ms: 0.0,
-        arena_bytes: plan.memory.arena_bytes,
-        in_place_updates: plan.memory.in_place_updates(),
-        nodes: order.len(),
+    let report = CompileReport::of_function(
+        &plan,
+        order.len(),
+        [lower_ms, setup_ms, t1.elapsed().as_secs_f64() * 1e3],
         clif_insts,
         code_bytes,
-    };
+    );
     Ok(ObjectCode {
         bytes,
         symbol: symbol.to_string(),

@@ -356,16 +356,13 @@ mod tests {
     use super::super::{isa_levels, widest_with};
     use crate::op::PoolGeometry;
 
-    /// Every ISA level the CPU has gives the portable build's bits (the wide levels are what
-    /// runs; the portable one is the fallback for CPUs without AVX2).
-    #[test]
-    fn every_isa_level_pools_alike() {
-        // 37 channels: two 16-lane blocks and a tail; 7x9 leaves uncovered edges
-        let (n, h, w, c) = (2, 7, 9, 37);
-        let p = PoolGeometry {
-            n,
-            h,
-            w,
+    /// 2x2 windows, stride 2, over 2 images of 7x9 (uncovered right and bottom edges) with `c`
+    /// channels.
+    fn two_by_two(c: usize) -> PoolGeometry {
+        PoolGeometry {
+            n: 2,
+            h: 7,
+            w: 9,
             c,
             wh: 2,
             ww: 2,
@@ -373,7 +370,16 @@ mod tests {
             sw: 2,
             oh: 3,
             ow: 4,
-        };
+        }
+    }
+
+    /// Every ISA level the CPU has gives the portable build's bits (the wide levels are what
+    /// runs; the portable one is the fallback for CPUs without AVX2).
+    #[test]
+    fn every_isa_level_pools_alike() {
+        // 37 channels: two 16-lane blocks and a tail; 7x9 leaves uncovered edges
+        let p = two_by_two(37);
+        let (n, h, w, c) = (p.n, p.h, p.w, p.c);
         let x: Vec<f32> = (0..n * h * w * c)
             .map(|i| match i % 23 {
                 0 => f32::NAN,
@@ -402,19 +408,8 @@ mod tests {
     /// takes the gradient, uncovered edges get zero.
     #[test]
     fn two_by_two_windows_match_the_general_loops() {
-        let (n, h, w, c) = (2, 7, 9, 32);
-        let p = PoolGeometry {
-            n,
-            h,
-            w,
-            c,
-            wh: 2,
-            ww: 2,
-            sh: 2,
-            sw: 2,
-            oh: 3,
-            ow: 4,
-        };
+        let p = two_by_two(32);
+        let (n, h, w, c) = (p.n, p.h, p.w, p.c);
         assert!(p.is_2x2());
         let x: Vec<f32> = (0..n * h * w * c)
             .map(|i| match i % 29 {
