@@ -264,6 +264,11 @@ pub fn analyze(g: &Graph, batch: usize) -> Result<BatchAxes, BatchError> {
                 "only forward graphs are split (gradient and fused ops are made after the split)"
                     .into(),
             )),
+            Op::Scan(_) | Op::ScanResult { .. } => return Err(fail(
+                id,
+                "a scan's batch axis is not tracked through its body yet (the step compiles whole)"
+                    .into(),
+            )),
         }
     }
     let batched: HashSet<NodeId> = order.iter().copied().filter(|&id| t.batched(id)).collect();

@@ -904,4 +904,77 @@ impl Graph {
             &[updates, indices],
         )
     }
+
+    /// A structured loop (see [`crate::scan`] and [`Op::Scan`]): `body` is a graph whose
+    /// `params` are its `input` nodes in the order carries, sequence slices, invariants, and
+    /// whose outputs are the new carries followed by the per-step outputs. `operands` are the
+    /// scan's: `carries` initial carries, `sequences` sequences (trip count along axis 0),
+    /// then the invariants. The body's constants become further invariant operands. Returns
+    /// the result nodes: the final carries, then the stacked outputs.
+    #[track_caller]
+    pub fn scan(
+        &mut self,
+        body: &Graph,
+        params: &[NodeId],
+        operands: &[NodeId],
+        carries: usize,
+        sequences: usize,
+        reverse: bool,
+    ) -> Result<Vec<NodeId>, BuildError> {
+        let loc = SourceLoc::from_caller(Location::caller());
+        if params.len() != operands.len() {
+            return Err(self.err(
+                &loc,
+                format!(
+                    "scan: the body has {} parameters but {} operands were given",
+                    params.len(),
+                    operands.len()
+                ),
+            ));
+        }
+        if let Some(p) = params.iter().find(|&&p| body.get(p).is_none_or(|n| n.op != Op::Input)) {
+            return Err(self.err(
+                &loc,
+                format!("scan: body parameter {} is not an input node of the body", p.index()),
+            ));
+        }
+        let param_nodes: Vec<Option<NodeId>> = params.iter().map(|&p| Some(p)).collect();
+        let (sb, hoisted) = crate::scan::ScanBody::from_graph(body, &param_nodes, carries, sequences, reverse)
+            .map_err(|m| self.err(&loc, format!("scan: {m}")))?;
+        let mut all = operands.to_vec();
+        for (ty, value) in hoisted {
+            all.push(self.add_at(Op::Const { value }, &[], Some(ty), loc.clone())?);
+        }
+        let mut types = Vec::with_capacity(all.len());
+        for (i, &o) in all.iter().enumerate() {
+            match self.get(o) {
+                Some(n) => types.push(&n.ty),
+                None => return Err(self.err(&loc, format!("scan: operand {i} is unknown node {}", o.index()))),
+            }
+        }
+        let params_given: Vec<&TensorType> = params.iter().map(|&p| &body[p].ty).collect();
+        let expect = sb.param_types(&types).map_err(|e| self.err(&loc, e.0))?;
+        for (i, (want, got)) in expect.iter().zip(&params_given).enumerate() {
+            if want != *got {
+                return Err(self.err(
+                    &loc,
+                    format!("scan: body parameter {i} is {got}, but operand {i} gives it {want}"),
+                ));
+            }
+        }
+        let result_types = sb.result_types(&types).map_err(|e| self.err(&loc, e.0))?;
+        let node = |op: Op, ty: TensorType| Node {
+            op,
+            ty,
+            name: None,
+            loc: Some(loc.clone()),
+            grad_of: None,
+        };
+        let s = self.add_raw(node(Op::Scan(sb), result_types[0].clone()), &all);
+        let mut results = vec![s];
+        for (index, ty) in result_types.into_iter().enumerate().skip(1) {
+            results.push(self.add_raw(node(Op::ScanResult { index }, ty), &[s]));
+        }
+        Ok(results)
+    }
 }

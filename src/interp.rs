@@ -562,12 +562,24 @@ pub fn eval_until<T: Float>(
                         }
                         main
                     }
-                    Op::FusedResult { index } => extra
+                    Op::Scan(body) => {
+                        let types: Vec<&TensorType> =
+                            operand_ids.iter().map(|&o| &g[o].ty).collect();
+                        let mut results = scan(body, &args, &types).map_err(invalid)?.into_iter();
+                        let main = results
+                            .next()
+                            .unwrap_or_else(|| Array::zeros(Shape(vec![])));
+                        for (k, r) in results.enumerate() {
+                            extra.insert((id, k + 1), r);
+                        }
+                        main
+                    }
+                    Op::ScanResult { index } | Op::FusedResult { index } => extra
                         .get(&(operand_ids[0], *index))
                         .cloned()
                         .ok_or_else(|| {
                             invalid(format!(
-                                "its operand is not a fused node with result {index}"
+                                "its operand is not a fused or scan node with result {index}"
                             ))
                         })?,
                     _ => eval_op(op, &args, &ty.shape),
@@ -683,12 +695,84 @@ fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
                 .next()
                 .unwrap_or_else(|| Array::zeros(out.clone()))
         }
-        Op::FusedResult { .. } => unreachable!("evaluated by eval, from its fused node"),
+        Op::FusedResult { .. } | Op::ScanResult { .. } => {
+            unreachable!("evaluated by eval, from its fused or scan node")
+        }
+        Op::Scan(_) => unreachable!("evaluated by eval, which keeps all its results"),
     };
     Array {
         shape: out.clone(),
         data,
     }
+}
+
+/// Runs a scan (see [`crate::scan`]): its body, as a graph, once per step on the carries, the
+/// step's slices and the invariants. Returns every result: the final carries, then the stacked
+/// per-step outputs.
+fn scan<T: Float>(
+    body: &crate::scan::ScanBody,
+    a: &[&Array<T>],
+    refs: &[&TensorType],
+) -> Result<Vec<Array<T>>, String> {
+    let params = body.param_types(refs).map_err(|e| e.0)?;
+    let steps = body.length(refs).map_err(|e| e.0)?;
+    let (g, inputs) = body.to_graph(&params, &[])?;
+    let seqs = body.carries..body.carries + body.sequences;
+    let mut carries: Vec<Array<T>> = a[..body.carries].iter().map(|&c| c.clone()).collect();
+    let mut stacked: Vec<Vec<T>> = vec![Vec::new(); body.yields.len() - body.carries];
+    let mut outs_shape: Vec<Shape> = Vec::new();
+    let order: Vec<usize> = match body.reverse {
+        false => (0..steps).collect(),
+        true => (0..steps).rev().collect(),
+    };
+    let mut per_step: Vec<Vec<Array<T>>> = vec![Vec::new(); steps];
+    for &t in &order {
+        let mut feeds = HashMap::with_capacity(inputs.len());
+        for (i, &p) in inputs.iter().enumerate() {
+            let v = if i < body.carries {
+                carries[i].clone()
+            } else if seqs.contains(&i) {
+                let shape = crate::scan::step_shape(&a[i].shape);
+                let len = shape.numel();
+                Array {
+                    shape,
+                    data: a[i].data[crate::scan::slice_range(t, len)].to_vec(),
+                }
+            } else {
+                a[i].clone()
+            };
+            feeds.insert(p, v);
+        }
+        let values = eval(&g, &feeds).map_err(|e| format!("step {t}: {e}"))?;
+        let mut ys = Vec::with_capacity(g.outputs().len());
+        for o in g.outputs() {
+            let v = values
+                .get(o.node)
+                .ok_or_else(|| format!("step {t}: output {} has no value", o.name))?;
+            ys.push(v.clone());
+        }
+        let rest = ys.split_off(body.carries);
+        carries = ys;
+        per_step[t] = rest;
+    }
+    for (t, ys) in per_step.into_iter().enumerate() {
+        for (j, y) in ys.into_iter().enumerate() {
+            if t == 0 {
+                outs_shape.push(y.shape.clone());
+            }
+            stacked[j].extend(y.data);
+        }
+    }
+    let mut results = carries;
+    for (j, data) in stacked.into_iter().enumerate() {
+        let mut dims = vec![steps];
+        dims.extend_from_slice(outs_shape[j].dims());
+        results.push(Array {
+            shape: Shape(dims),
+            data,
+        });
+    }
+    Ok(results)
 }
 
 /// Evaluates a fused body instruction by instruction with [`eval_op`] (its types were checked

@@ -56,6 +56,7 @@ pub mod checkpoint;
 pub mod codegen;
 pub mod data;
 pub mod fused;
+pub mod scan;
 pub mod graph;
 pub mod init;
 pub mod interp;

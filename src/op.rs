@@ -238,6 +238,17 @@ pub enum Op {
     /// operand is a fused node with that result. Made by the fusion pass, not differentiable,
     /// and not in [`all_op_names`] (it belongs with `fused`).
     FusedResult { index: usize },
+    /// A structured loop over the leading axis of its sequence operands with a carry, as
+    /// `jax.lax.scan`: operands are the initial carries, the sequences and the invariants;
+    /// its body (a region graph, [`crate::scan`]) runs once per step. Result 0 (this node's
+    /// value) is the first final carry (or the first stacked output when there is no carry);
+    /// the others are read through [`Op::ScanResult`]. Printed as a nested block, so it is not
+    /// in [`all_op_names`].
+    Scan(crate::scan::ScanBody),
+    /// Result `index` (>= 1) of a scan node, its only operand: no computation of its own, the
+    /// scan's loop writes its buffer. Its type is the one [`crate::scan::ScanBody::result_types`]
+    /// gives (checked by the verifier); not in [`all_op_names`] (it belongs with `scan`).
+    ScanResult { index: usize },
 }
 
 /// Error from type inference: what is wrong, in words that name shapes found and expected.
@@ -424,6 +435,10 @@ op_kinds! {
         Fused = "fused", None;
         /// `fused_result`: [`Op::FusedResult`]
         FusedResult = "fused_result", Some(&["index"]);
+        /// `scan`: [`Op::Scan`] (a nested block in the text format)
+        Scan = "scan", None;
+        /// `scan_result`: [`Op::ScanResult`]
+        ScanResult = "scan_result", Some(&["index"]);
     }
 
     family UnaryOp as unary {
@@ -480,6 +495,7 @@ impl OpKind {
             K::Cast => Some("is not differentiable (it converts to or from integers)"),
             K::OneHot => Some("is not differentiable (its operand is an integer index)"),
             K::Fused | K::FusedResult => Some("is not differentiable; run fusion after autodiff"),
+            K::Scan | K::ScanResult => None,
             K::Input | K::Param | K::State | K::Const => None,
             K::Neg
             | K::Exp
@@ -568,8 +584,9 @@ impl OpKind {
             | K::Slice
             | K::Concat
             | K::Gather
-            | K::ScatterAdd => OpClass::Standalone,
-            K::Fused | K::FusedResult => OpClass::Fused,
+            | K::ScatterAdd
+            | K::Scan => OpClass::Standalone,
+            K::Fused | K::FusedResult | K::ScanResult => OpClass::Fused,
         }
     }
 }
@@ -844,6 +861,8 @@ impl Op {
             Op::ScatterAdd { .. } => OpKind::ScatterAdd,
             Op::Fused(_) => OpKind::Fused,
             Op::FusedResult { .. } => OpKind::FusedResult,
+            Op::Scan(_) => OpKind::Scan,
+            Op::ScanResult { .. } => OpKind::ScanResult,
         }
     }
 
@@ -889,6 +908,28 @@ impl Op {
                 }
                 m
             }
+            // each step's rounding feeds the next: the body's longest sum, once per step
+            Op::Scan(body) => {
+                let seq = body.carries..body.carries + body.sequences;
+                let t = shapes.get(body.carries).and_then(|s| s.0.first().copied());
+                let mut vals: Vec<Shape> = shapes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| match seq.contains(&i) {
+                        true => crate::scan::step_shape(s),
+                        false => (*s).clone(),
+                    })
+                    .collect();
+                let mut m = 1;
+                for inst in &body.insts {
+                    let args: Vec<&Shape> = inst.args.iter().filter_map(|&a| vals.get(a)).collect();
+                    if args.len() == inst.args.len() {
+                        m = m.max(inst.op.longest_sum(&args));
+                    }
+                    vals.push(inst.ty.shape.clone());
+                }
+                m * t.unwrap_or(1)
+            }
             Op::Input
             | Op::Param { .. }
             | Op::State { .. }
@@ -908,7 +949,8 @@ impl Op {
             | Op::Slice { .. }
             | Op::Concat { .. }
             | Op::Gather { .. }
-            | Op::FusedResult { .. } => 1,
+            | Op::FusedResult { .. }
+            | Op::ScanResult { .. } => 1,
         }
     }
 
@@ -928,7 +970,8 @@ impl Op {
             | Op::LogSoftmax { .. }
             | Op::OneHot { .. }
             | Op::Slice { .. }
-            | Op::FusedResult { .. } => Arity::Exact(1),
+            | Op::FusedResult { .. }
+            | Op::ScanResult { .. } => Arity::Exact(1),
             Op::Binary(_)
             | Op::Compare(_)
             | Op::Matmul
@@ -943,6 +986,7 @@ impl Op {
             Op::Select => Arity::Exact(3),
             Op::Concat { .. } => Arity::AtLeast(1),
             Op::Fused(body) => Arity::Exact(body.n_params),
+            Op::Scan(body) => Arity::Exact(body.params),
         }
     }
 
@@ -1339,6 +1383,13 @@ impl Op {
                 }
                 operands[0].clone()
             }
+            Op::Scan(body) => body.infer(operands)?,
+            // the verifier checks it against the scan's result types
+            Op::ScanResult { index } => match declared {
+                Some(t) if *index >= 1 => t.clone(),
+                Some(_) => bail!("scan_result: index must be at least 1 (result 0 is the scan node itself)"),
+                None => bail!("scan_result: its type comes from its scan node (build it with Graph::scan)"),
+            },
         };
         if ty.shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
             bail!("{name}: result type {ty} has more than {MAX_ELEMENTS} elements");

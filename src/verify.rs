@@ -373,9 +373,13 @@ impl<'g> Verifier<'g> {
         }
     }
 
-    /// A `fused_result` reads a result its operand, a multi-result fused node, has.
+    /// A `fused_result` reads a result its operand, a multi-result fused node, has; a
+    /// `scan_result` one its scan node has, of the type the scan gives it.
     fn check_fused_result(&mut self, id: NodeId) {
         let g = self.g;
+        if let Op::ScanResult { index } = g[id].op {
+            return self.check_scan_result(id, index);
+        }
         let Op::FusedResult { index } = g[id].op else {
             return;
         };
@@ -396,6 +400,41 @@ impl<'g> Verifier<'g> {
                 index + 1
             );
             self.node_error(Check::FusedResult, id, message);
+        }
+    }
+
+    fn check_scan_result(&mut self, id: NodeId, index: usize) {
+        let g = self.g;
+        let Some(&operand) = g.operands(id).first() else {
+            return;
+        };
+        let Op::Scan(body) = &g[operand].op else {
+            let message = format!(
+                "scan_result index={index} needs a scan node, found {}",
+                g[operand].op.name()
+            );
+            return self.node_error(Check::FusedResult, id, message);
+        };
+        let types: Vec<_> = g.operands(operand).iter().map(|&o| &g[o].ty).collect();
+        let Ok(mut results) = body.result_types(&types) else {
+            return; // the scan node's own error
+        };
+        if index >= results.len() {
+            let message = format!(
+                "scan_result index={index} needs a scan with at least {} results, found one with {}",
+                index + 1,
+                results.len()
+            );
+            return self.node_error(Check::FusedResult, id, message);
+        }
+        let want = results.swap_remove(index);
+        if g[id].ty != want {
+            let message = format!(
+                "type mismatch: {} is declared {} but result {index} of the scan is {want}",
+                self.label(id),
+                g[id].ty
+            );
+            self.node_error(Check::DeclaredType, id, message);
         }
     }
 

@@ -63,6 +63,7 @@
 //! explicit zero constant of its type as its gradient; [`Gradients::independent`] lists those.
 
 mod rules;
+mod scan;
 
 use crate::graph::{BuildError, Graph, Node, NodeId, SourceLoc};
 use crate::op::{BinaryOp, Literal, Op};
@@ -139,6 +140,16 @@ pub enum GradError {
         /// The builder's error.
         source: BuildError,
     },
+    /// A scan could not be differentiated: what its body or carries do not allow.
+    #[error("{}cannot differentiate scan {node}: {message}", at(.loc))]
+    Scan {
+        /// The scan node, as printed.
+        node: String,
+        /// What went wrong (an error in its body names the body's node).
+        message: String,
+        /// Its source location.
+        loc: Option<SourceLoc>,
+    },
     /// Adding a gradient output failed (for example its name is taken).
     #[error(transparent)]
     Build(#[from] BuildError),
@@ -152,7 +163,8 @@ impl GradError {
             GradError::NonScalarLoss { loc, .. }
             | GradError::NotParamOrInput { loc, .. }
             | GradError::IntegerWrt { loc, .. }
-            | GradError::NotDifferentiable { loc, .. } => loc.as_ref(),
+            | GradError::NotDifferentiable { loc, .. }
+            | GradError::Scan { loc, .. } => loc.as_ref(),
             GradError::Build(b) => b.loc.as_ref(),
             GradError::Unknown(_) | GradError::Cycle(_) | GradError::Rule { .. } => None,
         }
@@ -318,6 +330,8 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Gradient
     let mut work = g.clone();
     let mut contribs: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
     let mut totals: HashMap<NodeId, NodeId> = HashMap::new();
+    // cotangents of the results `k >= 1` of scan nodes, keyed by (scan node, k)
+    let mut result_cots: HashMap<(NodeId, usize), NodeId> = HashMap::new();
     if needs(loss) {
         let seed = Cx::new(&mut work, loss, &names).scalar(1.0)?;
         contribs.insert(loss, vec![seed]);
@@ -327,11 +341,46 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Gradient
             continue;
         }
         let parts = contribs.remove(&n).unwrap_or_default();
-        if parts.is_empty() {
+        let scan_results = match &work[n].op {
+            Op::Scan(body) => body.n_results(),
+            _ => 0,
+        };
+        let has_result_cots = (1..scan_results).any(|k| result_cots.contains_key(&(n, k)));
+        if parts.is_empty() && !has_result_cots {
             continue; // every contribution was structurally zero
+        }
+        if scan_results > 0 {
+            // a scan: its rule takes the cotangent of every result at once
+            let gy = match parts.is_empty() {
+                true => None,
+                false => Some(Cx::new(&mut work, n, &names).sum_all(&parts)?),
+            };
+            let cots: Vec<Option<NodeId>> = std::iter::once(gy)
+                .chain((1..scan_results).map(|k| result_cots.get(&(n, k)).copied()))
+                .collect();
+            let operands = work.operands(n);
+            let wants: Vec<bool> = carrying(&work, n)
+                .iter()
+                .map(|&(o, c)| c && active.contains(&o))
+                .collect();
+            let mut cx = Cx::new(&mut work, n, &names);
+            let outs = scan::vjp(&mut cx, &cots, &wants)?;
+            for (i, d) in outs.into_iter().enumerate() {
+                if let (true, Some(d)) = (wants.get(i).copied().unwrap_or(false), d) {
+                    contribs.entry(operands[i]).or_default().push(d);
+                }
+            }
+            continue;
         }
         let mut cx = Cx::new(&mut work, n, &names);
         let gy = cx.sum_all(&parts)?;
+        if let Op::ScanResult { index } = work[n].op {
+            // handed to the scan node's rule with the cotangents of its other results
+            if let Some(&s) = work.operands(n).first() {
+                result_cots.insert((s, index), gy);
+            }
+            continue;
+        }
         if work[n].op.is_leaf() {
             totals.insert(n, gy);
             continue;

@@ -62,6 +62,8 @@ pub(super) fn vjp(cx: &mut Cx<'_>, gy: NodeId, wants: &[bool]) -> Grads {
         Op::Concat { axis } => concat(cx, axis, gy),
         Op::Gather { axis } => gather(cx, axis, gy),
         Op::ScatterAdd { axis, .. } => scatter_add(cx, axis, gy),
+        // The driver applies `scan::vjp` with the cotangents of all of a scan's results.
+        Op::Scan(_) | Op::ScanResult { .. } => Ok(vec![None; wants.len()]),
         // Checked by the driver before anything is built (`Op::not_differentiable`).
         Op::Compare(_)
         | Op::Argmax { .. }

@@ -48,10 +48,12 @@ mod fused;
 mod loops;
 mod math;
 mod matmul;
+mod scan;
 
 pub(crate) use fused::{fused_conv_geometry, fused_matmul_dims, fused_reads_only_in_matmul};
 pub(crate) use loops::sum_scratch_bytes;
 use loops::{broadcast_strides, View};
+pub use scan::ScanCode;
 
 /// A lowering failure for one node (the caller adds the node's description).
 pub type LowerError = String;
@@ -99,6 +101,8 @@ pub struct Lowerer<'a> {
     /// CLIF instructions the function may still spend on rows unrolled four times
     /// ([`loops::HEAVY_BUDGET`]).
     heavy_budget: usize,
+    /// The compiled bodies of the function's scan nodes.
+    pub scans: HashMap<NodeId, ScanCode>,
 }
 
 impl<'a> Lowerer<'a> {
@@ -130,6 +134,7 @@ impl<'a> Lowerer<'a> {
             matmul,
             threads,
             heavy_budget: loops::HEAVY_BUDGET,
+            scans: HashMap::new(),
         }
     }
 
@@ -527,6 +532,9 @@ impl<'a> Lowerer<'a> {
             }
             // written by its fused operand's loop
             Op::FusedResult { .. } => {}
+            Op::Scan(_) => self.scan(g, plan, id, &ins, out)?,
+            // written by its scan operand's loop
+            Op::ScanResult { .. } => {}
         }
         Ok(())
     }

@@ -242,7 +242,7 @@ fn check_memory(
     // the node whose value and kernel scratch are largest
     let largest = order
         .iter()
-        .map(|&id| (bytes(id) + scratch_bytes(g, id, opts) as u128, id))
+        .map(|&id| (bytes(id) + scratch_bytes(g, id, opts, &HashMap::new()) as u128, id))
         .max()
         .map(|(b, id)| format!("{} ({b} bytes with its scratch)", describe(g, id)))
         .unwrap_or_default();
@@ -312,10 +312,18 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, CompileError> {
 /// ([`kernels::Kernel::scratch`]): a GEMM's packing workspace (matmuls, with the Rust GEMM),
 /// one image's patch matrix and the GEMM workspace (convolutions on the im2col path),
 /// nothing for the other kernels and for ops that call none.
-fn scratch_bytes(g: &Graph, id: NodeId, opts: &CompileOptions) -> usize {
+fn scratch_bytes(
+    g: &Graph,
+    id: NodeId,
+    opts: &CompileOptions,
+    scans: &HashMap<NodeId, lower::ScanCode>,
+) -> usize {
     use kernels::{Kernel, Scratch};
     if let Some(bytes) = lower::sum_scratch_bytes(g, id) {
         return bytes;
+    }
+    if let Some(code) = scans.get(&id) {
+        return code.scratch_bytes();
     }
     let n = &g[id];
     let ops = g.operands(id);
@@ -404,6 +412,7 @@ fn plan_memory(
     g: &Graph,
     order: &[NodeId],
     opts: &CompileOptions,
+    scans: &HashMap<NodeId, lower::ScanCode>,
 ) -> Result<(MemoryPlan, HashSet<NodeId>), CompileError> {
     let folded = if opts.matmul == MatmulKernel::Gemm {
         foldable_transposes(g, order)
@@ -412,7 +421,7 @@ fn plan_memory(
     };
     let scratch_bytes = order
         .iter()
-        .map(|&id| (id, scratch_bytes(g, id, opts)))
+        .map(|&id| (id, scratch_bytes(g, id, opts, scans)))
         .filter(|&(_, b)| b > 0)
         .collect();
     let options = PlanOptions {
@@ -433,7 +442,12 @@ fn plan_memory(
 /// it cannot check.
 pub fn memory_plan(g: &Graph, opts: &CompileOptions) -> Result<MemoryPlan, CompileError> {
     let order = check(g)?;
-    Ok(plan_memory(g, &order, opts)?.0)
+    // the scans' scratch needs their bodies' plans: lowered into a module that is dropped
+    let mut module = jit_module(opts)?;
+    let scans = lower_scan_bodies(g, opts, &mut module, "plan", &order)?;
+    // SAFETY: nothing of this module was finalized or called.
+    unsafe { module.free_memory() };
+    Ok(plan_memory(g, &order, opts, &scans)?.0)
 }
 
 /// A function built but not yet compiled: its body lowered into `module` (a JIT or an
@@ -538,18 +552,80 @@ pub(crate) fn lower_into<M: Module>(
     backend: Backend<'_>,
     order: Vec<NodeId>,
 ) -> Result<Built<M>, CompileError> {
-    let (memory, folded) = plan_memory(g, &order, opts)?;
-    check_memory(g, &order, &memory, opts)?;
-    let plan = plan::locate(g, memory, folded);
-    let ptr = module.target_config().pointer_type();
-    let mut ctx = module.make_context();
-    ctx.func.signature.params.push(AbiParam::new(ptr));
     let (name, linkage) = match backend {
         Backend::Jit => (format!("graph_{}", g.name), Linkage::Local),
         Backend::Object { symbol } => (symbol.to_string(), Linkage::Export),
     };
+    let (ctx, func, plan) = lower_function(g, opts, &mut module, &name, linkage, &order)?;
+    Ok(Built {
+        module,
+        ctx,
+        func,
+        plan,
+        order,
+        lower_ms: 0.0,
+        setup_ms: 0.0,
+    })
+}
+
+/// Compiles the body of every scan node of `g` (in `order`) into a function of `module`
+/// of its own (`{name}_scan{N}`, local), defined at once: what the scan's loop calls once
+/// per step, with the body's pointer table in the scan's scratch.
+fn lower_scan_bodies<M: Module>(
+    g: &Graph,
+    opts: &CompileOptions,
+    module: &mut M,
+    name: &str,
+    order: &[NodeId],
+) -> Result<HashMap<NodeId, lower::ScanCode>, CompileError> {
+    let mut scans = HashMap::new();
+    for &id in order {
+        let Op::Scan(body) = &g[id].op else {
+            continue;
+        };
+        let invalid = |message: String| CompileError::Invalid {
+            node: describe(g, id),
+            message,
+        };
+        let operands = g.operands(id);
+        let types: Vec<&crate::shape::TensorType> = operands.iter().map(|&o| &g[o].ty).collect();
+        let params = body.param_types(&types).map_err(|e| invalid(e.0))?;
+        let (bg, inputs) = body.to_graph(&params, &[]).map_err(invalid)?;
+        let border = check(&bg)?;
+        let bname = format!("{name}_scan{}", id.index());
+        let (mut ctx, func, plan) =
+            lower_function(&bg, opts, module, &bname, Linkage::Local, &border)?;
+        if let Err(e) = module.define_function(func, &mut ctx) {
+            return Err(cranelift_error(&bg, &ctx, e));
+        }
+        let sig = ctx.func.signature.clone();
+        let code = lower::ScanCode::new(&bg, &inputs, body, func.as_u32(), sig, plan.layout)
+            .map_err(invalid)?;
+        module.clear_context(&mut ctx);
+        scans.insert(id, code);
+    }
+    Ok(scans)
+}
+
+/// Plans `g` and lowers it into one function `name` of `module` (its scan bodies first, as
+/// functions of their own): the context holding the function, its id and its plan.
+fn lower_function<M: Module>(
+    g: &Graph,
+    opts: &CompileOptions,
+    module: &mut M,
+    name: &str,
+    linkage: Linkage,
+    order: &[NodeId],
+) -> Result<(Context, FuncId, plan::Plan), CompileError> {
+    let scans = lower_scan_bodies(g, opts, module, name, order)?;
+    let (memory, folded) = plan_memory(g, order, opts, &scans)?;
+    check_memory(g, order, &memory, opts)?;
+    let plan = plan::locate(g, memory, folded);
+    let ptr = module.target_config().pointer_type();
+    let mut ctx = module.make_context();
+    ctx.func.signature.params.push(AbiParam::new(ptr));
     let func = module
-        .declare_function(&name, linkage, &ctx.func.signature)
+        .declare_function(name, linkage, &ctx.func.signature)
         .map_err(host_error)?;
     ctx.func.name = UserFuncName::user(0, func.as_u32());
     let mut kernel_decls = HashMap::new();
@@ -564,13 +640,14 @@ pub(crate) fn lower_into<M: Module>(
         kernel_decls.insert(k, (id.as_u32(), sig));
     }
 
-    let fma = has_fma(&module);
+    let fma = has_fma(&*module);
     let mut fctx = FunctionBuilderContext::new();
     {
         let fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let slots = plan.layout.slot_count();
         let mut lw = lower::Lowerer::new(fb, slots, kernel_decls, fma, opts.matmul, opts.threads);
-        for &id in &order {
+        lw.scans = scans;
+        for &id in order {
             lw.node(g, &plan, id)
                 .map_err(|message| CompileError::Lowering {
                     node: describe(g, id),
@@ -600,15 +677,7 @@ pub(crate) fn lower_into<M: Module>(
         }
         lw.finish(module.target_config());
     }
-    Ok(Built {
-        module,
-        ctx,
-        func,
-        plan,
-        order,
-        lower_ms: 0.0,
-        setup_ms: 0.0,
-    })
+    Ok((ctx, func, plan))
 }
 
 /// Maps a Cranelift error to a [`CompileError`], naming the node of the failing instruction.

@@ -47,8 +47,9 @@ pub fn run(g: &mut Graph) -> PassReport {
     };
     let mut folded = 0;
     for id in order {
-        // a multi-result fused node stays: its fused_result nodes read it
-        let multi = matches!(&g[id].op, Op::Fused(b) if !b.extra.is_empty());
+        // a multi-result fused node or a scan stays: its result nodes read it
+        let multi = matches!(&g[id].op, Op::Fused(b) if !b.extra.is_empty())
+            || matches!(&g[id].op, Op::Scan(_) | Op::ScanResult { .. });
         if g[id].op.is_leaf() || multi {
             continue;
         }

@@ -60,7 +60,8 @@ pub mod simplify;
 
 mod rewrite;
 
-use crate::graph::Graph;
+use crate::graph::{Graph, NodeId};
+use crate::op::Op;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -358,6 +359,7 @@ impl Pipeline {
             })?;
             write_dump(dir, "00-input.ir", "input", g)?;
         }
+        self.optimize_scan_bodies(g)?;
         let mut reports = Vec::with_capacity(self.passes.len());
         for (i, p) in self.passes.iter().enumerate() {
             let report = (p.run)(g);
@@ -379,6 +381,81 @@ impl Pipeline {
             reports.push(report);
         }
         Ok(reports)
+    }
+}
+
+impl Pipeline {
+    /// Runs the pipeline's passes inside the body of every scan node of `g` (a body is an
+    /// ordinary graph to them: [`crate::scan::ScanBody::to_graph`], with the scan's constant
+    /// invariants as constants of the body so that folding and simplification see them), then
+    /// stores the optimized body back: constants the passes made become further invariant
+    /// operands, invariants the body no longer reads are dropped.
+    fn optimize_scan_bodies(&self, g: &mut Graph) -> Result<(), PassError> {
+        let inner = Pipeline {
+            passes: self.passes.clone(),
+            verify: self.verify,
+            dump: None,
+        };
+        let invalid = |errors: Vec<String>| PassError::Invalid {
+            pass: "scan body".into(),
+            errors,
+        };
+        for id in g.node_ids() {
+            let Op::Scan(body) = &g[id].op else {
+                continue;
+            };
+            let body = body.clone();
+            let operands = g.operands(id);
+            let types: Vec<&crate::shape::TensorType> = operands.iter().map(|&o| &g[o].ty).collect();
+            let params = body.param_types(&types).map_err(|e| invalid(vec![e.0]))?;
+            let fixed = body.carries + body.sequences;
+            let consts: Vec<Option<crate::op::Literal>> = operands
+                .iter()
+                .enumerate()
+                .map(|(i, &o)| match &g[o].op {
+                    Op::Const { value } if i >= fixed => Some(value.clone()),
+                    _ => None,
+                })
+                .collect();
+            let (mut bg, _) = body.to_graph(&params, &consts).map_err(|e| invalid(vec![e]))?;
+            inner.run(&mut bg)?;
+            let (optimized, hoisted) = crate::scan::ScanBody::from_graph(
+                &bg,
+                &body.param_nodes(&bg),
+                body.carries,
+                body.sequences,
+                body.reverse,
+            )
+            .map_err(|e| invalid(vec![e]))?;
+            let mut all = operands.clone();
+            for (ty, value) in hoisted {
+                let node = crate::graph::Node {
+                    op: Op::Const { value },
+                    ty,
+                    name: None,
+                    loc: g[id].loc.clone(),
+                    grad_of: g[id].grad_of,
+                };
+                all.push(g.add_raw(node, &[]));
+            }
+            let (pruned, kept) = optimized.prune_invariants();
+            let kept_operands: Vec<NodeId> = kept.iter().map(|&i| all[i]).collect();
+            if let Some(n) = g.get_mut(id) {
+                n.op = Op::Scan(pruned);
+            }
+            g.set_operands(id, &kept_operands);
+            // constants no longer read by anything
+            let outputs: Vec<NodeId> = g.outputs().iter().map(|o| o.node).collect();
+            for o in all {
+                if matches!(g[o].op, Op::Const { .. })
+                    && g.users(o).is_empty()
+                    && !outputs.contains(&o)
+                {
+                    g.remove(o);
+                }
+            }
+        }
+        Ok(())
     }
 }
 

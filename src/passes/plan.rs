@@ -312,7 +312,9 @@ fn new_buffer(node: NodeId, kind: BufferKind, bytes: usize, first: usize, last: 
 /// writes.
 fn writer(g: &Graph, id: NodeId) -> NodeId {
     match g[id].op {
-        Op::FusedResult { .. } => g.operands(id).first().copied().unwrap_or(id),
+        Op::FusedResult { .. } | Op::ScanResult { .. } => {
+            g.operands(id).first().copied().unwrap_or(id)
+        }
         _ => id,
     }
 }
@@ -328,7 +330,7 @@ fn first_position(g: &Graph, id: NodeId, pos: &HashMap<NodeId, usize>) -> usize 
 /// operand (its fused node) writes it rather than being read by it.
 fn reads(g: &Graph, id: NodeId) -> Vec<NodeId> {
     match g[id].op {
-        Op::FusedResult { .. } => vec![],
+        Op::FusedResult { .. } | Op::ScanResult { .. } => vec![],
         _ => g.operands(id),
     }
 }

@@ -357,8 +357,21 @@ impl Op {
             Op::Slice { begin, end } => vec![("begin", ints(begin)), ("end", ints(end))],
             // the body is printed as a nested block, not as attributes
             Op::Fused(_) => vec![],
-            Op::FusedResult { index } => vec![("index", int(*index))],
+            Op::FusedResult { index } | Op::ScanResult { index } => vec![("index", int(*index))],
+            // the body is a nested block; the operand split and direction are attributes
+            Op::Scan(body) => vec![
+                ("carries", int(body.carries)),
+                ("reverse", AttrValue::Ident(body.reverse.to_string())),
+                ("sequences", int(body.sequences)),
+            ],
         }
+    }
+
+    /// The attributes of a `scan` (its body is a nested block the parser reads):
+    /// `(carries, sequences, reverse)`.
+    pub(crate) fn scan_attrs(attrs: &[(String, AttrValue)]) -> Result<(usize, usize, bool), AttrError> {
+        let r = AttrReader::new(attrs, &["carries", "reverse", "sequences"])?;
+        Ok((r.usize("carries")?, r.usize("sequences")?, r.bool("reverse")?))
     }
 
     /// Builds the non-leaf op called `name` from its attributes (the inverse of [`Op::name`]
@@ -446,13 +459,16 @@ impl Op {
             K::FusedResult => Op::FusedResult {
                 index: r.usize("index")?,
             },
+            K::ScanResult => Op::ScanResult {
+                index: r.usize("index")?,
+            },
             K::Slice => Op::Slice {
                 begin: r.list("begin")?,
                 end: r.list("end")?,
             },
             // the kinds read above, and those without `key=value` attributes (`attr_keys` is
             // `None`, so they returned before)
-            K::Input | K::Param | K::State | K::Const | K::Fused => {
+            K::Input | K::Param | K::State | K::Const | K::Fused | K::Scan => {
                 return Err(AttrError::UnknownName)
             }
             K::Neg

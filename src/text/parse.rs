@@ -371,6 +371,12 @@ impl Parser<'_> {
                 operands = ops;
                 Op::Fused(self.fused_body(n_params)?)
             }
+            "scan" => {
+                let (ops, attrs) = self.operands_and_attrs()?;
+                let n_params = ops.len();
+                operands = ops;
+                Op::Scan(self.scan_body(n_params, &attrs, op_pos)?)
+            }
             _ => {
                 if Op::attr_names(&op_name).is_none() {
                     return Err(self.err(op_pos, unknown_op_message(&op_name)));
@@ -419,34 +425,76 @@ impl Parser<'_> {
 
     /// `{ NEWLINE (%K: TYPE = OP args NEWLINE)* yield %R NEWLINE }` after `fused OPERANDS`:
     /// values are numbered operands first (`%0..`), then one per instruction in order, and
-    /// `yield` names the last instruction.
+    /// `yield` names the last instruction (then, for a multi-result body, further results).
     fn fused_body(&mut self, n_params: usize) -> Result<crate::fused::FusedBody, ParseError> {
+        let (insts, yields) = self.block(n_params, "fused")?;
+        let last = n_params + insts.len();
+        let Some(&(main, pos)) = yields.first() else {
+            return Err(self.expected("a result after `yield`"));
+        };
+        if insts.is_empty() || main != last - 1 {
+            return Err(self.err(
+                pos,
+                format!(
+                    "`yield` must name the last instruction of the body (`%{}`), found `%{main}`",
+                    last.saturating_sub(1)
+                ),
+            ));
+        }
+        Ok(crate::fused::FusedBody {
+            n_params,
+            insts,
+            extra: yields[1..].iter().map(|&(v, _)| v).collect(),
+        })
+    }
+
+    /// The block of `scan OPERANDS, carries=C, reverse=R, sequences=S`: as a fused body, but
+    /// `yield` lists the new carries, then the per-step outputs (any values of the body).
+    fn scan_body(
+        &mut self,
+        n_params: usize,
+        attrs: &[Attr],
+        op_pos: Pos,
+    ) -> Result<crate::scan::ScanBody, ParseError> {
+        let plain: Vec<(String, AttrValue)> = attrs
+            .iter()
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+            .collect();
+        let (carries, sequences, reverse) = Op::scan_attrs(&plain)
+            .map_err(|e| self.attr_error(e, "scan", "op", "attribute", op_pos, attrs))?;
+        let (insts, yields) = self.block(n_params, "scan")?;
+        Ok(crate::scan::ScanBody {
+            params: n_params,
+            carries,
+            sequences,
+            reverse,
+            insts,
+            yields: yields.into_iter().map(|(v, _)| v).collect(),
+        })
+    }
+
+    /// `{ NEWLINE (%K: TYPE = OP args NEWLINE)* yield %A, %B.. NEWLINE }`: the instructions of
+    /// a nested block over `n_params` parameters and its yielded values (with positions).
+    /// An instruction may itself be a `fused` or `scan` with a block of its own.
+    #[allow(clippy::type_complexity)]
+    fn block(
+        &mut self,
+        n_params: usize,
+        what: &str,
+    ) -> Result<(Vec<crate::fused::FusedInst>, Vec<(usize, Pos)>), ParseError> {
         let open = self.here();
-        self.punct('{', "`{` to open the body of `fused`")?;
+        self.punct('{', &format!("`{{` to open the body of `{what}`"))?;
         let mut insts = Vec::new();
         loop {
             self.skip_blank_lines();
             if *self.peek() == Tok::Ident("yield".into()) {
                 self.bump();
-                let r = self.value_ref("the result `%K` after `yield`")?;
                 let last = n_params + insts.len();
-                if insts.is_empty() || r.label != (last - 1).to_string() {
-                    return Err(self.err(
-                        r.pos,
-                        format!(
-                            "`yield` must name the last instruction of the body (`%{}`), found `%{}`",
-                            last.saturating_sub(1),
-                            r.label
-                        ),
-                    ));
-                }
-                // further results of a multi-result body: `yield %7, %4, %5`
-                let mut extra = Vec::new();
-                while *self.peek() == Tok::Punct(',') {
-                    self.bump();
-                    let e = self.value_ref("a further result `%K` after `,`")?;
+                let mut yields = Vec::new();
+                loop {
+                    let e = self.value_ref("a result `%K` after `yield`")?;
                     match e.label.parse::<usize>() {
-                        Ok(v) if v < last => extra.push(v),
+                        Ok(v) if v < last => yields.push((v, e.pos)),
                         _ => {
                             return Err(self.err(
                                 e.pos,
@@ -458,18 +506,18 @@ impl Parser<'_> {
                             ))
                         }
                     }
+                    if *self.peek() != Tok::Punct(',') {
+                        break;
+                    }
+                    self.bump();
                 }
                 self.skip_blank_lines();
-                self.punct('}', "`}` to close the body of `fused` after `yield`")?;
-                return Ok(crate::fused::FusedBody {
-                    n_params,
-                    insts,
-                    extra,
-                });
+                self.punct('}', &format!("`}}` to close the body of `{what}` after `yield`"))?;
+                return Ok((insts, yields));
             }
             if *self.peek() == Tok::Eof || *self.peek() == Tok::Punct('}') {
                 return Err(self.expected(&format!(
-                    "`yield %K` to end the body of `fused` (opened at {}:{})",
+                    "`yield %K` to end the body of `{what}` (opened at {}:{})",
                     open.line, open.col
                 )));
             }
@@ -488,16 +536,11 @@ impl Parser<'_> {
             let ty = self.ty()?;
             self.punct('=', "`=` after the type")?;
             let (op_name, op_pos) = self.ident("an op name")?;
-            if Op::attr_names(&op_name).is_none() {
+            let nested = op_name == "fused" || op_name == "scan";
+            if !nested && Op::attr_names(&op_name).is_none() {
                 return Err(self.err(op_pos, unknown_op_message(&op_name)));
             }
             let (refs, attrs) = self.operands_and_attrs()?;
-            let plain: Vec<(String, AttrValue)> = attrs
-                .iter()
-                .map(|(k, v, _)| (k.clone(), v.clone()))
-                .collect();
-            let op = Op::from_attrs(&op_name, &plain)
-                .map_err(|e| self.attr_error(e, &op_name, "op", "attribute", op_pos, &attrs))?;
             let mut args = Vec::new();
             for r in refs {
                 match r.label.parse::<usize>() {
@@ -514,6 +557,24 @@ impl Parser<'_> {
                     }
                 }
             }
+            let op = match op_name.as_str() {
+                "fused" => {
+                    if let Some((key, _, pos)) = attrs.first() {
+                        return Err(self.err(*pos, format!("fused takes no attributes, found `{key}`")));
+                    }
+                    Op::Fused(self.fused_body(args.len())?)
+                }
+                "scan" => Op::Scan(self.scan_body(args.len(), &attrs, op_pos)?),
+                _ => {
+                    let plain: Vec<(String, AttrValue)> = attrs
+                        .iter()
+                        .map(|(k, v, _)| (k.clone(), v.clone()))
+                        .collect();
+                    Op::from_attrs(&op_name, &plain).map_err(|e| {
+                        self.attr_error(e, &op_name, "op", "attribute", op_pos, &attrs)
+                    })?
+                }
+            };
             if !op.arity().accepts(args.len()) {
                 return Err(self.err(
                     op_pos,

@@ -220,9 +220,7 @@ fn node_line_by(
         s.push(' ');
         s.push_str(&items.join(", "));
     }
-    if let Op::Fused(body) = &n.op {
-        s.push_str(&fused_block(body));
-    }
+    s.push_str(&nested_block(&n.op, 1));
     if let Some(f) = n.grad_of {
         let _ = write!(s, "  grad({})", label(f));
     }
@@ -232,28 +230,31 @@ fn node_line_by(
     s
 }
 
-/// ` {`, one line per instruction of a fused body (`%K: TYPE = OP %A, %B, key=value`,
-/// values numbered operands first), `yield %R` (or `yield %R, %E1, ..` for a multi-result
-/// body) and `}`, indented for a body line.
-fn fused_block(body: &crate::fused::FusedBody) -> String {
+/// The nested block of a `fused` or `scan` node (empty for other ops) at nesting `depth`
+/// (1 for a node of the graph's body): ` {`, one line per instruction (`%K: TYPE = OP %A,
+/// %B, key=value`, values numbered operands first; an instruction with a block of its own
+/// prints it one level deeper), `yield %R, ..` (a fused body's main result first, a scan's
+/// new carries then its per-step outputs) and `}`.
+fn nested_block(op: &Op, depth: usize) -> String {
+    let (n_params, insts, results) = match op {
+        Op::Fused(body) => (body.n_params, &body.insts, body.results()),
+        Op::Scan(body) => (body.params, &body.insts, body.yields.clone()),
+        _ => return String::new(),
+    };
+    let pad = "  ".repeat(depth + 1);
     let mut s = String::from(" {");
-    for (i, inst) in body.insts.iter().enumerate() {
-        let _ = write!(
-            s,
-            "\n    %{}: {} = {}",
-            body.n_params + i,
-            inst.ty,
-            inst.op.name()
-        );
+    for (i, inst) in insts.iter().enumerate() {
+        let _ = write!(s, "\n{pad}%{}: {} = {}", n_params + i, inst.ty, inst.op.name());
         let mut items: Vec<String> = inst.args.iter().map(|a| format!("%{a}")).collect();
         items.extend(inst.op.attrs().into_iter().map(|(k, v)| format!("{k}={v}")));
         if !items.is_empty() {
             s.push(' ');
             s.push_str(&items.join(", "));
         }
+        s.push_str(&nested_block(&inst.op, depth + 1));
     }
-    let results: Vec<String> = body.results().iter().map(|r| format!("%{r}")).collect();
-    let _ = write!(s, "\n    yield {}\n  }}", results.join(", "));
+    let results: Vec<String> = results.iter().map(|r| format!("%{r}")).collect();
+    let _ = write!(s, "\n{pad}yield {}\n{}}}", results.join(", "), "  ".repeat(depth));
     s
 }
 
