@@ -932,15 +932,22 @@ impl Graph {
                 ),
             ));
         }
-        if let Some(p) = params.iter().find(|&&p| body.get(p).is_none_or(|n| n.op != Op::Input)) {
+        if let Some(p) = params
+            .iter()
+            .find(|&&p| body.get(p).is_none_or(|n| n.op != Op::Input))
+        {
             return Err(self.err(
                 &loc,
-                format!("scan: body parameter {} is not an input node of the body", p.index()),
+                format!(
+                    "scan: body parameter {} is not an input node of the body",
+                    p.index()
+                ),
             ));
         }
         let param_nodes: Vec<Option<NodeId>> = params.iter().map(|&p| Some(p)).collect();
-        let (sb, hoisted) = crate::scan::ScanBody::from_graph(body, &param_nodes, carries, sequences, reverse)
-            .map_err(|m| self.err(&loc, format!("scan: {m}")))?;
+        let (sb, hoisted) =
+            crate::scan::ScanBody::from_graph(body, &param_nodes, carries, sequences, reverse)
+                .map_err(|m| self.err(&loc, format!("scan: {m}")))?;
         let mut all = operands.to_vec();
         for (ty, value) in hoisted {
             all.push(self.add_at(Op::Const { value }, &[], Some(ty), loc.clone())?);
@@ -949,7 +956,12 @@ impl Graph {
         for (i, &o) in all.iter().enumerate() {
             match self.get(o) {
                 Some(n) => types.push(&n.ty),
-                None => return Err(self.err(&loc, format!("scan: operand {i} is unknown node {}", o.index()))),
+                None => {
+                    return Err(self.err(
+                        &loc,
+                        format!("scan: operand {i} is unknown node {}", o.index()),
+                    ))
+                }
             }
         }
         let params_given: Vec<&TensorType> = params.iter().map(|&p| &body[p].ty).collect();

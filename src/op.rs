@@ -1387,8 +1387,12 @@ impl Op {
             // the verifier checks it against the scan's result types
             Op::ScanResult { index } => match declared {
                 Some(t) if *index >= 1 => t.clone(),
-                Some(_) => bail!("scan_result: index must be at least 1 (result 0 is the scan node itself)"),
-                None => bail!("scan_result: its type comes from its scan node (build it with Graph::scan)"),
+                Some(_) => bail!(
+                    "scan_result: index must be at least 1 (result 0 is the scan node itself)"
+                ),
+                None => bail!(
+                    "scan_result: its type comes from its scan node (build it with Graph::scan)"
+                ),
             },
         };
         if ty.shape.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {

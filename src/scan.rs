@@ -212,7 +212,9 @@ impl ScanBody {
     /// The parameter nodes of a graph made by [`ScanBody::to_graph`], found by their names
     /// (`None` where a pass removed one).
     pub fn param_nodes(&self, g: &Graph) -> Vec<Option<NodeId>> {
-        (0..self.params).map(|i| g.find(&self.param_name(i))).collect()
+        (0..self.params)
+            .map(|i| g.find(&self.param_name(i)))
+            .collect()
     }
 
     fn param_name(&self, i: usize) -> String {

@@ -510,6 +510,7 @@ fn fd_check_of(k: OpKind) -> Option<&'static str> {
         K::SparseSoftmaxCrossEntropy => Some("sparse_softmax_cross_entropy"),
         K::Slice | K::Concat => Some("slice_and_concat"),
         K::Gather | K::ScatterAdd => Some("gather_and_scatter_add"),
+        K::Scan | K::ScanResult => Some("scan.rs: gradient_agrees_with_finite_differences"),
         // leaves (their gradient is the result) and the ops without a rule
         K::Input | K::Param | K::State | K::Const => None,
         K::Eq | K::Ne | K::Lt | K::Le | K::Gt | K::Ge => None,

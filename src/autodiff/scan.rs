@@ -49,10 +49,14 @@ pub(super) fn vjp(
     if let Some(i) = (0..k).find(|&i| params[i].dtype != DType::F32) {
         return Err(fail(
             cx,
-            format!("carry {i} is {}: only f32 carries are differentiated", params[i]),
+            format!(
+                "carry {i} is {}: only f32 carries are differentiated",
+                params[i]
+            ),
         ));
     }
-    let differentiable = |i: usize| wants.get(i).copied().unwrap_or(false) && params[i].dtype == DType::F32;
+    let differentiable =
+        |i: usize| wants.get(i).copied().unwrap_or(false) && params[i].dtype == DType::F32;
 
     // 1. The carries' history: the forward loop also yields the carry entering each step.
     let history = if k > 0 {
@@ -87,16 +91,28 @@ pub(super) fn vjp(
         )
     };
     let invariants: Vec<usize> = (k + m..body.params).collect();
-    let wanted_inv: Vec<usize> = invariants.iter().copied().filter(|&i| differentiable(i)).collect();
+    let wanted_inv: Vec<usize> = invariants
+        .iter()
+        .copied()
+        .filter(|&i| differentiable(i))
+        .collect();
     let wanted_seq: Vec<usize> = (k..k + m).filter(|&i| differentiable(i)).collect();
-    let dys: Vec<usize> = (0..q).filter(|&l| cots.get(k + l).copied().flatten().is_some()).collect();
-    let dc_in: Vec<NodeId> = (0..k).map(|i| input(&mut bg, format!("dc{i}"), &params[i])).collect();
+    let dys: Vec<usize> = (0..q)
+        .filter(|&l| cots.get(k + l).copied().flatten().is_some())
+        .collect();
+    let dc_in: Vec<NodeId> = (0..k)
+        .map(|i| input(&mut bg, format!("dc{i}"), &params[i]))
+        .collect();
     let dw_in: Vec<NodeId> = wanted_inv
         .iter()
         .map(|&i| input(&mut bg, format!("dw{i}"), &params[i]))
         .collect();
-    let hc_in: Vec<NodeId> = (0..k).map(|i| input(&mut bg, format!("c{i}"), &params[i])).collect();
-    let x_in: Vec<NodeId> = (k..k + m).map(|i| input(&mut bg, format!("x{i}"), &params[i])).collect();
+    let hc_in: Vec<NodeId> = (0..k)
+        .map(|i| input(&mut bg, format!("c{i}"), &params[i]))
+        .collect();
+    let x_in: Vec<NodeId> = (k..k + m)
+        .map(|i| input(&mut bg, format!("x{i}"), &params[i]))
+        .collect();
     let step_types = body.step_output_types(&params).map_err(|e| fail(cx, e))?;
     let dy_in: Vec<NodeId> = dys
         .iter()
@@ -107,7 +123,9 @@ pub(super) fn vjp(
         .map(|&i| input(&mut bg, format!("w{i}"), &params[i]))
         .collect();
     let step_params: Vec<NodeId> = hc_in.iter().chain(&x_in).chain(&w_in).copied().collect();
-    let yields = body.inline_into(&mut bg, &step_params).map_err(|e| fail(cx, e))?;
+    let yields = body
+        .inline_into(&mut bg, &step_params)
+        .map_err(|e| fail(cx, e))?;
     let build = |r: Result<NodeId, crate::graph::BuildError>| r.map_err(GradError::Build);
     let mut terms = Vec::new();
     let pairs = (0..k)
@@ -132,7 +150,8 @@ pub(super) fn vjp(
         .chain(wanted_seq.iter().map(|&i| x_in[i - k]))
         .chain(wanted_inv.iter().map(|&i| w_in[i - k - m]))
         .collect();
-    let grads = super::grad(&mut bg, loss, &wrt).map_err(|e| fail(cx, format!("in its body: {e}")))?;
+    let grads =
+        super::grad(&mut bg, loss, &wrt).map_err(|e| fail(cx, format!("in its body: {e}")))?;
     let (d_carry, rest) = grads.split_at(k);
     let (d_seq, d_inv) = rest.split_at(wanted_seq.len());
     for &d in d_carry {

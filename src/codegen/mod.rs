@@ -242,7 +242,12 @@ fn check_memory(
     // the node whose value and kernel scratch are largest
     let largest = order
         .iter()
-        .map(|&id| (bytes(id) + scratch_bytes(g, id, opts, &HashMap::new()) as u128, id))
+        .map(|&id| {
+            (
+                bytes(id) + scratch_bytes(g, id, opts, &HashMap::new()) as u128,
+                id,
+            )
+        })
         .max()
         .map(|(b, id)| format!("{} ({b} bytes with its scratch)", describe(g, id)))
         .unwrap_or_default();

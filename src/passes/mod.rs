@@ -406,7 +406,8 @@ impl Pipeline {
             };
             let body = body.clone();
             let operands = g.operands(id);
-            let types: Vec<&crate::shape::TensorType> = operands.iter().map(|&o| &g[o].ty).collect();
+            let types: Vec<&crate::shape::TensorType> =
+                operands.iter().map(|&o| &g[o].ty).collect();
             let params = body.param_types(&types).map_err(|e| invalid(vec![e.0]))?;
             let fixed = body.carries + body.sequences;
             let consts: Vec<Option<crate::op::Literal>> = operands
@@ -417,7 +418,9 @@ impl Pipeline {
                     _ => None,
                 })
                 .collect();
-            let (mut bg, _) = body.to_graph(&params, &consts).map_err(|e| invalid(vec![e]))?;
+            let (mut bg, _) = body
+                .to_graph(&params, &consts)
+                .map_err(|e| invalid(vec![e]))?;
             inner.run(&mut bg)?;
             let (optimized, hoisted) = crate::scan::ScanBody::from_graph(
                 &bg,

@@ -369,9 +369,15 @@ impl Op {
 
     /// The attributes of a `scan` (its body is a nested block the parser reads):
     /// `(carries, sequences, reverse)`.
-    pub(crate) fn scan_attrs(attrs: &[(String, AttrValue)]) -> Result<(usize, usize, bool), AttrError> {
+    pub(crate) fn scan_attrs(
+        attrs: &[(String, AttrValue)],
+    ) -> Result<(usize, usize, bool), AttrError> {
         let r = AttrReader::new(attrs, &["carries", "reverse", "sequences"])?;
-        Ok((r.usize("carries")?, r.usize("sequences")?, r.bool("reverse")?))
+        Ok((
+            r.usize("carries")?,
+            r.usize("sequences")?,
+            r.bool("reverse")?,
+        ))
     }
 
     /// Builds the non-leaf op called `name` from its attributes (the inverse of [`Op::name`]

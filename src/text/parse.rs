@@ -512,7 +512,10 @@ impl Parser<'_> {
                     self.bump();
                 }
                 self.skip_blank_lines();
-                self.punct('}', &format!("`}}` to close the body of `{what}` after `yield`"))?;
+                self.punct(
+                    '}',
+                    &format!("`}}` to close the body of `{what}` after `yield`"),
+                )?;
                 return Ok((insts, yields));
             }
             if *self.peek() == Tok::Eof || *self.peek() == Tok::Punct('}') {
@@ -536,6 +539,14 @@ impl Parser<'_> {
             let ty = self.ty()?;
             self.punct('=', "`=` after the type")?;
             let (op_name, op_pos) = self.ident("an op name")?;
+            if matches!(op_name.as_str(), "input" | "param" | "state" | "const") {
+                return Err(self.err(
+                    op_pos,
+                    format!(
+                        "a `{what}` body holds no `{op_name}`: constants and weights are operands of the `{what}` node"
+                    ),
+                ));
+            }
             let nested = op_name == "fused" || op_name == "scan";
             if !nested && Op::attr_names(&op_name).is_none() {
                 return Err(self.err(op_pos, unknown_op_message(&op_name)));
@@ -560,7 +571,9 @@ impl Parser<'_> {
             let op = match op_name.as_str() {
                 "fused" => {
                     if let Some((key, _, pos)) = attrs.first() {
-                        return Err(self.err(*pos, format!("fused takes no attributes, found `{key}`")));
+                        return Err(
+                            self.err(*pos, format!("fused takes no attributes, found `{key}`"))
+                        );
                     }
                     Op::Fused(self.fused_body(args.len())?)
                 }

@@ -244,7 +244,13 @@ fn nested_block(op: &Op, depth: usize) -> String {
     let pad = "  ".repeat(depth + 1);
     let mut s = String::from(" {");
     for (i, inst) in insts.iter().enumerate() {
-        let _ = write!(s, "\n{pad}%{}: {} = {}", n_params + i, inst.ty, inst.op.name());
+        let _ = write!(
+            s,
+            "\n{pad}%{}: {} = {}",
+            n_params + i,
+            inst.ty,
+            inst.op.name()
+        );
         let mut items: Vec<String> = inst.args.iter().map(|a| format!("%{a}")).collect();
         items.extend(inst.op.attrs().into_iter().map(|(k, v)| format!("{k}={v}")));
         if !items.is_empty() {
@@ -254,7 +260,12 @@ fn nested_block(op: &Op, depth: usize) -> String {
         s.push_str(&nested_block(&inst.op, depth + 1));
     }
     let results: Vec<String> = results.iter().map(|r| format!("%{r}")).collect();
-    let _ = write!(s, "\n{pad}yield {}\n{}}}", results.join(", "), "  ".repeat(depth));
+    let _ = write!(
+        s,
+        "\n{pad}yield {}\n{}}}",
+        results.join(", "),
+        "  ".repeat(depth)
+    );
     s
 }
 

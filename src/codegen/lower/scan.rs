@@ -11,7 +11,7 @@
 //! carries are copied into their results (which buffer holds them follows from the trip
 //! count's parity).
 
-use super::{Lowerer, LowerError};
+use super::{LowerError, Lowerer};
 use crate::codegen::plan::{Layout, Loc, Plan, Slot, ALIGN};
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
@@ -134,7 +134,10 @@ impl Lowerer<'_> {
         let steps = g[g.operands(id)[body.carries]].ty.shape.dims()[0];
         let scratch = Loc {
             slot: plan.layout.index(Slot::Arena),
-            offset: *plan.scratch.get(&id).ok_or("no scratch planned for the scan")?,
+            offset: *plan
+                .scratch
+                .get(&id)
+                .ok_or("no scratch planned for the scan")?,
         };
         let at = |off: usize| Loc {
             slot: scratch.slot,
@@ -159,11 +162,15 @@ impl Lowerer<'_> {
         for (i, &p) in code.input_params.iter().enumerate() {
             if p >= code.carries + code.sequences {
                 let v = self.addr(ins[p], None);
-                self.b.ins().store(trusted, v, table, slot_off(Slot::Input(i)));
+                self.b
+                    .ins()
+                    .store(trusted, v, table, slot_off(Slot::Input(i)));
             }
         }
         let arena = self.addr(at(0), None);
-        self.b.ins().store(trusted, arena, table, slot_off(Slot::Arena));
+        self.b
+            .ins()
+            .store(trusted, arena, table, slot_off(Slot::Arena));
         // the carries start in their first buffers
         let mut carried = Vec::with_capacity(2 * code.carries);
         for i in 0..code.carries {
@@ -214,15 +221,18 @@ impl Lowerer<'_> {
                 false => t,
             };
             for &(i, p) in &carry_slots {
-                lw.b.ins().store(trusted, cur[p], table, slot_off(Slot::Input(i)));
+                lw.b.ins()
+                    .store(trusted, cur[p], table, slot_off(Slot::Input(i)));
             }
             for j in 0..k {
-                lw.b.ins().store(trusted, cur[k + j], table, slot_off(Slot::Output(j)));
+                lw.b.ins()
+                    .store(trusted, cur[k + j], table, slot_off(Slot::Output(j)));
             }
             for &(i, base, bytes) in &seq_bases {
                 let off = lw.b.ins().imul_imm_s(tt, bytes);
                 let p = lw.b.ins().iadd(base, off);
-                lw.b.ins().store(trusted, p, table, slot_off(Slot::Input(i)));
+                lw.b.ins()
+                    .store(trusted, p, table, slot_off(Slot::Input(i)));
             }
             for (l, &(base, bytes)) in stacked.iter().enumerate() {
                 let p = match bytes {
@@ -232,7 +242,8 @@ impl Lowerer<'_> {
                         lw.b.ins().iadd(base, off)
                     }
                 };
-                lw.b.ins().store(trusted, p, table, slot_off(Slot::Output(k + l)));
+                lw.b.ins()
+                    .store(trusted, p, table, slot_off(Slot::Output(k + l)));
             }
             lw.b.ins().call(callee, &[table]);
             // the buffers just written hold the next step's carries
