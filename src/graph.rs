@@ -908,19 +908,23 @@ impl Graph {
     /// A structured loop (see [`crate::scan`] and [`Op::Scan`]): `body` is a graph whose
     /// `params` are its `input` nodes in the order carries, sequence slices, invariants, and
     /// whose outputs are the new carries followed by the per-step outputs. `operands` are the
-    /// scan's: `carries` initial carries, `sequences` sequences (trip count along axis 0),
-    /// then the invariants. The body's constants become further invariant operands. Returns
-    /// the result nodes: the final carries, then the stacked outputs.
+    /// scan's: `lp.carries` initial carries, `lp.sequences` sequences (the steps along
+    /// `lp.axis`), then the invariants. The body's constants become further invariant
+    /// operands. Returns the result nodes: the final carries, then the stacked outputs.
     #[track_caller]
     pub fn scan(
         &mut self,
         body: &Graph,
         params: &[NodeId],
         operands: &[NodeId],
-        carries: usize,
-        sequences: usize,
-        reverse: bool,
+        lp: crate::scan::Loop,
     ) -> Result<Vec<NodeId>, BuildError> {
+        let crate::scan::Loop {
+            carries,
+            sequences,
+            reverse,
+            axis,
+        } = lp;
         let loc = SourceLoc::from_caller(Location::caller());
         if params.len() != operands.len() {
             return Err(self.err(
@@ -945,9 +949,15 @@ impl Graph {
             ));
         }
         let param_nodes: Vec<Option<NodeId>> = params.iter().map(|&p| Some(p)).collect();
-        let (sb, hoisted) =
-            crate::scan::ScanBody::from_graph(body, &param_nodes, carries, sequences, reverse)
-                .map_err(|m| self.err(&loc, format!("scan: {m}")))?;
+        let (sb, hoisted) = crate::scan::ScanBody::from_graph(
+            body,
+            &param_nodes,
+            carries,
+            sequences,
+            reverse,
+            axis,
+        )
+        .map_err(|m| self.err(&loc, format!("scan: {m}")))?;
         let mut all = operands.to_vec();
         for (ty, value) in hoisted {
             all.push(self.add_at(Op::Const { value }, &[], Some(ty), loc.clone())?);

@@ -719,8 +719,7 @@ fn scan<T: Float>(
     let (g, inputs) = body.to_graph(&params, &[])?;
     let seqs = body.carries..body.carries + body.sequences;
     let mut carries: Vec<Array<T>> = a[..body.carries].iter().map(|&c| c.clone()).collect();
-    let mut stacked: Vec<Vec<T>> = vec![Vec::new(); body.yields.len() - body.carries];
-    let mut outs_shape: Vec<Shape> = Vec::new();
+    let stacked = body.carries..body.yields.len();
     let order: Vec<usize> = match body.reverse {
         false => (0..steps).collect(),
         true => (0..steps).rev().collect(),
@@ -732,11 +731,15 @@ fn scan<T: Float>(
             let v = if i < body.carries {
                 carries[i].clone()
             } else if seqs.contains(&i) {
-                let shape = crate::scan::step_shape(&a[i].shape);
-                let len = shape.numel();
+                let (outer, n, inner) = crate::scan::step_layout(&a[i].shape, body.axis);
+                let mut data = Vec::with_capacity(outer * inner);
+                for o in 0..outer {
+                    let start = (o * n + t) * inner;
+                    data.extend_from_slice(&a[i].data[start..start + inner]);
+                }
                 Array {
-                    shape,
-                    data: a[i].data[crate::scan::slice_range(t, len)].to_vec(),
+                    shape: crate::scan::step_shape(&a[i].shape, body.axis),
+                    data,
                 }
             } else {
                 a[i].clone()
@@ -755,22 +758,21 @@ fn scan<T: Float>(
         carries = ys;
         per_step[t] = rest;
     }
-    for (t, ys) in per_step.into_iter().enumerate() {
-        for (j, y) in ys.into_iter().enumerate() {
-            if t == 0 {
-                outs_shape.push(y.shape.clone());
-            }
-            stacked[j].extend(y.data);
-        }
-    }
     let mut results = carries;
-    for (j, data) in stacked.into_iter().enumerate() {
-        let mut dims = vec![steps];
-        dims.extend_from_slice(outs_shape[j].dims());
-        results.push(Array {
-            shape: Shape(dims),
-            data,
-        });
+    for j in 0..stacked.len() {
+        let step = per_step
+            .first()
+            .map(|ys| ys[j].shape.clone())
+            .unwrap_or_default();
+        let shape = crate::scan::stacked_shape(&step, body.axis, steps);
+        let (outer, _, inner) = crate::scan::step_layout(&shape, body.axis);
+        let mut data = Vec::with_capacity(shape.numel());
+        for o in 0..outer {
+            for ys in &per_step {
+                data.extend_from_slice(&ys[j].data[o * inner..(o + 1) * inner]);
+            }
+        }
+        results.push(Array { shape, data });
     }
     Ok(results)
 }

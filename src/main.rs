@@ -300,7 +300,7 @@ fn cmd_dump(a: &DumpArgs) -> Result<(), CliError> {
 /// The pass options of `dump` and `run`.
 #[derive(Args, Debug)]
 struct PassArgs {
-    /// Run a pass pipeline: `default` (cse, simplify, fold, batch_matmuls, cse, dce, fuse),
+    /// Run a pass pipeline: `default` (cse, simplify, fold, batch_matmuls, licm, cse, dce, fuse),
     /// `none`, or a comma-separated list of pass names. Default: `default` for `run` (what
     /// training compiles); for `dump`, `none` unless `--dump-after` or `--remarks` is given.
     #[arg(long)]

@@ -619,12 +619,13 @@ pub enum OpClass {
     Fused,
 }
 
-/// Every op name of the text format statement syntax (every [`OpKind`] but `fused`, a nested
-/// block, and `fused_result`, which belongs with it), so tests can cover the whole set.
+/// Every op name of the text format statement syntax (every [`OpKind`] but `fused` and `scan`,
+/// nested blocks, and `fused_result` and `scan_result`, which belong with them), so tests can
+/// cover the whole set.
 pub fn all_op_names() -> impl Iterator<Item = &'static str> {
     OpKind::ALL
         .iter()
-        .filter(|k| k.class() != OpClass::Fused)
+        .filter(|k| k.class() != OpClass::Fused && **k != OpKind::Scan)
         .map(|k| k.name())
 }
 
@@ -911,12 +912,14 @@ impl Op {
             // each step's rounding feeds the next: the body's longest sum, once per step
             Op::Scan(body) => {
                 let seq = body.carries..body.carries + body.sequences;
-                let t = shapes.get(body.carries).and_then(|s| s.0.first().copied());
+                let t = shapes
+                    .get(body.carries)
+                    .and_then(|s| s.0.get(body.axis).copied());
                 let mut vals: Vec<Shape> = shapes
                     .iter()
                     .enumerate()
                     .map(|(i, s)| match seq.contains(&i) {
-                        true => crate::scan::step_shape(s),
+                        true => crate::scan::step_shape(s, body.axis),
                         false => (*s).clone(),
                     })
                     .collect();
@@ -1546,7 +1549,8 @@ mod tests {
         assert_eq!(leaves, ["input", "param", "state", "const"]);
         for &k in OpKind::ALL {
             // leaves and fused have no `key=value` attributes; every other kind has a list
-            let none = matches!(k.class(), OpClass::Leaf) || k == OpKind::Fused;
+            let none =
+                matches!(k.class(), OpClass::Leaf) || k == OpKind::Fused || k == OpKind::Scan;
             assert_eq!(k.attr_keys().is_none(), none, "{k:?}");
         }
     }

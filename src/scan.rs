@@ -15,12 +15,14 @@
 //! `[t]`, each invariant), then one value per instruction. The body yields `carries` new
 //! carries (each of its carry's type) and then any number of per-step outputs. The results
 //! of the node: the final carries, then every per-step output stacked along a new leading
-//! axis of length `T` (`ys[t]` the output of step `t`). With `reverse=true` the steps run
+//! axis of length `T` (`ys[t]` the output of step `t`). With `axis=1` the sequences are
+//! sliced along axis 1 instead (batch-major `[batch, time, ...]`, as Keras' recurrent
+//! layers take them) and the outputs stacked at axis 1. With `reverse=true` the steps run
 //! `t = T-1, ..., 0` (stacked outputs still indexed by `t`). Result 0 is the node's own value;
 //! result `k >= 1` is read through a `scan_result %s, index=k` node ([`Op::ScanResult`]).
 //!
 //! ```text
-//!   %hs: f32[28,32,64] = scan %h0, %xs, %u, carries=1, sequences=1, reverse=false {
+//!   %hs: f32[28,32,64] = scan %h0, %xs, %u, axis=0, carries=1, reverse=false, sequences=1 {
 //!     %3: f32[32,64] = matmul %0, %2
 //!     %4: f32[32,64] = add %3, %1
 //!     %5: f32[32,64] = tanh %4
@@ -51,10 +53,29 @@ pub struct ScanBody {
     pub sequences: usize,
     /// Whether the steps run from the last slice to the first.
     pub reverse: bool,
+    /// The axis of the sequences the steps run along, which is also where the stacked
+    /// outputs take their step axis: 0 as in `jax.lax.scan` (time-major), 1 for batch-major
+    /// sequences `[batch, time, ...]` as Keras' recurrent layers take them.
+    #[serde(default)]
+    pub axis: usize,
     /// The instructions, in evaluation order (value `params + i` is instruction `i`).
     pub insts: Vec<FusedInst>,
     /// The yielded values: the new carries, then the per-step outputs.
     pub yields: Vec<usize>,
+}
+
+/// How a loop runs: how many operands are carries and sequences, its direction and the
+/// sequences' step axis (the header of a [`ScanBody`], for [`Graph::scan`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loop {
+    /// Number of carries (the first operands).
+    pub carries: usize,
+    /// Number of sequences (after the carries).
+    pub sequences: usize,
+    /// Steps from the last to the first.
+    pub reverse: bool,
+    /// The sequences' step axis.
+    pub axis: usize,
 }
 
 fn bail<T>(m: String) -> Result<T, InferError> {
@@ -72,20 +93,21 @@ impl ScanBody {
         if self.sequences == 0 {
             return bail("a scan needs at least one sequence (its trip count)".into());
         }
+        let a = self.axis;
         let first = operands[self.carries];
-        let t = match first.shape.dims().first() {
+        let t = match first.shape.dims().get(a) {
             Some(&t) if t > 0 => t,
             _ => {
                 return bail(format!(
-                    "sequence 0 is {first}: a sequence needs a leading axis of at least one step"
+                    "sequence 0 is {first}: a sequence needs an axis {a} of at least one step"
                 ))
             }
         };
         for i in 1..self.sequences {
             let s = operands[self.carries + i];
-            if s.shape.dims().first() != Some(&t) {
+            if s.shape.dims().get(a) != Some(&t) {
                 return bail(format!(
-                    "sequence {i} is {s}, expected a leading axis of {t} steps as sequence 0 ({first})"
+                    "sequence {i} is {s}, expected an axis {a} of {t} steps as sequence 0 ({first})"
                 ));
             }
         }
@@ -117,7 +139,7 @@ impl ScanBody {
             .enumerate()
             .map(|(i, t)| {
                 if (self.carries..self.carries + self.sequences).contains(&i) {
-                    TensorType::new(t.dtype, t.shape.dims()[1..].to_vec())
+                    TensorType::new(t.dtype, step_shape(&t.shape, self.axis))
                 } else {
                     (*t).clone()
                 }
@@ -195,9 +217,19 @@ impl ScanBody {
                 }
                 out.push(types[j].clone());
             } else {
-                let mut dims = vec![t];
-                dims.extend_from_slice(types[v].shape.dims());
-                out.push(TensorType::new(types[v].dtype, dims));
+                let step = types[v].shape.dims();
+                if self.axis > step.len() {
+                    return bail(format!(
+                        "per-step output {} (%{v}) is {}: it has no axis {} to stack the steps at",
+                        j - self.carries,
+                        types[v],
+                        self.axis
+                    ));
+                }
+                out.push(TensorType::new(
+                    types[v].dtype,
+                    stacked_shape(&types[v].shape, self.axis, t),
+                ));
             }
         }
         Ok(out)
@@ -339,6 +371,7 @@ impl ScanBody {
         carries: usize,
         sequences: usize,
         reverse: bool,
+        axis: usize,
     ) -> Result<(ScanBody, Vec<(TensorType, Literal)>), String> {
         let order = g
             .topo_order()
@@ -394,6 +427,7 @@ impl ScanBody {
                 carries,
                 sequences,
                 reverse,
+                axis,
                 insts,
                 yields,
             },
@@ -427,6 +461,7 @@ impl ScanBody {
             carries: self.carries,
             sequences: self.sequences,
             reverse: self.reverse,
+            axis: self.axis,
             insts: self
                 .insts
                 .iter()
@@ -469,12 +504,127 @@ fn result_type(
     }
 }
 
-/// Slice `t` of `a` along its leading axis (`len` elements each): the element range.
-pub fn slice_range(t: usize, len: usize) -> std::ops::Range<usize> {
-    t * len..(t + 1) * len
+/// The shape of one step's slice of a sequence of shape `s` along `axis`.
+pub fn step_shape(s: &Shape, axis: usize) -> Shape {
+    let mut d = s.dims().to_vec();
+    if axis < d.len() {
+        d.remove(axis);
+    }
+    Shape(d)
 }
 
-/// The shape of one step's slice of a sequence of shape `s`.
-pub fn step_shape(s: &Shape) -> Shape {
-    Shape(s.dims().get(1..).unwrap_or(&[]).to_vec())
+/// The shape of `steps` per-step values of shape `s` stacked at `axis`.
+pub fn stacked_shape(s: &Shape, axis: usize, steps: usize) -> Shape {
+    let mut d = s.dims().to_vec();
+    d.insert(axis.min(d.len()), steps);
+    Shape(d)
+}
+
+/// `(outer, steps, inner)`: the extents before `axis`, at it and after it, of shape `s`:
+/// step `t` of a row-major tensor of shape `s` is the `outer` runs of `inner` elements
+/// starting at `(o * steps + t) * inner`.
+pub fn step_layout(s: &Shape, axis: usize) -> (usize, usize, usize) {
+    let d = s.dims();
+    let outer = d.iter().take(axis).product();
+    let steps = d.get(axis).copied().unwrap_or(1);
+    let inner = d.iter().skip(axis + 1).product();
+    (outer, steps, inner)
+}
+
+/// `g` with every scan over a non-leading axis made time-major (`None` when there is none),
+/// which is how the code generator runs them: each sequence transposed so that its step
+/// axis leads, the scan with `axis=0`, each stacked result transposed back for its readers.
+/// One transpose of each sequence and each stacked output per call, against a strided copy
+/// per step; the nodes that inputs, outputs and updates name keep their ids.
+pub fn time_major(g: &Graph) -> Option<Graph> {
+    let scans: Vec<NodeId> = g
+        .node_ids()
+        .into_iter()
+        .filter(|&id| matches!(&g[id].op, Op::Scan(b) if b.axis != 0))
+        .collect();
+    if scans.is_empty() {
+        return None;
+    }
+    let mut g = g.clone();
+    let transpose = |g: &mut Graph, x: NodeId, perm: Vec<usize>| -> Option<NodeId> {
+        let op = Op::Transpose { perm };
+        let ty = op.infer(&[&g[x].ty], None).ok()?;
+        let node = Node {
+            op,
+            ty,
+            name: None,
+            loc: g[x].loc.clone(),
+            grad_of: g[x].grad_of,
+        };
+        Some(g.add_raw(node, &[x]))
+    };
+    for id in scans {
+        let Op::Scan(mut body) = g[id].op.clone() else {
+            continue;
+        };
+        let a = body.axis;
+        let mut operands = g.operands(id);
+        for o in operands.iter_mut().skip(body.carries).take(body.sequences) {
+            let rank = g[*o].ty.shape.rank();
+            let perm: Vec<usize> = std::iter::once(a)
+                .chain((0..rank).filter(|&d| d != a))
+                .collect();
+            *o = transpose(&mut g, *o, perm)?;
+        }
+        body.axis = 0;
+        let n_carries = body.carries;
+        if let Some(n) = g.get_mut(id) {
+            n.op = Op::Scan(body);
+        }
+        g.set_operands(id, &operands);
+        // the stacked results: time-major now, transposed back for their readers
+        let mut stacked: Vec<NodeId> = g
+            .users(id)
+            .into_iter()
+            .filter(|&u| matches!(g[u].op, Op::ScanResult { index } if index >= n_carries))
+            .collect();
+        stacked.sort();
+        stacked.dedup();
+        if n_carries == 0 {
+            stacked.push(id);
+        }
+        for x in stacked {
+            let ty = g[x].ty.clone();
+            let rank = ty.shape.rank();
+            let steps = ty.shape.dims().get(a).copied()?;
+            let tm = stacked_shape(&step_shape(&ty.shape, a), 0, steps);
+            if let Some(n) = g.get_mut(x) {
+                n.ty = TensorType::new(ty.dtype, tm);
+            }
+            let back: Vec<usize> = (1..=a)
+                .chain(std::iter::once(0))
+                .chain(a + 1..rank)
+                .collect();
+            let readers: Vec<NodeId> = g
+                .users(x)
+                .into_iter()
+                .filter(|&u| !matches!(g[u].op, Op::ScanResult { .. }))
+                .collect();
+            let tb = transpose(&mut g, x, back)?;
+            for u in readers {
+                let ops: Vec<NodeId> = g
+                    .operands(u)
+                    .into_iter()
+                    .map(|o| if o == x { tb } else { o })
+                    .collect();
+                g.set_operands(u, &ops);
+            }
+            for o in g.outputs_mut() {
+                if o.node == x {
+                    o.node = tb;
+                }
+            }
+            for u in g.updates_mut() {
+                if u.value == x {
+                    u.value = tb;
+                }
+            }
+        }
+    }
+    Some(g)
 }

@@ -20,7 +20,7 @@ proptest! {
         let g = random_graph(seed, steps);
         for p in passes::all() {
             let mut h = g.clone();
-            (p.run)(&mut h);
+            p.apply(&mut h);
             if let Err(e) = compare_pass(p.name, &g, &h, seed ^ 1) {
                 return Err(TestCaseError::fail(format!("pass {}: {e}", p.name)));
             }

@@ -17,10 +17,10 @@ proptest! {
         let g0 = random_graph(seed, steps);
         for p in passes::all() {
             let mut g = g0.clone();
-            (p.run)(&mut g);
+            p.apply(&mut g);
             prop_assert!(check_graph(&g).is_empty(), "{} broke the graph: {:?}", p.name, check_graph(&g));
             let once = print(&g);
-            let again = (p.run)(&mut g);
+            let again = p.apply(&mut g);
             prop_assert!(!again.changed(), "second run of {} changed: {}", p.name, again);
             prop_assert_eq!(print(&g), once, "second run of {} changed the text", p.name);
         }

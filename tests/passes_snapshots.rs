@@ -39,7 +39,7 @@ fn rule_files_through_their_pass() {
         let _ = writeln!(out, "=== input ({} nodes)\n{}", g.len(), text::print(&g));
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         for p in Pipeline::new(&names).expect("known passes").passes() {
-            let report = (p.run)(&mut g);
+            let report = p.apply(&mut g);
             let errors = check_graph(&g);
             assert!(errors.is_empty(), "{file} after {}: {errors:?}", p.name);
             let _ = writeln!(
@@ -99,7 +99,7 @@ fn every_rule_and_pass_has_a_file_that_exercises_it() {
     for pass in ["cse", "dce", "fold", "batch_matmuls"] {
         let mut g = load(pass);
         let p = gradlift::passes::by_name(pass).unwrap();
-        let report = (p.run)(&mut g);
+        let report = p.apply(&mut g);
         assert!(report.changed(), "{pass}.ir: {report}");
     }
 }
@@ -133,7 +133,7 @@ fn corpus_files_through_the_default_pipeline() {
                 text::print(&g)
             );
             for p in Pipeline::default().passes() {
-                let report = (p.run)(&mut g);
+                let report = p.apply(&mut g);
                 let errors = check_graph(&g);
                 assert!(errors.is_empty(), "{rel} after {}: {errors:?}", p.name);
                 if report.changed() {

@@ -35,12 +35,19 @@ fn rnn_body(b: usize, f: usize, h: usize) -> (Graph, Vec<NodeId>) {
 /// the stacked states and the final state. Returns the case (inputs `xs`, `h0`, `w`, `u`,
 /// `b`, all differentiated).
 fn rnn_case(t: usize, unrolled: bool, reverse: bool, seed: u64) -> Case {
+    rnn_case_at(t, unrolled, reverse, 0, seed)
+}
+
+/// [`rnn_case`] with the steps along `axis` of the sequence and the stacked states (0:
+/// `[t, b, f]`, 1: batch-major `[b, t, f]`).
+fn rnn_case_at(t: usize, unrolled: bool, reverse: bool, axis: usize, seed: u64) -> Case {
     let (b, f, h) = (2, 3, 4);
     let mut rng = Rng::new(seed);
     let mut c = Case::new(if unrolled { "rnn_unrolled" } else { "rnn_scan" });
+    let xs_shape = if axis == 0 { [t, b, f] } else { [b, t, f] };
     let xs = c.input(
         "xs",
-        &[t, b, f],
+        &xs_shape,
         uniform(&mut rng, t * b * f, -1.0, 1.0),
         true,
     );
@@ -57,22 +64,31 @@ fn rnn_case(t: usize, unrolled: bool, reverse: bool, seed: u64) -> Case {
             true => (0..t).rev().collect(),
         };
         for s in steps {
-            let xt = g.slice(xs, &[s, 0, 0], &[s + 1, b, f]).unwrap();
+            let xt = match axis {
+                0 => g.slice(xs, &[s, 0, 0], &[s + 1, b, f]).unwrap(),
+                _ => g.slice(xs, &[0, s, 0], &[b, s + 1, f]).unwrap(),
+            };
             let xt = g.reshape(xt, [b, f]).unwrap();
             let xw = g.matmul(xt, w).unwrap();
             let hu = g.matmul(cur, u).unwrap();
             let a = g.add2(xw, hu).unwrap();
             let a = g.add2(a, bias).unwrap();
             cur = g.tanh(a).unwrap();
-            hs[s] = Some(g.reshape(cur, [1, b, h]).unwrap());
+            let one = if axis == 0 { [1, b, h] } else { [b, 1, h] };
+            hs[s] = Some(g.reshape(cur, one).unwrap());
         }
         let hs: Vec<NodeId> = hs.into_iter().flatten().collect();
-        (cur, g.concat(&hs, 0).unwrap())
+        (cur, g.concat(&hs, axis).unwrap())
     } else {
         let (body, params) = rnn_body(b, f, h);
         let r =
-            c.g.scan(&body, &params, &[h0, xs, w, u, bias], 1, 1, reverse)
-                .unwrap();
+            c.g.scan(
+                &body,
+                &params,
+                &[h0, xs, w, u, bias],
+                scan_loop(reverse, axis),
+            )
+            .unwrap();
         (r[0], r[1])
     };
     let l1 = weighted_sum(&mut c.g, last, &mut Rng::new(seed + 1));
@@ -81,6 +97,15 @@ fn rnn_case(t: usize, unrolled: bool, reverse: bool, seed: u64) -> Case {
     c.g.add_output("loss", c.loss).unwrap();
     c.g.add_output("hs", stacked).unwrap();
     c
+}
+
+fn scan_loop(reverse: bool, axis: usize) -> gradlift::scan::Loop {
+    gradlift::scan::Loop {
+        carries: 1,
+        sequences: 1,
+        reverse,
+        axis,
+    }
 }
 
 fn values(g: &Graph, feeds: &HashMap<NodeId, Array<f64>>, ids: &[NodeId]) -> Vec<Vec<f64>> {
@@ -116,9 +141,9 @@ fn same_feeds(from: &Case, to: &Graph) -> HashMap<NodeId, Array<f64>> {
 /// The interpreter runs a scan as the same recurrence unrolled: forward and reverse.
 #[test]
 fn interpreter_matches_the_unrolled_recurrence() {
-    for reverse in [false, true] {
-        let s = rnn_case(5, false, reverse, 3);
-        let u = rnn_case(5, true, reverse, 3);
+    for (reverse, axis) in [(false, 0), (true, 0), (false, 1), (true, 1)] {
+        let s = rnn_case_at(5, false, reverse, axis, 3);
+        let u = rnn_case_at(5, true, reverse, axis, 3);
         let outs = |c: &Case| -> Vec<NodeId> { c.g.outputs().iter().map(|o| o.node).collect() };
         let a = values(&s.g, &s.feeds, &outs(&s));
         let b = values(&u.g, &same_feeds(&s, &u.g), &outs(&u));
@@ -132,8 +157,14 @@ fn interpreter_matches_the_unrolled_recurrence() {
 /// the sequence, the initial carry and the invariants, in both directions.
 #[test]
 fn gradient_agrees_with_finite_differences() {
-    for (t, reverse) in [(1, false), (4, false), (3, true)] {
-        let c = rnn_case(t, false, reverse, 7 + t as u64);
+    for (t, reverse, axis) in [
+        (1, false, 0),
+        (4, false, 0),
+        (3, true, 0),
+        (4, false, 1),
+        (3, true, 1),
+    ] {
+        let c = rnn_case_at(t, false, reverse, axis, 7 + t as u64);
         let r = fd_check(&c, 1000, &mut Rng::new(1)).unwrap_or_else(|e| panic!("t={t}: {e}"));
         assert!(r.checked > 40, "{r:?}");
     }
@@ -142,8 +173,8 @@ fn gradient_agrees_with_finite_differences() {
 /// ... and equals the unrolled graph's gradient.
 #[test]
 fn gradient_equals_the_unrolled_gradient() {
-    let mut s = rnn_case(6, false, false, 5);
-    let mut u = rnn_case(6, true, false, 5);
+    let mut s = rnn_case_at(6, false, false, 1, 5);
+    let mut u = rnn_case_at(6, true, false, 1, 5);
     let sw = s.wrt.clone();
     let uw = u.wrt.clone();
     let gs = autodiff::grad(&mut s.g, s.loss, &sw).unwrap();
@@ -180,8 +211,8 @@ fn second_order_through_scan() {
 /// with and without the pass pipeline (which optimizes inside the body).
 #[test]
 fn jit_matches_the_interpreter() {
-    for reverse in [false, true] {
-        let c = rnn_case(7, false, reverse, 11);
+    for (reverse, axis) in [(false, 0), (true, 0), (false, 1), (true, 1)] {
+        let c = rnn_case_at(7, false, reverse, axis, 11);
         common::jit_matches("scan forward", &c.g, &c.g, 1);
         let mut g = c.g.clone();
         let grads = autodiff::grad(&mut g, c.loss, &c.wrt).unwrap();
@@ -228,7 +259,7 @@ fn code_does_not_grow_with_the_trip_count() {
         let bias = g.input("b", TensorType::f32([h])).unwrap();
         let (body, params) = rnn_body(b, f, h);
         let r = g
-            .scan(&body, &params, &[h0, xs, w, u, bias], 1, 1, false)
+            .scan(&body, &params, &[h0, xs, w, u, bias], scan_loop(false, 0))
             .unwrap();
         let loss = weighted_sum(&mut g, r[0], &mut Rng::new(1));
         g.add_output("loss", loss).unwrap();
@@ -254,35 +285,35 @@ fn malformed_scans_are_refused() {
     let header = "graph s {\ninputs:\n  %xs: f32[4,2] = input\n  %ys: f32[3,2] = input\n  %c: f32[2] = input\nbody:\n";
     let cases = [
         (
-            "  %r: f32[2] = scan %c, %xs, carries=1, reverse=false, sequences=1 {\n    %2: f32[] = reduce_sum %1, axes=[0], keepdims=false\n    yield %2\n  }\n",
+            "  %r: f32[2] = scan %c, %xs, axis=0, carries=1, reverse=false, sequences=1 {\n    %2: f32[] = reduce_sum %1, axes=[0], keepdims=false\n    yield %2\n  }\n",
             "new carry 0",
         ),
         (
-            "  %r: f32[2] = scan %c, %xs, %ys, carries=1, reverse=false, sequences=2 {\n    %3: f32[2] = add %0, %1\n    yield %3\n  }\n",
-            "leading axis of 4 steps",
+            "  %r: f32[2] = scan %c, %xs, %ys, axis=0, carries=1, reverse=false, sequences=2 {\n    %3: f32[2] = add %0, %1\n    yield %3\n  }\n",
+            "expected an axis 0 of 4 steps",
         ),
         (
-            "  %r: f32[2] = scan %c, %xs, carries=1, reverse=false, sequences=1 {\n    %2: f32[2] = add %0, %3\n    yield %2\n  }\n",
+            "  %r: f32[2] = scan %c, %xs, axis=0, carries=1, reverse=false, sequences=1 {\n    %2: f32[2] = add %0, %3\n    yield %2\n  }\n",
             "is not a value of the body",
         ),
         (
-            "  %r: f32[2] = scan %c, %xs, carries=1, sequences=1 {\n    %2: f32[2] = add %0, %1\n    yield %2\n  }\n",
+            "  %r: f32[2] = scan %c, %xs, axis=0, carries=1, sequences=1 {\n    %2: f32[2] = add %0, %1\n    yield %2\n  }\n",
             "reverse",
         ),
         (
-            "  %r: f32[2] = scan %c, %xs, carries=1, reverse=false, sequences=1 {\n    %2: f32[2] = add %0, %1\n  }\n",
+            "  %r: f32[2] = scan %c, %xs, axis=0, carries=1, reverse=false, sequences=1 {\n    %2: f32[2] = add %0, %1\n  }\n",
             "yield",
         ),
         (
-            "  %r: f32[2] = scan %c, %xs, carries=1, reverse=false, sequences=1 {\n    %2: f32[2] = const 1.0\n    yield %2\n  }\n",
+            "  %r: f32[2] = scan %c, %xs, axis=0, carries=1, reverse=false, sequences=1 {\n    %2: f32[2] = const 1.0\n    yield %2\n  }\n",
             "constants and weights are operands",
         ),
         (
-            "  %r: f32[2] = scan %c, %xs, carries=1, reverse=false, sequences=1 {\n    %2: f32[2] = add %0, %1\n    yield %2, %2\n  }\n  %q: f32[4,3] = scan_result %r, index=1\n",
+            "  %r: f32[2] = scan %c, %xs, axis=0, carries=1, reverse=false, sequences=1 {\n    %2: f32[2] = add %0, %1\n    yield %2, %2\n  }\n  %q: f32[4,3] = scan_result %r, index=1\n",
             "result 1 of the scan is f32[4,2]",
         ),
         (
-            "  %r: f32[2] = scan %c, %xs, carries=1, reverse=false, sequences=1 {\n    %2: f32[2] = add %0, %1\n    yield %2\n  }\n  %q: f32[4,2] = scan_result %r, index=1\n",
+            "  %r: f32[2] = scan %c, %xs, axis=0, carries=1, reverse=false, sequences=1 {\n    %2: f32[2] = add %0, %1\n    yield %2\n  }\n  %q: f32[4,2] = scan_result %r, index=1\n",
             "at least 2 results",
         ),
     ];
@@ -310,13 +341,15 @@ fn builder_checks_the_body_against_the_operands() {
     let u = g.input("u", TensorType::f32([4, 4])).unwrap();
     let b = g.input("b", TensorType::f32([4])).unwrap();
     let e = g
-        .scan(&body, &params, &[h0, xs, w, u, b], 1, 1, false)
+        .scan(&body, &params, &[h0, xs, w, u, b], scan_loop(false, 0))
         .unwrap_err();
     assert!(
         e.to_string()
             .contains("body parameter 1 is f32[2,3], but operand 1 gives it f32[2,7]"),
         "{e}"
     );
-    let e = g.scan(&body, &params, &[h0, xs], 1, 1, false).unwrap_err();
+    let e = g
+        .scan(&body, &params, &[h0, xs], scan_loop(false, 0))
+        .unwrap_err();
     assert!(e.to_string().contains("5 parameters but 2 operands"), "{e}");
 }

@@ -175,8 +175,9 @@ pub(super) fn vjp(
         .collect();
     let carries = k + wanted_inv.len();
     let sequences = k + m + dys.len();
-    let (bbody, hoisted) = ScanBody::from_graph(&bg, &bparams, carries, sequences, !body.reverse)
-        .map_err(|e| fail(cx, e))?;
+    let (bbody, hoisted) =
+        ScanBody::from_graph(&bg, &bparams, carries, sequences, !body.reverse, body.axis)
+            .map_err(|e| fail(cx, e))?;
 
     // 3. The backward scan in the forward graph.
     let mut operands = Vec::with_capacity(bbody.params);

@@ -447,6 +447,11 @@ fn plan_memory(
 /// it cannot check.
 pub fn memory_plan(g: &Graph, opts: &CompileOptions) -> Result<MemoryPlan, CompileError> {
     let order = check(g)?;
+    let time_major = crate::scan::time_major(g);
+    let (g, order) = match &time_major {
+        Some(tm) => (tm, check(tm)?),
+        None => (g, order),
+    };
     // the scans' scratch needs their bodies' plans: lowered into a module that is dropped
     let mut module = jit_module(opts)?;
     let scans = lower_scan_bodies(g, opts, &mut module, "plan", &order)?;
@@ -622,6 +627,13 @@ fn lower_function<M: Module>(
     linkage: Linkage,
     order: &[NodeId],
 ) -> Result<(Context, FuncId, plan::Plan), CompileError> {
+    // scans over a non-leading axis run time-major, between transposes
+    let time_major = crate::scan::time_major(g);
+    let (g, order) = match &time_major {
+        Some(tm) => (tm, check(tm)?),
+        None => (g, order.to_vec()),
+    };
+    let order = &order[..];
     let scans = lower_scan_bodies(g, opts, module, name, order)?;
     let (memory, folded) = plan_memory(g, order, opts, &scans)?;
     check_memory(g, order, &memory, opts)?;

@@ -55,6 +55,7 @@ pub mod cse;
 pub mod dce;
 pub mod fold;
 pub mod fuse;
+pub mod licm;
 pub mod plan;
 pub mod simplify;
 
@@ -179,6 +180,11 @@ pub fn all() -> &'static [Pass] {
             run: batch_matmuls::run,
         },
         Pass {
+            name: "licm",
+            summary: "move the instructions of a scan body that read only its invariants out of                       the loop (see passes::licm)",
+            run: licm::run,
+        },
+        Pass {
             name: "dce",
             summary: "remove nodes that no output or update needs",
             run: dce::run,
@@ -200,8 +206,10 @@ pub fn by_name(name: &str) -> Option<Pass> {
 /// The names of the default pipeline, in order. `cse` runs first so that duplicated chains are
 /// one chain (the softmax rules fire only on chains without other users, and `batch_matmuls`
 /// finds the matmuls of one weight through one transpose node); then `simplify` and `fold`;
-/// `batch_matmuls` on the simplified graph; `cse` again because rewriting, folding and
-/// batching make equal nodes and constants; `dce` removes everything the others left unused;
+/// `batch_matmuls` on the simplified graph; `licm` then moves what only reads a loop's
+/// invariants (such as the concatenated weights of a batched recurrent product) out of scan
+/// bodies; `cse` again because rewriting, folding, batching and hoisting make equal nodes and
+/// constants; `dce` removes everything the others left unused;
 /// `fuse` runs last, on the final graph (its fused nodes are opaque to the other passes). On
 /// the test graphs one run of this list reaches a fixpoint: a second run changes nothing.
 pub const DEFAULT_PIPELINE: &[&str] = &[
@@ -209,6 +217,7 @@ pub const DEFAULT_PIPELINE: &[&str] = &[
     "simplify",
     "fold",
     "batch_matmuls",
+    "licm",
     "cse",
     "dce",
     "fuse",
@@ -359,10 +368,9 @@ impl Pipeline {
             })?;
             write_dump(dir, "00-input.ir", "input", g)?;
         }
-        self.optimize_scan_bodies(g)?;
         let mut reports = Vec::with_capacity(self.passes.len());
         for (i, p) in self.passes.iter().enumerate() {
-            let report = (p.run)(g);
+            let report = p.apply(g);
             if self.verify {
                 let errors = check_graph(g);
                 if !errors.is_empty() {
@@ -384,81 +392,99 @@ impl Pipeline {
     }
 }
 
-impl Pipeline {
-    /// Runs the pipeline's passes inside the body of every scan node of `g` (a body is an
-    /// ordinary graph to them: [`crate::scan::ScanBody::to_graph`], with the scan's constant
-    /// invariants as constants of the body so that folding and simplification see them), then
-    /// stores the optimized body back: constants the passes made become further invariant
-    /// operands, invariants the body no longer reads are dropped.
-    fn optimize_scan_bodies(&self, g: &mut Graph) -> Result<(), PassError> {
-        let inner = Pipeline {
-            passes: self.passes.clone(),
-            verify: self.verify,
-            dump: None,
-        };
-        let invalid = |errors: Vec<String>| PassError::Invalid {
-            pass: "scan body".into(),
-            errors,
-        };
+impl Pass {
+    /// Runs the pass on `g` and inside the body of every scan node, innermost first (to the
+    /// pass a body is an ordinary graph, [`crate::scan::ScanBody::to_graph`], with the scan's
+    /// constant invariants as constants of the body so that folding and simplification see
+    /// them); the optimized body is stored back: constants the pass made become further
+    /// invariant operands, invariants the body no longer reads are dropped. One report: the
+    /// counts of the bodies and the graph added, a body's remarks prefixed with its scan.
+    pub fn apply(&self, g: &mut Graph) -> PassReport {
+        let mut report = PassReport::new(self.name);
         for id in g.node_ids() {
-            let Op::Scan(body) = &g[id].op else {
+            if !matches!(g[id].op, Op::Scan(_)) {
                 continue;
-            };
-            let body = body.clone();
-            let operands = g.operands(id);
-            let types: Vec<&crate::shape::TensorType> =
-                operands.iter().map(|&o| &g[o].ty).collect();
-            let params = body.param_types(&types).map_err(|e| invalid(vec![e.0]))?;
-            let fixed = body.carries + body.sequences;
-            let consts: Vec<Option<crate::op::Literal>> = operands
-                .iter()
-                .enumerate()
-                .map(|(i, &o)| match &g[o].op {
-                    Op::Const { value } if i >= fixed => Some(value.clone()),
-                    _ => None,
-                })
-                .collect();
-            let (mut bg, _) = body
-                .to_graph(&params, &consts)
-                .map_err(|e| invalid(vec![e]))?;
-            inner.run(&mut bg)?;
-            let (optimized, hoisted) = crate::scan::ScanBody::from_graph(
-                &bg,
-                &body.param_nodes(&bg),
-                body.carries,
-                body.sequences,
-                body.reverse,
-            )
-            .map_err(|e| invalid(vec![e]))?;
-            let mut all = operands.clone();
-            for (ty, value) in hoisted {
-                let node = crate::graph::Node {
-                    op: Op::Const { value },
-                    ty,
-                    name: None,
-                    loc: g[id].loc.clone(),
-                    grad_of: g[id].grad_of,
-                };
-                all.push(g.add_raw(node, &[]));
             }
-            let (pruned, kept) = optimized.prune_invariants();
-            let kept_operands: Vec<NodeId> = kept.iter().map(|&i| all[i]).collect();
-            if let Some(n) = g.get_mut(id) {
-                n.op = Op::Scan(pruned);
-            }
-            g.set_operands(id, &kept_operands);
-            // constants no longer read by anything
-            let outputs: Vec<NodeId> = g.outputs().iter().map(|o| o.node).collect();
-            for o in all {
-                if matches!(g[o].op, Op::Const { .. })
-                    && g.users(o).is_empty()
-                    && !outputs.contains(&o)
-                {
-                    g.remove(o);
+            let label = crate::verify::node_label(g, id);
+            match self.apply_to_body(g, id) {
+                Ok(inner) => {
+                    for (k, n) in inner.counts {
+                        report.count(&k, n);
+                    }
+                    for r in inner.remarks {
+                        report.remark(format!("in the body of scan {label}: {r}"));
+                    }
                 }
+                Err(e) => report.remark(format!("the body of scan {label} was left alone: {e}")),
             }
         }
-        Ok(())
+        let main = (self.run)(g);
+        for (k, n) in main.counts {
+            report.count(&k, n);
+        }
+        report.remarks.extend(main.remarks);
+        report
+    }
+
+    fn apply_to_body(&self, g: &mut Graph, id: NodeId) -> Result<PassReport, String> {
+        let Op::Scan(body) = &g[id].op else {
+            return Ok(PassReport::new(self.name));
+        };
+        let body = body.clone();
+        let operands = g.operands(id);
+        let types: Vec<&crate::shape::TensorType> = operands.iter().map(|&o| &g[o].ty).collect();
+        let params = body.param_types(&types).map_err(|e| e.0)?;
+        let fixed = body.carries + body.sequences;
+        let consts: Vec<Option<crate::op::Literal>> = operands
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| match &g[o].op {
+                Op::Const { value } if i >= fixed => Some(value.clone()),
+                _ => None,
+            })
+            .collect();
+        let (mut bg, _) = body.to_graph(&params, &consts)?;
+        let report = self.apply(&mut bg);
+        if !report.changed() {
+            return Ok(report);
+        }
+        let (optimized, hoisted) = crate::scan::ScanBody::from_graph(
+            &bg,
+            &body.param_nodes(&bg),
+            body.carries,
+            body.sequences,
+            body.reverse,
+            body.axis,
+        )?;
+        let mut all = operands.clone();
+        for (ty, value) in hoisted {
+            let node = crate::graph::Node {
+                op: Op::Const { value },
+                ty,
+                name: None,
+                loc: g[id].loc.clone(),
+                grad_of: g[id].grad_of,
+            };
+            all.push(g.add_raw(node, &[]));
+        }
+        let (pruned, kept) = optimized.prune_invariants();
+        let kept_operands: Vec<NodeId> = kept.iter().map(|&i| all[i]).collect();
+        if let Some(n) = g.get_mut(id) {
+            n.op = Op::Scan(pruned);
+        }
+        g.set_operands(id, &kept_operands);
+        // constants no longer read by anything
+        let outputs: Vec<NodeId> = g.outputs().iter().map(|o| o.node).collect();
+        for o in all {
+            if g.contains(o)
+                && matches!(g[o].op, Op::Const { .. })
+                && g.users(o).is_empty()
+                && !outputs.contains(&o)
+            {
+                g.remove(o);
+            }
+        }
+        Ok(report)
     }
 }
 

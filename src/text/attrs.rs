@@ -360,6 +360,7 @@ impl Op {
             Op::FusedResult { index } | Op::ScanResult { index } => vec![("index", int(*index))],
             // the body is a nested block; the operand split and direction are attributes
             Op::Scan(body) => vec![
+                ("axis", int(body.axis)),
                 ("carries", int(body.carries)),
                 ("reverse", AttrValue::Ident(body.reverse.to_string())),
                 ("sequences", int(body.sequences)),
@@ -368,12 +369,13 @@ impl Op {
     }
 
     /// The attributes of a `scan` (its body is a nested block the parser reads):
-    /// `(carries, sequences, reverse)`.
+    /// `(axis, carries, sequences, reverse)`.
     pub(crate) fn scan_attrs(
         attrs: &[(String, AttrValue)],
-    ) -> Result<(usize, usize, bool), AttrError> {
-        let r = AttrReader::new(attrs, &["carries", "reverse", "sequences"])?;
+    ) -> Result<(usize, usize, usize, bool), AttrError> {
+        let r = AttrReader::new(attrs, &["axis", "carries", "reverse", "sequences"])?;
         Ok((
+            r.usize("axis")?,
             r.usize("carries")?,
             r.usize("sequences")?,
             r.bool("reverse")?,

@@ -448,7 +448,7 @@ impl Parser<'_> {
         })
     }
 
-    /// The block of `scan OPERANDS, carries=C, reverse=R, sequences=S`: as a fused body, but
+    /// The block of `scan OPERANDS, axis=A, carries=C, reverse=R, sequences=S`: as a fused body, but
     /// `yield` lists the new carries, then the per-step outputs (any values of the body).
     fn scan_body(
         &mut self,
@@ -460,7 +460,7 @@ impl Parser<'_> {
             .iter()
             .map(|(k, v, _)| (k.clone(), v.clone()))
             .collect();
-        let (carries, sequences, reverse) = Op::scan_attrs(&plain)
+        let (axis, carries, sequences, reverse) = Op::scan_attrs(&plain)
             .map_err(|e| self.attr_error(e, "scan", "op", "attribute", op_pos, attrs))?;
         let (insts, yields) = self.block(n_params, "scan")?;
         Ok(crate::scan::ScanBody {
@@ -468,6 +468,7 @@ impl Parser<'_> {
             carries,
             sequences,
             reverse,
+            axis,
             insts,
             yields: yields.into_iter().map(|(v, _)| v).collect(),
         })
