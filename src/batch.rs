@@ -10,7 +10,9 @@
 //! 1. *Batched* values have the batch as axis 0. Each node gets a yes/no unknown; inputs
 //!    whose leading dimension is `B` are batched, params, state, dense constants and other
 //!    inputs are not, and every op ties its operands' unknowns to its result's (elementwise
-//!    ops, matmul's left operand, conv2d's input, pooling, reshapes that keep axis 0,
+//!    ops, matmul's left operand, conv2d's input, pooling, reshapes that keep axis 0 or
+//!    keep each example's rows together (`[B, T, F]` to `[B*T, F]`: axis 0 then holds `T`
+//!    rows per example, and rebatching scales it),
 //!    transposes that fix it, reductions, softmax and argmax over other axes, full-extent
 //!    slices of axis 0, cross-entropies, one_hot). Splat constants and broadcasts of
 //!    lower-rank values are free: they take whatever their users need (the zero initial
@@ -109,6 +111,54 @@ impl Ties {
 /// Decides which values of `g` carry a batch of `batch` examples along axis 0 and checks
 /// that `g` can be split along it (see the module documentation).
 pub fn analyze(g: &Graph, batch: usize) -> Result<BatchAxes, BatchError> {
+    analyze_with(g, batch, &HashMap::new(), false)
+}
+
+/// The body of a batch-major scan (`axis >= 1`) as a graph, analyzed: its carries and
+/// sequence slices batched when the scan's are (`batched`), its invariants not. `operands`
+/// are the scan's operand types. The body must map each example's row to the same row
+/// (every yield batched exactly when the scan is) and take no batch means.
+fn scan_body_axes(
+    body: &crate::scan::ScanBody,
+    operands: &[&crate::shape::TensorType],
+    batched: bool,
+    batch: usize,
+) -> Result<(Graph, BatchAxes), String> {
+    let params = body.param_types(operands).map_err(|e| e.0)?;
+    let (bg, inputs) = body.to_graph(&params, &[])?;
+    let fixed: HashMap<NodeId, bool> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p, batched && i < body.carries + body.sequences))
+        .collect();
+    let axes = analyze_with(&bg, batch, &fixed, true)
+        .map_err(|e| format!("in its body: {}: {}", e.node, e.message))?;
+    if let Some(m) = axes.means.iter().next() {
+        return Err(format!(
+            "its body takes a mean over the batch ({})",
+            crate::verify::node_label(&bg, *m)
+        ));
+    }
+    for (j, o) in bg.outputs().iter().enumerate() {
+        if axes.batched.contains(&o.node) != batched {
+            return Err(format!(
+                "yield {j} of its body {} one row per example where the scan's carries and sequences {}",
+                if batched { "does not have" } else { "has" },
+                if batched { "do" } else { "do not" }
+            ));
+        }
+    }
+    Ok((bg, axes))
+}
+
+/// [`analyze`] with the inputs in `fixed` batched or not as it says (a scan body's
+/// parameters), and for a scan body (`body`) without the checks of a whole step's outputs.
+fn analyze_with(
+    g: &Graph,
+    batch: usize,
+    fixed_inputs: &HashMap<NodeId, bool>,
+    body: bool,
+) -> Result<BatchAxes, BatchError> {
     let label = |id: NodeId| {
         format!(
             "{} ({}: {})",
@@ -147,7 +197,10 @@ pub fn analyze(g: &Graph, batch: usize) -> Result<BatchAxes, BatchError> {
         let fix = |t: &mut Ties, n: NodeId, v: bool| t.fix(n, v).map_err(conflict);
         let tie = |t: &mut Ties, a: NodeId, b: NodeId| t.tie(a, b).map_err(conflict);
         match &g[id].op {
-            Op::Input => fix(&mut t, id, rank(id) >= 1 && lead(id) == Some(batch))?,
+            Op::Input => match fixed_inputs.get(&id) {
+                Some(&b) => fix(&mut t, id, b)?,
+                None => fix(&mut t, id, rank(id) >= 1 && lead(id) == Some(batch))?,
+            },
             Op::Param { .. } | Op::State { .. } => fix(&mut t, id, false)?,
             Op::Const { value } => {
                 if matches!(value, Literal::Dense(_)) || lead(id) != Some(batch) {
@@ -171,8 +224,14 @@ pub fn analyze(g: &Graph, batch: usize) -> Result<BatchAxes, BatchError> {
                     fix(&mut t, ops[0], false)?;
                 }
             }
+            // a reshape keeps each example's elements together (row-major) when both axes 0
+            // are whole multiples of the batch: [B, T, F] -> [B*T, F] has T rows per example
             Op::Reshape { .. } => {
-                if rank(ops[0]) >= 1 && rank(id) >= 1 && lead(ops[0]) == lead(id) {
+                let whole = |n: NodeId| lead(n).is_some_and(|d| d > 0 && d % batch == 0);
+                if rank(ops[0]) >= 1
+                    && rank(id) >= 1
+                    && (lead(ops[0]) == lead(id) || (whole(ops[0]) && whole(id)))
+                {
                     tie(&mut t, ops[0], id)?;
                 } else {
                     fix(&mut t, ops[0], false)?;
@@ -264,14 +323,31 @@ pub fn analyze(g: &Graph, batch: usize) -> Result<BatchAxes, BatchError> {
                 "only forward graphs are split (gradient and fused ops are made after the split)"
                     .into(),
             )),
-            Op::Scan(_) | Op::ScanResult { .. } => return Err(fail(
+            // a batch-major scan: its carries, sequences and results have the batch as axis 0
+            // (the body is checked to keep each example's row below, once the ties are solved)
+            Op::Scan(body) if body.axis >= 1 => {
+                for &o in &ops[..body.carries + body.sequences] {
+                    tie(&mut t, o, id)?;
+                }
+                for &o in &ops[body.carries + body.sequences..] {
+                    fix(&mut t, o, false)?;
+                }
+            }
+            Op::Scan(_) => return Err(fail(
                 id,
-                "a scan's batch axis is not tracked through its body yet (the step compiles whole)"
+                "a scan over axis 0 runs along the batch axis of its sequences; only batch-major scans (axis=1) are split"
                     .into(),
             )),
+            Op::ScanResult { .. } => tie(&mut t, ops[0], id)?,
         }
     }
     let batched: HashSet<NodeId> = order.iter().copied().filter(|&id| t.batched(id)).collect();
+    for &id in &order {
+        if let Op::Scan(sb) = &g[id].op {
+            let types: Vec<_> = g.operands(id).iter().map(|&o| &g[o].ty).collect();
+            scan_body_axes(sb, &types, batched.contains(&id), batch).map_err(|m| fail(id, m))?;
+        }
+    }
     let mut means = HashSet::new();
     for &id in &order {
         let ops = g.operands(id);
@@ -314,7 +390,7 @@ pub fn analyze(g: &Graph, batch: usize) -> Result<BatchAxes, BatchError> {
         }
         means.insert(id);
     }
-    for o in g.outputs() {
+    for o in g.outputs().iter().filter(|_| !body) {
         if batched.contains(&o.node) {
             return Err(fail(
                 o.node,
@@ -336,28 +412,52 @@ pub fn analyze(g: &Graph, batch: usize) -> Result<BatchAxes, BatchError> {
 /// value, and the reshape/broadcast targets and slice ends that carry it, become `b`.
 pub fn rebatch(g: &Graph, axes: &BatchAxes, b: usize) -> Graph {
     let mut out = g.clone();
+    // axis 0 holds `k` rows per example (k = 1 but after a reshape that merged axes)
+    let rows = |d: &mut usize| *d = *d / axes.batch.max(1) * b;
     for &id in &axes.batched {
         let Some(n) = out.get_mut(id) else { continue };
         if let Some(d) = n.ty.shape.0.first_mut() {
-            *d = b;
+            rows(d);
         }
         match &mut n.op {
             Op::Reshape { shape } | Op::Broadcast { shape } => {
                 if let Some(d) = shape.0.first_mut() {
-                    *d = b;
+                    rows(d);
                 }
             }
             Op::Slice { end, .. } => {
                 if let Some(d) = end.first_mut() {
-                    *d = b;
+                    rows(d);
                 }
             }
             Op::ScatterAdd { shape, .. } => {
                 if let Some(d) = shape.0.first_mut() {
-                    *d = b;
+                    rows(d);
                 }
             }
             _ => {}
+        }
+    }
+    // a batched scan's body: the same body for rows of `b`
+    for &id in &axes.batched {
+        let Op::Scan(sb) = &g[id].op else { continue };
+        let types: Vec<_> = g.operands(id).iter().map(|&o| &g[o].ty).collect();
+        let Ok((bg, body_axes)) = scan_body_axes(sb, &types, true, axes.batch) else {
+            continue; // analyze accepted it, so this does not happen
+        };
+        let smaller = rebatch(&bg, &body_axes, b);
+        let params = sb.param_nodes(&smaller);
+        if let Ok((new_body, _)) = crate::scan::ScanBody::from_graph(
+            &smaller,
+            &params,
+            sb.carries,
+            sb.sequences,
+            sb.reverse,
+            sb.axis,
+        ) {
+            if let Some(n) = out.get_mut(id) {
+                n.op = Op::Scan(new_body);
+            }
         }
     }
     out

@@ -88,12 +88,86 @@ pub fn values(init: &Init, shape: &Shape) -> Vec<f64> {
             let mut r = Rng::new(seed);
             (0..n).map(|_| stddev * r.normal()).collect()
         }
+        Init::Orthogonal { seed } => orthogonal(shape, seed),
+        Init::UnitForgetBias { units } => (0..n)
+            .map(|i| {
+                if (units..2 * units).contains(&i) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
     }
+}
+
+/// Keras' `Orthogonal(gain=1)`: the shape as a matrix `[rows, cols]` (`cols` the last axis),
+/// a seeded standard normal matrix of shape `[max, min]` made orthonormal column by column
+/// (modified Gram-Schmidt, which is the Q of its QR decomposition with R's diagonal positive,
+/// as Keras' sign correction makes it), transposed when `rows < cols`.
+fn orthogonal(shape: &Shape, seed: u64) -> Vec<f64> {
+    let d = shape.dims();
+    let cols = d.last().copied().unwrap_or(1).max(1);
+    let rows = (shape.numel() / cols).max(1);
+    let (big, small) = (rows.max(cols), rows.min(cols));
+    let mut r = Rng::new(seed);
+    // column-major: column j is q[j * big..(j + 1) * big]
+    let mut q: Vec<f64> = (0..big * small).map(|_| r.normal()).collect();
+    for j in 0..small {
+        for k in 0..j {
+            let dot: f64 = (0..big).map(|i| q[j * big + i] * q[k * big + i]).sum();
+            for i in 0..big {
+                q[j * big + i] -= dot * q[k * big + i];
+            }
+        }
+        let norm = (0..big).map(|i| q[j * big + i].powi(2)).sum::<f64>().sqrt();
+        let norm = if norm > 0.0 { norm } else { 1.0 };
+        for i in 0..big {
+            q[j * big + i] /= norm;
+        }
+    }
+    let mut out = vec![0.0; shape.numel()];
+    for i in 0..rows {
+        for j in 0..cols {
+            // element (i, j): q[i][j] when rows >= cols, else q^T
+            out[i * cols + j] = if rows >= cols {
+                q[j * big + i]
+            } else {
+                q[i * big + j]
+            };
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orthogonal_rows_or_columns_are_orthonormal() {
+        for dims in [vec![4, 4], vec![3, 12], vec![12, 3], vec![2, 3, 5]] {
+            let s = Shape(dims.clone());
+            let v = values(&Init::Orthogonal { seed: 3 }, &s);
+            let cols = *dims.last().unwrap();
+            let rows = s.numel() / cols;
+            let at = |i: usize, j: usize| v[i * cols + j];
+            // the fewer of rows and columns are orthonormal vectors
+            let (n, len, get): (usize, usize, Box<dyn Fn(usize, usize) -> f64>) = if rows >= cols {
+                (cols, rows, Box::new(|k, i| at(i, k)))
+            } else {
+                (rows, cols, Box::new(|k, j| at(k, j)))
+            };
+            for a in 0..n {
+                for b in 0..n {
+                    let dot: f64 = (0..len).map(|i| get(a, i) * get(b, i)).sum();
+                    let want = if a == b { 1.0 } else { 0.0 };
+                    assert!((dot - want).abs() < 1e-12, "{dims:?}: <{a},{b}> = {dot}");
+                }
+            }
+            assert_ne!(v, values(&Init::Orthogonal { seed: 4 }, &s));
+        }
+    }
 
     #[test]
     fn seeded_inits_are_deterministic_and_scaled() {

@@ -31,6 +31,13 @@ pub enum Init {
     GlorotUniform { seed: u64 },
     /// He normal: stddev `sqrt(2 / fan_in)`.
     HeNormal { seed: u64 },
+    /// Orthogonal (Keras' default for recurrent kernels): the tensor as a matrix `[rows,
+    /// last axis]` has orthonormal rows or columns (whichever are fewer), from the QR
+    /// decomposition of a seeded normal matrix.
+    Orthogonal { seed: u64 },
+    /// An LSTM bias with Keras' `unit_forget_bias`: zeros but for the forget gate's `units`
+    /// elements (the second quarter), which are ones.
+    UnitForgetBias { units: usize },
 }
 
 /// The value of a constant: one value repeated (`Splat`) or every element (`Dense`, row-major).

@@ -127,7 +127,7 @@ pub fn default_shards(g: &Graph, batch: usize) -> usize {
 }
 
 /// Approximate FLOPs of one evaluation of `g`: 2 per multiply-add of matmuls and
-/// convolutions, one per element of everything else.
+/// convolutions, a scan's body once per step, one per element of everything else.
 pub fn forward_flops(g: &Graph) -> u64 {
     use crate::op::Op;
     g.node_ids()
@@ -145,6 +145,15 @@ pub fn forward_flops(g: &Graph) -> u64 {
                     let w = g[ops[1]].ty.shape.dims();
                     let taps: usize = w.iter().take(3).product();
                     2 * out * taps as u64
+                }
+                // the body's work, once per step
+                Op::Scan(body) => {
+                    let types: Vec<_> = ops.iter().map(|&o| &g[o].ty).collect();
+                    let steps = body.length(&types).unwrap_or(1) as u64;
+                    body.param_types(&types)
+                        .ok()
+                        .and_then(|p| body.to_graph(&p, &[]).ok())
+                        .map_or(out, |(bg, _)| steps * forward_flops(&bg))
                 }
                 _ => out,
             }

@@ -617,7 +617,12 @@ impl<'g> Verifier<'g> {
 /// What is wrong with an initializer's parameters, if anything.
 fn init_problem(init: &Init) -> Option<String> {
     match *init {
-        Init::Zeros | Init::Ones | Init::GlorotUniform { .. } | Init::HeNormal { .. } => None,
+        Init::Zeros
+        | Init::Ones
+        | Init::GlorotUniform { .. }
+        | Init::HeNormal { .. }
+        | Init::Orthogonal { .. }
+        | Init::UnitForgetBias { .. } => None,
         Init::Constant { value } if !value.is_finite() => {
             Some(format!("value {value:?} is not finite"))
         }

@@ -316,23 +316,35 @@ fn dropout_is_a_mask_input_in_training_only() {
 }
 
 #[test]
-fn rnn_unrolls_over_the_time_steps() {
+fn rnn_is_one_scan_over_the_time_steps() {
     let m = Sequential::new([5, 3]).layer(SimpleRNN::new(4));
     let mg = m.build_graph(&GraphOptions::predict(2)).unwrap();
     let g = &mg.graph;
     let count = |f: fn(&Op) -> bool| g.node_ids().into_iter().filter(|&n| f(&g[n].op)).count();
-    assert_eq!(count(|o| matches!(o, Op::Slice { .. })), 5);
-    // 5 input products and 4 recurrent ones (h_0 = 0 is skipped).
-    assert_eq!(count(|o| matches!(o, Op::Matmul)), 9);
-    assert_eq!(
-        count(|o| matches!(o, Op::Unary(gradlift::UnaryOp::Tanh))),
-        5
-    );
+    // the input projection of all 5 steps is one product before the loop
+    assert_eq!(count(|o| matches!(o, Op::Matmul)), 1);
+    assert_eq!(count(|o| matches!(o, Op::Scan(_))), 1);
+    let scan = g
+        .node_ids()
+        .into_iter()
+        .find(|&n| matches!(g[n].op, Op::Scan(_)))
+        .unwrap();
+    let Op::Scan(body) = &g[scan].op else {
+        unreachable!()
+    };
+    // one step: the recurrent product, the sum and tanh
+    let ops: Vec<&str> = body.insts.iter().map(|i| i.op.name()).collect();
+    assert_eq!(ops, ["matmul", "add", "tanh"]);
+    assert_eq!((body.axis, body.carries, body.sequences), (1, 1, 1));
     assert_eq!(g[mg.predictions].ty, TensorType::f32([2, 4]));
     assert_eq!(
         g[g.find("simple_rnn.recurrent_kernel").unwrap()].ty,
         TensorType::f32([4, 4])
     );
+    // the graph does not grow with the number of steps
+    let long = Sequential::new([500, 3]).layer(SimpleRNN::new(4));
+    let lg = long.build_graph(&GraphOptions::predict(2)).unwrap().graph;
+    assert_eq!(lg.len(), g.len());
 }
 
 #[test]

@@ -499,9 +499,11 @@ impl BatchNorm {
     }
 }
 
-/// A fully connected recurrent layer over input `[timesteps, features]`:
-/// `h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)`, `h_0 = 0`; returns
-/// the last state `[units]`. Unrolled in the graph over the static number of time steps.
+/// A fully connected recurrent layer (Keras' `SimpleRNN`) over input `[timesteps,
+/// features]`: `h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)`, `h_0 =
+/// 0`; returns the last state `[units]`, or every state `[timesteps, units]` with
+/// `return_sequences`. A `scan` over the steps (see [`crate::scan`]): the graph and the
+/// compile time do not grow with the number of steps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimpleRNN {
     /// State size.
@@ -512,8 +514,7 @@ pub struct SimpleRNN {
     pub use_bias: bool,
     /// Input kernel initializer (default glorot_uniform).
     pub kernel_initializer: Initializer,
-    /// Recurrent kernel initializer. Keras' default is `orthogonal`, which gradlift does not
-    /// have: the default here is glorot_uniform.
+    /// Recurrent kernel initializer (default orthogonal, as Keras).
     pub recurrent_initializer: Initializer,
     /// Bias initializer (default zeros).
     pub bias_initializer: Initializer,
@@ -523,6 +524,8 @@ pub struct SimpleRNN {
     pub recurrent_regularizer: Option<Regularizer>,
     /// Penalty on the bias.
     pub bias_regularizer: Option<Regularizer>,
+    /// Whether the output is every step's state (`[timesteps, units]`) rather than the last.
+    pub return_sequences: bool,
     /// Layer name (default `simple_rnn`, ...).
     pub name: Option<String>,
 }
@@ -535,11 +538,119 @@ impl SimpleRNN {
             activation: Activation::Tanh,
             use_bias: true,
             kernel_initializer: Initializer::GlorotUniform,
-            recurrent_initializer: Initializer::GlorotUniform,
+            recurrent_initializer: Initializer::Orthogonal,
             bias_initializer: Initializer::Zeros,
             kernel_regularizer: None,
             recurrent_regularizer: None,
             bias_regularizer: None,
+            return_sequences: false,
+            name: None,
+        }
+    }
+}
+
+/// Long short-term memory (Keras' `LSTM`) over input `[timesteps, features]`. With `z = x_t
+/// @ kernel + h @ recurrent_kernel + bias` split into four gates in Keras' order `i, f, c,
+/// o`: `c' = f c + i activation(z_c)`, `h' = o activation(c')`, where `i`, `f`, `o` are
+/// `recurrent_activation` (sigmoid) of theirs; `h_0 = c_0 = 0`. Returns the last `h` or,
+/// with `return_sequences`, every step's. A `scan` over the steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LSTM {
+    /// State size (of `h` and of `c`).
+    pub units: usize,
+    /// Activation of the cell input and of the cell state (default tanh).
+    pub activation: Activation,
+    /// Activation of the gates (default sigmoid).
+    pub recurrent_activation: Activation,
+    /// Whether there is a bias (default true).
+    pub use_bias: bool,
+    /// Input kernel initializer (default glorot_uniform).
+    pub kernel_initializer: Initializer,
+    /// Recurrent kernel initializer (default orthogonal).
+    pub recurrent_initializer: Initializer,
+    /// Bias initializer (default zeros, with ones for the forget gate: `unit_forget_bias`).
+    pub bias_initializer: Initializer,
+    /// Penalty on the input kernel.
+    pub kernel_regularizer: Option<Regularizer>,
+    /// Penalty on the recurrent kernel.
+    pub recurrent_regularizer: Option<Regularizer>,
+    /// Penalty on the bias.
+    pub bias_regularizer: Option<Regularizer>,
+    /// Whether the output is every step's `h` rather than the last.
+    pub return_sequences: bool,
+    /// Layer name (default `lstm`, ...).
+    pub name: Option<String>,
+}
+
+impl LSTM {
+    /// An LSTM of `units` with Keras' defaults.
+    pub fn new(units: usize) -> LSTM {
+        LSTM {
+            units,
+            activation: Activation::Tanh,
+            recurrent_activation: Activation::Sigmoid,
+            use_bias: true,
+            kernel_initializer: Initializer::GlorotUniform,
+            recurrent_initializer: Initializer::Orthogonal,
+            bias_initializer: Initializer::UnitForgetBias { units },
+            kernel_regularizer: None,
+            recurrent_regularizer: None,
+            bias_regularizer: None,
+            return_sequences: false,
+            name: None,
+        }
+    }
+}
+
+/// Gated recurrent unit (Keras 3's `GRU`, `reset_after=True`) over input `[timesteps,
+/// features]`. With `x_t @ kernel + input_bias` and `h @ recurrent_kernel + recurrent_bias`
+/// each split into Keras' gate order `z, r, h`: `z = recurrent_activation(x_z + r_z)`, `r =
+/// recurrent_activation(x_r + r_r)`, `hh = activation(x_h + r * r_h)` (the reset gate applied
+/// after the recurrent product), `h' = z h + (1 - z) hh`; `h_0 = 0`. The bias is `[2, 3
+/// units]`: the input bias, then the recurrent bias. A `scan` over the steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GRU {
+    /// State size.
+    pub units: usize,
+    /// Activation of the candidate state (default tanh).
+    pub activation: Activation,
+    /// Activation of the gates (default sigmoid).
+    pub recurrent_activation: Activation,
+    /// Whether there are biases (default true).
+    pub use_bias: bool,
+    /// Input kernel initializer (default glorot_uniform).
+    pub kernel_initializer: Initializer,
+    /// Recurrent kernel initializer (default orthogonal).
+    pub recurrent_initializer: Initializer,
+    /// Bias initializer (default zeros).
+    pub bias_initializer: Initializer,
+    /// Penalty on the input kernel.
+    pub kernel_regularizer: Option<Regularizer>,
+    /// Penalty on the recurrent kernel.
+    pub recurrent_regularizer: Option<Regularizer>,
+    /// Penalty on the biases.
+    pub bias_regularizer: Option<Regularizer>,
+    /// Whether the output is every step's state rather than the last.
+    pub return_sequences: bool,
+    /// Layer name (default `gru`, ...).
+    pub name: Option<String>,
+}
+
+impl GRU {
+    /// A GRU of `units` with Keras 3's defaults.
+    pub fn new(units: usize) -> GRU {
+        GRU {
+            units,
+            activation: Activation::Tanh,
+            recurrent_activation: Activation::Sigmoid,
+            use_bias: true,
+            kernel_initializer: Initializer::GlorotUniform,
+            recurrent_initializer: Initializer::Orthogonal,
+            bias_initializer: Initializer::Zeros,
+            kernel_regularizer: None,
+            recurrent_regularizer: None,
+            bias_regularizer: None,
+            return_sequences: false,
             name: None,
         }
     }
@@ -625,21 +736,48 @@ macro_rules! common_setters {
     )*};
 }
 
-common_setters!(Dense, Conv2D, SimpleRNN);
+common_setters!(Dense, Conv2D, SimpleRNN, LSTM, GRU);
 
-impl SimpleRNN {
-    /// Sets the recurrent kernel initializer.
-    pub fn recurrent_initializer(mut self, i: Initializer) -> Self {
-        self.recurrent_initializer = i;
-        self
-    }
+/// The setters of the recurrent layers.
+macro_rules! recurrent_setters {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// Sets the recurrent kernel initializer.
+            pub fn recurrent_initializer(mut self, i: Initializer) -> Self {
+                self.recurrent_initializer = i;
+                self
+            }
 
-    /// Sets the recurrent kernel penalty.
-    pub fn recurrent_regularizer(mut self, r: Regularizer) -> Self {
-        self.recurrent_regularizer = Some(r);
-        self
-    }
+            /// Sets the recurrent kernel penalty.
+            pub fn recurrent_regularizer(mut self, r: Regularizer) -> Self {
+                self.recurrent_regularizer = Some(r);
+                self
+            }
+
+            /// Sets whether the output is every step's state (`[timesteps, units]`).
+            pub fn return_sequences(mut self, r: bool) -> Self {
+                self.return_sequences = r;
+                self
+            }
+        }
+    )*};
 }
+
+recurrent_setters!(SimpleRNN, LSTM, GRU);
+
+macro_rules! gate_setters {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// Sets the activation of the gates (`recurrent_activation`).
+            pub fn recurrent_activation(mut self, a: Activation) -> Self {
+                self.recurrent_activation = a;
+                self
+            }
+        }
+    )*};
+}
+
+gate_setters!(LSTM, GRU);
 
 macro_rules! name_setter {
     ($($t:ty),*) => {$(
@@ -662,6 +800,8 @@ name_setter!(
     LayerNorm,
     Flatten,
     SimpleRNN,
+    LSTM,
+    GRU,
     Dropout,
     Embedding,
     BatchNorm
@@ -680,6 +820,10 @@ pub enum Layer {
     Flatten(Flatten),
     /// Simple recurrent layer.
     SimpleRNN(SimpleRNN),
+    /// Long short-term memory.
+    LSTM(LSTM),
+    /// Gated recurrent unit.
+    GRU(GRU),
     /// Dropout.
     Dropout(Dropout),
     /// 2-D average pooling.
@@ -710,6 +854,8 @@ layer_from!(
     MaxPool2D,
     Flatten,
     SimpleRNN,
+    LSTM,
+    GRU,
     Dropout,
     AvgPool2D,
     GlobalAvgPool2D,
@@ -747,6 +893,8 @@ impl Layer {
             Layer::MaxPool2D(_) => "MaxPooling2D",
             Layer::Flatten(_) => "Flatten",
             Layer::SimpleRNN(_) => "SimpleRNN",
+            Layer::LSTM(_) => "LSTM",
+            Layer::GRU(_) => "GRU",
             Layer::Dropout(_) => "Dropout",
             Layer::AvgPool2D(_) => "AveragePooling2D",
             Layer::GlobalAvgPool2D(_) => "GlobalAveragePooling2D",
@@ -764,6 +912,8 @@ impl Layer {
             Layer::MaxPool2D(_) => "max_pooling2d",
             Layer::Flatten(_) => "flatten",
             Layer::SimpleRNN(_) => "simple_rnn",
+            Layer::LSTM(_) => "lstm",
+            Layer::GRU(_) => "gru",
             Layer::Dropout(_) => "dropout",
             Layer::AvgPool2D(_) => "average_pooling2d",
             Layer::GlobalAvgPool2D(_) => "global_average_pooling2d",
@@ -781,6 +931,8 @@ impl Layer {
             Layer::MaxPool2D(l) => l.name.as_deref(),
             Layer::Flatten(l) => l.name.as_deref(),
             Layer::SimpleRNN(l) => l.name.as_deref(),
+            Layer::LSTM(l) => l.name.as_deref(),
+            Layer::GRU(l) => l.name.as_deref(),
             Layer::Dropout(l) => l.name.as_deref(),
             Layer::AvgPool2D(l) => l.name.as_deref(),
             Layer::GlobalAvgPool2D(l) => l.name.as_deref(),
@@ -795,7 +947,7 @@ impl Layer {
         match self {
             Layer::Dense(l) => Some(l.activation),
             Layer::Conv2D(l) => Some(l.activation),
-            Layer::SimpleRNN(l) => Some(l.activation),
+            Layer::SimpleRNN(l) if !l.return_sequences => Some(l.activation),
             _ => None,
         }
     }
@@ -846,26 +998,16 @@ impl Layer {
                 }
             }
             Layer::SimpleRNN(l) => {
-                v.push(p(
-                    "kernel",
-                    vec![last, l.units],
-                    l.kernel_initializer,
-                    l.kernel_regularizer,
-                ));
-                v.push(p(
-                    "recurrent_kernel",
-                    vec![l.units, l.units],
-                    l.recurrent_initializer,
-                    l.recurrent_regularizer,
-                ));
-                if l.use_bias {
-                    v.push(p(
-                        "bias",
-                        vec![l.units],
-                        l.bias_initializer,
-                        l.bias_regularizer,
-                    ));
-                }
+                let r = Recurrent::of_simple(l);
+                v.extend(r.params(last, |s, sh, i, reg| p(s, sh, i, reg)));
+            }
+            Layer::LSTM(l) => {
+                let r = Recurrent::of_lstm(l);
+                v.extend(r.params(last, |s, sh, i, reg| p(s, sh, i, reg)));
+            }
+            Layer::GRU(l) => {
+                let r = Recurrent::of_gru(l);
+                v.extend(r.params(last, |s, sh, i, reg| p(s, sh, i, reg)));
             }
             Layer::LayerNorm(_) => {
                 v.push(p("gamma", vec![last], Initializer::Ones, None));
@@ -954,16 +1096,9 @@ impl Layer {
                 ])
             }
             Layer::Flatten(_) => Ok(vec![input.iter().product()]),
-            Layer::SimpleRNN(l) => {
-                nonzero("units", l.units)?;
-                match input {
-                    [t, f] if *t > 0 && *f > 0 => Ok(vec![l.units]),
-                    _ => Err(format!(
-                        "expected an input of shape (timesteps, features), found {}",
-                        shape_str(input)
-                    )),
-                }
-            }
+            Layer::SimpleRNN(l) => Recurrent::of_simple(l).output_shape(input),
+            Layer::LSTM(l) => Recurrent::of_lstm(l).output_shape(input),
+            Layer::GRU(l) => Recurrent::of_gru(l).output_shape(input),
             Layer::Dropout(l) => {
                 if !(0.0..1.0).contains(&l.rate) {
                     return Err(format!("rate must be in [0, 1), found {}", l.rate));
@@ -1098,7 +1233,9 @@ impl Layer {
                 let y = reshape(at, x, vec![n, s.numel() / n.max(1)])?;
                 Ok(LayerOut { y, logits: None })
             }
-            Layer::SimpleRNN(l) => build_rnn(at, l, x, params),
+            Layer::SimpleRNN(l) => Recurrent::of_simple(l).build(at, x, params),
+            Layer::LSTM(l) => Recurrent::of_lstm(l).build(at, x, params),
+            Layer::GRU(l) => Recurrent::of_gru(l).build(at, x, params),
             Layer::Dropout(_) => {
                 let y = match mask {
                     Some(m) => at.mul(x, m)?,
@@ -1264,45 +1401,293 @@ fn avg_pool(at: &mut At<'_>, l: &AvgPool2D, x: NodeId) -> Result<NodeId, BuildEr
     at.div(sums, counts)
 }
 
-/// Unrolls `h_t = act(x_t W + h_{t-1} U + b)` over the static number of steps, `h_0 = 0`
-/// (its product with `U` is skipped at the first step: it is zero).
-fn build_rnn(
-    at: &mut At<'_>,
-    l: &SimpleRNN,
-    x: NodeId,
-    params: &[NodeId],
-) -> Result<LayerOut, BuildError> {
-    let s = at.ty(x)?.shape;
-    let [n, t, f] = s.dims() else {
-        return Err(at.err(format!(
-            "SimpleRNN expects [batch, timesteps, features], found {s}"
-        )));
-    };
-    let (n, t, f) = (*n, *t, *f);
-    let (w, u) = (params[0], params[1]);
-    let mut h: Option<NodeId> = None;
-    let mut out = LayerOut { y: x, logits: None };
-    for step in 0..t {
-        let xt = at.op(
-            Op::Slice {
-                begin: vec![0, step, 0],
-                end: vec![n, step + 1, f],
-            },
-            &[x],
-        )?;
-        let xt = reshape(at, xt, vec![n, f])?;
-        let mut z = at.op(Op::Matmul, &[xt, w])?;
-        if let Some(prev) = h {
-            let r = at.op(Op::Matmul, &[prev, u])?;
-            z = at.add(z, r)?;
+/// The cell of a recurrent layer: how its gates make the next state.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cell {
+    /// `h' = act(z)`.
+    Simple,
+    /// Four gates `i, f, c, o` and a cell state.
+    Lstm,
+    /// Three gates `z, r, h`, the reset gate applied after the recurrent product.
+    Gru,
+}
+
+/// What the three recurrent layers share: their sizes, activations and params, and one
+/// builder (the input projection of every step as one GEMM before the loop, then a `scan`
+/// over the steps, batch-major, whose body is the cell).
+struct Recurrent<'l> {
+    cell: Cell,
+    units: usize,
+    activation: Activation,
+    recurrent_activation: Activation,
+    use_bias: bool,
+    return_sequences: bool,
+    inits: [Initializer; 3],
+    regs: [&'l Option<Regularizer>; 3],
+}
+
+impl<'l> Recurrent<'l> {
+    fn of_simple(l: &'l SimpleRNN) -> Recurrent<'l> {
+        Recurrent {
+            cell: Cell::Simple,
+            units: l.units,
+            activation: l.activation,
+            recurrent_activation: l.activation,
+            use_bias: l.use_bias,
+            return_sequences: l.return_sequences,
+            inits: [
+                l.kernel_initializer,
+                l.recurrent_initializer,
+                l.bias_initializer,
+            ],
+            regs: [
+                &l.kernel_regularizer,
+                &l.recurrent_regularizer,
+                &l.bias_regularizer,
+            ],
         }
-        if l.use_bias {
-            z = at.add(z, params[2])?;
-        }
-        out = activate(at, l.activation, z)?;
-        h = Some(out.y);
     }
-    Ok(out)
+
+    fn of_lstm(l: &'l LSTM) -> Recurrent<'l> {
+        Recurrent {
+            cell: Cell::Lstm,
+            units: l.units,
+            activation: l.activation,
+            recurrent_activation: l.recurrent_activation,
+            use_bias: l.use_bias,
+            return_sequences: l.return_sequences,
+            inits: [
+                l.kernel_initializer,
+                l.recurrent_initializer,
+                l.bias_initializer,
+            ],
+            regs: [
+                &l.kernel_regularizer,
+                &l.recurrent_regularizer,
+                &l.bias_regularizer,
+            ],
+        }
+    }
+
+    fn of_gru(l: &'l GRU) -> Recurrent<'l> {
+        Recurrent {
+            cell: Cell::Gru,
+            units: l.units,
+            activation: l.activation,
+            recurrent_activation: l.recurrent_activation,
+            use_bias: l.use_bias,
+            return_sequences: l.return_sequences,
+            inits: [
+                l.kernel_initializer,
+                l.recurrent_initializer,
+                l.bias_initializer,
+            ],
+            regs: [
+                &l.kernel_regularizer,
+                &l.recurrent_regularizer,
+                &l.bias_regularizer,
+            ],
+        }
+    }
+
+    /// Number of gates: columns of the kernels are `gates * units`.
+    fn gates(&self) -> usize {
+        match self.cell {
+            Cell::Simple => 1,
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+        }
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        nonzero("units", self.units)?;
+        match input {
+            [t, f] if *t > 0 && *f > 0 && self.return_sequences => Ok(vec![*t, self.units]),
+            [t, f] if *t > 0 && *f > 0 => Ok(vec![self.units]),
+            _ => Err(format!(
+                "expected an input of shape (timesteps, features), found {}",
+                shape_str(input)
+            )),
+        }
+    }
+
+    /// `kernel [features, gates*units]`, `recurrent_kernel [units, gates*units]` and, with
+    /// a bias, `bias [gates*units]` (a GRU's `[2, 3*units]`).
+    fn params(
+        &self,
+        features: usize,
+        p: impl Fn(&'static str, Vec<usize>, Initializer, Option<Regularizer>) -> ParamSpec,
+    ) -> Vec<ParamSpec> {
+        let g = self.gates() * self.units;
+        let mut v = vec![
+            p("kernel", vec![features, g], self.inits[0], *self.regs[0]),
+            p(
+                "recurrent_kernel",
+                vec![self.units, g],
+                self.inits[1],
+                *self.regs[1],
+            ),
+        ];
+        if self.use_bias {
+            let shape = match self.cell {
+                Cell::Gru => vec![2, g],
+                _ => vec![g],
+            };
+            v.push(p("bias", shape, self.inits[2], *self.regs[2]));
+        }
+        v
+    }
+
+    /// Appends the layer to `x` (`[batch, timesteps, features]`).
+    fn build(&self, at: &mut At<'_>, x: NodeId, params: &[NodeId]) -> Result<LayerOut, BuildError> {
+        let s = at.ty(x)?.shape;
+        let [n, t, f] = s.dims() else {
+            return Err(at.err(format!(
+                "a recurrent layer expects [batch, timesteps, features], found {s}"
+            )));
+        };
+        let (n, t, f) = (*n, *t, *f);
+        let (u, g) = (self.units, self.gates() * self.units);
+        let (w, rk) = (params[0], params[1]);
+        // every step's input projection at once: [n*t, f] x [f, g]
+        let x2 = reshape(at, x, vec![n * t, f])?;
+        let mut xw = at.op(Op::Matmul, &[x2, w])?;
+        let mut recurrent_bias = None;
+        if self.use_bias {
+            let input_bias = match self.cell {
+                Cell::Gru => {
+                    let rows = |at: &mut At<'_>, r: usize| -> Result<NodeId, BuildError> {
+                        let row = at.op(
+                            Op::Slice {
+                                begin: vec![r, 0],
+                                end: vec![r + 1, g],
+                            },
+                            &[params[2]],
+                        )?;
+                        reshape(at, row, vec![g])
+                    };
+                    recurrent_bias = Some(rows(at, 1)?);
+                    rows(at, 0)?
+                }
+                _ => params[2],
+            };
+            xw = at.add(xw, input_bias)?;
+        }
+        let xw = reshape(at, xw, vec![n, t, g])?;
+
+        // the cell, as the scan's body
+        let mut body = crate::graph::Graph::new("cell");
+        let mut inner = At {
+            g: &mut body,
+            loc: at.loc.clone(),
+        };
+        let carries = if self.cell == Cell::Lstm { 2 } else { 1 };
+        let input = |inner: &mut At<'_>, name: &str, shape: Vec<usize>| {
+            inner.g.input(name, TensorType::f32(shape))
+        };
+        let h = input(&mut inner, "h", vec![n, u])?;
+        let c = match self.cell {
+            Cell::Lstm => Some(input(&mut inner, "c", vec![n, u])?),
+            _ => None,
+        };
+        let xt = input(&mut inner, "xw", vec![n, g])?;
+        let rk_in = input(&mut inner, "recurrent_kernel", vec![u, g])?;
+        let rb_in = match recurrent_bias {
+            Some(_) => Some(input(&mut inner, "recurrent_bias", vec![g])?),
+            None => None,
+        };
+        let gate = |inner: &mut At<'_>, z: NodeId, k: usize| -> Result<NodeId, BuildError> {
+            inner.op(
+                Op::Slice {
+                    begin: vec![0, k * u],
+                    end: vec![n, (k + 1) * u],
+                },
+                &[z],
+            )
+        };
+        let mut hu = inner.op(Op::Matmul, &[h, rk_in])?;
+        let (h_next, c_next) = match self.cell {
+            Cell::Simple => {
+                let z = inner.add(xt, hu)?;
+                (self.activation.apply(&mut inner, z)?, None)
+            }
+            Cell::Lstm => {
+                let z = inner.add(xt, hu)?;
+                let i = gate(&mut inner, z, 0)?;
+                let i = self.recurrent_activation.apply(&mut inner, i)?;
+                let fg = gate(&mut inner, z, 1)?;
+                let fg = self.recurrent_activation.apply(&mut inner, fg)?;
+                let cc = gate(&mut inner, z, 2)?;
+                let cc = self.activation.apply(&mut inner, cc)?;
+                let o = gate(&mut inner, z, 3)?;
+                let o = self.recurrent_activation.apply(&mut inner, o)?;
+                let c_prev = c.ok_or_else(|| inner.err("an LSTM carries a cell state".into()))?;
+                let kept = inner.mul(fg, c_prev)?;
+                let added = inner.mul(i, cc)?;
+                let c2 = inner.add(kept, added)?;
+                let ac = self.activation.apply(&mut inner, c2)?;
+                (inner.mul(o, ac)?, Some(c2))
+            }
+            Cell::Gru => {
+                if let Some(rb) = rb_in {
+                    hu = inner.add(hu, rb)?;
+                }
+                let xz = gate(&mut inner, xt, 0)?;
+                let xr = gate(&mut inner, xt, 1)?;
+                let xh = gate(&mut inner, xt, 2)?;
+                let rz = gate(&mut inner, hu, 0)?;
+                let rr = gate(&mut inner, hu, 1)?;
+                let rh = gate(&mut inner, hu, 2)?;
+                let z = inner.add(xz, rz)?;
+                let z = self.recurrent_activation.apply(&mut inner, z)?;
+                let r = inner.add(xr, rr)?;
+                let r = self.recurrent_activation.apply(&mut inner, r)?;
+                let reset = inner.mul(r, rh)?;
+                let hh = inner.add(xh, reset)?;
+                let hh = self.activation.apply(&mut inner, hh)?;
+                // h' = z h + (1 - z) hh = hh + z (h - hh)
+                let d = inner.sub(h, hh)?;
+                let zd = inner.mul(z, d)?;
+                (inner.add(hh, zd)?, None)
+            }
+        };
+        body.add_output("h", h_next)?;
+        if let Some(c2) = c_next {
+            body.add_output("c", c2)?;
+        }
+        if self.return_sequences {
+            body.add_output("y", h_next)?;
+        }
+        let mut body_params = vec![h];
+        body_params.extend(c);
+        body_params.extend([xt, rk_in]);
+        body_params.extend(rb_in);
+
+        let zeros = |at: &mut At<'_>| at.constant(TensorType::f32([n, u]), Literal::Splat(0.0));
+        let mut operands = vec![zeros(at)?];
+        if c.is_some() {
+            operands.push(zeros(at)?);
+        }
+        operands.extend([xw, rk]);
+        operands.extend(recurrent_bias);
+        let loop_ = crate::scan::Loop {
+            carries,
+            sequences: 1,
+            reverse: false,
+            axis: 1,
+        };
+        let results =
+            at.g.scan(&body, &body_params, &operands, loop_)
+                .map_err(|e| BuildError {
+                    loc: Some(at.loc.clone()),
+                    ..e
+                })?;
+        let y = match self.return_sequences {
+            true => results[carries],
+            false => results[0],
+        };
+        Ok(LayerOut { y, logits: None })
+    }
 }
 
 fn activate(at: &mut At<'_>, a: Activation, z: NodeId) -> Result<LayerOut, BuildError> {

@@ -1,6 +1,6 @@
 //! Keras-like models: a [`Sequential`] stack of layers ([`Dense`], [`Conv2D`], [`MaxPool2D`],
-//! [`AvgPool2D`], [`GlobalAvgPool2D`], [`LayerNorm`], [`Flatten`], [`SimpleRNN`], [`Dropout`],
-//! [`Embedding`], [`BatchNorm`])
+//! [`AvgPool2D`], [`GlobalAvgPool2D`], [`LayerNorm`], [`Flatten`], [`SimpleRNN`], [`LSTM`],
+//! [`GRU`], [`Dropout`], [`Embedding`], [`BatchNorm`])
 //! turned into a [`Graph`] by
 //! [`Sequential::build_graph`]: the forward pass, the loss (with the layers' penalties) and the
 //! metrics, as named outputs. What `text::print` shows of that graph is exactly what is
@@ -58,7 +58,7 @@ pub use model::{
 pub use crate::train::{EarlyStopping, ModelCheckpoint};
 pub use layers::{
     dropout_mask, shape_str, Activation, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Embedding,
-    Flatten, GlobalAvgPool2D, Layer, LayerNorm, MaxPool2D, ParamSpec, SimpleRNN,
+    Flatten, GlobalAvgPool2D, Layer, LayerNorm, MaxPool2D, ParamSpec, SimpleRNN, GRU, LSTM,
 };
 pub use loss::{Loss, Metric, EPSILON};
 
@@ -77,6 +77,14 @@ pub enum Initializer {
     GlorotUniform,
     /// `he_normal`.
     HeNormal,
+    /// `orthogonal` (Keras' default for recurrent kernels).
+    Orthogonal,
+    /// An LSTM bias of `units` per gate with Keras' `unit_forget_bias`: ones for the forget
+    /// gate, zeros elsewhere.
+    UnitForgetBias {
+        /// The LSTM's units.
+        units: usize,
+    },
     /// `zeros` (Keras' default for biases).
     Zeros,
     /// `ones`.
@@ -105,6 +113,8 @@ impl Initializer {
         match self {
             Initializer::GlorotUniform => Init::GlorotUniform { seed },
             Initializer::HeNormal => Init::HeNormal { seed },
+            Initializer::Orthogonal => Init::Orthogonal { seed },
+            Initializer::UnitForgetBias { units } => Init::UnitForgetBias { units },
             Initializer::Zeros => Init::Zeros,
             Initializer::Ones => Init::Ones,
             Initializer::Constant(value) => Init::Constant { value },

@@ -232,6 +232,8 @@ impl Init {
             Init::Normal { .. } => "normal",
             Init::GlorotUniform { .. } => "glorot_uniform",
             Init::HeNormal { .. } => "he_normal",
+            Init::Orthogonal { .. } => "orthogonal",
+            Init::UnitForgetBias { .. } => "unit_forget_bias",
         }
     }
 
@@ -242,7 +244,8 @@ impl Init {
             "constant" => &["value"],
             "uniform" => &["high", "low", "seed"],
             "normal" => &["mean", "seed", "stddev"],
-            "glorot_uniform" | "he_normal" => &["seed"],
+            "glorot_uniform" | "he_normal" | "orthogonal" => &["seed"],
+            "unit_forget_bias" => &["units"],
             _ => return None,
         })
     }
@@ -262,9 +265,12 @@ impl Init {
                 stddev,
                 seed: s,
             } => vec![("mean", f(mean)), ("seed", seed(s)), ("stddev", f(stddev))],
-            Init::GlorotUniform { seed: s } | Init::HeNormal { seed: s } => {
+            Init::GlorotUniform { seed: s }
+            | Init::HeNormal { seed: s }
+            | Init::Orthogonal { seed: s } => {
                 vec![("seed", seed(s))]
             }
+            Init::UnitForgetBias { units } => vec![("units", AttrValue::Int(units as i128))],
         }
     }
 
@@ -293,6 +299,12 @@ impl Init {
             },
             "he_normal" => Init::HeNormal {
                 seed: r.u64("seed")?,
+            },
+            "orthogonal" => Init::Orthogonal {
+                seed: r.u64("seed")?,
+            },
+            "unit_forget_bias" => Init::UnitForgetBias {
+                units: r.usize("units")?,
             },
             _ => return Err(AttrError::UnknownName),
         })
