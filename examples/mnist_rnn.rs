@@ -1,8 +1,9 @@
 //! A recurrent network on MNIST that reads each image row by row: SimpleRNN(64, tanh) over
 //! the 28 rows (28 time steps of 28 pixels), then Dense(10, softmax) on the last state; Adam,
 //! sparse categorical cross-entropy, accuracy; 5 epochs of batches of 64, then `evaluate`.
-//! The recurrence is unrolled in the graph over the 28 static time steps, so the training
-//! step (backpropagation through time included) is one compiled function.
+//! The recurrence is a `scan` over the 28 rows (the input projections of all rows are one
+//! product before it), and the training step (backpropagation through time included) is one
+//! compiled function.
 //!
 //! In: MNIST, the subset shipped in `data/mnist-subset/` by default, or the four standard IDX
 //! files (plain or gzipped) of `--data DIR`. Out: the model summary, the compile time of the
