@@ -217,6 +217,13 @@ fn a_c_program_trains_the_cnn_with_adam_bit_for_bit_as_the_jit() {
     c_program_matches_the_jit("cnn", "adam", 0.001, 2);
 }
 
+/// The RNN's step has two loops (the scan and its gradient's reverse scan), each calling a
+/// body function of the same object file.
+#[test]
+fn a_c_program_trains_the_rnn_with_adam_bit_for_bit_as_the_jit() {
+    c_program_matches_the_jit("rnn", "adam", 0.001, 2);
+}
+
 /// Exports the training step of `ir/MODEL.ir` with `optimizer` as the symbol `step`, links
 /// [`C_MAIN`] against it and the static library, runs `steps` steps on fixed inputs (seeded
 /// images, labels in 0..10, learning rate `lr`) and compares every param, state and output

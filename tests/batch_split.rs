@@ -39,7 +39,7 @@ fn the_corpus_models_rebatch_to_valid_graphs() {
 
 #[test]
 fn the_rnn_zero_state_follows_the_batch() {
-    let g = model("rnn.ir");
+    let g = model("rnn_unrolled.ir");
     let axes = analyze(&g, 32).unwrap();
     let h0 = g.find("h0").unwrap();
     assert!(
@@ -154,7 +154,7 @@ fn the_adam_update_splits_by_rows_and_its_step_count_is_the_tail() {
 /// `[8*28, 28]` rows, and its two recurrent weight gradients as one GEMM each.
 #[test]
 fn the_rnn_shard_batches_its_matmuls_at_the_shard_batch() {
-    let g = model("rnn.ir");
+    let g = model("rnn_unrolled.ir");
     let mut step = sharded_training_step(&g, "loss", &Optimizer::adam(), None, 32, 4, 1).unwrap();
     let reports = Pipeline::default().run(&mut step.shard).unwrap();
     let r = reports.iter().find(|r| r.pass == "batch_matmuls").unwrap();

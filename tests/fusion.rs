@@ -79,11 +79,16 @@ fn same_bits(a: &[f64], b: &[f64]) -> bool {
             .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
 }
 
+/// Fused nodes of `g`, those inside scan bodies included (the pass fuses there too).
 fn fused_count(g: &Graph) -> usize {
-    g.node_ids()
-        .iter()
-        .filter(|&&id| matches!(g[id].op, Op::Fused(_)))
-        .count()
+    fn in_op(op: &Op) -> usize {
+        match op {
+            Op::Fused(_) => 1,
+            Op::Scan(b) => b.insts.iter().map(|i| in_op(&i.op)).sum(),
+            _ => 0,
+        }
+    }
+    g.node_ids().iter().map(|&id| in_op(&g[id].op)).sum()
 }
 
 #[test]

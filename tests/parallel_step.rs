@@ -148,7 +148,7 @@ fn a_split_step_equals_the_interpreters_unsplit_step() {
 /// pipeline.
 #[test]
 fn a_split_rnn_step_with_batched_matmuls_equals_the_step_without_passes() {
-    let g = model("rnn.ir");
+    let g = model("rnn_unrolled.ir");
     for shards in [2, 4] {
         let run = |optimize: bool| {
             let opts = StepOptions {

@@ -67,7 +67,7 @@ fn jit_matches(reference: &Graph, g: &Graph, seed: u64) {
 
 #[test]
 fn the_rnn_forward_has_one_input_projection_gemm_and_exactly_the_same_results() {
-    let g = model("rnn.ir");
+    let g = model("rnn_unrolled.ir");
     let (mut h, report) = batched(&g);
     assert_eq!(count(&report, "shared_rhs"), 28, "{report}");
     assert_eq!(count(&report, "sum_terms"), 0, "{report}");
@@ -101,7 +101,7 @@ fn the_rnn_forward_has_one_input_projection_gemm_and_exactly_the_same_results() 
 
 #[test]
 fn the_rnn_training_step_has_81_fewer_gemms_and_the_same_results() {
-    let mut step = model("rnn.ir");
+    let mut step = model("rnn_unrolled.ir");
     optim::training_step(&mut step, "loss", &Optimizer::adam()).unwrap();
     let mut with = step.clone();
     let reports = Pipeline::default().run(&mut with).unwrap();

@@ -443,7 +443,8 @@ fn plan_memory(
 }
 
 /// The memory plan [`compile_native`] uses for `g` with `opts`: its `arena_bytes` is the size of the
-/// executable's arena ([`CompileReport::arena_bytes`]). Fails as [`compile_native`] does on a graph
+/// executable's arena ([`CompileReport::arena_bytes`]). It plans the graph as compiled: with
+/// a batch-major scan, [`crate::scan::time_major`] of `g` (transposes added). Fails as [`compile_native`] does on a graph
 /// it cannot check.
 pub fn memory_plan(g: &Graph, opts: &CompileOptions) -> Result<MemoryPlan, CompileError> {
     let order = check(g)?;

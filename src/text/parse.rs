@@ -493,7 +493,10 @@ impl Parser<'_> {
                 let last = n_params + insts.len();
                 let mut yields = Vec::new();
                 loop {
-                    let e = self.value_ref("a result `%K` after `yield`")?;
+                    let e = match yields.is_empty() {
+                        true => self.value_ref("a result `%K` after `yield`")?,
+                        false => self.value_ref("a further result `%K` after `,`")?,
+                    };
                     match e.label.parse::<usize>() {
                         Ok(v) if v < last => yields.push((v, e.pos)),
                         _ => {
