@@ -8,6 +8,7 @@
 //! | W3 | `ir/mlp.ir` (Adam) | 64 | s/epoch, steady |
 //! | W4 | `ir/mlp.ir` rebatched to 8 | 8 | mean us/step over an epoch |
 //! | W5 | `ir/rnn.ir` rebatched to 64 | 64 | s/epoch, steady |
+//! | W5u | `ir/rnn_unrolled.ir` rebatched to 64 (only when named) | 64 | s/epoch, steady |
 //!
 //! plus the compile time (autodiff + passes + Cranelift, ms), the peak resident memory of
 //! the workload (the peak is reset before each), CPU time over wall time (2 = both cores
@@ -17,6 +18,7 @@
 //! ```sh
 //! cargo bench --bench workloads              # all five
 //! cargo bench --bench workloads -- W2 W4     # some
+//! cargo bench --bench workloads -- W5 W5u    # the RNN as a scan and unrolled
 //! ```
 //!
 //! MNIST is read from `GRADLIFT_MNIST` (default `../shared/data/mnist`), else the subset in
@@ -203,7 +205,7 @@ fn main() {
     if want("W1") {
         w1();
     }
-    if !["W2", "W3", "W4", "W5"].iter().any(|w| want(w)) {
+    if !["W2", "W3", "W4", "W5", "W5u"].iter().any(|w| want(w)) {
         return;
     }
     let dir = std::env::var("GRADLIFT_MNIST")
@@ -232,5 +234,8 @@ fn main() {
     }
     if want("W5") {
         mnist("W5", "rnn.ir", 64, epochs(2), &data, false);
+    }
+    if args.iter().any(|a| a == "W5u") {
+        mnist("W5u", "rnn_unrolled.ir", 64, epochs(2), &data, false);
     }
 }

@@ -71,7 +71,7 @@ fn check_plan(g: &Graph, p: &MemoryPlan, opts: &PlanOptions) -> Result<(), TestC
         if let Some((_, Storage::Arena(i))) = p.resolve(id) {
             let b = &p.buffers[i];
             prop_assert!(b.first <= pos[&id]);
-            // (a fused_result does not read its fused node: it is written with it)
+            // (a fused_result or scan_result does not read its node: it is written with it)
             for u in g.users(id).into_iter().filter(|&u| writer(g, u) != id) {
                 prop_assert!(pos[&u] <= b.last, "buffer dies before a user");
             }
@@ -124,7 +124,7 @@ fn check_plan(g: &Graph, p: &MemoryPlan, opts: &PlanOptions) -> Result<(), TestC
 /// The node whose code writes `id`'s value: a `fused_result` is written by its fused node.
 fn writer(g: &Graph, id: NodeId) -> NodeId {
     match g[id].op {
-        Op::FusedResult { .. } => g.operands(id)[0],
+        Op::FusedResult { .. } | Op::ScanResult { .. } => g.operands(id)[0],
         _ => id,
     }
 }
