@@ -306,6 +306,32 @@ impl ScanBody {
     /// Adds the body's instructions to `g`, reading `params` (one node of `g` per parameter),
     /// and returns the yielded nodes.
     pub fn inline_into(&self, g: &mut Graph, params: &[NodeId]) -> Result<Vec<NodeId>, String> {
+        let vals = self.inline_values(g, params)?;
+        self.yields
+            .iter()
+            .map(|&v| {
+                vals.get(v)
+                    .copied()
+                    .ok_or_else(|| format!("yield %{v} is not a value of the body"))
+            })
+            .collect()
+    }
+
+    /// Which body values read only the invariants (and other such values): the same at
+    /// every step.
+    pub fn invariant_values(&self) -> Vec<bool> {
+        let fixed = self.carries + self.sequences;
+        let mut inv: Vec<bool> = (0..self.params).map(|p| p >= fixed).collect();
+        for inst in &self.insts {
+            let v = !inst.args.is_empty() && inst.args.iter().all(|&a| inv.get(a) == Some(&true));
+            inv.push(v);
+        }
+        inv
+    }
+
+    /// [`ScanBody::inline_into`], returning the node of every body value (the parameters,
+    /// then each instruction's).
+    pub fn inline_values(&self, g: &mut Graph, params: &[NodeId]) -> Result<Vec<NodeId>, String> {
         if params.len() != self.params {
             return Err(format!(
                 "the body takes {} parameters, found {}",
@@ -335,14 +361,7 @@ impl ScanBody {
             );
             vals.push(id);
         }
-        self.yields
-            .iter()
-            .map(|&v| {
-                vals.get(v)
-                    .copied()
-                    .ok_or_else(|| format!("yield %{v} is not a value of the body"))
-            })
-            .collect()
+        Ok(vals)
     }
 
     /// The types of the per-step outputs of one step (unstacked), given the parameters'.

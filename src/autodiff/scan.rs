@@ -10,11 +10,12 @@
 //!
 //! Its body is the forward body followed by its gradient, built by [`super::gradients`] on
 //! the surrogate loss `sum(c' * dc) + sum(y * dy_t)`, whose gradient with respect to the step's
-//! parameters is exactly that VJP. What the backward body needs of the forward step is its
-//! carry `c_t`: the forward scan is extended to also yield the carry entering each step
-//! (stacked `[T, ...]`, written once per step, the only per-step value saved); everything
-//! else in the step is recomputed from `c_t`, `x_t` and `w` in the backward body. So the
-//! saved memory is the carries' history, not every intermediate of every step.
+//! parameters is exactly that VJP. What the backward body reads of the forward step is saved
+//! by the forward loop, which is extended to also yield, stacked along its axis, the carries
+//! entering each step that the backward body reads and every other forward value it reads
+//! (the *residuals*: for a SimpleRNN the step's `tanh`, whose derivative is `1 - y^2`);
+//! values computed from the invariants alone are recomputed instead (`licm` hoists them out
+//! of the backward loop), and the rest of the forward step is not computed again.
 //!
 //! Second order works the same way: a backward scan is an ordinary scan whose body is made of
 //! differentiable ops.
@@ -24,6 +25,7 @@ use crate::graph::{Graph, Node, NodeId};
 use crate::op::{Op, ReduceOp};
 use crate::scan::ScanBody;
 use crate::shape::{DType, TensorType};
+use std::collections::HashMap;
 
 /// One contribution per operand of the scan node of `cx`, given the cotangent of each of its
 /// results (`None`: no gradient reaches that result).
@@ -58,25 +60,7 @@ pub(super) fn vjp(
     let differentiable =
         |i: usize| wants.get(i).copied().unwrap_or(false) && params[i].dtype == DType::F32;
 
-    // 1. The carries' history: the forward loop also yields the carry entering each step.
-    let history = if k > 0 {
-        let n_results = body.yields.len();
-        let mut extended = body.clone();
-        extended.yields.extend(0..k);
-        let result_types = extended.result_types(&refs).map_err(|e| fail(cx, e.0))?;
-        if let Some(n) = cx.g.get_mut(cx.node) {
-            n.op = Op::Scan(extended);
-        }
-        let mut hist = Vec::with_capacity(k);
-        for (index, ty) in result_types.into_iter().enumerate().skip(n_results) {
-            hist.push(cx.leafy(Op::ScanResult { index }, &[cx.node], Some(ty))?);
-        }
-        hist
-    } else {
-        Vec::new()
-    };
-
-    // 2. The backward body: parameters, the forward step on them, the surrogate loss.
+    // 1. The backward body: parameters, the forward step on them, the surrogate loss.
     let mut bg = Graph::new("scan_grad");
     let input = |bg: &mut Graph, name: String, ty: &TensorType| {
         bg.add_raw(
@@ -123,9 +107,10 @@ pub(super) fn vjp(
         .map(|&i| input(&mut bg, format!("w{i}"), &params[i]))
         .collect();
     let step_params: Vec<NodeId> = hc_in.iter().chain(&x_in).chain(&w_in).copied().collect();
-    let yields = body
-        .inline_into(&mut bg, &step_params)
+    let values = body
+        .inline_values(&mut bg, &step_params)
         .map_err(|e| fail(cx, e))?;
+    let yields: Vec<NodeId> = body.yields.iter().map(|&v| values[v]).collect();
     let build = |r: Result<NodeId, crate::graph::BuildError>| r.map_err(GradError::Build);
     let mut terms = Vec::new();
     let pairs = (0..k)
@@ -164,22 +149,99 @@ pub(super) fn vjp(
     for (j, &d) in d_seq.iter().enumerate() {
         bg.push_output(format!("dx{j}"), d);
     }
+
+    // 2. What the backward body reads of the forward step: saved per step (residuals) rather
+    //    than recomputed, except what reads only invariants (recomputed; licm hoists it).
+    crate::passes::dce::run(&mut bg);
+    let invariant = body.invariant_values();
+    let forward: HashMap<NodeId, usize> = values
+        .iter()
+        .enumerate()
+        .skip(body.params)
+        .filter(|&(_, &n)| bg.contains(n))
+        .map(|(v, &n)| (n, v))
+        .collect();
+    let mut residuals: Vec<(usize, NodeId)> = Vec::new();
+    for n in bg.node_ids() {
+        if forward.contains_key(&n) {
+            continue;
+        }
+        for o in bg.operands(n) {
+            if let Some(&v) = forward.get(&o) {
+                if !invariant[v] && !residuals.iter().any(|r| r.1 == o) {
+                    residuals.push((v, o));
+                }
+            }
+        }
+    }
+    residuals.sort();
+    let mut res_in = Vec::with_capacity(residuals.len());
+    for (j, &(_, r)) in residuals.iter().enumerate() {
+        let ty = bg[r].ty.clone();
+        let saved = input(&mut bg, format!("r{j}"), &ty);
+        for u in bg.users(r) {
+            if !forward.contains_key(&u) {
+                let ops: Vec<NodeId> = bg
+                    .operands(u)
+                    .into_iter()
+                    .map(|o| if o == r { saved } else { o })
+                    .collect();
+                bg.set_operands(u, &ops);
+            }
+        }
+        for o in bg.outputs_mut() {
+            if o.node == r {
+                o.node = saved;
+            }
+        }
+        res_in.push(saved);
+    }
+    crate::passes::dce::run(&mut bg);
+    // the carries entering each step, where the backward body still reads them
+    let used =
+        |bg: &Graph, n: NodeId| !bg.users(n).is_empty() || bg.outputs().iter().any(|o| o.node == n);
+    let hist_carries: Vec<usize> = (0..k).filter(|&i| used(&bg, hc_in[i])).collect();
+    // and the sequences it still reads (the others are not operands of the backward loop)
+    let seqs_read: Vec<usize> = (0..m).filter(|&j| used(&bg, x_in[j])).collect();
+    for &n in hc_in.iter().chain(&x_in) {
+        if !used(&bg, n) {
+            bg.remove(n);
+        }
+    }
+
+    // the forward loop also yields them, and the residuals, stacked
+    let n_results = body.yields.len();
+    let mut extended = body.clone();
+    extended.yields.extend(hist_carries.iter().copied());
+    extended.yields.extend(residuals.iter().map(|&(v, _)| v));
+    let mut saved = Vec::new();
+    if extended.yields.len() > n_results {
+        let result_types = extended.result_types(&refs).map_err(|e| fail(cx, e.0))?;
+        if let Some(n) = cx.g.get_mut(cx.node) {
+            n.op = Op::Scan(extended);
+        }
+        for (index, ty) in result_types.into_iter().enumerate().skip(n_results) {
+            saved.push(cx.leafy(Op::ScanResult { index }, &[cx.node], Some(ty))?);
+        }
+    }
     let bparams: Vec<Option<NodeId>> = dc_in
         .iter()
         .chain(&dw_in)
-        .chain(&hc_in)
-        .chain(&x_in)
+        .chain(hist_carries.iter().map(|&i| &hc_in[i]))
+        .chain(seqs_read.iter().map(|&j| &x_in[j]))
         .chain(&dy_in)
+        .chain(&res_in)
         .chain(&w_in)
-        .map(|&p| Some(p))
+        .map(|&p| bg.contains(p).then_some(p))
         .collect();
     let carries = k + wanted_inv.len();
-    let sequences = k + m + dys.len();
+    let sequences = hist_carries.len() + seqs_read.len() + dys.len() + res_in.len();
     let (bbody, hoisted) =
         ScanBody::from_graph(&bg, &bparams, carries, sequences, !body.reverse, body.axis)
             .map_err(|e| fail(cx, e))?;
 
     // 3. The backward scan in the forward graph.
+    let (history, res_out) = saved.split_at(hist_carries.len());
     let mut operands = Vec::with_capacity(bbody.params);
     for i in 0..k {
         operands.push(match cots.get(i).copied().flatten() {
@@ -190,11 +252,12 @@ pub(super) fn vjp(
     for &i in &wanted_inv {
         operands.push(cx.zeros(&params[i].shape)?);
     }
-    operands.extend(&history);
-    operands.extend(&xs[k..k + m]);
+    operands.extend(history);
+    operands.extend(seqs_read.iter().map(|&j| xs[k + j]));
     for &l in &dys {
         operands.extend(cots[k + l]);
     }
+    operands.extend(res_out);
     operands.extend(&xs[k + m..]);
     for (ty, value) in hoisted {
         operands.push(cx.leafy(Op::Const { value }, &[], Some(ty))?);
