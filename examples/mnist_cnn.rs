@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         name: "mnist_cnn",
         about: "Train the overview's MNIST CNN",
         detailed: true,
+        batch_size: "64",
     };
     common::main(&example, |a, _train| {
         Sequential::new([28, 28, 1])

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         name: "mnist_mlp",
         about: "Train an MLP on MNIST",
         detailed: false,
+        batch_size: "64",
     };
     common::main(&example, |a, _train| {
         Sequential::new([28, 28])

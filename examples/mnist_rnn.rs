@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         name: "mnist_rnn",
         about: "Train a SimpleRNN on MNIST rows",
         detailed: false,
+        batch_size: "64",
     };
     common::main(&example, |a, train| {
         // One time step per image row: input [timesteps = rows, features = columns].

@@ -23,7 +23,7 @@ pub struct Args {
     /// Passes over the training set.
     #[arg(long, default_value_t = 5)]
     pub epochs: usize,
-    /// Examples per training step.
+    /// Examples per training step (each example sets its default: `Example::batch_size`).
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Adam's learning rate (Keras' default).
@@ -46,13 +46,18 @@ pub struct Example {
     /// Also print the compiler's report on each compiled graph, time the evaluation and end
     /// with a Keras-style `Test accuracy: ...` line.
     pub detailed: bool,
+    /// The default of `--batch-size`, as written on the command line.
+    pub batch_size: &'static str,
 }
 
 /// Parses the command line, then loads MNIST, builds the model with `build` (given the
 /// arguments and the training set), compiles it with Adam and sparse categorical
 /// cross-entropy, trains it epoch by epoch and evaluates it on the test set.
 pub fn main(ex: &Example, build: impl FnOnce(&Args, &Dataset) -> Sequential) -> ExitCode {
-    let matches = Args::command().about(ex.about).get_matches();
+    let matches = Args::command()
+        .about(ex.about)
+        .mut_arg("batch_size", |a| a.default_value(ex.batch_size))
+        .get_matches();
     let args = match Args::from_arg_matches(&matches) {
         Ok(args) => args,
         Err(e) => e.exit(),
