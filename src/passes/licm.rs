@@ -28,16 +28,8 @@ pub fn run(g: &mut Graph) -> PassReport {
 
 /// Hoists the invariant instructions of `body`, the body of scan node `id`; returns how many.
 fn hoist(g: &mut Graph, id: NodeId, body: &ScanBody) -> usize {
-    let fixed = body.carries + body.sequences;
     let n_values = body.params + body.insts.len();
-    let mut invariant = vec![false; n_values];
-    for v in invariant.iter_mut().take(body.params).skip(fixed) {
-        *v = true;
-    }
-    for (i, inst) in body.insts.iter().enumerate() {
-        invariant[body.params + i] =
-            !inst.args.is_empty() && inst.args.iter().all(|&a| invariant[a]);
-    }
+    let invariant = body.invariant_values();
     let hoisted: Vec<usize> = (0..body.insts.len())
         .filter(|&i| invariant[body.params + i])
         .collect();
