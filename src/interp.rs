@@ -551,21 +551,20 @@ pub fn eval_until<T: Float>(
                     args.push(v);
                 }
                 let ty = &node.ty;
-                match op {
-                    Op::Fused(body) if !body.extra.is_empty() => {
-                        let mut results = fused(body, &args).into_iter();
-                        let main = results
-                            .next()
-                            .unwrap_or_else(|| Array::zeros(Shape(vec![])));
-                        for (k, r) in results.enumerate() {
-                            extra.insert((id, k + 1), r);
-                        }
-                        main
-                    }
+                // a multi-result node: its value is result 0; the others wait for their
+                // result nodes
+                let multi = match op {
+                    Op::Fused(body) if !body.extra.is_empty() => Some(fused(body, &args)),
                     Op::Scan(body) => {
                         let types: Vec<&TensorType> =
                             operand_ids.iter().map(|&o| &g[o].ty).collect();
-                        let mut results = scan(body, &args, &types).map_err(invalid)?.into_iter();
+                        Some(scan(body, &args, &types).map_err(invalid)?)
+                    }
+                    _ => None,
+                };
+                match op {
+                    _ if multi.is_some() => {
+                        let mut results = multi.unwrap_or_default().into_iter();
                         let main = results
                             .next()
                             .unwrap_or_else(|| Array::zeros(Shape(vec![])));

@@ -349,40 +349,21 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Gradient
         if parts.is_empty() && !has_result_cots {
             continue; // every contribution was structurally zero
         }
-        if scan_results > 0 {
-            // a scan: its rule takes the cotangent of every result at once
-            let gy = match parts.is_empty() {
-                true => None,
-                false => Some(Cx::new(&mut work, n, &names).sum_all(&parts)?),
-            };
-            let cots: Vec<Option<NodeId>> = std::iter::once(gy)
-                .chain((1..scan_results).map(|k| result_cots.get(&(n, k)).copied()))
-                .collect();
-            let operands = work.operands(n);
-            let wants: Vec<bool> = carrying(&work, n)
-                .iter()
-                .map(|&(o, c)| c && active.contains(&o))
-                .collect();
-            let mut cx = Cx::new(&mut work, n, &names);
-            let outs = scan::vjp(&mut cx, &cots, &wants)?;
-            for (i, d) in outs.into_iter().enumerate() {
-                if let (true, Some(d)) = (wants.get(i).copied().unwrap_or(false), d) {
-                    contribs.entry(operands[i]).or_default().push(d);
-                }
-            }
-            continue;
-        }
-        let mut cx = Cx::new(&mut work, n, &names);
-        let gy = cx.sum_all(&parts)?;
-        if let Op::ScanResult { index } = work[n].op {
+        let gy = match parts.is_empty() {
+            true => None,
+            false => Some(Cx::new(&mut work, n, &names).sum_all(&parts)?),
+        };
+        if let (Op::ScanResult { index }, Some(gy)) = (&work[n].op, gy) {
             // handed to the scan node's rule with the cotangents of its other results
             if let Some(&s) = work.operands(n).first() {
-                result_cots.insert((s, index), gy);
+                result_cots.insert((s, *index), gy);
             }
             continue;
         }
         if work[n].op.is_leaf() {
-            totals.insert(n, gy);
+            if let Some(gy) = gy {
+                totals.insert(n, gy);
+            }
             continue;
         }
         let operands = work.operands(n);
@@ -390,8 +371,17 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Gradient
             .iter()
             .map(|&(o, c)| c && active.contains(&o))
             .collect();
-        let mut cx = Cx::new(&mut work, n, &names);
-        let outs = rules::vjp(&mut cx, gy, &wants)?;
+        let outs = match gy {
+            // a scan's rule takes the cotangent of every result at once
+            _ if scan_results > 0 => {
+                let cots: Vec<Option<NodeId>> = std::iter::once(gy)
+                    .chain((1..scan_results).map(|k| result_cots.get(&(n, k)).copied()))
+                    .collect();
+                scan::vjp(&mut Cx::new(&mut work, n, &names), &cots, &wants)?
+            }
+            Some(gy) => rules::vjp(&mut Cx::new(&mut work, n, &names), gy, &wants)?,
+            None => continue,
+        };
         for (i, d) in outs.into_iter().enumerate() {
             if let (true, Some(d)) = (wants.get(i).copied().unwrap_or(false), d) {
                 contribs.entry(operands[i]).or_default().push(d);

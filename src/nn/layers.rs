@@ -549,112 +549,86 @@ impl SimpleRNN {
     }
 }
 
-/// Long short-term memory (Keras' `LSTM`) over input `[timesteps, features]`. With `z = x_t
-/// @ kernel + h @ recurrent_kernel + bias` split into four gates in Keras' order `i, f, c,
-/// o`: `c' = f c + i activation(z_c)`, `h' = o activation(c')`, where `i`, `f`, `o` are
-/// `recurrent_activation` (sigmoid) of theirs; `h_0 = c_0 = 0`. Returns the last `h` or,
-/// with `return_sequences`, every step's. A `scan` over the steps.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LSTM {
-    /// State size (of `h` and of `c`).
-    pub units: usize,
-    /// Activation of the cell input and of the cell state (default tanh).
-    pub activation: Activation,
-    /// Activation of the gates (default sigmoid).
-    pub recurrent_activation: Activation,
-    /// Whether there is a bias (default true).
-    pub use_bias: bool,
-    /// Input kernel initializer (default glorot_uniform).
-    pub kernel_initializer: Initializer,
-    /// Recurrent kernel initializer (default orthogonal).
-    pub recurrent_initializer: Initializer,
-    /// Bias initializer (default zeros, with ones for the forget gate: `unit_forget_bias`).
-    pub bias_initializer: Initializer,
-    /// Penalty on the input kernel.
-    pub kernel_regularizer: Option<Regularizer>,
-    /// Penalty on the recurrent kernel.
-    pub recurrent_regularizer: Option<Regularizer>,
-    /// Penalty on the bias.
-    pub bias_regularizer: Option<Regularizer>,
-    /// Whether the output is every step's `h` rather than the last.
-    pub return_sequences: bool,
-    /// Layer name (default `lstm`, ...).
-    pub name: Option<String>,
-}
-
-impl LSTM {
-    /// An LSTM of `units` with Keras' defaults.
-    pub fn new(units: usize) -> LSTM {
-        LSTM {
-            units,
-            activation: Activation::Tanh,
-            recurrent_activation: Activation::Sigmoid,
-            use_bias: true,
-            kernel_initializer: Initializer::GlorotUniform,
-            recurrent_initializer: Initializer::Orthogonal,
-            bias_initializer: Initializer::UnitForgetBias { units },
-            kernel_regularizer: None,
-            recurrent_regularizer: None,
-            bias_regularizer: None,
-            return_sequences: false,
-            name: None,
+/// The two gated recurrent layers have the same fields; `$bias` is the default bias
+/// initializer (a function of `units`).
+macro_rules! gated_layer {
+    ($(#[$doc:meta])* $t:ident, $default_name:literal, $bias:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct $t {
+            /// State size.
+            pub units: usize,
+            /// Activation of the candidate (and, for an LSTM, of the cell state); default tanh.
+            pub activation: Activation,
+            /// Activation of the gates (default sigmoid).
+            pub recurrent_activation: Activation,
+            /// Whether there are biases (default true).
+            pub use_bias: bool,
+            /// Input kernel initializer (default glorot_uniform).
+            pub kernel_initializer: Initializer,
+            /// Recurrent kernel initializer (default orthogonal).
+            pub recurrent_initializer: Initializer,
+            /// Bias initializer.
+            pub bias_initializer: Initializer,
+            /// Penalty on the input kernel.
+            pub kernel_regularizer: Option<Regularizer>,
+            /// Penalty on the recurrent kernel.
+            pub recurrent_regularizer: Option<Regularizer>,
+            /// Penalty on the biases.
+            pub bias_regularizer: Option<Regularizer>,
+            /// Whether the output is every step's state rather than the last.
+            pub return_sequences: bool,
+            #[doc = concat!("Layer name (default `", $default_name, "`, ...).")]
+            pub name: Option<String>,
         }
-    }
-}
 
-/// Gated recurrent unit (Keras 3's `GRU`, `reset_after=True`) over input `[timesteps,
-/// features]`. With `x_t @ kernel + input_bias` and `h @ recurrent_kernel + recurrent_bias`
-/// each split into Keras' gate order `z, r, h`: `z = recurrent_activation(x_z + r_z)`, `r =
-/// recurrent_activation(x_r + r_r)`, `hh = activation(x_h + r * r_h)` (the reset gate applied
-/// after the recurrent product), `h' = z h + (1 - z) hh`; `h_0 = 0`. The bias is `[2, 3
-/// units]`: the input bias, then the recurrent bias. A `scan` over the steps.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GRU {
-    /// State size.
-    pub units: usize,
-    /// Activation of the candidate state (default tanh).
-    pub activation: Activation,
-    /// Activation of the gates (default sigmoid).
-    pub recurrent_activation: Activation,
-    /// Whether there are biases (default true).
-    pub use_bias: bool,
-    /// Input kernel initializer (default glorot_uniform).
-    pub kernel_initializer: Initializer,
-    /// Recurrent kernel initializer (default orthogonal).
-    pub recurrent_initializer: Initializer,
-    /// Bias initializer (default zeros).
-    pub bias_initializer: Initializer,
-    /// Penalty on the input kernel.
-    pub kernel_regularizer: Option<Regularizer>,
-    /// Penalty on the recurrent kernel.
-    pub recurrent_regularizer: Option<Regularizer>,
-    /// Penalty on the biases.
-    pub bias_regularizer: Option<Regularizer>,
-    /// Whether the output is every step's state rather than the last.
-    pub return_sequences: bool,
-    /// Layer name (default `gru`, ...).
-    pub name: Option<String>,
-}
-
-impl GRU {
-    /// A GRU of `units` with Keras 3's defaults.
-    pub fn new(units: usize) -> GRU {
-        GRU {
-            units,
-            activation: Activation::Tanh,
-            recurrent_activation: Activation::Sigmoid,
-            use_bias: true,
-            kernel_initializer: Initializer::GlorotUniform,
-            recurrent_initializer: Initializer::Orthogonal,
-            bias_initializer: Initializer::Zeros,
-            kernel_regularizer: None,
-            recurrent_regularizer: None,
-            bias_regularizer: None,
-            return_sequences: false,
-            name: None,
+        impl $t {
+            /// A layer of `units` with Keras' defaults.
+            pub fn new(units: usize) -> $t {
+                let bias: fn(usize) -> Initializer = $bias;
+                $t {
+                    units,
+                    activation: Activation::Tanh,
+                    recurrent_activation: Activation::Sigmoid,
+                    use_bias: true,
+                    kernel_initializer: Initializer::GlorotUniform,
+                    recurrent_initializer: Initializer::Orthogonal,
+                    bias_initializer: bias(units),
+                    kernel_regularizer: None,
+                    recurrent_regularizer: None,
+                    bias_regularizer: None,
+                    return_sequences: false,
+                    name: None,
+                }
+            }
         }
-    }
+    };
 }
+
+gated_layer!(
+    /// Long short-term memory (Keras' `LSTM`) over input `[timesteps, features]`. With `z =
+    /// x_t @ kernel + h @ recurrent_kernel + bias` split into four gates in Keras' order `i, f,
+    /// c, o`: `c' = f c + i activation(z_c)`, `h' = o activation(c')`, where `i`, `f`, `o` are
+    /// `recurrent_activation` (sigmoid) of theirs; `h_0 = c_0 = 0`. Returns the last `h` or,
+    /// with `return_sequences`, every step's. A `scan` over the steps. The default bias is
+    /// zeros with ones for the forget gate (Keras' `unit_forget_bias`).
+    LSTM,
+    "lstm",
+    |units| Initializer::UnitForgetBias { units }
+);
+
+gated_layer!(
+    /// Gated recurrent unit (Keras 3's `GRU`, `reset_after=True`) over input `[timesteps,
+    /// features]`. With `x_t @ kernel + input_bias` and `h @ recurrent_kernel +
+    /// recurrent_bias` each split into Keras' gate order `z, r, h`: `z =
+    /// recurrent_activation(x_z + r_z)`, `r = recurrent_activation(x_r + r_r)`, `hh =
+    /// activation(x_h + r * r_h)` (the reset gate applied after the recurrent product), `h' =
+    /// z h + (1 - z) hh`; `h_0 = 0`. The bias is `[2, 3 units]`: the input bias, then the
+    /// recurrent bias (default zeros). A `scan` over the steps.
+    GRU,
+    "gru",
+    |_| Initializer::Zeros
+);
 
 /// Dropout: in training, each element is zeroed with probability `rate` and the others are
 /// scaled by `1 / (1 - rate)`; in inference it is the identity.
