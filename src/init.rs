@@ -151,16 +151,19 @@ mod tests {
             let v = values(&Init::Orthogonal { seed: 3 }, &s);
             let cols = *dims.last().unwrap();
             let rows = s.numel() / cols;
-            let at = |i: usize, j: usize| v[i * cols + j];
-            // the fewer of rows and columns are orthonormal vectors
-            let (n, len, get): (usize, usize, Box<dyn Fn(usize, usize) -> f64>) = if rows >= cols {
-                (cols, rows, Box::new(|k, i| at(i, k)))
+            // the fewer of rows and columns, as vectors: they are orthonormal
+            let vectors: Vec<Vec<f64>> = if rows >= cols {
+                (0..cols)
+                    .map(|j| (0..rows).map(|i| v[i * cols + j]).collect())
+                    .collect()
             } else {
-                (rows, cols, Box::new(|k, j| at(k, j)))
+                (0..rows)
+                    .map(|i| v[i * cols..(i + 1) * cols].to_vec())
+                    .collect()
             };
-            for a in 0..n {
-                for b in 0..n {
-                    let dot: f64 = (0..len).map(|i| get(a, i) * get(b, i)).sum();
+            for (a, va) in vectors.iter().enumerate() {
+                for (b, vb) in vectors.iter().enumerate() {
+                    let dot: f64 = va.iter().zip(vb).map(|(x, y)| x * y).sum();
                     let want = if a == b { 1.0 } else { 0.0 };
                     assert!((dot - want).abs() < 1e-12, "{dims:?}: <{a},{b}> = {dot}");
                 }

@@ -243,10 +243,10 @@ pub(super) fn vjp(
     // 3. The backward scan in the forward graph.
     let (history, res_out) = saved.split_at(hist_carries.len());
     let mut operands = Vec::with_capacity(bbody.params);
-    for i in 0..k {
+    for (i, p) in params.iter().enumerate().take(k) {
         operands.push(match cots.get(i).copied().flatten() {
             Some(d) => d,
-            None => cx.zeros(&params[i].shape)?,
+            None => cx.zeros(&p.shape)?,
         });
     }
     for &i in &wanted_inv {

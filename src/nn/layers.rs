@@ -973,15 +973,15 @@ impl Layer {
             }
             Layer::SimpleRNN(l) => {
                 let r = Recurrent::of_simple(l);
-                v.extend(r.params(last, |s, sh, i, reg| p(s, sh, i, reg)));
+                v.extend(r.params(last, p));
             }
             Layer::LSTM(l) => {
                 let r = Recurrent::of_lstm(l);
-                v.extend(r.params(last, |s, sh, i, reg| p(s, sh, i, reg)));
+                v.extend(r.params(last, p));
             }
             Layer::GRU(l) => {
                 let r = Recurrent::of_gru(l);
-                v.extend(r.params(last, |s, sh, i, reg| p(s, sh, i, reg)));
+                v.extend(r.params(last, p));
             }
             Layer::LayerNorm(_) => {
                 v.push(p("gamma", vec![last], Initializer::Ones, None));

@@ -4,6 +4,15 @@
 //! further invariant. Typical: the `concat` of the input and recurrent weights that
 //! `batch_matmuls` makes, and the transposed weights of a gradient loop. Counts
 //! `hoisted_from_loop`.
+//!
+//! The same pass moves *accumulated products* out of a loop: a carry `acc` (not the first)
+//! whose new value is `acc + matmul(transpose(x), y)` and that nothing else reads is the sum
+//! over the steps of `x_t^T y_t`, which is one GEMM after the loop, `X^T Y` with `X` and `Y`
+//! the steps' `x` and `y` stacked (and reshaped to rows: every row of every step). The loop
+//! yields `x` and `y` per step instead (a sequence's slice is its operand, already stacked;
+//! a value the loop already yields per step is reused) and drops the carry. A gradient loop
+//! accumulates the gradient of each weight this way (a recurrent kernel's `h_t^T dz_t`), so
+//! its T small GEMMs become one. Counts `accumulation_out_of_loop`.
 
 use super::PassReport;
 use crate::fused::FusedInst;
@@ -16,14 +25,199 @@ use crate::scan::ScanBody;
 pub fn run(g: &mut Graph) -> PassReport {
     let mut report = PassReport::new("licm");
     for id in g.node_ids() {
-        let Op::Scan(body) = &g[id].op else {
+        // (moving an accumulation out removes the node of its result)
+        let Some(Op::Scan(body)) = g.get(id).map(|n| &n.op) else {
             continue;
         };
         let body = body.clone();
         let n = hoist(g, id, &body);
         report.count("hoisted_from_loop", n);
+        while let Op::Scan(body) = &g[id].op {
+            let body = body.clone();
+            if !accumulation_out_of_loop(g, id, &body) {
+                break;
+            }
+            report.count("accumulation_out_of_loop", 1);
+        }
     }
     report
+}
+
+/// Moves one accumulated product of `body`, the body of scan node `id`, out of the loop
+/// (see the module documentation); whether it found one.
+fn accumulation_out_of_loop(g: &mut Graph, id: NodeId, body: &ScanBody) -> bool {
+    let Some((i, x, y)) = accumulation(body) else {
+        return false;
+    };
+    let operands = g.operands(id);
+    let fixed = body.carries + body.sequences;
+    // the result nodes of the scan, by index (the accumulator is not result 0)
+    let results: Vec<(usize, NodeId)> = g
+        .users(id)
+        .into_iter()
+        .filter_map(|u| match g[u].op {
+            Op::ScanResult { index } => Some((index, u)),
+            _ => None,
+        })
+        .collect();
+    // the new body: carry i and its sum gone (values above them shift down), x and y yielded
+    // per step unless the loop has them stacked already
+    let a = body.yields[i];
+    let shift = |v: usize| v - usize::from(v > i) - usize::from(v > a);
+    let stacked_at = |v: usize| body.yields[body.carries..].iter().position(|&w| w == v);
+    let mut yields: Vec<usize> = body.yields.iter().map(|&v| shift(v)).collect();
+    yields.remove(i);
+    let mut extra = Vec::new();
+    for v in [x, y] {
+        let is_seq = (body.carries..fixed).contains(&v);
+        if !is_seq && stacked_at(v).is_none() && !extra.contains(&v) {
+            extra.push(v);
+            yields.push(shift(v));
+        }
+    }
+    let new_body = ScanBody {
+        params: body.params - 1,
+        carries: body.carries - 1,
+        sequences: body.sequences,
+        reverse: body.reverse,
+        axis: body.axis,
+        insts: body
+            .insts
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| body.params + k != a)
+            .map(|(_, inst)| FusedInst {
+                op: inst.op.clone(),
+                args: inst.args.iter().map(|&a| shift(a)).collect(),
+                ty: inst.ty.clone(),
+            })
+            .collect(),
+        yields,
+    };
+    let mut new_operands = operands.clone();
+    let init = new_operands.remove(i);
+    let types: Vec<&crate::shape::TensorType> = new_operands.iter().map(|&o| &g[o].ty).collect();
+    let Ok(new_types) = new_body.result_types(&types) else {
+        return false;
+    };
+    let node = |op: Op, ty: crate::shape::TensorType, g: &Graph| Node {
+        op,
+        ty,
+        name: None,
+        loc: g[id].loc.clone(),
+        grad_of: g[id].grad_of,
+    };
+    if let Some(n) = g.get_mut(id) {
+        n.op = Op::Scan(new_body.clone());
+        n.ty = new_types[0].clone();
+    }
+    g.set_operands(id, &new_operands);
+    // old result index -> new: the carries above i shift down, the stacked outputs too
+    let renumber = |k: usize| if k > i { k - 1 } else { k };
+    let mut accumulated = None;
+    for &(k, r) in &results {
+        if k == i {
+            accumulated = Some(r);
+        } else if let (Some(n), Some(t)) = (g.get_mut(r), new_types.get(renumber(k))) {
+            n.op = Op::ScanResult { index: renumber(k) };
+            n.ty = t.clone();
+        }
+    }
+    // the stacked x and y
+    let stacked = |v: usize, g: &mut Graph| -> Option<NodeId> {
+        if (body.carries..fixed).contains(&v) {
+            return Some(operands[v]);
+        }
+        let index = match stacked_at(v) {
+            Some(j) => body.carries - 1 + j,
+            // the new per-step outputs come last
+            None => new_body.yields.len() - extra.len() + extra.iter().position(|&e| e == v)?,
+        };
+        if index == 0 {
+            return Some(id);
+        }
+        if let Some(&(_, r)) = results
+            .iter()
+            .find(|&&(k, _)| renumber(k) == index && k != i)
+        {
+            return Some(r);
+        }
+        let ty = new_types.get(index)?.clone();
+        Some(g.add_raw(node(Op::ScanResult { index }, ty, g), &[id]))
+    };
+    let (Some(xs), Some(ys)) = (stacked(x, g), stacked(y, g)) else {
+        return true;
+    };
+    let Some(acc) = accumulated else {
+        return true; // nothing reads the sum
+    };
+    let rows = |g: &mut Graph, s: NodeId| -> Option<NodeId> {
+        let t = g[s].ty.clone();
+        let cols = *t.shape.dims().last()?;
+        let op = Op::Reshape {
+            shape: crate::shape::Shape(vec![t.shape.numel() / cols.max(1), cols]),
+        };
+        let ty = op.infer(&[&t], None).ok()?;
+        Some(g.add_raw(node(op, ty, g), &[s]))
+    };
+    let (Some(x2), Some(y2)) = (rows(g, xs), rows(g, ys)) else {
+        return true;
+    };
+    let add = |g: &mut Graph, op: Op, args: &[NodeId]| -> Option<NodeId> {
+        let types: Vec<&crate::shape::TensorType> = args.iter().map(|&a| &g[a].ty).collect();
+        let ty = op.infer(&types, None).ok()?;
+        Some(g.add_raw(node(op, ty, g), args))
+    };
+    let Some(xt) = add(g, Op::Transpose { perm: vec![1, 0] }, &[x2]) else {
+        return true;
+    };
+    let Some(p) = add(g, Op::Matmul, &[xt, y2]) else {
+        return true;
+    };
+    let Some(sum) = add(g, Op::Binary(crate::op::BinaryOp::Add), &[init, p]) else {
+        return true;
+    };
+    g.replace_all_uses(acc, sum);
+    g.remove(acc);
+    true
+}
+
+/// A carry `i >= 1` of `body` whose new value is `carry + matmul(transpose(x), y)` and that
+/// nothing else reads: `(i, x, y)` (body values).
+fn accumulation(body: &ScanBody) -> Option<(usize, usize, usize)> {
+    let uses = |v: usize| {
+        body.insts
+            .iter()
+            .flat_map(|i| &i.args)
+            .filter(|&&a| a == v)
+            .count()
+            + body.yields.iter().filter(|&&w| w == v).count()
+    };
+    let inst = |v: usize| v.checked_sub(body.params).and_then(|k| body.insts.get(k));
+    let invariant = body.invariant_values();
+    (1..body.carries).find_map(|i| {
+        let a = body.yields[i];
+        let add = inst(a)?;
+        if add.op != Op::Binary(crate::op::BinaryOp::Add) || uses(i) != 1 || uses(a) != 1 {
+            return None;
+        }
+        let prod = match add.args[..] {
+            [c, p] if c == i => p,
+            [p, c] if c == i => p,
+            _ => return None,
+        };
+        let mm = inst(prod)?;
+        if mm.op != Op::Matmul || mm.ty != add.ty {
+            return None;
+        }
+        let (tx, y) = (mm.args[0], mm.args[1]);
+        let t = inst(tx)?;
+        if t.op != (Op::Transpose { perm: vec![1, 0] }) {
+            return None;
+        }
+        let x = t.args[0];
+        (!invariant[x] && !invariant[y]).then_some((i, x, y))
+    })
 }
 
 /// Hoists the invariant instructions of `body`, the body of scan node `id`; returns how many.

@@ -173,9 +173,8 @@ impl Lowerer<'_> {
             .store(trusted, arena, table, slot_off(Slot::Arena));
         // the carries start in their first buffers
         let mut carried = Vec::with_capacity(2 * code.carries);
-        for i in 0..code.carries {
-            let t = &code.params[i];
-            self.copy(at(code.carry_offset(i, false)), ins[i], t.dtype, &t.shape);
+        for (i, (t, &src)) in code.params.iter().zip(ins).take(code.carries).enumerate() {
+            self.copy(at(code.carry_offset(i, false)), src, t.dtype, &t.shape);
         }
         for i in 0..code.carries {
             carried.push(self.addr(at(code.carry_offset(i, false)), None));
@@ -185,9 +184,10 @@ impl Lowerer<'_> {
         }
         // the stacked outputs' bases (a sink with no stride when nobody reads one)
         let mut stacked: Vec<(Value, i64)> = Vec::new();
-        for j in code.carries..code.outputs.len() {
-            let bytes = code.outputs[j].shape.numel() as i64 * 4;
-            stacked.push(match results[j] {
+        let outputs = code.outputs.iter().zip(&results).enumerate();
+        for (j, (t, result)) in outputs.skip(code.carries) {
+            let bytes = t.shape.numel() as i64 * 4;
+            stacked.push(match *result {
                 Some(l) => (self.addr(l, None), bytes),
                 None => (self.addr(at(code.sink_offset(j - code.carries)), None), 0),
             });
@@ -251,8 +251,8 @@ impl Lowerer<'_> {
         };
         self.for_range(steps, carried, &mut step);
         // after an odd number of steps the final carries are in the second buffers
-        for i in 0..k {
-            if let Some(dst) = results[i] {
+        for (i, result) in results.iter().enumerate().take(k) {
+            if let Some(dst) = *result {
                 let t = &code.params[i];
                 let src = at(code.carry_offset(i, steps % 2 == 1));
                 self.copy(dst, src, t.dtype, &t.shape);
