@@ -938,10 +938,12 @@ impl Importer {
         let dtype = match tt.elem_type {
             1 => DType::F32,
             6 => DType::I32,
-            code => return Err(format!(
+            code => {
+                return Err(format!(
                 "element type {} is not supported; gradlift inputs are FLOAT (f32) or INT32 (i32)",
                 proto::data_type_name(code)
-            )),
+            ))
+            }
         };
         let Some(shape) = &tt.shape else {
             return Err("its shape is not given; gradlift needs static shapes".into());

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Writes the ONNX test models of tests/onnx_import.rs and their expected outputs.
+
+Each model is built with onnx.helper from seeded random weights, checked with
+onnx.checker, and run with onnxruntime (the independent reference) on a fixed seeded
+input. For each MODEL this writes, next to this script:
+
+  MODEL.onnx                  the model
+  MODEL.inputs.safetensors    its inputs, by graph input name (what `gradlift run
+                              --inputs` reads)
+  MODEL.expected.safetensors  onnxruntime's outputs, by graph output name
+
+The safetensors files are written by the small writer below (F32 tensors, sorted keys),
+so the only requirements are onnx, onnxruntime and numpy:
+
+  python3 -m venv venv && venv/bin/pip install onnx onnxruntime numpy
+  venv/bin/python tests/onnx/make_models.py
+"""
+
+import json
+import os
+import struct
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OPSET = 13
+
+
+def write_safetensors(path, tensors):
+    """Minimal safetensors writer: F32 tensors, keys sorted, header padded to 8 bytes."""
+    header = {}
+    blobs = []
+    offset = 0
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name], dtype="<f4")
+        b = a.tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def init(rng, name, shape, scale=0.5):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def ints(name, values):
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def save(name, graph, feeds, batch=None):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="make_models.py")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path = os.path.join(HERE, name + ".onnx")
+    onnx.save(model, path)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = sess.run(names, feeds)
+    write_safetensors(os.path.join(HERE, name + ".inputs.safetensors"), feeds)
+    write_safetensors(os.path.join(HERE, name + ".expected.safetensors"), dict(zip(names, outs)))
+    print(name, {k: v.shape for k, v in zip(names, outs)})
+
+
+def mlp():
+    """Gemm (transB, as PyTorch exports Linear) + Relu + Gemm + Softmax, batch 2."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+        helper.make_node("Gemm", ["r", "fc2.weight", "fc2.bias"], ["logits"], name="fc2", transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [2, 4])],
+        [init(rng, "fc1.weight", [16, 8]), init(rng, "fc1.bias", [16]), init(rng, "fc2.weight", [4, 16]), init(rng, "fc2.bias", [4])],
+    )
+    save("mlp", g, {"x": rng.standard_normal([2, 8]).astype(np.float32)})
+
+
+def cnn():
+    """NCHW CNN with a symbolic batch: Conv (pads 1, same) + Relu + MaxPool 2x2, Conv with
+    asymmetric pads + a [C,1,1] bias Add + Relu, AveragePool 2x2 stride 1, Flatten (C,H,W
+    order), Gemm, LogSoftmax."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "conv2.weight"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[0, 0, 1, 1]),
+        helper.make_node("Add", ["c2", "conv2.shift"], ["c2b"], name="shift"),
+        helper.make_node("Relu", ["c2b"], ["r2"], name="relu2"),
+        helper.make_node("AveragePool", ["r2"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[1, 1]),
+        helper.make_node("Flatten", ["p2"], ["f"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1),
+        helper.make_node("LogSoftmax", ["logits"], ["log_probs"], name="log_softmax", axis=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 10, 10])],
+        [helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, ["N", 3])],
+        [
+            init(rng, "conv1.weight", [4, 1, 3, 3]),
+            init(rng, "conv1.bias", [4]),
+            init(rng, "conv2.weight", [6, 4, 3, 3], 0.3),
+            init(rng, "conv2.shift", [6, 1, 1]),
+            init(rng, "fc.weight", [3, 54], 0.3),
+            init(rng, "fc.bias", [3]),
+        ],
+    )
+    save("cnn", g, {"x": rng.standard_normal([2, 1, 10, 10]).astype(np.float32)})
+
+
+def ops():
+    """The other operators on 2-D values: Transpose, MatMul, Concat, Slice, Reshape,
+    ReduceMean, ReduceSum, Exp, Log, Sub, Mul, Div, Sigmoid, Tanh, Gemm with alpha, beta and
+    transA, LeakyRelu, Clip, Max, Min, Pow, Sqrt, Abs, Neg, Softmax on axis 0, and the shape
+    arithmetic PyTorch writes for x.view(x.size(0), -1): Shape, Gather, Unsqueeze, Concat."""
+    rng = np.random.default_rng(3)
+    n = helper.make_node
+    nodes = [
+        n("Transpose", ["x"], ["xt"], name="transpose", perm=[1, 0]),
+        n("MatMul", ["xt", "w"], ["mm"], name="matmul"),  # [4,3] x [3,5]
+        n("Concat", ["x", "y"], ["cat"], name="concat", axis=1),  # [3,8]
+        n("Slice", ["cat", "starts", "ends", "axes"], ["sl"], name="slice"),  # [3,6]
+        n("Reshape", ["sl", "shape3"], ["r3"], name="reshape"),  # [3,2,3]
+        n("ReduceMean", ["r3"], ["rm"], name="reduce_mean", axes=[1], keepdims=0),  # [3,3]
+        n("ReduceSum", ["r3", "axes2"], ["rs"], name="reduce_sum", keepdims=1),  # [3,2,1]
+        n("Exp", ["rm"], ["ex"], name="exp"),
+        n("Add", ["ex", "one"], ["ex1"], name="add_one"),
+        n("Log", ["ex1"], ["lg"], name="log"),
+        n("Sigmoid", ["x"], ["sg"], name="sigmoid"),
+        n("Tanh", ["y"], ["th"], name="tanh"),
+        n("Sub", ["sg", "th"], ["sb"], name="sub"),
+        n("Mul", ["sb", "x"], ["ml"], name="mul"),
+        n("Abs", ["y"], ["ab"], name="abs"),
+        n("Add", ["ab", "one"], ["ab1"], name="add_abs"),
+        n("Sqrt", ["ab1"], ["sq"], name="sqrt"),
+        n("Div", ["ml", "sq"], ["dv"], name="div"),
+        n("Gemm", ["x", "gb", "gc"], ["gm"], name="gemm", alpha=0.5, beta=2.0, transA=1),  # x^T [4,3] x [3,2]
+        n("LeakyRelu", ["gm"], ["lr"], name="leaky_relu", alpha=0.1),
+        n("Clip", ["y", "lo", "hi"], ["cl"], name="clip"),
+        n("Max", ["x", "y", "cl"], ["mx"], name="max"),
+        n("Min", ["x", "y"], ["mn"], name="min"),
+        n("Neg", ["mn"], ["ng"], name="neg"),
+        n("Pow", ["ng", "two"], ["pw"], name="pow"),
+        n("Softmax", ["mx"], ["sm0"], name="softmax0", axis=0),
+        n("Shape", ["r3"], ["shp"], name="shape"),
+        n("Gather", ["shp", "zero"], ["b0"], name="gather", axis=0),
+        n("Unsqueeze", ["b0", "axes0"], ["b1"], name="unsqueeze"),
+        n("Concat", ["b1", "minus_one"], ["flat_shape"], name="concat_shape", axis=0),
+        n("Reshape", ["r3", "flat_shape"], ["flat"], name="flatten_view"),
+    ]
+    outs = [("mm", [4, 5]), ("lg", [3, 3]), ("rs", [3, 2, 1]), ("dv", [3, 4]), ("lr", [4, 2]), ("pw", [3, 4]), ("sm0", [3, 4]), ("flat", [3, 6])]
+    g = helper.make_graph(
+        nodes,
+        "ops",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]), helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, s) for o, s in outs],
+        [
+            init(rng, "w", [3, 5]),
+            init(rng, "gb", [3, 2]),
+            init(rng, "gc", [2]),
+            ints("starts", [1]),
+            ints("ends", [7]),
+            ints("axes", [1]),
+            ints("shape3", [3, 2, 3]),
+            ints("axes2", [2]),
+            ints("axes0", [0]),
+            ints("zero", 0),
+            ints("minus_one", [-1]),
+        ],
+    )
+    g.node.insert(0, n("Constant", [], ["one"], name="const_one", value_float=1.0))
+    g.node.insert(0, n("Constant", [], ["two"], name="const_two", value=numpy_helper.from_array(np.array(2.0, np.float32))))
+    g.node.insert(0, n("Constant", [], ["lo"], name="const_lo", value_float=-0.5))
+    g.node.insert(0, n("Constant", [], ["hi"], name="const_hi", value_float=0.75))
+    save("ops", g, {"x": rng.standard_normal([3, 4]).astype(np.float32), "y": rng.standard_normal([3, 4]).astype(np.float32)})
+
+
+def spatial():
+    """NCHW window ops: Conv with stride 2 and SAME_LOWER, BatchNormalization, MaxPool with
+    pads and ceil_mode, AveragePool with pads (count_include_pad 0), channel Concat,
+    GlobalAveragePool, Sigmoid, and 4-D outputs (returned NCHW)."""
+    rng = np.random.default_rng(4)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w1", "b1"], ["c1"], name="conv_same_lower", strides=[2, 2], auto_pad="SAME_LOWER", kernel_shape=[3, 3]),
+        n("BatchNormalization", ["c1", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["bn"], name="bn", epsilon=1e-3),
+        n("Relu", ["bn"], ["r"], name="relu"),
+        n("MaxPool", ["r"], ["mp"], name="max_pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+        n("AveragePool", ["r"], ["ap"], name="avg_pool", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+        n("Concat", ["r", "ap"], ["cat"], name="concat", axis=1),
+        n("Sigmoid", ["cat"], ["sg"], name="sigmoid"),
+        n("GlobalAveragePool", ["sg"], ["gap"], name="gap"),
+        n("Flatten", ["gap"], ["flat"], name="flatten"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "spatial",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 7, 7])],
+        [
+            helper.make_tensor_value_info("mp", TensorProto.FLOAT, [2, 4, 3, 3]),
+            helper.make_tensor_value_info("cat", TensorProto.FLOAT, [2, 8, 4, 4]),
+            helper.make_tensor_value_info("flat", TensorProto.FLOAT, [2, 8]),
+        ],
+        [
+            init(rng, "w1", [4, 3, 3, 3]),
+            init(rng, "b1", [4]),
+            init(rng, "bn.scale", [4]),
+            init(rng, "bn.bias", [4]),
+            init(rng, "bn.mean", [4], 0.1),
+            numpy_helper.from_array((rng.random(4) + 0.5).astype(np.float32), "bn.var"),
+        ],
+    )
+    save("spatial", g, {"x": rng.standard_normal([2, 3, 7, 7]).astype(np.float32)})
+
+
+if __name__ == "__main__":
+    mlp()
+    cnn()
+    ops()
+    spatial()

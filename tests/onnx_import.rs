@@ -1,0 +1,737 @@
+//! ONNX import (`gradlift::onnx`, `gradlift import`): the models of `tests/onnx/` (written by
+//! `tests/onnx/make_models.py` with onnxruntime's outputs on a fixed input) imported, run by
+//! the interpreter and the JIT, compared with onnxruntime under the tests' one tolerance
+//! (`interp::agrees`); differentiated and trained; and every error the importer reports on
+//! an unsupported or malformed file.
+
+mod common;
+
+use common::cli;
+use gradlift::checkpoint::{self, NamedTensor, TensorData};
+use gradlift::codegen::CompileOptions;
+use gradlift::interp;
+use gradlift::onnx::proto::{
+    AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto,
+};
+use gradlift::onnx::{self, ImportError, ImportOptions, Imported};
+use gradlift::runtime::{self, HostTensor};
+use gradlift::{tensor_io, text, DType, Graph};
+use prost::Message as _;
+use std::path::{Path, PathBuf};
+
+fn onnx_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/onnx")
+}
+
+fn batch2() -> ImportOptions {
+    ImportOptions { batch: Some(2) }
+}
+
+/// The model `tests/onnx/NAME.onnx` imported, its inputs and onnxruntime's outputs.
+fn model(name: &str) -> (Imported, Vec<NamedTensor>, checkpoint::Checkpoint) {
+    let dir = onnx_dir();
+    let im = onnx::import_file(dir.join(format!("{name}.onnx")), &batch2())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    gradlift::verify::verify(&im.graph).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let inputs = tensor_io::read_inputs(dir.join(format!("{name}.inputs.safetensors")), &im.graph)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let expected = checkpoint::load_tensors(dir.join(format!("{name}.expected.safetensors")))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    (im, inputs, expected)
+}
+
+fn f64s(t: &NamedTensor) -> Vec<f64> {
+    match &t.data {
+        TensorData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        TensorData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+    }
+}
+
+/// `got` (output `name` of `what`) agrees with onnxruntime's value.
+fn agrees(what: &str, g: &Graph, name: &str, got: &[f64], expected: &checkpoint::Checkpoint) {
+    let want = expected
+        .get(name)
+        .unwrap_or_else(|| panic!("{what}: no expected value for output {name}"));
+    let node = g.output(name).expect("the output");
+    assert_eq!(
+        g[node].ty.shape, want.shape,
+        "{what}: shape of output {name}"
+    );
+    if let Err(e) = interp::agrees(got, &f64s(want), DType::F32, interp::longest_sum(g)) {
+        panic!("{what}: output {name} against onnxruntime: {e}");
+    }
+}
+
+/// The model's outputs from the interpreter (f32 and f64) and the JIT all agree with
+/// onnxruntime's.
+fn matches_onnxruntime(name: &str) {
+    let (im, inputs, expected) = model(name);
+    let g = &im.graph;
+    assert_eq!(
+        g.outputs().len(),
+        expected.tensors.len(),
+        "{name}: every onnxruntime output is an output"
+    );
+    let all: Vec<NamedTensor> = inputs.iter().chain(&im.weights).cloned().collect();
+    // the interpreter, in f32 and in f64
+    let v32 = interp::eval::<f32>(g, &tensor_io::feeds(g, &all)).expect("interpreter (f32)");
+    let v64 = interp::eval::<f64>(g, &tensor_io::feeds(g, &all)).expect("interpreter (f64)");
+    for o in g.outputs() {
+        let got: Vec<f64> = v32
+            .get(o.node)
+            .expect("a value")
+            .data
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect();
+        agrees(
+            &format!("{name} interpreter f32"),
+            g,
+            &o.name,
+            &got,
+            &expected,
+        );
+        let got = &v64.get(o.node).expect("a value").data;
+        agrees(
+            &format!("{name} interpreter f64"),
+            g,
+            &o.name,
+            got,
+            &expected,
+        );
+    }
+    // the JIT, before and after the default pass pipeline
+    let mut optimized = g.clone();
+    gradlift::passes::Pipeline::default()
+        .run(&mut optimized)
+        .expect("passes");
+    for (what, graph) in [("jit", g), ("jit after the pipeline", &optimized)] {
+        let mut exe = runtime::compile(graph, &common::jit_options(Default::default()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for w in &im.weights {
+            let (n, t) = w.clone().into_host();
+            exe.set_param(&n, t).expect("a param");
+        }
+        let feeds: Vec<(&str, HostTensor)> = inputs
+            .iter()
+            .map(|t| (t.name.as_str(), t.clone().into_host().1))
+            .collect();
+        for (n, t) in exe.run(&feeds).expect("a run") {
+            agrees(&format!("{name} {what}"), g, &n, &t.to_f64(), &expected);
+        }
+    }
+}
+
+#[test]
+fn mlp_matches_onnxruntime() {
+    matches_onnxruntime("mlp");
+}
+
+#[test]
+fn cnn_matches_onnxruntime() {
+    matches_onnxruntime("cnn");
+}
+
+#[test]
+fn ops_match_onnxruntime() {
+    matches_onnxruntime("ops");
+}
+
+#[test]
+fn spatial_ops_match_onnxruntime() {
+    matches_onnxruntime("spatial");
+}
+
+#[test]
+fn imported_mlp_prints() {
+    let (im, _, _) = model("mlp");
+    insta::assert_snapshot!(text::print(&im.graph));
+    // the printed graph parses back to itself
+    let back = text::parse(&text::print(&im.graph), "mlp.ir").expect("the printed graph parses");
+    assert_eq!(text::print(&back), text::print(&im.graph));
+    let names: Vec<&str> = im.weights.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]);
+}
+
+#[test]
+fn cnn_keeps_nchw_inputs_and_stores_hwio_filters() {
+    let (im, _, _) = model("cnn");
+    let g = &im.graph;
+    let x = g.find("x").expect("input x");
+    assert_eq!(
+        g[x].ty.shape.dims(),
+        [2, 1, 10, 10],
+        "NCHW input, batch fixed"
+    );
+    let w = im
+        .weights
+        .iter()
+        .find(|w| w.name == "conv2.weight")
+        .expect("conv2.weight");
+    assert_eq!(w.shape.dims(), [3, 3, 4, 6], "HWIO");
+    // without a batch size the symbolic batch is an error that says what to do
+    let e = onnx::import_file(onnx_dir().join("cnn.onnx"), &ImportOptions::default())
+        .expect_err("a symbolic batch");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("graph input x") && msg.contains("symbolic (N)") && msg.contains("--batch"),
+        "{msg}"
+    );
+}
+
+/// A scalar loss on the imported CNN's output is differentiated with respect to every
+/// imported param, and SGD steps on it lower the loss.
+#[test]
+fn imported_cnn_differentiates_and_trains() {
+    let (im, inputs, _) = model("cnn");
+    let mut g = im.graph.clone();
+    let out = g.output("log_probs").expect("log_probs");
+    // loss: the mean negative log-probability of class 0
+    let first = g.slice(out, &[0, 0], &[2, 1]).expect("slice");
+    let mean = g.mean_all(first).expect("mean");
+    let loss = g.neg(mean).expect("neg");
+    g.add_output("loss", loss).expect("output");
+    let params = g.params();
+    assert_eq!(params.len(), im.weights.len());
+    let grads = gradlift::autodiff::grad(&mut g.clone(), loss, &params).expect("autodiff");
+    assert_eq!(grads.len(), params.len());
+    let step = common::sgd_step(g, 0.002);
+    let mut exe = runtime::compile(&step, &CompileOptions::default()).expect("compile");
+    for w in &im.weights {
+        let (n, t) = w.clone().into_host();
+        exe.set_param(&n, t).expect("a param");
+    }
+    let feeds: Vec<(&str, HostTensor)> = inputs
+        .iter()
+        .map(|t| (t.name.as_str(), t.clone().into_host().1))
+        .collect();
+    let mut losses = Vec::new();
+    for _ in 0..3 {
+        let outs = exe.run(&feeds).expect("a step");
+        let l = outs
+            .iter()
+            .find(|(n, _)| n == "loss")
+            .expect("loss")
+            .1
+            .to_f64()[0];
+        losses.push(l);
+    }
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "{losses:?}");
+}
+
+// ---- the CLI -----------------------------------------------------------------------------------
+
+#[test]
+fn cli_import_then_run_matches_onnxruntime() {
+    let dir = cli::scratch("onnx_import_cli");
+    let ir = dir.join("cnn.ir");
+    let ir_s = ir.to_str().unwrap();
+    let src = onnx_dir().join("cnn.onnx");
+    let out = cli::ok(&["import", src.to_str().unwrap(), "-o", ir_s, "--batch", "2"]);
+    assert!(
+        out.contains("cnn.ir") && out.contains("cnn.safetensors"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&ir).unwrap();
+    assert!(text.starts_with("# imported from"), "{text}");
+    cli::ok(&["check", ir_s]);
+    let outputs = dir.join("out.safetensors");
+    let inputs = onnx_dir().join("cnn.inputs.safetensors");
+    let params = dir.join("cnn.safetensors");
+    cli::ok(&[
+        "run",
+        ir_s,
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--params",
+        params.to_str().unwrap(),
+        "--outputs",
+        outputs.to_str().unwrap(),
+    ]);
+    let got = checkpoint::load_tensors(&outputs).unwrap();
+    let expected = checkpoint::load_tensors(onnx_dir().join("cnn.expected.safetensors")).unwrap();
+    let g = text::parse(&text, "cnn.ir").unwrap();
+    let t = got.get("log_probs").expect("log_probs");
+    agrees("gradlift run", &g, "log_probs", &f64s(t), &expected);
+    // --params names another weights file
+    let other = dir.join("weights.safetensors");
+    cli::ok(&[
+        "import",
+        src.to_str().unwrap(),
+        "-o",
+        dir.join("b.ir").to_str().unwrap(),
+        "--batch",
+        "2",
+        "--params",
+        other.to_str().unwrap(),
+    ]);
+    assert!(other.exists());
+}
+
+#[test]
+fn cli_import_errors() {
+    let dir = cli::scratch("onnx_import_cli_errors");
+    let src = onnx_dir().join("cnn.onnx");
+    let ir = dir.join("cnn.ir");
+    let err = cli::fails(&["import", src.to_str().unwrap(), "-o", ir.to_str().unwrap()]);
+    assert!(err.contains("--batch"), "{err}");
+    assert!(!ir.exists(), "nothing written on error");
+    let garbage = dir.join("garbage.onnx");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff not protobuf").unwrap();
+    let err = cli::fails(&[
+        "import",
+        garbage.to_str().unwrap(),
+        "-o",
+        ir.to_str().unwrap(),
+    ]);
+    assert!(err.contains("not an ONNX model"), "{err}");
+    let err = cli::fails(&[
+        "import",
+        dir.join("missing.onnx").to_str().unwrap(),
+        "-o",
+        ir.to_str().unwrap(),
+    ]);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+// ---- errors ------------------------------------------------------------------------------------
+
+fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor {
+                elem_type: 1,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(DimensionValue::DimValue(d)),
+                        })
+                        .collect(),
+                }),
+            }),
+        }),
+    }
+}
+
+fn node(
+    name: &str,
+    op: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        name: name.into(),
+        op_type: op.into(),
+        domain: String::new(),
+        attribute: attrs,
+    }
+}
+
+fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: 2,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn weights(name: &str, dims: &[i64]) -> TensorProto {
+    let n: i64 = dims.iter().product();
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 1,
+        float_data: (0..n).map(|i| i as f32 * 0.01).collect(),
+        ..Default::default()
+    }
+}
+
+/// A model of `nodes` on input `x` of `dims`, output `y`, with `init` initializers.
+fn model_of(dims: &[i64], nodes: Vec<NodeProto>, init: Vec<TensorProto>) -> ModelProto {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "test".into(),
+        graph: Some(GraphProto {
+            node: nodes,
+            name: "t".into(),
+            initializer: init,
+            sparse_initializer: vec![],
+            input: vec![value_info("x", dims)],
+            output: vec![ValueInfoProto {
+                name: "y".into(),
+                r#type: None,
+            }],
+        }),
+    }
+}
+
+fn import_err(m: &ModelProto) -> String {
+    match onnx::import(&m.encode_to_vec(), &batch2()) {
+        Ok(im) => panic!("imported:\n{}", text::print(&im.graph)),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn conv_model(attrs: Vec<AttributeProto>) -> ModelProto {
+    model_of(
+        &[1, 2, 6, 6],
+        vec![node("conv0", "Conv", &["x", "w"], &["y"], attrs)],
+        vec![weights("w", &[4, 2, 3, 3])],
+    )
+}
+
+#[test]
+fn a_small_model_built_here_imports() {
+    let im = onnx::import(&conv_model(vec![]).encode_to_vec(), &batch2()).expect("a plain conv");
+    let y = im.graph.output("y").expect("y");
+    assert_eq!(im.graph[y].ty.shape.dims(), [1, 4, 4, 4], "NCHW output");
+}
+
+#[test]
+fn unsupported_op_names_node_and_op_type() {
+    let m = model_of(
+        &[2, 3],
+        vec![node("my_lstm", "LSTM", &["x"], &["y"], vec![])],
+        vec![],
+    );
+    let e = import_err(&m);
+    assert!(
+        e.starts_with("node my_lstm (LSTM): operator LSTM is not supported; supported: Abs, Add"),
+        "{e}"
+    );
+    // an unnamed node is named by its position, a custom domain is said
+    let mut n = node("", "Relu", &["x"], &["y"], vec![]);
+    n.domain = "com.example".into();
+    let m = model_of(
+        &[2, 3],
+        vec![node("", "Relu", &["x"], &["h"], vec![]), {
+            n.input = vec!["h".into()];
+            n
+        }],
+        vec![],
+    );
+    let e = import_err(&m);
+    assert!(
+        e.starts_with("node #1 (Relu): operator Relu of domain com.example is not supported"),
+        "{e}"
+    );
+}
+
+#[test]
+fn malformed_bytes_are_errors() {
+    let good = conv_model(vec![]).encode_to_vec();
+    for cut in [1, 7, good.len() / 2, good.len() - 1] {
+        match onnx::import(&good[..cut], &batch2()) {
+            Ok(_) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!msg.is_empty());
+            }
+        }
+    }
+    // a file cut in the middle of the weights does not decode
+    let e = onnx::import(&good[..good.len() - 5], &batch2()).expect_err("truncated");
+    assert!(matches!(e, ImportError::Decode(_)), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("not an ONNX model: the protobuf message does not decode"),
+        "{e}"
+    );
+    let e = onnx::import(b"\x08\x96\x01\xff\xff\xff\xff\xff", &batch2()).expect_err("garbage");
+    assert!(matches!(e, ImportError::Decode(_)), "{e}");
+    // every prefix and a few corruptions: an error or a model, never a panic
+    for cut in 0..good.len() {
+        let _ = onnx::import(&good[..cut], &batch2());
+    }
+    for i in 0..good.len() {
+        let mut b = good.clone();
+        b[i] ^= 0x55;
+        let _ = onnx::import(&b, &batch2());
+    }
+    // empty bytes decode to an empty model: no graph
+    let e = onnx::import(&[], &batch2()).expect_err("empty");
+    assert_eq!(
+        e.to_string(),
+        "the model has no graph (ModelProto.graph is missing)"
+    );
+}
+
+#[test]
+fn model_level_errors() {
+    let mut m = conv_model(vec![]);
+    m.opset_import.clear();
+    assert!(import_err(&m).contains("does not import the default ONNX operator set"));
+    let mut m = conv_model(vec![]);
+    m.opset_import[0].version = 6;
+    assert!(import_err(&m).contains("operator set 6"));
+    let mut m = conv_model(vec![]);
+    m.graph.as_mut().unwrap().output.clear();
+    assert_eq!(import_err(&m), "the graph has no outputs");
+}
+
+#[test]
+fn initializer_errors() {
+    let mut short = weights("w", &[4, 2, 3, 3]);
+    short.float_data.pop();
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node("c", "Conv", &["x", "w"], &["y"], vec![])],
+        vec![short],
+    );
+    assert_eq!(
+        import_err(&m),
+        "initializer w: float_data holds 71 elements, expected 72 for shape [4, 2, 3, 3]"
+    );
+    let mut raw = weights("w", &[4, 2, 3, 3]);
+    raw.float_data.clear();
+    raw.raw_data = vec![0; 10];
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node("c", "Conv", &["x", "w"], &["y"], vec![])],
+        vec![raw],
+    );
+    assert_eq!(
+        import_err(&m),
+        "initializer w: raw_data holds 10 bytes, expected 288 (72 FLOAT elements of 4 bytes for shape [4, 2, 3, 3])"
+    );
+    let mut bad = weights("w", &[4, 2, 3, 3]);
+    bad.data_type = 10;
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node("c", "Conv", &["x", "w"], &["y"], vec![])],
+        vec![bad],
+    );
+    assert!(import_err(&m)
+        .starts_with("initializer w: element type FLOAT16 (data_type 10) is not supported"));
+    let mut neg = weights("w", &[4, 2, 3, 3]);
+    neg.dims[0] = -4;
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node("c", "Conv", &["x", "w"], &["y"], vec![])],
+        vec![neg],
+    );
+    assert!(import_err(&m).contains("dimension -4"));
+    let mut ext = weights("w", &[4, 2, 3, 3]);
+    ext.data_location = 1;
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node("c", "Conv", &["x", "w"], &["y"], vec![])],
+        vec![ext],
+    );
+    assert!(import_err(&m).contains("external file"));
+}
+
+#[test]
+fn missing_initializer_or_operand_is_named() {
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node("conv0", "Conv", &["x", "w"], &["y"], vec![])],
+        vec![],
+    );
+    assert_eq!(
+        import_err(&m),
+        "node conv0 (Conv): operand w is not defined by an earlier node, an initializer or a graph input"
+    );
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node("conv0", "Conv", &["x"], &["y"], vec![])],
+        vec![],
+    );
+    assert_eq!(
+        import_err(&m),
+        "node conv0 (Conv): operand 1 is missing (1 operand given)"
+    );
+    // an output nobody computes
+    let m = model_of(
+        &[2, 3],
+        vec![node("r", "Relu", &["x"], &["h"], vec![])],
+        vec![],
+    );
+    assert_eq!(
+        import_err(&m),
+        "graph output y: operand y is not defined by an earlier node, an initializer or a graph input"
+    );
+}
+
+#[test]
+fn unsupported_attributes_are_errors() {
+    let cases: Vec<(Vec<AttributeProto>, &str)> = vec![
+        (vec![int_attr("group", 2)], "attribute group: 2 is not supported"),
+        (vec![ints_attr("dilations", &[2, 2])], "attribute dilations: [2, 2] is not supported"),
+        (
+            vec![AttributeProto {
+                name: "auto_pad".into(),
+                r#type: 3,
+                s: b"SAME_SIDEWAYS".to_vec(),
+                ..Default::default()
+            }],
+            "attribute auto_pad: \"SAME_SIDEWAYS\" is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER",
+        ),
+        (vec![ints_attr("pads", &[1, 1])], "attribute pads: expected four non-negative integers"),
+        (vec![ints_attr("kernel_shape", &[5, 5])], "attribute kernel_shape [5, 5] differs from the filter's [3, 3]"),
+        (vec![int_attr("strides", 2)], "attribute strides: expected INTS, found INT"),
+        (vec![int_attr("frobnicate", 1)], "attribute frobnicate is not supported (known: auto_pad, dilations"),
+        (vec![int_attr("group", 1), int_attr("group", 1)], "attribute group is given twice"),
+    ];
+    for (attrs, want) in cases {
+        let e = import_err(&conv_model(attrs));
+        assert!(e.starts_with("node conv0 (Conv): "), "{e}");
+        assert!(e.contains(want), "{e}\nexpected: {want}");
+    }
+    // ops of other kinds
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node(
+            "pool",
+            "AveragePool",
+            &["x"],
+            &["y"],
+            vec![ints_attr("kernel_shape", &[2, 2]), int_attr("ceil_mode", 1)],
+        )],
+        vec![],
+    );
+    assert!(import_err(&m).contains("ceil_mode: 1 is not supported"));
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node("pool", "MaxPool", &["x"], &["y"], vec![])],
+        vec![],
+    );
+    assert_eq!(
+        import_err(&m),
+        "node pool (MaxPool): attribute kernel_shape is missing"
+    );
+    let m = model_of(
+        &[2, 3],
+        vec![node(
+            "relu",
+            "Relu",
+            &["x"],
+            &["y"],
+            vec![int_attr("alpha", 1)],
+        )],
+        vec![],
+    );
+    assert_eq!(
+        import_err(&m),
+        "node relu (Relu): attribute alpha is not supported (Relu takes no attributes)"
+    );
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node(
+            "pool",
+            "MaxPool",
+            &["x"],
+            &["y", "idx"],
+            vec![ints_attr("kernel_shape", &[2, 2])],
+        )],
+        vec![],
+    );
+    assert!(import_err(&m).contains("result 1 (idx) is not supported"));
+    let m = model_of(
+        &[2, 3, 4],
+        vec![node("mm", "MatMul", &["x", "b"], &["y"], vec![])],
+        vec![weights("b", &[2, 4, 5])],
+    );
+    assert!(import_err(&m).contains("gradlift's matmul is 2-D"));
+    let m = model_of(
+        &[2, 6],
+        vec![node(
+            "s",
+            "Slice",
+            &["x", "st", "en", "ax", "step"],
+            &["y"],
+            vec![],
+        )],
+        vec![
+            ints_t("st", &[0]),
+            ints_t("en", &[4]),
+            ints_t("ax", &[1]),
+            ints_t("step", &[2]),
+        ],
+    );
+    assert!(import_err(&m).contains("steps [2] are not supported"));
+    let m = model_of(
+        &[2, 6],
+        vec![node("r", "Reshape", &["x", "x"], &["y"], vec![])],
+        vec![],
+    );
+    assert!(import_err(&m).contains("must be known at import time"));
+    let m = model_of(
+        &[2, 6],
+        vec![node("r", "Reshape", &["x", "shape"], &["y"], vec![])],
+        vec![ints_t("shape", &[5, -1])],
+    );
+    assert_eq!(
+        import_err(&m),
+        "node r (Reshape): cannot reshape [2, 6] (12 elements) to [5, -1]"
+    );
+    // two nodes defining one value
+    let m = model_of(
+        &[2, 3],
+        vec![
+            node("a", "Relu", &["x"], &["y"], vec![]),
+            node("b", "Relu", &["x"], &["y"], vec![]),
+        ],
+        vec![],
+    );
+    assert!(import_err(&m).starts_with("node b (Relu): its result y is already defined"));
+}
+
+fn ints_t(name: &str, v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: vec![v.len() as i64],
+        data_type: 7,
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn input_errors() {
+    let mut m = conv_model(vec![]);
+    m.graph.as_mut().unwrap().input[0] = ValueInfoProto {
+        name: "x".into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor {
+                elem_type: 7,
+                shape: None,
+            }),
+        }),
+    };
+    assert!(import_err(&m).starts_with("graph input x: element type INT64 is not supported"));
+    let mut m = conv_model(vec![]);
+    if let Some(t) = m.graph.as_mut().unwrap().input[0].r#type.as_mut() {
+        if let Some(s) = t.tensor_type.as_mut().and_then(|t| t.shape.as_mut()) {
+            s.dim[2].value = Some(DimensionValue::DimParam("height".into()));
+        }
+    }
+    assert!(import_err(&m).contains("dimension 2 is symbolic (height)"));
+    // a declared output shape that differs from the computed one
+    let mut m = conv_model(vec![]);
+    m.graph.as_mut().unwrap().output[0] = value_info("y", &[1, 4, 5, 5]);
+    assert_eq!(
+        import_err(&m),
+        "graph output y: the model declares shape [1, 4, 5, 5], the imported graph computes [1, 4, 4, 4]"
+    );
+}
