@@ -48,6 +48,9 @@ use std::path::{Path, PathBuf};
 /// The largest number of elements of one tensor the importer accepts (as the text format).
 const MAX_ELEMENTS: usize = crate::op::MAX_DIM;
 
+/// The largest filter of an AveragePool with overlapping windows (a `[kh, kw, c, c]` const).
+const MAX_POOL_FILTER: usize = 1 << 24;
+
 /// Options of [`import`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImportOptions {
@@ -981,6 +984,12 @@ impl Importer {
             };
             dims.push(size);
         }
+        if Shape(dims.clone())
+            .checked_numel()
+            .is_none_or(|n| n > MAX_ELEMENTS)
+        {
+            return Err(format!("shape {dims:?} has too many elements"));
+        }
         let name = self.fresh_name(&vi.name);
         let id = self
             .g
@@ -1037,14 +1046,14 @@ impl Importer {
     }
 
     /// The `i`th operand name of `node`, if given (an empty name is an omitted operand).
-    fn opt_input<'n>(node: &'n NodeProto, i: usize) -> Option<&'n str> {
+    fn opt_input(node: &NodeProto, i: usize) -> Option<&str> {
         node.input
             .get(i)
             .map(String::as_str)
             .filter(|s| !s.is_empty())
     }
 
-    fn input<'n>(node: &'n NodeProto, i: usize) -> R<&'n str> {
+    fn input(node: &NodeProto, i: usize) -> R<&str> {
         Self::opt_input(node, i).ok_or_else(|| {
             format!(
                 "operand {i} is missing ({} operand{} given)",
@@ -1598,7 +1607,16 @@ impl Importer {
             )?
         } else {
             // a convolution with a filter that adds each channel's window
-            let mut f = vec![0.0; k[0] * k[1] * c * c];
+            let size = [k[1], c, c]
+                .iter()
+                .try_fold(k[0], |a, &b| a.checked_mul(b))
+                .filter(|&n| n <= MAX_POOL_FILTER)
+                .ok_or_else(|| {
+                    format!(
+                        "a {k:?} window with stride {s:?} over {c} channels is too large (its summing filter would hold more than {MAX_POOL_FILTER} values)"
+                    )
+                })?;
+            let mut f = vec![0.0; size];
             for y in 0..k[0] {
                 for xx in 0..k[1] {
                     for ch in 0..c {
@@ -2355,7 +2373,7 @@ fn reshape_dims(d: &[usize], target: &[i64], allow_zero: bool) -> R<Vec<usize>> 
         .try_fold(1usize, |a, &x| a.checked_mul(x))
         .ok_or_else(|| format!("shape {target:?} is too large"))?;
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!(
                 "cannot reshape {d:?} ({total} elements) to {target:?}"
             ));
