@@ -48,7 +48,8 @@ use std::path::{Path, PathBuf};
 /// The largest number of elements of one tensor the importer accepts (as the text format).
 const MAX_ELEMENTS: usize = crate::op::MAX_DIM;
 
-/// The largest filter of an AveragePool with overlapping windows (a `[kh, kw, c, c]` const).
+/// The largest const an AveragePool may make: its summing filter (`[kh, kw, c, c]`, for
+/// overlapping windows) or its window counts (`[1, oh, ow, 1]`, for `count_include_pad=0`).
 const MAX_POOL_FILTER: usize = 1 << 24;
 
 /// Options of [`import`].
@@ -1643,6 +1644,11 @@ impl Importer {
             self.binary(BinaryOp::Div, sum, d)?
         } else {
             // each window's count of input (not padding) elements
+            if oh * ow > MAX_POOL_FILTER {
+                return Err(format!(
+                    "an output of {oh}x{ow} positions is too large for the window counts of count_include_pad=0 (at most {MAX_POOL_FILTER})"
+                ));
+            }
             let mut counts = Vec::with_capacity(oh * ow);
             for i in 0..oh {
                 for j in 0..ow {
@@ -2075,11 +2081,31 @@ impl Importer {
         self.bind_plain(out, y)
     }
 
+    /// Binds `out` to the value of `x`: the same node, or the same param for a float
+    /// initializer (weights stay tied), or the same constant.
+    fn alias(&mut self, out: &str, x: &str) -> R<()> {
+        let v = match self.val(x)?.clone() {
+            Val::Static {
+                t:
+                    Static {
+                        data: StaticData::F32(_),
+                        ..
+                    },
+                initializer: true,
+            } => Val::Node {
+                plain: Some(self.plain(x)?),
+                nhwc: None,
+            },
+            v => v,
+        };
+        self.bind(out, v)
+    }
+
     fn identity(&mut self, node: &NodeProto) -> R<()> {
         check_attrs(node, &[])?;
         let out = Self::check_outputs(node, 1)?;
-        let v = self.val(Self::input(node, 0)?)?.clone();
-        self.bind(out, v)
+        let x = Self::input(node, 0)?;
+        self.alias(out, x)
     }
 
     fn dropout(&mut self, node: &NodeProto) -> R<()> {
@@ -2094,8 +2120,8 @@ impl Importer {
                 );
             }
         }
-        let v = self.val(Self::input(node, 0)?)?.clone();
-        self.bind(out, v)
+        let x = Self::input(node, 0)?;
+        self.alias(out, x)
     }
 
     fn constant(&mut self, node: &NodeProto) -> R<()> {
