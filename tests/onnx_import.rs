@@ -144,6 +144,25 @@ fn spatial_ops_match_onnxruntime() {
 }
 
 #[test]
+fn opset18_matches_onnxruntime() {
+    matches_onnxruntime("opset18");
+}
+
+#[test]
+fn opset11_matches_onnxruntime() {
+    matches_onnxruntime("opset11");
+}
+
+/// Identity and Dropout of an initializer read the same param: the weights stay tied.
+#[test]
+fn aliases_of_an_initializer_share_its_param() {
+    let (im, _, _) = model("opset18");
+    let names: Vec<&str> = im.weights.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["w", "v"]);
+    assert_eq!(im.graph.params().len(), 2);
+}
+
+#[test]
 fn imported_mlp_prints() {
     let (im, _, _) = model("mlp");
     insta::assert_snapshot!(text::print(&im.graph));

@@ -58,8 +58,8 @@ def ints(name, values):
     return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
 
 
-def save(name, graph, feeds, batch=None):
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="make_models.py")
+def save(name, graph, feeds, opset=OPSET):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="make_models.py")
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     path = os.path.join(HERE, name + ".onnx")
@@ -230,8 +230,90 @@ def spatial():
     save("spatial", g, {"x": rng.standard_normal([2, 3, 7, 7]).astype(np.float32)})
 
 
+def opset18():
+    """Operator set 18, where reduction axes are operands: ReduceMean, ReduceMax and
+    ReduceSum with axes operands, Squeeze and Unsqueeze with axes operands, Softmax on its
+    default (last) axis, Conv with SAME_UPPER and stride 2 (gradlift's `same`), MaxPool with
+    SAME_UPPER, AveragePool with count_include_pad 1, GlobalMaxPool, Identity and Dropout
+    (inference) of a weight used twice, Cast to float, Erf."""
+    rng = np.random.default_rng(5)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w"], ["c"], name="conv_same", strides=[2, 2], auto_pad="SAME_UPPER"),  # [2,3,4,4]
+        n("MaxPool", ["c"], ["mp"], name="max_pool_same", kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_UPPER"),  # [2,3,2,2]
+        n("AveragePool", ["c"], ["ap"], name="avg_pool_incl", kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),  # [2,3,4,4]
+        n("GlobalMaxPool", ["ap"], ["gmp"], name="global_max"),  # [2,3,1,1]
+        n("Squeeze", ["gmp", "axes23"], ["sq"], name="squeeze"),  # [2,3]
+        n("Softmax", ["sq"], ["sm"], name="softmax"),
+        n("ReduceMean", ["mp", "axes23"], ["rm"], name="reduce_mean", keepdims=0),  # [2,3]
+        n("ReduceMax", ["mp", "axes1"], ["rx"], name="reduce_max"),  # [2,1,2,2]
+        n("ReduceSum", ["rx", "axes1"], ["rs"], name="reduce_sum", keepdims=0),  # [2,2,2]
+        n("Unsqueeze", ["rs", "axes0"], ["us"], name="unsqueeze"),  # [1,2,2,2]
+        n("Erf", ["us"], ["er"], name="erf"),
+        n("Identity", ["v"], ["v_id"], name="identity"),
+        n("Dropout", ["v"], ["v_do"], name="dropout"),
+        n("MatMul", ["rm", "v_id"], ["m1"], name="matmul1"),  # [2,3] x [3,3]
+        n("MatMul", ["sm", "v_do"], ["m2"], name="matmul2"),
+        n("Add", ["m1", "m2"], ["mm"], name="add"),
+        n("Cast", ["mm"], ["out"], name="cast", to=TensorProto.FLOAT),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "opset18",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, 8, 7])],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("er", TensorProto.FLOAT, [1, 2, 2, 2]),
+            helper.make_tensor_value_info("ap", TensorProto.FLOAT, [2, 3, 4, 4]),
+        ],
+        [init(rng, "w", [3, 2, 3, 3]), init(rng, "v", [3, 3]), ints("axes23", [2, 3]), ints("axes1", [1]), ints("axes0", [0])],
+    )
+    save("opset18", g, {"x": rng.standard_normal([2, 2, 8, 7]).astype(np.float32)}, opset=18)
+
+
+def opset11():
+    """Operator set 11: Softmax and LogSoftmax see a 4-D input as 2-D from their axis,
+    Squeeze, Unsqueeze and ReduceSum take axes attributes, Slice with negative bounds and
+    steps of 1, Clip with bound operands, Concat of NHWC values on the channel axis,
+    Transpose of an NHWC value."""
+    rng = np.random.default_rng(6)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),  # [2,2,3,3]
+        n("Softmax", ["c"], ["sm"], name="softmax_coerced", axis=1),
+        n("LogSoftmax", ["c"], ["lsm"], name="log_softmax_coerced", axis=2),
+        n("Concat", ["c", "sm"], ["cat"], name="concat_channels", axis=1),  # [2,4,3,3]
+        n("Transpose", ["cat"], ["tr"], name="transpose", perm=[0, 2, 3, 1]),  # [2,3,3,4]
+        n("Slice", ["tr", "starts", "ends", "axes", "steps"], ["sl"], name="slice"),  # [2,3,2,2]
+        n("ReduceSum", ["sl"], ["rs"], name="reduce_sum", axes=[1], keepdims=1),  # [2,1,2,2]
+        n("Squeeze", ["rs"], ["sq"], name="squeeze", axes=[1]),  # [2,2,2]
+        n("Unsqueeze", ["sq"], ["us"], name="unsqueeze", axes=[0]),  # [1,2,2,2]
+        n("Clip", ["us", "lo", ""], ["cl"], name="clip_low"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "opset11",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3, 3])],
+        [
+            helper.make_tensor_value_info("cl", TensorProto.FLOAT, [1, 2, 2, 2]),
+            helper.make_tensor_value_info("lsm", TensorProto.FLOAT, [2, 2, 3, 3]),
+        ],
+        [
+            init(rng, "w", [2, 3, 3, 3]),
+            ints("starts", [-2, 1]),
+            ints("ends", [100, -1]),
+            ints("axes", [2, 3]),
+            ints("steps", [1, 1]),
+            numpy_helper.from_array(np.array(-0.25, np.float32), "lo"),
+        ],
+    )
+    save("opset11", g, {"x": rng.standard_normal([2, 3, 3, 3]).astype(np.float32)}, opset=11)
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
     ops()
     spatial()
+    opset18()
+    opset11()
