@@ -754,3 +754,242 @@ fn input_errors() {
         "graph output y: the model declares shape [1, 4, 5, 5], the imported graph computes [1, 4, 4, 4]"
     );
 }
+
+fn float_attr(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: 1,
+        f: v,
+        ..Default::default()
+    }
+}
+
+/// One line per malformed or unsupported model: the message the importer gives (snapshot).
+#[test]
+fn error_messages() {
+    let mut cases: Vec<(&str, ModelProto)> = Vec::new();
+    let two_d = |nodes: Vec<NodeProto>, init: Vec<TensorProto>| model_of(&[2, 3], nodes, init);
+    let mut m = conv_model(vec![]);
+    m.graph
+        .as_mut()
+        .unwrap()
+        .sparse_initializer
+        .push(Default::default());
+    cases.push(("sparse initializer", m));
+    let mut m = conv_model(vec![]);
+    m.graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .push(weights("w", &[1]));
+    cases.push(("duplicate initializer", m));
+    let mut m = conv_model(vec![]);
+    m.graph.as_mut().unwrap().input[0].r#type = Some(TypeProto { tensor_type: None });
+    cases.push(("input of a non-tensor type", m));
+    let mut m = conv_model(vec![]);
+    if let Some(t) = m.graph.as_mut().unwrap().input[0].r#type.as_mut() {
+        t.tensor_type.as_mut().unwrap().shape = None;
+    }
+    cases.push(("input without a shape", m));
+    let mut m = conv_model(vec![]);
+    if let Some(t) = m.graph.as_mut().unwrap().input[0].r#type.as_mut() {
+        t.tensor_type.as_mut().unwrap().shape.as_mut().unwrap().dim[1].value =
+            Some(DimensionValue::DimValue(0));
+    }
+    cases.push(("input with a zero dimension", m));
+    cases.push((
+        "conv on a 3-D input",
+        model_of(
+            &[1, 2, 6],
+            vec![node("c", "Conv", &["x", "w"], &["y"], vec![])],
+            vec![weights("w", &[4, 2, 3])],
+        ),
+    ));
+    cases.push((
+        "conv channel mismatch",
+        model_of(
+            &[1, 3, 6, 6],
+            vec![node("c", "Conv", &["x", "w"], &["y"], vec![])],
+            vec![weights("w", &[4, 2, 3, 3])],
+        ),
+    ));
+    cases.push((
+        "conv bias of the wrong shape",
+        model_of(
+            &[1, 2, 6, 6],
+            vec![node("c", "Conv", &["x", "w", "b"], &["y"], vec![])],
+            vec![weights("w", &[4, 2, 3, 3]), weights("b", &[3])],
+        ),
+    ));
+    cases.push((
+        "kernel larger than the input",
+        model_of(
+            &[1, 2, 2, 2],
+            vec![node("c", "Conv", &["x", "w"], &["y"], vec![])],
+            vec![weights("w", &[4, 2, 3, 3])],
+        ),
+    ));
+    cases.push((
+        "pool pads not smaller than the kernel",
+        model_of(
+            &[1, 2, 6, 6],
+            vec![node(
+                "p",
+                "MaxPool",
+                &["x"],
+                &["y"],
+                vec![
+                    ints_attr("kernel_shape", &[2, 2]),
+                    ints_attr("pads", &[2, 0, 0, 0]),
+                ],
+            )],
+            vec![],
+        ),
+    ));
+    cases.push((
+        "gemm on a 3-D operand",
+        model_of(
+            &[2, 3, 4],
+            vec![node("g", "Gemm", &["x", "w"], &["y"], vec![])],
+            vec![weights("w", &[4, 5])],
+        ),
+    ));
+    cases.push((
+        "gemm inner dimensions differ",
+        two_d(
+            vec![node("g", "Gemm", &["x", "w"], &["y"], vec![])],
+            vec![weights("w", &[4, 5])],
+        ),
+    ));
+    cases.push((
+        "softmax axis out of range",
+        two_d(
+            vec![node(
+                "s",
+                "Softmax",
+                &["x"],
+                &["y"],
+                vec![int_attr("axis", 2)],
+            )],
+            vec![],
+        ),
+    ));
+    cases.push((
+        "attribute of the wrong type",
+        two_d(
+            vec![node(
+                "l",
+                "LeakyRelu",
+                &["x"],
+                &["y"],
+                vec![int_attr("alpha", 1)],
+            )],
+            vec![],
+        ),
+    ));
+    cases.push((
+        "constant with two values",
+        two_d(
+            vec![
+                node(
+                    "k",
+                    "Constant",
+                    &[],
+                    &["c"],
+                    vec![
+                        float_attr("value_float", 1.0),
+                        ints_attr("value_ints", &[1]),
+                    ],
+                ),
+                node("a", "Add", &["x", "c"], &["y"], vec![]),
+            ],
+            vec![],
+        ),
+    ));
+    cases.push((
+        "dropout in training mode",
+        two_d(
+            vec![
+                node("k", "Constant", &[], &["t"], vec![int_attr("value_int", 1)]),
+                node("d", "Dropout", &["x", "", "t"], &["y"], vec![]),
+            ],
+            vec![],
+        ),
+    ));
+    cases.push((
+        "squeeze of an axis that is not 1",
+        two_d(
+            vec![node("s", "Squeeze", &["x", "ax"], &["y"], vec![])],
+            vec![ints_t("ax", &[1])],
+        ),
+    ));
+    cases.push((
+        "gather index out of range",
+        two_d(
+            vec![node(
+                "g",
+                "Gather",
+                &["x", "i"],
+                &["y"],
+                vec![int_attr("axis", 1)],
+            )],
+            vec![ints_t("i", &[3])],
+        ),
+    ));
+    cases.push((
+        "slice to nothing",
+        two_d(
+            vec![node("s", "Slice", &["x", "a", "b"], &["y"], vec![])],
+            vec![ints_t("a", &[1]), ints_t("b", &[1])],
+        ),
+    ));
+    cases.push((
+        "transpose perm not a permutation",
+        two_d(
+            vec![node(
+                "t",
+                "Transpose",
+                &["x"],
+                &["y"],
+                vec![ints_attr("perm", &[0, 0])],
+            )],
+            vec![],
+        ),
+    ));
+    cases.push((
+        "concat of mismatched shapes",
+        two_d(
+            vec![node(
+                "c",
+                "Concat",
+                &["x", "w"],
+                &["y"],
+                vec![int_attr("axis", 0)],
+            )],
+            vec![weights("w", &[2, 4])],
+        ),
+    ));
+    cases.push((
+        "cast of a computed value to an integer",
+        two_d(
+            vec![node("c", "Cast", &["x"], &["y"], vec![int_attr("to", 7)])],
+            vec![],
+        ),
+    ));
+    cases.push((
+        "add of an int64 initializer too large for i32",
+        two_d(
+            vec![node("a", "Add", &["x", "big"], &["y"], vec![])],
+            vec![ints_t("big", &[1 << 40])],
+        ),
+    ));
+    cases.push((
+        "node without results",
+        two_d(vec![node("r", "Relu", &["x"], &[], vec![])], vec![]),
+    ));
+    let mut report = String::new();
+    for (what, m) in &cases {
+        report.push_str(&format!("{what}:\n  {}\n", import_err(m)));
+    }
+    insta::assert_snapshot!(report);
+}

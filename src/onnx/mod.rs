@@ -647,9 +647,16 @@ fn prod(d: &[usize]) -> usize {
 
 impl Importer {
     fn add(&mut self, op: Op, operands: &[NodeId]) -> R<NodeId> {
+        let nhwc = matches!(op, Op::Conv2d { .. } | Op::MaxPool2d { .. });
         self.g
             .add_at(op, operands, None, self.loc.clone())
-            .map_err(|e| e.message)
+            .map_err(|e| {
+                if nhwc {
+                    format!("{} (shapes in gradlift's NHWC layout)", e.message)
+                } else {
+                    e.message
+                }
+            })
     }
 
     fn leaf(&mut self, op: Op, ty: TensorType) -> R<NodeId> {
@@ -1895,7 +1902,7 @@ impl Importer {
         }
         if begin.iter().zip(&end).any(|(b, e)| b == e) {
             return Err(format!(
-                "the slice [{begin:?}, {end:?}) of shape {d:?} is empty, which gradlift cannot hold"
+                "the slice from {begin:?} to {end:?} of shape {d:?} is empty, which gradlift cannot hold"
             ));
         }
         if let Val::Static { t, .. } = self.val(xn)?.clone() {
