@@ -153,6 +153,31 @@ fn opset11_matches_onnxruntime() {
     matches_onnxruntime("opset11");
 }
 
+#[test]
+fn pytorch_style_export_matches_onnxruntime() {
+    matches_onnxruntime("pytorch_style");
+    let (im, _, _) = model("pytorch_style");
+    let names: Vec<&str> = im.weights.iter().map(|w| w.name.as_str()).collect();
+    // ONNX names that are not gradlift names have each other character replaced
+    assert_eq!(
+        names,
+        [
+            "onnx__Conv_7",
+            "onnx__Conv_8",
+            "bn1.weight",
+            "bn1.bias",
+            "fc.weight",
+            "fc.bias"
+        ]
+    );
+    assert!(im.graph.find("input.1").is_some());
+}
+
+#[test]
+fn keras_style_export_matches_onnxruntime() {
+    matches_onnxruntime("keras_style");
+}
+
 /// Identity and Dropout of an initializer read the same param: the weights stay tied.
 #[test]
 fn aliases_of_an_initializer_share_its_param() {

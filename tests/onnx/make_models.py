@@ -310,6 +310,79 @@ def opset11():
     save("opset11", g, {"x": rng.standard_normal([2, 3, 3, 3]).astype(np.float32)}, opset=11)
 
 
+def pytorch_style():
+    """A CNN written the way torch.onnx.export writes one (opset 17): value and node names
+    with slashes and colons (`/conv1/Conv_output_0`, `onnx::Conv_7`), the input `input.1`
+    with a symbolic batch, BatchNormalization in inference mode, and `x.view(x.size(0), -1)`
+    as Shape, Gather, Unsqueeze, Concat with a Constant, Reshape."""
+    rng = np.random.default_rng(7)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["input.1", "onnx::Conv_7", "onnx::Conv_8"], ["/conv1/Conv_output_0"], name="/conv1/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1], group=1),
+        n("BatchNormalization", ["/conv1/Conv_output_0", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"], ["/bn1/BatchNormalization_output_0"], name="/bn1/BatchNormalization", epsilon=1e-5, momentum=0.9),
+        n("Relu", ["/bn1/BatchNormalization_output_0"], ["/relu/Relu_output_0"], name="/relu/Relu"),
+        n("MaxPool", ["/relu/Relu_output_0"], ["/pool/MaxPool_output_0"], name="/pool/MaxPool", kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0], ceil_mode=0),
+        n("Shape", ["/pool/MaxPool_output_0"], ["/Shape_output_0"], name="/Shape"),
+        n("Constant", [], ["/Constant_output_0"], name="/Constant", value=numpy_helper.from_array(np.array(0, np.int64))),
+        n("Gather", ["/Shape_output_0", "/Constant_output_0"], ["/Gather_output_0"], name="/Gather", axis=0),
+        n("Constant", [], ["onnx::Unsqueeze_15"], name="Constant_9", value=numpy_helper.from_array(np.array([0], np.int64))),
+        n("Unsqueeze", ["/Gather_output_0", "onnx::Unsqueeze_15"], ["/Unsqueeze_output_0"], name="/Unsqueeze"),
+        n("Constant", [], ["/Constant_1_output_0"], name="/Constant_1", value=numpy_helper.from_array(np.array([-1], np.int64))),
+        n("Concat", ["/Unsqueeze_output_0", "/Constant_1_output_0"], ["/Concat_output_0"], name="/Concat", axis=0),
+        n("Reshape", ["/pool/MaxPool_output_0", "/Concat_output_0"], ["/Reshape_output_0"], name="/Reshape", allowzero=0),
+        n("Gemm", ["/Reshape_output_0", "fc.weight", "fc.bias"], ["output"], name="/fc/Gemm", alpha=1.0, beta=1.0, transB=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "main_graph",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["batch_size", 3, 6, 6])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch_size", 5])],
+        [
+            init(rng, "onnx::Conv_7", [4, 3, 3, 3]),
+            init(rng, "onnx::Conv_8", [4]),
+            init(rng, "bn1.weight", [4]),
+            init(rng, "bn1.bias", [4]),
+            init(rng, "bn1.running_mean", [4], 0.1),
+            numpy_helper.from_array((rng.random(4) + 0.5).astype(np.float32), "bn1.running_var"),
+            init(rng, "fc.weight", [5, 36], 0.3),
+            init(rng, "fc.bias", [5]),
+        ],
+    )
+    save("pytorch_style", g, {"input.1": rng.standard_normal([2, 3, 6, 6]).astype(np.float32)}, opset=17)
+
+
+def keras_style():
+    """A CNN written the way tf2onnx writes a Keras model: an NHWC input transposed to NCHW
+    for the Conv and back, Dense layers as MatMul + Add, a Reshape with a constant shape,
+    names with colons and slashes."""
+    rng = np.random.default_rng(8)
+    n = helper.make_node
+    nodes = [
+        n("Transpose", ["input_1"], ["sequential/conv2d/Conv2D__6:0"], name="sequential/conv2d/Conv2D__6", perm=[0, 3, 1, 2]),
+        n("Conv", ["sequential/conv2d/Conv2D__6:0", "sequential/conv2d/Conv2D/ReadVariableOp:0", "sequential/conv2d/BiasAdd/ReadVariableOp:0"], ["sequential/conv2d/BiasAdd:0"], name="sequential/conv2d/BiasAdd", kernel_shape=[3, 3], strides=[1, 1], dilations=[1, 1], group=1, auto_pad="VALID"),
+        n("Relu", ["sequential/conv2d/BiasAdd:0"], ["sequential/conv2d/Relu:0"], name="sequential/conv2d/Relu"),
+        n("Transpose", ["sequential/conv2d/Relu:0"], ["sequential/conv2d/Relu__8:0"], name="sequential/conv2d/Relu__8", perm=[0, 2, 3, 1]),
+        n("Reshape", ["sequential/conv2d/Relu__8:0", "const_fold_opt__11"], ["sequential/flatten/Reshape:0"], name="sequential/flatten/Reshape"),
+        n("MatMul", ["sequential/flatten/Reshape:0", "sequential/dense/MatMul/ReadVariableOp:0"], ["sequential/dense/MatMul:0"], name="sequential/dense/MatMul"),
+        n("Add", ["sequential/dense/MatMul:0", "sequential/dense/BiasAdd/ReadVariableOp:0"], ["sequential/dense/BiasAdd:0"], name="sequential/dense/BiasAdd"),
+        n("Softmax", ["sequential/dense/BiasAdd:0"], ["dense"], name="sequential/dense/Softmax", axis=-1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "tf2onnx",
+        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["unk__12", 5, 5, 2])],
+        [helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["unk__13", 3])],
+        [
+            init(rng, "sequential/conv2d/Conv2D/ReadVariableOp:0", [4, 2, 3, 3]),
+            init(rng, "sequential/conv2d/BiasAdd/ReadVariableOp:0", [4]),
+            ints("const_fold_opt__11", [-1, 36]),
+            init(rng, "sequential/dense/MatMul/ReadVariableOp:0", [36, 3], 0.3),
+            init(rng, "sequential/dense/BiasAdd/ReadVariableOp:0", [3]),
+        ],
+    )
+    save("keras_style", g, {"input_1": rng.standard_normal([2, 5, 5, 2]).astype(np.float32)}, opset=13)
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
@@ -317,3 +390,5 @@ if __name__ == "__main__":
     spatial()
     opset18()
     opset11()
+    pytorch_style()
+    keras_style()
