@@ -1775,14 +1775,25 @@ impl Importer {
                 out
             }
         };
+        if r == 4 && perm == TO_NCHW && !self.has_nhwc(xn) {
+            // an NHWC tensor made NCHW (as tf2onnx writes before a Conv): the operand is
+            // the result's NHWC form, and no transpose is needed until one asks for NCHW
+            let x = self.plain(xn)?;
+            return self.bind_nhwc(out, x);
+        }
         let y = if r == 4
             && self.has_nhwc(xn)
             && !matches!(self.val(xn)?, Val::Node { plain: Some(_), .. })
         {
-            // one transpose of the NHWC node: plain axis a is NHWC axis NHWC_AXIS[a]
+            // one transpose of the NHWC node: plain axis a is NHWC axis NHWC_AXIS[a] (none
+            // for a transpose to NHWC)
             let x = self.nhwc(xn)?;
             let p: Vec<usize> = perm.iter().map(|&a| NHWC_AXIS[a]).collect();
-            self.transpose(x, &p)?
+            if p == [0, 1, 2, 3] {
+                x
+            } else {
+                self.transpose(x, &p)?
+            }
         } else {
             let x = self.plain(xn)?;
             self.transpose(x, &perm)?
