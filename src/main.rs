@@ -1267,6 +1267,11 @@ fn cmd_import(a: &ImportArgs) -> Result<(), CliError> {
             params.display()
         )));
     }
+    if [&a.output, &params].contains(&&a.file) {
+        return Err(CliError(format!(
+            "{file}: the import would overwrite the model it reads"
+        )));
+    }
     let mut text = format!("# imported from {file} (ONNX operator set {})\n", im.opset);
     if !im.weights.is_empty() {
         text.push_str(&format!(

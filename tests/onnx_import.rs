@@ -293,11 +293,26 @@ fn cli_import_then_run_matches_onnxruntime() {
         "--outputs",
         outputs.to_str().unwrap(),
     ]);
-    let got = checkpoint::load_tensors(&outputs).unwrap();
     let expected = checkpoint::load_tensors(onnx_dir().join("cnn.expected.safetensors")).unwrap();
     let g = text::parse(&text, "cnn.ir").unwrap();
+    let got = checkpoint::load_tensors(&outputs).unwrap();
     let t = got.get("log_probs").expect("log_probs");
     agrees("gradlift run", &g, "log_probs", &f64s(t), &expected);
+    // the interpreter of `gradlift eval`, on the same files
+    cli::ok(&[
+        "eval",
+        ir_s,
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--params",
+        params.to_str().unwrap(),
+        "--outputs",
+        outputs.to_str().unwrap(),
+    ]);
+    let got = checkpoint::load_tensors(&outputs).unwrap();
+    let t = got.get("log_probs").expect("log_probs");
+    agrees("gradlift eval", &g, "log_probs", &f64s(t), &expected);
+    cli::ok(&["summary", ir_s]);
     // --params names another weights file
     let other = dir.join("weights.safetensors");
     cli::ok(&[
@@ -330,6 +345,22 @@ fn cli_import_errors() {
         ir.to_str().unwrap(),
     ]);
     assert!(err.contains("not an ONNX model"), "{err}");
+    // the source is never overwritten, nor the graph by its weights
+    let copy = dir.join("m.onnx");
+    std::fs::copy(&src, &copy).unwrap();
+    let copy_s = copy.to_str().unwrap();
+    let ir_s = ir.to_str().unwrap();
+    let err = cli::fails(&["import", copy_s, "-o", copy_s, "--batch", "2"]);
+    assert!(err.contains("would overwrite the model it reads"), "{err}");
+    let err = cli::fails(&[
+        "import", copy_s, "-o", ir_s, "--params", copy_s, "--batch", "2",
+    ]);
+    assert!(err.contains("would overwrite the model it reads"), "{err}");
+    let err = cli::fails(&[
+        "import", copy_s, "-o", ir_s, "--params", ir_s, "--batch", "2",
+    ]);
+    assert!(err.contains("written to the same file"), "{err}");
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&src).unwrap());
     let err = cli::fails(&[
         "import",
         dir.join("missing.onnx").to_str().unwrap(),
@@ -449,6 +480,42 @@ fn a_small_model_built_here_imports() {
     let im = onnx::import(&conv_model(vec![]).encode_to_vec(), &batch2()).expect("a plain conv");
     let y = im.graph.output("y").expect("y");
     assert_eq!(im.graph[y].ty.shape.dims(), [1, 4, 4, 4], "NCHW output");
+}
+
+/// Files of IR version 3 and earlier list the initializers among the graph inputs too: they
+/// stay params, not inputs.
+#[test]
+fn initializers_listed_as_inputs_are_not_inputs() {
+    let mut m = conv_model(vec![]);
+    m.graph
+        .as_mut()
+        .unwrap()
+        .input
+        .push(value_info("w", &[4, 2, 3, 3]));
+    let im = onnx::import(&m.encode_to_vec(), &batch2()).expect("imports");
+    assert_eq!(im.graph.inputs().len(), 1);
+    assert_eq!(im.graph.params().len(), 1);
+}
+
+/// A model without initializers writes no weights file.
+#[test]
+fn cli_import_without_params() {
+    let dir = cli::scratch("onnx_import_no_params");
+    let src = dir.join("relu.onnx");
+    let m = model_of(
+        &[2, 3],
+        vec![node("r", "Relu", &["x"], &["y"], vec![])],
+        vec![],
+    );
+    std::fs::write(&src, m.encode_to_vec()).unwrap();
+    let ir = dir.join("relu.ir");
+    let out = cli::ok(&["import", src.to_str().unwrap(), "-o", ir.to_str().unwrap()]);
+    assert!(
+        out.contains("0 params") && !out.contains("safetensors"),
+        "{out}"
+    );
+    assert!(!dir.join("relu.safetensors").exists());
+    cli::ok(&["run", ir.to_str().unwrap()]);
 }
 
 #[test]
