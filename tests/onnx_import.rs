@@ -149,6 +149,11 @@ fn opset18_matches_onnxruntime() {
 }
 
 #[test]
+fn opset20_matches_onnxruntime() {
+    matches_onnxruntime("opset20");
+}
+
+#[test]
 fn opset11_matches_onnxruntime() {
     matches_onnxruntime("opset11");
 }
@@ -1122,6 +1127,12 @@ fn mutated_models_never_panic() {
         "BatchNormalization",
         "Clip",
         "Shape",
+        "Pad",
+        "Split",
+        "Expand",
+        "LayerNormalization",
+        "Gelu",
+        "Sum",
     ];
     let mut imported = 0;
     for name in [
@@ -1133,6 +1144,7 @@ fn mutated_models_never_panic() {
         "opset11",
         "pytorch_style",
         "keras_style",
+        "opset20",
     ] {
         let bytes = std::fs::read(onnx_dir().join(format!("{name}.onnx"))).unwrap();
         let base = ModelProto::decode(bytes.as_slice()).unwrap();

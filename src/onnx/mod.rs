@@ -29,11 +29,13 @@
 //!   `onnx::Gemm_7`) have each other character replaced by `_` (and a leading `_` when they
 //!   start with a digit); inputs, params and outputs keep their names otherwise.
 //!
-//! Operators: Add, Sub, Mul, Div, Pow, Max, Min, Relu, LeakyRelu, Sigmoid, Tanh, Exp, Log,
-//! Sqrt, Abs, Neg, Erf, Sin, Cos, Sign, Clip, Gemm, MatMul, Conv, MaxPool, AveragePool,
-//! GlobalAveragePool, GlobalMaxPool, Flatten, Reshape, Transpose, Concat, Slice, Squeeze,
-//! Unsqueeze, ReduceMean, ReduceSum, ReduceMax, Softmax, LogSoftmax, Identity, Dropout
-//! (inference), Constant, Shape, Gather, Cast (to float), BatchNormalization (inference).
+//! Operators ([`SUPPORTED`]): Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean, Relu, LeakyRelu,
+//! Elu, Softplus, HardSigmoid, Gelu, Sigmoid, Tanh, Exp, Log, Sqrt, Reciprocal, Abs, Neg,
+//! Erf, Sin, Cos, Sign, Clip, Gemm, MatMul, Conv, MaxPool, AveragePool, GlobalAveragePool,
+//! GlobalMaxPool, Pad (constant), Flatten, Reshape, Expand, Transpose, Concat, Split, Slice,
+//! Squeeze, Unsqueeze, ReduceMean, ReduceSum, ReduceMax, ReduceMin, Softmax, LogSoftmax,
+//! Identity, Dropout (inference), Constant, Shape, Gather, Cast (to float),
+//! BatchNormalization and LayerNormalization (inference).
 
 pub mod proto;
 
@@ -153,26 +155,35 @@ pub const SUPPORTED: &[&str] = &[
     "Cos",
     "Div",
     "Dropout",
+    "Elu",
     "Erf",
     "Exp",
+    "Expand",
     "Flatten",
     "Gather",
+    "Gelu",
     "Gemm",
     "GlobalAveragePool",
     "GlobalMaxPool",
+    "HardSigmoid",
     "Identity",
+    "LayerNormalization",
     "LeakyRelu",
     "Log",
     "LogSoftmax",
     "MatMul",
     "Max",
     "MaxPool",
+    "Mean",
     "Min",
     "Mul",
     "Neg",
+    "Pad",
     "Pow",
+    "Reciprocal",
     "ReduceMax",
     "ReduceMean",
+    "ReduceMin",
     "ReduceSum",
     "Relu",
     "Reshape",
@@ -182,9 +193,12 @@ pub const SUPPORTED: &[&str] = &[
     "Sin",
     "Slice",
     "Softmax",
+    "Softplus",
+    "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
+    "Sum",
     "Tanh",
     "Transpose",
     "Unsqueeze",
@@ -1163,7 +1177,7 @@ impl Importer {
             "Concat" => Ok(self.concat(node)?),
             "Slice" => Ok(self.slice(node)?),
             "Squeeze" | "Unsqueeze" => Ok(self.squeeze(node)?),
-            "ReduceMean" | "ReduceSum" | "ReduceMax" => Ok(self.reduce(node)?),
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => Ok(self.reduce(node)?),
             "Softmax" | "LogSoftmax" => Ok(self.softmax(node)?),
             "Identity" => Ok(self.identity(node)?),
             "Dropout" => Ok(self.dropout(node)?),
@@ -1172,6 +1186,14 @@ impl Importer {
             "Gather" => Ok(self.gather(node)?),
             "Cast" => Ok(self.cast(node)?),
             "BatchNormalization" => Ok(self.batch_norm(node)?),
+            "Elu" | "Softplus" | "Reciprocal" | "HardSigmoid" | "Gelu" => {
+                Ok(self.activation(node)?)
+            }
+            "Sum" | "Mean" => Ok(self.sum_mean(node)?),
+            "Pad" => Ok(self.pad(node)?),
+            "Expand" => Ok(self.expand(node)?),
+            "Split" => Ok(self.split(node)?),
+            "LayerNormalization" => Ok(self.layer_norm(node)?),
             _ => Err(Fail::Unsupported),
         }
     }
@@ -2051,10 +2073,17 @@ impl Importer {
         ax.dedup();
         let kind = match node.op_type.as_str() {
             "ReduceSum" => ReduceOp::Sum,
-            "ReduceMax" => ReduceOp::Max,
+            "ReduceMax" | "ReduceMin" => ReduceOp::Max,
             _ => ReduceOp::Mean,
         };
-        let y = self.add(
+        // the minimum is minus the maximum of minus x
+        let min = node.op_type == "ReduceMin";
+        let x = if min {
+            self.add(Op::Unary(UnaryOp::Neg), &[x])?
+        } else {
+            x
+        };
+        let mut y = self.add(
             Op::Reduce {
                 kind,
                 axes: ax,
@@ -2062,6 +2091,9 @@ impl Importer {
             },
             &[x],
         )?;
+        if min {
+            y = self.add(Op::Unary(UnaryOp::Neg), &[y])?;
+        }
         self.bind_plain(out, y)
     }
 
@@ -2318,6 +2350,385 @@ impl Importer {
                 proto::data_type_name(to as i32)
             )),
         }
+    }
+
+    /// Activations composed of primitives (as `jax.nn` composes them), elementwise in the
+    /// operand's layout.
+    fn activation(&mut self, node: &NodeProto) -> R<()> {
+        let op = node.op_type.as_str();
+        let known: &[&str] = match op {
+            "Elu" => &["alpha"],
+            "HardSigmoid" => &["alpha", "beta"],
+            "Gelu" => &["approximate"],
+            _ => &[],
+        };
+        check_attrs(node, known)?;
+        let out = Self::check_outputs(node, 1)?;
+        let x = Self::input(node, 0)?;
+        let alpha = attr_float(node, "alpha")?.map(f64::from);
+        let beta = attr_float(node, "beta")?.map(f64::from);
+        let approximate = attr_string(node, "approximate")?.unwrap_or_else(|| "none".into());
+        if !matches!(approximate.as_str(), "none" | "tanh") {
+            return Err(format!(
+                "attribute approximate: {approximate:?} is not one of none, tanh"
+            ));
+        }
+        use BinaryOp::{Add, Max, Min, Mul};
+        self.elementwise(out, &[x], |s, xs| {
+            let x = xs[0];
+            let u = |s: &mut Self, op: UnaryOp, x: NodeId| s.add(Op::Unary(op), &[x]);
+            match op {
+                "Elu" => {
+                    // alpha * expm1(min(x, 0)) where x <= 0: the other branch is fed a
+                    // value that cannot overflow
+                    let zero = s.scalar(0.0)?;
+                    let neg = s.binary(Min, x, zero)?;
+                    let e = u(s, UnaryOp::Expm1, neg)?;
+                    let a = s.scalar(alpha.unwrap_or(1.0))?;
+                    let ae = s.binary(Mul, e, a)?;
+                    let mask = s.add(Op::Compare(CmpOp::Gt), &[x, zero])?;
+                    s.add(Op::Select, &[mask, x, ae])
+                }
+                "Softplus" => {
+                    // max(x, 0) + log1p(exp(-|x|)), which does not overflow
+                    let zero = s.scalar(0.0)?;
+                    let pos = s.binary(Max, x, zero)?;
+                    let abs = u(s, UnaryOp::Abs, x)?;
+                    let nabs = u(s, UnaryOp::Neg, abs)?;
+                    let e = u(s, UnaryOp::Exp, nabs)?;
+                    let l = u(s, UnaryOp::Log1p, e)?;
+                    s.binary(Add, pos, l)
+                }
+                "Reciprocal" => {
+                    let one = s.scalar(1.0)?;
+                    s.binary(BinaryOp::Div, one, x)
+                }
+                "HardSigmoid" => {
+                    let a = s.scalar(alpha.unwrap_or(0.2))?;
+                    let b = s.scalar(beta.unwrap_or(0.5))?;
+                    let ax = s.binary(Mul, x, a)?;
+                    let y = s.binary(Add, ax, b)?;
+                    let one = s.scalar(1.0)?;
+                    let y = s.binary(Min, y, one)?;
+                    let zero = s.scalar(0.0)?;
+                    s.binary(Max, y, zero)
+                }
+                _ => {
+                    // Gelu: x/2 * (1 + erf(x / sqrt 2)), or with tanh(sqrt(2/pi) (x + 0.044715 x^3))
+                    let inner = if approximate == "tanh" {
+                        let x2 = s.binary(Mul, x, x)?;
+                        let x3 = s.binary(Mul, x2, x)?;
+                        let c = s.scalar(0.044715)?;
+                        let cx3 = s.binary(Mul, x3, c)?;
+                        let sum = s.binary(Add, x, cx3)?;
+                        let k = s.scalar((2.0 / std::f64::consts::PI).sqrt())?;
+                        let ks = s.binary(Mul, sum, k)?;
+                        u(s, UnaryOp::Tanh, ks)?
+                    } else {
+                        let r = s.scalar(std::f64::consts::FRAC_1_SQRT_2)?;
+                        let xr = s.binary(Mul, x, r)?;
+                        u(s, UnaryOp::Erf, xr)?
+                    };
+                    let one = s.scalar(1.0)?;
+                    let p = s.binary(Add, inner, one)?;
+                    let half = s.scalar(0.5)?;
+                    let hx = s.binary(Mul, x, half)?;
+                    s.binary(Mul, hx, p)
+                }
+            }
+        })
+    }
+
+    fn sum_mean(&mut self, node: &NodeProto) -> R<()> {
+        check_attrs(node, &[])?;
+        let out = Self::check_outputs(node, 1)?;
+        if node.input.is_empty() || node.input.iter().any(String::is_empty) {
+            return Err("expected one or more operands".into());
+        }
+        let ins: Vec<&str> = node.input.iter().map(String::as_str).collect();
+        let mean = node.op_type == "Mean";
+        self.elementwise(out, &ins, |s, xs| {
+            let mut acc = xs[0];
+            for &x in &xs[1..] {
+                acc = s.binary(BinaryOp::Add, acc, x)?;
+            }
+            if mean && xs.len() > 1 {
+                let n = s.scalar(xs.len() as f64)?;
+                acc = s.binary(BinaryOp::Div, acc, n)?;
+            }
+            Ok(acc)
+        })
+    }
+
+    /// `x` padded along each `(axis, before, after)` with `value` (concatenations).
+    fn pad_axes(&mut self, x: NodeId, pads: &[(usize, usize, usize)], value: f64) -> R<NodeId> {
+        let mut y = x;
+        for &(ax, before, after) in pads {
+            if before == 0 && after == 0 {
+                continue;
+            }
+            let d = self.dims_of(y);
+            let mut parts = Vec::new();
+            if before > 0 {
+                let mut pd = d.clone();
+                pd[ax] = before;
+                parts.push(self.splat(pd, value)?);
+            }
+            parts.push(y);
+            if after > 0 {
+                let mut pd = d;
+                pd[ax] = after;
+                parts.push(self.splat(pd, value)?);
+            }
+            y = self.add(Op::Concat { axis: ax }, &parts)?;
+        }
+        Ok(y)
+    }
+
+    fn pad(&mut self, node: &NodeProto) -> R<()> {
+        let out = Self::check_outputs(node, 1)?;
+        let xn = Self::input(node, 0)?;
+        let d = self.dims(xn)?;
+        let (pads, value, axes) = if self.opset < 11 {
+            check_attrs(node, &["mode", "pads", "value"])?;
+            let pads = attr_ints(node, "pads")?.ok_or("attribute pads is missing")?;
+            let value = attr_float(node, "value")?.map_or(0.0, f64::from);
+            (pads, value, None)
+        } else {
+            check_attrs(node, &["mode"])?;
+            let pads = self.static_ints(Self::input(node, 1)?, "the pads operand")?;
+            let value = match Self::opt_input(node, 2) {
+                None => 0.0,
+                Some(n) => {
+                    let t = self.static_val(n, "the constant_value operand")?;
+                    match t.f64s()[..] {
+                        [v] => v,
+                        _ => {
+                            return Err(format!(
+                                "constant_value {n} must hold one value, found shape {:?}",
+                                t.dims
+                            ))
+                        }
+                    }
+                }
+            };
+            let axes = match Self::opt_input(node, 3) {
+                Some(n) => Some(self.static_ints(n, "the axes operand")?),
+                None => None,
+            };
+            (pads, value, axes)
+        };
+        let mode = attr_string(node, "mode")?.unwrap_or_else(|| "constant".into());
+        if mode != "constant" {
+            return Err(format!(
+                "attribute mode: {mode:?} is not supported (only constant padding)"
+            ));
+        }
+        let axes: Vec<usize> = match axes {
+            None => (0..d.len()).collect(),
+            Some(a) => a
+                .iter()
+                .map(|&a| axis(a, d.len(), "axis"))
+                .collect::<R<_>>()?,
+        };
+        if pads.len() != 2 * axes.len() {
+            return Err(format!(
+                "pads {pads:?} should hold {} values (before and after each of {} axes)",
+                2 * axes.len(),
+                axes.len()
+            ));
+        }
+        let mut per_axis = Vec::new();
+        let mut padded = d.clone();
+        for (i, &ax) in axes.iter().enumerate() {
+            let (b, a) = (pads[i], pads[i + axes.len()]);
+            match (usize::try_from(b), usize::try_from(a)) {
+                (Ok(b), Ok(a)) if b <= MAX_ELEMENTS && a <= MAX_ELEMENTS => {
+                    padded[ax] += b + a;
+                    per_axis.push((ax, b, a));
+                }
+                _ => {
+                    return Err(format!(
+                        "pads {pads:?}: negative pads (cropping) are not supported"
+                    ))
+                }
+            }
+        }
+        if Shape(padded.clone())
+            .checked_numel()
+            .is_none_or(|n| n > MAX_ELEMENTS)
+        {
+            return Err(format!("the padded shape {padded:?} has too many elements"));
+        }
+        if d.len() == 4 && self.has_nhwc(xn) {
+            let x = self.nhwc(xn)?;
+            let p: Vec<_> = per_axis
+                .iter()
+                .map(|&(ax, b, a)| (NHWC_AXIS[ax], b, a))
+                .collect();
+            let y = self.pad_axes(x, &p, value)?;
+            self.bind_nhwc(out, y)
+        } else {
+            let x = self.plain(xn)?;
+            let y = self.pad_axes(x, &per_axis, value)?;
+            self.bind_plain(out, y)
+        }
+    }
+
+    fn expand(&mut self, node: &NodeProto) -> R<()> {
+        check_attrs(node, &[])?;
+        let out = Self::check_outputs(node, 1)?;
+        let xn = Self::input(node, 0)?;
+        let shape = self.static_ints(Self::input(node, 1)?, "the shape operand")?;
+        let d = self.dims(xn)?;
+        let r = d.len().max(shape.len());
+        let mut dims = vec![0; r];
+        for (i, slot) in dims.iter_mut().enumerate() {
+            let a = (i + d.len()).checked_sub(r).map_or(1, |j| d[j]);
+            let b = (i + shape.len()).checked_sub(r).map_or(1, |j| shape[j]);
+            *slot = match (a, b) {
+                (a, 1) => a,
+                (1, b) if b > 0 && b as u64 <= MAX_ELEMENTS as u64 => b as usize,
+                (a, b) if a as i64 == b => a,
+                _ => {
+                    return Err(format!(
+                        "shape {shape:?} does not broadcast with the operand's {d:?}"
+                    ))
+                }
+            };
+        }
+        if Shape(dims.clone())
+            .checked_numel()
+            .is_none_or(|n| n > MAX_ELEMENTS)
+        {
+            return Err(format!("the expanded shape {dims:?} has too many elements"));
+        }
+        if dims == d {
+            return self.alias(out, xn);
+        }
+        let x = self.plain(xn)?;
+        let y = self.add(Op::Broadcast { shape: Shape(dims) }, &[x])?;
+        self.bind_plain(out, y)
+    }
+
+    fn split(&mut self, node: &NodeProto) -> R<()> {
+        if self.opset >= 18 {
+            check_attrs(node, &["axis", "num_outputs"])?;
+        } else if self.opset >= 13 {
+            check_attrs(node, &["axis"])?;
+        } else {
+            check_attrs(node, &["axis", "split"])?;
+        }
+        let xn = Self::input(node, 0)?;
+        let d = self.dims(xn)?;
+        let ax = axis(attr_int(node, "axis")?.unwrap_or(0), d.len(), "axis")?;
+        let k = node.output.len();
+        if k == 0 {
+            return Err("the node has no result".into());
+        }
+        let given = if self.opset >= 13 {
+            match Self::opt_input(node, 1) {
+                Some(n) => Some(self.static_ints(n, "the split operand")?),
+                None => None,
+            }
+        } else {
+            attr_ints(node, "split")?
+        };
+        let n = d[ax];
+        let sizes: Vec<usize> = match given {
+            Some(v) => {
+                if v.len() != k || v.iter().any(|&x| x < 0) {
+                    return Err(format!(
+                        "split {v:?}: expected {k} non-negative sizes, one per result"
+                    ));
+                }
+                v.iter().map(|&x| x as usize).collect()
+            }
+            None => {
+                if let Some(m) = attr_int(node, "num_outputs")? {
+                    if m != k as i64 {
+                        return Err(format!(
+                            "attribute num_outputs is {m}, the node has {k} results"
+                        ));
+                    }
+                }
+                let chunk = n.div_ceil(k);
+                if self.opset < 18 && n % k != 0 {
+                    return Err(format!(
+                        "axis {ax} of size {n} does not split into {k} equal parts"
+                    ));
+                }
+                (0..k)
+                    .map(|i| chunk.min(n.saturating_sub(i * chunk)))
+                    .collect()
+            }
+        };
+        if sizes.iter().sum::<usize>() != n {
+            return Err(format!(
+                "the sizes {sizes:?} do not add up to axis {ax}'s {n}"
+            ));
+        }
+        let x = self.plain(xn)?;
+        let mut start = 0;
+        for (name, &size) in node.output.iter().zip(&sizes) {
+            if size == 0 {
+                return Err(format!(
+                    "result {name} would be empty, which gradlift cannot hold"
+                ));
+            }
+            let mut begin = vec![0; d.len()];
+            let mut end = d.clone();
+            begin[ax] = start;
+            end[ax] = start + size;
+            start += size;
+            if name.is_empty() {
+                continue;
+            }
+            let y = if size == n {
+                x
+            } else {
+                self.add(Op::Slice { begin, end }, &[x])?
+            };
+            self.bind_plain(name, y)?;
+        }
+        Ok(())
+    }
+
+    fn layer_norm(&mut self, node: &NodeProto) -> R<()> {
+        check_attrs(node, &["axis", "epsilon", "stash_type"])?;
+        let out = Self::check_outputs(node, 1)?;
+        let xn = Self::input(node, 0)?;
+        let d = self.dims(xn)?;
+        let a = axis(attr_int(node, "axis")?.unwrap_or(-1), d.len(), "axis")?;
+        let eps = f64::from(attr_float(node, "epsilon")?.unwrap_or(1e-5));
+        let axes: Vec<usize> = (a..d.len()).collect();
+        let x = self.plain(xn)?;
+        let mean_of = |s: &mut Self, v: NodeId| {
+            s.add(
+                Op::Reduce {
+                    kind: ReduceOp::Mean,
+                    axes: axes.clone(),
+                    keepdims: true,
+                },
+                &[v],
+            )
+        };
+        // (x - mean) / sqrt(mean((x - mean)^2) + eps) * scale + bias over the axes from `axis`
+        let mean = mean_of(self, x)?;
+        let centered = self.binary(BinaryOp::Sub, x, mean)?;
+        let sq = self.binary(BinaryOp::Mul, centered, centered)?;
+        let var = mean_of(self, sq)?;
+        let e = self.scalar(eps)?;
+        let ve = self.binary(BinaryOp::Add, var, e)?;
+        let sd = self.add(Op::Unary(UnaryOp::Sqrt), &[ve])?;
+        let normed = self.binary(BinaryOp::Div, centered, sd)?;
+        let scale = self.plain(Self::input(node, 1)?)?;
+        let mut y = self.binary(BinaryOp::Mul, normed, scale)?;
+        if let Some(bn) = Self::opt_input(node, 2) {
+            let b = self.plain(bn)?;
+            y = self.binary(BinaryOp::Add, y, b)?;
+        }
+        self.bind_plain(out, y)
     }
 
     fn batch_norm(&mut self, node: &NodeProto) -> R<()> {

@@ -383,6 +383,62 @@ def keras_style():
     save("keras_style", g, {"input_1": rng.standard_normal([2, 5, 5, 2]).astype(np.float32)}, opset=13)
 
 
+def opset20():
+    """Operator set 20: Pad (constant) on a 2-D value and on an NHWC value between a Conv and
+    a MaxPool, Sum, Mean, Elu, Softplus, Reciprocal, HardSigmoid, Gelu (exact and tanh),
+    Expand, Split, LayerNormalization, ReduceMin."""
+    rng = np.random.default_rng(9)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["img", "w"], ["c"], name="conv"),  # [2,2,4,4]
+        n("Pad", ["c", "pads4", "pad_value"], ["cp"], name="pad_nhwc", mode="constant"),  # [2,2,5,6]
+        n("MaxPool", ["cp"], ["mp"], name="max_pool", kernel_shape=[2, 2], strides=[1, 2]),  # [2,2,4,3]
+        n("Pad", ["x", "pads2"], ["xp"], name="pad"),  # [3,6]
+        n("Split", ["xp", "split"], ["s1", "s2"], name="split", axis=1),  # [3,2], [3,4]
+        n("Elu", ["s2"], ["el"], name="elu", alpha=0.7),
+        n("Softplus", ["el"], ["sp"], name="softplus"),
+        n("HardSigmoid", ["x"], ["hs"], name="hard_sigmoid", alpha=0.3, beta=0.4),
+        n("Gelu", ["x"], ["ge"], name="gelu"),
+        n("Gelu", ["x"], ["gt"], name="gelu_tanh", approximate="tanh"),
+        n("Sum", ["hs", "ge", "gt"], ["sm"], name="sum"),
+        n("Mean", ["sp", "sm"], ["mn"], name="mean"),
+        n("Abs", ["mn"], ["ab"], name="abs"),
+        n("Add", ["ab", "one"], ["ab1"], name="add_one"),
+        n("Reciprocal", ["ab1"], ["rc"], name="reciprocal"),
+        n("LayerNormalization", ["rc", "ln.scale", "ln.bias"], ["ln"], name="layer_norm", axis=-1, epsilon=1e-3),
+        n("Expand", ["s1", "expand_shape"], ["ex"], name="expand"),  # [2,3,2]
+        n("ReduceMin", ["ex", "axes0"], ["rmin"], name="reduce_min", keepdims=0),  # [3,2]
+    ]
+    g = helper.make_graph(
+        nodes,
+        "opset20",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]), helper.make_tensor_value_info("img", TensorProto.FLOAT, [2, 3, 5, 5])],
+        [
+            helper.make_tensor_value_info("mp", TensorProto.FLOAT, [2, 2, 4, 3]),
+            helper.make_tensor_value_info("ln", TensorProto.FLOAT, [3, 4]),
+            helper.make_tensor_value_info("rmin", TensorProto.FLOAT, [3, 2]),
+        ],
+        [
+            init(rng, "w", [2, 3, 2, 2]),
+            ints("pads4", [0, 0, 1, 0, 0, 0, 0, 2]),
+            numpy_helper.from_array(np.array(-0.5, np.float32), "pad_value"),
+            ints("pads2", [0, 1, 0, 1]),
+            ints("split", [2, 4]),
+            init(rng, "ln.scale", [4]),
+            init(rng, "ln.bias", [4]),
+            ints("expand_shape", [2, 1, 1]),
+            ints("axes0", [0]),
+        ],
+    )
+    g.node.insert(0, n("Constant", [], ["one"], name="const_one", value_float=1.0))
+    save(
+        "opset20",
+        g,
+        {"x": rng.standard_normal([3, 4]).astype(np.float32), "img": rng.standard_normal([2, 3, 5, 5]).astype(np.float32)},
+        opset=20,
+    )
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
@@ -392,3 +448,4 @@ if __name__ == "__main__":
     opset11()
     pytorch_style()
     keras_style()
+    opset20()
