@@ -311,8 +311,9 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Imported
             line: index as u32 + 1,
             column: 1,
         };
+        let start = im.g.len();
         match im.node(node) {
-            Ok(()) => {}
+            Ok(()) => im.name_results(node, start),
             Err(Fail::Unsupported) => {
                 return Err(ImportError::UnsupportedOp {
                     node: label,
@@ -731,6 +732,32 @@ impl Importer {
             k += 1;
         }
         name
+    }
+
+    /// Names the nodes `node` made for its results (those at index `start` and after, not
+    /// yet named) after the ONNX node (`NAME`, or `NAME_i` for result `i` of several), or
+    /// after the result when the node is unnamed, so a printed graph, a summary and an error
+    /// point back at the ONNX node.
+    fn name_results(&mut self, node: &NodeProto, start: usize) {
+        for (i, out) in node.output.iter().enumerate() {
+            let Some(Val::Node { plain, nhwc }) = self.values.get(out) else {
+                continue;
+            };
+            let Some(id) = plain.or(*nhwc) else {
+                continue;
+            };
+            if id.index() < start || self.g[id].name.is_some() {
+                continue;
+            }
+            let base = match (node.name.is_empty(), node.output.len()) {
+                (true, _) => out.clone(),
+                (false, 1) => node.name.clone(),
+                (false, _) => format!("{}_{i}", node.name),
+            };
+            let name = self.fresh_name(&base);
+            // `fresh_name` gives a valid, unused name; a refusal would only leave it unnamed
+            let _ = self.g.set_name(id, &name);
+        }
     }
 
     fn bind(&mut self, name: &str, v: Val) -> R<()> {
