@@ -1242,3 +1242,40 @@ fn mutated_models_never_panic() {
     }
     assert!(imported > 50, "mutations that still import: {imported}");
 }
+
+/// The gradients of a weighted sum of every output of an imported model with respect to its
+/// params (and its f32 inputs) agree with central differences through the interpreter.
+#[test]
+fn imported_gradients_match_finite_differences() {
+    use common::fd;
+    let mut rng = gradlift::init::Rng::new(21);
+    for name in ["cnn", "spatial", "opset20", "pytorch_style", "ops"] {
+        let (im, inputs, _) = model(name);
+        let mut g = im.graph.clone();
+        let all: Vec<NamedTensor> = inputs.iter().chain(&im.weights).cloned().collect();
+        let feeds = tensor_io::feeds::<f64>(&g, &all);
+        let outs: Vec<_> = g.outputs().iter().map(|o| o.node).collect();
+        let mut loss = None;
+        for y in outs {
+            let part = fd::weighted_sum(&mut g, y, &mut rng);
+            loss = Some(match loss {
+                None => part,
+                Some(l) => g.add2(l, part).expect("add"),
+            });
+        }
+        let mut wrt = g.params();
+        wrt.extend(
+            g.inputs()
+                .into_iter()
+                .filter(|&i| g[i].ty.dtype == DType::F32),
+        );
+        let case = fd::Case {
+            loss: loss.expect("a loss"),
+            g,
+            wrt,
+            feeds,
+        };
+        let report = fd::fd_check(&case, 12, &mut rng).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(report.checked > 0 && report.max_ratio <= 1.0, "{name}");
+    }
+}
