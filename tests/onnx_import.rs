@@ -154,6 +154,11 @@ fn opset20_matches_onnxruntime() {
 }
 
 #[test]
+fn batched_matmul_matches_onnxruntime() {
+    matches_onnxruntime("batched_matmul");
+}
+
+#[test]
 fn opset11_matches_onnxruntime() {
     matches_onnxruntime("opset11");
 }
@@ -764,11 +769,19 @@ fn unsupported_attributes_are_errors() {
     );
     assert!(import_err(&m).contains("result 1 (idx) is not supported"));
     let m = model_of(
+        &[300, 3, 4],
+        vec![node("mm", "MatMul", &["x", "b"], &["y"], vec![])],
+        vec![weights("b", &[300, 4, 5])],
+    );
+    assert!(import_err(&m).contains("at most 256 products are unrolled"));
+    let m = model_of(
         &[2, 3, 4],
         vec![node("mm", "MatMul", &["x", "b"], &["y"], vec![])],
-        vec![weights("b", &[2, 4, 5])],
+        vec![weights("b", &[3, 4, 5])],
     );
-    assert!(import_err(&m).contains("gradlift's matmul is 2-D"));
+    assert!(
+        import_err(&m).contains("the batch axes of A [2, 3, 4] and B [3, 4, 5] do not broadcast")
+    );
     let m = model_of(
         &[2, 6],
         vec![node(
@@ -1145,6 +1158,7 @@ fn mutated_models_never_panic() {
         "pytorch_style",
         "keras_style",
         "opset20",
+        "batched_matmul",
     ] {
         let bytes = std::fs::read(onnx_dir().join(format!("{name}.onnx"))).unwrap();
         let base = ModelProto::decode(bytes.as_slice()).unwrap();
@@ -1249,7 +1263,14 @@ fn mutated_models_never_panic() {
 fn imported_gradients_match_finite_differences() {
     use common::fd;
     let mut rng = gradlift::init::Rng::new(21);
-    for name in ["cnn", "spatial", "opset20", "pytorch_style", "ops"] {
+    for name in [
+        "cnn",
+        "spatial",
+        "opset20",
+        "pytorch_style",
+        "ops",
+        "batched_matmul",
+    ] {
         let (im, inputs, _) = model(name);
         let mut g = im.graph.clone();
         let all: Vec<NamedTensor> = inputs.iter().chain(&im.weights).cloned().collect();

@@ -50,6 +50,9 @@ use std::path::{Path, PathBuf};
 /// The largest number of elements of one tensor the importer accepts (as the text format).
 const MAX_ELEMENTS: usize = crate::op::MAX_DIM;
 
+/// The most 2-D products a batched MatMul is unrolled into.
+const MAX_UNROLLED_MATMULS: usize = 256;
+
 /// The largest const an AveragePool may make: its summing filter (`[kh, kw, c, c]`, for
 /// overlapping windows) or its window counts (`[1, oh, ow, 1]`, for `count_include_pad=0`).
 const MAX_POOL_FILTER: usize = 1 << 24;
@@ -1357,10 +1360,13 @@ impl Importer {
         let out = Self::check_outputs(node, 1)?;
         let (an, bn) = (Self::input(node, 0)?, Self::input(node, 1)?);
         let (da, db) = (self.dims(an)?, self.dims(bn)?);
-        if db.len() > 2 || da.is_empty() || db.is_empty() {
+        if da.is_empty() || db.is_empty() {
             return Err(format!(
-                "operands of shapes {da:?} and {db:?} are not supported: gradlift's matmul is 2-D (A may have more axes when B is 2-D)"
+                "operands of shapes {da:?} and {db:?}: MatMul needs operands of rank 1 or more"
             ));
+        }
+        if db.len() > 2 {
+            return self.batched_matmul(out, an, bn, da, db);
         }
         let mut a = self.plain(an)?;
         let mut b = self.plain(bn)?;
@@ -1375,6 +1381,89 @@ impl Importer {
         if db.len() == 2 {
             dims.push(db[1]);
         }
+        let y = self.reshape(y, dims)?;
+        self.bind_plain(out, y)
+    }
+
+    /// A MatMul whose B has batch axes: the batch axes of A and B broadcast (numpy), and
+    /// each of the (at most [`MAX_UNROLLED_MATMULS`]) products is a 2-D matmul of slices,
+    /// concatenated back (gradlift's matmul is 2-D; `passes::batch_matmuls` may merge them).
+    fn batched_matmul(
+        &mut self,
+        out: &str,
+        an: &str,
+        bn: &str,
+        mut da: Vec<usize>,
+        db: Vec<usize>,
+    ) -> R<()> {
+        let a_vector = da.len() == 1;
+        if a_vector {
+            da.insert(0, 1);
+        }
+        let (ra, rb) = (da.len(), db.len());
+        let (m, k, kb, n) = (da[ra - 2], da[ra - 1], db[rb - 2], db[rb - 1]);
+        if k != kb {
+            return Err(format!(
+                "inner dimensions differ: A {da:?} and B {db:?} (expected B's axis {} = {k})",
+                rb - 2
+            ));
+        }
+        let batch = Shape::broadcast(&Shape(da[..ra - 2].to_vec()), &Shape(db[..rb - 2].to_vec()))
+            .ok_or_else(|| format!("the batch axes of A {da:?} and B {db:?} do not broadcast"))?;
+        let nb = batch.numel();
+        if nb == 0 || m == 0 || k == 0 || n == 0 {
+            return Err(format!(
+                "A {da:?} x B {db:?} is empty, which gradlift cannot hold"
+            ));
+        }
+        if nb > MAX_UNROLLED_MATMULS {
+            return Err(format!(
+                "a batched MatMul of {nb} products ({da:?} x {db:?}) is not supported: gradlift's matmul is 2-D and at most {MAX_UNROLLED_MATMULS} products are unrolled"
+            ));
+        }
+        let operand = |s: &mut Self, name: &str, dims: &[usize], rows: usize, cols: usize| {
+            let mut x = s.plain(name)?;
+            x = s.reshape(x, dims.to_vec())?;
+            let mut full = batch.0.clone();
+            full.extend([rows, cols]);
+            if dims != full.as_slice() {
+                x = s.add(Op::Broadcast { shape: Shape(full) }, &[x])?;
+            }
+            s.reshape(x, vec![nb, rows, cols])
+        };
+        let a = operand(self, an, &da, m, k)?;
+        let b = operand(self, bn, &db, k, n)?;
+        let mut parts = Vec::with_capacity(nb);
+        for i in 0..nb {
+            let ai = self.add(
+                Op::Slice {
+                    begin: vec![i, 0, 0],
+                    end: vec![i + 1, m, k],
+                },
+                &[a],
+            )?;
+            let ai = self.reshape(ai, vec![m, k])?;
+            let bi = self.add(
+                Op::Slice {
+                    begin: vec![i, 0, 0],
+                    end: vec![i + 1, k, n],
+                },
+                &[b],
+            )?;
+            let bi = self.reshape(bi, vec![k, n])?;
+            let yi = self.add(Op::Matmul, &[ai, bi])?;
+            parts.push(self.reshape(yi, vec![1, m, n])?);
+        }
+        let y = if parts.len() == 1 {
+            parts[0]
+        } else {
+            self.add(Op::Concat { axis: 0 }, &parts)?
+        };
+        let mut dims = batch.0.clone();
+        if !a_vector {
+            dims.push(m);
+        }
+        dims.push(n);
         let y = self.reshape(y, dims)?;
         self.bind_plain(out, y)
     }

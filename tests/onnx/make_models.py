@@ -439,6 +439,37 @@ def opset20():
     )
 
 
+def batched_matmul():
+    """MatMul with batch axes (as attention computes): [2,3,4] x [2,4,5], a 2-D A times a
+    batched B, broadcast batch axes [3,1] x [2], a 1-D A times a batched B."""
+    rng = np.random.default_rng(10)
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["a", "b"], ["ab"], name="batched"),  # [2,3,5]
+        n("MatMul", ["w", "b"], ["wb"], name="shared_a"),  # [3,4] x [2,4,5] -> [2,3,5]
+        n("MatMul", ["c", "d"], ["cd"], name="broadcast_batch"),  # [3,1,2,4] x [2,4,2] -> [3,2,2,2]
+        n("MatMul", ["v", "b"], ["vb"], name="vector_a"),  # [4] x [2,4,5] -> [2,5]
+    ]
+    g = helper.make_graph(
+        nodes,
+        "batched_matmul",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3, 4]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 4, 5]),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [3, 1, 2, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("ab", TensorProto.FLOAT, [2, 3, 5]),
+            helper.make_tensor_value_info("wb", TensorProto.FLOAT, [2, 3, 5]),
+            helper.make_tensor_value_info("cd", TensorProto.FLOAT, [3, 2, 2, 2]),
+            helper.make_tensor_value_info("vb", TensorProto.FLOAT, [2, 5]),
+        ],
+        [init(rng, "w", [3, 4]), init(rng, "d", [2, 4, 2]), init(rng, "v", [4])],
+    )
+    feeds = {k: rng.standard_normal(s).astype(np.float32) for k, s in [("a", [2, 3, 4]), ("b", [2, 4, 5]), ("c", [3, 1, 2, 4])]}
+    save("batched_matmul", g, feeds)
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
@@ -449,3 +480,4 @@ if __name__ == "__main__":
     pytorch_style()
     keras_style()
     opset20()
+    batched_matmul()
