@@ -159,6 +159,11 @@ fn batched_matmul_matches_onnxruntime() {
 }
 
 #[test]
+fn conv_transpose_matches_onnxruntime() {
+    matches_onnxruntime("conv_transpose");
+}
+
+#[test]
 fn opset11_matches_onnxruntime() {
     matches_onnxruntime("opset11");
 }
@@ -1146,6 +1151,7 @@ fn mutated_models_never_panic() {
         "LayerNormalization",
         "Gelu",
         "Sum",
+        "ConvTranspose",
     ];
     let mut imported = 0;
     for name in [
@@ -1159,6 +1165,7 @@ fn mutated_models_never_panic() {
         "keras_style",
         "opset20",
         "batched_matmul",
+        "conv_transpose",
     ] {
         let bytes = std::fs::read(onnx_dir().join(format!("{name}.onnx"))).unwrap();
         let base = ModelProto::decode(bytes.as_slice()).unwrap();
@@ -1270,6 +1277,7 @@ fn imported_gradients_match_finite_differences() {
         "pytorch_style",
         "ops",
         "batched_matmul",
+        "conv_transpose",
     ] {
         let (im, inputs, _) = model(name);
         let mut g = im.graph.clone();

@@ -31,7 +31,8 @@
 //!
 //! Operators ([`SUPPORTED`]): Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean, Relu, LeakyRelu,
 //! Elu, Softplus, HardSigmoid, Gelu, Sigmoid, Tanh, Exp, Log, Sqrt, Reciprocal, Abs, Neg,
-//! Erf, Sin, Cos, Sign, Clip, Gemm, MatMul, Conv, MaxPool, AveragePool, GlobalAveragePool,
+//! Erf, Sin, Cos, Sign, Clip, Gemm, MatMul, Conv, ConvTranspose, MaxPool, AveragePool,
+//! GlobalAveragePool,
 //! GlobalMaxPool, Pad (constant), Flatten, Reshape, Expand, Transpose, Concat, Split, Slice,
 //! Squeeze, Unsqueeze, ReduceMean, ReduceSum, ReduceMax, ReduceMin, Softmax, LogSoftmax,
 //! Identity, Dropout (inference), Constant, Shape, Gather, Cast (to float),
@@ -155,6 +156,7 @@ pub const SUPPORTED: &[&str] = &[
     "Concat",
     "Constant",
     "Conv",
+    "ConvTranspose",
     "Cos",
     "Div",
     "Dropout",
@@ -1198,6 +1200,7 @@ impl Importer {
             "Gemm" => Ok(self.gemm(node)?),
             "MatMul" => Ok(self.matmul(node)?),
             "Conv" => Ok(self.conv(node)?),
+            "ConvTranspose" => Ok(self.conv_transpose(node)?),
             "MaxPool" => Ok(self.max_pool(node)?),
             "AveragePool" => Ok(self.average_pool(node)?),
             "GlobalAveragePool" | "GlobalMaxPool" => Ok(self.global_pool(node)?),
@@ -1551,6 +1554,10 @@ impl Importer {
     fn dims4(&self, name: &str) -> R<[usize; 4]> {
         let d = self.dims(name)?;
         match d[..] {
+            [n, c, h, w] if d.contains(&0) => Err(format!(
+                "operand {name} of shape {:?} is empty",
+                [n, c, h, w]
+            )),
             [n, c, h, w] => Ok([n, c, h, w]),
             _ => Err(format!(
                 "operand {name} has shape {d:?}; only 2-D windows over a 4-D NCHW input are supported"
@@ -1627,6 +1634,115 @@ impl Importer {
             let bd = self.dims(bn)?;
             if bd != [o] {
                 return Err(format!("bias {bn} must have shape [{o}], found {bd:?}"));
+            }
+            let b = self.plain(bn)?;
+            y = self.binary(BinaryOp::Add, y, b)?;
+        }
+        self.bind_nhwc(out, y)
+    }
+
+    /// The adjoint of a convolution: gradlift's `conv2d_input_grad` of `x` (as the output
+    /// gradient) with the `[Cin, Cout, kH, kW]` weights read as an HWIO filter `[kH, kW,
+    /// Cout, Cin]` (no flip: ONNX's ConvTranspose is the adjoint of its cross-correlation),
+    /// then the pads cropped and the bias added.
+    fn conv_transpose(&mut self, node: &NodeProto) -> R<()> {
+        check_attrs(
+            node,
+            &[
+                "auto_pad",
+                "dilations",
+                "group",
+                "kernel_shape",
+                "output_padding",
+                "output_shape",
+                "pads",
+                "strides",
+            ],
+        )?;
+        let out = Self::check_outputs(node, 1)?;
+        let (xn, wn) = (Self::input(node, 0)?, Self::input(node, 1)?);
+        let [n, c, h, w] = self.dims4(xn)?;
+        let wd = self.dims(wn)?;
+        let [ci, co, kh, kw] = wd[..] else {
+            return Err(format!(
+                "weights {wn} must be 4-D [Cin, Cout, kH, kW], found {wd:?}"
+            ));
+        };
+        let group = attr_int(node, "group")?.unwrap_or(1);
+        if group != 1 {
+            return Err(format!(
+                "attribute group: {group} is not supported (gradlift's convolutions have group 1)"
+            ));
+        }
+        if ci != c {
+            return Err(format!(
+                "weights {wn} of shape {wd:?} expect {ci} input channels, the input has {c}"
+            ));
+        }
+        Self::check_dilations(node)?;
+        if let Some(k) = attr_ints(node, "kernel_shape")? {
+            if k != [kh as i64, kw as i64] {
+                return Err(format!(
+                    "attribute kernel_shape {k:?} differs from the weights' [{kh}, {kw}]"
+                ));
+            }
+        }
+        if attr_ints(node, "output_shape")?.is_some() {
+            return Err(
+                "attribute output_shape is not supported (give pads and output_padding)".into(),
+            );
+        }
+        let auto = attr_string(node, "auto_pad")?.unwrap_or_default();
+        if !matches!(auto.as_str(), "" | "NOTSET" | "VALID") {
+            return Err(format!(
+                "attribute auto_pad: {auto:?} is not supported for ConvTranspose (NOTSET with pads, or VALID)"
+            ));
+        }
+        let stride = attr_pair(node, "strides", [1, 1], true)?;
+        let extra = attr_pair(node, "output_padding", [0, 0], false)?;
+        if extra[0] >= stride[0] || extra[1] >= stride[1] {
+            return Err(format!(
+                "attribute output_padding {extra:?} must be smaller than the strides {stride:?}"
+            ));
+        }
+        let pads = if auto == "VALID" {
+            [0; 4]
+        } else {
+            Self::pads(node, [h, w], [kh, kw], stride)?
+        };
+        let full = [
+            (h - 1) * stride[0] + kh + extra[0],
+            (w - 1) * stride[1] + kw + extra[1],
+        ];
+        if pads[0] + pads[2] >= full[0] || pads[1] + pads[3] >= full[1] {
+            return Err(format!(
+                "pads {pads:?} leave nothing of the {}x{} output",
+                full[0], full[1]
+            ));
+        }
+        let x = self.nhwc(xn)?;
+        let f = self.conv_filter(wn)?;
+        let mut y = self.add(
+            Op::Conv2dInputGrad {
+                stride,
+                padding: Padding::Valid,
+                shape: Shape(vec![n, full[0], full[1], co]),
+            },
+            &[x, f],
+        )?;
+        if pads != [0; 4] {
+            y = self.add(
+                Op::Slice {
+                    begin: vec![0, pads[0], pads[1], 0],
+                    end: vec![n, full[0] - pads[2], full[1] - pads[3], co],
+                },
+                &[y],
+            )?;
+        }
+        if let Some(bn) = Self::opt_input(node, 2) {
+            let bd = self.dims(bn)?;
+            if bd != [co] {
+                return Err(format!("bias {bn} must have shape [{co}], found {bd:?}"));
             }
             let b = self.plain(bn)?;
             y = self.binary(BinaryOp::Add, y, b)?;

@@ -470,6 +470,26 @@ def batched_matmul():
     save("batched_matmul", g, feeds)
 
 
+def conv_transpose():
+    """ConvTranspose (a decoder's upsampling): stride 2 with pads and output_padding and a
+    bias, then stride 1 without pads; NCHW in and out."""
+    rng = np.random.default_rng(11)
+    n = helper.make_node
+    nodes = [
+        n("ConvTranspose", ["x", "w1", "b1"], ["u1"], name="up1", strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),  # [2,2,8,8]
+        n("Relu", ["u1"], ["r1"], name="relu"),
+        n("ConvTranspose", ["r1", "w2"], ["u2"], name="up2", kernel_shape=[2, 3]),  # [2,1,9,10]
+    ]
+    g = helper.make_graph(
+        nodes,
+        "conv_transpose",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
+        [helper.make_tensor_value_info("u2", TensorProto.FLOAT, [2, 1, 9, 10])],
+        [init(rng, "w1", [3, 2, 3, 3]), init(rng, "b1", [2]), init(rng, "w2", [2, 1, 2, 3])],
+    )
+    save("conv_transpose", g, {"x": rng.standard_normal([2, 3, 4, 4]).astype(np.float32)})
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
@@ -481,3 +501,4 @@ if __name__ == "__main__":
     keras_style()
     opset20()
     batched_matmul()
+    conv_transpose()
