@@ -164,6 +164,11 @@ fn conv_transpose_matches_onnxruntime() {
 }
 
 #[test]
+fn logic_matches_onnxruntime() {
+    matches_onnxruntime("logic");
+}
+
+#[test]
 fn opset11_matches_onnxruntime() {
     matches_onnxruntime("opset11");
 }
@@ -1152,6 +1157,8 @@ fn mutated_models_never_panic() {
         "Gelu",
         "Sum",
         "ConvTranspose",
+        "Where",
+        "Equal",
     ];
     let mut imported = 0;
     for name in [
@@ -1166,6 +1173,7 @@ fn mutated_models_never_panic() {
         "opset20",
         "batched_matmul",
         "conv_transpose",
+        "logic",
     ] {
         let bytes = std::fs::read(onnx_dir().join(format!("{name}.onnx"))).unwrap();
         let base = ModelProto::decode(bytes.as_slice()).unwrap();

@@ -35,8 +35,10 @@
 //! GlobalAveragePool,
 //! GlobalMaxPool, Pad (constant), Flatten, Reshape, Expand, Transpose, Concat, Split, Slice,
 //! Squeeze, Unsqueeze, ReduceMean, ReduceSum, ReduceMax, ReduceMin, Softmax, LogSoftmax,
-//! Identity, Dropout (inference), Constant, Shape, Gather, Cast (to float),
-//! BatchNormalization and LayerNormalization (inference).
+//! Identity, Dropout (inference), Constant, Shape, Gather, Cast (to float or bool),
+//! BatchNormalization and LayerNormalization (inference), Equal, Greater, Less,
+//! GreaterOrEqual, LessOrEqual, Not, And, Or, Xor, Where (bools are f32 masks of 0 and 1,
+//! as gradlift's comparisons give; a bool output is an f32 output).
 
 pub mod proto;
 
@@ -149,6 +151,7 @@ fn domain_note(domain: &str) -> String {
 pub const SUPPORTED: &[&str] = &[
     "Abs",
     "Add",
+    "And",
     "AveragePool",
     "BatchNormalization",
     "Cast",
@@ -161,6 +164,7 @@ pub const SUPPORTED: &[&str] = &[
     "Div",
     "Dropout",
     "Elu",
+    "Equal",
     "Erf",
     "Exp",
     "Expand",
@@ -170,10 +174,14 @@ pub const SUPPORTED: &[&str] = &[
     "Gemm",
     "GlobalAveragePool",
     "GlobalMaxPool",
+    "Greater",
+    "GreaterOrEqual",
     "HardSigmoid",
     "Identity",
     "LayerNormalization",
     "LeakyRelu",
+    "Less",
+    "LessOrEqual",
     "Log",
     "LogSoftmax",
     "MatMul",
@@ -183,6 +191,8 @@ pub const SUPPORTED: &[&str] = &[
     "Min",
     "Mul",
     "Neg",
+    "Not",
+    "Or",
     "Pad",
     "Pow",
     "Reciprocal",
@@ -207,6 +217,8 @@ pub const SUPPORTED: &[&str] = &[
     "Tanh",
     "Transpose",
     "Unsqueeze",
+    "Where",
+    "Xor",
 ];
 
 /// Imports the ONNX model in `bytes` (see the module doc).
@@ -519,6 +531,17 @@ fn decode_tensor(t: &TensorProto) -> R<Static> {
                 t.float_data.clone()
             }
         }),
+        // bool: an f32 mask of 0 and 1, as gradlift's comparisons give
+        9 => StaticData::F32(match raw(1)? {
+            Some(c) => c.iter().map(|b| f32::from(u8::from(b[0] != 0))).collect(),
+            None => {
+                count("int32_data", t.int32_data.len())?;
+                t.int32_data
+                    .iter()
+                    .map(|&x| f32::from(u8::from(x != 0)))
+                    .collect()
+            }
+        }),
         11 => StaticData::F32(match raw(8)? {
             Some(c) => c
                 .iter()
@@ -551,7 +574,7 @@ fn decode_tensor(t: &TensorProto) -> R<Static> {
         }),
         code => {
             return Err(format!(
-                "element type {} (data_type {code}) is not supported; supported: FLOAT, DOUBLE (read as f32), INT32, INT64",
+                "element type {} (data_type {code}) is not supported; supported: FLOAT, DOUBLE (read as f32), BOOL (an f32 mask), INT32, INT64",
                 proto::data_type_name(code)
             ))
         }
@@ -1167,6 +1190,22 @@ impl Importer {
             "Min" => Some(BinaryOp::Min),
             _ => None,
         };
+        let compare = match op {
+            "Equal" => Some(CmpOp::Eq),
+            "Greater" => Some(CmpOp::Gt),
+            "Less" => Some(CmpOp::Lt),
+            "GreaterOrEqual" => Some(CmpOp::Ge),
+            "LessOrEqual" => Some(CmpOp::Le),
+            "Xor" => Some(CmpOp::Ne),
+            _ => None,
+        };
+        if let Some(c) = compare {
+            // bools are f32 masks of 0 and 1
+            check_attrs(node, &[])?;
+            let out = Self::check_outputs(node, 1)?;
+            let ins = [Self::input(node, 0)?, Self::input(node, 1)?];
+            return Ok(self.elementwise(out, &ins, |s, xs| s.add(Op::Compare(c), xs))?);
+        }
         if let Some(u) = unary {
             check_attrs(node, &[])?;
             let out = Self::check_outputs(node, 1)?;
@@ -1223,6 +1262,7 @@ impl Importer {
                 Ok(self.activation(node)?)
             }
             "Sum" | "Mean" => Ok(self.sum_mean(node)?),
+            "Not" | "And" | "Or" | "Where" => Ok(self.logic(node)?),
             "Pad" => Ok(self.pad(node)?),
             "Expand" => Ok(self.expand(node)?),
             "Split" => Ok(self.split(node)?),
@@ -2568,10 +2608,18 @@ impl Importer {
                     },
                 )
             }
-            (v, 1) => {
+            (_, 9) => {
+                // a bool is an f32 mask: x != 0
+                self.elementwise(out, &[xn], |s, xs| {
+                    let zero = s.scalar(0.0)?;
+                    s.add(Op::Compare(CmpOp::Ne), &[xs[0], zero])
+                })
+            }
+            (_, 1) => {
                 let x = self.plain(xn)?;
                 if self.g[x].ty.dtype == DType::F32 {
-                    self.bind(out, v)
+                    // a float, or a bool (already an f32 mask)
+                    self.alias(out, xn)
                 } else {
                     let y = self.add(Op::Cast { to: DType::F32 }, &[x])?;
                     self.bind_plain(out, y)
@@ -2668,6 +2716,29 @@ impl Importer {
                     s.binary(Mul, hx, p)
                 }
             }
+        })
+    }
+
+    /// Boolean ops on f32 masks (0 and 1): `not x = 1 - x`, `and = a * b`, `or = max(a, b)`,
+    /// `where(c, x, y) = select(c, x, y)`.
+    fn logic(&mut self, node: &NodeProto) -> R<()> {
+        check_attrs(node, &[])?;
+        let out = Self::check_outputs(node, 1)?;
+        let op = node.op_type.as_str();
+        let arity = match op {
+            "Not" => 1,
+            "Where" => 3,
+            _ => 2,
+        };
+        let ins: Vec<&str> = (0..arity).map(|i| Self::input(node, i)).collect::<R<_>>()?;
+        self.elementwise(out, &ins, |s, xs| match op {
+            "Not" => {
+                let one = s.scalar(1.0)?;
+                s.binary(BinaryOp::Sub, one, xs[0])
+            }
+            "And" => s.binary(BinaryOp::Mul, xs[0], xs[1]),
+            "Or" => s.binary(BinaryOp::Max, xs[0], xs[1]),
+            _ => s.add(Op::Select, xs),
         })
     }
 

@@ -36,7 +36,7 @@ def write_safetensors(path, tensors):
     blobs = []
     offset = 0
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name], dtype="<f4")
+        a = np.ascontiguousarray(tensors[name], dtype="<f4")  # bools as 0.0 and 1.0
         b = a.tobytes()
         header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
         blobs.append(b)
@@ -490,6 +490,52 @@ def conv_transpose():
     save("conv_transpose", g, {"x": rng.standard_normal([2, 3, 4, 4]).astype(np.float32)})
 
 
+def logic():
+    """Comparisons and bools (f32 masks in gradlift): Greater, Less, Equal, GreaterOrEqual,
+    LessOrEqual, Not, And, Or, Xor, Where (with a bool initializer mask and a -inf-like
+    fill, as attention masking writes), Cast between bool and float, and a bool output."""
+    rng = np.random.default_rng(12)
+    n = helper.make_node
+    nodes = [
+        n("Greater", ["x", "y"], ["gt"], name="greater"),
+        n("Less", ["x", "zero"], ["lt"], name="less"),
+        n("Or", ["gt", "lt"], ["either"], name="or"),
+        n("Not", ["either"], ["neither"], name="not"),
+        n("GreaterOrEqual", ["x", "y"], ["ge"], name="ge"),
+        n("LessOrEqual", ["x", "y"], ["le"], name="le"),
+        n("And", ["ge", "le"], ["eq_via"], name="and"),
+        n("Xor", ["ge", "mask"], ["xr"], name="xor"),
+        n("Where", ["mask", "x", "fill"], ["masked"], name="where_mask"),
+        n("Softmax", ["masked"], ["attn"], name="softmax", axis=-1),
+        n("Where", ["gt", "x", "y"], ["mx"], name="where_max"),
+        n("Cast", ["neither"], ["neither_f"], name="cast_float", to=TensorProto.FLOAT),
+        n("Cast", ["mx"], ["mx_b"], name="cast_bool", to=TensorProto.BOOL),
+        n("Equal", ["mx_b", "xr"], ["same"], name="equal"),
+        n("Cast", ["same"], ["same_f"], name="cast_same", to=TensorProto.FLOAT),
+        n("Add", ["neither_f", "same_f"], ["count"], name="add"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "logic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]), helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+        [
+            helper.make_tensor_value_info("attn", TensorProto.FLOAT, [3, 4]),
+            helper.make_tensor_value_info("mx", TensorProto.FLOAT, [3, 4]),
+            helper.make_tensor_value_info("count", TensorProto.FLOAT, [3, 4]),
+            helper.make_tensor_value_info("eq_via", TensorProto.BOOL, [3, 4]),
+        ],
+        [
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(-1e9, np.float32), "fill"),
+            numpy_helper.from_array(np.tril(np.ones([3, 4], bool)), "mask"),
+        ],
+    )
+    x = rng.standard_normal([3, 4]).astype(np.float32)
+    y = rng.standard_normal([3, 4]).astype(np.float32)
+    y[0, 1] = x[0, 1]  # one tie, so Equal and the or-equal comparisons see one
+    save("logic", g, {"x": x, "y": y})
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
@@ -502,3 +548,4 @@ if __name__ == "__main__":
     opset20()
     batched_matmul()
     conv_transpose()
+    logic()
