@@ -1754,6 +1754,15 @@ impl Importer {
             (h - 1) * stride[0] + kh + extra[0],
             (w - 1) * stride[1] + kw + extra[1],
         ];
+        if Shape(vec![n, full[0], full[1], co])
+            .checked_numel()
+            .is_none_or(|e| e > MAX_ELEMENTS)
+        {
+            return Err(format!(
+                "the output of {n}x{}x{}x{co} elements is too large",
+                full[0], full[1]
+            ));
+        }
         if pads[0] + pads[2] >= full[0] || pads[1] + pads[3] >= full[1] {
             return Err(format!(
                 "pads {pads:?} leave nothing of the {}x{} output",
@@ -2940,9 +2949,9 @@ impl Importer {
         let n = d[ax];
         let sizes: Vec<usize> = match given {
             Some(v) => {
-                if v.len() != k || v.iter().any(|&x| x < 0) {
+                if v.len() != k || v.iter().any(|&x| x < 0 || x > n as i64) {
                     return Err(format!(
-                        "split {v:?}: expected {k} non-negative sizes, one per result"
+                        "split {v:?}: expected {k} sizes in 0..={n}, one per result"
                     ));
                 }
                 v.iter().map(|&x| x as usize).collect()
