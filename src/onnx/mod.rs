@@ -31,14 +31,13 @@
 //!
 //! Operators ([`SUPPORTED`]): Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean, Relu, LeakyRelu,
 //! Elu, Softplus, HardSigmoid, Gelu, Sigmoid, Tanh, Exp, Log, Sqrt, Reciprocal, Abs, Neg,
-//! Erf, Sin, Cos, Sign, Clip, Gemm, MatMul, Conv, ConvTranspose, MaxPool, AveragePool,
-//! GlobalAveragePool,
-//! GlobalMaxPool, Pad (constant), Flatten, Reshape, Expand, Transpose, Concat, Split, Slice,
-//! Squeeze, Unsqueeze, ReduceMean, ReduceSum, ReduceMax, ReduceMin, Softmax, LogSoftmax,
-//! Identity, Dropout (inference), Constant, Shape, Gather, Cast (to float or bool),
-//! BatchNormalization and LayerNormalization (inference), Equal, Greater, Less,
-//! GreaterOrEqual, LessOrEqual, Not, And, Or, Xor, Where (bools are f32 masks of 0 and 1,
-//! as gradlift's comparisons give; a bool output is an f32 output).
+//! Erf, Sin, Cos, Sign, Clip, Gemm, MatMul (with batch axes: unrolled), Conv, ConvTranspose,
+//! MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Pad (constant), Flatten, Reshape,
+//! Expand, Transpose, Concat, Split, Slice, Squeeze, Unsqueeze, ReduceMean, ReduceSum,
+//! ReduceMax, ReduceMin, Softmax, LogSoftmax, Identity, Dropout (inference), Constant, Shape,
+//! Gather, Cast (to float or bool), BatchNormalization and LayerNormalization (inference),
+//! Equal, Greater, Less, GreaterOrEqual, LessOrEqual, Not, And, Or, Xor, Where (bools are f32
+//! masks of 0 and 1, as gradlift's comparisons give; a bool output is an f32 output).
 
 pub mod proto;
 
