@@ -847,6 +847,10 @@ struct TrainArgs {
     /// Start from this checkpoint (params, optimizer state and step count).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start from these weights (every param of the model by name, as `gradlift import`
+    /// writes them or a checkpoint holds them) with a fresh optimizer at step 0: fine-tuning.
+    #[arg(long, conflicts_with = "resume")]
+    params: Option<PathBuf>,
     /// Seed of the per-epoch shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -1060,6 +1064,23 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         }
         None => None,
     };
+    if let Some(path) = &a.params {
+        let weights =
+            tensor_io::read_params(path, &m.forward).map_err(|e| CliError(e.to_string()))?;
+        for t in weights {
+            let (name, value) = t.into_host();
+            let is_param = m
+                .forward
+                .find(&name)
+                .is_some_and(|id| matches!(m.forward[id].op, gradlift::Op::Param { .. }));
+            let r = if is_param {
+                exe.set_param(&name, value)
+            } else {
+                exe.set_state(&name, value)
+            };
+            r.map_err(|e| CliError(format!("{}: tensor {name}: {e}", path.display())))?;
+        }
+    }
     let step = resumed.unwrap_or(0);
     let params = m.forward.params();
     let numel: usize = params.iter().map(|&p| m.forward[p].ty.shape.numel()).sum();
@@ -1102,6 +1123,9 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
 
     if let (Some(path), Some(s)) = (&a.resume, resumed) {
         outln!("resumed from {} at step {s}", path.display());
+    }
+    if let Some(path) = &a.params {
+        outln!("params from {}", path.display());
     }
     let epochs_end = (a.epochs as u64).saturating_mul(per_epoch as u64);
     let end = epochs_end.min(a.steps.map_or(u64::MAX, |s| s as u64));

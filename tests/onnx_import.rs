@@ -1316,3 +1316,123 @@ fn imported_gradients_match_finite_differences() {
         assert!(report.checked > 0 && report.max_ratio <= 1.0, "{name}");
     }
 }
+
+/// Fine-tuning from the command line: an imported linear classifier, given a loss by the
+/// builder, trained by `gradlift train --params` from the imported weights (with a zero
+/// learning rate the saved weights are the imported ones, bit for bit; with a positive one
+/// the loss goes down from the imported weights' loss, not from zeros').
+#[test]
+fn cli_train_from_imported_weights() {
+    let dir = cli::scratch("onnx_import_train");
+    let mut w = weights("w", &[10, 784]);
+    for (i, v) in w.float_data.iter_mut().enumerate() {
+        *v = ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.01;
+    }
+    let mut m = model_of(
+        &[32, 784],
+        vec![node(
+            "dense",
+            "Gemm",
+            &["x", "w", "b"],
+            &["y"],
+            vec![int_attr("transB", 1)],
+        )],
+        vec![w, weights("b", &[10])],
+    );
+    if let Some(t) = m.graph.as_mut().unwrap().input[0].r#type.as_mut() {
+        t.tensor_type.as_mut().unwrap().shape.as_mut().unwrap().dim[0].value =
+            Some(DimensionValue::DimParam("batch".into()));
+    }
+    let src = dir.join("linear.onnx");
+    std::fs::write(&src, m.encode_to_vec()).unwrap();
+    let ir = dir.join("linear.ir");
+    cli::ok(&[
+        "import",
+        src.to_str().unwrap(),
+        "-o",
+        ir.to_str().unwrap(),
+        "--batch",
+        "32",
+    ]);
+    // the loss: sparse cross-entropy of the imported logits against labels
+    let mut g = text::parse(&std::fs::read_to_string(&ir).unwrap(), "linear.ir").unwrap();
+    let logits = g.output("y").unwrap();
+    let labels = g.input("labels", gradlift::TensorType::i32([32])).unwrap();
+    let ce = g.sparse_softmax_cross_entropy(logits, labels).unwrap();
+    let loss = g.mean_all(ce).unwrap();
+    g.add_output("loss", loss).unwrap();
+    let step_ir = dir.join("linear_train.ir");
+    std::fs::write(&step_ir, text::print(&g)).unwrap();
+    let weights_file = dir.join("linear.safetensors");
+    let saved = dir.join("saved.safetensors");
+    let train = |lr: &str| {
+        cli::ok(&[
+            "train",
+            step_ir.to_str().unwrap(),
+            "--params",
+            weights_file.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--limit",
+            "64",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            lr,
+            "--save",
+            saved.to_str().unwrap(),
+        ])
+    };
+    // a negligible learning rate: the saved weights are the imported ones (not zeros)
+    train("1e-30");
+    let imported = checkpoint::load(&weights_file).unwrap();
+    let after = checkpoint::load(&saved).unwrap();
+    for t in &imported.tensors {
+        let got = f64s(after.get(&t.name).expect("a saved param"));
+        let want = f64s(t);
+        assert!(want.iter().any(|&v| v != 0.0));
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-20,
+                "{}: {g} against the imported {w}",
+                t.name
+            );
+        }
+    }
+    // with a real rate, the first epoch starts from the imported weights' loss
+    let from_weights = train("0.1");
+    let from_zeros = cli::ok(&[
+        "train",
+        step_ir.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--limit",
+        "64",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+    ]);
+    assert!(from_weights.contains("params from"), "{from_weights}");
+    let epoch = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("loss"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    assert_ne!(
+        epoch(&from_weights),
+        epoch(&from_zeros),
+        "{from_weights}\n{from_zeros}"
+    );
+    let (code, _, err) = cli::run(&[
+        "train",
+        step_ir.to_str().unwrap(),
+        "--params",
+        weights_file.to_str().unwrap(),
+        "--resume",
+        saved.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "a usage error: {err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+}
