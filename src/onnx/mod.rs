@@ -3152,3 +3152,77 @@ fn reshape_dims(d: &[usize], target: &[i64], allow_zero: bool) -> R<Vec<usize>> 
     }
     Ok(dims)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_makes_gradlift_names() {
+        assert_eq!(sanitize("fc1.weight"), "fc1.weight");
+        assert_eq!(sanitize("/conv1/Conv_output_0"), "_conv1_Conv_output_0");
+        assert_eq!(sanitize("onnx::Gemm_7"), "onnx__Gemm_7");
+        assert_eq!(sanitize("0"), "_0");
+        assert_eq!(sanitize(""), "_");
+        assert_eq!(sanitize("dense:0"), "dense_0");
+        for s in ["a", "/x", "1.2", "é"] {
+            assert!(is_valid_name(&sanitize(s)), "{s}");
+        }
+    }
+
+    #[test]
+    fn reshape_dims_follow_onnx() {
+        assert_eq!(reshape_dims(&[2, 3, 4], &[0, -1], false), Ok(vec![2, 12]));
+        assert_eq!(reshape_dims(&[2, 3, 4], &[-1], false), Ok(vec![24]));
+        assert_eq!(
+            reshape_dims(&[2, 3, 4], &[4, 0, 2], false),
+            Ok(vec![4, 3, 2])
+        );
+        assert!(reshape_dims(&[2, 3, 4], &[0, 5], true).is_err());
+        assert!(reshape_dims(&[2, 3], &[-1, -1], false).is_err());
+        assert!(reshape_dims(&[2, 3], &[0, 0, 0], false).is_err());
+        assert!(reshape_dims(&[2, 3], &[-2, 3], false).is_err());
+        assert!(reshape_dims(&[2, 3], &[i64::MAX, i64::MAX], false).is_err());
+    }
+
+    #[test]
+    fn tensors_decode_from_raw_and_typed_fields() {
+        let t = TensorProto {
+            dims: vec![2],
+            data_type: 1,
+            raw_data: [1.5f32, -2.0]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_tensor(&t).unwrap().data,
+            StaticData::F32(vec![1.5, -2.0])
+        );
+        let t = TensorProto {
+            dims: vec![],
+            data_type: 7,
+            int64_data: vec![-3],
+            ..Default::default()
+        };
+        let s = decode_tensor(&t).unwrap();
+        assert_eq!((s.dims, s.data), (vec![], StaticData::I64(vec![-3])));
+        let t = TensorProto {
+            dims: vec![3],
+            data_type: 9,
+            raw_data: vec![1, 0, 7],
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_tensor(&t).unwrap().data,
+            StaticData::F32(vec![1.0, 0.0, 1.0])
+        );
+        let t = TensorProto {
+            dims: vec![1 << 40],
+            data_type: 1,
+            ..Default::default()
+        };
+        assert!(decode_tensor(&t).is_err());
+    }
+}
