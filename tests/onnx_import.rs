@@ -169,6 +169,11 @@ fn logic_matches_onnxruntime() {
 }
 
 #[test]
+fn resnet_block_matches_onnxruntime() {
+    matches_onnxruntime("resnet_block");
+}
+
+#[test]
 fn opset11_matches_onnxruntime() {
     matches_onnxruntime("opset11");
 }
@@ -1174,6 +1179,7 @@ fn mutated_models_never_panic() {
         "batched_matmul",
         "conv_transpose",
         "logic",
+        "resnet_block",
     ] {
         let bytes = std::fs::read(onnx_dir().join(format!("{name}.onnx"))).unwrap();
         let base = ModelProto::decode(bytes.as_slice()).unwrap();
@@ -1286,6 +1292,7 @@ fn imported_gradients_match_finite_differences() {
         "ops",
         "batched_matmul",
         "conv_transpose",
+        "resnet_block",
     ] {
         let (im, inputs, _) = model(name);
         let mut g = im.graph.clone();

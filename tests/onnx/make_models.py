@@ -536,6 +536,41 @@ def logic():
     save("logic", g, {"x": x, "y": y})
 
 
+def resnet_block():
+    """A residual block as torchvision's ResNets export it: Conv (no bias) + BatchNorm + Relu,
+    Conv + BatchNorm, the residual Add of two NHWC values, Relu, a strided 1x1 Conv
+    shortcut, GlobalAveragePool, Flatten, Gemm."""
+    rng = np.random.default_rng(13)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "stem.w"], ["s"], name="stem", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        n("Relu", ["s"], ["s1"], name="stem_relu"),
+        n("Conv", ["s1", "c1.w"], ["a"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+        n("BatchNormalization", ["a", "bn1.g", "bn1.b", "bn1.m", "bn1.v"], ["a1"], name="bn1"),
+        n("Relu", ["a1"], ["a2"], name="relu1"),
+        n("Conv", ["a2", "c2.w"], ["b"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["b", "bn2.g", "bn2.b", "bn2.m", "bn2.v"], ["b1"], name="bn2"),
+        n("Conv", ["s1", "down.w"], ["d"], name="downsample", kernel_shape=[1, 1], strides=[2, 2]),
+        n("Add", ["b1", "d"], ["sum"], name="residual"),
+        n("Relu", ["sum"], ["r"], name="relu2"),
+        n("GlobalAveragePool", ["r"], ["gap"], name="avgpool"),
+        n("Flatten", ["gap"], ["f"], name="flatten"),
+        n("Gemm", ["f", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
+    ]
+    bn = lambda p, c: [init(rng, p + ".g", [c]), init(rng, p + ".b", [c]), init(rng, p + ".m", [c], 0.1), numpy_helper.from_array((rng.random(c) + 0.5).astype(np.float32), p + ".v")]
+    g = helper.make_graph(
+        nodes,
+        "resnet_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        [init(rng, "stem.w", [4, 3, 3, 3]), init(rng, "c1.w", [6, 4, 3, 3], 0.3), init(rng, "c2.w", [6, 6, 3, 3], 0.3), init(rng, "down.w", [6, 4, 1, 1])]
+        + bn("bn1", 6)
+        + bn("bn2", 6)
+        + [init(rng, "fc.w", [4, 6]), init(rng, "fc.b", [4])],
+    )
+    save("resnet_block", g, {"x": rng.standard_normal([2, 3, 8, 8]).astype(np.float32)})
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
@@ -549,3 +584,4 @@ if __name__ == "__main__":
     batched_matmul()
     conv_transpose()
     logic()
+    resnet_block()
