@@ -174,6 +174,11 @@ fn resnet_block_matches_onnxruntime() {
 }
 
 #[test]
+fn grouped_conv_matches_onnxruntime() {
+    matches_onnxruntime("grouped_conv");
+}
+
+#[test]
 fn opset11_matches_onnxruntime() {
     matches_onnxruntime("opset11");
 }
@@ -712,7 +717,12 @@ fn missing_initializer_or_operand_is_named() {
 #[test]
 fn unsupported_attributes_are_errors() {
     let cases: Vec<(Vec<AttributeProto>, &str)> = vec![
-        (vec![int_attr("group", 2)], "attribute group: 2 is not supported"),
+        (
+            vec![int_attr("group", 2)],
+            "filter w of shape [4, 2, 3, 3] expects 4 input channels in 2 groups, the input has 2",
+        ),
+        (vec![int_attr("group", 3)], "attribute group: 3 is not supported (it must divide"),
+        (vec![int_attr("group", 0)], "attribute group: 0 is not supported"),
         (vec![ints_attr("dilations", &[2, 2])], "attribute dilations: [2, 2] is not supported"),
         (
             vec![AttributeProto {
@@ -1180,6 +1190,7 @@ fn mutated_models_never_panic() {
         "conv_transpose",
         "logic",
         "resnet_block",
+        "grouped_conv",
     ] {
         let bytes = std::fs::read(onnx_dir().join(format!("{name}.onnx"))).unwrap();
         let base = ModelProto::decode(bytes.as_slice()).unwrap();
@@ -1293,6 +1304,7 @@ fn imported_gradients_match_finite_differences() {
         "batched_matmul",
         "conv_transpose",
         "resnet_block",
+        "grouped_conv",
     ] {
         let (im, inputs, _) = model(name);
         let mut g = im.graph.clone();

@@ -31,7 +31,8 @@
 //!
 //! Operators ([`SUPPORTED`]): Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean, Relu, LeakyRelu,
 //! Elu, Softplus, HardSigmoid, Gelu, Sigmoid, Tanh, Exp, Log, Sqrt, Reciprocal, Abs, Neg,
-//! Erf, Sin, Cos, Sign, Clip, Gemm, MatMul (with batch axes: unrolled), Conv, ConvTranspose,
+//! Erf, Sin, Cos, Sign, Clip, Gemm, MatMul (with batch axes: unrolled), Conv (grouped and
+//! depthwise too: one conv2d per group), ConvTranspose,
 //! MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Pad (constant), Flatten, Reshape,
 //! Expand, Transpose, Concat, Split, Slice, Squeeze, Unsqueeze, ReduceMean, ReduceSum,
 //! ReduceMax, ReduceMin, Softmax, LogSoftmax, Identity, Dropout (inference), Constant, Shape,
@@ -51,6 +52,9 @@ use std::path::{Path, PathBuf};
 
 /// The largest number of elements of one tensor the importer accepts (as the text format).
 const MAX_ELEMENTS: usize = crate::op::MAX_DIM;
+
+/// The most groups of a grouped Conv (one conv2d each).
+const MAX_GROUPS: usize = 1024;
 
 /// The most 2-D products a batched MatMul is unrolled into.
 const MAX_UNROLLED_MATMULS: usize = 256;
@@ -1626,14 +1630,19 @@ impl Importer {
             ));
         };
         let group = attr_int(node, "group")?.unwrap_or(1);
-        if group != 1 {
+        let groups = match usize::try_from(group) {
+            Ok(g) if g >= 1 && g <= MAX_GROUPS && c % g == 0 && o % g == 0 => g,
+            _ => {
+                return Err(format!(
+                    "attribute group: {group} is not supported (it must divide the {c} input and {o} output channels, at most {MAX_GROUPS} groups)"
+                ))
+            }
+        };
+        if ci * groups != c {
             return Err(format!(
-                "attribute group: {group} is not supported (grouped and depthwise convolutions; gradlift's conv2d has group 1)"
-            ));
-        }
-        if ci != c {
-            return Err(format!(
-                "filter {wn} of shape {wd:?} expects {ci} input channels, the input has {c}"
+                "filter {wn} of shape {wd:?} expects {} input channels in {groups} group{}, the input has {c}",
+                ci * groups,
+                if groups == 1 { "" } else { "s" }
             ));
         }
         Self::check_dilations(node)?;
@@ -1668,7 +1677,33 @@ impl Importer {
             Padding::Valid
         };
         let f = self.conv_filter(wn)?;
-        let mut y = self.add(Op::Conv2d { stride, padding }, &[x, f])?;
+        let mut y = if groups == 1 {
+            self.add(Op::Conv2d { stride, padding }, &[x, f])?
+        } else {
+            // one conv2d per group: its input channels, its slice of the HWIO filter's
+            // outputs; concatenated along the channels
+            let xd = self.dims_of(x);
+            let og = o / groups;
+            let mut parts = Vec::with_capacity(groups);
+            for g in 0..groups {
+                let xg = self.add(
+                    Op::Slice {
+                        begin: vec![0, 0, 0, g * ci],
+                        end: vec![xd[0], xd[1], xd[2], (g + 1) * ci],
+                    },
+                    &[x],
+                )?;
+                let fg = self.add(
+                    Op::Slice {
+                        begin: vec![0, 0, 0, g * og],
+                        end: vec![kh, kw, ci, (g + 1) * og],
+                    },
+                    &[f],
+                )?;
+                parts.push(self.add(Op::Conv2d { stride, padding }, &[xg, fg])?);
+            }
+            self.add(Op::Concat { axis: 3 }, &parts)?
+        };
         if let Some(bn) = Self::opt_input(node, 2) {
             let bd = self.dims(bn)?;
             if bd != [o] {

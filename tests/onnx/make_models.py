@@ -571,6 +571,27 @@ def resnet_block():
     save("resnet_block", g, {"x": rng.standard_normal([2, 3, 8, 8]).astype(np.float32)})
 
 
+def grouped_conv():
+    """Grouped and depthwise convolutions (MobileNet's): Conv with group 2, a depthwise Conv
+    (group = channels) with stride 2 and pads, then a pointwise 1x1 Conv."""
+    rng = np.random.default_rng(14)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "g.w", "g.b"], ["g"], name="grouped", group=2, pads=[1, 1, 1, 1]),  # [2,6,6,6]
+        n("Relu", ["g"], ["r"], name="relu"),
+        n("Conv", ["r", "dw.w"], ["dw"], name="depthwise", group=6, strides=[2, 2], pads=[1, 1, 1, 1]),  # [2,6,3,3]
+        n("Conv", ["dw", "pw.w", "pw.b"], ["y"], name="pointwise"),  # [2,5,3,3]
+    ]
+    g = helper.make_graph(
+        nodes,
+        "grouped_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 3, 3])],
+        [init(rng, "g.w", [6, 2, 3, 3]), init(rng, "g.b", [6]), init(rng, "dw.w", [6, 1, 3, 3]), init(rng, "pw.w", [5, 6, 1, 1]), init(rng, "pw.b", [5])],
+    )
+    save("grouped_conv", g, {"x": rng.standard_normal([2, 4, 6, 6]).astype(np.float32)})
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
@@ -585,3 +606,4 @@ if __name__ == "__main__":
     conv_transpose()
     logic()
     resnet_block()
+    grouped_conv()
