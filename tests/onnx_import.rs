@@ -179,6 +179,11 @@ fn grouped_conv_matches_onnxruntime() {
 }
 
 #[test]
+fn dilated_conv_matches_onnxruntime() {
+    matches_onnxruntime("dilated_conv");
+}
+
+#[test]
 fn opset11_matches_onnxruntime() {
     matches_onnxruntime("opset11");
 }
@@ -723,7 +728,7 @@ fn unsupported_attributes_are_errors() {
         ),
         (vec![int_attr("group", 3)], "attribute group: 3 is not supported (it must divide"),
         (vec![int_attr("group", 0)], "attribute group: 0 is not supported"),
-        (vec![ints_attr("dilations", &[2, 2])], "attribute dilations: [2, 2] is not supported"),
+        (vec![ints_attr("dilations", &[2, 0])], "attribute dilations: expected two positive integers"),
         (
             vec![AttributeProto {
                 name: "auto_pad".into(),
@@ -757,6 +762,21 @@ fn unsupported_attributes_are_errors() {
         vec![],
     );
     assert!(import_err(&m).contains("ceil_mode: 1 is not supported"));
+    let m = model_of(
+        &[1, 2, 6, 6],
+        vec![node(
+            "pool",
+            "MaxPool",
+            &["x"],
+            &["y"],
+            vec![
+                ints_attr("kernel_shape", &[2, 2]),
+                ints_attr("dilations", &[2, 2]),
+            ],
+        )],
+        vec![],
+    );
+    assert!(import_err(&m).contains("attribute dilations: [2, 2] is not supported"));
     let m = model_of(
         &[1, 2, 6, 6],
         vec![node("pool", "MaxPool", &["x"], &["y"], vec![])],
@@ -1191,6 +1211,7 @@ fn mutated_models_never_panic() {
         "logic",
         "resnet_block",
         "grouped_conv",
+        "dilated_conv",
     ] {
         let bytes = std::fs::read(onnx_dir().join(format!("{name}.onnx"))).unwrap();
         let base = ModelProto::decode(bytes.as_slice()).unwrap();
@@ -1305,6 +1326,7 @@ fn imported_gradients_match_finite_differences() {
         "conv_transpose",
         "resnet_block",
         "grouped_conv",
+        "dilated_conv",
     ] {
         let (im, inputs, _) = model(name);
         let mut g = im.graph.clone();

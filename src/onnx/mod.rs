@@ -1593,6 +1593,37 @@ impl Importer {
         Ok(())
     }
 
+    /// HWIO filter `f` with `dilation - 1` zeros between its taps (concatenations of its
+    /// column and row slices with zeros), so gradients still reach only the taps.
+    fn dilate_filter(&mut self, f: NodeId, dilation: [usize; 2]) -> R<NodeId> {
+        let mut y = f;
+        for (ax, d) in [(1, dilation[1]), (0, dilation[0])] {
+            if d == 1 {
+                continue;
+            }
+            let dims = self.dims_of(y);
+            let mut parts = Vec::new();
+            for t in 0..dims[ax] {
+                if t > 0 {
+                    let mut z = dims.clone();
+                    z[ax] = d - 1;
+                    parts.push(self.splat(z, 0.0)?);
+                }
+                let mut begin = vec![0; 4];
+                let mut end = dims.clone();
+                begin[ax] = t;
+                end[ax] = t + 1;
+                parts.push(self.add(Op::Slice { begin, end }, &[y])?);
+            }
+            y = if parts.len() == 1 {
+                parts[0]
+            } else {
+                self.add(Op::Concat { axis: ax }, &parts)?
+            };
+        }
+        Ok(y)
+    }
+
     /// The NCHW dims of a 2-D window op's input, checked 4-D.
     fn dims4(&self, name: &str) -> R<[usize; 4]> {
         let d = self.dims(name)?;
@@ -1645,7 +1676,7 @@ impl Importer {
                 if groups == 1 { "" } else { "s" }
             ));
         }
-        Self::check_dilations(node)?;
+        let dil = attr_pair(node, "dilations", [1, 1], true)?;
         if let Some(k) = attr_ints(node, "kernel_shape")? {
             if k != [kh as i64, kw as i64] {
                 return Err(format!(
@@ -1654,6 +1685,8 @@ impl Importer {
             }
         }
         let stride = attr_pair(node, "strides", [1, 1], true)?;
+        // a dilated kernel is a dense one with zeros between the taps
+        let (kh, kw) = ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1);
         let pads = Self::pads(node, [h, w], [kh, kw], stride)?;
         let same_pads = {
             let mut p = [0; 4];
@@ -1677,6 +1710,7 @@ impl Importer {
             Padding::Valid
         };
         let f = self.conv_filter(wn)?;
+        let f = self.dilate_filter(f, dil)?;
         let mut y = if groups == 1 {
             self.add(Op::Conv2d { stride, padding }, &[x, f])?
         } else {

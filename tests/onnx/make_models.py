@@ -592,6 +592,28 @@ def grouped_conv():
     save("grouped_conv", g, {"x": rng.standard_normal([2, 4, 6, 6]).astype(np.float32)})
 
 
+def dilated_conv():
+    """Dilated convolutions (DeepLab's): dilation 2 with pads 2 (gradlift's `same` on the
+    dilated kernel), dilation [3, 1] with stride [2, 1] and no pads, and a grouped dilated
+    Conv."""
+    rng = np.random.default_rng(15)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w1", "b1"], ["c1"], name="dilated_same", dilations=[2, 2], pads=[2, 2, 2, 2]),  # [2,4,9,9]
+        n("Relu", ["c1"], ["r1"], name="relu"),
+        n("Conv", ["r1", "w2"], ["c2"], name="dilated_strided", dilations=[3, 1], strides=[2, 1]),  # [2,2,3,7]
+        n("Conv", ["r1", "w3"], ["c3"], name="dilated_grouped", dilations=[2, 2], group=2),  # [2,4,5,5]
+    ]
+    g = helper.make_graph(
+        nodes,
+        "dilated_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 9])],
+        [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [2, 2, 3, 7]), helper.make_tensor_value_info("c3", TensorProto.FLOAT, [2, 4, 5, 5])],
+        [init(rng, "w1", [4, 3, 3, 3]), init(rng, "b1", [4]), init(rng, "w2", [2, 4, 2, 3]), init(rng, "w3", [4, 2, 3, 3])],
+    )
+    save("dilated_conv", g, {"x": rng.standard_normal([2, 3, 9, 9]).astype(np.float32)})
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
@@ -607,3 +629,4 @@ if __name__ == "__main__":
     logic()
     resnet_block()
     grouped_conv()
+    dilated_conv()
