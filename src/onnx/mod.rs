@@ -32,7 +32,7 @@
 //! Operators ([`SUPPORTED`]): Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean, Relu, LeakyRelu,
 //! Elu, Softplus, HardSigmoid, Gelu, Sigmoid, Tanh, Exp, Log, Sqrt, Reciprocal, Abs, Neg,
 //! Erf, Sin, Cos, Sign, Clip, Gemm, MatMul (with batch axes: unrolled), Conv (grouped and
-//! depthwise too: one conv2d per group), ConvTranspose,
+//! depthwise: one conv2d per group; dilated: the filter spread with zeros), ConvTranspose,
 //! MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Pad (constant), Flatten, Reshape,
 //! Expand, Transpose, Concat, Split, Slice, Squeeze, Unsqueeze, ReduceMean, ReduceSum,
 //! ReduceMax, ReduceMin, Softmax, LogSoftmax, Identity, Dropout (inference), Constant, Shape,
