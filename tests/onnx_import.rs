@@ -184,6 +184,11 @@ fn dilated_conv_matches_onnxruntime() {
 }
 
 #[test]
+fn upsample_matches_onnxruntime() {
+    matches_onnxruntime("upsample");
+}
+
+#[test]
 fn opset11_matches_onnxruntime() {
     matches_onnxruntime("opset11");
 }
@@ -1212,6 +1217,7 @@ fn mutated_models_never_panic() {
         "resnet_block",
         "grouped_conv",
         "dilated_conv",
+        "upsample",
     ] {
         let bytes = std::fs::read(onnx_dir().join(format!("{name}.onnx"))).unwrap();
         let base = ModelProto::decode(bytes.as_slice()).unwrap();
@@ -1327,6 +1333,7 @@ fn imported_gradients_match_finite_differences() {
         "resnet_block",
         "grouped_conv",
         "dilated_conv",
+        "upsample",
     ] {
         let (im, inputs, _) = model(name);
         let mut g = im.graph.clone();

@@ -33,7 +33,8 @@
 //! Elu, Softplus, HardSigmoid, Gelu, Sigmoid, Tanh, Exp, Log, Sqrt, Reciprocal, Abs, Neg,
 //! Erf, Sin, Cos, Sign, Clip, Gemm, MatMul (with batch axes: unrolled), Conv (grouped and
 //! depthwise: one conv2d per group; dilated: the filter spread with zeros), ConvTranspose,
-//! MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Pad (constant), Flatten, Reshape,
+//! MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Resize and Upsample (nearest,
+//! whole factors), Pad (constant), Flatten, Reshape,
 //! Expand, Transpose, Concat, Split, Slice, Squeeze, Unsqueeze, ReduceMean, ReduceSum,
 //! ReduceMax, ReduceMin, Softmax, LogSoftmax, Identity, Dropout (inference), Constant, Shape,
 //! Gather, Cast (to float or bool), BatchNormalization and LayerNormalization (inference),
@@ -205,6 +206,7 @@ pub const SUPPORTED: &[&str] = &[
     "ReduceSum",
     "Relu",
     "Reshape",
+    "Resize",
     "Shape",
     "Sigmoid",
     "Sign",
@@ -220,6 +222,7 @@ pub const SUPPORTED: &[&str] = &[
     "Tanh",
     "Transpose",
     "Unsqueeze",
+    "Upsample",
     "Where",
     "Xor",
 ];
@@ -1270,6 +1273,7 @@ impl Importer {
             "Expand" => Ok(self.expand(node)?),
             "Split" => Ok(self.split(node)?),
             "LayerNormalization" => Ok(self.layer_norm(node)?),
+            "Resize" | "Upsample" => Ok(self.resize(node)?),
             _ => Err(Fail::Unsupported),
         }
     }
@@ -3072,6 +3076,112 @@ impl Importer {
             self.bind_plain(name, y)?;
         }
         Ok(())
+    }
+
+    /// Nearest-neighbour upsampling of the two spatial axes by integer factors (what
+    /// U-Nets and feature pyramids use): each pixel repeated, as a reshape, a broadcast and
+    /// a reshape in NHWC. For integer factors, the `asymmetric`, `half_pixel` and
+    /// `pytorch_half_pixel` coordinates with either rounding pick the same pixels.
+    fn resize(&mut self, node: &NodeProto) -> R<()> {
+        check_attrs(
+            node,
+            &[
+                "antialias",
+                "coordinate_transformation_mode",
+                "cubic_coeff_a",
+                "exclude_outside",
+                "extrapolation_value",
+                "keep_aspect_ratio_policy",
+                "mode",
+                "nearest_mode",
+                "scales",
+            ],
+        )?;
+        let out = Self::check_outputs(node, 1)?;
+        let xn = Self::input(node, 0)?;
+        let [n, c, h, w] = self.dims4(xn)?;
+        let mode = attr_string(node, "mode")?.unwrap_or_else(|| "nearest".into());
+        if mode != "nearest" {
+            return Err(format!(
+                "attribute mode: {mode:?} is not supported (only nearest)"
+            ));
+        }
+        let coords = attr_string(node, "coordinate_transformation_mode")?
+            .unwrap_or_else(|| "half_pixel".into());
+        if !matches!(
+            coords.as_str(),
+            "half_pixel" | "asymmetric" | "pytorch_half_pixel"
+        ) {
+            return Err(format!(
+                "attribute coordinate_transformation_mode: {coords:?} is not supported (half_pixel, asymmetric or pytorch_half_pixel)"
+            ));
+        }
+        if attr_int(node, "antialias")?.unwrap_or(0) != 0 {
+            return Err("attribute antialias: 1 is not supported".into());
+        }
+        // the target size: scales (an attribute of Upsample before opset 9, else operand 1 of
+        // Upsample or 2 of Resize) or sizes (operand 3 of Resize)
+        let scales_at = if node.op_type == "Upsample" { 1 } else { 2 };
+        let scales: Option<Vec<f64>> = match attr_typed(node, "scales", 6)? {
+            Some(a) => Some(a.floats.iter().map(|&x| f64::from(x)).collect()),
+            None => match Self::opt_input(node, scales_at) {
+                Some(sn) => {
+                    let t = self.static_val(sn, "the scales operand")?;
+                    if t.f64s().is_empty() {
+                        None
+                    } else {
+                        Some(t.f64s())
+                    }
+                }
+                None => None,
+            },
+        };
+        let dims = [n, c, h, w];
+        let factors: Vec<f64> = match (scales, Self::opt_input(node, 3)) {
+            (Some(sc), _) => sc,
+            (None, Some(zn)) if node.op_type == "Resize" => {
+                let sizes = self.static_ints(zn, "the sizes operand")?;
+                sizes
+                    .iter()
+                    .zip(&dims)
+                    .map(|(&z, &d)| z as f64 / d as f64)
+                    .collect()
+            }
+            _ => return Err("neither scales nor sizes are given".into()),
+        };
+        let f: Vec<usize> = factors
+            .iter()
+            .map(|&x| {
+                if x >= 1.0 && x.fract() == 0.0 && x <= 1024.0 {
+                    Some(x as usize)
+                } else {
+                    None
+                }
+            })
+            .collect::<Option<_>>()
+            .filter(|f: &Vec<usize>| f.len() == 4 && f[0] == 1 && f[1] == 1)
+            .ok_or_else(|| {
+                format!(
+                    "scales {factors:?} are not supported: only whole upsampling factors (at most 1024) of the two spatial axes"
+                )
+            })?;
+        let (sh, sw) = (f[2], f[3]);
+        if Shape(vec![n, h * sh, w * sw, c])
+            .checked_numel()
+            .is_none_or(|e| e > MAX_ELEMENTS)
+        {
+            return Err("the upsampled tensor has too many elements".into());
+        }
+        let x = self.nhwc(xn)?;
+        let r = self.reshape(x, vec![n, h, 1, w, 1, c])?;
+        let b = self.add(
+            Op::Broadcast {
+                shape: Shape(vec![n, h, sh, w, sw, c]),
+            },
+            &[r],
+        )?;
+        let y = self.reshape(b, vec![n, h * sh, w * sw, c])?;
+        self.bind_nhwc(out, y)
     }
 
     fn layer_norm(&mut self, node: &NodeProto) -> R<()> {

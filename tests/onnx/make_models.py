@@ -614,6 +614,26 @@ def dilated_conv():
     save("dilated_conv", g, {"x": rng.standard_normal([2, 3, 9, 9]).astype(np.float32)})
 
 
+def upsample():
+    """Nearest Resize (a U-Net's or a feature pyramid's upsampling) by scales on an NHWC value
+    after a Conv, and by sizes with asymmetric coordinates and floor rounding."""
+    rng = np.random.default_rng(16)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),  # [2,2,4,4]
+        n("Resize", ["c", "", "scales"], ["up"], name="resize_scales", mode="nearest"),  # [2,2,8,8]
+        n("Resize", ["x", "", "", "sizes"], ["up2"], name="resize_sizes", mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),  # [2,3,12,8]
+    ]
+    g = helper.make_graph(
+        nodes,
+        "upsample",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
+        [helper.make_tensor_value_info("up", TensorProto.FLOAT, [2, 2, 8, 8]), helper.make_tensor_value_info("up2", TensorProto.FLOAT, [2, 3, 12, 8])],
+        [init(rng, "w", [2, 3, 3, 3]), numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"), ints("sizes", [2, 3, 12, 8])],
+    )
+    save("upsample", g, {"x": rng.standard_normal([2, 3, 4, 4]).astype(np.float32)})
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
@@ -630,3 +650,4 @@ if __name__ == "__main__":
     resnet_block()
     grouped_conv()
     dilated_conv()
+    upsample()
