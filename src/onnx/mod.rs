@@ -1666,7 +1666,7 @@ impl Importer {
         };
         let group = attr_int(node, "group")?.unwrap_or(1);
         let groups = match usize::try_from(group) {
-            Ok(g) if g >= 1 && g <= MAX_GROUPS && c % g == 0 && o % g == 0 => g,
+            Ok(g) if (1..=MAX_GROUPS).contains(&g) && c % g == 0 && o % g == 0 => g,
             _ => {
                 return Err(format!(
                     "attribute group: {group} is not supported (it must divide the {c} input and {o} output channels, at most {MAX_GROUPS} groups)"
