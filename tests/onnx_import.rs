@@ -189,6 +189,11 @@ fn upsample_matches_onnxruntime() {
 }
 
 #[test]
+fn strided_slice_matches_onnxruntime() {
+    matches_onnxruntime("strided_slice");
+}
+
+#[test]
 fn opset11_matches_onnxruntime() {
     matches_onnxruntime("opset11");
 }
@@ -845,10 +850,10 @@ fn unsupported_attributes_are_errors() {
             ints_t("st", &[0]),
             ints_t("en", &[4]),
             ints_t("ax", &[1]),
-            ints_t("step", &[2]),
+            ints_t("step", &[0]),
         ],
     );
-    assert!(import_err(&m).contains("steps [2] are not supported"));
+    assert!(import_err(&m).contains("steps [0]: expected 1 non-zero steps"));
     let m = model_of(
         &[2, 6],
         vec![node("r", "Reshape", &["x", "x"], &["y"], vec![])],
@@ -1218,6 +1223,7 @@ fn mutated_models_never_panic() {
         "grouped_conv",
         "dilated_conv",
         "upsample",
+        "strided_slice",
     ] {
         let bytes = std::fs::read(onnx_dir().join(format!("{name}.onnx"))).unwrap();
         let base = ModelProto::decode(bytes.as_slice()).unwrap();
@@ -1334,6 +1340,7 @@ fn imported_gradients_match_finite_differences() {
         "grouped_conv",
         "dilated_conv",
         "upsample",
+        "strided_slice",
     ] {
         let (im, inputs, _) = model(name);
         let mut g = im.graph.clone();

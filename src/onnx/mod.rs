@@ -29,17 +29,18 @@
 //!   `onnx::Gemm_7`) have each other character replaced by `_` (and a leading `_` when they
 //!   start with a digit); inputs, params and outputs keep their names otherwise.
 //!
-//! Operators ([`SUPPORTED`]): Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean, Relu, LeakyRelu,
-//! Elu, Softplus, HardSigmoid, Gelu, Sigmoid, Tanh, Exp, Log, Sqrt, Reciprocal, Abs, Neg,
-//! Erf, Sin, Cos, Sign, Clip, Gemm, MatMul (with batch axes: unrolled), Conv (grouped and
-//! depthwise: one conv2d per group; dilated: the filter spread with zeros), ConvTranspose,
-//! MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Resize and Upsample (nearest,
-//! whole factors), Pad (constant), Flatten, Reshape,
-//! Expand, Transpose, Concat, Split, Slice, Squeeze, Unsqueeze, ReduceMean, ReduceSum,
-//! ReduceMax, ReduceMin, Softmax, LogSoftmax, Identity, Dropout (inference), Constant, Shape,
-//! Gather, Cast (to float or bool), BatchNormalization and LayerNormalization (inference),
-//! Equal, Greater, Less, GreaterOrEqual, LessOrEqual, Not, And, Or, Xor, Where (bools are f32
-//! masks of 0 and 1, as gradlift's comparisons give; a bool output is an f32 output).
+//! Operators ([`SUPPORTED`]): Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean, Relu,
+//! LeakyRelu, Elu, Softplus, HardSigmoid, Gelu, Sigmoid, Tanh, Exp, Log, Sqrt, Reciprocal,
+//! Abs, Neg, Erf, Sin, Cos, Sign, Clip, Gemm, MatMul (with batch axes: unrolled), Conv
+//! (grouped and depthwise: one conv2d per group; dilated: the filter spread with zeros),
+//! ConvTranspose, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Resize and
+//! Upsample (nearest, whole factors), Pad (constant), Flatten, Reshape, Expand, Transpose,
+//! Concat, Split, Slice (any steps: a gather), Squeeze, Unsqueeze, ReduceMean, ReduceSum,
+//! ReduceMax, ReduceMin, Softmax, LogSoftmax, Identity, Dropout (inference), Constant,
+//! Shape, Gather, Cast (to float or bool), BatchNormalization and LayerNormalization
+//! (inference), Equal, Greater, Less, GreaterOrEqual, LessOrEqual, Not, And, Or, Xor, Where
+//! (bools are f32 masks of 0 and 1, as gradlift's comparisons give; a bool output is an f32
+//! output).
 
 pub mod proto;
 
@@ -2263,37 +2264,68 @@ impl Importer {
                 "starts {starts:?}, ends {ends:?} and axes {axes:?} differ in length"
             ));
         }
-        if let Some(s) = &steps {
-            if s.len() != starts.len() || s.iter().any(|&x| x != 1) {
-                return Err(format!(
-                    "steps {s:?} are not supported: gradlift's slice takes every element (steps of 1)"
-                ));
-            }
+        let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+        if steps.len() != starts.len() || steps.contains(&0) {
+            return Err(format!(
+                "steps {steps:?}: expected {} non-zero steps, one per axis",
+                starts.len()
+            ));
         }
+        // per axis: a box (steps of 1), or the indices a gather picks (other steps)
         let mut begin = vec![0; d.len()];
         let mut end = d.clone();
+        let mut picks: Vec<(usize, Vec<i64>)> = Vec::new();
         let mut seen = HashSet::new();
-        for ((&s, &e), &a) in starts.iter().zip(&ends).zip(&axes) {
+        for (((&s, &e), &a), &st) in starts.iter().zip(&ends).zip(&axes).zip(&steps) {
             let ax = axis(a, d.len(), "axis")?;
             if !seen.insert(ax) {
                 return Err(format!("axis {a} is sliced twice"));
             }
             let n = d[ax] as i64;
-            let clamp = |v: i64| -> usize {
-                let v = if v < 0 { v.saturating_add(n) } else { v };
-                v.clamp(0, n) as usize
+            let wrap = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
+            if st == 1 {
+                begin[ax] = wrap(s).clamp(0, n) as usize;
+                end[ax] = (wrap(e).clamp(0, n) as usize).max(begin[ax]);
+                continue;
+            }
+            if d[ax] > MAX_POOL_FILTER {
+                return Err(format!(
+                    "axis {ax} of size {n} is too long for a slice with step {st} (at most {MAX_POOL_FILTER})"
+                ));
+            }
+            // ONNX's clamping: [0, n] for positive steps, start in [0, n-1] and end in
+            // [-1, n-1] for negative ones
+            let (start, stop) = if st > 0 {
+                (wrap(s).clamp(0, n), wrap(e).clamp(0, n))
+            } else {
+                (wrap(s).clamp(0, n - 1), wrap(e).clamp(-1, n - 1))
             };
-            begin[ax] = clamp(s);
-            end[ax] = clamp(e).max(begin[ax]);
+            let mut idx = Vec::new();
+            let mut i = start;
+            while (st > 0 && i < stop) || (st < 0 && i > stop) {
+                idx.push(i);
+                match i.checked_add(st) {
+                    Some(next) => i = next,
+                    None => break,
+                }
+            }
+            if idx.is_empty() {
+                end[ax] = 0;
+            } else {
+                picks.push((ax, idx));
+            }
         }
         if begin.iter().zip(&end).any(|(b, e)| b == e) {
             return Err(format!(
-                "the slice from {begin:?} to {end:?} of shape {d:?} is empty, which gradlift cannot hold"
+                "the slice of shape {d:?} (starts {starts:?}, ends {ends:?}, steps {steps:?}) is empty, which gradlift cannot hold"
             ));
         }
         if let Val::Static { t, .. } = self.val(xn)?.clone() {
             if let (Some(v), 1) = (t.ints(), d.len()) {
-                let v = v[begin[0]..end[0]].to_vec();
+                let v: Vec<i64> = match picks.first() {
+                    Some((_, idx)) => idx.iter().map(|&i| v[i as usize]).collect(),
+                    None => v[begin[0]..end[0]].to_vec(),
+                };
                 return self.bind(
                     out,
                     Val::Static {
@@ -2307,11 +2339,21 @@ impl Importer {
             }
         }
         let x = self.plain(xn)?;
-        let y = if begin.iter().all(|&b| b == 0) && end == d {
+        let mut y = if begin.iter().all(|&b| b == 0) && end == d {
             x
         } else {
             self.add(Op::Slice { begin, end }, &[x])?
         };
+        for (ax, idx) in picks {
+            let len = idx.len();
+            let i = self.leaf(
+                Op::Const {
+                    value: Literal::Dense(idx.iter().map(|&v| v as f64).collect()),
+                },
+                TensorType::i32(vec![len]),
+            )?;
+            y = self.add(Op::Gather { axis: ax }, &[y, i])?;
+        }
         self.bind_plain(out, y)
     }
 

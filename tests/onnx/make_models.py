@@ -634,6 +634,42 @@ def upsample():
     save("upsample", g, {"x": rng.standard_normal([2, 3, 4, 4]).astype(np.float32)})
 
 
+def strided_slice():
+    """Slice with steps (gathers in gradlift): every other row and a reversed stride of
+    columns, a whole axis reversed (start -1, end INT64_MIN), and YOLO's space-to-depth
+    (Focus) on a 4-D value: the four pixel phases concatenated on the channels."""
+    rng = np.random.default_rng(17)
+    n = helper.make_node
+    big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    nodes = [
+        n("Slice", ["x", "s1", "e1", "a1", "st1"], ["y1"], name="strided"),  # [2,3]
+        n("Slice", ["x", "s2", "e2", "a2", "st2"], ["y2"], name="reversed"),  # [4,6]
+        n("Slice", ["img", "f0", "fe", "fa", "fs"], ["p00"], name="focus00"),
+        n("Slice", ["img", "f1", "fe", "fa", "fs"], ["p11"], name="focus11"),
+        n("Slice", ["img", "f2", "fe", "fa", "fs"], ["p01"], name="focus01"),
+        n("Slice", ["img", "f3", "fe", "fa", "fs"], ["p10"], name="focus10"),
+        n("Concat", ["p00", "p10", "p01", "p11"], ["focus"], name="focus", axis=1),  # [2,12,3,3]
+    ]
+    g = helper.make_graph(
+        nodes,
+        "strided_slice",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6]), helper.make_tensor_value_info("img", TensorProto.FLOAT, [2, 3, 6, 6])],
+        [
+            helper.make_tensor_value_info("y1", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("y2", TensorProto.FLOAT, [4, 6]),
+            helper.make_tensor_value_info("focus", TensorProto.FLOAT, [2, 12, 3, 3]),
+        ],
+        [
+            ints("s1", [0, 5]), ints("e1", [4, -100]), ints("a1", [0, 1]), ints("st1", [2, -2]),
+            ints("s2", [-1]), ints("e2", [small]), ints("a2", [1]), ints("st2", [-1]),
+            ints("f0", [0, 0]), ints("f1", [1, 1]), ints("f2", [0, 1]), ints("f3", [1, 0]),
+            ints("fe", [big, big]), ints("fa", [2, 3]), ints("fs", [2, 2]),
+        ],
+    )
+    feeds = {"x": rng.standard_normal([4, 6]).astype(np.float32), "img": rng.standard_normal([2, 3, 6, 6]).astype(np.float32)}
+    save("strided_slice", g, feeds)
+
+
 if __name__ == "__main__":
     mlp()
     cnn()
@@ -651,3 +687,4 @@ if __name__ == "__main__":
     grouped_conv()
     dilated_conv()
     upsample()
+    strided_slice()
