@@ -61,9 +61,12 @@ const MAX_GROUPS: usize = 1024;
 /// The most 2-D products a batched MatMul is unrolled into.
 const MAX_UNROLLED_MATMULS: usize = 256;
 
-/// The largest const an AveragePool may make: its summing filter (`[kh, kw, c, c]`, for
-/// overlapping windows) or its window counts (`[1, oh, ow, 1]`, for `count_include_pad=0`).
-const MAX_POOL_FILTER: usize = 1 << 24;
+/// The largest const an AveragePool (its window counts `[1, oh, ow, 1]`, for
+/// `count_include_pad=0`) or a Slice with steps (its indices) may make.
+const MAX_POOL_FILTER: usize = 1 << 20;
+
+/// The most positions of an AveragePool's overlapping window (one view of the input each).
+const MAX_POOL_TAPS: usize = 1024;
 
 /// Options of [`import`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -1990,37 +1993,50 @@ impl Importer {
                 &[r],
             )?
         } else {
-            // a convolution with a filter that adds each channel's window
-            let size = [k[1], c, c]
-                .iter()
-                .try_fold(k[0], |a, &b| a.checked_mul(b))
-                .filter(|&n| n <= MAX_POOL_FILTER)
+            // overlapping windows: the sum of the window's shifted views of the input, each
+            // taking every s-th row and column (a gather when s > 1); no const filter
+            let taps = k[0]
+                .checked_mul(k[1])
+                .filter(|&t| t <= MAX_POOL_TAPS)
                 .ok_or_else(|| {
                     format!(
-                        "a {k:?} window with stride {s:?} over {c} channels is too large (its summing filter would hold more than {MAX_POOL_FILTER} values)"
+                        "a {k:?} window with stride {s:?} has more than {MAX_POOL_TAPS} positions (overlapping windows are summed view by view)"
                     )
                 })?;
-            let mut f = vec![0.0; size];
-            for y in 0..k[0] {
-                for xx in 0..k[1] {
-                    for ch in 0..c {
-                        f[((y * k[1] + xx) * c + ch) * c + ch] = 1.0;
-                    }
+            let every = |me: &mut Self, axis: usize, step: usize, count: usize| {
+                if step == 1 {
+                    return Ok(None);
                 }
+                let idx: Vec<f64> = (0..count).map(|i| (i * step) as f64).collect();
+                me.leaf(
+                    Op::Const {
+                        value: Literal::Dense(idx),
+                    },
+                    TensorType::i32(vec![count]),
+                )
+                .map(|id| Some((axis, id)))
+            };
+            let rows = every(self, 1, s[0], oh)?;
+            let cols = every(self, 2, s[1], ow)?;
+            let mut acc: Option<NodeId> = None;
+            for t in 0..taps {
+                let (i, j) = (t / k[1], t % k[1]);
+                let mut v = self.add(
+                    Op::Slice {
+                        begin: vec![0, i, j, 0],
+                        end: vec![n, i + (oh - 1) * s[0] + 1, j + (ow - 1) * s[1] + 1, c],
+                    },
+                    &[x],
+                )?;
+                for (axis, idx) in [rows, cols].into_iter().flatten() {
+                    v = self.add(Op::Gather { axis }, &[v, idx])?;
+                }
+                acc = Some(match acc {
+                    None => v,
+                    Some(a) => self.binary(BinaryOp::Add, a, v)?,
+                });
             }
-            let f = self.leaf(
-                Op::Const {
-                    value: Literal::Dense(f),
-                },
-                TensorType::f32(vec![k[0], k[1], c, c]),
-            )?;
-            self.add(
-                Op::Conv2d {
-                    stride: s,
-                    padding: Padding::Valid,
-                },
-                &[x, f],
-            )?
+            acc.ok_or("the window is empty")?
         };
         let y = if include_pad || pads == [0; 4] {
             let d = self.scalar((k[0] * k[1]) as f64)?;

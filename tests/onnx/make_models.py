@@ -616,19 +616,25 @@ def dilated_conv():
 
 def upsample():
     """Nearest Resize (a U-Net's or a feature pyramid's upsampling) by scales on an NHWC value
-    after a Conv, and by sizes with asymmetric coordinates and floor rounding."""
+    after a Conv, and by sizes with asymmetric coordinates and floor rounding; an
+    AveragePool with overlapping strided windows and pads after it."""
     rng = np.random.default_rng(16)
     n = helper.make_node
     nodes = [
         n("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),  # [2,2,4,4]
         n("Resize", ["c", "", "scales"], ["up"], name="resize_scales", mode="nearest"),  # [2,2,8,8]
         n("Resize", ["x", "", "", "sizes"], ["up2"], name="resize_sizes", mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),  # [2,3,12,8]
+        n("AveragePool", ["up"], ["ap"], name="avg_pool_strided", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),  # [2,2,4,4]
     ]
     g = helper.make_graph(
         nodes,
         "upsample",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
-        [helper.make_tensor_value_info("up", TensorProto.FLOAT, [2, 2, 8, 8]), helper.make_tensor_value_info("up2", TensorProto.FLOAT, [2, 3, 12, 8])],
+        [
+            helper.make_tensor_value_info("up", TensorProto.FLOAT, [2, 2, 8, 8]),
+            helper.make_tensor_value_info("up2", TensorProto.FLOAT, [2, 3, 12, 8]),
+            helper.make_tensor_value_info("ap", TensorProto.FLOAT, [2, 2, 4, 4]),
+        ],
         [init(rng, "w", [2, 3, 3, 3]), numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"), ints("sizes", [2, 3, 12, 8])],
     )
     save("upsample", g, {"x": rng.standard_normal([2, 3, 4, 4]).astype(np.float32)})
