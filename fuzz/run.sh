@@ -21,7 +21,7 @@
 set -euo pipefail
 fuzz="$(cd "$(dirname "$0")" && pwd)"
 cd "$fuzz"
-all=(ir_parse json_load checkpoint_load idx_read jit_vs_interp)
+all=(ir_parse json_load checkpoint_load idx_read onnx_import jit_vs_interp)
 seconds=600
 build=1
 targets=()

@@ -11,7 +11,7 @@
 set -euo pipefail
 fuzz="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$fuzz")"
-all=(ir_parse json_load checkpoint_load idx_read jit_vs_interp)
+all=(ir_parse json_load checkpoint_load idx_read onnx_import jit_vs_interp)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
@@ -105,6 +105,12 @@ seed_idx_read() {
     cp "$root/data/mnist-subset/train-labels-idx1-ubyte.gz" "$out/mnist-train-labels.gz"
 }
 
+seed_onnx_import() {
+    local out="$fuzz/corpus/onnx_import"
+    mkdir -p "$out"
+    cp "$root"/tests/onnx/*.onnx "$out/"
+}
+
 seed_jit_vs_interp() {
     local out="$fuzz/corpus/jit_vs_interp"
     mkdir -p "$out"
@@ -119,7 +125,7 @@ EOF
 
 for t in "${targets[@]}"; do
     case "$t" in
-        ir_parse | json_load | checkpoint_load | idx_read | jit_vs_interp) "seed_$t" ;;
+        ir_parse | json_load | checkpoint_load | idx_read | onnx_import | jit_vs_interp) "seed_$t" ;;
         *) echo "seeds.sh: unknown target $t (known: ${all[*]})" >&2; exit 2 ;;
     esac
     echo "seeded fuzz/corpus/$t: $(ls "$fuzz/corpus/$t" | wc -l) files"

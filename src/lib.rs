@@ -61,6 +61,7 @@ pub mod init;
 pub mod interp;
 pub mod nn;
 pub mod numerics;
+pub mod onnx;
 pub mod op;
 pub mod optim;
 pub mod passes;

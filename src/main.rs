@@ -7,7 +7,8 @@
 //! random inputs or those of a safetensors file, optionally written to one), a table of its
 //! params and ops (`summary`), a model trained on MNIST (`train`, which reads the dataset
 //! and reads and writes checkpoints), or an object file of its compiled code with a C header
-//! and its initial values (`compile`). Every command
+//! and its initial values (`compile`), or an ONNX model imported as a graph file and a
+//! weights file (`import`). Every command
 //! parses and verifies the graph first. Errors (unreadable file, parse error, invalid graph, evaluation
 //! failure) are printed to stderr like a compiler's (`FILE:LINE:COL: message`) and give exit
 //! code 1; the process never panics on user input.
@@ -23,6 +24,7 @@ use gradlift::data::{self, Dataset};
 use gradlift::graph::{Graph, NodeId};
 use gradlift::init::Rng;
 use gradlift::interp::{self, Array};
+use gradlift::onnx;
 use gradlift::optim::{Optimizer, Schedule};
 use gradlift::passes::Pipeline;
 use gradlift::runtime::{self, HostTensor};
@@ -76,6 +78,10 @@ enum Command {
     /// object file holding the function `run` compiles, a C header describing its table and
     /// a file of initial values (params, state, consts), to link into a C program.
     Compile(CompileArgs),
+    /// Import an ONNX model: write its graph as IR text (`-o`) and the values of its
+    /// initializers, the params, as a safetensors file that `run` and `eval` read with
+    /// `--params`.
+    Import(ImportArgs),
 }
 
 impl Command {
@@ -90,6 +96,7 @@ impl Command {
             Command::Train(a) => cmd_train(a),
             Command::Summary(a) => cmd_summary(a),
             Command::Compile(a) => cmd_compile(a),
+            Command::Import(a) => cmd_import(a),
         }
     }
 }
@@ -840,6 +847,10 @@ struct TrainArgs {
     /// Start from this checkpoint (params, optimizer state and step count).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start from these weights (every param of the model by name, as `gradlift import`
+    /// writes them or a checkpoint holds them) with a fresh optimizer at step 0: fine-tuning.
+    #[arg(long, conflicts_with = "resume")]
+    params: Option<PathBuf>,
     /// Seed of the per-epoch shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -1053,6 +1064,23 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         }
         None => None,
     };
+    if let Some(path) = &a.params {
+        let weights =
+            tensor_io::read_params(path, &m.forward).map_err(|e| CliError(e.to_string()))?;
+        for t in weights {
+            let (name, value) = t.into_host();
+            let is_param = m
+                .forward
+                .find(&name)
+                .is_some_and(|id| matches!(m.forward[id].op, gradlift::Op::Param { .. }));
+            let r = if is_param {
+                exe.set_param(&name, value)
+            } else {
+                exe.set_state(&name, value)
+            };
+            r.map_err(|e| CliError(format!("{}: tensor {name}: {e}", path.display())))?;
+        }
+    }
     let step = resumed.unwrap_or(0);
     let params = m.forward.params();
     let numel: usize = params.iter().map(|&p| m.forward[p].ty.shape.numel()).sum();
@@ -1095,6 +1123,9 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
 
     if let (Some(path), Some(s)) = (&a.resume, resumed) {
         outln!("resumed from {} at step {s}", path.display());
+    }
+    if let Some(path) = &a.params {
+        outln!("params from {}", path.display());
     }
     let epochs_end = (a.epochs as u64).saturating_mul(per_epoch as u64);
     let end = epochs_end.min(a.steps.map_or(u64::MAX, |s| s as u64));
@@ -1216,6 +1247,96 @@ fn peak_rss_kb() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---- import -----------------------------------------------------------------------------------
+
+/// Arguments of `gradlift import`.
+#[derive(Args, Debug)]
+struct ImportArgs {
+    /// The ONNX model (`.onnx`).
+    file: PathBuf,
+    /// Where to write the graph (IR text).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Where to write the params' values (default: the output path with the extension
+    /// `.safetensors`).
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// The size of a symbolic leading (batch) dimension of the model's inputs.
+    #[arg(long)]
+    batch: Option<usize>,
+}
+
+/// Imports an ONNX model (`gradlift::onnx`), writes the graph as text with a header comment
+/// naming its source and weights file, and the weights with `checkpoint::save`.
+fn cmd_import(a: &ImportArgs) -> Result<(), CliError> {
+    let file = a.file.display().to_string();
+    let opts = onnx::ImportOptions { batch: a.batch };
+    let im = onnx::import_file(&a.file, &opts).map_err(|e| match e {
+        onnx::ImportError::Io { .. } => CliError(e.to_string()),
+        e => CliError(format!("{file}: {e}")),
+    })?;
+    let g = &im.graph;
+    if let Err(errs) = verify(g) {
+        return Err(verify_report(&file, &errs));
+    }
+    let params = a
+        .params
+        .clone()
+        .unwrap_or_else(|| a.output.with_extension("safetensors"));
+    if params == a.output {
+        return Err(CliError(format!(
+            "{}: the graph and the weights would be written to the same file",
+            params.display()
+        )));
+    }
+    if [&a.output, &params].contains(&&a.file) {
+        return Err(CliError(format!(
+            "{file}: the import would overwrite the model it reads"
+        )));
+    }
+    let mut text = format!("# imported from {file} (ONNX operator set {})\n", im.opset);
+    if !im.weights.is_empty() {
+        text.push_str(&format!(
+            "# params' values: {} (gradlift run {} --params {})\n",
+            params.display(),
+            a.output.display(),
+            params.display()
+        ));
+    }
+    text.push_str(&text::print(g));
+    if !im.weights.is_empty() {
+        let meta = BTreeMap::from([
+            ("graph".to_string(), g.name.clone()),
+            ("source".to_string(), format!("onnx import of {file}")),
+        ]);
+        gradlift::checkpoint::save(&params, &im.weights, &meta)
+            .map_err(|e| CliError(e.to_string()))?;
+    }
+    std::fs::write(&a.output, text).map_err(|e| {
+        CliError(format!(
+            "{}: cannot write the file: {e}",
+            a.output.display()
+        ))
+    })?;
+    let numel: usize = im.weights.iter().map(|w| w.shape.numel()).sum();
+    outln!(
+        "{file}: imported graph {}: {} nodes ({} inputs, {} params, {} parameters), {} outputs -> {}{}",
+        g.name,
+        g.len(),
+        g.inputs().len(),
+        im.weights.len(),
+        numel,
+        g.outputs().len(),
+        a.output.display(),
+        if im.weights.is_empty() {
+            String::new()
+        } else {
+            format!(", params' values -> {}", params.display())
+        }
+    );
+    Ok(())
 }
 
 // ---- summary ----------------------------------------------------------------------------------
