@@ -620,6 +620,10 @@ impl Model {
                         },
                         S::Pass(e) => TrainError::Pass(e),
                         S::Compile(e) => TrainError::Compile(e),
+                        e @ (S::Dist(_) | S::NotDataParallel { .. }) => TrainError::Run {
+                            graph: forward.name.clone(),
+                            message: e.to_string(),
+                        },
                     }
                 })?;
                 Some(exe)
@@ -1189,6 +1193,8 @@ impl Model {
             return self.run_interpreted(key, x, y, idx, rng);
         };
         let e = |e: crate::runtime::RunError| run_err(e.to_string());
+        // a data-parallel step's buffers hold this rank's part of the batch
+        let idx = exe.local(idx);
         if graph[step.x].ty.dtype == DType::I32 {
             // token ids: truncated toward zero and saturated, as the `cast` op converts
             let buf = exe.input_i32_mut(name(step.x)).map_err(e)?;
