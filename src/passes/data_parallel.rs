@@ -4,9 +4,10 @@
 //!
 //! In: an update graph as [`crate::optim::sharded_training_step`] builds it, whose gradients
 //! are the inputs `grad<s>.<param>` ([`crate::optim::grad_input`]: shard `s`'s gradient of
-//! `param`). Out: the same graph where the gradient of each param (the value computed from
-//! its gradient inputs and constants alone, i.e. the average of its shards, before clipping
-//! and the optimizer) reaches its readers through an [`Op::AllReduce`] with `reduce=mean`.
+//! `param`). Out: the same graph where the gradient of each param (the average of its
+//! shards: the largest value made from its gradient inputs by sums and by products and
+//! quotients with constants, before clipping and the optimizer) reaches its readers through
+//! an [`Op::AllReduce`] with `reduce=mean`.
 //!
 //! Small gradients share one collective, as Horovod's tensor fusion and PyTorch DDP's
 //! buckets do: in param order, gradients are flattened and concatenated into buckets of at
@@ -25,7 +26,7 @@
 
 use super::PassReport;
 use crate::graph::{Graph, NodeId};
-use crate::op::Op;
+use crate::op::{BinaryOp, Op};
 use crate::optim::grad_input;
 use std::collections::HashSet;
 
@@ -64,12 +65,18 @@ pub fn run(g: &mut Graph) -> PassReport {
             if g[id].op.is_leaf() || region.contains(&id) {
                 continue;
             }
+            // the shards' average: sums of gradients, scaled by constants (linear, so
+            // it commutes with the mean over the ranks)
             let ops = g.operands(id);
-            let inside = ops.iter().any(|o| region.contains(o));
-            let pure = ops
-                .iter()
-                .all(|o| region.contains(o) || matches!(g[*o].op, Op::Const { .. }));
-            if inside && pure {
+            let inside = |o: &NodeId| region.contains(o);
+            let constant = |o: &NodeId| matches!(g[*o].op, Op::Const { .. });
+            let average = match g[id].op {
+                Op::Binary(BinaryOp::Add) => ops.iter().all(inside),
+                Op::Binary(BinaryOp::Mul) => ops.iter().any(inside) && ops.iter().any(constant),
+                Op::Binary(BinaryOp::Div) => inside(&ops[0]) && constant(&ops[1]),
+                _ => false,
+            };
+            if average {
                 region.insert(id);
             }
         }
@@ -198,4 +205,28 @@ pub fn bytes_reduced(g: &Graph) -> usize {
         .filter(|&id| matches!(g[id].op, Op::AllReduce { .. }))
         .map(|id| g[id].ty.shape.numel() * 4)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{sharded_training_step, Optimizer};
+
+    fn mlp() -> Graph {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ir/mlp.ir"))
+            .expect("ir/mlp.ir");
+        crate::text::parse(&text, "mlp.ir").expect("parses")
+    }
+
+    #[test]
+    fn every_gradient_is_reduced_once() {
+        let step = sharded_training_step(&mlp(), "loss", &Optimizer::adam(), None, 64, 2, 1)
+            .expect("splits");
+        let mut g = step.update_parts[0].graph.clone();
+        let r = run(&mut g);
+        eprintln!("{}", crate::text::print(&g));
+        assert_eq!(r.counts.get("all_reduce"), Some(&1), "{r}");
+        assert_eq!(bytes_reduced(&g), 101_770 * 4);
+        assert!(!run(&mut g).changed());
+    }
 }
