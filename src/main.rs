@@ -1058,6 +1058,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     let mut opts = StepOptions {
         shards: a.shards,
         check_numerics: a.check_numerics,
+        world,
         ..StepOptions::default()
     };
     if let Some(t) = a.threads {

@@ -42,8 +42,9 @@ pub struct StepOptions {
     /// first non-finite value replays the step on the reference interpreter to name the node
     /// that produced it (see [`crate::numerics`]). The compiled code is the same either way.
     pub check_numerics: bool,
-    /// The ranks the step is shared by (default: [`crate::dist::world`]). With more than
-    /// one, the step is data-parallel: this rank computes its `batch / size` examples (its
+    /// The ranks the step is shared by (default: a single rank; [`crate::dist::init`] joins
+    /// the world under `mpirun`, and `gradlift train` passes it). With more than one, the
+    /// step is data-parallel: this rank computes its `batch / size` examples (its
     /// [`CompiledStep`]'s inputs have that leading dimension), the `data_parallel` pass
     /// all-reduces the gradients before the update, and the outputs are means over every
     /// rank's examples.
@@ -58,7 +59,7 @@ impl Default for StepOptions {
             optimize: true,
             compile: CompileOptions::default(),
             check_numerics: false,
-            world: crate::dist::world(),
+            world: crate::dist::World::SINGLE,
         }
     }
 }

@@ -95,7 +95,15 @@ fn both(
     let single = dir.join("single.safetensors");
     let dist = dir.join("dist.safetensors");
     let steps = steps.to_string();
-    let common = ["train", path(model), "--steps", &steps, "--threads", "1", "--save"];
+    let common = [
+        "train",
+        path(model),
+        "--steps",
+        &steps,
+        "--threads",
+        "1",
+        "--save",
+    ];
     let shards_s = shards.to_string();
     let mut a = common.to_vec();
     a.extend([path(&single), "--shards", &shards_s]);
@@ -123,7 +131,10 @@ fn two_ranks_train_the_bits_of_one_process() {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/mlp.ir");
     let (single, dist) = both(&dir, &model, 4, 2, 2);
     assert_eq!(cli::checkpoint_bits(&single), cli::checkpoint_bits(&dist));
-    assert_eq!(std::fs::read(&single).unwrap(), std::fs::read(&dist).unwrap());
+    assert_eq!(
+        std::fs::read(&single).unwrap(),
+        std::fs::read(&dist).unwrap()
+    );
 }
 
 #[test]
@@ -178,12 +189,16 @@ fn every_rank_resumes_from_rank_0s_checkpoint() {
         assert_eq!(code, 0, "{out}\n{err}");
     };
     run(&["--steps", "2", "--save", path(&half)]);
-    run(&["--steps", "4", "--resume", path(&half), "--save", path(&resumed)]);
+    run(&[
+        "--steps",
+        "4",
+        "--resume",
+        path(&half),
+        "--save",
+        path(&resumed),
+    ]);
     run(&["--steps", "4", "--save", path(&whole)]);
-    assert_eq!(
-        cli::checkpoint_bits(&resumed),
-        cli::checkpoint_bits(&whole)
-    );
+    assert_eq!(cli::checkpoint_bits(&resumed), cli::checkpoint_bits(&whole));
 }
 
 /// Ranks given different models stop at start-up with an error naming the mismatch.
@@ -223,4 +238,87 @@ fn a_failing_rank_ends_every_rank() {
     assert_ne!(code, 0, "{out}\n{err}");
     assert!(err.contains("rank 1 of 2"), "{err}");
     assert!(!out.contains("epoch 1/1"), "{out}");
+}
+
+/// Set in the environment of [`fit_rank`]'s runs under `mpirun`: the checkpoint to write.
+const FIT_CHILD: &str = "GRADLIFT_TEST_FIT_SAVE";
+
+/// The `Model::fit` of [`model_fit_is_data_parallel`] on one rank (this test binary runs it
+/// under `mpirun`, filtered to this test; without the variable it does nothing): an MLP on
+/// 512 examples of the shipped subset, batch 64, two epochs, the last batch of each epoch
+/// included; the weights saved by rank 0.
+#[test]
+fn fit_rank() {
+    let Ok(save) = std::env::var(FIT_CHILD) else {
+        return;
+    };
+    use gradlift::nn::{Activation, CompileOptions, Dense, FitOptions, Loss, Sequential, Targets};
+    let shards: usize = std::env::var("GRADLIFT_TEST_FIT_SHARDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let (train, _) = gradlift::data::load_default().unwrap();
+    let train = train.slice(0, 544);
+    let mut model = Sequential::new([784])
+        .seed(1)
+        .layer(Dense::new(32).activation(Activation::Relu))
+        .layer(Dense::new(10))
+        .compile(
+            CompileOptions::new(
+                gradlift::optim::Optimizer::adam(),
+                Loss::SparseCategoricalCrossentropy { from_logits: true },
+                &[],
+            )
+            .threads(1)
+            .shards(shards)
+            .data_parallel(true),
+        )
+        .unwrap();
+    let opts = FitOptions {
+        epochs: 2,
+        batch_size: 64,
+        verbose: false,
+        ..FitOptions::default()
+    };
+    model
+        .fit(&train.images(), Targets::Classes(&train.labels), &opts)
+        .unwrap();
+    if gradlift::dist::world().is_root() {
+        model.save(&save).unwrap();
+    }
+    gradlift::dist::finalize();
+}
+
+/// `Model::fit` with `CompileOptions::data_parallel` on two ranks (one shard each) trains
+/// the bits of one process with two shards, epochs' last smaller batch (32 of 544) included.
+#[test]
+fn model_fit_is_data_parallel() {
+    require_mpi!();
+    let dir = cli::scratch("mpi_fit");
+    let single = dir.join("single.safetensors");
+    let dist = dir.join("dist.safetensors");
+    let me = std::env::current_exe().expect("the test binary");
+    let out = Command::new(&me)
+        .args(["--exact", "fit_rank", "--nocapture"])
+        .env(FIT_CHILD, &single)
+        .env("GRADLIFT_TEST_FIT_SHARDS", "2")
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new("timeout")
+        .arg(TIMEOUT.to_string())
+        .arg("mpirun")
+        .args(["--oversubscribe", "--mca", "btl", "self,vader"])
+        .args(["--mca", "pml", "ob1", "--mca", "oob_tcp_if_include", "lo"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["-x", FIT_CHILD, "-x", "GRADLIFT_TEST_FIT_SHARDS", "-n", "2"])
+        .arg(&me)
+        .args(["--exact", "fit_rank", "--nocapture"])
+        .env(FIT_CHILD, &dist)
+        .env("GRADLIFT_TEST_FIT_SHARDS", "1")
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(cli::checkpoint_bits(&single), cli::checkpoint_bits(&dist));
 }
