@@ -256,6 +256,17 @@ mod imp {
     use super::{ordered_sum, DistError, World};
 
     pub(super) fn init() -> Result<World, DistError> {
+        // started by mpirun with several ranks: training alone on each would be N copies
+        let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
+            .iter()
+            .filter_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+            .max()
+            .unwrap_or(1);
+        if launched > 1 {
+            return Err(DistError::Init(format!(
+                "started as one of {launched} ranks, but gradlift was built without the `mpi` feature (build with `--features mpi`)"
+            )));
+        }
         Ok(World::SINGLE)
     }
 
