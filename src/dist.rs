@@ -257,7 +257,7 @@ mod imp {
 
     pub(super) fn init() -> Result<World, DistError> {
         // started by mpirun with several ranks: training alone on each would be N copies
-        let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
+        let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
             .iter()
             .filter_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
             .max()
