@@ -21,6 +21,7 @@
 //! fingerprint across the ranks (the training step's graphs, at start-up) and names the ranks
 //! that differ.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// This process's place among the ranks.
@@ -76,6 +77,30 @@ pub enum DistError {
 }
 
 static WORLD: OnceLock<World> = OnceLock::new();
+
+/// Calls, bytes and nanoseconds of this process's all-reduces over more than one rank.
+static STATS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// What this process's all-reduces over several ranks cost so far: calls, bytes contributed
+/// and seconds spent in them (waiting for the other ranks included).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// All-reduce calls.
+    pub calls: u64,
+    /// Bytes this rank contributed (4 per f32 element).
+    pub bytes: u64,
+    /// Seconds spent in them.
+    pub seconds: f64,
+}
+
+/// The all-reduce counters of this process (zero in a world of one rank).
+pub fn stats() -> Stats {
+    Stats {
+        calls: STATS[0].load(Ordering::Relaxed),
+        bytes: STATS[1].load(Ordering::Relaxed),
+        seconds: STATS[2].load(Ordering::Relaxed) as f64 * 1e-9,
+    }
+}
 
 /// The world this process belongs to: the one [`init`] joined, else a single rank.
 pub fn world() -> World {
@@ -145,7 +170,11 @@ pub fn all_reduce(x: &[f32], out: &mut [f32], mean: bool) {
         out.copy_from_slice(x);
         return;
     }
-    imp::all_reduce(x, out, mean, w.size)
+    let t = std::time::Instant::now();
+    imp::all_reduce(x, out, mean, w.size);
+    STATS[0].fetch_add(1, Ordering::Relaxed);
+    STATS[1].fetch_add(4 * x.len() as u64, Ordering::Relaxed);
+    STATS[2].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
 /// [`all_reduce`] of `v` into itself.
@@ -179,9 +208,9 @@ fn ordered_sum<'a>(parts: impl Iterator<Item = &'a [f32]>, out: &mut [f32], mean
 #[cfg(feature = "mpi")]
 mod imp {
     use super::{ordered_sum, DistError, World};
+    use mpi::collective::CommunicatorCollectives;
     use mpi::environment::{Threading, Universe};
     use mpi::topology::{Communicator, SimpleCommunicator};
-    use mpi::traits::CommunicatorCollectives;
     use std::cell::RefCell;
     use std::sync::Mutex;
 
@@ -228,6 +257,31 @@ mod imp {
         }
     }
 
+    /// `MPI_Iallgather` of `x` into `all`, then a wait that spins for [`SPIN`] and then
+    /// sleeps between tests: a rank that waits for a slower one gives up its core (a
+    /// blocking `MPI_Allgather` polls at full speed, which on a machine with fewer free
+    /// cores than ranks takes the time of the rank it waits for).
+    fn gather(world: &SimpleCommunicator, x: &[f32], all: &mut [f32]) {
+        mpi::request::scope(|scope| {
+            let mut req = world.immediate_all_gather_into(scope, x, all);
+            let start = std::time::Instant::now();
+            loop {
+                match req.test() {
+                    Ok(_) => break,
+                    Err(r) => req = r,
+                }
+                if start.elapsed() < SPIN {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                }
+            }
+        });
+    }
+
+    /// How long a wait polls before it sleeps between tests.
+    const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
     pub(super) fn all_gather_u64(value: u64, size: usize) -> Vec<u64> {
         let mut all = vec![0u64; size];
         SimpleCommunicator::world().all_gather_into(&value, &mut all[..]);
@@ -244,7 +298,7 @@ mod imp {
                     buf.resize(n * size, 0.0);
                 }
                 let all = &mut buf[..n * size];
-                world.all_gather_into(xc, all);
+                gather(&world, xc, all);
                 ordered_sum(all.chunks(n), oc, mean);
             }
         })

@@ -1174,6 +1174,15 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
             t_train.elapsed().as_secs_f64()
         );
     }
+    if world.is_distributed() {
+        let st = gradlift::dist::stats();
+        outln!(
+            "all_reduce (rank 0): {} calls, {:.1} MB, {:.2} s (waiting for the other ranks included)",
+            st.calls,
+            st.bytes as f64 / 1e6,
+            st.seconds
+        );
+    }
     if !world.is_root() {
         // every rank holds the same params: rank 0 evaluates and writes the files
         return Ok(());
