@@ -245,14 +245,16 @@ const FIT_CHILD: &str = "GRADLIFT_TEST_FIT_SAVE";
 
 /// The `Model::fit` of [`model_fit_is_data_parallel`] on one rank (this test binary runs it
 /// under `mpirun`, filtered to this test; without the variable it does nothing): an MLP on
-/// 512 examples of the shipped subset, batch 64, two epochs, the last batch of each epoch
-/// included; the weights saved by rank 0.
+/// 544 examples of the shipped subset, with dropout, batch 64, two epochs, the last batch
+/// of each epoch (32 examples) included; the weights saved by rank 0.
 #[test]
 fn fit_rank() {
     let Ok(save) = std::env::var(FIT_CHILD) else {
         return;
     };
-    use gradlift::nn::{Activation, CompileOptions, Dense, FitOptions, Loss, Sequential, Targets};
+    use gradlift::nn::{
+        Activation, CompileOptions, Dense, Dropout, FitOptions, Loss, Sequential, Targets,
+    };
     let shards: usize = std::env::var("GRADLIFT_TEST_FIT_SHARDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -262,6 +264,7 @@ fn fit_rank() {
     let mut model = Sequential::new([784])
         .seed(1)
         .layer(Dense::new(32).activation(Activation::Relu))
+        .layer(Dropout::new(0.25))
         .layer(Dense::new(10))
         .compile(
             CompileOptions::new(
@@ -290,7 +293,8 @@ fn fit_rank() {
 }
 
 /// `Model::fit` with `CompileOptions::data_parallel` on two ranks (one shard each) trains
-/// the bits of one process with two shards, epochs' last smaller batch (32 of 544) included.
+/// the bits of one process with two shards, the epochs' last smaller batch (32 of 544) and
+/// the dropout masks (each rank keeps its rows of the whole batch's) included.
 #[test]
 fn model_fit_is_data_parallel() {
     require_mpi!();

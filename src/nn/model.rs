@@ -1266,8 +1266,20 @@ impl Model {
             exe.input_f32_mut(name(l)).map_err(e)?[0] = lr as f32;
         }
         if let Some(rng) = rng {
+            // a data-parallel rank draws the whole batch's masks, as one process does, and
+            // keeps the rows of its examples (a mask's axis 0 is the batch)
+            let w = exe.world();
+            let skip = |rng: &mut Rng, n: usize| {
+                for _ in 0..n {
+                    let _ = rng.uniform();
+                }
+            };
             for &(m, rate) in &step.masks {
-                fill_dropout_mask(rng, exe.input_f32_mut(name(m)).map_err(e)?, rate);
+                let buf = exe.input_f32_mut(name(m)).map_err(e)?;
+                let n = buf.len();
+                skip(rng, n * w.rank);
+                fill_dropout_mask(rng, buf, rate);
+                skip(rng, n * (w.size - 1 - w.rank));
             }
         }
         let checked = match kind {
