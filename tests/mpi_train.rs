@@ -326,3 +326,32 @@ fn model_fit_is_data_parallel() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(cli::checkpoint_bits(&single), cli::checkpoint_bits(&dist));
 }
+
+/// A rank killed outright in the middle of training (`timeout -s KILL`, as the kernel's
+/// out-of-memory killer would) ends the job: `mpirun` sees it die and ends the rank that
+/// waits for it in the all-reduce.
+#[test]
+fn a_killed_rank_ends_every_rank() {
+    require_mpi!();
+    let long: &[&str] = &["train", "ir/mlp.ir", "--epochs", "1000", "--threads", "1"];
+    let start = std::time::Instant::now();
+    let mut cmd = Command::new("timeout");
+    cmd.arg(TIMEOUT.to_string())
+        .arg("mpirun")
+        .args(["--oversubscribe", "--mca", "btl", "self,vader"])
+        .args(["--mca", "pml", "ob1", "--mca", "oob_tcp_if_include", "lo"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-n", "1", env!("CARGO_BIN_EXE_gradlift")])
+        .args(long)
+        .args([":", "-n", "1", "timeout", "-s", "KILL", "3"])
+        .arg(env!("CARGO_BIN_EXE_gradlift"))
+        .args(long);
+    let out = cmd.output().expect("runs");
+    assert!(
+        start.elapsed() < Duration::from_secs(TIMEOUT / 2),
+        "the job outlived its killed rank: {out:?}"
+    );
+    assert!(!out.status.success(), "{out:?}");
+}
