@@ -241,4 +241,46 @@ mod tests {
         assert_eq!(bytes_reduced(&g), 101_770 * 4);
         assert!(!run(&mut g).changed());
     }
+
+    /// With global-norm clipping the norm is of the averaged gradients: every all-reduce
+    /// comes before the clip, which reads only all-reduced values.
+    #[test]
+    fn gradients_are_reduced_before_clipping() {
+        let clip = crate::optim::Clip::GlobalNorm(1.0);
+        let step = sharded_training_step(&mlp(), "loss", &Optimizer::sgd(), Some(&clip), 64, 2, 4)
+            .expect("splits");
+        assert_eq!(
+            step.update_parts.len(),
+            1,
+            "clipping keeps the update whole"
+        );
+        let mut g = step.update_parts[0].graph.clone();
+        assert!(run(&mut g).changed());
+        assert_eq!(bytes_reduced(&g), 101_770 * 4);
+        // no value computed from a gradient input reaches a non-linear op except through
+        // an all_reduce
+        for id in g.node_ids() {
+            if let Op::Unary(_) = g[id].op {
+                let mut stack = g.operands(id);
+                let mut seen = HashSet::new();
+                while let Some(o) = stack.pop() {
+                    if !seen.insert(o) || matches!(g[o].op, Op::AllReduce { .. }) {
+                        continue;
+                    }
+                    let name = g[o].name.as_deref().unwrap_or("");
+                    assert!(!name.starts_with("grad"), "{name} reaches {:?}", g[id].op);
+                    stack.extend(g.operands(o));
+                }
+            }
+        }
+    }
+
+    /// A graph without gradient inputs (any forward graph) is left as it is.
+    #[test]
+    fn a_graph_without_gradient_inputs_is_unchanged() {
+        let mut g = mlp();
+        let before = crate::text::print(&g);
+        assert!(!run(&mut g).changed());
+        assert_eq!(crate::text::print(&g), before);
+    }
 }
