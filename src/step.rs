@@ -8,7 +8,10 @@
 //! rows over the threads when there are several shards), runs the pass pipeline on each
 //! graph and compiles it; a step that cannot be split (a loss that is not
 //! a mean over the examples, see [`crate::batch`]) is compiled whole and runs on one thread,
-//! and [`StepReport::not_split`] says why. [`CompiledStep`] is the result either way: fill
+//! and [`StepReport::not_split`] says why. Over several ranks ([`StepOptions::world`], under
+//! `mpirun`) the step is data-parallel: each rank splits its `batch / N` examples the same
+//! way, and the `data_parallel` pass ([`crate::passes::data_parallel`]) all-reduces the
+//! gradients before the update (see [`crate::dist`]). [`CompiledStep`] is the result either way: fill
 //! its bound inputs, call [`CompiledStep::run_bound`] (or [`CompiledStep::run_checked`], which
 //! also stops at non-finite results, see [`crate::numerics`]), read its outputs.
 
