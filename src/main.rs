@@ -1157,6 +1157,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         failed: None,
         history: gradlift::nn::History::default(),
     };
+    gradlift::train::check_same_plan(&plan, &span).map_err(train_error)?;
     let t_train = Instant::now();
     let result = gradlift::train::run(&mut m.session(&mut exe, &train), &plan, &span, &mut lines);
     if let Some(e) = lines.failed {

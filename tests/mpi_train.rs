@@ -218,6 +218,30 @@ fn mismatched_graphs_end_every_rank_with_an_error() {
     assert!(!out.contains("epoch 1/1"), "{out}");
 }
 
+/// Ranks given different seeds would train different batches: they stop before training.
+#[test]
+fn mismatched_seeds_end_every_rank_with_an_error() {
+    require_mpi!();
+    let a: &[&str] = &["train", "ir/mlp.ir", "--steps", "2", "--threads", "1"];
+    let b: &[&str] = &[
+        "train",
+        "ir/mlp.ir",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--seed",
+        "7",
+    ];
+    let (code, out, err) = mpirun_apps(&[(1, a), (1, b)]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("the ranks disagree on the training plan"),
+        "{err}"
+    );
+    assert!(!out.contains("epoch 1/1"), "{out}");
+}
+
 /// A rank that fails (here: its data directory is missing) ends the others, which would
 /// otherwise wait for it in a collective.
 #[test]

@@ -910,6 +910,7 @@ impl Model {
         // data-parallel: every rank trains, rank 0 alone draws the bar
         let root = if self.options.data_parallel {
             let w = crate::dist::init().map_err(|e| TrainError::Data(e.to_string()))?;
+            crate::train::check_same_plan(&plan, &span)?;
             w.is_root()
         } else {
             true
