@@ -225,14 +225,25 @@ mod imp {
     }
 
     pub(super) fn init() -> Result<World, DistError> {
-        let (universe, _level) = mpi::initialize_with_threading(Threading::Serialized)
-            .ok_or_else(|| DistError::Init("MPI was already initialized".into()))?;
-        let world = universe.world();
+        // MPI initialized by the program itself: join its world, leave finalizing to it
+        let universe = if mpi::environment::is_initialized() {
+            None
+        } else {
+            let (universe, level) = mpi::initialize_with_threading(Threading::Serialized)
+                .ok_or_else(|| DistError::Init("MPI could not be initialized".into()))?;
+            if matches!(level, Threading::Single | Threading::Funneled) {
+                return Err(DistError::Init(format!(
+                    "the MPI library offers the threading level {level:?}; the training step needs MPI_THREAD_SERIALIZED (its collectives may run on a worker thread)"
+                )));
+            }
+            Some(universe)
+        };
+        let world = SimpleCommunicator::world();
         let w = World {
             rank: world.rank().max(0) as usize,
             size: world.size().max(1) as usize,
         };
-        if let Ok(mut u) = UNIVERSE.lock() {
+        if let (Some(universe), Ok(mut u)) = (universe, UNIVERSE.lock()) {
             *u = Some(universe);
         }
         if w.size > 1 {
