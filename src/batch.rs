@@ -309,6 +309,11 @@ fn analyze_with(
                 tie(&mut t, ops[0], id)?;
                 fix(&mut t, ops[1], false)?;
             }
+            // a collective over the ranks: its operand is not split along the batch
+            Op::AllReduce { .. } => {
+                fix(&mut t, ops[0], false)?;
+                fix(&mut t, id, false)?;
+            }
             Op::ScatterAdd { .. } => return Err(fail(
                 id,
                 "a scatter_add along axis 0 sums over its indices' rows, which may be the batch"

@@ -875,6 +875,12 @@ impl Graph {
         self.add(Op::Concat { axis }, xs)
     }
 
+    /// The sum (or with `mean`, the mean) of `x` over the ranks (see [`Op::AllReduce`]).
+    #[track_caller]
+    pub fn all_reduce(&mut self, x: NodeId, mean: bool) -> Result<NodeId, BuildError> {
+        self.add(Op::AllReduce { mean }, &[x])
+    }
+
     /// Slices of `table` along `axis` picked by i32 `indices` (see [`Op::Gather`]).
     #[track_caller]
     pub fn gather(

@@ -642,6 +642,9 @@ fn eval_op<T: Float>(op: &Op, a: &[&Array<T>], out: &Shape) -> Array<T> {
         Op::Reduce { kind, axes, .. } => reduce(*kind, a[0], axes),
         Op::Argmax { axis } => argmax(a[0], *axis),
         Op::Reshape { .. } => a[0].data.clone(),
+        // the interpreter is one process: a world of one rank, where a sum or mean over the
+        // ranks is the operand itself
+        Op::AllReduce { .. } => a[0].data.clone(),
         Op::Broadcast { .. } => gather(&a[0].data, &broadcast_indices(&a[0].shape, out)),
         Op::Transpose { perm } => transpose(a[0], perm),
         Op::Matmul => matmul(a[0], a[1]),

@@ -55,6 +55,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod codegen;
 pub mod data;
+pub mod dist;
 pub mod fused;
 pub mod graph;
 pub mod init;

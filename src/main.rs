@@ -106,7 +106,9 @@ impl Command {
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = write!(std::io::stdout(), $($t)*) {
+        if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            // a rank other than 0 of `mpirun -n N gradlift train`: rank 0 prints
+        } else if let Err(e) = write!(std::io::stdout(), $($t)*) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 std::process::exit(0);
             }
@@ -119,7 +121,9 @@ macro_rules! out {
 macro_rules! outln {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+        if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            // a rank other than 0 of `mpirun -n N gradlift train`: rank 0 prints
+        } else if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 std::process::exit(0);
             }
@@ -128,10 +132,24 @@ macro_rules! outln {
     }};
 }
 
+/// Set on the ranks other than 0 of a data-parallel `train` (`mpirun -n N`): only rank 0
+/// prints to stdout.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = cli.command.run();
+    let world = gradlift::dist::world();
+    match result {
+        Ok(()) => {
+            gradlift::dist::finalize();
+            ExitCode::SUCCESS
+        }
+        Err(e) if world.is_distributed() => {
+            // the other ranks may be waiting in a collective: end them all
+            eprintln!("rank {} of {}: {e}", world.rank, world.size);
+            gradlift::dist::abort(1)
+        }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
@@ -972,6 +990,12 @@ impl Progress for EpochLines {
 /// one line per epoch; finally evaluates the forward graph, with the trained params, on every
 /// example of the test set, and saves a checkpoint when asked.
 fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
+    // under `mpirun -n N` (built with the `mpi` feature): one of N ranks, which train on
+    // their parts of every batch; rank 0 prints and writes files
+    let world = gradlift::dist::init().map_err(|e| CliError(e.to_string()))?;
+    if !world.is_root() {
+        QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some(path) = &a.plot {
         if path.extension().and_then(|e| e.to_str()) != Some("svg") {
             return Err(CliError(format!(
@@ -1045,6 +1069,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
     let mut opts = StepOptions {
         shards: a.shards,
         check_numerics: a.check_numerics,
+        world,
         ..StepOptions::default()
     };
     if let Some(t) = a.threads {
@@ -1108,11 +1133,19 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         report.pass_ms,
         report.compile_ms,
     );
+    if report.ranks > 1 {
+        outln!(
+            "data-parallel: {} ranks of {} examples each, {} bytes all-reduced per step",
+            report.ranks,
+            m.batch / report.ranks,
+            thousands(report.all_reduce_bytes)
+        );
+    }
     match &report.not_split {
         None => outln!(
             "parallel: {} shards of {} examples on {} threads",
             report.shards,
-            m.batch / report.shards,
+            m.batch / report.ranks.max(1) / report.shards,
             report.threads
         ),
         Some(why) => outln!("parallel: not split, one thread ({why})"),
@@ -1155,6 +1188,7 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
         failed: None,
         history: gradlift::nn::History::default(),
     };
+    gradlift::train::check_same_plan(&plan, &span).map_err(train_error)?;
     let t_train = Instant::now();
     let result = gradlift::train::run(&mut m.session(&mut exe, &train), &plan, &span, &mut lines);
     if let Some(e) = lines.failed {
@@ -1171,6 +1205,19 @@ fn cmd_train(a: &TrainArgs) -> Result<(), CliError> {
             trained.steps,
             t_train.elapsed().as_secs_f64()
         );
+    }
+    if world.is_distributed() {
+        let st = gradlift::dist::stats();
+        outln!(
+            "all_reduce (rank 0): {} calls, {:.1} MB, {:.2} s (waiting for the other ranks included)",
+            st.calls,
+            st.bytes as f64 / 1e6,
+            st.seconds
+        );
+    }
+    if !world.is_root() {
+        // every rank holds the same params: rank 0 evaluates and writes the files
+        return Ok(());
     }
     if let Some(path) = &a.plot {
         lines.history.plot(path).map_err(CliError)?;

@@ -233,6 +233,13 @@ pub enum Op {
     ScatterAdd { axis: usize, shape: Shape },
     /// Concatenation of one or more operands along `axis`.
     Concat { axis: usize },
+    /// The sum (or, with `mean`, the mean) of its f32 operand over the ranks of the world
+    /// communicator, element by element; every rank gets the result. A collective: every
+    /// rank must reach it, in the same order as every other collective, with the same
+    /// shape. Over a world of one rank (a single process, or a build without the `mpi`
+    /// feature) it is the identity, which is what the interpreter computes. See
+    /// [`crate::dist`] and the `data_parallel` pass ([`crate::passes::data_parallel`]).
+    AllReduce { mean: bool },
     /// A fused kernel made by the fusion pass: its body is a small expression graph over the
     /// node's operands (elementwise ops, optionally a leading matmul and a trailing reduction),
     /// computed in one loop nest without intermediate buffers. See [`crate::fused`]. Not
@@ -434,6 +441,8 @@ op_kinds! {
         Slice = "slice", Some(&["begin", "end"]);
         /// `concat`: [`Op::Concat`]
         Concat = "concat", Some(&["axis"]);
+        /// `all_reduce`: [`Op::AllReduce`]
+        AllReduce = "all_reduce", Some(&["reduce"]);
         /// `gather`: [`Op::Gather`]
         Gather = "gather", Some(&["axis"]);
         /// `scatter_add`: [`Op::ScatterAdd`]
@@ -539,7 +548,8 @@ impl OpKind {
             | K::Slice
             | K::Concat
             | K::Gather
-            | K::ScatterAdd => None,
+            | K::ScatterAdd
+            | K::AllReduce => None,
         }
     }
 
@@ -592,7 +602,8 @@ impl OpKind {
             | K::Concat
             | K::Gather
             | K::ScatterAdd
-            | K::Scan => OpClass::Standalone,
+            | K::Scan
+            | K::AllReduce => OpClass::Standalone,
             K::Fused | K::FusedResult | K::ScanResult => OpClass::Fused,
         }
     }
@@ -620,7 +631,8 @@ pub enum OpClass {
     /// Computed by its own loop nest or runtime kernel and never part of a fused body: data
     /// movement (`cast`, `reshape`, `transpose`, `slice`, `concat`, `one_hot`, `gather`,
     /// `scatter_add`), `argmax`, the
-    /// convolution gradients, pooling, the softmax family and the cross-entropies.
+    /// convolution gradients, pooling, the softmax family, the cross-entropies and the
+    /// collective `all_reduce` (a call into the communication library).
     Standalone,
     /// `fused` and `fused_result`, made by the fusion pass.
     Fused,
@@ -865,6 +877,7 @@ impl Op {
             Op::OneHot { .. } => OpKind::OneHot,
             Op::Slice { .. } => OpKind::Slice,
             Op::Concat { .. } => OpKind::Concat,
+            Op::AllReduce { .. } => OpKind::AllReduce,
             Op::Gather { .. } => OpKind::Gather,
             Op::ScatterAdd { .. } => OpKind::ScatterAdd,
             Op::Fused(_) => OpKind::Fused,
@@ -959,6 +972,7 @@ impl Op {
             | Op::Slice { .. }
             | Op::Concat { .. }
             | Op::Gather { .. }
+            | Op::AllReduce { .. }
             | Op::FusedResult { .. }
             | Op::ScanResult { .. } => 1,
         }
@@ -980,6 +994,7 @@ impl Op {
             | Op::LogSoftmax { .. }
             | Op::OneHot { .. }
             | Op::Slice { .. }
+            | Op::AllReduce { .. }
             | Op::FusedResult { .. }
             | Op::ScanResult { .. } => Arity::Exact(1),
             Op::Binary(_)
@@ -1341,6 +1356,13 @@ impl Op {
                 let mut s = first.shape.0.clone();
                 s[*axis] = total;
                 TensorType::new(first.dtype, s)
+            }
+            Op::AllReduce { .. } => {
+                let t = operands[0];
+                if t.dtype != DType::F32 {
+                    bail!("all_reduce: expected an f32 operand, found {t}");
+                }
+                t.clone()
             }
             Op::Gather { axis } => {
                 let t = operands[0];

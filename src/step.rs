@@ -8,7 +8,10 @@
 //! rows over the threads when there are several shards), runs the pass pipeline on each
 //! graph and compiles it; a step that cannot be split (a loss that is not
 //! a mean over the examples, see [`crate::batch`]) is compiled whole and runs on one thread,
-//! and [`StepReport::not_split`] says why. [`CompiledStep`] is the result either way: fill
+//! and [`StepReport::not_split`] says why. Over several ranks ([`StepOptions::world`], under
+//! `mpirun`) the step is data-parallel: each rank splits its `batch / N` examples the same
+//! way, and the `data_parallel` pass ([`crate::passes::data_parallel`]) all-reduces the
+//! gradients before the update (see [`crate::dist`]). [`CompiledStep`] is the result either way: fill
 //! its bound inputs, call [`CompiledStep::run_bound`] (or [`CompiledStep::run_checked`], which
 //! also stops at non-finite results, see [`crate::numerics`]), read its outputs.
 
@@ -42,6 +45,13 @@ pub struct StepOptions {
     /// first non-finite value replays the step on the reference interpreter to name the node
     /// that produced it (see [`crate::numerics`]). The compiled code is the same either way.
     pub check_numerics: bool,
+    /// The ranks the step is shared by (default: a single rank; [`crate::dist::init`] joins
+    /// the world under `mpirun`, and `gradlift train` passes it). With more than one, the
+    /// step is data-parallel: this rank computes its `batch / size` examples (its
+    /// [`CompiledStep`]'s inputs have that leading dimension), the `data_parallel` pass
+    /// all-reduces the gradients before the update, and the outputs are means over every
+    /// rank's examples.
+    pub world: crate::dist::World,
 }
 
 impl Default for StepOptions {
@@ -52,6 +62,7 @@ impl Default for StepOptions {
             optimize: true,
             compile: CompileOptions::default(),
             check_numerics: false,
+            world: crate::dist::World::SINGLE,
         }
     }
 }
@@ -68,6 +79,19 @@ pub enum StepError {
     /// Code generation.
     #[error(transparent)]
     Compile(#[from] CompileError),
+    /// Data-parallel training over several ranks.
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
+    /// A step that cannot be data-parallel.
+    #[error(
+        "data-parallel training over {ranks} ranks needs a step split along the batch: {reason}"
+    )]
+    NotDataParallel {
+        /// The ranks.
+        ranks: usize,
+        /// Why the step cannot be split.
+        reason: String,
+    },
 }
 
 /// What [`compile_training_step`] built.
@@ -88,6 +112,10 @@ pub struct StepReport {
     pub pass_ms: f64,
     /// See `grad_ms`.
     pub compile_ms: f64,
+    /// Ranks the step is shared by (1: a single process).
+    pub ranks: usize,
+    /// Bytes each rank all-reduces per step (0 in a single process).
+    pub all_reduce_bytes: usize,
 }
 
 /// FLOPs below which a shard is too small to be worth a thread's wake-up (measured: a
@@ -167,6 +195,8 @@ pub fn forward_flops(g: &Graph) -> u64 {
 pub struct CompiledStep {
     exec: Exec,
     check: Option<Box<NumericsCheck>>,
+    /// The ranks sharing the step (a single rank unless data-parallel).
+    world: crate::dist::World,
 }
 
 /// The native code of a [`CompiledStep`].
@@ -190,9 +220,14 @@ pub fn compile_training_step(
     batch: usize,
     opts: &StepOptions,
 ) -> Result<(CompiledStep, StepReport), StepError> {
+    let world = opts.world;
+    if world.is_distributed() {
+        return compile_data_parallel(forward, loss, optimizer, clip, batch, opts);
+    }
     let mut report = StepReport {
         shards: 1,
         threads: 1,
+        ranks: 1,
         ..Default::default()
     };
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
@@ -249,7 +284,14 @@ pub fn compile_training_step(
             report.shards = exe.shards();
             report.threads = exe.threads();
             let exec = Exec::Sharded(Box::new(exe));
-            Ok((CompiledStep { exec, check }, report))
+            Ok((
+                CompiledStep {
+                    exec,
+                    check,
+                    world: crate::dist::World::SINGLE,
+                },
+                report,
+            ))
         }
         Err(TrainingStepError::Batch(e)) => {
             report.not_split = Some(e.to_string());
@@ -268,10 +310,122 @@ pub fn compile_training_step(
             let exe = crate::runtime::compile(&g, &opts.compile)?;
             report.compile_ms = ms(t);
             let exec = Exec::Whole(Box::new(exe));
-            Ok((CompiledStep { exec, check }, report))
+            Ok((
+                CompiledStep {
+                    exec,
+                    check,
+                    world: crate::dist::World::SINGLE,
+                },
+                report,
+            ))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// [`compile_training_step`] over several ranks ([`StepOptions::world`]): the forward graph
+/// rebatched to this rank's `batch / size` examples, split into shards as a single process
+/// splits its batch, the update whole (one part, on one thread at a time, since its
+/// collectives must run in the same order on every rank) with the `data_parallel` pass's
+/// all-reduces; the graphs' fingerprint is compared across the ranks before anything runs.
+fn compile_data_parallel(
+    forward: &Graph,
+    loss: &str,
+    optimizer: &Optimizer,
+    clip: Option<&Clip>,
+    batch: usize,
+    opts: &StepOptions,
+) -> Result<(CompiledStep, StepReport), StepError> {
+    let world = opts.world;
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
+    let refuse = |reason: String| StepError::NotDataParallel {
+        ranks: world.size,
+        reason,
+    };
+    if opts.check_numerics {
+        return Err(refuse(
+            "the numerics check replays one process's step, not every rank's".into(),
+        ));
+    }
+    if !batch.is_multiple_of(world.size) || batch < world.size {
+        return Err(crate::dist::DistError::Batch {
+            batch,
+            ranks: world.size,
+        }
+        .into());
+    }
+    let local_batch = batch / world.size;
+    let t = std::time::Instant::now();
+    let axes = crate::batch::analyze(forward, batch).map_err(|e| refuse(e.to_string()))?;
+    let mut local = crate::batch::rebatch(forward, &axes, local_batch);
+    local.name.clone_from(&forward.name);
+    let shards = opts
+        .shards
+        .unwrap_or_else(|| default_shards(&local, local_batch))
+        .max(1);
+    let threads = opts.threads.max(1);
+    let mut step =
+        optim::sharded_training_step(&local, loss, optimizer, clip, local_batch, shards, 1)
+            .map_err(|e| match e {
+                TrainingStepError::Batch(e) => refuse(e.to_string()),
+                e => StepError::Step(e),
+            })?;
+    crate::passes::data_parallel::run(&mut step.update);
+    for part in &mut step.update_parts {
+        crate::passes::data_parallel::run(&mut part.graph);
+    }
+    let mut text = crate::text::print(&step.shard);
+    for part in &step.update_parts {
+        text.push_str(&crate::text::print(&part.graph));
+    }
+    text.push_str(&crate::text::print(&step.update_tail));
+    crate::dist::check_same(
+        "the training step's graphs",
+        crate::dist::fingerprint(text.as_bytes()),
+    )?;
+    let all_reduce_bytes = step
+        .update_parts
+        .iter()
+        .map(|p| crate::passes::data_parallel::bytes_reduced(&p.graph))
+        .sum();
+    let mut report = StepReport {
+        ranks: world.size,
+        all_reduce_bytes,
+        grad_ms: ms(t),
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    if opts.optimize {
+        Pipeline::default().run(&mut step.shard)?;
+        for part in &mut step.update_parts {
+            Pipeline::default().run(&mut part.graph)?;
+        }
+        Pipeline::default().run(&mut step.update_tail)?;
+    }
+    report.pass_ms = ms(t);
+    report.nodes = step.shard.len()
+        + step
+            .update_parts
+            .iter()
+            .map(|p| p.graph.len())
+            .sum::<usize>()
+        + step.update_tail.len();
+    let t = std::time::Instant::now();
+    let pool = Pool::shared(threads);
+    let mut exe = ShardedStep::compile(&step, &opts.compile, pool, threads)?;
+    exe.set_ranks(world.size);
+    report.compile_ms = ms(t);
+    report.shards = exe.shards();
+    report.threads = exe.threads();
+    let exec = Exec::Sharded(Box::new(exe));
+    Ok((
+        CompiledStep {
+            exec,
+            check: None,
+            world,
+        },
+        report,
+    ))
 }
 
 impl Exec {
@@ -325,7 +479,25 @@ impl CompiledStep {
         CompiledStep {
             exec: Exec::Whole(Box::new(exe)),
             check: None,
+            world: crate::dist::World::SINGLE,
         }
+    }
+
+    /// The ranks sharing the step ([`StepOptions::world`]; one unless data-parallel).
+    pub fn world(&self) -> crate::dist::World {
+        self.world
+    }
+
+    /// This rank's examples of the global batch `idx`: its contiguous `idx.len() / size`
+    /// of them (rank `r` takes part `r`), which its input buffers hold; all of `idx` in a
+    /// single process.
+    pub fn local<'a>(&self, idx: &'a [usize]) -> &'a [usize] {
+        let w = self.world;
+        if !w.is_distributed() {
+            return idx;
+        }
+        let n = idx.len() / w.size;
+        &idx[(w.rank * n).min(idx.len())..((w.rank + 1) * n).min(idx.len())]
     }
 
     /// Whether the step is split along the batch ([`ShardedStep`]) rather than one function.
@@ -347,7 +519,7 @@ impl CompiledStep {
     /// after an error the params and state are those the step computed. Without the check it
     /// allocates nothing.
     pub fn run_checked(&mut self, step: u64) -> Result<(), NonFiniteError> {
-        let CompiledStep { exec, check } = self;
+        let CompiledStep { exec, check, .. } = self;
         let Some(check) = check.as_mut() else {
             exec.run_bound();
             return numerics::check_outputs(step, exec.outputs());
@@ -448,7 +620,8 @@ pub struct DataFeed {
 }
 
 impl DataFeed {
-    /// Writes examples `idx` of `data` (a full batch) straight into the step's input buffers.
+    /// Writes examples `idx` of `data` (a full batch; of a data-parallel step, this rank's
+    /// part of it, [`CompiledStep::local`]) straight into the step's input buffers.
     /// Allocates nothing.
     pub fn fill(
         &self,
@@ -456,6 +629,7 @@ impl DataFeed {
         data: &Dataset,
         idx: &[usize],
     ) -> Result<(), RunError> {
+        let idx = step.local(idx);
         data.fill_images(idx, step.input_f32_mut(&self.x)?);
         data.fill_labels(idx, step.input_i32_mut(&self.labels)?);
         Ok(())

@@ -363,6 +363,22 @@ proptest! {
     }
 }
 
+/// `all_reduce` (sum and mean) in one process, a world of one rank: the identity, whose
+/// gradient (the all-reduce of the cotangent) the interpreter evaluates as the identity too.
+#[test]
+fn all_reduce_over_one_rank() {
+    for mean in [false, true] {
+        let mut rng = Rng::new(5);
+        let mut c = Case::new("all_reduce");
+        let x = c.input("x", &[3, 4], uniform(&mut rng, 12, -2.0, 2.0), true);
+        let y = c.g.add(gradlift::Op::AllReduce { mean }, &[x]).unwrap();
+        let y = c.g.tanh(y).unwrap();
+        c.weighted_sum_loss(y, &mut rng);
+        let r = fd_check(&c, 1000, &mut rng).unwrap();
+        assert_eq!(r.checked, 12);
+    }
+}
+
 /// The gradient of a gather with repeated and out-of-range indices adds the cotangent rows
 /// at each repeat (and at the clamped rows), checked on every coordinate.
 #[test]
@@ -511,6 +527,7 @@ fn fd_check_of(k: OpKind) -> Option<&'static str> {
         K::Slice | K::Concat => Some("slice_and_concat"),
         K::Gather | K::ScatterAdd => Some("gather_and_scatter_add"),
         K::Scan | K::ScanResult => Some("scan.rs: gradient_agrees_with_finite_differences"),
+        K::AllReduce => Some("all_reduce_over_one_rank"),
         // leaves (their gradient is the result) and the ops without a rule
         K::Input | K::Param | K::State | K::Const => None,
         K::Eq | K::Ne | K::Lt | K::Le | K::Gt | K::Ge => None,

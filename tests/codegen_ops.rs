@@ -486,6 +486,32 @@ proptest! {
     }
 }
 
+/// `all_reduce` in a single process (a world of one rank): the sum and the mean are the
+/// operand, in the JIT as in the interpreter, alone and between other ops (after the default
+/// pipeline too: never fused, never folded).
+#[test]
+fn all_reduce_over_one_rank() {
+    for (seed, dims) in [vec![], vec![1], vec![7], vec![3, 5], vec![2, 3, 1100]]
+        .into_iter()
+        .enumerate()
+    {
+        for mean in [false, true] {
+            let mut g = Graph::new("all_reduce");
+            let x = g.input("x", TensorType::f32(dims.clone())).unwrap();
+            let y = g.add(Op::AllReduce { mean }, &[x]).unwrap();
+            out(&mut g, y);
+            let e = g.exp(y).unwrap();
+            let z = g.add(Op::AllReduce { mean: !mean }, &[e]).unwrap();
+            let z = g.add2(z, y).unwrap();
+            out(&mut g, z);
+            check(&g, seed as u64, &|_| Dom::Range(-3.0, 3.0), 1);
+            let mut opt = g.clone();
+            gradlift::passes::Pipeline::default().run(&mut opt).unwrap();
+            check(&opt, seed as u64, &|_| Dom::Range(-3.0, 3.0), 1);
+        }
+    }
+}
+
 /// NaN, infinities, signed zeros and denormals give the interpreter's results in every
 /// elementwise op, comparison, select, reduction, argmax and max-pool (and its gradient), plain
 /// and after the default pipeline (fused kernels), in vector lanes and scalar tails: e.g.
@@ -852,6 +878,7 @@ fn jit_test_of(k: OpKind) -> Option<&'static str> {
         K::OneHot | K::Const => Some("one_hot_and_consts"),
         K::Gather | K::ScatterAdd => Some("gather_and_scatter_add"),
         K::Scan => Some("scan.rs: jit_matches_the_interpreter, the_op_file_round_trips_and_runs"),
+        K::AllReduce => Some("all_reduce_over_one_rank"),
         // fed or owned by the executable; fused nodes are made by the pipeline (`fusion.rs`);
         // a scan's results are written by its loop
         K::Input | K::Param | K::State | K::Fused | K::FusedResult | K::ScanResult => None,

@@ -214,6 +214,11 @@ fn valid_cases() -> Vec<(Op, Vec<TensorType>, TensorType)> {
             vec![f32t(&[2, 4, 7, 3]), i32t(&[4, 7])],
             f32t(&[2, 5, 3]),
         ),
+        (
+            Op::AllReduce { mean: true },
+            vec![f32t(&[2, 5])],
+            f32t(&[2, 5]),
+        ),
     ]);
     cases
 }
@@ -420,6 +425,18 @@ fn conv_and_pool_errors() {
     };
     let (r, l) = (g.add(op, &[v[0], v[3]]), line!());
     check_err(r, l, &["max_pool2d_grad", "f32[1,2,2,4]", "[1,2,2,3]"]);
+}
+
+#[test]
+fn all_reduce_keeps_the_type_of_an_f32_operand() {
+    let mut g = Graph::new("t");
+    let v = inputs(&mut g, &[f32t(&[3, 4]), i32t(&[3])]);
+    for mean in [false, true] {
+        let y = g.all_reduce(v[0], mean).unwrap();
+        assert_eq!(g[y].ty, f32t(&[3, 4]));
+    }
+    let (r, l) = (g.all_reduce(v[1], true), line!());
+    check_err(r, l, &["all_reduce", "f32 operand", "i32[3]"]);
 }
 
 #[test]

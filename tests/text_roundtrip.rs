@@ -150,6 +150,10 @@ fn every_op_graph() -> Graph {
     let gat = ok(g.gather(w, labels, 0));
     let sca = ok(g.scatter_add(gat, labels, 0, [3, 4]));
 
+    // A collective over the ranks (sum and mean).
+    let ars = ok(g.all_reduce(x, false));
+    let arm = ok(g.all_reduce(ars, true));
+
     // An optimizer-like update and gradient marks.
     let lr = g.scalar(0.01);
     let step = ok(g.mul(lr, w));
@@ -181,6 +185,7 @@ fn every_op_graph() -> Graph {
         ("cat", cat),
         ("gat", gat),
         ("sca", sca),
+        ("arm", arm),
         ("specials", specials),
         ("p_const", p_const),
         ("p_unif", p_unif),

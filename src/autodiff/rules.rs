@@ -64,6 +64,7 @@ pub(super) fn vjp(cx: &mut Cx<'_>, gy: NodeId, wants: &[bool]) -> Grads {
         Op::ScatterAdd { axis, .. } => scatter_add(cx, axis, gy),
         // The driver applies `scan::vjp` with the cotangents of all of a scan's results.
         Op::Scan(_) | Op::ScanResult { .. } => Ok(vec![None; wants.len()]),
+        Op::AllReduce { mean } => all_reduce(cx, mean, gy),
         // Checked by the driver before anything is built (`Op::not_differentiable`).
         Op::Compare(_)
         | Op::Argmax { .. }
@@ -307,6 +308,13 @@ fn reduce(cx: &mut Cx<'_>, kind: ReduceOp, axes: &[usize], _keepdims: bool, gy: 
         }
     };
     Ok(vec![Some(d)])
+}
+
+/// An all-reduce is linear and its own transpose: every rank's operand reaches every
+/// rank's result (with weight `1/N` for the mean), so the cotangent is the all-reduce of
+/// the result's cotangents over the ranks.
+fn all_reduce(cx: &mut Cx<'_>, mean: bool, gy: NodeId) -> Grads {
+    Ok(vec![Some(cx.op(Op::AllReduce { mean }, &[gy])?)])
 }
 
 fn reshape(cx: &mut Cx<'_>, gy: NodeId) -> Grads {

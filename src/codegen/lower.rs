@@ -513,6 +513,15 @@ impl<'a> Lowerer<'a> {
                 ];
                 self.call(kernel, &args)?;
             }
+            Op::AllReduce { mean } => {
+                let args = [
+                    self.addr(ins[0], None),
+                    self.addr(out, None),
+                    self.iconst(shape.numel() as i64),
+                    self.iconst(i64::from(*mean)),
+                ];
+                self.call(Kernel::AllReduce, &args)?;
+            }
             Op::Fused(body) => {
                 let shapes: Vec<Shape> = (0..ins.len()).map(|i| in_ty(i).shape.clone()).collect();
                 // results 1.. go to the buffers of the fused_result nodes that read them

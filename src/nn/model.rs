@@ -93,6 +93,14 @@ pub struct CompileOptions {
     /// [`crate::step::StepOptions::check_numerics`]). The trained values are the same either
     /// way; without it, [`Model::fit`] still stops at the first non-finite loss or metric.
     pub check_numerics: bool,
+    /// Train data-parallel over the ranks of `mpirun -n N` (default false): the training
+    /// steps join MPI's world ([`crate::dist::init`], with the `mpi` feature), each rank
+    /// computes its `batch / N` examples of every batch (the same global batches as one
+    /// process) and the gradients are all-reduced before the update, so every rank holds the
+    /// same weights; [`Model::fit`] draws its bar and writes its checkpoints on rank 0 only.
+    /// Every batch, the last smaller one included, must split into `N` equal parts. In a
+    /// single process, or without the feature, training is unchanged.
+    pub data_parallel: bool,
 }
 
 impl CompileOptions {
@@ -109,7 +117,14 @@ impl CompileOptions {
             threads: None,
             shards: None,
             check_numerics: false,
+            data_parallel: false,
         }
+    }
+
+    /// Sets [`CompileOptions::data_parallel`].
+    pub fn data_parallel(mut self, on: bool) -> CompileOptions {
+        self.data_parallel = on;
+        self
     }
 
     /// Sets whether every training step is checked for NaN and infinite values.
@@ -591,10 +606,19 @@ impl Model {
         let exe = match (o.backend, kind) {
             (Backend::Interpreter, _) => None,
             (Backend::Jit, Kind::Train) => {
+                let world = if o.data_parallel {
+                    crate::dist::init().map_err(|e| TrainError::Run {
+                        graph: forward.name.clone(),
+                        message: e.to_string(),
+                    })?
+                } else {
+                    crate::dist::World::SINGLE
+                };
                 let mut opts = StepOptions {
                     shards: o.shards,
                     optimize: o.optimize,
                     check_numerics: o.check_numerics,
+                    world,
                     ..StepOptions::default()
                 };
                 if let Some(t) = o.threads {
@@ -620,6 +644,10 @@ impl Model {
                         },
                         S::Pass(e) => TrainError::Pass(e),
                         S::Compile(e) => TrainError::Compile(e),
+                        e @ (S::Dist(_) | S::NotDataParallel { .. }) => TrainError::Run {
+                            graph: forward.name.clone(),
+                            message: e.to_string(),
+                        },
                     }
                 })?;
                 Some(exe)
@@ -879,6 +907,14 @@ impl Model {
             steps_done: self.steps_trained,
         };
         self.last_plan = Some(plan.clone());
+        // data-parallel: every rank trains, rank 0 alone draws the bar
+        let root = if self.options.data_parallel {
+            let w = crate::dist::init().map_err(|e| TrainError::Data(e.to_string()))?;
+            crate::train::check_same_plan(&plan, &span)?;
+            w.is_root()
+        } else {
+            true
+        };
         let mut session = FitSession {
             model: self,
             x,
@@ -898,7 +934,7 @@ impl Model {
             }),
         };
         let mut bar = Bar {
-            verbose: opts.verbose,
+            verbose: opts.verbose && root,
             epochs: opts.epochs,
             bar: None,
         };
@@ -1189,6 +1225,8 @@ impl Model {
             return self.run_interpreted(key, x, y, idx, rng);
         };
         let e = |e: crate::runtime::RunError| run_err(e.to_string());
+        // a data-parallel step's buffers hold this rank's part of the batch
+        let idx = exe.local(idx);
         if graph[step.x].ty.dtype == DType::I32 {
             // token ids: truncated toward zero and saturated, as the `cast` op converts
             let buf = exe.input_i32_mut(name(step.x)).map_err(e)?;
@@ -1229,8 +1267,20 @@ impl Model {
             exe.input_f32_mut(name(l)).map_err(e)?[0] = lr as f32;
         }
         if let Some(rng) = rng {
+            // a data-parallel rank draws the whole batch's masks, as one process does, and
+            // keeps the rows of its examples (a mask's axis 0 is the batch)
+            let w = exe.world();
+            let skip = |rng: &mut Rng, n: usize| {
+                for _ in 0..n {
+                    let _ = rng.uniform();
+                }
+            };
             for &(m, rate) in &step.masks {
-                fill_dropout_mask(rng, exe.input_f32_mut(name(m)).map_err(e)?, rate);
+                let buf = exe.input_f32_mut(name(m)).map_err(e)?;
+                let n = buf.len();
+                skip(rng, n * w.rank);
+                fill_dropout_mask(rng, buf, rate);
+                skip(rng, n * (w.size - 1 - w.rank));
             }
         }
         let checked = match kind {
@@ -1604,7 +1654,9 @@ impl Session for FitSession<'_, '_> {
         if let Some((c, watch)) = &mut self.checkpoint {
             let save =
                 !c.save_best_only || watch.observe(epoch, logs)? == crate::train::Verdict::Improved;
-            if save {
+            // data-parallel: every rank holds the same weights, rank 0 writes them
+            let root = !self.model.options.data_parallel || crate::dist::world().is_root();
+            if save && root {
                 // the newest params are in the compiled step
                 self.model.sync()?;
                 self.model.save(c.path(epoch))?;

@@ -6,6 +6,8 @@
 //! folded node keeps its id, name, source location and `grad_of`; its operands, if now unused,
 //! are left for `dce`.
 //!
+//! A collective (`all_reduce`) is never folded: its value depends on the other ranks.
+//!
 //! Limits, so that folding never bloats the graph or the compile time:
 //! - a result whose elements are all equal is stored as a splat (one number) whatever its
 //!   size, but only results of at most [`MAX_EVAL_ELEMENTS`] elements are evaluated at all;
@@ -50,7 +52,9 @@ pub fn run(g: &mut Graph) -> PassReport {
         // a multi-result fused node or a scan stays: its result nodes read it
         let multi = matches!(&g[id].op, Op::Fused(b) if !b.extra.is_empty())
             || matches!(&g[id].op, Op::Scan(_) | Op::ScanResult { .. });
-        if g[id].op.is_leaf() || multi {
+        // a collective's value depends on the other ranks, not only on its operand
+        let collective = matches!(g[id].op, Op::AllReduce { .. });
+        if g[id].op.is_leaf() || multi || collective {
             continue;
         }
         let operands = g.operands(id);

@@ -20,6 +20,9 @@
 //!   their stacked left operands, and a sum of products (a weight gradient over time steps)
 //!   one GEMM of the stacked operands;
 //! - `dce` ([`dce`]): dead-code elimination;
+//! - `data_parallel` ([`data_parallel`]): an all-reduce over the ranks between every gradient
+//!   input of an update graph and the optimizer (not in the default pipeline: the training
+//!   step applies it when there are several ranks);
 //! - `fuse` ([`fuse`]): elementwise chains, the reductions they feed and matmul epilogues
 //!   become one fused node each, with remarks on what was not fused and why.
 //!
@@ -52,6 +55,7 @@
 
 pub mod batch_matmuls;
 pub mod cse;
+pub mod data_parallel;
 pub mod dce;
 pub mod fold;
 pub mod fuse;
@@ -188,6 +192,12 @@ pub fn all() -> &'static [Pass] {
             name: "dce",
             summary: "remove nodes that no output or update needs",
             run: dce::run,
+        },
+        Pass {
+            name: "data_parallel",
+            summary: "all-reduce (mean over the ranks) every gradient before its update, small \
+                      gradients bucketed into one buffer (see passes::data_parallel)",
+            run: data_parallel::run,
         },
         Pass {
             name: "fuse",

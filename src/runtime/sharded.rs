@@ -78,6 +78,8 @@ pub struct ShardedStep {
     /// The step's outputs (the shard function's outputs that are not gradients), with the
     /// shard output index each averages.
     outputs: Vec<(String, HostTensor)>,
+    /// Ranks the step is shared by ([`ShardedStep::set_ranks`]; 1: a single process).
+    ranks: usize,
     output_index: Vec<usize>,
 }
 
@@ -295,6 +297,7 @@ impl ShardedStep {
             part_entries,
             outputs,
             output_index,
+            ranks: 1,
         })
     }
 
@@ -405,7 +408,12 @@ impl ShardedStep {
                             }
                         }
                     }
-                    let n = shards as f32;
+                    // every rank's shard sums, added in rank order: the mean over all
+                    // `ranks * shards` shards, as one process with that many computes it
+                    if self.ranks > 1 {
+                        crate::dist::all_reduce_in_place(v, false);
+                    }
+                    let n = (shards * self.ranks) as f32;
                     v.iter_mut().for_each(|a| *a /= n);
                 }
                 TensorData::I32(v) => {
@@ -415,6 +423,14 @@ impl ShardedStep {
                 }
             }
         }
+    }
+
+    /// Makes the step's outputs means over `ranks` ranks (each running this step on its own
+    /// examples, its update all-reducing the gradients): after the shards, the outputs'
+    /// shard sums are all-reduced (a collective every rank must reach). 1 (the default) keeps
+    /// them this process's.
+    pub fn set_ranks(&mut self, ranks: usize) {
+        self.ranks = ranks.max(1);
     }
 
     /// Runs one step on `inputs` (every input, by name, with its full-batch type: checked,

@@ -339,6 +339,9 @@ impl Op {
             Op::ScatterAdd { axis, shape } => {
                 vec![("axis", int(*axis)), ("shape", ints(&shape.0))]
             }
+            Op::AllReduce { mean } => {
+                vec![("reduce", ident(if *mean { "mean" } else { "sum" }))]
+            }
             Op::Reshape { shape } | Op::Broadcast { shape } => vec![("shape", ints(&shape.0))],
             Op::Transpose { perm } => vec![("perm", ints(perm))],
             Op::Conv2d { stride, padding } => {
@@ -434,6 +437,9 @@ impl Op {
             },
             K::Concat => Op::Concat {
                 axis: r.usize("axis")?,
+            },
+            K::AllReduce => Op::AllReduce {
+                mean: r.ident("reduce", &["sum", "mean"])? == "mean",
             },
             K::Gather => Op::Gather {
                 axis: r.usize("axis")?,

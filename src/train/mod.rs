@@ -121,6 +121,19 @@ pub struct Plan {
     pub seed: u64,
 }
 
+/// Checks that every rank of a data-parallel run walks the same batches: `plan` and `span`
+/// (examples, batch size, seed, where the run starts and stops) compared across the ranks
+/// ([`crate::dist::check_same`], a collective every rank must call; nothing in a single
+/// process).
+pub fn check_same_plan(plan: &Plan, span: &Span) -> Result<(), TrainError> {
+    let text = format!("{plan:?} {span:?}");
+    crate::dist::check_same(
+        "the training plan (examples, batch size, seed, start and end)",
+        crate::dist::fingerprint(text.as_bytes()),
+    )
+    .map_err(|e| TrainError::Data(e.to_string()))
+}
+
 /// The shuffling seed of epoch `epoch` of a run seeded `seed`.
 pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64()

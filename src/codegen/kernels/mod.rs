@@ -12,10 +12,12 @@
 //! is passed as a pointer to an array of `i64` the compiled code stores on its stack.
 //! Kernels never panic: a panic cannot unwind through compiled code.
 
+mod collective;
 mod conv;
 mod gather;
 mod pool;
 
+pub use collective::*;
 pub use conv::*;
 pub use gather::*;
 pub use pool::*;
@@ -349,6 +351,8 @@ pub enum Kernel {
     Gather,
     /// [`gl_scatter_add`].
     ScatterAdd,
+    /// [`gl_all_reduce`].
+    AllReduce,
 }
 
 /// What the planned scratch of one call of a [`Kernel`] depends on ([`Kernel::scratch`]).
@@ -393,12 +397,13 @@ impl Kernel {
             | Kernel::SoftmaxXent
             | Kernel::SparseSoftmaxXent
             | Kernel::Gather
-            | Kernel::ScatterAdd => Scratch::None,
+            | Kernel::ScatterAdd
+            | Kernel::AllReduce => Scratch::None,
         }
     }
 
     /// Every kernel, in the order the JIT module declares them (`Kernel::index`).
-    pub const ALL: [Kernel; 14] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::Powf,
         Kernel::Gemm,
         Kernel::Conv2d,
@@ -413,6 +418,7 @@ impl Kernel {
         Kernel::Cosf,
         Kernel::Gather,
         Kernel::ScatterAdd,
+        Kernel::AllReduce,
     ];
 
     /// Its position in [`Kernel::ALL`].
@@ -432,6 +438,7 @@ impl Kernel {
             Kernel::Cosf => 11,
             Kernel::Gather => 12,
             Kernel::ScatterAdd => 13,
+            Kernel::AllReduce => 14,
         }
     }
 
@@ -453,6 +460,7 @@ impl Kernel {
             Kernel::SparseSoftmaxXent => "gl_sparse_softmax_xent",
             Kernel::Gather => "gl_gather",
             Kernel::ScatterAdd => "gl_scatter_add",
+            Kernel::AllReduce => "gl_all_reduce",
         }
     }
 
@@ -469,6 +477,7 @@ impl Kernel {
             Kernel::Softmax => Words(6),
             Kernel::SoftmaxXent | Kernel::SparseSoftmaxXent => Words(5),
             Kernel::Gather | Kernel::ScatterAdd => Words(7),
+            Kernel::AllReduce => Words(4),
         }
     }
 
@@ -489,6 +498,7 @@ impl Kernel {
             Kernel::SparseSoftmaxXent => gl_sparse_softmax_xent as *const u8,
             Kernel::Gather => gl_gather as *const u8,
             Kernel::ScatterAdd => gl_scatter_add as *const u8,
+            Kernel::AllReduce => gl_all_reduce as *const u8,
         }
     }
 }
