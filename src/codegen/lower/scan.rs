@@ -131,7 +131,9 @@ impl Lowerer<'_> {
         let Op::Scan(body) = &g[id].op else {
             return Err("not a scan node".into());
         };
-        let steps = g[g.operands(id)[body.carries]].ty.shape.dims()[0];
+        // the code generator runs every scan time-major (`scan::time_major`)
+        let types: Vec<_> = g.operands(id).iter().map(|&o| &g[o].ty).collect();
+        let steps = body.length(&types).map_err(|e| e.0)?;
         let scratch = Loc {
             slot: plan.layout.index(Slot::Arena),
             offset: *plan
