@@ -382,20 +382,7 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Imported
 /// A gradlift name for the ONNX name `s`: every character other than a letter, digit, `_` or
 /// `.` becomes `_`, and a name that does not start with a letter or `_` gets a leading `_`.
 pub fn sanitize(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-        out.insert(0, '_');
-    }
-    out
+    crate::text::sanitize(s)
 }
 
 // ---- values ---------------------------------------------------------------------------------
@@ -2120,6 +2107,12 @@ impl Importer {
         let allow_zero = attr_int(node, "allowzero")?.unwrap_or(0) != 0;
         let d = self.dims(xn)?;
         let dims = reshape_dims(&d, &target, allow_zero)?;
+        self.reshape_to(out, xn, dims)
+    }
+
+    /// Binds `out` to `xn` reshaped to `dims`: at import time for integer values known then
+    /// (shapes, axes), else as a reshape node.
+    fn reshape_to(&mut self, out: &str, xn: &str, dims: Vec<usize>) -> R<()> {
         if let Val::Static { t, .. } = self.val(xn)?.clone() {
             if t.ints().is_some() {
                 return self.bind(
@@ -2440,20 +2433,7 @@ impl Importer {
                 })
                 .collect()
         };
-        if let Val::Static { t, .. } = self.val(xn)?.clone() {
-            if t.ints().is_some() {
-                return self.bind(
-                    out,
-                    Val::Static {
-                        t: Static { dims, data: t.data },
-                        initializer: false,
-                    },
-                );
-            }
-        }
-        let x = self.plain(xn)?;
-        let y = self.reshape(x, dims)?;
-        self.bind_plain(out, y)
+        self.reshape_to(out, xn, dims)
     }
 
     fn reduce(&mut self, node: &NodeProto) -> R<()> {

@@ -34,8 +34,8 @@ mod print;
 pub use attrs::{AttrError, AttrValue, MAX_DIM};
 pub use dot::dot;
 pub use parse::parse;
-pub(crate) use print::Labels;
 pub use print::{node_labels, print, print_node, print_node_labelled, print_with, PrintOptions};
+pub(crate) use print::{sanitize, Labels};
 
 use crate::graph::Graph;
 use std::fmt;

@@ -299,7 +299,7 @@ fn number(v: f64, dtype: DType) -> String {
 }
 
 /// `name` if it is a valid name, else with every bad character replaced by `_` (`_` if empty).
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     if is_valid_name(name) {
         return name.to_string();
     }
