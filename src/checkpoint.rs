@@ -800,6 +800,21 @@ fn read_bytes(path: &Path, action: &'static str) -> Result<Vec<u8>, CheckpointEr
     })
 }
 
+/// The safetensors header of `bytes` (its length and contents), or why it cannot be read
+/// (an empty file; what [`explain`] finds where the crate refuses one).
+fn read_header(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(usize, safetensors::tensor::Metadata), CheckpointError> {
+    if bytes.is_empty() {
+        return Err(CheckpointError::NotACheckpoint {
+            path: path.to_path_buf(),
+            reason: "the file is empty".into(),
+        });
+    }
+    safetensors::SafeTensors::read_metadata(bytes).map_err(|e| explain(bytes, path, e))
+}
+
 impl Checkpoint {
     /// Decodes safetensors bytes as [`load_tensors`] does; `path` is only used in messages.
     pub fn from_any_bytes(
@@ -807,14 +822,7 @@ impl Checkpoint {
         path: impl AsRef<Path>,
     ) -> Result<Checkpoint, CheckpointError> {
         let path = path.as_ref();
-        if bytes.is_empty() {
-            return Err(CheckpointError::NotACheckpoint {
-                path: path.to_path_buf(),
-                reason: "the file is empty".into(),
-            });
-        }
-        let (header_len, header) =
-            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| explain(bytes, path, e))?;
+        let (header_len, header) = read_header(bytes, path)?;
         let foreign =
             header.metadata().as_ref().and_then(|m| m.get("format")) != Some(&FORMAT.to_string());
         if !foreign {
@@ -866,14 +874,7 @@ impl Checkpoint {
             tensor: tensor.map(str::to_string),
             reason,
         };
-        if bytes.is_empty() {
-            return Err(CheckpointError::NotACheckpoint {
-                path: path.to_path_buf(),
-                reason: "the file is empty".into(),
-            });
-        }
-        let (header_len, header) =
-            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| explain(bytes, path, e))?;
+        let (header_len, header) = read_header(bytes, path)?;
         let mut metadata = ours(header.metadata().as_ref(), path)?;
         let checksums_text = metadata.remove("checksums");
         metadata.remove("format");

@@ -261,28 +261,7 @@ pub fn compile_training_step(
         Ok(mut step) => {
             let check = check(None)?;
             report.grad_ms = ms(t);
-            let t = std::time::Instant::now();
-            if opts.optimize {
-                Pipeline::default().run(&mut step.shard)?;
-                for part in &mut step.update_parts {
-                    Pipeline::default().run(&mut part.graph)?;
-                }
-                Pipeline::default().run(&mut step.update_tail)?;
-            }
-            report.pass_ms = ms(t);
-            report.nodes = step.shard.len()
-                + step
-                    .update_parts
-                    .iter()
-                    .map(|p| p.graph.len())
-                    .sum::<usize>()
-                + step.update_tail.len();
-            let t = std::time::Instant::now();
-            let pool = Pool::shared(threads);
-            let exe = ShardedStep::compile(&step, &opts.compile, pool, threads)?;
-            report.compile_ms = ms(t);
-            report.shards = exe.shards();
-            report.threads = exe.threads();
+            let exe = optimize_and_compile(&mut step, opts, threads, &mut report)?;
             let exec = Exec::Sharded(Box::new(exe));
             Ok((
                 CompiledStep {
@@ -394,6 +373,29 @@ fn compile_data_parallel(
         grad_ms: ms(t),
         ..Default::default()
     };
+    let mut exe = optimize_and_compile(&mut step, opts, threads, &mut report)?;
+    exe.set_ranks(world.size);
+    let exec = Exec::Sharded(Box::new(exe));
+    Ok((
+        CompiledStep {
+            exec,
+            check: None,
+            world,
+        },
+        report,
+    ))
+}
+
+/// The pass pipeline on every graph of a split step (unless `opts.optimize` is off), then the
+/// step compiled on the shared pool; fills the report's pass and compile times, node count,
+/// shards and threads. The one way both the threaded and the data-parallel step are built.
+fn optimize_and_compile(
+    step: &mut optim::ShardedTrainingStep,
+    opts: &StepOptions,
+    threads: usize,
+    report: &mut StepReport,
+) -> Result<ShardedStep, StepError> {
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
     let t = std::time::Instant::now();
     if opts.optimize {
         Pipeline::default().run(&mut step.shard)?;
@@ -411,21 +413,11 @@ fn compile_data_parallel(
             .sum::<usize>()
         + step.update_tail.len();
     let t = std::time::Instant::now();
-    let pool = Pool::shared(threads);
-    let mut exe = ShardedStep::compile(&step, &opts.compile, pool, threads)?;
-    exe.set_ranks(world.size);
+    let exe = ShardedStep::compile(step, &opts.compile, Pool::shared(threads), threads)?;
     report.compile_ms = ms(t);
     report.shards = exe.shards();
     report.threads = exe.threads();
-    let exec = Exec::Sharded(Box::new(exe));
-    Ok((
-        CompiledStep {
-            exec,
-            check: None,
-            world,
-        },
-        report,
-    ))
+    Ok(exe)
 }
 
 impl Exec {

@@ -45,7 +45,10 @@ pub fn run(g: &mut Graph) -> PassReport {
 
 /// Moves one accumulated product of `body`, the body of scan node `id`, out of the loop
 /// (see the module documentation); whether it found one.
-fn accumulation_out_of_loop(g: &mut Graph, id: NodeId, body: &ScanBody) -> bool {
+fn accumulation_out_of_loop(graph: &mut Graph, id: NodeId, body: &ScanBody) -> bool {
+    // rewritten on a copy, kept only when every step succeeds
+    let mut copy = graph.clone();
+    let g = &mut copy;
     let Some((i, x, y)) = accumulation(body) else {
         return false;
     };
@@ -146,10 +149,12 @@ fn accumulation_out_of_loop(g: &mut Graph, id: NodeId, body: &ScanBody) -> bool 
         Some(g.add_raw(node(Op::ScanResult { index }, ty, g), &[id]))
     };
     let (Some(xs), Some(ys)) = (stacked(x, g), stacked(y, g)) else {
-        return true;
+        return false;
     };
     let Some(acc) = accumulated else {
-        return true; // nothing reads the sum
+        // nothing reads the sum: the loop just drops the carry
+        *graph = copy;
+        return true;
     };
     let rows = |g: &mut Graph, s: NodeId| -> Option<NodeId> {
         let t = g[s].ty.clone();
@@ -161,7 +166,7 @@ fn accumulation_out_of_loop(g: &mut Graph, id: NodeId, body: &ScanBody) -> bool 
         Some(g.add_raw(node(op, ty, g), &[s]))
     };
     let (Some(x2), Some(y2)) = (rows(g, xs), rows(g, ys)) else {
-        return true;
+        return false;
     };
     let add = |g: &mut Graph, op: Op, args: &[NodeId]| -> Option<NodeId> {
         let types: Vec<&crate::shape::TensorType> = args.iter().map(|&a| &g[a].ty).collect();
@@ -169,16 +174,17 @@ fn accumulation_out_of_loop(g: &mut Graph, id: NodeId, body: &ScanBody) -> bool 
         Some(g.add_raw(node(op, ty, g), args))
     };
     let Some(xt) = add(g, Op::Transpose { perm: vec![1, 0] }, &[x2]) else {
-        return true;
+        return false;
     };
     let Some(p) = add(g, Op::Matmul, &[xt, y2]) else {
-        return true;
+        return false;
     };
     let Some(sum) = add(g, Op::Binary(crate::op::BinaryOp::Add), &[init, p]) else {
-        return true;
+        return false;
     };
     g.replace_all_uses(acc, sum);
     g.remove(acc);
+    *graph = copy;
     true
 }
 
