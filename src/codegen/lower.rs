@@ -49,6 +49,7 @@ mod loops;
 mod math;
 mod matmul;
 mod scan;
+mod update;
 
 pub(crate) use fused::{fused_conv_geometry, fused_matmul_dims, fused_reads_only_in_matmul};
 pub(crate) use loops::sum_scratch_bytes;
@@ -103,6 +104,8 @@ pub struct Lowerer<'a> {
     heavy_budget: usize,
     /// The compiled bodies of the function's scan nodes.
     pub scans: HashMap<NodeId, ScanCode>,
+    /// Whether Adam's update bodies call the runtime kernel ([`crate::codegen::CompileOptions`]).
+    pub adam_kernel: bool,
 }
 
 impl<'a> Lowerer<'a> {
@@ -135,6 +138,7 @@ impl<'a> Lowerer<'a> {
             threads,
             heavy_budget: loops::HEAVY_BUDGET,
             scans: HashMap::new(),
+            adam_kernel: true,
         }
     }
 
@@ -247,17 +251,23 @@ impl<'a> Lowerer<'a> {
 
     /// Stores `vals` into a fresh stack slot and returns its address (kernel geometry).
     fn i64_array(&mut self, vals: &[i64]) -> Value {
+        let words: Vec<Value> = vals.iter().map(|&v| self.iconst(v)).collect();
+        self.word_array(&words)
+    }
+
+    /// Stores the `i64` values `words` (sizes, pointers) into a fresh stack slot and returns
+    /// its address (a kernel's table of operands).
+    fn word_array(&mut self, words: &[Value]) -> Value {
         let slot = self.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
-            (vals.len() * 8) as u32,
+            (words.len() * 8) as u32,
             3,
         ));
         let p = self.b.ins().stack_addr(types::I64, slot, 0);
-        for (i, &v) in vals.iter().enumerate() {
-            let c = self.iconst(v);
+        for (i, &w) in words.iter().enumerate() {
             self.b
                 .ins()
-                .store(MemFlagsData::trusted(), c, p, (i * 8) as i32);
+                .store(MemFlagsData::trusted(), w, p, (i * 8) as i32);
         }
         p
     }

@@ -381,15 +381,33 @@ impl ShardedStep {
                 t,
             );
         }
-        self.run_phase(&[self.shard.exe.code.entry()], &tables);
-        self.shard_tables = tables;
-
-        let mut tables = std::mem::take(&mut self.part_tables);
-        for (k, t) in tables.iter_mut().enumerate() {
+        let mut part_tables = std::mem::take(&mut self.part_tables);
+        for (k, t) in part_tables.iter_mut().enumerate() {
             self.fill(&self.parts[k], 0, None, None, t);
         }
-        self.run_phase(&self.part_entries, &tables);
-        self.part_tables = tables;
+        // the shards, then the update parts (which read every shard's gradients), as one job
+        let flush = self.shard.exe.flush_denormals;
+        let shards = Tables {
+            entries: &[self.shard.exe.code.entry()],
+            tables: &tables,
+            flush,
+        };
+        let parts = Tables {
+            entries: &self.part_entries,
+            tables: &part_tables,
+            flush,
+        };
+        let phase = [&shards, &parts];
+        if self.threads == 1 {
+            phase
+                .iter()
+                .for_each(|p| (0..p.tables.len()).for_each(|i| p.run(i)));
+        } else {
+            let counts = [tables.len(), part_tables.len()];
+            self.pool.run_phases(&counts, &|p, i| phase[p].run(i));
+        }
+        self.shard_tables = tables;
+        self.part_tables = part_tables;
 
         let mut table = std::mem::replace(&mut self.tail.exe.table, Table(Vec::new()));
         self.fill(&self.tail, 0, None, None, &mut table);

@@ -2,7 +2,8 @@
 //! (`JITBuilder::symbol`), as XLA:CPU calls its runtime: `pow` per element (exp, sigmoid,
 //! tanh and log are inline vector code, see [`super::lower`]), GEMM ([`super::gemm`]: AVX-512
 //! or AVX2 kernels that Cranelift's 128-bit vectors cannot match, packing into a workspace
-//! planned in the arena), convolution by im2col + GEMM, max pooling and the softmax family.
+//! planned in the arena), convolution by im2col + GEMM, max pooling, the softmax family and
+//! Adam's update ([`gl_adam_update`], for the divider-bound loop of a recognized body).
 //!
 //! Every kernel is `#[no_mangle] extern "C"`: its symbol is its name ([`Kernel::symbol`]), so
 //! an object file from [`super::compile_object`] links against this crate's static library
@@ -16,11 +17,13 @@ mod collective;
 mod conv;
 mod gather;
 mod pool;
+mod update;
 
 pub use collective::*;
 pub use conv::*;
 pub use gather::*;
 pub use pool::*;
+pub use update::*;
 
 use std::slice;
 
@@ -353,6 +356,8 @@ pub enum Kernel {
     ScatterAdd,
     /// [`gl_all_reduce`].
     AllReduce,
+    /// [`gl_adam_update`].
+    AdamUpdate,
 }
 
 /// What the planned scratch of one call of a [`Kernel`] depends on ([`Kernel::scratch`]).
@@ -398,12 +403,13 @@ impl Kernel {
             | Kernel::SparseSoftmaxXent
             | Kernel::Gather
             | Kernel::ScatterAdd
-            | Kernel::AllReduce => Scratch::None,
+            | Kernel::AllReduce
+            | Kernel::AdamUpdate => Scratch::None,
         }
     }
 
     /// Every kernel, in the order the JIT module declares them (`Kernel::index`).
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::Powf,
         Kernel::Gemm,
         Kernel::Conv2d,
@@ -419,6 +425,7 @@ impl Kernel {
         Kernel::Gather,
         Kernel::ScatterAdd,
         Kernel::AllReduce,
+        Kernel::AdamUpdate,
     ];
 
     /// Its position in [`Kernel::ALL`].
@@ -439,6 +446,7 @@ impl Kernel {
             Kernel::Gather => 12,
             Kernel::ScatterAdd => 13,
             Kernel::AllReduce => 14,
+            Kernel::AdamUpdate => 15,
         }
     }
 
@@ -461,6 +469,7 @@ impl Kernel {
             Kernel::Gather => "gl_gather",
             Kernel::ScatterAdd => "gl_scatter_add",
             Kernel::AllReduce => "gl_all_reduce",
+            Kernel::AdamUpdate => "gl_adam_update",
         }
     }
 
@@ -478,6 +487,7 @@ impl Kernel {
             Kernel::SoftmaxXent | Kernel::SparseSoftmaxXent => Words(5),
             Kernel::Gather | Kernel::ScatterAdd => Words(7),
             Kernel::AllReduce => Words(4),
+            Kernel::AdamUpdate => Words(1),
         }
     }
 
@@ -499,6 +509,7 @@ impl Kernel {
             Kernel::Gather => gl_gather as *const u8,
             Kernel::ScatterAdd => gl_scatter_add as *const u8,
             Kernel::AllReduce => gl_all_reduce as *const u8,
+            Kernel::AdamUpdate => gl_adam_update as *const u8,
         }
     }
 }

@@ -17,7 +17,10 @@
 //! - A multi-result body writes every result from the same loop ([`Lowerer::map_n`]): result 0
 //!   to the node's buffer, result `k` to the buffer of its `fused_result` node (a result no node
 //!   reads is computed but not stored).
+//! - A body that is exactly Adam's update of one param is no loop but a call of a runtime
+//!   kernel at the widest vector width ([`super::update`]).
 
+use super::update::AdamBody;
 use super::{broadcast_strides, float_cc, LowerError, Lowerer, View};
 use crate::codegen::kernels::Kernel;
 use crate::codegen::plan::{Loc, Plan};
@@ -67,6 +70,15 @@ impl<'a> Lowerer<'a> {
         let end = body.insts.len() - usize::from(reduce.is_some());
         for inst in &body.insts[start..end] {
             check_supported(&inst.op)?;
+        }
+        if let Some(adam) = AdamBody::of(body, in_shapes).filter(|_| self.adam_kernel) {
+            let mut results = [Some(out), None, None];
+            for &(k, loc) in outs.extra {
+                if let Some(r) = results.get_mut(k) {
+                    *r = Some(loc);
+                }
+            }
+            return self.adam_update(&adam, domain.numel(), ins, &results);
         }
         // views read elementwise, after the accumulator view of a reduction
         let mut views: Vec<View> = Vec::new();
