@@ -203,15 +203,7 @@ impl Pool {
             let (p, k, before) = locate(i);
             // items are claimed in order, so every item before this phase has been claimed by
             // a running participant: waiting for them cannot deadlock
-            let mut spins = 0u32;
-            while done.load(SeqCst) < before {
-                spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(1024) {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
+            spin_until(|| done.load(SeqCst) >= before);
             job(p, k);
         });
     }
@@ -247,15 +239,7 @@ impl Pool {
             s.wake.notify_all();
         }
         s.work(j);
-        let mut spins = 0u32;
-        while s.done.load(SeqCst) != items {
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1024) {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        spin_until(|| s.done.load(SeqCst) == items);
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if s.panicked.swap(false, SeqCst) {
             panic!("an item of a parallel step panicked");
@@ -274,6 +258,20 @@ impl Drop for Pool {
         }
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+    }
+}
+
+/// Spins until `ready()`, yielding the core now and then (another thread may need it to
+/// finish what is awaited).
+fn spin_until(ready: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !ready() {
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(1024) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
         }
     }
 }
