@@ -284,7 +284,7 @@ fn conv(c: &mut Criterion) {
                 b.iter(|| {
                     // SAFETY: the buffers have the sizes the geometry describes, the scratch
                     // the path's length.
-                    unsafe { conv2d(path, x.as_ptr(), w.as_ptr(), y.as_mut_ptr(), s, &g) }
+                    unsafe { conv2d(path, x.as_ptr(), w.as_ptr(), y.as_mut_ptr(), s, &g, None) }
                 })
             });
             grp.bench_function(BenchmarkId::new(format!("filter_grad/{name}"), ch), |b| {
@@ -479,7 +479,7 @@ fn loop_avx512(light: bool, a: &[f32], b: &[f32], c: &[f32], y: &mut [f32]) {
 
 /// Adam's update of the MLP's 101,770 params (`ir/mlp.ir`) from 1 and 2 shards' gradients,
 /// as the training step runs it (one update part: every param, on one thread), computed by
-/// the runtime kernel (`adam_kernel`, the default) and by the JIT's `f32x4` loop. Bytes:
+/// the runtime kernel (`body_kernels`, the default) and by the JIT's `f32x4` loop. Bytes:
 /// every param, moment and gradient read once, every param and moment written once.
 fn adam_update(c: &mut Criterion) {
     let mut grp = c.benchmark_group("adam_update");
@@ -492,9 +492,9 @@ fn adam_update(c: &mut Criterion) {
         let n: usize = u.params().iter().map(|&p| u[p].ty.shape.numel()).sum();
         grp.throughput(Throughput::Bytes((4 * n * (6 + shards)) as u64));
         Pipeline::default().run(&mut u).unwrap();
-        for (name, adam_kernel) in [("kernel", true), ("jit_loop", false)] {
+        for (name, body_kernels) in [("kernel", true), ("jit_loop", false)] {
             let o = CompileOptions {
-                adam_kernel,
+                body_kernels,
                 ..opts()
             };
             let mut exe = runtime::compile(&u, &o).unwrap();
@@ -512,12 +512,56 @@ fn adam_update(c: &mut Criterion) {
     grp.finish();
 }
 
+/// A convolution layer's forward, `relu(conv2d(x, w) + bias)` over 64 images of 28x28x1 with
+/// 32 filters of 3x3 (the CNN's first layer), as one fused node: the kernel that adds the bias
+/// and applies relu image by image (`body_kernels`, the default) against the convolution
+/// followed by the fused JIT loop over the whole 5.5 MB activation. Elements: FLOPs.
+fn conv_layer(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("conv_layer");
+    let mut g = Graph::new("conv_layer");
+    let x = g.param(
+        "x",
+        [64, 28, 28, 1],
+        Init::Uniform {
+            low: 0.0,
+            high: 1.0,
+            seed: 1,
+        },
+    );
+    let w = g.param("w", [3, 3, 1, 32], Init::GlorotUniform { seed: 2 });
+    let b = g.param(
+        "b",
+        [32],
+        Init::Uniform {
+            low: -0.1,
+            high: 0.1,
+            seed: 3,
+        },
+    );
+    let (x, w, b) = (x.unwrap(), w.unwrap(), b.unwrap());
+    let y = g.conv2d(x, w, [1, 1], gradlift::Padding::Valid).unwrap();
+    let y = g.add2(y, b).unwrap();
+    let y = g.relu(y).unwrap();
+    g.add_output("y", y).unwrap();
+    Pipeline::default().run(&mut g).unwrap();
+    grp.throughput(Throughput::Elements((2 * 64 * 26 * 26 * 9 * 32) as u64));
+    for (name, body_kernels) in [("kernel", true), ("conv_then_jit_loop", false)] {
+        let o = CompileOptions {
+            body_kernels,
+            ..opts()
+        };
+        let mut exe = runtime::compile(&g, &o).unwrap();
+        grp.bench_function(name, |bn| bn.iter(|| exe.run_bound()));
+    }
+    grp.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    targets = compile_time, step_time, matmul, fused_reduce, plain_reduce, pool, conv, gemm_kernel, simd_width, adam_update
+    targets = compile_time, step_time, matmul, fused_reduce, plain_reduce, pool, conv, conv_layer, gemm_kernel, simd_width, adam_update
 }
 criterion_main!(benches);

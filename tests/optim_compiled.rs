@@ -37,16 +37,16 @@ fn values(n: usize, step: usize, k: usize) -> Vec<f32> {
 }
 
 /// Runs the update of `opt` over `shards` shards' gradients three times, compiled (with Adam's
-/// kernel or without, `adam_kernel`) and interpreted, and asserts equal params and state after
+/// kernel or without, `body_kernels`) and interpreted, and asserts equal params and state after
 /// every step.
-fn check(opt: &Optimizer, shards: usize, adam_kernel: bool) {
+fn check(opt: &Optimizer, shards: usize, body_kernels: bool) {
     let g = text::parse(TINY, "tiny").expect("the graph parses");
     let step = sharded_training_step(&g, "loss", opt, None, 6, shards, 1).expect("it splits");
     let mut u: Graph = step.update_parts[0].graph.clone();
     Pipeline::default().run(&mut u).expect("the pipeline runs");
     let opts = CompileOptions {
         flush_denormals: false,
-        adam_kernel,
+        body_kernels,
         ..CompileOptions::default()
     };
     let mut exe = compile(&u, &opts).expect("the update compiles");
@@ -105,7 +105,7 @@ fn check(opt: &Optimizer, shards: usize, adam_kernel: bool) {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same && got.len() == want.data.len(),
-                "{opt:?}, {shards} shard(s), kernel {adam_kernel}, step {s}: {name} differs\n \
+                "{opt:?}, {shards} shard(s), kernel {body_kernels}, step {s}: {name} differs\n \
                  jit {got:?}\nwant {:?}",
                 want.data
             );

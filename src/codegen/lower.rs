@@ -104,8 +104,9 @@ pub struct Lowerer<'a> {
     heavy_budget: usize,
     /// The compiled bodies of the function's scan nodes.
     pub scans: HashMap<NodeId, ScanCode>,
-    /// Whether Adam's update bodies call the runtime kernel ([`crate::codegen::CompileOptions`]).
-    pub adam_kernel: bool,
+    /// Whether recognized fused bodies call their runtime kernels
+    /// ([`crate::codegen::CompileOptions::body_kernels`]).
+    pub body_kernels: bool,
 }
 
 impl<'a> Lowerer<'a> {
@@ -138,7 +139,7 @@ impl<'a> Lowerer<'a> {
             threads,
             heavy_budget: loops::HEAVY_BUDGET,
             scans: HashMap::new(),
-            adam_kernel: true,
+            body_kernels: true,
         }
     }
 

@@ -72,11 +72,14 @@ pub struct CompileOptions {
     /// does: denormal arithmetic is up to 100x slower on x86); false keeps IEEE denormals.
     /// See [`crate::runtime::fpenv`].
     pub flush_denormals: bool,
-    /// Compute a fused body that is exactly Adam's (or AdamW's) update of one param by the
-    /// runtime kernel [`kernels::gl_adam_update`] at the widest vector width, rather than
-    /// by a JIT loop in `f32x4` (default true). The results are the same bits; the kernel is
-    /// about 2x faster, the loop's divide and square root being bound by the divider.
-    pub adam_kernel: bool,
+    /// Compute the fused bodies the lowering recognizes by runtime kernels (default true):
+    /// Adam's (or AdamW's) update of one param by [`kernels::gl_adam_update`] at the widest
+    /// vector width, about 2x faster than the JIT's `f32x4` loop, whose divide and square
+    /// root are bound by the divider; a convolution layer's `relu(conv2d(x, w) + bias)` by
+    /// [`kernels::gl_conv2d_bias_relu`], which adds the bias and applies relu to each image's
+    /// output while it is in cache. The results are the same bits either way; false keeps
+    /// the loops (to compare them).
+    pub body_kernels: bool,
 }
 
 impl Default for CompileOptions {
@@ -87,7 +90,7 @@ impl Default for CompileOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             poison: false,
             flush_denormals: true,
-            adam_kernel: true,
+            body_kernels: true,
         }
     }
 }
@@ -671,7 +674,7 @@ fn lower_function<M: Module>(
         let slots = plan.layout.slot_count();
         let mut lw = lower::Lowerer::new(fb, slots, kernel_decls, fma, opts.matmul, opts.threads);
         lw.scans = scans;
-        lw.adam_kernel = opts.adam_kernel;
+        lw.body_kernels = opts.body_kernels;
         for &id in order {
             lw.node(g, &plan, id)
                 .map_err(|message| CompileError::Lowering {

@@ -537,10 +537,13 @@ pub fn conv_scratch_len(kernel: Kernel, geometry: &[i64; CONV_GEOMETRY_LEN]) -> 
     ConvPath::of(kernel, &g).scratch_len(&g)
 }
 
-/// `y = conv2d(x, w)` (NHWC input, HWIO filter) along `path`.
+/// `y = conv2d(x, w)` (NHWC input, HWIO filter) along `path`, then, with `bias`,
+/// `y = relu(y + bias)` (`bias` per output channel) image by image, while the image's output
+/// is still in cache.
 ///
 /// # Safety
-/// Buffers must match the geometry `g`; `scratch` must hold `path.scratch_len(g)` floats.
+/// Buffers must match the geometry `g`; `scratch` must hold `path.scratch_len(g)` floats;
+/// `bias`, when given, holds `g.o` floats.
 pub unsafe fn conv2d(
     path: ConvPath,
     x: *const f32,
@@ -548,6 +551,7 @@ pub unsafe fn conv2d(
     y: *mut f32,
     scratch: *mut f32,
     g: &ConvGeometry,
+    bias: Option<&[f32]>,
 ) {
     // SAFETY: by this function's contract `x`, `w` and `y` hold the `n*h*w*c`, `kh*kw*c*o` and
     // `n*oh*ow*o` floats of the geometry and `scratch` the path's scratch: every slice and
@@ -565,6 +569,9 @@ pub unsafe fn conv2d(
                     for i in 0..g.n {
                         let out = &mut y[i * rows * g.o..][..rows * g.o];
                         g.direct_forward(&x[i * img_len..][..img_len], w, out);
+                        if let Some(b) = bias {
+                            bias_relu(out, b);
+                        }
                     }
                 },
             );
@@ -587,6 +594,25 @@ pub unsafe fn conv2d(
                 false,
                 ws,
             );
+            if let Some(b) = bias {
+                let out = slice::from_raw_parts_mut(out, rows * g.o);
+                widest(
+                    #[inline(always)]
+                    || bias_relu(out, b),
+                );
+            }
+        }
+    }
+}
+
+/// `y = relu(y + bias)` over rows of `bias.len()` channels, as the fused loop computes it:
+/// the sum rounded to f32, then kept when greater than zero or NaN, else +0.
+#[inline(always)]
+fn bias_relu(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            let s = *v + b;
+            *v = if s > 0.0 || s.is_nan() { s } else { 0.0 };
         }
     }
 }
@@ -609,7 +635,39 @@ pub unsafe extern "C" fn gl_conv2d(
     // planned scratch (this function's contract), which is `conv2d`'s contract.
     unsafe {
         let g = ConvGeometry::read(g);
-        conv2d(ConvPath::of(Kernel::Conv2d, &g), x, w, y, scratch, &g)
+        conv2d(ConvPath::of(Kernel::Conv2d, &g), x, w, y, scratch, &g, None)
+    }
+}
+
+/// `y = relu(conv2d(x, w) + bias)` (`bias` per output channel): a convolution layer's
+/// forward as one call, the fused body `relu(add(conv2d(x, w), bias))` that the lowering
+/// recognizes, with the sum and relu applied to each image's output while it is in cache
+/// rather than by a second pass over the whole activation. Same bits as the fused loop.
+///
+/// # Safety
+/// As [`gl_conv2d`], and `bias` holds the geometry's `o` floats.
+#[no_mangle]
+pub unsafe extern "C" fn gl_conv2d_bias_relu(
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    scratch: *mut f32,
+    g: *const i64,
+) {
+    // SAFETY: as `gl_conv2d`, and `bias` holds `o` floats (this function's contract).
+    unsafe {
+        let g = ConvGeometry::read(g);
+        let bias = slice::from_raw_parts(bias, g.o);
+        conv2d(
+            ConvPath::of(Kernel::Conv2d, &g),
+            x,
+            w,
+            y,
+            scratch,
+            &g,
+            Some(bias),
+        )
     }
 }
 /// `dx = conv2d_input_grad(dy, w)`: per image `dcols = dy x w^T`, then col2im into `dx`.
@@ -754,6 +812,50 @@ mod tests {
     use super::super::{isa_levels, widest_with};
     use crate::op::{ConvGeometry, Padding};
     use crate::Shape;
+
+    /// The convolution with its bias and relu equals the convolution followed by them, bit
+    /// for bit, on both paths, with a channel tail, negative zeros and NaNs.
+    #[test]
+    fn the_bias_and_relu_epilogue_equals_a_second_pass() {
+        for c in [1, 9] {
+            let (n, h, w, o) = (2, 7, 8, 37);
+            let g = ConvGeometry::new(
+                &Shape(vec![n, h, w, c]),
+                &Shape(vec![3, 3, c, o]),
+                [1, 1],
+                Padding::Same,
+            )
+            .unwrap();
+            let mut x: Vec<f32> = (0..n * h * w * c)
+                .map(|i| (i % 17) as f32 / 7.0 - 1.1)
+                .collect();
+            x[5] = f32::NAN;
+            let f: Vec<f32> = (0..9 * c * o)
+                .map(|i| (i % 13) as f32 / 5.0 - 1.3)
+                .collect();
+            let mut bias: Vec<f32> = (0..o).map(|i| (i % 5) as f32 / 4.0 - 0.5).collect();
+            bias[3] = -0.0;
+            bias[4] = f32::NAN;
+            for path in [super::ConvPath::Im2col, super::ConvPath::Direct] {
+                let mut scratch = vec![0.0f32; path.scratch_len(&g)];
+                let len = n * g.oh * g.ow * o;
+                let (mut want, mut got) = (vec![0.0f32; len], vec![0.0f32; len]);
+                // SAFETY: the buffers have the geometry's sizes, the scratch the path's.
+                unsafe {
+                    let s = scratch.as_mut_ptr();
+                    super::conv2d(path, x.as_ptr(), f.as_ptr(), want.as_mut_ptr(), s, &g, None);
+                    let b = Some(&bias[..]);
+                    super::conv2d(path, x.as_ptr(), f.as_ptr(), got.as_mut_ptr(), s, &g, b);
+                }
+                for (k, v) in want.iter_mut().enumerate() {
+                    let s = *v + bias[k % o];
+                    *v = if s > 0.0 || s.is_nan() { s } else { 0.0 };
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "c = {c}, {path:?}");
+            }
+        }
+    }
 
     /// The direct kernels give the same bits at every ISA level the CPU has (fused
     /// multiply-adds everywhere), on shapes with padding, stride 2, an output-channel tail

@@ -336,6 +336,8 @@ pub enum Kernel {
     Gemm,
     /// [`gl_conv2d`].
     Conv2d,
+    /// [`gl_conv2d_bias_relu`].
+    Conv2dBiasRelu,
     /// [`gl_conv2d_input_grad`].
     Conv2dInputGrad,
     /// [`gl_conv2d_filter_grad`].
@@ -390,9 +392,10 @@ impl Kernel {
     pub fn scratch(self) -> Scratch {
         match self {
             Kernel::Gemm => Scratch::GemmPacking,
-            Kernel::Conv2d | Kernel::Conv2dInputGrad | Kernel::Conv2dFilterGrad => {
-                Scratch::Convolution
-            }
+            Kernel::Conv2d
+            | Kernel::Conv2dBiasRelu
+            | Kernel::Conv2dInputGrad
+            | Kernel::Conv2dFilterGrad => Scratch::Convolution,
             Kernel::Powf
             | Kernel::Sinf
             | Kernel::Cosf
@@ -409,7 +412,7 @@ impl Kernel {
     }
 
     /// Every kernel, in the order the JIT module declares them (`Kernel::index`).
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::Powf,
         Kernel::Gemm,
         Kernel::Conv2d,
@@ -426,6 +429,7 @@ impl Kernel {
         Kernel::ScatterAdd,
         Kernel::AllReduce,
         Kernel::AdamUpdate,
+        Kernel::Conv2dBiasRelu,
     ];
 
     /// Its position in [`Kernel::ALL`].
@@ -447,6 +451,7 @@ impl Kernel {
             Kernel::ScatterAdd => 13,
             Kernel::AllReduce => 14,
             Kernel::AdamUpdate => 15,
+            Kernel::Conv2dBiasRelu => 16,
         }
     }
 
@@ -459,6 +464,7 @@ impl Kernel {
             Kernel::Cosf => "gl_cosf",
             Kernel::Gemm => "gl_gemm",
             Kernel::Conv2d => "gl_conv2d",
+            Kernel::Conv2dBiasRelu => "gl_conv2d_bias_relu",
             Kernel::Conv2dInputGrad => "gl_conv2d_input_grad",
             Kernel::Conv2dFilterGrad => "gl_conv2d_filter_grad",
             Kernel::MaxPool2d => "gl_max_pool2d",
@@ -481,6 +487,7 @@ impl Kernel {
             Kernel::Sinf | Kernel::Cosf => KernelSignature::FloatUnary,
             Kernel::Gemm => Words(13),
             Kernel::Conv2d | Kernel::Conv2dInputGrad | Kernel::Conv2dFilterGrad => Words(5),
+            Kernel::Conv2dBiasRelu => Words(6),
             Kernel::MaxPool2d => Words(3),
             Kernel::MaxPool2dGrad => Words(4),
             Kernel::Softmax => Words(6),
@@ -499,6 +506,7 @@ impl Kernel {
             Kernel::Cosf => gl_cosf as *const u8,
             Kernel::Gemm => gl_gemm as *const u8,
             Kernel::Conv2d => gl_conv2d as *const u8,
+            Kernel::Conv2dBiasRelu => gl_conv2d_bias_relu as *const u8,
             Kernel::Conv2dInputGrad => gl_conv2d_input_grad as *const u8,
             Kernel::Conv2dFilterGrad => gl_conv2d_filter_grad as *const u8,
             Kernel::MaxPool2d => gl_max_pool2d as *const u8,

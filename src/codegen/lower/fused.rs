@@ -18,7 +18,9 @@
 //!   to the node's buffer, result `k` to the buffer of its `fused_result` node (a result no node
 //!   reads is computed but not stored).
 //! - A body that is exactly Adam's update of one param is no loop but a call of a runtime
-//!   kernel at the widest vector width ([`super::update`]).
+//!   kernel at the widest vector width ([`super::update`]); a convolution layer's body,
+//!   `relu(conv2d(x, w) + bias)`, is one call of the convolution kernel, which adds the bias
+//!   and applies relu to each image's output while it is in cache.
 
 use super::update::AdamBody;
 use super::{broadcast_strides, float_cc, LowerError, Lowerer, View};
@@ -26,7 +28,7 @@ use crate::codegen::kernels::Kernel;
 use crate::codegen::plan::{Loc, Plan};
 use crate::fused::FusedBody;
 use crate::graph::NodeId;
-use crate::op::{Op, OpClass};
+use crate::op::{BinaryOp, Op, OpClass, UnaryOp};
 use crate::shape::{DType, Shape};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -71,7 +73,7 @@ impl<'a> Lowerer<'a> {
         for inst in &body.insts[start..end] {
             check_supported(&inst.op)?;
         }
-        if let Some(adam) = AdamBody::of(body, in_shapes).filter(|_| self.adam_kernel) {
+        if let Some(adam) = AdamBody::of(body, in_shapes).filter(|_| self.body_kernels) {
             let mut results = [Some(out), None, None];
             for &(k, loc) in outs.extra {
                 if let Some(r) = results.get_mut(k) {
@@ -106,6 +108,22 @@ impl<'a> Lowerer<'a> {
                 Op::Conv2d { stride, padding } => {
                     let geo =
                         super::conv_geometry(&in_shapes[a], &in_shapes[b], *stride, *padding)?;
+                    if let Some(bias) =
+                        bias_relu_epilogue(body, in_shapes).filter(|_| self.body_kernels)
+                    {
+                        let scratch = self.scratch(plan, id);
+                        let gp = self.i64_array(&geo);
+                        let args = [
+                            self.addr(ins[a], None),
+                            self.addr(ins[b], None),
+                            self.addr(ins[bias], None),
+                            self.addr(out, None),
+                            self.addr(scratch, None),
+                            gp,
+                        ];
+                        self.call(Kernel::Conv2dBiasRelu, &args)?;
+                        return Ok(());
+                    }
                     self.conv_call(Kernel::Conv2d, ins[a], ins[b], out, plan, id, &geo)?;
                 }
                 _ => {
@@ -217,6 +235,31 @@ impl<'a> Lowerer<'a> {
     }
 }
 
+/// The bias operand of a convolution layer's body, `relu(add(conv2d(x, w), bias))` (the
+/// add's operands in either order) with `bias` one value per output channel and no other
+/// result: the body [`crate::codegen::kernels::gl_conv2d_bias_relu`] computes in one call.
+fn bias_relu_epilogue(body: &FusedBody, in_shapes: &[Shape]) -> Option<usize> {
+    let np = body.n_params;
+    let [conv, add, relu] = &body.insts[..] else {
+        return None;
+    };
+    if !matches!(conv.op, Op::Conv2d { .. })
+        || add.op != Op::Binary(BinaryOp::Add)
+        || relu.op != Op::Unary(UnaryOp::Relu)
+        || relu.args != [np + 1]
+        || !body.extra.is_empty()
+    {
+        return None;
+    }
+    let bias = match add.args[..] {
+        [c, b] | [b, c] if c == np && b < np => b,
+        _ => return None,
+    };
+    let channels = conv.ty.shape.dims().last().copied();
+    let shape = in_shapes.get(bias)?;
+    (shape.dims().last().copied() == channels && Some(shape.numel()) == channels).then_some(bias)
+}
+
 /// Whether `user` is a fused node that reads its operand `id` only as an operand of its
 /// leading matmul (so a transpose `id` can be read through strides, like a plain matmul does).
 pub(crate) fn fused_reads_only_in_matmul(
@@ -309,4 +352,38 @@ fn reduced_strides(domain: &Shape, axes: &[usize]) -> Vec<i64> {
         s[d] = ks[k] as i64;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bias_relu_epilogue;
+    use crate::op::{Op, UnaryOp};
+    use crate::passes::Pipeline;
+    use crate::shape::Shape;
+
+    #[test]
+    fn the_cnns_convolution_layer_is_one_kernel_call_and_other_bodies_are_not() {
+        let path = format!("{}/ir/cnn.ir", env!("CARGO_MANIFEST_DIR"));
+        let src = std::fs::read_to_string(&path).expect("the corpus file");
+        let mut g = crate::text::parse(&src, &path).expect("a valid corpus file");
+        Pipeline::default().run(&mut g).expect("the pipeline runs");
+        let conv = g.find("conv").expect("%conv");
+        let Op::Fused(body) = &g[conv].op else {
+            panic!("%conv is fused")
+        };
+        let operands = g.operands(conv);
+        let shapes: Vec<Shape> = operands.iter().map(|&o| g[o].ty.shape.clone()).collect();
+        let bias = bias_relu_epilogue(body, &shapes).expect("recognized");
+        assert_eq!(g[operands[bias]].name.as_deref(), Some("conv2d.bias"));
+        // tanh for relu, a bias per pixel, one more result: the loop stays
+        let mut b = body.clone();
+        b.insts[2].op = Op::Unary(UnaryOp::Tanh);
+        assert!(bias_relu_epilogue(&b, &shapes).is_none());
+        let mut s = shapes.clone();
+        s[bias] = Shape(vec![26, 26, 32]);
+        assert!(bias_relu_epilogue(body, &s).is_none());
+        let mut b = body.clone();
+        b.extra.push(body.n_params + 1);
+        assert!(bias_relu_epilogue(&b, &shapes).is_none());
+    }
 }
