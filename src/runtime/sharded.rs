@@ -9,7 +9,8 @@
 //!    (no copy: axis 0 is outermost) and writing its own gradient buffers and arena;
 //! 2. the update parts, likewise spread: part `k` reads its rows of every shard's gradients,
 //!    averages them in shard order and updates its rows of the params and their state in
-//!    place;
+//!    place (1 and 2 are one pool job, [`Pool::run_phases`]: a participant out of shards
+//!    waits for the last one in a part instead of going to sleep);
 //! 3. the update tail on the calling thread (the optimizer's shared state, e.g. Adam's step
 //!    count, which every part read before it changes);
 //!
