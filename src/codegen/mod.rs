@@ -74,8 +74,8 @@ pub struct CompileOptions {
     pub flush_denormals: bool,
     /// Compute the fused bodies the lowering recognizes by runtime kernels (default true):
     /// Adam's (or AdamW's) update of one param by [`kernels::gl_adam_update`] at the widest
-    /// vector width, about 2x faster than the JIT's `f32x4` loop, whose divide and square
-    /// root are bound by the divider; a convolution layer's `relu(conv2d(x, w) + bias)` by
+    /// vector width, up to 2x faster than the JIT's `f32x4` loop, whose divide and square
+    /// root are bound by the divider (the kernel then by memory); a convolution layer's `relu(conv2d(x, w) + bias)` by
     /// [`kernels::gl_conv2d_bias_relu`], which adds the bias and applies relu to each image's
     /// output while it is in cache. The results are the same bits either way; false keeps
     /// the loops (to compare them).

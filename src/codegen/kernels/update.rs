@@ -3,8 +3,8 @@
 //! The update is ordinary graph nodes, and fusion makes it one multi-result body per param
 //! (`ir/passes/fuse_adam.ir`). Its square root and division are bound by the divider, which
 //! takes as long per 128-bit vector as per 256-bit one: the JIT's `f32x4` loop runs at half the
-//! speed of the same loop at AVX2 or AVX-512 width (`cargo bench --bench codegen --
-//! adam_update`). So the lowering recognizes that body ([`crate::codegen::lower`]'s
+//! speed the same loop reaches at AVX2 or AVX-512 width when memory keeps up (`cargo bench
+//! --bench codegen -- adam_update`). So the lowering recognizes that body ([`crate::codegen::lower`]'s
 //! `AdamBody`) and calls [`gl_adam_update`], which performs the same f32 operations in the
 //! same order: its results are bit-identical to the loop's and to the interpreter's.
 
