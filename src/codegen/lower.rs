@@ -438,7 +438,7 @@ impl<'a> Lowerer<'a> {
             }
             Op::Conv2d { stride, padding } => {
                 let g = conv_geometry(&in_ty(0).shape, &in_ty(1).shape, *stride, *padding)?;
-                self.conv_call(Kernel::Conv2d, ins[0], ins[1], out, plan, id, &g)?;
+                self.conv_call(Kernel::Conv2d, ins[0], ins[1], None, out, plan, id, &g)?;
             }
             Op::Conv2dInputGrad {
                 stride,
@@ -446,13 +446,31 @@ impl<'a> Lowerer<'a> {
                 shape: xs,
             } => {
                 let g = conv_geometry(xs, &in_ty(1).shape, *stride, *padding)?;
-                self.conv_call(Kernel::Conv2dInputGrad, ins[0], ins[1], out, plan, id, &g)?;
+                self.conv_call(
+                    Kernel::Conv2dInputGrad,
+                    ins[0],
+                    ins[1],
+                    None,
+                    out,
+                    plan,
+                    id,
+                    &g,
+                )?;
             }
             Op::Conv2dFilterGrad {
                 stride, padding, ..
             } => {
                 let g = conv_geometry(&in_ty(0).shape, shape, *stride, *padding)?;
-                self.conv_call(Kernel::Conv2dFilterGrad, ins[0], ins[1], out, plan, id, &g)?;
+                self.conv_call(
+                    Kernel::Conv2dFilterGrad,
+                    ins[0],
+                    ins[1],
+                    None,
+                    out,
+                    plan,
+                    id,
+                    &g,
+                )?;
             }
             Op::MaxPool2d { window, stride } => {
                 let g = pool_geometry(&in_ty(0).shape, *window, *stride)?;
@@ -630,12 +648,16 @@ impl<'a> Lowerer<'a> {
         });
     }
 
+    /// Calls convolution kernel `kernel` on `a` and `b` into `out` with the node's scratch
+    /// and geometry `g`; `bias` is the per-channel bias of [`Kernel::Conv2dBiasRelu`]
+    /// (passed after `b`), `None` for the others.
     #[allow(clippy::too_many_arguments)]
     fn conv_call(
         &mut self,
         kernel: Kernel,
         a: Loc,
         b: Loc,
+        bias: Option<Loc>,
         out: Loc,
         plan: &Plan,
         id: NodeId,
@@ -643,13 +665,13 @@ impl<'a> Lowerer<'a> {
     ) -> Result<(), LowerError> {
         let scratch = self.scratch(plan, id);
         let gp = self.i64_array(g);
-        let args = [
-            self.addr(a, None),
-            self.addr(b, None),
-            self.addr(out, None),
-            self.addr(scratch, None),
-            gp,
-        ];
+        let mut args = vec![self.addr(a, None), self.addr(b, None)];
+        if let Some(bias) = bias {
+            args.push(self.addr(bias, None));
+        }
+        args.push(self.addr(out, None));
+        args.push(self.addr(scratch, None));
+        args.push(gp);
         self.call(kernel, &args)?;
         Ok(())
     }

@@ -9,12 +9,13 @@
 //!    (no copy: axis 0 is outermost) and writing its own gradient buffers and arena;
 //! 2. the update parts, likewise spread: part `k` reads its rows of every shard's gradients,
 //!    averages them in shard order and updates its rows of the params and their state in
-//!    place (1 and 2 are one pool job, [`Pool::run_phases`]: a participant out of shards
-//!    waits for the last one in a part instead of going to sleep);
-//! 3. the update tail on the calling thread (the optimizer's shared state, e.g. Adam's step
-//!    count, which every part read before it changes);
+//!    place;
+//! 3. the update tail (the optimizer's shared state, e.g. Adam's step count, which every
+//!    part read before it changes);
 //!
-//! and the step's outputs (batch means) are the shards' means. What a shard or a part
+//! and the step's outputs (batch means) are the shards' means. 1, 2 and 3 are one pool job
+//! ([`Pool::run_phases`]): a participant out of items of one phase waits for the phase
+//! before in an item of the next instead of going to sleep. What a shard or a part
 //! computes depends only on the shard or part, never on the thread that runs it, so results
 //! are bit-identical for every thread count. A call allocates nothing.
 
@@ -355,18 +356,21 @@ impl ShardedStep {
         });
     }
 
-    /// Runs `tables` (built for `entries`) on the pool, one item each.
-    fn run_phase(&self, entries: &[unsafe extern "C" fn(*const *mut u8)], tables: &[Table]) {
-        let job = Tables {
-            entries,
-            tables,
-            flush: self.shard.exe.flush_denormals,
-        };
+    /// Runs `phases` in order, every table of a phase once, on the pool as one job
+    /// ([`Pool::run_phases`]), or in order on this thread when the step uses one thread.
+    fn run_phases(&self, phases: &[&Tables<'_>]) {
         if self.threads == 1 {
-            (0..tables.len()).for_each(|i| job.run(i));
-        } else {
-            self.pool.run(tables.len(), &|i| job.run(i));
+            for p in phases {
+                (0..p.tables.len()).for_each(|i| p.run(i));
+            }
+            return;
         }
+        let mut counts = [0usize; 3];
+        for (c, p) in counts.iter_mut().zip(phases) {
+            *c = p.tables.len();
+        }
+        let n = phases.len().min(counts.len());
+        self.pool.run_phases(&counts[..n], &|p, i| phases[p].run(i));
     }
 
     /// Runs one training step on the bound inputs (see [`ShardedStep::input_f32_mut`]);
@@ -386,7 +390,10 @@ impl ShardedStep {
         for (k, t) in part_tables.iter_mut().enumerate() {
             self.fill(&self.parts[k], 0, None, None, t);
         }
-        // the shards, then the update parts (which read every shard's gradients), as one job
+        let mut tail_table = std::mem::replace(&mut self.tail.exe.table, Table(Vec::new()));
+        self.fill(&self.tail, 0, None, None, &mut tail_table);
+        // the shards, then the update parts (which read every shard's gradients), then the
+        // tail (after every part has read the shared state it updates), as one job
         let flush = self.shard.exe.flush_denormals;
         let shards = Tables {
             entries: &[self.shard.exe.code.entry()],
@@ -398,22 +405,15 @@ impl ShardedStep {
             tables: &part_tables,
             flush,
         };
-        let phase = [&shards, &parts];
-        if self.threads == 1 {
-            phase
-                .iter()
-                .for_each(|p| (0..p.tables.len()).for_each(|i| p.run(i)));
-        } else {
-            let counts = [tables.len(), part_tables.len()];
-            self.pool.run_phases(&counts, &|p, i| phase[p].run(i));
-        }
+        let tail = Tables {
+            entries: &[self.tail.exe.code.entry()],
+            tables: std::slice::from_ref(&tail_table),
+            flush,
+        };
+        self.run_phases(&[&shards, &parts, &tail]);
         self.shard_tables = tables;
         self.part_tables = part_tables;
-
-        let mut table = std::mem::replace(&mut self.tail.exe.table, Table(Vec::new()));
-        self.fill(&self.tail, 0, None, None, &mut table);
-        self.run_phase(&[self.tail.exe.code.entry()], std::slice::from_ref(&table));
-        self.tail.exe.table = table;
+        self.tail.exe.table = tail_table;
 
         let shards = self.shard_outputs.len();
         for ((_, out), &k) in self.outputs.iter_mut().zip(&self.output_index) {

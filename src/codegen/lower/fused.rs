@@ -111,20 +111,12 @@ impl<'a> Lowerer<'a> {
                     if let Some(bias) =
                         bias_relu_epilogue(body, in_shapes).filter(|_| self.body_kernels)
                     {
-                        let scratch = self.scratch(plan, id);
-                        let gp = self.i64_array(&geo);
-                        let args = [
-                            self.addr(ins[a], None),
-                            self.addr(ins[b], None),
-                            self.addr(ins[bias], None),
-                            self.addr(out, None),
-                            self.addr(scratch, None),
-                            gp,
-                        ];
-                        self.call(Kernel::Conv2dBiasRelu, &args)?;
+                        let k = Kernel::Conv2dBiasRelu;
+                        let bias = Some(ins[bias]);
+                        self.conv_call(k, ins[a], ins[b], bias, out, plan, id, &geo)?;
                         return Ok(());
                     }
-                    self.conv_call(Kernel::Conv2d, ins[a], ins[b], out, plan, id, &geo)?;
+                    self.conv_call(Kernel::Conv2d, ins[a], ins[b], None, out, plan, id, &geo)?;
                 }
                 _ => {
                     let (m, k, n) = (in_shapes[a].0[0], in_shapes[a].0[1], in_shapes[b].0[1]);
